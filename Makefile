@@ -1,0 +1,44 @@
+# The two commands: `make dev` (the whole platform locally) and `make test` (the whole suite).
+# Both bootstrap themselves: a .venv with the pinned requirements, nothing else to install by hand.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: dev demo test lint typecheck bench build clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt $(wildcard functions/*/requirements.txt)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: $(STAMP)  ## run every function, the Firestore emulator, the S3 store and the task dispatcher
+	$(PY) -m dev.stack
+
+demo: $(STAMP)  ## run the scripted end-to-end demo against a running `make dev`
+	$(PY) -m dev.demo
+
+test: $(STAMP)  ## lint, type-check and run the whole test suite (starts its own emulator)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared functions dev
+	$(PY) -m dev.run_tests $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy shared functions dev
+
+bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
+	$(PY) -m bench.run
+
+build: $(STAMP)  ## one deployable folder per function in build/<name>/ (+ zip)
+	$(PY) -m dev.package
+
+clean:
+	rm -rf build .dev .pytest_cache .mypy_cache .ruff_cache

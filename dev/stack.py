@@ -1,0 +1,233 @@
+"""The whole platform on one machine: ``make dev`` (``python -m dev.stack``).
+
+Starts the Firestore emulator and a moto S3 server (standing in for R2), serves every function
+entry point under ``/<entry point>/`` on one port, runs a local Cloud Tasks dispatcher, and plays
+the identity provider: a JWKS at ``/_dev/jwks.json`` and tokens from ``POST /_dev/token``.
+Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".dev"
+ISSUER = "http://127.0.0.1:{port}/_dev"
+AUDIENCE = "epox-dev"
+PROJECT = "epox-dev"
+BUCKET = "epox-dev"
+
+
+def _load_or_create_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if isinstance(key, Ed25519PrivateKey):
+            return key
+    key = Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+    return key
+
+
+def configure_environment(port: int, firestore_host: str, s3_endpoint: str, task_secret: str) -> dict[str, str]:
+    """The settings every function reads, pointed at the local services."""
+    base = f"http://127.0.0.1:{port}"
+    values = {
+        "EPOX_ENV": "development",
+        "GCP_PROJECT": PROJECT,
+        "FIRESTORE_EMULATOR_HOST": firestore_host,
+        "AUTH_JWKS_URL": f"{base}/_dev/jwks.json",
+        "AUTH_ISSUER": ISSUER.format(port=port),
+        "AUTH_AUDIENCE": AUDIENCE,
+        "CORS_ALLOWED_ORIGINS": json.dumps(["http://localhost:3000", "http://127.0.0.1:3000"]),
+        "R2_ENDPOINT_URL": s3_endpoint,
+        "R2_ACCESS_KEY_ID": "dev",
+        "R2_SECRET_ACCESS_KEY": "dev",
+        "R2_BUCKET": BUCKET,
+        "R2_REGION": "us-east-1",
+        "TASKS_BACKEND": "local",
+        "TASKS_AUTH_MODE": "shared_secret",
+        "TASKS_DEV_SECRET": task_secret,
+        "TASKS_LOCAL_DISPATCHER_URL": f"{base}/_dev/tasks",
+        "TASKS_TARGET_BASE_URL": base,
+        # The demo serves its sample images from this process; nothing else private is reachable.
+        "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
+    }
+    os.environ.update(values)
+    return values
+
+
+def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
+    """The ``/_dev`` routes: JWKS, token minting, task submission, sample images, an index."""
+    from flask import Flask, abort, jsonify, request, send_from_directory
+
+    app = Flask("epox-dev")
+
+    @app.get("/_dev/jwks.json")
+    def jwks() -> Any:
+        return jsonify(issuer.jwks())
+
+    @app.post("/_dev/token")
+    def token() -> Any:
+        body = request.get_json(silent=True) or {}
+        client_id = str(body.get("client_id", "demo-client"))
+        role = str(body.get("role", "user"))
+        ttl = int(body.get("ttl", 3600))
+        return jsonify({"token": issuer.mint(client_id, role=role, ttl=ttl), "client_id": client_id, "role": role})
+
+    @app.post("/_dev/tasks")
+    def submit_task() -> Any:
+        from datetime import datetime
+
+        doc = request.get_json(force=True)
+        schedule = datetime.fromisoformat(doc["schedule_time"]) if doc.get("schedule_time") else None
+        accepted = dispatcher.submit(
+            queue=doc["queue"], name=doc.get("name"), url=doc["url"], body=doc["body"].encode(), schedule_time=schedule
+        )
+        return (jsonify({"accepted": True}), 201) if accepted else (jsonify({"error": "task name exists"}), 409)
+
+    @app.get("/_dev/tasks")
+    def list_tasks() -> Any:
+        return jsonify(
+            [
+                {"name": t.name, "url": t.url, "attempts": t.attempts, "outcomes": t.outcomes, "done": t.done,
+                 "succeeded": t.succeeded}
+                for t in dispatcher.history[-200:]
+            ]
+        )
+
+    @app.get("/_dev/samples/<path:name>")
+    def sample(name: str) -> Any:
+        if not (samples / name).is_file():
+            abort(404)
+        return send_from_directory(samples, name)
+
+    @app.get("/")
+    def index() -> Any:
+        return jsonify({"functions": sorted(rule.rule for rule in app.url_map.iter_rules())})
+
+    return app
+
+
+def write_samples(directory: Path) -> None:
+    """Small product photos for the demo's CSV import, drawn here so nothing is downloaded."""
+    from PIL import Image, ImageDraw
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, color in (("mug.jpg", (200, 60, 40)), ("lamp.png", (40, 120, 200)), ("tote.jpg", (60, 160, 90))):
+        path = directory / name
+        if path.exists():
+            continue
+        image = Image.new("RGB", (800, 600), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((250, 150, 550, 450), fill=color)
+        image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("EPOX_DEV_PORT", "8000")))
+    parser.add_argument("--firestore-port", type=int, default=int(os.environ.get("EPOX_DEV_FIRESTORE_PORT", "8085")))
+    parser.add_argument("--s3-port", type=int, default=int(os.environ.get("EPOX_DEV_S3_PORT", "9000")))
+    parser.add_argument("--demo", action="store_true", help="run the scripted demo once the stack is up")
+    args = parser.parse_args(argv)
+
+    import httpx
+    from moto.server import ThreadedMotoServer
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.serving import make_server
+
+    from dev.dispatcher import TaskDispatcher
+    from dev.emulator import FirestoreEmulator
+    from dev.functions import load_function_apps
+    from dev.jwt_issuer import DevIssuer
+
+    STATE.mkdir(exist_ok=True)
+    print(f"starting the Firestore emulator on 127.0.0.1:{args.firestore_port} (log: .dev/firestore.log)…", flush=True)
+    emulator = FirestoreEmulator(port=args.firestore_port, log_path=STATE / "firestore.log").start()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=args.s3_port, verbose=False)
+    s3.start()
+    s3_endpoint = f"http://127.0.0.1:{args.s3_port}"
+    task_secret = secrets.token_urlsafe(24)
+    configure_environment(args.port, emulator.host, s3_endpoint, task_secret)
+
+    from shared.config import get_settings
+    from shared.storage import R2ObjectStore
+
+    R2ObjectStore.from_settings(get_settings()).ensure_bucket()
+
+    issuer = DevIssuer(issuer=ISSUER.format(port=args.port), audience=AUDIENCE, key=_load_or_create_key(STATE / "dev-jwt-key.pem"))
+    http = httpx.Client(timeout=600, trust_env=False)
+
+    def transport(url: str, headers: dict[str, str], body: bytes) -> tuple[int, float | None]:
+        response = http.post(url, content=body, headers=headers)
+        retry_after = response.headers.get("Retry-After")
+        return response.status_code, float(retry_after) if retry_after else None
+
+    dispatcher = TaskDispatcher(transport, secret=task_secret, target_base_url=f"http://127.0.0.1:{args.port}",
+                                max_attempts=get_settings().tasks_max_attempts, min_backoff=0.5, max_backoff=30)
+    dispatcher.start()
+    write_samples(STATE / "samples")
+    apps = load_function_apps(ROOT / "functions")
+    root_app = build_dev_app(issuer, dispatcher, STATE / "samples")
+    wsgi = DispatcherMiddleware(root_app, {f"/{name}": app for name, app in apps.items()})
+    server = make_server("127.0.0.1", args.port, wsgi, threaded=True)
+
+    base = f"http://127.0.0.1:{args.port}"
+    print("\nEpox local platform is up.\n")
+    for name in sorted(apps):
+        print(f"  {name:<24} {base}/{name}/health")
+    print(f"\n  Firestore emulator       {emulator.host}")
+    print(f"  S3 (R2 stand-in)         {s3_endpoint}  bucket {BUCKET}")
+    print(f"  task dispatcher          {base}/_dev/tasks")
+    print("\nGet a dev token:")
+    print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")
+    print(f"  curl -s {base}/catalog_api/products -H \"Authorization: Bearer $TOKEN\"")
+    print("\nRun the demo against it:  make demo      Stop: Ctrl-C\n", flush=True)
+
+    stopping = threading.Event()
+
+    def stop(*_: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if args.demo:
+        def run_demo() -> None:
+            from dev.demo import run
+
+            try:
+                run(base)
+            finally:
+                stop()
+
+        threading.Thread(target=run_demo, daemon=True).start()
+    try:
+        server.serve_forever()
+    finally:
+        print("stopping…", flush=True)
+        dispatcher.stop()
+        http.close()
+        s3.stop()
+        emulator.stop()
+        print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Catalog function: products, uploads, CSV imports and the asset library.
+
+Two entry points are deployed from this folder: ``catalog_api`` (the frontend's API, user JWTs)
+and ``catalog_tasks`` (Cloud Tasks workers). Each route parses and validates, calls one service
+function from ``shared.catalog`` and returns its result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import functions_framework
+
+from shared.catalog import assets, imports, products, uploads
+from shared.catalog.models import (
+    AssetDetailOut,
+    AssetListQuery,
+    AssetOut,
+    AssetUpdate,
+    ImportChunkTask,
+    ImportCreate,
+    ImportOut,
+    ImportUpdate,
+    ProductCreate,
+    ProductListQuery,
+    ProductOut,
+    ProductUpdate,
+    UploadCreate,
+    UploadOut,
+)
+from shared.catalog.policies import import_policy, upload_policy
+from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.pagination import Page
+
+if TYPE_CHECKING:
+    import flask
+
+api = HttpApp("catalog_api")
+tasks = HttpApp("catalog_tasks")
+
+Ctx = RequestContext[Any, Any]
+
+
+def _expiry(ctx: Ctx) -> int:
+    return ctx.platform.settings.presign_expiry_seconds
+
+
+# -- products -------------------------------------------------------------------------------------
+
+
+@api.post("/products", body=ProductCreate, status=201, idempotent=True)
+def create_product(ctx: Ctx) -> JsonResponse:
+    p = ctx.platform
+    doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())
+    out = products.to_out(doc, p.object_store, _expiry(ctx))
+    return JsonResponse(out, status=201, headers={"Location": f"/products/{doc.id}"})
+
+
+@api.get("/products", query=ProductListQuery)
+def list_products(ctx: Ctx) -> Page[ProductOut]:
+    p = ctx.platform
+    page = products.list_products(p.db, ctx.client_id, ctx.query)
+    items = [products.to_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
+    return Page[ProductOut](items=items, next_cursor=page.next_cursor)
+
+
+@api.get("/products/<product_id>")
+def get_product(ctx: Ctx) -> ProductOut:
+    p = ctx.platform
+    doc = products.get_product(p.db, ctx.client_id, ctx.path_params["product_id"])
+    return products.to_out(doc, p.object_store, _expiry(ctx))
+
+
+@api.patch("/products/<product_id>", body=ProductUpdate)
+def update_product(ctx: Ctx) -> ProductOut:
+    p = ctx.platform
+    doc = products.update_product(p.db, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock())
+    return products.to_out(doc, p.object_store, _expiry(ctx))
+
+
+@api.delete("/products/<product_id>", status=204)
+def delete_product(ctx: Ctx) -> None:
+    products.delete_product(ctx.platform.db, ctx.client_id, ctx.path_params["product_id"])
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+
+@api.post("/uploads", body=UploadCreate, status=201, idempotent=True)
+def create_upload(ctx: Ctx) -> UploadOut:
+    p = ctx.platform
+    return uploads.create_upload(p.db, p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock())
+
+
+@api.get("/uploads/<upload_id>")
+def get_upload(ctx: Ctx) -> UploadOut:
+    return uploads.upload_out(uploads.get_upload(ctx.platform.db, ctx.client_id, ctx.path_params["upload_id"]))
+
+
+@api.post("/uploads/<upload_id>/complete")
+def complete_upload(ctx: Ctx) -> UploadOut:
+    p = ctx.platform
+    return uploads.complete_upload(
+        p.db, p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
+    )
+
+
+# -- CSV imports ----------------------------------------------------------------------------------
+
+
+@api.post("/imports", body=ImportCreate, status=201, idempotent=True)
+def create_import(ctx: Ctx) -> ImportOut:
+    p = ctx.platform
+    doc = imports.create_import(p.db, p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock())
+    return imports.import_out(doc)
+
+
+@api.get("/imports/<import_id>")
+def get_import(ctx: Ctx) -> ImportOut:
+    return imports.import_out(imports.get_import(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"]))
+
+
+@api.patch("/imports/<import_id>", body=ImportUpdate)
+def update_import(ctx: Ctx) -> ImportOut:
+    p = ctx.platform
+    doc = imports.update_mapping(
+        p.db, p.object_store, ctx.client_id, ctx.path_params["import_id"], ctx.body, import_policy(p.settings), p.clock()
+    )
+    return imports.import_out(doc)
+
+
+@api.post("/imports/<import_id>/start", status=202)
+def start_import(ctx: Ctx) -> ImportOut:
+    p = ctx.platform
+    doc = imports.start_import(
+        p.db, p.object_store, p.task_queue, ctx.client_id, ctx.path_params["import_id"], import_policy(p.settings), p.clock()
+    )
+    return imports.import_out(doc)
+
+
+@api.get("/imports/<import_id>/errors.csv")
+def import_errors(ctx: Ctx) -> flask.Response:
+    from flask import Response
+
+    report = imports.error_report_csv(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"])
+    filename = f"{ctx.path_params['import_id']}-errors.csv"
+    return Response(
+        report,
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# -- asset library --------------------------------------------------------------------------------
+
+
+@api.get("/assets", query=AssetListQuery)
+def list_assets(ctx: Ctx) -> Page[AssetOut]:
+    p = ctx.platform
+    page = assets.list_assets(p.db, ctx.client_id, ctx.query)
+    items = [assets.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
+    return Page[AssetOut](items=items, next_cursor=page.next_cursor)
+
+
+@api.get("/assets/<asset_id>")
+def get_asset(ctx: Ctx) -> AssetDetailOut:
+    p = ctx.platform
+    return assets.asset_detail(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx))
+
+
+@api.patch("/assets/<asset_id>", body=AssetUpdate)
+def update_asset(ctx: Ctx) -> AssetOut:
+    p = ctx.platform
+    doc = assets.update_asset(p.db, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
+    return assets.asset_out(doc, p.object_store, _expiry(ctx))
+
+
+@api.delete("/assets/<asset_id>", status=204)
+def delete_asset(ctx: Ctx) -> None:
+    p = ctx.platform
+    assets.delete_asset(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+@tasks.post(imports.CHUNK_PATH, body=ImportChunkTask, access=Access.TASK)
+def import_chunk(ctx: Ctx) -> dict[str, str]:
+    p = ctx.platform
+    assert ctx.task is not None
+    outcome = imports.run_import_chunk(
+        p.db, p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
+    )
+    return {"outcome": outcome}
+
+
+@functions_framework.http
+def catalog_api(request: flask.Request) -> flask.Response:
+    return api.handle(request)
+
+
+@functions_framework.http
+def catalog_tasks(request: flask.Request) -> flask.Response:
+    return tasks.handle(request)

@@ -1,0 +1,382 @@
+"""Requests, responses and stored documents of the catalog (products, uploads, imports, assets)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.http.pagination import PageQuery
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Description = Annotated[str, StringConstraints(max_length=20_000)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+Price = Annotated[Decimal, Field(ge=0, le=Decimal("100000000"), max_digits=12, decimal_places=2)]
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+
+
+class StrictModel(BaseModel):
+    """Requests: unknown fields are an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ProductSource(str, Enum):
+    MANUAL = "manual"
+    CSV = "csv"
+    SHOPIFY = "shopify"
+    WOOCOMMERCE = "woocommerce"
+
+
+class ProductCreate(StrictModel):
+    name: Name
+    sku: Sku | None = None
+    description: Description | None = None
+    category: ShortText | None = None
+    price: Price | None = None
+    currency: Currency | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+    external_id: ShortText | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _dedupe_tags(cls, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(tags))
+
+
+class ProductUpdate(StrictModel):
+    """PATCH: only the fields sent change; ``null`` clears an optional field."""
+
+    name: Name | None = None
+    sku: Sku | None = None
+    description: Description | None = None
+    category: ShortText | None = None
+    price: Price | None = None
+    currency: Currency | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=50)
+    external_id: ShortText | None = None
+
+
+class ProductListQuery(PageQuery):
+    category: ShortText | None = None
+    q: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    source: ProductSource | None = None
+
+
+class ProductImage(BaseModel):
+    """An image of a product as stored on the product document."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    asset_id: str
+    key: str
+    thumbnail_key: str
+    content_type: str
+    width: int
+    height: int
+    source_url: str | None = None
+
+
+class ProductDoc(BaseModel):
+    """``clients/{client}/products/{id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    name: str
+    sku: str | None = None
+    description: str | None = None
+    category: str | None = None
+    price: str | None = None
+    currency: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    images: list[ProductImage] = Field(default_factory=list)
+    source: ProductSource = ProductSource.MANUAL
+    external_id: str | None = None
+    import_id: str | None = None
+    search_tokens: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProductImageOut(BaseModel):
+    asset_id: str
+    url: str
+    thumbnail_url: str
+    content_type: str
+    width: int
+    height: int
+
+
+class ProductOut(BaseModel):
+    id: str
+    name: str
+    sku: str | None
+    description: str | None
+    category: str | None
+    price: Decimal | None
+    currency: str | None
+    tags: list[str]
+    images: list[ProductImageOut]
+    source: ProductSource
+    external_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+
+class UploadPurpose(str, Enum):
+    PRODUCT_IMAGE = "product_image"
+    CSV_IMPORT = "csv_import"
+
+
+class UploadStatus(str, Enum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+
+
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+CSV_CONTENT_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
+
+
+class UploadCreate(StrictModel):
+    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    content_type: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=100)]
+    size_bytes: int = Field(gt=0)
+    purpose: UploadPurpose = UploadPurpose.PRODUCT_IMAGE
+    product_id: Id | None = None
+
+
+class UploadDoc(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    purpose: UploadPurpose
+    filename: str
+    content_type: str
+    size_bytes: int
+    product_id: str | None = None
+    key: str
+    status: UploadStatus = UploadStatus.PENDING
+    asset_id: str | None = None
+    rejection: dict[str, Any] | None = None
+    created_at: datetime
+    expires_at: datetime
+    completed_at: datetime | None = None
+
+
+class UploadInstructions(BaseModel):
+    url: str
+    method: str
+    headers: dict[str, str]
+
+
+class UploadOut(BaseModel):
+    id: str
+    purpose: UploadPurpose
+    filename: str
+    content_type: str
+    size_bytes: int
+    product_id: str | None
+    status: UploadStatus
+    asset_id: str | None = None
+    rejection: dict[str, Any] | None = None
+    upload: UploadInstructions | None = None
+    expires_at: datetime
+
+
+# -- assets -------------------------------------------------------------------------------------
+
+
+class AssetKind(str, Enum):
+    PRODUCT_IMAGE = "product_image"
+    GENERATED = "generated"
+    EDITED = "edited"
+    VIDEO = "video"
+
+
+class AssetStatus(str, Enum):
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class AssetRevision(BaseModel):
+    """``…/assets/{id}/revisions/{number}``: one version of an asset's pixels."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    number: int
+    key: str
+    thumbnail_key: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    operation: str
+    created_at: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class AssetDoc(BaseModel):
+    """``clients/{client}/assets/{id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    product_id: str | None = None
+    kind: AssetKind
+    status: AssetStatus = AssetStatus.READY
+    source: str
+    current_revision: int = 1
+    key: str
+    thumbnail_key: str
+    content_type: str
+    width: int
+    height: int
+    pinned: bool = False
+    favorite: bool = False
+    approved: bool = False
+    job_id: str | None = None
+    import_id: str | None = None
+    source_url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssetListQuery(PageQuery):
+    product_id: Id | None = None
+    kind: AssetKind | None = None
+    status: AssetStatus | None = None
+    pinned: bool | None = None
+    favorite: bool | None = None
+    approved: bool | None = None
+
+
+class AssetUpdate(StrictModel):
+    pinned: bool | None = None
+    favorite: bool | None = None
+    approved: bool | None = None
+
+
+class AssetOut(BaseModel):
+    id: str
+    product_id: str | None
+    kind: AssetKind
+    status: AssetStatus
+    source: str
+    current_revision: int
+    content_type: str
+    width: int
+    height: int
+    pinned: bool
+    favorite: bool
+    approved: bool
+    job_id: str | None
+    thumbnail_url: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssetRevisionOut(BaseModel):
+    number: int
+    operation: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    url: str
+    thumbnail_url: str
+    created_at: datetime
+
+
+class AssetDetailOut(AssetOut):
+    download_url: str
+    revisions: list[AssetRevisionOut]
+
+
+# -- CSV imports --------------------------------------------------------------------------------
+
+
+class ImportStatus(str, Enum):
+    DRAFT = "draft"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ImportCreate(StrictModel):
+    upload_id: Id
+    mapping: dict[str, Any] | None = None
+
+
+class ImportUpdate(StrictModel):
+    mapping: dict[str, Any]
+
+
+class ImportProgress(BaseModel):
+    total_rows: int = 0
+    processed_rows: int = 0
+    created_products: int = 0
+    failed_rows: int = 0
+    images_imported: int = 0
+    images_failed: int = 0
+    chunks_total: int = 0
+    chunks_done: int = 0
+
+
+class ImportDoc(BaseModel):
+    """``clients/{client}/imports/{id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    upload_id: str
+    status: ImportStatus = ImportStatus.DRAFT
+    mapping: dict[str, Any]
+    preview: dict[str, Any]
+    progress: ImportProgress = Field(default_factory=ImportProgress)
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failure: str | None = None
+
+
+class ImportOut(BaseModel):
+    id: str
+    upload_id: str
+    status: ImportStatus
+    mapping: dict[str, Any]
+    preview: dict[str, Any]
+    progress: ImportProgress
+    percent: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    failure: str | None
+
+
+class ImportChunkTask(BaseModel):
+    """Cloud Tasks payload: ids only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    import_id: str
+    chunk: int = Field(ge=0)

@@ -1,0 +1,42 @@
+"""Limits of the catalog services, built from settings in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.catalog.imports import ImportPolicy
+    from shared.catalog.uploads import UploadPolicy
+    from shared.config import Settings
+    from shared.imaging import ImageLimits
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    from shared.imaging import ImageLimits
+
+    return ImageLimits(max_bytes=settings.upload_max_bytes, max_pixels=settings.image_max_pixels)
+
+
+def upload_policy(settings: Settings) -> UploadPolicy:
+    from shared.catalog.uploads import UploadPolicy
+
+    return UploadPolicy(
+        image_max_bytes=settings.upload_max_bytes,
+        csv_max_bytes=settings.csv_max_bytes,
+        presign_expiry_seconds=settings.presign_expiry_seconds,
+        image_limits=image_limits(settings),
+        thumbnail_max_side=settings.thumbnail_max_side,
+    )
+
+
+def import_policy(settings: Settings) -> ImportPolicy:
+    from shared.catalog.imports import ImportPolicy
+
+    return ImportPolicy(
+        chunk_rows=settings.import_chunk_rows,
+        max_rows=settings.import_max_rows,
+        csv_max_bytes=settings.csv_max_bytes,
+        image_limits=image_limits(settings),
+        thumbnail_max_side=settings.thumbnail_max_side,
+        max_attempts=settings.tasks_max_attempts,
+    )

@@ -1,0 +1,143 @@
+"""Settings read from the environment (pydantic-settings).
+
+Every variable is documented in README.md and .env.example. In production the settings refuse to
+load when something required is missing or when a development-only switch is on, so a misconfigured
+deployment fails at cold start with a message that names the variables.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigurationError
+
+
+class Environment(str, Enum):
+    PRODUCTION = "production"
+    DEVELOPMENT = "development"
+    TEST = "test"
+
+
+class TasksBackend(str, Enum):
+    CLOUD_TASKS = "cloud_tasks"
+    LOCAL = "local"
+
+
+class TasksAuthMode(str, Enum):
+    OIDC = "oidc"
+    SHARED_SECRET = "shared_secret"
+
+
+class Settings(BaseSettings):
+    """All configuration of every function. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    epox_env: Environment = Environment.PRODUCTION
+    gcp_project: str = ""
+    log_level: str = "INFO"
+
+    # Auth (Better Auth JWT plugin)
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_algorithms: list[str] = Field(default_factory=lambda: ["EdDSA", "RS256"])
+    auth_client_id_claim: str = "client_id"
+    auth_role_claim: str = "role"
+    auth_jwks_cache_seconds: int = 600
+    auth_leeway_seconds: int = 30
+
+    # HTTP
+    cors_allowed_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = 1_048_576
+    idempotency_ttl_hours: int = 24
+
+    # R2 (S3 API)
+    r2_endpoint_url: str = ""
+    r2_access_key_id: str = ""
+    r2_secret_access_key: SecretStr = SecretStr("")
+    r2_bucket: str = ""
+    r2_region: str = "auto"
+    r2_public_endpoint_url: str = ""
+    presign_expiry_seconds: int = 900
+
+    # Cloud Tasks
+    tasks_backend: TasksBackend = TasksBackend.CLOUD_TASKS
+    tasks_location: str = ""
+    tasks_queue: str = "epox-default"
+    tasks_target_base_url: str = ""
+    tasks_service_account: str = ""
+    tasks_auth_mode: TasksAuthMode = TasksAuthMode.OIDC
+    tasks_dev_secret: SecretStr = SecretStr("")
+    tasks_local_dispatcher_url: str = ""
+    tasks_max_attempts: int = 8
+
+    # Uploads and images
+    upload_max_bytes: int = 25 * 1024 * 1024
+    csv_max_bytes: int = 10 * 1024 * 1024
+    image_max_pixels: int = 50_000_000
+    thumbnail_max_side: int = 512
+
+    # Outbound fetches of user-supplied URLs
+    fetch_max_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_seconds: float = 20.0
+    fetch_allowed_networks: list[str] = Field(default_factory=list)
+
+    # CSV import
+    import_chunk_rows: int = 25
+    import_max_rows: int = 50_000
+
+    @property
+    def is_production(self) -> bool:
+        return self.epox_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if not self.is_production:
+            return self
+        required = {
+            "GCP_PROJECT": self.gcp_project,
+            "AUTH_JWKS_URL": self.auth_jwks_url,
+            "AUTH_ISSUER": self.auth_issuer,
+            "AUTH_AUDIENCE": self.auth_audience,
+            "R2_ENDPOINT_URL": self.r2_endpoint_url,
+            "R2_ACCESS_KEY_ID": self.r2_access_key_id,
+            "R2_SECRET_ACCESS_KEY": self.r2_secret_access_key.get_secret_value(),
+            "R2_BUCKET": self.r2_bucket,
+            "TASKS_LOCATION": self.tasks_location,
+            "TASKS_TARGET_BASE_URL": self.tasks_target_base_url,
+            "TASKS_SERVICE_ACCOUNT": self.tasks_service_account,
+        }
+        missing = sorted(name for name, value in required.items() if not value)
+        unsafe = []
+        if self.tasks_backend is not TasksBackend.CLOUD_TASKS:
+            unsafe.append("TASKS_BACKEND must be cloud_tasks")
+        if self.tasks_auth_mode is not TasksAuthMode.OIDC:
+            unsafe.append("TASKS_AUTH_MODE must be oidc")
+        if self.fetch_allowed_networks:
+            unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
+        if not self.auth_jwks_url.startswith("https://") and self.auth_jwks_url:
+            unsafe.append("AUTH_JWKS_URL must use https")
+        if missing or unsafe:
+            parts = []
+            if missing:
+                parts.append("missing required settings: " + ", ".join(missing))
+            if unsafe:
+                parts.append("unsafe settings: " + "; ".join(unsafe))
+            raise ConfigurationError("EPOX_ENV=production refuses to start — " + " | ".join(parts))
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (cleared by tests through ``get_settings.cache_clear``)."""
+    try:
+        return Settings()
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # pydantic's ValidationError: bad types in the environment
+        raise ConfigurationError(f"invalid settings in the environment: {exc}") from exc

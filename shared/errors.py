@@ -1,0 +1,136 @@
+"""The project's error model.
+
+Every failure a caller can see is an :class:`EpoxError` with a stable ``code``; the HTTP layer turns
+it into an RFC 9457 ``application/problem+json`` response. Adapters translate vendor exceptions into
+these so domain code never handles a boto3, gRPC or httpx error directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EpoxError(Exception):
+    """Base class: a problem with an HTTP status, a stable code and optional extension members."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extensions = extensions
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(EpoxError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class MalformedJson(BadRequest):
+    code = "malformed_json"
+    title = "Malformed JSON body"
+
+
+class ValidationFailed(EpoxError):
+    """422 with ``errors``: a list of ``{"field": "a.b", "message": "...", "type": "..."}``."""
+
+    status = 422
+    code = "validation_failed"
+    title = "The request is not valid"
+
+
+class Unauthenticated(EpoxError):
+    status = 401
+    code = "unauthenticated"
+    title = "Authentication required"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+
+
+class Forbidden(EpoxError):
+    status = 403
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(EpoxError):
+    """Also what another tenant's id gets: never 403, so ids are not an oracle."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class MethodNotAllowed(EpoxError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class Conflict(EpoxError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key was already used with a different request"
+
+
+class IdempotencyRequestInProgress(Conflict):
+    code = "idempotency_request_in_progress"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class PayloadTooLarge(EpoxError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(EpoxError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class UnprocessableContent(EpoxError):
+    """Well-formed request whose content (an image, a CSV) cannot be used."""
+
+    status = 422
+    code = "unprocessable_content"
+    title = "The content cannot be processed"
+
+
+class InvalidImage(UnprocessableContent):
+    code = "invalid_image"
+    title = "The file is not a usable image"
+
+
+class InsufficientCredits(EpoxError):
+    status = 402
+    code = "insufficient_credits"
+    title = "Not enough credits"
+
+
+class UpstreamUnavailable(EpoxError):
+    """A dependency is busy or down; the caller should retry later."""
+
+    status = 503
+    code = "upstream_unavailable"
+    title = "A dependency is temporarily unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 5, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class ConfigurationError(RuntimeError):
+    """Raised at start-up when required settings are missing or unsafe; never caught by handlers."""

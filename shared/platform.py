@@ -1,0 +1,182 @@
+"""The process-wide wiring: settings plus lazily built adapters.
+
+Entry points ask :func:`get_platform` for what they need on the first request, never at import
+time. Tests build a :class:`Platform` with their own adapters (moto-backed storage, a recording
+queue, a fetcher that may reach a local server) and install it with :func:`set_platform`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings, TasksAuthMode, TasksBackend, get_settings
+
+if TYPE_CHECKING:
+    from flask import Request
+    from google.cloud.firestore import Client
+
+    from shared.adapters.safe_fetch import SafeFetcher
+    from shared.auth import JwtVerifier, Principal
+    from shared.http.idempotency import IdempotencyStore
+    from shared.storage import ObjectStore
+    from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Platform:
+    """Adapters for one process, each created on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Client | None = None,
+        object_store: ObjectStore | None = None,
+        task_queue: TaskQueue | None = None,
+        fetcher: SafeFetcher | None = None,
+        jwt_verifier: JwtVerifier | None = None,
+        task_verifier: TaskCallVerifier | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._db = db
+        self._object_store = object_store
+        self._task_queue = task_queue
+        self._fetcher = fetcher
+        self._jwt_verifier = jwt_verifier
+        self._task_verifier = task_verifier
+        self._lock = threading.Lock()
+        self._known_clients: set[str] = set()
+
+    # -- adapters --------------------------------------------------------------------------------
+    @property
+    def db(self) -> Client:
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    from google.cloud import firestore
+
+                    self._db = firestore.Client(project=self.settings.gcp_project or None)
+        return self._db
+
+    @property
+    def object_store(self) -> ObjectStore:
+        if self._object_store is None:
+            with self._lock:
+                if self._object_store is None:
+                    from shared.storage import R2ObjectStore
+
+                    self._object_store = R2ObjectStore.from_settings(self.settings)
+        return self._object_store
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        if self._task_queue is None:
+            with self._lock:
+                if self._task_queue is None:
+                    self._task_queue = _build_task_queue(self.settings)
+        return self._task_queue
+
+    @property
+    def fetcher(self) -> SafeFetcher:
+        if self._fetcher is None:
+            with self._lock:
+                if self._fetcher is None:
+                    self._fetcher = _build_fetcher(self.settings)
+        return self._fetcher
+
+    def idempotency_store(self) -> IdempotencyStore:
+        from shared.http.idempotency import FirestoreIdempotencyStore
+
+        return FirestoreIdempotencyStore(self.db, timedelta(hours=self.settings.idempotency_ttl_hours), self.clock)
+
+    # -- request-time services the HTTP layer uses ------------------------------------------------
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self._jwt_verifier is None:
+            from shared.auth import JwtVerifier
+
+            s = self.settings
+            self._jwt_verifier = JwtVerifier(
+                jwks_url=s.auth_jwks_url,
+                issuer=s.auth_issuer,
+                audience=s.auth_audience,
+                algorithms=s.auth_algorithms,
+                client_id_claim=s.auth_client_id_claim,
+                role_claim=s.auth_role_claim,
+                leeway_seconds=s.auth_leeway_seconds,
+                jwks_cache_seconds=s.auth_jwks_cache_seconds,
+            )
+        return self._jwt_verifier.verify_authorization(authorization)
+
+    def verify_task_call(self, request: Request) -> TaskCall:
+        if self._task_verifier is None:
+            from shared.tasks import OidcTaskVerifier, SharedSecretTaskVerifier
+
+            s = self.settings
+            if s.tasks_auth_mode is TasksAuthMode.SHARED_SECRET:
+                self._task_verifier = SharedSecretTaskVerifier(s.tasks_dev_secret.get_secret_value())
+            else:
+                self._task_verifier = OidcTaskVerifier(s.tasks_service_account, s.tasks_target_base_url)
+        return self._task_verifier.verify(request)
+
+    def ensure_client(self, principal: Principal) -> None:
+        """Provision the caller's client record on its first authenticated call (cached per process)."""
+        if principal.client_id in self._known_clients:
+            return
+        from shared.tenancy import ensure_client
+
+        ensure_client(self.db, principal, self.clock())
+        self._known_clients.add(principal.client_id)
+
+
+def _build_task_queue(settings: Settings) -> TaskQueue:
+    from shared.tasks import CloudTasksQueue, LocalDispatcherQueue
+
+    if settings.tasks_backend is TasksBackend.LOCAL:
+        return LocalDispatcherQueue(
+            dispatcher_url=settings.tasks_local_dispatcher_url,
+            target_base_url=settings.tasks_target_base_url,
+            default_queue=settings.tasks_queue,
+        )
+    return CloudTasksQueue.from_settings(settings)
+
+
+def _build_fetcher(settings: Settings) -> SafeFetcher:
+    from ipaddress import ip_network
+
+    from shared.adapters.safe_fetch import AddressPolicy, FetchLimits, SafeFetcher
+
+    policy = AddressPolicy(extra_allowed_networks=[ip_network(net) for net in settings.fetch_allowed_networks])
+    limits = FetchLimits(max_bytes=settings.fetch_max_bytes, total_timeout=settings.fetch_timeout_seconds)
+    return SafeFetcher(policy=policy, limits=limits)
+
+
+_platform: Platform | None = None
+_platform_lock = threading.Lock()
+
+
+def get_platform() -> Platform:
+    """The process's platform, built from the environment on first use."""
+    global _platform
+    if _platform is None:
+        with _platform_lock:
+            if _platform is None:
+                from shared import logging as log
+
+                settings = get_settings()
+                log.configure(settings.log_level, settings.gcp_project)
+                _platform = Platform(settings)
+    return _platform
+
+
+def set_platform(platform: Platform | None) -> None:
+    """Install a platform (tests, dev stack); ``None`` makes the next call rebuild from settings."""
+    global _platform
+    _platform = platform

@@ -1,0 +1,247 @@
+"""Cloud Tasks: the queue port, its adapters, and verification of calls made by the queue.
+
+Task bodies carry ids, not data. A task may carry a name: a second task with the same name is a
+duplicate and is dropped (``enqueue`` returns False), which is how fan-out stays idempotent.
+Locally, :class:`LocalDispatcherQueue` hands tasks to the dev stack's dispatcher, which delivers them
+with the same headers and retry behaviour as Cloud Tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from shared.errors import EpoxError, Forbidden, Unauthenticated, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from flask import Request
+
+    from shared.config import Settings
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,500}")
+
+
+def task_name(*parts: str) -> str:
+    """A valid, deterministic Cloud Tasks name from arbitrary parts (long ones are hashed)."""
+    raw = "-".join(parts)
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", raw)
+    if len(cleaned) <= 400:
+        return cleaned
+    return cleaned[:300] + "-" + hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One unit of background work: POST ``payload`` to ``path`` of the ``target`` entry point."""
+
+    target: str
+    path: str
+    payload: BaseModel
+    name: str | None = None
+    schedule_time: datetime | None = None
+    queue: str | None = None
+
+    def body(self) -> bytes:
+        return self.payload.model_dump_json().encode()
+
+
+class TaskQueue(ABC):
+    """Port for enqueuing background work."""
+
+    @abstractmethod
+    def enqueue(self, task: TaskRequest) -> bool:
+        """Enqueue; return False when a task of the same name already exists (a duplicate)."""
+
+
+@dataclass
+class CloudTasksQueue(TaskQueue):
+    """google-cloud-tasks adapter: HTTP target tasks with an OIDC token for the worker."""
+
+    project: str
+    location: str
+    default_queue: str
+    target_base_url: str
+    service_account: str
+    _client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CloudTasksQueue:
+        return cls(
+            project=settings.gcp_project,
+            location=settings.tasks_location,
+            default_queue=settings.tasks_queue,
+            target_base_url=settings.tasks_target_base_url.rstrip("/"),
+            service_account=settings.tasks_service_account,
+        )
+
+    def enqueue(self, task: TaskRequest) -> bool:
+        from google.api_core import exceptions as gexc
+        from google.cloud import tasks_v2
+        from google.protobuf import timestamp_pb2
+
+        if self._client is None:
+            self._client = tasks_v2.CloudTasksClient()
+        parent = self._client.queue_path(self.project, self.location, task.queue or self.default_queue)
+        function_url = f"{self.target_base_url}/{task.target}"
+        message: dict[str, Any] = {
+            "http_request": {
+                "http_method": tasks_v2.HttpMethod.POST,
+                "url": function_url + task.path,
+                "headers": {"Content-Type": "application/json"},
+                "body": task.body(),
+                "oidc_token": {"service_account_email": self.service_account, "audience": function_url},
+            }
+        }
+        if task.name:
+            message["name"] = f"{parent}/tasks/{task.name}"
+        if task.schedule_time is not None:
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromDatetime(task.schedule_time)
+            message["schedule_time"] = stamp
+        try:
+            self._client.create_task(parent=parent, task=message)
+        except gexc.AlreadyExists:
+            return False
+        except (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.TooManyRequests) as exc:
+            raise UpstreamUnavailable("The task queue is unavailable") from exc
+        return True
+
+
+@dataclass
+class LocalDispatcherQueue(TaskQueue):
+    """Hands tasks to the dev stack's dispatcher over HTTP (see dev/stack.py)."""
+
+    dispatcher_url: str
+    target_base_url: str
+    default_queue: str
+
+    def enqueue(self, task: TaskRequest) -> bool:
+        import httpx
+
+        document = {
+            "queue": task.queue or self.default_queue,
+            "name": task.name,
+            "url": f"{self.target_base_url.rstrip('/')}/{task.target}{task.path}",
+            "body": task.body().decode(),
+            "schedule_time": task.schedule_time.isoformat() if task.schedule_time else None,
+        }
+        try:
+            response = httpx.post(self.dispatcher_url, json=document, timeout=5, trust_env=False)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable("The local task dispatcher is not reachable") from exc
+        if response.status_code == 409:
+            return False
+        if response.status_code >= 300:
+            raise UpstreamUnavailable(f"The local task dispatcher answered {response.status_code}")
+        return True
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """What Cloud Tasks tells a worker about the delivery it is handling."""
+
+    queue: str
+    name: str
+    retry_count: int
+    execution_count: int
+
+    @property
+    def is_first_attempt(self) -> bool:
+        return self.retry_count == 0
+
+
+def task_call_from_headers(request: Request) -> TaskCall:
+    headers = request.headers
+    queue = headers.get("X-CloudTasks-QueueName")
+    name = headers.get("X-CloudTasks-TaskName")
+    if not queue or not name:
+        raise Forbidden("Only Cloud Tasks may call this endpoint")
+
+    def number(header: str) -> int:
+        try:
+            return max(0, int(headers.get(header, "0")))
+        except ValueError:
+            return 0
+
+    return TaskCall(
+        queue=queue,
+        name=name,
+        retry_count=number("X-CloudTasks-TaskRetryCount"),
+        execution_count=number("X-CloudTasks-TaskExecutionCount"),
+    )
+
+
+class TaskCallVerifier(ABC):
+    """Port: decides whether a request really comes from our task queue."""
+
+    @abstractmethod
+    def verify(self, request: Request) -> TaskCall: ...
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("Task calls must carry a bearer token")
+    return token.strip()
+
+
+@dataclass
+class OidcTaskVerifier(TaskCallVerifier):
+    """Production: Google-signed OIDC token for our tasks service account and this function's URL."""
+
+    service_account: str
+    target_base_url: str
+    _transport: Any = field(default=None, repr=False)
+
+    def verify(self, request: Request) -> TaskCall:
+        from google.auth import exceptions as gauth_exceptions
+        from google.auth.transport import requests as gauth_requests
+        from google.oauth2 import id_token
+
+        token = _bearer(request)
+        if self._transport is None:
+            self._transport = gauth_requests.Request()
+        try:
+            claims = id_token.verify_oauth2_token(token, self._transport, audience=None)
+        except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
+            raise Unauthenticated("The task token is not valid") from exc
+        # Every task's audience is the URL of one of our functions (see CloudTasksQueue.enqueue).
+        if not str(claims.get("aud", "")).startswith(self.target_base_url.rstrip("/") + "/"):
+            raise Unauthenticated("The task token is for another audience")
+        if claims.get("email") != self.service_account or not claims.get("email_verified"):
+            raise Forbidden("The task token belongs to another service account")
+        return task_call_from_headers(request)
+
+
+@dataclass
+class SharedSecretTaskVerifier(TaskCallVerifier):
+    """Local stack and tests: the dispatcher presents a shared secret instead of an OIDC token."""
+
+    secret: str
+
+    def verify(self, request: Request) -> TaskCall:
+        if not self.secret:
+            raise Forbidden("Task calls are disabled: no TASKS_DEV_SECRET configured")
+        if not hmac.compare_digest(_bearer(request).encode(), self.secret.encode()):
+            raise Unauthenticated("The task secret is wrong")
+        return task_call_from_headers(request)
+
+
+class RetryTask(EpoxError):
+    """Raised by a worker when the work should be tried again later (the queue retries)."""
+
+    status = 503
+    code = "retry_task"
+    title = "The task will be retried"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 10, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = str(retry_after)
