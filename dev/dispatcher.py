@@ -141,34 +141,37 @@ class TaskDispatcher(TaskQueue):
             self._lock.notify_all()
 
     def _next_due(self, wait: bool) -> LocalTask | None:
+        """The next task that is due; with ``wait`` block until one is (or the dispatcher stops)."""
         with self._lock:
-            while True:
-                if self._stopping:
+            while not self._stopping:
+                if self._heap and self._heap[0].due <= self.clock():
+                    self._in_flight += 1
+                    return heapq.heappop(self._heap).task
+                if not wait:
                     return None
-                if self._heap:
-                    delay = self._heap[0].due - self.clock()
-                    if delay <= 0:
-                        self._in_flight += 1
-                        return heapq.heappop(self._heap).task
-                    if not wait:
-                        time.sleep(min(delay, 0.05))
-                        continue
-                    self._lock.wait(timeout=min(delay, 0.5))
-                elif wait:
-                    self._lock.wait(timeout=0.5)
-                else:
-                    return None
+                delay = self._heap[0].due - self.clock() if self._heap else 0.5
+                self._lock.wait(timeout=min(max(delay, 0.01), 0.5))
+            return None
 
     def run_until_idle(self, max_deliveries: int = 10_000) -> int:
-        """Deliver synchronously until nothing is queued (tests); returns the number of deliveries."""
+        """Deliver due tasks synchronously until none is due or ``max_deliveries`` were made (tests).
+
+        Tasks scheduled for later (or waiting out a retry backoff) stay queued; returns the number
+        of deliveries made.
+        """
         count = 0
         while count < max_deliveries:
             task = self._next_due(wait=False)
             if task is None:
-                return count
+                break
             self._deliver(task)
             count += 1
-        raise RuntimeError(f"tasks still pending after {max_deliveries} deliveries")
+        return count
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._heap) + self._in_flight
 
     # -- background mode (dev stack) ------------------------------------------------------------------
     def start(self, workers: int = 4) -> None:
