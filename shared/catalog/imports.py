@@ -42,7 +42,7 @@ from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
-    from shared.adapters.safe_fetch import SafeFetcher
+    from shared.adapters.safe_fetch import FetchLimits, SafeFetcher
     from shared.catalog.csv_parsing import ColumnMapping, ParsedCsv, RowResult
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
@@ -59,6 +59,7 @@ class ImportPolicy:
     image_limits: ImageLimits
     thumbnail_max_side: int
     max_attempts: int
+    fetch_limits: FetchLimits
 
 
 class ImportNotEditable(Conflict):
@@ -235,7 +236,7 @@ class _ChunkOutcome:
 
     def __post_init__(self) -> None:
         self.errors: list[dict[str, Any]] = []
-        self.transient: list[str] = []
+        self.transient: list[tuple[int, str]] = []  # (row, message)
 
 
 def _derived_id(prefix: str, *parts: object) -> str:
@@ -274,8 +275,11 @@ def run_import_chunk(
         outcome = _process_rows(db, store, fetcher, doc, results, policy, now)
         if outcome.transient and call.retry_count + 1 < policy.max_attempts:
             raise RetryTask(f"{len(outcome.transient)} image downloads failed temporarily; retrying the chunk")
-        for message in outcome.transient:
-            outcome.errors.append({"row": None, "level": "error", "code": "fetch_temporarily_failed", "message": message})
+        for row_number, message in outcome.transient:
+            outcome.images_failed += 1
+            outcome.errors.append(
+                {"row": row_number, "level": "error", "code": "fetch_temporarily_failed", "message": message}
+            )
         batch = db.batch()
         batch.create(
             chunk_ref,
@@ -329,7 +333,7 @@ def _process_rows(
             outcome.errors.append(
                 {
                     "row": problem.row_number,
-                    "level": "error" if result.draft is None else "warning",
+                    "level": problem.severity,
                     "code": problem.code,
                     "message": problem.message,
                 }
@@ -383,7 +387,7 @@ def _import_image(
     now: datetime,
     outcome: _ChunkOutcome,
 ) -> None:
-    from shared.adapters.safe_fetch import FetchLimits, FetchTemporarilyFailed, fetch_with_retries
+    from shared.adapters.safe_fetch import FetchTemporarilyFailed, fetch_with_retries
 
     asset_id = _derived_id("ast", doc.id, row_number, index)
     if assets_ref(db, doc.client_id).document(asset_id).get().exists:
@@ -394,9 +398,7 @@ def _import_image(
             fetcher,
             url,
             attempts=2,
-            limits=FetchLimits(
-                max_bytes=policy.image_limits.max_bytes, allowed_content_types=frozenset(IMAGE_CONTENT_TYPES)
-            ),
+            limits=policy.fetch_limits,
         )
         store_product_image(
             db,
@@ -411,7 +413,7 @@ def _import_image(
         )
         outcome.images_imported += 1
     except FetchTemporarilyFailed as error:
-        outcome.transient.append(f"row {row_number}: image {index + 1} ({_short(url)}): {error.detail}")
+        outcome.transient.append((row_number, f"image {index + 1} ({_short(url)}): {error.detail}"))
     except EpoxError as error:
         outcome.images_failed += 1
         outcome.errors.append(

@@ -30,7 +30,9 @@ def upload_policy(settings: Settings) -> UploadPolicy:
 
 
 def import_policy(settings: Settings) -> ImportPolicy:
+    from shared.adapters.safe_fetch import FetchLimits
     from shared.catalog.imports import ImportPolicy
+    from shared.catalog.models import IMAGE_CONTENT_TYPES
 
     return ImportPolicy(
         chunk_rows=settings.import_chunk_rows,
@@ -39,4 +41,9 @@ def import_policy(settings: Settings) -> ImportPolicy:
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
         max_attempts=settings.tasks_max_attempts,
+        fetch_limits=FetchLimits(
+            max_bytes=min(settings.fetch_max_bytes, settings.upload_max_bytes),
+            total_timeout=settings.fetch_timeout_seconds,
+            allowed_content_types=frozenset(IMAGE_CONTENT_TYPES),
+        ),
     )
