@@ -23,7 +23,7 @@ def build(out: Path = ROOT / "build") -> list[Path]:
         shutil.copytree(ROOT / "shared", target / "shared", ignore=IGNORED)
         archive = shutil.make_archive(str(out / folder.name), "zip", root_dir=target)
         bundles.append(Path(archive))
-        print(f"built {target.relative_to(ROOT)}/ and {Path(archive).relative_to(ROOT)}")
+        print(f"built {target}/ and {archive}")
     return bundles
 
 

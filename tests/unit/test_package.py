@@ -1,0 +1,42 @@
+"""The deployable bundle of each function imports and serves on its own, without the repo around it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dev.package import build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import sys
+sys.path.insert(0, ".")
+import main
+from functions_framework import create_app
+for name in sys.argv[1:]:
+    app = create_app(target=name, source="main.py")
+    response = app.test_client().get("/health")
+    assert response.status_code == 200, (name, response.status_code, response.data)
+print("ok")
+"""
+
+
+def test_bundles_are_self_contained(tmp_path: Path) -> None:
+    from dev.functions import discover_entry_points
+
+    entries = discover_entry_points(ROOT / "functions")
+    bundles = build(tmp_path)
+    assert {p.stem for p in bundles} == {main.parent.name for main in entries.values()}
+    for bundle in bundles:
+        folder = tmp_path / bundle.stem
+        assert (folder / "shared" / "__init__.py").is_file()
+        assert (folder / "requirements.txt").is_file()
+        names = [name for name, main in entries.items() if main.parent.name == bundle.stem]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"EPOX_ENV": "test"}
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, *names], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
