@@ -1,0 +1,170 @@
+"""Credits function: balance, history, usage, quotes and admin tools over the credit ledger.
+
+Entry points: ``credits_api`` (frontend and admins, user JWTs) and ``credits_jobs`` (Cloud
+Scheduler targets: sweep expired holds, expire buckets, verify balances; each safe to run twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import functions_framework
+
+from shared.errors import BadRequest
+from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.pagination import Page
+from shared.ledger import admin as ledger_admin
+from shared.ledger import views
+from shared.ledger.model import Actor, GrantSource
+from shared.ledger.pricing import PriceList, Quote, QuoteRequest, quote
+from shared.ledger.views import BalanceView, EntryView, HistoryQuery, JobReport, UsageQuery, UsageView
+
+if TYPE_CHECKING:
+    import flask
+
+api = HttpApp("credits_api")
+jobs = HttpApp("credits_jobs")
+logger = logging.getLogger("epox.credits")
+
+Ctx = RequestContext[Any, Any]
+
+
+def _balance(ctx: Ctx, client_id: str) -> BalanceView:
+    p = ctx.platform
+    return views.balance_view(p.db, p.ledger.state(client_id), p.settings.low_credit_threshold, p.clock())
+
+
+def _csv_response(ctx: Ctx, client_id: str, query: HistoryQuery) -> flask.Response:
+    from flask import Response
+
+    return Response(
+        views.history_csv(ctx.platform.db, client_id, query),
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="credits-{client_id}.csv"'},
+    )
+
+
+# -- the client's own credits -----------------------------------------------------------------------
+
+
+@api.get("/balance")
+def balance(ctx: Ctx) -> BalanceView:
+    return _balance(ctx, ctx.client_id)
+
+
+@api.get("/history", query=HistoryQuery)
+def history(ctx: Ctx) -> Page[EntryView]:
+    return views.history(ctx.platform.db, ctx.client_id, ctx.query)
+
+
+@api.get("/history.csv", query=HistoryQuery)
+def history_csv(ctx: Ctx) -> flask.Response:
+    return _csv_response(ctx, ctx.client_id, ctx.query)
+
+
+@api.get("/usage", query=UsageQuery)
+def usage(ctx: Ctx) -> UsageView:
+    return views.usage(ctx.platform.db, ctx.client_id, ctx.query)
+
+
+@api.get("/prices")
+def prices(ctx: Ctx) -> PriceList:
+    return ctx.platform.price_book.current()
+
+
+@api.post("/quote", body=QuoteRequest)
+def get_quote(ctx: Ctx) -> Quote:
+    return quote(ctx.platform.price_book.current(), ctx.body.items)
+
+
+# -- admin --------------------------------------------------------------------------------------------
+
+
+@api.get("/admin/clients", query=ledger_admin.ClientSearch, access=Access.ADMIN)
+def find_clients(ctx: Ctx) -> Page[ledger_admin.ClientSummary]:
+    items, cursor = ledger_admin.find_clients(ctx.platform.db, ctx.query)
+    return Page[ledger_admin.ClientSummary](items=items, next_cursor=cursor)
+
+
+@api.get("/admin/clients/<client_id>/balance", access=Access.ADMIN)
+def admin_balance(ctx: Ctx) -> BalanceView:
+    return _balance(ctx, ctx.path_params["client_id"])
+
+
+@api.get("/admin/clients/<client_id>/history", query=HistoryQuery, access=Access.ADMIN)
+def admin_history(ctx: Ctx) -> Page[EntryView]:
+    return views.history(ctx.platform.db, ctx.path_params["client_id"], ctx.query)
+
+
+def _admin_key(ctx: Ctx, action: str) -> str:
+    key = ctx.request.headers.get("Idempotency-Key")
+    if not key:
+        raise BadRequest("Admin credit changes need an Idempotency-Key header (so a retry cannot apply twice)")
+    return f"admin:{action}:{ctx.principal.user_id if ctx.principal else ''}:{key}"
+
+
+@api.post("/admin/clients/<client_id>/grants", body=ledger_admin.AdminGrant, access=Access.ADMIN, status=201)
+def admin_grant(ctx: Ctx) -> JsonResponse:
+    assert ctx.principal is not None
+    target, body = ctx.path_params["client_id"], ctx.body
+    result = ctx.platform.ledger.grant(
+        target, key=_admin_key(ctx, "grant"), amount=body.amount, source=GrantSource(body.source),
+        actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason, expires_at=body.expires_at,
+    )
+    logger.info("admin %s granted %s credits to %s: %s", ctx.principal.user_id, body.amount, target, body.reason)
+    return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
+
+
+@api.post("/admin/clients/<client_id>/adjustments", body=ledger_admin.AdminAdjustment, access=Access.ADMIN, status=201)
+def admin_adjust(ctx: Ctx) -> JsonResponse:
+    assert ctx.principal is not None
+    target, body = ctx.path_params["client_id"], ctx.body
+    result = ctx.platform.ledger.adjust(
+        target, key=_admin_key(ctx, "adjust"), amount=body.amount,
+        actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason,
+    )
+    logger.info("admin %s adjusted %s by %s: %s", ctx.principal.user_id, target, body.amount, body.reason)
+    return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
+
+
+@api.put("/admin/prices", body=PriceList, access=Access.ADMIN)
+def admin_prices(ctx: Ctx) -> PriceList:
+    assert ctx.principal is not None
+    return ctx.platform.price_book.replace(ctx.body, admin_id=ctx.principal.user_id, now=ctx.platform.clock())
+
+
+# -- Cloud Scheduler jobs ----------------------------------------------------------------------------
+
+
+@jobs.post("/jobs/sweep-holds", access=Access.SCHEDULER)
+def sweep_holds(ctx: Ctx) -> JobReport:
+    p = ctx.platform
+    return views.sweep_holds(p.db, p.ledger, p.clock())
+
+
+@jobs.post("/jobs/expire-buckets", access=Access.SCHEDULER)
+def expire_buckets(ctx: Ctx) -> JobReport:
+    p = ctx.platform
+    return views.expire_buckets(p.db, p.ledger, p.clock())
+
+
+@jobs.post("/jobs/verify-balances", access=Access.SCHEDULER)
+def verify_balances(ctx: Ctx) -> JobReport:
+    p = ctx.platform
+    report = views.verify_balances(p.db, p.ledger)
+    for client_id, problems in report.problems.items():
+        # CRITICAL so a log-based alert fires: a balance that disagrees with its entries is a money bug.
+        logger.critical("ledger drift for client %s: %s", client_id, "; ".join(problems),
+                        extra={"fields": {"ledger_drift": {"client_id": client_id, "problems": problems}}})
+    return report
+
+
+@functions_framework.http
+def credits_api(request: flask.Request) -> flask.Response:
+    return api.handle(request)
+
+
+@functions_framework.http
+def credits_jobs(request: flask.Request) -> flask.Response:
+    return jobs.handle(request)

@@ -1,0 +1,57 @@
+"""Admin requests against the ledger: find a client, grant or adjust with an audited reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.http.pagination import PageQuery
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+
+
+class ClientSearch(PageQuery):
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{0,128}$")] = ""
+
+
+class ClientSummary(BaseModel):
+    id: str
+    plan: str
+    status: str
+    created_at: datetime
+
+
+class AdminGrant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = Field(gt=0, le=10_000_000)
+    reason: Reason
+    source: Literal["admin", "promo", "refund"] = "admin"
+    expires_at: datetime | None = None
+
+
+class AdminAdjustment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = Field(ge=-10_000_000, le=10_000_000)
+    reason: Reason
+
+
+def find_clients(db: Client, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:
+    """Clients whose id starts with ``prefix``, in id order, paginated by id."""
+    q = db.collection("clients").order_by("id")
+    start = query.cursor or query.prefix
+    if start:
+        q = q.start_after({"id": start}) if query.cursor else q.start_at({"id": start})
+    if query.prefix:
+        q = q.end_at({"id": query.prefix + "\uf8ff"})
+    docs = [s.to_dict() or {} for s in q.limit(query.limit + 1).stream()]
+    items = [ClientSummary(id=d["id"], plan=d.get("plan", "free"), status=d.get("status", "active"),
+                           created_at=d["created_at"]) for d in docs[: query.limit]]
+    next_cursor = items[-1].id if len(docs) > query.limit and items else None
+    return items, next_cursor

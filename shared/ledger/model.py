@@ -1,0 +1,600 @@
+"""The credit ledger's pure domain: state, entries and the rules that change them. No I/O.
+
+One :class:`LedgerState` per client holds the live buckets and pending holds; every mutation is a
+pure function ``state → (new state, entries, result)``. Storage (Firestore, or memory in tests)
+commits the new state together with the entries and the idempotency marker atomically.
+
+Credits are whole numbers. ``available`` is what can be spent now; ``reserved`` is what pending
+holds have set aside. A bucket's ``remaining`` is its unreserved credits, so at all times
+``available == sum(bucket.remaining)`` and ``reserved == sum(hold.amount)``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import Conflict, InsufficientCredits, NotFound, ValidationFailed
+
+
+class GrantSource(str, Enum):
+    SIGNUP = "signup"
+    SUBSCRIPTION = "subscription"
+    PACK = "pack"
+    ADMIN = "admin"
+    PROMO = "promo"
+    REFUND = "refund"
+
+
+# Lower burns first: promotional and plan credits (which expire) go before paid packs.
+DEFAULT_PRIORITY: dict[GrantSource, int] = {
+    GrantSource.PROMO: 10,
+    GrantSource.SIGNUP: 20,
+    GrantSource.SUBSCRIPTION: 30,
+    GrantSource.REFUND: 40,
+    GrantSource.ADMIN: 40,
+    GrantSource.PACK: 50,
+}
+
+
+class EntryType(str, Enum):
+    GRANT = "grant"
+    RESERVE = "reserve"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    EXPIRE = "expire"
+    ADJUST = "adjust"
+
+
+class HoldStatus(str, Enum):
+    PENDING = "pending"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
+class Actor(BaseModel):
+    """Who caused a change: a user, an admin, the system, a Stripe event, a task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str  # user | admin | system | stripe | task
+    id: str
+
+
+class Bucket(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    source: GrantSource
+    granted: int
+    remaining: int
+    priority: int
+    granted_at: datetime
+    expires_at: datetime | None = None
+    expired: bool = False
+    reference: str | None = None  # e.g. a Stripe invoice id or pack purchase
+
+
+class Hold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    amount: int
+    draws: dict[str, int]  # bucket id → credits taken from it, in burn order
+    purpose: str
+    operation: str | None = None
+    deadline: datetime
+    created_at: datetime
+    actor: Actor
+
+
+class HoldOutcome(BaseModel):
+    """A resolved hold, kept so a second capture/release returns the first result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: HoldStatus
+    amount: int
+    captured: int
+    released: int
+    resolved_at: datetime
+
+
+class LedgerState(BaseModel):
+    """``clients/{client}/ledger/state``: the cache of everything the entries say."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    available: int = 0
+    reserved: int = 0
+    buckets: dict[str, Bucket] = Field(default_factory=dict)
+    holds: dict[str, Hold] = Field(default_factory=dict)
+    seq: int = 0
+    low_balance: bool = False
+    next_hold_deadline: datetime | None = None
+    next_bucket_expiry: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Entry(BaseModel):
+    """One append-only ledger entry. Deltas are signed; buckets lists per-bucket deltas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    type: EntryType
+    amount: int
+    available_delta: int
+    reserved_delta: int
+    bucket_deltas: dict[str, int] = Field(default_factory=dict)
+    hold_id: str | None = None
+    bucket_id: str | None = None
+    operation: str | None = None
+    purpose: str | None = None
+    actor: Actor
+    reason: str
+    key: str
+    available_after: int
+    reserved_after: int
+    created_at: datetime
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str  # low_balance | depleted
+    available: int
+    threshold: int
+    created_at: datetime
+
+
+class Mutation(BaseModel):
+    """What one ledger operation produced; committed atomically by the store."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    state: LedgerState
+    entries: list[Entry]
+    result: dict[str, Any]
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+class HoldNotFound(NotFound):
+    code = "hold_not_found"
+    title = "No such hold"
+
+
+class HoldAlreadyResolved(Conflict):
+    code = "hold_already_resolved"
+    title = "The hold was already resolved another way"
+
+
+def burn_order(buckets: dict[str, Bucket], now: datetime) -> list[Bucket]:
+    """Spendable buckets in the order credits leave them: priority, soonest expiry, oldest."""
+    live = [b for b in buckets.values() if b.remaining > 0 and not b.expired and not _is_past(b.expires_at, now)]
+    return sorted(
+        live,
+        key=lambda b: (b.priority, b.expires_at is None, b.expires_at or b.granted_at, b.granted_at, b.id),
+    )
+
+
+def _is_past(moment: datetime | None, now: datetime) -> bool:
+    return moment is not None and moment <= now
+
+
+def spendable(state: LedgerState, now: datetime) -> int:
+    """Credits that can be spent now: buckets past their expiry do not count even before the sweep."""
+    return sum(b.remaining for b in burn_order(state.buckets, now))
+
+
+class _Builder:
+    """Accumulates entries against a working copy of the state."""
+
+    def __init__(self, state: LedgerState, key: str, actor: Actor, now: datetime) -> None:
+        self.state = state.model_copy(deep=True)
+        self.key = key
+        self.actor = actor
+        self.now = now
+        self.entries: list[Entry] = []
+
+    def expire_past_due(self) -> None:
+        """Buckets past their expiry expire before anything else happens (the sweep may lag)."""
+        for bucket in sorted(self.state.buckets.values(), key=lambda x: x.id):
+            if not bucket.expired and _is_past(bucket.expires_at, self.now):
+                self.expire_bucket(bucket, "bucket reached its expiry date")
+
+    def entry(
+        self,
+        type_: EntryType,
+        *,
+        amount: int,
+        available_delta: int,
+        reserved_delta: int,
+        bucket_deltas: dict[str, int] | None = None,
+        reason: str,
+        hold_id: str | None = None,
+        bucket_id: str | None = None,
+        operation: str | None = None,
+        purpose: str | None = None,
+    ) -> Entry:
+        s = self.state
+        s.available += available_delta
+        s.reserved += reserved_delta
+        for bucket_id_, delta in (bucket_deltas or {}).items():
+            s.buckets[bucket_id_].remaining += delta
+        s.seq += 1
+        entry = Entry(
+            seq=s.seq,
+            type=type_,
+            amount=amount,
+            available_delta=available_delta,
+            reserved_delta=reserved_delta,
+            bucket_deltas=dict(bucket_deltas or {}),
+            hold_id=hold_id,
+            bucket_id=bucket_id,
+            operation=operation,
+            purpose=purpose,
+            actor=self.actor,
+            reason=reason,
+            key=self.key if not self.entries else f"{self.key}#{len(self.entries)}",
+            available_after=s.available,
+            reserved_after=s.reserved,
+            created_at=self.now,
+        )
+        self.entries.append(entry)
+        return entry
+
+    def expire_bucket(self, bucket: Bucket, reason: str) -> None:
+        if bucket.remaining > 0:
+            amount = bucket.remaining
+            self.entry(
+                EntryType.EXPIRE,
+                amount=amount,
+                available_delta=-amount,
+                reserved_delta=0,
+                bucket_deltas={bucket.id: -amount},
+                bucket_id=bucket.id,
+                reason=reason,
+            )
+        self.state.buckets[bucket.id].expired = True
+
+    def finish(self, result: dict[str, Any], low_threshold: int) -> Mutation:
+        s = self.state
+        notifications = []
+        if s.available < low_threshold and not s.low_balance:
+            s.low_balance = True
+            kind = "depleted" if s.available == 0 else "low_balance"
+            notifications.append(Notification(kind=kind, available=s.available, threshold=low_threshold,
+                                              created_at=self.now))
+        elif s.available >= low_threshold and s.low_balance:
+            s.low_balance = False
+        s.next_hold_deadline = min((h.deadline for h in s.holds.values()), default=None)
+        s.next_bucket_expiry = min(
+            (b.expires_at for b in s.buckets.values() if b.expires_at and not b.expired and b.remaining > 0),
+            default=None,
+        )
+        s.updated_at = self.now
+        return Mutation(state=s, entries=self.entries, result=result, notifications=notifications)
+
+
+def _positive(amount: int, field: str = "amount") -> None:
+    if amount <= 0:
+        raise ValidationFailed(
+            f"{field} must be a positive whole number of credits",
+            errors=[{"field": field, "in": "body", "message": "must be > 0", "type": "greater_than"}],
+        )
+
+
+def grant(
+    state: LedgerState,
+    *,
+    key: str,
+    bucket_id: str,
+    source: GrantSource,
+    amount: int,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+    reference: str | None = None,
+    low_threshold: int = 0,
+) -> Mutation:
+    """Add a bucket of credits."""
+    _positive(amount)
+    if bucket_id in state.buckets:
+        raise Conflict(f"bucket {bucket_id} exists already")
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    b.state.buckets[bucket_id] = Bucket(
+        id=bucket_id,
+        source=source,
+        granted=amount,
+        remaining=0,
+        priority=DEFAULT_PRIORITY[source] if priority is None else priority,
+        granted_at=now,
+        expires_at=expires_at,
+        reference=reference,
+    )
+    b.entry(
+        EntryType.GRANT,
+        amount=amount,
+        available_delta=amount,
+        reserved_delta=0,
+        bucket_deltas={bucket_id: amount},
+        bucket_id=bucket_id,
+        reason=reason,
+    )
+    if _is_past(expires_at, now):
+        b.expire_bucket(b.state.buckets[bucket_id], "granted already expired")
+    return b.finish({"bucket_id": bucket_id, "amount": amount}, low_threshold)
+
+
+def _draw(b: _Builder, amount: int) -> dict[str, int]:
+    draws: dict[str, int] = {}
+    left = amount
+    for bucket in burn_order(b.state.buckets, b.now):
+        if left == 0:
+            break
+        take = min(bucket.remaining, left)
+        draws[bucket.id] = take
+        left -= take
+    return draws
+
+
+def reserve(
+    state: LedgerState,
+    *,
+    key: str,
+    hold_id: str,
+    amount: int,
+    now: datetime,
+    deadline: datetime,
+    actor: Actor,
+    purpose: str,
+    operation: str | None = None,
+    low_threshold: int = 0,
+) -> Mutation:
+    """Set credits aside for work about to happen; 402 when they are not there (hard block)."""
+    _positive(amount)
+    if hold_id in state.holds:
+        raise Conflict(f"hold {hold_id} exists already")
+    available = spendable(state, now)
+    if amount > available:
+        raise InsufficientCredits(
+            f"This needs {amount} credits; {available} are available",
+            required=amount,
+            available=available,
+            how_to_get_more="Buy a credit pack or upgrade your plan in Billing.",
+        )
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    draws = _draw(b, amount)
+    b.state.holds[hold_id] = Hold(
+        id=hold_id,
+        amount=amount,
+        draws=draws,
+        purpose=purpose,
+        operation=operation,
+        deadline=deadline,
+        created_at=now,
+        actor=actor,
+    )
+    b.entry(
+        EntryType.RESERVE,
+        amount=amount,
+        available_delta=-amount,
+        reserved_delta=amount,
+        bucket_deltas={bid: -n for bid, n in draws.items()},
+        hold_id=hold_id,
+        operation=operation,
+        purpose=purpose,
+        reason=purpose,
+    )
+    return b.finish({"hold_id": hold_id, "amount": amount, "draws": draws}, low_threshold)
+
+
+def _return_to_buckets(b: _Builder, hold: Hold, amount: int, reason: str, entry_type: EntryType) -> None:
+    """Give ``amount`` back to the hold's buckets, last-drawn first; expired buckets expire it again."""
+    if amount == 0:
+        return
+    returns: dict[str, int] = {}
+    left = amount
+    for bucket_id, drawn in reversed(list(hold.draws.items())):
+        if left == 0:
+            break
+        back = min(drawn, left)
+        returns[bucket_id] = back
+        left -= back
+    b.entry(
+        entry_type,
+        amount=amount,
+        available_delta=amount,
+        reserved_delta=-amount,
+        bucket_deltas=returns,
+        hold_id=hold.id,
+        operation=hold.operation,
+        purpose=hold.purpose,
+        reason=reason,
+    )
+    for bucket_id in returns:
+        bucket = b.state.buckets[bucket_id]
+        if bucket.expired or _is_past(bucket.expires_at, b.now):
+            b.expire_bucket(bucket, "returned to an expired bucket")
+
+
+def capture(
+    state: LedgerState,
+    *,
+    key: str,
+    hold_id: str,
+    amount: int,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    resolved: HoldOutcome | None,
+    low_threshold: int = 0,
+) -> Mutation:
+    """Charge ``amount`` (≤ reserved) of a hold; the rest goes back to its buckets."""
+    if resolved is not None:
+        if resolved.status is HoldStatus.CAPTURED:
+            return _noop(state, resolved)
+        raise HoldAlreadyResolved(f"Hold {hold_id} was already {resolved.status.value}")
+    hold = state.holds.get(hold_id)
+    if hold is None:
+        raise HoldNotFound(f"No pending hold {hold_id}")
+    if amount < 0 or amount > hold.amount:
+        raise ValidationFailed(
+            f"Capture between 0 and {hold.amount} credits",
+            errors=[{"field": "amount", "in": "body", "message": f"must be 0..{hold.amount}", "type": "range"}],
+        )
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    del b.state.holds[hold_id]
+    if amount:
+        b.entry(
+            EntryType.CAPTURE,
+            amount=amount,
+            available_delta=0,
+            reserved_delta=-amount,
+            hold_id=hold_id,
+            operation=hold.operation,
+            purpose=hold.purpose,
+            reason=reason,
+        )
+    # Captured credits are the first ones drawn; the rest returns to the last-drawn buckets.
+    _return_to_buckets(b, hold, hold.amount - amount, "remainder of a partial capture", EntryType.RELEASE)
+    outcome = HoldOutcome(id=hold_id, status=HoldStatus.CAPTURED, amount=hold.amount, captured=amount,
+                          released=hold.amount - amount, resolved_at=now)
+    return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
+
+
+def release(
+    state: LedgerState,
+    *,
+    key: str,
+    hold_id: str,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    resolved: HoldOutcome | None,
+    low_threshold: int = 0,
+) -> Mutation:
+    """Give a hold's credits back in full."""
+    if resolved is not None:
+        if resolved.status is HoldStatus.RELEASED:
+            return _noop(state, resolved)
+        raise HoldAlreadyResolved(f"Hold {hold_id} was already {resolved.status.value}")
+    hold = state.holds.get(hold_id)
+    if hold is None:
+        raise HoldNotFound(f"No pending hold {hold_id}")
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    del b.state.holds[hold_id]
+    _return_to_buckets(b, hold, hold.amount, reason, EntryType.RELEASE)
+    outcome = HoldOutcome(id=hold_id, status=HoldStatus.RELEASED, amount=hold.amount, captured=0,
+                          released=hold.amount, resolved_at=now)
+    return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
+
+
+def _noop(state: LedgerState, resolved: HoldOutcome) -> Mutation:
+    return Mutation(state=state, entries=[], result={"hold": resolved.model_dump(mode="json")})
+
+
+def expire_due(state: LedgerState, *, key: str, now: datetime, actor: Actor, low_threshold: int = 0) -> Mutation:
+    """Expire every bucket past ``expires_at`` that still has credits (recorded as entries)."""
+    b = _Builder(state, key, actor, now)
+    expired = [
+        {"bucket_id": x.id, "amount": x.remaining}
+        for x in sorted(b.state.buckets.values(), key=lambda x: x.id)
+        if not x.expired and _is_past(x.expires_at, now)
+    ]
+    b.expire_past_due()
+    return b.finish({"expired": expired}, low_threshold)
+
+
+def adjust(
+    state: LedgerState,
+    *,
+    key: str,
+    bucket_id: str,
+    amount: int,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    low_threshold: int = 0,
+) -> Mutation:
+    """An admin correction: positive adds an admin bucket, negative removes spendable credits."""
+    if amount == 0:
+        raise ValidationFailed(
+            "amount must not be 0", errors=[{"field": "amount", "in": "body", "message": "non-zero", "type": "value"}]
+        )
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    if amount > 0:
+        b.state.buckets[bucket_id] = Bucket(
+            id=bucket_id, source=GrantSource.ADMIN, granted=amount, remaining=0,
+            priority=DEFAULT_PRIORITY[GrantSource.ADMIN], granted_at=now,
+        )
+        deltas = {bucket_id: amount}
+    else:
+        available = spendable(state, now)
+        if -amount > available:
+            raise InsufficientCredits(
+                f"Cannot remove {-amount} credits; {available} are available",
+                required=-amount,
+                available=available,
+                how_to_get_more="Release pending holds first or adjust by a smaller amount.",
+            )
+        deltas = {bid: -n for bid, n in _draw(b, -amount).items()}
+    b.entry(
+        EntryType.ADJUST,
+        amount=abs(amount),
+        available_delta=amount,
+        reserved_delta=0,
+        bucket_deltas=deltas,
+        bucket_id=bucket_id if amount > 0 else None,
+        reason=reason,
+    )
+    return b.finish({"amount": amount, "buckets": deltas}, low_threshold)
+
+
+def replay(client_id: str, entries: list[Entry]) -> tuple[int, int, dict[str, int]]:
+    """What the entries say: (available, reserved, remaining per bucket)."""
+    available = reserved = 0
+    buckets: dict[str, int] = {}
+    for entry in sorted(entries, key=lambda e: e.seq):
+        available += entry.available_delta
+        reserved += entry.reserved_delta
+        for bucket_id, delta in entry.bucket_deltas.items():
+            buckets[bucket_id] = buckets.get(bucket_id, 0) + delta
+    return available, reserved, buckets
+
+
+def drift(state: LedgerState, entries: list[Entry]) -> list[str]:
+    """Every way the cached state disagrees with its entries (empty when consistent)."""
+    available, reserved, buckets = replay(state.client_id, entries)
+    problems = []
+    if available != state.available:
+        problems.append(f"available: state {state.available}, entries {available}")
+    if reserved != state.reserved:
+        problems.append(f"reserved: state {state.reserved}, entries {reserved}")
+    if state.available != sum(b.remaining for b in state.buckets.values()):
+        problems.append("available differs from the sum of bucket balances")
+    if state.reserved != sum(h.amount for h in state.holds.values()):
+        problems.append("reserved differs from the sum of pending holds")
+    for bucket_id, bucket in state.buckets.items():
+        if buckets.get(bucket_id, 0) != bucket.remaining:
+            problems.append(f"bucket {bucket_id}: state {bucket.remaining}, entries {buckets.get(bucket_id, 0)}")
+        if bucket.remaining < 0:
+            problems.append(f"bucket {bucket_id} is negative")
+    if state.available < 0:
+        problems.append("available is negative")
+    if len(entries) != state.seq:
+        problems.append(f"entry count {len(entries)} differs from seq {state.seq}")
+    return problems

@@ -1,0 +1,237 @@
+"""The ledger service: idempotent, concurrency-safe credit operations for one client at a time.
+
+Each call reads the client's state (plus its idempotency marker and, for capture/release, the
+hold's record) in one round trip, computes the change with the pure rules in
+:mod:`shared.ledger.model`, and commits it under an optimistic precondition. A lost race is retried
+with jittered exponential backoff; a key seen before returns the first result without writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.errors import IdempotencyKeyReused, UpstreamUnavailable
+from shared.ledger import model
+from shared.ledger.model import Actor, GrantSource, HoldOutcome, LedgerState, Mutation
+from shared.ledger.store import (
+    HoldRecord,
+    KeyAlreadyUsed,
+    LedgerStore,
+    Snapshot,
+    StaleState,
+    hold_pending_record,
+    hold_resolved_record,
+)
+
+
+@dataclass
+class CommitStats:
+    """Counters for benchmarks and tests: commits, lost races, replays."""
+
+    commits: int = 0
+    conflicts: int = 0
+    replays: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+
+
+def _fingerprint(operation: str, params: dict[str, Any]) -> str:
+    material = json.dumps({"op": operation, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def derived_id(prefix: str, key: str) -> str:
+    """Ids derived from the idempotency key, so a retry names the same bucket or hold."""
+    return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        clock: Callable[[], datetime],
+        low_balance_threshold: int = 10,
+        max_attempts: int = 60,
+        base_backoff: float = 0.005,
+        max_backoff: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.low_threshold = low_balance_threshold
+        self.max_attempts = max_attempts
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.stats = CommitStats()
+
+    def _run(
+        self,
+        client_id: str,
+        key: str,
+        fingerprint: str,
+        compute: Callable[[Snapshot, datetime], Mutation],
+        *,
+        hold_id: str | None = None,
+        hold_record: Callable[[Mutation, datetime], HoldRecord | None] = lambda m, n: None,
+    ) -> dict[str, Any]:
+        for attempt in range(self.max_attempts):
+            snapshot = self.store.load(client_id, key, hold_id)
+            if snapshot.marker is not None:
+                if snapshot.marker.fingerprint != fingerprint:
+                    raise IdempotencyKeyReused("This idempotency key was used for a different credit operation")
+                self.stats.replays += 1
+                return snapshot.marker.result
+            now = self.clock()
+            mutation = compute(snapshot, now)
+            if not mutation.entries:
+                return mutation.result  # e.g. a hold resolved again the same way: nothing to write
+            try:
+                self.store.commit(
+                    client_id, snapshot, mutation, key=key, fingerprint=fingerprint, hold=hold_record(mutation, now)
+                )
+            except StaleState:
+                self.stats.conflicts += 1
+                cap = min(self.max_backoff, self.base_backoff * 2 ** min(attempt, 10))
+                self.sleep(self.rng.uniform(0, cap))
+                continue
+            except KeyAlreadyUsed:
+                continue  # the next load returns the stored result
+            self.stats.commits += 1
+            self.stats.by_client[client_id] = self.stats.by_client.get(client_id, 0) + 1
+            return mutation.result
+        raise UpstreamUnavailable("The credit ledger is busy; try again", retry_after=1)
+
+    # -- operations ------------------------------------------------------------------------------
+    def grant(
+        self,
+        client_id: str,
+        *,
+        key: str,
+        amount: int,
+        source: GrantSource,
+        actor: Actor,
+        reason: str,
+        expires_at: datetime | None = None,
+        priority: int | None = None,
+        reference: str | None = None,
+    ) -> dict[str, Any]:
+        bucket_id = derived_id("bkt", key)
+        params = {"amount": amount, "source": source.value, "expires_at": expires_at, "priority": priority}
+        return self._run(
+            client_id,
+            key,
+            _fingerprint("grant", params),
+            lambda snap, now: model.grant(
+                snap.state, key=key, bucket_id=bucket_id, source=source, amount=amount, now=now, actor=actor,
+                reason=reason, expires_at=expires_at, priority=priority, reference=reference,
+                low_threshold=self.low_threshold,
+            ),
+        )
+
+    def reserve(
+        self,
+        client_id: str,
+        *,
+        key: str,
+        amount: int,
+        actor: Actor,
+        purpose: str,
+        ttl: timedelta,
+        operation: str | None = None,
+    ) -> dict[str, Any]:
+        """Reserve credits; returns ``{"hold_id", "amount", "draws"}``; 402 when not affordable."""
+        hold_id = derived_id("hold", key)
+        return self._run(
+            client_id,
+            key,
+            _fingerprint("reserve", {"amount": amount, "purpose": purpose, "operation": operation}),
+            lambda snap, now: model.reserve(
+                snap.state, key=key, hold_id=hold_id, amount=amount, now=now, deadline=now + ttl, actor=actor,
+                purpose=purpose, operation=operation, low_threshold=self.low_threshold,
+            ),
+            hold_record=lambda m, now: hold_pending_record(m, hold_id, client_id, key),
+        )
+
+    def capture(
+        self, client_id: str, hold_id: str, *, amount: int, actor: Actor, reason: str, key: str | None = None
+    ) -> HoldOutcome:
+        """Charge ``amount`` of the hold and release the rest; a second capture returns the first result."""
+        key = key or f"capture:{hold_id}"
+        result = self._run(
+            client_id,
+            key,
+            _fingerprint("capture", {"hold_id": hold_id, "amount": amount}),
+            lambda snap, now: model.capture(
+                snap.state, key=key, hold_id=hold_id, amount=amount, now=now, actor=actor, reason=reason,
+                resolved=snap.hold, low_threshold=self.low_threshold,
+            ),
+            hold_id=hold_id,
+            hold_record=lambda m, now: hold_resolved_record(m, hold_id, now),
+        )
+        return HoldOutcome.model_validate(result["hold"])
+
+    def release(self, client_id: str, hold_id: str, *, actor: Actor, reason: str, key: str | None = None) -> HoldOutcome:
+        """Return the hold's credits; a second release returns the first result."""
+        key = key or f"release:{hold_id}"
+        result = self._run(
+            client_id,
+            key,
+            _fingerprint("release", {"hold_id": hold_id}),
+            lambda snap, now: model.release(
+                snap.state, key=key, hold_id=hold_id, now=now, actor=actor, reason=reason, resolved=snap.hold,
+                low_threshold=self.low_threshold,
+            ),
+            hold_id=hold_id,
+            hold_record=lambda m, now: hold_resolved_record(m, hold_id, now),
+        )
+        return HoldOutcome.model_validate(result["hold"])
+
+    def expire_due(self, client_id: str, *, key: str, actor: Actor) -> dict[str, Any]:
+        return self._run(
+            client_id,
+            key,
+            _fingerprint("expire", {}),
+            lambda snap, now: model.expire_due(snap.state, key=key, now=now, actor=actor,
+                                               low_threshold=self.low_threshold),
+        )
+
+    def adjust(self, client_id: str, *, key: str, amount: int, actor: Actor, reason: str) -> dict[str, Any]:
+        bucket_id = derived_id("adj", key)
+        return self._run(
+            client_id,
+            key,
+            _fingerprint("adjust", {"amount": amount, "reason": reason}),
+            lambda snap, now: model.adjust(
+                snap.state, key=key, bucket_id=bucket_id, amount=amount, now=now, actor=actor, reason=reason,
+                low_threshold=self.low_threshold,
+            ),
+        )
+
+    def sweep_expired_holds(self, client_id: str, *, actor: Actor) -> list[str]:
+        """Release every hold of the client whose deadline has passed (the worker died or hung)."""
+        state = self.store.state(client_id)
+        now = self.clock()
+        released = []
+        for hold in sorted(state.holds.values(), key=lambda h: h.deadline):
+            if hold.deadline <= now:
+                self.release(client_id, hold.id, actor=actor, reason="hold deadline passed; released by the sweeper")
+                released.append(hold.id)
+        return released
+
+    # -- reads ------------------------------------------------------------------------------------
+    def state(self, client_id: str) -> LedgerState:
+        return self.store.state(client_id)
+
+    def verify(self, client_id: str) -> list[str]:
+        """Every disagreement between the cached state and the entries (empty when consistent)."""
+        return model.drift(self.store.state(client_id), self.store.entries(client_id))

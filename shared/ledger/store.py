@@ -1,0 +1,190 @@
+"""Where ledger state lives: the port and its Firestore adapter.
+
+One commit writes, atomically: the client's state document (guarded by its ``update_time`` — an
+optimistic precondition, which stays live under contention where read-modify-write transactions
+collapse), the idempotency marker (``create``, so a second commit with the same key fails), the new
+entries, the hold's record and any notifications.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.ledger.model import Entry, HoldOutcome, HoldStatus, LedgerState, Mutation
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+
+class StaleState(Exception):
+    """The state changed since it was read (another writer won); read again and retry."""
+
+
+class KeyAlreadyUsed(Exception):
+    """The idempotency marker exists: the mutation was applied before."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    fingerprint: str
+    result: dict[str, Any]
+
+
+@dataclass
+class Snapshot:
+    state: LedgerState
+    version: Any  # opaque: Firestore update_time, or a counter in memory; None when new
+    marker: Marker | None = None
+    hold: HoldOutcome | None = None
+
+
+@dataclass
+class HoldRecord:
+    """The hold document written along with a mutation (pending at reserve, resolved later)."""
+
+    hold_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LedgerStore(ABC):
+    """Port for the ledger's persistence."""
+
+    @abstractmethod
+    def load(self, client_id: str, key: str, hold_id: str | None = None) -> Snapshot: ...
+
+    @abstractmethod
+    def commit(
+        self,
+        client_id: str,
+        snapshot: Snapshot,
+        mutation: Mutation,
+        *,
+        key: str,
+        fingerprint: str,
+        hold: HoldRecord | None,
+    ) -> None:
+        """Write everything or nothing; raise StaleState or KeyAlreadyUsed."""
+
+    @abstractmethod
+    def entries(self, client_id: str) -> list[Entry]: ...
+
+    @abstractmethod
+    def state(self, client_id: str) -> LedgerState: ...
+
+
+class FirestoreLedgerStore(LedgerStore):
+    """``clients/{c}/ledger/state``, ``ledger_entries/{seq}``, ``ledger_keys/{sha256}``,
+    ``ledger_holds/{id}``, ``notifications/{…}``."""
+
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _client(self, client_id: str) -> Any:
+        return self.db.collection("clients").document(client_id)
+
+    def _state_ref(self, client_id: str) -> Any:
+        return self._client(client_id).collection("ledger").document("state")
+
+    def load(self, client_id: str, key: str, hold_id: str | None = None) -> Snapshot:
+        client = self._client(client_id)
+        refs = [self._state_ref(client_id), client.collection("ledger_keys").document(key_hash(key))]
+        if hold_id:
+            refs.append(client.collection("ledger_holds").document(hold_id))
+        by_path = {snap.reference.path: snap for snap in self.db.get_all(refs)}
+        state_snap = by_path[refs[0].path]
+        if state_snap.exists:
+            state = LedgerState.model_validate(state_snap.to_dict())
+            version = state_snap.update_time
+        else:
+            state, version = LedgerState(client_id=client_id), None
+        marker_snap = by_path[refs[1].path]
+        marker = None
+        if marker_snap.exists:
+            data = marker_snap.to_dict() or {}
+            marker = Marker(fingerprint=str(data.get("fingerprint")), result=dict(data.get("result") or {}))
+        hold = None
+        if hold_id:
+            hold_snap = by_path[refs[2].path]
+            data = hold_snap.to_dict() if hold_snap.exists else None
+            if data and data.get("status") in (HoldStatus.CAPTURED.value, HoldStatus.RELEASED.value):
+                hold = HoldOutcome.model_validate(data["outcome"])
+        return Snapshot(state=state, version=version, marker=marker, hold=hold)
+
+    def commit(
+        self,
+        client_id: str,
+        snapshot: Snapshot,
+        mutation: Mutation,
+        *,
+        key: str,
+        fingerprint: str,
+        hold: HoldRecord | None,
+    ) -> None:
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+
+        client = self._client(client_id)
+        state_ref = self._state_ref(client_id)
+        batch = self.db.batch()
+        state_data = mutation.state.model_dump(mode="python")
+        if snapshot.version is None:
+            batch.create(state_ref, state_data)
+        else:
+            batch.update(state_ref, state_data, option=self.db.write_option(last_update_time=snapshot.version))
+        marker_ref = client.collection("ledger_keys").document(key_hash(key))
+        now = mutation.state.updated_at
+        batch.create(
+            marker_ref,
+            {"key": key[:1500], "fingerprint": fingerprint, "result": mutation.result, "created_at": now,
+             "entry_seqs": [e.seq for e in mutation.entries]},
+        )
+        for entry in mutation.entries:
+            batch.create(client.collection("ledger_entries").document(f"{entry.seq:012d}"), entry.model_dump(mode="python"))
+        if hold is not None:
+            batch.set(client.collection("ledger_holds").document(hold.hold_id), hold.data, merge=True)
+        for index, note in enumerate(mutation.notifications):
+            doc_id = f"credits-{note.kind}-{mutation.entries[-1].seq if mutation.entries else 0}-{index}"
+            batch.create(client.collection("notifications").document(doc_id), {**note.model_dump(mode="python"),
+                                                                              "read": False})
+        try:
+            batch.commit()
+        except (FailedPrecondition, NotFound) as exc:
+            raise StaleState() from exc
+        except AlreadyExists as exc:
+            # Either the marker (applied before) or the state doc/entry (a concurrent first writer).
+            if marker_ref.get().exists:
+                raise KeyAlreadyUsed() from exc
+            raise StaleState() from exc
+
+    def entries(self, client_id: str) -> list[Entry]:
+        stream = self._client(client_id).collection("ledger_entries").order_by("seq").stream()
+        return [Entry.model_validate(snap.to_dict()) for snap in stream]
+
+    def state(self, client_id: str) -> LedgerState:
+        snap = self._state_ref(client_id).get()
+        return LedgerState.model_validate(snap.to_dict()) if snap.exists else LedgerState(client_id=client_id)
+
+
+def hold_pending_record(mutation: Mutation, hold_id: str, client_id: str, key: str) -> HoldRecord:
+    hold = mutation.state.holds[hold_id]
+    return HoldRecord(
+        hold_id=hold_id,
+        data={"id": hold_id, "client_id": client_id, "status": HoldStatus.PENDING.value, "amount": hold.amount,
+              "purpose": hold.purpose, "operation": hold.operation, "deadline": hold.deadline,
+              "created_at": hold.created_at, "reserve_key": key},
+    )
+
+
+def hold_resolved_record(mutation: Mutation, hold_id: str, now: datetime) -> HoldRecord:
+    outcome = HoldOutcome.model_validate(mutation.result["hold"])
+    return HoldRecord(
+        hold_id=hold_id,
+        data={"status": outcome.status.value, "outcome": outcome.model_dump(mode="python"), "resolved_at": now},
+    )

@@ -1,0 +1,290 @@
+"""Read models of the ledger: balance, history (with CSV export), usage, and the scheduled jobs
+that sweep holds, expire buckets and verify every client's balance against its entries."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.errors import ValidationFailed
+from shared.http.pagination import InvalidCursor, Page, PageQuery, decode_cursor, encode_cursor
+from shared.ledger.model import Actor, Entry, EntryType, LedgerState, spendable
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+    from shared.ledger.service import Ledger
+
+SYSTEM = Actor(kind="system", id="scheduler")
+
+
+class BucketView(BaseModel):
+    id: str
+    source: str
+    granted: int
+    remaining: int
+    priority: int
+    granted_at: datetime
+    expires_at: datetime | None
+
+
+class BalanceView(BaseModel):
+    client_id: str
+    available: int
+    reserved: int
+    plan: str
+    low_balance: bool
+    low_balance_threshold: int
+    next_expiry: datetime | None
+    buckets: list[BucketView]
+
+
+def balance_view(db: Client, state: LedgerState, threshold: int, now: datetime) -> BalanceView:
+    client = db.collection("clients").document(state.client_id).get()
+    plan = str((client.to_dict() or {}).get("plan", "free")) if client.exists else "free"
+    available = spendable(state, now)
+    live = [b for b in state.buckets.values() if not b.expired and b.remaining > 0]
+    live.sort(key=lambda b: (b.priority, b.expires_at is None, b.expires_at or b.granted_at))
+    return BalanceView(
+        client_id=state.client_id,
+        available=available,
+        reserved=state.reserved,
+        plan=plan,
+        low_balance=available < threshold,
+        low_balance_threshold=threshold,
+        next_expiry=state.next_bucket_expiry,
+        buckets=[BucketView(**b.model_dump(include=set(BucketView.model_fields))) for b in live],
+    )
+
+
+class HistoryQuery(PageQuery):
+    type: EntryType | None = None
+    operation: str | None = Field(default=None, max_length=64)
+    from_: datetime | None = Field(default=None, alias="from")
+    to: datetime | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _range(self) -> HistoryQuery:
+        for name in ("from_", "to"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                setattr(self, name, value.replace(tzinfo=UTC))
+        if self.from_ and self.to and self.from_ >= self.to:
+            raise ValueError("'from' must be before 'to'")
+        return self
+
+
+class EntryView(BaseModel):
+    seq: int
+    type: EntryType
+    amount: int
+    available_delta: int
+    reserved_delta: int
+    available_after: int
+    reserved_after: int
+    hold_id: str | None
+    bucket_id: str | None
+    operation: str | None
+    purpose: str | None
+    actor: Actor
+    reason: str
+    created_at: datetime
+
+
+def _entries_query(db: Client, client_id: str, query: HistoryQuery) -> Any:
+    from google.cloud.firestore import FieldFilter, Query
+
+    q = db.collection("clients").document(client_id).collection("ledger_entries")
+    if query.type:
+        q = q.where(filter=FieldFilter("type", "==", query.type.value))
+    if query.operation:
+        q = q.where(filter=FieldFilter("operation", "==", query.operation))
+    if query.from_:
+        q = q.where(filter=FieldFilter("created_at", ">=", query.from_))
+    if query.to:
+        q = q.where(filter=FieldFilter("created_at", "<", query.to))
+    return q.order_by("created_at", direction=Query.DESCENDING).order_by("seq", direction=Query.DESCENDING)
+
+
+def history(db: Client, client_id: str, query: HistoryQuery) -> Page[EntryView]:
+    q = _entries_query(db, client_id, query)
+    if query.cursor:
+        values = decode_cursor(query.cursor)
+        try:
+            q = q.start_after({"created_at": datetime.fromisoformat(str(values["t"])), "seq": int(values["s"])})
+        except (KeyError, ValueError) as exc:
+            raise InvalidCursor() from exc
+    entries = [Entry.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
+    next_cursor = None
+    if len(entries) > query.limit:
+        entries = entries[: query.limit]
+        next_cursor = encode_cursor({"t": entries[-1].created_at.isoformat(), "s": entries[-1].seq})
+    return Page(items=[EntryView(**e.model_dump(include=set(EntryView.model_fields))) for e in entries],
+                next_cursor=next_cursor)
+
+
+CSV_COLUMNS = ["seq", "created_at", "type", "amount", "available_delta", "reserved_delta", "available_after",
+               "reserved_after", "operation", "purpose", "hold_id", "bucket_id", "actor", "reason"]
+
+
+def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int = 100_000) -> Iterator[str]:
+    """The filtered history as CSV lines (streamed, newest first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    yield buffer.getvalue()
+    for count, snapshot in enumerate(_entries_query(db, client_id, query).stream()):
+        if count >= max_rows:
+            break
+        entry = Entry.model_validate(snapshot.to_dict())
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow([
+            entry.seq, entry.created_at.isoformat(), entry.type.value, entry.amount, entry.available_delta,
+            entry.reserved_delta, entry.available_after, entry.reserved_after, entry.operation or "",
+            entry.purpose or "", entry.hold_id or "", entry.bucket_id or "", f"{entry.actor.kind}:{entry.actor.id}",
+            _csv_safe(entry.reason),
+        ])
+        yield buffer.getvalue()
+
+
+def _csv_safe(text: str) -> str:
+    # Spreadsheet formula injection: a reason typed by an admin must not run as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: date = Field(alias="from")
+    to: date
+
+    @model_validator(mode="after")
+    def _range(self) -> UsageQuery:
+        if self.from_ > self.to:
+            raise ValueError("'from' must not be after 'to'")
+        if (self.to - self.from_).days > 366:
+            raise ValueError("at most 366 days at a time")
+        return self
+
+
+class UsageView(BaseModel):
+    from_: date = Field(serialization_alias="from")
+    to: date
+    total: int
+    by_operation: dict[str, int]
+    by_day: dict[str, int]
+    by_day_and_operation: dict[str, dict[str, int]]
+
+
+def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
+    """Credits actually charged (captures), grouped by operation and by UTC day, ``to`` inclusive."""
+    from google.cloud.firestore import FieldFilter
+
+    start = datetime.combine(query.from_, time.min, tzinfo=UTC)
+    end = datetime.combine(query.to + timedelta(days=1), time.min, tzinfo=UTC)
+    q = (
+        db.collection("clients").document(client_id).collection("ledger_entries")
+        .where(filter=FieldFilter("type", "==", EntryType.CAPTURE.value))
+        .where(filter=FieldFilter("created_at", ">=", start))
+        .where(filter=FieldFilter("created_at", "<", end))
+    )
+    by_operation: dict[str, int] = defaultdict(int)
+    by_day: dict[str, int] = defaultdict(int)
+    matrix: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for snapshot in q.stream():
+        entry = Entry.model_validate(snapshot.to_dict())
+        operation = entry.operation or "other"
+        day = entry.created_at.astimezone(UTC).date().isoformat()
+        by_operation[operation] += entry.amount
+        by_day[day] += entry.amount
+        matrix[day][operation] += entry.amount
+    return UsageView(
+        from_=query.from_,
+        to=query.to,
+        total=sum(by_operation.values()),
+        by_operation=dict(by_operation),
+        by_day=dict(sorted(by_day.items())),
+        by_day_and_operation={day: dict(ops) for day, ops in sorted(matrix.items())},
+    )
+
+
+# -- scheduled jobs ------------------------------------------------------------------------------
+
+
+class JobReport(BaseModel):
+    job: str
+    clients_checked: int
+    changed: dict[str, Any]
+    problems: dict[str, list[str]] = Field(default_factory=dict)
+
+
+def _states_where(db: Client, field: str, now: datetime) -> Iterator[LedgerState]:
+    from google.cloud.firestore import FieldFilter
+
+    query = db.collection_group("ledger").where(filter=FieldFilter(field, "<=", now))
+    for snapshot in query.stream():
+        if snapshot.id == "state":
+            yield LedgerState.model_validate(snapshot.to_dict())
+
+
+def sweep_holds(db: Client, ledger: Ledger, now: datetime) -> JobReport:
+    """Release every hold past its deadline, for every client. Safe to run twice."""
+    changed: dict[str, Any] = {}
+    checked = 0
+    for state in _states_where(db, "next_hold_deadline", now):
+        checked += 1
+        released = ledger.sweep_expired_holds(state.client_id, actor=SYSTEM)
+        if released:
+            changed[state.client_id] = released
+    return JobReport(job="sweep-holds", clients_checked=checked, changed=changed)
+
+
+def expire_buckets(db: Client, ledger: Ledger, now: datetime) -> JobReport:
+    """Expire every bucket past ``expires_at``, recorded as entries. Safe to run twice."""
+    changed: dict[str, Any] = {}
+    checked = 0
+    for state in _states_where(db, "next_bucket_expiry", now):
+        checked += 1
+        due = sorted(b.id for b in state.buckets.values() if b.expires_at and b.expires_at <= now and not b.expired)
+        if not due:
+            continue
+        # The key names the buckets: a second run for the same buckets replays, new ones get a new key.
+        key = "expire:" + hashlib.sha256(",".join(due).encode()).hexdigest()
+        result = ledger.expire_due(state.client_id, key=key, actor=SYSTEM)
+        if result.get("expired"):
+            changed[state.client_id] = result["expired"]
+    return JobReport(job="expire-buckets", clients_checked=checked, changed=changed)
+
+
+def verify_balances(db: Client, ledger: Ledger) -> JobReport:
+    """Compare every client's cached balance with its entries; every drift is returned (and logged)."""
+    problems: dict[str, list[str]] = {}
+    checked = 0
+    for snapshot in db.collection_group("ledger").stream():
+        if snapshot.id != "state":
+            continue
+        checked += 1
+        client_id = str((snapshot.to_dict() or {}).get("client_id"))
+        drift = ledger.verify(client_id)
+        if drift:
+            problems[client_id] = drift
+    return JobReport(job="verify-balances", clients_checked=checked, changed={}, problems=problems)
+
+
+def require_reason(reason: str | None) -> str:
+    if not reason or len(reason.strip()) < 3:
+        raise ValidationFailed(
+            "A reason is required",
+            errors=[{"field": "reason", "in": "body", "message": "at least 3 characters", "type": "string_too_short"}],
+        )
+    return reason.strip()
