@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = 20.0
     fetch_allowed_networks: list[str] = Field(default_factory=list)
 
+    # Credits
+    low_credit_threshold: int = 10
+    price_cache_seconds: float = 60.0
+    hold_ttl_minutes: int = 60
+
     # CSV import
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000

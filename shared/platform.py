@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from shared.adapters.safe_fetch import SafeFetcher
     from shared.auth import JwtVerifier, Principal
     from shared.http.idempotency import IdempotencyStore
+    from shared.ledger.pricing import PriceBook
+    from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
 
@@ -43,6 +45,7 @@ class Platform:
         jwt_verifier: JwtVerifier | None = None,
         task_verifier: TaskCallVerifier | None = None,
         clock: Callable[[], datetime] = utc_now,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -52,6 +55,8 @@ class Platform:
         self._fetcher = fetcher
         self._jwt_verifier = jwt_verifier
         self._task_verifier = task_verifier
+        self._ledger = ledger
+        self._price_book: PriceBook | None = None
         self._lock = threading.Lock()
         self._known_clients: set[str] = set()
 
@@ -92,6 +97,29 @@ class Platform:
                     self._fetcher = _build_fetcher(self.settings)
         return self._fetcher
 
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            with self._lock:
+                if self._ledger is None:
+                    from shared.ledger.service import Ledger
+                    from shared.ledger.store import FirestoreLedgerStore
+
+                    self._ledger = Ledger(
+                        FirestoreLedgerStore(self.db),
+                        clock=self.clock,
+                        low_balance_threshold=self.settings.low_credit_threshold,
+                    )
+        return self._ledger
+
+    @property
+    def price_book(self) -> PriceBook:
+        if self._price_book is None:
+            from shared.ledger.pricing import PriceBook
+
+            self._price_book = PriceBook(self.db, ttl_seconds=self.settings.price_cache_seconds)
+        return self._price_book
+
     def idempotency_store(self) -> IdempotencyStore:
         from shared.http.idempotency import FirestoreIdempotencyStore
 
@@ -116,6 +144,12 @@ class Platform:
         return self._jwt_verifier.verify_authorization(authorization)
 
     def verify_task_call(self, request: Request) -> TaskCall:
+        return self._task_call_verifier().verify(request)
+
+    def verify_scheduler_call(self, request: Request) -> None:
+        self._task_call_verifier().authenticate(request)
+
+    def _task_call_verifier(self) -> TaskCallVerifier:
         if self._task_verifier is None:
             from shared.tasks import OidcTaskVerifier, SharedSecretTaskVerifier
 
@@ -124,7 +158,7 @@ class Platform:
                 self._task_verifier = SharedSecretTaskVerifier(s.tasks_dev_secret.get_secret_value())
             else:
                 self._task_verifier = OidcTaskVerifier(s.tasks_service_account, s.tasks_target_base_url)
-        return self._task_verifier.verify(request)
+        return self._task_verifier
 
     def ensure_client(self, principal: Principal) -> None:
         """Provision the caller's client record on its first authenticated call (cached per process)."""

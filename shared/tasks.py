@@ -180,10 +180,16 @@ def task_call_from_headers(request: Request) -> TaskCall:
 
 
 class TaskCallVerifier(ABC):
-    """Port: decides whether a request really comes from our task queue."""
+    """Port: decides whether a request really comes from our task queue (or our scheduler)."""
 
     @abstractmethod
-    def verify(self, request: Request) -> TaskCall: ...
+    def authenticate(self, request: Request) -> None:
+        """Check the caller's credential only (Cloud Scheduler sends no queue headers)."""
+
+    def verify(self, request: Request) -> TaskCall:
+        """A Cloud Tasks delivery: the credential and the queue's headers."""
+        self.authenticate(request)
+        return task_call_from_headers(request)
 
 
 def _bearer(request: Request) -> str:
@@ -201,7 +207,7 @@ class OidcTaskVerifier(TaskCallVerifier):
     target_base_url: str
     _transport: Any = field(default=None, repr=False)
 
-    def verify(self, request: Request) -> TaskCall:
+    def authenticate(self, request: Request) -> None:
         from google.auth import exceptions as gauth_exceptions
         from google.auth.transport import requests as gauth_requests
         from google.oauth2 import id_token
@@ -218,7 +224,6 @@ class OidcTaskVerifier(TaskCallVerifier):
             raise Unauthenticated("The task token is for another audience")
         if claims.get("email") != self.service_account or not claims.get("email_verified"):
             raise Forbidden("The task token belongs to another service account")
-        return task_call_from_headers(request)
 
 
 @dataclass
@@ -227,12 +232,11 @@ class SharedSecretTaskVerifier(TaskCallVerifier):
 
     secret: str
 
-    def verify(self, request: Request) -> TaskCall:
+    def authenticate(self, request: Request) -> None:
         if not self.secret:
             raise Forbidden("Task calls are disabled: no TASKS_DEV_SECRET configured")
         if not hmac.compare_digest(_bearer(request).encode(), self.secret.encode()):
             raise Unauthenticated("The task secret is wrong")
-        return task_call_from_headers(request)
 
 
 class RetryTask(EpoxError):

@@ -52,6 +52,7 @@ class Access(str, Enum):
     USER = "user"  # a signed-in user of a client (tenant)
     ADMIN = "admin"  # a user whose role claim says admin
     TASK = "task"  # Cloud Tasks (OIDC in production, a shared secret locally)
+    SCHEDULER = "scheduler"  # Cloud Scheduler jobs (same credentials as tasks, no queue headers)
 
 
 @dataclass
@@ -112,10 +113,11 @@ def _compile(template: str) -> re.Pattern[str]:
     last = 0
     for match in _PARAM.finditer(template):
         parts.append(re.escape(template[last : match.start()]))
-        parts.append(f"(?P<{match.group(1)}>[A-Za-z0-9_.~-]{{1,200}})")
+        # First character alphanumeric: ".", ".." and "__x__" are ids Firestore rejects (a 500), so never route them.
+        parts.append(f"(?P<{match.group(1)}>[A-Za-z0-9][A-Za-z0-9_.~-]{{0,199}})")
         last = match.end()
     parts.append(re.escape(template[last:]))
-    return re.compile("^" + "".join(parts) + "/?$")
+    return re.compile("^" + "".join(parts) + r"/?\Z")  # \Z, not $: "$" also matches before a trailing "\n"
 
 
 class HttpApp:
@@ -255,6 +257,8 @@ class HttpApp:
             platform.ensure_client(principal)
         elif route.access is Access.TASK:
             task = platform.verify_task_call(request)
+        elif route.access is Access.SCHEDULER:
+            platform.verify_scheduler_call(request)
 
         body = _parse_body(route, request, raw_body)
         query = _parse_query(route, request)
@@ -322,11 +326,16 @@ def _read_body(request: Request, limit: int) -> bytes:
 
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body is larger than {limit} bytes", limit=limit)
-    request.max_content_length = limit
+    # Without Content-Length (chunked), werkzeug stops reading at max_content_length and returns the
+    # truncated body without an error; allow one byte more so an over-long body shows itself.
+    request.max_content_length = limit + 1
     try:
-        return request.get_data(cache=True)
+        data = request.get_data(cache=True)
     except RequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"The body is larger than {limit} bytes", limit=limit) from exc
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes", limit=limit)
+    return data
 
 
 def _parse_body(route: Route, request: Request, raw: bytes) -> BaseModel:
@@ -346,6 +355,8 @@ def _parse_body(route: Route, request: Request, raw: bytes) -> BaseModel:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJson(f"The body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. 100k nested arrays: the decoder's recursion limit, not a 500
+        raise MalformedJson("The body's JSON is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValidationFailed(
             "The body must be a JSON object",
