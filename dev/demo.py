@@ -45,8 +45,17 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     print(f"[demo] client {client_id}")
 
     product = _check(
-        http.post(f"{catalog}/products", headers=auth, json={"name": "Ceramic Mug", "sku": "MUG-001", "price": "14.50",
-                                                              "category": "kitchen", "tags": ["ceramic", "mug"]}),
+        http.post(
+            f"{catalog}/products",
+            headers=auth,
+            json={
+                "name": "Ceramic Mug",
+                "sku": "MUG-001",
+                "price": "14.50",
+                "category": "kitchen",
+                "tags": ["ceramic", "mug"],
+            },
+        ),
         201,
         "create a product",
     )
@@ -54,8 +63,16 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
 
     photo = _photo()
     slot = _check(
-        http.post(f"{catalog}/uploads", headers=auth, json={"filename": "mug.jpg", "content_type": "image/jpeg",
-                                                             "size_bytes": len(photo), "product_id": product["id"]}),
+        http.post(
+            f"{catalog}/uploads",
+            headers=auth,
+            json={
+                "filename": "mug.jpg",
+                "content_type": "image/jpeg",
+                "size_bytes": len(photo),
+                "product_id": product["id"],
+            },
+        ),
         201,
         "ask for an upload slot",
     )
@@ -72,8 +89,16 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "Metadata Thief;EVIL-1;1,00;bad;http://169.254.169.254/latest/meta-data/\n"
     ).encode("utf-8-sig")
     csv_slot = _check(
-        http.post(f"{catalog}/uploads", headers=auth, json={"filename": "products.csv", "content_type": "text/csv",
-                                                             "size_bytes": len(csv_text), "purpose": "csv_import"}),
+        http.post(
+            f"{catalog}/uploads",
+            headers=auth,
+            json={
+                "filename": "products.csv",
+                "content_type": "text/csv",
+                "size_bytes": len(csv_text),
+                "purpose": "csv_import",
+            },
+        ),
         201,
         "ask for a CSV upload slot",
     )
@@ -105,8 +130,11 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     download = httpx.get(detail["download_url"], trust_env=False)
     if download.status_code != 200 or not download.content:
         raise DemoFailed("the presigned download URL did not work")
-    _check(http.patch(f"{catalog}/assets/{done['asset_id']}", headers=auth, json={"approved": True, "pinned": True}),
-           200, "approve and pin")
+    _check(
+        http.patch(f"{catalog}/assets/{done['asset_id']}", headers=auth, json={"approved": True, "pinned": True}),
+        200,
+        "approve and pin",
+    )
     print("[demo] downloaded, approved and pinned the uploaded photo — all steps passed")
     return {"client_id": client_id, "product": product, "import": state, "assets": assets["items"]}
 

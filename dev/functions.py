@@ -24,4 +24,7 @@ def load_function_apps(functions_dir: Path) -> dict[str, Any]:
     """A functions-framework Flask app per entry point, exactly as ``functions-framework --target`` serves it."""
     from functions_framework import create_app
 
-    return {name: create_app(target=name, source=str(main)) for name, main in discover_entry_points(functions_dir).items()}
+    return {
+        name: create_app(target=name, source=str(main))  # type: ignore[no-untyped-call]
+        for name, main in discover_entry_points(functions_dir).items()
+    }

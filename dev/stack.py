@@ -103,8 +103,14 @@ def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
     def list_tasks() -> Any:
         return jsonify(
             [
-                {"name": t.name, "url": t.url, "attempts": t.attempts, "outcomes": t.outcomes, "done": t.done,
-                 "succeeded": t.succeeded}
+                {
+                    "name": t.name,
+                    "url": t.url,
+                    "attempts": t.attempts,
+                    "outcomes": t.outcomes,
+                    "done": t.done,
+                    "succeeded": t.succeeded,
+                }
                 for t in dispatcher.history[-200:]
             ]
         )
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
     R2ObjectStore.from_settings(get_settings()).ensure_bucket()
 
-    issuer = DevIssuer(issuer=ISSUER.format(port=args.port), audience=AUDIENCE, key=_load_or_create_key(STATE / "dev-jwt-key.pem"))
+    issuer = DevIssuer(
+        issuer=ISSUER.format(port=args.port), audience=AUDIENCE, key=_load_or_create_key(STATE / "dev-jwt-key.pem")
+    )
     http = httpx.Client(timeout=600, trust_env=False)
 
     def transport(url: str, headers: dict[str, str], body: bytes) -> tuple[int, float | None]:
@@ -177,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         retry_after = response.headers.get("Retry-After")
         return response.status_code, float(retry_after) if retry_after else None
 
-    dispatcher = TaskDispatcher(transport, secret=task_secret, target_base_url=f"http://127.0.0.1:{args.port}",
-                                max_attempts=get_settings().tasks_max_attempts, min_backoff=0.5, max_backoff=30)
+    dispatcher = TaskDispatcher(
+        transport,
+        secret=task_secret,
+        target_base_url=f"http://127.0.0.1:{args.port}",
+        max_attempts=get_settings().tasks_max_attempts,
+        min_backoff=0.5,
+        max_backoff=30,
+    )
     dispatcher.start()
     write_samples(STATE / "samples")
     apps = load_function_apps(ROOT / "functions")
@@ -195,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  task dispatcher          {base}/_dev/tasks")
     print("\nGet a dev token:")
     print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")
-    print(f"  curl -s {base}/catalog_api/products -H \"Authorization: Bearer $TOKEN\"")
+    print(f'  curl -s {base}/catalog_api/products -H "Authorization: Bearer $TOKEN"')
     print("\nRun the demo against it:  make demo      Stop: Ctrl-C\n", flush=True)
 
     stopping = threading.Event()
@@ -208,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if args.demo:
+
         def run_demo() -> None:
             from dev.demo import run
 

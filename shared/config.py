@@ -29,7 +29,7 @@ class TasksBackend(str, Enum):
 
 class TasksAuthMode(str, Enum):
     OIDC = "oidc"
-    SHARED_SECRET = "shared_secret"
+    SHARED_SECRET = "shared_secret"  # noqa: S105 - a mode name, not a secret
 
 
 class Settings(BaseSettings):

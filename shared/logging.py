@@ -15,13 +15,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "epox_log_context", default=None
-)
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("epox_log_context", default=None)
 
 _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)((?:token|secret|password|api[_-]?key|signature|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"),
+    re.compile(
+        r"(?i)((?:token|secret|password|api[_-]?key|signature|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+    ),
     re.compile(r"(X-Amz-Signature=)[0-9a-fA-F]+"),
     re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
 )
@@ -75,9 +75,7 @@ class CloudJsonFormatter(logging.Formatter):
         trace = context.pop("trace", None)
         span = context.pop("span_id", None)
         if trace:
-            entry["logging.googleapis.com/trace"] = (
-                f"projects/{self.project}/traces/{trace}" if self.project else trace
-            )
+            entry["logging.googleapis.com/trace"] = f"projects/{self.project}/traces/{trace}" if self.project else trace
         if span:
             entry["logging.googleapis.com/spanId"] = span
         entry.update(context)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -216,7 +215,7 @@ class OidcTaskVerifier(TaskCallVerifier):
         if self._transport is None:
             self._transport = gauth_requests.Request()
         try:
-            claims = id_token.verify_oauth2_token(token, self._transport, audience=None)
+            claims = id_token.verify_oauth2_token(token, self._transport, audience=None)  # type: ignore[no-untyped-call]
         except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
             raise Unauthenticated("The task token is not valid") from exc
         # Every task's audience is the URL of one of our functions (see CloudTasksQueue.enqueue).

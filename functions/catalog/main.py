@@ -124,7 +124,13 @@ def get_import(ctx: Ctx) -> ImportOut:
 def update_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
     doc = imports.update_mapping(
-        p.db, p.object_store, ctx.client_id, ctx.path_params["import_id"], ctx.body, import_policy(p.settings), p.clock()
+        p.db,
+        p.object_store,
+        ctx.client_id,
+        ctx.path_params["import_id"],
+        ctx.body,
+        import_policy(p.settings),
+        p.clock(),
     )
     return imports.import_out(doc)
 
@@ -133,7 +139,13 @@ def update_import(ctx: Ctx) -> ImportOut:
 def start_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
-        p.db, p.object_store, p.task_queue, ctx.client_id, ctx.path_params["import_id"], import_policy(p.settings), p.clock()
+        p.db,
+        p.object_store,
+        p.task_queue,
+        ctx.client_id,
+        ctx.path_params["import_id"],
+        import_policy(p.settings),
+        p.clock(),
     )
     return imports.import_out(doc)
 

@@ -8,6 +8,7 @@ chunk's outcome is recorded together with the progress counters in one atomic co
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -20,7 +21,6 @@ from pydantic import ValidationError
 
 from shared.catalog.assets import NewProductImage, assets_ref, store_product_image
 from shared.catalog.models import (
-    IMAGE_CONTENT_TYPES,
     ImportChunkTask,
     ImportCreate,
     ImportDoc,
@@ -138,7 +138,13 @@ def get_import(db: Client, client_id: str, import_id: str) -> ImportDoc:
 
 
 def update_mapping(
-    db: Client, store: ObjectStore, client_id: str, import_id: str, data: ImportUpdate, policy: ImportPolicy, now: datetime
+    db: Client,
+    store: ObjectStore,
+    client_id: str,
+    import_id: str,
+    data: ImportUpdate,
+    policy: ImportPolicy,
+    now: datetime,
 ) -> ImportDoc:
     doc = get_import(db, client_id, import_id)
     if doc.status is not ImportStatus.DRAFT:
@@ -307,10 +313,9 @@ def run_import_chunk(
         if last:
             update["finished_at"] = now
         batch.update(import_ref, update)
-        try:
+        # A concurrent delivery may have recorded this chunk first; its counts stand.
+        with contextlib.suppress(AlreadyExists):
             batch.commit()
-        except AlreadyExists:
-            pass  # a concurrent delivery recorded this chunk first; its counts stand
     if not last:
         queue.enqueue(_chunk_task(task.client_id, task.import_id, task.chunk + 1))
     return f"chunk {task.chunk + 1}/{doc.progress.chunks_total} done"
@@ -357,17 +362,21 @@ def _process_rows(
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ()))
             outcome.errors.append(
-                {"row": draft.row_number, "level": "error", "code": "invalid_row", "message": f"{field}: {first.get('msg')}"}
+                {
+                    "row": draft.row_number,
+                    "level": "error",
+                    "code": "invalid_row",
+                    "message": f"{field}: {first.get('msg')}",
+                }
             )
             continue
         product_id = _derived_id("prod", doc.id, draft.row_number)
         product = build_product(
             doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
         )
-        try:
+        # An earlier delivery of this chunk may have created it: the id is derived from the import.
+        with contextlib.suppress(AlreadyExists):
             products_ref(db, doc.client_id).document(product_id).create(product.model_dump(mode="python"))
-        except AlreadyExists:
-            pass  # an earlier delivery of this chunk created it: the id is derived from the import
         outcome.created += 1
         for index, url in enumerate(draft.image_urls):
             _import_image(db, store, fetcher, doc, draft.row_number, product_id, index, url, policy, now, outcome)
@@ -417,7 +426,12 @@ def _import_image(
     except EpoxError as error:
         outcome.images_failed += 1
         outcome.errors.append(
-            {"row": row_number, "level": "error", "code": error.code, "message": f"image {index + 1} ({_short(url)}): {error.detail}"}
+            {
+                "row": row_number,
+                "level": "error",
+                "code": error.code,
+                "message": f"image {index + 1} ({_short(url)}): {error.detail}",
+            }
         )
 
 
@@ -434,5 +448,7 @@ def error_report_csv(db: Client, client_id: str, import_id: str) -> str:
     chunks = imports_ref(db, client_id).document(import_id).collection("chunks").order_by("chunk").stream()
     for snapshot in chunks:
         for error in (snapshot.to_dict() or {}).get("errors", []):
-            writer.writerow([error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")])
+            writer.writerow(
+                [error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")]
+            )
     return buffer.getvalue()

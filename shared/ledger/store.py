@@ -113,9 +113,9 @@ class FirestoreLedgerStore(LedgerStore):
         hold = None
         if hold_id:
             hold_snap = by_path[refs[2].path]
-            data = hold_snap.to_dict() if hold_snap.exists else None
-            if data and data.get("status") in (HoldStatus.CAPTURED.value, HoldStatus.RELEASED.value):
-                hold = HoldOutcome.model_validate(data["outcome"])
+            record = (hold_snap.to_dict() or {}) if hold_snap.exists else {}
+            if record.get("status") in (HoldStatus.CAPTURED.value, HoldStatus.RELEASED.value):
+                hold = HoldOutcome.model_validate(record["outcome"])
         return Snapshot(state=state, version=version, marker=marker, hold=hold)
 
     def commit(

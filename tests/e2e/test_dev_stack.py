@@ -39,9 +39,22 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "dev.stack", "--port", str(port), "--firestore-port", str(firestore_port),
-         "--s3-port", str(s3_port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dev.stack",
+            "--port",
+            str(port),
+            "--firestore-port",
+            str(firestore_port),
+            "--s3-port",
+            str(s3_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

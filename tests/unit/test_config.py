@@ -23,7 +23,7 @@ PRODUCTION = {
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(PRODUCTION) + ["TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS"]:
+    for name in [*list(PRODUCTION), "TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS"]:
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
