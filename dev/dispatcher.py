@@ -140,11 +140,11 @@ class TaskDispatcher(TaskQueue):
             self._in_flight -= 1
             self._lock.notify_all()
 
-    def _next_due(self, wait: bool) -> LocalTask | None:
+    def _next_due(self, wait: bool, fast_forward: bool = False) -> LocalTask | None:
         """The next task that is due; with ``wait`` block until one is (or the dispatcher stops)."""
         with self._lock:
             while not self._stopping:
-                if self._heap and self._heap[0].due <= self.clock():
+                if self._heap and (fast_forward or self._heap[0].due <= self.clock()):
                     self._in_flight += 1
                     return heapq.heappop(self._heap).task
                 if not wait:
@@ -153,15 +153,16 @@ class TaskDispatcher(TaskQueue):
                 self._lock.wait(timeout=min(max(delay, 0.01), 0.5))
             return None
 
-    def run_until_idle(self, max_deliveries: int = 10_000) -> int:
+    def run_until_idle(self, max_deliveries: int = 10_000, *, fast_forward: bool = False) -> int:
         """Deliver due tasks synchronously until none is due or ``max_deliveries`` were made (tests).
 
-        Tasks scheduled for later (or waiting out a retry backoff) stay queued; returns the number
-        of deliveries made.
+        Tasks scheduled for later (or waiting out a retry backoff) stay queued unless
+        ``fast_forward``, which delivers them as if their time had come; returns the number of
+        deliveries made.
         """
         count = 0
         while count < max_deliveries:
-            task = self._next_due(wait=False)
+            task = self._next_due(wait=False, fast_forward=fast_forward)
             if task is None:
                 break
             self._deliver(task)

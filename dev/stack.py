@@ -63,6 +63,8 @@ def configure_environment(port: int, firestore_host: str, s3_endpoint: str, task
         "TASKS_DEV_SECRET": task_secret,
         "TASKS_LOCAL_DISPATCHER_URL": f"{base}/_dev/tasks",
         "TASKS_TARGET_BASE_URL": base,
+        # No AI credentials on a developer machine: the deterministic offline engine stands in.
+        "AI_ENGINE": "offline",
         # The demo serves its sample images from this process; nothing else private is reachable.
         "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
     }

@@ -32,6 +32,11 @@ class TasksAuthMode(str, Enum):
     SHARED_SECRET = "shared_secret"  # noqa: S105 - a mode name, not a secret
 
 
+class EngineKind(str, Enum):
+    GEMINI = "gemini"
+    OFFLINE = "offline"
+
+
 class Settings(BaseSettings):
     """All configuration of every function. Field names map to upper-case environment variables."""
 
@@ -92,6 +97,23 @@ class Settings(BaseSettings):
     price_cache_seconds: float = 60.0
     hold_ttl_minutes: int = 60
 
+    # AI engine
+    ai_engine: EngineKind = EngineKind.GEMINI
+    gemini_api_key: SecretStr = SecretStr("")
+    gemini_use_vertex: bool = False
+    gemini_location: str = "global"
+    gemini_image_model: str = "gemini-3.1-flash-image"
+    gemini_text_model: str = "gemini-3.1-flash-lite"
+    gemini_base_url: str = ""
+    gemini_api_version: str = ""
+    gemini_timeout_seconds: float = 120.0
+
+    # Generation
+    output_format: str = Field(default="png", pattern="^(png|webp)$")
+    generation_fanout_page: int = 200
+    generation_counter_shards: int = 20
+    generation_hold_ttl_hours: int = 24
+
     # CSV import
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000
@@ -123,6 +145,10 @@ class Settings(BaseSettings):
             unsafe.append("TASKS_BACKEND must be cloud_tasks")
         if self.tasks_auth_mode is not TasksAuthMode.OIDC:
             unsafe.append("TASKS_AUTH_MODE must be oidc")
+        if self.ai_engine is EngineKind.OFFLINE:
+            unsafe.append("AI_ENGINE must be gemini (the offline engine is for local runs)")
+        elif not self.gemini_use_vertex and not self.gemini_api_key.get_secret_value():
+            unsafe.append("GEMINI_API_KEY is required unless GEMINI_USE_VERTEX=true")
         if self.fetch_allowed_networks:
             unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
         if not self.auth_jwks_url.startswith("https://") and self.auth_jwks_url:

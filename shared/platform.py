@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from shared.adapters.safe_fetch import SafeFetcher
     from shared.auth import JwtVerifier, Principal
+    from shared.engines.base import ImageEngine
     from shared.http.idempotency import IdempotencyStore
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
@@ -46,6 +47,7 @@ class Platform:
         task_verifier: TaskCallVerifier | None = None,
         clock: Callable[[], datetime] = utc_now,
         ledger: Ledger | None = None,
+        engine: ImageEngine | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -56,6 +58,7 @@ class Platform:
         self._jwt_verifier = jwt_verifier
         self._task_verifier = task_verifier
         self._ledger = ledger
+        self._engine = engine
         self._price_book: PriceBook | None = None
         self._lock = threading.Lock()
         self._known_clients: set[str] = set()
@@ -111,6 +114,23 @@ class Platform:
                         low_balance_threshold=self.settings.low_credit_threshold,
                     )
         return self._ledger
+
+    @property
+    def engine(self) -> ImageEngine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from shared.config import EngineKind
+
+                    if self.settings.ai_engine is EngineKind.OFFLINE:
+                        from shared.engines.offline import OfflineEngine
+
+                        self._engine = OfflineEngine()
+                    else:
+                        from shared.engines.gemini import GeminiConfig, GeminiEngine
+
+                        self._engine = GeminiEngine(GeminiConfig.from_settings(self.settings))
+        return self._engine
 
     @property
     def price_book(self) -> PriceBook:

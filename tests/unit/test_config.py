@@ -18,12 +18,13 @@ PRODUCTION = {
     "TASKS_LOCATION": "europe-west1",
     "TASKS_TARGET_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net",
     "TASKS_SERVICE_ACCOUNT": "tasks@epox-prod.iam.gserviceaccount.com",
+    "GEMINI_USE_VERTEX": "true",
 }
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in [*list(PRODUCTION), "TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS"]:
+    for name in [*list(PRODUCTION), "TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS", "AI_ENGINE"]:
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
@@ -57,6 +58,8 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         ("TASKS_AUTH_MODE", "shared_secret", "TASKS_AUTH_MODE"),
         ("FETCH_ALLOWED_NETWORKS", '["127.0.0.1/32"]', "FETCH_ALLOWED_NETWORKS"),
         ("AUTH_JWKS_URL", "http://auth.epox.ai/jwks", "https"),
+        ("AI_ENGINE", "offline", "AI_ENGINE"),
+        ("GEMINI_USE_VERTEX", "false", "GEMINI_API_KEY"),
     ],
 )
 def test_production_refuses_development_switches(

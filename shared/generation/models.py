@@ -1,0 +1,243 @@
+"""Requests, responses, task payloads and stored documents of AI image generation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared.catalog.models import Id, StrictModel
+from shared.engines.base import AspectRatio, ImageSize
+from shared.http.pagination import PageQuery
+
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+StyleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+MAX_JOB_ITEMS = 1000
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ItemStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_ITEM = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
+
+
+class GenerationSettings(StrictModel):
+    """What a job (or a saved preset) asks for; every field has a sensible default."""
+
+    style: StyleName = "studio"
+    prompt: Prompt | None = None
+    negative_prompt: Prompt | None = None
+    aspect_ratio: AspectRatio = "1:1"
+    size: ImageSize = "1K"
+    variants: int = Field(default=1, ge=1, le=4)
+
+
+class JobItemIn(StrictModel):
+    product_id: Id | None = None
+    image_asset_ids: list[Id] = Field(default_factory=list, max_length=4)
+    prompt: Prompt | None = None
+
+    @model_validator(mode="after")
+    def _needs_subject(self) -> JobItemIn:
+        if not self.product_id and not self.prompt:
+            raise ValueError("each item needs a product_id or a prompt")
+        if self.image_asset_ids and not self.product_id:
+            raise ValueError("image_asset_ids need a product_id")
+        return self
+
+
+class JobCreate(StrictModel):
+    items: list[JobItemIn] = Field(min_length=1, max_length=MAX_JOB_ITEMS)
+    preset_id: Id | None = None
+    style: StyleName | None = None
+    prompt: Prompt | None = None
+    negative_prompt: Prompt | None = None
+    aspect_ratio: AspectRatio | None = None
+    size: ImageSize | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+
+    def overrides(self) -> dict[str, Any]:
+        fields = ("style", "prompt", "negative_prompt", "aspect_ratio", "size", "variants")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+
+
+class JobDoc(BaseModel):
+    """``clients/{client}/jobs/{id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    kind: str = "generate"
+    status: JobStatus = JobStatus.QUEUED
+    settings: GenerationSettings
+    item_count: int
+    slot_count: int
+    unit_price: int
+    cost: int
+    hold_id: str
+    retry_of: str | None = None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    fanout_pages_done: int = 0
+    fanout_pages: int = 1
+    settled: bool = False
+    settlement: dict[str, int] | None = None
+    finished_at: datetime | None = None
+
+
+class ItemDoc(BaseModel):
+    """``clients/{client}/jobs/{job}/items/{index:06d}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int
+    product_id: str | None = None
+    image_asset_ids: list[str] = Field(default_factory=list)
+    prompt: str | None = None
+    status: ItemStatus = ItemStatus.QUEUED
+    asset_ids: list[str] = Field(default_factory=list)
+    failed_variants: int = 0
+    failure: dict[str, Any] | None = None
+    attempts: int = 0
+    updated_at: datetime | None = None
+
+
+class JobCounts(BaseModel):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    settings: GenerationSettings
+    item_count: int
+    variants: int
+    cost: int
+    unit_price: int
+    counts: JobCounts
+    progress: float
+    images_succeeded: int
+    images_failed: int
+    retry_of: str | None
+    settlement: dict[str, int] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class JobListQuery(PageQuery):
+    status: JobStatus | None = None
+
+
+class ItemListQuery(PageQuery):
+    status: ItemStatus | None = None
+
+
+class ItemOut(BaseModel):
+    index: int
+    product_id: str | None
+    prompt: str | None
+    status: ItemStatus
+    asset_ids: list[str]
+    failed_variants: int
+    failure: dict[str, Any] | None
+
+
+class FanoutTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    job_id: str
+    page: int = Field(ge=0)
+
+
+class ItemTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    job_id: str
+    index: int = Field(ge=0)
+
+
+class SettleTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    job_id: str
+
+
+# -- prompts, brand, presets -------------------------------------------------------------------------
+
+
+class EnhanceRequest(StrictModel):
+    prompt: Prompt
+    product_id: Id | None = None
+    style: StyleName | None = None
+
+
+class EnhanceOut(BaseModel):
+    prompt: str
+    engine: str
+
+
+class BrandProfile(StrictModel):
+    tone: Annotated[str, StringConstraints(max_length=200)] | None = None
+    palette: list[Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]] = Field(
+        default_factory=list, max_length=12
+    )
+    style_keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=40)]] = Field(
+        default_factory=list, max_length=20
+    )
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class PresetIn(StrictModel):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    settings: GenerationSettings
+
+
+class PresetUpdate(StrictModel):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    settings: GenerationSettings | None = None
+
+
+class PresetOut(BaseModel):
+    id: str
+    name: str
+    settings: GenerationSettings
+    built_in: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class DefaultsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: Id | None = None
+    category: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class DefaultsOut(BaseModel):
+    product: GenerationSettings | None
+    category: GenerationSettings | None
+    suggested: GenerationSettings
