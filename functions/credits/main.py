@@ -97,6 +97,16 @@ def admin_history(ctx: Ctx) -> Page[EntryView]:
     return views.history(ctx.platform.db, ctx.path_params["client_id"], ctx.query)
 
 
+def _existing_client(ctx: Ctx) -> str:
+    """Admin changes go to clients that exist: a mistyped id is a 404, not a ledger for nobody."""
+    from shared.errors import NotFound
+
+    client_id = ctx.path_params["client_id"]
+    if not ctx.platform.db.collection("clients").document(client_id).get().exists:
+        raise NotFound(f"No client {client_id}")
+    return client_id
+
+
 def _admin_key(ctx: Ctx, action: str) -> str:
     key = ctx.request.headers.get("Idempotency-Key")
     if not key:
@@ -107,7 +117,7 @@ def _admin_key(ctx: Ctx, action: str) -> str:
 @api.post("/admin/clients/<client_id>/grants", body=ledger_admin.AdminGrant, access=Access.ADMIN, status=201)
 def admin_grant(ctx: Ctx) -> JsonResponse:
     assert ctx.principal is not None
-    target, body = ctx.path_params["client_id"], ctx.body
+    target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.grant(
         target, key=_admin_key(ctx, "grant"), amount=body.amount, source=GrantSource(body.source),
         actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason, expires_at=body.expires_at,
@@ -119,7 +129,7 @@ def admin_grant(ctx: Ctx) -> JsonResponse:
 @api.post("/admin/clients/<client_id>/adjustments", body=ledger_admin.AdminAdjustment, access=Access.ADMIN, status=201)
 def admin_adjust(ctx: Ctx) -> JsonResponse:
     assert ctx.principal is not None
-    target, body = ctx.path_params["client_id"], ctx.body
+    target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.adjust(
         target, key=_admin_key(ctx, "adjust"), amount=body.amount,
         actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason,

@@ -127,12 +127,22 @@ def store_product_image(
         {"images": firestore.ArrayUnion([image.model_dump(mode="python")]), "updated_at": now},
     )
     from google.api_core.exceptions import AlreadyExists
+    from google.api_core.exceptions import NotFound as GNotFound
 
     try:
         batch.commit()
     except AlreadyExists:
         # A concurrent delivery stored it first; its objects are the same bytes under the same keys.
         return AssetDoc.model_validate(asset_ref.get().to_dict())
+    except GNotFound as exc:
+        # The product was deleted meanwhile (nothing was committed): no asset, and no objects left
+        # behind, unless a concurrent delivery stored this asset before the product went.
+        stored = asset_ref.get()
+        if stored.exists:
+            return AssetDoc.model_validate(stored.to_dict())
+        store.delete(key)
+        store.delete(thumb_key)
+        raise NotFound(f"No product {product_id}") from exc
     return asset
 
 

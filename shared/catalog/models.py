@@ -62,6 +62,12 @@ class ProductUpdate(StrictModel):
     tags: list[Tag] | None = Field(default=None, max_length=50)
     external_id: ShortText | None = None
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str] | None) -> list[str]:
+        # ``null`` clears the tags (a product's tags are a list, never null); duplicates go as on create.
+        return [] if tags is None else list(dict.fromkeys(tags))
+
 
 class ProductListQuery(PageQuery):
     category: ShortText | None = None

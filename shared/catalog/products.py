@@ -139,7 +139,8 @@ def get_product(db: Client, client_id: str, product_id: str) -> ProductDoc:
 
 
 def update_product(db: Client, client_id: str, product_id: str, data: ProductUpdate, now: datetime) -> ProductDoc:
-    from google.api_core.exceptions import FailedPrecondition, NotFound as GNotFound
+    from google.api_core.exceptions import FailedPrecondition
+    from google.api_core.exceptions import NotFound as GNotFound
 
     ref = products_ref(db, client_id).document(product_id)
     for _ in range(5):
@@ -200,12 +201,14 @@ def _scan_pages(base: Any, query: ProductListQuery, keep: Callable[[ProductDoc],
         if position is not None:
             batch_query = batch_query.start_after(position)
         docs = [ProductDoc.model_validate(s.to_dict()) for s in batch_query.stream()]
-        for doc in docs:
+        for index, doc in enumerate(docs):
             position = {"created_at": doc.created_at, "id": doc.id}
             if keep(doc):
                 items.append(doc)
                 if len(items) == query.limit:
-                    return Page(items=items, next_cursor=_cursor_for(doc))
+                    # No cursor when this batch was the end of the list and nothing after doc matches.
+                    more = len(docs) == batch_size or any(keep(rest) for rest in docs[index + 1 :])
+                    return Page(items=items, next_cursor=_cursor_for(doc) if more else None)
         if len(docs) < batch_size:
             return Page(items=items, next_cursor=None)
     # Scanned a lot without filling the page: hand back what we have and where to go on.

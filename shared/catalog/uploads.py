@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
@@ -181,12 +181,29 @@ def _complete_csv(db: Client, doc: UploadDoc, data: bytes, now: datetime) -> Upl
 
 def _reject(db: Client, store: ObjectStore, doc: UploadDoc, error: EpoxError, now: datetime) -> None:
     store.delete(doc.key)
-    rejection = {"code": error.code, "detail": error.detail, **{k: v for k, v in error.extensions.items() if k != "errors"}}
+    rejection = {
+        "code": error.code,
+        "title": error.title,
+        "detail": error.detail,
+        **{k: v for k, v in error.extensions.items() if k != "errors"},
+    }
     uploads_ref(db, doc.client_id).document(doc.id).update(
         {"status": UploadStatus.REJECTED.value, "rejection": rejection, "completed_at": now}
     )
 
 
 def _rejection_error(rejection: dict[str, Any]) -> UploadRejected:
-    error = UploadRejected(str(rejection.get("detail", "The uploaded file was rejected")), reason=rejection.get("code"))
-    return error
+    """The recorded rejection as the same problem (code, title, detail, members) as the first answer."""
+    recorded = cast(
+        "type[UploadRejected]",
+        type(
+            "RecordedRejection",
+            (UploadRejected,),
+            {
+                "code": str(rejection.get("code") or UploadRejected.code),
+                "title": str(rejection.get("title") or UploadRejected.title),
+            },
+        ),
+    )
+    extensions = {k: v for k, v in rejection.items() if k not in ("code", "title", "detail")}
+    return recorded(str(rejection.get("detail") or UploadRejected.title), **extensions)

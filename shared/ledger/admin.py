@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.http.pagination import PageQuery
 
@@ -33,6 +33,12 @@ class AdminGrant(BaseModel):
     reason: Reason
     source: Literal["admin", "promo", "refund"] = "admin"
     expires_at: datetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A naive expiry is read as UTC (as the history filters do); compared with the aware clock it was a 500.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class AdminAdjustment(BaseModel):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.errors import ValidationFailed
 from shared.http.pagination import InvalidCursor, Page, PageQuery, decode_cursor, encode_cursor
-from shared.ledger.model import Actor, Entry, EntryType, LedgerState, spendable
+from shared.ledger.model import Actor, Entry, EntryType, LedgerState, burn_order
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -49,9 +49,10 @@ class BalanceView(BaseModel):
 def balance_view(db: Client, state: LedgerState, threshold: int, now: datetime) -> BalanceView:
     client = db.collection("clients").document(state.client_id).get()
     plan = str((client.to_dict() or {}).get("plan", "free")) if client.exists else "free"
-    available = spendable(state, now)
-    live = [b for b in state.buckets.values() if not b.expired and b.remaining > 0]
-    live.sort(key=lambda b: (b.priority, b.expires_at is None, b.expires_at or b.granted_at))
+    # Exactly the buckets ``available`` counts (a bucket past its expiry is gone even before the sweep
+    # records it), in the order they are spent.
+    live = burn_order(state.buckets, now)
+    available = sum(b.remaining for b in live)
     return BalanceView(
         client_id=state.client_id,
         available=available,
@@ -59,7 +60,7 @@ def balance_view(db: Client, state: LedgerState, threshold: int, now: datetime) 
         plan=plan,
         low_balance=available < threshold,
         low_balance_threshold=threshold,
-        next_expiry=state.next_bucket_expiry,
+        next_expiry=min((b.expires_at for b in live if b.expires_at), default=None),
         buckets=[BucketView(**b.model_dump(include=set(BucketView.model_fields))) for b in live],
     )
 
@@ -120,9 +121,12 @@ def history(db: Client, client_id: str, query: HistoryQuery) -> Page[EntryView]:
     if query.cursor:
         values = decode_cursor(query.cursor)
         try:
-            q = q.start_after({"created_at": datetime.fromisoformat(str(values["t"])), "seq": int(values["s"])})
-        except (KeyError, ValueError) as exc:
+            created_at, seq = datetime.fromisoformat(str(values["t"])), int(values["s"])
+        except (KeyError, ValueError, TypeError) as exc:  # TypeError: e.g. {"s": [1]} or {"s": null}
             raise InvalidCursor() from exc
+        if not 0 <= seq < 2**63:  # beyond int64 Firestore fails the query itself (a 500)
+            raise InvalidCursor()
+        q = q.start_after({"created_at": created_at, "seq": seq})
     entries = [Entry.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
     next_cursor = None
     if len(entries) > query.limit:
@@ -158,8 +162,9 @@ def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int =
 
 
 def _csv_safe(text: str) -> str:
-    # Spreadsheet formula injection: a reason typed by an admin must not run as a formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # Spreadsheet formula injection: a reason typed by an admin must not run as a formula (OWASP's
+    # list: a leading tab or carriage return also starts a formula in some spreadsheets).
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 class UsageQuery(BaseModel):
@@ -178,6 +183,9 @@ class UsageQuery(BaseModel):
 
 
 class UsageView(BaseModel):
+    # The HTTP layer dumps without by_alias; without this the response says "from_".
+    model_config = ConfigDict(serialize_by_alias=True)
+
     from_: date = Field(serialization_alias="from")
     to: date
     total: int
