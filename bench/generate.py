@@ -41,21 +41,35 @@ class InstantEngine:
         return request.prompt
 
 
-def _record_writes() -> Counter[str]:
-    """Count writes per document path by wrapping the Firestore client's batch commit."""
+def _record_writes() -> tuple[Counter[str], dict[str, list[float]]]:
+    """Count writes per document path (and when) by wrapping the Firestore client's batch commit."""
     from google.cloud.firestore_v1 import batch as batch_module
 
     writes: Counter[str] = Counter()
+    times: dict[str, list[float]] = {}
     original = batch_module.WriteBatch.commit
 
     def commit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
         for write in self._write_pbs:
             name = write.update.name if write.update.name else write.delete
-            writes[str(name).split("/documents/", 1)[-1]] += 1
+            path = str(name).split("/documents/", 1)[-1]
+            writes[path] += 1
+            times.setdefault(path, []).append(now)
         return original(self, *args, **kwargs)
 
     batch_module.WriteBatch.commit = commit  # type: ignore[method-assign]
-    return writes
+    return writes, times
+
+
+def _peak_per_second(stamps: list[float]) -> int:
+    """The most writes inside any one-second window."""
+    peak, start = 0, 0
+    for end, stamp in enumerate(stamps):
+        while stamp - stamps[start] > 1.0:
+            start += 1
+        peak = max(peak, end - start + 1)
+    return peak
 
 
 def main() -> int:
@@ -124,7 +138,7 @@ def _run() -> int:
     api.get("/presets", headers=headers)  # provision + warm caches
     body = {"items": [{"prompt": f"product shot {i}"} for i in range(ITEMS)], "size": "1K"}
 
-    writes = _record_writes()
+    writes, stamps = _record_writes()
     started = time.perf_counter()
     response = api.post("/jobs", json=body, headers=headers)
     accept = time.perf_counter() - started
@@ -141,6 +155,7 @@ def _run() -> int:
     state_path = f"clients/{client_id}/ledger/state"
     job_path = f"clients/{client_id}/jobs/{job_id}"
     busiest, busiest_count = writes.most_common(1)[0]
+    hottest = max(stamps, key=lambda path: _peak_per_second(stamps[path]))
     total = sum(writes.values())
     print(f"== generation pipeline, {ITEMS}-item job, instant stub engine, Firestore emulator ==")
     print(f"  accept (POST /jobs → 202)              {accept * 1000:8.1f} ms   ({accept_writes} Firestore writes)")
@@ -149,6 +164,7 @@ def _run() -> int:
           f"{sorted(worker_times)[int(len(worker_times) * 0.99) - 1] * 1000:.1f} ms")
     print(f"  Firestore writes per item              {total / ITEMS:8.2f}    ({total} in all)")
     print(f"  most writes to one document            {busiest_count:8d}    ({busiest})")
+    print(f"  peak writes/second to one document     {_peak_per_second(stamps[hottest]):8d}    ({hottest})")
     print(f"  writes to the balance document         {writes[state_path]:8d}    (reserve once, settle once)")
     print(f"  writes to the job document             {writes[job_path]:8d}")
     print(f"  job status {job['status']}, images {job['images_succeeded']}, settlement {job['settlement']}")
