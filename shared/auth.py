@@ -106,6 +106,10 @@ class JwtVerifier:
             raise Unauthenticated("The token was not signed by a known key") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("The token is not a valid JWT") from exc
+        # The header's alg must be the key's: an "RS256" token naming an Ed25519 key would otherwise
+        # reach PyJWT with the wrong key type and raise TypeError (a 500), or worse, confuse algorithms.
+        if signing_key.algorithm_name != algorithm:
+            raise Unauthenticated("The token's algorithm does not match its key")
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,

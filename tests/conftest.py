@@ -91,7 +91,7 @@ class _JwksHandler(BaseHTTPRequestHandler):
     hits = 0
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        type(self).hits += 1
+        _JwksHandler.hits += 1  # counted on the base class so tests can read _JwksHandler.hits
         body = json.dumps(self.jwks).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -145,6 +145,9 @@ def settings(firestore_emulator: str, s3_endpoint: str, jwks_url: str) -> Any:
         tasks_max_attempts=4,
         fetch_allowed_networks=["127.0.0.1/32"],
         import_chunk_rows=3,
+        ai_engine="offline",
+        generation_fanout_page=4,
+        generation_counter_shards=3,
     )
 
 
@@ -171,8 +174,9 @@ class Stack:
     def headers(self, client_id: str, *, role: str = "user", **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.issuer.mint(client_id, role=role)}", **extra}
 
-    def run_tasks(self) -> int:
-        return int(self.dispatcher.run_until_idle())
+    def run_tasks(self, *, fast_forward: bool = True) -> int:
+        """Deliver every queued task, including ones scheduled for later (settlement windows)."""
+        return int(self.dispatcher.run_until_idle(fast_forward=fast_forward))
 
 
 @pytest.fixture

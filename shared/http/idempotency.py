@@ -78,7 +78,10 @@ class FirestoreIdempotencyStore(IdempotencyStore):
         if record.get("fingerprint") != fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was used with a different request")
         if record.get("state") != "completed":
-            raise IdempotencyRequestInProgress(retry_after=1)
+            # IdempotencyRequestInProgress takes no retry_after (it became a body member); send the header.
+            in_progress = IdempotencyRequestInProgress()
+            in_progress.headers["Retry-After"] = "1"
+            raise in_progress
         return StoredResponse(
             status=int(record["status"]), body=str(record.get("body", "")), headers=dict(record.get("headers", {}))
         )
