@@ -74,15 +74,13 @@ class JwtVerifier:
         if self._jwks is None:
             from jwt import PyJWKClient
 
-            self._jwks = PyJWKClient(
-                self.jwks_url, cache_keys=True, lifespan=self.cache_seconds, timeout=5
-            )
+            self._jwks = PyJWKClient(self.jwks_url, cache_keys=True, lifespan=self.cache_seconds, timeout=5)
         return self._jwks
 
     def verify_authorization(self, header: str | None) -> Principal:
         """Verify an ``Authorization: Bearer …`` header value and return the principal."""
         if not header:
-            raise Unauthenticated("Send Authorization: Bearer <token>")
+            raise Unauthenticated("Send Authorization: Bearer <token>", credentials_sent=False)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("Send Authorization: Bearer <token>")
@@ -141,4 +139,7 @@ class JwtVerifier:
             roles = frozenset(str(role) for role in raw_roles)
         else:
             roles = frozenset()
-        return Principal(user_id=str(payload["sub"]), client_id=client_id, roles=roles)
+        subject = payload.get("sub")
+        if not isinstance(subject, str) or not subject.strip():
+            raise Unauthenticated("The token has no subject")
+        return Principal(user_id=subject, client_id=client_id, roles=roles)

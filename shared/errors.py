@@ -48,9 +48,10 @@ class Unauthenticated(EpoxError):
     code = "unauthenticated"
     title = "Authentication required"
 
-    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+    def __init__(self, detail: str | None = None, *, credentials_sent: bool = True, **extensions: Any) -> None:
         super().__init__(detail, **extensions)
-        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        # RFC 6750: a request without credentials gets a bare challenge, a bad token an error code.
+        self.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if credentials_sent else "Bearer"
 
 
 class Forbidden(EpoxError):

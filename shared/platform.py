@@ -147,7 +147,12 @@ class Platform:
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:
-        if self._jwt_verifier is None:
+        return self._verifier().verify_authorization(authorization)
+
+    def _verifier(self) -> JwtVerifier:
+        with self._lock:
+            if self._jwt_verifier is not None:
+                return self._jwt_verifier
             from shared.auth import JwtVerifier
 
             s = self.settings
@@ -161,7 +166,7 @@ class Platform:
                 leeway_seconds=s.auth_leeway_seconds,
                 jwks_cache_seconds=s.auth_jwks_cache_seconds,
             )
-        return self._jwt_verifier.verify_authorization(authorization)
+            return self._jwt_verifier
 
     def verify_task_call(self, request: Request) -> TaskCall:
         return self._task_call_verifier().verify(request)

@@ -231,7 +231,7 @@ class HttpApp:
             match = route.pattern.match(path)
             if match is None:
                 continue
-            if route.method == request.method:
+            if route.method == request.method or (request.method == "HEAD" and route.method == "GET"):
                 return route, match.groupdict()
             allowed.append(route.method)
         if allowed:
@@ -395,12 +395,15 @@ _CORS_EXPOSE_HEADERS = "Location, Retry-After, X-Request-Id, Idempotency-Replaye
 
 
 def _apply_cors(request: Request, response: Response, allowed: list[str]) -> None:
+    if not allowed:
+        return
+    # Every answer depends on Origin once CORS is on, allowed or not: caches must key on it.
+    response.vary.add("Origin")
     origin = request.headers.get("Origin")
     if not origin or origin not in allowed:
         return
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE_HEADERS
-    response.headers.add("Vary", "Origin")
 
 
 def _preflight(request: Request, app: HttpApp, allowed: list[str]) -> Response:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _REPLAYED_HEADERS = ("Content-Type", "Location")
+PENDING_TIMEOUT = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,36 @@ class FirestoreIdempotencyStore(IdempotencyStore):
         return self.db.collection("clients").document(client_id).collection("idempotency_keys").document(key_hash)
 
     def begin(self, client_id: str, key_hash: str, fingerprint: str) -> StoredResponse | Begun:
-        from google.api_core.exceptions import AlreadyExists
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
         ref = self._ref(client_id, key_hash)
         now = self.clock()
+        fresh = {"fingerprint": fingerprint, "state": "pending", "created_at": now, "expires_at": now + self.ttl}
         try:
-            ref.create({"fingerprint": fingerprint, "state": "pending", "created_at": now, "expires_at": now + self.ttl})
+            ref.create(fresh)
             return Begun()
         except AlreadyExists:
             pass
         snapshot = ref.get()
         record = snapshot.to_dict() or {}
+        expired = record.get("expires_at") is not None and record["expires_at"] <= now
+        # A pending record whose request died (process killed mid-request) must not block the key
+        # until the TTL sweep: after PENDING_TIMEOUT another attempt may take it over.
+        stale = (
+            record.get("state") == "pending"
+            and record.get("created_at") is not None
+            and (now - record["created_at"] > PENDING_TIMEOUT)
+        )
+        if snapshot.exists and (expired or stale):
+            try:
+                from google.cloud.firestore import DELETE_FIELD
+
+                takeover = {**fresh, "status": DELETE_FIELD, "body": DELETE_FIELD, "headers": DELETE_FIELD}
+                ref.update(takeover, option=self.db.write_option(last_update_time=snapshot.update_time))
+                return Begun()
+            except FailedPrecondition:
+                snapshot = ref.get()  # another attempt took it over first
+                record = snapshot.to_dict() or {}
         if record.get("fingerprint") != fingerprint:
             raise IdempotencyKeyReused("This Idempotency-Key was used with a different request")
         if record.get("state") != "completed":
@@ -101,7 +121,8 @@ def fingerprint_request(request: Request, raw_body: bytes) -> str:
         canonical = json.dumps(json.loads(raw_body), sort_keys=True, separators=(",", ":")) if raw_body else ""
     except ValueError:
         canonical = raw_body.decode("latin-1")
-    material = f"{request.method}\n{request.path}\n{request.query_string.decode('latin-1')}\n{canonical}"
+    query = "&".join(f"{k}={v}" for k, v in sorted(request.args.items(multi=True)))
+    material = f"{request.method}\n{request.path}\n{query}\n{canonical}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -139,6 +160,8 @@ def run_idempotent(
         return response
     headers = {name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers}
     store.complete(
-        client_id, key_hash, StoredResponse(status=response.status_code, body=response.get_data(as_text=True), headers=headers)
+        client_id,
+        key_hash,
+        StoredResponse(status=response.status_code, body=response.get_data(as_text=True), headers=headers),
     )
     return response
