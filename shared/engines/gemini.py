@@ -8,6 +8,7 @@ attempts a task has left. Every SDK outcome is translated into the engine port's
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,8 +27,21 @@ if TYPE_CHECKING:
 
 # Finish reasons that mean "the model chose not to give an image": permanent, refunded.
 BLOCKING_FINISH_REASONS = frozenset(
-    {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_PROHIBITED_CONTENT",
-     "IMAGE_RECITATION", "NO_IMAGE", "IMAGE_OTHER", "OTHER", "LANGUAGE", "MALFORMED_FUNCTION_CALL"}
+    {
+        "SAFETY",
+        "IMAGE_SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "NO_IMAGE",
+        "IMAGE_OTHER",
+        "OTHER",
+        "LANGUAGE",
+        "MALFORMED_FUNCTION_CALL",
+    }
 )
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -83,13 +97,17 @@ class GeminiEngine(ImageEngine):
                     vertexai=True, project=self.config.project, location=self.config.location, http_options=http_options
                 )
             else:
-                self._client = genai.Client(api_key=self.config.api_key, http_options=http_options)
+                # vertexai=False explicitly: left unset, GOOGLE_GENAI_USE_VERTEXAI in the environment
+                # would switch the client to Vertex AI behind the configuration's back.
+                self._client = genai.Client(vertexai=False, api_key=self.config.api_key, http_options=http_options)
         return self._client
 
     def generate(self, request: ImageRequest) -> EngineImage:
         from google.genai import types
 
-        parts: list[Any] = [types.Part.from_bytes(data=image.data, mime_type=image.mime_type) for image in request.images]
+        parts: list[Any] = [
+            types.Part.from_bytes(data=image.data, mime_type=image.mime_type) for image in request.images
+        ]
         parts.append(types.Part.from_text(text=_prompt_text(request)))
         config = types.GenerateContentConfig(
             response_modalities=["TEXT", "IMAGE"],
@@ -97,9 +115,11 @@ class GeminiEngine(ImageEngine):
             candidate_count=1,
             seed=request.seed,
         )
-        response = self._call(lambda: self.client.models.generate_content(
-            model=self.config.image_model, contents=[types.Content(role="user", parts=parts)], config=config
-        ))
+        response = self._call(
+            lambda: self.client.models.generate_content(
+                model=self.config.image_model, contents=[types.Content(role="user", parts=parts)], config=config
+            )
+        )
         return self._image_from(response)
 
     def complete_text(self, request: TextRequest) -> str:
@@ -108,9 +128,11 @@ class GeminiEngine(ImageEngine):
         config = types.GenerateContentConfig(
             system_instruction=request.instruction, response_modalities=["TEXT"], temperature=0.7, candidate_count=1
         )
-        response = self._call(lambda: self.client.models.generate_content(
-            model=self.config.text_model, contents=request.prompt, config=config
-        ))
+        response = self._call(
+            lambda: self.client.models.generate_content(
+                model=self.config.text_model, contents=request.prompt, config=config
+            )
+        )
         _raise_if_prompt_blocked(response)
         text = (getattr(response, "text", None) or "").strip()
         if not text:
@@ -118,8 +140,12 @@ class GeminiEngine(ImageEngine):
         return text
 
     def _call(self, call: Any) -> Any:
+        import json
+
         from google.genai import errors
 
+        client = self.client  # built outside the try: a configuration error is not "busy, retry"
+        del client
         try:
             return call()
         except errors.APIError as exc:
@@ -128,10 +154,15 @@ class GeminiEngine(ImageEngine):
             if code in RETRYABLE_STATUS or code >= 500:
                 raise EngineRetryableError(f"Gemini answered {code}: {message}", retry_after=_retry_after(exc)) from exc
             raise EnginePermanentError(f"Gemini refused the request ({code}): {message}", upstream_status=code) from exc
+        except (json.JSONDecodeError, errors.UnknownApiResponseError) as exc:
+            # An answer we cannot read is the service's fault; the next attempt may be fine.
+            raise EngineRetryableError(
+                f"Gemini's answer could not be read ({type(exc).__name__}): {str(exc)[:200]}"
+            ) from exc
         except Exception as exc:
-            # Timeouts, dropped connections and undecodable answers come from the transport or the
-            # SDK's parser under many names; all of them are worth another try through the queue.
-            raise EngineRetryableError(f"Gemini call failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            if _is_transport_error(exc):
+                raise EngineRetryableError(f"Gemini call failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise
 
     def _image_from(self, response: Any) -> EngineImage:
         _raise_if_prompt_blocked(response)
@@ -142,7 +173,9 @@ class GeminiEngine(ImageEngine):
         finish = _enum_name(getattr(candidate, "finish_reason", None))
         texts: list[str] = []
         content = getattr(candidate, "content", None)
-        for part in (getattr(content, "parts", None) or []):
+        for part in getattr(content, "parts", None) or []:
+            if getattr(part, "thought", None):
+                continue  # a thinking model's interim draft (text or image), not the answer
             inline = getattr(part, "inline_data", None)
             if inline is not None and getattr(inline, "data", None):
                 data = inline.data if isinstance(inline.data, bytes) else base64.b64decode(inline.data)
@@ -159,8 +192,9 @@ class GeminiEngine(ImageEngine):
         if finish in BLOCKING_FINISH_REASONS:
             raise ContentBlocked(f"The model stopped without an image ({finish})", finish_reason=finish)
         said = (" The model said: " + " ".join(texts)[:300]) if texts else ""
-        raise EnginePermanentError(f"The model returned no image (finish reason {finish or 'none'}).{said}",
-                                   finish_reason=finish)
+        raise EnginePermanentError(
+            f"The model returned no image (finish reason {finish or 'none'}).{said}", finish_reason=finish
+        )
 
 
 def _prompt_text(request: ImageRequest) -> str:
@@ -181,15 +215,42 @@ def _raise_if_prompt_blocked(response: Any) -> None:
     reason = _enum_name(getattr(feedback, "block_reason", None)) if feedback is not None else None
     if reason and reason != "BLOCKED_REASON_UNSPECIFIED":
         message = getattr(feedback, "block_reason_message", None)
-        raise ContentBlocked(f"The prompt was blocked ({reason}){': ' + message if message else ''}",
-                             block_reason=reason)
+        raise ContentBlocked(
+            f"The prompt was blocked ({reason}){': ' + message if message else ''}", block_reason=reason
+        )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """Timeouts and connection failures, from httpx or the SDK's vendored httpx fork."""
+    for cls in type(exc).__mro__:
+        module = cls.__module__.split(".", 1)[0]
+        if module in ("httpx", "httpx2", "httpcore", "httpcore2") and cls.__name__ in (
+            "TransportError",
+            "TimeoutException",
+            "NetworkError",
+            "RemoteProtocolError",
+            "ProtocolError",
+        ):
+            return True
+    return isinstance(exc, (TimeoutError, ConnectionError))
 
 
 def _retry_after(exc: Any) -> int:
+    """Seconds to wait: the Retry-After header, else the google.rpc.RetryInfo ``retryDelay`` ("37s")
+    that the Gemini API puts in a 429's error details, else 10."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is not None:
         value = headers.get("retry-after")
         if value and str(value).isdigit():
             return max(1, min(int(value), 600))
+    details = getattr(exc, "details", None)
+    error = details.get("error", details) if isinstance(details, dict) else {}
+    for item in (error.get("details") if isinstance(error, dict) else None) or []:
+        delay = item.get("retryDelay") if isinstance(item, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(1, min(math.ceil(float(delay[:-1])), 600))
+            except ValueError:
+                pass
     return 10

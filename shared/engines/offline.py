@@ -10,7 +10,14 @@ import hashlib
 import io
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shared.engines.base import EngineImage, EnginePermanentError, ImageEngine, ImageRequest, TextRequest, output_dimensions
+from shared.engines.base import (
+    EngineImage,
+    EnginePermanentError,
+    ImageEngine,
+    ImageRequest,
+    TextRequest,
+    output_dimensions,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -54,10 +61,16 @@ class OfflineEngine(ImageEngine):
 
     def complete_text(self, request: TextRequest) -> str:
         context = request.context
-        parts = [request.prompt.strip().rstrip(".")]
+        # The user's idea when the caller names it; request.prompt is written for a language model
+        # ("Idea: ...", "Brand profile: {json}") and must not be echoed into the user's prompt.
+        parts = [str(context.get("idea") or request.prompt).strip().rstrip(".")]
+        if context.get("style"):
+            parts.append(f"{str(context['style']).lower()} style")
         product = context.get("product") or {}
         if product.get("name"):
-            parts.append(f"featuring the {product['name']}" + (f" ({product['category']})" if product.get("category") else ""))
+            parts.append(
+                f"featuring the {product['name']}" + (f" ({product['category']})" if product.get("category") else "")
+            )
         brand = context.get("brand") or {}
         if brand.get("tone"):
             parts.append(f"in a {brand['tone']} tone")
@@ -65,16 +78,24 @@ class OfflineEngine(ImageEngine):
             parts.append("using the brand palette " + ", ".join(brand["palette"]))
         if brand.get("style_keywords"):
             parts.append("styled " + ", ".join(brand["style_keywords"]))
-        parts.append("professional e-commerce product photography, soft diffused studio lighting, sharp focus on "
-                     "the product, accurate colours and proportions, the product's shape, logo and text unchanged, "
-                     "clean composition with room for cropping")
+        parts.append(
+            "professional e-commerce product photography, soft diffused studio lighting, sharp focus on "
+            "the product, accurate colours and proportions, the product's shape, logo and text unchanged, "
+            "clean composition with room for cropping"
+        )
         return ", ".join(p for p in parts if p) + "."
 
 
 def _digest(request: ImageRequest) -> str:
     h = hashlib.sha256()
-    for value in (request.prompt, request.negative_prompt or "", request.style or "", request.aspect_ratio,
-                  request.size, str(request.seed or "")):
+    for value in (
+        request.prompt,
+        request.negative_prompt or "",
+        request.style or "",
+        request.aspect_ratio,
+        request.size,
+        str(request.seed or ""),
+    ):
         h.update(value.encode())
         h.update(b"\x00")
     for image in request.images:
@@ -83,8 +104,11 @@ def _digest(request: ImageRequest) -> str:
 
 
 def _colour_from(digest: str, offset: int) -> tuple[int, int, int]:
-    return (int(digest[offset : offset + 2], 16), int(digest[offset + 2 : offset + 4], 16),
-            int(digest[offset + 4 : offset + 6], 16))
+    return (
+        int(digest[offset : offset + 2], 16),
+        int(digest[offset + 2 : offset + 4], 16),
+        int(digest[offset + 4 : offset + 6], 16),
+    )
 
 
 def _backdrop(width: int, height: int, style: str | None, digest: str) -> Image.Image:
@@ -120,8 +144,11 @@ def _cutout(data: bytes) -> Image.Image:
         border += [rgb.getpixel((x, y)) for y in range(0, h, max(1, h // 32)) for x in (0, w - 1)]
         background = tuple(sorted(channel)[len(channel) // 2] for channel in zip(*border, strict=True))
         diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, background)).convert("L")
-        mask = diff.point(lambda v: 255 if v > 28 else 0).filter(ImageFilter.MaxFilter(3)).filter(
-            ImageFilter.GaussianBlur(1.2))
+        mask = (
+            diff.point(lambda v: 255 if v > 28 else 0)
+            .filter(ImageFilter.MaxFilter(3))
+            .filter(ImageFilter.GaussianBlur(1.2))
+        )
     box = mask.getbbox()
     if box is None:
         box = (0, 0, image.width, image.height)

@@ -30,5 +30,6 @@ def encode_output(
         else:
             image.save(buffer, "PNG", compress_level=6)
     extension = "webp" if wanted == "WEBP" else "png"
-    return replace(normalized, data=buffer.getvalue(), format=wanted, content_type=f"image/{extension}",
-                   extension=extension), thumbnail
+    return replace(
+        normalized, data=buffer.getvalue(), format=wanted, content_type=f"image/{extension}", extension=extension
+    ), thumbnail
