@@ -114,6 +114,16 @@ class Settings(BaseSettings):
     generation_counter_shards: int = 20
     generation_hold_ttl_hours: int = 24
 
+    # Billing (Stripe)
+    stripe_api_key: SecretStr = SecretStr("")
+    stripe_webhook_secret: SecretStr = SecretStr("")
+    stripe_api_base: str = ""
+    stripe_price_ids: dict[str, str] = Field(default_factory=dict)
+    billing_success_url: str = "http://localhost:3000/billing?checkout=success"
+    billing_cancel_url: str = "http://localhost:3000/billing?checkout=cancelled"
+    billing_portal_return_url: str = "http://localhost:3000/billing"
+    signup_bonus_credits: int | None = None
+
     # CSV import
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000

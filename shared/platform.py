@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from shared.adapters.safe_fetch import SafeFetcher
     from shared.auth import JwtVerifier, Principal
+    from shared.billing.gateway import PaymentGateway
     from shared.engines.base import ImageEngine
     from shared.http.idempotency import IdempotencyStore
     from shared.ledger.pricing import PriceBook
@@ -48,6 +49,7 @@ class Platform:
         clock: Callable[[], datetime] = utc_now,
         ledger: Ledger | None = None,
         engine: ImageEngine | None = None,
+        payment_gateway: PaymentGateway | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -59,6 +61,7 @@ class Platform:
         self._task_verifier = task_verifier
         self._ledger = ledger
         self._engine = engine
+        self._gateway = payment_gateway
         self._price_book: PriceBook | None = None
         self._lock = threading.Lock()
         self._known_clients: set[str] = set()
@@ -133,6 +136,14 @@ class Platform:
         return self._engine
 
     @property
+    def payment_gateway(self) -> PaymentGateway:
+        if self._gateway is None:
+            from shared.billing.gateway import StripeGateway
+
+            self._gateway = StripeGateway.from_settings(self.settings)
+        return self._gateway
+
+    @property
     def price_book(self) -> PriceBook:
         if self._price_book is None:
             from shared.ledger.pricing import PriceBook
@@ -189,9 +200,15 @@ class Platform:
         """Provision the caller's client record on its first authenticated call (cached per process)."""
         if principal.client_id in self._known_clients:
             return
+        from shared.billing.catalog import load_catalog
+        from shared.billing.service import onboard
         from shared.tenancy import ensure_client
 
         ensure_client(self.db, principal, self.clock())
+        catalog = load_catalog()
+        bonus = self.settings.signup_bonus_credits
+        onboard(self.db, self.ledger, catalog, principal.client_id,
+                catalog.signup_bonus if bonus is None else bonus, self.clock())
         self._known_clients.add(principal.client_id)
 
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.billing.catalog import load_catalog
+from shared.billing.service import require_good_standing
 from shared.catalog.policies import generation_policy
 from shared.generation import jobs, prompts
 from shared.generation.models import (
@@ -47,6 +49,7 @@ Ctx = RequestContext[Any, Any]
 def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
+    require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
     job = jobs.create_job(
         p.db, p.object_store, p.task_queue, p.ledger, p.price_book.current(),
@@ -120,8 +123,9 @@ def put_brand(ctx: Ctx) -> BrandProfile:
 
 
 @api.get("/presets")
-def list_presets(ctx: Ctx) -> dict[str, list[PresetOut]]:
-    return {"items": prompts.list_presets(ctx.platform.db, ctx.client_id)}
+def list_presets(ctx: Ctx) -> dict[str, list[dict[str, Any]]]:
+    # Dumped here: a plain dict is serialised with json.dumps(default=str), which would turn models into reprs.
+    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(ctx.platform.db, ctx.client_id)]}
 
 
 @api.post("/presets", body=PresetIn, status=201)
@@ -157,7 +161,8 @@ def get_defaults(ctx: Ctx) -> DefaultsOut:
 @tasks.post("/tasks/fanout", body=FanoutTask, access=Access.TASK)
 def fanout(ctx: Ctx) -> dict[str, str]:
     p = ctx.platform
-    outcome = jobs.run_fanout(p.db, p.object_store, p.task_queue, ctx.body, generation_policy(p.settings), p.clock())
+    outcome = jobs.run_fanout(p.db, p.object_store, p.task_queue, ctx.body, generation_policy(p.settings), p.clock(),
+                              clock=p.clock)
     return {"outcome": outcome}
 
 
@@ -166,7 +171,8 @@ def item(ctx: Ctx) -> dict[str, str]:
     p = ctx.platform
     assert ctx.task is not None
     outcome = jobs.run_item(
-        p.db, p.object_store, p.task_queue, p.engine, ctx.body, ctx.task, generation_policy(p.settings), p.clock()
+        p.db, p.object_store, p.task_queue, p.engine, ctx.body, ctx.task, generation_policy(p.settings), p.clock(),
+        clock=p.clock,
     )
     return {"outcome": outcome}
 

@@ -278,7 +278,7 @@ def run_import_chunk(
     if not chunk_ref.get().exists:
         raw = json.loads(store.get(_chunk_key(task.client_id, task.import_id, task.chunk)))
         results = [RowResult.model_validate(item) for item in raw]
-        outcome = _process_rows(db, store, fetcher, doc, results, policy, now)
+        outcome = _process_rows(db, store, fetcher, doc, results, policy, now, _free_slots(db, task.client_id))
         if outcome.transient and call.retry_count + 1 < policy.max_attempts:
             raise RetryTask(f"{len(outcome.transient)} image downloads failed temporarily; retrying the chunk")
         for row_number, message in outcome.transient:
@@ -329,6 +329,7 @@ def _process_rows(
     results: list[RowResult],
     policy: ImportPolicy,
     now: datetime,
+    free_slots: int,
 ) -> _ChunkOutcome:
     from google.api_core.exceptions import AlreadyExists
 
@@ -371,6 +372,15 @@ def _process_rows(
             )
             continue
         product_id = _derived_id("prod", doc.id, draft.row_number)
+        exists = products_ref(db, doc.client_id).document(product_id).get().exists
+        if not exists and free_slots <= 0:
+            outcome.failed_rows += 1
+            outcome.errors.append({"row": draft.row_number, "level": "error", "code": "product_slot_limit",
+                                   "message": "The plan's product slots are all used; upgrade in Billing to import "
+                                              "more products"})
+            continue
+        if not exists:
+            free_slots -= 1
         product = build_product(
             doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
         )
@@ -381,6 +391,12 @@ def _process_rows(
         for index, url in enumerate(draft.image_urls):
             _import_image(db, store, fetcher, doc, draft.row_number, product_id, index, url, policy, now, outcome)
     return outcome
+
+
+def _free_slots(db: Client, client_id: str) -> int:
+    from shared.billing.service import count_products, product_slots
+
+    return max(0, product_slots(db, client_id) - count_products(db, client_id))
 
 
 def _import_image(

@@ -67,6 +67,7 @@ class RequestContext(Generic[BodyT, QueryT]):
     query: QueryT
     principal: Principal | None = None
     task: TaskCall | None = None
+    raw_body: bytes = b""
 
     @property
     def client_id(self) -> str:
@@ -103,6 +104,7 @@ class Route:
     access: Access
     idempotent: bool
     max_body_bytes: int | None
+    raw: bool = False
 
 
 _PARAM = re.compile(r"<([a-z_][a-z0-9_]*)>")
@@ -141,7 +143,10 @@ class HttpApp:
         access: Access = Access.USER,
         idempotent: bool = False,
         max_body_bytes: int | None = None,
+        raw: bool = False,
     ) -> Callable[[Handler], Handler]:
+        """Declare a route; ``raw`` hands the handler the unparsed body (signed webhooks)."""
+
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 Route(
@@ -155,6 +160,7 @@ class HttpApp:
                     access=access,
                     idempotent=idempotent,
                     max_body_bytes=max_body_bytes,
+                    raw=raw,
                 )
             )
             return handler
@@ -260,7 +266,7 @@ class HttpApp:
         elif route.access is Access.SCHEDULER:
             platform.verify_scheduler_call(request)
 
-        body = _parse_body(route, request, raw_body)
+        body = _Empty() if route.raw else _parse_body(route, request, raw_body)
         query = _parse_query(route, request)
         ctx: RequestContext[Any, Any] = RequestContext(
             request=request,
@@ -271,6 +277,7 @@ class HttpApp:
             query=query,
             principal=principal,
             task=task,
+            raw_body=raw_body,
         )
         key = request.headers.get("Idempotency-Key")
         if route.idempotent and key is not None and principal is not None:

@@ -48,7 +48,8 @@ class BalanceView(BaseModel):
 
 def balance_view(db: Client, state: LedgerState, threshold: int, now: datetime) -> BalanceView:
     client = db.collection("clients").document(state.client_id).get()
-    plan = str((client.to_dict() or {}).get("plan", "free")) if client.exists else "free"
+    record = (client.to_dict() or {}) if client.exists else {}
+    plan = str((record.get("billing") or {}).get("plan") or record.get("plan") or "free")
     # Exactly the buckets ``available`` counts (a bucket past its expiry is gone even before the sweep
     # records it), in the order they are spent.
     live = burn_order(state.buckets, now)

@@ -1,0 +1,93 @@
+"""Billing function: plans and packs, the current subscription, Stripe Checkout and the customer
+portal, invoices; and the daily billing job.
+
+Entry points: ``billing_api`` (frontend, user JWTs) and ``billing_jobs`` (Cloud Scheduler: monthly
+allotments for annual and free plans, plan changes that fall due; safe to run twice).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import functions_framework
+
+from shared.billing import service
+from shared.billing.allotments import BillingJobReport, run_daily
+from shared.billing.catalog import load_catalog
+from shared.billing.models import (
+    CatalogOut,
+    CheckoutRequest,
+    InvoiceListQuery,
+    InvoicePage,
+    PortalRequest,
+    RedirectOut,
+    SubscriptionOut,
+)
+from shared.billing.policies import price_ids
+from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+
+if TYPE_CHECKING:
+    import flask
+
+api = HttpApp("billing_api")
+jobs = HttpApp("billing_jobs")
+
+Ctx = RequestContext[Any, Any]
+
+
+@api.get("/plans")
+def plans(ctx: Ctx) -> CatalogOut:
+    return service.catalog_out(load_catalog(), price_ids(ctx.platform))
+
+
+@api.get("/subscription")
+def subscription(ctx: Ctx) -> SubscriptionOut:
+    p = ctx.platform
+    return service.subscription_out(p.db, load_catalog(), ctx.client_id, p.clock())
+
+
+@api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)
+def checkout(ctx: Ctx) -> JsonResponse:
+    p = ctx.platform
+    redirect = service.start_checkout(
+        p.db,
+        p.payment_gateway,
+        load_catalog(),
+        price_ids(p),
+        client_id=ctx.client_id,
+        request=ctx.body,
+        default_success_url=p.settings.billing_success_url,
+        default_cancel_url=p.settings.billing_cancel_url,
+        idempotency_key=ctx.request.headers.get("Idempotency-Key"),
+    )
+    return JsonResponse(redirect, status=201)
+
+
+@api.post("/portal", body=PortalRequest, status=201)
+def portal(ctx: Ctx) -> RedirectOut:
+    p = ctx.platform
+    return service.open_portal(
+        p.db, p.payment_gateway, ctx.client_id, str(ctx.body.return_url or p.settings.billing_portal_return_url)
+    )
+
+
+@api.get("/invoices", query=InvoiceListQuery)
+def invoices(ctx: Ctx) -> InvoicePage:
+    p = ctx.platform
+    return service.invoices(p.db, p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+
+
+@jobs.post("/jobs/daily", access=Access.SCHEDULER)
+def daily(ctx: Ctx) -> BillingJobReport:
+    p = ctx.platform
+    return run_daily(p.db, p.ledger, load_catalog(), p.clock())
+
+
+@functions_framework.http
+def billing_api(request: flask.Request) -> flask.Response:
+    return api.handle(request)
+
+
+@functions_framework.http
+def billing_jobs(request: flask.Request) -> flask.Response:
+    return jobs.handle(request)

@@ -1,0 +1,38 @@
+"""Stripe webhook: the signature is verified on the raw body before anything is read; each event
+is applied once (its id is recorded in the same commit as its effect) and answered fast.
+
+2xx: applied, a duplicate, or an event we do not handle. 400: bad signature or not an event (Stripe
+stops). 5xx: processing failed — Stripe retries, and the retry is safe.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import functions_framework
+
+from shared.billing.events import verify_event
+from shared.billing.policies import webhook_processor
+from shared.http.app import Access, HttpApp, RequestContext
+
+if TYPE_CHECKING:
+    import flask
+
+app = HttpApp("stripe_webhook")
+
+Ctx = RequestContext[Any, Any]
+
+
+@app.post("/", access=Access.PUBLIC, raw=True, max_body_bytes=512 * 1024)
+def receive(ctx: Ctx) -> dict[str, Any]:
+    p = ctx.platform
+    event = verify_event(
+        ctx.raw_body, ctx.request.headers.get("Stripe-Signature"), p.settings.stripe_webhook_secret.get_secret_value()
+    )
+    outcome = webhook_processor(p, p.clock()).handle(event)
+    return {"received": True, "id": event.id, "type": event.type, "outcome": outcome}
+
+
+@functions_framework.http
+def stripe_webhook(request: flask.Request) -> flask.Response:
+    return app.handle(request)

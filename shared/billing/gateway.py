@@ -1,0 +1,152 @@
+"""The payment provider port and its Stripe adapter (the real ``stripe`` library's StripeClient).
+
+Stripe errors become ours: card/validation problems are 4xx problems, connection errors, rate
+limits and Stripe's 5xx are 503 with Retry-After. Creating a customer carries an idempotency key
+derived from the client id, so a retried request never makes a second customer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import BadRequest, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+
+@dataclass(frozen=True)
+class CheckoutLine:
+    price_id: str
+    quantity: int = 1
+
+
+class PaymentGateway(ABC):
+    @abstractmethod
+    def create_customer(self, client_id: str, email: str | None) -> str: ...
+
+    @abstractmethod
+    def create_checkout(
+        self,
+        *,
+        client_id: str,
+        customer_id: str,
+        mode: str,
+        line: CheckoutLine,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        """Create a Checkout Session; returns (session id, url)."""
+
+    @abstractmethod
+    def create_portal(self, customer_id: str, return_url: str) -> str: ...
+
+    @abstractmethod
+    def list_invoices(
+        self, customer_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the customer's invoices (newest first) and whether there are more."""
+
+
+class StripeGateway(PaymentGateway):
+    def __init__(self, api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> None:
+        self.api_key = api_key
+        self.api_base = api_base
+        self.max_network_retries = max_network_retries
+        self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StripeGateway:
+        return cls(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base or None)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import stripe
+
+            if not self.api_key:
+                from shared.errors import ConfigurationError
+
+                raise ConfigurationError("STRIPE_API_KEY is not set: billing is not configured")
+            options: dict[str, Any] = {"max_network_retries": self.max_network_retries}
+            if self.api_base:
+                options["base_addresses"] = {"api": self.api_base}
+            self._client = stripe.StripeClient(self.api_key, **options)
+        return self._client
+
+    def _call(self, call: Any) -> Any:
+        import stripe
+
+        try:
+            return call()
+        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+            raise UpstreamUnavailable("Stripe is not reachable right now", retry_after=5) from exc
+        except stripe.InvalidRequestError as exc:
+            raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
+        except stripe.StripeError as exc:
+            status = getattr(exc, "http_status", None) or 0
+            if status >= 500 or status == 0:
+                raise UpstreamUnavailable("Stripe answered with an error; try again", retry_after=5) from exc
+            raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
+
+    def create_customer(self, client_id: str, email: str | None) -> str:
+        params: dict[str, Any] = {"metadata": {"client_id": client_id}}
+        if email:
+            params["email"] = email
+        customer = self._call(
+            lambda: self.client.v1.customers.create(
+                params=params, options={"idempotency_key": f"epox-customer-{client_id}"}
+            )
+        )
+        return str(customer.id)
+
+    def create_checkout(
+        self,
+        *,
+        client_id: str,
+        customer_id: str,
+        mode: str,
+        line: CheckoutLine,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        params: dict[str, Any] = {
+            "mode": mode,
+            "customer": customer_id,
+            "client_reference_id": client_id,
+            "line_items": [{"price": line.price_id, "quantity": line.quantity}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "metadata": metadata,
+        }
+        if mode == "subscription":
+            params["subscription_data"] = {"metadata": metadata}
+        else:
+            params["payment_intent_data"] = {"metadata": metadata}
+        session = self._call(
+            lambda: self.client.v1.checkout.sessions.create(params=params, options={"idempotency_key": idempotency_key})
+        )
+        return str(session.id), str(session.url)
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        session = self._call(
+            lambda: self.client.v1.billing_portal.sessions.create(
+                params={"customer": customer_id, "return_url": return_url}
+            )
+        )
+        return str(session.url)
+
+    def list_invoices(
+        self, customer_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        params: dict[str, Any] = {"customer": customer_id, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = self._call(lambda: self.client.v1.invoices.list(params=params))
+        return [invoice.to_dict() for invoice in page.data], bool(page.has_more)

@@ -1,0 +1,237 @@
+"""Billing: API models, the billing state stored on the client record, and the parts of Stripe's
+event payloads we read (vendor payloads: unknown fields are ignored, never an error)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.billing.catalog import Interval
+
+PlanId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+SubscriptionStatus = Literal[
+    "none", "active", "trialing", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused"
+]
+
+
+class BillingState(BaseModel):
+    """``clients/{client}.billing``: what the client pays for, as our webhooks last learned it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    plan: str = "free"
+    interval: Interval | None = None
+    product_slots: int = 25
+    stripe_customer_id: str | None = None
+    subscription_id: str | None = None
+    subscription_status: SubscriptionStatus = "none"
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    pending_plan: str | None = None
+    pending_plan_at: datetime | None = None
+    past_due_since: datetime | None = None
+    last_event_created: int = 0  # Stripe event.created of the newest subscription event applied
+    last_event_id: str | None = None
+
+
+# -- API ----------------------------------------------------------------------------------------------
+
+
+class PlanOut(BaseModel):
+    id: str
+    name: str
+    product_slots: int
+    monthly_credits: int
+    prices: dict[str, int]
+    intervals: list[str]
+
+
+class PackOut(BaseModel):
+    id: str
+    name: str
+    credits: int
+    price: int
+    available: bool
+
+
+class CatalogOut(BaseModel):
+    currency: str
+    plans: list[PlanOut]
+    packs: list[PackOut]
+
+
+class SubscriptionOut(BaseModel):
+    plan: str
+    plan_name: str
+    interval: str | None
+    status: str
+    product_slots: int
+    products_used: int
+    monthly_credits: int
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    pending_plan: str | None
+    pending_plan_at: datetime | None
+    past_due_since: datetime | None
+    paid_operations_blocked: bool
+
+
+class CheckoutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["plan", "pack"]
+    plan_id: PlanId | None = None
+    interval: Interval = "monthly"
+    pack_id: PlanId | None = None
+    success_url: AnyHttpUrl | None = None
+    cancel_url: AnyHttpUrl | None = None
+
+
+class PortalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    return_url: AnyHttpUrl | None = None
+
+
+class RedirectOut(BaseModel):
+    url: str
+    id: str | None = None
+
+
+class InvoiceOut(BaseModel):
+    id: str
+    number: str | None
+    status: str | None
+    amount_due: int
+    amount_paid: int
+    currency: str
+    created: datetime
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    invoice_pdf: str | None
+
+
+class InvoiceListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: Annotated[str, StringConstraints(pattern=r"^in_[A-Za-z0-9]+$")] | None = None
+
+
+class InvoicePage(BaseModel):
+    items: list[InvoiceOut]
+    next_cursor: str | None
+
+
+# -- Stripe payload subsets ---------------------------------------------------------------------------
+
+
+class StripeModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StripeEvent(StripeModel):
+    id: str
+    type: str
+    created: int
+    livemode: bool = False
+    data: dict[str, Any]
+
+    @property
+    def object(self) -> dict[str, Any]:
+        value = self.data.get("object")
+        return value if isinstance(value, dict) else {}
+
+
+class StripePrice(StripeModel):
+    id: str
+
+
+class StripeSubscriptionItem(StripeModel):
+    price: StripePrice
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+
+
+class StripeList(StripeModel):
+    data: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class StripeSubscription(StripeModel):
+    id: str
+    customer: str
+    status: SubscriptionStatus
+    items: StripeList
+    cancel_at_period_end: bool = False
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    def first_item(self) -> StripeSubscriptionItem:
+        return StripeSubscriptionItem.model_validate(self.items.data[0])
+
+    def period(self) -> tuple[int | None, int | None]:
+        item = self.first_item()
+        # Newer API versions carry the period on the item, older ones on the subscription.
+        return (
+            item.current_period_start or self.current_period_start,
+            item.current_period_end or self.current_period_end,
+        )
+
+
+class StripeCheckoutSession(StripeModel):
+    id: str
+    mode: Literal["payment", "subscription", "setup"]
+    customer: str | None = None
+    client_reference_id: str | None = None
+    payment_status: str | None = None
+    payment_intent: str | None = None
+    subscription: str | None = None
+    amount_total: int | None = None
+    currency: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class StripeInvoiceLine(StripeModel):
+    period: dict[str, int] = Field(default_factory=dict)
+    pricing: dict[str, Any] | None = None
+    price: dict[str, Any] | None = None
+
+    def price_id(self) -> str | None:
+        if self.price and isinstance(self.price.get("id"), str):
+            return str(self.price["id"])
+        details = (self.pricing or {}).get("price_details") or {}
+        value = details.get("price")
+        return value if isinstance(value, str) else None
+
+
+class StripeInvoice(StripeModel):
+    id: str
+    customer: str
+    billing_reason: str | None = None
+    status: str | None = None
+    subscription: str | None = None
+    parent: dict[str, Any] | None = None
+    lines: StripeList = Field(default_factory=StripeList)
+    period_start: int | None = None
+    period_end: int | None = None
+
+    def subscription_id(self) -> str | None:
+        if self.subscription:
+            return self.subscription
+        details = (self.parent or {}).get("subscription_details") or {}
+        value = details.get("subscription")
+        return value if isinstance(value, str) else None
+
+
+class StripeCharge(StripeModel):
+    id: str
+    customer: str | None = None
+    payment_intent: str | None = None
+    amount: int
+    amount_refunded: int = 0
+    refunded: bool = False

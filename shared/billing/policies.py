@@ -1,0 +1,25 @@
+"""Billing objects built from settings in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from shared.billing.catalog import PriceIds
+    from shared.billing.events import WebhookProcessor
+    from shared.platform import Platform
+
+
+def price_ids(platform: Platform) -> PriceIds:
+    from shared.billing.catalog import PriceIds
+
+    return PriceIds(platform.settings.stripe_price_ids)
+
+
+def webhook_processor(platform: Platform, now: datetime) -> WebhookProcessor:
+    from shared.billing.catalog import load_catalog
+    from shared.billing.events import WebhookProcessor
+
+    return WebhookProcessor(platform.db, platform.ledger, load_catalog(), price_ids(platform), now)

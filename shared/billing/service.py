@@ -1,0 +1,290 @@
+"""Billing as the frontend sees it: the catalog, the current subscription, Checkout, the customer
+portal and invoices — plus the rules other services enforce (good standing, product slots) and the
+one-time onboarding of a new client."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.billing.catalog import Catalog, PriceIds
+from shared.billing.gateway import CheckoutLine, PaymentGateway
+from shared.billing.models import (
+    BillingState,
+    CatalogOut,
+    CheckoutRequest,
+    InvoiceOut,
+    InvoicePage,
+    PackOut,
+    PlanOut,
+    RedirectOut,
+    SubscriptionOut,
+)
+from shared.errors import EpoxError, ValidationFailed
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+    from shared.ledger.service import Ledger
+
+
+class PaymentPastDue(EpoxError):
+    status = 402
+    code = "payment_past_due"
+    title = "Payment is past due"
+
+
+class ProductSlotLimit(EpoxError):
+    status = 402
+    code = "product_slot_limit"
+    title = "The plan's product slots are all used"
+
+
+def client_ref(db: Client, client_id: str) -> Any:
+    return db.collection("clients").document(client_id)
+
+
+def billing_state(db: Client, client_id: str) -> BillingState:
+    snapshot = client_ref(db, client_id).get()
+    data = (snapshot.to_dict() or {}) if snapshot.exists else {}
+    return BillingState.model_validate(data.get("billing") or {})
+
+
+def catalog_out(catalog: Catalog, prices: PriceIds) -> CatalogOut:
+    plans = [
+        PlanOut(
+            id=plan_id,
+            name=plan.name,
+            product_slots=plan.product_slots,
+            monthly_credits=plan.monthly_credits,
+            prices=dict(plan.display_price),
+            intervals=[i for i in ("monthly", "annual") if f"{plan_id}:{i}" in prices.by_key],
+        )
+        for plan_id, plan in sorted(catalog.plans.items(), key=lambda item: item[1].rank)
+    ]
+    packs = [
+        PackOut(
+            id=pack_id,
+            name=pack.name,
+            credits=pack.credits,
+            price=pack.display_price,
+            available=pack_id in prices.by_key,
+        )
+        for pack_id, pack in catalog.packs.items()
+    ]
+    return CatalogOut(currency=catalog.currency, plans=plans, packs=packs)
+
+
+def paid_operations_blocked(state: BillingState, catalog: Catalog, now: datetime) -> bool:
+    if state.past_due_since is None:
+        return False
+    return now >= state.past_due_since + timedelta(days=catalog.grace_period_days)
+
+
+def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: datetime) -> None:
+    """Refuse paid work once a failed payment is older than the grace period."""
+    state = billing_state(db, client_id)
+    if paid_operations_blocked(state, catalog, now):
+        assert state.past_due_since is not None
+        raise PaymentPastDue(
+            "Your last payment failed; update your payment method in Billing to continue",
+            past_due_since=state.past_due_since.isoformat(),
+            grace_period_days=catalog.grace_period_days,
+            how_to_fix="Open the customer portal from Billing and update your card.",
+        )
+
+
+def count_products(db: Client, client_id: str) -> int:
+    query = client_ref(db, client_id).collection("products").count()
+    return int(query.get()[0][0].value)
+
+
+def product_slots(db: Client, client_id: str) -> int:
+    return billing_state(db, client_id).product_slots
+
+
+def require_product_slots(db: Client, client_id: str, wanted: int = 1) -> int:
+    """Raise 402 when ``wanted`` more products do not fit the plan; returns the free slots."""
+    limit = product_slots(db, client_id)
+    used = count_products(db, client_id)
+    free = max(0, limit - used)
+    if wanted > free:
+        raise ProductSlotLimit(
+            f"Your plan has {limit} product slots and {used} are used",
+            limit=limit,
+            used=used,
+            how_to_upgrade="Choose a larger plan in Billing (Starter 100, Growth 500, Pro 1,000, Scale 5,000 slots).",
+        )
+    return free
+
+
+def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime) -> SubscriptionOut:
+    state = billing_state(db, client_id)
+    plan = catalog.plans.get(state.plan) or catalog.plan("free")
+    return SubscriptionOut(
+        plan=state.plan,
+        plan_name=plan.name,
+        interval=state.interval,
+        status=state.subscription_status,
+        product_slots=state.product_slots,
+        products_used=count_products(db, client_id),
+        monthly_credits=plan.monthly_credits,
+        current_period_end=state.current_period_end,
+        cancel_at_period_end=state.cancel_at_period_end,
+        pending_plan=state.pending_plan,
+        pending_plan_at=state.pending_plan_at,
+        past_due_since=state.past_due_since,
+        paid_operations_blocked=paid_operations_blocked(state, catalog, now),
+    )
+
+
+def ensure_customer(db: Client, gateway: PaymentGateway, client_id: str, email: str | None) -> str:
+    """The client's one Stripe customer, created on first need (retries reuse it)."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    ref = client_ref(db, client_id)
+    snapshot = ref.get()
+    existing = ((snapshot.to_dict() or {}).get("billing") or {}).get("stripe_customer_id") if snapshot.exists else None
+    if existing:
+        return str(existing)
+    # Stripe de-duplicates on the idempotency key derived from the client id, so two racing
+    # requests get the same customer; the precondition keeps the first id we stored.
+    customer_id = gateway.create_customer(client_id, None)
+    batch = db.batch()
+    if snapshot.exists:
+        batch.update(
+            ref,
+            {"billing.stripe_customer_id": customer_id},
+            option=db.write_option(last_update_time=snapshot.update_time),
+        )
+    else:
+        batch.set(ref, {"billing": {"stripe_customer_id": customer_id}}, merge=True)
+    batch.set(db.collection("stripe_customers").document(customer_id), {"client_id": client_id})
+    try:
+        batch.commit()
+    except FailedPrecondition:
+        return ensure_customer(db, gateway, client_id, email)
+    return customer_id
+
+
+def start_checkout(
+    db: Client,
+    gateway: PaymentGateway,
+    catalog: Catalog,
+    prices: PriceIds,
+    *,
+    client_id: str,
+    request: CheckoutRequest,
+    default_success_url: str,
+    default_cancel_url: str,
+    idempotency_key: str | None,
+) -> RedirectOut:
+    """A Checkout Session for a plan (subscription mode) or a credit pack (payment mode)."""
+    if request.kind == "plan":
+        if not request.plan_id:
+            raise _missing("plan_id")
+        plan = catalog.plan(request.plan_id)
+        if plan.monthly_credits == 0 and request.plan_id == "free":
+            raise ValidationFailed(
+                "The Free plan needs no checkout",
+                errors=[{"field": "plan_id", "in": "body", "message": "free", "type": "value_error"}],
+            )
+        state = billing_state(db, client_id)
+        if state.subscription_id and state.subscription_status in ("active", "trialing", "past_due"):
+            raise ValidationFailed(
+                "You already have a subscription; switch plans in the customer portal",
+                errors=[{"field": "kind", "in": "body", "message": "use the portal", "type": "value_error"}],
+            )
+        line = CheckoutLine(prices.for_plan(request.plan_id, request.interval))
+        mode, metadata = (
+            "subscription",
+            {"client_id": client_id, "plan_id": request.plan_id, "interval": request.interval},
+        )
+    else:
+        if not request.pack_id:
+            raise _missing("pack_id")
+        catalog.pack(request.pack_id)
+        line = CheckoutLine(prices.for_pack(request.pack_id))
+        mode, metadata = "payment", {"client_id": client_id, "pack_id": request.pack_id}
+    customer_id = ensure_customer(db, gateway, client_id, None)
+    fingerprint = hashlib.sha256(f"{client_id}|{mode}|{line.price_id}|{idempotency_key}".encode()).hexdigest()[:32]
+    session_id, url = gateway.create_checkout(
+        client_id=client_id,
+        customer_id=customer_id,
+        mode=mode,
+        line=line,
+        success_url=str(request.success_url or default_success_url),
+        cancel_url=str(request.cancel_url or default_cancel_url),
+        metadata=metadata,
+        idempotency_key=f"epox-checkout-{fingerprint}" if idempotency_key else f"epox-checkout-{fingerprint}-{_now()}",
+    )
+    return RedirectOut(url=url, id=session_id)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
+
+
+def _missing(field: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field} is required", errors=[{"field": field, "in": "body", "message": "required", "type": "missing"}]
+    )
+
+
+def open_portal(db: Client, gateway: PaymentGateway, client_id: str, return_url: str) -> RedirectOut:
+    customer_id = ensure_customer(db, gateway, client_id, None)
+    return RedirectOut(url=gateway.create_portal(customer_id, return_url))
+
+
+def invoices(db: Client, gateway: PaymentGateway, client_id: str, limit: int, cursor: str | None) -> InvoicePage:
+    state = billing_state(db, client_id)
+    if not state.stripe_customer_id:
+        return InvoicePage(items=[], next_cursor=None)
+    rows, more = gateway.list_invoices(state.stripe_customer_id, limit, cursor)
+
+    def stamp(value: Any) -> datetime | None:
+        return datetime.fromtimestamp(int(value), UTC) if value else None
+
+    items = [
+        InvoiceOut(
+            id=row["id"],
+            number=row.get("number"),
+            status=row.get("status"),
+            amount_due=int(row.get("amount_due", 0)),
+            amount_paid=int(row.get("amount_paid", 0)),
+            currency=str(row.get("currency", "")),
+            created=stamp(row.get("created")) or datetime.now(UTC),
+            period_start=stamp(row.get("period_start")),
+            period_end=stamp(row.get("period_end")),
+            hosted_invoice_url=row.get("hosted_invoice_url"),
+            invoice_pdf=row.get("invoice_pdf"),
+        )
+        for row in rows
+    ]
+    return InvoicePage(items=items, next_cursor=items[-1].id if more and items else None)
+
+
+def onboard(db: Client, ledger: Ledger, catalog: Catalog, client_id: str, signup_bonus: int, now: datetime) -> bool:
+    """Free plan and the signup bonus, exactly once per client (the grant's key is the client id)."""
+    from shared.ledger.model import Actor, GrantSource
+
+    ref = client_ref(db, client_id)
+    snapshot = ref.get()
+    if snapshot.exists and (snapshot.to_dict() or {}).get("onboarded_at"):
+        return False
+    if signup_bonus > 0:
+        ledger.grant(
+            client_id,
+            key=f"signup:{client_id}",
+            amount=signup_bonus,
+            source=GrantSource.SIGNUP,
+            actor=Actor(kind="system", id="onboarding"),
+            reason="signup bonus",
+        )
+    update: dict[str, Any] = {"onboarded_at": now}
+    if not snapshot.exists or "billing" not in (snapshot.to_dict() or {}):
+        # Only a client with no billing yet starts on Free: a subscription recorded first wins.
+        update["billing"] = {"plan": "free", "product_slots": catalog.plan("free").product_slots}
+    ref.set(update, merge=True)
+    return True
