@@ -90,7 +90,7 @@ def _annual_allotments(
             amount=plan.monthly_credits,
             source=GrantSource.SUBSCRIPTION,
             actor=SYSTEM,
-            reason=f"{plan.name} plan (annual) credits for {month_start.date().isoformat()} – "
+            reason=f"{plan.name} plan (annual) credits for {month_start.date().isoformat()} to "
             f"{month_end.date().isoformat()}",
             expires_at=None if catalog.rollover else month_end,
             reference=state.subscription_id,

@@ -391,7 +391,7 @@ class WebhookProcessor:
                 amount=plan.monthly_credits,
                 source=GrantSource.SUBSCRIPTION,
                 actor=Actor(kind="stripe", id=event.id),
-                reason=f"{plan.name} plan credits for {start.date().isoformat()} – {month_end.date().isoformat()}",
+                reason=f"{plan.name} plan credits for {start.date().isoformat()} to {month_end.date().isoformat()}",
                 expires_at=None if self.catalog.rollover else month_end,
                 reference=invoice.id,
             )
