@@ -40,7 +40,8 @@ class EngineKind(str, Enum):
 class Settings(BaseSettings):
     """All configuration of every function. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # Empty variables mean "not set": a blank line copied from .env.example keeps the default.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     epox_env: Environment = Environment.PRODUCTION
     gcp_project: str = ""

@@ -146,6 +146,17 @@ def settings(firestore_emulator: str, s3_endpoint: str, jwks_url: str) -> Any:
         fetch_allowed_networks=["127.0.0.1/32"],
         import_chunk_rows=3,
         ai_engine="offline",
+        # Tests count credits from zero; onboarding's bonus has its own tests.
+        signup_bonus_credits=0,
+        stripe_webhook_secret="whsec_test_secret",
+        stripe_api_key="sk_test_epox",
+        stripe_price_ids={
+            "starter:monthly": "price_starter_m", "starter:annual": "price_starter_y",
+            "growth:monthly": "price_growth_m", "growth:annual": "price_growth_y",
+            "pro:monthly": "price_pro_m", "pro:annual": "price_pro_y",
+            "scale:monthly": "price_scale_m", "scale:annual": "price_scale_y",
+            "pack_100": "price_pack_100", "pack_500": "price_pack_500", "pack_2000": "price_pack_2000",
+        },
         generation_fanout_page=4,
         generation_counter_shards=3,
     )

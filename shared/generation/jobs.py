@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -135,7 +136,10 @@ def create_job(
 
     settings = GenerationSettings.model_validate({**base.model_dump(), **data.overrides()})
     prompts.require_style(settings.style)
-    job_id = _derived("job", client_id, idempotency_key) if idempotency_key else new_id("job")
+    # A key names one request to one endpoint (as the HTTP layer scopes it): the same key sent to
+    # POST /jobs and to POST /jobs/{id}/retry names two different jobs.
+    scope = (client_id, idempotency_key) if retry_of is None else (client_id, idempotency_key, "retry", retry_of)
+    job_id = _derived("job", *scope) if idempotency_key else new_id("job")
     existing = jobs_ref(db, client_id).document(job_id).get()
     if existing.exists:
         return JobDoc.model_validate(existing.to_dict())
@@ -204,10 +208,10 @@ def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
 
 
 def run_fanout(
-    db: Client, store: ObjectStore, queue: TaskQueue, task: FanoutTask, policy: GenerationPolicy, now: datetime
+    db: Client, store: ObjectStore, queue: TaskQueue, task: FanoutTask, policy: GenerationPolicy, now: datetime,
+    clock: Callable[[], datetime] | None = None,
 ) -> str:
     from google.api_core.exceptions import AlreadyExists
-    from google.cloud import firestore
 
     job = get_job(db, task.client_id, task.job_id)
     if job.settled:
@@ -238,19 +242,33 @@ def run_fanout(
     if not cancelled:
         for doc in docs:
             queue.enqueue(_item_task(task.client_id, task.job_id, doc.index))
-    if task.page == 0:
-        prompts.remember_defaults(db, task.client_id, job.settings, [d.product_id for d in docs if d.product_id], now)
+    # Every page's products (not only the first page's): each of them was generated with these settings.
+    prompts.remember_defaults(db, task.client_id, job.settings, [d.product_id for d in docs if d.product_id], now)
     last = task.page + 1 >= job.fanout_pages
-    jobs_ref(db, task.client_id).document(task.job_id).update(
-        {"fanout_pages_done": firestore.Increment(1) if created else job.fanout_pages_done,
-         "status": job.status.value if job.status is not JobStatus.QUEUED else JobStatus.RUNNING.value,
-         "updated_at": now}
-    )
+    _mark_fanned_out(db, jobs_ref(db, task.client_id).document(task.job_id), counted=bool(created), now=now)
     if not last:
         queue.enqueue(_fanout_task(task.client_id, task.job_id, task.page + 1))
     elif cancelled:
-        queue.enqueue(_settle_task(task.client_id, task.job_id, now))
+        queue.enqueue(_settle_task(task.client_id, task.job_id, clock() if clock is not None else now))
     return f"fan-out page {task.page + 1}/{job.fanout_pages}: {len(created)} items"
+
+
+def _mark_fanned_out(db: Client, ref: Any, *, counted: bool, now: datetime) -> None:
+    """Count the page and move a queued job to running, in a transaction: a cancel that lands while
+    the page is being fanned out must not be overwritten by a status read before it."""
+    from google.cloud import firestore
+
+    @firestore.transactional  # type: ignore[misc]
+    def apply(transaction: Any) -> None:
+        current = JobStatus((ref.get(transaction=transaction).to_dict() or {}).get("status", JobStatus.QUEUED.value))
+        changes: dict[str, Any] = {"updated_at": now}
+        if counted:
+            changes["fanout_pages_done"] = firestore.Increment(1)
+        if current is JobStatus.QUEUED:
+            changes["status"] = JobStatus.RUNNING.value
+        transaction.update(ref, changes)
+
+    apply(db.transaction())
 
 
 def _count(batch: Any, db: Client, client_id: str, job_id: str, index: int, policy: GenerationPolicy,
@@ -274,7 +292,10 @@ def run_item(
     call: TaskCall,
     policy: GenerationPolicy,
     now: datetime,
+    clock: Callable[[], datetime] | None = None,
 ) -> str:
+    """``clock`` gives the time when the item finishes (``now`` is when the delivery started); the
+    settle task must be for the window the item finishes in, see :func:`_finish`."""
     from google.api_core.exceptions import FailedPrecondition
 
     item_ref = jobs_ref(db, task.client_id).document(task.job_id).collection("items").document(f"{task.index:06d}")
@@ -319,7 +340,8 @@ def run_item(
         failure = {"code": first.code, "message": first.detail, "variants_failed": failed,
                    "retryable": bool(getattr(first, "retryable", False))}
     try:
-        return _finish(db, queue, item_ref, running, task, item, job, policy, now, status, asset_ids, failed, failure)
+        return _finish(db, queue, item_ref, running, task, item, job, policy, now, status, asset_ids, failed, failure,
+                       finished_at=clock() if clock is not None else None)
     except FailedPrecondition:
         return "another delivery finished this item"
 
@@ -342,8 +364,14 @@ def _finish(
     asset_ids: list[str],
     failed_variants: int,
     failure: dict[str, Any] | None,
+    finished_at: datetime | None = None,
 ) -> str:
-    """Finish the item and count it, atomically and only once (guarded by the item's update time)."""
+    """Finish the item and count it, atomically and only once (guarded by the item's update time).
+
+    The settle task is named after the window the item FINISHES in: generation can take longer
+    than a window, and a settle task named after the window the delivery started in may already
+    have run (finding this item unfinished); a second one of that name would be dropped as a
+    duplicate and the job would never settle."""
     variants = job.settings.variants
     increments = {"done_items": 1}
     if status is ItemStatus.CANCELLED:
@@ -360,7 +388,7 @@ def _finish(
     )
     _count(batch, db, task.client_id, task.job_id, task.index, policy, increments)
     batch.commit()
-    queue.enqueue(_settle_task(task.client_id, task.job_id, now))
+    queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at or now))
     return f"item {task.index} {status.value}"
 
 
@@ -372,9 +400,18 @@ def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, 
             product = get_product(db, client_id, item.product_id)
         except NotFound:
             product = None  # deleted after the job was accepted: generate from the prompt alone
-        if product is not None:
-            chosen = [img for img in product.images if not item.image_asset_ids or img.asset_id in item.image_asset_ids]
-            for image in chosen[:MAX_REFERENCE_IMAGES]:
+        if item.image_asset_ids:
+            # The named images: any asset of the product (create checked that), an upload or an earlier
+            # generated image alike, in the order given. One deleted since the job was accepted is skipped.
+            refs = [assets_ref(db, client_id).document(aid) for aid in item.image_asset_ids[:MAX_REFERENCE_IMAGES]]
+            found = {snap.id: snap.to_dict() or {} for snap in db.get_all(refs, field_paths=["key", "content_type"])
+                     if snap.exists}
+            for asset_id in item.image_asset_ids[:MAX_REFERENCE_IMAGES]:
+                if asset_id in found:
+                    images.append(InputImage(data=store.get(found[asset_id]["key"]),
+                                             mime_type=found[asset_id]["content_type"]))
+        elif product is not None:
+            for image in product.images[:MAX_REFERENCE_IMAGES]:
                 images.append(InputImage(data=store.get(image.key), mime_type=image.content_type))
     text = prompts.build_prompt(job.settings, product, item.prompt)
     return ImageRequest(

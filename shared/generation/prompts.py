@@ -100,7 +100,9 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
     from shared.catalog.products import get_product
     from shared.engines.base import TextRequest
 
-    context: dict[str, Any] = {}
+    # The engine gets the idea on its own too: an offline (template) engine expands it, not the lines
+    # written for a language model.
+    context: dict[str, Any] = {"idea": request.prompt}
     lines = [f"Idea: {request.prompt}"]
     if request.product_id:
         product = get_product(db, client_id, request.product_id)
@@ -115,6 +117,7 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
         lines.append("Brand profile: " + json.dumps(context["brand"]))
     if request.style:
         require_style(request.style)
+        context["style"] = styles()[request.style]["label"]
         lines.append(f"Style: {styles()[request.style]['label']}")
     text = engine.complete_text(TextRequest(instruction=ENHANCE_INSTRUCTION, prompt="\n".join(lines), context=context))
     return EnhanceOut(prompt=text[:2000], engine=engine.name)

@@ -174,13 +174,14 @@ class HoldAlreadyResolved(Conflict):
     title = "The hold was already resolved another way"
 
 
+def _burn_key(b: Bucket) -> tuple[Any, ...]:
+    return (b.priority, b.expires_at is None, b.expires_at or b.granted_at, b.granted_at, b.id)
+
+
 def burn_order(buckets: dict[str, Bucket], now: datetime) -> list[Bucket]:
     """Spendable buckets in the order credits leave them: priority, soonest expiry, oldest."""
     live = [b for b in buckets.values() if b.remaining > 0 and not b.expired and not _is_past(b.expires_at, now)]
-    return sorted(
-        live,
-        key=lambda b: (b.priority, b.expires_at is None, b.expires_at or b.granted_at, b.granted_at, b.id),
-    )
+    return sorted(live, key=_burn_key)
 
 
 def _is_past(moment: datetime | None, now: datetime) -> bool:
@@ -405,7 +406,9 @@ def _return_to_buckets(b: _Builder, hold: Hold, amount: int, reason: str, entry_
         return
     returns: dict[str, int] = {}
     left = amount
-    for bucket_id, drawn in reversed(list(hold.draws.items())):
+    # A stored hold need not keep its draws in order (Firestore maps do not): rebuild the burn order.
+    drawn_in_order = sorted(hold.draws.items(), key=lambda item: _burn_key(b.state.buckets[item[0]]))
+    for bucket_id, drawn in reversed(drawn_in_order):
         if left == 0:
             break
         back = min(drawn, left)
@@ -598,3 +601,40 @@ def drift(state: LedgerState, entries: list[Entry]) -> list[str]:
     if len(entries) != state.seq:
         problems.append(f"entry count {len(entries)} differs from seq {state.seq}")
     return problems
+
+
+def revoke(
+    state: LedgerState,
+    *,
+    key: str,
+    bucket_id: str,
+    amount: int,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    low_threshold: int = 0,
+) -> Mutation:
+    """Take back up to ``amount`` of one bucket's unspent credits (e.g. a refunded pack).
+
+    Spent and reserved credits are not clawed back: only what is left in the bucket goes.
+    """
+    _positive(amount)
+    b = _Builder(state, key, actor, now)
+    b.expire_past_due()
+    bucket = b.state.buckets.get(bucket_id)
+    removed = min(amount, bucket.remaining) if bucket is not None and not bucket.expired else 0
+    if removed:
+        b.entry(
+            EntryType.ADJUST,
+            amount=removed,
+            available_delta=-removed,
+            reserved_delta=0,
+            bucket_deltas={bucket_id: -removed},
+            bucket_id=bucket_id,
+            reason=reason,
+        )
+    else:
+        # Nothing left to take: still record the decision so the key has its marker and entry.
+        b.entry(EntryType.ADJUST, amount=0, available_delta=0, reserved_delta=0, bucket_id=bucket_id,
+                reason=reason + " (nothing unspent to remove)")
+    return b.finish({"bucket_id": bucket_id, "requested": amount, "removed": removed}, low_threshold)

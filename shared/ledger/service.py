@@ -224,7 +224,11 @@ class Ledger:
         released = []
         for hold in sorted(state.holds.values(), key=lambda h: h.deadline):
             if hold.deadline <= now:
-                self.release(client_id, hold.id, actor=actor, reason="hold deadline passed; released by the sweeper")
+                reason = "hold deadline passed; released by the sweeper"
+                try:
+                    self.release(client_id, hold.id, actor=actor, reason=reason)
+                except (model.HoldAlreadyResolved, model.HoldNotFound):
+                    continue  # resolved (e.g. captured by a late worker) since the state was read: it stands
                 released.append(hold.id)
         return released
 
@@ -234,4 +238,25 @@ class Ledger:
 
     def verify(self, client_id: str) -> list[str]:
         """Every disagreement between the cached state and the entries (empty when consistent)."""
-        return model.drift(self.store.state(client_id), self.store.entries(client_id))
+        state = self.store.state(client_id)
+        entries = self.store.entries(client_id)
+        later = [e.seq for e in entries if e.seq > state.seq]
+        if later and self.store.state(client_id).seq >= max(later):
+            # Committed (atomically, with a newer state) after the state was read: not drift.
+            entries = [e for e in entries if e.seq <= state.seq]
+        return model.drift(state, entries)
+
+
+def revoke(
+    ledger: Ledger, client_id: str, *, key: str, bucket_id: str, amount: int, actor: Actor, reason: str
+) -> dict[str, Any]:
+    """Remove up to ``amount`` unspent credits from one bucket (a refunded pack), once per key."""
+    return ledger._run(
+        client_id,
+        key,
+        _fingerprint("revoke", {"bucket_id": bucket_id, "amount": amount}),
+        lambda snap, now: model.revoke(
+            snap.state, key=key, bucket_id=bucket_id, amount=amount, now=now, actor=actor, reason=reason,
+            low_threshold=ledger.low_threshold,
+        ),
+    )
