@@ -59,6 +59,21 @@ def _record_writes() -> tuple[Counter[str], dict[str, list[float]]]:
         return original(self, *args, **kwargs)
 
     batch_module.WriteBatch.commit = commit  # type: ignore[method-assign]
+
+    from google.cloud.firestore_v1 import transaction as transaction_module
+
+    original_txn = transaction_module.Transaction._commit
+
+    def txn_commit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        for write in self._write_pbs:
+            name = write.update.name if write.update.name else write.delete
+            path = str(name).split("/documents/", 1)[-1]
+            writes[path] += 1
+            times.setdefault(path, []).append(now)
+        return original_txn(self, *args, **kwargs)
+
+    transaction_module.Transaction._commit = txn_commit  # type: ignore[method-assign]
     return writes, times
 
 
@@ -120,19 +135,35 @@ def _run() -> int:
             worker_times.append(time.perf_counter() - started)
         return response.status_code, None
 
-    settings = Settings(epox_env="test", gcp_project="epox-bench", auth_issuer=issuer.issuer, auth_audience="bench",
-                        tasks_dev_secret="bench", tasks_auth_mode="shared_secret", ai_engine="offline")
-    dispatcher = TaskDispatcher(transport, secret="bench", target_base_url="http://bench", min_backoff=0,
-                                max_backoff=0)
+    settings = Settings(
+        epox_env="test",
+        gcp_project="epox-bench",
+        auth_issuer=issuer.issuer,
+        auth_audience="bench",
+        tasks_dev_secret="bench",
+        tasks_auth_mode="shared_secret",
+        ai_engine="offline",
+    )
+    dispatcher = TaskDispatcher(transport, secret="bench", target_base_url="http://bench", min_backoff=0, max_backoff=0)
     db = firestore.Client(project="epox-bench")
-    platform = Platform(settings, db=db, object_store=InMemoryObjectStore(), task_queue=dispatcher,
-                        engine=InstantEngine(),  # type: ignore[arg-type]
-                        jwt_verifier=InlineJwks(jwks_url="memory://", issuer=issuer.issuer, audience="bench",
-                                                algorithms=["EdDSA"]))
+    platform = Platform(
+        settings,
+        db=db,
+        object_store=InMemoryObjectStore(),
+        task_queue=dispatcher,
+        engine=InstantEngine(),  # type: ignore[arg-type]
+        jwt_verifier=InlineJwks(jwks_url="memory://", issuer=issuer.issuer, audience="bench", algorithms=["EdDSA"]),
+    )
     set_platform(platform)
     client_id = "bench-client"
-    platform.ledger.grant(client_id, key="bench-grant", amount=10 * ITEMS, source=GrantSource.ADMIN,
-                          actor=Actor(kind="system", id="bench"), reason="benchmark")
+    platform.ledger.grant(
+        client_id,
+        key="bench-grant",
+        amount=10 * ITEMS,
+        source=GrantSource.ADMIN,
+        actor=Actor(kind="system", id="bench"),
+        reason="benchmark",
+    )
     api = apps["generate_api"].test_client()
     headers = {"Authorization": f"Bearer {issuer.mint(client_id)}"}
     api.get("/presets", headers=headers)  # provision + warm caches
@@ -160,8 +191,10 @@ def _run() -> int:
     print(f"== generation pipeline, {ITEMS}-item job, instant stub engine, Firestore emulator ==")
     print(f"  accept (POST /jobs → 202)              {accept * 1000:8.1f} ms   ({accept_writes} Firestore writes)")
     print(f"  whole job through the task queue       {run_time:8.1f} s    ({deliveries} task deliveries)")
-    print(f"  per-item worker overhead p50 / p99     {statistics.median(worker_times) * 1000:8.1f} ms / "
-          f"{sorted(worker_times)[int(len(worker_times) * 0.99) - 1] * 1000:.1f} ms")
+    print(
+        f"  per-item worker overhead p50 / p99     {statistics.median(worker_times) * 1000:8.1f} ms / "
+        f"{sorted(worker_times)[int(len(worker_times) * 0.99) - 1] * 1000:.1f} ms"
+    )
     print(f"  Firestore writes per item              {total / ITEMS:8.2f}    ({total} in all)")
     print(f"  most writes to one document            {busiest_count:8d}    ({busiest})")
     print(f"  peak writes/second to one document     {_peak_per_second(stamps[hottest]):8d}    ({hottest})")

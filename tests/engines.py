@@ -90,3 +90,15 @@ class CrashingEngine(ScriptedEngine):
             self.crashed += 1
             raise WorkerCrash("the worker died mid-item")
         return super().generate(request)
+
+
+class AlwaysCrashingEngine(ScriptedEngine):
+    """Every call for a ``CRASH`` prompt dies with a non-engine error (a bug, an OOM-like failure)."""
+
+    name: ClassVar[str] = "always-crashing"
+
+    def generate(self, request: ImageRequest) -> EngineImage:
+        if "CRASH" in request.prompt:
+            self.requests.append(request)
+            raise WorkerCrash("the worker dies every time")
+        return super().generate(request)

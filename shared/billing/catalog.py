@@ -4,6 +4,7 @@ environment (``STRIPE_PRICE_IDS``), so pricing changes never touch code."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -56,7 +57,7 @@ class Catalog(BaseModel):
         return self.packs[pack_id]
 
 
-def _unknown(kind: str, value: str, known: dict[str, object]) -> ValidationFailed:
+def _unknown(kind: str, value: str, known: Mapping[str, object]) -> ValidationFailed:
     message = f"Unknown {kind} {value!r}; choose one of {', '.join(known)}"
     return ValidationFailed(message, errors=[{"field": kind, "in": "body", "message": message, "type": "enum"}])
 

@@ -128,14 +128,15 @@ def _cutout(data: bytes) -> Image.Image:
     from PIL import Image, ImageChops, ImageFilter, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (MAX_INPUT_SIDE, MAX_INPUT_SIDE))
-        image = image.convert("RGBA")
+        source = Image.open(io.BytesIO(data))
+        source.draft("RGB", (MAX_INPUT_SIDE, MAX_INPUT_SIDE))
+        image = source.convert("RGBA")
     except (UnidentifiedImageError, OSError) as exc:
         raise EnginePermanentError("The product image could not be read") from exc
     image.thumbnail((MAX_INPUT_SIDE, MAX_INPUT_SIDE))
     alpha = image.getchannel("A")
-    if alpha.getextrema()[0] < 250:
+    low = alpha.getextrema()[0]
+    if isinstance(low, (int, float)) and low < 250:
         mask = alpha  # already transparent around the product
     else:
         rgb = image.convert("RGB")

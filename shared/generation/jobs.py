@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import math
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
 from shared.catalog.products import get_product, new_id, products_ref
-from shared.engines.base import EngineError, EngineRetryableError, ImageRequest, InputImage
+from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.generation import prompts
 from shared.generation.models import (
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from shared.imaging import ImageLimits
     from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
+
+logger = logging.getLogger("epox.generation")
 
 WORKER = "generate_tasks"
 SETTLE_WINDOW_SECONDS = 5
@@ -97,8 +100,10 @@ def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
         found = {snap.id for snap in db.get_all(refs, field_paths=["id"]) if snap.exists}
         missing = [pid for pid in product_ids if pid not in found]
         if missing:
-            raise NotFound(f"No product {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                           missing=missing[:20])
+            raise NotFound(
+                f"No product {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                missing=missing[:20],
+            )
     wanted = {(item.product_id, aid) for item in data.items for aid in item.image_asset_ids}
     if wanted:
         refs = [assets_ref(db, client_id).document(aid) for _, aid in sorted(wanted, key=lambda w: w[1])]
@@ -109,8 +114,14 @@ def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
             if owners[asset_id] != product_id:
                 raise ValidationFailed(
                     f"Asset {asset_id} is not an image of product {product_id}",
-                    errors=[{"field": "items.image_asset_ids", "in": "body", "message": "not this product's image",
-                             "type": "value_error"}],
+                    errors=[
+                        {
+                            "field": "items.image_asset_ids",
+                            "in": "body",
+                            "message": "not this product's image",
+                            "type": "value_error",
+                        }
+                    ],
                 )
 
 
@@ -147,17 +158,24 @@ def create_job(
     unit_price = prices.price("generate_image", settings.size)
     slots = len(data.items) * settings.variants
     cost = unit_price * slots
-    hold = ledger.reserve(
-        client_id,
-        key=f"job:{job_id}",
-        amount=cost,
-        actor=Actor(kind="user", id=user_id),
-        purpose=f"generation job {job_id}",
-        ttl=policy.hold_ttl,
-        operation="generate_image",
-    ) if cost > 0 else {"hold_id": ""}
-    store.put(_spec_key(client_id, job_id), json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
-              "application/json")
+    hold = (
+        ledger.reserve(
+            client_id,
+            key=f"job:{job_id}",
+            amount=cost,
+            actor=Actor(kind="user", id=user_id),
+            purpose=f"generation job {job_id}",
+            ttl=policy.hold_ttl,
+            operation="generate_image",
+        )
+        if cost > 0
+        else {"hold_id": ""}
+    )
+    store.put(
+        _spec_key(client_id, job_id),
+        json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
+        "application/json",
+    )
     job = JobDoc(
         id=job_id,
         client_id=client_id,
@@ -182,15 +200,21 @@ def create_job(
 
 
 def _fanout_task(client_id: str, job_id: str, page: int) -> TaskRequest:
-    return TaskRequest(target=WORKER, path="/tasks/fanout", payload=FanoutTask(client_id=client_id, job_id=job_id,
-                                                                                page=page),
-                       name=task_name("fanout", client_id, job_id, str(page)))
+    return TaskRequest(
+        target=WORKER,
+        path="/tasks/fanout",
+        payload=FanoutTask(client_id=client_id, job_id=job_id, page=page),
+        name=task_name("fanout", client_id, job_id, str(page)),
+    )
 
 
 def _item_task(client_id: str, job_id: str, index: int) -> TaskRequest:
-    return TaskRequest(target=WORKER, path="/tasks/item", payload=ItemTask(client_id=client_id, job_id=job_id,
-                                                                           index=index),
-                       name=task_name("item", client_id, job_id, str(index)))
+    return TaskRequest(
+        target=WORKER,
+        path="/tasks/item",
+        payload=ItemTask(client_id=client_id, job_id=job_id, index=index),
+        name=task_name("item", client_id, job_id, str(index)),
+    )
 
 
 def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
@@ -199,16 +223,25 @@ def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
     window = int(now.timestamp()) // SETTLE_WINDOW_SECONDS + 1
     from datetime import UTC
 
-    return TaskRequest(target=WORKER, path="/tasks/settle", payload=SettleTask(client_id=client_id, job_id=job_id),
-                       name=task_name("settle", client_id, job_id, str(window)),
-                       schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC))
+    return TaskRequest(
+        target=WORKER,
+        path="/tasks/settle",
+        payload=SettleTask(client_id=client_id, job_id=job_id),
+        name=task_name("settle", client_id, job_id, str(window)),
+        schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC),
+    )
 
 
 # -- fan-out ------------------------------------------------------------------------------------------
 
 
 def run_fanout(
-    db: Client, store: ObjectStore, queue: TaskQueue, task: FanoutTask, policy: GenerationPolicy, now: datetime,
+    db: Client,
+    store: ObjectStore,
+    queue: TaskQueue,
+    task: FanoutTask,
+    policy: GenerationPolicy,
+    now: datetime,
     clock: Callable[[], datetime] | None = None,
 ) -> str:
     from google.api_core.exceptions import AlreadyExists
@@ -222,9 +255,14 @@ def run_fanout(
     items_ref = jobs_ref(db, task.client_id).document(task.job_id).collection("items")
     cancelled = job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
     docs = [
-        ItemDoc(index=start + offset, product_id=spec.get("product_id"), image_asset_ids=spec.get("image_asset_ids", []),
-                prompt=spec.get("prompt"), status=ItemStatus.CANCELLED if cancelled else ItemStatus.QUEUED,
-                updated_at=now)
+        ItemDoc(
+            index=start + offset,
+            product_id=spec.get("product_id"),
+            image_asset_ids=spec.get("image_asset_ids", []),
+            prompt=spec.get("prompt"),
+            status=ItemStatus.CANCELLED if cancelled else ItemStatus.QUEUED,
+            updated_at=now,
+        )
         for offset, spec in enumerate(page)
     ]
     created: list[ItemDoc] = []
@@ -232,8 +270,15 @@ def run_fanout(
         batch = db.batch()
         batch.create(items_ref.document(f"{doc.index:06d}"), doc.model_dump(mode="python"))
         if cancelled:
-            _count(batch, db, task.client_id, task.job_id, doc.index, policy, {"done_items": 1, "cancelled_items": 1,
-                                                                             "cancelled_slots": job.settings.variants})
+            _count(
+                batch,
+                db,
+                task.client_id,
+                task.job_id,
+                doc.index,
+                policy,
+                {"done_items": 1, "cancelled_items": 1, "cancelled_slots": job.settings.variants},
+            )
         try:
             batch.commit()
             created.append(doc)
@@ -271,12 +316,20 @@ def _mark_fanned_out(db: Client, ref: Any, *, counted: bool, now: datetime) -> N
     apply(db.transaction())
 
 
-def _count(batch: Any, db: Client, client_id: str, job_id: str, index: int, policy: GenerationPolicy,
-           increments: dict[str, int]) -> None:
+def _count(
+    batch: Any,
+    db: Client,
+    client_id: str,
+    job_id: str,
+    index: int,
+    policy: GenerationPolicy,
+    increments: dict[str, int],
+) -> None:
     from google.cloud import firestore
 
-    shard = jobs_ref(db, client_id).document(job_id).collection("counters").document(
-        f"{index % policy.counter_shards:03d}")
+    shard = (
+        jobs_ref(db, client_id).document(job_id).collection("counters").document(f"{index % policy.counter_shards:03d}")
+    )
     batch.set(shard, {name: firestore.Increment(value) for name, value in increments.items()}, merge=True)
 
 
@@ -332,16 +385,40 @@ def run_item(
             failures.append(error)
         except EngineError as error:
             failures.append(error)
+        except Exception as error:
+            if not last_attempt:
+                raise  # a crash: the queue re-delivers and the stored variants are reused
+            # The last attempt must still finish the item, or the job would never settle.
+            logger.exception("item %s of job %s crashed on its last attempt", task.index, task.job_id)
+            failures.append(EnginePermanentError(f"internal error: {type(error).__name__}"))
     failed = job.settings.variants - len(asset_ids)
     status = ItemStatus.SUCCEEDED if asset_ids else ItemStatus.FAILED
     failure = None
     if failures:
         first = failures[0]
-        failure = {"code": first.code, "message": first.detail, "variants_failed": failed,
-                   "retryable": bool(getattr(first, "retryable", False))}
+        failure = {
+            "code": first.code,
+            "message": first.detail,
+            "variants_failed": failed,
+            "retryable": bool(getattr(first, "retryable", False)),
+        }
     try:
-        return _finish(db, queue, item_ref, running, task, item, job, policy, now, status, asset_ids, failed, failure,
-                       finished_at=clock() if clock is not None else None)
+        return _finish(
+            db,
+            queue,
+            item_ref,
+            running,
+            task,
+            item,
+            job,
+            policy,
+            now,
+            status,
+            asset_ids,
+            failed,
+            failure,
+            finished_at=clock() if clock is not None else None,
+        )
     except FailedPrecondition:
         return "another delivery finished this item"
 
@@ -382,8 +459,13 @@ def _finish(
     batch = db.batch()
     batch.update(
         item_ref,
-        {"status": status.value, "asset_ids": asset_ids, "failed_variants": failed_variants, "failure": failure,
-         "updated_at": now},
+        {
+            "status": status.value,
+            "asset_ids": asset_ids,
+            "failed_variants": failed_variants,
+            "failure": failure,
+            "updated_at": now,
+        },
         option=db.write_option(last_update_time=snapshot.update_time),
     )
     _count(batch, db, task.client_id, task.job_id, task.index, policy, increments)
@@ -404,12 +486,16 @@ def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, 
             # The named images: any asset of the product (create checked that), an upload or an earlier
             # generated image alike, in the order given. One deleted since the job was accepted is skipped.
             refs = [assets_ref(db, client_id).document(aid) for aid in item.image_asset_ids[:MAX_REFERENCE_IMAGES]]
-            found = {snap.id: snap.to_dict() or {} for snap in db.get_all(refs, field_paths=["key", "content_type"])
-                     if snap.exists}
+            found = {
+                snap.id: snap.to_dict() or {}
+                for snap in db.get_all(refs, field_paths=["key", "content_type"])
+                if snap.exists
+            }
             for asset_id in item.image_asset_ids[:MAX_REFERENCE_IMAGES]:
                 if asset_id in found:
-                    images.append(InputImage(data=store.get(found[asset_id]["key"]),
-                                             mime_type=found[asset_id]["content_type"]))
+                    images.append(
+                        InputImage(data=store.get(found[asset_id]["key"]), mime_type=found[asset_id]["content_type"])
+                    )
         elif product is not None:
             for image in product.images[:MAX_REFERENCE_IMAGES]:
                 images.append(InputImage(data=store.get(image.key), mime_type=image.content_type))
@@ -441,8 +527,9 @@ def _store_generated(
 
     from shared.engines.output import encode_output
 
-    encoded, thumbnail = encode_output(result.data, policy.output_format, policy.image_limits,
-                                       policy.thumbnail_max_side)
+    encoded, thumbnail = encode_output(
+        result.data, policy.output_format, policy.image_limits, policy.thumbnail_max_side
+    )
     base = f"clients/{client_id}/assets/{asset_id}/r1"
     key, thumb_key = f"{base}.{encoded.extension}", f"{base}_thumb.webp"
     store.put(key, encoded.data, encoded.content_type, cache_control=IMMUTABLE_CACHE)
@@ -462,13 +549,33 @@ def _store_generated(
         "engine_text": result.text,
     }
     asset = AssetDoc(
-        id=asset_id, client_id=client_id, product_id=item.product_id, kind=AssetKind.GENERATED,
-        source=result.engine, key=key, thumbnail_key=thumb_key, content_type=encoded.content_type,
-        width=encoded.width, height=encoded.height, job_id=job.id, metadata=metadata, created_at=now, updated_at=now,
+        id=asset_id,
+        client_id=client_id,
+        product_id=item.product_id,
+        kind=AssetKind.GENERATED,
+        source=result.engine,
+        key=key,
+        thumbnail_key=thumb_key,
+        content_type=encoded.content_type,
+        width=encoded.width,
+        height=encoded.height,
+        job_id=job.id,
+        metadata=metadata,
+        created_at=now,
+        updated_at=now,
     )
-    revision = AssetRevision(number=1, key=key, thumbnail_key=thumb_key, content_type=encoded.content_type,
-                             width=encoded.width, height=encoded.height, size_bytes=len(encoded.data),
-                             operation="generate", created_at=now, metadata=metadata)
+    revision = AssetRevision(
+        number=1,
+        key=key,
+        thumbnail_key=thumb_key,
+        content_type=encoded.content_type,
+        width=encoded.width,
+        height=encoded.height,
+        size_bytes=len(encoded.data),
+        operation="generate",
+        created_at=now,
+        metadata=metadata,
+    )
     ref = assets_ref(db, client_id).document(asset_id)
     batch = db.batch()
     batch.create(ref, asset.model_dump(mode="python"))
@@ -502,16 +609,24 @@ def run_settle(db: Client, ledger: Ledger, task: SettleTask, now: datetime) -> s
     captured = released = 0
     if job.hold_id:
         outcome = ledger.capture(
-            task.client_id, job.hold_id, amount=charge, actor=Actor(kind="task", id=f"settle:{job.id}"),
+            task.client_id,
+            job.hold_id,
+            amount=charge,
+            actor=Actor(kind="task", id=f"settle:{job.id}"),
             reason=f"generation job {job.id}: {totals.get('succeeded_slots', 0)} images; failed and cancelled "
-                   "images refunded",
+            "images refunded",
             key=f"settle:{job.id}",
         )
         captured, released = outcome.captured, outcome.released
     final = JobStatus.CANCELLED if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED) else JobStatus.COMPLETED
     jobs_ref(db, task.client_id).document(task.job_id).update(
-        {"status": final.value, "settled": True, "settlement": {"captured": captured, "released": released},
-         "finished_at": now, "updated_at": now}
+        {
+            "status": final.value,
+            "settled": True,
+            "settlement": {"captured": captured, "released": released},
+            "finished_at": now,
+            "updated_at": now,
+        }
     )
     return f"settled: captured {captured}, released {released}"
 
@@ -533,8 +648,12 @@ def job_out(db: Client, job: JobDoc) -> JobOut:
     done = totals.get("done_items", 0)
     running = 0
     if not job.settled:
-        query = jobs_ref(db, job.client_id).document(job.id).collection("items").where(
-            filter=FieldFilter("status", "==", ItemStatus.RUNNING.value))
+        query = (
+            jobs_ref(db, job.client_id)
+            .document(job.id)
+            .collection("items")
+            .where(filter=FieldFilter("status", "==", ItemStatus.RUNNING.value))
+        )
         running = int(query.count().get()[0][0].value)
     counts = JobCounts(
         queued=max(0, job.item_count - done - running),
@@ -544,11 +663,21 @@ def job_out(db: Client, job: JobDoc) -> JobOut:
         cancelled=totals.get("cancelled_items", 0),
     )
     return JobOut(
-        id=job.id, status=job.status, settings=job.settings, item_count=job.item_count,
-        variants=job.settings.variants, cost=job.cost, unit_price=job.unit_price, counts=counts,
+        id=job.id,
+        status=job.status,
+        settings=job.settings,
+        item_count=job.item_count,
+        variants=job.settings.variants,
+        cost=job.cost,
+        unit_price=job.unit_price,
+        counts=counts,
         progress=round(done / job.item_count, 4) if job.item_count else 1.0,
-        images_succeeded=totals.get("succeeded_slots", 0), images_failed=totals.get("failed_slots", 0),
-        retry_of=job.retry_of, settlement=job.settlement, created_at=job.created_at, finished_at=job.finished_at,
+        images_succeeded=totals.get("succeeded_slots", 0),
+        images_failed=totals.get("failed_slots", 0),
+        retry_of=job.retry_of,
+        settlement=job.settlement,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
     )
 
 
@@ -596,12 +725,27 @@ def list_items(db: Client, client_id: str, job_id: str, query: ItemListQuery) ->
 
 def cancel_job(db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime) -> JobDoc:
     """Stop starting new items; items already running finish; unstarted ones are released at settle."""
-    job = get_job(db, client_id, job_id)
-    if job.settled or job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
-        return job
-    jobs_ref(db, client_id).document(job_id).update({"status": JobStatus.CANCELLING.value, "updated_at": now})
-    queue.enqueue(_settle_task(client_id, job_id, now))
-    return job.model_copy(update={"status": JobStatus.CANCELLING})
+    from google.api_core.exceptions import FailedPrecondition
+
+    ref = jobs_ref(db, client_id).document(job_id)
+    for _ in range(5):
+        snapshot = ref.get()
+        if not snapshot.exists:
+            raise NotFound(f"No job {job_id}")
+        job = JobDoc.model_validate(snapshot.to_dict())
+        if job.settled or job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
+            return job
+        try:
+            # Guarded by the read: a settle that finishes in between wins, and we answer its state.
+            ref.update(
+                {"status": JobStatus.CANCELLING.value, "updated_at": now},
+                option=db.write_option(last_update_time=snapshot.update_time),
+            )
+        except FailedPrecondition:
+            continue
+        queue.enqueue(_settle_task(client_id, job_id, now))
+        return job.model_copy(update={"status": JobStatus.CANCELLING})
+    return get_job(db, client_id, job_id)
 
 
 def failed_items(db: Client, client_id: str, job_id: str) -> list[ItemDoc]:
@@ -610,6 +754,10 @@ def failed_items(db: Client, client_id: str, job_id: str) -> list[ItemDoc]:
     job = get_job(db, client_id, job_id)
     if not job.settled:
         raise Conflict("The job is still running; retry its failed items once it has finished")
-    q = jobs_ref(db, client_id).document(job_id).collection("items").where(
-        filter=FieldFilter("status", "==", ItemStatus.FAILED.value))
+    q = (
+        jobs_ref(db, client_id)
+        .document(job_id)
+        .collection("items")
+        .where(filter=FieldFilter("status", "==", ItemStatus.FAILED.value))
+    )
     return [ItemDoc.model_validate(s.to_dict()) for s in q.stream()]

@@ -1139,3 +1139,26 @@ def test_cancel_landing_during_fan_out_is_not_overwritten(
     assert engine.requests == []
     assert done["settlement"] == {"captured": 0, "released": count * unit}
     assert balance(credits_api, headers)["available"] == GRANT
+
+
+def test_a_crash_on_the_last_attempt_still_finishes_the_item_and_settles(
+    stack: Any, gen: Any, credits_api: Any, headers: dict[str, str], client_id: str, unit: int
+) -> None:
+    from tests.engines import AlwaysCrashingEngine
+
+    install(stack, AlwaysCrashingEngine())
+    grant(stack, client_id)
+    max_attempts = stack.platform.settings.tasks_max_attempts
+    job = accepted(create(gen, headers, {"items": prompt_items("CRASH a vase", "a stool")}))
+    stack.run_tasks()
+
+    crashed = item_task(stack, job["id"], 0)
+    assert crashed.outcomes == [500] * (max_attempts - 1) + [200]
+    items = all_items(gen, headers, job["id"])
+    assert items[0]["status"] == "failed"
+    assert items[0]["failure"]["code"] == "generation_failed"
+    assert "internal error" in items[0]["failure"]["message"]
+    assert items[1]["status"] == "succeeded"
+    done = get_job(gen, headers, job["id"])
+    assert done["status"] == "completed"
+    assert done["settlement"] == {"captured": unit, "released": unit}
