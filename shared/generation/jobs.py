@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -580,10 +581,9 @@ def _store_generated(
     batch = db.batch()
     batch.create(ref, asset.model_dump(mode="python"))
     batch.create(ref.collection("revisions").document("1"), revision.model_dump(mode="python"))
-    try:
+    # An earlier delivery may have stored it already: same bytes, same keys.
+    with contextlib.suppress(AlreadyExists):
         batch.commit()
-    except AlreadyExists:
-        pass  # stored by an earlier delivery; same bytes, same keys
 
 
 # -- settle -------------------------------------------------------------------------------------------
