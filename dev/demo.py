@@ -136,7 +136,143 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "approve and pin",
     )
     print("[demo] downloaded, approved and pinned the uploaded photo — all steps passed")
-    return {"client_id": client_id, "product": product, "import": state, "assets": assets["items"]}
+    generation = _generate(http, auth, [product["id"]])
+    subscription = _subscribe(http, auth, client_id)
+    return {
+        "client_id": client_id,
+        "product": product,
+        "import": state,
+        "assets": assets["items"],
+        "generation": generation,
+        "subscription": subscription,
+    }
+
+
+def _wait(http: httpx.Client, path: str, auth: dict[str, str], done: tuple[str, ...], step: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = _check(http.get(path, headers=auth), 200, step)
+        if state["status"] in done:
+            return state
+        time.sleep(0.5)
+    raise DemoFailed(f"{step}: still {state.get('status')} after 90 s")
+
+
+def _generate(http: httpx.Client, auth: dict[str, str], product_ids: list[str]) -> dict[str, Any]:
+    """A paid generation job: one hold for the whole job, settled when the last item finishes."""
+    before = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
+    body = {
+        "items": [{"product_id": pid} for pid in product_ids] + [{"prompt": "a linen tote bag on a beach"}],
+        "style": "lifestyle",
+        "aspect_ratio": "4:5",
+        "size": "1K",
+        "variants": 2,
+    }
+    job = _check(
+        http.post("/generate_api/jobs", headers={**auth, "Idempotency-Key": uuid.uuid4().hex}, json=body),
+        202,
+        "create a generation job",
+    )
+    print(
+        f"[demo] generation job {job['id']}: {job['item_count']} items x {job['variants']} variants, "
+        f"cost {job['cost']} credits (balance was {before})"
+    )
+    done = _wait(http, f"/generate_api/jobs/{job['id']}", auth, ("completed", "cancelled"), "read the job")
+    after = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
+    print(
+        f"[demo] job {done['status']}: {done['images_succeeded']} images, settlement {done['settlement']}, "
+        f"balance {before} -> {after}"
+    )
+    if after != before - done["settlement"]["captured"]:
+        raise DemoFailed("the balance does not match the job's settlement")
+    return done
+
+
+def _signed(event: dict[str, Any], secret: str) -> tuple[bytes, str]:
+    import hashlib
+    import hmac
+    import json
+
+    body = json.dumps(event).encode()
+    stamp = int(time.time())
+    signature = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return body, f"t={stamp},v1={signature}"
+
+
+def _subscribe(http: httpx.Client, auth: dict[str, str], client_id: str) -> dict[str, Any]:
+    """What Stripe sends when the client subscribes to Growth, signed with the dev webhook secret."""
+    from dev.stack import DEV_PRICE_IDS, DEV_WEBHOOK_SECRET
+
+    customer, subscription, now = f"cus_demo_{client_id}", f"sub_demo_{client_id}", int(time.time())
+    period = {"start": now, "end": now + 30 * 86400}
+    price = {"id": DEV_PRICE_IDS["growth:monthly"]}
+    events = [
+        (
+            "checkout.session.completed",
+            {
+                "id": f"cs_demo_{client_id}",
+                "object": "checkout.session",
+                "mode": "subscription",
+                "customer": customer,
+                "subscription": subscription,
+                "client_reference_id": client_id,
+                "metadata": {"client_id": client_id},
+            },
+        ),
+        (
+            "customer.subscription.created",
+            {
+                "id": subscription,
+                "object": "subscription",
+                "customer": customer,
+                "status": "active",
+                "items": {
+                    "data": [
+                        {"price": price, "current_period_start": period["start"], "current_period_end": period["end"]}
+                    ]
+                },
+            },
+        ),
+        (
+            "invoice.paid",
+            {
+                "id": f"in_demo_{client_id}",
+                "object": "invoice",
+                "customer": customer,
+                "billing_reason": "subscription_create",
+                "subscription": subscription,
+                "lines": {"data": [{"price": price, "period": period}]},
+            },
+        ),
+    ]
+    before = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
+    for index, (kind, obj) in enumerate(events):
+        event = {
+            "id": f"evt_demo_{client_id}_{index}",
+            "object": "event",
+            "type": kind,
+            "created": now + index,
+            "livemode": False,
+            "data": {"object": obj},
+        }
+        body, signature = _signed(event, DEV_WEBHOOK_SECRET)
+        for _ in range(2):  # Stripe delivers more than once; the second changes nothing
+            _check(
+                http.post(
+                    "/stripe_webhook/",
+                    content=body,
+                    headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+                ),
+                200,
+                f"deliver {kind}",
+            )
+    state = _check(http.get("/billing_api/subscription", headers=auth), 200, "read the subscription")
+    after = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
+    print(f"[demo] subscribed to {state['plan_name']} ({state['product_slots']} slots): balance {before} -> {after}")
+    if state["plan"] != "growth" or after - before != state["monthly_credits"]:
+        raise DemoFailed("the subscription did not grant exactly one month of credits")
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:

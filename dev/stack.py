@@ -23,6 +23,16 @@ STATE = ROOT / ".dev"
 ISSUER = "http://127.0.0.1:{port}/_dev"
 AUDIENCE = "epox-dev"
 PROJECT = "epox-dev"
+# Not secrets: the local stack's own webhook secret and made-up price ids, so the demo can act as Stripe.
+DEV_WEBHOOK_SECRET = "whsec_epox_local_dev"
+DEV_PRICE_IDS = {
+    **{
+        f"{plan}:{interval}": f"price_dev_{plan}_{interval}"
+        for plan in ("starter", "growth", "pro", "scale")
+        for interval in ("monthly", "annual")
+    },
+    **{pack: f"price_dev_{pack}" for pack in ("pack_100", "pack_500", "pack_2000")},
+}
 BUCKET = "epox-dev"
 
 
@@ -65,6 +75,8 @@ def configure_environment(port: int, firestore_host: str, s3_endpoint: str, task
         "TASKS_TARGET_BASE_URL": base,
         # No AI credentials on a developer machine: the deterministic offline engine stands in.
         "AI_ENGINE": "offline",
+        "STRIPE_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+        "STRIPE_PRICE_IDS": json.dumps(DEV_PRICE_IDS),
         # The demo serves its sample images from this process; nothing else private is reachable.
         "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
     }
