@@ -24,7 +24,7 @@ ISSUER = "http://127.0.0.1:{port}/_dev"
 AUDIENCE = "epox-dev"
 PROJECT = "epox-dev"
 # Not secrets: the local stack's own webhook secret and made-up price ids, so the demo can act as Stripe.
-DEV_WEBHOOK_SECRET = "whsec_epox_local_dev"
+DEV_WEBHOOK_SECRET = "whsec_epox_local_dev"  # noqa: S105 - the local stack only
 DEV_PRICE_IDS = {
     **{
         f"{plan}:{interval}": f"price_dev_{plan}_{interval}"

@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000
 
+    # Editing
+    rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
+    rembg_alpha_matting: bool = False
+    edit_max_assets: int = Field(default=100, ge=1, le=100)
+    edit_sync_max_assets: int = Field(default=10, ge=1, le=100)  # free pipelines on more assets run as a job
+    edit_hold_ttl_hours: int = 6
+
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION
