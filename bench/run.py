@@ -141,6 +141,9 @@ def main() -> int:
     from bench import generate
 
     generate.main()
+    from bench import edit
+
+    edit.main()
     return 0
 
 

@@ -138,6 +138,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     print("[demo] downloaded, approved and pinned the uploaded photo — all steps passed")
     generation = _generate(http, auth, [product["id"]])
     subscription = _subscribe(http, auth, client_id)
+    edit = _edit(http, auth, done["asset_id"])
     return {
         "client_id": client_id,
         "product": product,
@@ -145,6 +146,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "assets": assets["items"],
         "generation": generation,
         "subscription": subscription,
+        "edit": edit,
     }
 
 
@@ -273,6 +275,28 @@ def _subscribe(http: httpx.Client, auth: dict[str, str], client_id: str) -> dict
     if state["plan"] != "growth" or after - before != state["monthly_credits"]:
         raise DemoFailed("the subscription did not grant exactly one month of credits")
     return state
+
+
+def _edit(http: httpx.Client, auth: dict[str, str], asset_id: str) -> dict[str, Any]:
+    """A free, synchronous edit of the uploaded photo: square crop, WebP; it becomes revision 2."""
+    edited = _check(
+        http.post(
+            "/edit_api/edits",
+            headers=auth,
+            json={
+                "asset_ids": [asset_id],
+                "operations": [{"op": "crop", "aspect": "1:1"}, {"op": "output", "format": "webp", "quality": 85}],
+            },
+        ),
+        200,
+        "crop the photo to 1:1 as WebP",
+    )
+    revision: dict[str, Any] = edited["revisions"][0]
+    got = (revision["revision"], revision["width"], revision["height"], revision["content_type"])
+    if got != (2, 900, 900, "image/webp"):
+        raise DemoFailed(f"expected revision 2 as a 900x900 WebP, got {revision}")
+    print(f"[demo] edited the photo: revision 2 is a {revision['width']}x{revision['height']} WebP (crop 1:1)")
+    return revision
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,13 @@ class OfflineEngine(ImageEngine):
         width, height = output_dimensions(request.aspect_ratio, request.size)
         canvas = _backdrop(width, height, request.style, digest)
         products = [image for image in request.images if image.role in ("product", "reference")]
-        if products:
+        edits = [image for image in request.images if image.role == "edit"]
+        if edits:
+            # Editing (prompt edit, inpaint, scene): the picture itself, tinted by the prompt, with the
+            # masked region repainted as a backdrop; deterministic and visibly changed.
+            masks = [image for image in request.images if image.role == "mask"]
+            canvas = _edited(edits[0].data, masks[0].data if masks else None, canvas, digest)
+        elif products:
             cutout = _cutout(products[0].data)
             _place(canvas, cutout)
         else:
@@ -189,3 +195,17 @@ def _abstract(canvas: Image.Image, digest: str) -> None:
         radius = (0.08 + int(digest[offset + 6 : offset + 8], 16) / 255 * 0.22) * min(width, height)
         colour: Any = (*_colour_from(digest, (offset + 2) % 56), 150)
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+
+
+def _edited(data: bytes, mask: bytes | None, backdrop: Image.Image, digest: str) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        picture = Image.open(io.BytesIO(data)).convert("RGB").resize(backdrop.size, Image.Resampling.LANCZOS)
+        region = Image.open(io.BytesIO(mask)).convert("L").resize(backdrop.size) if mask else None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise EnginePermanentError("The image to edit could not be read") from exc
+    tinted = Image.blend(picture, Image.new("RGB", picture.size, _colour_from(digest, 12)), 0.18)
+    if region is not None:
+        tinted = Image.composite(backdrop.convert("RGB"), tinted, region)
+    return tinted.convert("RGBA")

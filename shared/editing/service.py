@@ -1,0 +1,1026 @@
+"""Editing service: validate, quote, then either edit synchronously or run a job on Cloud Tasks.
+
+Order of every request: validate everything (the body, every asset is the caller's, masks, the
+whole pipeline's geometry on every asset), then quote, then reserve, then act. Every refusal is a
+4xx before anything is reserved or written.
+
+* Sync: a pipeline of free, local operations (crop, resize, pad, solid/transparent background,
+  output) on at most ``EDIT_SYNC_MAX_ASSETS`` assets: every result is computed (and can still be
+  refused) before the first revision is written; 200 with the new revisions.
+* Job: any model step (remove_background, scene background, upscale, prompt_edit, inpaint) makes
+  the request a job, as do free pipelines on more assets: 202 and a readable status. The whole
+  quote is reserved as ONE hold; one named task per asset; each worker is idempotent (the item
+  document says whether the asset is done; the revision commit finishes the item atomically, so a
+  redelivery never makes a second revision); the settle task captures the successful assets'
+  cost once and releases the rest. remove_background is CPU-local but heavy (rembg, ~1 GB of
+  libraries, seconds per image) and paid: it runs in the worker like the AI steps, which keeps the
+  API instances small and the hold/capture/release rules uniform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from shared.catalog.assets import assets_ref
+from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
+from shared.catalog.products import new_id
+from shared.editing import pipeline as px
+from shared.editing.background import BackgroundRemovalUnavailable, BackgroundRemover, check_model_path
+from shared.editing.models import (
+    TERMINAL,
+    Background,
+    Crop,
+    EditFanoutTask,
+    EditItemDoc,
+    EditItemOut,
+    EditItemStatus,
+    EditItemTask,
+    EditJobCounts,
+    EditJobDoc,
+    EditJobOut,
+    EditJobStatus,
+    EditQuoteOut,
+    EditRequest,
+    EditResultOut,
+    EditSettleTask,
+    Inpaint,
+    Operation,
+    Output,
+    Pad,
+    PromptEdit,
+    QuoteLineOut,
+    RemoveBackground,
+    Resize,
+    RevisionOut,
+    Upscale,
+)
+from shared.editing.revisions import (
+    ItemGuard,
+    ItemTaken,
+    RevisionConflict,
+    commit_revision,
+    delete_objects,
+    get_revision,
+    write_objects,
+)
+from shared.engines.base import EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
+from shared.errors import (
+    Conflict,
+    EpoxError,
+    InvalidImage,
+    NotFound,
+    UnprocessableContent,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
+from shared.ledger.model import Actor
+from shared.storage import ObjectNotFound
+from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+    from PIL import Image
+
+    from shared.config import Settings
+    from shared.engines.base import ImageEngine
+    from shared.imaging import ImageLimits, Thumbnail
+    from shared.ledger.pricing import PriceList
+    from shared.ledger.service import Ledger
+    from shared.storage import ObjectStore
+
+WORKER = "edit_tasks"
+SETTLE_WINDOW_SECONDS = 5
+RECOMPUTE_ATTEMPTS = 3
+# Model size for prompt edits and inpainting: the result is mapped back onto the image anyway, and
+# a 4K call costs far more than the flat price of these operations.
+EDIT_SIZE_CAP = "2K"
+
+PROMPT_EDIT = (
+    "Edit this product photo: {prompt}. Change only what the instruction asks. Keep the product's shape, "
+    "proportions, logo, text and colours exactly as they are, and keep the framing."
+)
+INPAINT = (
+    "Edit only the region of the first image that the second image (the mask) marks in white: {prompt}. "
+    "Leave everything outside the mask exactly as it is and blend the edit seamlessly into it."
+)
+SCENE = (
+    "Replace the background of this product photo (the area the mask marks in white) with: {prompt}. "
+    "Photorealistic e-commerce photography with natural light and a soft contact shadow. Do not change, "
+    "move or redraw the product."
+)
+UPSCALE = (
+    "Upscale this image to a higher resolution. Keep every detail, colour, text, logo and shape exactly "
+    "as it is; add no new content and do not change the framing."
+)
+
+
+class AssetNotAnImage(UnprocessableContent):
+    code = "asset_not_an_image"
+    title = "Only image assets can be edited"
+
+
+class AssetImageMissing(UnprocessableContent):
+    code = "asset_image_missing"
+    title = "The asset's stored image is missing"
+
+
+@dataclass(frozen=True)
+class EditPolicy:
+    image_limits: ImageLimits
+    mask_limits: ImageLimits
+    thumbnail_max_side: int
+    max_assets: int
+    sync_max_assets: int
+    hold_ttl: timedelta
+    max_attempts: int
+    rembg_model_path: str
+    alpha_matting: bool
+
+
+def edit_policy(settings: Settings) -> EditPolicy:
+    from shared.imaging import ImageLimits
+
+    limits = ImageLimits(max_bytes=settings.upload_max_bytes, max_pixels=settings.image_max_pixels)
+    return EditPolicy(
+        image_limits=limits,
+        mask_limits=ImageLimits(
+            max_bytes=settings.upload_max_bytes,
+            max_pixels=settings.image_max_pixels,
+            allowed_formats=frozenset({"PNG"}),
+        ),
+        thumbnail_max_side=settings.thumbnail_max_side,
+        max_assets=settings.edit_max_assets,
+        sync_max_assets=settings.edit_sync_max_assets,
+        hold_ttl=timedelta(hours=settings.edit_hold_ttl_hours),
+        max_attempts=settings.tasks_max_attempts,
+        rembg_model_path=settings.rembg_model_path,
+        alpha_matting=settings.rembg_alpha_matting,
+    )
+
+
+def edit_jobs_ref(db: Client, client_id: str) -> Any:
+    return db.collection("clients").document(client_id).collection("edit_jobs")
+
+
+def _derived(prefix: str, *parts: object) -> str:
+    return f"{prefix}_{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:24]}"
+
+
+# -- validation and quoting -------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedAsset:
+    asset: AssetDoc
+    start: px.Frame
+    frames: list[px.Frame]
+    lines: list[QuoteLineOut]
+
+    @property
+    def cost(self) -> int:
+        return sum(line.amount for line in self.lines)
+
+
+@dataclass
+class Prepared:
+    request: EditRequest
+    masks: dict[int, Image.Image]
+    assets: list[PreparedAsset]
+    quote: EditQuoteOut
+
+    @property
+    def mode(self) -> Literal["sync", "job"]:
+        return self.quote.mode
+
+
+def prepare(db: Client, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy) -> Prepared:
+    """Everything that can be refused, refused now: nothing is read from the object store and
+    nothing is written. The pipeline is planned on each asset's recorded size."""
+    if len(data.asset_ids) > policy.max_assets:
+        message = f"at most {policy.max_assets} assets per request"
+        raise ValidationFailed(
+            message, errors=[{"field": "asset_ids", "in": "body", "message": message, "type": "too_long"}]
+        )
+    masks = _decode_masks(data.operations, policy)
+    if any(isinstance(op, RemoveBackground) for op in data.operations):
+        check_model_path(policy.rembg_model_path)  # 503 now rather than a refunded failure later
+    refs = [assets_ref(db, client_id).document(asset_id) for asset_id in data.asset_ids]
+    found = {snap.id: snap.to_dict() for snap in db.get_all(refs) if snap.exists}
+    missing = [asset_id for asset_id in data.asset_ids if asset_id not in found]
+    if missing:
+        raise NotFound(f"No asset {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    mask_sizes = {index: mask.size for index, mask in masks.items()}
+    prepared: list[PreparedAsset] = []
+    for asset_id in data.asset_ids:
+        asset = AssetDoc.model_validate(found[asset_id])
+        if asset.kind is AssetKind.VIDEO or asset.content_type not in px.CONTENT_TYPES.values():
+            raise AssetNotAnImage(f"Asset {asset_id} is a {asset.content_type} {asset.kind.value}", asset_id=asset_id)
+        start = px.Frame(asset.width, asset.height, _may_have_alpha(asset))
+        try:
+            frames = px.plan(data.operations, start, limits=policy.image_limits, mask_sizes=mask_sizes)
+        except px.EditRefused as error:
+            error.extensions["asset_id"] = asset_id
+            raise
+        lines = [
+            QuoteLineOut(asset_id=asset_id, operation_index=index, operation=name, variant=variant, amount=amount)
+            for index, name, variant, amount in _priced(prices, data.operations, start, frames)
+        ]
+        prepared.append(PreparedAsset(asset, start, frames, lines))
+    total = sum(item.cost for item in prepared)
+    job = data.is_ai or len(prepared) > policy.sync_max_assets
+    quote = EditQuoteOut(
+        lines=[line for item in prepared for line in item.lines],
+        total=total,
+        price_list_version=prices.version,
+        mode="job" if job else "sync",
+    )
+    return Prepared(data, masks, prepared, quote)
+
+
+def _decode_masks(operations: Sequence[Operation], policy: EditPolicy) -> dict[int, Image.Image]:
+    masks: dict[int, Image.Image] = {}
+    for index, op in enumerate(operations):
+        if isinstance(op, Inpaint):
+            try:
+                masks[index] = px.decode_mask(op.mask, policy.mask_limits, index=index)
+            except InvalidImage as error:  # not an image, truncated, a bomb, animated, not a PNG…
+                if "errors" not in error.extensions:
+                    error.extensions["operation_index"] = index
+                    error.extensions["errors"] = [
+                        {"field": f"operations.{index}.mask", "in": "body", "message": error.detail, "type": error.code}
+                    ]
+                raise
+    return masks
+
+
+def _may_have_alpha(asset: AssetDoc) -> bool:
+    """What planning assumes before the pixels are read: recorded by edits, else by format."""
+    recorded = asset.metadata.get("has_alpha")
+    if isinstance(recorded, bool):
+        return recorded
+    return asset.content_type != "image/jpeg"
+
+
+def _priced(
+    prices: PriceList, operations: Sequence[Operation], start: px.Frame, frames: Sequence[px.Frame]
+) -> list[tuple[int, str, str | None, int]]:
+    """(operation index, price-list operation, variant, credits) for every model step."""
+    lines = []
+    for index, op in enumerate(operations):
+        before = frames[index - 1] if index else start
+        priced: tuple[str, str | None] | None = None
+        if isinstance(op, RemoveBackground | PromptEdit | Inpaint):
+            priced = (op.op, None)
+        elif isinstance(op, Upscale):
+            priced = ("upscale", op.size)
+        elif isinstance(op, Background) and op.type == "scene":
+            # A scene is a generated image at the size class that covers the picture.
+            priced = ("generate_image", px.size_class(max(before.size)))
+        if priced is not None:
+            lines.append((index, priced[0], priced[1], prices.price(*priced)))
+    return lines
+
+
+def quote_edit(db: Client, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy) -> EditQuoteOut:
+    return prepare(db, prices, client_id, data, policy).quote
+
+
+# -- computing one asset's result -------------------------------------------------------------------
+
+
+@dataclass
+class Computed:
+    base_revision: int
+    encoded: px.Encoded
+    thumbnail: Thumbnail
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Runtime:
+    """What executing a pipeline needs besides pixels; the remover is created only when used."""
+
+    policy: EditPolicy
+    engine: ImageEngine | None
+    remover: Callable[[], BackgroundRemover]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compute(
+    store: ObjectStore,
+    asset: AssetDoc,
+    operations: Sequence[Operation],
+    masks: dict[int, Image.Image],
+    runtime: Runtime,
+) -> Computed:
+    """Read the asset's current image, validate it, run the pipeline and encode the result."""
+    policy = runtime.policy
+    try:
+        data = store.get(asset.key, max_bytes=policy.image_limits.max_bytes)
+    except ObjectNotFound as exc:
+        raise AssetImageMissing(f"The stored image of asset {asset.id} is missing", asset_id=asset.id) from exc
+    start = px.Frame(asset.width, asset.height, _may_have_alpha(asset))
+    frames = px.plan(operations, start, limits=policy.image_limits, mask_sizes={i: m.size for i, m in masks.items()})
+    draft = px.draft_plan(operations, frames, start)
+    try:
+        decoded = px.decode_image(
+            data, policy.image_limits, draft_to=px.draft_size(start, draft[1], draft[2]) if draft else None
+        )
+    except InvalidImage as error:
+        error.extensions.setdefault("asset_id", asset.id)
+        raise
+    width, height = decoded.info.upright_size
+    exact = px.Frame(width, height, px.has_transparency(decoded.image))
+    if exact != start:  # the record was approximate (alpha unknown) or stale: plan on the truth
+        frames = px.plan(
+            operations, exact, limits=policy.image_limits, mask_sizes={i: m.size for i, m in masks.items()}
+        )
+        draft = px.draft_plan(operations, frames, exact) if decoded.scale > 1 else None
+        if decoded.scale > 1 and draft is None:
+            decoded = px.decode_image(data, policy.image_limits)
+    runtime.steps = []
+    image = _run(decoded, operations, masks, frames, draft, runtime)
+    return _encode(asset, operations, image, decoded.icc_profile, decoded.scale, runtime)
+
+
+def _run(
+    decoded: px.Decoded,
+    operations: Sequence[Operation],
+    masks: dict[int, Image.Image],
+    frames: Sequence[px.Frame],
+    draft: tuple[int, tuple[float, float, float, float], tuple[int, int]] | None,
+    runtime: Runtime,
+) -> Image.Image:
+    image = decoded.image
+    first = 0
+    if decoded.scale > 1 and draft is not None:
+        # The leading crop + resize on the reduced decode, in one resampling pass.
+        count, region, dims = draft
+        s = decoded.scale
+        resize_op = operations[count - 1]
+        assert isinstance(resize_op, Resize)
+        image = px.resize_region(
+            image, (region[0] / s, region[1] / s, region[2] / s, region[3] / s), dims, resize_op.quality
+        )
+        first = count
+    for index in range(first, len(operations)):
+        image = _apply(index, operations[index], image, masks, runtime)
+        expected = frames[index].size
+        if image.size != expected:  # a bug, never the caller's fault: fail loudly, write nothing
+            raise AssertionError(f"operation {index} produced {image.size}, planned {expected}")
+    return image
+
+
+def _apply(
+    index: int, op: Operation, image: Image.Image, masks: dict[int, Image.Image], runtime: Runtime
+) -> Image.Image:
+    if isinstance(op, Crop):
+        return px.crop(image, op)
+    if isinstance(op, Resize):
+        return px.resize(image, op)
+    if isinstance(op, Pad):
+        return px.pad(image, op)
+    if isinstance(op, Output):
+        return image
+    if isinstance(op, RemoveBackground):
+        remover = runtime.remover()
+        matting = runtime.policy.alpha_matting if op.alpha_matting is None else op.alpha_matting
+        runtime.steps.append({"op": op.op, "engine": remover.name, "alpha_matting": matting, "offline": False})
+        return remover.remove(image, alpha_matting=matting)
+    if isinstance(op, Background):
+        if op.type != "scene":
+            return px.background(image, op)
+        return _scene(index, op, image, runtime)
+    if isinstance(op, Upscale):
+        return _upscale(op, image, runtime)
+    if isinstance(op, PromptEdit):
+        frame = px.engine_input(image)
+        size = px.size_class(max(image.size), EDIT_SIZE_CAP)
+        result = _generate(
+            runtime,
+            op.op,
+            ImageRequest(
+                prompt=PROMPT_EDIT.format(prompt=op.prompt),
+                aspect_ratio=frame.aspect_ratio,
+                size=size,
+                images=(InputImage(px.png_bytes(frame.canvas), "image/png", "edit"),),
+            ),
+        )
+        return px.with_alpha_of(px.from_engine(result, frame, image.size), image)
+    if isinstance(op, Inpaint):
+        mask = px.fit_mask(masks[index], image.size, index)
+        frame = px.engine_input(image)
+        mask_frame = px.letterbox(mask, frame.aspect_ratio, 0)
+        size = px.size_class(max(image.size), EDIT_SIZE_CAP)
+        result = _generate(
+            runtime,
+            op.op,
+            ImageRequest(
+                prompt=INPAINT.format(prompt=op.prompt),
+                aspect_ratio=frame.aspect_ratio,
+                size=size,
+                images=(
+                    InputImage(px.png_bytes(frame.canvas), "image/png", "edit"),
+                    InputImage(px.png_bytes(mask_frame.canvas), "image/png", "mask"),
+                ),
+            ),
+        )
+        return px.composite_masked(image, px.from_engine(result, frame, image.size), mask)
+    raise AssertionError(f"unhandled operation {op!r}")  # pragma: no cover - the union is closed
+
+
+def _scene(index: int, op: Background, image: Image.Image, runtime: Runtime) -> Image.Image:
+    """A generated scene is an inpaint of the background: the model sees the product in place and
+    paints around it; the cutout is then laid over the result, so its opaque pixels are exact."""
+    from PIL import ImageOps
+
+    rgba = image.convert("RGBA")
+    frame = px.engine_input(rgba)
+    background_mask = ImageOps.invert(rgba.getchannel("A"))
+    mask_frame = px.letterbox(background_mask, frame.aspect_ratio, 255)
+    result = _generate(
+        runtime,
+        "background",
+        ImageRequest(
+            prompt=SCENE.format(prompt=op.prompt),
+            aspect_ratio=frame.aspect_ratio,
+            size=px.size_class(max(image.size)),
+            images=(
+                InputImage(px.png_bytes(frame.canvas), "image/png", "edit"),
+                InputImage(px.png_bytes(mask_frame.canvas), "image/png", "mask"),
+            ),
+        ),
+    )
+    return px.composite_scene(rgba, px.from_engine(result, frame, image.size))
+
+
+def _upscale(op: Upscale, image: Image.Image, runtime: Runtime) -> Image.Image:
+    from PIL import Image
+
+    from shared.engines.base import LONG_SIDE
+
+    target = px.upscale_dims(image.size, LONG_SIDE[op.size])
+    engine = runtime.engine
+    if engine is None or engine.name == "offline":
+        # No model offline: high-quality resampling, and the revision says so.
+        runtime.steps.append(
+            {"op": op.op, "engine": "offline", "fallback": "lanczos", "offline": True, "size": op.size}
+        )
+        return image.resize(target, Image.Resampling.LANCZOS)
+    frame = px.engine_input(image)
+    result = _generate(
+        runtime,
+        op.op,
+        ImageRequest(
+            prompt=UPSCALE,
+            aspect_ratio=frame.aspect_ratio,
+            size=op.size,
+            images=(InputImage(px.png_bytes(frame.canvas), "image/png", "edit"),),
+        ),
+    )
+    return px.with_alpha_of(px.from_engine(result, frame, target), image)
+
+
+def _generate(runtime: Runtime, step: str, request: ImageRequest) -> Image.Image:
+    """One engine call; its image is validated like any upload (a model's output is input too)."""
+    engine = runtime.engine
+    if engine is None:
+        raise AssertionError("a model step reached a runtime without an engine")
+    result = engine.generate(request)
+    try:
+        decoded = px.decode_image(result.data, runtime.policy.image_limits)
+    except InvalidImage as error:
+        raise EnginePermanentError(f"The model returned an unusable image: {error.detail}") from error
+    offline = result.engine == "offline" or bool(result.metadata.get("offline"))
+    runtime.steps.append(
+        {
+            "op": step,
+            "engine": result.engine,
+            "model": result.model,
+            "offline": offline,
+            "size": request.size,
+            "aspect_ratio": request.aspect_ratio,
+        }
+    )
+    return decoded.image
+
+
+def _encode(
+    asset: AssetDoc,
+    operations: Sequence[Operation],
+    image: Image.Image,
+    icc: bytes | None,
+    scale: int,
+    runtime: Runtime,
+) -> Computed:
+    from shared.imaging import thumbnail_from_image
+
+    if image.mode == "RGBA" and not px.has_transparency(image):
+        image = image.convert("RGB")  # opaque after all: no alpha channel to store
+    last = operations[-1]
+    if isinstance(last, Output):
+        fmt, quality, max_bytes = last.format.upper(), last.quality, last.max_bytes
+    else:
+        lossless = image.mode == "RGBA" or any(isinstance(op, Inpaint) for op in operations)
+        fmt = "PNG" if lossless else {"image/jpeg": "JPEG", "image/webp": "WEBP"}.get(asset.content_type, "PNG")
+        quality, max_bytes = None, None
+    pixels = px.prepare_for(image, fmt)
+    try:
+        encoded = px.encode(pixels, fmt, quality=quality, max_bytes=max_bytes, icc_profile=icc)
+    except px.EditRefused as error:
+        error.extensions.update(asset_id=asset.id, operation_index=len(operations) - 1)
+        raise
+    thumbnail = thumbnail_from_image(pixels, runtime.policy.thumbnail_max_side)
+    steps = list(runtime.steps)
+    metadata = {
+        "operations": [_stored_op(op) for op in operations],
+        "steps": steps,
+        "engines": sorted({str(step["engine"]) for step in steps}),
+        "offline": any(step.get("offline") for step in steps),
+        "output": {"format": encoded.format.lower(), "quality": encoded.quality, "bytes": len(encoded.data)},
+        "has_alpha": encoded.has_alpha,
+        "source_revision": asset.current_revision,
+    }
+    if scale > 1:
+        metadata["decode_scale"] = scale
+    if any(step.get("fallback") for step in steps):
+        metadata["fallback"] = next(step["fallback"] for step in steps if step.get("fallback"))
+    return Computed(asset.current_revision, encoded, thumbnail, metadata)
+
+
+def _stored_op(op: Operation) -> dict[str, Any]:
+    return op.model_dump(mode="json", exclude={"mask"} if isinstance(op, Inpaint) else None)
+
+
+def describe(operations: Sequence[Operation]) -> str:
+    """A short label of the pipeline, for the revision list ("remove_background, crop 1:1, output webp")."""
+    parts = []
+    for op in operations:
+        if isinstance(op, Crop):
+            parts.append(
+                f"crop {op.aspect}" if op.aspect else f"crop {op.box.width}x{op.box.height}" if op.box else "crop"
+            )
+        elif isinstance(op, Resize):
+            parts.append(f"resize {op.width or ''}x{op.height or ''}".rstrip("x"))
+        elif isinstance(op, Background):
+            parts.append(f"background {op.type}")
+        elif isinstance(op, Upscale):
+            parts.append(f"upscale {op.size}")
+        elif isinstance(op, Output):
+            parts.append(f"output {op.format}")
+        else:
+            parts.append(op.op)
+    return ", ".join(parts)[:300]
+
+
+def _revision(
+    number: int,
+    key: str,
+    thumb_key: str,
+    computed: Computed,
+    operation: str,
+    now: datetime,
+    extra: dict[str, Any] | None = None,
+) -> AssetRevision:
+    return AssetRevision(
+        number=number,
+        key=key,
+        thumbnail_key=thumb_key,
+        content_type=computed.encoded.content_type,
+        width=computed.encoded.width,
+        height=computed.encoded.height,
+        size_bytes=len(computed.encoded.data),
+        operation=operation,
+        created_at=now,
+        metadata={**computed.metadata, **(extra or {})},
+    )
+
+
+def revision_out(asset_id: str, revision: AssetRevision, store: ObjectStore, expires_in: int) -> RevisionOut:
+    return RevisionOut(
+        asset_id=asset_id,
+        revision=revision.number,
+        operation=revision.operation,
+        content_type=revision.content_type,
+        width=revision.width,
+        height=revision.height,
+        size_bytes=revision.size_bytes,
+        url=store.presigned_get(revision.key, expires_in=expires_in),
+        thumbnail_url=store.presigned_get(revision.thumbnail_key, expires_in=expires_in),
+        metadata=revision.metadata,
+        created_at=revision.created_at,
+    )
+
+
+def _get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:
+    snapshot = assets_ref(db, client_id).document(asset_id).get()
+    if not snapshot.exists:
+        raise NotFound(f"No asset {asset_id}")
+    return AssetDoc.model_validate(snapshot.to_dict())
+
+
+# -- the synchronous path ---------------------------------------------------------------------------
+
+
+def run_sync(
+    db: Client,
+    store: ObjectStore,
+    prepared: Prepared,
+    *,
+    client_id: str,
+    policy: EditPolicy,
+    now: datetime,
+    expires_in: int,
+) -> EditResultOut:
+    """Compute every asset's result first (any refusal still writes nothing), then commit each."""
+    operations = prepared.request.operations
+    runtime = Runtime(policy, engine=None, remover=_no_remover)
+    results = [
+        (item.asset, compute(store, item.asset, operations, prepared.masks, runtime)) for item in prepared.assets
+    ]
+    revisions = []
+    label = describe(operations)
+    for asset, computed in results:
+        for attempt in range(RECOMPUTE_ATTEMPTS):
+            number = computed.base_revision + 1
+            key, thumb_key = write_objects(store, client_id, asset.id, number, computed.encoded, computed.thumbnail)
+            try:
+                revision = commit_revision(
+                    db,
+                    client_id=client_id,
+                    asset_id=asset.id,
+                    now=now,
+                    revision=_revision(number, key, thumb_key, computed, label, now),
+                )
+                break
+            except RevisionConflict:
+                delete_objects(store, key, thumb_key)
+                if attempt + 1 == RECOMPUTE_ATTEMPTS:
+                    raise Conflict(f"Asset {asset.id} was edited concurrently; try again", asset_id=asset.id) from None
+                # Someone else's edit landed first: apply this pipeline on top of it.
+                asset = _get_asset(db, client_id, asset.id)
+                computed = compute(store, asset, operations, prepared.masks, runtime)
+        revisions.append(revision_out(asset.id, revision, store, expires_in))
+    return EditResultOut(revisions=revisions)
+
+
+def _no_remover() -> BackgroundRemover:
+    raise AssertionError("the synchronous path never removes backgrounds")
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+
+def _mask_key(client_id: str, job_id: str, index: int) -> str:
+    return f"clients/{client_id}/edit_jobs/{job_id}/mask-{index}.png"
+
+
+def create_job(
+    db: Client,
+    store: ObjectStore,
+    queue: TaskQueue,
+    ledger: Ledger,
+    prepared: Prepared,
+    *,
+    client_id: str,
+    user_id: str,
+    policy: EditPolicy,
+    now: datetime,
+    idempotency_key: str | None,
+) -> EditJobDoc:
+    """Reserve the quote as one hold, keep the masks, write the job and its items in one commit,
+    and enqueue one fan-out task. The same Idempotency-Key returns the same job, reserving nothing."""
+    from google.api_core.exceptions import AlreadyExists
+
+    job_id = _derived("edj", client_id, idempotency_key) if idempotency_key else new_id("edj")
+    job_ref = edit_jobs_ref(db, client_id).document(job_id)
+    existing = job_ref.get()
+    if existing.exists:
+        return EditJobDoc.model_validate(existing.to_dict())
+    cost = prepared.quote.total
+    hold = (
+        ledger.reserve(
+            client_id,
+            key=f"edit:{job_id}",
+            amount=cost,
+            actor=Actor(kind="user", id=user_id),
+            purpose=f"edit job {job_id}",
+            ttl=policy.hold_ttl,
+            operation="edit",
+        )
+        if cost > 0
+        else {"hold_id": ""}
+    )
+    mask_keys = {}
+    for index, mask in prepared.masks.items():
+        mask_keys[str(index)] = _mask_key(client_id, job_id, index)
+        store.put(mask_keys[str(index)], px.png_bytes(mask, compress_level=6), "image/png")
+    job = EditJobDoc(
+        id=job_id,
+        client_id=client_id,
+        operations=[_stored_op(op) for op in prepared.request.operations],
+        mask_keys=mask_keys,
+        asset_ids=[item.asset.id for item in prepared.assets],
+        item_count=len(prepared.assets),
+        cost=cost,
+        hold_id=str(hold["hold_id"]),
+        price_list_version=prepared.quote.price_list_version,
+        created_by=user_id,
+        created_at=now,
+        updated_at=now,
+    )
+    batch = db.batch()
+    batch.create(job_ref, job.model_dump(mode="python"))
+    for index, item in enumerate(prepared.assets):
+        doc = EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
+        batch.create(job_ref.collection("items").document(f"{index:06d}"), doc.model_dump(mode="python"))
+    try:
+        batch.commit()
+    except AlreadyExists:
+        return EditJobDoc.model_validate(job_ref.get().to_dict())
+    queue.enqueue(
+        TaskRequest(
+            target=WORKER,
+            path="/tasks/fanout",
+            payload=EditFanoutTask(client_id=client_id, job_id=job_id),
+            name=task_name("edit-fanout", client_id, job_id),
+        )
+    )
+    return job
+
+
+def get_job(db: Client, client_id: str, job_id: str) -> EditJobDoc:
+    snapshot = edit_jobs_ref(db, client_id).document(job_id).get()
+    if not snapshot.exists:
+        raise NotFound(f"No edit job {job_id}")
+    return EditJobDoc.model_validate(snapshot.to_dict())
+
+
+def _items(db: Client, client_id: str, job_id: str) -> list[EditItemDoc]:
+    stream = edit_jobs_ref(db, client_id).document(job_id).collection("items").stream()
+    return sorted((EditItemDoc.model_validate(s.to_dict()) for s in stream), key=lambda item: item.index)
+
+
+def job_out(db: Client, job: EditJobDoc) -> EditJobOut:
+    items = _items(db, job.client_id, job.id)  # at most EDIT_MAX_ASSETS (100): read them all
+    counts = {status: sum(1 for item in items if item.status is status) for status in EditItemStatus}
+    done = counts[EditItemStatus.SUCCEEDED] + counts[EditItemStatus.FAILED]
+    return EditJobOut(
+        id=job.id,
+        status=job.status,
+        operations=job.operations,
+        asset_count=job.item_count,
+        cost=job.cost,
+        counts=EditJobCounts(
+            queued=counts[EditItemStatus.QUEUED],
+            running=counts[EditItemStatus.RUNNING],
+            succeeded=counts[EditItemStatus.SUCCEEDED],
+            failed=counts[EditItemStatus.FAILED],
+        ),
+        progress=round(done / job.item_count, 4) if job.item_count else 1.0,
+        items=[EditItemOut(**item.model_dump(include=set(EditItemOut.model_fields))) for item in items],
+        settlement=job.settlement,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )
+
+
+def run_fanout(db: Client, queue: TaskQueue, task: EditFanoutTask, now: datetime) -> str:
+    """One named task per asset (a redelivered fan-out enqueues duplicates, which the queue drops)."""
+    job = get_job(db, task.client_id, task.job_id)
+    if job.settled:
+        return "job already settled"
+    for index in range(job.item_count):
+        queue.enqueue(
+            TaskRequest(
+                target=WORKER,
+                path="/tasks/item",
+                payload=EditItemTask(client_id=task.client_id, job_id=task.job_id, index=index),
+                name=task_name("edit-item", task.client_id, task.job_id, str(index)),
+            )
+        )
+    if job.status is EditJobStatus.QUEUED:
+        edit_jobs_ref(db, task.client_id).document(task.job_id).update(
+            {"status": EditJobStatus.RUNNING.value, "updated_at": now}
+        )
+    return f"{job.item_count} item tasks"
+
+
+def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
+    # Named after the window the item FINISHES in and scheduled after it closes (as generation does):
+    # a settle task that already ran for an earlier window cannot swallow this one as a duplicate.
+    window = int(now.timestamp()) // SETTLE_WINDOW_SECONDS + 1
+    return TaskRequest(
+        target=WORKER,
+        path="/tasks/settle",
+        payload=EditSettleTask(client_id=client_id, job_id=job_id),
+        name=task_name("edit-settle", client_id, job_id, str(window)),
+        schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC),
+    )
+
+
+def _operations(store: ObjectStore, job: EditJobDoc) -> tuple[list[Operation], dict[int, Image.Image]]:
+    """The job's pipeline as models again, with its masks read back from the object store."""
+    from pydantic import TypeAdapter
+
+    from shared.imaging import ImageLimits
+
+    masks: dict[int, Image.Image] = {}
+    stored = []
+    for index, raw in enumerate(job.operations):
+        key = job.mask_keys.get(str(index))
+        if key is not None:
+            data = store.get(key)
+            raw = {**raw, "mask": data}
+            masks[index] = px.decode_mask(data, ImageLimits(allowed_formats=frozenset({"PNG"})), index=index)
+        stored.append(raw)
+    operations: list[Operation] = TypeAdapter(list[Operation]).validate_python(stored)
+    return operations, masks
+
+
+def run_item(
+    db: Client,
+    store: ObjectStore,
+    queue: TaskQueue,
+    engine: ImageEngine,
+    remover: Callable[[], BackgroundRemover],
+    task: EditItemTask,
+    call: TaskCall,
+    policy: EditPolicy,
+    now: datetime,
+    clock: Callable[[], datetime] | None = None,
+) -> str:
+    """Edit one asset of a job, once. ``clock`` tells when the item finished (for its settle window)."""
+    finished_at = clock or (lambda: now)
+    job_ref = edit_jobs_ref(db, task.client_id).document(task.job_id)
+    item_ref = job_ref.collection("items").document(f"{task.index:06d}")
+    snapshot = item_ref.get()
+    if not snapshot.exists:
+        return "item not found: dropped"
+    item = EditItemDoc.model_validate(snapshot.to_dict())
+    if item.status in TERMINAL:
+        queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at()))
+        return f"item already {item.status.value}"
+    job = get_job(db, task.client_id, task.job_id)
+    item_ref.update({"status": EditItemStatus.RUNNING.value, "attempts": item.attempts + 1, "updated_at": now})
+    running = item_ref.get()
+    last_attempt = call.retry_count + 1 >= policy.max_attempts
+    try:
+        outcome = _edit_item(db, store, engine, remover, job, item, item_ref, running, policy, now)
+    except ItemTaken:
+        return "another delivery finished this item"
+    except EpoxError as error:
+        if _transient(error) and not last_attempt:
+            if isinstance(error, RetryTask):
+                raise
+            retry_after = int(getattr(error, "retry_after", 0) or error.headers.get("Retry-After", 10))
+            raise RetryTask(f"{error.code}: {error.detail}", retry_after=retry_after) from error
+        # Refused, unreadable, deleted, blocked, or out of attempts: final, and refunded at settlement.
+        outcome = _fail(db, item_ref, running, error, now)
+    except Exception as error:
+        if not last_attempt:
+            raise  # a 500: the queue tries again
+        outcome = _fail(db, item_ref, running, EpoxError(f"unexpected {type(error).__name__}"), now)
+    queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at()))
+    return outcome
+
+
+def _transient(error: EpoxError) -> bool:
+    """Worth another delivery: a busy engine, an unavailable store or queue, a lost race. A missing
+    background-removal model is a deployment problem that retrying will not fix."""
+    if isinstance(error, BackgroundRemovalUnavailable):
+        return False
+    return isinstance(error, RetryTask | EngineRetryableError | UpstreamUnavailable)
+
+
+def _edit_item(
+    db: Client,
+    store: ObjectStore,
+    engine: ImageEngine,
+    remover: Callable[[], BackgroundRemover],
+    job: EditJobDoc,
+    item: EditItemDoc,
+    item_ref: Any,
+    running: Any,
+    policy: EditPolicy,
+    now: datetime,
+) -> str:
+    if any(op.get("op") == "remove_background" for op in job.operations):
+        check_model_path(policy.rembg_model_path)
+    operations, masks = _operations(store, job)
+    runtime = Runtime(policy, engine=engine, remover=remover)
+    label = describe(operations)
+    for _attempt in range(RECOMPUTE_ATTEMPTS):
+        asset = _get_asset(db, job.client_id, item.asset_id)
+        computed = compute(store, asset, operations, masks, runtime)
+        number = computed.base_revision + 1
+        key, thumb_key = write_objects(store, job.client_id, asset.id, number, computed.encoded, computed.thumbnail)
+        revision = _revision(number, key, thumb_key, computed, label, now, {"job_id": job.id})
+        guard = ItemGuard(
+            item_ref,
+            running,
+            {"status": EditItemStatus.SUCCEEDED.value, "revision": number, "failure": None, "updated_at": now},
+        )
+        try:
+            commit_revision(db, client_id=job.client_id, asset_id=asset.id, revision=revision, now=now, item=guard)
+            return f"item {item.index} succeeded: revision {number}"
+        except (RevisionConflict, ItemTaken):
+            delete_objects(store, key, thumb_key)
+            if item_ref.get().update_time != running.update_time:
+                raise ItemTaken(item_ref.id) from None
+    raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
+
+
+def _fail(db: Client, item_ref: Any, running: Any, error: Exception, now: datetime) -> str:
+    """Record a final failure, unless another delivery changed the item since this one started."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    code = getattr(error, "code", "internal_error")
+    detail = getattr(error, "detail", str(error))
+    failure = {"code": code, "message": detail, "retryable": bool(getattr(error, "retryable", False))}
+    try:
+        item_ref.update(
+            {"status": EditItemStatus.FAILED.value, "failure": failure, "updated_at": now},
+            option=db.write_option(last_update_time=running.update_time),
+        )
+    except FailedPrecondition:
+        return "another delivery finished this item"
+    return f"item failed: {code}"
+
+
+def run_settle(db: Client, ledger: Ledger, task: EditSettleTask, now: datetime) -> str:
+    """Once every item has finished: capture the successful assets' cost, release the rest (one commit)."""
+    job = get_job(db, task.client_id, task.job_id)
+    if job.settled:
+        return "already settled"
+    items = _items(db, task.client_id, task.job_id)
+    done = [item for item in items if item.status in TERMINAL]
+    if len(done) < job.item_count:
+        return f"{len(done)}/{job.item_count} items finished"
+    succeeded = [item for item in done if item.status is EditItemStatus.SUCCEEDED]
+    charge = sum(item.cost for item in succeeded)
+    captured = released = 0
+    if job.hold_id:
+        outcome = ledger.capture(
+            task.client_id,
+            job.hold_id,
+            amount=charge,
+            actor=Actor(kind="task", id=f"settle:{job.id}"),
+            reason=f"edit job {job.id}: {len(succeeded)} of {job.item_count} assets edited; failures refunded",
+            key=f"settle:{job.id}",
+        )
+        captured, released = outcome.captured, outcome.released
+    edit_jobs_ref(db, task.client_id).document(task.job_id).update(
+        {
+            "status": EditJobStatus.COMPLETED.value,
+            "settled": True,
+            "settlement": {
+                "captured": captured,
+                "released": released,
+                "succeeded": len(succeeded),
+                "failed": len(done) - len(succeeded),
+            },
+            "finished_at": now,
+            "updated_at": now,
+        }
+    )
+    return f"settled: captured {captured}, released {released}"
+
+
+# -- revert -----------------------------------------------------------------------------------------
+
+
+def revert(
+    db: Client, store: ObjectStore, *, client_id: str, asset_id: str, number: int, now: datetime, expires_in: int
+) -> RevisionOut:
+    """A NEW revision with the pixels of revision ``number`` (history stays append-only); it points at
+    the same immutable objects, so nothing is copied."""
+    for _attempt in range(RECOMPUTE_ATTEMPTS):
+        asset = _get_asset(db, client_id, asset_id)
+        old = get_revision(db, client_id, asset_id, number)
+        new = AssetRevision(
+            number=asset.current_revision + 1,
+            key=old.key,
+            thumbnail_key=old.thumbnail_key,
+            content_type=old.content_type,
+            width=old.width,
+            height=old.height,
+            size_bytes=old.size_bytes,
+            operation=f"revert to r{number}",
+            created_at=now,
+            metadata={
+                "reverted_to": number,
+                "has_alpha": bool(old.metadata.get("has_alpha", False)),
+                "source_revision": asset.current_revision,
+            },
+        )
+        try:
+            commit_revision(db, client_id=client_id, asset_id=asset_id, revision=new, now=now)
+        except RevisionConflict:
+            continue
+        return revision_out(asset_id, new, store, expires_in)
+    raise Conflict(f"Asset {asset_id} was edited concurrently; try again")
