@@ -269,7 +269,7 @@ def _subscribe(http: httpx.Client, auth: dict[str, str], client_id: str) -> dict
                 200,
                 f"deliver {kind}",
             )
-    state = _check(http.get("/billing_api/subscription", headers=auth), 200, "read the subscription")
+    state: dict[str, Any] = _check(http.get("/billing_api/subscription", headers=auth), 200, "read the subscription")
     after = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
     print(f"[demo] subscribed to {state['plan_name']} ({state['product_slots']} slots): balance {before} -> {after}")
     if state["plan"] != "growth" or after - before != state["monthly_credits"]:
