@@ -689,3 +689,49 @@ def _fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 def _check_max_side(max_side: int) -> None:
     if max_side < 1:
         raise ValueError("max_side must be positive")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Validated pixels, upright and in 8-bit RGB/RGBA, ready for editing (not re-encoded)."""
+
+    image: Image.Image
+    info: ImageInfo
+    icc_profile: bytes | None
+    scale: int  # 1, or 2/4/8 when libjpeg decoded a reduced image
+
+
+def decode_image(data: bytes, limits: ImageLimits, *, draft_to: tuple[int, int] | None = None) -> DecodedImage:
+    """Validate and decode like :func:`normalize_image` (bombs, truncation, animation, EXIF,
+    CMYK/16-bit/palette to 8-bit RGB/RGBA) without re-encoding.
+
+    ``draft_to``: the full image's size the caller needs at least; a JPEG is then decoded at the
+    smallest 1/2, 1/4 or 1/8 scale still at least that large (``scale`` says which).
+    """
+    import math
+
+    img, source, info = _open(data, limits)
+    scale = 1
+    if draft_to is not None and info.format == "JPEG" and info.orientation == 1:
+        img.draft(None, draft_to)
+        for factor in (8, 4, 2):
+            if (math.ceil(info.width / factor), math.ceil(info.height / factor)) == img.size:
+                scale = factor
+                break
+    _load(img, source, data, info.format)
+    icc = _rgb_icc_profile(img)
+    upright, _rotated = _upright(img)
+    pixels = _to_rgb(upright)
+    if pixels is img:
+        pixels = img.copy()  # detach from the decoder and its file
+    pixels.info = {}  # metadata is not carried along; the ICC profile travels separately
+    return DecodedImage(pixels, info, icc, scale)
+
+
+def decode_upright_original_mode(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
+    """Validate, decode and turn upright, keeping the source's pixel mode (masks need it)."""
+    img, source, info = _open(data, limits)
+    _load(img, source, data, info.format)
+    mode = img.mode
+    upright, _rotated = _upright(img)
+    return upright, mode

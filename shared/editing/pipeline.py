@@ -35,12 +35,14 @@ from shared.editing.models import (
 )
 from shared.engines.base import ASPECT_RATIOS, LONG_SIDE
 from shared.errors import UnprocessableContent
+from shared.imaging import DecodedImage
+from shared.imaging import decode_image as _decode_image
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from shared.editing.models import Operation
-    from shared.imaging import ImageInfo, ImageLimits
+    from shared.imaging import ImageLimits
 
 Box = tuple[int, int, int, int]  # left, top, right (exclusive), bottom (exclusive)
 RGBA = tuple[int, int, int, int]
@@ -551,43 +553,9 @@ def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
 # -- decoding ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Decoded:
-    image: Image.Image
-    info: ImageInfo
-    icc_profile: bytes | None
-    scale: int  # 1, or 2/4/8 when libjpeg decoded a reduced image
-
-
-def decode_image(data: bytes, limits: ImageLimits, *, draft_to: tuple[int, int] | None = None) -> Decoded:
-    """Validate and decode like :func:`shared.imaging.normalize_image` (bombs, truncation, animation,
-    EXIF, CMYK/16-bit/palette -> 8-bit RGB/RGBA) without re-encoding.
-
-    ``draft_to``: the full image's size the caller needs at least; a JPEG is then decoded at the
-    smallest 1/2, 1/4 or 1/8 scale still at least that large (``scale`` says which).
-    """
-    from shared.imaging import _load, _open, _rgb_icc_profile, _to_rgb, _upright
-
-    img, source, info = _open(data, limits)
-    scale = 1
-    if draft_to is not None and info.format == "JPEG" and info.orientation == 1:
-        img.draft(None, draft_to)
-        scale = _draft_scale((info.width, info.height), img.size)
-    _load(img, source, data, info.format)
-    icc = _rgb_icc_profile(img)
-    upright, _rotated = _upright(img)
-    pixels = _to_rgb(upright)
-    if pixels is img:
-        pixels = img.copy()  # detach from the decoder and its file
-    pixels.info = {}  # metadata is not carried into edits; the ICC profile travels separately
-    return Decoded(pixels, info, icc, scale)
-
-
-def _draft_scale(full: tuple[int, int], reduced: tuple[int, int]) -> int:
-    for scale in (8, 4, 2):
-        if (math.ceil(full[0] / scale), math.ceil(full[1] / scale)) == reduced:
-            return scale
-    return 1
+# Decoding lives in shared.imaging (one place for bombs, truncation, EXIF and colour modes).
+Decoded = DecodedImage
+decode_image = _decode_image
 
 
 def draft_plan(
@@ -633,19 +601,17 @@ def decode_mask(data: bytes, limits: ImageLimits, *, index: int | None = None) -
     any transparency (a brush stroke on a transparent canvas), else by luminance. Any other mode
     (RGB, palette, 16-bit, CMYK…) is refused: a mask's meaning must not depend on a conversion.
     """
-    from shared.imaging import _load, _open, _upright
+    from shared.imaging import decode_upright_original_mode
 
-    img, source, info = _open(data, limits)
-    _load(img, source, data, info.format)
-    if img.mode not in ("1", "L", "LA", "RGBA"):
+    upright, mode = decode_upright_original_mode(data, limits)
+    if mode not in ("1", "L", "LA", "RGBA"):
         raise MaskModeInvalid(
-            f"The mask is a {img.mode} image; send a PNG in mode L (grey), 1 (black/white), LA or RGBA "
+            f"The mask is a {mode} image; send a PNG in mode L (grey), 1 (black/white), LA or RGBA "
             "(alpha or luminance)",
             index=index,
             field="mask",
-            mode=img.mode,
+            mode=mode,
         )
-    upright, _rotated = _upright(img)
     if upright.mode in ("LA", "RGBA"):
         alpha = upright.getchannel("A")
         mask = alpha if _extrema(alpha)[0] < 255 else upright.convert("L")
