@@ -128,7 +128,7 @@ class FirestoreLedgerStore(LedgerStore):
         fingerprint: str,
         hold: HoldRecord | None,
     ) -> None:
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+        from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
         client = self._client(client_id)
         state_ref = self._state_ref(client_id)
@@ -155,7 +155,9 @@ class FirestoreLedgerStore(LedgerStore):
                                                                               "read": False})
         try:
             batch.commit()
-        except (FailedPrecondition, NotFound) as exc:
+        except (FailedPrecondition, NotFound, Aborted) as exc:
+            # Aborted: contention on the hot state document ("Too much contention", or the emulator's
+            # "Transaction lock timeout"); nothing was written, so read again and retry like a lost race.
             raise StaleState() from exc
         except AlreadyExists as exc:
             # Either the marker (applied before) or the state doc/entry (a concurrent first writer).
