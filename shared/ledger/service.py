@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class CommitStats:
     conflicts: int = 0
     replays: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
+
+
+LOCK_STRIPES = 256
 
 
 def _fingerprint(operation: str, params: dict[str, Any]) -> str:
@@ -73,6 +77,13 @@ class Ledger:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.stats = CommitStats()
+        # Requests for one client inside this instance take turns: a race between them can only
+        # be lost, so it would be wasted work. Across instances the optimistic commit decides.
+        self._stripes = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    def _client_lock(self, client_id: str) -> threading.Lock:
+        digest = hashlib.blake2b(client_id.encode(), digest_size=4).digest()
+        return self._stripes[int.from_bytes(digest, "big") % LOCK_STRIPES]
 
     def _run(
         self,
@@ -83,6 +94,18 @@ class Ledger:
         *,
         hold_id: str | None = None,
         hold_record: Callable[[Mutation, datetime], HoldRecord | None] = lambda m, n: None,
+    ) -> dict[str, Any]:
+        with self._client_lock(client_id):
+            return self._attempt(client_id, key, fingerprint, compute, hold_id, hold_record)
+
+    def _attempt(
+        self,
+        client_id: str,
+        key: str,
+        fingerprint: str,
+        compute: Callable[[Snapshot, datetime], Mutation],
+        hold_id: str | None,
+        hold_record: Callable[[Mutation, datetime], HoldRecord | None],
     ) -> dict[str, Any]:
         for attempt in range(self.max_attempts):
             snapshot = self.store.load(client_id, key, hold_id)
@@ -132,8 +155,17 @@ class Ledger:
             key,
             _fingerprint("grant", params),
             lambda snap, now: model.grant(
-                snap.state, key=key, bucket_id=bucket_id, source=source, amount=amount, now=now, actor=actor,
-                reason=reason, expires_at=expires_at, priority=priority, reference=reference,
+                snap.state,
+                key=key,
+                bucket_id=bucket_id,
+                source=source,
+                amount=amount,
+                now=now,
+                actor=actor,
+                reason=reason,
+                expires_at=expires_at,
+                priority=priority,
+                reference=reference,
                 low_threshold=self.low_threshold,
             ),
         )
@@ -156,8 +188,16 @@ class Ledger:
             key,
             _fingerprint("reserve", {"amount": amount, "purpose": purpose, "operation": operation}),
             lambda snap, now: model.reserve(
-                snap.state, key=key, hold_id=hold_id, amount=amount, now=now, deadline=now + ttl, actor=actor,
-                purpose=purpose, operation=operation, low_threshold=self.low_threshold,
+                snap.state,
+                key=key,
+                hold_id=hold_id,
+                amount=amount,
+                now=now,
+                deadline=now + ttl,
+                actor=actor,
+                purpose=purpose,
+                operation=operation,
+                low_threshold=self.low_threshold,
             ),
             hold_record=lambda m, now: hold_pending_record(m, hold_id, client_id, key),
         )
@@ -172,15 +212,24 @@ class Ledger:
             key,
             _fingerprint("capture", {"hold_id": hold_id, "amount": amount}),
             lambda snap, now: model.capture(
-                snap.state, key=key, hold_id=hold_id, amount=amount, now=now, actor=actor, reason=reason,
-                resolved=snap.hold, low_threshold=self.low_threshold,
+                snap.state,
+                key=key,
+                hold_id=hold_id,
+                amount=amount,
+                now=now,
+                actor=actor,
+                reason=reason,
+                resolved=snap.hold,
+                low_threshold=self.low_threshold,
             ),
             hold_id=hold_id,
             hold_record=lambda m, now: hold_resolved_record(m, hold_id, now),
         )
         return HoldOutcome.model_validate(result["hold"])
 
-    def release(self, client_id: str, hold_id: str, *, actor: Actor, reason: str, key: str | None = None) -> HoldOutcome:
+    def release(
+        self, client_id: str, hold_id: str, *, actor: Actor, reason: str, key: str | None = None
+    ) -> HoldOutcome:
         """Return the hold's credits; a second release returns the first result."""
         key = key or f"release:{hold_id}"
         result = self._run(
@@ -188,7 +237,13 @@ class Ledger:
             key,
             _fingerprint("release", {"hold_id": hold_id}),
             lambda snap, now: model.release(
-                snap.state, key=key, hold_id=hold_id, now=now, actor=actor, reason=reason, resolved=snap.hold,
+                snap.state,
+                key=key,
+                hold_id=hold_id,
+                now=now,
+                actor=actor,
+                reason=reason,
+                resolved=snap.hold,
                 low_threshold=self.low_threshold,
             ),
             hold_id=hold_id,
@@ -201,8 +256,9 @@ class Ledger:
             client_id,
             key,
             _fingerprint("expire", {}),
-            lambda snap, now: model.expire_due(snap.state, key=key, now=now, actor=actor,
-                                               low_threshold=self.low_threshold),
+            lambda snap, now: model.expire_due(
+                snap.state, key=key, now=now, actor=actor, low_threshold=self.low_threshold
+            ),
         )
 
     def adjust(self, client_id: str, *, key: str, amount: int, actor: Actor, reason: str) -> dict[str, Any]:
@@ -212,7 +268,13 @@ class Ledger:
             key,
             _fingerprint("adjust", {"amount": amount, "reason": reason}),
             lambda snap, now: model.adjust(
-                snap.state, key=key, bucket_id=bucket_id, amount=amount, now=now, actor=actor, reason=reason,
+                snap.state,
+                key=key,
+                bucket_id=bucket_id,
+                amount=amount,
+                now=now,
+                actor=actor,
+                reason=reason,
                 low_threshold=self.low_threshold,
             ),
         )
@@ -256,7 +318,13 @@ def revoke(
         key,
         _fingerprint("revoke", {"bucket_id": bucket_id, "amount": amount}),
         lambda snap, now: model.revoke(
-            snap.state, key=key, bucket_id=bucket_id, amount=amount, now=now, actor=actor, reason=reason,
+            snap.state,
+            key=key,
+            bucket_id=bucket_id,
+            amount=amount,
+            now=now,
+            actor=actor,
+            reason=reason,
             low_threshold=ledger.low_threshold,
         ),
     )
