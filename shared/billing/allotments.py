@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from shared.billing.catalog import Catalog
 from shared.billing.events import add_months, allotment_key
 from shared.billing.models import BillingState
+from shared.errors import IdempotencyKeyReused
 from shared.ledger.model import Actor, GrantSource
 
 if TYPE_CHECKING:
@@ -84,17 +85,23 @@ def _annual_allotments(
         if month_start > now or month_start >= end:
             break
         month_end = min(add_months(start, month + 1), end)
-        result = ledger.grant(
-            client_id,
-            key=allotment_key(state.subscription_id, month_start),
-            amount=plan.monthly_credits,
-            source=GrantSource.SUBSCRIPTION,
-            actor=SYSTEM,
-            reason=f"{plan.name} plan (annual) credits for {month_start.date().isoformat()} to "
-            f"{month_end.date().isoformat()}",
-            expires_at=None if catalog.rollover else month_end,
-            reference=state.subscription_id,
-        )
+        try:
+            result = ledger.grant(
+                client_id,
+                key=allotment_key(state.subscription_id, month_start),
+                amount=plan.monthly_credits,
+                source=GrantSource.SUBSCRIPTION,
+                actor=SYSTEM,
+                reason=f"{plan.name} plan (annual) credits for {month_start.date().isoformat()} to "
+                f"{month_end.date().isoformat()}",
+                expires_at=None if catalog.rollover else month_end,
+                reference=state.subscription_id,
+            )
+        except IdempotencyKeyReused:
+            # The month was granted at the plan's size before an upgrade (which granted the difference
+            # pro-rated): it stays as it was, and the job goes on.
+            month += 1
+            continue
         granted.append(str(result.get("bucket_id")))
         month += 1
     return granted

@@ -83,7 +83,9 @@ def add_months(moment: datetime, months: int) -> datetime:
     year, month = divmod(moment.month - 1 + months, 12)
     year, month = moment.year + year, month + 1
     day = min(moment.day, calendar.monthrange(year, month)[1])
-    return moment.replace(year=year, month=month, day=day)
+    # A plain datetime, not ``moment.replace``: Firestore's DatetimeWithNanoseconds.replace returns an
+    # instance without its nanoseconds that the client then cannot write.
+    return datetime(year, month, day, moment.hour, moment.minute, moment.second, moment.microsecond, moment.tzinfo)
 
 
 @dataclass
@@ -254,9 +256,13 @@ class WebhookProcessor:
             changes["past_due_since"] = None
             new, old = self.catalog.plan(new_plan_id), self.catalog.plans.get(state.plan) or self.catalog.plan("free")
             if new.rank > old.rank or state.plan == "free":
-                if state.plan != "free" and state.subscription_id == sub.id:
-                    granted = self._prorated_upgrade(client_id, event, sub, state.plan, new_plan_id, start, end)
-                    outcome = f"upgraded {state.plan} → {new_plan_id}, prorated {granted} credits"
+                # The plan before: ours, or — when this update overtook the events that set ours up —
+                # the one Stripe says the subscription changed from.
+                mine = state.plan != "free" and state.subscription_id == sub.id
+                before = state.plan if mine else self._previous_plan(event)
+                if before and before != "free" and self.catalog.plan(before).rank < new.rank:
+                    granted = self._prorated_upgrade(client_id, event, sub, before, new_plan_id, start, end)
+                    outcome = f"upgraded {before} → {new_plan_id}, prorated {granted} credits"
                 else:
                     outcome = f"plan {new_plan_id}"
                 changes |= {
@@ -274,6 +280,16 @@ class WebhookProcessor:
         elif sub.status in ("past_due", "unpaid"):
             changes["past_due_since"] = state.past_due_since or self.now
         return self._commit(event, client_id, changes, outcome)
+
+    def _previous_plan(self, event: StripeEvent) -> str | None:
+        """The plan in ``data.previous_attributes`` of a subscription update that changed the price."""
+        previous = event.data.get("previous_attributes")
+        listed = previous.get("items") if isinstance(previous, dict) else None
+        items = listed.get("data") if isinstance(listed, dict) else None
+        price = items[0].get("price") if isinstance(items, list) and items and isinstance(items[0], dict) else None
+        price = price.get("id") if isinstance(price, dict) else price
+        found = self.prices.plan_of(price) if isinstance(price, str) else None
+        return found[0] if found and found[0] in self.catalog.plans else None
 
     def _prorated_upgrade(
         self,
@@ -404,7 +420,15 @@ class WebhookProcessor:
         if client_id is None:
             return self._unroutable(event, "no client for the invoice's customer")
         state = billing_state(self.db, client_id)
-        changes = {"subscription_status": "past_due", "past_due_since": state.past_due_since or self.now}
+        if self._stale(state, event):
+            # E.g. the failed attempt reported after the retry that paid the invoice.
+            return self._commit(event, client_id, {}, "stale: a newer event was applied")
+        changes = {
+            "subscription_status": "past_due",
+            "past_due_since": state.past_due_since or self.now,
+            "last_event_created": event.created,
+            "last_event_id": event.id,
+        }
         return self._commit(event, client_id, changes, "payment failed: past due")
 
     # -- refunds ----------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class CheckoutLine:
 
 class PaymentGateway(ABC):
     @abstractmethod
-    def create_customer(self, client_id: str, email: str | None) -> str: ...
+    def create_customer(self, client_id: str, email: str | None, attempt: int = 0) -> str:
+        """Create the client's customer; ``attempt`` > 0 after a failed try (a fresh idempotency key)."""
 
     @abstractmethod
     def create_checkout(
@@ -93,15 +94,12 @@ class StripeGateway(PaymentGateway):
                 raise UpstreamUnavailable("Stripe answered with an error; try again", retry_after=5) from exc
             raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
 
-    def create_customer(self, client_id: str, email: str | None) -> str:
+    def create_customer(self, client_id: str, email: str | None, attempt: int = 0) -> str:
         params: dict[str, Any] = {"metadata": {"client_id": client_id}}
         if email:
             params["email"] = email
-        customer = self._call(
-            lambda: self.client.v1.customers.create(
-                params=params, options={"idempotency_key": f"epox-customer-{client_id}"}
-            )
-        )
+        key = f"epox-customer-{client_id}" + (f"-{attempt}" if attempt else "")
+        customer = self._call(lambda: self.client.v1.customers.create(params=params, options={"idempotency_key": key}))
         return str(customer.id)
 
     def create_checkout(

@@ -21,7 +21,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.errors import EpoxError, ValidationFailed
+from shared.errors import EpoxError, UpstreamUnavailable, ValidationFailed
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -145,12 +145,20 @@ def ensure_customer(db: Client, gateway: PaymentGateway, client_id: str, email: 
 
     ref = client_ref(db, client_id)
     snapshot = ref.get()
-    existing = ((snapshot.to_dict() or {}).get("billing") or {}).get("stripe_customer_id") if snapshot.exists else None
+    billing = ((snapshot.to_dict() or {}).get("billing") or {}) if snapshot.exists else {}
+    existing = billing.get("stripe_customer_id")
     if existing:
         return str(existing)
     # Stripe de-duplicates on the idempotency key derived from the client id, so two racing
     # requests get the same customer; the precondition keeps the first id we stored.
-    customer_id = gateway.create_customer(client_id, None)
+    attempt = int(billing.get("customer_key_attempt") or 0)
+    try:
+        customer_id = gateway.create_customer(client_id, None, attempt)
+    except UpstreamUnavailable:
+        # Stripe keeps the answer to a request that failed while running (a 500) under its key for
+        # 24 h, so the next try needs another key or it gets the same failure again.
+        ref.set({"billing": {"customer_key_attempt": attempt + 1}}, merge=True)
+        raise
     batch = db.batch()
     if snapshot.exists:
         batch.update(
@@ -217,7 +225,9 @@ def start_checkout(
         success_url=str(request.success_url or default_success_url),
         cancel_url=str(request.cancel_url or default_cancel_url),
         metadata=metadata,
-        idempotency_key=f"epox-checkout-{fingerprint}" if idempotency_key else f"epox-checkout-{fingerprint}-{_now()}",
+        # One Stripe key per attempt: the HTTP Idempotency-Key layer replays a success without coming
+        # here, and a failed attempt must not reuse a key Stripe saved a 500 under (kept 24 h).
+        idempotency_key=f"epox-checkout-{fingerprint}-{_now()}",
     )
     return RedirectOut(url=url, id=session_id)
 

@@ -1,0 +1,428 @@
+"""Stripe webhook events for tests: payloads shaped like Stripe's, signed exactly as Stripe documents.
+
+The signature is computed here with ``hmac``/``hashlib`` from the documented scheme — never with the
+``stripe`` library's helpers, so the library's verification is checked against the documentation::
+
+    Stripe-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
+
+Objects come in two shapes: the current API's (invoice ``parent.subscription_details.subscription``,
+line ``pricing.price_details.price``, the period on the subscription *item*) and the older one
+(``invoice.subscription``, line ``price.id``, the period on the subscription) with ``legacy=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+SECRET = "whsec_test_secret"  # settings.stripe_webhook_secret in tests/conftest.py
+API_VERSION = "2026-10-28.endive"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def ts(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+# -- signing ----------------------------------------------------------------------------------------
+
+
+def signature(payload: bytes, *, secret: str = SECRET, timestamp: int | None = None) -> str:
+    """The hex v1 signature of ``payload`` at ``timestamp``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+
+
+def signature_header(
+    payload: bytes, *, secret: str = SECRET, timestamp: int | None = None, extra_v1: tuple[str, ...] = ()
+) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    parts = [f"t={t}", *(f"v1={value}" for value in extra_v1), f"v1={signature(payload, secret=secret, timestamp=t)}"]
+    return ",".join(parts)
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Stripe sends pretty-printed JSON; the signature covers exactly these bytes."""
+    return json.dumps(event, indent=2).encode()
+
+
+# -- objects ----------------------------------------------------------------------------------------
+
+
+def event(
+    type_: str,
+    obj: dict[str, Any],
+    created: int,
+    *,
+    event_id: str | None = None,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {
+        "id": event_id or new_id("evt"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type_,
+    }
+
+
+def subscription_obj(
+    sub_id: str,
+    customer: str,
+    price: str,
+    start: int,
+    end: int,
+    *,
+    status: str = "active",
+    cancel_at_period_end: bool = False,
+    metadata: dict[str, str] | None = None,
+    legacy: bool = False,
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "price": {
+            "id": price,
+            "object": "price",
+            "recurring": {"interval": "year" if price.endswith("_y") else "month"},
+        },
+        "quantity": 1,
+    }
+    sub: dict[str, Any] = {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": customer,
+        "status": status,
+        "cancel_at_period_end": cancel_at_period_end,
+        "items": {"object": "list", "data": [item], "has_more": False},
+        "metadata": metadata or {},
+        "livemode": False,
+    }
+    if legacy:
+        sub |= {"current_period_start": start, "current_period_end": end}
+    else:
+        item |= {"current_period_start": start, "current_period_end": end}
+    return sub
+
+
+def invoice_obj(
+    invoice_id: str,
+    customer: str,
+    sub_id: str,
+    price: str,
+    start: int,
+    end: int,
+    *,
+    billing_reason: str = "subscription_create",
+    status: str = "paid",
+    amount: int = 7900,
+    legacy: bool = False,
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "id": new_id("il"),
+        "object": "line_item",
+        "amount": amount,
+        "period": {"start": start, "end": end},
+    }
+    invoice: dict[str, Any] = {
+        "id": invoice_id,
+        "object": "invoice",
+        "customer": customer,
+        "billing_reason": billing_reason,
+        "status": status,
+        "amount_due": amount,
+        "amount_paid": amount if status == "paid" else 0,
+        "currency": "usd",
+        # Stripe quirk: a subscription invoice's own period is the previous one; lines carry the service period.
+        "period_start": start,
+        "period_end": start,
+        "lines": {"object": "list", "data": [line], "has_more": False},
+        "livemode": False,
+    }
+    if legacy:
+        invoice["subscription"] = sub_id
+        line["price"] = {"id": price, "object": "price"}
+    else:
+        invoice["parent"] = {
+            "type": "subscription_details",
+            "subscription_details": {"subscription": sub_id, "metadata": {}},
+        }
+        line["pricing"] = {"type": "price_details", "price_details": {"price": price, "product": "prod_epox"}}
+    return invoice
+
+
+# -- a customer's event stream ----------------------------------------------------------------------
+
+
+@dataclass
+class Subscriber:
+    """One client's Stripe identity and a clock for ``event.created`` (each event one second later)."""
+
+    client_id: str
+    customer: str = field(default_factory=lambda: new_id("cus"))
+    subscription: str = field(default_factory=lambda: new_id("sub"))
+    created: int = field(default_factory=lambda: int(time.time()) - 10_000)
+
+    def tick(self, at: int | None = None) -> int:
+        if at is not None:
+            return at
+        self.created += 1
+        return self.created
+
+    def checkout_subscription(
+        self,
+        plan_id: str = "growth",
+        interval: str = "monthly",
+        *,
+        session_id: str | None = None,
+        at: int | None = None,
+    ) -> dict[str, Any]:
+        session = {
+            "id": session_id or new_id("cs_test"),
+            "object": "checkout.session",
+            "mode": "subscription",
+            "status": "complete",
+            "payment_status": "paid",
+            "customer": self.customer,
+            "client_reference_id": self.client_id,
+            "subscription": self.subscription,
+            "amount_total": 7900,
+            "currency": "usd",
+            "metadata": {"client_id": self.client_id, "plan_id": plan_id, "interval": interval},
+        }
+        return event("checkout.session.completed", session, self.tick(at))
+
+    def checkout_pack(
+        self,
+        pack_id: str = "pack_500",
+        *,
+        amount_total: int = 6000,
+        payment_status: str = "paid",
+        payment_intent: str | None = None,
+        session_id: str | None = None,
+        at: int | None = None,
+        type_: str = "checkout.session.completed",
+    ) -> dict[str, Any]:
+        session = {
+            "id": session_id or new_id("cs_test"),
+            "object": "checkout.session",
+            "mode": "payment",
+            "status": "complete",
+            "payment_status": payment_status,
+            "customer": self.customer,
+            "client_reference_id": self.client_id,
+            "payment_intent": payment_intent or new_id("pi"),
+            "subscription": None,
+            "amount_total": amount_total,
+            "currency": "usd",
+            "metadata": {"client_id": self.client_id, "pack_id": pack_id},
+        }
+        return event(type_, session, self.tick(at))
+
+    def subscription_event(
+        self,
+        type_: str,
+        price: str,
+        start: int,
+        end: int,
+        *,
+        status: str = "active",
+        cancel_at_period_end: bool = False,
+        legacy: bool = False,
+        at: int | None = None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        obj = subscription_obj(
+            self.subscription,
+            self.customer,
+            price,
+            start,
+            end,
+            status=status,
+            cancel_at_period_end=cancel_at_period_end,
+            legacy=legacy,
+            metadata={"client_id": self.client_id},
+        )
+        return event(type_, obj, self.tick(at), previous=previous)
+
+    def created_event(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
+        return self.subscription_event("customer.subscription.created", price, start, end, **kw)
+
+    def updated_event(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
+        return self.subscription_event("customer.subscription.updated", price, start, end, **kw)
+
+    def deleted_event(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
+        return self.subscription_event("customer.subscription.deleted", price, start, end, status="canceled", **kw)
+
+    def invoice_event(
+        self,
+        type_: str,
+        price: str,
+        start: int,
+        end: int,
+        *,
+        invoice_id: str | None = None,
+        billing_reason: str = "subscription_create",
+        legacy: bool = False,
+        at: int | None = None,
+    ) -> dict[str, Any]:
+        status = "paid" if type_ == "invoice.paid" else "open"
+        obj = invoice_obj(
+            invoice_id or new_id("in"),
+            self.customer,
+            self.subscription,
+            price,
+            start,
+            end,
+            billing_reason=billing_reason,
+            status=status,
+            legacy=legacy,
+        )
+        return event(type_, obj, self.tick(at))
+
+    def invoice_paid(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
+        return self.invoice_event("invoice.paid", price, start, end, **kw)
+
+    def payment_failed(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
+        return self.invoice_event(
+            "invoice.payment_failed", price, start, end, billing_reason="subscription_cycle", **kw
+        )
+
+    def charge_refunded(
+        self,
+        payment_intent: str,
+        amount: int,
+        amount_refunded: int,
+        *,
+        charge_id: str | None = None,
+        at: int | None = None,
+    ) -> dict[str, Any]:
+        charge = {
+            "id": charge_id or new_id("ch"),
+            "object": "charge",
+            "customer": self.customer,
+            "payment_intent": payment_intent,
+            "amount": amount,
+            "amount_captured": amount,
+            "amount_refunded": amount_refunded,
+            "refunded": amount_refunded >= amount,
+            "currency": "usd",
+            "paid": True,
+        }
+        return event("charge.refunded", charge, self.tick(at))
+
+
+# -- delivery ---------------------------------------------------------------------------------------
+
+
+def deliver(
+    http: Any,
+    evt: dict[str, Any] | bytes,
+    *,
+    secret: str = SECRET,
+    timestamp: int | None = None,
+    header: str | None = None,
+    omit_header: bool = False,
+) -> Any:
+    """POST an event to the webhook function's test client as Stripe does."""
+    payload = evt if isinstance(evt, bytes) else encode(evt)
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+    }
+    if not omit_header:
+        headers["Stripe-Signature"] = header or signature_header(payload, secret=secret, timestamp=timestamp)
+    return http.post("/", data=payload, headers=headers)
+
+
+# -- the local stack's view -------------------------------------------------------------------------
+
+
+class Clock:
+    """A settable platform clock (webhook timestamps and signatures still use real time)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+        return self.now
+
+    def set(self, moment: datetime) -> datetime:
+        self.now = moment
+        return moment
+
+
+def install_clock(stack: Any, clock: Clock, **platform: Any) -> Any:
+    """Install a platform like the stack's driven by ``clock`` (its own ledger, on the same clock)."""
+    from shared.platform import Platform, set_platform
+
+    p = stack.platform
+    installed = Platform(
+        platform.pop("settings", p.settings),
+        db=p.db,
+        object_store=p.object_store,
+        task_queue=stack.dispatcher,
+        fetcher=p.fetcher,
+        clock=clock,
+        **platform,
+    )
+    set_platform(installed)  # the stack fixture resets the platform afterwards
+    return installed
+
+
+class _LinkingGateway:
+    """Just enough of a payment gateway for ``ensure_customer``: hands out one customer id."""
+
+    def __init__(self, customer: str) -> None:
+        self.customer = customer
+        self.created = 0
+
+    def create_customer(self, client_id: str, email: str | None, attempt: int = 0) -> str:
+        self.created += 1
+        return self.customer
+
+
+def onboard_and_link(stack: Any, sub: Subscriber) -> None:
+    """What happens before any webhook: the client's first call (onboarding) and its Stripe customer,
+    created by the app's own ``ensure_customer`` when it starts a Checkout."""
+    from shared.billing.service import ensure_customer
+    from shared.platform import get_platform
+
+    response = stack.client("billing_api").get("/subscription", headers=stack.headers(sub.client_id))
+    assert response.status_code == 200, response.json
+    gateway = _LinkingGateway(sub.customer)
+    assert ensure_customer(get_platform().db, gateway, sub.client_id, None) == sub.customer  # type: ignore[arg-type]
+    assert gateway.created == 1
+
+
+def billing_of(stack: Any, client_id: str) -> dict[str, Any]:
+    snapshot = stack.platform.db.collection("clients").document(client_id).get()
+    billing: dict[str, Any] = (snapshot.to_dict() or {}).get("billing") or {}
+    return billing
+
+
+def marker(stack: Any, event_id: str) -> dict[str, Any] | None:
+    snapshot = stack.platform.db.collection("stripe_events").document(event_id).get()
+    return snapshot.to_dict() if snapshot.exists else None

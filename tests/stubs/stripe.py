@@ -1,0 +1,479 @@
+"""A local stand-in for the Stripe API, spoken over real HTTP so the real ``stripe`` library's
+``StripeClient(api_key, base_addresses={"api": stub.url})`` (what ``StripeGateway(api_base=…)``
+builds) can be pointed at it.
+
+What the stripe 16 client sends (read from ``stripe/_api_requestor.py``) and the stub checks::
+
+    POST /v1/customers                      Content-Type: application/x-www-form-urlencoded
+    Authorization: Bearer sk_test_…         Stripe-Version: 2026-10-28.endive (_ApiVersion.CURRENT)
+    Idempotency-Key: <ours, or a UUID the client generates for every POST>
+    User-Agent: Stripe/v1 PythonBindings/16.x   X-Stripe-Client-User-Agent: {json}
+    metadata[client_id]=c123&email=…        (nested keys with literal brackets, lists as [0], [1])
+
+    GET /v1/invoices?customer=cus_…&limit=2&starting_after=in_…   (no body, no Content-Type)
+
+Served: ``POST /v1/customers``, ``POST /v1/checkout/sessions``, ``POST /v1/billing_portal/sessions``,
+``GET /v1/invoices`` (seeded with :meth:`StripeStub.add_invoice`); anything else is 404 with a Stripe
+error body. Like Stripe: a missing or other API key is 401; a request naming a customer the stub does
+not know (or a price outside ``prices``) is 400 ``resource_missing``. Idempotency as Stripe documents it
+for API v1: once an endpoint has started running, its answer — a success, a 400 or a 500 — is saved
+under the ``Idempotency-Key`` and replayed for the same key and parameters (header
+``Idempotent-Replayed: true``); other parameters get 400 ``idempotency_error``; a key whose first
+request is still running gets 409 (which the client retries). A 401, a 429 or a dropped connection
+never reached the endpoint, so nothing is saved for them.
+
+Failures are programmable with :meth:`StripeStub.fail`: ``"500"`` (saved for the key), ``"429"``,
+``"400"`` (an ``invalid_request_error``, saved) or ``"drop"`` (the connection is closed without an
+answer), for the next ``times`` requests (optionally only for one path). ``delay`` slows a path down.
+Every request is recorded (:class:`Recorded`: method, path, query, headers, parsed form, raw body).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+API_KEY = "sk_test_epox"
+_KEY_PART = re.compile(r"\[([^\]]*)\]")
+
+
+def parse_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's form encoding back into nested values: ``a[b][0][c]=v`` → ``{"a": {"b": [{"c": "v"}]}}``."""
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        head, _, rest = key.partition("[")
+        parts = [head, *_KEY_PART.findall("[" + rest)] if rest else [head]
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(value: Any) -> Any:
+    """Maps whose keys are 0..n-1 are arrays on the wire."""
+    if not isinstance(value, dict):
+        return value
+    converted = {k: _lists(v) for k, v in value.items()}
+    if converted and all(k.isdigit() for k in converted):
+        indexes = sorted(int(k) for k in converted)
+        if indexes == list(range(len(indexes))):
+            return [converted[str(i)] for i in indexes]
+    return converted
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    form: dict[str, Any]
+    raw: bytes
+    status: int = 0
+
+
+@dataclass
+class _Failure:
+    kind: str
+    times: int
+    path: str | None
+
+
+@dataclass
+class StripeStub:
+    api_key: str = API_KEY
+    prices: set[str] | None = None  # known price ids; None accepts any
+    port: int = 0
+    requests: list[Recorded] = field(default_factory=list)
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    portal_sessions: list[dict[str, Any]] = field(default_factory=list)
+    invoices: list[dict[str, Any]] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _failures: list[_Failure] = field(default_factory=list)
+    _idempotent: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
+    _in_flight: set[str] = field(default_factory=set)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- programming ------------------------------------------------------------------------------
+    def fail(self, kind: str, times: int = 1, path: str | None = None) -> None:
+        assert kind in ("500", "429", "400", "drop"), kind
+        with self.lock:
+            self._failures.append(_Failure(kind, times, path))
+
+    def delay(self, path: str, seconds: float) -> None:
+        self.delays[path] = seconds
+
+    def add_invoice(self, customer: str, created: int, **fields: Any) -> dict[str, Any]:
+        invoice_id = fields.pop("id", None) or "in_" + secrets.token_hex(8)
+        invoice = {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": customer,
+            "created": created,
+            "number": f"EPOX-{len(self.invoices) + 1:04d}",
+            "status": "paid",
+            "amount_due": 7900,
+            "amount_paid": 7900,
+            "currency": "usd",
+            "period_start": created,
+            "period_end": created,
+            "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
+            "invoice_pdf": f"https://pay.stripe.test/invoice/{invoice_id}/pdf",
+            **fields,
+        }
+        with self.lock:
+            self.invoices.append(invoice)
+        return invoice
+
+    # -- reading ----------------------------------------------------------------------------------
+    def seen(self, method: str, path: str) -> list[Recorded]:
+        with self.lock:
+            return [r for r in self.requests if r.method == method and r.path == path]
+
+    # -- serving ----------------------------------------------------------------------------------
+    def _take_failure(self, path: str) -> str | None:
+        with self.lock:
+            for failure in self._failures:
+                if failure.times > 0 and failure.path in (None, path):
+                    failure.times -= 1
+                    return failure.kind
+        return None
+
+    def handle(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], form: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        """The answer to one request, or None to drop the connection without one."""
+        failure = self._take_failure(path)
+        if failure == "drop":
+            return None  # lost before Stripe ran anything: nothing is saved for the key
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "invalid_request_error", "Invalid API Key provided", code="api_key_invalid")
+        if failure == "429":  # the rate limiter answers before the endpoint runs: nothing saved
+            return _error(429, "invalid_request_error", "Too many requests hit the API too quickly.", code="rate_limit")
+        key = headers.get("idempotency-key") if method == "POST" else None
+        if key is None:
+            return self._execute(failure, method, path, query, form)
+        fingerprint = json.dumps([path, form], sort_keys=True)
+        with self.lock:
+            stored = self._idempotent.get(key)
+            if stored is None and key in self._in_flight:
+                return _error(
+                    409,
+                    "idempotency_error",
+                    "There is currently another in-progress request using this Stripe API key and idempotency key.",
+                )
+            if stored is None:
+                self._in_flight.add(key)
+        if stored is not None:
+            if stored[0] != fingerprint:
+                return _error(
+                    400,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                )
+            return stored[1], stored[2], {"Idempotent-Replayed": "true"}
+        try:
+            status, body, extra = self._execute(failure, method, path, query, form)
+            # Like Stripe (API v1): once the endpoint ran, its answer is saved, errors and 500s included.
+            with self.lock:
+                self._idempotent[key] = (fingerprint, status, body)
+            return status, body, extra
+        finally:
+            with self.lock:
+                self._in_flight.discard(key)
+
+    def _execute(
+        self, failure: str | None, method: str, path: str, query: dict[str, str], form: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if failure == "500":
+            return _error(500, "api_error", "Something went wrong on Stripe's end.")
+        if failure == "400":
+            return _error(
+                400,
+                "invalid_request_error",
+                "This value must be greater than or equal to 1.",
+                param="line_items[0][quantity]",
+                code="parameter_invalid_integer",
+            )
+        return self._route(method, path, query, form)
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], form: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        time.sleep(self.delays.get(path, 0))
+        route = (method, path)
+        if route == ("POST", "/v1/customers"):
+            return self._create_customer(form)
+        if route == ("POST", "/v1/checkout/sessions"):
+            return self._create_checkout(form)
+        if route == ("POST", "/v1/billing_portal/sessions"):
+            return self._create_portal(form)
+        if route == ("GET", "/v1/invoices"):
+            return self._list_invoices(query)
+        return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+
+    def _create_customer(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        customer = {
+            "id": "cus_" + secrets.token_hex(7),
+            "object": "customer",
+            "created": int(time.time()),
+            "email": form.get("email"),
+            "metadata": form.get("metadata", {}),
+            "livemode": False,
+        }
+        with self.lock:
+            self.customers[customer["id"]] = customer
+        return 200, customer, {}
+
+    def _missing_customer(self, customer: Any) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        if not customer:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Missing required param: customer.",
+                param="customer",
+                code="parameter_missing",
+            )
+        if customer not in self.customers:
+            return _error(
+                400,
+                "invalid_request_error",
+                f"No such customer: '{customer}'",
+                param="customer",
+                code="resource_missing",
+            )
+        return None
+
+    def _create_checkout(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if (problem := self._missing_customer(form.get("customer"))) is not None:
+            return problem
+        mode = form.get("mode")
+        if mode not in ("payment", "subscription", "setup"):
+            return _error(400, "invalid_request_error", "Invalid mode", param="mode", code="parameter_invalid_empty")
+        lines = form.get("line_items")
+        if not isinstance(lines, list) or not lines:
+            return _error(400, "invalid_request_error", "line_items is required", param="line_items")
+        for index, line in enumerate(lines):
+            price = line.get("price") if isinstance(line, dict) else None
+            if self.prices is not None and price not in self.prices:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"No such price: '{price}'",
+                    param=f"line_items[{index}][price]",
+                    code="resource_missing",
+                )
+        session_id = "cs_test_" + secrets.token_hex(12)
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+            "mode": mode,
+            "customer": form["customer"],
+            "client_reference_id": form.get("client_reference_id"),
+            "metadata": form.get("metadata", {}),
+            "success_url": form.get("success_url"),
+            "cancel_url": form.get("cancel_url"),
+            "status": "open",
+            "payment_status": "unpaid",
+            "livemode": False,
+        }
+        with self.lock:
+            self.sessions[session_id] = session
+        return 200, session, {}
+
+    def _create_portal(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if (problem := self._missing_customer(form.get("customer"))) is not None:
+            return problem
+        portal_id = "bps_" + secrets.token_hex(10)
+        portal = {
+            "id": portal_id,
+            "object": "billing_portal.session",
+            "customer": form["customer"],
+            "return_url": form.get("return_url"),
+            "url": f"https://billing.stripe.test/p/session/test_{portal_id}",
+            "livemode": False,
+        }
+        with self.lock:
+            self.portal_sessions.append(portal)
+        return 200, portal, {}
+
+    def _list_invoices(self, query: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            limit = int(query.get("limit", "10"))
+        except ValueError:
+            return _error(400, "invalid_request_error", "Invalid integer: limit", param="limit")
+        if not 1 <= limit <= 100:
+            return _error(400, "invalid_request_error", "limit must be between 1 and 100", param="limit")
+        with self.lock:
+            rows = sorted(
+                (i for i in self.invoices if query.get("customer") in (None, i["customer"])),
+                key=lambda i: (i["created"], i["id"]),
+                reverse=True,
+            )
+        after = query.get("starting_after")
+        if after:
+            ids = [row["id"] for row in rows]
+            if after not in ids:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"No such invoice: '{after}'",
+                    param="starting_after",
+                    code="resource_missing",
+                )
+            rows = rows[ids.index(after) + 1 :]
+        page = {"object": "list", "url": "/v1/invoices", "has_more": len(rows) > limit, "data": rows[:limit]}
+        return 200, page, {}
+
+
+def _error(
+    status: int, type_: str, message: str, *, param: str | None = None, code: str | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    error: dict[str, Any] = {"type": type_, "message": message}
+    if param:
+        error["param"] = param
+    if code:
+        error["code"] = code
+    return status, {"error": error}, {}
+
+
+def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def _serve(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            form: dict[str, Any] = {}
+            if method == "POST":
+                if headers.get("content-type", "").split(";")[0] != "application/x-www-form-urlencoded":
+                    self._answer(
+                        method,
+                        parts.path,
+                        query,
+                        headers,
+                        {},
+                        raw,
+                        *_error(400, "invalid_request_error", "Stripe's v1 API takes form-encoded bodies"),
+                    )
+                    return
+                form = parse_form(parse_qsl(raw.decode(), keep_blank_values=True))
+            answer = stub.handle(method, parts.path, query, headers, form)
+            if answer is None:
+                self._record(method, parts.path, query, headers, form, raw, 0)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._answer(method, parts.path, query, headers, form, raw, *answer)
+
+        def _record(
+            self,
+            method: str,
+            path: str,
+            query: dict[str, str],
+            headers: dict[str, str],
+            form: dict[str, Any],
+            raw: bytes,
+            status: int,
+        ) -> None:
+            with stub.lock:
+                stub.requests.append(Recorded(method, path, query, headers, form, raw, status))
+
+        def _answer(
+            self,
+            method: str,
+            path: str,
+            query: dict[str, str],
+            headers: dict[str, str],
+            form: dict[str, Any],
+            raw: bytes,
+            status: int,
+            body: dict[str, Any],
+            extra: dict[str, str],
+        ) -> None:
+            self._record(method, path, query, headers, form, raw, status)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", "req_" + secrets.token_hex(7))
+            if "stripe-version" in headers:
+                self.send_header("Stripe-Version", headers["stripe-version"])
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+@contextmanager
+def running(stub: StripeStub | None = None) -> Iterator[StripeStub]:
+    """Serve ``stub`` (a new one by default) on 127.0.0.1 on a free port for the ``with`` block."""
+    stub = stub or StripeStub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
+    server.daemon_threads = True
+    stub.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield stub
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def install_gateway(stack: Any, stub: StripeStub, *, max_network_retries: int = 0, **platform: Any) -> Any:
+    """Install a platform like the stack's whose payment gateway is the real StripeClient → ``stub``.
+
+    The stack fixture resets the platform afterwards. Returns the new platform.
+    """
+    from shared.billing.gateway import StripeGateway
+    from shared.platform import Platform, set_platform
+
+    p = stack.platform
+    gateway = StripeGateway(API_KEY, api_base=stub.url, max_network_retries=max_network_retries)
+    options: dict[str, Any] = {"ledger": p.ledger} if "clock" not in platform else {}
+    options |= platform
+    installed = Platform(
+        options.pop("settings", p.settings),
+        db=p.db,
+        object_store=p.object_store,
+        task_queue=stack.dispatcher,
+        fetcher=p.fetcher,
+        payment_gateway=gateway,
+        **options,
+    )
+    set_platform(installed)
+    return installed
