@@ -76,6 +76,8 @@ class Bucket(BaseModel):
     expires_at: datetime | None = None
     expired: bool = False
     reference: str | None = None  # e.g. a Stripe invoice id or pack purchase
+    # Credits of this bucket still to take back when pending holds return them (a refunded pack).
+    revoke_outstanding: int = 0
 
 
 class Hold(BaseModel):
@@ -270,8 +272,9 @@ class _Builder:
         if s.available < low_threshold and not s.low_balance:
             s.low_balance = True
             kind = "depleted" if s.available == 0 else "low_balance"
-            notifications.append(Notification(kind=kind, available=s.available, threshold=low_threshold,
-                                              created_at=self.now))
+            notifications.append(
+                Notification(kind=kind, available=s.available, threshold=low_threshold, created_at=self.now)
+            )
         elif s.available >= low_threshold and s.low_balance:
             s.low_balance = False
         s.next_hold_deadline = min((h.deadline for h in s.holds.values()), default=None)
@@ -425,8 +428,22 @@ def _return_to_buckets(b: _Builder, hold: Hold, amount: int, reason: str, entry_
         purpose=hold.purpose,
         reason=reason,
     )
-    for bucket_id in returns:
+    for bucket_id, back in returns.items():
         bucket = b.state.buckets[bucket_id]
+        if bucket.revoke_outstanding > 0:
+            take = min(back, bucket.revoke_outstanding, bucket.remaining)
+            bucket.revoke_outstanding -= take
+            if take:
+                b.entry(
+                    EntryType.ADJUST,
+                    amount=take,
+                    available_delta=-take,
+                    reserved_delta=0,
+                    bucket_deltas={bucket_id: -take},
+                    bucket_id=bucket_id,
+                    hold_id=hold.id,
+                    reason="returned to a revoked bucket: taken back",
+                )
         if bucket.expired or _is_past(bucket.expires_at, b.now):
             b.expire_bucket(bucket, "returned to an expired bucket")
 
@@ -472,8 +489,14 @@ def capture(
         )
     # Captured credits are the first ones drawn; the rest returns to the last-drawn buckets.
     _return_to_buckets(b, hold, hold.amount - amount, "remainder of a partial capture", EntryType.RELEASE)
-    outcome = HoldOutcome(id=hold_id, status=HoldStatus.CAPTURED, amount=hold.amount, captured=amount,
-                          released=hold.amount - amount, resolved_at=now)
+    outcome = HoldOutcome(
+        id=hold_id,
+        status=HoldStatus.CAPTURED,
+        amount=hold.amount,
+        captured=amount,
+        released=hold.amount - amount,
+        resolved_at=now,
+    )
     return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
 
 
@@ -500,8 +523,9 @@ def release(
     b.expire_past_due()
     del b.state.holds[hold_id]
     _return_to_buckets(b, hold, hold.amount, reason, EntryType.RELEASE)
-    outcome = HoldOutcome(id=hold_id, status=HoldStatus.RELEASED, amount=hold.amount, captured=0,
-                          released=hold.amount, resolved_at=now)
+    outcome = HoldOutcome(
+        id=hold_id, status=HoldStatus.RELEASED, amount=hold.amount, captured=0, released=hold.amount, resolved_at=now
+    )
     return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
 
 
@@ -541,8 +565,12 @@ def adjust(
     b.expire_past_due()
     if amount > 0:
         b.state.buckets[bucket_id] = Bucket(
-            id=bucket_id, source=GrantSource.ADMIN, granted=amount, remaining=0,
-            priority=DEFAULT_PRIORITY[GrantSource.ADMIN], granted_at=now,
+            id=bucket_id,
+            source=GrantSource.ADMIN,
+            granted=amount,
+            remaining=0,
+            priority=DEFAULT_PRIORITY[GrantSource.ADMIN],
+            granted_at=now,
         )
         deltas = {bucket_id: amount}
     else:
@@ -623,6 +651,10 @@ def revoke(
     b.expire_past_due()
     bucket = b.state.buckets.get(bucket_id)
     removed = min(amount, bucket.remaining) if bucket is not None and not bucket.expired else 0
+    if bucket is not None and not bucket.expired:
+        # What pending holds drew from this bucket is not spent yet: take it back when it returns.
+        held = sum(hold.draws.get(bucket_id, 0) for hold in b.state.holds.values())
+        bucket.revoke_outstanding = min(held, bucket.revoke_outstanding + amount - removed)
     if removed:
         b.entry(
             EntryType.ADJUST,
@@ -635,6 +667,12 @@ def revoke(
         )
     else:
         # Nothing left to take: still record the decision so the key has its marker and entry.
-        b.entry(EntryType.ADJUST, amount=0, available_delta=0, reserved_delta=0, bucket_id=bucket_id,
-                reason=reason + " (nothing unspent to remove)")
+        b.entry(
+            EntryType.ADJUST,
+            amount=0,
+            available_delta=0,
+            reserved_delta=0,
+            bucket_id=bucket_id,
+            reason=reason + " (nothing unspent to remove)",
+        )
     return b.finish({"bucket_id": bucket_id, "requested": amount, "removed": removed}, low_threshold)

@@ -608,11 +608,6 @@ def test_partial_refunds_remove_the_proportional_part(stack: Any, hook: Any, sub
     assert balance(sub.client_id) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ledger: revoke takes only a bucket's unreserved credits and a later release returns the hold's "
-    "credits to the refunded pack's bucket (shared/ledger/model.py revoke/_return_to_buckets)",
-)
 def test_credits_on_hold_when_the_pack_is_refunded_do_not_come_back(stack: Any, hook: Any, sub: Subscriber) -> None:
     pi = new_id("pi")
     send(hook, sub.checkout_pack("pack_500", payment_intent=pi))
@@ -623,7 +618,8 @@ def test_credits_on_hold_when_the_pack_is_refunded_do_not_come_back(stack: Any, 
     )  # fmt: skip
     assert send(hook, sub.charge_refunded(pi, 6000, 6000)) == "refund: removed 200 unspent credits"
     ledger.release(sub.client_id, hold["hold_id"], actor=Actor(kind="task", id="t"), reason="the job failed")
-    assert balance(sub.client_id) == 0  # is 300: the refunded pack's reserved credits came back
+    assert balance(sub.client_id) == 0  # the refunded pack's reserved credits do not come back
+    assert ledger.verify(sub.client_id) == []
 
 
 def test_refund_of_a_payment_that_bought_no_pack_is_ignored(stack: Any, hook: Any, sub: Subscriber) -> None:
