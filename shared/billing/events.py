@@ -28,7 +28,7 @@ from shared.billing.models import (
     StripeInvoiceLine,
     StripeSubscription,
 )
-from shared.billing.service import billing_state, client_ref
+from shared.billing.service import client_ref
 from shared.errors import BadRequest
 from shared.ledger.model import Actor, GrantSource
 
@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("epox.billing")
 
 ACTIVE = ("active", "trialing")
+MAX_ATTEMPTS = 5
+
+
+class _BillingChanged(Exception):
+    """The client's billing changed between our read and our commit."""
 
 
 class WebhookSignatureInvalid(BadRequest):
@@ -97,7 +102,30 @@ class WebhookProcessor:
     now: datetime
 
     # -- dispatch ---------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._versions: dict[str, Any] = {}
+
+    def _state(self, client_id: str) -> BillingState:
+        """The client's billing as read now; the commit later requires it unchanged."""
+        snapshot = client_ref(self.db, client_id).get()
+        self._versions[client_id] = snapshot.update_time if snapshot.exists else None
+        data = (snapshot.to_dict() or {}) if snapshot.exists else {}
+        return BillingState.model_validate(data.get("billing") or {})
+
     def handle(self, event: StripeEvent) -> str:
+        """Apply the event once; a concurrent change to the same client's billing re-runs the handler
+        on fresh state (its ledger grants replay by key)."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return self._handle_once(event)
+            except _BillingChanged:
+                self._versions.clear()
+                continue
+        from shared.errors import UpstreamUnavailable
+
+        raise UpstreamUnavailable("The client's billing kept changing; Stripe will redeliver", retry_after=5)
+
+    def _handle_once(self, event: StripeEvent) -> str:
         marker = self.db.collection("stripe_events").document(event.id)
         if marker.get().exists:
             return "duplicate"
@@ -125,7 +153,7 @@ class WebhookProcessor:
         extra: list[tuple[Any, dict[str, Any]]] | None = None,
     ) -> str:
         """Apply ``changes`` to the client's billing and record the event, atomically."""
-        from google.api_core.exceptions import AlreadyExists
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
         batch = self.db.batch()
         batch.create(
@@ -139,14 +167,24 @@ class WebhookProcessor:
                 "livemode": event.livemode,
             },
         )
+        version = self._versions.get(client_id) if client_id else None
         if client_id and changes:
-            batch.set(client_ref(self.db, client_id), _nested(changes), merge=True)
+            if version is not None:
+                batch.update(
+                    client_ref(self.db, client_id),
+                    _dotted(changes),
+                    option=self.db.write_option(last_update_time=version),
+                )
+            else:
+                batch.set(client_ref(self.db, client_id), _nested(changes), merge=True)
         for ref, data in extra or []:
             batch.set(ref, data, merge=True)
         try:
             batch.commit()
         except AlreadyExists:
             return "duplicate"  # a concurrent delivery of the same event won
+        except FailedPrecondition as exc:
+            raise _BillingChanged() from exc
         return outcome
 
     def _client_for(self, customer_id: str | None, *fallbacks: str | None) -> str | None:
@@ -230,7 +268,7 @@ class WebhookProcessor:
         client_id = self._client_for(sub.customer, sub.metadata.get("client_id"))
         if client_id is None:
             return self._unroutable(event, "no client for the subscription's customer")
-        state = billing_state(self.db, client_id)
+        state = self._state(client_id)
         if self._stale(state, event):
             return self._commit(event, client_id, {}, "stale: a newer subscription event was applied")
         if sub.status in ("canceled", "incomplete_expired"):
@@ -333,7 +371,7 @@ class WebhookProcessor:
         client_id = self._client_for(sub.customer, sub.metadata.get("client_id"))
         if client_id is None:
             return self._unroutable(event, "no client for the subscription's customer")
-        state = billing_state(self.db, client_id)
+        state = self._state(client_id)
         if self._stale(state, event):
             return self._commit(event, client_id, {}, "stale: a newer subscription event was applied")
         if state.subscription_id and state.subscription_id != sub.id:
@@ -377,7 +415,7 @@ class WebhookProcessor:
         plan = self.catalog.plan(plan_id)
         start = _ts(line.period.get("start")) or self.now
         end = _ts(line.period.get("end")) or add_months(start, 12 if interval == "annual" else 1)
-        state = billing_state(self.db, client_id)
+        state = self._state(client_id)
         changes: dict[str, Any] = {}
         if not self._stale(state, event):
             # A paid invoice is the plan being in force for its period (a due downgrade lands here).
@@ -419,7 +457,7 @@ class WebhookProcessor:
         client_id = self._client_for(invoice.customer)
         if client_id is None:
             return self._unroutable(event, "no client for the invoice's customer")
-        state = billing_state(self.db, client_id)
+        state = self._state(client_id)
         if self._stale(state, event):
             # E.g. the failed attempt reported after the retry that paid the invoice.
             return self._commit(event, client_id, {}, "stale: a newer event was applied")
@@ -485,6 +523,14 @@ def _plan_fields(catalog: Catalog, plan_id: str) -> dict[str, Any]:
         "pending_plan": None,
         "pending_plan_at": None,
     }
+
+
+def _dotted(changes: dict[str, Any]) -> dict[str, Any]:
+    """The same change as field paths, for an update guarded by a precondition."""
+    data: dict[str, Any] = {f"billing.{name}": value for name, value in changes.items()}
+    if "plan" in changes:
+        data["plan"] = changes["plan"]
+    return data
 
 
 def _nested(changes: dict[str, Any]) -> dict[str, Any]:

@@ -721,3 +721,38 @@ def test_events_for_an_unknown_customer_are_acknowledged_without_effect(stack: A
     assert outcome.startswith("unroutable")
     assert marker(stack, evt["id"])["client_id"] is None  # type: ignore[index]
     assert billing_of(stack, stranger.client_id) == {}
+
+
+def test_an_older_event_racing_a_newer_one_for_the_same_client_cannot_overwrite_it(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """The older event reads the billing state, the newer one commits in between: the older one's
+    commit is refused by the precondition, re-runs on fresh state and is then stale."""
+    from shared.billing.catalog import PriceIds, load_catalog
+    from shared.billing.events import WebhookProcessor
+    from shared.billing.models import StripeEvent
+
+    start, end = period(clock.now - timedelta(days=3))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    created = sub.tick()
+    older = StripeEvent.model_validate(
+        sub.updated_event("price_growth_m", start, end, status="past_due", at=created + 5)
+    )
+    newer = sub.updated_event("price_growth_m", start, end, cancel_at_period_end=True, at=created + 20)
+    platform = get_platform()
+    prices = PriceIds(platform.settings.stripe_price_ids)
+    interleaved: list[str] = []
+
+    class Interleaving(WebhookProcessor):
+        def _state(self, client_id: str) -> Any:
+            state = super()._state(client_id)
+            if not interleaved:  # the first read only: the newer event lands right after it
+                interleaved.append(send(hook, newer))
+            return state
+
+    outcome = Interleaving(platform.db, platform.ledger, load_catalog(), prices, clock()).handle(older)
+    assert interleaved == ["subscription active"]
+    assert outcome.startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert billing["subscription_status"] == "active" and billing["past_due_since"] is None
+    assert billing["cancel_at_period_end"] is True
