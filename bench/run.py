@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("google.cloud.firestore", "google.cloud.tasks_v2", "boto3", "PIL", "jwt", "httpx", "grpc", "rembg", "onnxruntime")
+HEAVY = (
+    "google.cloud.firestore",
+    "google.cloud.tasks_v2",
+    "boto3",
+    "PIL",
+    "jwt",
+    "httpx",
+    "grpc",
+    "rembg",
+    "onnxruntime",
+)
 
 _IMPORT_PROBE = """
 import importlib.util, json, sys, time
@@ -43,12 +53,18 @@ def cold_imports(runs: int = 7) -> list[dict[str, Any]]:
         for _ in range(runs):
             out = subprocess.run(
                 [sys.executable, "-c", _IMPORT_PROBE, str(main), json.dumps(HEAVY)],
-                capture_output=True, text=True, check=True, env=env, cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=ROOT,
             )
             samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
         total = statistics.median(s["framework_ms"] + s["ours_ms"] for s in samples)
         ours = statistics.median(s["ours_ms"] for s in samples)
-        results.append({"function": main.parent.name, "total_ms": total, "ours_ms": ours, "heavy": samples[-1]["heavy"]})
+        results.append(
+            {"function": main.parent.name, "total_ms": total, "ours_ms": ours, "heavy": samples[-1]["heavy"]}
+        )
     return results
 
 
@@ -108,8 +124,11 @@ def api_latency(requests: int = 200) -> dict[str, dict[str, float]]:
         timings: dict[str, list[float]] = {"create_product": [], "list_products": []}
         for index in range(requests):
             started = time.perf_counter()
-            response = app.post("/products", json={"name": f"Product {index}", "sku": f"SKU-{index}",
-                                                   "category": "bench", "price": "9.99"}, headers=headers)
+            response = app.post(
+                "/products",
+                json={"name": f"Product {index}", "sku": f"SKU-{index}", "category": "bench", "price": "9.99"},
+                headers=headers,
+            )
             timings["create_product"].append((time.perf_counter() - started) * 1000)
             assert response.status_code == 201, response.data
         for _ in range(requests):
@@ -130,8 +149,10 @@ def main() -> int:
     print("== cold import of entry modules (median of 7 fresh interpreters) ==")
     for row in cold_imports():
         heavy = ", ".join(row["heavy"]) or "none"
-        print(f"  {row['function']:<12} total {row['total_ms']:6.1f} ms   ours (beyond functions-framework) "
-              f"{row['ours_ms']:6.1f} ms   heavy libraries imported: {heavy}")
+        print(
+            f"  {row['function']:<12} total {row['total_ms']:6.1f} ms   ours (beyond functions-framework) "
+            f"{row['ours_ms']:6.1f} ms   heavy libraries imported: {heavy}"
+        )
     print("\n== catalog API latency against the Firestore emulator (in-process app, 200 requests each) ==")
     for name, stats in api_latency().items():
         print(f"  {name:<15} p50 {stats['p50_ms']:6.1f} ms   p99 {stats['p99_ms']:6.1f} ms   (n={int(stats['n'])})")

@@ -207,8 +207,14 @@ class Platform:
         ensure_client(self.db, principal, self.clock())
         catalog = load_catalog()
         bonus = self.settings.signup_bonus_credits
-        onboard(self.db, self.ledger, catalog, principal.client_id,
-                catalog.signup_bonus if bonus is None else bonus, self.clock())
+        onboard(
+            self.db,
+            self.ledger,
+            catalog,
+            principal.client_id,
+            catalog.signup_bonus if bonus is None else bonus,
+            self.clock(),
+        )
         self._known_clients.add(principal.client_id)
 
 

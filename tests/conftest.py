@@ -90,7 +90,7 @@ class _JwksHandler(BaseHTTPRequestHandler):
     jwks: dict[str, Any] = {}
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         _JwksHandler.hits += 1  # counted on the base class so tests can read _JwksHandler.hits
         body = json.dumps(self.jwks).encode()
         self.send_response(200)
@@ -151,11 +151,17 @@ def settings(firestore_emulator: str, s3_endpoint: str, jwks_url: str) -> Any:
         stripe_webhook_secret="whsec_test_secret",
         stripe_api_key="sk_test_epox",
         stripe_price_ids={
-            "starter:monthly": "price_starter_m", "starter:annual": "price_starter_y",
-            "growth:monthly": "price_growth_m", "growth:annual": "price_growth_y",
-            "pro:monthly": "price_pro_m", "pro:annual": "price_pro_y",
-            "scale:monthly": "price_scale_m", "scale:annual": "price_scale_y",
-            "pack_100": "price_pack_100", "pack_500": "price_pack_500", "pack_2000": "price_pack_2000",
+            "starter:monthly": "price_starter_m",
+            "starter:annual": "price_starter_y",
+            "growth:monthly": "price_growth_m",
+            "growth:annual": "price_growth_y",
+            "pro:monthly": "price_pro_m",
+            "pro:annual": "price_pro_y",
+            "scale:monthly": "price_scale_m",
+            "scale:annual": "price_scale_y",
+            "pack_100": "price_pack_100",
+            "pack_500": "price_pack_500",
+            "pack_2000": "price_pack_2000",
         },
         generation_fanout_page=4,
         generation_counter_shards=3,

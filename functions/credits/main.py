@@ -119,8 +119,13 @@ def admin_grant(ctx: Ctx) -> JsonResponse:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.grant(
-        target, key=_admin_key(ctx, "grant"), amount=body.amount, source=GrantSource(body.source),
-        actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason, expires_at=body.expires_at,
+        target,
+        key=_admin_key(ctx, "grant"),
+        amount=body.amount,
+        source=GrantSource(body.source),
+        actor=Actor(kind="admin", id=ctx.principal.user_id),
+        reason=body.reason,
+        expires_at=body.expires_at,
     )
     logger.info("admin %s granted %s credits to %s: %s", ctx.principal.user_id, body.amount, target, body.reason)
     return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
@@ -131,8 +136,11 @@ def admin_adjust(ctx: Ctx) -> JsonResponse:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.adjust(
-        target, key=_admin_key(ctx, "adjust"), amount=body.amount,
-        actor=Actor(kind="admin", id=ctx.principal.user_id), reason=body.reason,
+        target,
+        key=_admin_key(ctx, "adjust"),
+        amount=body.amount,
+        actor=Actor(kind="admin", id=ctx.principal.user_id),
+        reason=body.reason,
     )
     logger.info("admin %s adjusted %s by %s: %s", ctx.principal.user_id, target, body.amount, body.reason)
     return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
@@ -165,8 +173,12 @@ def verify_balances(ctx: Ctx) -> JobReport:
     report = views.verify_balances(p.db, p.ledger)
     for client_id, problems in report.problems.items():
         # CRITICAL so a log-based alert fires: a balance that disagrees with its entries is a money bug.
-        logger.critical("ledger drift for client %s: %s", client_id, "; ".join(problems),
-                        extra={"fields": {"ledger_drift": {"client_id": client_id, "problems": problems}}})
+        logger.critical(
+            "ledger drift for client %s: %s",
+            client_id,
+            "; ".join(problems),
+            extra={"fields": {"ledger_drift": {"client_id": client_id, "problems": problems}}},
+        )
     return report
 
 

@@ -52,10 +52,19 @@ def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonRespo
     require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
     job = jobs.create_job(
-        p.db, p.object_store, p.task_queue, p.ledger, p.price_book.current(),
-        client_id=ctx.client_id, user_id=ctx.principal.user_id, data=data, base=base,
-        policy=generation_policy(p.settings), now=p.clock(),
-        idempotency_key=ctx.request.headers.get("Idempotency-Key"), retry_of=retry_of,
+        p.db,
+        p.object_store,
+        p.task_queue,
+        p.ledger,
+        p.price_book.current(),
+        client_id=ctx.client_id,
+        user_id=ctx.principal.user_id,
+        data=data,
+        base=base,
+        policy=generation_policy(p.settings),
+        now=p.clock(),
+        idempotency_key=ctx.request.headers.get("Idempotency-Key"),
+        retry_of=retry_of,
     )
     return JsonResponse(jobs.job_out(p.db, job), status=202, headers={"Location": f"/jobs/{job.id}"})
 
@@ -161,8 +170,9 @@ def get_defaults(ctx: Ctx) -> DefaultsOut:
 @tasks.post("/tasks/fanout", body=FanoutTask, access=Access.TASK)
 def fanout(ctx: Ctx) -> dict[str, str]:
     p = ctx.platform
-    outcome = jobs.run_fanout(p.db, p.object_store, p.task_queue, ctx.body, generation_policy(p.settings), p.clock(),
-                              clock=p.clock)
+    outcome = jobs.run_fanout(
+        p.db, p.object_store, p.task_queue, ctx.body, generation_policy(p.settings), p.clock(), clock=p.clock
+    )
     return {"outcome": outcome}
 
 
@@ -171,7 +181,14 @@ def item(ctx: Ctx) -> dict[str, str]:
     p = ctx.platform
     assert ctx.task is not None
     outcome = jobs.run_item(
-        p.db, p.object_store, p.task_queue, p.engine, ctx.body, ctx.task, generation_policy(p.settings), p.clock(),
+        p.db,
+        p.object_store,
+        p.task_queue,
+        p.engine,
+        ctx.body,
+        ctx.task,
+        generation_policy(p.settings),
+        p.clock(),
         clock=p.clock,
     )
     return {"outcome": outcome}

@@ -93,8 +93,11 @@ def store_product_image(
         height=normalized.height,
         import_id=origin.import_id,
         source_url=origin.source_url,
-        metadata={"source_format": normalized.source_format, "source_mode": normalized.source_mode,
-                  "rotated": normalized.was_rotated},
+        metadata={
+            "source_format": normalized.source_format,
+            "source_mode": normalized.source_mode,
+            "rotated": normalized.was_rotated,
+        },
         created_at=now,
         updated_at=now,
     )
@@ -170,7 +173,9 @@ def asset_detail(db: Client, store: ObjectStore, client_id: str, asset_id: str, 
     summary = asset_out(asset, store, expires_in)
     return AssetDetailOut(
         **summary.model_dump(),
-        download_url=store.presigned_get(asset.key, expires_in=expires_in, download_name=f"{asset.id}.{asset.key.rsplit('.', 1)[-1]}"),
+        download_url=store.presigned_get(
+            asset.key, expires_in=expires_in, download_name=f"{asset.id}.{asset.key.rsplit('.', 1)[-1]}"
+        ),
         revisions=[
             AssetRevisionOut(
                 number=r.number,
@@ -200,7 +205,9 @@ def list_assets(db: Client, client_id: str, query: AssetListQuery) -> Page[Asset
     if query.cursor:
         values = decode_cursor(query.cursor)
         try:
-            q = q.start_after({"created_at": datetime.fromisoformat(str(values["created_at"])), "id": str(values["id"])})
+            q = q.start_after(
+                {"created_at": datetime.fromisoformat(str(values["created_at"])), "id": str(values["id"])}
+            )
         except (KeyError, ValueError) as exc:
             raise InvalidCursor() from exc
     docs = [AssetDoc.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]

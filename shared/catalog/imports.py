@@ -375,9 +375,14 @@ def _process_rows(
         exists = products_ref(db, doc.client_id).document(product_id).get().exists
         if not exists and free_slots <= 0:
             outcome.failed_rows += 1
-            outcome.errors.append({"row": draft.row_number, "level": "error", "code": "product_slot_limit",
-                                   "message": "The plan's product slots are all used; upgrade in Billing to import "
-                                              "more products"})
+            outcome.errors.append(
+                {
+                    "row": draft.row_number,
+                    "level": "error",
+                    "code": "product_slot_limit",
+                    "message": "The plan's product slots are all used; upgrade in Billing to import more products",
+                }
+            )
             continue
         if not exists:
             free_slots -= 1

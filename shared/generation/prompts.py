@@ -58,7 +58,7 @@ def require_style(style: str) -> None:
 def describe_product(product: ProductDoc | None) -> str:
     if product is None:
         return "the product"
-    text = f"the product \"{product.name}\""
+    text = f'the product "{product.name}"'
     if product.category:
         text += f" ({product.category})"
     return text
@@ -106,8 +106,11 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
     lines = [f"Idea: {request.prompt}"]
     if request.product_id:
         product = get_product(db, client_id, request.product_id)
-        context["product"] = {"name": product.name, "category": product.category,
-                              "description": (product.description or "")[:500]}
+        context["product"] = {
+            "name": product.name,
+            "category": product.category,
+            "description": (product.description or "")[:500],
+        }
         lines.append(f"Product: {product.name}" + (f" ({product.category})" if product.category else ""))
         if product.description:
             lines.append("Product description: " + " ".join(product.description.split())[:500])
@@ -131,8 +134,10 @@ def _presets_ref(db: Client, client_id: str) -> Any:
 
 
 def built_in_presets() -> list[PresetOut]:
-    return [PresetOut(id=f"style-{name}", name=style["label"], settings=GenerationSettings(style=name), built_in=True)
-            for name, style in styles().items()]
+    return [
+        PresetOut(id=f"style-{name}", name=style["label"], settings=GenerationSettings(style=name), built_in=True)
+        for name, style in styles().items()
+    ]
 
 
 def list_presets(db: Client, client_id: str) -> list[PresetOut]:
@@ -162,8 +167,10 @@ def create_preset(db: Client, client_id: str, data: PresetIn, now: datetime) -> 
 def update_preset(db: Client, client_id: str, preset_id: str, data: PresetUpdate, now: datetime) -> PresetOut:
     preset = get_preset(db, client_id, preset_id)
     if preset.built_in:
-        raise ValidationFailed("Built-in presets cannot be changed; save your own instead",
-                               errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}])
+        raise ValidationFailed(
+            "Built-in presets cannot be changed; save your own instead",
+            errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}],
+        )
     changes: dict[str, Any] = {"updated_at": now}
     if data.name is not None:
         changes["name"] = data.name
@@ -177,8 +184,10 @@ def update_preset(db: Client, client_id: str, preset_id: str, data: PresetUpdate
 def delete_preset(db: Client, client_id: str, preset_id: str) -> None:
     preset = get_preset(db, client_id, preset_id)
     if preset.built_in:
-        raise ValidationFailed("Built-in presets cannot be deleted",
-                               errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}])
+        raise ValidationFailed(
+            "Built-in presets cannot be deleted",
+            errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}],
+        )
     _presets_ref(db, client_id).document(preset_id).delete()
 
 
@@ -192,8 +201,9 @@ def _defaults_ref(db: Client, client_id: str, kind: str, key: str) -> Any:
     return db.collection("clients").document(client_id).collection("generation_defaults").document(doc_id)
 
 
-def remember_defaults(db: Client, client_id: str, settings: GenerationSettings, product_ids: list[str],
-                      now: datetime) -> None:
+def remember_defaults(
+    db: Client, client_id: str, settings: GenerationSettings, product_ids: list[str], now: datetime
+) -> None:
     """The settings of the latest job, per product and per product category (offered next time)."""
     from shared.catalog.products import products_by_ids
 
@@ -227,5 +237,6 @@ def defaults(db: Client, client_id: str, product_id: str | None, category: str |
     if product_id and not category:
         category = get_product(db, client_id, product_id).category
     by_product, by_category = read("product", product_id), read("category", category)
-    return DefaultsOut(product=by_product, category=by_category,
-                       suggested=by_product or by_category or GenerationSettings())
+    return DefaultsOut(
+        product=by_product, category=by_category, suggested=by_product or by_category or GenerationSettings()
+    )

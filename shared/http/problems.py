@@ -33,9 +33,7 @@ def problem_body(error: EpoxError, *, instance: str | None = None, request_id: s
     return body
 
 
-def problem_response(
-    error: EpoxError, *, instance: str | None = None, request_id: str | None = None
-) -> Response:
+def problem_response(error: EpoxError, *, instance: str | None = None, request_id: str | None = None) -> Response:
     from flask import Response
 
     payload = json.dumps(problem_body(error, instance=instance, request_id=request_id), default=str)

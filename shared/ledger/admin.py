@@ -57,7 +57,11 @@ def find_clients(db: Client, query: ClientSearch) -> tuple[list[ClientSummary], 
     if query.prefix:
         q = q.end_at({"id": query.prefix + "\uf8ff"})
     docs = [s.to_dict() or {} for s in q.limit(query.limit + 1).stream()]
-    items = [ClientSummary(id=d["id"], plan=d.get("plan", "free"), status=d.get("status", "active"),
-                           created_at=d["created_at"]) for d in docs[: query.limit]]
+    items = [
+        ClientSummary(
+            id=d["id"], plan=d.get("plan", "free"), status=d.get("status", "active"), created_at=d["created_at"]
+        )
+        for d in docs[: query.limit]
+    ]
     next_cursor = items[-1].id if len(docs) > query.limit and items else None
     return items, next_cursor

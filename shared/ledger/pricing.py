@@ -40,7 +40,9 @@ class PriceList(BaseModel):
         variants = self.operations.get(operation)
         if variants is None:
             raise _unknown("operation", f"Unknown operation {operation!r}; known: {', '.join(sorted(self.operations))}")
-        chosen = variant or ("default" if "default" in variants else next(iter(variants)) if len(variants) == 1 else None)
+        chosen = variant or (
+            "default" if "default" in variants else next(iter(variants)) if len(variants) == 1 else None
+        )
         if chosen is None or chosen not in variants:
             raise _unknown("variant", f"{operation} needs one of the variants {', '.join(sorted(variants))}")
         return variants[chosen]
@@ -92,8 +94,15 @@ def quote(prices: PriceList, items: list[QuoteItem]) -> Quote:
             for problem in error.extensions.get("errors", []):
                 problem["field"] = f"items.{index}.{problem['field']}"
             raise
-        lines.append(QuoteLine(operation=item.operation, variant=item.variant, quantity=item.quantity,
-                               unit_price=unit, amount=unit * item.quantity))
+        lines.append(
+            QuoteLine(
+                operation=item.operation,
+                variant=item.variant,
+                quantity=item.quantity,
+                unit_price=unit,
+                amount=unit * item.quantity,
+            )
+        )
     return Quote(lines=lines, total=sum(line.amount for line in lines), price_list_version=prices.version)
 
 

@@ -142,17 +142,25 @@ class FirestoreLedgerStore(LedgerStore):
         now = mutation.state.updated_at
         batch.create(
             marker_ref,
-            {"key": key[:1500], "fingerprint": fingerprint, "result": mutation.result, "created_at": now,
-             "entry_seqs": [e.seq for e in mutation.entries]},
+            {
+                "key": key[:1500],
+                "fingerprint": fingerprint,
+                "result": mutation.result,
+                "created_at": now,
+                "entry_seqs": [e.seq for e in mutation.entries],
+            },
         )
         for entry in mutation.entries:
-            batch.create(client.collection("ledger_entries").document(f"{entry.seq:012d}"), entry.model_dump(mode="python"))
+            batch.create(
+                client.collection("ledger_entries").document(f"{entry.seq:012d}"), entry.model_dump(mode="python")
+            )
         if hold is not None:
             batch.set(client.collection("ledger_holds").document(hold.hold_id), hold.data, merge=True)
         for index, note in enumerate(mutation.notifications):
             doc_id = f"credits-{note.kind}-{mutation.entries[-1].seq if mutation.entries else 0}-{index}"
-            batch.create(client.collection("notifications").document(doc_id), {**note.model_dump(mode="python"),
-                                                                              "read": False})
+            batch.create(
+                client.collection("notifications").document(doc_id), {**note.model_dump(mode="python"), "read": False}
+            )
         try:
             batch.commit()
         except (FailedPrecondition, NotFound, Aborted) as exc:
@@ -178,9 +186,17 @@ def hold_pending_record(mutation: Mutation, hold_id: str, client_id: str, key: s
     hold = mutation.state.holds[hold_id]
     return HoldRecord(
         hold_id=hold_id,
-        data={"id": hold_id, "client_id": client_id, "status": HoldStatus.PENDING.value, "amount": hold.amount,
-              "purpose": hold.purpose, "operation": hold.operation, "deadline": hold.deadline,
-              "created_at": hold.created_at, "reserve_key": key},
+        data={
+            "id": hold_id,
+            "client_id": client_id,
+            "status": HoldStatus.PENDING.value,
+            "amount": hold.amount,
+            "purpose": hold.purpose,
+            "operation": hold.operation,
+            "deadline": hold.deadline,
+            "created_at": hold.created_at,
+            "reserve_key": key,
+        },
     )
 
 

@@ -133,12 +133,27 @@ def history(db: Client, client_id: str, query: HistoryQuery) -> Page[EntryView]:
     if len(entries) > query.limit:
         entries = entries[: query.limit]
         next_cursor = encode_cursor({"t": entries[-1].created_at.isoformat(), "s": entries[-1].seq})
-    return Page(items=[EntryView(**e.model_dump(include=set(EntryView.model_fields))) for e in entries],
-                next_cursor=next_cursor)
+    return Page(
+        items=[EntryView(**e.model_dump(include=set(EntryView.model_fields))) for e in entries], next_cursor=next_cursor
+    )
 
 
-CSV_COLUMNS = ["seq", "created_at", "type", "amount", "available_delta", "reserved_delta", "available_after",
-               "reserved_after", "operation", "purpose", "hold_id", "bucket_id", "actor", "reason"]
+CSV_COLUMNS = [
+    "seq",
+    "created_at",
+    "type",
+    "amount",
+    "available_delta",
+    "reserved_delta",
+    "available_after",
+    "reserved_after",
+    "operation",
+    "purpose",
+    "hold_id",
+    "bucket_id",
+    "actor",
+    "reason",
+]
 
 
 def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int = 100_000) -> Iterator[str]:
@@ -153,12 +168,24 @@ def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int =
         entry = Entry.model_validate(snapshot.to_dict())
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow([
-            entry.seq, entry.created_at.isoformat(), entry.type.value, entry.amount, entry.available_delta,
-            entry.reserved_delta, entry.available_after, entry.reserved_after, entry.operation or "",
-            entry.purpose or "", entry.hold_id or "", entry.bucket_id or "", f"{entry.actor.kind}:{entry.actor.id}",
-            _csv_safe(entry.reason),
-        ])
+        writer.writerow(
+            [
+                entry.seq,
+                entry.created_at.isoformat(),
+                entry.type.value,
+                entry.amount,
+                entry.available_delta,
+                entry.reserved_delta,
+                entry.available_after,
+                entry.reserved_after,
+                entry.operation or "",
+                entry.purpose or "",
+                entry.hold_id or "",
+                entry.bucket_id or "",
+                f"{entry.actor.kind}:{entry.actor.id}",
+                _csv_safe(entry.reason),
+            ]
+        )
         yield buffer.getvalue()
 
 
@@ -202,7 +229,9 @@ def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
     start = datetime.combine(query.from_, time.min, tzinfo=UTC)
     end = datetime.combine(query.to + timedelta(days=1), time.min, tzinfo=UTC)
     q = (
-        db.collection("clients").document(client_id).collection("ledger_entries")
+        db.collection("clients")
+        .document(client_id)
+        .collection("ledger_entries")
         .where(filter=FieldFilter("type", "==", EntryType.CAPTURE.value))
         .where(filter=FieldFilter("created_at", ">=", start))
         .where(filter=FieldFilter("created_at", "<", end))

@@ -814,6 +814,9 @@ def test_tenants_never_see_each_others_credits(stack: Any, client_id: str, other
 def test_admin_changes_to_an_unknown_client_are_404(stack: Any, client_id: str) -> None:
     api = stack.client("credits_api")
     admin = stack.headers("ops-team", role="admin", **{"Idempotency-Key": key()})
-    for path, body in (("grants", {"amount": 5, "reason": "typo check"}), ("adjustments", {"amount": 5, "reason": "typo"})):
+    for path, body in (
+        ("grants", {"amount": 5, "reason": "typo check"}),
+        ("adjustments", {"amount": 5, "reason": "typo"}),
+    ):
         problem(api.post(f"/admin/clients/{client_id}-typo/{path}", json=body, headers=admin), 404, "not_found")
     assert stack.platform.ledger.state(f"{client_id}-typo").seq == 0
