@@ -117,7 +117,10 @@ class LedgerState(BaseModel):
     buckets: dict[str, Bucket] = Field(default_factory=dict)
     holds: dict[str, Hold] = Field(default_factory=dict)
     seq: int = 0
-    low_balance: bool = False
+    # A new client starts at zero, i.e. already "low" and "depleted": notices are for crossings,
+    # and a first small grant is not one.
+    low_balance: bool = True
+    depleted: bool = True
     next_hold_deadline: datetime | None = None
     next_bucket_expiry: datetime | None = None
     updated_at: datetime | None = None
@@ -269,14 +272,19 @@ class _Builder:
     def finish(self, result: dict[str, Any], low_threshold: int) -> Mutation:
         s = self.state
         notifications = []
-        if s.available < low_threshold and not s.low_balance:
-            s.low_balance = True
-            kind = "depleted" if s.available == 0 else "low_balance"
+        # Two crossings, each noticed once until the balance recovers: below the threshold, and to 0.
+        crossed_low = s.available < low_threshold and not s.low_balance
+        crossed_zero = s.available == 0 and not s.depleted
+        if crossed_zero:
             notifications.append(
-                Notification(kind=kind, available=s.available, threshold=low_threshold, created_at=self.now)
+                Notification(kind="depleted", available=0, threshold=low_threshold, created_at=self.now)
             )
-        elif s.available >= low_threshold and s.low_balance:
-            s.low_balance = False
+        elif crossed_low:
+            notifications.append(
+                Notification(kind="low_balance", available=s.available, threshold=low_threshold, created_at=self.now)
+            )
+        s.low_balance = s.available < low_threshold
+        s.depleted = s.available == 0
         s.next_hold_deadline = min((h.deadline for h in s.holds.values()), default=None)
         s.next_bucket_expiry = min(
             (b.expires_at for b in s.buckets.values() if b.expires_at and not b.expired and b.remaining > 0),

@@ -710,8 +710,9 @@ def test_admin_replaces_prices(stack: Any, client_id: str, other_client_id: str)
 
 
 def test_low_balance_notification_once_per_crossing(stack: Any, client_id: str) -> None:
-    """Observed: one ``low_balance`` notice when available first drops below the threshold; nothing
-    more while it stays below (not even on reaching 0); a top-up to >= the threshold re-arms it."""
+    """One ``low_balance`` notice when available first drops below the threshold, one ``depleted``
+    when it reaches 0; nothing more while it stays there; a top-up re-arms both. A new client's
+    first small grant is not a crossing."""
     ledger = stack.platform.ledger
     api, headers = stack.client("credits_api"), stack.headers(client_id)
     grant(ledger, client_id, 12)
@@ -734,16 +735,24 @@ def test_low_balance_notification_once_per_crossing(stack: Any, client_id: str) 
     ledger.capture(client_id, second, amount=1, actor=USER, reason="done")
     spend(ledger, client_id, 5)  # 4 left
     assert len(notifications(stack, client_id)) == 1
-    spend(ledger, client_id, 4)  # 0 left: already low, so no "depleted" either
+    spend(ledger, client_id, 4)  # 0 left: the second crossing, "depleted"
     assert ledger.state(client_id).available == 0
-    assert len(notifications(stack, client_id)) == 1
+    assert sorted(n["kind"] for n in notifications(stack, client_id)) == ["depleted", "low_balance"]
+    with pytest.raises(InsufficientCredits):
+        reserve(ledger, client_id, 1)  # refused at 0: no new notice per request
+    assert len(notifications(stack, client_id)) == 2
 
     grant(ledger, client_id, 11)  # back above: re-armed, no notice for the top-up
     assert ok(api.get("/balance", headers=headers))["low_balance"] is False
-    assert len(notifications(stack, client_id)) == 1
-    spend(ledger, client_id, 3)  # 8 left: a second crossing
+    assert len(notifications(stack, client_id)) == 2
+    spend(ledger, client_id, 3)  # 8 left: a new crossing
     notes = sorted(notifications(stack, client_id), key=lambda n: n["created_at"])
-    assert [(n["kind"], n["available"]) for n in notes] == [("low_balance", 9), ("low_balance", 8)]
+    assert [(n["kind"], n["available"]) for n in notes] == [("low_balance", 9), ("depleted", 0), ("low_balance", 8)]
+
+
+def test_a_new_clients_first_small_grant_is_not_a_crossing(stack: Any, client_id: str) -> None:
+    grant(stack.platform.ledger, client_id, 5)
+    assert notifications(stack, client_id) == []
 
 
 def test_release_re_arms_the_low_balance_notice(stack: Any, client_id: str) -> None:
