@@ -37,6 +37,9 @@ def task_name(*parts: str) -> str:
     return cleaned[:300] + "-" + hashlib.sha256(raw.encode()).hexdigest()
 
 
+SETTLE_WINDOW_SECONDS = 5
+
+
 @dataclass(frozen=True)
 class TaskRequest:
     """One unit of background work: POST ``payload`` to ``path`` of the ``target`` entry point."""
@@ -50,6 +53,28 @@ class TaskRequest:
 
     def body(self) -> bytes:
         return self.payload.model_dump_json().encode()
+
+
+def windowed_task(
+    *, target: str, path: str, payload: BaseModel, name_parts: tuple[str, ...], finished_at: datetime
+) -> TaskRequest:
+    """A follow-up task (e.g. settling a batch job) named after the time window the triggering work
+    *finished* in and scheduled after that window closes.
+
+    Every completion inside a window is seen by its one task, a burst of completions enqueues one
+    task, and a task that already ran for an earlier window cannot swallow a later completion as a
+    duplicate name (which would leave the job unsettled).
+    """
+    from datetime import UTC
+
+    window = int(finished_at.timestamp()) // SETTLE_WINDOW_SECONDS + 1
+    return TaskRequest(
+        target=target,
+        path=path,
+        payload=payload,
+        name=task_name(*name_parts, str(window)),
+        schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC),
+    )
 
 
 class TaskQueue(ABC):

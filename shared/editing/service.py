@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.catalog.assets import assets_ref
@@ -79,7 +79,7 @@ from shared.errors import (
 )
 from shared.ledger.model import Actor
 from shared.storage import ObjectNotFound
-from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name
+from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -93,7 +93,6 @@ if TYPE_CHECKING:
     from shared.storage import ObjectStore
 
 WORKER = "edit_tasks"
-SETTLE_WINDOW_SECONDS = 5
 RECOMPUTE_ATTEMPTS = 3
 # Model size for prompt edits and inpainting: the result is mapped back onto the image anyway, and
 # a 4K call costs far more than the flat price of these operations.
@@ -811,15 +810,12 @@ def run_fanout(db: Client, queue: TaskQueue, task: EditFanoutTask, now: datetime
 
 
 def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
-    # Named after the window the item FINISHES in and scheduled after it closes (as generation does):
-    # a settle task that already ran for an earlier window cannot swallow this one as a duplicate.
-    window = int(now.timestamp()) // SETTLE_WINDOW_SECONDS + 1
-    return TaskRequest(
+    return windowed_task(
         target=WORKER,
         path="/tasks/settle",
         payload=EditSettleTask(client_id=client_id, job_id=job_id),
-        name=task_name("edit-settle", client_id, job_id, str(window)),
-        schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC),
+        name_parts=("edit-settle", client_id, job_id),
+        finished_at=now,
     )
 
 

@@ -50,7 +50,7 @@ from shared.generation.models import (
 from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 from shared.ledger.model import Actor
 from shared.ledger.pricing import PriceList
-from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name
+from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("epox.generation")
 
 WORKER = "generate_tasks"
-SETTLE_WINDOW_SECONDS = 5
 MAX_REFERENCE_IMAGES = 3
 
 
@@ -219,17 +218,12 @@ def _item_task(client_id: str, job_id: str, index: int) -> TaskRequest:
 
 
 def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
-    # One settle task per job and time window, scheduled after the window closes: every item that
-    # finishes inside the window is seen by it, and no burst of completions floods the queue.
-    window = int(now.timestamp()) // SETTLE_WINDOW_SECONDS + 1
-    from datetime import UTC
-
-    return TaskRequest(
+    return windowed_task(
         target=WORKER,
         path="/tasks/settle",
         payload=SettleTask(client_id=client_id, job_id=job_id),
-        name=task_name("settle", client_id, job_id, str(window)),
-        schedule_time=datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC),
+        name_parts=("settle", client_id, job_id),
+        finished_at=now,
     )
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from shared.engines.base import ImageRequest, output_dimensions
 from shared.generation import jobs as jobs_module
+from shared.tasks import SETTLE_WINDOW_SECONDS
 from tests import images
 from tests.engines import CrashingEngine, ScriptedEngine
 
@@ -536,7 +537,7 @@ def test_item_finishing_after_its_settle_window_still_settles_the_job(
 
     def slow(request: ImageRequest) -> None:
         if "SLOW" in request.prompt:
-            now[0] += timedelta(seconds=3 * jobs_module.SETTLE_WINDOW_SECONDS)
+            now[0] += timedelta(seconds=3 * SETTLE_WINDOW_SECONDS)
             stack.dispatcher.run_until_idle(fast_forward=True)  # the earlier window's settle task runs now
 
     install(stack, ScriptedEngine(before=slow), clock=lambda: now[0])

@@ -165,3 +165,25 @@ def test_shared_secret_verifier_accepts_the_secret_only() -> None:
 def test_task_headers_tolerate_garbage_counts() -> None:
     call = task_call_from_headers(_request({**CLOUD_TASKS_HEADERS, "X-CloudTasks-TaskRetryCount": "many"}))
     assert call.retry_count == 0
+
+
+def test_windowed_tasks_share_a_name_within_a_window_and_run_after_it() -> None:
+    from shared.tasks import SETTLE_WINDOW_SECONDS, windowed_task
+
+    base = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+    def make(offset: float) -> TaskRequest:
+        return windowed_task(
+            target="t",
+            path="/p",
+            payload=Payload(item="x"),
+            name_parts=("settle", "c", "j"),
+            finished_at=base + timedelta(seconds=offset),
+        )
+
+    first, same, later = make(0.1), make(SETTLE_WINDOW_SECONDS - 0.2), make(SETTLE_WINDOW_SECONDS + 0.1)
+    assert first.name == same.name != later.name
+    assert first.schedule_time is not None and first.schedule_time > base + timedelta(
+        seconds=SETTLE_WINDOW_SECONDS - 0.2
+    )
+    assert later.schedule_time is not None and later.schedule_time > first.schedule_time
