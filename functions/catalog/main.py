@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
-from shared.billing.service import require_product_slots
 from shared.catalog import assets, imports, products, uploads
 from shared.catalog.models import (
     AssetDetailOut,
@@ -51,6 +50,8 @@ def _expiry(ctx: Ctx) -> int:
 
 @api.post("/products", body=ProductCreate, status=201, idempotent=True)
 def create_product(ctx: Ctx) -> JsonResponse:
+    from shared.billing.service import require_product_slots  # only this route needs billing
+
     p = ctx.platform
     require_product_slots(p.db, ctx.client_id)
     doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())

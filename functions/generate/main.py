@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
-from shared.billing.catalog import load_catalog
-from shared.billing.service import require_good_standing
 from shared.catalog.policies import generation_policy
 from shared.generation import jobs, prompts
 from shared.generation.models import (
@@ -49,6 +47,9 @@ Ctx = RequestContext[Any, Any]
 def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
+    from shared.billing.catalog import load_catalog
+    from shared.billing.service import require_good_standing
+
     require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
     job = jobs.create_job(
