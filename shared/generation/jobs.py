@@ -49,7 +49,7 @@ from shared.generation.models import (
 )
 from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 from shared.ledger.model import Actor
-from shared.ledger.pricing import PriceList
+from shared.ledger.pricing import PriceList, QuoteItem, quote
 from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
@@ -155,9 +155,10 @@ def create_job(
     if existing.exists:
         return JobDoc.model_validate(existing.to_dict())
     _check_references(db, client_id, data)
-    unit_price = prices.price("generate_image", settings.size)
     slots = len(data.items) * settings.variants
-    cost = unit_price * slots
+    # The same quote the credits API gives for this operation: the price shown is the price reserved.
+    line = quote(prices, [QuoteItem(operation="generate_image", variant=settings.size, quantity=slots)]).lines[0]
+    unit_price, cost = line.unit_price, line.amount
     hold = (
         ledger.reserve(
             client_id,
