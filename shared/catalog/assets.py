@@ -101,17 +101,6 @@ def store_product_image(
         created_at=now,
         updated_at=now,
     )
-    revision = AssetRevision(
-        number=1,
-        key=key,
-        thumbnail_key=thumb_key,
-        content_type=normalized.content_type,
-        width=normalized.width,
-        height=normalized.height,
-        size_bytes=len(normalized.data),
-        operation="original",
-        created_at=now,
-    )
     image = ProductImage(
         asset_id=asset.id,
         key=key,
@@ -121,10 +110,8 @@ def store_product_image(
         height=normalized.height,
         source_url=origin.source_url,
     )
-    asset_ref = assets_ref(db, client_id).document(asset.id)
     batch = db.batch()
-    batch.create(asset_ref, asset.model_dump(mode="python"))
-    batch.create(asset_ref.collection("revisions").document("1"), revision.model_dump(mode="python"))
+    asset_ref = stage_new_asset(batch, db, asset, size_bytes=len(normalized.data), operation="original")
     batch.update(
         products_ref(db, client_id).document(product_id),
         {"images": firestore.ArrayUnion([image.model_dump(mode="python")]), "updated_at": now},
@@ -147,6 +134,32 @@ def store_product_image(
         store.delete(thumb_key)
         raise NotFound(f"No product {product_id}") from exc
     return asset
+
+
+def stage_new_asset(
+    batch: Any, db: Client, asset: AssetDoc, *, size_bytes: int, operation: str, metadata: dict[str, Any] | None = None
+) -> Any:
+    """Add a new asset and its revision 1 (the same pixels) to ``batch``; returns the asset's ref.
+
+    Both are creates, so committing twice (a redelivered task) fails with AlreadyExists instead
+    of writing a second copy.
+    """
+    revision = AssetRevision(
+        number=1,
+        key=asset.key,
+        thumbnail_key=asset.thumbnail_key,
+        content_type=asset.content_type,
+        width=asset.width,
+        height=asset.height,
+        size_bytes=size_bytes,
+        operation=operation,
+        created_at=asset.created_at,
+        metadata=metadata or {},
+    )
+    ref = assets_ref(db, asset.client_id).document(asset.id)
+    batch.create(ref, asset.model_dump(mode="python"))
+    batch.create(ref.collection("revisions").document("1"), revision.model_dump(mode="python"))
+    return ref
 
 
 def get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref
-from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
+from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref, stage_new_asset
+from shared.catalog.models import AssetDoc, AssetKind
 from shared.catalog.products import get_product, new_id, products_ref
 from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -560,22 +560,8 @@ def _store_generated(
         created_at=now,
         updated_at=now,
     )
-    revision = AssetRevision(
-        number=1,
-        key=key,
-        thumbnail_key=thumb_key,
-        content_type=encoded.content_type,
-        width=encoded.width,
-        height=encoded.height,
-        size_bytes=len(encoded.data),
-        operation="generate",
-        created_at=now,
-        metadata=metadata,
-    )
-    ref = assets_ref(db, client_id).document(asset_id)
     batch = db.batch()
-    batch.create(ref, asset.model_dump(mode="python"))
-    batch.create(ref.collection("revisions").document("1"), revision.model_dump(mode="python"))
+    stage_new_asset(batch, db, asset, size_bytes=len(encoded.data), operation="generate", metadata=metadata)
     # An earlier delivery may have stored it already: same bytes, same keys.
     with contextlib.suppress(AlreadyExists):
         batch.commit()
