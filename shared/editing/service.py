@@ -701,18 +701,14 @@ def create_job(
     if existing.exists:
         return EditJobDoc.model_validate(existing.to_dict())
     cost = prepared.quote.total
-    hold = (
-        ledger.reserve(
-            client_id,
-            key=f"edit:{job_id}",
-            amount=cost,
-            actor=Actor(kind="user", id=user_id),
-            purpose=f"edit job {job_id}",
-            ttl=policy.hold_ttl,
-            operation="edit",
-        )
-        if cost > 0
-        else {"hold_id": ""}
+    hold_id = ledger.reserve_for_job(
+        client_id,
+        key=f"edit:{job_id}",
+        amount=cost,
+        user_id=user_id,
+        purpose=f"edit job {job_id}",
+        ttl=policy.hold_ttl,
+        operation="edit",
     )
     mask_keys = {}
     for index, mask in prepared.masks.items():
@@ -726,7 +722,7 @@ def create_job(
         asset_ids=[item.asset.id for item in prepared.assets],
         item_count=len(prepared.assets),
         cost=cost,
-        hold_id=str(hold["hold_id"]),
+        hold_id=hold_id,
         price_list_version=prepared.quote.price_list_version,
         created_by=user_id,
         created_at=now,

@@ -159,18 +159,14 @@ def create_job(
     # The same quote the credits API gives for this operation: the price shown is the price reserved.
     line = quote(prices, [QuoteItem(operation="generate_image", variant=settings.size, quantity=slots)]).lines[0]
     unit_price, cost = line.unit_price, line.amount
-    hold = (
-        ledger.reserve(
-            client_id,
-            key=f"job:{job_id}",
-            amount=cost,
-            actor=Actor(kind="user", id=user_id),
-            purpose=f"generation job {job_id}",
-            ttl=policy.hold_ttl,
-            operation="generate_image",
-        )
-        if cost > 0
-        else {"hold_id": ""}
+    hold_id = ledger.reserve_for_job(
+        client_id,
+        key=f"job:{job_id}",
+        amount=cost,
+        user_id=user_id,
+        purpose=f"generation job {job_id}",
+        ttl=policy.hold_ttl,
+        operation="generate_image",
     )
     store.put(
         _spec_key(client_id, job_id),
@@ -185,7 +181,7 @@ def create_job(
         slot_count=slots,
         unit_price=unit_price,
         cost=cost,
-        hold_id=str(hold["hold_id"]),
+        hold_id=hold_id,
         retry_of=retry_of,
         created_by=user_id,
         created_at=now,

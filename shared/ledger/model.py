@@ -469,43 +469,19 @@ def capture(
     low_threshold: int = 0,
 ) -> Mutation:
     """Charge ``amount`` (≤ reserved) of a hold; the rest goes back to its buckets."""
-    if resolved is not None:
-        if resolved.status is HoldStatus.CAPTURED:
-            return _noop(state, resolved)
-        raise HoldAlreadyResolved(f"Hold {hold_id} was already {resolved.status.value}")
-    hold = state.holds.get(hold_id)
-    if hold is None:
-        raise HoldNotFound(f"No pending hold {hold_id}")
-    if amount < 0 or amount > hold.amount:
-        raise ValidationFailed(
-            f"Capture between 0 and {hold.amount} credits",
-            errors=[{"field": "amount", "in": "body", "message": f"must be 0..{hold.amount}", "type": "range"}],
-        )
-    b = _Builder(state, key, actor, now)
-    b.expire_past_due()
-    del b.state.holds[hold_id]
-    if amount:
-        b.entry(
-            EntryType.CAPTURE,
-            amount=amount,
-            available_delta=0,
-            reserved_delta=-amount,
-            hold_id=hold_id,
-            operation=hold.operation,
-            purpose=hold.purpose,
-            reason=reason,
-        )
-    # Captured credits are the first ones drawn; the rest returns to the last-drawn buckets.
-    _return_to_buckets(b, hold, hold.amount - amount, "remainder of a partial capture", EntryType.RELEASE)
-    outcome = HoldOutcome(
-        id=hold_id,
+    return _resolve(
+        state,
+        key=key,
+        hold_id=hold_id,
         status=HoldStatus.CAPTURED,
-        amount=hold.amount,
         captured=amount,
-        released=hold.amount - amount,
-        resolved_at=now,
+        now=now,
+        actor=actor,
+        reason=reason,
+        return_reason="remainder of a partial capture",
+        resolved=resolved,
+        low_threshold=low_threshold,
     )
-    return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
 
 
 def release(
@@ -520,19 +496,74 @@ def release(
     low_threshold: int = 0,
 ) -> Mutation:
     """Give a hold's credits back in full."""
+    return _resolve(
+        state,
+        key=key,
+        hold_id=hold_id,
+        status=HoldStatus.RELEASED,
+        captured=0,
+        now=now,
+        actor=actor,
+        reason=reason,
+        return_reason=reason,
+        resolved=resolved,
+        low_threshold=low_threshold,
+    )
+
+
+def _resolve(
+    state: LedgerState,
+    *,
+    key: str,
+    hold_id: str,
+    status: HoldStatus,
+    captured: int,
+    now: datetime,
+    actor: Actor,
+    reason: str,
+    return_reason: str,
+    resolved: HoldOutcome | None,
+    low_threshold: int,
+) -> Mutation:
+    """Resolve a pending hold exactly once: charge ``captured``, return the rest to its buckets.
+
+    Resolving again the same way replays the first outcome; the other way is a 409.
+    """
     if resolved is not None:
-        if resolved.status is HoldStatus.RELEASED:
+        if resolved.status is status:
             return _noop(state, resolved)
         raise HoldAlreadyResolved(f"Hold {hold_id} was already {resolved.status.value}")
     hold = state.holds.get(hold_id)
     if hold is None:
         raise HoldNotFound(f"No pending hold {hold_id}")
+    if captured < 0 or captured > hold.amount:
+        raise ValidationFailed(
+            f"Capture between 0 and {hold.amount} credits",
+            errors=[{"field": "amount", "in": "body", "message": f"must be 0..{hold.amount}", "type": "range"}],
+        )
     b = _Builder(state, key, actor, now)
     b.expire_past_due()
     del b.state.holds[hold_id]
-    _return_to_buckets(b, hold, hold.amount, reason, EntryType.RELEASE)
+    if captured:
+        b.entry(
+            EntryType.CAPTURE,
+            amount=captured,
+            available_delta=0,
+            reserved_delta=-captured,
+            hold_id=hold_id,
+            operation=hold.operation,
+            purpose=hold.purpose,
+            reason=reason,
+        )
+    # Captured credits are the first ones drawn; the rest returns to the last-drawn buckets.
+    _return_to_buckets(b, hold, hold.amount - captured, return_reason, EntryType.RELEASE)
     outcome = HoldOutcome(
-        id=hold_id, status=HoldStatus.RELEASED, amount=hold.amount, captured=0, released=hold.amount, resolved_at=now
+        id=hold_id,
+        status=status,
+        amount=hold.amount,
+        captured=captured,
+        released=hold.amount - captured,
+        resolved_at=now,
     )
     return b.finish({"hold": outcome.model_dump(mode="json")}, low_threshold)
 

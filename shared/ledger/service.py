@@ -207,8 +207,9 @@ class Ledger:
     ) -> HoldOutcome:
         """Charge ``amount`` of the hold and release the rest; a second capture returns the first result."""
         key = key or f"capture:{hold_id}"
-        result = self._run(
+        return self._resolve(
             client_id,
+            hold_id,
             key,
             _fingerprint("capture", {"hold_id": hold_id, "amount": amount}),
             lambda snap, now: model.capture(
@@ -222,18 +223,16 @@ class Ledger:
                 resolved=snap.hold,
                 low_threshold=self.low_threshold,
             ),
-            hold_id=hold_id,
-            hold_record=lambda m, now: hold_resolved_record(m, hold_id, now),
         )
-        return HoldOutcome.model_validate(result["hold"])
 
     def release(
         self, client_id: str, hold_id: str, *, actor: Actor, reason: str, key: str | None = None
     ) -> HoldOutcome:
         """Return the hold's credits; a second release returns the first result."""
         key = key or f"release:{hold_id}"
-        result = self._run(
+        return self._resolve(
             client_id,
+            hold_id,
             key,
             _fingerprint("release", {"hold_id": hold_id}),
             lambda snap, now: model.release(
@@ -246,10 +245,42 @@ class Ledger:
                 resolved=snap.hold,
                 low_threshold=self.low_threshold,
             ),
+        )
+
+    def _resolve(
+        self,
+        client_id: str,
+        hold_id: str,
+        key: str,
+        fingerprint: str,
+        compute: Callable[[Snapshot, datetime], Mutation],
+    ) -> HoldOutcome:
+        result = self._run(
+            client_id,
+            key,
+            fingerprint,
+            compute,
             hold_id=hold_id,
             hold_record=lambda m, now: hold_resolved_record(m, hold_id, now),
         )
         return HoldOutcome.model_validate(result["hold"])
+
+    def reserve_for_job(
+        self, client_id: str, *, key: str, amount: int, user_id: str, purpose: str, ttl: timedelta, operation: str
+    ) -> str:
+        """The hold id for a job's whole cost, or "" when the job is free (nothing to reserve)."""
+        if amount <= 0:
+            return ""
+        hold = self.reserve(
+            client_id,
+            key=key,
+            amount=amount,
+            actor=Actor(kind="user", id=user_id),
+            purpose=purpose,
+            ttl=ttl,
+            operation=operation,
+        )
+        return str(hold["hold_id"])
 
     def expire_due(self, client_id: str, *, key: str, actor: Actor) -> dict[str, Any]:
         return self._run(
