@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     tasks_dev_secret: SecretStr = SecretStr("")
     tasks_local_dispatcher_url: str = ""
     tasks_max_attempts: int = 8
+    # Set by the Cloud Functions runtime to the deployed entry point; a worker's OIDC audience is
+    # TASKS_TARGET_BASE_URL/FUNCTION_TARGET exactly.
+    function_target: str = ""
 
     # Uploads and images
     upload_max_bytes: int = 25 * 1024 * 1024
@@ -156,6 +159,7 @@ class Settings(BaseSettings):
             "TASKS_LOCATION": self.tasks_location,
             "TASKS_TARGET_BASE_URL": self.tasks_target_base_url,
             "TASKS_SERVICE_ACCOUNT": self.tasks_service_account,
+            "FUNCTION_TARGET": self.function_target,
         }
         missing = sorted(name for name, value in required.items() if not value)
         unsafe = []

@@ -193,7 +193,9 @@ class Platform:
             if s.tasks_auth_mode is TasksAuthMode.SHARED_SECRET:
                 self._task_verifier = SharedSecretTaskVerifier(s.tasks_dev_secret.get_secret_value())
             else:
-                self._task_verifier = OidcTaskVerifier(s.tasks_service_account, s.tasks_target_base_url)
+                self._task_verifier = OidcTaskVerifier.for_function(
+                    s.tasks_service_account, s.tasks_target_base_url, s.function_target
+                )
         return self._task_verifier
 
     def ensure_client(self, principal: Principal) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.errors import EpoxError, Forbidden, Unauthenticated, UpstreamUnavailable
+from shared.errors import ConfigurationError, EpoxError, Forbidden, Unauthenticated, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from flask import Request
@@ -225,11 +225,24 @@ def _bearer(request: Request) -> str:
 
 @dataclass
 class OidcTaskVerifier(TaskCallVerifier):
-    """Production: Google-signed OIDC token for our tasks service account and this function's URL."""
+    """Production: Google-signed OIDC token for our tasks service account whose audience is this
+    very function's URL (a token minted for another of our workers is refused here)."""
 
     service_account: str
-    target_base_url: str
+    audience: str
     _transport: Any = field(default=None, repr=False)
+
+    @classmethod
+    def for_function(cls, service_account: str, target_base_url: str, function_target: str) -> OidcTaskVerifier:
+        """The verifier of the function serving ``function_target`` (the runtime's ``FUNCTION_TARGET``).
+
+        CloudTasksQueue.enqueue and the scheduler jobs mint tokens for ``BASE/<entry point>``.
+        """
+        if not function_target or not target_base_url:
+            raise ConfigurationError(
+                "OIDC task calls need TASKS_TARGET_BASE_URL and FUNCTION_TARGET (set by the Cloud Functions runtime)"
+            )
+        return cls(service_account, f"{target_base_url.rstrip('/')}/{function_target}")
 
     def authenticate(self, request: Request) -> None:
         from google.auth import exceptions as gauth_exceptions
@@ -243,8 +256,7 @@ class OidcTaskVerifier(TaskCallVerifier):
             claims = id_token.verify_oauth2_token(token, self._transport, audience=None)  # type: ignore[no-untyped-call]
         except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
             raise Unauthenticated("The task token is not valid") from exc
-        # Every task's audience is the URL of one of our functions (see CloudTasksQueue.enqueue).
-        if not str(claims.get("aud", "")).startswith(self.target_base_url.rstrip("/") + "/"):
+        if not hmac.compare_digest(str(claims.get("aud", "")).encode(), self.audience.encode()):
             raise Unauthenticated("The task token is for another audience")
         if claims.get("email") != self.service_account or not claims.get("email_verified"):
             raise Forbidden("The task token belongs to another service account")

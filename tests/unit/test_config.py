@@ -18,6 +18,7 @@ PRODUCTION = {
     "TASKS_LOCATION": "europe-west1",
     "TASKS_TARGET_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net",
     "TASKS_SERVICE_ACCOUNT": "tasks@epox-prod.iam.gserviceaccount.com",
+    "FUNCTION_TARGET": "generate_tasks",
     "GEMINI_USE_VERTEX": "true",
 }
 
@@ -46,7 +47,7 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
     with pytest.raises(ConfigurationError) as caught:
         get_settings()
     message = str(caught.value)
-    for name in ("AUTH_JWKS_URL", "R2_BUCKET", "TASKS_SERVICE_ACCOUNT"):
+    for name in ("AUTH_JWKS_URL", "R2_BUCKET", "TASKS_SERVICE_ACCOUNT", "FUNCTION_TARGET"):
         assert name in message
     assert "GCP_PROJECT" not in message
 

@@ -21,7 +21,7 @@ from google.auth import crypt, transport
 from google.auth import jwt as google_jwt
 from werkzeug.test import EnvironBuilder
 
-from shared.errors import Forbidden, Unauthenticated
+from shared.errors import ConfigurationError, Forbidden, Unauthenticated
 from shared.tasks import OidcTaskVerifier
 
 SERVICE_ACCOUNT = "epox-tasks@epox-prod.iam.gserviceaccount.com"
@@ -110,7 +110,7 @@ def _request(token: str | None, *, task_headers: bool = True) -> Request:
 
 @pytest.fixture
 def verifier() -> OidcTaskVerifier:
-    v = OidcTaskVerifier(SERVICE_ACCOUNT, BASE)
+    v = OidcTaskVerifier.for_function(SERVICE_ACCOUNT, BASE + "/", "catalog_tasks")
     v._transport = CertsTransport()
     return v
 
@@ -122,9 +122,21 @@ def test_a_google_signed_token_for_our_service_account_is_accepted(verifier: Oid
 
 
 def test_scheduler_calls_need_the_token_but_no_queue_headers(verifier: OidcTaskVerifier) -> None:
-    verifier.authenticate(_request(_token(aud=f"{BASE}/credits_jobs"), task_headers=False))
+    verifier.authenticate(_request(_token(), task_headers=False))
     with pytest.raises(Forbidden):
         verifier.verify(_request(_token(), task_headers=False))
+
+
+def test_a_token_minted_for_another_of_our_functions_is_refused(verifier: OidcTaskVerifier) -> None:
+    with pytest.raises(Unauthenticated):
+        verifier.authenticate(_request(_token(aud=f"{BASE}/credits_jobs"), task_headers=False))
+    with pytest.raises(Unauthenticated):
+        verifier.authenticate(_request(_token(aud=f"{BASE}/catalog_tasks/extra"), task_headers=False))
+
+
+def test_oidc_mode_without_the_function_target_refuses_to_start() -> None:
+    with pytest.raises(ConfigurationError, match="FUNCTION_TARGET"):
+        OidcTaskVerifier.for_function(SERVICE_ACCOUNT, BASE, "")
 
 
 @pytest.mark.parametrize(
