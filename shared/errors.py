@@ -133,5 +133,14 @@ class UpstreamUnavailable(EpoxError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class UpstreamRejectedCredentials(EpoxError):
+    """A vendor refused our own credentials (a revoked or wrong API key): nothing the caller can fix,
+    so it is a 502 for them and an error in the logs for the operator."""
+
+    status = 502
+    code = "upstream_rejected_credentials"
+    title = "A provider refused our credentials"
+
+
 class ConfigurationError(RuntimeError):
     """Raised at start-up when required settings are missing or unsafe; never caught by handlers."""

@@ -1,20 +1,24 @@
 """The payment provider port and its Stripe adapter (the real ``stripe`` library's StripeClient).
 
 Stripe errors become ours: card/validation problems are 4xx problems, connection errors, rate
-limits and Stripe's 5xx are 503 with Retry-After. Creating a customer carries an idempotency key
+limits and Stripe's 5xx are 503 with Retry-After, and Stripe refusing our own API key (401/403) is
+a 502 logged as an error: the merchant cannot fix it, the operator must. Creating a customer carries an idempotency key
 derived from the client id, so a retried request never makes a second customer.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import BadRequest, UpstreamUnavailable
+from shared.errors import BadRequest, UpstreamRejectedCredentials, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from shared.config import Settings
+
+logger = logging.getLogger("epox.billing")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ class StripeGateway(PaymentGateway):
             return call()
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
             raise UpstreamUnavailable("Stripe is not reachable right now", retry_after=5) from exc
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            logger.error("Stripe refused our API key (%s): check STRIPE_API_KEY", type(exc).__name__)
+            raise UpstreamRejectedCredentials("Billing is unavailable right now; the team has been alerted") from exc
         except stripe.InvalidRequestError as exc:
             raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
         except stripe.StripeError as exc:
