@@ -1,8 +1,9 @@
 """Stripe webhook: the signature is verified on the raw body before anything is read; each event
 is applied once (its id is recorded in the same commit as its effect) and answered fast.
 
-2xx: applied, a duplicate, or an event we do not handle. 400: bad signature or not an event (Stripe
-stops). 5xx: processing failed — Stripe retries, and the retry is safe.
+2xx: applied, a duplicate, or an event we do not handle. 400: bad signature or not an event (a
+forged or corrupt delivery). 5xx: processing failed or the event names a plan price this deployment
+does not know yet — Stripe retries for days, and the retry is safe.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from shared.billing.models import (
     StripeSubscription,
 )
 from shared.billing.service import client_ref
-from shared.errors import BadRequest
+from shared.errors import BadRequest, EpoxError
 from shared.ledger.model import Actor, GrantSource
 
 if TYPE_CHECKING:
@@ -55,6 +55,14 @@ class WebhookSignatureInvalid(BadRequest):
 class WebhookPayloadInvalid(BadRequest):
     code = "webhook_payload_invalid"
     title = "The webhook payload is not a Stripe event"
+
+
+class StripePriceNotConfigured(EpoxError):
+    """5xx on purpose: Stripe keeps redelivering the event until the price is configured."""
+
+    status = 500
+    code = "stripe_price_not_configured"
+    title = "The event names a price this deployment does not know"
 
 
 def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: int = 300) -> StripeEvent:
@@ -201,6 +209,15 @@ class WebhookProcessor:
         logger.error("stripe event %s (%s): %s", event.id, event.type, what)
         return self._commit(event, None, {}, f"unroutable: {what}")
 
+    @staticmethod
+    def _unknown_price(event: StripeEvent, price_id: str | None) -> StripePriceNotConfigured:
+        """A plan price we were not told about is a deploy lagging behind the Stripe dashboard:
+        nothing is recorded and Stripe redelivers (for days) until STRIPE_PRICE_IDS names it."""
+        logger.error("stripe event %s (%s): price %s is not in STRIPE_PRICE_IDS", event.id, event.type, price_id)
+        return StripePriceNotConfigured(
+            f"Price {price_id} is not configured; Stripe will redeliver the event", price_id=price_id
+        )
+
     # -- checkout ---------------------------------------------------------------------------------
     def _checkout_completed(self, event: StripeEvent) -> str:
         session = StripeCheckoutSession.model_validate(event.object)
@@ -275,7 +292,7 @@ class WebhookProcessor:
             return self._subscription_deleted(event)
         plan_interval = self.prices.plan_of(sub.first_item().price.id)
         if plan_interval is None:
-            return self._unroutable(event, f"unknown price {sub.first_item().price.id}")
+            raise self._unknown_price(event, sub.first_item().price.id)
         new_plan_id, interval = plan_interval
         start, end = sub.period()
         changes: dict[str, Any] = {
@@ -410,7 +427,8 @@ class WebhookProcessor:
                 line = candidate
                 break
         if line is None or plan_interval is None:
-            return self._unroutable(event, "no plan price on the invoice")
+            prices = [StripeInvoiceLine.model_validate(raw).price_id() for raw in invoice.lines.data]
+            raise self._unknown_price(event, ", ".join(p for p in prices if p) or None)
         plan_id, interval = plan_interval
         plan = self.catalog.plan(plan_id)
         start = _ts(line.period.get("start")) or self.now

@@ -723,6 +723,34 @@ def test_events_for_an_unknown_customer_are_acknowledged_without_effect(stack: A
     assert billing_of(stack, stranger.client_id) == {}
 
 
+@pytest.mark.parametrize("kind", ["subscription", "invoice"])
+def test_an_event_for_a_price_not_configured_yet_is_retried_until_it_is(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock, kind: str
+) -> None:
+    """Stripe's dashboard got a new plan price before the deploy that names it: the event must not be
+    swallowed. It is refused (5xx, nothing recorded) until STRIPE_PRICE_IDS has it, then applied once."""
+    start, end = period(clock.now)
+    send(hook, sub.checkout_subscription())
+    evt = (sub.created_event if kind == "subscription" else sub.invoice_paid)("price_growth_2027", start, end)
+    before = snapshot(stack, sub.client_id)
+    for _ in range(2):
+        refused = problem(deliver(hook, evt), 500, "stripe_price_not_configured")
+        assert refused["price_id"] == "price_growth_2027"
+    assert marker(stack, evt["id"]) is None
+    assert snapshot(stack, sub.client_id) == before
+
+    settings = stack.platform.settings
+    prices = {**settings.stripe_price_ids, "growth:monthly": "price_growth_2027"}
+    install_clock(stack, clock, settings=settings.model_copy(update={"stripe_price_ids": prices}))
+    outcome = send(hook, evt)
+    assert "unroutable" not in outcome and outcome != "duplicate"
+    assert send(hook, evt) == "duplicate"
+    if kind == "invoice":
+        assert balance(sub.client_id) == GROWTH
+    else:
+        assert billing_of(stack, sub.client_id)["plan"] == "growth"
+
+
 def test_an_older_event_racing_a_newer_one_for_the_same_client_cannot_overwrite_it(
     stack: Any, hook: Any, sub: Subscriber, clock: Clock
 ) -> None:
