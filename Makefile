@@ -37,8 +37,8 @@ typecheck: $(STAMP)
 bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
 	$(PY) -m bench.run
 
-build: $(STAMP)  ## one deployable folder per function in build/<name>/ (+ zip)
-	$(PY) -m dev.package
+build: $(STAMP)  ## one deployable folder per function in build/<name>/ (+ zip); REMBG_MODEL=path ships the model
+	$(PY) -m dev.package $(if $(REMBG_MODEL),--rembg-model $(REMBG_MODEL))
 
 clean:
 	rm -rf build .dev .pytest_cache .mypy_cache .ruff_cache

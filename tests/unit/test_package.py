@@ -40,3 +40,18 @@ def test_bundles_are_self_contained(tmp_path: Path) -> None:
             [sys.executable, "-c", PROBE, *names], cwd=folder, env=env, capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_the_background_removal_model_ships_in_the_edit_bundle_only(tmp_path: Path) -> None:
+    import zipfile
+
+    from dev.package import main
+    from tests.rembg_model import build_tiny_u2net
+
+    model = build_tiny_u2net(tmp_path / "u2net.onnx")
+    assert main(["--out", str(tmp_path / "out"), "--rembg-model", str(model)]) == 0
+    shipped = tmp_path / "out" / "edit" / "models" / "u2net.onnx"
+    assert shipped.read_bytes() == model.read_bytes()
+    with zipfile.ZipFile(tmp_path / "out" / "edit.zip") as archive:
+        assert "models/u2net.onnx" in archive.namelist()
+    assert not (tmp_path / "out" / "catalog" / "models").exists()
