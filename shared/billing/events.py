@@ -401,12 +401,15 @@ class WebhookProcessor:
             "last_event_created": event.created,
             "last_event_id": event.id,
         }
-        if ends_at is not None and ends_at > self.now:
+        unpaid = state.past_due_since is not None
+        if ends_at is not None and ends_at > self.now and not unpaid:
             changes |= {"pending_plan": "free", "pending_plan_at": ends_at}
             outcome = "moves to Free at period end"
         else:
-            changes |= _plan_fields(self.catalog, "free") | {"interval": None}
-            outcome = "moved to Free"
+            # A subscription cancelled for non-payment keeps nothing of the period it did not pay for;
+            # on Free nothing is owed, so the past-due block ends with it (packs bought later work).
+            changes |= _plan_fields(self.catalog, "free") | {"interval": None, "past_due_since": None}
+            outcome = "moved to Free" + (" (unpaid)" if unpaid else "")
         return self._commit(event, client_id, changes, outcome)
 
     # -- invoices ---------------------------------------------------------------------------------

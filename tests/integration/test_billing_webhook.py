@@ -520,6 +520,38 @@ def test_payment_failure_blocks_paid_work_after_the_grace_period(
     assert gen.post("/jobs", json=job, headers=headers).status_code == 202
 
 
+def test_a_subscription_cancelled_for_non_payment_ends_the_block_on_free(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Stripe's dunning gives up and cancels: the client is on Free at once (the unpaid period grants
+    nothing more) and no longer blocked, so a pack bought afterwards can be spent."""
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    gen, headers = stack.client("generate_api"), stack.headers(sub.client_id)
+    job = {"items": [{"prompt": "a ceramic mug on an oak desk"}]}
+    send(hook, sub.payment_failed("price_growth_m", start, end))
+    clock.advance(days=5)
+    problem(gen.post("/jobs", json=job, headers=headers), 402, "payment_past_due")
+
+    assert send(hook, sub.deleted_event("price_growth_m", start, end)) == "moved to Free (unpaid)"
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["past_due_since"], billing["pending_plan"]) == ("free", None, None)
+    assert billing["product_slots"] == SLOTS["free"]
+    assert gen.post("/jobs", json=job, headers=headers).status_code == 202
+    view = stack.client("billing_api").get("/subscription", headers=headers).json
+    assert view["paid_operations_blocked"] is False and view["plan"] == "free"
+
+
+def test_a_paid_up_cancellation_keeps_the_plan_until_period_end(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    assert send(hook, sub.deleted_event("price_growth_m", start, end)) == "moves to Free at period end"
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
+
+
 def test_subscription_past_due_status_starts_the_grace_period_too(
     stack: Any, hook: Any, sub: Subscriber, clock: Clock
 ) -> None:
