@@ -160,6 +160,9 @@ class Settings(BaseSettings):
             "TASKS_TARGET_BASE_URL": self.tasks_target_base_url,
             "TASKS_SERVICE_ACCOUNT": self.tasks_service_account,
             "FUNCTION_TARGET": self.function_target,
+            "STRIPE_API_KEY": self.stripe_api_key.get_secret_value(),
+            "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret.get_secret_value(),
+            "STRIPE_PRICE_IDS": "set" if self.stripe_price_ids else "",
         }
         missing = sorted(name for name, value in required.items() if not value)
         unsafe = []
@@ -171,6 +174,8 @@ class Settings(BaseSettings):
             unsafe.append("AI_ENGINE must be gemini (the offline engine is for local runs)")
         elif not self.gemini_use_vertex and not self.gemini_api_key.get_secret_value():
             unsafe.append("GEMINI_API_KEY is required unless GEMINI_USE_VERTEX=true")
+        if self.stripe_api_base:
+            unsafe.append("STRIPE_API_BASE must be empty (it points billing at another server)")
         if self.fetch_allowed_networks:
             unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
         if not self.auth_jwks_url.startswith("https://") and self.auth_jwks_url:

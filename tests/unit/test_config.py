@@ -19,13 +19,17 @@ PRODUCTION = {
     "TASKS_TARGET_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net",
     "TASKS_SERVICE_ACCOUNT": "tasks@epox-prod.iam.gserviceaccount.com",
     "FUNCTION_TARGET": "generate_tasks",
+    "STRIPE_API_KEY": "sk_live_abc",
+    "STRIPE_WEBHOOK_SECRET": "whsec_abc",
+    "STRIPE_PRICE_IDS": '{"growth:monthly": "price_growth_m"}',
     "GEMINI_USE_VERTEX": "true",
 }
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in [*list(PRODUCTION), "TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS", "AI_ENGINE"]:
+    switches = ["TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS", "AI_ENGINE", "STRIPE_API_BASE"]
+    for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield monkeypatch
@@ -47,7 +51,7 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
     with pytest.raises(ConfigurationError) as caught:
         get_settings()
     message = str(caught.value)
-    for name in ("AUTH_JWKS_URL", "R2_BUCKET", "TASKS_SERVICE_ACCOUNT", "FUNCTION_TARGET"):
+    for name in ("AUTH_JWKS_URL", "R2_BUCKET", "TASKS_SERVICE_ACCOUNT", "FUNCTION_TARGET", "STRIPE_WEBHOOK_SECRET"):
         assert name in message
     assert "GCP_PROJECT" not in message
 
@@ -58,6 +62,7 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         ("TASKS_BACKEND", "local", "TASKS_BACKEND"),
         ("TASKS_AUTH_MODE", "shared_secret", "TASKS_AUTH_MODE"),
         ("FETCH_ALLOWED_NETWORKS", '["127.0.0.1/32"]', "FETCH_ALLOWED_NETWORKS"),
+        ("STRIPE_API_BASE", "http://127.0.0.1:9999", "STRIPE_API_BASE"),
         ("AUTH_JWKS_URL", "http://auth.epox.ai/jwks", "https"),
         ("AI_ENGINE", "offline", "AI_ENGINE"),
         ("GEMINI_USE_VERTEX", "false", "GEMINI_API_KEY"),
