@@ -57,6 +57,7 @@ class GeminiConfig:
     base_url: str | None = None
     api_version: str | None = None
     timeout_seconds: float = 120.0
+    credentials: Any = None  # Vertex AI: None = the function's service account (ADC)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GeminiConfig:
@@ -94,7 +95,11 @@ class GeminiEngine(ImageEngine):
             )
             if self.config.use_vertex:
                 self._client = genai.Client(
-                    vertexai=True, project=self.config.project, location=self.config.location, http_options=http_options
+                    vertexai=True,
+                    project=self.config.project,
+                    location=self.config.location,
+                    credentials=self.config.credentials,
+                    http_options=http_options,
                 )
             else:
                 # vertexai=False explicitly: left unset, GOOGLE_GENAI_USE_VERTEXAI in the environment

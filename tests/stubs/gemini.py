@@ -1,11 +1,12 @@
 """A local stand-in for the Gemini Developer API, spoken over real HTTP so the real ``google-genai``
 SDK can be pointed at it with ``types.HttpOptions(base_url=stub.url, api_version="v1beta")``.
 
-It serves exactly one route, ``POST /{api_version}/models/{model}:generateContent`` (404 for
-anything else), records every request that arrives (method, path, lower-cased headers, raw and
-parsed body) and answers from a script: scenarios pushed with :meth:`GeminiStub.push` are used
-first, in order, then the default (``"auto"``: an image when ``responseModalities`` asks for one,
-text otherwise).
+It serves exactly one method, ``POST /{api_version}/models/{model}:generateContent`` (or Vertex AI's
+``/{api_version}/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent``, where
+``bearer_token`` is checked; 404 for anything else), records every request that arrives (method,
+path, lower-cased headers, raw and parsed body) and answers from a script: scenarios pushed with
+:meth:`GeminiStub.push` are used first, in order, then the default (``"auto"``: an image when
+``responseModalities`` asks for one, text otherwise).
 
 The wire format is the Developer API's camelCase JSON, as the SDK (3.x) sends it::
 
@@ -59,7 +60,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-ROUTE = re.compile(r"^/(?P<version>[^/?]+)/models/(?P<model>[^/:?]+):generateContent$")
+# The Developer API's route, and Vertex AI's (``vertexai=True``), which names the project and location.
+ROUTE = re.compile(
+    r"^/(?P<version>[^/?]+)/(?:projects/(?P<project>[^/?]+)/locations/(?P<location>[^/?]+)/publishers/google/)?"
+    r"models/(?P<model>[^/:?]+):generateContent$"
+)
 KINDS = frozenset(
     {
         "auto",
@@ -128,6 +133,7 @@ class RecordedRequest:
     body: Any = None  # the same, keys folded to camelCase (what the service reads): assert on this
     api_version: str | None = None
     model: str | None = None
+    vertex_resource: str | None = None  # "projects/P/locations/L" on Vertex AI's route
     status: int | None = None  # what the stub answered (None if the client left first)
     response: bytes = b""
 
@@ -199,9 +205,12 @@ class GeminiStub:
     """``with GeminiStub() as stub: ...`` — or :meth:`start`/:meth:`stop`. ``stub.url`` is the
     base URL to give the SDK; ``stub.requests`` is everything that arrived."""
 
-    def __init__(self, *, default: str | Scenario = "auto", api_key: str | None = None) -> None:
+    def __init__(
+        self, *, default: str | Scenario = "auto", api_key: str | None = None, bearer_token: str | None = None
+    ) -> None:
         self.default = default if isinstance(default, Scenario) else Scenario(default)
         self.api_key = api_key
+        self.bearer_token = bearer_token  # Vertex AI: the OAuth access token the client must present
         self._queue: deque[Scenario] = deque()
         self._requests: list[RecordedRequest] = []
         self._sent_images: list[bytes] = []
@@ -332,6 +341,11 @@ class GeminiStub:
         if record.method != "POST" or route is None:
             return _json(404, google_error(404, "NOT_FOUND", f"Method not found: {record.method} {record.path}"))
         record.api_version, record.model = route["version"], route["model"]
+        if route["project"]:
+            record.vertex_resource = f"projects/{route['project']}/locations/{route['location']}"
+            if self.bearer_token is not None and record.headers.get("authorization") != f"Bearer {self.bearer_token}":
+                unauthenticated = "Request had invalid authentication credentials."
+                return _json(401, google_error(401, "UNAUTHENTICATED", unauthenticated))
         try:
             if self.api_key is not None and record.headers.get("x-goog-api-key") != self.api_key:
                 raise _BadRequest("API key not valid. Please pass a valid API key.")

@@ -216,6 +216,40 @@ def test_environment_cannot_switch_the_client_to_vertex(stub: GeminiStub, monkey
     assert stub.last.status == 200
 
 
+def vertex_engine(stub: GeminiStub, token: str) -> GeminiEngine:
+    from google.oauth2.credentials import Credentials
+
+    return GeminiEngine(
+        GeminiConfig(
+            use_vertex=True,
+            project="epox-prod",
+            location="europe-west1",
+            base_url=stub.url,
+            api_version="v1beta1",
+            timeout_seconds=TIMEOUT,
+            credentials=Credentials(token=token),
+        )
+    )
+
+
+def test_vertex_mode_is_chosen_by_configuration_and_uses_the_service_account_token() -> None:
+    with GeminiStub(bearer_token="ya29.service-account-token") as vertex:
+        result = vertex_engine(vertex, "ya29.service-account-token").generate(
+            ImageRequest(prompt="A mug", aspect_ratio="16:9", size="2K")
+        )
+
+        assert vertex.last.status == 200
+        assert vertex.last.vertex_resource == "projects/epox-prod/locations/europe-west1"
+        assert vertex.last.path.endswith("/publishers/google/models/gemini-3.1-flash-image:generateContent")
+        assert "x-goog-api-key" not in vertex.last.headers
+        assert vertex.last.generation_config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+        assert result.data == vertex.sent_images[0]
+
+        with pytest.raises(EnginePermanentError):
+            vertex_engine(vertex, "ya29.revoked").generate(ImageRequest(prompt="A mug"))
+        assert vertex.last.status == 401
+
+
 # -- refusals: permanent ---------------------------------------------------------------------------
 
 
