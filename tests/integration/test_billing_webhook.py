@@ -140,7 +140,7 @@ def test_signed_event_is_applied_once_and_every_replay_changes_nothing(
         (sub.checkout_pack("pack_500", payment_intent=pi), "granted 500 pack credits"),
         (sub.charge_refunded(pi, 6000, 6000), "refund: removed 500 unspent credits"),
         (event("customer.created", {"id": sub.customer, "object": "customer"}, sub.tick()), "ignored"),
-        (sub.deleted_event("price_growth_m", start, end), "moves to Free at period end"),
+        (sub.deleted_event("price_growth_m", start, end), "moved to Free (unpaid)"),  # it was past due
     ]
     for evt, outcome in lifecycle:
         before = snapshot(stack, sub.client_id)
@@ -156,7 +156,7 @@ def test_signed_event_is_applied_once_and_every_replay_changes_nothing(
         assert marker(stack, evt["id"]) == stored
 
     billing = billing_of(stack, sub.client_id)
-    assert billing["plan"] == "growth" and billing["pending_plan"] == "free"
+    assert billing["plan"] == "free" and billing["pending_plan"] is None and billing["past_due_since"] is None
     assert balance(sub.client_id) == GROWTH  # the pack came and went
     assert get_platform().ledger.verify(sub.client_id) == []
 
@@ -540,16 +540,6 @@ def test_a_subscription_cancelled_for_non_payment_ends_the_block_on_free(
     assert gen.post("/jobs", json=job, headers=headers).status_code == 202
     view = stack.client("billing_api").get("/subscription", headers=headers).json
     assert view["paid_operations_blocked"] is False and view["plan"] == "free"
-
-
-def test_a_paid_up_cancellation_keeps_the_plan_until_period_end(
-    stack: Any, hook: Any, sub: Subscriber, clock: Clock
-) -> None:
-    start, end = period(clock.now - timedelta(days=1))
-    subscribe(hook, sub, "price_growth_m", start, end)
-    assert send(hook, sub.deleted_event("price_growth_m", start, end)) == "moves to Free at period end"
-    billing = billing_of(stack, sub.client_id)
-    assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
 
 
 def test_subscription_past_due_status_starts_the_grace_period_too(
