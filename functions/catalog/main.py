@@ -50,11 +50,8 @@ def _expiry(ctx: Ctx) -> int:
 
 @api.post("/products", body=ProductCreate, status=201, idempotent=True)
 def create_product(ctx: Ctx) -> JsonResponse:
-    from shared.billing.service import require_product_slots  # only this route needs billing
-
     p = ctx.platform
-    require_product_slots(p.db, ctx.client_id)
-    doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())
+    doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())  # takes a slot or answers 402
     out = products.to_out(doc, p.object_store, _expiry(ctx))
     return JsonResponse(out, status=201, headers={"Location": f"/products/{doc.id}"})
 
@@ -83,7 +80,8 @@ def update_product(ctx: Ctx) -> ProductOut:
 
 @api.delete("/products/<product_id>", status=204)
 def delete_product(ctx: Ctx) -> None:
-    products.delete_product(ctx.platform.db, ctx.client_id, ctx.path_params["product_id"])
+    p = ctx.platform
+    products.delete_product(p.db, ctx.client_id, ctx.path_params["product_id"], p.clock())
 
 
 # -- uploads --------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: dat
 
 
 def count_products(db: Client, client_id: str) -> int:
+    """The real number of products (an aggregation query); slots are measured on ``products_used``."""
     query = client_ref(db, client_id).collection("products").count()
     return int(query.get()[0][0].value)
 
@@ -104,22 +105,31 @@ def product_slots(db: Client, client_id: str) -> int:
     return billing_state(db, client_id).product_slots
 
 
+def products_used(db: Client, client_id: str) -> int:
+    """The slot counter kept with every product create/delete (counted for a client without one yet)."""
+    from shared.catalog.products import product_usage
+
+    return product_usage(db, client_id).used
+
+
 def require_product_slots(db: Client, client_id: str, wanted: int = 1) -> int:
-    """Raise 402 when ``wanted`` more products do not fit the plan; returns the free slots."""
-    limit = product_slots(db, client_id)
-    used = count_products(db, client_id)
-    free = max(0, limit - used)
-    if wanted > free:
-        raise ProductSlotLimit(
-            f"Your plan has {limit} product slots and {used} are used",
-            limit=limit,
-            used=used,
-            how_to_upgrade="Choose a larger plan in Billing (Starter 100, Growth 500, Pro 1,000, Scale 5,000 slots).",
-        )
-    return free
+    """Raise 402 when ``wanted`` more products do not fit the plan now; returns the free slots.
+
+    Only a pre-check (e.g. before starting a large import): creating products claims the slots
+    atomically through ``shared.catalog.products.create_products``, which decides for real.
+    """
+    from shared.catalog.products import product_usage, slot_limit_error
+
+    usage = product_usage(db, client_id)
+    if wanted > usage.free:
+        raise slot_limit_error(usage)
+    return usage.free
 
 
 def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime) -> SubscriptionOut:
+    from shared.catalog.products import product_usage
+
+    usage = product_usage(db, client_id)
     state = billing_state(db, client_id)
     plan = catalog.plans.get(state.plan) or catalog.plan("free")
     return SubscriptionOut(
@@ -128,7 +138,7 @@ def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime
         interval=state.interval,
         status=state.subscription_status,
         product_slots=state.product_slots,
-        products_used=count_products(db, client_id),
+        products_used=usage.used,
         monthly_credits=plan.monthly_credits,
         current_period_end=state.current_period_end,
         cancel_at_period_end=state.cancel_at_period_end,

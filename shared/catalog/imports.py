@@ -2,8 +2,10 @@
 
 Starting an import parses the CSV once and writes each chunk's rows to the object store; a chain
 of named tasks processes one chunk each. Products and image assets get ids derived from the import,
-the row and the image's position, so a redelivered or re-run task creates no duplicates, and each
-chunk's outcome is recorded together with the progress counters in one atomic commit.
+the row and the image's position, so a redelivered or re-run task creates no duplicates; a chunk's
+new products and their product slots are claimed in one commit (``create_products``), so products
+that exist already take no slot twice; and each chunk's outcome is recorded together with the
+progress counters in one atomic commit.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from shared.catalog.models import (
     ImportStatus,
     ImportUpdate,
     ProductCreate,
+    ProductDoc,
     ProductSource,
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import build_product, new_id, products_ref
+from shared.catalog.products import build_product, create_products, new_id
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
 from shared.http.problems import validation_problem
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
     from shared.adapters.safe_fetch import FetchLimits, SafeFetcher
-    from shared.catalog.csv_parsing import ColumnMapping, ParsedCsv, RowResult
+    from shared.catalog.csv_parsing import ColumnMapping, ParsedCsv, ProductDraft, RowResult
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
 
@@ -278,7 +281,7 @@ def run_import_chunk(
     if not chunk_ref.get().exists:
         raw = json.loads(store.get(_chunk_key(task.client_id, task.import_id, task.chunk)))
         results = [RowResult.model_validate(item) for item in raw]
-        outcome = _process_rows(db, store, fetcher, doc, results, policy, now, _free_slots(db, task.client_id))
+        outcome = _process_rows(db, store, fetcher, doc, results, policy, now)
         if outcome.transient and call.retry_count + 1 < policy.max_attempts:
             raise RetryTask(f"{len(outcome.transient)} image downloads failed temporarily; retrying the chunk")
         for row_number, message in outcome.transient:
@@ -329,11 +332,9 @@ def _process_rows(
     results: list[RowResult],
     policy: ImportPolicy,
     now: datetime,
-    free_slots: int,
 ) -> _ChunkOutcome:
-    from google.api_core.exceptions import AlreadyExists
-
     outcome = _ChunkOutcome()
+    rows: list[tuple[ProductDraft, ProductDoc]] = []
     for result in results:
         for problem in result.problems:
             outcome.errors.append(
@@ -371,9 +372,18 @@ def _process_rows(
                 }
             )
             continue
+        # The id is derived from the import and the row, so a redelivered chunk finds the products it
+        # created before: they are not new and take no slot a second time.
         product_id = _derived_id("prod", doc.id, draft.row_number)
-        exists = products_ref(db, doc.client_id).document(product_id).get().exists
-        if not exists and free_slots <= 0:
+        product = build_product(
+            doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
+        )
+        rows.append((draft, product))
+    # One commit claims the slots and creates the chunk's new products; rows past the free slots wait.
+    done = create_products(db, doc.client_id, [product for _, product in rows], now, all_or_nothing=False)
+    refused = {product.id for product in done.refused}
+    for draft, product in rows:
+        if product.id in refused:
             outcome.failed_rows += 1
             outcome.errors.append(
                 {
@@ -384,24 +394,12 @@ def _process_rows(
                 }
             )
             continue
-        if not exists:
-            free_slots -= 1
-        product = build_product(
-            doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
-        )
-        # An earlier delivery of this chunk may have created it: the id is derived from the import.
-        with contextlib.suppress(AlreadyExists):
-            products_ref(db, doc.client_id).document(product_id).create(product.model_dump(mode="python"))
         outcome.created += 1
         for index, url in enumerate(draft.image_urls):
-            _import_image(db, store, fetcher, doc, draft.row_number, product_id, index, url, policy, now, outcome)
+            _import_image(db, store, fetcher, doc, draft.row_number, product.id, index, url, policy, now, outcome)
+    # The report lists a row's problems together, in row order (a row's own order is kept).
+    outcome.errors.sort(key=lambda error: int(error.get("row") or 0))
     return outcome
-
-
-def _free_slots(db: Client, client_id: str) -> int:
-    from shared.billing.service import count_products, product_slots
-
-    return max(0, product_slots(db, client_id) - count_products(db, client_id))
 
 
 def _import_image(

@@ -1,5 +1,11 @@
 """Products: create, read, update, delete, list with filters and cursor pagination.
 
+Product slots: ``clients/{client}/usage/products`` counts the client's products and is changed in
+the same atomic commit as every product create and delete, guarded by its ``update_time`` (an
+optimistic precondition: concurrent writers re-read and retry, so the plan's limit holds exactly).
+``create_products`` is the one way to add products (API, CSV, store imports); a client whose
+counter does not exist yet gets it counted from its products on first need.
+
 Text search on name and SKU uses a ``search_tokens`` array of lower-case word prefixes kept on each
 product (Firestore has no full-text search): the query narrows on the longest query word with
 ``array_contains`` and the remaining words are checked on the returned documents.
@@ -7,12 +13,17 @@ product (Firestore has no full-text search): the query narrows on the longest qu
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalog.models import (
     ProductCreate,
@@ -23,7 +34,7 @@ from shared.catalog.models import (
     ProductSource,
     ProductUpdate,
 )
-from shared.errors import NotFound
+from shared.errors import EpoxError, NotFound, UpstreamUnavailable
 from shared.http.pagination import Page, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -33,6 +44,15 @@ if TYPE_CHECKING:
 
 MAX_PREFIX = 20
 _WORD = re.compile(r"[\w]+", re.UNICODE)
+
+# A commit holds at most 500 writes (the counter plus the products) and 10 MiB: groups stay well under.
+MAX_PRODUCTS_PER_COMMIT = 400
+MAX_COMMIT_BYTES = 4 * 1024 * 1024
+# Optimistic commits: attempts and jittered exponential backoff (the ledger's numbers).
+SLOT_ATTEMPTS = 60
+SLOT_BASE_BACKOFF = 0.005
+SLOT_MAX_BACKOFF = 0.25
+_rng = random.Random()
 
 
 def new_id(prefix: str) -> str:
@@ -124,9 +144,220 @@ def to_out(doc: ProductDoc, store: ObjectStore, expires_in: int) -> ProductOut:
     )
 
 
+# -- product slots --------------------------------------------------------------------------------
+
+
+class ProductUsageDoc(BaseModel):
+    """``clients/{client}/usage/products``: products the client has (what its slots are measured on)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    used: int = Field(ge=0)
+    counted: int | None = None  # what the last count of the products found (the lazy backfill)
+    counted_at: datetime | None = None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class SlotUsage:
+    """The plan's slots and how many are used; ``used`` may exceed ``limit`` after a downgrade."""
+
+    limit: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True)
+class CreatedProducts:
+    """What ``create_products`` did with each document it was given."""
+
+    created: list[ProductDoc]  # new: each took a slot
+    existing: list[str]  # ids already stored (a redelivery): no slot taken
+    refused: list[ProductDoc]  # no free slot was left for them
+    usage: SlotUsage  # after this call
+
+
+class _SlotConflict(Exception):
+    """Another writer changed the counter or the products since they were read: read again."""
+
+
+def usage_ref(db: Client, client_id: str) -> Any:
+    return db.collection("clients").document(client_id).collection("usage").document("products")
+
+
+def _client_ref(db: Client, client_id: str) -> Any:
+    return db.collection("clients").document(client_id)
+
+
+def _slot_limit(client_snapshot: Any) -> int:
+    from shared.billing.models import BillingState
+
+    data = (client_snapshot.to_dict() or {}) if client_snapshot.exists else {}
+    return BillingState.model_validate(data.get("billing") or {}).product_slots
+
+
+def _count_products(db: Client, client_id: str) -> int:
+    return int(products_ref(db, client_id).count().get()[0][0].value)
+
+
+def recount_product_usage(db: Client, client_id: str, now: datetime, *, only_if_missing: bool = False) -> int:
+    """Set the counter to the real number of products; returns it. ``only_if_missing``: the lazy
+    backfill of a client that has no counter yet (one that exists is left as it is).
+
+    Race-free without a transaction: the count is taken after the counter was read and the write is
+    guarded by that read (``create`` when there was none, else its ``update_time``), and every
+    product create/delete changes the counter, so any of them in between makes this write fail.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+    from google.api_core.exceptions import NotFound as GNotFound
+
+    ref = usage_ref(db, client_id)
+    for attempt in range(SLOT_ATTEMPTS):
+        snapshot = ref.get()
+        if only_if_missing and snapshot.exists:
+            return ProductUsageDoc.model_validate(snapshot.to_dict()).used  # another writer backfilled it
+        count = _count_products(db, client_id)
+        doc = ProductUsageDoc(used=count, counted=count, counted_at=now, updated_at=now).model_dump(mode="python")
+        try:
+            if snapshot.exists:
+                ref.update(doc, option=db.write_option(last_update_time=snapshot.update_time))
+            else:
+                ref.create(doc)
+        except (AlreadyExists, FailedPrecondition, GNotFound):
+            _backoff(attempt)
+            continue
+        return count
+    raise UpstreamUnavailable("The product counter is busy; try again", retry_after=1)
+
+
+def product_usage(db: Client, client_id: str) -> SlotUsage:
+    """Slots and products used (read only: a client without a counter yet is counted, not backfilled)."""
+    usage_snapshot, client_snapshot = _get_all(db, [usage_ref(db, client_id), _client_ref(db, client_id)])
+    if usage_snapshot.exists:
+        used = ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
+    else:
+        used = _count_products(db, client_id)
+    return SlotUsage(limit=_slot_limit(client_snapshot), used=used)
+
+
+def _get_all(db: Client, refs: list[Any]) -> list[Any]:
+    """Snapshots in the order of ``refs`` (``get_all`` answers in any order)."""
+    by_path = {snapshot.reference.path: snapshot for snapshot in db.get_all(refs)}
+    return [by_path[ref.path] for ref in refs]
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(_rng.uniform(0, min(SLOT_MAX_BACKOFF, SLOT_BASE_BACKOFF * 2 ** min(attempt, 10))))
+
+
+def _commit(batch: Any) -> None:
+    from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
+    from google.api_core.exceptions import NotFound as GNotFound
+
+    try:
+        batch.commit()
+    except (FailedPrecondition, GNotFound, Aborted, AlreadyExists) as exc:
+        # Nothing was written. FailedPrecondition: the counter moved; AlreadyExists: a concurrent
+        # delivery created one of these products; NotFound: a product went away; Aborted: contention.
+        raise _SlotConflict() from exc
+
+
+def slot_limit_error(usage: SlotUsage) -> EpoxError:
+    from shared.billing.service import ProductSlotLimit
+
+    return ProductSlotLimit(
+        f"Your plan has {usage.limit} product slots and {usage.used} are used",
+        limit=usage.limit,
+        used=usage.used,
+        how_to_upgrade="Choose a larger plan in Billing (Starter 100, Growth 500, Pro 1,000, Scale 5,000 slots).",
+    )
+
+
+def create_products(
+    db: Client, client_id: str, docs: Sequence[ProductDoc], now: datetime, *, all_or_nothing: bool
+) -> CreatedProducts:
+    """Create products and take their slots in one atomic commit per group of products.
+
+    Products whose id is already stored are not new (a redelivered import creates nothing twice)
+    and take no slot. ``all_or_nothing``: raise 402 ``product_slot_limit`` unless every new product
+    fits; otherwise the new products fill the free slots in the given order and the rest are refused.
+    """
+    groups = _commit_groups(docs)
+    if all_or_nothing and len(groups) > 1:
+        raise ValueError("all_or_nothing products must fit one commit")
+    created: list[ProductDoc] = []
+    existing: list[str] = []
+    refused: list[ProductDoc] = []
+    usage = product_usage(db, client_id) if not docs else SlotUsage(limit=0, used=0)
+    for group in groups:
+        done = _create_group(db, client_id, group, now, all_or_nothing)
+        created += done.created
+        existing += done.existing
+        refused += done.refused
+        usage = done.usage
+    return CreatedProducts(created=created, existing=existing, refused=refused, usage=usage)
+
+
+def _commit_groups(docs: Sequence[ProductDoc]) -> list[list[ProductDoc]]:
+    """Consecutive groups of products that each fit one commit (a rough size estimate suffices)."""
+    groups: list[list[ProductDoc]] = []
+    size = 0
+    for doc in docs:
+        doc_size = len(doc.model_dump_json())
+        if not groups or len(groups[-1]) >= MAX_PRODUCTS_PER_COMMIT or size + doc_size > MAX_COMMIT_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(doc)
+        size += doc_size
+    return groups
+
+
+def _create_group(
+    db: Client, client_id: str, docs: Sequence[ProductDoc], now: datetime, all_or_nothing: bool
+) -> CreatedProducts:
+    counter = usage_ref(db, client_id)
+    refs = [products_ref(db, client_id).document(doc.id) for doc in docs]
+    for attempt in range(SLOT_ATTEMPTS):
+        usage_snapshot, client_snapshot, *product_snapshots = _get_all(db, [counter, _client_ref(db, client_id), *refs])
+        if not usage_snapshot.exists:
+            recount_product_usage(db, client_id, now, only_if_missing=True)  # lazy backfill; then read again
+            continue
+        usage = SlotUsage(
+            limit=_slot_limit(client_snapshot), used=ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
+        )
+        stored = {snapshot.id for snapshot in product_snapshots if snapshot.exists}
+        new = [doc for doc in dict((doc.id, doc) for doc in docs).values() if doc.id not in stored]
+        taken, refused = new[: usage.free], new[usage.free :]
+        if all_or_nothing and refused:
+            raise slot_limit_error(usage)
+        existing = [doc.id for doc in docs if doc.id in stored]
+        if not taken:
+            return CreatedProducts(created=[], existing=existing, refused=refused, usage=usage)
+        batch = db.batch()
+        batch.update(
+            counter,
+            {"used": usage.used + len(taken), "updated_at": now},
+            option=db.write_option(last_update_time=usage_snapshot.update_time),
+        )
+        for doc in taken:
+            batch.create(products_ref(db, client_id).document(doc.id), doc.model_dump(mode="python"))
+        try:
+            _commit(batch)
+        except _SlotConflict:
+            _backoff(attempt)
+            continue
+        after = SlotUsage(limit=usage.limit, used=usage.used + len(taken))
+        return CreatedProducts(created=taken, existing=existing, refused=refused, usage=after)
+    raise UpstreamUnavailable("Product slots are busy; try again", retry_after=1)
+
+
 def create_product(db: Client, client_id: str, data: ProductCreate, now: datetime) -> ProductDoc:
+    """One new product in a free slot, or 402 ``product_slot_limit``."""
     doc = build_product(client_id, data, now)
-    products_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python"))
+    create_products(db, client_id, [doc], now, all_or_nothing=True)
     return doc
 
 
@@ -168,12 +399,33 @@ def update_product(db: Client, client_id: str, product_id: str, data: ProductUpd
     raise Conflict("The product changed concurrently; try again")
 
 
-def delete_product(db: Client, client_id: str, product_id: str) -> None:
+def delete_product(db: Client, client_id: str, product_id: str, now: datetime) -> None:
+    """Delete the product and free its slot in one commit (404 when it is not there)."""
     ref = products_ref(db, client_id).document(product_id)
-    if not ref.get().exists:
-        raise NotFound(f"No product {product_id}")
-    # The product's assets stay in the asset library: they may have been paid for.
-    ref.delete()
+    counter = usage_ref(db, client_id)
+    for attempt in range(SLOT_ATTEMPTS):
+        product_snapshot, usage_snapshot = _get_all(db, [ref, counter])
+        if not product_snapshot.exists:
+            raise NotFound(f"No product {product_id}")
+        if not usage_snapshot.exists:
+            recount_product_usage(db, client_id, now, only_if_missing=True)
+            continue
+        used = ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
+        batch = db.batch()
+        # The product's assets stay in the asset library: they may have been paid for.
+        batch.delete(ref, option=db.write_option(exists=True))  # a concurrent delete frees the slot once
+        batch.update(
+            counter,
+            {"used": max(0, used - 1), "updated_at": now},
+            option=db.write_option(last_update_time=usage_snapshot.update_time),
+        )
+        try:
+            _commit(batch)
+        except _SlotConflict:
+            _backoff(attempt)
+            continue
+        return
+    raise UpstreamUnavailable("Product slots are busy; try again", retry_after=1)
 
 
 def list_products(db: Client, client_id: str, query: ProductListQuery) -> Page[ProductDoc]:
