@@ -11,21 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.batch import lifecycle
+from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.editing import service
-from shared.editing.models import (
-    EditFanoutTask,
-    EditItemTask,
-    EditJobOut,
-    EditQuoteOut,
-    EditRequest,
-    EditSettleTask,
-    RevertRequest,
-    RevisionOut,
-)
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
+from shared.editing.service import EDITS
+from shared.http.app import HttpApp, JsonResponse, RequestContext
 
 if TYPE_CHECKING:
     import flask
+
+    from shared.batch.models import ItemTask, JobTask
+    from shared.platform import Platform
+    from shared.tasks import TaskCall
 
 api = HttpApp("edit_api")
 tasks = HttpApp("edit_tasks")
@@ -62,9 +60,9 @@ def create_edit(ctx: Ctx) -> JsonResponse:
         user_id=ctx.principal.user_id,
         policy=policy,
         now=p.clock(),
-        idempotency_key=ctx.request.headers.get("Idempotency-Key"),
+        request_key=request_key(ctx),
     )
-    return JsonResponse(service.job_out(p.db, job), status=202, headers={"Location": f"/edits/{job.id}"})
+    return accepted(service.job_out(p.db, job), f"/edits/{job.id}")
 
 
 @api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES)
@@ -76,7 +74,7 @@ def quote_edit(ctx: Ctx) -> EditQuoteOut:
 @api.get("/edits/<job_id>")
 def get_edit(ctx: Ctx) -> EditJobOut:
     db = ctx.platform.db
-    return service.job_out(db, service.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
+    return service.job_out(db, EDITS.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True)
@@ -96,38 +94,29 @@ def revert_asset(ctx: Ctx) -> RevisionOut:
 # -- workers ------------------------------------------------------------------------------------------
 
 
-@tasks.post("/tasks/fanout", body=EditFanoutTask, access=Access.TASK)
-def fanout(ctx: Ctx) -> dict[str, str]:
-    p = ctx.platform
-    return {"outcome": service.run_fanout(p.db, p.task_queue, ctx.body, p.clock())}
+def _fanout(p: Platform, task: JobTask) -> str:
+    return lifecycle.run_fanout(EDITS, p.db, p.task_queue, task, p.clock())
 
 
-@tasks.post("/tasks/item", body=EditItemTask, access=Access.TASK)
-def item(ctx: Ctx) -> dict[str, str]:
+def _item(p: Platform, task: ItemTask, call: TaskCall) -> str:
     from shared.editing.background import shared_remover
 
-    p = ctx.platform
-    assert ctx.task is not None
     policy = service.edit_policy(p.settings)
-    outcome = service.run_item(
+    return service.run_item(
         p.db,
         p.object_store,
         p.task_queue,
         p.engine,
-        lambda: shared_remover(policy.rembg_model_path),
-        ctx.body,
-        ctx.task,
+        lambda: shared_remover(policy.rembg_model_path),  # rembg is loaded only when a job removes a background
+        task,
+        call,
         policy,
         p.clock(),
         clock=p.clock,
     )
-    return {"outcome": outcome}
 
 
-@tasks.post("/tasks/settle", body=EditSettleTask, access=Access.TASK)
-def settle(ctx: Ctx) -> dict[str, str]:
-    p = ctx.platform
-    return {"outcome": service.run_settle(p.db, p.ledger, ctx.body, p.clock())}
+add_worker_routes(tasks, EDITS, fanout=_fanout, item=_item)
 
 
 @functions_framework.http

@@ -10,33 +10,35 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.batch import lifecycle
+from shared.batch.models import FanoutPageTask, ItemListQuery, ItemTask, JobListQuery
+from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.catalog.policies import generation_policy
 from shared.generation import jobs, prompts
+from shared.generation.jobs import GENERATION
 from shared.generation.models import (
     BrandProfile,
     DefaultsOut,
     DefaultsQuery,
     EnhanceOut,
     EnhanceRequest,
-    FanoutTask,
     GenerationSettings,
-    ItemListQuery,
     ItemOut,
-    ItemTask,
     JobCreate,
     JobItemIn,
-    JobListQuery,
     JobOut,
     PresetIn,
     PresetOut,
     PresetUpdate,
-    SettleTask,
 )
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.app import HttpApp, JsonResponse, RequestContext
 from shared.http.pagination import Page
 
 if TYPE_CHECKING:
     import flask
+
+    from shared.platform import Platform
+    from shared.tasks import TaskCall
 
 api = HttpApp("generate_api")
 tasks = HttpApp("generate_tasks")
@@ -64,10 +66,10 @@ def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonRespo
         base=base,
         policy=generation_policy(p.settings),
         now=p.clock(),
-        idempotency_key=ctx.request.headers.get("Idempotency-Key"),
+        request_key=request_key(ctx),
         retry_of=retry_of,
     )
-    return JsonResponse(jobs.job_out(p.db, job), status=202, headers={"Location": f"/jobs/{job.id}"})
+    return accepted(jobs.job_out(p.db, job), f"/jobs/{job.id}")
 
 
 @api.post("/jobs", body=JobCreate, status=202, idempotent=True)
@@ -78,14 +80,14 @@ def create_job(ctx: Ctx) -> JsonResponse:
 @api.get("/jobs", query=JobListQuery)
 def list_jobs(ctx: Ctx) -> Page[JobOut]:
     db = ctx.platform.db
-    page = jobs.list_jobs(db, ctx.client_id, ctx.query)
+    page = lifecycle.list_jobs(GENERATION, db, ctx.client_id, ctx.query)
     return Page[JobOut](items=[jobs.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
 
 
 @api.get("/jobs/<job_id>")
 def get_job(ctx: Ctx) -> JobOut:
     db = ctx.platform.db
-    return jobs.job_out(db, jobs.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
+    return jobs.job_out(db, GENERATION.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.get("/jobs/<job_id>/items", query=ItemListQuery)
@@ -96,14 +98,14 @@ def list_items(ctx: Ctx) -> Page[ItemOut]:
 @api.post("/jobs/<job_id>/cancel", status=202)
 def cancel_job(ctx: Ctx) -> JobOut:
     p = ctx.platform
-    job = jobs.cancel_job(p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
+    job = lifecycle.cancel_job(GENERATION, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
     return jobs.job_out(p.db, job)
 
 
 @api.post("/jobs/<job_id>/retry", status=202, idempotent=True)
 def retry_job(ctx: Ctx) -> JsonResponse:
     p = ctx.platform
-    old = jobs.get_job(p.db, ctx.client_id, ctx.path_params["job_id"])
+    old = GENERATION.get_job(p.db, ctx.client_id, ctx.path_params["job_id"])
     failed = jobs.failed_items(p.db, ctx.client_id, old.id)
     if not failed:
         from shared.errors import Conflict
@@ -168,37 +170,17 @@ def get_defaults(ctx: Ctx) -> DefaultsOut:
 # -- workers ----------------------------------------------------------------------------------------
 
 
-@tasks.post("/tasks/fanout", body=FanoutTask, access=Access.TASK)
-def fanout(ctx: Ctx) -> dict[str, str]:
-    p = ctx.platform
-    outcome = jobs.run_fanout(
-        p.db, p.object_store, p.task_queue, ctx.body, generation_policy(p.settings), p.clock(), clock=p.clock
-    )
-    return {"outcome": outcome}
+def _fanout(p: Platform, task: FanoutPageTask) -> str:
+    policy = generation_policy(p.settings)
+    return jobs.run_fanout(p.db, p.object_store, p.task_queue, task, policy, p.clock(), clock=p.clock)
 
 
-@tasks.post("/tasks/item", body=ItemTask, access=Access.TASK)
-def item(ctx: Ctx) -> dict[str, str]:
-    p = ctx.platform
-    assert ctx.task is not None
-    outcome = jobs.run_item(
-        p.db,
-        p.object_store,
-        p.task_queue,
-        p.engine,
-        ctx.body,
-        ctx.task,
-        generation_policy(p.settings),
-        p.clock(),
-        clock=p.clock,
-    )
-    return {"outcome": outcome}
+def _item(p: Platform, task: ItemTask, call: TaskCall) -> str:
+    policy = generation_policy(p.settings)
+    return jobs.run_item(p.db, p.object_store, p.task_queue, p.engine, task, call, policy, p.clock(), clock=p.clock)
 
 
-@tasks.post("/tasks/settle", body=SettleTask, access=Access.TASK)
-def settle(ctx: Ctx) -> dict[str, str]:
-    p = ctx.platform
-    return {"outcome": jobs.run_settle(p.db, p.ledger, ctx.body, p.clock())}
+add_worker_routes(tasks, GENERATION, fanout=_fanout, item=_item)
 
 
 @functions_framework.http

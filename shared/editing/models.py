@@ -1,4 +1,4 @@
-"""Requests, responses, task payloads and stored documents of editing.
+"""Requests, responses and stored documents of editing (the job lifecycle's are in shared.batch).
 
 An edit request is a declarative pipeline: ``operations`` is an ordered list of operation objects,
 each tagged by ``op`` (a discriminated union, unknown fields and unknown ops are a 422), applied to
@@ -16,11 +16,11 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
 
+from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemCounts, ItemStatus, JobStatus
 from shared.catalog.models import Id, StrictModel
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -273,110 +273,42 @@ class EditResultOut(BaseModel):
     revisions: list[RevisionOut]
 
 
-class EditJobStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
+class EditJobDoc(BatchJobDoc):
+    """``clients/{client}/edit_jobs/{id}``; the operations without their masks (see ``mask_keys``).
+    Its items are written with it (at most ``EDIT_MAX_ASSETS``) and its progress read from them."""
 
-
-class EditItemStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({EditItemStatus.SUCCEEDED, EditItemStatus.FAILED})
-
-
-class EditJobDoc(BaseModel):
-    """``clients/{client}/edit_jobs/{id}``; the operations without their masks (see ``mask_keys``)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    client_id: str
-    status: EditJobStatus = EditJobStatus.QUEUED
     operations: list[dict[str, Any]]
     mask_keys: dict[str, str] = Field(default_factory=dict)  # operation index -> object key of the L mask
     asset_ids: list[str]
-    item_count: int
-    cost: int
-    hold_id: str
     price_list_version: int
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    settled: bool = False
-    settlement: dict[str, int] | None = None
-    finished_at: datetime | None = None
 
 
-class EditItemDoc(BaseModel):
+class EditItemDoc(BatchItemDoc):
     """``clients/{client}/edit_jobs/{job}/items/{index:06d}``: one asset of the job."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    index: int
     asset_id: str
     cost: int
-    status: EditItemStatus = EditItemStatus.QUEUED
     revision: int | None = None
-    failure: dict[str, Any] | None = None
-    attempts: int = 0
-    updated_at: datetime | None = None
 
 
 class EditItemOut(BaseModel):
     index: int
     asset_id: str
-    status: EditItemStatus
+    status: ItemStatus
     cost: int
     revision: int | None
     failure: dict[str, Any] | None
 
 
-class EditJobCounts(BaseModel):
-    queued: int
-    running: int
-    succeeded: int
-    failed: int
-
-
 class EditJobOut(BaseModel):
     id: str
-    status: EditJobStatus
+    status: JobStatus
     operations: list[dict[str, Any]]
     asset_count: int
     cost: int
-    counts: EditJobCounts
+    counts: ItemCounts
     progress: float
     items: list[EditItemOut]
     settlement: dict[str, int] | None
     created_at: datetime
     finished_at: datetime | None
-
-
-# -- task payloads -------------------------------------------------------------------------------
-
-
-class EditFanoutTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str
-
-
-class EditItemTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str
-    index: int = Field(ge=0)
-
-
-class EditSettleTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str

@@ -8,8 +8,9 @@ whole pipeline's geometry on every asset), then quote, then reserve, then act. E
   output) on at most ``EDIT_SYNC_MAX_ASSETS`` assets: every result is computed (and can still be
   refused) before the first revision is written; 200 with the new revisions.
 * Job: any model step (remove_background, scene background, upscale, prompt_edit, inpaint) makes
-  the request a job, as do free pipelines on more assets: 202 and a readable status. The whole
-  quote is reserved as ONE hold; one named task per asset; each worker is idempotent (the item
+  the request a job, as do free pipelines on more assets: 202 and a readable status, on the
+  batch-job lifecycle shared with generation (:mod:`shared.batch`). The whole quote is reserved
+  as ONE hold; one named task per asset; each worker is idempotent (the item
   document says whether the asset is done; the revision commit finishes the item atomically, so a
   redelivery never makes a second revision); the settle task captures the successful assets'
   cost once and releases the rest. remove_background is CPU-local but heavy (rembg, ~1 GB of
@@ -19,34 +20,29 @@ whole pipeline's geometry on every asset), then quote, then reserve, then act. E
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.batch import lifecycle
+from shared.batch.kind import Finished, ItemTakenOver, JobKind, Totals
+from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
+from shared.batch.models import ItemStatus, ItemTask
 from shared.catalog.assets import assets_ref
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
-from shared.catalog.products import new_id
 from shared.editing import pipeline as px
 from shared.editing.background import BackgroundRemovalUnavailable, BackgroundRemover, check_model_path
 from shared.editing.models import (
-    TERMINAL,
     Background,
     Crop,
-    EditFanoutTask,
     EditItemDoc,
     EditItemOut,
-    EditItemStatus,
-    EditItemTask,
-    EditJobCounts,
     EditJobDoc,
     EditJobOut,
-    EditJobStatus,
     EditQuoteOut,
     EditRequest,
     EditResultOut,
-    EditSettleTask,
     Inpaint,
     Operation,
     Output,
@@ -67,19 +63,10 @@ from shared.editing.revisions import (
     get_revision,
     write_objects,
 )
-from shared.engines.base import EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
-from shared.errors import (
-    Conflict,
-    EpoxError,
-    InvalidImage,
-    NotFound,
-    UnprocessableContent,
-    UpstreamUnavailable,
-    ValidationFailed,
-)
-from shared.ledger.model import Actor
+from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
+from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
 from shared.storage import ObjectNotFound
-from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name, windowed_task
+from shared.tasks import RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -92,7 +79,6 @@ if TYPE_CHECKING:
     from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
 
-WORKER = "edit_tasks"
 RECOMPUTE_ATTEMPTS = 3
 # Model size for prompt edits and inpainting: the result is mapped back onto the image anyway, and
 # a 4K call costs far more than the flat price of these operations.
@@ -139,6 +125,10 @@ class EditPolicy:
     rembg_model_path: str
     alpha_matting: bool
 
+    @property
+    def batch(self) -> BatchPolicy:
+        return BatchPolicy(max_attempts=self.max_attempts, hold_ttl=self.hold_ttl)
+
 
 def edit_policy(settings: Settings) -> EditPolicy:
     from shared.imaging import ImageLimits
@@ -159,14 +149,6 @@ def edit_policy(settings: Settings) -> EditPolicy:
         rembg_model_path=settings.rembg_model_path,
         alpha_matting=settings.rembg_alpha_matting,
     )
-
-
-def edit_jobs_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("edit_jobs")
-
-
-def _derived(prefix: str, *parts: object) -> str:
-    return f"{prefix}_{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:24]}"
 
 
 # -- validation and quoting -------------------------------------------------------------------------
@@ -674,6 +656,41 @@ def _no_remover() -> BackgroundRemover:
 # -- jobs -------------------------------------------------------------------------------------------
 
 
+class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
+    """``clients/{c}/edit_jobs``: one item per asset (at most ``EDIT_MAX_ASSETS``), written with the
+    job; progress is read from the items. Settlement charges each edited asset's own quote."""
+
+    collection = "edit_jobs"
+    id_prefix = "edj"
+    noun = "edit job"
+    label = "edit job"
+    worker = "edit_tasks"
+    task_prefix = "edit-"
+    hold_prefix = "edit"
+    operation = "edit"
+    job_model = EditJobDoc
+    item_model = EditItemDoc
+
+    def tally(self, job: EditJobDoc, item: EditItemDoc) -> dict[str, int]:
+        return {"succeeded_cost": item.cost} if item.status is ItemStatus.SUCCEEDED else {}
+
+    def charge(self, job: EditJobDoc, totals: Totals) -> int:
+        return totals["succeeded_cost"]
+
+    def settle_reason(self, job: EditJobDoc, totals: Totals) -> str:
+        return f"edit job {job.id}: {totals.succeeded} of {job.item_count} assets edited; failures refunded"
+
+    def settlement(self, totals: Totals, captured: int, released: int) -> dict[str, int]:
+        return {"captured": captured, "released": released, "succeeded": totals.succeeded, "failed": totals.failed}
+
+    def transient(self, error: EpoxError) -> bool:
+        # A missing background-removal model is a deployment problem that retrying will not fix.
+        return not isinstance(error, BackgroundRemovalUnavailable) and super().transient(error)
+
+
+EDITS = EditJobs()
+
+
 def _mask_key(client_id: str, job_id: str, index: int) -> str:
     return f"clients/{client_id}/edit_jobs/{job_id}/mask-{index}.png"
 
@@ -689,27 +706,17 @@ def create_job(
     user_id: str,
     policy: EditPolicy,
     now: datetime,
-    idempotency_key: str | None,
+    request_key: RequestKey | None,
 ) -> EditJobDoc:
     """Reserve the quote as one hold, keep the masks, write the job and its items in one commit,
-    and enqueue one fan-out task. The same Idempotency-Key returns the same job, reserving nothing."""
-    from google.api_core.exceptions import AlreadyExists
-
-    job_id = _derived("edj", client_id, idempotency_key) if idempotency_key else new_id("edj")
-    job_ref = edit_jobs_ref(db, client_id).document(job_id)
-    existing = job_ref.get()
-    if existing.exists:
-        return EditJobDoc.model_validate(existing.to_dict())
+    and enqueue one fan-out task. The same Idempotency-Key returns the same job, reserving nothing;
+    with another request it is a 409."""
+    job_id = lifecycle.job_id_for(EDITS, client_id, request_key)
+    existing = lifecycle.existing_job(EDITS, db, client_id, job_id, request_key)
+    if existing is not None:
+        return existing
     cost = prepared.quote.total
-    hold_id = ledger.reserve_for_job(
-        client_id,
-        key=f"edit:{job_id}",
-        amount=cost,
-        user_id=user_id,
-        purpose=f"edit job {job_id}",
-        ttl=policy.hold_ttl,
-        operation="edit",
-    )
+    hold_id = lifecycle.reserve(EDITS, ledger, client_id, job_id, amount=cost, user_id=user_id, policy=policy.batch)
     mask_keys = {}
     for index, mask in prepared.masks.items():
         mask_keys[str(index)] = _mask_key(client_id, job_id, index)
@@ -727,91 +734,29 @@ def create_job(
         created_by=user_id,
         created_at=now,
         updated_at=now,
+        request_fingerprint=request_key.fingerprint if request_key is not None else None,
     )
-    batch = db.batch()
-    batch.create(job_ref, job.model_dump(mode="python"))
-    for index, item in enumerate(prepared.assets):
-        doc = EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
-        batch.create(job_ref.collection("items").document(f"{index:06d}"), doc.model_dump(mode="python"))
-    try:
-        batch.commit()
-    except AlreadyExists:
-        return EditJobDoc.model_validate(job_ref.get().to_dict())
-    queue.enqueue(
-        TaskRequest(
-            target=WORKER,
-            path="/tasks/fanout",
-            payload=EditFanoutTask(client_id=client_id, job_id=job_id),
-            name=task_name("edit-fanout", client_id, job_id),
-        )
-    )
-    return job
-
-
-def get_job(db: Client, client_id: str, job_id: str) -> EditJobDoc:
-    snapshot = edit_jobs_ref(db, client_id).document(job_id).get()
-    if not snapshot.exists:
-        raise NotFound(f"No edit job {job_id}")
-    return EditJobDoc.model_validate(snapshot.to_dict())
-
-
-def _items(db: Client, client_id: str, job_id: str) -> list[EditItemDoc]:
-    stream = edit_jobs_ref(db, client_id).document(job_id).collection("items").stream()
-    return sorted((EditItemDoc.model_validate(s.to_dict()) for s in stream), key=lambda item: item.index)
+    items = [
+        EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
+        for index, item in enumerate(prepared.assets)
+    ]
+    return lifecycle.submit(EDITS, db, queue, job, items)
 
 
 def job_out(db: Client, job: EditJobDoc) -> EditJobOut:
-    items = _items(db, job.client_id, job.id)  # at most EDIT_MAX_ASSETS (100): read them all
-    counts = {status: sum(1 for item in items if item.status is status) for status in EditItemStatus}
-    done = counts[EditItemStatus.SUCCEEDED] + counts[EditItemStatus.FAILED]
+    progress = lifecycle.progress(EDITS, db, job)  # at most EDIT_MAX_ASSETS (100) items: all of them
     return EditJobOut(
         id=job.id,
         status=job.status,
         operations=job.operations,
         asset_count=job.item_count,
         cost=job.cost,
-        counts=EditJobCounts(
-            queued=counts[EditItemStatus.QUEUED],
-            running=counts[EditItemStatus.RUNNING],
-            succeeded=counts[EditItemStatus.SUCCEEDED],
-            failed=counts[EditItemStatus.FAILED],
-        ),
-        progress=round(done / job.item_count, 4) if job.item_count else 1.0,
-        items=[EditItemOut(**item.model_dump(include=set(EditItemOut.model_fields))) for item in items],
+        counts=progress.counts,
+        progress=progress.fraction,
+        items=[EditItemOut(**item.model_dump(include=set(EditItemOut.model_fields))) for item in progress.items],
         settlement=job.settlement,
         created_at=job.created_at,
         finished_at=job.finished_at,
-    )
-
-
-def run_fanout(db: Client, queue: TaskQueue, task: EditFanoutTask, now: datetime) -> str:
-    """One named task per asset (a redelivered fan-out enqueues duplicates, which the queue drops)."""
-    job = get_job(db, task.client_id, task.job_id)
-    if job.settled:
-        return "job already settled"
-    for index in range(job.item_count):
-        queue.enqueue(
-            TaskRequest(
-                target=WORKER,
-                path="/tasks/item",
-                payload=EditItemTask(client_id=task.client_id, job_id=task.job_id, index=index),
-                name=task_name("edit-item", task.client_id, task.job_id, str(index)),
-            )
-        )
-    if job.status is EditJobStatus.QUEUED:
-        edit_jobs_ref(db, task.client_id).document(task.job_id).update(
-            {"status": EditJobStatus.RUNNING.value, "updated_at": now}
-        )
-    return f"{job.item_count} item tasks"
-
-
-def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
-    return windowed_task(
-        target=WORKER,
-        path="/tasks/settle",
-        payload=EditSettleTask(client_id=client_id, job_id=job_id),
-        name_parts=("edit-settle", client_id, job_id),
-        finished_at=now,
     )
 
 
@@ -840,53 +785,24 @@ def run_item(
     queue: TaskQueue,
     engine: ImageEngine,
     remover: Callable[[], BackgroundRemover],
-    task: EditItemTask,
+    task: ItemTask,
     call: TaskCall,
     policy: EditPolicy,
     now: datetime,
     clock: Callable[[], datetime] | None = None,
 ) -> str:
     """Edit one asset of a job, once. ``clock`` tells when the item finished (for its settle window)."""
-    finished_at = clock or (lambda: now)
-    job_ref = edit_jobs_ref(db, task.client_id).document(task.job_id)
-    item_ref = job_ref.collection("items").document(f"{task.index:06d}")
-    snapshot = item_ref.get()
-    if not snapshot.exists:
-        return "item not found: dropped"
-    item = EditItemDoc.model_validate(snapshot.to_dict())
-    if item.status in TERMINAL:
-        queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at()))
-        return f"item already {item.status.value}"
-    job = get_job(db, task.client_id, task.job_id)
-    item_ref.update({"status": EditItemStatus.RUNNING.value, "attempts": item.attempts + 1, "updated_at": now})
-    running = item_ref.get()
-    last_attempt = call.retry_count + 1 >= policy.max_attempts
-    try:
-        outcome = _edit_item(db, store, engine, remover, job, item, item_ref, running, policy, now)
-    except ItemTaken:
-        return "another delivery finished this item"
-    except EpoxError as error:
-        if _transient(error) and not last_attempt:
-            if isinstance(error, RetryTask):
-                raise
-            retry_after = int(getattr(error, "retry_after", 0) or error.headers.get("Retry-After", 10))
-            raise RetryTask(f"{error.code}: {error.detail}", retry_after=retry_after) from error
-        # Refused, unreadable, deleted, blocked, or out of attempts: final, and refunded at settlement.
-        outcome = _fail(db, item_ref, running, error, now)
-    except Exception as error:
-        if not last_attempt:
-            raise  # a 500: the queue tries again
-        outcome = _fail(db, item_ref, running, EpoxError(f"unexpected {type(error).__name__}"), now)
-    queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at()))
-    return outcome
-
-
-def _transient(error: EpoxError) -> bool:
-    """Worth another delivery: a busy engine, an unavailable store or queue, a lost race. A missing
-    background-removal model is a deployment problem that retrying will not fix."""
-    if isinstance(error, BackgroundRemovalUnavailable):
-        return False
-    return isinstance(error, RetryTask | EngineRetryableError | UpstreamUnavailable)
+    return lifecycle.run_item(
+        EDITS,
+        db,
+        queue,
+        task,
+        call,
+        policy.batch,
+        now,
+        work=lambda run: _edit_item(db, store, engine, remover, policy, run),
+        clock=clock,
+    )
 
 
 def _edit_item(
@@ -894,13 +810,12 @@ def _edit_item(
     store: ObjectStore,
     engine: ImageEngine,
     remover: Callable[[], BackgroundRemover],
-    job: EditJobDoc,
-    item: EditItemDoc,
-    item_ref: Any,
-    running: Any,
     policy: EditPolicy,
-    now: datetime,
-) -> str:
+    run: ItemRun[EditJobDoc, EditItemDoc],
+) -> Finished:
+    """The new revision, committed together with the item's success (so a redelivery never makes a
+    second one); a lost race with another edit of the asset is recomputed on top of it."""
+    job, item = run.job, run.item
     if any(op.get("op") == "remove_background" for op in job.operations):
         check_model_path(policy.rembg_model_path)
     operations, masks = _operations(store, job)
@@ -911,76 +826,16 @@ def _edit_item(
         computed = compute(store, asset, operations, masks, runtime)
         number = computed.base_revision + 1
         key, thumb_key = write_objects(store, job.client_id, asset.id, number, computed.encoded, computed.thumbnail)
-        revision = _revision(number, key, thumb_key, computed, label, now, {"job_id": job.id})
-        guard = ItemGuard(
-            item_ref,
-            running,
-            {"status": EditItemStatus.SUCCEEDED.value, "revision": number, "failure": None, "updated_at": now},
-        )
+        revision = _revision(number, key, thumb_key, computed, label, run.now, {"job_id": job.id})
+        guard = ItemGuard(run.ref, run.snapshot, run.changes(ItemStatus.SUCCEEDED, revision=number, failure=None))
         try:
-            commit_revision(db, client_id=job.client_id, asset_id=asset.id, revision=revision, now=now, item=guard)
-            return f"item {item.index} succeeded: revision {number}"
+            commit_revision(db, client_id=job.client_id, asset_id=asset.id, revision=revision, now=run.now, item=guard)
+            return Finished(f"item {item.index} succeeded: revision {number}")
         except (RevisionConflict, ItemTaken):
             delete_objects(store, key, thumb_key)
-            if item_ref.get().update_time != running.update_time:
-                raise ItemTaken(item_ref.id) from None
+            if run.ref.get().update_time != run.snapshot.update_time:
+                raise ItemTakenOver(run.ref.id) from None
     raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
-
-
-def _fail(db: Client, item_ref: Any, running: Any, error: Exception, now: datetime) -> str:
-    """Record a final failure, unless another delivery changed the item since this one started."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    code = getattr(error, "code", "internal_error")
-    detail = getattr(error, "detail", str(error))
-    failure = {"code": code, "message": detail, "retryable": bool(getattr(error, "retryable", False))}
-    try:
-        item_ref.update(
-            {"status": EditItemStatus.FAILED.value, "failure": failure, "updated_at": now},
-            option=db.write_option(last_update_time=running.update_time),
-        )
-    except FailedPrecondition:
-        return "another delivery finished this item"
-    return f"item failed: {code}"
-
-
-def run_settle(db: Client, ledger: Ledger, task: EditSettleTask, now: datetime) -> str:
-    """Once every item has finished: capture the successful assets' cost, release the rest (one commit)."""
-    job = get_job(db, task.client_id, task.job_id)
-    if job.settled:
-        return "already settled"
-    items = _items(db, task.client_id, task.job_id)
-    done = [item for item in items if item.status in TERMINAL]
-    if len(done) < job.item_count:
-        return f"{len(done)}/{job.item_count} items finished"
-    succeeded = [item for item in done if item.status is EditItemStatus.SUCCEEDED]
-    charge = sum(item.cost for item in succeeded)
-    captured = released = 0
-    if job.hold_id:
-        outcome = ledger.capture(
-            task.client_id,
-            job.hold_id,
-            amount=charge,
-            actor=Actor(kind="task", id=f"settle:{job.id}"),
-            reason=f"edit job {job.id}: {len(succeeded)} of {job.item_count} assets edited; failures refunded",
-            key=f"settle:{job.id}",
-        )
-        captured, released = outcome.captured, outcome.released
-    edit_jobs_ref(db, task.client_id).document(task.job_id).update(
-        {
-            "status": EditJobStatus.COMPLETED.value,
-            "settled": True,
-            "settlement": {
-                "captured": captured,
-                "released": released,
-                "succeeded": len(succeeded),
-                "failed": len(done) - len(succeeded),
-            },
-            "finished_at": now,
-            "updated_at": now,
-        }
-    )
-    return f"settled: captured {captured}, released {released}"
 
 
 # -- revert -----------------------------------------------------------------------------------------

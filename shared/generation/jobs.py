@@ -1,15 +1,13 @@
-"""Generation jobs: accept fast, fan out in tasks, run one task per item, settle credits once.
+"""Generation jobs: AI product images in batches, on the shared batch-job lifecycle (:mod:`shared.batch`).
 
-* Create: validate, quote, reserve the whole job's cost as ONE hold (402 when unaffordable), store
-  the item list in the object store, write the job document and enqueue one fan-out task. A
-  1,000-item job costs one balance-document write here, whatever its size.
-* Fan-out: pages of item documents and named item tasks (a redelivered page creates nothing twice).
-* Item worker: idempotent (a finished item is left alone; asset ids are derived from job, item and
-  variant, so a crash mid-item is completed once on redelivery); transient engine failures are
-  retried by the queue, permanent ones and the last attempt fail the item. Each finished item adds
-  to one of N counter shards in the same commit that finishes it, so no document is hot.
-* Settle: when every item has finished, ONE capture charges the successful images and releases the
-  rest of the hold: failed and cancelled items are refunded automatically, visibly in the history.
+What is generation's own: the settings and references a job is checked against, its price (one
+``generate_image`` per image: items x variants, quoted like the credits API quotes it), the item list
+kept in the object store and written page by page by the fan-out (a 1,000-item job is accepted with
+one balance write and one job write), the product defaults remembered per page, and the work of one
+item: ``variants`` images, each stored as an asset whose id is derived from job, item and variant, so
+a crash mid-item is completed once on redelivery. Transient engine failures are retried by the
+queue, permanent ones and the last attempt fail the variant. Progress is counted in sharded
+counters; the settlement charges the images made and releases the rest of the hold.
 """
 
 from __future__ import annotations
@@ -18,39 +16,34 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.batch import lifecycle
+from shared.batch.kind import Finish, JobKind, Totals, failure_of
+from shared.batch.kind import derived_id as _derived
+from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
+from shared.batch.models import FanoutPageTask, ItemListQuery, ItemStatus, ItemTask
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref, stage_new_asset
 from shared.catalog.models import AssetDoc, AssetKind
-from shared.catalog.products import get_product, new_id, products_ref
+from shared.catalog.products import get_product, products_ref
 from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
 from shared.generation import prompts
 from shared.generation.models import (
-    TERMINAL_ITEM,
-    FanoutTask,
     GenerationSettings,
     ItemDoc,
-    ItemListQuery,
     ItemOut,
-    ItemStatus,
-    ItemTask,
     JobCounts,
     JobCreate,
     JobDoc,
-    JobListQuery,
     JobOut,
-    JobStatus,
-    SettleTask,
 )
-from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
-from shared.ledger.model import Actor
+from shared.http.pagination import Page
 from shared.ledger.pricing import PriceList, QuoteItem, quote
-from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name, windowed_task
+from shared.tasks import RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -62,7 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("epox.generation")
 
-WORKER = "generate_tasks"
 MAX_REFERENCE_IMAGES = 3
 
 
@@ -76,13 +68,49 @@ class GenerationPolicy:
     image_limits: ImageLimits
     thumbnail_max_side: int
 
+    @property
+    def batch(self) -> BatchPolicy:
+        return BatchPolicy(
+            max_attempts=self.max_attempts,
+            hold_ttl=self.hold_ttl,
+            fanout_page=self.fanout_page,
+            counter_shards=self.counter_shards,
+        )
 
-def jobs_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("jobs")
+
+class GenerationJobs(JobKind[JobDoc, ItemDoc]):
+    """``clients/{c}/jobs``: up to 1,000 items of ``variants`` images each, counted in shards."""
+
+    collection = "jobs"
+    id_prefix = "job"
+    noun = "job"
+    label = "generation job"
+    worker = "generate_tasks"
+    task_prefix = ""
+    hold_prefix = "job"
+    operation = "generate_image"
+    job_model = JobDoc
+    item_model = ItemDoc
+    counted = True
+
+    def tally(self, job: JobDoc, item: ItemDoc) -> dict[str, int]:
+        if item.status is ItemStatus.CANCELLED:
+            return {"cancelled_slots": job.settings.variants}
+        return {"succeeded_slots": len(item.asset_ids), "failed_slots": item.failed_variants}
+
+    def charge(self, job: JobDoc, totals: Totals) -> int:
+        return totals["succeeded_slots"] * job.unit_price
+
+    def settle_reason(self, job: JobDoc, totals: Totals) -> str:
+        return f"generation job {job.id}: {totals['succeeded_slots']} images; failed and cancelled images refunded"
+
+    def failed(self, job: JobDoc, error: EpoxError) -> Finish:
+        variants = job.settings.variants
+        failure = failure_of(error, variants_failed=variants)
+        return Finish(ItemStatus.FAILED, {"asset_ids": [], "failed_variants": variants, "failure": failure})
 
 
-def _derived(prefix: str, *parts: object) -> str:
-    return f"{prefix}_{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:24]}"
+GENERATION = GenerationJobs()
 
 
 def _spec_key(client_id: str, job_id: str) -> str:
@@ -138,35 +166,26 @@ def create_job(
     base: GenerationSettings,
     policy: GenerationPolicy,
     now: datetime,
-    idempotency_key: str | None,
+    request_key: RequestKey | None,
     retry_of: str | None = None,
 ) -> JobDoc:
     """Accept a job: one reservation for all of it, one fan-out task. Re-running with the same key
-    returns the same job and reserves nothing more."""
-    from google.api_core.exceptions import AlreadyExists
-
+    returns the same job and reserves nothing more; the same key with another request is a 409."""
     settings = GenerationSettings.model_validate({**base.model_dump(), **data.overrides()})
     prompts.require_style(settings.style)
     # A key names one request to one endpoint (as the HTTP layer scopes it): the same key sent to
     # POST /jobs and to POST /jobs/{id}/retry names two different jobs.
-    scope = (client_id, idempotency_key) if retry_of is None else (client_id, idempotency_key, "retry", retry_of)
-    job_id = _derived("job", *scope) if idempotency_key else new_id("job")
-    existing = jobs_ref(db, client_id).document(job_id).get()
-    if existing.exists:
-        return JobDoc.model_validate(existing.to_dict())
+    scope = () if retry_of is None else ("retry", retry_of)
+    job_id = lifecycle.job_id_for(GENERATION, client_id, request_key, *scope)
+    existing = lifecycle.existing_job(GENERATION, db, client_id, job_id, request_key)
+    if existing is not None:
+        return existing
     _check_references(db, client_id, data)
     slots = len(data.items) * settings.variants
     # The same quote the credits API gives for this operation: the price shown is the price reserved.
     line = quote(prices, [QuoteItem(operation="generate_image", variant=settings.size, quantity=slots)]).lines[0]
-    unit_price, cost = line.unit_price, line.amount
-    hold_id = ledger.reserve_for_job(
-        client_id,
-        key=f"job:{job_id}",
-        amount=cost,
-        user_id=user_id,
-        purpose=f"generation job {job_id}",
-        ttl=policy.hold_ttl,
-        operation="generate_image",
+    hold_id = lifecycle.reserve(
+        GENERATION, ledger, client_id, job_id, amount=line.amount, user_id=user_id, policy=policy.batch
     )
     store.put(
         _spec_key(client_id, job_id),
@@ -179,49 +198,17 @@ def create_job(
         settings=settings,
         item_count=len(data.items),
         slot_count=slots,
-        unit_price=unit_price,
-        cost=cost,
+        unit_price=line.unit_price,
+        cost=line.amount,
         hold_id=hold_id,
         retry_of=retry_of,
         created_by=user_id,
         created_at=now,
         updated_at=now,
-        fanout_pages=max(1, math.ceil(len(data.items) / policy.fanout_page)),
+        fanout_pages=lifecycle.fanout_pages(len(data.items), policy.batch),
+        request_fingerprint=request_key.fingerprint if request_key is not None else None,
     )
-    try:
-        jobs_ref(db, client_id).document(job_id).create(job.model_dump(mode="python"))
-    except AlreadyExists:
-        return JobDoc.model_validate(jobs_ref(db, client_id).document(job_id).get().to_dict())
-    queue.enqueue(_fanout_task(client_id, job_id, 0))
-    return job
-
-
-def _fanout_task(client_id: str, job_id: str, page: int) -> TaskRequest:
-    return TaskRequest(
-        target=WORKER,
-        path="/tasks/fanout",
-        payload=FanoutTask(client_id=client_id, job_id=job_id, page=page),
-        name=task_name("fanout", client_id, job_id, str(page)),
-    )
-
-
-def _item_task(client_id: str, job_id: str, index: int) -> TaskRequest:
-    return TaskRequest(
-        target=WORKER,
-        path="/tasks/item",
-        payload=ItemTask(client_id=client_id, job_id=job_id, index=index),
-        name=task_name("item", client_id, job_id, str(index)),
-    )
-
-
-def _settle_task(client_id: str, job_id: str, now: datetime) -> TaskRequest:
-    return windowed_task(
-        target=WORKER,
-        path="/tasks/settle",
-        payload=SettleTask(client_id=client_id, job_id=job_id),
-        name_parts=("settle", client_id, job_id),
-        finished_at=now,
-    )
+    return lifecycle.submit(GENERATION, db, queue, job)
 
 
 # -- fan-out ------------------------------------------------------------------------------------------
@@ -231,98 +218,34 @@ def run_fanout(
     db: Client,
     store: ObjectStore,
     queue: TaskQueue,
-    task: FanoutTask,
+    task: FanoutPageTask,
     policy: GenerationPolicy,
     now: datetime,
     clock: Callable[[], datetime] | None = None,
 ) -> str:
-    from google.api_core.exceptions import AlreadyExists
+    """One page of items from the stored item list; each page's products remember these settings."""
 
-    job = get_job(db, task.client_id, task.job_id)
-    if job.settled:
-        return "job already settled"
-    specs = json.loads(store.get(_spec_key(task.client_id, task.job_id)))
-    start = task.page * policy.fanout_page
-    page = specs[start : start + policy.fanout_page]
-    items_ref = jobs_ref(db, task.client_id).document(task.job_id).collection("items")
-    cancelled = job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
-    docs = [
-        ItemDoc(
-            index=start + offset,
-            product_id=spec.get("product_id"),
-            image_asset_ids=spec.get("image_asset_ids", []),
-            prompt=spec.get("prompt"),
-            status=ItemStatus.CANCELLED if cancelled else ItemStatus.QUEUED,
-            updated_at=now,
-        )
-        for offset, spec in enumerate(page)
-    ]
-    created: list[ItemDoc] = []
-    for doc in docs:
-        batch = db.batch()
-        batch.create(items_ref.document(f"{doc.index:06d}"), doc.model_dump(mode="python"))
-        if cancelled:
-            _count(
-                batch,
-                db,
-                task.client_id,
-                task.job_id,
-                doc.index,
-                policy,
-                {"done_items": 1, "cancelled_items": 1, "cancelled_slots": job.settings.variants},
+    def page_items(job: JobDoc, start: int, stop: int, status: ItemStatus) -> list[ItemDoc]:
+        specs = json.loads(store.get(_spec_key(job.client_id, job.id)))[start:stop]
+        return [
+            ItemDoc(
+                index=start + offset,
+                product_id=spec.get("product_id"),
+                image_asset_ids=spec.get("image_asset_ids", []),
+                prompt=spec.get("prompt"),
+                status=status,
+                updated_at=now,
             )
-        try:
-            batch.commit()
-            created.append(doc)
-        except AlreadyExists:
-            continue  # a redelivered page: this item exists (and may already be running)
-    if not cancelled:
-        for doc in docs:
-            queue.enqueue(_item_task(task.client_id, task.job_id, doc.index))
-    # Every page's products (not only the first page's): each of them was generated with these settings.
-    prompts.remember_defaults(db, task.client_id, job.settings, [d.product_id for d in docs if d.product_id], now)
-    last = task.page + 1 >= job.fanout_pages
-    _mark_fanned_out(db, jobs_ref(db, task.client_id).document(task.job_id), counted=bool(created), now=now)
-    if not last:
-        queue.enqueue(_fanout_task(task.client_id, task.job_id, task.page + 1))
-    elif cancelled:
-        queue.enqueue(_settle_task(task.client_id, task.job_id, clock() if clock is not None else now))
-    return f"fan-out page {task.page + 1}/{job.fanout_pages}: {len(created)} items"
+            for offset, spec in enumerate(specs)
+        ]
 
+    def remember(job: JobDoc, items: list[ItemDoc]) -> None:
+        # Every page's products (not only the first page's): each of them was generated with these settings.
+        prompts.remember_defaults(db, job.client_id, job.settings, [i.product_id for i in items if i.product_id], now)
 
-def _mark_fanned_out(db: Client, ref: Any, *, counted: bool, now: datetime) -> None:
-    """Count the page and move a queued job to running, in a transaction: a cancel that lands while
-    the page is being fanned out must not be overwritten by a status read before it."""
-    from google.cloud import firestore
-
-    @firestore.transactional  # type: ignore[misc]
-    def apply(transaction: Any) -> None:
-        current = JobStatus((ref.get(transaction=transaction).to_dict() or {}).get("status", JobStatus.QUEUED.value))
-        changes: dict[str, Any] = {"updated_at": now}
-        if counted:
-            changes["fanout_pages_done"] = firestore.Increment(1)
-        if current is JobStatus.QUEUED:
-            changes["status"] = JobStatus.RUNNING.value
-        transaction.update(ref, changes)
-
-    apply(db.transaction())
-
-
-def _count(
-    batch: Any,
-    db: Client,
-    client_id: str,
-    job_id: str,
-    index: int,
-    policy: GenerationPolicy,
-    increments: dict[str, int],
-) -> None:
-    from google.cloud import firestore
-
-    shard = (
-        jobs_ref(db, client_id).document(job_id).collection("counters").document(f"{index % policy.counter_shards:03d}")
+    return lifecycle.run_fanout_page(
+        GENERATION, db, queue, task, policy.batch, now, page_items=page_items, after_page=remember, clock=clock
     )
-    batch.set(shard, {name: firestore.Increment(value) for name, value in increments.items()}, merge=True)
 
 
 # -- item worker --------------------------------------------------------------------------------------
@@ -339,131 +262,61 @@ def run_item(
     now: datetime,
     clock: Callable[[], datetime] | None = None,
 ) -> str:
-    """``clock`` gives the time when the item finishes (``now`` is when the delivery started); the
-    settle task must be for the window the item finishes in, see :func:`_finish`."""
-    from google.api_core.exceptions import FailedPrecondition
+    """Generate one item's images once. ``clock`` gives the time when the item finishes (``now`` is
+    when the delivery started): its settle task is for the window the item finishes in."""
+    return lifecycle.run_item(
+        GENERATION,
+        db,
+        queue,
+        task,
+        call,
+        policy.batch,
+        now,
+        work=lambda run: _generate(db, store, engine, policy, run),
+        clock=clock,
+    )
 
-    item_ref = jobs_ref(db, task.client_id).document(task.job_id).collection("items").document(f"{task.index:06d}")
-    snapshot = item_ref.get()
-    if not snapshot.exists:
-        return "item not found: dropped"
-    item = ItemDoc.model_validate(snapshot.to_dict())
-    if item.status in TERMINAL_ITEM:
-        queue.enqueue(_settle_task(task.client_id, task.job_id, now))
-        return f"item already {item.status.value}"
-    job = get_job(db, task.client_id, task.job_id)
-    if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED) and item.status is ItemStatus.QUEUED:
-        return _finish(db, queue, item_ref, snapshot, task, item, job, policy, now, ItemStatus.CANCELLED, [], 0, None)
-    item_ref.update({"status": ItemStatus.RUNNING.value, "attempts": item.attempts + 1, "updated_at": now})
-    running = item_ref.get()
 
-    last_attempt = call.retry_count + 1 >= policy.max_attempts
+def _generate(
+    db: Client, store: ObjectStore, engine: ImageEngine, policy: GenerationPolicy, run: ItemRun[JobDoc, ItemDoc]
+) -> Finish:
+    """Every variant not stored yet; the item succeeds when at least one image was made."""
+    job, item = run.job, run.item
     asset_ids: list[str] = []
     failures: list[EngineError] = []
-    request = _build_request(db, store, task.client_id, job, item)
+    request = _build_request(db, store, job.client_id, job, item)
     for variant in range(job.settings.variants):
-        asset_id = _derived("ast", task.job_id, task.index, variant)
-        if assets_ref(db, task.client_id).document(asset_id).get().exists:
+        asset_id = _derived("ast", job.id, item.index, variant)
+        if assets_ref(db, job.client_id).document(asset_id).get().exists:
             asset_ids.append(asset_id)
             continue
         try:
-            result = engine.generate(replace(request, seed=_seed(task.job_id, task.index, variant)))
-            _store_generated(db, store, task.client_id, job, item, asset_id, variant, result, request, policy, now)
+            result = engine.generate(replace(request, seed=_seed(job.id, item.index, variant)))
+            _store_generated(db, store, job.client_id, job, item, asset_id, variant, result, request, policy, run.now)
             asset_ids.append(asset_id)
         except EngineRetryableError as error:
-            if not last_attempt:
+            if not run.last_attempt:
                 # The variants done so far are kept (their ids are fixed); the queue retries the rest.
                 raise RetryTask(f"engine busy: {error.detail}", retry_after=error.retry_after) from error
             failures.append(error)
         except EngineError as error:
             failures.append(error)
         except Exception as error:
-            if not last_attempt:
+            if not run.last_attempt:
                 raise  # a crash: the queue re-delivers and the stored variants are reused
             # The last attempt must still finish the item, or the job would never settle.
-            logger.exception("item %s of job %s crashed on its last attempt", task.index, task.job_id)
+            logger.exception("item %s of job %s crashed on its last attempt", item.index, job.id)
             failures.append(EnginePermanentError(f"internal error: {type(error).__name__}"))
     failed = job.settings.variants - len(asset_ids)
-    status = ItemStatus.SUCCEEDED if asset_ids else ItemStatus.FAILED
-    failure = None
-    if failures:
-        first = failures[0]
-        failure = {
-            "code": first.code,
-            "message": first.detail,
-            "variants_failed": failed,
-            "retryable": bool(getattr(first, "retryable", False)),
-        }
-    try:
-        return _finish(
-            db,
-            queue,
-            item_ref,
-            running,
-            task,
-            item,
-            job,
-            policy,
-            now,
-            status,
-            asset_ids,
-            failed,
-            failure,
-            finished_at=clock() if clock is not None else None,
-        )
-    except FailedPrecondition:
-        return "another delivery finished this item"
+    failure = failure_of(failures[0], variants_failed=failed) if failures else None
+    return Finish(
+        ItemStatus.SUCCEEDED if asset_ids else ItemStatus.FAILED,
+        {"asset_ids": asset_ids, "failed_variants": failed, "failure": failure},
+    )
 
 
 def _seed(job_id: str, index: int, variant: int) -> int:
     return int(hashlib.sha256(f"{job_id}|{index}|{variant}".encode()).hexdigest()[:8], 16)
-
-
-def _finish(
-    db: Client,
-    queue: TaskQueue,
-    item_ref: Any,
-    snapshot: Any,
-    task: ItemTask,
-    item: ItemDoc,
-    job: JobDoc,
-    policy: GenerationPolicy,
-    now: datetime,
-    status: ItemStatus,
-    asset_ids: list[str],
-    failed_variants: int,
-    failure: dict[str, Any] | None,
-    finished_at: datetime | None = None,
-) -> str:
-    """Finish the item and count it, atomically and only once (guarded by the item's update time).
-
-    The settle task is named after the window the item FINISHES in: generation can take longer
-    than a window, and a settle task named after the window the delivery started in may already
-    have run (finding this item unfinished); a second one of that name would be dropped as a
-    duplicate and the job would never settle."""
-    variants = job.settings.variants
-    increments = {"done_items": 1}
-    if status is ItemStatus.CANCELLED:
-        increments |= {"cancelled_items": 1, "cancelled_slots": variants}
-    else:
-        increments |= {"succeeded_slots": len(asset_ids), "failed_slots": failed_variants}
-        increments |= {"succeeded_items": 1} if status is ItemStatus.SUCCEEDED else {"failed_items": 1}
-    batch = db.batch()
-    batch.update(
-        item_ref,
-        {
-            "status": status.value,
-            "asset_ids": asset_ids,
-            "failed_variants": failed_variants,
-            "failure": failure,
-            "updated_at": now,
-        },
-        option=db.write_option(last_update_time=snapshot.update_time),
-    )
-    _count(batch, db, task.client_id, task.job_id, task.index, policy, increments)
-    batch.commit()
-    queue.enqueue(_settle_task(task.client_id, task.job_id, finished_at or now))
-    return f"item {task.index} {status.value}"
 
 
 def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, item: ItemDoc) -> ImageRequest:
@@ -563,82 +416,12 @@ def _store_generated(
         batch.commit()
 
 
-# -- settle -------------------------------------------------------------------------------------------
-
-
-def _counter_totals(db: Client, client_id: str, job_id: str) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for snapshot in jobs_ref(db, client_id).document(job_id).collection("counters").stream():
-        for name, value in (snapshot.to_dict() or {}).items():
-            totals[name] = totals.get(name, 0) + int(value)
-    return totals
-
-
-def run_settle(db: Client, ledger: Ledger, task: SettleTask, now: datetime) -> str:
-    """Once every item has finished: capture the successes, release the rest (one ledger commit)."""
-    job = get_job(db, task.client_id, task.job_id)
-    if job.settled:
-        return "already settled"
-    totals = _counter_totals(db, task.client_id, task.job_id)
-    if totals.get("done_items", 0) < job.item_count:
-        return f"{totals.get('done_items', 0)}/{job.item_count} items finished"
-    charge = totals.get("succeeded_slots", 0) * job.unit_price
-    captured = released = 0
-    if job.hold_id:
-        outcome = ledger.capture(
-            task.client_id,
-            job.hold_id,
-            amount=charge,
-            actor=Actor(kind="task", id=f"settle:{job.id}"),
-            reason=f"generation job {job.id}: {totals.get('succeeded_slots', 0)} images; failed and cancelled "
-            "images refunded",
-            key=f"settle:{job.id}",
-        )
-        captured, released = outcome.captured, outcome.released
-    final = JobStatus.CANCELLED if job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED) else JobStatus.COMPLETED
-    jobs_ref(db, task.client_id).document(task.job_id).update(
-        {
-            "status": final.value,
-            "settled": True,
-            "settlement": {"captured": captured, "released": released},
-            "finished_at": now,
-            "updated_at": now,
-        }
-    )
-    return f"settled: captured {captured}, released {released}"
-
-
 # -- reads and commands -------------------------------------------------------------------------------
 
 
-def get_job(db: Client, client_id: str, job_id: str) -> JobDoc:
-    snapshot = jobs_ref(db, client_id).document(job_id).get()
-    if not snapshot.exists:
-        raise NotFound(f"No job {job_id}")
-    return JobDoc.model_validate(snapshot.to_dict())
-
-
 def job_out(db: Client, job: JobDoc) -> JobOut:
-    from google.cloud.firestore import FieldFilter
-
-    totals = _counter_totals(db, job.client_id, job.id)
-    done = totals.get("done_items", 0)
-    running = 0
-    if not job.settled:
-        query = (
-            jobs_ref(db, job.client_id)
-            .document(job.id)
-            .collection("items")
-            .where(filter=FieldFilter("status", "==", ItemStatus.RUNNING.value))
-        )
-        running = int(query.count().get()[0][0].value)
-    counts = JobCounts(
-        queued=max(0, job.item_count - done - running),
-        running=running,
-        succeeded=totals.get("succeeded_items", 0),
-        failed=totals.get("failed_items", 0),
-        cancelled=totals.get("cancelled_items", 0),
-    )
+    progress = lifecycle.progress(GENERATION, db, job)
+    totals = progress.totals
     return JobOut(
         id=job.id,
         status=job.status,
@@ -647,10 +430,10 @@ def job_out(db: Client, job: JobDoc) -> JobOut:
         variants=job.settings.variants,
         cost=job.cost,
         unit_price=job.unit_price,
-        counts=counts,
-        progress=round(done / job.item_count, 4) if job.item_count else 1.0,
-        images_succeeded=totals.get("succeeded_slots", 0),
-        images_failed=totals.get("failed_slots", 0),
+        counts=JobCounts(**progress.counts.model_dump(), cancelled=totals.cancelled),
+        progress=progress.fraction,
+        images_succeeded=totals["succeeded_slots"],
+        images_failed=totals["failed_slots"],
         retry_of=job.retry_of,
         settlement=job.settlement,
         created_at=job.created_at,
@@ -658,83 +441,15 @@ def job_out(db: Client, job: JobDoc) -> JobOut:
     )
 
 
-def list_jobs(db: Client, client_id: str, query: JobListQuery) -> Page[JobDoc]:
-    from google.cloud.firestore import FieldFilter, Query
-
-    q = jobs_ref(db, client_id)
-    if query.status:
-        q = q.where(filter=FieldFilter("status", "==", query.status.value))
-    q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
-    if query.cursor:
-        values = decode_cursor(query.cursor)
-        try:
-            q = q.start_after({"created_at": datetime.fromisoformat(str(values["t"])), "id": str(values["id"])})
-        except (KeyError, ValueError) as exc:
-            raise InvalidCursor() from exc
-    docs = [JobDoc.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
-    cursor = None
-    if len(docs) > query.limit:
-        docs = docs[: query.limit]
-        cursor = encode_cursor({"t": docs[-1].created_at.isoformat(), "id": docs[-1].id})
-    return Page(items=docs, next_cursor=cursor)
-
-
 def list_items(db: Client, client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemOut]:
-    from google.cloud.firestore import FieldFilter
-
-    get_job(db, client_id, job_id)
-    q = jobs_ref(db, client_id).document(job_id).collection("items")
-    if query.status:
-        q = q.where(filter=FieldFilter("status", "==", query.status.value))
-    q = q.order_by("index")
-    if query.cursor:
-        try:
-            q = q.start_after({"index": int(decode_cursor(query.cursor)["i"])})
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidCursor() from exc
-    docs = [ItemDoc.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
-    cursor = None
-    if len(docs) > query.limit:
-        docs = docs[: query.limit]
-        cursor = encode_cursor({"i": docs[-1].index})
-    return Page(items=[ItemOut(**d.model_dump(include=set(ItemOut.model_fields))) for d in docs], next_cursor=cursor)
-
-
-def cancel_job(db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime) -> JobDoc:
-    """Stop starting new items; items already running finish; unstarted ones are released at settle."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    ref = jobs_ref(db, client_id).document(job_id)
-    for _ in range(5):
-        snapshot = ref.get()
-        if not snapshot.exists:
-            raise NotFound(f"No job {job_id}")
-        job = JobDoc.model_validate(snapshot.to_dict())
-        if job.settled or job.status in (JobStatus.CANCELLING, JobStatus.CANCELLED):
-            return job
-        try:
-            # Guarded by the read: a settle that finishes in between wins, and we answer its state.
-            ref.update(
-                {"status": JobStatus.CANCELLING.value, "updated_at": now},
-                option=db.write_option(last_update_time=snapshot.update_time),
-            )
-        except FailedPrecondition:
-            continue
-        queue.enqueue(_settle_task(client_id, job_id, now))
-        return job.model_copy(update={"status": JobStatus.CANCELLING})
-    return get_job(db, client_id, job_id)
+    page = lifecycle.list_items(GENERATION, db, client_id, job_id, query)
+    items = [ItemOut(**d.model_dump(include=set(ItemOut.model_fields))) for d in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
 def failed_items(db: Client, client_id: str, job_id: str) -> list[ItemDoc]:
-    from google.cloud.firestore import FieldFilter
-
-    job = get_job(db, client_id, job_id)
+    """What a retry job would run again: the failed items of a finished job."""
+    job = GENERATION.get_job(db, client_id, job_id)
     if not job.settled:
         raise Conflict("The job is still running; retry its failed items once it has finished")
-    q = (
-        jobs_ref(db, client_id)
-        .document(job_id)
-        .collection("items")
-        .where(filter=FieldFilter("status", "==", ItemStatus.FAILED.value))
-    )
-    return [ItemDoc.model_validate(s.to_dict()) for s in q.stream()]
+    return lifecycle.items_with_status(GENERATION, db, client_id, job_id, ItemStatus.FAILED)

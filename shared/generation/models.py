@@ -1,39 +1,19 @@
-"""Requests, responses, task payloads and stored documents of AI image generation."""
+"""Requests, responses and stored documents of AI image generation (the lifecycle's are in shared.batch)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.batch.models import BatchItemDoc, ItemCounts, ItemStatus, JobStatus, PagedJobDoc
 from shared.catalog.models import Id, StrictModel
 from shared.engines.base import AspectRatio, ImageSize
-from shared.http.pagination import PageQuery
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 StyleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 MAX_JOB_ITEMS = 1000
-
-
-class JobStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-
-
-class ItemStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_ITEM = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
 
 
 class GenerationSettings(StrictModel):
@@ -76,54 +56,27 @@ class JobCreate(StrictModel):
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
-class JobDoc(BaseModel):
-    """``clients/{client}/jobs/{id}``."""
+class JobDoc(PagedJobDoc):
+    """``clients/{client}/jobs/{id}``; its items are written by the fan-out, its progress counted in shards."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    client_id: str
     kind: str = "generate"
-    status: JobStatus = JobStatus.QUEUED
     settings: GenerationSettings
-    item_count: int
     slot_count: int
     unit_price: int
-    cost: int
-    hold_id: str
     retry_of: str | None = None
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    fanout_pages_done: int = 0
-    fanout_pages: int = 1
-    settled: bool = False
-    settlement: dict[str, int] | None = None
-    finished_at: datetime | None = None
 
 
-class ItemDoc(BaseModel):
-    """``clients/{client}/jobs/{job}/items/{index:06d}``."""
+class ItemDoc(BatchItemDoc):
+    """``clients/{client}/jobs/{job}/items/{index:06d}``: one product or prompt, ``variants`` images."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    index: int
     product_id: str | None = None
     image_asset_ids: list[str] = Field(default_factory=list)
     prompt: str | None = None
-    status: ItemStatus = ItemStatus.QUEUED
     asset_ids: list[str] = Field(default_factory=list)
     failed_variants: int = 0
-    failure: dict[str, Any] | None = None
-    attempts: int = 0
-    updated_at: datetime | None = None
 
 
-class JobCounts(BaseModel):
-    queued: int
-    running: int
-    succeeded: int
-    failed: int
+class JobCounts(ItemCounts):
     cancelled: int
 
 
@@ -145,14 +98,6 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
-class JobListQuery(PageQuery):
-    status: JobStatus | None = None
-
-
-class ItemListQuery(PageQuery):
-    status: ItemStatus | None = None
-
-
 class ItemOut(BaseModel):
     index: int
     product_id: str | None
@@ -161,29 +106,6 @@ class ItemOut(BaseModel):
     asset_ids: list[str]
     failed_variants: int
     failure: dict[str, Any] | None
-
-
-class FanoutTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str
-    page: int = Field(ge=0)
-
-
-class ItemTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str
-    index: int = Field(ge=0)
-
-
-class SettleTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
-    job_id: str
 
 
 # -- prompts, brand, presets -------------------------------------------------------------------------

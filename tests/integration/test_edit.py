@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from shared.editing.models import EditItemTask
+from shared.batch.models import ItemTask as EditItemTask
 from shared.tasks import TaskRequest
 from tests import images
 from tests.engines import ScriptedEngine
@@ -525,6 +525,34 @@ def test_idempotency_key_makes_one_job_and_one_hold(
     assert a.status_code == b.status_code == 202 and a.json["id"] == b.json["id"]
     assert available(stack, client_id) == (GRANT - 1, 1)
     assert len(edit_jobs(stack, client_id)) == 1
+
+
+def test_a_key_reused_with_another_body_is_409_after_the_http_record_expired(
+    stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def expire_idempotency_records() -> None:
+        records = stack.platform.db.collection("clients").document(client_id).collection("idempotency_keys")
+        for snapshot in records.stream():
+            snapshot.reference.update({"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
+
+    grant(stack, client_id)
+    asset_id = new_asset(stack, catalog, headers, client_id)
+    body = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "brighter"}]}
+    keyed = {**headers, "Idempotency-Key": "edit-reuse-1"}
+    first = edit.post("/edits", json=body, headers=keyed)
+    assert first.status_code == 202, first.json
+    expire_idempotency_records()
+
+    other = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "darker"}]}
+    problem(edit.post("/edits", json=other, headers=keyed), 409, "idempotency_key_reused")
+    assert len(edit_jobs(stack, client_id)) == 1 and available(stack, client_id) == (GRANT - 1, 1)
+
+    expire_idempotency_records()
+    again = edit.post("/edits", json=body, headers=keyed)
+    assert again.status_code == 202 and again.json["id"] == first.json["id"]
+    assert len(edit_jobs(stack, client_id)) == 1 and available(stack, client_id) == (GRANT - 1, 1)
 
 
 def test_revert_appends_a_copy_of_an_old_revision(

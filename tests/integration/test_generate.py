@@ -771,6 +771,43 @@ def test_idempotency_key_returns_the_same_job_with_one_hold_and_one_fan_out(
     assert get_job(gen, headers, job_id)["settlement"] == {"captured": 2 * unit, "released": 0}
 
 
+def expire_idempotency_records(stack: Any, client_id: str) -> None:
+    """Age the HTTP layer's Idempotency-Key records past their TTL (what 24 h of waiting would do)."""
+    records = stack.platform.db.collection("clients").document(client_id).collection("idempotency_keys")
+    for snapshot in records.stream():
+        snapshot.reference.update({"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
+
+
+def test_a_key_reused_with_another_body_is_409_after_the_http_record_expired(
+    stack: Any, gen: Any, credits_api: Any, headers: dict[str, str], client_id: str, unit: int
+) -> None:
+    """The job id is derived from the key alone, so the job itself must remember which request made it:
+    once the HTTP layer's record has expired, another body under the same key is still a client bug."""
+    grant(stack, client_id)
+    body = {"items": prompt_items("a lamp", "a rug")}
+    job_id = accepted(create(gen, headers, body, key="reuse-1"))["id"]
+    assert job_ref(stack, client_id, job_id).get().to_dict()["request_fingerprint"]
+    expire_idempotency_records(stack, client_id)
+
+    error = problem(create(gen, headers, {"items": prompt_items("a sofa")}, key="reuse-1"), 409)
+    assert error["code"] == "idempotency_key_reused"
+    # Nothing was created, reserved or enqueued for the refused request.
+    assert [j["id"] for j in gen.get("/jobs", headers=headers).json["items"]] == [job_id]
+    assert [(e["type"], e["amount"]) for e in history(credits_api, headers) if e["type"] == "reserve"] == [
+        ("reserve", 2 * unit)
+    ]
+    assert len(tasks_of(stack, job_id, "/tasks/fanout")) == 1
+
+    # The same body under the same key is still the same job, and reserves nothing more.
+    expire_idempotency_records(stack, client_id)
+    again = create(gen, headers, body, key="reuse-1")
+    assert accepted(again)["id"] == job_id
+    assert "Idempotency-Replayed" not in again.headers
+    assert balance(credits_api, headers)["reserved"] == 2 * unit
+    stack.run_tasks()
+    assert get_job(gen, headers, job_id)["settlement"] == {"captured": 2 * unit, "released": 0}
+
+
 # -- validation ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,561 @@
+"""The lifecycle every batch job goes through, whatever its kind.
+
+* Accept: the job id is derived from the Idempotency-Key (a retried create finds the job, and the
+  same key with another request is a 409), the whole cost is reserved as ONE hold (402 when
+  unaffordable; free jobs hold nothing), the job document is written (with its items when there
+  are few) and one fan-out task is enqueued. The balance document is written once per job.
+* Fan-out: one named task per item, so a redelivered fan-out enqueues nothing twice. Large jobs
+  write their items page by page here instead of at accept time.
+* Item: the worker leaves a finished item alone, cancels a queued item of a stopped job, marks the
+  item running and runs the kind's work. Transient errors are retried by the queue while attempts
+  remain; anything else (and the last attempt) finishes the item as failed, so the job always
+  settles. The finishing commit is guarded by the item's update time: of two deliveries racing,
+  exactly one records the outcome (and adds it to the counters in the same commit).
+* Settle: once every item has finished, ONE capture charges what succeeded and releases the rest of
+  the hold; failed and cancelled items are refunded, visibly in the credit history. Settle tasks
+  are named after the window the triggering item finished in, so a late item is never swallowed
+  by a settle task that already ran.
+* Cancel: stop starting new items; running ones finish; the rest are released at settlement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic
+
+from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals, derived_id
+from shared.batch.models import (
+    STOPPED_JOB,
+    TERMINAL_ITEM,
+    FanoutPageTask,
+    ItemCounts,
+    ItemListQuery,
+    ItemStatus,
+    ItemTask,
+    JobListQuery,
+    JobStatus,
+    JobTask,
+    PagedJobDoc,
+)
+from shared.catalog.products import new_id
+from shared.errors import EpoxError, IdempotencyKeyReused, NotFound
+from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.ledger.model import Actor
+from shared.tasks import RetryTask, TaskCall, TaskQueue
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+    from shared.ledger.service import Ledger
+
+logger = logging.getLogger("epox.batch")
+
+TAKEN_OVER = "another delivery finished this item"
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The lifecycle's limits, from settings."""
+
+    max_attempts: int
+    hold_ttl: timedelta
+    fanout_page: int = 200  # items written and enqueued per fan-out task (paged kinds)
+    counter_shards: int = 1  # counter documents per job (counted kinds)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """The caller's Idempotency-Key and a fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+
+# -- accept -----------------------------------------------------------------------------------------
+
+
+def job_id_for(kind: JobKind[Any, Any], client_id: str, request_key: RequestKey | None, *scope: str) -> str:
+    """A keyed request names its job (``scope`` tells apart endpoints sharing a key), else a new id."""
+    if request_key is None:
+        return new_id(kind.id_prefix)
+    return derived_id(kind.id_prefix, client_id, request_key.key, *scope)
+
+
+def existing_job(
+    kind: JobKind[JobT, Any], db: Client, client_id: str, job_id: str, request_key: RequestKey | None
+) -> JobT | None:
+    """The job a keyed request already created (nothing more is reserved), or None."""
+    snapshot = kind.jobs_ref(db, client_id).document(job_id).get()
+    if not snapshot.exists:
+        return None
+    fingerprint = request_key.fingerprint if request_key is not None else None
+    return _same_request(kind.job_model.model_validate(snapshot.to_dict()), fingerprint)
+
+
+def _same_request(job: JobT, fingerprint: str | None) -> JobT:
+    """``job``, unless it was created by another request under the same key (409)."""
+    # Jobs written before fingerprints were stored have none: they are taken on trust, as before.
+    if fingerprint is not None and job.request_fingerprint not in (None, fingerprint):
+        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request")
+    return job
+
+
+def reserve(
+    kind: JobKind[Any, Any],
+    ledger: Ledger,
+    client_id: str,
+    job_id: str,
+    *,
+    amount: int,
+    user_id: str,
+    policy: BatchPolicy,
+) -> str:
+    """The hold for the whole job ("" when it is free); keyed by the job, so a retry reserves nothing more."""
+    return ledger.reserve_for_job(
+        client_id,
+        key=f"{kind.hold_prefix}:{job_id}",
+        amount=amount,
+        user_id=user_id,
+        purpose=f"{kind.label} {job_id}",
+        ttl=policy.hold_ttl,
+        operation=kind.operation,
+    )
+
+
+def fanout_pages(item_count: int, policy: BatchPolicy) -> int:
+    return max(1, math.ceil(item_count / policy.fanout_page))
+
+
+def submit(kind: JobKind[JobT, ItemT], db: Client, queue: TaskQueue, job: JobT, items: Sequence[ItemT] = ()) -> JobT:
+    """Write the job (and, for a kind that is not paged, all its items) in one commit and enqueue its
+    fan-out. When a concurrent request with the same key won the race, its job is the answer."""
+    from google.api_core.exceptions import AlreadyExists
+
+    ref = kind.jobs_ref(db, job.client_id).document(job.id)
+    batch = db.batch()
+    batch.create(ref, job.model_dump(mode="python"))
+    for item in items:
+        batch.create(ref.collection("items").document(f"{item.index:06d}"), item.model_dump(mode="python"))
+    try:
+        batch.commit()
+    except AlreadyExists:
+        return _same_request(kind.job_model.model_validate(ref.get().to_dict()), job.request_fingerprint)
+    queue.enqueue(kind.fanout_task(job.client_id, job.id))
+    return job
+
+
+# -- fan-out ----------------------------------------------------------------------------------------
+
+
+def run_fanout(kind: JobKind[Any, Any], db: Client, queue: TaskQueue, task: JobTask, now: datetime) -> str:
+    """Fan out a job whose items were written with it: one named task per item."""
+    job = kind.get_job(db, task.client_id, task.job_id)
+    if job.settled:
+        return "job already settled"
+    for index in range(job.item_count):
+        queue.enqueue(kind.item_task(task.client_id, task.job_id, index))
+    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page_done=False, now=now)
+    return f"{job.item_count} item tasks"
+
+
+def run_fanout_page(
+    kind: JobKind[JobT, ItemT],
+    db: Client,
+    queue: TaskQueue,
+    task: FanoutPageTask,
+    policy: BatchPolicy,
+    now: datetime,
+    *,
+    page_items: Callable[[JobT, int, int, ItemStatus], list[ItemT]],
+    after_page: Callable[[JobT, list[ItemT]], None] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> str:
+    """Write one page of a paged job's items and enqueue their tasks, then the next page.
+
+    ``page_items(job, start, stop, status)`` builds the item documents of indexes start..stop-1. A
+    redelivered page creates nothing twice; the items of a job cancelled before its fan-out are
+    written cancelled (and counted), and the last page then asks for the settlement."""
+    from google.api_core.exceptions import AlreadyExists
+
+    job = kind.get_job(db, task.client_id, task.job_id)
+    if job.settled:
+        return "job already settled"
+    if not isinstance(job, PagedJobDoc):
+        raise TypeError(f"{kind.noun} jobs are not paged")
+    pages = job.fanout_pages
+    start = task.page * policy.fanout_page
+    stopped = job.status in STOPPED_JOB
+    docs = page_items(job, start, start + policy.fanout_page, ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED)
+    items_ref = kind.items_ref(db, task.client_id, task.job_id)
+    created: list[ItemT] = []
+    for doc in docs:
+        batch = db.batch()
+        batch.create(items_ref.document(f"{doc.index:06d}"), doc.model_dump(mode="python"))
+        if stopped:
+            _count(batch, kind, db, job, doc, policy)
+        try:
+            batch.commit()
+            created.append(doc)
+        except AlreadyExists:
+            continue  # a redelivered page: this item exists (and may already be running)
+    if not stopped:
+        for doc in docs:
+            queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
+    if after_page is not None:
+        after_page(job, docs)
+    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page_done=bool(created), now=now)
+    if task.page + 1 < pages:
+        queue.enqueue(kind.fanout_task(task.client_id, task.job_id, task.page + 1))
+    elif stopped:
+        queue.enqueue(kind.settle_task(task.client_id, task.job_id, clock() if clock is not None else now))
+    return f"fan-out page {task.page + 1}/{pages}: {len(created)} items"
+
+
+def _mark_fanned_out(db: Client, ref: Any, *, page_done: bool, now: datetime) -> None:
+    """Count the page and move a queued job to running, in a transaction: a cancel that lands while
+    the page is being fanned out must not be overwritten by a status read before it."""
+    from google.cloud import firestore
+
+    @firestore.transactional  # type: ignore[misc]
+    def apply(transaction: Any) -> None:
+        current = JobStatus((ref.get(transaction=transaction).to_dict() or {}).get("status", JobStatus.QUEUED.value))
+        changes: dict[str, Any] = {}
+        if page_done:
+            changes["fanout_pages_done"] = firestore.Increment(1)
+        if current is JobStatus.QUEUED:
+            changes["status"] = JobStatus.RUNNING.value
+        if changes:
+            transaction.update(ref, {**changes, "updated_at": now})
+
+    apply(db.transaction())
+
+
+# -- item -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemRun(Generic[JobT, ItemT]):
+    """One delivery of an item task, as the kind's work function sees it."""
+
+    job: JobT
+    item: ItemT  # as it was before this delivery took it
+    ref: Any  # the item document
+    snapshot: Any  # the item as this delivery marked it running: guards the finishing commit
+    last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
+    now: datetime
+
+    def changes(self, status: ItemStatus, **fields: Any) -> dict[str, Any]:
+        """The item update recording ``status`` (for a kind that commits it with its result)."""
+        return {"status": status.value, **fields, "updated_at": self.now}
+
+
+ItemWork = Callable[[ItemRun[JobT, ItemT]], Finish | Finished]
+
+
+def run_item(
+    kind: JobKind[JobT, ItemT],
+    db: Client,
+    queue: TaskQueue,
+    task: ItemTask,
+    call: TaskCall,
+    policy: BatchPolicy,
+    now: datetime,
+    *,
+    work: ItemWork[JobT, ItemT],
+    clock: Callable[[], datetime] | None = None,
+) -> str:
+    """Run one item once, however often its task is delivered. ``now`` is when the delivery started;
+    ``clock`` tells when the item finished, which names its settle task (work can outlast a window)."""
+    finished_at = clock or (lambda: now)
+    item_ref = kind.item_ref(db, task.client_id, task.job_id, task.index)
+    snapshot = item_ref.get()
+    if not snapshot.exists:
+        return "item not found: dropped"
+    item = kind.item_model.model_validate(snapshot.to_dict())
+    if item.status in TERMINAL_ITEM:
+        queue.enqueue(kind.settle_task(task.client_id, task.job_id, finished_at()))
+        return f"item already {item.status.value}"
+    job = kind.get_job(db, task.client_id, task.job_id)
+    result: Finish | Finished
+    if job.status in STOPPED_JOB and item.status is ItemStatus.QUEUED:
+        run = ItemRun(job, item, item_ref, snapshot, last_attempt=False, now=now)
+        result = Finish(ItemStatus.CANCELLED, {"failure": None})
+    else:
+        item_ref.update({"status": ItemStatus.RUNNING.value, "attempts": item.attempts + 1, "updated_at": now})
+        last_attempt = call.retry_count + 1 >= policy.max_attempts
+        run = ItemRun(job, item, item_ref, item_ref.get(), last_attempt=last_attempt, now=now)
+        try:
+            result = _attempt(kind, run, work)
+        except ItemTakenOver:
+            return TAKEN_OVER
+    if isinstance(result, Finish):
+        if not _record(kind, db, run, result, policy):
+            return TAKEN_OVER
+        outcome = result.outcome or f"item {task.index} {result.status.value}"
+    elif kind.counted:
+        # The item is finished but was never counted: its job would never settle.
+        raise TypeError(f"the work of a counted kind ({kind.noun}) must return Finish, not Finished")
+    else:
+        outcome = result.outcome
+    queue.enqueue(kind.settle_task(task.client_id, task.job_id, finished_at()))
+    return outcome
+
+
+def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWork[JobT, ItemT]) -> Finish | Finished:
+    """The kind's work, with the one retry rule: transient errors go back to the queue while attempts
+    remain; anything else, and anything on the last attempt, is the item's final failure."""
+    try:
+        return work(run)
+    except ItemTakenOver:
+        raise
+    except EpoxError as error:
+        if not kind.transient(error) or run.last_attempt:
+            return kind.failed(run.job, error)
+        if isinstance(error, RetryTask):
+            raise
+        retry_after = int(getattr(error, "retry_after", 0) or error.headers.get("Retry-After", 10))
+        raise RetryTask(f"{error.code}: {error.detail}", retry_after=retry_after) from error
+    except Exception as error:
+        if not run.last_attempt:
+            raise  # a crash (500): the queue delivers again
+        # The last attempt must still finish the item, or the job would never settle.
+        logger.exception("item %s of %s %s crashed on its last attempt", run.item.index, kind.noun, run.job.id)
+        return kind.failed(run.job, EpoxError(f"unexpected {type(error).__name__}"))
+
+
+def _record(
+    kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, policy: BatchPolicy
+) -> bool:
+    """Finish the item and count it in one commit, unless another delivery changed it since this one
+    took it (then that delivery owns the outcome: False)."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    changes = run.changes(result.status, **result.fields)
+    batch = db.batch()
+    batch.update(run.ref, changes, option=db.write_option(last_update_time=run.snapshot.update_time))
+    if kind.counted:
+        finished = kind.item_model.model_validate({**run.item.model_dump(), **changes})
+        _count(batch, kind, db, run.job, finished, policy)
+    try:
+        batch.commit()
+    except FailedPrecondition:
+        return False
+    return True
+
+
+# -- counting ---------------------------------------------------------------------------------------
+
+
+def increments(kind: JobKind[JobT, ItemT], job: JobT, item: ItemT) -> dict[str, int]:
+    """What a finished item adds to its job's totals."""
+    return {"done_items": 1, f"{item.status.value}_items": 1, **kind.tally(job, item)}
+
+
+def _count(batch: Any, kind: JobKind[JobT, ItemT], db: Client, job: JobT, item: ItemT, policy: BatchPolicy) -> None:
+    """Add a finished item to one of the job's counter shards (no document is written by every item)."""
+    from google.cloud import firestore
+
+    shard = (
+        kind.jobs_ref(db, job.client_id)
+        .document(job.id)
+        .collection("counters")
+        .document(f"{item.index % policy.counter_shards:03d}")
+    )
+    values = increments(kind, job, item)
+    batch.set(shard, {name: firestore.Increment(value) for name, value in values.items()}, merge=True)
+
+
+def _counter_totals(kind: JobKind[JobT, Any], db: Client, job: JobT) -> Totals:
+    totals: dict[str, int] = {}
+    for snapshot in kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").stream():
+        for name, value in (snapshot.to_dict() or {}).items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return Totals(totals)
+
+
+def totals_of_items(kind: JobKind[JobT, ItemT], job: JobT, items: Sequence[ItemT]) -> Totals:
+    """What the finished ones of ``items`` add up to."""
+    totals: dict[str, int] = {}
+    for item in items:
+        if item.status in TERMINAL_ITEM:
+            for name, value in increments(kind, job, item).items():
+                totals[name] = totals.get(name, 0) + value
+    return Totals(totals)
+
+
+def all_items(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> list[ItemT]:
+    """Every item of a job that is not paged (at most a hundred or so), in order."""
+    stream = kind.items_ref(db, job.client_id, job.id).stream()
+    return sorted((kind.item_model.model_validate(s.to_dict()) for s in stream), key=lambda item: item.index)
+
+
+def totals(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> Totals:
+    """The job's totals: from its counters, or (uncounted kinds) from its items."""
+    if kind.counted:
+        return _counter_totals(kind, db, job)
+    return totals_of_items(kind, job, all_items(kind, db, job))
+
+
+@dataclass(frozen=True)
+class Progress(Generic[ItemT]):
+    """A job's state for its status views."""
+
+    totals: Totals
+    queued: int
+    running: int
+    fraction: float
+    items: list[ItemT]  # every item, for uncounted kinds (their views list them); else empty
+
+    @property
+    def counts(self) -> ItemCounts:
+        return ItemCounts(
+            queued=self.queued, running=self.running, succeeded=self.totals.succeeded, failed=self.totals.failed
+        )
+
+
+def progress(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> Progress[ItemT]:
+    """Counts and totals of a job (one counter read, or one read of its items)."""
+    from google.cloud.firestore import FieldFilter
+
+    items: list[ItemT] = []
+    if kind.counted:
+        sums = _counter_totals(kind, db, job)
+        running = 0
+        if not job.settled:
+            query = kind.items_ref(db, job.client_id, job.id).where(
+                filter=FieldFilter("status", "==", ItemStatus.RUNNING.value)
+            )
+            running = int(query.count().get()[0][0].value)
+    else:
+        items = all_items(kind, db, job)
+        sums = totals_of_items(kind, job, items)
+        running = sum(1 for item in items if item.status is ItemStatus.RUNNING)
+    return Progress(
+        totals=sums,
+        queued=max(0, job.item_count - sums.done - running),
+        running=running,
+        fraction=round(sums.done / job.item_count, 4) if job.item_count else 1.0,
+        items=items,
+    )
+
+
+# -- settle -----------------------------------------------------------------------------------------
+
+
+def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTask, now: datetime) -> str:
+    """Once every item has finished: capture what the kind charges, release the rest (one ledger commit)."""
+    job = kind.get_job(db, task.client_id, task.job_id)
+    if job.settled:
+        return "already settled"
+    sums = totals(kind, db, job)
+    if sums.done < job.item_count:
+        return f"{sums.done}/{job.item_count} items finished"
+    captured = released = 0
+    if job.hold_id:
+        outcome = ledger.capture(
+            task.client_id,
+            job.hold_id,
+            amount=kind.charge(job, sums),
+            actor=Actor(kind="task", id=f"settle:{job.id}"),
+            reason=kind.settle_reason(job, sums),
+            key=f"settle:{job.id}",
+        )
+        captured, released = outcome.captured, outcome.released
+    final = JobStatus.CANCELLED if job.status in STOPPED_JOB else JobStatus.COMPLETED
+    kind.jobs_ref(db, task.client_id).document(task.job_id).update(
+        {
+            "status": final.value,
+            "settled": True,
+            "settlement": kind.settlement(sums, captured, released),
+            "finished_at": now,
+            "updated_at": now,
+        }
+    )
+    return f"settled: captured {captured}, released {released}"
+
+
+# -- commands and reads -----------------------------------------------------------------------------
+
+
+def cancel_job(
+    kind: JobKind[JobT, Any], db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime
+) -> JobT:
+    """Stop starting new items; items already running finish; unstarted ones are released at settle."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    ref = kind.jobs_ref(db, client_id).document(job_id)
+    for _ in range(5):
+        snapshot = ref.get()
+        if not snapshot.exists:
+            raise NotFound(f"No {kind.noun} {job_id}")
+        job = kind.job_model.model_validate(snapshot.to_dict())
+        if job.settled or job.status in STOPPED_JOB:
+            return job
+        try:
+            # Guarded by the read: a settle that finishes in between wins, and we answer its state.
+            ref.update(
+                {"status": JobStatus.CANCELLING.value, "updated_at": now},
+                option=db.write_option(last_update_time=snapshot.update_time),
+            )
+        except FailedPrecondition:
+            continue
+        queue.enqueue(kind.settle_task(client_id, job_id, now))
+        return job.model_copy(update={"status": JobStatus.CANCELLING})
+    return kind.get_job(db, client_id, job_id)
+
+
+def list_jobs(kind: JobKind[JobT, Any], db: Client, client_id: str, query: JobListQuery) -> Page[JobT]:
+    """Newest first, optionally of one status."""
+    from google.cloud.firestore import FieldFilter, Query
+
+    q = kind.jobs_ref(db, client_id)
+    if query.status:
+        q = q.where(filter=FieldFilter("status", "==", query.status.value))
+    q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
+    if query.cursor:
+        values = decode_cursor(query.cursor)
+        try:
+            q = q.start_after({"created_at": datetime.fromisoformat(str(values["t"])), "id": str(values["id"])})
+        except (KeyError, ValueError) as exc:
+            raise InvalidCursor() from exc
+    docs = [kind.job_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
+    cursor = None
+    if len(docs) > query.limit:
+        docs = docs[: query.limit]
+        cursor = encode_cursor({"t": docs[-1].created_at.isoformat(), "id": docs[-1].id})
+    return Page(items=docs, next_cursor=cursor)
+
+
+def list_items(kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemT]:
+    """In index order, optionally of one status."""
+    from google.cloud.firestore import FieldFilter
+
+    kind.get_job(db, client_id, job_id)
+    q = kind.items_ref(db, client_id, job_id)
+    if query.status:
+        q = q.where(filter=FieldFilter("status", "==", query.status.value))
+    q = q.order_by("index")
+    if query.cursor:
+        try:
+            q = q.start_after({"index": int(decode_cursor(query.cursor)["i"])})
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidCursor() from exc
+    docs = [kind.item_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
+    cursor = None
+    if len(docs) > query.limit:
+        docs = docs[: query.limit]
+        cursor = encode_cursor({"i": docs[-1].index})
+    return Page(items=docs, next_cursor=cursor)
+
+
+def items_with_status(
+    kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: str, status: ItemStatus
+) -> list[ItemT]:
+    from google.cloud.firestore import FieldFilter
+
+    q = kind.items_ref(db, client_id, job_id).where(filter=FieldFilter("status", "==", status.value))
+    return [kind.item_model.model_validate(s.to_dict()) for s in q.stream()]

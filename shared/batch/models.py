@@ -1,0 +1,124 @@
+"""Statuses, stored documents, task payloads and queries every kind of batch job shares.
+
+A kind's own job and item documents extend :class:`BatchJobDoc` and :class:`BatchItemDoc` with what
+it needs (settings, the operations, the produced asset ids…); the fields here are the lifecycle's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.http.pagination import PageQuery
+
+
+class JobStatus(str, Enum):
+    """queued → running → completed, or → cancelling → cancelled when the caller stops the job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ItemStatus(str, Enum):
+    """queued → running → succeeded | failed; a queued item of a stopped job → cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_ITEM = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
+STOPPED_JOB = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
+
+
+class BatchJobDoc(BaseModel):
+    """``clients/{client}/{kind's collection}/{id}``: what the lifecycle reads and writes."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    client_id: str
+    status: JobStatus = JobStatus.QUEUED
+    item_count: int
+    cost: int
+    hold_id: str  # "" when the job is free (nothing reserved)
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    settled: bool = False
+    settlement: dict[str, int] | None = None
+    finished_at: datetime | None = None
+    # The request a keyed job was created by: the same Idempotency-Key with another request is a 409
+    # even after the HTTP layer's 24 h record has expired (the job id is derived from the key).
+    request_fingerprint: str | None = None
+
+
+class PagedJobDoc(BatchJobDoc):
+    """A job whose items are written page by page by its fan-out tasks (up to thousands of items)."""
+
+    fanout_pages: int = 1
+    fanout_pages_done: int = 0
+
+
+class BatchItemDoc(BaseModel):
+    """``…/{job}/items/{index:06d}``: one unit of work."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int
+    status: ItemStatus = ItemStatus.QUEUED
+    failure: dict[str, Any] | None = None
+    attempts: int = 0
+    updated_at: datetime | None = None
+
+
+class ItemCounts(BaseModel):
+    """How many of a job's items are in each state (views)."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+
+
+# -- task payloads: ids only ----------------------------------------------------------------------
+
+
+class JobTask(BaseModel):
+    """Settle a job, or fan out a job whose items were written with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+    job_id: str
+
+
+class FanoutPageTask(JobTask):
+    """Write and enqueue one page of a paged job's items."""
+
+    page: int = Field(ge=0)
+
+
+class ItemTask(JobTask):
+    """Run one item."""
+
+    index: int = Field(ge=0)
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+
+class JobListQuery(PageQuery):
+    status: JobStatus | None = None
+
+
+class ItemListQuery(PageQuery):
+    status: ItemStatus | None = None
