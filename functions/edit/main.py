@@ -50,6 +50,11 @@ def create_edit(ctx: Ctx) -> JsonResponse:
             expires_in=p.settings.presign_expiry_seconds,
         )
         return JsonResponse(result, status=200)
+    if prepared.quote.total > 0:
+        from shared.billing.catalog import load_catalog
+        from shared.billing.service import require_good_standing
+
+        require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     job = service.create_job(
         p.db,
         p.object_store,

@@ -32,6 +32,7 @@ from tests.billing_events import (
     signature,
     ts,
 )
+from tests.integration.test_edit import new_asset
 
 GROWTH, PRO, STARTER = 1000, 2500, 200
 SLOTS = {"free": 25, "starter": 100, "growth": 500, "pro": 1000, "scale": 5000}
@@ -508,6 +509,15 @@ def test_payment_failure_blocks_paid_work_after_the_grace_period(
     assert body["grace_period_days"] == 3
     assert datetime.fromisoformat(body["past_due_since"]) == failed_at
     assert "portal" in body["how_to_fix"]
+    # Paid edits are blocked the same way; free ones (a crop) still work.
+    edit = stack.client("edit_api")
+    asset_id = new_asset(stack, stack.client("catalog_api"), headers, sub.client_id)
+    upscale = {"asset_ids": [asset_id], "operations": [{"op": "upscale", "size": "2K"}]}
+    held = balance(sub.client_id)
+    problem(edit.post("/edits", json=upscale, headers=headers), 402, "payment_past_due")
+    assert balance(sub.client_id) == held
+    crop = {"asset_ids": [asset_id], "operations": [{"op": "crop", "box": {"x": 0, "y": 0, "width": 10, "height": 10}}]}
+    assert edit.post("/edits", json=crop, headers=headers).status_code == 200
     view = stack.client("billing_api").get("/subscription", headers=headers).json
     assert view["paid_operations_blocked"] is True
 
@@ -518,6 +528,7 @@ def test_payment_failure_blocks_paid_work_after_the_grace_period(
     billing = billing_of(stack, sub.client_id)
     assert billing["subscription_status"] == "active" and billing["past_due_since"] is None
     assert gen.post("/jobs", json=job, headers=headers).status_code == 202
+    assert edit.post("/edits", json=upscale, headers=headers).status_code == 202
 
 
 def test_a_subscription_cancelled_for_non_payment_ends_the_block_on_free(
