@@ -33,6 +33,7 @@ from shared.engines.base import EngineError, EnginePermanentError, EngineRetryab
 from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
 from shared.generation import prompts
 from shared.generation.models import (
+    MAX_REFERENCE_IMAGES,
     GenerationSettings,
     ItemDoc,
     ItemOut,
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
     from shared.storage import ObjectStore
 
 logger = logging.getLogger("epox.generation")
-
-MAX_REFERENCE_IMAGES = 3
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,13 @@ class GenerationSettings(StrictModel):
     variants: int = Field(default=1, ge=1, le=4)
 
 
+# The flash image model takes at most three reference photos well; every one asked for is sent.
+MAX_REFERENCE_IMAGES = 3
+
+
 class JobItemIn(StrictModel):
     product_id: Id | None = None
-    image_asset_ids: list[Id] = Field(default_factory=list, max_length=4)
+    image_asset_ids: list[Id] = Field(default_factory=list, max_length=MAX_REFERENCE_IMAGES)
     prompt: Prompt | None = None
 
     @model_validator(mode="after")

@@ -852,6 +852,8 @@ def test_invalid_jobs_are_refused_and_reserve_nothing(
         problem(create(gen, headers, body), 422)
     wrong_image = problem(create(gen, headers, {"items": [{"product_id": lamp, "image_asset_ids": [vase_image]}]}), 422)
     assert wrong_image["errors"][0]["field"] == "items.image_asset_ids"
+    too_many = {"items": [{"product_id": vase, "image_asset_ids": [vase_image] * 4}]}
+    assert problem(create(gen, headers, too_many), 422)["errors"][0]["field"].startswith("items.0.image_asset_ids")
     style = problem(create(gen, headers, {"items": [{"prompt": "x"}], "style": "watercolour-dream"}), 422)
     assert "studio" in style["detail"]
 
