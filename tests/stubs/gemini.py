@@ -31,6 +31,7 @@ missing or different ``x-goog-api-key`` is answered 400 (key not valid) as well.
 Scenarios (a name, or a :class:`Scenario` with options):
 
 ``image``           200, parts ``[{text}, {inlineData: PNG}]`` at the size implied by ``imageConfig``
+                    (``image_format="JPEG"``/``"WEBP"``: that format and MIME type instead of PNG)
 ``text``            200, parts ``[{text}]``: a text model's answer (prompt enhancement)
 ``text_only``       200, an image model that answered with words only (finish reason STOP)
 ``prompt_blocked``  200, no candidates, ``promptFeedback.blockReason`` (``SAFETY``)
@@ -98,6 +99,7 @@ REQUEST_FIELDS = frozenset(
 )
 ASPECT_RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
 LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
+IMAGE_MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 TEXT_MODEL_ANSWER = "A crisp studio shot of the product on a seamless backdrop, soft key light."
 IMAGE_MODEL_TEXT = "Here is the product photo you asked for."
 REFUSAL_TEXT = "I can describe this scene, but I cannot draw it for you."
@@ -114,6 +116,7 @@ class Scenario:
     delay: float = 2.0  # slow: seconds before answering
     size: tuple[int, int] | None = None  # image: force the pixel size instead of imageConfig's
     colour: tuple[int, int, int] = (200, 40, 40)  # image: the picture's main colour
+    image_format: str = "PNG"  # image: PNG, JPEG or WEBP (the inlineData's bytes and mimeType)
     block_reason: str = "SAFETY"  # prompt_blocked
     thought_image: bool = False  # image: precede the answer with a thought (interim) text and image
     message: str | None = None  # error kinds: the error message
@@ -121,6 +124,8 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown scenario {self.kind!r}; expected one of {sorted(KINDS)}")
+        if self.image_format not in IMAGE_MIME_TYPES:
+            raise ValueError(f"unknown image format {self.image_format!r}; expected one of {sorted(IMAGE_MIME_TYPES)}")
 
 
 @dataclass
@@ -178,13 +183,21 @@ def image_dimensions(aspect_ratio: str, image_size: str) -> tuple[int, int]:
 
 def png_bytes(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
     """A real PNG: a light field with a coloured block in the middle (cheap to encode even at 4K)."""
+    return image_bytes(size, colour, "PNG")
+
+
+def image_bytes(size: tuple[int, int], colour: tuple[int, int, int], image_format: str = "PNG") -> bytes:
+    """The stub's picture (see :func:`png_bytes`) encoded as PNG, JPEG or WebP."""
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", size, (236, 236, 240))
     width, height = size
     ImageDraw.Draw(image).rectangle((width // 4, height // 4, width * 3 // 4, height * 3 // 4), fill=colour)
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
+    if image_format == "PNG":
+        image.save(buffer, "PNG", compress_level=1)
+    else:
+        image.save(buffer, image_format, quality=90)
     return buffer.getvalue()
 
 
@@ -315,7 +328,7 @@ class GeminiStub:
 
     @property
     def sent_images(self) -> list[bytes]:
-        """The PNG bytes of every image the stub answered with (thought images excluded)."""
+        """The bytes of every image the stub answered with (thought images excluded)."""
         with self._lock:
             return list(self._sent_images)
 
@@ -374,7 +387,7 @@ class GeminiStub:
             size = s.size or image_dimensions(
                 image_config.get("aspectRatio", "1:1"), image_config.get("imageSize", "1K")
             )
-            data = png_bytes(size, s.colour)
+            data = image_bytes(size, s.colour, s.image_format)
             with self._lock:
                 self._sent_images.append(data)
             parts: list[dict[str, Any]] = []
@@ -386,7 +399,10 @@ class GeminiStub:
                 ]
             parts += [
                 {"text": s.text if s.text is not None else IMAGE_MODEL_TEXT},
-                {"inlineData": {"mimeType": "image/png", "data": _b64(data)}, "thoughtSignature": _b64(b"sig")},
+                {
+                    "inlineData": {"mimeType": IMAGE_MIME_TYPES[s.image_format], "data": _b64(data)},
+                    "thoughtSignature": _b64(b"sig"),
+                },
             ]
             return _json(200, _content_response(model, parts, "STOP", image_tokens=1120))
         if kind in ("text", "text_only"):
@@ -567,4 +583,13 @@ def _validate(body: Any) -> None:
         raise _BadRequest(f"Unsupported image size: {image_config['imageSize']} (use 1K, 2K or 4K)")
 
 
-__all__ = ["GeminiStub", "RecordedRequest", "Scenario", "decode_b64", "image_dimensions", "normalise", "png_bytes"]
+__all__ = [
+    "GeminiStub",
+    "RecordedRequest",
+    "Scenario",
+    "decode_b64",
+    "image_bytes",
+    "image_dimensions",
+    "normalise",
+    "png_bytes",
+]
