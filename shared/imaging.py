@@ -251,10 +251,13 @@ def normalize_image(data: bytes, limits: ImageLimits) -> NormalizedImage:
 
 
 def normalize_with_thumbnail(
-    data: bytes, limits: ImageLimits, thumb_max_side: int = 512
+    data: bytes, limits: ImageLimits, thumb_max_side: int = 512, *, output_format: str | None = None
 ) -> tuple[NormalizedImage, Thumbnail]:
-    """:func:`normalize_image` plus a thumbnail of its result, decoding only once."""
-    normalized, pixels = _normalize(data, limits)
+    """:func:`normalize_image` plus a thumbnail of its result, decoding only once.
+
+    ``output_format`` ("PNG" or "WEBP") encodes the decoded pixels straight into that format
+    instead of keeping the source's, so nothing is compressed twice."""
+    normalized, pixels = _normalize(data, limits, output_format)
     return normalized, thumbnail_from_image(pixels, thumb_max_side)
 
 
@@ -512,7 +515,9 @@ def _png_problem(data: bytes) -> str | None:
         pos = end
 
 
-def _normalize(data: bytes, limits: ImageLimits) -> tuple[NormalizedImage, Image.Image]:
+def _normalize(
+    data: bytes, limits: ImageLimits, output_format: str | None = None
+) -> tuple[NormalizedImage, Image.Image]:
     """Normalise ``data``; also return the final pixels, so a thumbnail needs no decode."""
     img, source, info = _open(data, limits)
     _load(img, source, data, info.format)
@@ -527,12 +532,14 @@ def _normalize(data: bytes, limits: ImageLimits) -> tuple[NormalizedImage, Image
     has_alpha = pixels.mode == "RGBA"
 
     params: dict[str, Any]
-    if info.format == "WEBP":
+    if output_format not in (None, "PNG", "WEBP"):
+        raise ValueError(f"output_format must be PNG or WEBP, not {output_format!r}")
+    if output_format == "WEBP" or (output_format is None and info.format == "WEBP"):
         out_format = "WEBP"
         params = {"quality": _WEBP_QUALITY, "method": _WEBP_METHOD, "exif": b"", "xmp": b""}
-        if _webp_is_lossless(data):
+        if info.format == "WEBP" and _webp_is_lossless(data):
             params["lossless"] = True  # a lossy re-encode would degrade it
-    elif info.format == "JPEG" and not has_alpha:
+    elif output_format is None and info.format == "JPEG" and not has_alpha:
         out_format = "JPEG"
         params = {"quality": _JPEG_QUALITY, "optimize": True}
     else:

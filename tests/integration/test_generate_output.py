@@ -196,14 +196,6 @@ def test_gemini_output_is_stored_in_the_configured_format_whatever_it_answers(
         assert max(abs(a - b) for a, b in zip(middle, STUB_BLOCK, strict=True)) <= 3  # the model's picture
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "shared/engines/output.py encode_output re-opens normalize_with_thumbnail's output, which for a "
-        "JPEG answer is already a second JPEG (shared/imaging.py _normalize, quality 92), so the stored "
-        "PNG holds twice-compressed pixels instead of the model's"
-    ),
-)
 def test_a_jpeg_answer_stored_as_png_keeps_the_models_pixels(
     stack: Any, gen: Any, catalog: Any, headers: dict[str, str], client_id: str, clean_gemini_env: None
 ) -> None:

@@ -679,3 +679,17 @@ def test_normalize_with_thumbnail_decodes_once(monkeypatch: pytest.MonkeyPatch) 
 
 def test_normalize_with_thumbnail_validates_like_normalize() -> None:
     raises(ImageTooLarge, "image_too_large", lambda: normalize_with_thumbnail(bomb_png(), LIMITS))
+
+
+def test_engine_output_keeps_the_colour_profile_in_either_format() -> None:
+    """OUTPUT_FORMAT=webp must not drop the ICC profile (Pillow's WebP writer does not fall back to it)."""
+    from shared.engines.output import encode_output
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 40)).save(buffer, "JPEG", icc_profile=srgb, quality=95)
+    for wanted in ("png", "webp"):
+        normalized, _thumb = encode_output(buffer.getvalue(), wanted, ImageLimits(), 16)
+        with Image.open(io.BytesIO(normalized.data)) as stored:
+            assert stored.format == wanted.upper()
+            assert stored.info.get("icc_profile") == srgb
