@@ -2,7 +2,8 @@
 portal, invoices; and the daily billing job.
 
 Entry points: ``billing_api`` (frontend, user JWTs) and ``billing_jobs`` (Cloud Scheduler: monthly
-allotments for annual and free plans, plan changes that fall due; safe to run twice).
+allotments for annual and free plans, plan changes that fall due; safe to run twice, each client in
+isolation, a 500 problem listing the failed clients so the scheduler retries).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 from shared.billing import service
-from shared.billing.allotments import BillingJobReport, run_daily
+from shared.billing.allotments import JOB, BillingJobReport, run_daily
 from shared.billing.catalog import load_catalog
 from shared.billing.models import (
     CatalogOut,
@@ -25,6 +26,7 @@ from shared.billing.models import (
 )
 from shared.billing.policies import price_ids
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
@@ -80,7 +82,8 @@ def invoices(ctx: Ctx) -> InvoicePage:
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)
 def daily(ctx: Ctx) -> BillingJobReport:
     p = ctx.platform
-    return run_daily(p.db, p.ledger, load_catalog(), p.clock())
+    # Clients that failed are listed in a 500 problem after the others were processed: the scheduler retries.
+    return finish(run_daily(p.db, p.ledger, load_catalog(), p.clock()), JOB)
 
 
 @functions_framework.http

@@ -1,7 +1,8 @@
 """Credits function: balance, history, usage, quotes and admin tools over the credit ledger.
 
 Entry points: ``credits_api`` (frontend and admins, user JWTs) and ``credits_jobs`` (Cloud
-Scheduler targets: sweep expired holds, expire buckets, verify balances; each safe to run twice).
+Scheduler targets: sweep expired holds, expire buckets, verify balances; each safe to run twice,
+each client in isolation, a 500 problem listing the failed clients so the scheduler retries).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from shared.ledger import admin as ledger_admin
 from shared.ledger import views
 from shared.ledger.model import Actor, GrantSource
 from shared.ledger.pricing import PriceList, Quote, QuoteRequest, quote
-from shared.ledger.views import BalanceView, EntryView, HistoryQuery, JobReport, UsageQuery, UsageView
+from shared.ledger.views import (
+    BalanceView,
+    EntryView,
+    HistoryQuery,
+    JobReport,
+    UsageQuery,
+    UsageView,
+    VerifyQuery,
+)
+from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
@@ -153,24 +163,26 @@ def admin_prices(ctx: Ctx) -> PriceList:
 
 
 # -- Cloud Scheduler jobs ----------------------------------------------------------------------------
+# A client that fails is logged and listed in ``failed``; the others are still processed, and then the
+# run answers a 500 problem carrying the report, so Cloud Scheduler retries it (the jobs are idempotent).
 
 
 @jobs.post("/jobs/sweep-holds", access=Access.SCHEDULER)
 def sweep_holds(ctx: Ctx) -> JobReport:
     p = ctx.platform
-    return views.sweep_holds(p.db, p.ledger, p.clock())
+    return finish(views.sweep_holds(p.db, p.ledger, p.clock()), "sweep-holds")
 
 
 @jobs.post("/jobs/expire-buckets", access=Access.SCHEDULER)
 def expire_buckets(ctx: Ctx) -> JobReport:
     p = ctx.platform
-    return views.expire_buckets(p.db, p.ledger, p.clock())
+    return finish(views.expire_buckets(p.db, p.ledger, p.clock()), "expire-buckets")
 
 
-@jobs.post("/jobs/verify-balances", access=Access.SCHEDULER)
+@jobs.post("/jobs/verify-balances", query=VerifyQuery, access=Access.SCHEDULER)
 def verify_balances(ctx: Ctx) -> JobReport:
     p = ctx.platform
-    report = views.verify_balances(p.db, p.ledger)
+    report = views.verify_balances(p.db, p.ledger, full=ctx.query.full)
     for client_id, problems in report.problems.items():
         # CRITICAL so a log-based alert fires: a balance that disagrees with its entries is a money bug.
         logger.critical(
@@ -179,7 +191,8 @@ def verify_balances(ctx: Ctx) -> JobReport:
             "; ".join(problems),
             extra={"fields": {"ledger_drift": {"client_id": client_id, "problems": problems}}},
         )
-    return report
+    # A drift is a finding, not a failed run (a retry cannot fix it); a client that could not be checked is.
+    return finish(report, "verify-balances")
 
 
 @functions_framework.http

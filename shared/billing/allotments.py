@@ -1,19 +1,21 @@
 """The daily billing job (Cloud Scheduler): monthly allotments that no invoice brings, and plan
 changes that were waiting for their date. Idempotent per client and period: every grant's key
-names the subscription (or client) and the month it is for."""
+names the subscription (or client) and the month it is for; so a run that failed for some clients
+(each is processed in isolation, see :mod:`shared.scheduled`) is simply run again."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared.billing.catalog import Catalog
 from shared.billing.events import add_months, allotment_key
 from shared.billing.models import BillingState
 from shared.errors import IdempotencyKeyReused
 from shared.ledger.model import Actor, GrantSource
+from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -21,9 +23,10 @@ if TYPE_CHECKING:
     from shared.ledger.service import Ledger
 
 SYSTEM = Actor(kind="system", id="billing-scheduler")
+JOB = "billing-daily"
 
 
-class BillingJobReport(BaseModel):
+class BillingJobReport(ScheduledReport):
     clients_checked: int = 0
     annual_grants: dict[str, list[str]] = Field(default_factory=dict)
     free_grants: list[str] = Field(default_factory=list)
@@ -31,39 +34,60 @@ class BillingJobReport(BaseModel):
 
 
 def run_daily(db: Client, ledger: Ledger, catalog: Catalog, now: datetime) -> BillingJobReport:
+    """Due plan changes, then annual plans' and the free plan's monthly credits; every client in
+    isolation in each step (a client that fails is in ``failed``, the others are processed)."""
     from google.cloud.firestore import FieldFilter
 
     report = BillingJobReport()
-    for snapshot in db.collection("clients").where(filter=FieldFilter("billing.pending_plan_at", "<=", now)).stream():
-        state = BillingState.model_validate((snapshot.to_dict() or {}).get("billing") or {})
-        if state.pending_plan:
-            _apply_pending(db, catalog, snapshot.id, state, now)
-            report.plan_changes[snapshot.id] = state.pending_plan
-    annual = db.collection("clients").where(filter=FieldFilter("billing.interval", "==", "annual"))
-    for snapshot in annual.stream():
+    clients = db.collection("clients")
+    # Plan changes first: a client moving to Free today gets Free's credits below.
+    due = clients.where(filter=FieldFilter("billing.pending_plan_at", "<=", now))
+    for client_id, billing in _listed(due, "billing"):
+        with isolated(JOB, client_id, report.failed, step="plan change"):
+            state = BillingState.model_validate(billing or {})
+            if state.pending_plan:
+                _apply_pending(db, catalog, client_id, state, now)
+                report.plan_changes[client_id] = state.pending_plan
+    for client_id, billing in _listed(clients.where(filter=FieldFilter("billing.interval", "==", "annual")), "billing"):
         report.clients_checked += 1
-        state = BillingState.model_validate((snapshot.to_dict() or {}).get("billing") or {})
-        granted = _annual_allotments(ledger, catalog, snapshot.id, state, now)
-        if granted:
-            report.annual_grants[snapshot.id] = granted
+        with isolated(JOB, client_id, report.failed, step="annual allotment"):
+            state = BillingState.model_validate(billing or {})
+            granted = _annual_allotments(ledger, catalog, client_id, state, now)
+            if granted:
+                report.annual_grants[client_id] = granted
     free = catalog.plan("free")
     if free.monthly_credits:
-        for snapshot in db.collection("clients").where(filter=FieldFilter("billing.plan", "==", "free")).stream():
+        month = now.strftime("%Y-%m")
+        for client_id, _ in _listed(clients.where(filter=FieldFilter("billing.plan", "==", "free"))):
             report.clients_checked += 1
-            month = now.strftime("%Y-%m")
-            ledger.grant(
-                snapshot.id,
-                key=f"free:{snapshot.id}:{month}",
-                amount=free.monthly_credits,
-                source=GrantSource.SUBSCRIPTION,
-                actor=SYSTEM,
-                reason=f"Free plan credits for {month}",
-                expires_at=None
-                if catalog.rollover
-                else add_months(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), 1),
-            )
-            report.free_grants.append(snapshot.id)
+            with isolated(JOB, client_id, report.failed, step="free credits"):
+                try:
+                    ledger.grant(
+                        client_id,
+                        key=f"free:{client_id}:{month}",
+                        amount=free.monthly_credits,
+                        source=GrantSource.SUBSCRIPTION,
+                        actor=SYSTEM,
+                        reason=f"Free plan credits for {month}",
+                        expires_at=None
+                        if catalog.rollover
+                        else add_months(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), 1),
+                    )
+                except IdempotencyKeyReused:
+                    # This month's allowance was granted before the catalog changed (another amount or
+                    # expiry): it stays as it was, like an annual month granted before an upgrade.
+                    continue
+                report.free_grants.append(client_id)
     return report
+
+
+def _listed(query: Any, field: str | None = None) -> list[tuple[str, Any]]:
+    """(client id, raw ``field``) of every match, read up front: the listing is one short query, and the
+    slow per-client work (ledger commits) does not hold it open. Parsing is each client's own step."""
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    snapshots = query.select([field or FieldPath.document_id()]).stream()
+    return [(snapshot.id, (snapshot.to_dict() or {}).get(field) if field else None) for snapshot in snapshots]
 
 
 def _annual_allotments(

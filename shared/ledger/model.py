@@ -646,9 +646,36 @@ def replay(client_id: str, entries: list[Entry]) -> tuple[int, int, dict[str, in
     return available, reserved, buckets
 
 
-def drift(state: LedgerState, entries: list[Entry]) -> list[str]:
-    """Every way the cached state disagrees with its entries (empty when consistent)."""
-    available, reserved, buckets = replay(state.client_id, entries)
+class Checkpoint(BaseModel):
+    """What the entries 1..``seq`` add up to, as verified against the state: a later verification
+    replays only the entries after it. Exact because entries are append-only."""
+
+    seq: int = 0
+    available: int = 0
+    reserved: int = 0
+    buckets: dict[str, int] = Field(default_factory=dict)  # non-zero totals only (absent means 0)
+
+
+def advance(opening: Checkpoint | None, entries: list[Entry]) -> Checkpoint:
+    """The checkpoint after ``entries``: exactly the entries that follow ``opening``, without gaps."""
+    start = opening or Checkpoint()
+    available, reserved, buckets = replay("", entries)
+    totals = dict(start.buckets)
+    for bucket_id, delta in buckets.items():
+        totals[bucket_id] = totals.get(bucket_id, 0) + delta
+    return Checkpoint(
+        seq=start.seq + len(entries),
+        available=start.available + available,
+        reserved=start.reserved + reserved,
+        buckets={bucket_id: total for bucket_id, total in sorted(totals.items()) if total},
+    )
+
+
+def drift(state: LedgerState, entries: list[Entry], *, opening: Checkpoint | None = None) -> list[str]:
+    """Every way the cached state disagrees with its entries (empty when consistent); with ``opening``,
+    ``entries`` are the ones after that checkpoint, which stands for the earlier ones."""
+    totals = advance(opening, entries)
+    available, reserved, buckets = totals.available, totals.reserved, totals.buckets
     problems = []
     if available != state.available:
         problems.append(f"available: state {state.available}, entries {available}")
@@ -665,8 +692,8 @@ def drift(state: LedgerState, entries: list[Entry]) -> list[str]:
             problems.append(f"bucket {bucket_id} is negative")
     if state.available < 0:
         problems.append("available is negative")
-    if len(entries) != state.seq:
-        problems.append(f"entry count {len(entries)} differs from seq {state.seq}")
+    if totals.seq != state.seq:
+        problems.append(f"entry count {totals.seq} differs from seq {state.seq}")
     return problems
 
 

@@ -332,12 +332,31 @@ class Ledger:
     def verify(self, client_id: str) -> list[str]:
         """Every disagreement between the cached state and the entries (empty when consistent)."""
         state = self.store.state(client_id)
-        entries = self.store.entries(client_id)
+        return model.drift(state, self._as_of(client_id, state, self.store.entries(client_id)))
+
+    def verify_from_checkpoint(self, client_id: str, *, full: bool = False) -> list[str]:
+        """:meth:`verify` reading only the entries after the last clean verification (a checkpoint keeps
+        what the earlier ones add up to); a clean result moves the checkpoint up to the state.
+        ``full`` reads every entry again (an audit of the old entries too) and renews the checkpoint."""
+        opening = None if full else self.store.verify_checkpoint(client_id)
+        state = self.store.state(client_id)
+        if opening is not None and opening.seq > state.seq:
+            opening = None  # a state behind its checkpoint (reset, or tampered): replay everything
+        start = opening.seq if opening else 0
+        entries = self._as_of(client_id, state, self.store.entries_after(client_id, start))
+        problems = model.drift(state, entries, opening=opening)
+        # Only a clean result becomes the checkpoint: a drift stays reported until it is repaired.
+        if not problems and state.seq > start and all(e.seq <= state.seq for e in entries):
+            self.store.save_verify_checkpoint(client_id, model.advance(opening, entries))
+        return problems
+
+    def _as_of(self, client_id: str, state: LedgerState, entries: list[model.Entry]) -> list[model.Entry]:
+        """The entries the state had seen when it was read."""
         later = [e.seq for e in entries if e.seq > state.seq]
         if later and self.store.state(client_id).seq >= max(later):
             # Committed (atomically, with a newer state) after the state was read: not drift.
-            entries = [e for e in entries if e.seq <= state.seq]
-        return model.drift(state, entries)
+            return [e for e in entries if e.seq <= state.seq]
+        return entries
 
 
 def revoke(

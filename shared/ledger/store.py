@@ -3,7 +3,8 @@
 One commit writes, atomically: the client's state document (guarded by its ``update_time`` — an
 optimistic precondition, which stays live under contention where read-modify-write transactions
 collapse), the idempotency marker (``create``, so a second commit with the same key fails), the new
-entries, the hold's record and any notifications.
+entries, the hold's record and any notifications. Apart from those, the balance verification keeps
+its checkpoint (what the entries verified so far add up to).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.ledger.model import Entry, HoldOutcome, HoldStatus, LedgerState, Mutation
+from pydantic import ValidationError
+
+from shared.ledger.model import Checkpoint, Entry, HoldOutcome, HoldStatus, LedgerState, Mutation
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -79,10 +82,21 @@ class LedgerStore(ABC):
     @abstractmethod
     def state(self, client_id: str) -> LedgerState: ...
 
+    # The verification checkpoint. These defaults keep none, so a store without one verifies every entry.
+    def entries_after(self, client_id: str, seq: int) -> list[Entry]:
+        """The entries with a ``seq`` above ``seq``, in order."""
+        return [e for e in self.entries(client_id) if e.seq > seq]
+
+    def verify_checkpoint(self, client_id: str) -> Checkpoint | None:
+        return None
+
+    def save_verify_checkpoint(self, client_id: str, checkpoint: Checkpoint) -> None:
+        return None
+
 
 class FirestoreLedgerStore(LedgerStore):
     """``clients/{c}/ledger/state``, ``ledger_entries/{seq}``, ``ledger_keys/{sha256}``,
-    ``ledger_holds/{id}``, ``notifications/{…}``."""
+    ``ledger_holds/{id}``, ``notifications/{…}``, ``ledger_checkpoints/verify``."""
 
     def __init__(self, db: Client) -> None:
         self.db = db
@@ -180,6 +194,31 @@ class FirestoreLedgerStore(LedgerStore):
     def state(self, client_id: str) -> LedgerState:
         snap = self._state_ref(client_id).get()
         return LedgerState.model_validate(snap.to_dict()) if snap.exists else LedgerState(client_id=client_id)
+
+    def entries_after(self, client_id: str, seq: int) -> list[Entry]:
+        from google.cloud.firestore import FieldFilter
+
+        query = self._client(client_id).collection("ledger_entries").where(filter=FieldFilter("seq", ">", seq))
+        return [Entry.model_validate(snap.to_dict()) for snap in query.order_by("seq").stream()]
+
+    def _checkpoint_ref(self, client_id: str) -> Any:
+        # Not in the ``ledger`` collection: the scheduled jobs list that collection group's state documents.
+        return self._client(client_id).collection("ledger_checkpoints").document("verify")
+
+    def verify_checkpoint(self, client_id: str) -> Checkpoint | None:
+        snap = self._checkpoint_ref(client_id).get()
+        if not snap.exists:
+            return None
+        try:
+            return Checkpoint.model_validate(snap.to_dict())
+        except ValidationError:
+            return None  # unreadable: verify from the first entry again, which writes a good one
+
+    def save_verify_checkpoint(self, client_id: str, checkpoint: Checkpoint) -> None:
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
+        # A plain set: any checkpoint is exact for its seq, so two runs racing can only cost progress.
+        self._checkpoint_ref(client_id).set({**checkpoint.model_dump(), "verified_at": SERVER_TIMESTAMP})
 
 
 def hold_pending_record(mutation: Mutation, hold_id: str, client_id: str, key: str) -> HoldRecord:

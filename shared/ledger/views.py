@@ -1,5 +1,6 @@
 """Read models of the ledger: balance, history (with CSV export), usage, and the scheduled jobs
-that sweep holds, expire buckets and verify every client's balance against its entries."""
+that sweep holds, expire buckets and verify every client's balance against its entries (each
+client in isolation: one that fails is reported and the others are still processed)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.errors import ValidationFailed
 from shared.http.pagination import InvalidCursor, Page, PageQuery, decode_cursor, encode_cursor
 from shared.ledger.model import Actor, Entry, EntryType, LedgerState, burn_order
+from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -162,8 +164,18 @@ def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int =
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     yield buffer.getvalue()
-    for count, snapshot in enumerate(_entries_query(db, client_id, query).stream()):
+    for count, snapshot in enumerate(_entries_query(db, client_id, query).limit(max_rows + 1).stream()):
         if count >= max_rows:
+            # Headers are long gone when we find out, so the file itself says it is not the whole history.
+            buffer.seek(0)
+            buffer.truncate()
+            older = Entry.model_validate(snapshot.to_dict()).created_at.isoformat()
+            writer.writerow(
+                ["", "", "truncated"]
+                + [""] * (len(CSV_COLUMNS) - 4)
+                + [f"only the newest {max_rows} entries; older ones (from {older} back) need a narrower from/to"]
+            )
+            yield buffer.getvalue()
             break
         entry = Entry.model_validate(snapshot.to_dict())
         buffer.seek(0)
@@ -257,66 +269,81 @@ def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
 
 
 # -- scheduled jobs ------------------------------------------------------------------------------
+# Each client runs in isolation (shared.scheduled): one unreadable state document or one exhausted
+# retry is recorded in ``failed`` and the others are still processed.
 
 
-class JobReport(BaseModel):
+class JobReport(ScheduledReport):
     job: str
-    clients_checked: int
-    changed: dict[str, Any]
+    clients_checked: int = 0
+    changed: dict[str, Any] = Field(default_factory=dict)
     problems: dict[str, list[str]] = Field(default_factory=dict)
 
 
-def _states_where(db: Client, field: str, now: datetime) -> Iterator[LedgerState]:
-    from google.cloud.firestore import FieldFilter
+class VerifyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    query = db.collection_group("ledger").where(filter=FieldFilter(field, "<=", now))
-    for snapshot in query.stream():
-        if snapshot.id == "state":
-            yield LedgerState.model_validate(snapshot.to_dict())
+    # Every entry again, not only those since each client's checkpoint (e.g. a weekly audit).
+    full: bool = False
+
+
+def _ledger_clients(db: Client, field: str | None = None, now: datetime | None = None) -> list[str]:
+    """The clients with a ``ledger/state`` document (with ``field`` due by ``now``), listed up front by
+    name only: reading a document is each client's own step, where a corrupt one fails only that client."""
+    from google.cloud.firestore import FieldFilter
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    query = db.collection_group("ledger")
+    if field is not None:
+        query = query.where(filter=FieldFilter(field, "<=", now))
+    found = []
+    for snapshot in query.select([FieldPath.document_id()]).stream():
+        client = snapshot.reference.parent.parent  # clients/{id}/ledger/state → clients/{id}
+        if snapshot.id == "state" and client is not None:
+            found.append(client.id)
+    return found
 
 
 def sweep_holds(db: Client, ledger: Ledger, now: datetime) -> JobReport:
     """Release every hold past its deadline, for every client. Safe to run twice."""
-    changed: dict[str, Any] = {}
-    checked = 0
-    for state in _states_where(db, "next_hold_deadline", now):
-        checked += 1
-        released = ledger.sweep_expired_holds(state.client_id, actor=SYSTEM)
-        if released:
-            changed[state.client_id] = released
-    return JobReport(job="sweep-holds", clients_checked=checked, changed=changed)
+    report = JobReport(job="sweep-holds")
+    for client_id in _ledger_clients(db, "next_hold_deadline", now):
+        report.clients_checked += 1
+        with isolated(report.job, client_id, report.failed):
+            released = ledger.sweep_expired_holds(client_id, actor=SYSTEM)
+            if released:
+                report.changed[client_id] = released
+    return report
 
 
 def expire_buckets(db: Client, ledger: Ledger, now: datetime) -> JobReport:
     """Expire every bucket past ``expires_at``, recorded as entries. Safe to run twice."""
-    changed: dict[str, Any] = {}
-    checked = 0
-    for state in _states_where(db, "next_bucket_expiry", now):
-        checked += 1
-        due = sorted(b.id for b in state.buckets.values() if b.expires_at and b.expires_at <= now and not b.expired)
-        if not due:
-            continue
-        # The key names the buckets: a second run for the same buckets replays, new ones get a new key.
-        key = "expire:" + hashlib.sha256(",".join(due).encode()).hexdigest()
-        result = ledger.expire_due(state.client_id, key=key, actor=SYSTEM)
-        if result.get("expired"):
-            changed[state.client_id] = result["expired"]
-    return JobReport(job="expire-buckets", clients_checked=checked, changed=changed)
+    report = JobReport(job="expire-buckets")
+    for client_id in _ledger_clients(db, "next_bucket_expiry", now):
+        report.clients_checked += 1
+        with isolated(report.job, client_id, report.failed):
+            state = ledger.state(client_id)
+            due = sorted(b.id for b in state.buckets.values() if b.expires_at and b.expires_at <= now and not b.expired)
+            if due:
+                # The key names the buckets: a second run for the same buckets replays, new ones get a new key.
+                key = "expire:" + hashlib.sha256(",".join(due).encode()).hexdigest()
+                result = ledger.expire_due(client_id, key=key, actor=SYSTEM)
+                if result.get("expired"):
+                    report.changed[client_id] = result["expired"]
+    return report
 
 
-def verify_balances(db: Client, ledger: Ledger) -> JobReport:
-    """Compare every client's cached balance with its entries; every drift is returned (and logged)."""
-    problems: dict[str, list[str]] = {}
-    checked = 0
-    for snapshot in db.collection_group("ledger").stream():
-        if snapshot.id != "state":
-            continue
-        checked += 1
-        client_id = str((snapshot.to_dict() or {}).get("client_id"))
-        drift = ledger.verify(client_id)
-        if drift:
-            problems[client_id] = drift
-    return JobReport(job="verify-balances", clients_checked=checked, changed={}, problems=problems)
+def verify_balances(db: Client, ledger: Ledger, *, full: bool = False) -> JobReport:
+    """Compare every client's cached balance with its entries (those since the client's last clean
+    verification, or all of them when ``full``); every drift is returned (and logged by the caller)."""
+    report = JobReport(job="verify-balances")
+    for client_id in _ledger_clients(db):
+        report.clients_checked += 1
+        with isolated(report.job, client_id, report.failed):
+            drift = ledger.verify_from_checkpoint(client_id, full=full)
+            if drift:
+                report.problems[client_id] = drift
+    return report
 
 
 def require_reason(reason: str | None) -> str:

@@ -353,6 +353,18 @@ def test_history_csv_export(stack: Any, client_id: str) -> None:
     problem(api.get("/history.csv", query_string={"bogus": "1"}, headers=headers), 422)
 
 
+def test_history_csv_says_when_it_is_cut_short(stack: Any, client_id: str) -> None:
+    from shared.ledger.views import HistoryQuery, history_csv
+
+    seven_entries(stack, client_id)
+    rows = list(csv.reader(io.StringIO("".join(history_csv(stack.platform.db, client_id, HistoryQuery(), 5)))))
+    assert [int(r[0]) for r in rows[1:6]] == [7, 6, 5, 4, 3]
+    assert len(rows) == 7 and rows[6][CSV_COLUMNS.index("type")] == "truncated"
+    assert "only the newest 5 entries" in rows[6][CSV_COLUMNS.index("reason")]
+    whole = list(csv.reader(io.StringIO("".join(history_csv(stack.platform.db, client_id, HistoryQuery(), 7)))))
+    assert len(whole) == 8 and "truncated" not in {r[CSV_COLUMNS.index("type")] for r in whole}
+
+
 def test_history_csv_neutralises_formulas(stack: Any, client_id: str) -> None:
     ledger = stack.platform.ledger
     dangerous = ['=HYPERLINK("http://evil.test","x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r=1+1"]
