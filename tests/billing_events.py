@@ -172,17 +172,24 @@ def invoice_obj(
 
 @dataclass
 class Subscriber:
-    """One client's Stripe identity and a clock for ``event.created`` (each event one second later)."""
+    """One client's Stripe identity and a clock for ``event.created`` (each event one second later).
+
+    With ``clock`` (the test's platform clock), events happen just before the clock's time, as real
+    ones do (Stripe stamps an event when it happens and delivers it moments later)."""
 
     client_id: str
     customer: str = field(default_factory=lambda: new_id("cus"))
     subscription: str = field(default_factory=lambda: new_id("sub"))
     created: int = field(default_factory=lambda: int(time.time()) - 10_000)
+    clock: Clock | None = None
+    _ticks: int = 0
 
     def tick(self, at: int | None = None) -> int:
         if at is not None:
             return at
-        self.created += 1
+        self._ticks += 1
+        # Events happened shortly before the clock's "now" (the delivery), in the order they were made.
+        self.created = int(self.clock.now.timestamp()) - 1_000 + self._ticks if self.clock else self.created + 1
         return self.created
 
     def checkout_subscription(

@@ -42,7 +42,7 @@ class Catalog(BaseModel):
     signup_bonus: int = Field(ge=0)
     grace_period_days: int = Field(ge=0)
     rollover: bool
-    pack_credit_expiry_days: int | None = None
+    pack_credit_expiry_days: int | None = Field(default=None, ge=1)  # None: pack credits never expire
     plans: dict[str, Plan]
     packs: dict[str, Pack]
 

@@ -89,6 +89,11 @@ def _ts(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
 
+def _happened_at(event: StripeEvent, fallback: datetime) -> datetime:
+    """When Stripe says the event happened (fixed across redeliveries); ``fallback`` if it has no time."""
+    return _ts(event.created) or fallback
+
+
 def add_months(moment: datetime, months: int) -> datetime:
     """Same day-of-month ``months`` later, clamped to the month's last day."""
     import calendar
@@ -240,8 +245,10 @@ class WebhookProcessor:
             # Delayed payment methods: credits come with checkout.session.async_payment_succeeded.
             return self._commit(event, client_id, changes, "pack payment pending")
         pack = self.catalog.pack(pack_id)
+        # From when Stripe says the payment happened, not from this delivery: a redelivery after a
+        # lost commit must ask the ledger for the very same grant, or it would be refused as different.
         expires = (
-            self.now + timedelta(days=self.catalog.pack_credit_expiry_days)
+            _happened_at(event, self.now) + timedelta(days=self.catalog.pack_credit_expiry_days)
             if self.catalog.pack_credit_expiry_days
             else None
         )
@@ -362,12 +369,15 @@ class WebhookProcessor:
         difference = self.catalog.plan(new_plan).monthly_credits - self.catalog.plan(old_plan).monthly_credits
         period_start, period_end = _ts(start), _ts(end)
         assert period_start is not None and period_end is not None
+        # Prorated from the moment of the change (the event's time), so a redelivery computes the
+        # same amount and the ledger replays the grant instead of refusing a different one.
+        changed_at = _happened_at(event, self.now)
         # Annual plans get monthly allotments: prorate over the current month of the year.
         month_start = period_start
-        while add_months(month_start, 1) <= self.now and add_months(month_start, 1) < period_end:
+        while add_months(month_start, 1) <= changed_at and add_months(month_start, 1) < period_end:
             month_start = add_months(month_start, 1)
         month_end = min(add_months(month_start, 1), period_end)
-        remaining = max(0.0, (month_end - max(self.now, month_start)).total_seconds())
+        remaining = max(0.0, (month_end - max(changed_at, month_start)).total_seconds())
         amount = int(difference * remaining // (month_end - month_start).total_seconds())
         if amount <= 0:
             return 0

@@ -48,7 +48,7 @@ def test_subscribe_spend_renew_upgrade_and_buy_a_pack(stack: Any, client_id: str
         assert stub.sessions[session["id"]]["customer"] == customer
 
         # 2. The customer pays; Stripe's events arrive.
-        sub = Subscriber(client_id, customer=customer)
+        sub = Subscriber(client_id, customer=customer, clock=clock)
         start1 = clock.now - timedelta(minutes=1)
         end1 = add_months(start1, 1)
         period1 = (ts(start1), ts(end1))

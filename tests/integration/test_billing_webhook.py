@@ -55,7 +55,7 @@ def hook(stack: Any) -> Any:
 
 @pytest.fixture
 def sub(stack: Any, clock: Clock, client_id: str) -> Subscriber:
-    s = Subscriber(client_id)
+    s = Subscriber(client_id, clock=clock)
     onboard_and_link(stack, s)
     return s
 
@@ -176,6 +176,28 @@ def test_a_redelivery_after_a_lost_marker_grants_nothing_twice(
         stack.platform.db.collection("stripe_events").document(evt["id"]).delete()
         assert send(hook, evt) != "duplicate"  # processed again...
     assert (balance(sub.client_id), len(entries(sub.client_id))) == before == (1100, 2)  # ...to the same effect
+
+
+def test_an_upgrade_redelivered_later_after_a_lost_commit_replays_the_same_prorated_grant(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """The prorated amount is taken at the event's time, not the delivery's: minutes later the
+    redelivery asks the ledger for the same grant, which replays (no 409, nothing granted twice)."""
+    start, end = period(clock.now - timedelta(days=10))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    client = stack.platform.db.collection("clients").document(sub.client_id)
+    billing_before = client.get().to_dict()
+    upgrade = sub.updated_event("price_pro_m", start, end)
+    first = send(hook, upgrade)
+    assert first.startswith("upgraded growth → pro, prorated")
+    after = balance(sub.client_id), len(entries(sub.client_id))
+
+    stack.platform.db.collection("stripe_events").document(upgrade["id"]).delete()  # the commit was lost
+    client.set(billing_before)
+    clock.advance(minutes=7)
+    assert send(hook, upgrade) == first
+    assert (balance(sub.client_id), len(entries(sub.client_id))) == after
+    assert get_platform().ledger.verify(sub.client_id) == []
 
 
 def _no_effect(stack: Any, sub: Subscriber, evt: dict[str, Any], before: dict[str, Any]) -> None:
@@ -404,11 +426,14 @@ def test_upgrade_on_real_time_with_half_the_period_left(stack: Any, hook: Any, s
     now = datetime.now(UTC)
     start, end = ts(now - timedelta(days=15)), ts(now + timedelta(days=15))
     subscribe(hook, sub, "price_growth_m", start, end)
-    outcome = send(hook, sub.updated_event("price_pro_m", start, end))
+    upgrade = sub.updated_event("price_pro_m", start, end)
+    outcome = send(hook, upgrade)
     granted = int(outcome.rsplit("prorated ", 1)[1].split()[0])
-    # Prorated over the calendar month that starts the period (28-31 days), as Stripe bills.
+    # Prorated over the calendar month that starts the period (28-31 days), as Stripe bills, from the
+    # moment Stripe says the change happened.
     month_end = min(add_months(datetime.fromtimestamp(start, UTC), 1), datetime.fromtimestamp(end, UTC))
-    expected = (PRO - GROWTH) * (month_end - now).total_seconds() / (month_end.timestamp() - start)
+    changed_at = datetime.fromtimestamp(upgrade["created"], UTC)
+    expected = (PRO - GROWTH) * (month_end - changed_at).total_seconds() / (month_end.timestamp() - start)
     assert expected - 2 <= granted <= expected
     assert balance(sub.client_id) == GROWTH + granted
 
