@@ -134,6 +134,7 @@ class Settings(BaseSettings):
 
     # Editing
     rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
+    import_parallel_chunks: int = Field(default=8, ge=1)
     rembg_alpha_matting: bool = False
     edit_max_assets: int = Field(default=100, ge=1, le=100)
     edit_sync_max_assets: int = Field(default=10, ge=1, le=100)  # free pipelines on more assets run as a job

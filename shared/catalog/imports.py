@@ -63,6 +63,7 @@ class ImportPolicy:
     thumbnail_max_side: int
     max_attempts: int
     fetch_limits: FetchLimits
+    parallel_chunks: int = 8  # chunks in flight at once (a sliding window over the chunk numbers)
 
 
 class ImportNotEditable(Conflict):
@@ -182,13 +183,14 @@ def start_import(
     policy: ImportPolicy,
     now: datetime,
 ) -> ImportDoc:
-    """Split the CSV into chunk files and enqueue the first chunk. Starting again is harmless."""
+    """Split the CSV into chunk files and enqueue the first window of chunks. Starting again is harmless."""
     from shared.catalog.csv_parsing import ColumnMapping, group_rows, row_to_draft
 
     doc = get_import(db, client_id, import_id)
     if doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING):
-        # A retried start re-sends the next chunk's task; its name makes the queue drop duplicates.
-        queue.enqueue(_chunk_task(client_id, import_id, doc.progress.chunks_done))
+        # A retried start re-sends the first window: the queue drops names it has seen, and a chunk
+        # already recorded only passes its slot in the window on.
+        _enqueue_window(queue, client_id, import_id, doc.progress.chunks_total, policy)
         return doc
     if doc.status is not ImportStatus.DRAFT:
         return doc
@@ -209,8 +211,13 @@ def start_import(
         "updated_at": now,
     }
     imports_ref(db, client_id).document(import_id).update(changes)
-    queue.enqueue(_chunk_task(client_id, import_id, 0))
+    _enqueue_window(queue, client_id, import_id, len(chunks), policy)
     return doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
+
+
+def _enqueue_window(queue: TaskQueue, client_id: str, import_id: str, chunks_total: int, policy: ImportPolicy) -> None:
+    for chunk in range(min(chunks_total, max(1, policy.parallel_chunks))):
+        queue.enqueue(_chunk_task(client_id, import_id, chunk))
 
 
 def import_out(doc: ImportDoc) -> ImportOut:
@@ -263,7 +270,8 @@ def run_import_chunk(
     policy: ImportPolicy,
     now: datetime,
 ) -> str:
-    """Process one chunk exactly once; returns what happened (for the worker's log and answer)."""
+    """Process one chunk exactly once, then queue the chunk one window ahead; the chunk that brings
+    ``chunks_done`` to ``chunks_total`` completes the import. Returns what happened (for the log)."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import firestore
 
@@ -277,7 +285,6 @@ def run_import_chunk(
         return f"import is {doc.status.value}: nothing to do"
     import_ref = imports_ref(db, task.client_id).document(task.import_id)
     chunk_ref = import_ref.collection("chunks").document(f"{task.chunk:05d}")
-    last = task.chunk + 1 >= doc.progress.chunks_total
     if not chunk_ref.get().exists:
         raw = json.loads(store.get(_chunk_key(task.client_id, task.import_id, task.chunk)))
         results = [RowResult.model_validate(item) for item in raw]
@@ -310,18 +317,35 @@ def run_import_chunk(
             "progress.images_imported": firestore.Increment(outcome.images_imported),
             "progress.images_failed": firestore.Increment(outcome.images_failed),
             "progress.chunks_done": firestore.Increment(1),
-            "status": (ImportStatus.COMPLETED if last else ImportStatus.RUNNING).value,
+            "status": ImportStatus.RUNNING.value,
             "updated_at": now,
         }
-        if last:
-            update["finished_at"] = now
         batch.update(import_ref, update)
         # A concurrent delivery may have recorded this chunk first; its counts stand.
         with contextlib.suppress(AlreadyExists):
             batch.commit()
-    if not last:
-        queue.enqueue(_chunk_task(task.client_id, task.import_id, task.chunk + 1))
+    ahead = task.chunk + max(1, policy.parallel_chunks)
+    if ahead < doc.progress.chunks_total:
+        queue.enqueue(_chunk_task(task.client_id, task.import_id, ahead))
+    _complete_when_every_chunk_is_done(db, import_ref, now)
     return f"chunk {task.chunk + 1}/{doc.progress.chunks_total} done"
+
+
+def _complete_when_every_chunk_is_done(db: Client, import_ref: Any, now: datetime) -> None:
+    """Mark the import completed once all its chunks are recorded. Any chunk may be the last to
+    finish, and two may see the count complete at once: the ``update_time`` precondition lets
+    exactly one of them write ``finished_at``."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    snapshot = import_ref.get()
+    doc = ImportDoc.model_validate(snapshot.to_dict())
+    if doc.status is not ImportStatus.RUNNING or doc.progress.chunks_done < doc.progress.chunks_total:
+        return
+    with contextlib.suppress(FailedPrecondition):
+        import_ref.update(
+            {"status": ImportStatus.COMPLETED.value, "finished_at": now, "updated_at": now},
+            option=db.write_option(last_update_time=snapshot.update_time),
+        )
 
 
 def _process_rows(

@@ -42,6 +42,7 @@ def import_policy(settings: Settings) -> ImportPolicy:
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
         max_attempts=settings.tasks_max_attempts,
+        parallel_chunks=settings.import_parallel_chunks,
         fetch_limits=FetchLimits(
             max_bytes=min(settings.fetch_max_bytes, settings.upload_max_bytes),
             total_timeout=settings.fetch_timeout_seconds,

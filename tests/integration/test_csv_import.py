@@ -480,9 +480,26 @@ def test_import_creates_products_and_images_once(stack: Any, client_id: str, ima
     assert len(api.report(import_id)) == 2
 
 
+def _one_chunk_at_a_time(stack: Any) -> None:
+    """IMPORT_PARALLEL_CHUNKS=1: each chunk queues the next one, so a test can stop between them."""
+    from shared.platform import Platform, set_platform
+
+    p = stack.platform
+    set_platform(  # the stack fixture resets the platform afterwards
+        Platform(
+            p.settings.model_copy(update={"import_parallel_chunks": 1}),
+            db=p.db,
+            object_store=p.object_store,
+            task_queue=stack.dispatcher,
+            fetcher=p.fetcher,
+        )
+    )
+
+
 def test_progress_is_readable_and_exact_across_a_crash(
     stack: Any, client_id: str, images: ImageServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _one_chunk_at_a_time(stack)
     api = Api(stack, client_id)
     data, expected = _catalog_csv(images)
     import_id = api.draft(data)["id"]
@@ -546,6 +563,56 @@ def test_progress_is_readable_and_exact_across_a_crash(
     assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
     for path in expected["fetched"]:
         assert images.hits[path] == 1, path
+    assert [(r["row"], r["code"]) for r in api.report(import_id)] == [("5", "missing_name"), ("6", "invalid_price")]
+
+
+def _post_chunk(stack: Any, task: Any, name: str) -> None:
+    """One delivery of a queued chunk task straight to the worker, as Cloud Tasks makes it."""
+    from tests.conftest import TASK_SECRET
+
+    headers = {
+        "Authorization": f"Bearer {TASK_SECRET}",
+        "Content-Type": "application/json",
+        "X-CloudTasks-QueueName": task.queue,
+        "X-CloudTasks-TaskName": name,
+        "X-CloudTasks-TaskRetryCount": "0",
+    }
+    response = stack.client("catalog_tasks").post("/tasks/import-chunk", data=task.body, headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_chunks_run_side_by_side_and_the_last_to_finish_completes_the_import(
+    stack: Any, client_id: str, images: ImageServer
+) -> None:
+    """The default window queues every chunk of a small import at once; they may finish in any
+    order, a redelivery is a no-op, and only when every chunk is recorded is the import done."""
+    api = Api(stack, client_id)
+    data, expected = _catalog_csv(images)
+    import_id = api.draft(data)["id"]
+    api.start(import_id)
+    queued = _chunk_tasks(stack.dispatcher, import_id)
+    assert sorted(queued) == [0, 1, 2, 3]  # all four chunks are in flight at once
+
+    for number in (3, 1, 0):  # out of order, each delivered twice
+        for delivery in ("first", "again"):
+            _post_chunk(stack, queued[number][0], f"{delivery}-{number}")
+            running = api.import_(import_id)
+            assert running["status"] == "running" and running["finished_at"] is None
+    assert running["progress"]["chunks_done"] == 3
+    assert running["progress"]["processed_rows"] == 3 * CHUNK_ROWS
+
+    _post_chunk(stack, queued[2][0], "first-2")  # the last chunk to finish completes the import
+    done = api.import_(import_id)
+    assert done["status"] == "completed" and done["finished_at"] is not None
+    assert done["progress"]["chunks_done"] == done["progress"]["chunks_total"] == 4
+    assert done["progress"]["processed_rows"] == done["progress"]["total_rows"] == 12
+    assert done["progress"]["created_products"] == expected["created"]
+    assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
+
+    assert stack.run_tasks() == 4  # the queue's own deliveries come late: nothing left to do
+    assert all(t.succeeded for ts in _chunk_tasks(stack.dispatcher, import_id).values() for t in ts)
+    assert api.import_(import_id) == done
+    assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
     assert [(r["row"], r["code"]) for r in api.report(import_id)] == [("5", "missing_name"), ("6", "invalid_price")]
 
 
