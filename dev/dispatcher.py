@@ -4,7 +4,9 @@ It delivers tasks as Cloud Tasks does: POST to the worker URL with the ``X-Cloud
 a bearer credential (the dev shared secret in place of an OIDC token), retries with exponential
 backoff on any non-2xx answer up to a bounded number of attempts, and de-duplication of named tasks
 for an hour. The same class serves the dev stack (a background thread delivering over HTTP) and the
-tests (delivering synchronously through a Flask test client with :meth:`run_until_idle`).
+tests (delivering synchronously through a Flask test client with :meth:`run_until_idle`). A task's
+dispatch deadline is kept on its record but not enforced: the dev stack's transport waits for every
+answer (up to its own timeout), like a queue with a generous deadline.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class LocalTask:
     name: str
     url: str
     body: bytes
+    dispatch_deadline: float | None = None  # seconds; recorded, not enforced
     attempts: int = 0
     outcomes: list[int] = field(default_factory=list)
     done: bool = False
@@ -84,11 +87,19 @@ class TaskDispatcher(TaskQueue):
             url=f"{self.target_base_url}/{task.target}{task.path}",
             body=task.body(),
             schedule_time=task.schedule_time,
+            dispatch_deadline=task.dispatch_deadline.total_seconds() if task.dispatch_deadline else None,
         )
 
     # -- submission (also reached over HTTP from LocalDispatcherQueue) -------------------------------
     def submit(
-        self, *, queue: str, name: str | None, url: str, body: bytes, schedule_time: datetime | None = None
+        self,
+        *,
+        queue: str,
+        name: str | None,
+        url: str,
+        body: bytes,
+        schedule_time: datetime | None = None,
+        dispatch_deadline: float | None = None,
     ) -> bool:
         """Queue a task; False when a task of that name was submitted within the last hour."""
         now = self.clock()
@@ -101,7 +112,7 @@ class TaskDispatcher(TaskQueue):
             delay = 0.0
             if schedule_time is not None:
                 delay = max(0.0, (schedule_time - datetime.now(UTC)).total_seconds())
-            local = LocalTask(queue=queue, name=task_name, url=url, body=body)
+            local = LocalTask(queue=queue, name=task_name, url=url, body=body, dispatch_deadline=dispatch_deadline)
             self.history.append(local)
             heapq.heappush(self._heap, _Pending(now + delay, next(self._seq), local))
             self._lock.notify_all()

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     tasks_dev_secret: SecretStr = SecretStr("")
     tasks_local_dispatcher_url: str = ""
     tasks_max_attempts: int = 8
+    # A batch item running longer than this since its last delivery started has no delivery coming
+    # (it was killed): /jobs/reap-stuck-items fails it for good. Above the item workers' timeout.
+    batch_item_lease_minutes: int = Field(default=120, ge=31)
     # Set by the Cloud Functions runtime to the deployed entry point; a worker's OIDC audience is
     # TASKS_TARGET_BASE_URL/FUNCTION_TARGET exactly.
     function_target: str = ""
@@ -131,10 +134,10 @@ class Settings(BaseSettings):
     # CSV import
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000
+    import_parallel_chunks: int = Field(default=8, ge=1)
 
     # Editing
     rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
-    import_parallel_chunks: int = Field(default=8, ge=1)
     rembg_alpha_matting: bool = False
     edit_max_assets: int = Field(default=100, ge=1, le=100)
     edit_sync_max_assets: int = Field(default=10, ge=1, le=100)  # free pipelines on more assets run as a job

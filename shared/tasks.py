@@ -13,7 +13,7 @@ import hmac
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -39,6 +39,10 @@ def task_name(*parts: str) -> str:
 
 SETTLE_WINDOW_SECONDS = 5
 
+# The dispatch deadlines Cloud Tasks accepts for HTTP targets (its default is 10 minutes).
+MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
+MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
+
 
 @dataclass(frozen=True)
 class TaskRequest:
@@ -50,6 +54,15 @@ class TaskRequest:
     name: str | None = None
     schedule_time: datetime | None = None
     queue: str | None = None
+    # How long the queue waits for the worker's answer before the attempt counts as failed and is
+    # retried; None: the queue's default. Work that can run longer must ask for more, or the queue
+    # delivers it again while the first delivery is still running.
+    dispatch_deadline: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        deadline = self.dispatch_deadline
+        if deadline is not None and not MIN_DISPATCH_DEADLINE <= deadline <= MAX_DISPATCH_DEADLINE:
+            raise ValueError(f"a dispatch deadline must be between 15 s and 30 min, not {deadline}")
 
     def body(self) -> bytes:
         return self.payload.model_dump_json().encode()
@@ -109,7 +122,7 @@ class CloudTasksQueue(TaskQueue):
     def enqueue(self, task: TaskRequest) -> bool:
         from google.api_core import exceptions as gexc
         from google.cloud import tasks_v2
-        from google.protobuf import timestamp_pb2
+        from google.protobuf import duration_pb2, timestamp_pb2
 
         if self._client is None:
             self._client = tasks_v2.CloudTasksClient()
@@ -130,6 +143,10 @@ class CloudTasksQueue(TaskQueue):
             stamp = timestamp_pb2.Timestamp()
             stamp.FromDatetime(task.schedule_time)
             message["schedule_time"] = stamp
+        if task.dispatch_deadline is not None:
+            deadline = duration_pb2.Duration()
+            deadline.FromTimedelta(task.dispatch_deadline)
+            message["dispatch_deadline"] = deadline
         try:
             self._client.create_task(parent=parent, task=message)
         except gexc.AlreadyExists:

@@ -12,7 +12,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shared.batch.models import (
@@ -108,6 +108,10 @@ class JobKind(ABC, Generic[JobT, ItemT]):
     # Progress kept in sharded counters, written by the commit that finishes each item: for jobs
     # too large to read every item on each status read. Otherwise progress is read from the items.
     counted: bool = False
+    # How long one delivery of an item task may take before Cloud Tasks gives up on it and retries:
+    # the item's worst case (None: the queue's default of 10 minutes). Too short, and the queue runs
+    # an item a second time while the first delivery is still working (and paying for the model).
+    item_deadline: timedelta | None = None
 
     @property
     def paged(self) -> bool:
@@ -170,6 +174,7 @@ class JobKind(ABC, Generic[JobT, ItemT]):
             path="/tasks/item",
             payload=ItemTask(client_id=client_id, job_id=job_id, index=index),
             name=task_name(f"{self.task_prefix}item", client_id, job_id, str(index)),
+            dispatch_deadline=self.item_deadline,
         )
 
     def settle_task(self, client_id: str, job_id: str, finished_at: datetime) -> TaskRequest:

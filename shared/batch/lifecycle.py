@@ -3,7 +3,8 @@
 * Accept: the job id is derived from the Idempotency-Key (a retried create finds the job, and the
   same key with another request is a 409), the whole cost is reserved as ONE hold (402 when
   unaffordable; free jobs hold nothing), the job document is written (with its items when there
-  are few) and one fan-out task is enqueued. The balance document is written once per job.
+  are few) and one fan-out task is enqueued. The balance document is written once per job. A job
+  that cannot be recorded (the object store or Firestore failed) releases its hold again.
 * Fan-out: one named task per item, so a redelivered fan-out enqueues nothing twice. Large jobs
   write their items page by page here instead of at accept time.
 * Item: the worker leaves a finished item alone, cancels a queued item of a stopped job, marks the
@@ -16,13 +17,18 @@
   are named after the window the triggering item finished in, so a late item is never swallowed
   by a settle task that already ran.
 * Cancel: stop starting new items; running ones finish; the rest are released at settlement.
+* Recover (Cloud Scheduler, :func:`reap`): an item whose delivery was killed (a timeout, out of
+  memory) stays running with no delivery to come; once it has been running longer than the lease it
+  is failed for good (refunded) through the same guarded write, and the job settles. A job whose
+  fan-out task was never enqueued is started again. A job the hold sweeper reached first (it ran
+  past its hold's deadline) still settles: nothing is charged.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic
@@ -40,11 +46,13 @@ from shared.batch.models import (
     JobStatus,
     JobTask,
     PagedJobDoc,
+    ReapReport,
 )
 from shared.catalog.products import new_id
-from shared.errors import EpoxError, IdempotencyKeyReused, NotFound
+from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
 from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
-from shared.ledger.model import Actor
+from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
+from shared.scheduled import isolated
 from shared.tasks import RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
@@ -113,17 +121,103 @@ def reserve(
     amount: int,
     user_id: str,
     policy: BatchPolicy,
+    renewal: int = 0,
 ) -> str:
-    """The hold for the whole job ("" when it is free); keyed by the job, so a retry reserves nothing more."""
+    """The hold for the whole job ("" when it is free); keyed by the job, so a retry reserves nothing more.
+    ``renewal`` n > 0 keys the n-th fresh hold of a job whose earlier holds were released unused."""
+    key = f"{kind.hold_prefix}:{job_id}" + (f":{renewal}" if renewal else "")
     return ledger.reserve_for_job(
         client_id,
-        key=f"{kind.hold_prefix}:{job_id}",
+        key=key,
         amount=amount,
         user_id=user_id,
         purpose=f"{kind.label} {job_id}",
         ttl=policy.hold_ttl,
         operation=kind.operation,
     )
+
+
+HOLD_RENEWALS = 5  # fresh holds one keyed request may take after its earlier tries were released
+
+
+def accept(
+    kind: JobKind[JobT, ItemT],
+    db: Client,
+    queue: TaskQueue,
+    ledger: Ledger,
+    client_id: str,
+    job_id: str,
+    *,
+    amount: int,
+    user_id: str,
+    policy: BatchPolicy,
+    request_key: RequestKey | None,
+    record: Callable[[str], tuple[JobT, Sequence[ItemT]]],
+) -> JobT:
+    """Reserve the job's cost, let the kind prepare the job (``record(hold_id)`` stores what the job
+    needs in the object store and returns the job and, unless paged, its items), then :func:`submit` it.
+
+    A job that cannot be recorded (the object store or Firestore failed) releases its hold before
+    the error is answered, so no credits stay locked for hours with no job to show for them; a retry
+    with the same key then reserves afresh."""
+    hold_id = _pending_hold(kind, ledger, client_id, job_id, amount, user_id, policy, keyed=request_key is not None)
+    try:
+        job, items = record(hold_id)
+        accepted = submit(kind, db, queue, job, items)
+    except Exception:
+        if hold_id:
+            _release_unowned(kind, db, ledger, client_id, job_id, hold_id)
+        raise
+    if hold_id and accepted.hold_id != hold_id:
+        # A concurrent request with the same key recorded the job first, holding other credits.
+        _release_unowned(kind, db, ledger, client_id, job_id, hold_id)
+    return accepted
+
+
+def _pending_hold(
+    kind: JobKind[Any, Any],
+    ledger: Ledger,
+    client_id: str,
+    job_id: str,
+    amount: int,
+    user_id: str,
+    policy: BatchPolicy,
+    *,
+    keyed: bool,
+) -> str:
+    """A pending hold for a job that does not exist yet. A keyed job's reservation replays an earlier
+    try of the same request; if that try's hold was released since (its job could not be recorded,
+    or the sweeper took it), it can pay for nothing: reserve anew under the next key."""
+    for renewal in range(HOLD_RENEWALS + 1):
+        hold_id = reserve(
+            kind, ledger, client_id, job_id, amount=amount, user_id=user_id, policy=policy, renewal=renewal
+        )
+        if not keyed or not hold_id or hold_id in ledger.state(client_id).holds:
+            return hold_id
+    raise UpstreamUnavailable(f"The {kind.noun} could not be accepted; try again later")
+
+
+def _release_unowned(
+    kind: JobKind[Any, Any], db: Client, ledger: Ledger, client_id: str, job_id: str, hold_id: str
+) -> None:
+    """Release ``hold_id`` unless the recorded job owns it. When that cannot be told (Firestore is
+    failing), the hold is left to the sweeper: releasing a hold a job still needs would give its work away."""
+    try:
+        snapshot = kind.jobs_ref(db, client_id).document(job_id).get()
+        if snapshot.exists and (snapshot.to_dict() or {}).get("hold_id") == hold_id:
+            return  # recorded after all (the failure came after the commit): its settlement resolves the hold
+        ledger.release(
+            client_id,
+            hold_id,
+            actor=Actor(kind="system", id=f"accept:{job_id}"),
+            reason=f"{kind.label} {job_id} could not be accepted; nothing was charged",
+            key=f"unrecorded:{hold_id}",
+        )
+        logger.warning("%s %s could not be recorded: hold %s released", kind.noun, job_id, hold_id)
+    except HoldAlreadyResolved:
+        return  # the sweeper released it already
+    except Exception:
+        logger.exception("hold %s of %s %s, which was not recorded, is left to the sweeper", hold_id, kind.noun, job_id)
 
 
 def fanout_pages(item_count: int, policy: BatchPolicy) -> int:
@@ -144,7 +238,12 @@ def submit(kind: JobKind[JobT, ItemT], db: Client, queue: TaskQueue, job: JobT, 
         batch.commit()
     except AlreadyExists:
         return _same_request(kind.job_model.model_validate(ref.get().to_dict()), job.request_fingerprint)
-    queue.enqueue(kind.fanout_task(job.client_id, job.id))
+    try:
+        queue.enqueue(kind.fanout_task(job.client_id, job.id))
+    except Exception:
+        # The job is recorded and owns its hold: it is the answer (a 503 would invite a second job).
+        # The reaper enqueues the fan-out of a job still queued after FANOUT_GRACE.
+        logger.exception("the fan-out of %s %s was not enqueued; the reaper will start it", kind.noun, job.id)
     return job
 
 
@@ -196,7 +295,7 @@ def run_fanout_page(
         batch = db.batch()
         batch.create(items_ref.document(f"{doc.index:06d}"), doc.model_dump(mode="python"))
         if stopped:
-            _count(batch, kind, db, job, doc, policy)
+            _count(batch, kind, db, job, doc, policy.counter_shards)
         try:
             batch.commit()
             created.append(doc)
@@ -293,7 +392,7 @@ def run_item(
         except ItemTakenOver:
             return TAKEN_OVER
     if isinstance(result, Finish):
-        if not _record(kind, db, run, result, policy):
+        if not _record(kind, db, run, result, policy.counter_shards):
             return TAKEN_OVER
         outcome = result.outcome or f"item {task.index} {result.status.value}"
     elif kind.counted:
@@ -327,11 +426,9 @@ def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWo
         return kind.failed(run.job, EpoxError(f"unexpected {type(error).__name__}"))
 
 
-def _record(
-    kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, policy: BatchPolicy
-) -> bool:
-    """Finish the item and count it in one commit, unless another delivery changed it since this one
-    took it (then that delivery owns the outcome: False)."""
+def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int) -> bool:
+    """Finish the item and count it in one commit, unless another delivery (or the reaper) changed it
+    since this one took it (then that one owns the outcome: False)."""
     from google.api_core.exceptions import FailedPrecondition
 
     changes = run.changes(result.status, **result.fields)
@@ -339,7 +436,7 @@ def _record(
     batch.update(run.ref, changes, option=db.write_option(last_update_time=run.snapshot.update_time))
     if kind.counted:
         finished = kind.item_model.model_validate({**run.item.model_dump(), **changes})
-        _count(batch, kind, db, run.job, finished, policy)
+        _count(batch, kind, db, run.job, finished, shards)
     try:
         batch.commit()
     except FailedPrecondition:
@@ -355,15 +452,13 @@ def increments(kind: JobKind[JobT, ItemT], job: JobT, item: ItemT) -> dict[str, 
     return {"done_items": 1, f"{item.status.value}_items": 1, **kind.tally(job, item)}
 
 
-def _count(batch: Any, kind: JobKind[JobT, ItemT], db: Client, job: JobT, item: ItemT, policy: BatchPolicy) -> None:
-    """Add a finished item to one of the job's counter shards (no document is written by every item)."""
+def _count(batch: Any, kind: JobKind[JobT, ItemT], db: Client, job: JobT, item: ItemT, shards: int) -> None:
+    """Add a finished item to one of the job's ``shards`` counter shards (no document is written by
+    every item; totals add up every shard there is)."""
     from google.cloud import firestore
 
     shard = (
-        kind.jobs_ref(db, job.client_id)
-        .document(job.id)
-        .collection("counters")
-        .document(f"{item.index % policy.counter_shards:03d}")
+        kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").document(f"{item.index % shards:03d}")
     )
     values = increments(kind, job, item)
     batch.set(shard, {name: firestore.Increment(value) for name, value in values.items()}, merge=True)
@@ -456,14 +551,29 @@ def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTas
         return f"{sums.done}/{job.item_count} items finished"
     captured = released = 0
     if job.hold_id:
-        outcome = ledger.capture(
-            task.client_id,
-            job.hold_id,
-            amount=kind.charge(job, sums),
-            actor=Actor(kind="task", id=f"settle:{job.id}"),
-            reason=kind.settle_reason(job, sums),
-            key=f"settle:{job.id}",
-        )
+        charge = kind.charge(job, sums)
+        actor = Actor(kind="task", id=f"settle:{job.id}")
+        try:
+            outcome = ledger.capture(
+                task.client_id,
+                job.hold_id,
+                amount=charge,
+                actor=actor,
+                reason=kind.settle_reason(job, sums),
+                key=f"settle:{job.id}",
+            )
+        except HoldAlreadyResolved:
+            # The sweeper released the hold: the job ran past its deadline. Those credits are back
+            # with the customer and cannot be taken again, so the job settles with nothing charged.
+            # (A capture by an earlier settle replays above instead of landing here.)
+            outcome = _released_before_settle(kind, ledger, job, actor)
+            logger.warning(
+                "%s %s settled after its hold %s was released by the sweeper: %s credits not charged",
+                kind.noun,
+                job.id,
+                job.hold_id,
+                charge,
+            )
         captured, released = outcome.captured, outcome.released
     final = JobStatus.CANCELLED if job.status in STOPPED_JOB else JobStatus.COMPLETED
     kind.jobs_ref(db, task.client_id).document(task.job_id).update(
@@ -476,6 +586,120 @@ def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTas
         }
     )
     return f"settled: captured {captured}, released {released}"
+
+
+def _released_before_settle(kind: JobKind[Any, Any], ledger: Ledger, job: Any, actor: Actor) -> HoldOutcome:
+    """The outcome of a hold resolved before settlement, read through the ledger: releasing a released
+    hold again writes nothing and answers the first release (a captured one is still a 409)."""
+    return ledger.release(
+        job.client_id,
+        job.hold_id,
+        actor=actor,
+        reason=f"{kind.label} {job.id} settled after its hold was released",
+        key=f"settle-released:{job.id}",
+    )
+
+
+# -- recovery (Cloud Scheduler) ---------------------------------------------------------------------
+
+# A fan-out runs seconds after its job is accepted: a job still queued this long after lost its task.
+FANOUT_GRACE = timedelta(minutes=10)
+
+
+class ItemTimedOut(EpoxError):
+    """No delivery of the item finished within the lease: it was given up (and refunded)."""
+
+    status = 504
+    code = "item_timed_out"
+    title = "The item did not finish in time"
+
+
+def reap(
+    kind: JobKind[Any, Any], db: Client, queue: TaskQueue, now: datetime, *, lease: timedelta, limit: int = 500
+) -> ReapReport:
+    """Finish what no task will finish, for every client: fail the kind's items running longer than
+    ``lease`` (their delivery was killed: refunded at settlement, which is enqueued) and start the jobs
+    whose fan-out was never enqueued. Safe to run twice; at most ``limit`` items per run, the rest
+    the next run. Each job is handled on its own (a failure is logged and reported)."""
+    report = ReapReport(job="reap-stuck-items")
+    reaped = 0
+    for snapshot in _stuck_items(kind, db, now - lease):
+        if reaped >= limit:
+            report.more = True
+            break
+        client_id, job_id = _owner(snapshot.reference)
+        with isolated(report.job, client_id, report.failed, step="items"):
+            if fail_stuck_item(kind, db, queue, snapshot, now, lease):
+                reaped += 1
+                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
+    for snapshot in _unstarted_jobs(kind, db, now - FANOUT_GRACE):
+        client_id = snapshot.reference.parent.parent.id
+        with isolated(report.job, client_id, report.failed, step="jobs"):
+            if queue.enqueue(kind.fanout_task(client_id, snapshot.id)):
+                logger.warning("%s %s was never fanned out: fan-out enqueued again", kind.noun, snapshot.id)
+                report.jobs_started.setdefault(client_id, []).append(snapshot.id)
+    return report
+
+
+def fail_stuck_item(
+    kind: JobKind[Any, Any], db: Client, queue: TaskQueue, snapshot: Any, now: datetime, lease: timedelta
+) -> bool:
+    """Fail the running item ``snapshot`` for good and enqueue its job's settlement. The write is
+    guarded by the snapshot's update time like a delivery's: a delivery that finished the item or
+    started again since then owns it, and nothing changes (False)."""
+    client_id, job_id = _owner(snapshot.reference)
+    item = kind.item_model.model_validate(snapshot.to_dict())
+    job = kind.get_job(db, client_id, job_id)
+    if item.status is not ItemStatus.RUNNING or job.settled:
+        return False
+    error = ItemTimedOut(
+        f"No delivery of this item finished within {int(lease.total_seconds() // 60)} minutes; it was given up"
+    )
+    run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now)
+    # One counter shard is enough: reaping is rare, and the totals add up every shard.
+    if not _record(kind, db, run, kind.failed(job, error), shards=1):
+        return False
+    logger.warning("item %s of %s %s was running since %s: failed", item.index, kind.noun, job_id, item.updated_at)
+    queue.enqueue(kind.settle_task(client_id, job_id, now))
+    return True
+
+
+def _owner(item_ref: Any) -> tuple[str, str]:
+    """(client id, job id) of an item document ``clients/{c}/{collection}/{job}/items/{index}``."""
+    job_ref = item_ref.parent.parent
+    return str(job_ref.parent.parent.id), str(job_ref.id)
+
+
+def _stuck_items(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
+    """Every item of this kind, of any client, running since before ``cutoff`` (collection-group index
+    on ``items``: status, updated_at). Other kinds' items live in collections named alike: skipped."""
+    from google.cloud.firestore import FieldFilter
+
+    query = (
+        db.collection_group("items")
+        .where(filter=FieldFilter("status", "==", ItemStatus.RUNNING.value))
+        .where(filter=FieldFilter("updated_at", "<", cutoff))
+    )
+    for snapshot in query.stream():
+        parts = snapshot.reference.path.split("/")
+        if len(parts) == 6 and parts[0] == "clients" and parts[2] == kind.collection:
+            yield snapshot
+
+
+def _unstarted_jobs(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
+    """Every job of this kind still queued since before ``cutoff`` (collection-group index on the
+    kind's collection: status, created_at)."""
+    from google.cloud.firestore import FieldFilter
+
+    query = (
+        db.collection_group(kind.collection)
+        .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+        .where(filter=FieldFilter("created_at", "<", cutoff))
+    )
+    for snapshot in query.stream():
+        parts = snapshot.reference.path.split("/")
+        if len(parts) == 4 and parts[0] == "clients" and not (snapshot.to_dict() or {}).get("settled"):
+            yield snapshot
 
 
 # -- commands and reads -----------------------------------------------------------------------------

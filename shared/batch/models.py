@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.http.pagination import PageQuery
+from shared.scheduled import ScheduledReport
 
 
 class JobStatus(str, Enum):
@@ -122,3 +123,15 @@ class JobListQuery(PageQuery):
 
 class ItemListQuery(PageQuery):
     status: ItemStatus | None = None
+
+
+# -- scheduled jobs ---------------------------------------------------------------------------------
+
+
+class ReapReport(ScheduledReport):
+    """What ``/jobs/reap-stuck-items`` did, by client: items failed ("{job}/{index}"), jobs started."""
+
+    job: str
+    items_failed: dict[str, list[str]] = Field(default_factory=dict)
+    jobs_started: dict[str, list[str]] = Field(default_factory=dict)
+    more: bool = False  # the run stopped at its limit: the next run goes on

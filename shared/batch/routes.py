@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.batch.lifecycle import RequestKey, run_settle
-from shared.batch.models import ItemTask, JobTask
+from shared.batch.lifecycle import RequestKey, reap, run_settle
+from shared.batch.models import ItemTask, JobTask, ReapReport
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 
 if TYPE_CHECKING:
@@ -42,10 +42,11 @@ def add_worker_routes(
     fanout: Callable[[Platform, Any], str],
     item: Callable[[Platform, ItemTask, TaskCall], str],
 ) -> None:
-    """POST /tasks/fanout, /tasks/item and /tasks/settle on a kind's Cloud Tasks entry point.
+    """POST /tasks/fanout, /tasks/item and /tasks/settle on a kind's Cloud Tasks entry point, and
+    /jobs/reap-stuck-items for Cloud Scheduler.
 
-    ``fanout`` and ``item`` run the kind's steps with the platform's adapters; settling is the same
-    for every kind."""
+    ``fanout`` and ``item`` run the kind's steps with the platform's adapters; settling and reaping
+    are the same for every kind."""
 
     def fanout_route(ctx: Ctx) -> dict[str, str]:
         return {"outcome": fanout(ctx.platform, ctx.body)}
@@ -59,6 +60,16 @@ def add_worker_routes(
         p = ctx.platform
         return {"outcome": run_settle(kind, p.db, p.ledger, ctx.body, p.clock())}
 
+    def reap_route(ctx: Ctx) -> ReapReport:
+        from datetime import timedelta
+
+        from shared.scheduled import finish
+
+        p = ctx.platform
+        lease = timedelta(minutes=p.settings.batch_item_lease_minutes)
+        return finish(reap(kind, p.db, p.task_queue, p.clock(), lease=lease), "reap-stuck-items")
+
     app.post("/tasks/fanout", body=kind.fanout_model, access=Access.TASK)(fanout_route)
     app.post("/tasks/item", body=ItemTask, access=Access.TASK)(item_route)
     app.post("/tasks/settle", body=JobTask, access=Access.TASK)(settle_route)
+    app.post("/jobs/reap-stuck-items", access=Access.SCHEDULER)(reap_route)

@@ -66,7 +66,7 @@ from shared.editing.revisions import (
 from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
 from shared.storage import ObjectNotFound
-from shared.tasks import RetryTask, TaskCall, TaskQueue
+from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -670,6 +670,9 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
     operation = "edit"
     job_model = EditJobDoc
     item_model = EditItemDoc
+    # A pipeline may hold several model steps (each up to GEMINI_TIMEOUT_SECONDS) and background
+    # removal on the worker's CPU: the most Cloud Tasks allows.
+    item_deadline = MAX_DISPATCH_DEADLINE
 
     def tally(self, job: EditJobDoc, item: EditItemDoc) -> dict[str, int]:
         return {"succeeded_cost": item.cost} if item.status is ItemStatus.SUCCEEDED else {}
@@ -716,31 +719,46 @@ def create_job(
     if existing is not None:
         return existing
     cost = prepared.quote.total
-    hold_id = lifecycle.reserve(EDITS, ledger, client_id, job_id, amount=cost, user_id=user_id, policy=policy.batch)
-    mask_keys = {}
-    for index, mask in prepared.masks.items():
-        mask_keys[str(index)] = _mask_key(client_id, job_id, index)
-        store.put(mask_keys[str(index)], px.png_bytes(mask, compress_level=6), "image/png")
-    job = EditJobDoc(
-        id=job_id,
-        client_id=client_id,
-        operations=[_stored_op(op) for op in prepared.request.operations],
-        mask_keys=mask_keys,
-        asset_ids=[item.asset.id for item in prepared.assets],
-        item_count=len(prepared.assets),
-        cost=cost,
-        hold_id=hold_id,
-        price_list_version=prepared.quote.price_list_version,
-        created_by=user_id,
-        created_at=now,
-        updated_at=now,
-        request_fingerprint=request_key.fingerprint if request_key is not None else None,
+
+    def record(hold_id: str) -> tuple[EditJobDoc, list[EditItemDoc]]:
+        mask_keys = {}
+        for index, mask in prepared.masks.items():
+            mask_keys[str(index)] = _mask_key(client_id, job_id, index)
+            store.put(mask_keys[str(index)], px.png_bytes(mask, compress_level=6), "image/png")
+        job = EditJobDoc(
+            id=job_id,
+            client_id=client_id,
+            operations=[_stored_op(op) for op in prepared.request.operations],
+            mask_keys=mask_keys,
+            asset_ids=[item.asset.id for item in prepared.assets],
+            item_count=len(prepared.assets),
+            cost=cost,
+            hold_id=hold_id,
+            price_list_version=prepared.quote.price_list_version,
+            created_by=user_id,
+            created_at=now,
+            updated_at=now,
+            request_fingerprint=request_key.fingerprint if request_key is not None else None,
+        )
+        items = [
+            EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
+            for index, item in enumerate(prepared.assets)
+        ]
+        return job, items
+
+    return lifecycle.accept(
+        EDITS,
+        db,
+        queue,
+        ledger,
+        client_id,
+        job_id,
+        amount=cost,
+        user_id=user_id,
+        policy=policy.batch,
+        request_key=request_key,
+        record=record,
     )
-    items = [
-        EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
-        for index, item in enumerate(prepared.assets)
-    ]
-    return lifecycle.submit(EDITS, db, queue, job, items)
 
 
 def job_out(db: Client, job: EditJobDoc) -> EditJobOut:

@@ -44,7 +44,7 @@ from shared.generation.models import (
 )
 from shared.http.pagination import Page
 from shared.ledger.pricing import PriceList, QuoteItem, quote
-from shared.tasks import RetryTask, TaskCall, TaskQueue
+from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -91,6 +91,10 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
     job_model = JobDoc
     item_model = ItemDoc
     counted = True
+    # Up to 4 variants made one after another, each a model call of up to GEMINI_TIMEOUT_SECONDS (8 min
+    # at the default 120 s), plus reference downloads and encoding: more than the queue's default 10
+    # minutes, so the most Cloud Tasks allows. The worker function's own timeout ends a hung delivery.
+    item_deadline = MAX_DISPATCH_DEADLINE
 
     def tally(self, job: JobDoc, item: ItemDoc) -> dict[str, int]:
         if item.status is ItemStatus.CANCELLED:
@@ -183,31 +187,44 @@ def create_job(
     slots = len(data.items) * settings.variants
     # The same quote the credits API gives for this operation: the price shown is the price reserved.
     line = quote(prices, [QuoteItem(operation="generate_image", variant=settings.size, quantity=slots)]).lines[0]
-    hold_id = lifecycle.reserve(
-        GENERATION, ledger, client_id, job_id, amount=line.amount, user_id=user_id, policy=policy.batch
+
+    def record(hold_id: str) -> tuple[JobDoc, list[ItemDoc]]:
+        store.put(
+            _spec_key(client_id, job_id),
+            json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
+            "application/json",
+        )
+        job = JobDoc(
+            id=job_id,
+            client_id=client_id,
+            settings=settings,
+            item_count=len(data.items),
+            slot_count=slots,
+            unit_price=line.unit_price,
+            cost=line.amount,
+            hold_id=hold_id,
+            retry_of=retry_of,
+            created_by=user_id,
+            created_at=now,
+            updated_at=now,
+            fanout_pages=lifecycle.fanout_pages(len(data.items), policy.batch),
+            request_fingerprint=request_key.fingerprint if request_key is not None else None,
+        )
+        return job, []
+
+    return lifecycle.accept(
+        GENERATION,
+        db,
+        queue,
+        ledger,
+        client_id,
+        job_id,
+        amount=line.amount,
+        user_id=user_id,
+        policy=policy.batch,
+        request_key=request_key,
+        record=record,
     )
-    store.put(
-        _spec_key(client_id, job_id),
-        json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
-        "application/json",
-    )
-    job = JobDoc(
-        id=job_id,
-        client_id=client_id,
-        settings=settings,
-        item_count=len(data.items),
-        slot_count=slots,
-        unit_price=line.unit_price,
-        cost=line.amount,
-        hold_id=hold_id,
-        retry_of=retry_of,
-        created_by=user_id,
-        created_at=now,
-        updated_at=now,
-        fanout_pages=lifecycle.fanout_pages(len(data.items), policy.batch),
-        request_fingerprint=request_key.fingerprint if request_key is not None else None,
-    )
-    return lifecycle.submit(GENERATION, db, queue, job)
 
 
 # -- fan-out ------------------------------------------------------------------------------------------

@@ -26,14 +26,15 @@ from shared.batch.models import (
     JobTask,
     PagedJobDoc,
 )
-from shared.errors import EpoxError, IdempotencyKeyReused
-from shared.ledger.model import Actor, GrantSource
+from shared.errors import EpoxError, IdempotencyKeyReused, UpstreamUnavailable
+from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
 from shared.tasks import RetryTask, TaskCall, TaskRequest
-from tests.fakes import InMemoryLedgerStore, RecordingTaskQueue
+from tests.fakes import InMemoryLedgerStore, InMemoryObjectStore, RecordingTaskQueue
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 POLICY = BatchPolicy(max_attempts=3, hold_ttl=timedelta(hours=1), fanout_page=2, counter_shards=2)
+LEASE = timedelta(minutes=45)
 
 
 class ClipJob(PagedJobDoc):
@@ -103,13 +104,34 @@ CLIPS, SYNCS = Clips(), Syncs()
 Work = Callable[[ItemRun[Any, Any]], Finish]
 
 
+class FlakyObjectStore(InMemoryObjectStore):
+    """The object store having a bad minute: every write fails while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def put(self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None) -> None:
+        if self.down:
+            raise UpstreamUnavailable("The object store is unavailable")
+        super().put(key, data, content_type, cache_control=cache_control)
+
+
+class Killed(BaseException):
+    """The worker process dies mid-item (function timeout, out of memory): nothing after it runs, and
+    nothing answers the queue (not an Exception, so no handler of ours sees it)."""
+
+
 class Harness:
-    """One tenant's jobs of one kind, a recording queue delivered by hand, and a ledger."""
+    """One tenant's jobs of one kind, a recording queue delivered by hand, a ledger whose clock the
+    test moves (``now``), and an object store where accepting a job keeps its item list."""
 
     def __init__(self, db: Any, client_id: str, kind: JobKind[Any, Any], work: Work) -> None:
         self.db, self.client_id, self.kind, self.work = db, client_id, kind, work
         self.queue = RecordingTaskQueue()
-        self.ledger = Ledger(InMemoryLedgerStore(), clock=lambda: NOW)
+        self.store = FlakyObjectStore()
+        self.now = NOW
+        self.ledger = Ledger(InMemoryLedgerStore(), clock=lambda: self.now)
         self.ledger.grant(
             client_id, key="g", amount=100, source=GrantSource.PACK, actor=Actor(kind="admin", id="t"), reason="t"
         )
@@ -122,23 +144,40 @@ class Harness:
         found = lifecycle.existing_job(kind, self.db, self.client_id, job_id, key)
         if found is not None:
             return found
-        hold_id = lifecycle.reserve(kind, self.ledger, self.client_id, job_id, amount=cost, user_id="u1", policy=POLICY)
         if kind.paged:
             fields["fanout_pages"] = lifecycle.fanout_pages(len(items), POLICY)
-        job = kind.job_model(
-            id=job_id,
-            client_id=self.client_id,
-            item_count=len(items),
-            cost=cost,
-            hold_id=hold_id,
-            created_by="u1",
-            created_at=NOW,
-            updated_at=NOW,
-            request_fingerprint=key.fingerprint if key else None,
-            **fields,
-        )
+
+        def record(hold_id: str) -> tuple[Any, list[Any]]:
+            # What a kind stores besides the job document (generation's item list, edit masks).
+            self.store.put(f"clients/{self.client_id}/{kind.collection}/{job_id}/items.json", b"[]", "application/json")
+            job = kind.job_model(
+                id=job_id,
+                client_id=self.client_id,
+                item_count=len(items),
+                cost=cost,
+                hold_id=hold_id,
+                created_by="u1",
+                created_at=NOW,
+                updated_at=NOW,
+                request_fingerprint=key.fingerprint if key else None,
+                **fields,
+            )
+            return job, [] if kind.paged else items
+
         self.specs = items
-        return lifecycle.submit(kind, self.db, self.queue, job, () if kind.paged else items)
+        return lifecycle.accept(
+            kind,
+            self.db,
+            self.queue,
+            self.ledger,
+            self.client_id,
+            job_id,
+            amount=cost,
+            user_id="u1",
+            policy=POLICY,
+            request_key=key,
+            record=record,
+        )
 
     def deliver(self, task: TaskRequest, retry_count: int = 0) -> str:
         self.delivered.add(id(task))
@@ -162,18 +201,37 @@ class Harness:
         self.outcomes.append(outcome)
         return outcome
 
+    def ours(self, task: TaskRequest) -> bool:
+        """The reaper works for every tenant: what it enqueues for other tests' jobs is not delivered here."""
+        return isinstance(task.payload, JobTask) and task.payload.client_id == self.client_id
+
     def run(self) -> None:
         """Deliver every task not delivered yet, including the ones enqueued on the way: those due now
         in order, then the scheduled ones (settle tasks, after their window; the clock stands still)."""
-        while waiting := [t for t in self.queue.tasks if id(t) not in self.delivered]:
+        while waiting := [t for t in self.queue.tasks if id(t) not in self.delivered and self.ours(t)]:
             self.deliver(min(waiting, key=lambda t: t.schedule_time is not None))
 
     def job(self, job_id: str) -> Any:
         return self.kind.get_job(self.db, self.client_id, job_id)
 
+    def item(self, job_id: str, index: int) -> dict[str, Any]:
+        doc: dict[str, Any] = self.kind.item_ref(self.db, self.client_id, job_id, index).get().to_dict()
+        return doc
+
     def credits(self) -> tuple[int, int]:
         state = self.ledger.state(self.client_id)
         return state.available, state.reserved
+
+    def reap(self, at: datetime) -> list[str]:
+        """The reaper's run at ``at``: this tenant's items it failed ("{job}/{index}")."""
+        report = lifecycle.reap(self.kind, self.db, self.queue, at, lease=LEASE)
+        assert not report.failed.get(self.client_id), report
+        return report.items_failed.get(self.client_id, [])
+
+    def exact(self) -> None:
+        """Balances equal what the entries say and no hold is left pending."""
+        assert self.ledger.verify(self.client_id) == []
+        assert self.ledger.state(self.client_id).holds == {}
 
 
 def clips(*seconds: int) -> list[ClipItem]:
@@ -310,3 +368,212 @@ def test_a_key_names_one_job_and_one_request(db: Any, client_id: str) -> None:
     with pytest.raises(IdempotencyKeyReused):
         lifecycle.submit(SYNCS, db, h.queue, late.model_copy(update={"request_fingerprint": "body-b"}), images)
     assert [t.path for t in h.queue.tasks] == ["/tasks/fanout"]
+
+
+# -- recovery: killed deliveries, holds the sweeper took, jobs that could not be recorded -----------
+
+
+def killing(prompt: str) -> Work:
+    """``make_clips``, except that the delivery of the item with ``prompt`` dies mid-work."""
+
+    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
+        if run.item.prompt == prompt:
+            raise Killed()
+        return make_clips(run)
+
+    return work
+
+
+def test_an_item_whose_delivery_was_killed_is_failed_by_the_reaper_and_refunded(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, CLIPS, killing("clip 5"))
+    job = h.accept(clips(4, 5, 3), cost=24, unit_price=1)
+    with pytest.raises(Killed):
+        h.run()  # the fan-out, item 0, then item 1's delivery dies with the item marked running
+    h.run()  # no delivery of item 1 will come again: the job cannot settle on its own
+    assert h.outcomes[-1] == "2/3 items finished"
+    assert h.item(job.id, 1)["status"] == "running" and h.job(job.id).status is JobStatus.RUNNING
+    assert h.credits() == (76, 24)
+
+    assert h.reap(NOW + LEASE - timedelta(seconds=1)) == []  # still within its lease: it may yet finish
+    capped = lifecycle.reap(CLIPS, db, h.queue, NOW + LEASE + timedelta(seconds=1), lease=LEASE, limit=0)
+    assert capped.more and capped.items_failed == {}  # a run stops at its limit; the next one goes on
+    assert h.reap(NOW + LEASE + timedelta(seconds=1)) == [f"{job.id}/000001"]
+    item = h.item(job.id, 1)
+    assert (item["status"], item["failure"]["code"], item["failure"]["retryable"]) == (
+        "failed",
+        "item_timed_out",
+        False,
+    )
+    h.run()  # the settlement the reaper enqueued
+
+    done = h.job(job.id)
+    assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 7, "released": 17}
+    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    assert totals == {"done_items": 3, "succeeded_items": 2, "failed_items": 1, "seconds": 7}
+    assert h.credits() == (93, 0)
+    h.exact()
+    # A second run finds nothing, and a late redelivery of the item's task changes nothing.
+    assert h.reap(NOW + LEASE * 3) == []
+    assert h.deliver(CLIPS.item_task(client_id, job.id, 1), retry_count=2) == "item already failed"
+    assert lifecycle.progress(CLIPS, db, h.job(job.id)).totals.values == totals
+
+
+def test_the_reaper_and_a_late_delivery_never_both_record_an_item(db: Any, client_id: str) -> None:
+    stale: list[Any] = []
+
+    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
+        if run.item.index == 0:
+            # Item 0's delivery outlives the lease: the reaper fails the item while it is still working.
+            assert h.reap(NOW + LEASE + timedelta(minutes=1)) == [f"{run.job.id}/000000"]
+        else:
+            stale.append(run.ref.get())  # the running item as a reaper's query found it a moment ago
+        return make_clips(run)
+
+    h = Harness(db, client_id, CLIPS, work)
+    job = h.accept(clips(4, 6), cost=16, unit_price=1)
+    h.run()
+    # The reaper won item 0: the delivery that came back afterwards recorded nothing.
+    assert "another delivery finished this item" in h.outcomes
+    assert h.item(job.id, 0)["status"] == "failed"
+    # Item 1's delivery won: the reaper's write, guarded by what it read, changes nothing.
+    assert h.item(job.id, 1)["status"] == "succeeded"
+    assert not lifecycle.fail_stuck_item(CLIPS, db, h.queue, stale[0], NOW + LEASE * 2, LEASE)
+    assert h.item(job.id, 1)["status"] == "succeeded"
+    h.run()
+
+    done = h.job(job.id)
+    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    assert totals == {"done_items": 2, "succeeded_items": 1, "failed_items": 1, "seconds": 6}
+    assert done.settlement == {"captured": 6, "released": 10}
+    assert h.credits() == (94, 0)
+    h.exact()
+
+
+def test_an_uncounted_kinds_stuck_item_is_reaped_too(db: Any, client_id: str) -> None:
+    def work(run: ItemRun[BatchJobDoc, SyncItem]) -> Finish:
+        if run.item.image == "huge":
+            raise Killed()
+        return Finish(ItemStatus.SUCCEEDED)
+
+    h = Harness(db, client_id, SYNCS, work)
+    images = [
+        SyncItem(index=0, image="a", cost=3, updated_at=NOW),
+        SyncItem(index=1, image="huge", cost=5, updated_at=NOW),
+    ]
+    job = h.accept(images, cost=8)
+    # A clip job of another tenant's kind is not this kind's to reap: each kind's worker reaps its own.
+    clip_run = Harness(db, client_id, CLIPS, killing("clip 2"))
+    clip_job = clip_run.accept(clips(2), cost=8, unit_price=1)
+    with pytest.raises(Killed):
+        clip_run.run()
+    with pytest.raises(Killed):
+        h.run()
+    h.run()
+    assert h.reap(NOW + LEASE + timedelta(minutes=1)) == [f"{job.id}/000001"]
+    assert clip_run.item(clip_job.id, 0)["status"] == "running"
+    h.run()
+    done = h.job(job.id)
+    assert done.settlement == {"captured": 3, "released": 5}
+    assert [i.status for i in lifecycle.all_items(SYNCS, db, done)] == [ItemStatus.SUCCEEDED, ItemStatus.FAILED]
+    assert h.credits() == (97, 0)
+    h.exact()
+
+
+def test_a_job_settling_after_the_sweeper_released_its_hold_charges_nothing(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
+    images = [SyncItem(index=i, image=f"img{i}", cost=3, updated_at=NOW) for i in range(2)]
+    job = h.accept(images, cost=6)
+    h.deliver(h.queue.tasks[0])  # fan-out
+    h.deliver(h.queue.tasks[1])  # item 0
+    # The job runs past its hold's deadline: the sweeper gives the credits back.
+    h.now = NOW + POLICY.hold_ttl + timedelta(minutes=1)
+    assert h.ledger.sweep_expired_holds(client_id, actor=Actor(kind="system", id="sweeper")) == [job.hold_id]
+    assert h.credits() == (100, 0)
+    h.run()  # item 1, then the settlement: the hold can no longer be captured
+
+    done = h.job(job.id)
+    assert done.settled and done.status is JobStatus.COMPLETED
+    assert done.settlement == {"captured": 0, "released": 6}
+    assert h.outcomes[-1] == "settled: captured 0, released 6"
+    assert h.credits() == (100, 0)
+    entries = [e.type for e in h.ledger.store.entries(client_id)]
+    assert EntryType.CAPTURE not in entries and entries.count(EntryType.RELEASE) == 1
+    h.exact()
+    assert h.deliver(SYNCS.settle_task(client_id, job.id, NOW)) == "already settled"
+
+
+def test_a_settlement_repeated_after_its_capture_charges_once(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
+    job = h.accept([SyncItem(index=0, image="a", cost=4, updated_at=NOW)], cost=4)
+    h.run()
+    assert h.job(job.id).settlement == {"captured": 4, "released": 0}
+    entries = len(h.ledger.store.entries(client_id))
+    # A settlement that died between its capture and its job write runs again, even past the deadline:
+    # the capture replays (it is not mistaken for a hold the sweeper released).
+    SYNCS.jobs_ref(db, client_id).document(job.id).update({"settled": False})
+    h.now = NOW + POLICY.hold_ttl * 2
+    assert h.ledger.sweep_expired_holds(client_id, actor=Actor(kind="system", id="sweeper")) == []
+    assert h.deliver(SYNCS.settle_task(client_id, job.id, NOW)) == "settled: captured 4, released 0"
+    assert h.job(job.id).settled and len(h.ledger.store.entries(client_id)) == entries
+    assert h.credits() == (96, 0)
+    h.exact()
+
+
+def test_a_job_whose_objects_cannot_be_stored_releases_its_hold_and_a_retry_reserves_afresh(
+    db: Any, client_id: str
+) -> None:
+    h = Harness(db, client_id, CLIPS, make_clips)
+    key = RequestKey(key="k-store", fingerprint="body")
+    h.store.down = True
+    with pytest.raises(UpstreamUnavailable):
+        h.accept(clips(3, 4), cost=16, key=key, unit_price=1)
+    job_id = lifecycle.job_id_for(CLIPS, client_id, key)
+    assert not CLIPS.jobs_ref(db, client_id).document(job_id).get().exists
+    assert h.credits() == (100, 0) and h.queue.tasks == []
+    h.exact()
+
+    # The caller retries with the same key once the store is back: the released hold is not reused.
+    h.store.down = False
+    job = h.accept(clips(3, 4), cost=16, key=key, unit_price=1)
+    assert job.id == job_id and h.credits() == (84, 16)
+    assert h.accept(clips(3, 4), cost=16, key=key, unit_price=1).hold_id == job.hold_id  # and once only
+    assert h.credits() == (84, 16)
+    h.run()
+    assert h.job(job.id).settlement == {"captured": 7, "released": 9}
+    assert h.credits() == (93, 0)
+    reserves = [e for e in h.ledger.store.entries(client_id) if e.type is EntryType.RESERVE]
+    assert len(reserves) == 2 and len({e.hold_id for e in reserves}) == 2
+    h.exact()
+
+
+def test_a_job_firestore_refuses_to_record_releases_its_hold(db: Any, client_id: str) -> None:
+    from google.api_core.exceptions import InvalidArgument
+
+    h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
+    # An item over Firestore's 1 MiB document limit: the job's commit is refused after the reservation.
+    images = [SyncItem(index=0, image="a", cost=2, updated_at=NOW), SyncItem(index=1, image="x" * 1_100_000, cost=2)]
+    with pytest.raises(InvalidArgument):
+        h.accept(images, cost=4)
+    assert list(SYNCS.jobs_ref(db, client_id).stream()) == []
+    assert h.credits() == (100, 0) and h.queue.tasks == []
+    h.exact()
+
+
+def test_a_recorded_job_whose_fan_out_was_lost_is_started_by_the_reaper(db: Any, client_id: str) -> None:
+    class DownQueue(RecordingTaskQueue):
+        def enqueue(self, task: TaskRequest) -> bool:
+            raise UpstreamUnavailable("The task queue is unavailable")
+
+    h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
+    h.queue = DownQueue()
+    job = h.accept([SyncItem(index=0, image="a", cost=5, updated_at=NOW)], cost=5)
+    # Recorded, and holding its credits: the caller gets the job, not a 503 inviting a second one.
+    assert h.job(job.id).status is JobStatus.QUEUED and h.credits() == (95, 5)
+    h.queue = RecordingTaskQueue()
+    assert lifecycle.reap(SYNCS, db, h.queue, NOW + timedelta(minutes=5), lease=LEASE).jobs_started == {}
+    report = lifecycle.reap(SYNCS, db, h.queue, NOW + lifecycle.FANOUT_GRACE + timedelta(seconds=1), lease=LEASE)
+    assert report.jobs_started.get(client_id) == [job.id]
+    h.run()
+    assert h.job(job.id).settlement == {"captured": 5, "released": 0}
+    assert h.credits() == (95, 0)
+    h.exact()

@@ -90,6 +90,22 @@ def test_task_names_and_payloads_of_both_kinds_are_unchanged() -> None:
     assert tasks[2].schedule_time == datetime.fromtimestamp(window * SETTLE_WINDOW_SECONDS + 1, UTC)
 
 
+def test_item_tasks_ask_for_a_dispatch_deadline_covering_their_worst_case() -> None:
+    from datetime import timedelta
+
+    from shared.config import Settings
+
+    # Generation: at most 4 variants one after another, each a model call of up to GEMINI_TIMEOUT_SECONDS.
+    with pytest.raises(ValidationError):
+        GenerationSettings(variants=5)
+    assert 4 * Settings(epox_env="test").gemini_timeout_seconds < timedelta(minutes=30).total_seconds()
+    for kind in (GENERATION, EDITS):
+        assert kind.item_task("c1", "j1", 0).dispatch_deadline == timedelta(minutes=30)
+        # Fan-out and settle are quick: the queue's default is plenty.
+        assert kind.fanout_task("c1", "j1").dispatch_deadline is None
+        assert kind.settle_task("c1", "j1", NOW).dispatch_deadline is None
+
+
 def test_fanout_payloads_stay_strict() -> None:
     assert (GENERATION.paged, GENERATION.fanout_model) == (True, FanoutPageTask)
     assert (EDITS.paged, EDITS.fanout_model) == (False, JobTask)

@@ -1,4 +1,5 @@
-"""The local Cloud Tasks dispatcher's delivery contract and the task-call verifiers."""
+"""The local Cloud Tasks dispatcher's delivery contract, the task-call verifiers, and the tasks the
+Cloud Tasks adapter creates."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from werkzeug.test import EnvironBuilder
 
 from dev.dispatcher import TaskDispatcher
 from shared.errors import Forbidden, Unauthenticated
-from shared.tasks import SharedSecretTaskVerifier, TaskRequest, task_call_from_headers, task_name
+from shared.tasks import (
+    CloudTasksQueue,
+    SharedSecretTaskVerifier,
+    TaskRequest,
+    task_call_from_headers,
+    task_name,
+)
 
 
 class Payload(BaseModel):
@@ -187,3 +194,67 @@ def test_windowed_tasks_share_a_name_within_a_window_and_run_after_it() -> None:
         seconds=SETTLE_WINDOW_SECONDS - 0.2
     )
     assert later.schedule_time is not None and later.schedule_time > first.schedule_time
+
+
+class RecordingTasksClient:
+    """Stands in for ``tasks_v2.CloudTasksClient``: keeps the tasks it is asked to create."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, dict[str, object]]] = []
+
+    def queue_path(self, project: str, location: str, queue: str) -> str:
+        return f"projects/{project}/locations/{location}/queues/{queue}"
+
+    def create_task(self, *, parent: str, task: dict[str, object]) -> None:
+        self.created.append((parent, task))
+
+
+def _cloud_queue() -> tuple[CloudTasksQueue, RecordingTasksClient]:
+    client = RecordingTasksClient()
+    queue = CloudTasksQueue(
+        project="p",
+        location="europe-west1",
+        default_queue="epox-default",
+        target_base_url="https://fn.test",
+        service_account="tasks@p.iam.gserviceaccount.com",
+        _client=client,
+    )
+    return queue, client
+
+
+def test_cloud_tasks_gets_the_dispatch_deadline_a_task_asks_for() -> None:
+    from google.cloud import tasks_v2
+
+    queue, client = _cloud_queue()
+    slow = TaskRequest(
+        target="generate_tasks",
+        path="/tasks/item",
+        payload=Payload(item="a"),
+        name="item-1",
+        dispatch_deadline=timedelta(minutes=30),
+    )
+    assert queue.enqueue(slow) and queue.enqueue(_task())
+    # The messages are real Task messages (field names checked by the library), with and without a deadline.
+    created = [tasks_v2.Task(message) for _, message in client.created]
+    assert created[0].dispatch_deadline == timedelta(minutes=30)
+    assert created[0].name == "projects/p/locations/europe-west1/queues/epox-default/tasks/item-1"
+    assert created[0].http_request.url == "https://fn.test/generate_tasks/tasks/item"
+    assert created[0].http_request.oidc_token.audience == "https://fn.test/generate_tasks"
+    assert "dispatch_deadline" not in client.created[1][1]  # the queue's default (10 minutes)
+
+
+def test_a_dispatch_deadline_must_be_one_cloud_tasks_accepts() -> None:
+    for deadline in (timedelta(seconds=15), timedelta(minutes=30)):
+        assert TaskRequest(target="t", path="/p", payload=Payload(item="a"), dispatch_deadline=deadline)
+    for deadline in (timedelta(seconds=14), timedelta(minutes=30, seconds=1)):
+        with pytest.raises(ValueError, match="dispatch deadline"):
+            TaskRequest(target="t", path="/p", payload=Payload(item="a"), dispatch_deadline=deadline)
+
+
+def test_the_local_dispatcher_keeps_a_tasks_dispatch_deadline() -> None:
+    dispatcher = TaskDispatcher(ScriptedWorker([200]), secret="s")
+    dispatcher.enqueue(
+        TaskRequest(target="t", path="/p", payload=Payload(item="a"), dispatch_deadline=timedelta(minutes=20))
+    )
+    dispatcher.enqueue(_task())
+    assert [t.dispatch_deadline for t in dispatcher.history] == [1200.0, None]
