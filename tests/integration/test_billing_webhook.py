@@ -32,7 +32,7 @@ from tests.billing_events import (
     signature,
     ts,
 )
-from tests.integration.test_edit import new_asset
+from tests.catalog_helpers import new_asset
 
 GROWTH, PRO, STARTER = 1000, 2500, 200
 SLOTS = {"free": 25, "starter": 100, "growth": 500, "pro": 1000, "scale": 5000}

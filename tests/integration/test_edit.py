@@ -5,20 +5,28 @@ scripted test engines, and the real google-genai SDK against the local Gemini st
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 
 from shared.batch.models import ItemTask as EditItemTask
 from shared.tasks import TaskRequest
 from tests import images
+from tests.catalog_helpers import asset_doc, new_asset, problem, revision_doc, revision_numbers, subject_photo
+from tests.edit_helpers import b64, download, revision_image, run_job
 from tests.engines import ScriptedEngine
+from tests.platforms import (
+    GEMINI_STUB_KEY,
+    available,
+    expire_idempotency_records,
+    gemini_engine,
+    grant,
+    install,
+)
 from tests.rembg_model import build_tiny_u2net
 
 GRANT = 20
@@ -34,139 +42,12 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def edit(stack: Any) -> Any:
-    return stack.client("edit_api")
-
-
-@pytest.fixture
-def catalog(stack: Any) -> Any:
-    return stack.client("catalog_api")
-
-
-@pytest.fixture
-def headers(stack: Any, client_id: str) -> dict[str, str]:
-    minted: dict[str, str] = stack.headers(client_id)
-    return minted
-
-
-def install(stack: Any, *, engine: Any = None, object_store: Any = None, **settings: Any) -> Any:
-    """A platform like the stack's, with other settings, another engine and/or another object store."""
-    from shared.platform import Platform, set_platform
-
-    p = stack.platform
-    extra = {"engine": engine} if engine is not None else {}
-    platform = Platform(
-        p.settings.model_copy(update=settings),
-        db=p.db,
-        object_store=object_store or p.object_store,
-        task_queue=stack.dispatcher,
-        fetcher=p.fetcher,
-        ledger=p.ledger,
-        **extra,
-    )
-    set_platform(platform)  # the stack fixture resets the platform afterwards
-    return platform
-
-
-@pytest.fixture
 def rembg(stack: Any, model_path: Path) -> Any:
     return install(stack, rembg_model_path=str(model_path))
 
 
-def grant(stack: Any, client_id: str, amount: int = GRANT) -> None:
-    from shared.ledger.model import Actor, GrantSource
-
-    stack.platform.ledger.grant(
-        client_id,
-        key=f"grant-{client_id}-{amount}",
-        amount=amount,
-        source=GrantSource.PACK,
-        actor=Actor(kind="admin", id="tester"),
-        reason="test credits",
-    )
-
-
-def available(stack: Any, client_id: str) -> tuple[int, int]:
-    state = stack.platform.ledger.state(client_id)
-    return state.available, state.reserved
-
-
-def subject_photo(size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A bright subject (light grey box with a pale yellow logo) on a dark studio background."""
-    img = Image.new("RGB", size, (12, 14, 16))
-    w, h = size
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((w // 4, h // 4, w * 3 // 4, h * 3 // 4), fill=(235, 235, 240))
-    draw.ellipse((w // 2 - 20, h // 2 - 20, w // 2 + 20, h // 2 + 20), fill=(250, 250, 120))
-    return img
-
-
-def new_asset(
-    stack: Any, catalog: Any, headers: dict[str, str], client_id: str, img: Image.Image | None = None, fmt: str = "PNG"
-) -> str:
-    """A product with one uploaded image, through the catalog's upload flow."""
-    product = catalog.post("/products", json={"name": "Mug"}, headers=headers)
-    assert product.status_code == 201, product.json
-    data = images.encode(img or subject_photo(), fmt)
-    content_type = {"PNG": "image/png", "JPEG": "image/jpeg"}[fmt]
-    slot = catalog.post(
-        "/uploads",
-        json={
-            "filename": f"p.{fmt.lower()}",
-            "content_type": content_type,
-            "size_bytes": len(data),
-            "product_id": product.json["id"],
-        },
-        headers=headers,
-    )
-    assert slot.status_code == 201, slot.json
-    stack.platform.object_store.put(f"clients/{client_id}/uploads/{slot.json['id']}", data, content_type)
-    done = catalog.post(f"/uploads/{slot.json['id']}/complete", headers=headers)
-    assert done.status_code == 200, done.json
-    return str(done.json["asset_id"])
-
-
-def asset_doc(stack: Any, client_id: str, asset_id: str) -> dict[str, Any]:
-    ref = stack.platform.db.collection("clients").document(client_id).collection("assets").document(asset_id)
-    doc: dict[str, Any] = ref.get().to_dict()
-    return doc
-
-
-def revision_numbers(stack: Any, client_id: str, asset_id: str) -> list[int]:
-    ref = stack.platform.db.collection("clients").document(client_id).collection("assets").document(asset_id)
-    return sorted(int(s.id) for s in ref.collection("revisions").stream())
-
-
 def edit_jobs(stack: Any, client_id: str) -> list[Any]:
     return list(stack.platform.db.collection("clients").document(client_id).collection("edit_jobs").stream())
-
-
-def download(url: str) -> Image.Image:
-    response = httpx.get(url, trust_env=False)
-    assert response.status_code == 200, response.text[:300]
-    img = Image.open(io.BytesIO(response.content))
-    img.load()
-    return img
-
-
-def revision_image(catalog: Any, headers: dict[str, str], asset_id: str, number: int) -> Image.Image:
-    detail = catalog.get(f"/assets/{asset_id}", headers=headers)
-    assert detail.status_code == 200, detail.json
-    url = next(r["url"] for r in detail.json["revisions"] if r["number"] == number)
-    return download(url)
-
-
-def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.json)
-    assert response.content_type == "application/problem+json"
-    body: dict[str, Any] = response.json
-    if code is not None:
-        assert body["code"] == code, body
-    return body
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def rectangle_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -175,21 +56,13 @@ def rectangle_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Ima
     return mask
 
 
-def run_job(stack: Any, edit: Any, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    stack.run_tasks()
-    response = edit.get(f"/edits/{job_id}", headers=headers)
-    assert response.status_code == 200, response.json
-    body: dict[str, Any] = response.json
-    return body
-
-
 # -- the synchronous path ------------------------------------------------------------------------------
 
 
 def test_sync_crop_resize_output_creates_revision_2_free(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, fmt="JPEG")
     body = {
         "asset_ids": [asset_id],
@@ -253,7 +126,7 @@ def test_sync_pad_and_exact_crop_geometry(
 def test_remove_background_and_solid_background_as_a_job(
     stack: Any, rembg: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     assets = [new_asset(stack, catalog, headers, client_id) for _ in range(2)]
     body = {
         "asset_ids": assets,
@@ -290,7 +163,7 @@ def test_remove_background_and_solid_background_as_a_job(
 def test_transparent_cutout_then_scene_keeps_the_product_pixels(
     stack: Any, rembg: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     response = edit.post(
         "/edits",
@@ -319,7 +192,7 @@ def test_transparent_cutout_then_scene_keeps_the_product_pixels(
 def test_inpaint_keeps_every_pixel_outside_the_mask(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     source = images.photo((320, 240))
     asset_id = new_asset(stack, catalog, headers, client_id, img=source)
     mask = Image.new("L", source.size, 0)
@@ -359,7 +232,7 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(
 def test_upscale_offline_falls_back_to_lanczos_and_says_so(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     response = edit.post(
         "/edits", json={"asset_ids": [asset_id], "operations": [{"op": "upscale", "size": "2K"}]}, headers=headers
@@ -368,23 +241,14 @@ def test_upscale_offline_falls_back_to_lanczos_and_says_so(
     run_job(stack, edit, headers, response.json["id"])
     doc = asset_doc(stack, client_id, asset_id)
     assert (doc["width"], doc["height"]) == (2048, 1536)
-    revision = (
-        stack.platform.db.collection("clients")
-        .document(client_id)
-        .collection("assets")
-        .document(asset_id)
-        .collection("revisions")
-        .document("2")
-        .get()
-        .to_dict()
-    )
+    revision = revision_doc(stack, client_id, asset_id, 2)
     assert revision["metadata"]["offline"] is True and revision["metadata"]["fallback"] == "lanczos"
 
 
 def test_batch_with_one_failure_refunds_that_asset(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     assets = [new_asset(stack, catalog, headers, client_id) for _ in range(3)]
     response = edit.post(
         "/edits",
@@ -413,7 +277,7 @@ def test_engine_failures_retry_then_refund_and_redelivery_changes_nothing(
 ) -> None:
     engine = ScriptedEngine()
     install(stack, engine=engine)
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     flaky, down = (new_asset(stack, catalog, headers, client_id) for _ in range(2))
     first = edit.post(
         "/edits",
@@ -482,7 +346,7 @@ def test_an_object_store_outage_is_retried_not_refunded(
                 key, content_type=content_type, content_length=content_length, expires_in=expires_in
             )
 
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     flaky = FlakyStore(stack.platform.object_store)
     install(stack, object_store=flaky)
@@ -516,7 +380,7 @@ def test_non_image_assets_are_refused(
 def test_idempotency_key_makes_one_job_and_one_hold(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     body = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "brighter"}]}
     keyed = {**headers, "Idempotency-Key": "edit-once-1"}
@@ -530,26 +394,19 @@ def test_idempotency_key_makes_one_job_and_one_hold(
 def test_a_key_reused_with_another_body_is_409_after_the_http_record_expired(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    def expire_idempotency_records() -> None:
-        records = stack.platform.db.collection("clients").document(client_id).collection("idempotency_keys")
-        for snapshot in records.stream():
-            snapshot.reference.update({"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
-
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     body = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "brighter"}]}
     keyed = {**headers, "Idempotency-Key": "edit-reuse-1"}
     first = edit.post("/edits", json=body, headers=keyed)
     assert first.status_code == 202, first.json
-    expire_idempotency_records()
+    expire_idempotency_records(stack, client_id)
 
     other = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "darker"}]}
     problem(edit.post("/edits", json=other, headers=keyed), 409, "idempotency_key_reused")
     assert len(edit_jobs(stack, client_id)) == 1 and available(stack, client_id) == (GRANT - 1, 1)
 
-    expire_idempotency_records()
+    expire_idempotency_records(stack, client_id)
     again = edit.post("/edits", json=body, headers=keyed)
     assert again.status_code == 202 and again.json["id"] == first.json["id"]
     assert len(edit_jobs(stack, client_id)) == 1 and available(stack, client_id) == (GRANT - 1, 1)
@@ -617,17 +474,14 @@ def test_concurrent_edits_of_one_asset_never_share_a_revision_number(
 
 
 def test_prompt_edit_through_gemini_against_the_stub(
-    stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str, monkeypatch: pytest.MonkeyPatch
+    stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str, clean_gemini_env: None
 ) -> None:
-    from shared.engines.gemini import GeminiConfig, GeminiEngine
     from tests.stubs.gemini import GeminiStub
 
-    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GEMINI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, img=images.photo((400, 300)))
-    with GeminiStub(api_key="stub-key") as stub:
-        install(stack, engine=GeminiEngine(GeminiConfig(api_key="stub-key", base_url=stub.url, api_version="v1beta")))
+    with GeminiStub(api_key=GEMINI_STUB_KEY) as stub:
+        install(stack, engine=gemini_engine(stub))
         response = edit.post(
             "/edits",
             json={"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "make the lighting warmer"}]},
@@ -643,16 +497,7 @@ def test_prompt_edit_through_gemini_against_the_stub(
     assert mime == "image/png" and Image.open(io.BytesIO(sent)).size == (400, 300)
     doc = asset_doc(stack, client_id, asset_id)
     assert (doc["current_revision"], doc["width"], doc["height"]) == (2, 400, 300)  # mapped back onto the image
-    revision = (
-        stack.platform.db.collection("clients")
-        .document(client_id)
-        .collection("assets")
-        .document(asset_id)
-        .collection("revisions")
-        .document("2")
-        .get()
-        .to_dict()
-    )
+    revision = revision_doc(stack, client_id, asset_id, 2)
     assert revision["metadata"]["engines"] == ["gemini"] and revision["metadata"]["offline"] is False
     out = revision_image(catalog, headers, asset_id, 2).convert("RGB")
     assert out.getpixel((200, 150)) == (200, 40, 40)  # the stub's picture: a red block in the middle
@@ -731,7 +576,7 @@ def test_bad_input_is_refused_before_anything_happens(
     status: int,
     code: str,
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, fmt="JPEG")
     before = asset_doc(stack, client_id, asset_id)
     body = {"asset_ids": [asset_id], "operations": operations}
@@ -785,14 +630,14 @@ def test_unaffordable_edit_is_402_and_writes_nothing(
 def test_other_tenants_assets_and_jobs_are_404(
     stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str, other_client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     job = edit.post(
         "/edits", json={"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "x"}]}, headers=headers
     )
     assert job.status_code == 202
     other = stack.headers(other_client_id)
-    grant(stack, other_client_id)
+    grant(stack, other_client_id, GRANT)
     problem(
         edit.post(
             "/edits", json={"asset_ids": [asset_id], "operations": [{"op": "resize", "width": 9}]}, headers=other

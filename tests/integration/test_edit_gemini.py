@@ -8,20 +8,19 @@ what was stored is read back through the catalog API's presigned download URLs.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 
 from tests import images
+from tests.catalog_helpers import asset_ref, new_asset, revision_doc, revision_numbers
+from tests.edit_helpers import b64, run_job, stored_revision
+from tests.platforms import GEMINI_IMAGE_MODEL, GEMINI_STUB_KEY, available, gemini_engine, grant, install
 from tests.stubs.gemini import GeminiStub, RecordedRequest, Scenario
 
 GRANT = 20
-API_KEY = "stub-key"
-IMAGE_MODEL = "gemini-3.1-flash-image"
 STUB_FIELD = (236, 236, 240)  # the stub's picture: this light field ...
 STUB_BLOCK = (200, 40, 40)  # ... with a block of this colour over its middle half
 NEUTRAL = (200, 200, 200)  # what a cutout's transparent area shows a model (RGB only)
@@ -31,65 +30,12 @@ NEUTRAL = (200, 200, 200)  # what a cutout's transparent area shows a model (RGB
 
 
 @pytest.fixture
-def edit(stack: Any) -> Any:
-    return stack.client("edit_api")
-
-
-@pytest.fixture
-def catalog(stack: Any) -> Any:
-    return stack.client("catalog_api")
-
-
-@pytest.fixture
-def headers(stack: Any, client_id: str) -> dict[str, str]:
-    minted: dict[str, str] = stack.headers(client_id)
-    return minted
-
-
-@pytest.fixture
-def gemini(stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiStub]:
+def gemini(stack: Any, clean_gemini_env: None) -> Iterator[GeminiStub]:
     """The stub, and the stack's platform with a Gemini engine that talks to it (the pattern of
     ``test_prompt_edit_through_gemini_against_the_stub`` in test_edit.py)."""
-    from shared.engines.gemini import GeminiConfig, GeminiEngine
-    from shared.platform import Platform, set_platform
-
-    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GEMINI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    with GeminiStub(api_key=API_KEY) as stub:
-        engine = GeminiEngine(
-            GeminiConfig(api_key=API_KEY, base_url=stub.url, api_version="v1beta", image_model=IMAGE_MODEL)
-        )
-        p = stack.platform
-        set_platform(  # the stack fixture resets the platform afterwards
-            Platform(
-                p.settings,
-                db=p.db,
-                object_store=p.object_store,
-                task_queue=stack.dispatcher,
-                fetcher=p.fetcher,
-                ledger=p.ledger,
-                engine=engine,
-            )
-        )
+    with GeminiStub(api_key=GEMINI_STUB_KEY) as stub:
+        install(stack, engine=gemini_engine(stub))
         yield stub
-
-
-def grant(stack: Any, client_id: str, amount: int = GRANT) -> None:
-    from shared.ledger.model import Actor, GrantSource
-
-    stack.platform.ledger.grant(
-        client_id,
-        key=f"grant-{client_id}-{amount}",
-        amount=amount,
-        source=GrantSource.PACK,
-        actor=Actor(kind="admin", id="tester"),
-        reason="test credits",
-    )
-
-
-def available(stack: Any, client_id: str) -> tuple[int, int]:
-    state = stack.platform.ledger.state(client_id)
-    return state.available, state.reserved
 
 
 def price(stack: Any, headers: dict[str, str], operation: str, variant: str | None = None) -> int:
@@ -115,54 +61,6 @@ def subject_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
     return w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2
 
 
-def new_asset(stack: Any, catalog: Any, headers: dict[str, str], client_id: str, img: Image.Image) -> str:
-    """A product with one uploaded PNG, through the catalog's upload flow."""
-    product = catalog.post("/products", json={"name": "Mug"}, headers=headers)
-    assert product.status_code == 201, product.json
-    data = images.encode(img, "PNG")
-    slot = catalog.post(
-        "/uploads",
-        json={
-            "filename": "p.png",
-            "content_type": "image/png",
-            "size_bytes": len(data),
-            "product_id": product.json["id"],
-        },
-        headers=headers,
-    )
-    assert slot.status_code == 201, slot.json
-    stack.platform.object_store.put(f"clients/{client_id}/uploads/{slot.json['id']}", data, "image/png")
-    done = catalog.post(f"/uploads/{slot.json['id']}/complete", headers=headers)
-    assert done.status_code == 200, done.json
-    return str(done.json["asset_id"])
-
-
-def asset_ref(stack: Any, client_id: str, asset_id: str) -> Any:
-    return stack.platform.db.collection("clients").document(client_id).collection("assets").document(asset_id)
-
-
-def revision_doc(stack: Any, client_id: str, asset_id: str, number: int) -> dict[str, Any]:
-    snapshot = asset_ref(stack, client_id, asset_id).collection("revisions").document(str(number)).get()
-    doc: dict[str, Any] = snapshot.to_dict()
-    return doc
-
-
-def revision_numbers(stack: Any, client_id: str, asset_id: str) -> list[int]:
-    return sorted(int(s.id) for s in asset_ref(stack, client_id, asset_id).collection("revisions").stream())
-
-
-def stored_revision(catalog: Any, headers: dict[str, str], asset_id: str, number: int) -> tuple[Image.Image, str]:
-    """The revision's image, downloaded through its presigned URL, and the Content-Type it is served with."""
-    detail = catalog.get(f"/assets/{asset_id}", headers=headers)
-    assert detail.status_code == 200, detail.json
-    url = next(r["url"] for r in detail.json["revisions"] if r["number"] == number)
-    response = httpx.get(url, trust_env=False)
-    assert response.status_code == 200, response.text[:300]
-    img = Image.open(io.BytesIO(response.content))
-    img.load()
-    return img, response.headers["content-type"]
-
-
 def submit(edit: Any, headers: dict[str, str], asset_id: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
     """Quote, then submit; the job must be accepted at the quoted cost."""
     body = {"asset_ids": [asset_id], "operations": operations}
@@ -176,34 +74,14 @@ def submit(edit: Any, headers: dict[str, str], asset_id: str, operations: list[d
     return accepted
 
 
-def run_job(stack: Any, edit: Any, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    stack.run_tasks()
-    response = edit.get(f"/edits/{job_id}", headers=headers)
-    assert response.status_code == 200, response.json
-    body: dict[str, Any] = response.json
-    return body
-
-
 def only_call(stub: GeminiStub) -> RecordedRequest:
     """The one generateContent request of the job, checked against the wire format the SDK sends."""
     (call,) = stub.calls
     assert call.status == 200
-    assert call.path == f"/v1beta/models/{IMAGE_MODEL}:generateContent"
-    assert call.headers.get("x-goog-api-key") == API_KEY
+    assert call.path == f"/v1beta/models/{GEMINI_IMAGE_MODEL}:generateContent"
+    assert call.headers.get("x-goog-api-key") == GEMINI_STUB_KEY
     assert "IMAGE" in [str(m).upper() for m in call.generation_config["responseModalities"]]
     return call
-
-
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
-def b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
 
 
 def masked(img: Image.Image, region: Image.Image) -> bytes:
@@ -219,7 +97,7 @@ def test_upscale_2k_calls_gemini_at_2k_and_stores_a_2048_long_side(
 ) -> None:
     """500x300 is not a ratio Gemini offers: the photo goes out letterboxed to 16:9 at 2K, and the
     answer is mapped back to 2048x1229 (the source's ratio), charged at the 2K upscale price."""
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     source = images.photo((500, 300))
     asset_id = new_asset(stack, catalog, headers, client_id, source)
     cost = price(stack, headers, "upscale", "2K")
@@ -231,12 +109,12 @@ def test_upscale_2k_calls_gemini_at_2k_and_stores_a_2048_long_side(
     call = only_call(gemini)
     assert call.generation_config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
     ((mime, sent),) = call.inline_images
-    shown = decode(sent)
+    shown = images.decode(sent)
     assert mime == "image/png" and shown.mode == "RGB"
     assert shown.height == 300 and abs(shown.width / shown.height - 16 / 9) < 0.01
     left = (shown.width - 500) // 2
     assert shown.crop((left, 0, left + 500, 300)).tobytes() == source.tobytes()  # the photo itself, centred
-    assert decode(gemini.sent_images[0]).size == (2048, 1152)
+    assert images.decode(gemini.sent_images[0]).size == (2048, 1152)
 
     assert done["status"] == "completed" and done["items"][0]["status"] == "succeeded"
     assert done["settlement"]["captured"] == cost and done["settlement"]["released"] == 0
@@ -248,7 +126,7 @@ def test_upscale_2k_calls_gemini_at_2k_and_stores_a_2048_long_side(
     revision = revision_doc(stack, client_id, asset_id, 2)
     assert (revision["width"], revision["height"], revision["content_type"]) == (2048, 1229, "image/png")
     (step,) = revision["metadata"]["steps"]
-    assert step["op"] == "upscale" and step["engine"] == "gemini" and step["model"] == IMAGE_MODEL
+    assert step["op"] == "upscale" and step["engine"] == "gemini" and step["model"] == GEMINI_IMAGE_MODEL
     assert step["size"] == "2K" and step["offline"] is False
     assert revision["metadata"]["offline"] is False and "fallback" not in revision["metadata"]
 
@@ -258,7 +136,7 @@ def test_upscale_4k_of_a_cutout_keeps_its_alpha(
 ) -> None:
     """A transparent image is shown to the model flattened on neutral grey; the stored 4K result
     (4096x3072) gets the source's alpha back."""
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     source = cutout((400, 300))
     asset_id = new_asset(stack, catalog, headers, client_id, source)
     cost = price(stack, headers, "upscale", "4K")
@@ -269,7 +147,7 @@ def test_upscale_4k_of_a_cutout_keeps_its_alpha(
     call = only_call(gemini)
     assert call.generation_config["imageConfig"] == {"aspectRatio": "4:3", "imageSize": "4K"}
     ((_, sent),) = call.inline_images
-    shown = decode(sent)
+    shown = images.decode(sent)
     assert shown.mode == "RGB" and shown.size == (400, 300)
     assert shown.getpixel((10, 10)) == NEUTRAL
     box = subject_box(source.size)
@@ -327,7 +205,7 @@ def test_inpaint_keeps_every_pixel_outside_the_mask_whatever_size_gemini_answers
     answer: Scenario,
     mask_scale: int,
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     size = (400, 300)
     source = images.photo(size) if source_kind == "photo" else cutout(size)
     asset_id = new_asset(stack, catalog, headers, client_id, source)
@@ -356,7 +234,7 @@ def test_inpaint_keeps_every_pixel_outside_the_mask_whatever_size_gemini_answers
     assert any("replace the label" in text for text in call.texts)
     (image_mime, image_sent), (mask_mime, mask_sent) = call.inline_images
     assert (image_mime, mask_mime) == ("image/png", "image/png")
-    shown, shown_mask = decode(image_sent), decode(mask_sent)
+    shown, shown_mask = images.decode(image_sent), images.decode(mask_sent)
     assert shown.size == shown_mask.size == size and shown_mask.mode == "L"
     if mask_scale == 1:
         assert shown_mask.tobytes() == mask.tobytes()  # the caller's mask, exactly
@@ -364,7 +242,7 @@ def test_inpaint_keeps_every_pixel_outside_the_mask_whatever_size_gemini_answers
         bbox, asked = shown_mask.getbbox(), mask.getbbox()
         assert bbox is not None and asked is not None
         assert all(abs(a - b * mask_scale) <= 2 for a, b in zip(bbox, asked, strict=True))
-    assert decode(gemini.sent_images[0]).size == answer.size
+    assert images.decode(gemini.sent_images[0]).size == answer.size
 
     before, _ = stored_revision(catalog, headers, asset_id, 1)
     after, content_type = stored_revision(catalog, headers, asset_id, 2)
@@ -392,7 +270,7 @@ def test_scene_background_is_generated_behind_the_untouched_cutout(
 ) -> None:
     """The model sees the product on grey with a mask of the background, at the 1K size class; the
     stored result is opaque, the product's pixels byte-identical, the rest the model's scene."""
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     source = cutout((400, 300))
     asset_id = new_asset(stack, catalog, headers, client_id, source)
     cost = price(stack, headers, "generate_image", "1K")
@@ -408,7 +286,7 @@ def test_scene_background_is_generated_behind_the_untouched_cutout(
     assert call.generation_config["imageConfig"] == {"aspectRatio": "4:3", "imageSize": "1K"}
     assert any("a marble kitchen counter" in text for text in call.texts)
     (_, image_sent), (_, mask_sent) = call.inline_images
-    shown, shown_mask = decode(image_sent), decode(mask_sent)
+    shown, shown_mask = images.decode(image_sent), images.decode(mask_sent)
     box = subject_box(source.size)
     assert shown.mode == "RGB" and shown.getpixel((5, 5)) == NEUTRAL
     assert shown.crop(box).tobytes() == source.convert("RGB").crop(box).tobytes()
@@ -446,7 +324,7 @@ def test_a_refusal_fails_the_asset_once_refunds_it_and_writes_no_revision(
     scenario: str,
     code: str,
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, images.photo((400, 300)))
     gemini.push(scenario)
     job = submit(edit, headers, asset_id, [{"op": "upscale", "size": "2K"}])
@@ -462,7 +340,7 @@ def test_a_refusal_fails_the_asset_once_refunds_it_and_writes_no_revision(
 def test_rate_limited_then_answered_is_retried_by_the_queue_and_charged_once(
     stack: Any, gemini: GeminiStub, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, images.photo((400, 300)))
     gemini.push("rate_limited", "unavailable")  # then the default: an image
     job = submit(edit, headers, asset_id, [{"op": "upscale", "size": "2K"}])
@@ -477,7 +355,7 @@ def test_rate_limited_then_answered_is_retried_by_the_queue_and_charged_once(
 def test_gemini_down_for_every_attempt_gives_up_and_refunds(
     stack: Any, gemini: GeminiStub, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:
-    grant(stack, client_id)
+    grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id, images.photo((400, 300)))
     attempts = stack.platform.settings.tasks_max_attempts
     gemini.push(*["server_error"] * (attempts + 2))

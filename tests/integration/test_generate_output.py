@@ -8,76 +8,25 @@ and through the catalog API's presigned download URL, and decoded with Pillow.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
+from tests import images
+from tests.platforms import GEMINI_STUB_KEY, gemini_engine, grant, install
 from tests.stubs.gemini import GeminiStub, Scenario, image_dimensions
 
 GRANT = 100
-API_KEY = "stub-key"
-IMAGE_MODEL = "gemini-3.1-flash-image"
 STUB_BLOCK = (200, 40, 40)  # the colour of the block over the middle of the stub's picture
 PILLOW_FORMAT = {"png": "PNG", "webp": "WEBP"}
 
 
-@pytest.fixture
-def gen(stack: Any) -> Any:
-    return stack.client("generate_api")
-
-
-@pytest.fixture
-def catalog(stack: Any) -> Any:
-    return stack.client("catalog_api")
-
-
-@pytest.fixture
-def headers(stack: Any, client_id: str) -> dict[str, str]:
-    minted: dict[str, str] = stack.headers(client_id)
-    return minted
-
-
-@pytest.fixture
-def clean_gemini_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GEMINI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def install(stack: Any, *, output_format: str, engine: Any = None) -> Any:
+def install_output_format(stack: Any, output_format: str, engine: Any = None) -> None:
     """The stack's platform with ``OUTPUT_FORMAT`` set (and optionally another engine)."""
-    from shared.platform import Platform, set_platform
-
-    p = stack.platform
-    settings = p.settings.model_copy(update={"output_format": output_format})
-    assert settings.output_format == output_format
-    extra = {"engine": engine} if engine is not None else {}
-    platform = Platform(
-        settings,
-        db=p.db,
-        object_store=p.object_store,
-        task_queue=stack.dispatcher,
-        fetcher=p.fetcher,
-        ledger=p.ledger,
-        **extra,
-    )
-    set_platform(platform)  # the stack fixture resets the platform afterwards
-    return platform
-
-
-def grant(stack: Any, client_id: str, amount: int = GRANT) -> None:
-    from shared.ledger.model import Actor, GrantSource
-
-    stack.platform.ledger.grant(
-        client_id,
-        key=f"grant-{client_id}-{amount}",
-        amount=amount,
-        source=GrantSource.PACK,
-        actor=Actor(kind="admin", id="tester"),
-        reason="test credits",
-    )
+    platform = install(stack, engine=engine, output_format=output_format)
+    assert platform.settings.output_format == output_format
 
 
 def generate(stack: Any, gen: Any, headers: dict[str, str], *, variants: int = 2) -> list[str]:
@@ -105,12 +54,6 @@ def generate(stack: Any, gen: Any, headers: dict[str, str], *, variants: int = 2
     return asset_ids
 
 
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
 def check_stored(
     stack: Any, catalog: Any, headers: dict[str, str], client_id: str, asset_id: str, output_format: str
 ) -> Image.Image:
@@ -129,7 +72,7 @@ def check_stored(
     store = stack.platform.object_store
     head = store.head(doc["key"])
     assert head is not None and head.content_type == content_type
-    stored = decode(store.get(doc["key"]))
+    stored = images.decode(store.get(doc["key"]))
     assert stored.format == PILLOW_FORMAT[output_format]
     assert stored.size == (doc["width"], doc["height"])
 
@@ -140,11 +83,11 @@ def check_stored(
     download = httpx.get(detail.json["download_url"], trust_env=False)
     assert download.status_code == 200, download.text[:300]
     assert download.headers["content-type"] == content_type
-    served = decode(download.content)
+    served = images.decode(download.content)
     assert served.format == PILLOW_FORMAT[output_format]
     assert served.tobytes() == stored.tobytes()
 
-    thumb = decode(store.get(doc["thumbnail_key"]))
+    thumb = images.decode(store.get(doc["thumbnail_key"]))
     assert thumb.format == "WEBP" and doc["thumbnail_key"].endswith("_thumb.webp")
     return stored
 
@@ -153,8 +96,8 @@ def check_stored(
 def test_offline_engine_output_is_stored_in_the_configured_format(
     stack: Any, gen: Any, catalog: Any, headers: dict[str, str], client_id: str, output_format: str
 ) -> None:
-    install(stack, output_format=output_format)  # the offline engine (it answers PNG)
-    grant(stack, client_id)
+    install_output_format(stack, output_format)  # the offline engine (it answers PNG)
+    grant(stack, client_id, GRANT)
     for asset_id in generate(stack, gen, headers):
         stored = check_stored(stack, catalog, headers, client_id, asset_id, output_format)
         assert stored.size == (819, 1024)  # 4:5 at 1K
@@ -172,14 +115,9 @@ def test_gemini_output_is_stored_in_the_configured_format_whatever_it_answers(
     output_format: str,
     answer_format: str,
 ) -> None:
-    from shared.engines.gemini import GeminiConfig, GeminiEngine
-
-    with GeminiStub(api_key=API_KEY, default=Scenario("image", image_format=answer_format)) as stub:
-        engine = GeminiEngine(
-            GeminiConfig(api_key=API_KEY, base_url=stub.url, api_version="v1beta", image_model=IMAGE_MODEL)
-        )
-        install(stack, output_format=output_format, engine=engine)
-        grant(stack, client_id)
+    with GeminiStub(api_key=GEMINI_STUB_KEY, default=Scenario("image", image_format=answer_format)) as stub:
+        install_output_format(stack, output_format, gemini_engine(stub))
+        grant(stack, client_id, GRANT)
         asset_ids = generate(stack, gen, headers)
         calls = stub.calls
         sent = stub.sent_images
@@ -187,7 +125,7 @@ def test_gemini_output_is_stored_in_the_configured_format_whatever_it_answers(
     assert len(calls) == 2 and all(call.status == 200 for call in calls)
     assert all(call.generation_config["imageConfig"] == {"aspectRatio": "4:5", "imageSize": "1K"} for call in calls)
     answer_size = image_dimensions("4:5", "1K")
-    assert [decode(data).format for data in sent] == [answer_format] * 2  # what the model really answered
+    assert [images.decode(data).format for data in sent] == [answer_format] * 2  # what the model really answered
     for asset_id in asset_ids:
         stored = check_stored(stack, catalog, headers, client_id, asset_id, output_format)
         assert stored.size == answer_size
@@ -200,15 +138,10 @@ def test_a_jpeg_answer_stored_as_png_keeps_the_models_pixels(
     stack: Any, gen: Any, catalog: Any, headers: dict[str, str], client_id: str, clean_gemini_env: None
 ) -> None:
     """PNG is lossless: what is stored must be exactly what the model's JPEG decodes to."""
-    from shared.engines.gemini import GeminiConfig, GeminiEngine
-
-    with GeminiStub(api_key=API_KEY, default=Scenario("image", image_format="JPEG")) as stub:
-        engine = GeminiEngine(
-            GeminiConfig(api_key=API_KEY, base_url=stub.url, api_version="v1beta", image_model=IMAGE_MODEL)
-        )
-        install(stack, output_format="png", engine=engine)
-        grant(stack, client_id)
+    with GeminiStub(api_key=GEMINI_STUB_KEY, default=Scenario("image", image_format="JPEG")) as stub:
+        install_output_format(stack, "png", gemini_engine(stub))
+        grant(stack, client_id, GRANT)
         (asset_id,) = generate(stack, gen, headers, variants=1)
         (answer,) = stub.sent_images
     stored = check_stored(stack, catalog, headers, client_id, asset_id, "png")
-    assert stored.convert("RGB").tobytes() == decode(answer).convert("RGB").tobytes()
+    assert stored.convert("RGB").tobytes() == images.decode(answer).convert("RGB").tobytes()

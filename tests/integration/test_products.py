@@ -26,12 +26,6 @@ def api(stack: Any) -> Any:
     return stack.client("catalog_api")
 
 
-@pytest.fixture
-def headers(stack: Any, client_id: str) -> dict[str, str]:
-    minted: dict[str, str] = stack.headers(client_id)
-    return minted
-
-
 def create(api: Any, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
     response = api.post("/products", json=fields, headers=headers)
     assert response.status_code == 201, response.json

@@ -6,7 +6,6 @@ and A's products, uploads, assets and imports are exactly as before B's attempts
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +15,6 @@ import pytest
 from tests import images
 
 CSV = b"name,sku,price,category\nWalnut Bowl,WB-1,24.50,Kitchen\nMaple Board,MB-2,39.00,Kitchen\n"
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        yield client
 
 
 @dataclass

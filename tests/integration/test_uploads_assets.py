@@ -6,7 +6,6 @@ GET URLs the API hands out, so the keys, signatures and content types are the re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,25 +13,14 @@ import pytest
 from PIL import Image
 
 from tests import images
+from tests.catalog_helpers import problem
 
 IMAGE_MAX_BYTES = 25 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture
 def api(stack: Any) -> Any:
     return stack.client("catalog_api")
-
-
-@pytest.fixture
-def headers(stack: Any, client_id: str) -> dict[str, str]:
-    minted: dict[str, str] = stack.headers(client_id)
-    return minted
 
 
 @pytest.fixture
@@ -49,13 +37,6 @@ def product(api: Any, headers: dict[str, str]) -> dict[str, Any]:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.json)
-    assert response.content_type == "application/problem+json"
-    body: dict[str, Any] = response.json
-    return body
 
 
 def create_slot(

@@ -1,0 +1,49 @@
+"""Fixtures most integration test files use: the API clients they call, one tenant's headers, a
+plain HTTP client for presigned URLs, and an environment in which the Gemini SDK sees only the stub.
+
+A test module's own fixture of the same name takes precedence over these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def headers(stack: Any, client_id: str) -> dict[str, str]:
+    """The test's client (tenant), signed in as a user."""
+    minted: dict[str, str] = stack.headers(client_id)
+    return minted
+
+
+@pytest.fixture
+def catalog(stack: Any) -> Any:
+    return stack.client("catalog_api")
+
+
+@pytest.fixture
+def gen(stack: Any) -> Any:
+    return stack.client("generate_api")
+
+
+@pytest.fixture
+def edit(stack: Any) -> Any:
+    return stack.client("edit_api")
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """A client for presigned URLs, as the browser uses them (no proxy settings from the environment)."""
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def clean_gemini_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No API key, Vertex AI switch or base URL from the environment reaches the Gemini SDK."""
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
