@@ -19,10 +19,13 @@ def install(
     engine: Any = None,
     object_store: Any = None,
     clock: Callable[[], datetime] | None = None,
+    ledger_on_clock: bool = False,
     **settings: Any,
 ) -> Any:
     """A platform like the stack's (same Firestore, dispatcher, fetcher and ledger), with other settings
-    and/or another engine, object store or clock. The stack fixture resets the platform afterwards."""
+    and/or another engine, object store or clock. ``ledger_on_clock`` gives the platform its own ledger
+    (same Firestore data) on ``clock``, so holds and their sweeper see that time too. The stack fixture
+    resets the platform afterwards."""
     from shared.platform import Platform, set_platform
 
     p = stack.platform
@@ -31,13 +34,14 @@ def install(
         extra["engine"] = engine
     if clock is not None:
         extra["clock"] = clock
+    if clock is None or not ledger_on_clock:
+        extra["ledger"] = p.ledger
     platform = Platform(
         p.settings.model_copy(update=settings) if settings else p.settings,
         db=p.db,
         object_store=object_store or p.object_store,
         task_queue=stack.dispatcher,
         fetcher=p.fetcher,
-        ledger=p.ledger,
         **extra,
     )
     set_platform(platform)

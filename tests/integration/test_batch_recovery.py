@@ -17,7 +17,7 @@ import pytest
 from shared.engines.base import ImageRequest
 from shared.errors import UpstreamUnavailable
 from shared.storage import ObjectStore
-from tests import images
+from tests import images, platforms
 from tests.conftest import TASK_SECRET
 from tests.engines import ScriptedEngine
 from tests.fakes import InMemoryObjectStore
@@ -51,44 +51,18 @@ def install(
     object_store: ObjectStore | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> Any:
-    """A platform like the stack's with another engine, object store or clock (a shifted clock gets
-    its own ledger on the same Firestore data, so the hold sweeper sees that time too)."""
-    from shared.platform import Platform, set_platform
-
-    p = stack.platform
-    extra: dict[str, Any] = {"engine": engine or ScriptedEngine()}
-    if clock is not None:
-        extra["clock"] = clock
-    else:
-        extra["ledger"] = p.ledger
-    platform = Platform(
-        p.settings,
-        db=p.db,
-        object_store=object_store or p.object_store,
-        task_queue=stack.dispatcher,
-        fetcher=p.fetcher,
-        **extra,
+    """The scripted engine unless told otherwise; a shifted clock gets its own ledger on the same
+    Firestore data, so the hold sweeper sees that time too."""
+    return platforms.install(
+        stack, engine=engine or ScriptedEngine(), object_store=object_store, clock=clock, ledger_on_clock=True
     )
-    set_platform(platform)  # the stack fixture resets the platform afterwards
-    return platform
 
 
 def grant(stack: Any, client_id: str) -> None:
-    from shared.ledger.model import Actor, GrantSource
-
-    stack.platform.ledger.grant(
-        client_id,
-        key=f"grant-{client_id}",
-        amount=GRANT,
-        source=GrantSource.PACK,
-        actor=Actor(kind="admin", id="tester"),
-        reason="test credits",
-    )
+    platforms.grant(stack, client_id, GRANT)
 
 
-def credits(stack: Any, client_id: str) -> tuple[int, int]:
-    state = stack.platform.ledger.state(client_id)
-    return state.available, state.reserved
+credits = platforms.available
 
 
 def assert_exact(stack: Any, client_id: str) -> None:

@@ -7,9 +7,7 @@ broken address policy would let through.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import math
 import re
 import threading
@@ -23,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+
+from tests import platforms
+from tests.csv_import_helpers import Api, chunk_tasks, simple_csv
 
 CHUNK_ROWS = 3  # settings.import_chunk_rows in tests/conftest.py
 
@@ -117,88 +118,6 @@ def images() -> Iterator[ImageServer]:
 # -- the frontend's steps -------------------------------------------------------------------------
 
 
-@dataclass
-class Api:
-    stack: Any
-    client_id: str
-
-    def __post_init__(self) -> None:
-        self.http = self.stack.client("catalog_api")
-        self.headers = self.stack.headers(self.client_id)
-
-    def get(self, path: str) -> Any:
-        return self.http.get(path, headers=self.headers)
-
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.http.post(path, json=body, headers=self.headers)
-
-    def patch(self, path: str, body: Any) -> Any:
-        return self.http.patch(path, json=body, headers=self.headers)
-
-    def upload(self, data: bytes, filename: str = "products.csv") -> tuple[str, Any]:
-        """Create the upload slot, PUT the bytes to R2 and complete; returns the id and the answer."""
-        created = self.post(
-            "/uploads",
-            {"filename": filename, "content_type": "text/csv", "size_bytes": len(data), "purpose": "csv_import"},
-        )
-        assert created.status_code == 201, created.json
-        instructions = created.json["upload"]
-        put = httpx.put(instructions["url"], content=data, headers=instructions["headers"], trust_env=False, timeout=10)
-        assert put.status_code == 200, put.text
-        return created.json["id"], self.post(f"/uploads/{created.json['id']}/complete")
-
-    def draft(self, data: bytes) -> dict[str, Any]:
-        upload_id, completed = self.upload(data)
-        assert completed.status_code == 200, completed.json
-        assert completed.json["status"] == "completed"
-        created = self.post("/imports", {"upload_id": upload_id})
-        assert created.status_code == 201, created.json
-        assert created.json["status"] == "draft"
-        return dict(created.json)
-
-    def start(self, import_id: str) -> dict[str, Any]:
-        started = self.post(f"/imports/{import_id}/start")
-        assert started.status_code == 202, started.json
-        return dict(started.json)
-
-    def run(self, data: bytes) -> dict[str, Any]:
-        """Draft, start and run an import with the detected mapping; returns the final import."""
-        import_id = self.draft(data)["id"]
-        self.start(import_id)
-        self.stack.run_tasks()
-        return self.import_(import_id)
-
-    def import_(self, import_id: str) -> dict[str, Any]:
-        got = self.get(f"/imports/{import_id}")
-        assert got.status_code == 200, got.json
-        return dict(got.json)
-
-    def report(self, import_id: str) -> list[dict[str, str]]:
-        response = self.get(f"/imports/{import_id}/errors.csv")
-        assert response.status_code == 200
-        assert response.mimetype == "text/csv"
-        rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
-        assert rows[0] == ["row", "level", "code", "message"]
-        return [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
-
-    def products(self) -> list[dict[str, Any]]:
-        listed = self.get("/products?limit=100")
-        assert listed.status_code == 200, listed.json
-        assert listed.json["next_cursor"] is None
-        return list(listed.json["items"])
-
-    def products_by_sku(self) -> dict[str, dict[str, Any]]:
-        items = self.products()
-        by_sku = {p["sku"]: p for p in items}
-        assert len(by_sku) == len(items), "two products with one SKU"
-        return by_sku
-
-    def assets(self) -> list[dict[str, Any]]:
-        listed = self.get("/assets?limit=100")
-        assert listed.status_code == 200, listed.json
-        return list(listed.json["items"])
-
-
 def _db_counts(stack: Any, client_id: str) -> tuple[int, int]:
     """Products and assets as stored (not through the API's pagination)."""
     client = stack.platform.db.collection("clients").document(client_id)
@@ -213,16 +132,6 @@ def _deliver_one(dispatcher: Any) -> int:
         return int(dispatcher.run_until_idle(max_deliveries=1))
     except RuntimeError:
         return 1
-
-
-def _chunk_tasks(dispatcher: Any, import_id: str) -> dict[int, list[Any]]:
-    """The dispatcher's chunk tasks of one import by chunk number (several if re-submitted)."""
-    found: dict[int, list[Any]] = {}
-    for task in dispatcher.history:
-        body = json.loads(task.body)
-        if task.url.endswith("/tasks/import-chunk") and body["import_id"] == import_id:
-            found.setdefault(body["chunk"], []).append(task)
-    return found
 
 
 # -- the sample CSV -------------------------------------------------------------------------------
@@ -273,14 +182,6 @@ def _catalog_csv(images: ImageServer) -> tuple[bytes, dict[str, Any]]:
         "not_fetched": ["/img/4.png", "/img/5.png"],
     }  # fmt: skip
     return data, expected
-
-
-def _simple_csv(rows: list[tuple[str, str, str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["name", "sku", "image"])
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
 
 
 def _warnings(preview: dict[str, Any]) -> dict[tuple[str, str | None], dict[str, Any]]:
@@ -407,7 +308,7 @@ def test_import_creates_products_and_images_once(stack: Any, client_id: str, ima
         "chunks_done": chunks_total,
     }
     assert done["mapping"]["name"] == "Product Name"  # the refused PATCH changed nothing
-    tasks = _chunk_tasks(stack.dispatcher, import_id)
+    tasks = chunk_tasks(stack.dispatcher, import_id)
     assert sorted(tasks) == list(range(chunks_total))
     assert all(t.succeeded and t.outcomes == [200] for ts in tasks.values() for t in ts)
 
@@ -482,18 +383,7 @@ def test_import_creates_products_and_images_once(stack: Any, client_id: str, ima
 
 def _one_chunk_at_a_time(stack: Any) -> None:
     """IMPORT_PARALLEL_CHUNKS=1: each chunk queues the next one, so a test can stop between them."""
-    from shared.platform import Platform, set_platform
-
-    p = stack.platform
-    set_platform(  # the stack fixture resets the platform afterwards
-        Platform(
-            p.settings.model_copy(update={"import_parallel_chunks": 1}),
-            db=p.db,
-            object_store=p.object_store,
-            task_queue=stack.dispatcher,
-            fetcher=p.fetcher,
-        )
-    )
+    platforms.install(stack, import_parallel_chunks=1)
 
 
 def test_progress_is_readable_and_exact_across_a_crash(
@@ -520,7 +410,7 @@ def test_progress_is_readable_and_exact_across_a_crash(
 
     assert _deliver_one(dispatcher) == 1
     assert crashed
-    chunk0 = _chunk_tasks(dispatcher, import_id)[0][0]
+    chunk0 = chunk_tasks(dispatcher, import_id)[0][0]
     assert not chunk0.done and chunk0.outcomes[0] >= 500  # the queue will deliver it again
     mid = api.import_(import_id)
     assert mid["status"] == "running"
@@ -531,7 +421,7 @@ def test_progress_is_readable_and_exact_across_a_crash(
     assert _deliver_one(dispatcher) == 1  # the retry: chunk 0 is already recorded, chunk 1 gets queued
     assert chunk0.succeeded
     assert api.import_(import_id)["progress"] == mid["progress"]  # not counted twice
-    assert 1 in _chunk_tasks(dispatcher, import_id)
+    assert 1 in chunk_tasks(dispatcher, import_id)
 
     assert _deliver_one(dispatcher) == 1  # chunk 1
     mid = api.import_(import_id)
@@ -590,7 +480,7 @@ def test_chunks_run_side_by_side_and_the_last_to_finish_completes_the_import(
     data, expected = _catalog_csv(images)
     import_id = api.draft(data)["id"]
     api.start(import_id)
-    queued = _chunk_tasks(stack.dispatcher, import_id)
+    queued = chunk_tasks(stack.dispatcher, import_id)
     assert sorted(queued) == [0, 1, 2, 3]  # all four chunks are in flight at once
 
     for number in (3, 1, 0):  # out of order, each delivered twice
@@ -610,7 +500,7 @@ def test_chunks_run_side_by_side_and_the_last_to_finish_completes_the_import(
     assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
 
     assert stack.run_tasks() == 4  # the queue's own deliveries come late: nothing left to do
-    assert all(t.succeeded for ts in _chunk_tasks(stack.dispatcher, import_id).values() for t in ts)
+    assert all(t.succeeded for ts in chunk_tasks(stack.dispatcher, import_id).values() for t in ts)
     assert api.import_(import_id) == done
     assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
     assert [(r["row"], r["code"]) for r in api.report(import_id)] == [("5", "missing_name"), ("6", "invalid_price")]
@@ -619,7 +509,7 @@ def test_chunks_run_side_by_side_and_the_last_to_finish_completes_the_import(
 def test_blocked_and_broken_image_urls_are_reported(stack: Any, client_id: str, images: ImageServer) -> None:
     api = Api(stack, client_id)
     loopback2 = f"http://127.0.0.2:{images.port2}/x.png"
-    data = _simple_csv(
+    data = simple_csv(
         [
             ("Metadata", "M-1", "http://169.254.169.254/latest/meta-data"),  # row 2
             ("Other loopback", "L-2", loopback2),  # row 3
@@ -680,7 +570,7 @@ def test_default_address_policy_refuses_loopback(stack: Any, client_id: str, ima
     set_platform(strict)
     try:
         api = Api(stack, client_id)
-        done = api.run(_simple_csv([("Local", "LO-1", images.url("/img/local.png"))]))
+        done = api.run(simple_csv([("Local", "LO-1", images.url("/img/local.png"))]))
     finally:
         set_platform(base)
         fetcher.close()
@@ -694,7 +584,7 @@ def test_default_address_policy_refuses_loopback(stack: Any, client_id: str, ima
 
 def test_transient_image_failures_are_retried(stack: Any, client_id: str, images: ImageServer) -> None:
     api = Api(stack, client_id)
-    data = _simple_csv(
+    data = simple_csv(
         [
             ("Steady", "S-1", images.url("/img/steady.png")),  # row 2, chunk 0
             ("Flaky", "F-1", images.url("/flaky/2/a.png")),  # row 3, chunk 0: 503, 503, then the image
@@ -709,7 +599,7 @@ def test_transient_image_failures_are_retried(stack: Any, client_id: str, images
     assert done["progress"]["images_failed"] == 0
     assert api.report(done["id"]) == []
 
-    tasks = _chunk_tasks(stack.dispatcher, done["id"])
+    tasks = chunk_tasks(stack.dispatcher, done["id"])
     first = tasks[0][0]
     assert first.succeeded
     # The chunk was retried by the queue (or the fetch retried in place): 2 failures, then the image.
@@ -725,7 +615,7 @@ def test_transient_image_failures_are_retried(stack: Any, client_id: str, images
 
 def test_image_that_keeps_failing_is_reported_with_its_row(stack: Any, client_id: str, images: ImageServer) -> None:
     api = Api(stack, client_id)
-    data = _simple_csv(
+    data = simple_csv(
         [
             ("Fine", "OK-1", images.url("/img/fine.png")),  # row 2
             ("Down", "D-1", images.url("/flaky/1000/down.png")),  # row 3: always 503
@@ -733,7 +623,7 @@ def test_image_that_keeps_failing_is_reported_with_its_row(stack: Any, client_id
     )
     done = api.run(data)
     assert done["status"] == "completed"
-    task = _chunk_tasks(stack.dispatcher, done["id"])[0][0]
+    task = chunk_tasks(stack.dispatcher, done["id"])[0][0]
     assert task.succeeded and len(task.outcomes) == stack.platform.settings.tasks_max_attempts
     assert images.hits["/img/fine.png"] == 1
     assert done["progress"]["created_products"] == 2

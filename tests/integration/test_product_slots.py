@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from shared.catalog import imports, products
 from shared.catalog.models import ProductCreate, ProductDoc
 from shared.errors import NotFound
-from tests.integration.test_csv_import import Api, _chunk_tasks, _simple_csv
+from tests.csv_import_helpers import Api, chunk_tasks, simple_csv
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ def test_a_downgrade_blocks_new_products_and_deletes_none(stack: Any, api: Api, 
     view = stack.client("billing_api").get("/subscription", headers=api.headers).json
     assert (view["product_slots"], view["products_used"]) == (3, 5)
 
-    done = api.run(_simple_csv([("Imported", "I-1", "")]))
+    done = api.run(simple_csv([("Imported", "I-1", "")]))
     assert (done["progress"]["created_products"], done["progress"]["failed_rows"]) == (0, 1)
 
     for product_id in ids[:2]:
@@ -199,7 +199,7 @@ def test_import_fills_exactly_the_free_slots_across_redeliveries(
     for index in range(4):
         assert create(api, f"Manual {index}").status_code == 201
     rows = [(f"Imported {i}", f"SKU-{i:02d}", "") for i in range(11)]  # spreadsheet rows 2..12, 4 chunks
-    import_id = api.draft(_simple_csv(rows))["id"]
+    import_id = api.draft(simple_csv(rows))["id"]
 
     # The worker dies after chunk 1's products are committed but before the chunk is recorded, so
     # the queue delivers chunk 1 again: its products exist by then and must not take slots twice.
@@ -218,7 +218,7 @@ def test_import_fills_exactly_the_free_slots_across_redeliveries(
     stack.run_tasks()
     monkeypatch.undo()
 
-    chunk1 = _chunk_tasks(stack.dispatcher, import_id)[1][0]
+    chunk1 = chunk_tasks(stack.dispatcher, import_id)[1][0]
     assert chunk1.outcomes[0] >= 500 and chunk1.succeeded  # delivered again, then done
     done = api.import_(import_id)
     assert done["status"] == "completed"
@@ -228,7 +228,7 @@ def test_import_fills_exactly_the_free_slots_across_redeliveries(
     assert stored(db, client_id) == counter(db, client_id)["used"] == 10
 
     # A duplicate of a finished chunk (a new task name, the same body) changes nothing either.
-    chunk0 = _chunk_tasks(stack.dispatcher, import_id)[0][0]
+    chunk0 = chunk_tasks(stack.dispatcher, import_id)[0][0]
     assert stack.dispatcher.submit(queue=chunk0.queue, name="again", url=chunk0.url, body=chunk0.body)
     assert stack.run_tasks() == 1
     assert api.import_(import_id)["progress"] == done["progress"]
