@@ -132,6 +132,11 @@ class JobKind(ABC, Generic[JobT, ItemT]):
     def charge(self, job: JobT, totals: Totals) -> int:
         """The credits to capture at settlement (the rest of the hold is released)."""
 
+    def charge_breakdown(self, job: JobT, totals: Totals) -> dict[str, int]:
+        """The charge split by priced operation, for usage reports; empty when the hold's one
+        operation covers it all."""
+        return {}
+
     @abstractmethod
     def settle_reason(self, job: JobT, totals: Totals) -> str:
         """The capture's reason in the credit history."""

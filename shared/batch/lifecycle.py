@@ -561,6 +561,7 @@ def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTas
                 actor=actor,
                 reason=kind.settle_reason(job, sums),
                 key=f"settle:{job.id}",
+                breakdown=kind.charge_breakdown(job, sums),
             )
         except HoldAlreadyResolved:
             # The sweeper released the hold: the job ran past its deadline. Those credits are back

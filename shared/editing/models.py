@@ -288,6 +288,7 @@ class EditItemDoc(BatchItemDoc):
 
     asset_id: str
     cost: int
+    costs: dict[str, int] = Field(default_factory=dict)  # ``cost`` by priced operation
     revision: int | None = None
 
 

@@ -165,6 +165,14 @@ class PreparedAsset:
     def cost(self) -> int:
         return sum(line.amount for line in self.lines)
 
+    @property
+    def costs_by_operation(self) -> dict[str, int]:
+        costs: dict[str, int] = {}
+        for line in self.lines:
+            if line.amount:
+                costs[line.operation] = costs.get(line.operation, 0) + line.amount
+        return costs
+
 
 @dataclass
 class Prepared:
@@ -656,6 +664,9 @@ def _no_remover() -> BackgroundRemover:
 # -- jobs -------------------------------------------------------------------------------------------
 
 
+_OPERATION_COST = "cost_of_"  # the totals' per-operation keys: "cost_of_upscale"
+
+
 class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
     """``clients/{c}/edit_jobs``: one item per asset (at most ``EDIT_MAX_ASSETS``), written with the
     job; progress is read from the items. Settlement charges each edited asset's own quote."""
@@ -675,10 +686,21 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
     item_deadline = MAX_DISPATCH_DEADLINE
 
     def tally(self, job: EditJobDoc, item: EditItemDoc) -> dict[str, int]:
-        return {"succeeded_cost": item.cost} if item.status is ItemStatus.SUCCEEDED else {}
+        if item.status is not ItemStatus.SUCCEEDED:
+            return {}
+        return {"succeeded_cost": item.cost} | {_OPERATION_COST + op: amount for op, amount in item.costs.items()}
 
     def charge(self, job: EditJobDoc, totals: Totals) -> int:
         return totals["succeeded_cost"]
+
+    def charge_breakdown(self, job: EditJobDoc, totals: Totals) -> dict[str, int]:
+        by_operation = {
+            name.removeprefix(_OPERATION_COST): amount
+            for name, amount in totals.values.items()
+            if name.startswith(_OPERATION_COST) and amount
+        }
+        # Items from before costs were recorded per operation: keep the job's own total exact.
+        return by_operation if sum(by_operation.values()) == self.charge(job, totals) else {}
 
     def settle_reason(self, job: EditJobDoc, totals: Totals) -> str:
         return f"edit job {job.id}: {totals.succeeded} of {job.item_count} assets edited; failures refunded"
@@ -741,7 +763,9 @@ def create_job(
             request_fingerprint=request_key.fingerprint if request_key is not None else None,
         )
         items = [
-            EditItemDoc(index=index, asset_id=item.asset.id, cost=item.cost, updated_at=now)
+            EditItemDoc(
+                index=index, asset_id=item.asset.id, cost=item.cost, costs=item.costs_by_operation, updated_at=now
+            )
             for index, item in enumerate(prepared.assets)
         ]
         return job, items

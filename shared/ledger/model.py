@@ -140,6 +140,9 @@ class Entry(BaseModel):
     hold_id: str | None = None
     bucket_id: str | None = None
     operation: str | None = None
+    # A capture that paid for several priced operations at once (an edit pipeline): credits per
+    # operation, summing to ``amount``; empty when ``operation`` says it all.
+    breakdown: dict[str, int] = Field(default_factory=dict)
     purpose: str | None = None
     actor: Actor
     reason: str
@@ -227,6 +230,7 @@ class _Builder:
         bucket_id: str | None = None,
         operation: str | None = None,
         purpose: str | None = None,
+        breakdown: dict[str, int] | None = None,
     ) -> Entry:
         s = self.state
         s.available += available_delta
@@ -244,6 +248,7 @@ class _Builder:
             hold_id=hold_id,
             bucket_id=bucket_id,
             operation=operation,
+            breakdown=dict(breakdown or {}),
             purpose=purpose,
             actor=self.actor,
             reason=reason,
@@ -467,8 +472,12 @@ def capture(
     reason: str,
     resolved: HoldOutcome | None,
     low_threshold: int = 0,
+    breakdown: dict[str, int] | None = None,
 ) -> Mutation:
-    """Charge ``amount`` (≤ reserved) of a hold; the rest goes back to its buckets."""
+    """Charge ``amount`` (≤ reserved) of a hold; the rest goes back to its buckets. ``breakdown``
+    splits the charge by priced operation (it must add up to ``amount``)."""
+    if breakdown and (sum(breakdown.values()) != amount or min(breakdown.values()) < 0):
+        raise ValueError(f"a capture's breakdown {breakdown} must add up to its amount {amount}")
     return _resolve(
         state,
         key=key,
@@ -481,6 +490,7 @@ def capture(
         return_reason="remainder of a partial capture",
         resolved=resolved,
         low_threshold=low_threshold,
+        breakdown=breakdown,
     )
 
 
@@ -524,6 +534,7 @@ def _resolve(
     return_reason: str,
     resolved: HoldOutcome | None,
     low_threshold: int,
+    breakdown: dict[str, int] | None = None,
 ) -> Mutation:
     """Resolve a pending hold exactly once: charge ``captured``, return the rest to its buckets.
 
@@ -554,6 +565,7 @@ def _resolve(
             operation=hold.operation,
             purpose=hold.purpose,
             reason=reason,
+            breakdown=breakdown,
         )
     # Captured credits are the first ones drawn; the rest returns to the last-drawn buckets.
     _return_to_buckets(b, hold, hold.amount - captured, return_reason, EntryType.RELEASE)

@@ -203,15 +203,27 @@ class Ledger:
         )
 
     def capture(
-        self, client_id: str, hold_id: str, *, amount: int, actor: Actor, reason: str, key: str | None = None
+        self,
+        client_id: str,
+        hold_id: str,
+        *,
+        amount: int,
+        actor: Actor,
+        reason: str,
+        key: str | None = None,
+        breakdown: dict[str, int] | None = None,
     ) -> HoldOutcome:
-        """Charge ``amount`` of the hold and release the rest; a second capture returns the first result."""
+        """Charge ``amount`` of the hold and release the rest; a second capture returns the first result.
+        ``breakdown`` (credits per priced operation) is what the usage view groups the charge by."""
         key = key or f"capture:{hold_id}"
+        params: dict[str, Any] = {"hold_id": hold_id, "amount": amount}
+        if breakdown:
+            params["breakdown"] = breakdown
         return self._resolve(
             client_id,
             hold_id,
             key,
-            _fingerprint("capture", {"hold_id": hold_id, "amount": amount}),
+            _fingerprint("capture", params),
             lambda snap, now: model.capture(
                 snap.state,
                 key=key,
@@ -222,6 +234,7 @@ class Ledger:
                 reason=reason,
                 resolved=snap.hold,
                 low_threshold=self.low_threshold,
+                breakdown=breakdown,
             ),
         )
 

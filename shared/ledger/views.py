@@ -253,11 +253,11 @@ def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
     matrix: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for snapshot in q.stream():
         entry = Entry.model_validate(snapshot.to_dict())
-        operation = entry.operation or "other"
         day = entry.created_at.astimezone(UTC).date().isoformat()
-        by_operation[operation] += entry.amount
         by_day[day] += entry.amount
-        matrix[day][operation] += entry.amount
+        for operation, amount in (entry.breakdown or {entry.operation or "other": entry.amount}).items():
+            by_operation[operation] += amount
+            matrix[day][operation] += amount
     return UsageView(
         from_=query.from_,
         to=query.to,

@@ -160,6 +160,35 @@ def test_remove_background_and_solid_background_as_a_job(
     assert detail["revisions"][1]["operation"] == "remove_background, background solid"
 
 
+def test_usage_shows_an_edit_jobs_charge_by_operation(
+    stack: Any, rembg: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
+) -> None:
+    """One capture pays for a whole pipeline; the usage view still says what each operation cost."""
+    from datetime import UTC, datetime
+
+    grant(stack, client_id, GRANT)
+    assets = [new_asset(stack, catalog, headers, client_id) for _ in range(2)]
+    body = {"asset_ids": assets, "operations": [{"op": "remove_background"}, {"op": "upscale", "size": "2K"}]}
+    quote = edit.post("/edits/quote", json=body, headers=headers).json
+    expected: dict[str, int] = {}
+    for line in quote["lines"]:
+        expected[line["operation"]] = expected.get(line["operation"], 0) + line["amount"]
+    assert set(expected) == {"remove_background", "upscale"}, quote["lines"]
+
+    response = edit.post("/edits", json=body, headers=headers)
+    assert response.status_code == 202, response.json
+    job = run_job(stack, edit, headers, response.json["id"])
+    assert job["settlement"]["captured"] == quote["total"] == sum(expected.values())
+
+    today = datetime.now(UTC).date().isoformat()
+    usage = stack.client("credits_api").get("/usage", query_string={"from": today, "to": today}, headers=headers)
+    assert usage.status_code == 200, usage.json
+    assert usage.json["by_operation"] == expected
+    assert usage.json["total"] == quote["total"]
+    assert usage.json["by_day_and_operation"] == {today: expected}
+    assert stack.platform.ledger.verify(client_id) == []
+
+
 def test_transparent_cutout_then_scene_keeps_the_product_pixels(
     stack: Any, rembg: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str
 ) -> None:

@@ -271,6 +271,17 @@ def test_capture_of_more_than_was_reserved_is_422() -> None:
         assert invalid.value.extensions["errors"][0]["field"] == "amount"
 
 
+def test_a_capture_records_its_breakdown_by_operation_only_if_it_adds_up() -> None:
+    m = reserve(three_buckets(), "h1", 7)
+    split = {"remove_background": 2, "upscale": 4}
+    common = {"key": "c1", "hold_id": "h1", "now": T0, "actor": WORKER, "reason": "edit", "resolved": None}
+    resolve = model.capture(m.state, amount=6, breakdown=split, **common)  # type: ignore[arg-type]
+    [captured, _released] = resolve.entries
+    assert (captured.type, captured.amount, captured.breakdown) == (EntryType.CAPTURE, 6, split)
+    with pytest.raises(ValueError, match="add up"):
+        model.capture(m.state, amount=7, breakdown=split, **common)  # type: ignore[arg-type]
+
+
 def test_capture_or_release_of_an_unknown_hold_is_404() -> None:
     with pytest.raises(HoldNotFound) as missing:
         capture(three_buckets(), "nope", 1)
