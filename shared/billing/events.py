@@ -287,6 +287,15 @@ class WebhookProcessor:
     def _stale(self, state: BillingState, event: StripeEvent) -> bool:
         return event.created < state.last_event_created
 
+    @staticmethod
+    def _not_current(state: BillingState, subscription_id: str | None) -> bool:
+        """About a subscription that has ended or been replaced. Stripe stamps the final failed
+        payment and the cancellation it causes with the same second, in either order: once the
+        cancellation is applied, nothing about that subscription may mark the client past due."""
+        if not subscription_id or not state.subscription_id:
+            return False
+        return subscription_id != state.subscription_id or state.subscription_status == "canceled"
+
     def _subscription_changed(self, event: StripeEvent) -> str:
         sub = StripeSubscription.model_validate(event.object)
         client_id = self._client_for(sub.customer, sub.metadata.get("client_id"))
@@ -297,6 +306,8 @@ class WebhookProcessor:
             return self._commit(event, client_id, {}, "stale: a newer subscription event was applied")
         if sub.status in ("canceled", "incomplete_expired"):
             return self._subscription_deleted(event)
+        if state.subscription_status == "canceled" and state.subscription_id == sub.id:
+            return self._commit(event, client_id, {}, "stale: the subscription has ended")
         plan_interval = self.prices.plan_of(sub.first_item().price.id)
         if plan_interval is None:
             raise self._unknown_price(event, sub.first_item().price.id)
@@ -492,6 +503,8 @@ class WebhookProcessor:
         if self._stale(state, event):
             # E.g. the failed attempt reported after the retry that paid the invoice.
             return self._commit(event, client_id, {}, "stale: a newer event was applied")
+        if self._not_current(state, invoice.subscription_id()):
+            return self._commit(event, client_id, {}, "payment failed for a subscription that has ended: ignored")
         changes = {
             "subscription_status": "past_due",
             "past_due_since": state.past_due_since or self.now,

@@ -578,6 +578,31 @@ def test_a_subscription_cancelled_for_non_payment_ends_the_block_on_free(
     assert view["paid_operations_blocked"] is False and view["plan"] == "free"
 
 
+@pytest.mark.parametrize("late", ["invoice.payment_failed", "customer.subscription.updated"])
+def test_the_last_failed_payment_arriving_after_the_cancellation_it_caused_changes_nothing(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock, late: str
+) -> None:
+    """Stripe stamps the final failed charge and the cancellation with the same second and may deliver
+    them in either order: after the cancellation, the client stays on Free, unblocked, free to subscribe."""
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    send(hook, sub.payment_failed("price_growth_m", start, end))
+    clock.advance(days=5)
+    same_second = sub.tick()
+    assert send(hook, sub.deleted_event("price_growth_m", start, end, at=same_second)) == "moved to Free (unpaid)"
+    before = snapshot(stack, sub.client_id)
+    if late == "invoice.payment_failed":
+        stray = sub.payment_failed("price_growth_m", start, end, at=same_second)
+    else:
+        stray = sub.updated_event("price_growth_m", start, end, status="past_due", at=same_second)
+    assert "ended" in send(hook, stray)
+    assert snapshot(stack, sub.client_id) == before
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["past_due_since"], billing["subscription_status"]) == ("free", None, "canceled")
+    job = {"items": [{"prompt": "a mug"}]}
+    assert stack.client("generate_api").post("/jobs", json=job, headers=stack.headers(sub.client_id)).status_code == 202
+
+
 def test_subscription_past_due_status_starts_the_grace_period_too(
     stack: Any, hook: Any, sub: Subscriber, clock: Clock
 ) -> None:
