@@ -190,7 +190,7 @@ def start_import(
     if doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING):
         # A retried start re-sends the first window: the queue drops names it has seen, and a chunk
         # already recorded only passes its slot in the window on.
-        _enqueue_window(queue, client_id, import_id, doc.progress.chunks_total, policy)
+        _enqueue_window(queue, client_id, import_id, doc.progress.chunks_total, doc.parallel_chunks)
         return doc
     if doc.status is not ImportStatus.DRAFT:
         return doc
@@ -204,19 +204,21 @@ def start_import(
         payload = json.dumps([result.model_dump(mode="json") for result in chunk]).encode()
         store.put(_chunk_key(client_id, import_id, number), payload, "application/json")
     progress = ImportProgress(total_rows=len(results), chunks_total=len(chunks))
+    window = max(1, policy.parallel_chunks)
     changes = {
         "status": ImportStatus.QUEUED.value,
+        "parallel_chunks": window,
         "progress": progress.model_dump(),
         "started_at": now,
         "updated_at": now,
     }
     imports_ref(db, client_id).document(import_id).update(changes)
-    _enqueue_window(queue, client_id, import_id, len(chunks), policy)
+    _enqueue_window(queue, client_id, import_id, len(chunks), window)
     return doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
 
 
-def _enqueue_window(queue: TaskQueue, client_id: str, import_id: str, chunks_total: int, policy: ImportPolicy) -> None:
-    for chunk in range(min(chunks_total, max(1, policy.parallel_chunks))):
+def _enqueue_window(queue: TaskQueue, client_id: str, import_id: str, chunks_total: int, window: int) -> None:
+    for chunk in range(min(chunks_total, max(1, window))):
         queue.enqueue(_chunk_task(client_id, import_id, chunk))
 
 
@@ -324,7 +326,7 @@ def run_import_chunk(
         # A concurrent delivery may have recorded this chunk first; its counts stand.
         with contextlib.suppress(AlreadyExists):
             batch.commit()
-    ahead = task.chunk + max(1, policy.parallel_chunks)
+    ahead = task.chunk + max(1, doc.parallel_chunks)
     if ahead < doc.progress.chunks_total:
         queue.enqueue(_chunk_task(task.client_id, task.import_id, ahead))
     _complete_when_every_chunk_is_done(db, import_ref, now)

@@ -357,6 +357,9 @@ class ImportDoc(BaseModel):
     mapping: dict[str, Any]
     preview: dict[str, Any]
     progress: ImportProgress = Field(default_factory=ImportProgress)
+    # Chunks in flight at once, fixed when the import starts: the API that starts it and the worker
+    # that runs it are separate functions and must agree (imports from before the window ran as a chain).
+    parallel_chunks: int = 1
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -506,6 +506,24 @@ def test_chunks_run_side_by_side_and_the_last_to_finish_completes_the_import(
     assert [(r["row"], r["code"]) for r in api.report(import_id)] == [("5", "missing_name"), ("6", "invalid_price")]
 
 
+def test_the_window_is_the_one_the_import_started_with(stack: Any, client_id: str, images: ImageServer) -> None:
+    """The API that starts an import and the worker that runs it are separate functions: a worker
+    configured (or redeployed) with another window still runs every chunk of the import."""
+    api = Api(stack, client_id)
+    data, expected = _catalog_csv(images)
+    import_id = api.draft(data)["id"]
+    platforms.install(stack, import_parallel_chunks=2)
+    api.start(import_id)
+    assert sorted(chunk_tasks(stack.dispatcher, import_id)) == [0, 1]
+    platforms.install(stack, import_parallel_chunks=3)  # the worker's setting differs
+    stack.run_tasks()
+    done = api.import_(import_id)
+    assert done["status"] == "completed"
+    assert done["progress"]["chunks_done"] == done["progress"]["chunks_total"] == 4
+    assert sorted(chunk_tasks(stack.dispatcher, import_id)) == [0, 1, 2, 3]
+    assert _db_counts(stack, client_id) == (expected["created"], expected["images"])
+
+
 def test_blocked_and_broken_image_urls_are_reported(stack: Any, client_id: str, images: ImageServer) -> None:
     api = Api(stack, client_id)
     loopback2 = f"http://127.0.0.2:{images.port2}/x.png"
