@@ -13,7 +13,7 @@ from pydantic import Field
 from shared.billing.catalog import Catalog
 from shared.billing.events import add_months, allotment_key
 from shared.billing.models import BillingState
-from shared.errors import IdempotencyKeyReused
+from shared.errors import IdempotencyKeyReused, UpstreamUnavailable
 from shared.ledger.model import Actor, GrantSource
 from shared.scheduled import ScheduledReport, isolated
 
@@ -44,10 +44,10 @@ def run_daily(db: Client, ledger: Ledger, catalog: Catalog, now: datetime) -> Bi
     due = clients.where(filter=FieldFilter("billing.pending_plan_at", "<=", now))
     for client_id, billing in _listed(due, "billing"):
         with isolated(JOB, client_id, report.failed, step="plan change"):
-            state = BillingState.model_validate(billing or {})
-            if state.pending_plan:
-                _apply_pending(db, catalog, client_id, state, now)
-                report.plan_changes[client_id] = state.pending_plan
+            if BillingState.model_validate(billing or {}).pending_plan:
+                applied = _apply_pending(db, catalog, client_id, now)
+                if applied:
+                    report.plan_changes[client_id] = applied
     for client_id, billing in _listed(clients.where(filter=FieldFilter("billing.interval", "==", "annual")), "billing"):
         report.clients_checked += 1
         with isolated(JOB, client_id, report.failed, step="annual allotment"):
@@ -131,18 +131,32 @@ def _annual_allotments(
     return granted
 
 
-def _apply_pending(db: Client, catalog: Catalog, client_id: str, state: BillingState, now: datetime) -> None:
+def _apply_pending(db: Client, catalog: Catalog, client_id: str, now: datetime) -> str | None:
+    """Apply the plan change that fell due and return the new plan, unless a webhook withdrew it
+    since it was listed: the write is guarded by the client record's ``update_time`` and re-decided
+    on fresh state."""
+    from google.api_core.exceptions import FailedPrecondition
     from google.cloud.firestore import DELETE_FIELD
 
-    assert state.pending_plan is not None
-    plan = catalog.plan(state.pending_plan)
-    update: dict[str, Any] = {
-        "plan": state.pending_plan,
-        "billing.plan": state.pending_plan,
-        "billing.product_slots": plan.product_slots,
-        "billing.pending_plan": None,
-        "billing.pending_plan_at": DELETE_FIELD,
-    }
-    if state.pending_plan == "free":
-        update["billing.interval"] = None
-    db.collection("clients").document(client_id).update(update)
+    ref = db.collection("clients").document(client_id)
+    for _ in range(3):
+        snapshot = ref.get()
+        state = BillingState.model_validate((snapshot.to_dict() or {}).get("billing") or {})
+        if not state.pending_plan or state.pending_plan_at is None or state.pending_plan_at > now:
+            return None  # withdrawn or moved by a webhook in the meantime
+        plan = catalog.plan(state.pending_plan)
+        update: dict[str, Any] = {
+            "plan": state.pending_plan,
+            "billing.plan": state.pending_plan,
+            "billing.product_slots": plan.product_slots,
+            "billing.pending_plan": None,
+            "billing.pending_plan_at": DELETE_FIELD,
+        }
+        if state.pending_plan == "free":
+            update["billing.interval"] = None
+        try:
+            ref.update(update, option=db.write_option(last_update_time=snapshot.update_time))
+            return state.pending_plan
+        except FailedPrecondition:
+            continue
+    raise UpstreamUnavailable("The client's billing kept changing; the next run applies the plan change")
