@@ -10,8 +10,9 @@
 * Item: the worker leaves a finished item alone, cancels a queued item of a stopped job, marks the
   item running and runs the kind's work. Transient errors are retried by the queue while attempts
   remain; anything else (and the last attempt) finishes the item as failed, so the job always
-  settles. The finishing commit is guarded by the item's update time: of two deliveries racing,
-  exactly one records the outcome (and adds it to the counters in the same commit).
+  settles. Taking the item and finishing it are both guarded by the item's update time: of two
+  deliveries racing (or a delivery and the reaper), exactly one runs the work to its recorded
+  outcome (and adds it to the counters in the same commit); the other answers 2xx and does nothing.
 * Settle: once every item has finished, ONE capture charges what succeeded and releases the rest of
   the hold; failed and cancelled items are refunded, visibly in the credit history. Settle tasks
   are named after the window the triggering item finished in, so a late item is never swallowed
@@ -19,9 +20,11 @@
 * Cancel: stop starting new items; running ones finish; the rest are released at settlement.
 * Recover (Cloud Scheduler, :func:`reap`): an item whose delivery was killed (a timeout, out of
   memory) stays running with no delivery to come; once it has been running longer than the lease it
-  is failed for good (refunded) through the same guarded write, and the job settles. A job whose
-  fan-out task was never enqueued is started again. A job the hold sweeper reached first (it ran
-  past its hold's deadline) still settles: nothing is charged.
+  is given up through the same guarded write (failed and refunded, except what the kind says the
+  customer already has), and the job settles. A job whose fan-out task was never enqueued is started
+  again, cancelled or not; a job whose items have all finished but whose settle task was lost is
+  settled. A job the hold sweeper reached first (it ran past its hold's deadline) still settles:
+  nothing is charged.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, Literal
 
 from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals, derived_id
 from shared.batch.models import (
@@ -301,9 +304,13 @@ def run_fanout_page(
             created.append(doc)
         except AlreadyExists:
             continue  # a redelivered page: this item exists (and may already be running)
-    if not stopped:
-        for doc in docs:
-            queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
+    # A stopped job's new items were written cancelled, but items an earlier delivery of this page
+    # wrote before the job was stopped may still be queued (that delivery failed while enqueuing
+    # their tasks): each needs its task, which cancels it, or the job never settles.
+    written = {doc.index for doc in created}
+    pending = _still_queued(kind, db, task, [d for d in docs if d.index not in written]) if stopped else docs
+    for doc in pending:
+        queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
     if after_page is not None:
         after_page(job, docs)
     _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page_done=bool(created), now=now)
@@ -312,6 +319,19 @@ def run_fanout_page(
     elif stopped:
         queue.enqueue(kind.settle_task(task.client_id, task.job_id, clock() if clock is not None else now))
     return f"fan-out page {task.page + 1}/{pages}: {len(created)} items"
+
+
+def _still_queued(kind: JobKind[Any, ItemT], db: Client, task: JobTask, docs: Sequence[ItemT]) -> list[ItemT]:
+    """Those of ``docs`` whose stored item is still queued."""
+    if not docs:
+        return []
+    refs = [kind.item_ref(db, task.client_id, task.job_id, doc.index) for doc in docs]
+    queued = {
+        snap.id
+        for snap in db.get_all(refs, field_paths=["status"])
+        if snap.exists and (snap.to_dict() or {}).get("status") == ItemStatus.QUEUED.value
+    }
+    return [doc for doc, ref in zip(docs, refs, strict=True) if ref.id in queued]
 
 
 def _mark_fanned_out(db: Client, ref: Any, *, page_done: bool, now: datetime) -> None:
@@ -343,7 +363,9 @@ class ItemRun(Generic[JobT, ItemT]):
     job: JobT
     item: ItemT  # as it was before this delivery took it
     ref: Any  # the item document
-    snapshot: Any  # the item as this delivery marked it running: guards the finishing commit
+    # What guards the finishing commit: anything with the item's ``update_time`` as this delivery left
+    # it (the write that marked it running, or the read the reaper or a cancellation acted on).
+    snapshot: Any
     last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
     now: datetime
 
@@ -384,9 +406,11 @@ def run_item(
         run = ItemRun(job, item, item_ref, snapshot, last_attempt=False, now=now)
         result = Finish(ItemStatus.CANCELLED, {"failure": None})
     else:
-        item_ref.update({"status": ItemStatus.RUNNING.value, "attempts": item.attempts + 1, "updated_at": now})
+        taken = _take(db, item_ref, snapshot, {"attempts": item.attempts + 1, "updated_at": now})
+        if taken is None:
+            return TAKEN_OVER
         last_attempt = call.retry_count + 1 >= policy.max_attempts
-        run = ItemRun(job, item, item_ref, item_ref.get(), last_attempt=last_attempt, now=now)
+        run = ItemRun(job, item, item_ref, taken, last_attempt=last_attempt, now=now)
         try:
             result = _attempt(kind, run, work)
         except ItemTakenOver:
@@ -402,6 +426,21 @@ def run_item(
         outcome = result.outcome
     queue.enqueue(kind.settle_task(task.client_id, task.job_id, finished_at()))
     return outcome
+
+
+def _take(db: Client, ref: Any, snapshot: Any, changes: dict[str, Any]) -> Any:
+    """Mark the item running, unless it changed since ``snapshot`` was read: then another delivery
+    (or the reaper) finished or took it, owns the outcome, and this one must neither run the work
+    again nor record it a second time (None). Returns the write, whose update time guards the finish."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    try:
+        return ref.update(
+            {"status": ItemStatus.RUNNING.value, **changes},
+            option=db.write_option(last_update_time=snapshot.update_time),
+        )
+    except FailedPrecondition:
+        return None
 
 
 def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWork[JobT, ItemT]) -> Finish | Finished:
@@ -603,7 +642,9 @@ def _released_before_settle(kind: JobKind[Any, Any], ledger: Ledger, job: Any, a
 
 # -- recovery (Cloud Scheduler) ---------------------------------------------------------------------
 
-# A fan-out runs seconds after its job is accepted: a job still queued this long after lost its task.
+# A fan-out runs seconds after its job is accepted, and a settle task seconds after the item that
+# asked for it: a job older than this that is still queued lost its fan-out task, and one whose
+# items have all finished but which is not settled lost its settle task.
 FANOUT_GRACE = timedelta(minutes=10)
 
 
@@ -616,12 +657,25 @@ class ItemTimedOut(EpoxError):
 
 
 def reap(
-    kind: JobKind[Any, Any], db: Client, queue: TaskQueue, now: datetime, *, lease: timedelta, limit: int = 500
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    now: datetime,
+    *,
+    lease: timedelta,
+    limit: int = 500,
+    clock: Callable[[], datetime] | None = None,
 ) -> ReapReport:
-    """Finish what no task will finish, for every client: fail the kind's items running longer than
-    ``lease`` (their delivery was killed: refunded at settlement, which is enqueued) and start the jobs
-    whose fan-out was never enqueued. Safe to run twice; at most ``limit`` items per run, the rest
-    the next run. Each job is handled on its own (a failure is logged and reported)."""
+    """Finish what no task will finish, for every client: give up the kind's items running longer
+    than ``lease`` (their delivery was killed: refunded at settlement, which is enqueued), start the
+    jobs whose fan-out was never enqueued (queued ones, and cancelled ones with items no task will
+    cancel), and settle the jobs whose items have all finished but whose settle task was lost.
+
+    ``now`` is when the run started (what it compares against); ``clock`` tells the time each settle
+    task is enqueued at, which names it (a long run outlives settle windows). Safe to run twice; at
+    most ``limit`` items and ``limit`` jobs per run, the rest the next run. Each item and job is
+    handled on its own (a failure is logged and reported per client)."""
+    finished_at = clock or (lambda: now)
     report = ReapReport(job="reap-stuck-items")
     reaped = 0
     for snapshot in _stuck_items(kind, db, now - lease):
@@ -630,24 +684,37 @@ def reap(
             break
         client_id, job_id = _owner(snapshot.reference)
         with isolated(report.job, client_id, report.failed, step="items"):
-            if fail_stuck_item(kind, db, queue, snapshot, now, lease):
+            if fail_stuck_item(kind, db, queue, snapshot, now, lease, clock=finished_at):
                 reaped += 1
                 report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
-    for snapshot in _unstarted_jobs(kind, db, now - FANOUT_GRACE):
+    for checked, snapshot in enumerate(_unsettled_jobs(kind, db, now - FANOUT_GRACE)):
+        if checked >= limit:
+            report.more = True
+            break
         client_id = snapshot.reference.parent.parent.id
         with isolated(report.job, client_id, report.failed, step="jobs"):
-            if queue.enqueue(kind.fanout_task(client_id, snapshot.id)):
-                logger.warning("%s %s was never fanned out: fan-out enqueued again", kind.noun, snapshot.id)
+            recovered = _recover_job(kind, db, queue, kind.job_model.model_validate(snapshot.to_dict()), finished_at)
+            if recovered == "fanout":
                 report.jobs_started.setdefault(client_id, []).append(snapshot.id)
+            elif recovered == "settle":
+                report.settles_enqueued.setdefault(client_id, []).append(snapshot.id)
     return report
 
 
 def fail_stuck_item(
-    kind: JobKind[Any, Any], db: Client, queue: TaskQueue, snapshot: Any, now: datetime, lease: timedelta
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    snapshot: Any,
+    now: datetime,
+    lease: timedelta,
+    *,
+    clock: Callable[[], datetime] | None = None,
 ) -> bool:
-    """Fail the running item ``snapshot`` for good and enqueue its job's settlement. The write is
-    guarded by the snapshot's update time like a delivery's: a delivery that finished the item or
-    started again since then owns it, and nothing changes (False)."""
+    """Give up the running item ``snapshot`` for good (the kind's verdict: failed, or what of it the
+    customer already has) and enqueue its job's settlement. The write is guarded by the snapshot's
+    update time like a delivery's: a delivery that finished the item or started again since then
+    owns it, and nothing changes (False)."""
     client_id, job_id = _owner(snapshot.reference)
     item = kind.item_model.model_validate(snapshot.to_dict())
     job = kind.get_job(db, client_id, job_id)
@@ -658,10 +725,13 @@ def fail_stuck_item(
     )
     run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now)
     # One counter shard is enough: reaping is rare, and the totals add up every shard.
-    if not _record(kind, db, run, kind.failed(job, error), shards=1):
+    if not _record(kind, db, run, kind.timed_out(db, job, item, error), shards=1):
         return False
-    logger.warning("item %s of %s %s was running since %s: failed", item.index, kind.noun, job_id, item.updated_at)
-    queue.enqueue(kind.settle_task(client_id, job_id, now))
+    logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
+    # Named after the time the item was recorded, not when the run started: a settle task of this job
+    # that ran since (for an item reaped earlier in this run) must not swallow this one as a duplicate.
+    # Should the enqueue fail, the next run settles the job (see _recover_job).
+    queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
     return True
 
 
@@ -687,20 +757,56 @@ def _stuck_items(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Itera
             yield snapshot
 
 
-def _unstarted_jobs(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
-    """Every job of this kind still queued since before ``cutoff`` (collection-group index on the
-    kind's collection: status, created_at)."""
+def _unsettled_jobs(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
+    """Every unsettled job of this kind created before ``cutoff``: queued, then cancelling, then
+    running (collection-group index on the kind's collection: status, created_at)."""
     from google.cloud.firestore import FieldFilter
 
-    query = (
-        db.collection_group(kind.collection)
-        .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
-        .where(filter=FieldFilter("created_at", "<", cutoff))
-    )
-    for snapshot in query.stream():
-        parts = snapshot.reference.path.split("/")
-        if len(parts) == 4 and parts[0] == "clients" and not (snapshot.to_dict() or {}).get("settled"):
-            yield snapshot
+    for status in (JobStatus.QUEUED, JobStatus.CANCELLING, JobStatus.RUNNING):
+        query = (
+            db.collection_group(kind.collection)
+            .where(filter=FieldFilter("status", "==", status.value))
+            .where(filter=FieldFilter("created_at", "<", cutoff))
+        )
+        for snapshot in query.stream():
+            parts = snapshot.reference.path.split("/")
+            if len(parts) == 4 and parts[0] == "clients" and not (snapshot.to_dict() or {}).get("settled"):
+                yield snapshot
+
+
+def _recover_job(
+    kind: JobKind[JobT, Any], db: Client, queue: TaskQueue, job: JobT, clock: Callable[[], datetime]
+) -> Literal["fanout", "settle"] | None:
+    """Enqueue what an unsettled job is waiting for that no task will bring: its fan-out or its
+    settlement (which one was enqueued; None when nothing was)."""
+    if job.status is JobStatus.QUEUED or (job.status is JobStatus.CANCELLING and _unstarted(kind, db, job)):
+        # A cancelled job too: its unwritten items are written cancelled, and its queued items get the
+        # tasks that cancel them (an item task cancels a queued item of a stopped job), so it settles.
+        if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
+            logger.warning(
+                "%s %s (%s) was never fanned out: fan-out enqueued again", kind.noun, job.id, job.status.value
+            )
+            return "fanout"
+        return None
+    if totals(kind, db, job).done < job.item_count:
+        return None  # items still to finish: their deliveries (or the item reaper) ask for the settlement
+    # Every item finished, and the job is still unsettled: the settle task that should have followed
+    # was lost (its enqueue failed after the item was recorded). Settling is idempotent.
+    if queue.enqueue(kind.settle_task(job.client_id, job.id, clock())):
+        logger.warning("%s %s has finished but was never settled: settlement enqueued", kind.noun, job.id)
+        return "settle"
+    return None
+
+
+def _unstarted(kind: JobKind[Any, Any], db: Client, job: Any) -> bool:
+    """Whether the job has items no item task may ever have been enqueued for: pages never written,
+    or items still queued."""
+    from google.cloud.firestore import FieldFilter
+
+    if isinstance(job, PagedJobDoc) and job.fanout_pages_done < job.fanout_pages:
+        return True
+    query = kind.items_ref(db, job.client_id, job.id).where(filter=FieldFilter("status", "==", ItemStatus.QUEUED.value))
+    return any(True for _ in query.limit(1).stream())
 
 
 # -- commands and reads -----------------------------------------------------------------------------

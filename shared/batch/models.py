@@ -129,9 +129,11 @@ class ItemListQuery(PageQuery):
 
 
 class ReapReport(ScheduledReport):
-    """What ``/jobs/reap-stuck-items`` did, by client: items failed ("{job}/{index}"), jobs started."""
+    """What ``/jobs/reap-stuck-items`` did, by client: items given up ("{job}/{index}"), jobs whose
+    fan-out was enqueued again, finished jobs whose lost settlement was enqueued again."""
 
     job: str
     items_failed: dict[str, list[str]] = Field(default_factory=dict)
     jobs_started: dict[str, list[str]] = Field(default_factory=dict)
+    settles_enqueued: dict[str, list[str]] = Field(default_factory=dict)
     more: bool = False  # the run stopped at its limit: the next run goes on

@@ -67,7 +67,8 @@ def add_worker_routes(
 
         p = ctx.platform
         lease = timedelta(minutes=p.settings.batch_item_lease_minutes)
-        return finish(reap(kind, p.db, p.task_queue, p.clock(), lease=lease), "reap-stuck-items")
+        report = reap(kind, p.db, p.task_queue, p.clock(), lease=lease, clock=p.clock)
+        return finish(report, "reap-stuck-items")
 
     app.post("/tasks/fanout", body=kind.fanout_model, access=Access.TASK)(fanout_route)
     app.post("/tasks/item", body=ItemTask, access=Access.TASK)(item_route)

@@ -6,8 +6,9 @@ kept in the object store and written page by page by the fan-out (a 1,000-item j
 one balance write and one job write), the product defaults remembered per page, and the work of one
 item: ``variants`` images, each stored as an asset whose id is derived from job, item and variant, so
 a crash mid-item is completed once on redelivery. Transient engine failures are retried by the
-queue, permanent ones and the last attempt fail the variant. Progress is counted in sharded
-counters; the settlement charges the images made and releases the rest of the hold.
+queue, permanent ones and the last attempt fail the variant. An item the reaper gives up (its
+delivery was killed) keeps the variants already stored: they are in the library. Progress is counted
+in sharded counters; the settlement charges the images made and releases the rest of the hold.
 """
 
 from __future__ import annotations
@@ -112,8 +113,32 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
         failure = failure_of(error, variants_failed=variants)
         return Finish(ItemStatus.FAILED, {"asset_ids": [], "failed_variants": variants, "failure": failure})
 
+    def timed_out(self, db: Client, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
+        """Each variant is an asset in the customer's library as soon as it is stored: the ones the
+        killed delivery stored are theirs and charged, only the rest are failed and refunded."""
+        refs = [
+            assets_ref(db, job.client_id).document(variant_asset_id(job, item, v)) for v in range(job.settings.variants)
+        ]
+        stored = {snap.id for snap in db.get_all(refs, field_paths=["id"]) if snap.exists}
+        asset_ids = [ref.id for ref in refs if ref.id in stored]
+        if not asset_ids:
+            return self.failed(job, error)
+        failed = job.settings.variants - len(asset_ids)
+        failure = failure_of(error, variants_failed=failed) if failed else None
+        return Finish(
+            ItemStatus.SUCCEEDED,
+            {"asset_ids": asset_ids, "failed_variants": failed, "failure": failure},
+            outcome=f"item given up: {len(asset_ids)} of {job.settings.variants} images kept",
+        )
+
 
 GENERATION = GenerationJobs()
+
+
+def variant_asset_id(job: JobDoc, item: ItemDoc, variant: int) -> str:
+    """The asset a variant is stored as, derived from job, item and variant: every delivery of the
+    item (and the reaper) names the same one."""
+    return _derived("ast", job.id, item.index, variant)
 
 
 def _spec_key(client_id: str, job_id: str) -> str:
@@ -302,7 +327,7 @@ def _generate(
     failures: list[EngineError] = []
     request = _build_request(db, store, job.client_id, job, item)
     for variant in range(job.settings.variants):
-        asset_id = _derived("ast", job.id, item.index, variant)
+        asset_id = variant_asset_id(job, item, variant)
         if assets_ref(db, job.client_id).document(asset_id).get().exists:
             asset_ids.append(asset_id)
             continue

@@ -124,7 +124,8 @@ class Killed(BaseException):
 
 class Harness:
     """One tenant's jobs of one kind, a recording queue delivered by hand, a ledger whose clock the
-    test moves (``now``), and an object store where accepting a job keeps its item list."""
+    test moves (``now``), and an object store where accepting a job keeps its item list. Tasks see
+    time stand still at NOW, unless a test gives the workers a ``clock`` (when items finish)."""
 
     def __init__(self, db: Any, client_id: str, kind: JobKind[Any, Any], work: Work) -> None:
         self.db, self.client_id, self.kind, self.work = db, client_id, kind, work
@@ -137,6 +138,7 @@ class Harness:
         )
         self.delivered: set[int] = set()
         self.outcomes: list[str] = []
+        self.clock: Callable[[], datetime] | None = None
 
     def accept(self, items: list[Any], cost: int, key: RequestKey | None = None, **fields: Any) -> Any:
         kind = self.kind
@@ -188,13 +190,17 @@ class Harness:
             def page(job: Any, start: int, stop: int, status: ItemStatus) -> list[Any]:
                 return [s.model_copy(update={"status": status}) for s in self.specs[start:stop]]
 
-            outcome = lifecycle.run_fanout_page(self.kind, self.db, self.queue, payload, POLICY, NOW, page_items=page)
+            outcome = lifecycle.run_fanout_page(
+                self.kind, self.db, self.queue, payload, POLICY, NOW, page_items=page, clock=self.clock
+            )
         elif task.path == "/tasks/fanout":
             assert isinstance(payload, JobTask)
             outcome = lifecycle.run_fanout(self.kind, self.db, self.queue, payload, NOW)
         elif task.path == "/tasks/item":
             assert isinstance(payload, ItemTask)
-            outcome = lifecycle.run_item(self.kind, self.db, self.queue, payload, call, POLICY, NOW, work=self.work)
+            outcome = lifecycle.run_item(
+                self.kind, self.db, self.queue, payload, call, POLICY, NOW, work=self.work, clock=self.clock
+            )
         else:
             assert isinstance(payload, JobTask)
             outcome = lifecycle.run_settle(self.kind, self.db, self.ledger, payload, NOW)
@@ -559,11 +565,14 @@ def test_a_job_firestore_refuses_to_record_releases_its_hold(db: Any, client_id:
     h.exact()
 
 
-def test_a_recorded_job_whose_fan_out_was_lost_is_started_by_the_reaper(db: Any, client_id: str) -> None:
-    class DownQueue(RecordingTaskQueue):
-        def enqueue(self, task: TaskRequest) -> bool:
-            raise UpstreamUnavailable("The task queue is unavailable")
+class DownQueue(RecordingTaskQueue):
+    """Cloud Tasks refusing every task."""
 
+    def enqueue(self, task: TaskRequest) -> bool:
+        raise UpstreamUnavailable("The task queue is unavailable")
+
+
+def test_a_recorded_job_whose_fan_out_was_lost_is_started_by_the_reaper(db: Any, client_id: str) -> None:
     h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
     h.queue = DownQueue()
     job = h.accept([SyncItem(index=0, image="a", cost=5, updated_at=NOW)], cost=5)
@@ -576,4 +585,279 @@ def test_a_recorded_job_whose_fan_out_was_lost_is_started_by_the_reaper(db: Any,
     h.run()
     assert h.job(job.id).settlement == {"captured": 5, "released": 0}
     assert h.credits() == (95, 0)
+    h.exact()
+
+
+# -- recovery: settlements that were lost, cancelled jobs whose items never got a task --------------
+
+
+def killing_all(*prompts: str) -> Work:
+    """``make_clips``, except that the delivery of every item with one of ``prompts`` dies mid-work."""
+
+    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
+        if run.item.prompt in prompts:
+            raise Killed()
+        return make_clips(run)
+
+    return work
+
+
+class PromptQueue(RecordingTaskQueue):
+    """Cloud Tasks running each of the harness's settle tasks as soon as its window has closed, while
+    whoever enqueued it goes on working: the clock moves to the task's schedule time and it runs."""
+
+    def __init__(self, harness: Harness, clock: list[datetime]) -> None:
+        super().__init__()
+        self.harness, self.clock = harness, clock
+
+    def enqueue(self, task: TaskRequest) -> bool:
+        added = super().enqueue(task)
+        if added and task.path == "/tasks/settle" and self.harness.ours(task):
+            assert task.schedule_time is not None
+            self.clock[0] = max(self.clock[0], task.schedule_time)
+            self.harness.deliver(task)
+        return added
+
+
+class RefusingQueue(RecordingTaskQueue):
+    """Cloud Tasks refusing the settle tasks while ``down`` (everything else is enqueued)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def enqueue(self, task: TaskRequest) -> bool:
+        if self.down and task.path == "/tasks/settle":
+            raise UpstreamUnavailable("The task queue is unavailable")
+        return super().enqueue(task)
+
+
+def test_a_reaper_run_that_fails_several_items_of_one_job_still_settles_it(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, CLIPS, killing_all("clip 3", "clip 4"))
+    job = h.accept(clips(3, 4), cost=16, unit_price=1)
+    for _ in range(2):
+        with pytest.raises(Killed):
+            h.run()  # the fan-out and item 0, then item 1: both deliveries die with their item running
+    assert [h.item(job.id, i)["status"] for i in range(2)] == ["running", "running"]
+
+    # The reaper fails item 0 and goes on; item 0's settle runs once its window closes and finds
+    # 1 of 2 finished; only then does the reaper fail item 1, whose settle must not be that one again.
+    at = NOW + LEASE + timedelta(minutes=1)
+    clock = [at]
+    h.queue = PromptQueue(h, clock)
+    report = lifecycle.reap(CLIPS, db, h.queue, at, lease=LEASE, clock=lambda: clock[0])
+    assert sorted(report.items_failed[client_id]) == [f"{job.id}/000000", f"{job.id}/000001"]
+    assert h.outcomes[-2:] == ["1/2 items finished", "settled: captured 0, released 16"]
+    assert client_id not in report.settles_enqueued  # item 1's own settle task settled the job
+    h.run()
+
+    done = h.job(job.id)
+    assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 0, "released": 16}
+    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    assert totals == {"done_items": 2, "failed_items": 2, "seconds": 0}
+    assert h.credits() == (100, 0)
+    h.exact()
+
+
+def test_a_settlement_that_could_not_be_enqueued_is_enqueued_by_the_reaper(db: Any, client_id: str) -> None:
+    # The item worker's last attempt records the item, then Cloud Tasks refuses its settle task: no
+    # delivery of the item will come again to ask for one.
+    h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
+    h.queue = queue = RefusingQueue()
+    job = h.accept([SyncItem(index=0, image="a", cost=4, updated_at=NOW)], cost=4)
+    h.deliver(queue.tasks[0])  # the fan-out
+    queue.down = True
+    with pytest.raises(UpstreamUnavailable):
+        h.deliver(queue.tasks[-1], retry_count=POLICY.max_attempts - 1)
+    assert h.item(job.id, 0)["status"] == "succeeded" and h.job(job.id).status is JobStatus.RUNNING
+    queue.down = False
+    h.run()  # nothing left to deliver
+    assert not h.job(job.id).settled and h.credits() == (96, 4)
+
+    early = lifecycle.reap(SYNCS, db, queue, NOW + timedelta(minutes=5), lease=LEASE)
+    assert client_id not in early.settles_enqueued  # young jobs are left to their own settle tasks
+    report = lifecycle.reap(SYNCS, db, queue, NOW + lifecycle.FANOUT_GRACE + timedelta(seconds=1), lease=LEASE)
+    assert report.settles_enqueued.get(client_id) == [job.id]
+    h.run()
+    assert h.job(job.id).settlement == {"captured": 4, "released": 0}
+    assert h.credits() == (96, 0)
+    h.exact()
+
+
+def test_a_reaped_item_whose_settle_could_not_be_enqueued_settles_on_the_next_run(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, CLIPS, killing("clip 5"))
+    h.queue = queue = RefusingQueue()
+    job = h.accept(clips(4, 5), cost=16, unit_price=1)
+    with pytest.raises(Killed):
+        h.run()
+    h.run()
+    assert h.outcomes[-1] == "1/2 items finished"
+
+    at = NOW + LEASE + timedelta(minutes=1)
+    queue.down = True
+    failing = lifecycle.reap(CLIPS, db, queue, at, lease=LEASE)
+    assert failing.failed.get(client_id) == "upstream_unavailable"  # reported: the scheduler runs it again
+    assert h.item(job.id, 1)["status"] == "failed"  # recorded before the enqueue failed
+    queue.down = False
+    again = lifecycle.reap(CLIPS, db, queue, at + timedelta(minutes=15), lease=LEASE)
+    assert client_id not in again.failed and client_id not in again.items_failed
+    assert again.settles_enqueued.get(client_id) == [job.id]
+    h.run()
+
+    done = h.job(job.id)
+    assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 4, "released": 12}
+    assert h.credits() == (96, 0)
+    h.exact()
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["items-written-with-the-job", "paged"])
+def test_a_job_cancelled_before_its_lost_fan_out_ran_is_settled_by_the_reaper(
+    db: Any, client_id: str, paged: bool
+) -> None:
+    h = Harness(db, client_id, CLIPS if paged else SYNCS, make_clips)
+    h.queue = DownQueue()
+    if paged:
+        job = h.accept(clips(1, 2, 3), cost=9, unit_price=1)
+    else:
+        job = h.accept([SyncItem(index=i, image=f"img{i}", cost=3, updated_at=NOW) for i in range(3)], cost=9)
+    h.queue = RecordingTaskQueue()
+    # The caller cancels the job before the reaper restarted its fan-out: no item has a task.
+    assert lifecycle.cancel_job(h.kind, db, h.queue, client_id, job.id, NOW).status is JobStatus.CANCELLING
+    h.run()
+    assert h.outcomes == ["0/3 items finished"]
+
+    # Later, the reaper starts the fan-out, and the items are cancelled in a later settle window.
+    h.now = NOW + lifecycle.FANOUT_GRACE + timedelta(seconds=1)
+    h.clock = lambda: h.now
+    report = lifecycle.reap(h.kind, db, h.queue, h.now, lease=LEASE)
+    assert report.jobs_started.get(client_id) == [job.id]
+    h.run()
+
+    done = h.job(job.id)
+    assert done.status is JobStatus.CANCELLED and done.settlement == {"captured": 0, "released": 9}
+    items = lifecycle.items_with_status(h.kind, db, client_id, job.id, ItemStatus.CANCELLED)
+    assert sorted(i.index for i in items) == [0, 1, 2]
+    assert h.credits() == (100, 0)
+    h.exact()
+    # Settled: the next run starts nothing.
+    later = lifecycle.reap(h.kind, db, h.queue, NOW + lifecycle.FANOUT_GRACE * 2, lease=LEASE)
+    assert client_id not in later.jobs_started and client_id not in later.settles_enqueued
+
+
+def test_a_fan_out_page_redelivered_after_its_job_was_cancelled_gives_every_queued_item_a_task(
+    db: Any, client_id: str
+) -> None:
+    class LosesOneItemTask(RecordingTaskQueue):
+        """Cloud Tasks refusing item 1's task once."""
+
+        lost = False
+
+        def enqueue(self, task: TaskRequest) -> bool:
+            if isinstance(task.payload, ItemTask) and task.payload.index == 1 and not self.lost:
+                self.lost = True
+                raise UpstreamUnavailable("The task queue is unavailable")
+            return super().enqueue(task)
+
+    h = Harness(db, client_id, CLIPS, make_clips)
+    h.queue = LosesOneItemTask()
+    job = h.accept(clips(3, 4, 5), cost=24, unit_price=1)
+    page = h.queue.tasks[0]
+    with pytest.raises(UpstreamUnavailable):
+        h.deliver(page)  # writes items 0 and 1 and enqueues item 0's task; item 1's fails: a 503
+    lifecycle.cancel_job(CLIPS, db, h.queue, client_id, job.id, NOW)
+    h.deliver(page, retry_count=1)  # the queue delivers the page again, now that the job is stopped
+    h.run()
+
+    done = h.job(job.id)
+    assert done.status is JobStatus.CANCELLED and done.settlement == {"captured": 0, "released": 24}
+    items = lifecycle.items_with_status(CLIPS, db, client_id, job.id, ItemStatus.CANCELLED)
+    assert sorted(i.index for i in items) == [0, 1, 2]
+    assert h.credits() == (100, 0)
+    h.exact()
+
+
+# -- a delivery that read its item before someone else finished it ----------------------------------
+
+
+class RacingClips(Clips):
+    """Clips whose next job read first runs ``meanwhile``: what another party does between an item
+    delivery's read of its item and its write marking the item running."""
+
+    def __init__(self) -> None:
+        self.meanwhile: Callable[[], None] | None = None
+
+    def get_job(self, db: Any, client_id: str, job_id: str) -> ClipJob:
+        hook, self.meanwhile = self.meanwhile, None
+        if hook is not None:
+            hook()
+        return super().get_job(db, client_id, job_id)
+
+
+def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_nor_counts_it(
+    db: Any, client_id: str
+) -> None:
+    kind = RacingClips()
+    runs: list[int] = []
+
+    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
+        runs.append(run.item.attempts)
+        if run.item.attempts == 0:
+            raise Killed()
+        return make_clips(run)
+
+    h = Harness(db, client_id, kind, work)
+    job = h.accept(clips(7), cost=8, unit_price=1)
+    with pytest.raises(Killed):
+        h.run()  # the first delivery dies with the item running
+    item_task = h.queue.tasks[-1]
+
+    # Past the lease, the queue delivers the item again just as the reaper gives it up: the delivery
+    # read the item as running, the reaper's failure is committed before the delivery's next write.
+    reaped: list[str] = []
+    kind.meanwhile = lambda: reaped.extend(h.reap(NOW + LEASE + timedelta(minutes=1)))
+    assert h.deliver(item_task, retry_count=1) == "another delivery finished this item"
+    assert reaped == [f"{job.id}/000000"] and runs == [0]  # the work did not run again
+    assert h.item(job.id, 0)["status"] == "failed"
+    h.run()
+
+    done = h.job(job.id)
+    totals = lifecycle.progress(kind, db, done).totals.values
+    assert totals == {"done_items": 1, "failed_items": 1, "seconds": 0}
+    assert done.settlement == {"captured": 0, "released": 8}
+    assert h.credits() == (100, 0)
+    h.exact()
+
+
+def test_a_delivery_that_read_its_item_before_another_delivery_finished_it_changes_nothing(
+    db: Any, client_id: str
+) -> None:
+    kind = RacingClips()
+    runs: list[int] = []
+
+    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
+        runs.append(run.item.attempts)
+        if run.item.attempts == 0:
+            raise Killed()
+        return make_clips(run)
+
+    h = Harness(db, client_id, kind, work)
+    job = h.accept(clips(7), cost=8, unit_price=1)
+    with pytest.raises(Killed):
+        h.run()  # the first delivery dies with the item running
+    item_task = h.queue.tasks[-1]
+
+    # Two more deliveries of the item task: the later one reads the item (running) while the earlier
+    # one runs it to the end; its own write comes after that success was committed.
+    first: list[str] = []
+    kind.meanwhile = lambda: first.append(h.deliver(item_task, retry_count=1))
+    assert h.deliver(item_task, retry_count=2) == "another delivery finished this item"
+    assert first == ["item 0 succeeded"] and runs == [0, 1]  # the work ran once more, not twice
+    assert h.item(job.id, 0)["status"] == "succeeded"
+    h.run()
+
+    done = h.job(job.id)
+    totals = lifecycle.progress(kind, db, done).totals.values
+    assert totals == {"done_items": 1, "succeeded_items": 1, "seconds": 7}
+    assert done.settlement == {"captured": 7, "released": 1}
+    assert h.credits() == (93, 0)
     h.exact()

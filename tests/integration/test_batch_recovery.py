@@ -264,3 +264,42 @@ def test_an_edit_that_finishes_after_the_reaper_gave_it_up_makes_no_revision(sta
     assert [r["number"] for r in asset["revisions"]] == [1]
     assert credits(stack, client_id) == (GRANT, 0)
     assert_exact(stack, client_id)
+
+
+def test_a_reaped_item_charges_the_images_it_stored_before_its_delivery_died(stack: Any, client_id: str) -> None:
+    def kill_fourth(request: ImageRequest) -> None:
+        if len(engine.requests) == 4:  # three variants are stored (each an asset at once); the fourth dies
+            raise Killed()
+
+    engine = ScriptedEngine(before=kill_fourth)
+    platform = install(stack, engine=engine)
+    grant(stack, client_id)
+    unit = unit_price(stack)
+    headers = stack.headers(client_id)
+    body = {"items": [{"prompt": "a red mug"}], "variants": 4, "size": "1K"}
+    created = stack.client("generate_api").post("/jobs", json=body, headers=headers)
+    assert created.status_code == 202, created.json
+    job_id = created.json["id"]
+    with pytest.raises(Killed):
+        stack.run_tasks()
+    library = stack.client("catalog_api").get("/assets?kind=generated", headers=headers)
+    assert library.status_code == 200 and len(library.json["items"]) == 3, library.json
+
+    lease = timedelta(minutes=platform.settings.batch_item_lease_minutes)
+    install(stack, engine=engine, clock=lambda: platform.clock() + lease + timedelta(minutes=1))
+    reaped = stack.client("generate_tasks").post("/jobs/reap-stuck-items", headers=SCHEDULER)
+    assert reaped.status_code == 200, reaped.json
+    assert reaped.json["items_failed"][client_id] == [f"{job_id}/000000"]
+    stack.run_tasks()
+
+    # The customer has the three images in their library: those are charged, the fourth is refunded.
+    job = get_job(stack, client_id, job_id)
+    assert job["status"] == "completed" and job["settlement"] == {"captured": 3 * unit, "released": unit}
+    assert (job["images_succeeded"], job["images_failed"]) == (3, 1)
+    [item] = items(stack, client_id, job_id)
+    stored = sorted(a["id"] for a in library.json["items"])
+    assert item["status"] == "succeeded" and sorted(item["asset_ids"]) == stored
+    assert (item["failed_variants"], item["failure"]["code"]) == (1, "item_timed_out")
+    assert credits(stack, client_id) == (GRANT - 3 * unit, 0)
+    assert moves(stack, client_id) == [("reserve", 4 * unit), ("capture", 3 * unit), ("release", unit)]
+    assert_exact(stack, client_id)
