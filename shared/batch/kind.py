@@ -153,9 +153,10 @@ class JobKind(ABC, Generic[JobT, ItemT]):
         """The item's final failure (refunded at settlement)."""
         return Finish(ItemStatus.FAILED, {"failure": failure_of(error)}, outcome=f"item failed: {error.code}")
 
-    def timed_out(self, db: Client, job: JobT, item: ItemT, error: EpoxError) -> Finish:
-        """The verdict on an item the reaper gives up (its delivery was killed mid-work): failed,
-        unless a kind keeps what that delivery already delivered to the customer (and charges it)."""
+    def given_up(self, db: Client, job: JobT, item: ItemT, error: EpoxError) -> Finish:
+        """The verdict on an item no delivery will try again (its last attempt failed, or the reaper
+        found its delivery killed mid-work): failed, unless a kind keeps what earlier deliveries
+        already delivered to the customer (and charges it)."""
         return self.failed(job, error)
 
     # -- where things live, what things are called ------------------------------------------------

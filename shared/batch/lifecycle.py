@@ -412,7 +412,7 @@ def run_item(
         last_attempt = call.retry_count + 1 >= policy.max_attempts
         run = ItemRun(job, item, item_ref, taken, last_attempt=last_attempt, now=now)
         try:
-            result = _attempt(kind, run, work)
+            result = _attempt(kind, db, run, work)
         except ItemTakenOver:
             return TAKEN_OVER
     if isinstance(result, Finish):
@@ -443,7 +443,9 @@ def _take(db: Client, ref: Any, snapshot: Any, changes: dict[str, Any]) -> Any:
         return None
 
 
-def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWork[JobT, ItemT]) -> Finish | Finished:
+def _attempt(
+    kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], work: ItemWork[JobT, ItemT]
+) -> Finish | Finished:
     """The kind's work, with the one retry rule: transient errors go back to the queue while attempts
     remain; anything else, and anything on the last attempt, is the item's final failure."""
     try:
@@ -452,7 +454,7 @@ def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWo
         raise
     except EpoxError as error:
         if not kind.transient(error) or run.last_attempt:
-            return kind.failed(run.job, error)
+            return kind.given_up(db, run.job, run.item, error)
         if isinstance(error, RetryTask):
             raise
         retry_after = int(getattr(error, "retry_after", 0) or error.headers.get("Retry-After", 10))
@@ -462,7 +464,7 @@ def _attempt(kind: JobKind[JobT, ItemT], run: ItemRun[JobT, ItemT], work: ItemWo
             raise  # a crash (500): the queue delivers again
         # The last attempt must still finish the item, or the job would never settle.
         logger.exception("item %s of %s %s crashed on its last attempt", run.item.index, kind.noun, run.job.id)
-        return kind.failed(run.job, EpoxError(f"unexpected {type(error).__name__}"))
+        return kind.given_up(db, run.job, run.item, EpoxError(f"unexpected {type(error).__name__}"))
 
 
 def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int) -> bool:
@@ -725,7 +727,7 @@ def fail_stuck_item(
     )
     run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now)
     # One counter shard is enough: reaping is rare, and the totals add up every shard.
-    if not _record(kind, db, run, kind.timed_out(db, job, item, error), shards=1):
+    if not _record(kind, db, run, kind.given_up(db, job, item, error), shards=1):
         return False
     logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
     # Named after the time the item was recorded, not when the run started: a settle task of this job

@@ -113,9 +113,9 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
         failure = failure_of(error, variants_failed=variants)
         return Finish(ItemStatus.FAILED, {"asset_ids": [], "failed_variants": variants, "failure": failure})
 
-    def timed_out(self, db: Client, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
-        """Each variant is an asset in the customer's library as soon as it is stored: the ones the
-        killed delivery stored are theirs and charged, only the rest are failed and refunded."""
+    def given_up(self, db: Client, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
+        """Each variant is an asset in the customer's library as soon as it is stored: the ones an
+        earlier (or killed) delivery stored are theirs and charged, only the rest failed and refunded."""
         refs = [
             assets_ref(db, job.client_id).document(variant_asset_id(job, item, v)) for v in range(job.settings.variants)
         ]

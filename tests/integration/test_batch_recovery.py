@@ -303,3 +303,43 @@ def test_a_reaped_item_charges_the_images_it_stored_before_its_delivery_died(sta
     assert credits(stack, client_id) == (GRANT - 3 * unit, 0)
     assert moves(stack, client_id) == [("reserve", 4 * unit), ("capture", 3 * unit), ("release", unit)]
     assert_exact(stack, client_id)
+
+
+def test_an_item_that_fails_for_good_after_an_earlier_delivery_died_charges_the_images_that_delivery_stored(
+    stack: Any, client_id: str
+) -> None:
+    """The item's first delivery stores three variants and dies; the queue's redelivery cannot read
+    the product's photo any more (deleted meanwhile) and fails the item for good. The three images
+    are in the customer's library: they are charged, only the fourth is refunded."""
+    from tests.catalog_helpers import make_product, upload_image
+
+    def kill_fourth(request: ImageRequest) -> None:
+        if len(engine.requests) == 4:
+            raise Killed()
+
+    engine = ScriptedEngine(before=kill_fourth)
+    install(stack, engine=engine)
+    grant(stack, client_id)
+    unit = unit_price(stack)
+    headers, catalog = stack.headers(client_id), stack.client("catalog_api")
+    product_id = make_product(catalog, headers, "Mug")
+    photo_id = upload_image(stack, catalog, headers, client_id, product_id, images.png((64, 64)))
+    body = {"items": [{"product_id": product_id}], "variants": 4, "size": "1K"}
+    created = stack.client("generate_api").post("/jobs", json=body, headers=headers)
+    assert created.status_code == 202, created.json
+    job_id = created.json["id"]
+    with pytest.raises(Killed):
+        stack.run_tasks()
+    [died] = [t for t in stack.dispatcher.history if t.url.endswith("/tasks/item")]
+
+    photo = stack.platform.db.document(f"clients/{client_id}/assets/{photo_id}").get().to_dict()
+    stack.platform.object_store.delete(photo["key"])
+    assert stack.dispatcher.submit(queue=died.queue, name=f"{died.name}-redelivered", url=died.url, body=died.body)
+    stack.run_tasks()
+
+    job = get_job(stack, client_id, job_id)
+    assert job["status"] == "completed" and job["settlement"] == {"captured": 3 * unit, "released": unit}
+    [item] = items(stack, client_id, job_id)
+    assert item["status"] == "succeeded" and len(item["asset_ids"]) == 3 and item["failed_variants"] == 1
+    assert moves(stack, client_id) == [("reserve", 4 * unit), ("capture", 3 * unit), ("release", unit)]
+    assert_exact(stack, client_id)
