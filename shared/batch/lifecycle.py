@@ -412,7 +412,7 @@ def run_item(
         last_attempt = call.retry_count + 1 >= policy.max_attempts
         run = ItemRun(job, item, item_ref, taken, last_attempt=last_attempt, now=now)
         try:
-            result = _attempt(kind, db, run, work)
+            result = _attempt(kind, run, work, give_up=lambda error: kind.given_up(db, run.job, run.item, error))
         except ItemTakenOver:
             return TAKEN_OVER
     if isinstance(result, Finish):
@@ -444,17 +444,22 @@ def _take(db: Client, ref: Any, snapshot: Any, changes: dict[str, Any]) -> Any:
 
 
 def _attempt(
-    kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], work: ItemWork[JobT, ItemT]
+    kind: JobKind[JobT, ItemT],
+    run: ItemRun[JobT, ItemT],
+    work: ItemWork[JobT, ItemT],
+    give_up: Callable[[EpoxError], Finish] | None = None,
 ) -> Finish | Finished:
     """The kind's work, with the one retry rule: transient errors go back to the queue while attempts
-    remain; anything else, and anything on the last attempt, is the item's final failure."""
+    remain; anything else, and anything on the last attempt, is the item's final failure, decided by
+    ``give_up`` (default: the kind's plain failure)."""
+    final = give_up or (lambda error: kind.failed(run.job, error))
     try:
         return work(run)
     except ItemTakenOver:
         raise
     except EpoxError as error:
         if not kind.transient(error) or run.last_attempt:
-            return kind.given_up(db, run.job, run.item, error)
+            return final(error)
         if isinstance(error, RetryTask):
             raise
         retry_after = int(getattr(error, "retry_after", 0) or error.headers.get("Retry-After", 10))
@@ -464,7 +469,7 @@ def _attempt(
             raise  # a crash (500): the queue delivers again
         # The last attempt must still finish the item, or the job would never settle.
         logger.exception("item %s of %s %s crashed on its last attempt", run.item.index, kind.noun, run.job.id)
-        return kind.given_up(db, run.job, run.item, EpoxError(f"unexpected {type(error).__name__}"))
+        return final(EpoxError(f"unexpected {type(error).__name__}"))
 
 
 def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int) -> bool:
