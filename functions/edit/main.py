@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 from shared.batch import lifecycle
+from shared.batch.models import JobListQuery
 from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.editing import service
 from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
 from shared.editing.service import EDITS
 from shared.http.app import HttpApp, JsonResponse, RequestContext
+from shared.http.pagination import Page
 
 if TYPE_CHECKING:
     import flask
@@ -76,10 +78,24 @@ def quote_edit(ctx: Ctx) -> EditQuoteOut:
     return service.quote_edit(p.db, p.price_book.current(), ctx.client_id, ctx.body, service.edit_policy(p.settings))
 
 
+@api.get("/edits", query=JobListQuery)
+def list_edits(ctx: Ctx) -> Page[EditJobOut]:
+    db = ctx.platform.db
+    page = lifecycle.list_jobs(EDITS, db, ctx.client_id, ctx.query)
+    return Page[EditJobOut](items=[service.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
+
+
 @api.get("/edits/<job_id>")
 def get_edit(ctx: Ctx) -> EditJobOut:
     db = ctx.platform.db
     return service.job_out(db, EDITS.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
+
+
+@api.post("/edits/<job_id>/cancel", status=202)
+def cancel_edit(ctx: Ctx) -> EditJobOut:
+    p = ctx.platform
+    job = lifecycle.cancel_job(EDITS, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
+    return service.job_out(p.db, job)
 
 
 @api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True)

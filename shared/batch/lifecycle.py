@@ -553,8 +553,9 @@ class Progress(Generic[ItemT]):
 
     @property
     def counts(self) -> ItemCounts:
+        t = self.totals
         return ItemCounts(
-            queued=self.queued, running=self.running, succeeded=self.totals.succeeded, failed=self.totals.failed
+            queued=self.queued, running=self.running, succeeded=t.succeeded, failed=t.failed, cancelled=t.cancelled
         )
 
 

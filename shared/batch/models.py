@@ -88,6 +88,7 @@ class ItemCounts(BaseModel):
     running: int
     succeeded: int
     failed: int
+    cancelled: int
 
 
 # -- task payloads: ids only ----------------------------------------------------------------------

@@ -80,10 +80,6 @@ class ItemDoc(BatchItemDoc):
     failed_variants: int = 0
 
 
-class JobCounts(ItemCounts):
-    cancelled: int
-
-
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -92,7 +88,7 @@ class JobOut(BaseModel):
     variants: int
     cost: int
     unit_price: int
-    counts: JobCounts
+    counts: ItemCounts
     progress: float
     images_succeeded: int
     images_failed: int

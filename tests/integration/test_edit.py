@@ -696,3 +696,37 @@ def test_workers_refuse_callers_without_task_credentials(stack: Any, headers: di
 def _no_leftover_tasks(stack: Any) -> Iterator[None]:
     yield
     stack.run_tasks()
+
+
+def test_edit_jobs_are_listed_newest_first_and_can_be_cancelled_before_they_run(
+    stack: Any, edit: Any, catalog: Any, headers: dict[str, str], client_id: str, other_client_id: str
+) -> None:
+    grant(stack, client_id, GRANT)
+    asset_id = new_asset(stack, catalog, headers, client_id)
+    body = {"asset_ids": [asset_id], "operations": [{"op": "upscale", "size": "2K"}]}
+    first = edit.post("/edits", json=body, headers=headers).json
+    second = edit.post("/edits", json=body, headers=headers).json
+    assert available(stack, client_id) == (GRANT - first["cost"] - second["cost"], first["cost"] + second["cost"])
+
+    other = stack.headers(other_client_id)
+    assert edit.post(f"/edits/{second['id']}/cancel", headers=other).status_code == 404  # another tenant's job
+    cancelled = edit.post(f"/edits/{second['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 202, cancelled.json
+    assert cancelled.json["status"] == "cancelling"
+    stack.run_tasks()
+
+    listed = edit.get("/edits", headers=headers)
+    assert listed.status_code == 200, listed.json
+    assert [job["id"] for job in listed.json["items"]] == [second["id"], first["id"]]
+    done, stopped = listed.json["items"][1], listed.json["items"][0]
+    assert done["status"] == "completed" and done["settlement"]["captured"] == first["cost"]
+    assert stopped["status"] == "cancelled" and stopped["counts"]["cancelled"] == 1
+    assert stopped["settlement"] == {"captured": 0, "released": second["cost"], "succeeded": 0, "failed": 0}
+    assert available(stack, client_id) == (GRANT - first["cost"], 0)
+    assert revision_numbers(stack, client_id, asset_id) == [1, 2]  # only the first job made a revision
+
+    only = edit.get("/edits", query_string={"status": "cancelled"}, headers=headers).json
+    assert [job["id"] for job in only["items"]] == [second["id"]]
+    assert edit.get("/edits", headers=other).json["items"] == []
+    assert edit.post(f"/edits/{second['id']}/cancel", headers=headers).json["status"] == "cancelled"  # again: as is
+    assert stack.platform.ledger.verify(client_id) == []
