@@ -31,6 +31,7 @@ from shared.catalog.models import (
 from shared.catalog.policies import import_policy, upload_policy
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 from shared.http.pagination import Page
+from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
@@ -205,6 +206,12 @@ def import_chunk(ctx: Ctx) -> dict[str, str]:
         p.db, p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return {"outcome": outcome}
+
+
+@tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)
+def recount_product_usage(ctx: Ctx) -> products.UsageRecountReport:
+    p = ctx.platform
+    return finish(products.recount_every_client(p.db, p.clock()), products.RECOUNT_JOB)
 
 
 @functions_framework.http

@@ -13,6 +13,7 @@ product (Firestore has no full-text search): the query narrows on the longest qu
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import secrets
@@ -36,11 +37,14 @@ from shared.catalog.models import (
 )
 from shared.errors import EpoxError, NotFound, UpstreamUnavailable
 from shared.http.pagination import Page, decode_cursor, encode_cursor
+from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
     from shared.storage import ObjectStore
+
+logger = logging.getLogger("epox.catalog")
 
 MAX_PREFIX = 20
 _WORD = re.compile(r"[\w]+", re.UNICODE)
@@ -231,6 +235,37 @@ def recount_product_usage(db: Client, client_id: str, now: datetime, *, only_if_
             continue
         return count
     raise UpstreamUnavailable("The product counter is busy; try again", retry_after=1)
+
+
+class UsageRecountReport(ScheduledReport):
+    """``/jobs/recount-product-usage``: the counters that did not match the real product count."""
+
+    clients_checked: int = 0
+    corrected: dict[str, dict[str, int | None]] = Field(default_factory=dict)  # client → {"was", "now"}
+
+
+RECOUNT_JOB = "recount-product-usage"
+
+
+def recount_every_client(db: Client, now: datetime) -> UsageRecountReport:
+    """Daily repair of every client's product counter from a real count (each client on its own).
+
+    Writers that bypass the counter (an instance still on an older release during a deploy, a
+    manual fix in the console) make it drift; a drift found is corrected and logged as a warning.
+    """
+    report = UsageRecountReport()
+    for snapshot in db.collection("clients").select([]).stream():  # the ids only
+        client_id = snapshot.id
+        report.clients_checked += 1
+        with isolated(RECOUNT_JOB, client_id, report.failed):
+            before = usage_ref(db, client_id).get()
+            was = ProductUsageDoc.model_validate(before.to_dict()).used if before.exists else None
+            count = recount_product_usage(db, client_id, now)
+            if was != count:
+                report.corrected[client_id] = {"was": was, "now": count}
+                if was is not None:
+                    logger.warning("product counter of client %s was %s, counted %s", client_id, was, count)
+    return report
 
 
 def product_usage(db: Client, client_id: str) -> SlotUsage:

@@ -274,6 +274,28 @@ def test_recount_repairs_a_drifted_counter(stack: Any, api: Api, client_id: str)
     assert counter(db, client_id)["used"] == 3
 
 
+def test_the_daily_recount_repairs_every_drifted_counter_through_the_scheduler_route(
+    stack: Any, api: Api, client_id: str, other_client_id: str
+) -> None:
+    from tests.conftest import TASK_SECRET
+
+    db = stack.platform.db
+    assert create(api, "Counted").status_code == 201
+    legacy_products(db, client_id, 2)
+    steady = Api(stack, other_client_id)
+    assert create(steady, "Counted too").status_code == 201
+    jobs = stack.client("catalog_tasks")
+    assert jobs.post("/jobs/recount-product-usage").status_code == 401  # Cloud Scheduler only
+
+    ran = jobs.post("/jobs/recount-product-usage", headers={"Authorization": f"Bearer {TASK_SECRET}"})
+    assert ran.status_code == 200, ran.json
+    assert ran.json["corrected"][client_id] == {"was": 1, "now": 3}
+    assert other_client_id not in ran.json["corrected"]
+    assert counter(db, client_id)["used"] == 3 and counter(db, other_client_id)["used"] == 1
+    again = jobs.post("/jobs/recount-product-usage", headers={"Authorization": f"Bearer {TASK_SECRET}"})
+    assert client_id not in again.json["corrected"]
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(
     limit=st.integers(min_value=0, max_value=8),
