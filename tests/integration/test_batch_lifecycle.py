@@ -793,9 +793,9 @@ class RacingClips(Clips):
         return super().get_job(db, client_id, job_id)
 
 
-def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_nor_counts_it(
-    db: Any, client_id: str
-) -> None:
+def _a_delivery_died(db: Any, client_id: str) -> tuple[RacingClips, Harness, ClipJob, Any, list[int]]:
+    """A one-item job whose first delivery dies with the item running; later deliveries work. Returns
+    the kind, the harness, the job, the item's task (to deliver again) and the attempts the work saw."""
     kind = RacingClips()
     runs: list[int] = []
 
@@ -808,8 +808,14 @@ def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_
     h = Harness(db, client_id, kind, work)
     job = h.accept(clips(7), cost=8, unit_price=1)
     with pytest.raises(Killed):
-        h.run()  # the first delivery dies with the item running
-    item_task = h.queue.tasks[-1]
+        h.run()
+    return kind, h, job, h.queue.tasks[-1], runs
+
+
+def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_nor_counts_it(
+    db: Any, client_id: str
+) -> None:
+    kind, h, job, item_task, runs = _a_delivery_died(db, client_id)
 
     # Past the lease, the queue delivers the item again just as the reaper gives it up: the delivery
     # read the item as running, the reaper's failure is committed before the delivery's next write.
@@ -831,20 +837,7 @@ def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_
 def test_a_delivery_that_read_its_item_before_another_delivery_finished_it_changes_nothing(
     db: Any, client_id: str
 ) -> None:
-    kind = RacingClips()
-    runs: list[int] = []
-
-    def work(run: ItemRun[ClipJob, ClipItem]) -> Finish:
-        runs.append(run.item.attempts)
-        if run.item.attempts == 0:
-            raise Killed()
-        return make_clips(run)
-
-    h = Harness(db, client_id, kind, work)
-    job = h.accept(clips(7), cost=8, unit_price=1)
-    with pytest.raises(Killed):
-        h.run()  # the first delivery dies with the item running
-    item_task = h.queue.tasks[-1]
+    kind, h, job, item_task, runs = _a_delivery_died(db, client_id)
 
     # Two more deliveries of the item task: the later one reads the item (running) while the earlier
     # one runs it to the end; its own write comes after that success was committed.
