@@ -6,10 +6,17 @@ the original name only in the ``Host`` header and as TLS SNI. Because the hostna
 a second time there is no DNS-rebinding window. Redirects are followed by hand so each hop goes
 through the same checks. Every failure surfaces as one of the errors below; no httpx exception
 escapes :meth:`SafeFetcher.fetch`.
+
+``FetchLimits.total_timeout`` is one wall-clock deadline for the whole fetch: the DNS lookup runs
+under it, and the fetcher's own transport caps every connect, TLS handshake, read and write at the
+time left, so a server that drips its status line or headers a byte at a time cannot outlast it.
+A host that does not resolve and one that resolves to a forbidden address get the same answer, so
+the error text says nothing about internal names; only the ports of ordinary web servers are used.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import math
 import random
@@ -27,6 +34,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self, TypeAlias
 
+import httpcore
 import httpx
 
 from shared.errors import UnprocessableContent, UpstreamUnavailable
@@ -38,6 +46,12 @@ USER_AGENT: Final = "EpoxFetcher/1.0"
 MAX_URL_LENGTH: Final = 2048
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# Ports of ordinary web servers. Any other port would let a URL probe (or talk another protocol
+# to) services of third parties; addresses in ``extra_allowed_networks`` (dev, tests) may use any.
+WEB_PORTS: Final = frozenset({80, 443, 8080, 8443})
+# One answer for "no such host" and "resolves to an address we refuse": telling them apart would let
+# a tenant map internal DNS names (on Google Cloud the resolver also answers for private zones).
+_UNRESOLVABLE_OR_FORBIDDEN: Final = "The URL's host does not resolve to an address that may be fetched."
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 # Longer server-requested waits are not worth honouring in-process; cap what we report.
 _MAX_RETRY_AFTER: Final = 24 * 60 * 60
@@ -243,21 +257,40 @@ class AddressPolicy:
     ``extra_allowed_networks`` punches explicit holes and exists for the dev stack and tests only.
     """
 
-    def __init__(self, extra_allowed_networks: Iterable[IPNetwork] = ()) -> None:
+    def __init__(
+        self, extra_allowed_networks: Iterable[IPNetwork] = (), *, allowed_ports: Iterable[int] = WEB_PORTS
+    ) -> None:
         self._extra: tuple[IPNetwork, ...] = tuple(extra_allowed_networks)
+        self._ports = frozenset(allowed_ports)
 
     @property
     def extra_allowed_networks(self) -> tuple[IPNetwork, ...]:
         """The explicitly allowed networks."""
         return self._extra
 
+    @property
+    def allowed_ports(self) -> frozenset[int]:
+        """The ports public addresses may be contacted on (any port for the extra networks)."""
+        return self._ports
+
+    def port_may_be_allowed(self, port: int) -> bool:
+        """Whether ``port`` can be allowed for some address (checked before any DNS lookup)."""
+        return port in self._ports or bool(self._extra)
+
+    def port_allowed(self, port: int, addresses: Iterable[IPAddress]) -> bool:
+        """Whether ``port`` may be used with all of ``addresses`` (already allowed by :meth:`is_allowed`)."""
+        return port in self._ports or all(self._in_extra(a) for a in addresses)
+
+    def _in_extra(self, address: IPAddress) -> bool:
+        return any(a in net for a in (address, *_embedded_ipv4(address)) for net in self._extra)
+
     def is_allowed(self, address: IPAddress) -> bool:
         """Whether a connection to ``address`` is permitted."""
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
             return False
-        embedded = _embedded_ipv4(address)
-        if any(a in net for a in (address, *embedded) for net in self._extra):
+        if self._in_extra(address):
             return True
+        embedded = _embedded_ipv4(address)
         if embedded:
             return all(_is_public(a) for a in embedded)
         return _is_public(address)
@@ -505,10 +538,19 @@ class SafeFetcher:
         request_headers = _check_caller_headers(headers)
         deadline = time.monotonic() + limits.total_timeout
         target = _parse_target(url)
+        token = _DEADLINE.set(deadline)  # read by the transport's network streams (this thread only)
+        try:
+            return self._fetch(target, limits, request_headers, deadline)
+        finally:
+            _DEADLINE.reset(token)
+
+    def _fetch(
+        self, target: _Target, limits: FetchLimits, request_headers: dict[str, str], deadline: float
+    ) -> FetchedResource:
         redirects = 0
         try:
             while True:
-                addresses = self._vetted_addresses(target)
+                addresses = self._vetted_addresses(target, deadline)
                 response = self._send(target, addresses, request_headers, limits, deadline)
                 try:
                     if response.status_code not in _REDIRECT_STATUSES:
@@ -545,11 +587,7 @@ class SafeFetcher:
             if self._closed:
                 raise RuntimeError("SafeFetcher is closed")
             if self._client is None:
-                # Keep-alive is off for our own transport: the pool is keyed by IP, so a kept
-                # connection verified for one TLS name could otherwise serve another name.
-                transport = self._transport or httpx.HTTPTransport(
-                    retries=0, limits=httpx.Limits(max_keepalive_connections=0)
-                )
+                transport = self._transport or _DeadlineTransport()
                 self._client = httpx.Client(
                     transport=transport,
                     follow_redirects=False,
@@ -566,24 +604,55 @@ class SafeFetcher:
                 )
             return self._client
 
-    def _vetted_addresses(self, target: _Target) -> list[IPAddress]:
+    def _vetted_addresses(self, target: _Target, deadline: float) -> list[IPAddress]:
+        ports = self._policy.allowed_ports
+        port_refused = UrlNotAllowed(
+            f"The URL's port {target.port} may not be used (only {', '.join(str(p) for p in sorted(ports))})."
+        )
+        if not self._policy.port_may_be_allowed(target.port):
+            raise port_refused  # before any lookup: a refused port teaches nothing about the host
         if target.literal is not None:
+            if not self._policy.is_allowed(target.literal):
+                raise UrlNotAllowed("The URL points at an address that may not be contacted.")
             addresses = [target.literal]
         else:
-            try:
-                addresses = self._resolver.resolve(target.host, target.port)
-            except socket.gaierror as exc:
-                if exc.errno in _PERMANENT_GAI_ERRORS:
-                    raise FetchFailed("The URL's host does not exist.") from exc
-                raise FetchTemporarilyFailed("The URL's host could not be resolved.") from exc
-            except OSError as exc:
-                raise FetchTemporarilyFailed("The URL's host could not be resolved.") from exc
-            if not addresses:
-                raise FetchFailed("The URL's host has no addresses.")
-        # All must pass: which address a connection ends up using is not ours to predict.
-        if not all(self._policy.is_allowed(a) for a in addresses):
-            raise UrlNotAllowed("The URL's host resolves to an address that may not be contacted.")
+            addresses = self._resolve(target, deadline)
+            # All must pass: which address a connection ends up using is not ours to predict.
+            if not addresses or not all(self._policy.is_allowed(a) for a in addresses):
+                raise UrlNotAllowed(_UNRESOLVABLE_OR_FORBIDDEN)
+        if not self._policy.port_allowed(target.port, addresses):
+            raise port_refused
         return addresses
+
+    def _resolve(self, target: _Target, deadline: float) -> list[IPAddress]:
+        """The resolver's answer, waited for no longer than the fetch's deadline.
+
+        ``getaddrinfo`` cannot be interrupted, so it runs in a daemon thread that is abandoned (and
+        ends with the system resolver's own timeout) when the deadline passes first.
+        """
+        outcome: list[list[IPAddress] | BaseException] = []
+
+        def lookup() -> None:
+            try:
+                outcome.append(self._resolver.resolve(target.host, target.port))
+            except BaseException as exc:  # handed to the waiting thread, which raises it there
+                outcome.append(exc)
+
+        worker = threading.Thread(target=lookup, name="safe-fetch-dns", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if not outcome:
+            raise FetchTemporarilyFailed("The URL's host could not be resolved in time.")
+        result = outcome[0]
+        if isinstance(result, socket.gaierror):
+            if result.errno in _PERMANENT_GAI_ERRORS:
+                raise UrlNotAllowed(_UNRESOLVABLE_OR_FORBIDDEN) from result
+            raise FetchTemporarilyFailed("The URL's host could not be resolved.") from result
+        if isinstance(result, OSError):
+            raise FetchTemporarilyFailed("The URL's host could not be resolved.") from result
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _send(
         self,
@@ -657,6 +726,93 @@ class SafeFetcher:
             if time.monotonic() > deadline:
                 raise FetchTemporarilyFailed("The fetch took longer than the total time limit.")
         return FetchedResource(url=str(target.url), status=status, content_type=content_type, body=bytes(body))
+
+
+# --------------------------------------------------------------------------------------------------
+# Transport: every socket operation is bounded by the fetch's deadline
+
+# The monotonic deadline of the fetch running in this thread (set by SafeFetcher.fetch).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("safe_fetch_deadline", default=None)
+
+
+def _capped(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left of the current fetch's deadline; ``expired`` once it passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired("The fetch took longer than the total time limit.")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS handshake ends by the fetch's deadline.
+
+    httpcore applies the read timeout to each ``recv``; a server sending one byte just inside it
+    would otherwise keep a response's status line and headers coming for as long as it likes."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _capped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        capped = _capped(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, capped, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are not fetched")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's own transport (certificates, exception mapping) on a pool whose sockets keep the deadline.
+
+    Keep-alive is off: the pool is keyed by IP, so a kept connection verified for one TLS name
+    could otherwise serve another name."""
+
+    def __init__(self) -> None:
+        # Not HTTPTransport.__init__: it only builds the pool (loading the CA bundle) that this replaces;
+        # handle_request and close use nothing else.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_keepalive_connections=0,
+            retries=0,
+            network_backend=_DeadlineBackend(),
+        )
 
 
 def _connectable(address: IPAddress) -> IPAddress:

@@ -631,9 +631,160 @@ def test_malformed_or_forbidden_urls_are_refused(
 
 
 def test_unknown_host_is_a_permanent_failure(dev_fetcher: SafeFetcher, transport: LoopbackOnlyTransport) -> None:
-    with pytest.raises(FetchFailed) as caught:
+    with pytest.raises(UrlNotAllowed) as caught:
         dev_fetcher.fetch("http://nowhere.example.test/")
     assert caught.value.retryable is False
+    assert transport.hosts == []
+
+
+@pytest.mark.parametrize("host", ["private.example.test", "metadata.example.test", "mixed.example.test"])
+def test_a_missing_host_and_a_forbidden_one_answer_alike(
+    host: str, default_fetcher: SafeFetcher, transport: LoopbackOnlyTransport
+) -> None:
+    """No internal-DNS oracle: whether a name exists in (private) DNS cannot be read off the error."""
+    with pytest.raises(UrlNotAllowed) as missing:
+        default_fetcher.fetch("http://nowhere.example.test/x.png")
+    with pytest.raises(UrlNotAllowed) as forbidden:
+        default_fetcher.fetch(f"http://{host}/x.png")
+    assert (type(missing.value), missing.value.code, missing.value.detail) == (
+        type(forbidden.value),
+        forbidden.value.code,
+        forbidden.value.detail,
+    )
+    assert missing.value.extensions == forbidden.value.extensions == {}
+    assert transport.hosts == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://public.example.test:22/", "https://public.example.test:6379/", "http://8.8.8.8:25/"]
+)
+def test_other_ports_are_refused_before_any_lookup(url: str) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _png(request)
+
+    resolver = FakeResolver(NAMES)
+    with SafeFetcher(resolver, transport=httpx.MockTransport(handler)) as fetcher:
+        with pytest.raises(UrlNotAllowed) as caught:
+            fetcher.fetch(url)
+        assert "port" in caught.value.detail
+        assert resolver.calls == [] and seen == []
+        # The ports of web servers are fetched.
+        for scheme, port in (("http", 80), ("https", 443), ("http", 8080), ("https", 8443)):
+            assert fetcher.fetch(f"{scheme}://public.example.test:{port}/x.png").body == PNG
+    assert len(seen) == 4
+
+
+def test_extra_networks_open_any_port_for_themselves_only() -> None:
+    """The dev/test hole (127.0.0.1 on a random port) does not open other ports of public hosts."""
+    resolver = FakeResolver(NAMES)
+    with SafeFetcher(resolver, LOOPBACK_ONLY, transport=httpx.MockTransport(_png)) as fetcher:
+        assert fetcher.fetch("http://images.example.test:5555/x.png").body == PNG
+        with pytest.raises(UrlNotAllowed, match="port"):
+            fetcher.fetch("http://public.example.test:5555/x.png")
+
+
+def test_a_redirect_to_another_port_is_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "http://public.example.test:11211/"})
+
+    fetcher = SafeFetcher(FakeResolver(NAMES), transport=httpx.MockTransport(handler))
+    with fetcher, pytest.raises(UrlNotAllowed, match="port"):
+        fetcher.fetch("http://public.example.test/x.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# The total deadline holds while the response arrives, and covers DNS
+
+
+@dataclass
+class Dripper:
+    """A server that accepts and then sends ``payload`` one byte every ``interval`` seconds."""
+
+    port: int
+    stop: threading.Event
+
+
+@contextlib.contextmanager
+def dripping_server(payload: bytes, interval: float) -> Iterator[Dripper]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)  # the request
+            for byte in payload:
+                if stop.wait(interval):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Dripper(listener.getsockname()[1], stop)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
+
+
+SLOW_HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Padding: " + b"a" * 200 + b"\r\n\r\n"
+
+
+def test_a_server_dripping_its_status_line_and_headers_cannot_outlast_the_total_timeout(
+    resolver: FakeResolver,
+) -> None:
+    # Each byte comes well inside the read timeout; all of them would take about 8 s.
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, total_timeout=1.0)
+    with (
+        dripping_server(SLOW_HEADERS, interval=8 / len(SLOW_HEADERS)) as server,
+        SafeFetcher(resolver, LOOPBACK_ONLY, limits) as fetcher,
+    ):
+        started = time.monotonic()
+        with pytest.raises(FetchTemporarilyFailed):
+            fetcher.fetch(f"http://images.example.test:{server.port}/x.png")
+        elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 1.5, elapsed
+
+
+class SlowResolver(Resolver):
+    """A resolver that answers only when released (a DNS server that does not answer)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def resolve(self, host: str, port: int) -> list[IPAddress]:
+        self.release.wait(10)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+
+def test_dns_resolution_is_inside_the_total_timeout(transport: LoopbackOnlyTransport) -> None:
+    slow = SlowResolver()
+    limits = FetchLimits(connect_timeout=1.0, read_timeout=1.0, total_timeout=0.5)
+    try:
+        with SafeFetcher(slow, LOOPBACK_ONLY, limits, transport) as fetcher:
+            started = time.monotonic()
+            with pytest.raises(FetchTemporarilyFailed, match="resolved"):
+                fetcher.fetch("http://images.example.test:8080/x.png")
+            elapsed = time.monotonic() - started
+    finally:
+        slow.release.set()
+    assert 0.4 <= elapsed < 1.0, elapsed
     assert transport.hosts == []
 
 
