@@ -53,7 +53,7 @@ from shared.batch.models import (
 )
 from shared.catalog.products import new_id
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
-from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.http.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
 from shared.scheduled import isolated
 from shared.tasks import RetryTask, TaskCall, TaskQueue
@@ -857,10 +857,7 @@ def list_jobs(kind: JobKind[JobT, Any], db: Client, client_id: str, query: JobLi
     q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
     if query.cursor:
         values = decode_cursor(query.cursor)
-        try:
-            q = q.start_after({"created_at": datetime.fromisoformat(str(values["t"])), "id": str(values["id"])})
-        except (KeyError, ValueError) as exc:
-            raise InvalidCursor() from exc
+        q = q.start_after({"created_at": cursor_datetime(values, "t"), "id": cursor_str(values, "id")})
     docs = [kind.job_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
     cursor = None
     if len(docs) > query.limit:
@@ -879,10 +876,7 @@ def list_items(kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: st
         q = q.where(filter=FieldFilter("status", "==", query.status.value))
     q = q.order_by("index")
     if query.cursor:
-        try:
-            q = q.start_after({"index": int(decode_cursor(query.cursor)["i"])})
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidCursor() from exc
+        q = q.start_after({"index": cursor_int(decode_cursor(query.cursor), "i")})
     docs = [kind.item_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
     cursor = None
     if len(docs) > query.limit:

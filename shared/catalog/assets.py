@@ -21,7 +21,7 @@ from shared.catalog.models import (
 )
 from shared.catalog.products import products_ref
 from shared.errors import NotFound, ValidationFailed
-from shared.http.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.http.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -217,12 +217,7 @@ def list_assets(db: Client, client_id: str, query: AssetListQuery) -> Page[Asset
     q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
     if query.cursor:
         values = decode_cursor(query.cursor)
-        try:
-            q = q.start_after(
-                {"created_at": datetime.fromisoformat(str(values["created_at"])), "id": str(values["id"])}
-            )
-        except (KeyError, ValueError) as exc:
-            raise InvalidCursor() from exc
+        q = q.start_after({"created_at": cursor_datetime(values, "created_at"), "id": cursor_str(values, "id")})
     docs = [AssetDoc.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
     next_cursor = None
     if len(docs) > query.limit:

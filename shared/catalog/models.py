@@ -18,7 +18,8 @@ Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 Description = Annotated[str, StringConstraints(max_length=20_000)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Price = Annotated[Decimal, Field(ge=0, le=Decimal("100000000"), max_digits=12, decimal_places=2)]
-Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+# Starts alphanumeric, as the router's path ids do: Firestore reserves ids like "__x__" (a 500 if used).
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
 
 
 class StrictModel(BaseModel):

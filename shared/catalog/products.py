@@ -513,15 +513,12 @@ def _cursor_for_position(position: dict[str, Any] | None) -> str | None:
 
 
 def _cursor_position(cursor: str | None) -> dict[str, Any] | None:
-    from shared.http.pagination import InvalidCursor
+    from shared.http.pagination import cursor_datetime, cursor_str
 
     if cursor is None:
         return None
     values = decode_cursor(cursor)
-    try:
-        return {"created_at": datetime.fromisoformat(str(values["created_at"])), "id": str(values["id"])}
-    except (KeyError, ValueError) as exc:
-        raise InvalidCursor() from exc
+    return {"created_at": cursor_datetime(values, "created_at"), "id": cursor_str(values, "id")}
 
 
 def products_by_ids(db: Client, client_id: str, product_ids: Iterable[str]) -> dict[str, ProductDoc]:

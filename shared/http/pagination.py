@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +16,8 @@ from shared.errors import BadRequest
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 100
+# Firestore integers are signed 64-bit; a larger position fails the query itself (a 500).
+_INT64_LIMIT = 2**63
 
 
 class InvalidCursor(BadRequest):
@@ -50,3 +54,37 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidCursor()
     return value
+
+
+def cursor_datetime(values: Mapping[str, Any], key: str) -> datetime:
+    """The instant under ``key`` of a decoded cursor, in UTC; anything else is a 400 ``invalid_cursor``.
+
+    Converted here, inside the check: an offset can carry year 1 or 9999 past the calendar
+    (``0001-01-01T00:00:00+05:00``), which parses but fails when Firestore converts it to UTC.
+    A time without an offset is read as UTC, as every cursor we write carries one.
+    """
+    raw = values.get(key)
+    if not isinstance(raw, str):
+        raise InvalidCursor()
+    try:
+        parsed = datetime.fromisoformat(raw)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidCursor() from exc
+
+
+def cursor_int(values: Mapping[str, Any], key: str) -> int:
+    """The position under ``key`` of a decoded cursor: an integer Firestore can compare (0 <= v < 2**63)."""
+    raw = values.get(key)
+    # JSON Infinity/NaN arrive as floats and true/false as bools: none of them is a position.
+    if type(raw) is not int or not 0 <= raw < _INT64_LIMIT:
+        raise InvalidCursor()
+    return raw
+
+
+def cursor_str(values: Mapping[str, Any], key: str) -> str:
+    """The id under ``key`` of a decoded cursor (compared as a field value, never used as a path)."""
+    raw = values.get(key)
+    if not isinstance(raw, str) or not raw:
+        raise InvalidCursor()
+    return raw

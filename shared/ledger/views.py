@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.errors import ValidationFailed
-from shared.http.pagination import InvalidCursor, Page, PageQuery, decode_cursor, encode_cursor
+from shared.http.pagination import Page, PageQuery, cursor_datetime, cursor_int, decode_cursor, encode_cursor
 from shared.ledger.model import Actor, Entry, EntryType, LedgerState, burn_order
 from shared.scheduled import ScheduledReport, isolated
 
@@ -123,13 +123,7 @@ def history(db: Client, client_id: str, query: HistoryQuery) -> Page[EntryView]:
     q = _entries_query(db, client_id, query)
     if query.cursor:
         values = decode_cursor(query.cursor)
-        try:
-            created_at, seq = datetime.fromisoformat(str(values["t"])), int(values["s"])
-        except (KeyError, ValueError, TypeError) as exc:  # TypeError: e.g. {"s": [1]} or {"s": null}
-            raise InvalidCursor() from exc
-        if not 0 <= seq < 2**63:  # beyond int64 Firestore fails the query itself (a 500)
-            raise InvalidCursor()
-        q = q.start_after({"created_at": created_at, "seq": seq})
+        q = q.start_after({"created_at": cursor_datetime(values, "t"), "seq": cursor_int(values, "s")})
     entries = [Entry.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
     next_cursor = None
     if len(entries) > query.limit:

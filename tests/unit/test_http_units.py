@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -33,7 +33,15 @@ from shared.http.idempotency import (
     fingerprint_request,
     run_idempotent,
 )
-from shared.http.pagination import InvalidCursor, PageQuery, decode_cursor, encode_cursor
+from shared.http.pagination import (
+    InvalidCursor,
+    PageQuery,
+    cursor_datetime,
+    cursor_int,
+    cursor_str,
+    decode_cursor,
+    encode_cursor,
+)
 from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
 from shared.platform import Platform
 from shared.tasks import SharedSecretTaskVerifier
@@ -88,6 +96,38 @@ def test_invalid_cursor_is_400_invalid_cursor(cursor: str) -> None:
         decode_cursor(cursor)
     assert caught.value.status == 400
     assert caught.value.code == "invalid_cursor"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "2024-13-01T00:00:00", "", 5, None, ["2024-05-01"]],
+)
+def test_cursor_datetime_refuses_what_cannot_become_a_utc_instant(raw: Any) -> None:
+    with pytest.raises(InvalidCursor):
+        cursor_datetime({"t": raw}, "t")
+
+
+def test_cursor_datetime_is_utc_and_reads_a_naive_time_as_utc() -> None:
+    assert cursor_datetime({"t": "2024-05-01T12:00:00+02:00"}, "t") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert cursor_datetime({"t": "2024-05-01T12:00:00+02:00"}, "t").utcoffset() == timedelta(0)
+    assert cursor_datetime({"t": "0001-01-01T00:00:00"}, "t") == datetime(1, 1, 1, tzinfo=UTC)
+    with pytest.raises(InvalidCursor):
+        cursor_datetime({}, "t")
+
+
+@pytest.mark.parametrize("raw", [float("inf"), float("nan"), 2**63, -1, 1.0, True, "3", [1], None])
+def test_cursor_int_refuses_what_is_not_an_int64_position(raw: Any) -> None:
+    with pytest.raises(InvalidCursor):
+        cursor_int({"i": raw}, "i")
+
+
+def test_cursor_int_and_str_accept_their_own_cursors() -> None:
+    values = decode_cursor(encode_cursor({"i": 2**63 - 1, "id": "job_1"}))
+    assert cursor_int(values, "i") == 2**63 - 1 and cursor_int({"i": 0}, "i") == 0
+    assert cursor_str(values, "id") == "job_1"
+    for bad in (5, "", None, ["x"]):
+        with pytest.raises(InvalidCursor):
+            cursor_str({"id": bad}, "id")
 
 
 @pytest.mark.parametrize("limit", [0, -1, 101])
