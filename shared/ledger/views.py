@@ -82,6 +82,11 @@ class HistoryQuery(PageQuery):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 setattr(self, name, value.replace(tzinfo=UTC))
+            elif value is not None:
+                try:  # an offset can carry year 1 or 9999 past the calendar, which Firestore fails on (a 500)
+                    setattr(self, name, value.astimezone(UTC))
+                except OverflowError as exc:
+                    raise ValueError(f"'{name.rstrip('_')}' is outside the calendar in UTC") from exc
         if self.from_ and self.to and self.from_ >= self.to:
             raise ValueError("'from' must be before 'to'")
         return self

@@ -126,6 +126,17 @@ def test_only_positions_firestore_cannot_hold_are_refused(stack: Any, headers: d
     assert status("generate_api", f"/jobs/{job_id}/items", {"i": 2**63}) == 400
 
 
+@pytest.mark.parametrize("bound", ["from", "to"])
+def test_history_time_filters_past_the_calendar_are_422(stack: Any, headers: dict[str, str], bound: str) -> None:
+    """Not a cursor, but the same trap: a filter instant whose offset leaves the calendar in UTC."""
+    credits_api = stack.client("credits_api")
+    for moment in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        response = credits_api.get("/history", query_string={bound: moment}, headers=headers)
+        problem(response, 422, "validation_failed")
+    edge = "0001-01-01T00:00:00+00:00" if bound == "from" else "9999-12-31T23:59:59+00:00"
+    assert credits_api.get("/history", query_string={bound: edge}, headers=headers).status_code == 200
+
+
 # -- ids Firestore reserves -------------------------------------------------------------------------------
 
 RESERVED = ["__x__", "__name__"]
