@@ -1,7 +1,8 @@
 """A local stand-in for Cloud Tasks.
 
 It delivers tasks as Cloud Tasks does: POST to the worker URL with the ``X-CloudTasks-*`` headers,
-a bearer credential (the dev shared secret in place of an OIDC token), retries with exponential
+a bearer credential (the dev shared secret in place of an OIDC token), the task's own headers (its
+``traceparent``), retries with exponential
 backoff on any non-2xx answer up to a bounded number of attempts, and de-duplication of named tasks
 for an hour. The same class serves the dev stack (a background thread delivering over HTTP) and the
 tests (delivering synchronously through a Flask test client with :meth:`run_until_idle`). A task's
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shared.tasks import TaskQueue, TaskRequest
+from shared.tasks import TaskQueue, TaskRequest, propagation_headers
 
 # (url, headers, body) -> status code and Retry-After seconds (None when absent)
 Transport = Callable[[str, dict[str, str], bytes], tuple[int, float | None]]
@@ -42,6 +43,7 @@ class LocalTask:
     url: str
     body: bytes
     dispatch_deadline: float | None = None  # seconds; recorded, not enforced
+    headers: dict[str, str] = field(default_factory=dict)  # the task's own (traceparent), sent every delivery
     attempts: int = 0
     outcomes: list[int] = field(default_factory=list)
     done: bool = False
@@ -88,6 +90,7 @@ class TaskDispatcher(TaskQueue):
             body=task.body(),
             schedule_time=task.schedule_time,
             dispatch_deadline=task.dispatch_deadline.total_seconds() if task.dispatch_deadline else None,
+            headers=propagation_headers(),
         )
 
     # -- submission (also reached over HTTP from LocalDispatcherQueue) -------------------------------
@@ -100,6 +103,7 @@ class TaskDispatcher(TaskQueue):
         body: bytes,
         schedule_time: datetime | None = None,
         dispatch_deadline: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         """Queue a task; False when a task of that name was submitted within the last hour."""
         now = self.clock()
@@ -112,7 +116,14 @@ class TaskDispatcher(TaskQueue):
             delay = 0.0
             if schedule_time is not None:
                 delay = max(0.0, (schedule_time - datetime.now(UTC)).total_seconds())
-            local = LocalTask(queue=queue, name=task_name, url=url, body=body, dispatch_deadline=dispatch_deadline)
+            local = LocalTask(
+                queue=queue,
+                name=task_name,
+                url=url,
+                body=body,
+                dispatch_deadline=dispatch_deadline,
+                headers=dict(headers or {}),
+            )
             self.history.append(local)
             heapq.heappush(self._heap, _Pending(now + delay, next(self._seq), local))
             self._lock.notify_all()
@@ -120,7 +131,9 @@ class TaskDispatcher(TaskQueue):
 
     # -- delivery ------------------------------------------------------------------------------------
     def _headers(self, task: LocalTask) -> dict[str, str]:
+        # The queue's own headers win over a task's, as in Cloud Tasks.
         return {
+            **task.headers,
             "Content-Type": "application/json",
             "Authorization": f"Bearer {self.secret}",
             "User-Agent": "Google-Cloud-Tasks",

@@ -109,7 +109,12 @@ def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
         doc = request.get_json(force=True)
         schedule = datetime.fromisoformat(doc["schedule_time"]) if doc.get("schedule_time") else None
         accepted = dispatcher.submit(
-            queue=doc["queue"], name=doc.get("name"), url=doc["url"], body=doc["body"].encode(), schedule_time=schedule
+            queue=doc["queue"],
+            name=doc.get("name"),
+            url=doc["url"],
+            body=doc["body"].encode(),
+            schedule_time=schedule,
+            headers={str(k): str(v) for k, v in (doc.get("headers") or {}).items()},
         )
         return (jsonify({"accepted": True}), 201) if accepted else (jsonify({"error": "task name exists"}), 409)
 

@@ -3,7 +3,8 @@
 Task bodies carry ids, not data. A task may carry a name: a second task with the same name is a
 duplicate and is dropped (``enqueue`` returns False), which is how fan-out stays idempotent.
 Locally, :class:`LocalDispatcherQueue` hands tasks to the dev stack's dispatcher, which delivers them
-with the same headers and retry behaviour as Cloud Tasks.
+with the same headers and retry behaviour as Cloud Tasks. A task enqueued while serving a traced
+request carries the trace on (a ``traceparent`` header), so its worker logs under the same trace.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from shared import logging as log
 from shared.errors import ConfigurationError, EpoxError, Forbidden, Unauthenticated, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -90,6 +92,12 @@ def windowed_task(
     )
 
 
+def propagation_headers() -> dict[str, str]:
+    """Headers every task's HTTP request carries besides the body: the current trace, if any."""
+    traceparent = log.outgoing_traceparent()
+    return {"traceparent": traceparent} if traceparent else {}
+
+
 class TaskQueue(ABC):
     """Port for enqueuing background work."""
 
@@ -132,7 +140,7 @@ class CloudTasksQueue(TaskQueue):
             "http_request": {
                 "http_method": tasks_v2.HttpMethod.POST,
                 "url": function_url + task.path,
-                "headers": {"Content-Type": "application/json"},
+                "headers": {"Content-Type": "application/json", **propagation_headers()},
                 "body": task.body(),
                 "oidc_token": {"service_account_email": self.service_account, "audience": function_url},
             }
@@ -173,6 +181,7 @@ class LocalDispatcherQueue(TaskQueue):
             "url": f"{self.target_base_url.rstrip('/')}/{task.target}{task.path}",
             "body": task.body().decode(),
             "schedule_time": task.schedule_time.isoformat() if task.schedule_time else None,
+            "headers": propagation_headers(),
         }
         try:
             response = httpx.post(self.dispatcher_url, json=document, timeout=5, trust_env=False)

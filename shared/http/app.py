@@ -186,8 +186,8 @@ class HttpApp:
     def handle(self, request: Request) -> Response:
         """Serve one request; never raises."""
         request_id = _request_id(request)
-        trace, span = log.parse_cloud_trace(request.headers.get("X-Cloud-Trace-Context"))
-        token = log.bind(request_id=request_id, trace=trace, span_id=span, service=self.service)
+        trace = log.trace_from_headers(request.headers)
+        token = log.bind(request_id=request_id, service=self.service, **(trace.log_fields() if trace else {}))
         started = time.perf_counter()
         platform: Platform | None = None
         response: Response

@@ -581,7 +581,7 @@ def test_request_log_line_is_structured_and_has_no_token(stack: Any, client_id: 
     line = request_lines[0]
     assert line["severity"] == "INFO"
     assert line["logging.googleapis.com/trace"] == f"projects/epox-test/traces/{trace}"
-    assert line["logging.googleapis.com/spanId"] == "123"
+    assert line["logging.googleapis.com/spanId"] == "000000000000007b"  # decimal 123 as 16 hex characters
     assert line["request_id"] == "req-log-test-1"
     assert line["client_id"] == client_id
     assert line["service"] == "catalog_api"
