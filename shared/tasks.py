@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 
 from shared import logging as log
 from shared.errors import ConfigurationError, EpoxError, Forbidden, Unauthenticated, UpstreamUnavailable
+from shared.retry import TRANSIENT_UPSTREAM, attempts
 
 if TYPE_CHECKING:
     from flask import Request
@@ -98,6 +101,10 @@ def propagation_headers() -> dict[str, str]:
     return {"traceparent": traceparent} if traceparent else {}
 
 
+# How long one CreateTask call may take before it counts as failed and is retried.
+CREATE_TASK_TIMEOUT_SECONDS = 10.0
+
+
 class TaskQueue(ABC):
     """Port for enqueuing background work."""
 
@@ -116,6 +123,7 @@ class CloudTasksQueue(TaskQueue):
     target_base_url: str
     service_account: str
     _client: Any = field(default=None, repr=False)
+    _sleep: Callable[[float], None] = field(default_factory=lambda: time.sleep, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CloudTasksQueue:
@@ -128,9 +136,26 @@ class CloudTasksQueue(TaskQueue):
         )
 
     def enqueue(self, task: TaskRequest) -> bool:
+        """Create the task, retrying transient errors (TRANSIENT_UPSTREAM) before answering 503.
+
+        A retried create may have gone through the first time: for a named task the retry then
+        answers AlreadyExists, which is this very task (True). Unnamed tasks may be created twice
+        that way, which workers already tolerate (Cloud Tasks delivers at least once).
+        """
         from google.api_core import exceptions as gexc
         from google.cloud import tasks_v2
         from google.protobuf import duration_pb2, timestamp_pb2
+
+        transient = (
+            gexc.ServiceUnavailable,
+            gexc.DeadlineExceeded,
+            gexc.GatewayTimeout,
+            gexc.InternalServerError,
+            gexc.BadGateway,
+            gexc.Unknown,
+            gexc.TooManyRequests,  # RESOURCE_EXHAUSTED: the queue's create quota
+            gexc.Aborted,
+        )
 
         if self._client is None:
             self._client = tasks_v2.CloudTasksClient()
@@ -155,13 +180,17 @@ class CloudTasksQueue(TaskQueue):
             deadline = duration_pb2.Duration()
             deadline.FromTimedelta(task.dispatch_deadline)
             message["dispatch_deadline"] = deadline
-        try:
-            self._client.create_task(parent=parent, task=message)
-        except gexc.AlreadyExists:
-            return False
-        except (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.TooManyRequests) as exc:
-            raise UpstreamUnavailable("The task queue is unavailable") from exc
-        return True
+        failure: Exception | None = None
+        for _ in attempts(TRANSIENT_UPSTREAM, "create Cloud Task", sleep=self._sleep):
+            try:
+                self._client.create_task(parent=parent, task=message, timeout=CREATE_TASK_TIMEOUT_SECONDS)
+            except gexc.AlreadyExists:
+                return failure is not None  # after a failed try: our own earlier create went through
+            except transient as exc:
+                failure = exc
+                continue
+            return True
+        raise UpstreamUnavailable("The task queue is unavailable") from failure
 
 
 @dataclass
@@ -249,13 +278,24 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+# Where Google publishes the keys that sign its OIDC tokens (PEM certificates, Cache-Control: max-age).
+GOOGLE_OAUTH2_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+_GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+
+
 @dataclass
 class OidcTaskVerifier(TaskCallVerifier):
     """Production: Google-signed OIDC token for our tasks service account whose audience is this
-    very function's URL (a token minted for another of our workers is refused here)."""
+    very function's URL (a token minted for another of our workers is refused here).
+
+    Google's certificates are kept for as long as their Cache-Control allows (see
+    :mod:`shared.adapters.google_certs`), so a delivery costs no certificate fetch once warm.
+    """
 
     service_account: str
     audience: str
+    certs_url: str = GOOGLE_OAUTH2_CERTS_URL
+    # The google-auth transport certificates are fetched through (a caching one unless a test sets it).
     _transport: Any = field(default=None, repr=False)
 
     @classmethod
@@ -270,21 +310,32 @@ class OidcTaskVerifier(TaskCallVerifier):
             )
         return cls(service_account, f"{target_base_url.rstrip('/')}/{function_target}")
 
+    def _certs_transport(self) -> Any:
+        if self._transport is None:
+            from google.auth.transport import requests as gauth_requests
+
+            from shared.adapters.google_certs import CachingTransport
+
+            self._transport = CachingTransport(gauth_requests.Request())
+        return self._transport
+
     def authenticate(self, request: Request) -> None:
         from google.auth import exceptions as gauth_exceptions
-        from google.auth.transport import requests as gauth_requests
         from google.oauth2 import id_token
 
         token = _bearer(request)
-        if self._transport is None:
-            self._transport = gauth_requests.Request()
         try:
-            claims = id_token.verify_oauth2_token(token, self._transport, audience=None)  # type: ignore[no-untyped-call]
+            # The library checks signature, expiry and the audience (this function's own URL).
+            claims = id_token.verify_token(  # type: ignore[no-untyped-call]
+                token, self._certs_transport(), audience=self.audience, certs_url=self.certs_url
+            )
+        except gauth_exceptions.TransportError as exc:
+            raise UpstreamUnavailable("Google's token certificates could not be fetched") from exc
         except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
             raise Unauthenticated("The task token is not valid") from exc
-        if not hmac.compare_digest(str(claims.get("aud", "")).encode(), self.audience.encode()):
-            raise Unauthenticated("The task token is for another audience")
-        if claims.get("email") != self.service_account or not claims.get("email_verified"):
+        if claims.get("iss") not in _GOOGLE_ISSUERS:
+            raise Unauthenticated("The task token was not issued by Google")
+        if claims.get("email") != self.service_account or claims.get("email_verified") is not True:
             raise Forbidden("The task token belongs to another service account")
 
 

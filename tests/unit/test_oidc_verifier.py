@@ -1,14 +1,19 @@
 """The production worker check: a Google-signed OIDC token, verified by google-auth itself.
 
 google-auth fetches Google's certificates through a transport; ours serves a self-signed
-certificate instead, so the real signature, expiry, issuer and audience checks run offline.
+certificate instead, so the real signature, expiry, issuer and audience checks run offline. A
+local certificate server with Cache-Control (and a fetch counter) shows the certificates are
+fetched once per cache lifetime, not once per delivery.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,8 +26,9 @@ from google.auth import crypt, transport
 from google.auth import jwt as google_jwt
 from werkzeug.test import EnvironBuilder
 
-from shared.errors import ConfigurationError, Forbidden, Unauthenticated
-from shared.tasks import OidcTaskVerifier
+from shared.adapters.google_certs import CachingTransport, freshness_seconds
+from shared.errors import ConfigurationError, Forbidden, Unauthenticated, UpstreamUnavailable
+from shared.tasks import GOOGLE_OAUTH2_CERTS_URL, OidcTaskVerifier
 
 SERVICE_ACCOUNT = "epox-tasks@epox-prod.iam.gserviceaccount.com"
 BASE = "https://europe-west1-epox-prod.cloudfunctions.net"
@@ -118,7 +124,7 @@ def verifier() -> OidcTaskVerifier:
 def test_a_google_signed_token_for_our_service_account_is_accepted(verifier: OidcTaskVerifier) -> None:
     call = verifier.verify(_request(_token()))
     assert (call.queue, call.name, call.retry_count) == ("epox-default", "t1", 1)
-    assert any("googleapis.com" in url for url in verifier._transport.urls)
+    assert verifier._transport.urls == [GOOGLE_OAUTH2_CERTS_URL]
 
 
 def test_scheduler_calls_need_the_token_but_no_queue_headers(verifier: OidcTaskVerifier) -> None:
@@ -160,3 +166,146 @@ def test_anything_else_is_refused(verifier: OidcTaskVerifier, token: Any, error:
 def test_no_bearer_token_is_refused(verifier: OidcTaskVerifier) -> None:
     with pytest.raises(Unauthenticated):
         verifier.verify(_request(None))
+
+
+# -- Google's certificates, cached as long as Cache-Control allows -----------------------------------
+
+
+class CertServer:
+    """A stand-in for https://www.googleapis.com/oauth2/v1/certs that counts its fetches."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.status = 200
+        self.cache_control = "public, max-age=600, must-revalidate, no-transform"
+        self.age: str | None = None
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                state.hits += 1
+                body = json.dumps({KID: CERT.decode()}).encode() if state.status == 200 else b"{}"
+                self.send_response(state.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if state.cache_control:
+                    self.send_header("Cache-Control", state.cache_control)
+                if state.age is not None:
+                    self.send_header("Age", state.age)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth2/v1/certs"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def certs() -> Iterator[CertServer]:
+    server = CertServer()
+    thread = threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+def _cached_verifier(certs: CertServer, clock: Clock) -> OidcTaskVerifier:
+    """The production verifier (real requests transport, real cache) pointed at the local server."""
+    from google.auth.transport.requests import Request as RequestsTransport
+
+    verifier = OidcTaskVerifier.for_function(SERVICE_ACCOUNT, BASE, "catalog_tasks")
+    verifier.certs_url = certs.url
+    verifier._transport = CachingTransport(RequestsTransport(), clock=clock)
+    return verifier
+
+
+def test_a_thousand_deliveries_fetch_the_certificates_once_per_cache_lifetime(certs: CertServer) -> None:
+    clock = Clock()
+    verifier = _cached_verifier(certs, clock)
+    tokens = [_token(sub=str(n)) for n in range(10)]
+    for n in range(1000):
+        verifier.verify(_request(tokens[n % len(tokens)]))
+    assert certs.hits == 1
+    clock.now += 599  # still fresh
+    verifier.verify(_request(tokens[0]))
+    assert certs.hits == 1
+    clock.now += 2  # max-age=600 has run out: one fetch for the next lifetime
+    for n in range(1000):
+        verifier.verify(_request(tokens[n % len(tokens)]))
+    assert certs.hits == 2
+    print(f"\n2,000 task verifications over two certificate lifetimes: {certs.hits} certificate fetches")
+
+
+def test_the_age_header_shortens_the_lifetime_and_no_store_is_not_kept(certs: CertServer) -> None:
+    clock = Clock()
+    verifier = _cached_verifier(certs, clock)
+    certs.age = "590"  # a shared cache already held it for 590 of its 600 seconds
+    verifier.verify(_request(_token()))
+    clock.now += 11
+    verifier.verify(_request(_token()))
+    assert certs.hits == 2
+    certs.age, certs.cache_control = None, "no-store"
+    clock.now += 1000
+    for _ in range(3):
+        verifier.verify(_request(_token()))
+    assert certs.hits == 5
+    assert freshness_seconds({"cache-control": "public, max-age=100"}) == 100
+    assert freshness_seconds({"Cache-Control": "max-age=100, no-cache"}) == 0
+    assert freshness_seconds({"Cache-Control": "public", "Age": "3"}) == 0
+    assert freshness_seconds({"Cache-Control": "max-age=10", "Age": "30"}) == 0
+
+
+def test_cached_certificates_still_refuse_every_bad_token(certs: CertServer) -> None:
+    clock = Clock()
+    verifier = _cached_verifier(certs, clock)
+    verifier.verify(_request(_token()))
+    now = int(time.time())
+    refused: list[tuple[str, type[Exception]]] = [
+        (_token(exp=now - 3600, iat=now - 7200), Unauthenticated),  # expired
+        (_token(aud=f"{BASE}/credits_jobs"), Unauthenticated),  # another of our functions
+        (_token(aud="https://other-project.cloudfunctions.net/x"), Unauthenticated),
+        (_token(iss="https://evil.example"), Unauthenticated),
+        (_token(key=OTHER_KEY), Unauthenticated),  # not signed by Google's key
+        (_token(email="someone@else.iam.gserviceaccount.com"), Forbidden),  # wrong account
+        (_token(email_verified=False), Forbidden),
+        (_token(email_verified="true"), Forbidden),  # only a real boolean counts
+    ]
+    for token, error in refused:
+        with pytest.raises(error):
+            verifier.verify(_request(token))
+    assert certs.hits == 1
+
+
+def test_an_unreachable_certificate_endpoint_serves_the_last_answer_for_a_while_then_503(certs: CertServer) -> None:
+    clock = Clock()
+    verifier = _cached_verifier(certs, clock)
+    verifier.verify(_request(_token()))
+    certs.status = 503
+    clock.now += 601 + 1800  # expired, within the hour of grace
+    verifier.verify(_request(_token()))
+    assert certs.hits == 2
+    clock.now += 1800  # past the grace: no certificates to verify with
+    with pytest.raises(UpstreamUnavailable):
+        verifier.verify(_request(_token()))
+
+
+def test_no_certificates_at_all_is_503_not_401(certs: CertServer) -> None:
+    clock = Clock()
+    verifier = _cached_verifier(certs, clock)
+    certs.server.shutdown()
+    certs.server.server_close()
+    with pytest.raises(UpstreamUnavailable):
+        verifier.verify(_request(_token()))

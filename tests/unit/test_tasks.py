@@ -4,6 +4,7 @@ Cloud Tasks adapter creates."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from flask import Request
@@ -11,9 +12,12 @@ from pydantic import BaseModel
 from werkzeug.test import EnvironBuilder
 
 from dev.dispatcher import TaskDispatcher
-from shared.errors import Forbidden, Unauthenticated
+from shared import logging as log
+from shared.errors import Forbidden, Unauthenticated, UpstreamUnavailable
+from shared.retry import TRANSIENT_UPSTREAM
 from shared.tasks import (
     CloudTasksQueue,
+    LocalDispatcherQueue,
     SharedSecretTaskVerifier,
     TaskRequest,
     task_call_from_headers,
@@ -205,12 +209,44 @@ class RecordingTasksClient:
     def queue_path(self, project: str, location: str, queue: str) -> str:
         return f"projects/{project}/locations/{location}/queues/{queue}"
 
-    def create_task(self, *, parent: str, task: dict[str, object]) -> None:
+    def create_task(self, *, parent: str, task: dict[str, object], timeout: float | None = None) -> None:
         self.created.append((parent, task))
 
 
-def _cloud_queue() -> tuple[CloudTasksQueue, RecordingTasksClient]:
-    client = RecordingTasksClient()
+class FlakyTasksClient(RecordingTasksClient):
+    """Cloud Tasks as seen through a bad network: each call first raises the next scripted error.
+
+    ``lands`` marks the errors raised *after* the task was created (the answer was lost), so a
+    retry of a named task meets AlreadyExists, as the real service answers.
+    """
+
+    def __init__(self, errors: list[Exception], *, lands: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.errors = errors
+        self.lands = lands
+        self.calls = 0
+        self.names: set[str] = set()
+        self.timeouts: list[float | None] = []
+
+    def create_task(self, *, parent: str, task: dict[str, object], timeout: float | None = None) -> None:
+        from google.api_core import exceptions as gexc
+
+        call, self.calls = self.calls, self.calls + 1
+        self.timeouts.append(timeout)
+        name = task.get("name")
+        if isinstance(name, str) and name in self.names:
+            raise gexc.AlreadyExists(f"{name} exists")
+        if call < len(self.errors):
+            if call in self.lands and isinstance(name, str):
+                self.names.add(name)
+            raise self.errors[call]
+        if isinstance(name, str):
+            self.names.add(name)
+        super().create_task(parent=parent, task=task, timeout=timeout)
+
+
+def _cloud_queue(client: RecordingTasksClient | None = None) -> tuple[CloudTasksQueue, RecordingTasksClient]:
+    client = client or RecordingTasksClient()
     queue = CloudTasksQueue(
         project="p",
         location="europe-west1",
@@ -258,3 +294,144 @@ def test_the_local_dispatcher_keeps_a_tasks_dispatch_deadline() -> None:
     )
     dispatcher.enqueue(_task())
     assert [t.dispatch_deadline for t in dispatcher.history] == [1200.0, None]
+
+
+# -- creating a Cloud Task through transient errors -------------------------------------------------
+
+
+def _flaky_queue(client: FlakyTasksClient) -> tuple[CloudTasksQueue, list[float]]:
+    queue, _ = _cloud_queue(client)
+    slept: list[float] = []
+    queue._sleep = slept.append
+    return queue, slept
+
+
+def test_creating_a_task_retries_transient_errors_instead_of_answering_503() -> None:
+    from google.api_core import exceptions as gexc
+
+    errors: list[Exception] = [
+        gexc.ServiceUnavailable("blip"),
+        gexc.DeadlineExceeded("slow"),
+        gexc.InternalServerError("oops"),
+    ]
+    client = FlakyTasksClient(errors)
+    queue, slept = _flaky_queue(client)
+    assert queue.enqueue(_task("named")) is True
+    assert client.calls == 4 and len(client.created) == 1
+    assert len(slept) == 3 and all(0 <= wait <= TRANSIENT_UPSTREAM.cap for wait in slept)
+    assert all(timeout is not None for timeout in client.timeouts)  # every try is bounded
+
+
+def test_already_exists_on_a_retry_is_the_task_an_earlier_try_created() -> None:
+    from google.api_core import exceptions as gexc
+
+    # The first create went through but its answer was lost: the retry meets the task it made.
+    client = FlakyTasksClient([gexc.ServiceUnavailable("answer lost")], lands=(0,))
+    queue, _ = _flaky_queue(client)
+    assert queue.enqueue(_task("item-7")) is True
+    assert client.calls == 2 and client.names == {"projects/p/locations/europe-west1/queues/epox-default/tasks/item-7"}
+
+
+def test_already_exists_on_the_first_try_is_still_a_duplicate() -> None:
+    client = FlakyTasksClient([])
+    queue, slept = _flaky_queue(client)
+    assert queue.enqueue(_task("once")) is True
+    assert queue.enqueue(_task("once")) is False
+    assert slept == []
+
+
+def test_a_queue_that_stays_down_is_503_after_the_policys_attempts() -> None:
+    from google.api_core import exceptions as gexc
+
+    client = FlakyTasksClient([gexc.ServiceUnavailable("down")] * 10)
+    queue, slept = _flaky_queue(client)
+    with pytest.raises(UpstreamUnavailable):
+        queue.enqueue(_task())
+    assert client.calls == TRANSIENT_UPSTREAM.attempts
+    assert len(slept) == TRANSIENT_UPSTREAM.attempts - 1
+
+
+def test_a_permanent_error_is_not_retried() -> None:
+    from google.api_core import exceptions as gexc
+
+    client = FlakyTasksClient([gexc.PermissionDenied("no enqueuer role")])
+    queue, slept = _flaky_queue(client)
+    with pytest.raises(gexc.PermissionDenied):
+        queue.enqueue(_task())
+    assert client.calls == 1 and slept == []
+
+
+# -- the trace travels with the task ----------------------------------------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _traced() -> Any:
+    return log.bind(**log.TraceContext(TRACE, "00f067aa0ba902b7", sampled=True).log_fields())
+
+
+def test_cloud_tasks_requests_carry_the_trace_of_the_request_that_enqueued_them() -> None:
+    from google.cloud import tasks_v2
+
+    queue, client = _cloud_queue()
+    token = _traced()
+    try:
+        queue.enqueue(_task("traced"))
+    finally:
+        log.reset(token)
+    queue.enqueue(_task("untraced"))
+    traced, untraced = (tasks_v2.Task(message) for _, message in client.created)
+    context = log.parse_traceparent(traced.http_request.headers["traceparent"])
+    assert context is not None and context.trace_id == TRACE and context.sampled is True
+    assert traced.http_request.headers["Content-Type"] == "application/json"
+    assert "traceparent" not in untraced.http_request.headers
+
+
+def test_the_local_dispatcher_delivers_the_trace_with_every_attempt() -> None:
+    worker = ScriptedWorker([503, 200])
+    dispatcher = TaskDispatcher(worker, secret="s", min_backoff=0, max_backoff=0)
+    token = _traced()
+    try:
+        dispatcher.enqueue(_task())
+    finally:
+        log.reset(token)
+    dispatcher.run_until_idle()
+    sent = [headers.get("traceparent") for _, headers, _ in worker.calls]
+    assert len(sent) == 2 and sent[0] == sent[1] and sent[0] is not None
+    assert sent[0].split("-")[1] == TRACE
+    assert worker.calls[0][1]["Authorization"] == "Bearer s"  # a task header never replaces the queue's
+
+
+def test_the_dev_stacks_http_dispatcher_carries_the_trace_too(tmp_path: object) -> None:
+    """LocalDispatcherQueue (what `make dev` functions use) -> /_dev/tasks -> the dispatcher -> the worker."""
+    import threading
+    from pathlib import Path
+
+    from werkzeug.serving import make_server
+
+    from dev.jwt_issuer import DevIssuer
+    from dev.stack import build_dev_app
+
+    worker = ScriptedWorker([200])
+    dispatcher = TaskDispatcher(worker, secret="s", target_base_url="http://fn.test", min_backoff=0)
+    app = build_dev_app(DevIssuer(issuer="i", audience="a"), dispatcher, Path(str(tmp_path)))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        queue = LocalDispatcherQueue(
+            dispatcher_url=f"http://127.0.0.1:{server.server_port}/_dev/tasks",
+            target_base_url="http://fn.test",
+            default_queue="epox-default",
+        )
+        token = _traced()
+        try:
+            assert queue.enqueue(_task("via-http"))
+        finally:
+            log.reset(token)
+    finally:
+        server.shutdown()
+    dispatcher.run_until_idle()
+    [(url, headers, _)] = worker.calls
+    assert url == "http://fn.test/catalog_tasks/tasks/x"
+    assert headers["traceparent"].split("-")[1] == TRACE
