@@ -114,16 +114,6 @@ def _run() -> int:
     ImageEngine.register(InstantEngine)
     issuer = DevIssuer(issuer="https://auth.bench", audience="bench")
 
-    class InlineJwks(JwtVerifier):
-        def _jwks_client(self) -> Any:
-            import jwt
-
-            class Client:
-                def get_signing_key_from_jwt(self, token: str) -> Any:
-                    return jwt.PyJWK(issuer.jwks()["keys"][0])
-
-            return Client()
-
     apps = load_function_apps(ROOT / "functions")
     worker_times: list[float] = []
 
@@ -152,7 +142,9 @@ def _run() -> int:
         object_store=InMemoryObjectStore(),
         task_queue=dispatcher,
         engine=InstantEngine(),  # type: ignore[arg-type]
-        jwt_verifier=InlineJwks(jwks_url="memory://", issuer=issuer.issuer, audience="bench", algorithms=["EdDSA"]),
+        jwt_verifier=JwtVerifier(
+            jwks_url="memory://", issuer=issuer.issuer, audience="bench", algorithms=["EdDSA"], jwks_fetch=issuer.jwks
+        ),
     )
     set_platform(platform)
     client_id = "bench-client"

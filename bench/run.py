@@ -91,20 +91,11 @@ def api_latency(requests: int = 200) -> dict[str, dict[str, float]]:
 
         issuer = DevIssuer(issuer="https://auth.bench", audience="bench")
 
-        class InlineJwks(JwtVerifier):
-            """The JWKS comes from memory here: the benchmark measures the API, not an HTTP fetch."""
-
-            def _jwks_client(self) -> Any:
-                import jwt
-
-                class Client:
-                    def get_signing_key_from_jwt(self, token: str) -> Any:
-                        return jwt.PyJWK(issuer.jwks()["keys"][0])
-
-                return Client()
-
         settings = Settings(epox_env="test", gcp_project="epox-bench", auth_issuer=issuer.issuer, auth_audience="bench")
-        verifier = InlineJwks(jwks_url="memory://", issuer=issuer.issuer, audience="bench", algorithms=["EdDSA"])
+        # The JWKS comes from memory here: the benchmark measures the API, not an HTTP fetch.
+        verifier = JwtVerifier(
+            jwks_url="memory://", issuer=issuer.issuer, audience="bench", algorithms=["EdDSA"], jwks_fetch=issuer.jwks
+        )
         set_platform(
             Platform(
                 settings,

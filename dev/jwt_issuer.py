@@ -1,6 +1,9 @@
 """A stand-in for the Better Auth server: an Ed25519 key, its JWKS, and token minting.
 
 Used by the local stack and the tests so that the real JWT verification code runs everywhere.
+Platform administrators get the operator claim (``epox_platform_admin: true``, the default of
+AUTH_PLATFORM_ADMIN_CLAIM) the way an operator-only setting in the identity provider would add it;
+the tenant ``role`` claim alone grants nothing beyond the tenant.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class DevIssuer:
     audience: str
     client_id_claim: str = "client_id"
     role_claim: str = "role"
+    platform_admin_claim: str = "epox_platform_admin"
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     kid: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
@@ -36,6 +40,7 @@ class DevIssuer:
         *,
         user_id: str | None = None,
         role: str | None = "user",
+        platform_admin: bool = False,
         ttl: int = 3600,
         audience: str | None = None,
         issuer: str | None = None,
@@ -57,5 +62,7 @@ class DevIssuer:
         }
         if role is not None:
             claims[self.role_claim] = role
+        if platform_admin:
+            claims[self.platform_admin_claim] = True
         claims.update(extra or {})
         return jwt.encode(claims, key or self.key, algorithm="EdDSA", headers={"kid": self.kid})

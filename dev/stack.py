@@ -100,7 +100,11 @@ def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
         client_id = str(body.get("client_id", "demo-client"))
         role = str(body.get("role", "user"))
         ttl = int(body.get("ttl", 3600))
-        return jsonify({"token": issuer.mint(client_id, role=role, ttl=ttl), "client_id": client_id, "role": role})
+        # role "admin" stands for an operator here (the /admin/* routes); "platform_admin": false
+        # mints a tenant admin without the operator claim, as a merchant's org admin would be.
+        platform_admin = body.get("platform_admin", role == "admin") is True
+        token = issuer.mint(client_id, role=role, platform_admin=platform_admin, ttl=ttl)
+        return jsonify({"token": token, "client_id": client_id, "role": role, "platform_admin": platform_admin})
 
     @app.post("/_dev/tasks")
     def submit_task() -> Any:

@@ -53,9 +53,17 @@ class Settings(BaseSettings):
     auth_audience: str = ""
     auth_algorithms: list[str] = Field(default_factory=lambda: ["EdDSA", "RS256"])
     auth_client_id_claim: str = "client_id"
-    auth_role_claim: str = "role"
-    auth_jwks_cache_seconds: int = 600
-    auth_leeway_seconds: int = 30
+    auth_role_claim: str = "role"  # roles inside the tenant; none of them reaches beyond it
+    # Platform operators (the /admin/* routes, every tenant): this claim (a dotted path) must be the
+    # JSON boolean true. Only operators may be able to set it in the identity provider; empty: nobody.
+    auth_platform_admin_claim: str = "epox_platform_admin"
+    # The whole key set is refetched after this long, so a key removed from the JWKS stops verifying.
+    auth_jwks_cache_seconds: int = Field(default=600, ge=1, le=86_400)
+    # At most one key-set fetch per this many seconds (unknown kids, expiry, failed fetches).
+    auth_jwks_refresh_min_seconds: int = Field(default=30, ge=0, le=3_600)
+    # While the identity provider cannot be reached, the last good set keeps verifying this long.
+    auth_jwks_outage_grace_seconds: int = Field(default=3_600, ge=0, le=86_400)
+    auth_leeway_seconds: int = Field(default=30, ge=0, le=300)
 
     # HTTP
     cors_allowed_origins: list[str] = Field(default_factory=list)

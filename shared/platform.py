@@ -174,8 +174,11 @@ class Platform:
                 algorithms=s.auth_algorithms,
                 client_id_claim=s.auth_client_id_claim,
                 role_claim=s.auth_role_claim,
+                platform_admin_claim=s.auth_platform_admin_claim,
                 leeway_seconds=s.auth_leeway_seconds,
                 jwks_cache_seconds=s.auth_jwks_cache_seconds,
+                jwks_refresh_min_seconds=s.auth_jwks_refresh_min_seconds,
+                jwks_outage_grace_seconds=s.auth_jwks_outage_grace_seconds,
             )
             return self._jwt_verifier
 

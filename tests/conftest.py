@@ -188,8 +188,14 @@ class Stack:
     def client(self, entry: str) -> Any:
         return self.apps[entry].test_client()
 
-    def headers(self, client_id: str, *, role: str = "user", **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.issuer.mint(client_id, role=role)}", **extra}
+    def headers(
+        self, client_id: str, *, role: str = "user", platform_admin: bool | None = None, **extra: str
+    ) -> dict[str, str]:
+        """A user's headers; ``role="admin"`` is a platform operator (the operator claim) unless
+        ``platform_admin=False`` asks for a tenant admin only."""
+        operator = role == "admin" if platform_admin is None else platform_admin
+        token = self.issuer.mint(client_id, role=role, platform_admin=operator)
+        return {"Authorization": f"Bearer {token}", **extra}
 
     def run_tasks(self, *, fast_forward: bool = True) -> int:
         """Deliver every queued task, including ones scheduled for later (settlement windows)."""

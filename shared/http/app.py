@@ -50,7 +50,7 @@ class Access(str, Enum):
 
     PUBLIC = "public"  # health checks; webhooks that verify their own signatures
     USER = "user"  # a signed-in user of a client (tenant)
-    ADMIN = "admin"  # a user whose role claim says admin
+    ADMIN = "admin"  # a platform operator: the AUTH_PLATFORM_ADMIN_CLAIM is true (no tenant role grants it)
     TASK = "task"  # Cloud Tasks (OIDC in production, a shared secret locally)
     SCHEDULER = "scheduler"  # Cloud Scheduler jobs (same credentials as tasks, no queue headers)
 
@@ -258,7 +258,7 @@ class HttpApp:
         if route.access in (Access.USER, Access.ADMIN):
             principal = platform.authenticate(request.headers.get("Authorization"))
             if route.access is Access.ADMIN:
-                principal.require_admin()
+                principal.require_platform_admin()
             log.bind(client_id=principal.client_id, user_id=principal.user_id)
             platform.ensure_client(principal)
         elif route.access is Access.TASK:
