@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import Enum
 from functools import lru_cache
+from ipaddress import ip_address
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -188,10 +190,34 @@ class Settings(BaseSettings):
             unsafe.append("GEMINI_API_KEY is required unless GEMINI_USE_VERTEX=true")
         if self.stripe_api_base:
             unsafe.append("STRIPE_API_BASE must be empty (it points billing at another server)")
+        if self.gemini_base_url:
+            unsafe.append("GEMINI_BASE_URL must be empty (it sends the Gemini API key to another server)")
+        if self.tasks_local_dispatcher_url:
+            unsafe.append("TASKS_LOCAL_DISPATCHER_URL must be empty (the local dispatcher is for the dev stack)")
         if self.fetch_allowed_networks:
             unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
-        if not self.auth_jwks_url.startswith("https://") and self.auth_jwks_url:
-            unsafe.append("AUTH_JWKS_URL must use https")
+        # Where credentials, signed requests or tokens go: TLS only.
+        for name, url in (
+            ("AUTH_JWKS_URL", self.auth_jwks_url),
+            ("R2_ENDPOINT_URL", self.r2_endpoint_url),
+            ("R2_PUBLIC_ENDPOINT_URL", self.r2_public_endpoint_url),
+            ("TASKS_TARGET_BASE_URL", self.tasks_target_base_url),
+        ):
+            if url and not _is_https(url):
+                unsafe.append(f"{name} must use https")
+        for name, url in (
+            ("BILLING_SUCCESS_URL", self.billing_success_url),
+            ("BILLING_CANCEL_URL", self.billing_cancel_url),
+            ("BILLING_PORTAL_RETURN_URL", self.billing_portal_return_url),
+        ):
+            if not _is_https(url) or _is_local_host(url):
+                unsafe.append(f"{name} must be an https URL of the deployed frontend, not {url!r}")
+        for origin in self.cors_allowed_origins:
+            if origin.strip() in ("null", "*") or not _is_https_origin(origin):
+                unsafe.append(f"CORS_ALLOWED_ORIGINS may list https origins only, not {origin!r}")
+        platform_claim = self.auth_platform_admin_claim
+        if platform_claim and platform_claim in (self.auth_role_claim, self.auth_client_id_claim):
+            unsafe.append("AUTH_PLATFORM_ADMIN_CLAIM must be its own claim, not the role or client id claim")
         if missing or unsafe:
             parts = []
             if missing:
@@ -200,6 +226,33 @@ class Settings(BaseSettings):
                 parts.append("unsafe settings: " + "; ".join(unsafe))
             raise ConfigurationError("EPOX_ENV=production refuses to start — " + " | ".join(parts))
         return self
+
+
+def _is_https(url: str) -> bool:
+    try:
+        parts = urlsplit(url.strip())
+        return parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unparsable port or host
+        return False
+
+
+def _is_https_origin(origin: str) -> bool:
+    """``https://host[:port]`` and nothing else (browsers send origins in exactly that form)."""
+    if not _is_https(origin):
+        return False
+    parts = urlsplit(origin.strip())
+    return not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
+
+
+def _is_local_host(url: str) -> bool:
+    host = (urlsplit(url.strip()).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified or address.is_private or address.is_link_local
 
 
 @lru_cache(maxsize=1)

@@ -23,12 +23,29 @@ PRODUCTION = {
     "STRIPE_WEBHOOK_SECRET": "whsec_abc",
     "STRIPE_PRICE_IDS": '{"growth:monthly": "price_growth_m"}',
     "GEMINI_USE_VERTEX": "true",
+    "CORS_ALLOWED_ORIGINS": '["https://app.epox.ai"]',
+    "BILLING_SUCCESS_URL": "https://app.epox.ai/billing?checkout=success",
+    "BILLING_CANCEL_URL": "https://app.epox.ai/billing?checkout=cancelled",
+    "BILLING_PORTAL_RETURN_URL": "https://app.epox.ai/billing",
 }
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    switches = ["TASKS_BACKEND", "TASKS_AUTH_MODE", "FETCH_ALLOWED_NETWORKS", "AI_ENGINE", "STRIPE_API_BASE"]
+    switches = [
+        "TASKS_BACKEND",
+        "TASKS_AUTH_MODE",
+        "FETCH_ALLOWED_NETWORKS",
+        "AI_ENGINE",
+        "STRIPE_API_BASE",
+        "GEMINI_BASE_URL",
+        "TASKS_LOCAL_DISPATCHER_URL",
+        "R2_PUBLIC_ENDPOINT_URL",
+        "AUTH_LEEWAY_SECONDS",
+        "AUTH_ROLE_CLAIM",
+        "AUTH_CLIENT_ID_CLAIM",
+        "AUTH_PLATFORM_ADMIN_CLAIM",
+    ]
     for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
@@ -66,6 +83,33 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         ("AUTH_JWKS_URL", "http://auth.epox.ai/jwks", "https"),
         ("AI_ENGINE", "offline", "AI_ENGINE"),
         ("GEMINI_USE_VERTEX", "false", "GEMINI_API_KEY"),
+        # Vendor endpoint overrides would send a secret (or signed requests, or tokens) elsewhere.
+        ("GEMINI_BASE_URL", "http://attacker.example", "GEMINI_BASE_URL"),
+        ("GEMINI_BASE_URL", "https://generativelanguage.googleapis.com.evil.example", "GEMINI_BASE_URL"),
+        ("TASKS_LOCAL_DISPATCHER_URL", "http://127.0.0.1:8000/_dev/tasks", "TASKS_LOCAL_DISPATCHER_URL"),
+        ("R2_ENDPOINT_URL", "http://acct.r2.cloudflarestorage.com", "R2_ENDPOINT_URL must use https"),
+        ("R2_PUBLIC_ENDPOINT_URL", "http://files.epox.ai", "R2_PUBLIC_ENDPOINT_URL must use https"),
+        ("TASKS_TARGET_BASE_URL", "http://europe-west1-epox-prod.cloudfunctions.net", "TASKS_TARGET_BASE_URL"),
+        # Clock leeway is capped (a year of leeway accepts tokens that expired a year ago).
+        ("AUTH_LEEWAY_SECONDS", "31536000", "auth_leeway_seconds"),
+        ("AUTH_LEEWAY_SECONDS", "301", "auth_leeway_seconds"),
+        ("AUTH_LEEWAY_SECONDS", "-1", "auth_leeway_seconds"),
+        # Browsers send Origin: null from sandboxed frames and files; "*" is not an origin.
+        ("CORS_ALLOWED_ORIGINS", '["https://app.epox.ai", "null"]', "CORS_ALLOWED_ORIGINS"),
+        ("CORS_ALLOWED_ORIGINS", '["*"]', "CORS_ALLOWED_ORIGINS"),
+        ("CORS_ALLOWED_ORIGINS", '["http://app.epox.ai"]', "CORS_ALLOWED_ORIGINS"),
+        ("CORS_ALLOWED_ORIGINS", '["https://app.epox.ai/"]', "CORS_ALLOWED_ORIGINS"),
+        # Stripe sends the browser back to these: the deployed frontend over https, never a local host.
+        ("BILLING_SUCCESS_URL", "http://localhost:3000/billing?checkout=success", "BILLING_SUCCESS_URL"),
+        ("BILLING_CANCEL_URL", "https://localhost:3000/billing", "BILLING_CANCEL_URL"),
+        ("BILLING_PORTAL_RETURN_URL", "https://127.0.0.1/billing", "BILLING_PORTAL_RETURN_URL"),
+        ("BILLING_PORTAL_RETURN_URL", "https://[::1]/billing", "BILLING_PORTAL_RETURN_URL"),
+        ("BILLING_PORTAL_RETURN_URL", "https://app.localhost/billing", "BILLING_PORTAL_RETURN_URL"),
+        ("BILLING_SUCCESS_URL", "http://app.epox.ai/billing", "BILLING_SUCCESS_URL"),
+        ("BILLING_SUCCESS_URL", "app.epox.ai/billing", "BILLING_SUCCESS_URL"),
+        # The platform-admin claim cannot be the tenant role (or tenant id) claim.
+        ("AUTH_PLATFORM_ADMIN_CLAIM", "role", "AUTH_PLATFORM_ADMIN_CLAIM"),
+        ("AUTH_PLATFORM_ADMIN_CLAIM", "client_id", "AUTH_PLATFORM_ADMIN_CLAIM"),
     ],
 )
 def test_production_refuses_development_switches(
@@ -76,6 +120,30 @@ def test_production_refuses_development_switches(
     env.setenv(name, value)
     with pytest.raises(ConfigurationError, match=complaint):
         get_settings()
+
+
+def test_the_billing_url_defaults_are_refused_in_production(env: pytest.MonkeyPatch) -> None:
+    for key, setting in PRODUCTION.items():
+        if not key.startswith("BILLING_"):
+            env.setenv(key, setting)
+    for name in ("BILLING_SUCCESS_URL", "BILLING_CANCEL_URL", "BILLING_PORTAL_RETURN_URL"):
+        env.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError) as caught:
+        get_settings()
+    for name in ("BILLING_SUCCESS_URL", "BILLING_CANCEL_URL", "BILLING_PORTAL_RETURN_URL"):
+        assert name in str(caught.value)
+
+
+def test_production_accepts_a_platform_admin_claim_of_its_own_and_https_origins(env: pytest.MonkeyPatch) -> None:
+    for key, setting in PRODUCTION.items():
+        env.setenv(key, setting)
+    env.setenv("AUTH_PLATFORM_ADMIN_CLAIM", "app_metadata.epox_platform_admin")
+    env.setenv("AUTH_ROLE_CLAIM", "org.role")
+    env.setenv("CORS_ALLOWED_ORIGINS", '["https://app.epox.ai", "https://staging.epox.ai:8443"]')
+    env.setenv("AUTH_LEEWAY_SECONDS", "300")
+    settings = get_settings()
+    assert settings.auth_platform_admin_claim == "app_metadata.epox_platform_admin"
+    assert settings.auth_leeway_seconds == 300
 
 
 def test_bad_types_are_a_configuration_error(env: pytest.MonkeyPatch) -> None:
