@@ -16,13 +16,16 @@ spans several lines counts once. Messages can then say "row 17" and the merchant
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,6 +34,7 @@ from shared.errors import UnprocessableContent, ValidationFailed
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader  # what csv.reader() returns
+    from collections.abc import Iterable
 
 __all__ = [
     "PRODUCT_FIELDS",
@@ -39,6 +43,7 @@ __all__ = [
     "CsvPreview",
     "CsvRow",
     "CsvTooLarge",
+    "CsvUnknownEncoding",
     "CsvUnreadable",
     "ParsedCsv",
     "PreviewRow",
@@ -51,6 +56,8 @@ __all__ = [
     "decode_csv",
     "detect_delimiter",
     "group_rows",
+    "normalize_delimiter",
+    "normalize_encoding",
     "parse_csv",
     "parse_price",
     "row_to_draft",
@@ -76,6 +83,11 @@ class CsvTooLarge(UnprocessableContent):
 class CsvEmpty(UnprocessableContent):
     code = "csv_empty"
     title = "The CSV file has no data"
+
+
+class CsvUnknownEncoding(UnprocessableContent):
+    code = "csv_unknown_encoding"
+    title = "The character encoding is not known"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,21 +122,79 @@ MAX_URL_CHARS: Final = 2048
 MAX_PRICE: Final = Decimal(100_000_000)
 
 
-class CsvRow(_Model):
-    """One data row; ``number`` is its spreadsheet row (header = 1, first data row = 2)."""
-
-    number: int = Field(ge=1)
-    values: dict[str, str]
+# Joins a row's cells into one string: NUL never occurs in a decoded CSV text (decode_csv refuses it).
+_CELL_SEPARATOR: Final = "\x00"
 
 
-class ParsedCsv(_Model):
-    """A decoded table; every row has exactly one value per header."""
+class _Columns:
+    """The headers of a parsed file, shared by all its rows (set once the whole file is read)."""
+
+    __slots__ = ("headers", "index")
+
+    def __init__(self) -> None:
+        self.headers: tuple[str, ...] = ()
+        self.index: dict[str, int] = {}
+
+    def set(self, headers: tuple[str, ...]) -> None:
+        self.headers = headers
+        self.index = {name: position for position, name in enumerate(headers)}
+
+
+class RowCells(Mapping[str, str]):
+    """A parsed row's cells by header, kept as one string (the cells joined by NUL).
+
+    One string per row instead of a dict of strings: a cell costs a byte of memory, not ~100, so
+    parsing stays within a small multiple of the file's size however many (empty) cells it has.
+    A short (ragged) row holds only the cells it has: read cells with ``values.get(header, "")``.
+    """
+
+    __slots__ = ("_columns", "_count", "_joined")
+
+    def __init__(self, columns: _Columns, cells: Sequence[str]) -> None:
+        self._columns = columns
+        self._count = len(cells)
+        self._joined = _CELL_SEPARATOR.join(cells)
+
+    @property
+    def cell_count(self) -> int:
+        """The cells the row has (phantom trailing columns included)."""
+        return self._count
+
+    def __getitem__(self, header: str) -> str:
+        position = self._columns.index[header]
+        if position >= self._count:
+            raise KeyError(header)
+        return self._joined.split(_CELL_SEPARATOR, position + 1)[position]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns.headers[: self._count])
+
+    def __len__(self) -> int:
+        return min(self._count, len(self._columns.headers))
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRow:
+    """One data row; ``number`` is its spreadsheet row (header = 1, first data row = 2).
+
+    ``values`` maps headers to the row's cells; a header the row has no cell for is missing."""
+
+    number: int
+    values: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCsv:
+    """A decoded table: its headers and data rows, and how the file was read."""
 
     headers: tuple[str, ...]
     rows: tuple[CsvRow, ...]
     delimiter: str
     encoding: str
-    # Rows with missing cells or non-empty cells beyond the header; kept (padded/truncated).
+    # Rows with missing cells or non-empty cells beyond the header (the extra cells are dropped).
     ragged_rows: tuple[int, ...] = ()
 
 
@@ -215,6 +285,9 @@ class PreviewRow(_Model):
     values: dict[str, str]
     draft: ProductDraft | None
     problems: tuple[RowProblem, ...]
+    # Long texts (and long image lists) of the sample are cut to keep the stored preview small;
+    # the import itself uses them in full.
+    truncated: bool = False
 
 
 class PreviewWarning(_Model):
@@ -241,6 +314,7 @@ class CsvPreview(_Model):
     mapping: ColumnMapping
     sample: tuple[PreviewRow, ...]
     warnings: tuple[PreviewWarning, ...]
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,18 +371,209 @@ def _bomless_utf16(data: bytes) -> str | None:
     return None
 
 
-def decode_csv(data: bytes) -> tuple[str, str]:
+# Python codecs that are no character set a spreadsheet writes: escapes, IDNA, placeholders.
+_NOT_CHARSETS: Final = frozenset(
+    {"idna", "punycode", "raw-unicode-escape", "unicode-escape", "undefined", "mbcs", "oem", "utf-7"}
+)
+# Encodings merchants' exports come in, most common first. Each is tried on the file besides what
+# charset-normalizer proposes: on a few short product lines the detector alone often picks a
+# neighbour (Mac Roman read as cp1250, Shift-JIS read as Korean).
+_PREFERRED_ENCODINGS: Final[tuple[str, ...]] = (
+    "cp1252", "cp1250", "mac_roman", "iso8859_2", "cp1251", "shift_jis", "cp932", "euc_jp", "cp1253",
+    "cp1254", "cp1257", "gb18030", "big5", "cp949", "koi8_r", "iso8859_15",
+)  # fmt: skip
+_JAPANESE_ENCODINGS: Final = frozenset({"shift_jis", "cp932", "euc_jp"})
+# Chinese and Korean double-byte codes read each other's text without a visible flaw; between
+# them the detector's language statistics decide, not the preference list.
+_CHINESE_KOREAN_ENCODINGS: Final = frozenset(
+    {"gb18030", "gbk", "gb2312", "big5", "big5hkscs", "cp950", "cp949", "euc_kr"}
+)
+# Detection reads at most this much of the file: the lines that are not plain ASCII, which carry
+# all the evidence (and whose cost would otherwise grow with the file).
+_DETECTION_SAMPLE_BYTES: Final = 64 * 1024
+_NON_ASCII: Final = re.compile(rb"[\x80-\xff]")
+
+
+def normalize_encoding(name: str) -> str:
+    """Python's name of the character encoding ``name`` ("Shift-JIS" -> "shift_jis", "latin1" ->
+    "iso8859-1"); :class:`CsvUnknownEncoding` for a name that is no character encoding."""
+    try:
+        codec = codecs.lookup(name.strip())
+        # LookupError for codecs that are no text encoding (base64, zlib, rot13); an empty input
+        # would skip that check, and a decoding error is fine here.
+        with contextlib.suppress(UnicodeDecodeError):
+            b"\x00\x00\x00\x00".decode(codec.name)
+    except (LookupError, ValueError, TypeError):
+        raise CsvUnknownEncoding(f"{name!r} is not a character encoding this service knows.") from None
+    if codec.name in _NOT_CHARSETS:
+        raise CsvUnknownEncoding(f"{name!r} is not a character encoding of text files.")
+    return codec.name
+
+
+def _non_ascii_sample(data: bytes) -> bytes:
+    """The lines of ``data`` that contain non-ASCII bytes, up to about the detection sample size."""
+    parts: list[bytes] = []
+    size = 0
+    position = 0
+    while size < _DETECTION_SAMPLE_BYTES:
+        found = _NON_ASCII.search(data, position)
+        if found is None:
+            break
+        start = data.rfind(b"\n", 0, found.start()) + 1
+        end = data.find(b"\n", found.start())
+        end = len(data) if end < 0 else end + 1
+        parts.append(data[start:end][: _DETECTION_SAMPLE_BYTES - size])
+        size += len(parts[-1])
+        position = end
+    return b"".join(parts)
+
+
+def _preference(name: str) -> int:
+    return _PREFERRED_ENCODINGS.index(name) if name in _PREFERRED_ENCODINGS else len(_PREFERRED_ENCODINGS)
+
+
+_ALPHABETIC_SCRIPTS: Final = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def _script(char: str) -> str:
+    return "LATIN" if char < "\x80" else unicodedata.name(char, "?").split(" ", 1)[0]
+
+
+def _implausibility(text: str) -> float:
+    """How garbled ``text`` (decoded) looks, per non-ASCII character: 0 for clean text.
+
+    What a wrong code page produces: control characters, symbols inside words ("Grš§e",
+    "Jam—n"), capitals after small letters ("CafŽ"), Latin and Cyrillic letters in one word
+    (cp1254 Turkish read as cp1251), half-width katakana.
+    """
+    penalty = 0.0
+    count = 0
+    previous = " "
+    for position, char in enumerate(text):
+        if char < "\x80":
+            previous = char
+            continue
+        count += 1
+        category = unicodedata.category(char)
+        if category[0] == "C":
+            penalty += 3
+        elif "\uff61" <= char <= "\uff9f":
+            penalty += 1
+        elif category[0] == "L":
+            if category == "Lu" and unicodedata.category(previous) == "Ll":
+                penalty += 2
+            scripts = {_script(char), _script(previous)}
+            if previous.isalpha() and len(scripts) == 2 and scripts <= _ALPHABETIC_SCRIPTS:
+                penalty += 2
+        else:
+            following = text[position + 1 : position + 2] or " "
+            if previous.isalpha() and following.isalpha():
+                penalty += 2
+        previous = char
+    return penalty / count if count else 0.0
+
+
+# The accented Latin letters of the languages merchants write (German with its French loanwords:
+# Café, Crème). A wrong code page turns Czech "Příliš" into "Pøíliš", whose letters no one
+# language has; the right one reads into the letters of some language.
+_LATIN_ALPHABETS: Final = tuple(
+    frozenset(letters)
+    for letters in (
+        "äöüßéèàç",  # German
+        "àâçéèêëîïôùûüÿœæ",  # French
+        "áéíóúñü",  # Spanish
+        "áâãàçéêíóôõú",  # Portuguese
+        "àèéìíòóùú",  # Italian
+        "áéëïóöüèà",  # Dutch
+        "åäöæøéü",  # Danish, Norwegian, Swedish, Finnish
+        "áðéíóúýþæö",  # Icelandic
+        "áčďéěíňóřšťúůýž",  # Czech
+        "áäčďéíĺľňóôŕšťúýž",  # Slovak
+        "ąćęłńóśźż",  # Polish
+        "áéíóöőúüű",  # Hungarian
+        "ăâîșțşţ",  # Romanian
+        "čćđšž",  # Croatian, Bosnian, Serbian (Latin), Slovenian
+        "çğıöşüâîû",  # Turkish
+        "āčēģīķļņōŗšūž",  # Latvian
+        "ąčęėįšųūž",  # Lithuanian
+        "äöõšž",  # Estonian
+    )
+)
+
+
+def _foreign_letters(text: str) -> float:
+    """The share of the accented Latin letters in ``text`` that the closest language lacks."""
+    letters = {
+        char.lower()
+        for char in text
+        if char >= "\x80" and char.isalpha() and unicodedata.name(char, "").startswith("LATIN")
+    }
+    if not letters:
+        return 0.0
+    return min(len(letters - alphabet) for alphabet in _LATIN_ALPHABETS) / len(letters)
+
+
+def _kana_share(text: str) -> float:
+    """The share of non-ASCII characters that are hiragana or katakana (Japanese text has many)."""
+    wide = [char for char in text if char >= "\x80"]
+    return sum("\u3040" <= char <= "\u30ff" for char in wide) / len(wide) if wide else 0.0
+
+
+def _detected_encodings(data: bytes) -> list[str]:
+    """Codecs that may have written ``data`` (not UTF-8), most likely first.
+
+    Candidates are charset-normalizer's matches plus the common export encodings; each is scored
+    on a sample of the file by how garbled its reading looks (and whether its accented letters are
+    those of one language), then Japanese codecs that read into kana win, then the preference
+    list (the detector's order among Chinese and Korean codes).
+    """
+    from charset_normalizer import from_bytes
+
+    sample = _non_ascii_sample(data)
+    detected: list[str] = []
+    for match in from_bytes(sample):
+        if not match.encoding.startswith(("utf_16", "utf_32")):
+            detected += sorted(match.could_be_from_charset, key=_preference)
+    ranked: list[tuple[float, bool, int, int, str]] = []
+    seen: set[str] = set()
+    for name in (*detected, *_PREFERRED_ENCODINGS):
+        codec = codecs.lookup(name).name
+        if codec in seen:
+            continue
+        seen.add(codec)
+        try:
+            text = sample.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        score = round(_implausibility(text) + _foreign_letters(text), 2)
+        japanese = False
+        if name in _JAPANESE_ENCODINGS:
+            # Japanese text is full of kana; Chinese or Korean text read as Japanese has none.
+            kana = _kana_share(text)
+            japanese = kana >= 0.15
+            score += 0.5 if kana < 0.05 else 0.0
+        order = detected.index(name) if name in detected else len(detected)
+        rank = order if name in _CHINESE_KOREAN_ENCODINGS else _preference(name)
+        ranked.append((score, not japanese, rank, order, codec))
+    return [codec for *_, codec in sorted(ranked)]
+
+
+def decode_csv(data: bytes, encoding: str | None = None) -> tuple[str, str]:
     """Decode CSV bytes to text; returns ``(text, codec name)`` with any BOM removed.
 
-    UTF-8 (with or without BOM) and UTF-16 with a BOM are recognised; anything else
-    that is not valid UTF-8 is read as cp1252, which is what Excel on Windows writes
-    ("CSV (Comma delimited)"). Images, workbooks and other binary content raise
-    :class:`CsvUnreadable`.
+    ``encoding`` (the merchant's choice) is used as given. Otherwise UTF-8 (with or without BOM)
+    and UTF-16 (with a BOM, or detected by its NUL bytes) are recognised, and text that is not
+    valid UTF-8 is read in the encoding charset-normalizer finds most likely (cp1250 for Czech,
+    Mac Roman, Shift-JIS, ...), cp1252 (what Excel on Windows writes) if it finds none, and
+    latin-1 as the last resort. Images, workbooks and other binary content raise
+    :class:`CsvUnreadable`; an unknown ``encoding`` raises :class:`CsvUnknownEncoding`.
     """
     kind = _binary_kind(data)
     if kind is not None:
         raise CsvUnreadable(f"This looks like {kind}, not a CSV file. Export the sheet as CSV and upload that.")
-    encoding: str | None = None
+    if encoding is not None:
+        return _decode_as(data, normalize_encoding(encoding))
+    encoding = None
     body = data
     for bom, codec in _BOMS:
         if data.startswith(bom):
@@ -328,14 +593,36 @@ def decode_csv(data: bytes) -> tuple[str, str]:
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
-            try:
-                text, encoding = data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError:
-                # cp1252 leaves five bytes undefined; latin-1 maps every byte, so never fails.
-                text, encoding = data.decode("latin-1"), "latin-1"
+            text, encoding = _decode_detected(data)
     if "\x00" in text:
         raise CsvUnreadable("The file contains binary data, not CSV text.")
     return text, encoding
+
+
+def _decode_detected(data: bytes) -> tuple[str, str]:
+    # The detector saw a sample: a candidate that fails on the whole file gives way to the next.
+    for name in (*_detected_encodings(data), "cp1252"):
+        try:
+            return data.decode(name), name
+        except UnicodeDecodeError:
+            continue
+    # latin-1 maps every byte, so never fails.
+    return data.decode("latin-1"), "latin-1"
+
+
+def _decode_as(data: bytes, codec: str) -> tuple[str, str]:
+    if codec == "utf-8" and data.startswith(b"\xef\xbb\xbf"):
+        codec = "utf-8-sig"  # the BOM is not part of the first header
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise CsvUnreadable(
+            f"The file is not valid {codec} text (byte {exc.start} cannot be read); "
+            "choose another encoding or let it be detected."
+        ) from exc
+    if "\x00" in text:
+        raise CsvUnreadable(f"Read as {codec}, the file contains binary data; choose another encoding.")
+    return text, codec
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,11 +636,12 @@ _SNIFF_CHARS: Final = 8_000  # csv.Sniffer's regexes get slow on big samples
 _SEP_DIRECTIVE: Final = re.compile(r"\A\"?sep=(.)\"?[ \t]*(?:\r\n|\r|\n|\Z)")
 
 
-def _reader(text: str, delimiter: str) -> CsvReader:
+def _reader(source: str | Iterable[str], delimiter: str) -> CsvReader:
     # newline="" hands \r\n, \r and \n to the csv module untranslated, which is what it needs to
     # keep line breaks inside quoted cells; str.splitlines would also split on \x85 etc.
+    lines = io.StringIO(source, newline="") if isinstance(source, str) else source
     return csv.reader(
-        io.StringIO(text, newline=""),
+        lines,
         delimiter=delimiter,
         quotechar='"',
         doublequote=True,
@@ -418,10 +706,41 @@ def detect_delimiter(text: str) -> str:
     return sniffed if sniffed in tied else tied[0]
 
 
+# The csv module builds a whole record before handing it over, so one line of a million tiny cells
+# ("a,a,a,...") would cost ~60 bytes a cell at once. Lines are fed to it through a counter that
+# refuses a record once its lines hold more delimiters than this (quoted ones count too, so the
+# bound is loose for legitimate rows and tight for a crafted one).
+_MAX_DELIMITERS_PER_RECORD: Final = 100_000
+
+
+class _Lines:
+    """The text's lines for csv.reader, counting the delimiters of the record being read."""
+
+    def __init__(self, text: str, delimiter: str) -> None:
+        # newline="" hands \r\n, \r and \n to the csv module untranslated, which is what it needs to
+        # keep line breaks inside quoted cells; str.splitlines would also split on \x85 etc.
+        self._lines = iter(io.StringIO(text, newline=""))
+        self._delimiter = delimiter
+        self.delimiters = 0  # in the lines of the current record; reset by the caller per record
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.delimiters += line.count(self._delimiter)
+        if self.delimiters > _MAX_DELIMITERS_PER_RECORD:
+            raise CsvTooLarge(f"A row has more than {_MAX_DELIMITERS_PER_RECORD} cells.")
+        return line
+
+
 def _records(text: str, delimiter: str) -> Iterator[list[str]]:
-    reader = _reader(text, delimiter)
+    lines = _Lines(text, delimiter)
+    reader = _reader(lines, delimiter)
     try:
-        yield from reader
+        for record in reader:
+            lines.delimiters = 0
+            yield record
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):
             raise CsvTooLarge(
@@ -449,26 +768,55 @@ def _unique_headers(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
+def normalize_delimiter(delimiter: str) -> str:
+    """A delimiter the merchant chose: one character that is no letter, digit, quote or line break."""
+    if len(delimiter) != 1 or delimiter.isalnum() or delimiter in '"\r\n\x00 ':
+        raise ValidationFailed(
+            "The delimiter must be one character such as , ; | or a tab.",
+            errors=[{"field": "delimiter", "in": "body", "message": "not a usable delimiter", "type": "value_error"}],
+        )
+    return delimiter
+
+
 def parse_csv(
-    data: bytes, *, max_rows: int = 50_000, max_columns: int = 200, max_field_chars: int = 100_000
+    data: bytes,
+    *,
+    max_rows: int = 50_000,
+    max_columns: int = 200,
+    max_field_chars: int = 100_000,
+    max_header_chars: int = 1_000,
+    max_cells: int = 5_000_000,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> ParsedCsv:
     """Decode and parse a CSV upload into headers and rows.
 
     The first non-blank record is the header; blank records (no non-whitespace cell) are
     skipped but still counted for row numbers. An Excel ``sep=;`` first line is honoured.
-    Cells longer than the csv module's own limit (131072 by default) also raise CsvTooLarge.
+    ``encoding`` and ``delimiter`` override detection. Cells longer than the csv module's own
+    limit (131072 by default) also raise CsvTooLarge, as do more than ``max_cells`` cells (data
+    rows times header columns) and a header name longer than ``max_header_chars``: memory stays
+    within a small multiple of the file's size, and every header fits the stored preview.
     """
-    text, encoding = decode_csv(data)
+    if delimiter is not None:
+        delimiter = normalize_delimiter(delimiter)
+    text, encoding = decode_csv(data, encoding)
     directive = _SEP_DIRECTIVE.match(text)
-    delimiter: str
     if directive is not None and directive.group(1) in _DELIMITERS:
-        # Excel hides this line, so the header that follows is still row 1.
-        delimiter, text = directive.group(1), text[directive.end() :]
-    else:
+        # Excel hides this line, so the header that follows is still row 1 (a chosen delimiter wins).
+        delimiter = delimiter or directive.group(1)
+        text = text[directive.end() :]
+    elif delimiter is None:
         delimiter = detect_delimiter(text)
 
     header: list[str] | None = None
-    records: list[tuple[int, list[str]]] = []
+    columns = _Columns()
+    # Each row is stored compactly as soon as it is read; what the whole file decides afterwards
+    # (which trailing unnamed columns are phantoms, which rows are ragged) is noted on the way.
+    rows: list[CsvRow] = []
+    overflowing: set[int] = set()  # rows with non-empty cells beyond the header
+    named = 0  # columns up to the last named one
+    used: list[bool] = []  # per unnamed trailing column: does any row have a value there
     for number, record in enumerate(_records(text, delimiter), start=1):
         if _is_blank(record):
             continue
@@ -482,35 +830,50 @@ def parse_csv(
         if header is None:
             if len(record) > max_columns:
                 raise CsvTooLarge(f"The file has {len(record)} columns (limit {max_columns}).", limit=max_columns)
-            header = record
+            for position, name in enumerate(record, start=1):
+                if len(name) > max_header_chars:
+                    raise CsvTooLarge(
+                        f"The name of column {position} has {len(name)} characters (limit {max_header_chars}); "
+                        "is the first row really the header?",
+                        limit=max_header_chars,
+                    )
+            header = [" ".join(h.split()) for h in record]
+            named = max((position + 1 for position, name in enumerate(header) if name), default=0)
+            used = [False] * (len(header) - named)
             continue
-        if len(records) >= max_rows:
+        if len(rows) >= max_rows:
             raise CsvTooLarge(f"The file has more than {max_rows} rows.", limit=max_rows)
-        records.append((number, record))
+        if (len(rows) + 1) * len(header) > max_cells:
+            raise CsvTooLarge(
+                f"The file has more than {max_cells} cells ({len(header)} columns, {len(rows) + 1}+ rows); "
+                "split it or leave out columns.",
+                limit=max_cells,
+            )
+        if len(record) > max(len(header), max_columns):
+            raise CsvTooLarge(f"Row {number} has {len(record)} cells (limit {max_columns}).", limit=max_columns)
+        for position in range(named, min(len(record), len(header))):
+            if not used[position - named] and record[position].strip():
+                used[position - named] = True
+        if any(cell.strip() for cell in record[len(header) :]):
+            overflowing.add(number)
+        rows.append(CsvRow(number=number, values=RowCells(columns, record[: len(header)])))
 
     if header is None:
         raise CsvEmpty("The file is empty.")
-    if not records:
+    if not rows:
         raise CsvEmpty("The file has a header row but no data rows.")
 
-    names = [" ".join(h.split()) for h in header]
-    width = len(names)
+    width = len(header)
     # Excel often exports phantom trailing columns ("a,b,c,,"): drop those with no name and no value
     # in any row, so they neither show up as "Column 4" nor make rows look ragged.
-    while width > 1 and not names[width - 1] and all(len(r) < width or not r[width - 1].strip() for _, r in records):
+    while width > 1 and width > named and not used[width - 1 - named]:
         width -= 1
-    headers = _unique_headers(names[:width])
-
-    rows: list[CsvRow] = []
-    ragged: list[int] = []
-    padding = [""] * width
-    for number, record in records:
-        if not _fits(record, width):
-            ragged.append(number)
-        cells = record[:width] + padding[len(record) :]
-        rows.append(CsvRow(number=number, values=dict(zip(headers, cells, strict=True))))
+    columns.set(_unique_headers(header[:width]))
+    ragged = [
+        row.number for row in rows if row.number in overflowing or cast("RowCells", row.values).cell_count < width
+    ]
     return ParsedCsv(
-        headers=headers, rows=tuple(rows), delimiter=delimiter, encoding=encoding, ragged_rows=tuple(ragged)
+        headers=columns.headers, rows=tuple(rows), delimiter=delimiter, encoding=encoding, ragged_rows=tuple(ragged)
     )
 
 
@@ -975,7 +1338,7 @@ def _merge_images(first: CsvRow, extra: Sequence[CsvRow], image_headers: Sequenc
         cells = (r.values.get(header, "").strip() for r in (first, *extra))
         # Newline-joined: split_image_urls splits on it, and it reads well in a preview.
         values[header] = "\n".join(c for c in cells if c)
-    return first.model_copy(update={"values": values})
+    return CsvRow(number=first.number, values=values)
 
 
 def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | None = None) -> tuple[CsvRow, ...]:
@@ -1051,31 +1414,75 @@ def _rows_word(count: int, singular_verb: str = "", plural_verb: str = "") -> st
     return text.rstrip()
 
 
+# What the stored preview keeps of a sample row: a Firestore document holds at most 1 MiB, and a
+# Shopify export's "Body (HTML)" alone can be 90 KB a row.
+SAMPLE_TEXT_CHARS: Final = 1_000
+SAMPLE_IMAGE_URLS: Final = 5
+TRUNCATED_NOTE: Final = (
+    f"Long values in the sample are cut to {SAMPLE_TEXT_CHARS} characters (and at most {SAMPLE_IMAGE_URLS} "
+    "image URLs are shown); the import uses them in full."
+)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SAMPLE_TEXT_CHARS else text[: SAMPLE_TEXT_CHARS - 1] + "…"
+
+
+def _sample_row(row: CsvRow, result: RowResult, mapping: ColumnMapping) -> PreviewRow:
+    """A row as the preview shows it, its long texts cut (``truncated`` says so)."""
+    full = _mapped_values(row, mapping)
+    values = {field: _cut(text) for field, text in full.items()}
+    truncated = values != full
+    draft = result.draft
+    if draft is not None:
+        description = _cut(draft.description) if draft.description is not None else None
+        urls = draft.image_urls[:SAMPLE_IMAGE_URLS]
+        if description != draft.description or urls != draft.image_urls:
+            truncated = True
+            draft = draft.model_copy(update={"description": description, "image_urls": urls})
+    return PreviewRow(row_number=row.number, values=values, draft=draft, problems=result.problems, truncated=truncated)
+
+
 def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int = 10) -> CsvPreview:
     """Summarise what an import with ``mapping`` would do: a sample plus warnings over all rows.
 
     Rows are grouped as the import groups them (:func:`group_rows`). The mapping is not
     validated here: an incomplete mapping still gets a useful preview. Duplicate SKUs and missing
     images count importable rows only, since failed rows are already reported as ``bad_row``.
-    At most 50 ``duplicate_sku`` warnings are given.
+    At most 50 ``duplicate_sku`` warnings are given. Rows are summarised one at a time (only the
+    sample is kept), and long sample values are cut (see ``notes``).
     """
     # Grouped like the import itself, so the counts shown are the counts imported.
     rows = group_rows(parsed, mapping)
-    results = [(row, row_to_draft(row, mapping)) for row in rows]
-    sample = tuple(
-        PreviewRow(
-            row_number=row.number, values=_mapped_values(row, mapping), draft=result.draft, problems=result.problems
-        )
-        for row, result in results[:sample_size]
-    )
-    warnings: list[PreviewWarning] = []
-
+    sample: list[PreviewRow] = []
     by_problem: dict[tuple[Severity, RowProblemCode], dict[int, None]] = {}
-    for row, result in results:
+    importable = 0
+    without_images: list[int] = []
+    without_images_count = 0
+    by_sku: dict[str, tuple[str, list[int], int]] = {}  # folded SKU -> (SKU, first rows, count)
+    for row in rows:
+        result = row_to_draft(row, mapping)
+        if len(sample) < sample_size:
+            sample.append(_sample_row(row, result, mapping))
         for p in result.problems:
             # A skipped row's warnings do not matter: the row is not imported anyway.
             if p.severity == "error" or result.draft is not None:
                 by_problem.setdefault((p.severity, p.code), {})[row.number] = None
+        draft = result.draft
+        if draft is None:
+            continue
+        importable += 1
+        if not draft.image_urls:
+            without_images_count += 1
+            if len(without_images) < _LISTED_ROWS:
+                without_images.append(draft.row_number)
+        if draft.sku is not None:
+            first_spelling, sku_rows, sku_count = by_sku.get(draft.sku.casefold(), (draft.sku, [], 0))
+            if len(sku_rows) < _LISTED_ROWS:
+                sku_rows.append(draft.row_number)
+            by_sku[draft.sku.casefold()] = (first_spelling, sku_rows, sku_count + 1)
+
+    warnings: list[PreviewWarning] = []
     for severity, code in sorted(by_problem, key=lambda k: (k[0] != "error", _CODE_ORDER.index(k[1]))):
         numbers = tuple(by_problem[(severity, code)])
         outcome = "skipped" if severity == "error" else "imported with a warning"
@@ -1091,33 +1498,26 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
             )
         )
 
-    drafts = [result.draft for _, result in results if result.draft is not None]
-    without_images = [d.row_number for d in drafts if not d.image_urls]
-    if without_images:
+    if without_images_count:
         hint = "" if mapping.image_urls else " (no column is mapped to images)"
         warnings.append(
             PreviewWarning(
                 code="missing_images",
-                message=f"{_rows_word(len(without_images), 'has', 'have')} no image URL{hint}.",
-                count=len(without_images),
-                row_numbers=tuple(without_images[:_LISTED_ROWS]),
+                message=f"{_rows_word(without_images_count, 'has', 'have')} no image URL{hint}.",
+                count=without_images_count,
+                row_numbers=tuple(without_images),
                 field="image_urls",
             )
         )
 
-    by_sku: dict[str, list[ProductDraft]] = {}
-    for draft in drafts:
-        if draft.sku is not None:
-            by_sku.setdefault(draft.sku.casefold(), []).append(draft)
-    duplicates = [group for group in by_sku.values() if len(group) > 1]
-    for group in duplicates[:_MAX_DUPLICATE_SKU_WARNINGS]:
-        sku = group[0].sku
+    duplicates = [group for group in by_sku.values() if group[2] > 1]
+    for sku, sku_rows, count in duplicates[:_MAX_DUPLICATE_SKU_WARNINGS]:
         warnings.append(
             PreviewWarning(
                 code="duplicate_sku",
-                message=f"SKU {sku!r} appears in {len(group)} rows.",
-                count=len(group),
-                row_numbers=tuple(d.row_number for d in group[:_LISTED_ROWS]),
+                message=f"SKU {sku!r} appears in {count} rows.",
+                count=count,
+                row_numbers=tuple(sku_rows),
                 field="sku",
                 value=sku,
             )
@@ -1143,10 +1543,11 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
         delimiter=parsed.delimiter,
         encoding=parsed.encoding,
         total_rows=len(rows),
-        importable_rows=len(drafts),
+        importable_rows=importable,
         mapping=mapping,
-        sample=sample,
+        sample=tuple(sample),
         warnings=tuple(warnings),
+        notes=(TRUNCATED_NOTE,) if any(row.truncated for row in sample) else (),
     )
 
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import tracemalloc
 from decimal import Decimal
 from typing import Literal
 
@@ -15,6 +17,7 @@ from shared.catalog.csv_parsing import (
     CsvEmpty,
     CsvRow,
     CsvTooLarge,
+    CsvUnknownEncoding,
     CsvUnreadable,
     ParsedCsv,
     RowResult,
@@ -23,6 +26,7 @@ from shared.catalog.csv_parsing import (
     decode_csv,
     detect_delimiter,
     group_rows,
+    normalize_encoding,
     parse_csv,
     parse_price,
     row_to_draft,
@@ -58,8 +62,71 @@ def test_decode_falls_back_to_cp1252() -> None:
     assert (text, encoding) == ("name;price\nCafé;5 €\n", "cp1252")
 
 
-def test_decode_bytes_undefined_in_cp1252_fall_back_to_latin1() -> None:
-    assert decode_csv(b"name\nA\x81B\n") == ("name\nA\x81B\n", "latin-1")
+CZECH = "Název;Cena;Popis\nŽluťoučký kůň;120,50;Příliš žluťoučký kůň úpěl ďábelské ódy\nČeská myš;15;Šťastná\n"
+MAC_GERMAN = "Name;Preis;Beschreibung\nCafé crème;4,50;Größe: groß, süß\nBäckerei Müller;2,00;Brötchen\n"
+JAPANESE = "商品名,価格,説明\n緑茶,500,静岡県産の高品質な緑茶です\n抹茶ラテ,650,香り高い抹茶\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "codec", "reported"),
+    [
+        (CZECH, "cp1250", "cp1250"),  # Central European Windows: cp1252 would garble ť, ů, ň...
+        (MAC_GERMAN, "mac_roman", "mac-roman"),
+        (JAPANESE, "shift_jis", "shift_jis"),
+        ("name;price\nCafé;5 €\n", "cp1252", "cp1252"),  # Western Windows stays cp1252
+    ],
+)
+def test_non_utf8_files_are_read_in_the_detected_encoding(source: str, codec: str, reported: str) -> None:
+    assert decode_csv(source.encode(codec)) == (source, reported)
+
+
+def test_czech_product_names_survive_an_import_file() -> None:
+    parsed = parse_csv(CZECH.encode("cp1250"))
+    assert (parsed.encoding, parsed.delimiter) == ("cp1250", ";")
+    assert parsed.headers == ("Název", "Cena", "Popis")
+    assert parsed.rows[0].values["Název"] == "Žluťoučký kůň"
+
+
+def test_detection_reads_a_sample_but_decodes_the_whole_file() -> None:
+    # 600 KB of ASCII first: the non-ASCII lines further down decide the encoding.
+    source = "name,sku\n" + "Plain mug,M-1\n" * 40_000 + "Žluťoučký kůň,K-1\n"
+    parsed = parse_csv(source.encode("cp1250"))
+    assert parsed.encoding == "cp1250"
+    assert parsed.rows[-1].values["name"] == "Žluťoučký kůň"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("cp1250", "cp1250"), ("Windows-1250", "cp1250"), ("Shift-JIS", "shift_jis"), ("macroman", "mac-roman")],
+)
+def test_encoding_names_are_normalised(name: str, expected: str) -> None:
+    assert normalize_encoding(name) == expected
+
+
+@pytest.mark.parametrize("name", ["klingon", "", "base64", "rot13", "zlib", "idna", "unicode_escape", "utf\x00"])
+def test_unknown_or_non_text_encodings_are_422(name: str) -> None:
+    with pytest.raises(CsvUnknownEncoding) as caught:
+        decode_csv(b"name\nMug\n", name)
+    assert (caught.value.status, caught.value.code) == (422, "csv_unknown_encoding")
+
+
+def test_an_explicit_encoding_overrides_detection() -> None:
+    data = "name\nCafé\n".encode("cp1252")
+    assert decode_csv(data, "cp1252") == ("name\nCafé\n", "cp1252")
+    assert decode_csv(data, "mac_roman") == ("name\nCaf\u00c8\n", "mac-roman")  # what the merchant asked for
+    assert decode_csv(b"\xef\xbb\xbfname\nMug\n", "utf-8") == ("name\nMug\n", "utf-8-sig")
+    with pytest.raises(CsvUnreadable, match="not valid utf-8"):
+        decode_csv(data, "utf-8")
+
+
+def test_an_explicit_delimiter_overrides_detection() -> None:
+    data = b"name;note\nMug;a,b\nCup;c,d\n"
+    assert parse_csv(data).delimiter == ";"
+    parsed = parse_csv(data, delimiter=",")
+    assert (parsed.delimiter, parsed.headers) == (",", ("name;note",))
+    assert parsed.rows[0].values == {"name;note": "Mug;a"}
+    with pytest.raises(ValidationFailed):
+        parse_csv(data, delimiter="ab")
 
 
 @pytest.mark.parametrize(("codec", "expected"), [("utf-16", "utf-16-le"), ("utf-16-be", "utf-16-be")])
@@ -221,16 +288,78 @@ def test_excel_phantom_trailing_columns_are_dropped() -> None:
     assert parsed.ragged_rows == ()
 
 
-def test_ragged_rows_are_padded_truncated_and_reported() -> None:
+def test_ragged_rows_are_truncated_not_padded_and_reported() -> None:
     parsed = parse_csv(b"name,sku,price\nMug,M1,1\nCup,C1\nBowl,B1,3,extra\nPlate,P1,4,,\n")
     assert [r.values for r in parsed.rows] == [
         {"name": "Mug", "sku": "M1", "price": "1"},
-        {"name": "Cup", "sku": "C1", "price": ""},
+        {"name": "Cup", "sku": "C1"},  # a missing cell is missing, read as ""
         {"name": "Bowl", "sku": "B1", "price": "3"},
         {"name": "Plate", "sku": "P1", "price": "4"},
     ]
+    assert parsed.rows[1].values.get("price", "") == ""
     # Trailing empty cells lose nothing, so "Plate" is not reported.
     assert parsed.ragged_rows == (3, 4)
+
+
+def _peak_bytes(data: bytes) -> int:
+    tracemalloc.start()
+    try:
+        parse_csv(data)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_parsing_memory_is_a_small_multiple_of_the_file_size() -> None:
+    """200 columns, then 24,000 one-cell rows (~50 KB): padding every row took ~170 MiB."""
+    header = ",".join(f"c{i}" for i in range(200)).encode()
+    ragged = header + b"\n" + b"x\n" * 24_000
+    assert len(parse_csv(ragged).rows) == 24_000
+    assert _peak_bytes(ragged) < 100 * len(ragged)  # ~5 MB: the rows themselves, ~150 bytes each
+    # A full table: 2,000 rows of 100 short cells.
+    full = (",".join(f"h{i}" for i in range(100)) + "\n" + ("ab," * 99 + "ab\n") * 2_000).encode()
+    assert _peak_bytes(full) < 8 * len(full)
+
+
+def test_the_reviewed_100_kb_file_is_refused_without_building_it() -> None:
+    """The security review's file: 200 columns, 50,000 one-cell rows is 10 million cells."""
+    header = ",".join(f"c{i}" for i in range(200)).encode()
+    data = header + b"\n" + b"x\n" * 49_999
+    tracemalloc.start()
+    try:
+        with pytest.raises(CsvTooLarge, match="cells") as caught:
+            parse_csv(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.status == 422
+    assert peak < 10 * 1024 * 1024
+
+
+def test_too_many_cells() -> None:
+    data = b"a,b,c,d\n" + b"1,2,3,4\n" * 10
+    assert len(parse_csv(data, max_cells=40).rows) == 10
+    with pytest.raises(CsvTooLarge, match="cells") as caught:
+        parse_csv(data, max_cells=39)
+    assert (caught.value.status, caught.value.extensions["limit"]) == (422, 39)
+
+
+def test_a_row_of_a_million_cells_is_refused_before_it_is_built() -> None:
+    data = b"name,sku\nMug,M-1\n" + b"a," * 1_000_000 + b"\n"
+    tracemalloc.start()
+    try:
+        with pytest.raises(CsvTooLarge, match="cells"):
+            parse_csv(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * len(data)
+
+
+def test_header_names_are_bounded() -> None:
+    with pytest.raises(CsvTooLarge, match="column 2"):
+        parse_csv(b"name," + b"x" * 1_001 + b"\nMug,1\n")
+    assert parse_csv(b"name," + b"x" * 1_000 + b"\nMug,1\n").headers[1] == "x" * 1_000
 
 
 def test_row_numbers_are_spreadsheet_rows() -> None:
@@ -635,7 +764,7 @@ def test_group_rows_merges_shopify_continuation_rows() -> None:
     )
     # A nameless row whose handle was not seen before is no continuation: it stays, and fails.
     assert drafts[2].draft is None
-    assert group_rows(parsed.model_copy(update={"rows": rows}), mapping) == rows  # idempotent
+    assert group_rows(dataclasses.replace(parsed, rows=rows), mapping) == rows  # idempotent
 
 
 def test_group_rows_explicit_header_and_no_handle() -> None:
@@ -732,6 +861,31 @@ def test_preview_groups_shopify_rows() -> None:
     assert preview.sample[0].values["image_urls"].count("\n") == 2
 
 
+def test_preview_of_long_descriptions_stays_far_below_the_firestore_document_limit() -> None:
+    """A Shopify-style export of 10 products with ~90 KB of Body (HTML) each (0.9 MB of CSV)."""
+    body = "<p>" + "Handmade stoneware, glazed by hand; " * 2_500 + "</p>"
+    images = " ".join(f"https://cdn.example/p/{i}.jpg" for i in range(20))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["Handle", "Title", "Body (HTML)", "Image Src"])
+    writer.writerows([f"mug-{i}", f"Mug {i}", body, images] for i in range(10))
+    data = buffer.getvalue().encode()
+    assert len(data) > 900_000
+    parsed = parse_csv(data)
+    preview = build_preview(parsed, auto_map(parsed.headers))
+    stored = json.dumps(preview.model_dump(mode="json"))
+    assert len(stored.encode()) < 200_000  # Firestore's limit is 1 MiB per document
+    first = preview.sample[0]
+    assert first.truncated
+    assert len(first.values["description"]) == 1_000 and first.values["description"].endswith("…")
+    assert first.draft is not None and len(first.draft.description or "") == 1_000
+    assert len(first.draft.image_urls) == 5
+    assert preview.notes and "cut" in preview.notes[0]
+    # Only the sample is cut: what gets imported keeps the long description (up to the product limit).
+    [result] = {row_to_draft(row, preview.mapping).draft for row in parsed.rows[:1]}
+    assert result is not None and len(result.description or "") == 20_000 and len(result.image_urls) == 20
+
+
 def test_preview_with_an_incomplete_mapping() -> None:
     parsed = parse_csv(b"a,b\n1,2\n")
     preview = build_preview(parsed, ColumnMapping())
@@ -774,7 +928,7 @@ def write(headers: list[str], rows: list[list[str]], delimiter: str, quoting: Li
 def assert_round_trip(parsed: ParsedCsv, headers: list[str], rows: list[list[str]], delimiter: str) -> None:
     assert parsed.delimiter == delimiter
     assert parsed.headers == tuple(headers)
-    assert [list(r.values.values()) for r in parsed.rows] == rows
+    assert [[r.values.get(h, "") for h in parsed.headers] for r in parsed.rows] == rows
     assert [r.number for r in parsed.rows] == list(range(2, len(rows) + 2))
     assert parsed.ragged_rows == ()
 
