@@ -113,6 +113,20 @@ class JobKind(ABC, Generic[JobT, ItemT]):
     # an item a second time while the first delivery is still working (and paying for the model).
     item_deadline: timedelta | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        job_model, item_model = getattr(cls, "job_model", None), getattr(cls, "item_model", None)
+        if job_model is None or item_model is None or not issubclass(job_model, PagedJobDoc):
+            return
+        # The reaper may have to give up a fan-out page it cannot rebuild (its items were never
+        # written): it counts and writes those items from the lifecycle's fields alone.
+        if not cls.counted:
+            raise TypeError(f"{cls.__name__}: a paged kind must be counted")
+        own = set(item_model.model_fields) - set(BatchItemDoc.model_fields)
+        required = sorted(name for name in own if item_model.model_fields[name].is_required())
+        if required:
+            raise TypeError(f"{cls.__name__}: a paged kind's item fields need defaults ({', '.join(required)})")
+
     @property
     def paged(self) -> bool:
         """Whether the fan-out writes the items page by page (else they are written with the job)."""

@@ -18,24 +18,22 @@
   are named after the window the triggering item finished in, so a late item is never swallowed
   by a settle task that already ran.
 * Cancel: stop starting new items; running ones finish; the rest are released at settlement.
-* Recover (Cloud Scheduler, :func:`reap`): an item whose delivery was killed (a timeout, out of
-  memory) stays running with no delivery to come; once it has been running longer than the lease it
-  is given up through the same guarded write (failed and refunded, except what the kind says the
-  customer already has), and the job settles. A job whose fan-out task was never enqueued is started
-  again, cancelled or not; a job whose items have all finished but whose settle task was lost is
-  settled. A job the hold sweeper reached first (it ran past its hold's deadline) still settles:
-  nothing is charged.
+* Lost answers: a guarded commit that went through but answered "unavailable" is recognised by the
+  writer's token when re-read (:mod:`shared.batch.commits`), never taken for a lost race.
+* Recover (Cloud Scheduler): :mod:`shared.batch.recovery` finishes what no task will finish.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal
+from typing import TYPE_CHECKING, Any, Generic
 
+from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals, derived_id
 from shared.batch.models import (
     STOPPED_JOB,
@@ -49,13 +47,12 @@ from shared.batch.models import (
     JobStatus,
     JobTask,
     PagedJobDoc,
-    ReapReport,
 )
 from shared.catalog.products import new_id
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
 from shared.http.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
-from shared.scheduled import isolated
+from shared.retry import CONTENDED_COMMIT, attempts
 from shared.tasks import RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
@@ -166,6 +163,12 @@ def accept(
     hold_id = _pending_hold(kind, ledger, client_id, job_id, amount, user_id, policy, keyed=request_key is not None)
     try:
         job, items = record(hold_id)
+        if isinstance(job, PagedJobDoc) and job.fanout_page_size is None:
+            # The page size is fixed with the number of pages: a fan-out running under another setting
+            # (a changed GENERATION_FANOUT_PAGE, a rollout) must not skip or repeat items.
+            job = job.model_copy(
+                update={"fanout_page_size": policy.fanout_page, "fanout_pages": fanout_pages(job.item_count, policy)}
+            )
         accepted = submit(kind, db, queue, job, items)
     except Exception:
         if hold_id:
@@ -229,17 +232,20 @@ def fanout_pages(item_count: int, policy: BatchPolicy) -> int:
 
 def submit(kind: JobKind[JobT, ItemT], db: Client, queue: TaskQueue, job: JobT, items: Sequence[ItemT] = ()) -> JobT:
     """Write the job (and, for a kind that is not paged, all its items) in one commit and enqueue its
-    fan-out. When a concurrent request with the same key won the race, its job is the answer."""
-    from google.api_core.exceptions import AlreadyExists
-
+    fan-out. When a concurrent request with the same key won the race, its job is the answer; a commit
+    of ours whose answer was lost is recognised by the job's ``submission`` token and goes on."""
+    job = job.model_copy(update={"submission": new_token()})
     ref = kind.jobs_ref(db, job.client_id).document(job.id)
     batch = db.batch()
     batch.create(ref, job.model_dump(mode="python"))
     for item in items:
         batch.create(ref.collection("items").document(f"{item.index:06d}"), item.model_dump(mode="python"))
-    try:
-        batch.commit()
-    except AlreadyExists:
+
+    def ours() -> bool | None:
+        stored = ref.get()
+        return True if stored.exists and (stored.to_dict() or {}).get("submission") == job.submission else None
+
+    if commit_once(lambda: batch.commit(retry=None), ours, f"record {kind.noun}") is None:
         return _same_request(kind.job_model.model_validate(ref.get().to_dict()), job.request_fingerprint)
     try:
         queue.enqueue(kind.fanout_task(job.client_id, job.id))
@@ -260,7 +266,7 @@ def run_fanout(kind: JobKind[Any, Any], db: Client, queue: TaskQueue, task: JobT
         return "job already settled"
     for index in range(job.item_count):
         queue.enqueue(kind.item_task(task.client_id, task.job_id, index))
-    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page_done=False, now=now)
+    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page=None, now=now)
     return f"{job.item_count} item tasks"
 
 
@@ -280,7 +286,8 @@ def run_fanout_page(
 
     ``page_items(job, start, stop, status)`` builds the item documents of indexes start..stop-1. A
     redelivered page creates nothing twice; the items of a job cancelled before its fan-out are
-    written cancelled (and counted), and the last page then asks for the settlement."""
+    written cancelled (and counted), and the last page then asks for the settlement. The page size
+    is the one the job was accepted with; a page the reaper gave up writes nothing."""
     from google.api_core.exceptions import AlreadyExists
 
     job = kind.get_job(db, task.client_id, task.job_id)
@@ -289,9 +296,15 @@ def run_fanout_page(
     if not isinstance(job, PagedJobDoc):
         raise TypeError(f"{kind.noun} jobs are not paged")
     pages = job.fanout_pages
-    start = task.page * policy.fanout_page
+    size = job.fanout_page_size or policy.fanout_page  # jobs from before the size was stored: the setting
+    job_ref = kind.jobs_ref(db, task.client_id).document(task.job_id)
+    if (page_marker(job_ref, task.page).get().to_dict() or {}).get("given_up"):
+        return f"fan-out page {task.page + 1}/{pages}: given up"
+    start = task.page * size
     stopped = job.status in STOPPED_JOB
-    docs = page_items(job, start, start + policy.fanout_page, ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED)
+    docs = page_items(
+        job, start, min(start + size, job.item_count), ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED
+    )
     items_ref = kind.items_ref(db, task.client_id, task.job_id)
     created: list[ItemT] = []
     for doc in docs:
@@ -311,9 +324,11 @@ def run_fanout_page(
     pending = _still_queued(kind, db, task, [d for d in docs if d.index not in written]) if stopped else docs
     for doc in pending:
         queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
-    if after_page is not None:
+    if after_page is not None and not stopped:
+        # A cancelled job's settings are not what the customer last chose for these products.
         after_page(job, docs)
-    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page_done=bool(created), now=now)
+    # Counted by its own marker, whether this delivery or an earlier one wrote the items.
+    _mark_fanned_out(db, job_ref, page=task.page, now=now)
     if task.page + 1 < pages:
         queue.enqueue(kind.fanout_task(task.client_id, task.job_id, task.page + 1))
     elif stopped:
@@ -334,16 +349,26 @@ def _still_queued(kind: JobKind[Any, ItemT], db: Client, task: JobTask, docs: Se
     return [doc for doc, ref in zip(docs, refs, strict=True) if ref.id in queued]
 
 
-def _mark_fanned_out(db: Client, ref: Any, *, page_done: bool, now: datetime) -> None:
-    """Count the page and move a queued job to running, in a transaction: a cancel that lands while
-    the page is being fanned out must not be overwritten by a status read before it."""
+def page_marker(job_ref: Any, page: int) -> Any:
+    """``…/{job}/fanout_pages/{page:06d}``: written once, when the page's items and tasks exist (or
+    when the reaper gave the page up)."""
+    return job_ref.collection("fanout_pages").document(f"{page:06d}")
+
+
+def _mark_fanned_out(db: Client, ref: Any, *, page: int | None, now: datetime) -> None:
+    """Mark ``page`` done (counted once, by its marker) and move a queued job to running, in a
+    transaction: a cancel that lands while the page is being fanned out must not be overwritten by a
+    status read before it."""
     from google.cloud import firestore
+
+    marker = page_marker(ref, page) if page is not None else None
 
     @firestore.transactional  # type: ignore[misc]
     def apply(transaction: Any) -> None:
         current = JobStatus((ref.get(transaction=transaction).to_dict() or {}).get("status", JobStatus.QUEUED.value))
         changes: dict[str, Any] = {}
-        if page_done:
+        if marker is not None and not marker.get(transaction=transaction).exists:
+            transaction.create(marker, {"page": page, "at": now})
             changes["fanout_pages_done"] = firestore.Increment(1)
         if current is JobStatus.QUEUED:
             changes["status"] = JobStatus.RUNNING.value
@@ -368,10 +393,13 @@ class ItemRun(Generic[JobT, ItemT]):
     snapshot: Any
     last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
     now: datetime
+    # This delivery's own mark on the item (written when it takes and when it finishes the item): a
+    # commit of ours whose answer was lost is recognised by it.
+    token: str = ""
 
     def changes(self, status: ItemStatus, **fields: Any) -> dict[str, Any]:
         """The item update recording ``status`` (for a kind that commits it with its result)."""
-        return {"status": status.value, **fields, "updated_at": self.now}
+        return {"status": status.value, **fields, "delivery": self.token, "updated_at": self.now}
 
 
 ItemWork = Callable[[ItemRun[JobT, ItemT]], Finish | Finished]
@@ -402,15 +430,17 @@ def run_item(
         return f"item already {item.status.value}"
     job = kind.get_job(db, task.client_id, task.job_id)
     result: Finish | Finished
+    token = new_token()
     if job.status in STOPPED_JOB and item.status is ItemStatus.QUEUED:
-        run = ItemRun(job, item, item_ref, snapshot, last_attempt=False, now=now)
+        run = ItemRun(job, item, item_ref, snapshot, last_attempt=False, now=now, token=token)
         result = Finish(ItemStatus.CANCELLED, {"failure": None})
     else:
-        taken = _take(db, item_ref, snapshot, {"attempts": item.attempts + 1, "updated_at": now})
+        taken = _take(kind, db, item_ref, snapshot, now, token)
         if taken is None:
             return TAKEN_OVER
+        snapshot, item = taken
         last_attempt = call.retry_count + 1 >= policy.max_attempts
-        run = ItemRun(job, item, item_ref, taken, last_attempt=last_attempt, now=now)
+        run = ItemRun(job, item, item_ref, snapshot, last_attempt=last_attempt, now=now, token=token)
         try:
             result = _attempt(kind, run, work, give_up=lambda error: kind.given_up(db, run.job, run.item, error))
         except ItemTakenOver:
@@ -428,19 +458,46 @@ def run_item(
     return outcome
 
 
-def _take(db: Client, ref: Any, snapshot: Any, changes: dict[str, Any]) -> Any:
-    """Mark the item running, unless it changed since ``snapshot`` was read: then another delivery
-    (or the reaper) finished or took it, owns the outcome, and this one must neither run the work
-    again nor record it a second time (None). Returns the write, whose update time guards the finish."""
-    from google.api_core.exceptions import FailedPrecondition
+def new_token() -> str:
+    """A fresh mark for one writer (a delivery, a reaper run, an accept call)."""
+    return secrets.token_hex(8)
 
-    try:
-        return ref.update(
-            {"status": ItemStatus.RUNNING.value, **changes},
-            option=db.write_option(last_update_time=snapshot.update_time),
-        )
-    except FailedPrecondition:
-        return None
+
+def _take(
+    kind: JobKind[Any, ItemT], db: Client, ref: Any, snapshot: Any, now: datetime, token: str
+) -> tuple[Any, ItemT] | None:
+    """Mark the item running with ``token``, unless another delivery (or the reaper) took or finished
+    it since ``snapshot`` was read: that one owns the outcome, and this one must neither run the work
+    again nor record it a second time (None). Returns what guards the finish (the write, or the read
+    that recognised it) and the item as it was before this delivery took it.
+
+    A take whose answer was lost is recognised by the token. An item still queued was only touched
+    by the reaper (which re-enqueues lost tasks): it is taken from the fresh read."""
+    guard = db.write_option
+    for _attempt in attempts(CONTENDED_COMMIT, "take a batch item"):
+        item = kind.item_model.model_validate(snapshot.to_dict())
+        changes = {
+            "status": ItemStatus.RUNNING.value,
+            "attempts": item.attempts + 1,
+            "delivery": token,
+            "updated_at": now,
+        }
+
+        def ours() -> Any:
+            fresh = ref.get()
+            mine = (fresh.to_dict() or {}).get("delivery") == token
+            return fresh if mine and (fresh.to_dict() or {}).get("status") == ItemStatus.RUNNING.value else None
+
+        def write(current: Any = snapshot, updates: dict[str, Any] = changes) -> Any:
+            return ref.update(updates, option=guard(last_update_time=current.update_time), retry=None)
+
+        taken = commit_once(write, ours, "take a batch item")
+        if taken is not None:
+            return taken, item
+        snapshot = ref.get()
+        if not snapshot.exists or (snapshot.to_dict() or {}).get("status") != ItemStatus.QUEUED.value:
+            return None
+    return None
 
 
 def _attempt(
@@ -474,20 +531,20 @@ def _attempt(
 
 def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int) -> bool:
     """Finish the item and count it in one commit, unless another delivery (or the reaper) changed it
-    since this one took it (then that one owns the outcome: False)."""
-    from google.api_core.exceptions import FailedPrecondition
-
+    since this one took it (then that one owns the outcome: False). A commit of ours whose answer was
+    lost is recognised by the run's token (True)."""
     changes = run.changes(result.status, **result.fields)
     batch = db.batch()
     batch.update(run.ref, changes, option=db.write_option(last_update_time=run.snapshot.update_time))
     if kind.counted:
         finished = kind.item_model.model_validate({**run.item.model_dump(), **changes})
         _count(batch, kind, db, run.job, finished, shards)
-    try:
-        batch.commit()
-    except FailedPrecondition:
-        return False
-    return True
+
+    def ours() -> bool | None:
+        stored = run.ref.get().to_dict() or {}
+        return True if stored.get("delivery") == run.token and stored.get("status") == result.status.value else None
+
+    return commit_once(lambda: batch.commit(retry=None), ours, f"record a {kind.noun} item") is not None
 
 
 # -- counting ---------------------------------------------------------------------------------------
@@ -648,175 +705,6 @@ def _released_before_settle(kind: JobKind[Any, Any], ledger: Ledger, job: Any, a
     )
 
 
-# -- recovery (Cloud Scheduler) ---------------------------------------------------------------------
-
-# A fan-out runs seconds after its job is accepted, and a settle task seconds after the item that
-# asked for it: a job older than this that is still queued lost its fan-out task, and one whose
-# items have all finished but which is not settled lost its settle task.
-FANOUT_GRACE = timedelta(minutes=10)
-
-
-class ItemTimedOut(EpoxError):
-    """No delivery of the item finished within the lease: it was given up (and refunded)."""
-
-    status = 504
-    code = "item_timed_out"
-    title = "The item did not finish in time"
-
-
-def reap(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
-    now: datetime,
-    *,
-    lease: timedelta,
-    limit: int = 500,
-    clock: Callable[[], datetime] | None = None,
-) -> ReapReport:
-    """Finish what no task will finish, for every client: give up the kind's items running longer
-    than ``lease`` (their delivery was killed: refunded at settlement, which is enqueued), start the
-    jobs whose fan-out was never enqueued (queued ones, and cancelled ones with items no task will
-    cancel), and settle the jobs whose items have all finished but whose settle task was lost.
-
-    ``now`` is when the run started (what it compares against); ``clock`` tells the time each settle
-    task is enqueued at, which names it (a long run outlives settle windows). Safe to run twice; at
-    most ``limit`` items and ``limit`` jobs per run, the rest the next run. Each item and job is
-    handled on its own (a failure is logged and reported per client)."""
-    finished_at = clock or (lambda: now)
-    report = ReapReport(job="reap-stuck-items")
-    reaped = 0
-    for snapshot in _stuck_items(kind, db, now - lease):
-        if reaped >= limit:
-            report.more = True
-            break
-        client_id, job_id = _owner(snapshot.reference)
-        with isolated(report.job, client_id, report.failed, step="items"):
-            if fail_stuck_item(kind, db, queue, snapshot, now, lease, clock=finished_at):
-                reaped += 1
-                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
-    for checked, snapshot in enumerate(_unsettled_jobs(kind, db, now - FANOUT_GRACE)):
-        if checked >= limit:
-            report.more = True
-            break
-        client_id = snapshot.reference.parent.parent.id
-        with isolated(report.job, client_id, report.failed, step="jobs"):
-            recovered = _recover_job(kind, db, queue, kind.job_model.model_validate(snapshot.to_dict()), finished_at)
-            if recovered == "fanout":
-                report.jobs_started.setdefault(client_id, []).append(snapshot.id)
-            elif recovered == "settle":
-                report.settles_enqueued.setdefault(client_id, []).append(snapshot.id)
-    return report
-
-
-def fail_stuck_item(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
-    snapshot: Any,
-    now: datetime,
-    lease: timedelta,
-    *,
-    clock: Callable[[], datetime] | None = None,
-) -> bool:
-    """Give up the running item ``snapshot`` for good (the kind's verdict: failed, or what of it the
-    customer already has) and enqueue its job's settlement. The write is guarded by the snapshot's
-    update time like a delivery's: a delivery that finished the item or started again since then
-    owns it, and nothing changes (False)."""
-    client_id, job_id = _owner(snapshot.reference)
-    item = kind.item_model.model_validate(snapshot.to_dict())
-    job = kind.get_job(db, client_id, job_id)
-    if item.status is not ItemStatus.RUNNING or job.settled:
-        return False
-    error = ItemTimedOut(
-        f"No delivery of this item finished within {int(lease.total_seconds() // 60)} minutes; it was given up"
-    )
-    run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now)
-    # One counter shard is enough: reaping is rare, and the totals add up every shard.
-    if not _record(kind, db, run, kind.given_up(db, job, item, error), shards=1):
-        return False
-    logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
-    # Named after the time the item was recorded, not when the run started: a settle task of this job
-    # that ran since (for an item reaped earlier in this run) must not swallow this one as a duplicate.
-    # Should the enqueue fail, the next run settles the job (see _recover_job).
-    queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
-    return True
-
-
-def _owner(item_ref: Any) -> tuple[str, str]:
-    """(client id, job id) of an item document ``clients/{c}/{collection}/{job}/items/{index}``."""
-    job_ref = item_ref.parent.parent
-    return str(job_ref.parent.parent.id), str(job_ref.id)
-
-
-def _stuck_items(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
-    """Every item of this kind, of any client, running since before ``cutoff`` (collection-group index
-    on ``items``: status, updated_at). Other kinds' items live in collections named alike: skipped."""
-    from google.cloud.firestore import FieldFilter
-
-    query = (
-        db.collection_group("items")
-        .where(filter=FieldFilter("status", "==", ItemStatus.RUNNING.value))
-        .where(filter=FieldFilter("updated_at", "<", cutoff))
-    )
-    for snapshot in query.stream():
-        parts = snapshot.reference.path.split("/")
-        if len(parts) == 6 and parts[0] == "clients" and parts[2] == kind.collection:
-            yield snapshot
-
-
-def _unsettled_jobs(kind: JobKind[Any, Any], db: Client, cutoff: datetime) -> Iterator[Any]:
-    """Every unsettled job of this kind created before ``cutoff``: queued, then cancelling, then
-    running (collection-group index on the kind's collection: status, created_at)."""
-    from google.cloud.firestore import FieldFilter
-
-    for status in (JobStatus.QUEUED, JobStatus.CANCELLING, JobStatus.RUNNING):
-        query = (
-            db.collection_group(kind.collection)
-            .where(filter=FieldFilter("status", "==", status.value))
-            .where(filter=FieldFilter("created_at", "<", cutoff))
-        )
-        for snapshot in query.stream():
-            parts = snapshot.reference.path.split("/")
-            if len(parts) == 4 and parts[0] == "clients" and not (snapshot.to_dict() or {}).get("settled"):
-                yield snapshot
-
-
-def _recover_job(
-    kind: JobKind[JobT, Any], db: Client, queue: TaskQueue, job: JobT, clock: Callable[[], datetime]
-) -> Literal["fanout", "settle"] | None:
-    """Enqueue what an unsettled job is waiting for that no task will bring: its fan-out or its
-    settlement (which one was enqueued; None when nothing was)."""
-    if job.status is JobStatus.QUEUED or (job.status is JobStatus.CANCELLING and _unstarted(kind, db, job)):
-        # A cancelled job too: its unwritten items are written cancelled, and its queued items get the
-        # tasks that cancel them (an item task cancels a queued item of a stopped job), so it settles.
-        if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
-            logger.warning(
-                "%s %s (%s) was never fanned out: fan-out enqueued again", kind.noun, job.id, job.status.value
-            )
-            return "fanout"
-        return None
-    if totals(kind, db, job).done < job.item_count:
-        return None  # items still to finish: their deliveries (or the item reaper) ask for the settlement
-    # Every item finished, and the job is still unsettled: the settle task that should have followed
-    # was lost (its enqueue failed after the item was recorded). Settling is idempotent.
-    if queue.enqueue(kind.settle_task(job.client_id, job.id, clock())):
-        logger.warning("%s %s has finished but was never settled: settlement enqueued", kind.noun, job.id)
-        return "settle"
-    return None
-
-
-def _unstarted(kind: JobKind[Any, Any], db: Client, job: Any) -> bool:
-    """Whether the job has items no item task may ever have been enqueued for: pages never written,
-    or items still queued."""
-    from google.cloud.firestore import FieldFilter
-
-    if isinstance(job, PagedJobDoc) and job.fanout_pages_done < job.fanout_pages:
-        return True
-    query = kind.items_ref(db, job.client_id, job.id).where(filter=FieldFilter("status", "==", ItemStatus.QUEUED.value))
-    return any(True for _ in query.limit(1).stream())
-
-
 # -- commands and reads -----------------------------------------------------------------------------
 
 
@@ -827,23 +715,27 @@ def cancel_job(
     from google.api_core.exceptions import FailedPrecondition
 
     ref = kind.jobs_ref(db, client_id).document(job_id)
-    for _ in range(5):
+    for _attempt in attempts(CONTENDED_COMMIT, f"cancel a {kind.noun}"):
         snapshot = ref.get()
         if not snapshot.exists:
             raise NotFound(f"No {kind.noun} {job_id}")
         job = kind.job_model.model_validate(snapshot.to_dict())
-        if job.settled or job.status in STOPPED_JOB:
+        if job.settled:
             return job
-        try:
-            # Guarded by the read: a settle that finishes in between wins, and we answer its state.
-            ref.update(
-                {"status": JobStatus.CANCELLING.value, "updated_at": now},
-                option=db.write_option(last_update_time=snapshot.update_time),
-            )
-        except FailedPrecondition:
-            continue
+        if job.status not in STOPPED_JOB:
+            try:
+                # Guarded by the read: a settle that finishes in between wins, and we answer its state.
+                ref.update(
+                    {"status": JobStatus.CANCELLING.value, "updated_at": now},
+                    option=db.write_option(last_update_time=snapshot.update_time),
+                )
+            except FailedPrecondition:
+                continue  # the job moved (a page, a settle, our own update answered late): read it again
+            job = job.model_copy(update={"status": JobStatus.CANCELLING})
+        # Stopped, by this call or an earlier one whose answer was lost: its settlement is asked for
+        # (settling is idempotent, and waits for running items).
         queue.enqueue(kind.settle_task(client_id, job_id, now))
-        return job.model_copy(update={"status": JobStatus.CANCELLING})
+        return job
     return kind.get_job(db, client_id, job_id)
 
 

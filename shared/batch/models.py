@@ -60,13 +60,20 @@ class BatchJobDoc(BaseModel):
     # The request a keyed job was created by: the same Idempotency-Key with another request is a 409
     # even after the HTTP layer's 24 h record has expired (the job id is derived from the key).
     request_fingerprint: str | None = None
+    # A token of the accept call that wrote the job: a commit whose answer was lost (the client's own
+    # retry then finds the job) is recognised as ours, not taken for a concurrent request's job.
+    submission: str | None = None
 
 
 class PagedJobDoc(BatchJobDoc):
     """A job whose items are written page by page by its fan-out tasks (up to thousands of items)."""
 
     fanout_pages: int = 1
-    fanout_pages_done: int = 0
+    fanout_pages_done: int = 0  # pages marked done (``fanout_pages/{page}``), each counted once
+    # Items per page, fixed at accept with the number of pages (None: a job from before it was
+    # stored, paged by the current setting).
+    fanout_page_size: int | None = None
+    fanout_requeues: int = 0  # fan-out pages the reaper had to enqueue again (it gives up after a few)
 
 
 class BatchItemDoc(BaseModel):
@@ -79,6 +86,10 @@ class BatchItemDoc(BaseModel):
     failure: dict[str, Any] | None = None
     attempts: int = 0
     updated_at: datetime | None = None
+    # The delivery (or reaper run) that last took or finished the item: a commit whose answer was lost
+    # is recognised by this token when re-read, never taken for another delivery's.
+    delivery: str | None = None
+    requeues: int = 0  # tasks the reaper created again for this queued item (it gives up after a few)
 
 
 class ItemCounts(BaseModel):
@@ -130,11 +141,14 @@ class ItemListQuery(PageQuery):
 
 
 class ReapReport(ScheduledReport):
-    """What ``/jobs/reap-stuck-items`` did, by client: items given up ("{job}/{index}"), jobs whose
-    fan-out was enqueued again, finished jobs whose lost settlement was enqueued again."""
+    """What ``/jobs/reap-stuck-items`` did, by client: items given up ("{job}/{index}"), queued items
+    whose lost task was created again, jobs whose fan-out (or a lost fan-out page) was enqueued again,
+    fan-out pages given up ("{job}/{page}"), finished jobs whose lost settlement was enqueued again."""
 
     job: str
     items_failed: dict[str, list[str]] = Field(default_factory=dict)
+    items_requeued: dict[str, list[str]] = Field(default_factory=dict)
     jobs_started: dict[str, list[str]] = Field(default_factory=dict)
+    pages_failed: dict[str, list[str]] = Field(default_factory=dict)
     settles_enqueued: dict[str, list[str]] = Field(default_factory=dict)
-    more: bool = False  # the run stopped at its limit: the next run goes on
+    more: bool = False  # the run stopped at its limit: the next run goes on (jobs: where this one stopped)

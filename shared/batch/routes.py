@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.batch.lifecycle import RequestKey, reap, run_settle
+from shared.batch.lifecycle import RequestKey, run_settle
 from shared.batch.models import ItemTask, JobTask, ReapReport
+from shared.batch.recovery import reap
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 
 if TYPE_CHECKING:

@@ -21,8 +21,18 @@ from tests import images, platforms
 from tests.conftest import TASK_SECRET
 from tests.engines import ScriptedEngine
 from tests.fakes import InMemoryObjectStore
+from tests.firestore_faults import FaultyClient
 
 GRANT = 100
+
+
+@pytest.fixture
+def db(firestore_emulator: str) -> Any:
+    """A Firestore project of this test's own: the reaper works across tenants, so it sees only this
+    test's jobs (and never another test's)."""
+    return FaultyClient()
+
+
 SCHEDULER = {"Authorization": f"Bearer {TASK_SECRET}"}
 
 
@@ -233,7 +243,7 @@ def test_a_job_whose_item_list_cannot_be_stored_releases_its_hold(stack: Any, cl
 
 
 def test_an_edit_that_finishes_after_the_reaper_gave_it_up_makes_no_revision(stack: Any, client_id: str) -> None:
-    from shared.batch import lifecycle
+    from shared.batch import recovery
     from shared.editing.service import EDITS
 
     reaped: list[Any] = []
@@ -242,7 +252,7 @@ def test_an_edit_that_finishes_after_the_reaper_gave_it_up_makes_no_revision(sta
         # This delivery outlives its lease: the reaper gives the item up while the model is working.
         lease = timedelta(minutes=platform.settings.batch_item_lease_minutes)
         later = platform.clock() + lease + timedelta(minutes=1)
-        reaped.append(lifecycle.reap(EDITS, platform.db, stack.dispatcher, later, lease=lease).items_failed)
+        reaped.append(recovery.reap(EDITS, platform.db, stack.dispatcher, later, lease=lease).items_failed)
 
     platform = install(stack, engine=ScriptedEngine(before=reap_meanwhile))
     grant(stack, client_id)

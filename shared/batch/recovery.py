@@ -1,0 +1,446 @@
+"""Recovery (Cloud Scheduler, ``/jobs/reap-stuck-items``): finish what no task will finish.
+
+Cloud Tasks delivers each task a bounded number of times. Work whose task is gone without an outcome
+would wait forever; :func:`reap` finds each case within a bounded time and either enqueues the
+missing task again (by the same name, so a task that still exists is not duplicated) or gives the
+work up with a reason, so that every job settles: what succeeded is charged, the rest released.
+
+* An item still ``running`` longer than the lease: its delivery was killed (a timeout, out of
+  memory). It is given up through the same guarded write a delivery uses (failed and refunded,
+  except what the kind says the customer already has).
+* An item still ``queued`` in a started job, untouched (item and job) for :data:`STALL_GRACE`: its
+  task used up its attempts before any delivery took the item (no worker instance, a failed token
+  check, Firestore failing before the take). Its task is created again; once
+  :data:`MAX_REQUEUES` re-created tasks were lost as well, the item fails (``item_not_started``).
+* A paged job whose fan-out pages were not all written (a page task used up its attempts): the first
+  missing page is enqueued again (the chain goes on from there); after :data:`MAX_REQUEUES` lost
+  re-enqueues the unwritten items are written failed (``fanout_page_failed``) and counted.
+* A job still ``queued`` after :data:`FANOUT_GRACE` lost its fan-out task: enqueued again (a
+  cancelled one too: its items are then cancelled). A job whose items have all finished but which
+  is not settled lost its settle task: enqueued again.
+
+The job pass resumes where the previous run stopped (a cursor per kind in ``batch_reaper/{kind's
+collection}``), so old jobs that need nothing cannot use up every run's limit while newer ones wait.
+Every run is safe to repeat; each item and job is handled on its own (a failure is logged and
+reported per client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from shared.batch.kind import Finish, JobKind, failure_of
+from shared.batch.lifecycle import (
+    ItemRun,
+    _mark_fanned_out,
+    _record,
+    increments,
+    new_token,
+    page_marker,
+    totals,
+)
+from shared.batch.models import STOPPED_JOB, ItemStatus, JobStatus, PagedJobDoc, ReapReport
+from shared.errors import EpoxError
+from shared.scheduled import isolated
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client
+
+    from shared.tasks import TaskQueue
+
+logger = logging.getLogger("epox.batch")
+
+# A fan-out runs seconds after its job is accepted, and a settle task seconds after the item that
+# asked for it: a job older than this that is still queued lost its fan-out task, and one whose
+# items have all finished but which is not settled lost its settle task.
+FANOUT_GRACE = timedelta(minutes=10)
+# How long a queued item (and its job), or a paged job with unwritten pages, may stay untouched before
+# its task is presumed lost. Enqueuing again by the same name is harmless while the task still exists
+# (Cloud Tasks answers "duplicate"), so this only keeps the reaper from checking too eagerly; only a
+# task that was really created again counts towards MAX_REQUEUES.
+STALL_GRACE = timedelta(minutes=30)
+# Lost tasks re-created for one item (or fan-out pages for one job) before the work is given up:
+# with STALL_GRACE and a 15-minute schedule, a few hours at most, within the shortest hold TTL.
+MAX_REQUEUES = 3
+CURSORS = "batch_reaper"  # top level: {kind's collection} → where the job pass stopped
+SCAN_PAGE = 200  # documents read per query page (no long-lived stream while writing)
+ITEM_BATCH = 400  # items given up per commit (Firestore allows 500 writes)
+
+
+class ItemTimedOut(EpoxError):
+    """No delivery of the item finished within the lease: it was given up (and refunded)."""
+
+    status = 504
+    code = "item_timed_out"
+    title = "The item did not finish in time"
+
+
+class ItemNotStarted(EpoxError):
+    """The item's task was lost again and again before any delivery started the item."""
+
+    status = 503
+    code = "item_not_started"
+    title = "The item could not be started"
+
+
+class FanoutPageFailed(EpoxError):
+    """The fan-out page that should have written the item failed every time it was enqueued."""
+
+    status = 503
+    code = "fanout_page_failed"
+    title = "The item could not be written"
+
+
+def reap(
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    now: datetime,
+    *,
+    lease: timedelta,
+    limit: int = 500,
+    clock: Callable[[], datetime] | None = None,
+    stall_grace: timedelta = STALL_GRACE,
+) -> ReapReport:
+    """One run over every client (see the module docstring).
+
+    ``now`` is when the run started (what it compares against); ``clock`` tells the time each settle
+    task is enqueued at, which names it (a long run outlives settle windows). At most ``limit`` items
+    acted on per item pass and ``limit`` jobs checked, the rest the next run (``more``)."""
+    finished_at = clock or (lambda: now)
+    report = ReapReport(job="reap-stuck-items")
+    acted = 0
+    for snapshot in _items(kind, db, ItemStatus.RUNNING, now - lease):
+        if acted >= limit:
+            report.more = True
+            break
+        client_id, job_id = _owner(snapshot.reference)
+        with isolated(report.job, client_id, report.failed, step="running items"):
+            if fail_stuck_item(kind, db, queue, snapshot, now, lease, clock=finished_at):
+                acted += 1
+                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
+    acted = 0
+    for snapshot in _items(kind, db, ItemStatus.QUEUED, now - stall_grace):
+        if acted >= limit:
+            report.more = True
+            break
+        client_id, job_id = _owner(snapshot.reference)
+        with isolated(report.job, client_id, report.failed, step="queued items"):
+            done = requeue_stalled_item(kind, db, queue, snapshot, now, stall_grace, clock=finished_at)
+            if done is not None:
+                acted += 1
+                found = report.items_failed if done == "failed" else report.items_requeued
+                if done != "waiting":
+                    found.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
+    _reap_jobs(kind, db, queue, now, finished_at, report, limit=limit, stall_grace=stall_grace)
+    return report
+
+
+# -- items ------------------------------------------------------------------------------------------
+
+
+def fail_stuck_item(
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    snapshot: Any,
+    now: datetime,
+    lease: timedelta,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> bool:
+    """Give up the running item ``snapshot`` for good (the kind's verdict: failed, or what of it the
+    customer already has) and enqueue its job's settlement. The write is guarded by the snapshot's
+    update time like a delivery's: a delivery that finished the item or started again since then
+    owns it, and nothing changes (False)."""
+    client_id, job_id = _owner(snapshot.reference)
+    item = kind.item_model.model_validate(snapshot.to_dict())
+    job = kind.get_job(db, client_id, job_id)
+    if item.status is not ItemStatus.RUNNING or job.settled:
+        return False
+    error = ItemTimedOut(
+        f"No delivery of this item finished within {int(lease.total_seconds() // 60)} minutes; it was given up"
+    )
+    run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
+    # One counter shard is enough: reaping is rare, and the totals add up every shard.
+    if not _record(kind, db, run, kind.given_up(db, job, item, error), shards=1):
+        return False
+    logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
+    # Named after the time the item was recorded, not when the run started: a settle task of this job
+    # that ran since (for an item reaped earlier in this run) must not swallow this one as a duplicate.
+    # Should the enqueue fail, the next run settles the job (see _recover_job).
+    queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
+    return True
+
+
+def requeue_stalled_item(
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    snapshot: Any,
+    now: datetime,
+    stall_grace: timedelta = STALL_GRACE,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> Literal["requeued", "waiting", "failed"] | None:
+    """Enqueue the task of the queued item ``snapshot`` again ("requeued": it was lost; "waiting": a
+    task of that name still exists, or its name is still reserved after it ended), or, once
+    :data:`MAX_REQUEUES` re-created tasks were lost too, fail it ("failed"; cancelled when its job was
+    stopped) and enqueue the settlement. None when there is nothing to do: the item was taken since,
+    its job is settled, not fanned out yet (the job pass sees to that) or was touched recently."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    client_id, job_id = _owner(snapshot.reference)
+    item = kind.item_model.model_validate(snapshot.to_dict())
+    if item.status is not ItemStatus.QUEUED:
+        return None
+    job = kind.get_job(db, client_id, job_id)
+    if job.settled or job.status is JobStatus.QUEUED or job.updated_at > now - stall_grace:
+        return None
+    if item.requeues >= MAX_REQUEUES:
+        if job.status in STOPPED_JOB:
+            result = Finish(ItemStatus.CANCELLED, {"failure": None})
+        else:
+            error = ItemNotStarted(f"The task of this item was lost {item.requeues + 1} times before it could start")
+            result = kind.given_up(db, job, item, error)
+        run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
+        if not _record(kind, db, run, result, shards=1):
+            return None
+        logger.warning("item %s of %s %s never started: %s", item.index, kind.noun, job_id, result.status.value)
+        queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
+        return "failed"
+    created = queue.enqueue(kind.item_task(client_id, job_id, item.index))
+    # Guarded: a delivery that took the item meanwhile is not overwritten (a take that read the item
+    # before this write reads it again and takes it).
+    with contextlib.suppress(FailedPrecondition):
+        snapshot.reference.update(
+            {"updated_at": now, "requeues": item.requeues + int(created)},
+            option=db.write_option(last_update_time=snapshot.update_time),
+        )
+    if created:
+        logger.warning("the task of item %s of %s %s was lost: enqueued again", item.index, kind.noun, job_id)
+    return "requeued" if created else "waiting"
+
+
+def _owner(item_ref: Any) -> tuple[str, str]:
+    """(client id, job id) of an item document ``clients/{c}/{collection}/{job}/items/{index}``."""
+    job_ref = item_ref.parent.parent
+    return str(job_ref.parent.parent.id), str(job_ref.id)
+
+
+def _scan(query: Any, after: Any = None) -> Iterator[Any]:
+    """Every result of ``query`` (ordered), read a page at a time after ``after`` (a snapshot)."""
+    while True:
+        page = (query.start_after(after) if after is not None else query).limit(SCAN_PAGE).get()
+        yield from page
+        if len(page) < SCAN_PAGE:
+            return
+        after = page[-1]
+
+
+def _items(kind: JobKind[Any, Any], db: Client, status: ItemStatus, cutoff: datetime) -> Iterator[Any]:
+    """Every item of this kind, of any client, in ``status`` since before ``cutoff``, oldest first
+    (collection-group index on ``items``: status, updated_at). Other kinds' items live in collections
+    named alike: skipped."""
+    from google.cloud.firestore import FieldFilter
+
+    query = (
+        db.collection_group("items")
+        .where(filter=FieldFilter("status", "==", status.value))
+        .where(filter=FieldFilter("updated_at", "<", cutoff))
+        .order_by("updated_at")
+    )
+    for snapshot in _scan(query):
+        parts = snapshot.reference.path.split("/")
+        if len(parts) == 6 and parts[0] == "clients" and parts[2] == kind.collection:
+            yield snapshot
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+_JOB_ORDER = (JobStatus.QUEUED, JobStatus.CANCELLING, JobStatus.RUNNING)
+
+
+def _reap_jobs(
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    now: datetime,
+    clock: Callable[[], datetime],
+    report: ReapReport,
+    *,
+    limit: int,
+    stall_grace: timedelta,
+) -> None:
+    """Check at most ``limit`` unsettled jobs created before ``now - FANOUT_GRACE`` (queued, then
+    cancelling, then running, each oldest first), starting after the last job the previous run
+    checked; the position is kept until a run gets to the end."""
+    from google.cloud.firestore import FieldFilter
+
+    cursor_ref = db.collection(CURSORS).document(kind.collection)
+    cursor = cursor_ref.get().to_dict() or {}
+    statuses = list(_JOB_ORDER)
+    after_path: str | None = None
+    if cursor.get("status") in {s.value for s in statuses} and cursor.get("path"):
+        statuses = statuses[[s.value for s in statuses].index(cursor["status"]) :]
+        after_path = str(cursor["path"])
+    checked = 0
+    last: tuple[str, str] | None = None
+    for status in statuses:
+        query = (
+            db.collection_group(kind.collection)
+            .where(filter=FieldFilter("status", "==", status.value))
+            .where(filter=FieldFilter("created_at", "<", now - FANOUT_GRACE))
+            .order_by("created_at")
+        )
+        after = db.document(after_path).get() if after_path else None
+        after_path = None
+        for snapshot in _scan(query, after if after is not None and after.exists else None):
+            parts = snapshot.reference.path.split("/")
+            if len(parts) != 4 or parts[0] != "clients" or (snapshot.to_dict() or {}).get("settled"):
+                continue
+            if checked >= limit:
+                report.more = True
+                if last is not None:
+                    cursor_ref.set({"status": last[0], "path": last[1], "at": now})
+                return
+            checked += 1
+            last = (status.value, snapshot.reference.path)
+            client_id = parts[1]
+            with isolated(report.job, client_id, report.failed, step="jobs"):
+                job = kind.job_model.model_validate(snapshot.to_dict())
+                for field, entry in _recover_job(kind, db, queue, job, now, clock, stall_grace):
+                    getattr(report, field).setdefault(client_id, []).append(entry)
+    if cursor:
+        cursor_ref.delete()  # every job was checked: the next run starts from the oldest again
+
+
+def _recover_job(
+    kind: JobKind[Any, Any],
+    db: Client,
+    queue: TaskQueue,
+    job: Any,
+    now: datetime,
+    clock: Callable[[], datetime],
+    stall_grace: timedelta,
+) -> list[tuple[str, str]]:
+    """Enqueue what an unsettled job is waiting for that no task will bring (its fan-out, a lost
+    fan-out page, its settlement), or give up pages that keep getting lost. Returns the report's
+    entries: (field, what)."""
+    from google.cloud import firestore
+
+    if job.status is JobStatus.QUEUED:
+        # Its fan-out task was never enqueued (or was lost before it ran).
+        if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
+            logger.warning("%s %s was never fanned out: fan-out enqueued again", kind.noun, job.id)
+            return [("jobs_started", job.id)]
+        return []
+    stopped = job.status in STOPPED_JOB
+    if isinstance(job, PagedJobDoc):
+        missing = _missing_pages(kind, db, job)
+        if missing and (stopped or job.updated_at <= now - stall_grace):
+            job_ref = kind.jobs_ref(db, job.client_id).document(job.id)
+            if job.fanout_requeues >= MAX_REQUEUES:
+                _give_up_pages(kind, db, job, missing, now)
+                queue.enqueue(kind.settle_task(job.client_id, job.id, clock()))
+                return [("pages_failed", f"{job.id}/{page}") for page in missing]
+            created = queue.enqueue(kind.fanout_task(job.client_id, job.id, missing[0]))
+            job_ref.update({"updated_at": now, "fanout_requeues": firestore.Increment(int(created))})
+            if created:
+                logger.warning("%s %s lost fan-out page %s: enqueued again", kind.noun, job.id, missing[0])
+                return [("jobs_started", job.id)]
+            return []
+    if stopped and _has_queued_items(kind, db, job):
+        # A cancelled job's queued items are cancelled by their item tasks, which the fan-out
+        # enqueues (again) for every item still queued.
+        if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
+            logger.warning("%s %s (cancelling) has items no task will cancel: fan-out enqueued", kind.noun, job.id)
+            return [("jobs_started", job.id)]
+        return []
+    if totals(kind, db, job).done < job.item_count:
+        return []  # items still to finish: their deliveries (or the item passes) ask for the settlement
+    # Every item finished, and the job is still unsettled: the settle task that should have followed
+    # was lost (its enqueue failed after the item was recorded). Settling is idempotent.
+    if queue.enqueue(kind.settle_task(job.client_id, job.id, clock())):
+        logger.warning("%s %s has finished but was never settled: settlement enqueued", kind.noun, job.id)
+        return [("settles_enqueued", job.id)]
+    return []
+
+
+def _missing_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc) -> list[int]:
+    """The job's fan-out pages without a marker, in order."""
+    if job.fanout_pages_done >= job.fanout_pages:
+        return []
+    markers = kind.jobs_ref(db, job.client_id).document(job.id).collection("fanout_pages")
+    done = {int(snapshot.id) for snapshot in markers.select(["page"]).stream()}
+    return [page for page in range(job.fanout_pages) if page not in done]
+
+
+def _has_queued_items(kind: JobKind[Any, Any], db: Client, job: Any) -> bool:
+    from google.cloud.firestore import FieldFilter
+
+    query = kind.items_ref(db, job.client_id, job.id).where(filter=FieldFilter("status", "==", ItemStatus.QUEUED.value))
+    return any(True for _ in query.limit(1).stream())
+
+
+def _give_up_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc, pages: list[int], now: datetime) -> None:
+    """Write every item of the given-up pages that no delivery wrote as failed (cancelled, for a
+    stopped job), counted in the same commits, then mark the pages. Creates: a page delivery that
+    comes after all finds its items written, and counts nothing twice."""
+    from google.api_core.exceptions import AlreadyExists
+
+    if not kind.counted:  # JobKind refuses paged kinds that are not counted; kept for the type checker
+        raise TypeError(f"{kind.noun} jobs are paged but not counted")
+    stopped = job.status in STOPPED_JOB
+    error = FanoutPageFailed(f"The fan-out page was lost {job.fanout_requeues + 1} times; the item was never written")
+    finish = Finish(ItemStatus.CANCELLED, {"failure": None}) if stopped else kind.failed(job, error)
+    size = job.fanout_page_size or -(-job.item_count // job.fanout_pages)  # old jobs: the pages' average
+    # From the first lost page to the end: a lost page stops the chain, so every later page is lost too.
+    indexes = range(min(pages) * size, job.item_count)
+    items_ref = kind.items_ref(db, job.client_id, job.id)
+    token = new_token()
+    for start in range(indexes.start, indexes.stop, ITEM_BATCH):
+        refs = [items_ref.document(f"{index:06d}") for index in range(start, min(start + ITEM_BATCH, indexes.stop))]
+        existing = {snapshot.id for snapshot in db.get_all(refs, field_paths=["index"]) if snapshot.exists}
+        missing = [ref for ref in refs if ref.id not in existing]
+        if not missing:
+            continue
+        batch = db.batch()
+        sums: dict[str, int] = {}
+        for ref in missing:
+            item = kind.item_model.model_validate(
+                {
+                    "index": int(ref.id),
+                    "status": finish.status.value,
+                    **finish.fields,
+                    "delivery": token,
+                    "updated_at": now,
+                }
+            )
+            batch.create(ref, item.model_dump(mode="python"))
+            for name, value in increments(kind, job, item).items():
+                sums[name] = sums.get(name, 0) + value
+        _add_to_counters(batch, kind, db, job, sums)
+        try:
+            batch.commit()
+        except AlreadyExists:
+            # A late page delivery wrote some of them meanwhile: the next run gives up what is left.
+            logger.warning("%s %s: a page was written while it was given up", kind.noun, job.id)
+            return
+    job_ref = kind.jobs_ref(db, job.client_id).document(job.id)
+    failure = failure_of(error)
+    for page in pages:
+        _mark_fanned_out(db, job_ref, page=page, now=now)
+        page_marker(job_ref, page).set({"given_up": True, "failure": failure}, merge=True)
+    logger.warning("%s %s: fan-out pages %s given up", kind.noun, job.id, pages)
+
+
+def _add_to_counters(batch: Any, kind: JobKind[Any, Any], db: Client, job: Any, sums: dict[str, int]) -> None:
+    from google.cloud import firestore
+
+    shard = kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").document("000")
+    batch.set(shard, {name: firestore.Increment(value) for name, value in sums.items()}, merge=True)
