@@ -8,6 +8,10 @@ thumbnail, type and size (guarded by the asset's update time, so ``current_revis
 moment of the commit), replace the asset's entry in its product's image list (guarded the same way),
 and, for a job item, finish the item (guarded by the item's update time, so only one delivery can).
 A lost race leaves only unreferenced objects, which are deleted.
+
+A commit that went through but answered "unavailable" (the client's own retry then fails as if the
+race were lost) is recognised by the token it writes on the revision: it is our revision, made
+current, and its objects are never deleted (:func:`discard_objects` checks again before deleting).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from shared.batch.commits import commit_once
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref
 from shared.catalog.models import AssetDoc, AssetRevision
 from shared.catalog.products import products_ref
 from shared.errors import NotFound
+from shared.retry import CONTENDED_COMMIT, attempts
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -28,8 +35,6 @@ if TYPE_CHECKING:
     from shared.editing.pipeline import Encoded
     from shared.imaging import Thumbnail
     from shared.storage import ObjectStore
-
-COMMIT_ATTEMPTS = 5
 
 
 class RevisionConflict(Exception):
@@ -72,6 +77,17 @@ def delete_objects(store: ObjectStore, *keys: str) -> None:
             continue
 
 
+def discard_objects(
+    db: Client, store: ObjectStore, client_id: str, asset_id: str, number: int, key: str, thumb_key: str
+) -> None:
+    """Delete the objects of a revision ``number`` that lost its commit, unless revision ``number``
+    is ours after all (its key is ours: keys are unique to the writer): those are referenced."""
+    stored = revision_ref(db, client_id, asset_id, number).get()
+    if stored.exists and (stored.to_dict() or {}).get("key") == key:
+        return
+    delete_objects(store, key, thumb_key)
+
+
 def commit_revision(
     db: Client,
     *,
@@ -84,13 +100,21 @@ def commit_revision(
     """Make ``revision`` the asset's current one in one atomic commit (see the module docstring).
 
     Raises :class:`RevisionConflict` when revision n already exists or the asset has moved past
-    n-1, :class:`ItemTaken` when ``item`` changed, ``NotFound`` when the asset is gone.
+    n-1, :class:`ItemTaken` when ``item`` changed, ``NotFound`` when the asset is gone. A commit of
+    ours whose answer was lost is recognised (revision n carries our token) and returned.
     """
     from google.api_core.exceptions import AlreadyExists, FailedPrecondition
     from google.api_core.exceptions import NotFound as GNotFound
 
     asset_ref = assets_ref(db, client_id).document(asset_id)
-    for _attempt in range(COMMIT_ATTEMPTS):
+    new_ref = revision_ref(db, client_id, asset_id, revision.number)
+    token = secrets.token_hex(8)
+
+    def ours() -> AssetRevision | None:
+        stored = new_ref.get()
+        return revision if stored.exists and (stored.to_dict() or {}).get("commit_token") == token else None
+
+    for _attempt in attempts(CONTENDED_COMMIT, "commit an asset revision"):
         snapshot = asset_ref.get()
         if not snapshot.exists:
             raise NotFound(f"No asset {asset_id}")
@@ -98,7 +122,7 @@ def commit_revision(
         if asset.current_revision != revision.number - 1:
             raise RevisionConflict(f"asset {asset_id} is at revision {asset.current_revision}")
         batch = db.batch()
-        batch.create(revision_ref(db, client_id, asset_id, revision.number), revision.model_dump(mode="python"))
+        batch.create(new_ref, {**revision.model_dump(mode="python"), "commit_token": token})
         batch.update(
             asset_ref,
             {
@@ -116,17 +140,21 @@ def commit_revision(
         _replace_product_image(db, batch, client_id, asset, revision, now)
         if item is not None:
             batch.update(item.ref, item.changes, option=db.write_option(last_update_time=item.snapshot.update_time))
-        try:
-            batch.commit()
+        committed = commit_once(
+            partial(batch.commit, retry=None),
+            ours,
+            "commit an asset revision",
+            conflicts=(AlreadyExists, FailedPrecondition, GNotFound),
+        )
+        if committed is not None:
             return revision
-        except AlreadyExists as exc:
-            raise RevisionConflict(f"revision {revision.number} of {asset_id} exists") from exc
-        except (FailedPrecondition, GNotFound):
-            # The asset, its product or the item changed (or the product went) between our reads and
-            # the commit. Nothing was written; the item decides whether to try again.
-            if item is not None and item.ref.get().update_time != item.snapshot.update_time:
-                raise ItemTaken(f"another delivery finished item {item.ref.id}") from None
-            continue
+        # Not ours. Revision n exists: another edit got there first. Otherwise the asset, its product
+        # or the item changed (or the product went) between our reads and the commit; nothing was
+        # written, and the item decides whether to try again.
+        if new_ref.get().exists:
+            raise RevisionConflict(f"revision {revision.number} of {asset_id} exists")
+        if item is not None and item.ref.get().update_time != item.snapshot.update_time:
+            raise ItemTaken(f"another delivery finished item {item.ref.id}")
     raise RevisionConflict(f"asset {asset_id} kept changing during the commit")
 
 

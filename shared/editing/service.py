@@ -59,12 +59,13 @@ from shared.editing.revisions import (
     ItemTaken,
     RevisionConflict,
     commit_revision,
-    delete_objects,
+    discard_objects,
     get_revision,
     write_objects,
 )
 from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
+from shared.retry import CONTENDED_COMMIT, RetryPolicy, attempts
 from shared.storage import ObjectNotFound
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 
@@ -80,6 +81,10 @@ if TYPE_CHECKING:
     from shared.storage import ObjectStore
 
 RECOMPUTE_ATTEMPTS = 3
+# A lost race with another edit of the same asset is recomputed on top of it: few tries (each runs
+# the pipeline again, model steps included), short waits, and none started past a job item's
+# dispatch deadline (a synchronous edit never gets near it).
+RECOMPUTE = RetryPolicy(attempts=RECOMPUTE_ATTEMPTS, base=0.05, cap=0.5, deadline=MAX_DISPATCH_DEADLINE.total_seconds())
 # Model size for prompt edits and inpainting: the result is mapped back onto the image anyway, and
 # a 4K call costs far more than the flat price of these operations.
 EDIT_SIZE_CAP = "2K"
@@ -633,28 +638,42 @@ def run_sync(
     ]
     revisions = []
     label = describe(operations)
-    for asset, computed in results:
-        for attempt in range(RECOMPUTE_ATTEMPTS):
-            number = computed.base_revision + 1
-            key, thumb_key = write_objects(store, client_id, asset.id, number, computed.encoded, computed.thumbnail)
-            try:
-                revision = commit_revision(
-                    db,
-                    client_id=client_id,
-                    asset_id=asset.id,
-                    now=now,
-                    revision=_revision(number, key, thumb_key, computed, label, now),
-                )
-                break
-            except RevisionConflict:
-                delete_objects(store, key, thumb_key)
-                if attempt + 1 == RECOMPUTE_ATTEMPTS:
-                    raise Conflict(f"Asset {asset.id} was edited concurrently; try again", asset_id=asset.id) from None
-                # Someone else's edit landed first: apply this pipeline on top of it.
-                asset = _get_asset(db, client_id, asset.id)
-                computed = compute(store, asset, operations, prepared.masks, runtime)
+    for asset, first in results:
+        revision = _commit_sync(db, store, client_id, asset, first, prepared, runtime, label, now)
         revisions.append(revision_out(asset.id, revision, store, expires_in))
     return EditResultOut(revisions=revisions)
+
+
+def _commit_sync(
+    db: Client,
+    store: ObjectStore,
+    client_id: str,
+    asset: AssetDoc,
+    computed: Computed,
+    prepared: Prepared,
+    runtime: Runtime,
+    label: str,
+    now: datetime,
+) -> AssetRevision:
+    """One asset's new revision; recomputed on top of another edit that landed first."""
+    for attempt in attempts(RECOMPUTE, f"edit asset {asset.id}"):
+        if attempt:
+            # Someone else's edit landed first: apply this pipeline on top of it.
+            asset = _get_asset(db, client_id, asset.id)
+            computed = compute(store, asset, prepared.request.operations, prepared.masks, runtime)
+        number = computed.base_revision + 1
+        key, thumb_key = write_objects(store, client_id, asset.id, number, computed.encoded, computed.thumbnail)
+        try:
+            return commit_revision(
+                db,
+                client_id=client_id,
+                asset_id=asset.id,
+                now=now,
+                revision=_revision(number, key, thumb_key, computed, label, now),
+            )
+        except RevisionConflict:
+            discard_objects(db, store, client_id, asset.id, number, key, thumb_key)
+    raise Conflict(f"Asset {asset.id} was edited concurrently; try again", asset_id=asset.id)
 
 
 def _no_remover() -> BackgroundRemover:
@@ -863,7 +882,7 @@ def _edit_item(
     operations, masks = _operations(store, job)
     runtime = Runtime(policy, engine=engine, remover=remover)
     label = describe(operations)
-    for _attempt in range(RECOMPUTE_ATTEMPTS):
+    for _attempt in attempts(RECOMPUTE, f"edit asset {item.asset_id} for {job.id}"):
         asset = _get_asset(db, job.client_id, item.asset_id)
         computed = compute(store, asset, operations, masks, runtime)
         number = computed.base_revision + 1
@@ -874,7 +893,8 @@ def _edit_item(
             commit_revision(db, client_id=job.client_id, asset_id=asset.id, revision=revision, now=run.now, item=guard)
             return Finished(f"item {item.index} succeeded: revision {number}")
         except (RevisionConflict, ItemTaken):
-            delete_objects(store, key, thumb_key)
+            # Lost for certain (commit_revision recognises a commit of ours whose answer was lost).
+            discard_objects(db, store, job.client_id, asset.id, number, key, thumb_key)
             if run.ref.get().update_time != run.snapshot.update_time:
                 raise ItemTakenOver(run.ref.id) from None
     raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
@@ -888,7 +908,7 @@ def revert(
 ) -> RevisionOut:
     """A NEW revision with the pixels of revision ``number`` (history stays append-only); it points at
     the same immutable objects, so nothing is copied."""
-    for _attempt in range(RECOMPUTE_ATTEMPTS):
+    for _attempt in attempts(CONTENDED_COMMIT, f"revert asset {asset_id}"):
         asset = _get_asset(db, client_id, asset_id)
         old = get_revision(db, client_id, asset_id, number)
         new = AssetRevision(

@@ -17,12 +17,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.batch import lifecycle
+from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, JobKind, Totals, failure_of
 from shared.batch.kind import derived_id as _derived
 from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
@@ -232,6 +234,7 @@ def create_job(
             created_at=now,
             updated_at=now,
             fanout_pages=lifecycle.fanout_pages(len(data.items), policy.batch),
+            fanout_page_size=policy.fanout_page,
             request_fingerprint=request_key.fingerprint if request_key is not None else None,
         )
         return job, []
@@ -346,6 +349,9 @@ def _generate(
                 raise  # a crash: the queue re-delivers and the stored variants are reused
             # The last attempt must still finish the item, or the job would never settle.
             logger.exception("item %s of job %s crashed on its last attempt", item.index, job.id)
+            if _stored_after_all(db, job.client_id, asset_id):
+                asset_ids.append(asset_id)  # the commit went through before the error: in the library, charged
+                continue
             failures.append(EnginePermanentError(f"internal error: {type(error).__name__}"))
     failed = job.settings.variants - len(asset_ids)
     failure = failure_of(failures[0], variants_failed=failed) if failures else None
@@ -353,6 +359,14 @@ def _generate(
         ItemStatus.SUCCEEDED if asset_ids else ItemStatus.FAILED,
         {"asset_ids": asset_ids, "failed_variants": failed, "failure": failure},
     )
+
+
+def _stored_after_all(db: Client, client_id: str, asset_id: str) -> bool:
+    try:
+        return bool(assets_ref(db, client_id).document(asset_id).get().exists)
+    except Exception:
+        logger.exception("could not tell whether asset %s was stored", asset_id)
+        return False
 
 
 def _seed(job_id: str, index: int, variant: int) -> int:
@@ -408,14 +422,14 @@ def _store_generated(
     policy: GenerationPolicy,
     now: datetime,
 ) -> None:
-    from google.api_core.exceptions import AlreadyExists
-
     from shared.engines.output import encode_output
 
     encoded, thumbnail = encode_output(
         result.data, policy.output_format, policy.image_limits, policy.thumbnail_max_side
     )
-    base = f"clients/{client_id}/assets/{asset_id}/r1"
+    # Keys of this delivery's own: two deliveries of one item racing each store their bytes, and the
+    # one whose asset is committed is the one served (immutably cached): nothing is ever overwritten.
+    base = f"clients/{client_id}/assets/{asset_id}/r1-{secrets.token_hex(4)}"
     key, thumb_key = f"{base}.{encoded.extension}", f"{base}_thumb.webp"
     store.put(key, encoded.data, encoded.content_type, cache_control=IMMUTABLE_CACHE)
     store.put(thumb_key, thumbnail.data, thumbnail.content_type, cache_control=IMMUTABLE_CACHE)
@@ -450,10 +464,18 @@ def _store_generated(
         updated_at=now,
     )
     batch = db.batch()
-    stage_new_asset(batch, db, asset, size_bytes=len(encoded.data), operation="generate", metadata=metadata)
-    # An earlier delivery may have stored it already: same bytes, same keys.
-    with contextlib.suppress(AlreadyExists):
-        batch.commit()
+    ref = stage_new_asset(batch, db, asset, size_bytes=len(encoded.data), operation="generate", metadata=metadata)
+
+    def ours() -> bool | None:
+        # Our commit whose answer was lost (the client's retry then finds the asset) points at our key.
+        stored = ref.get()
+        return True if stored.exists and (stored.to_dict() or {}).get("key") == key else None
+
+    if commit_once(lambda: batch.commit(retry=None), ours, "store a generated image") is None:
+        # Another delivery stored this variant first: its asset stands, our objects are nobody's.
+        for orphan in (key, thumb_key):
+            with contextlib.suppress(Exception):
+                store.delete(orphan)
 
 
 # -- reads and commands -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Money stays exact in each: balances, holds and the ledger's own verification.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from tests import images, platforms
 from tests.conftest import TASK_SECRET
 from tests.engines import ScriptedEngine
 from tests.fakes import InMemoryObjectStore
-from tests.firestore_faults import FaultyClient
+from tests.firestore_faults import FaultyClient, writes_to
 
 GRANT = 100
 
@@ -352,4 +353,100 @@ def test_an_item_that_fails_for_good_after_an_earlier_delivery_died_charges_the_
     [item] = items(stack, client_id, job_id)
     assert item["status"] == "succeeded" and len(item["asset_ids"]) == 3 and item["failed_variants"] == 1
     assert moves(stack, client_id) == [("reserve", 4 * unit), ("capture", 3 * unit), ("release", unit)]
+    assert_exact(stack, client_id)
+
+
+# -- a commit that went through but answered "unavailable" is ours, not a lost race -----------------
+
+
+def test_an_edit_whose_revision_commit_answer_was_lost_keeps_its_revision_and_files(stack: Any, client_id: str) -> None:
+    install(stack)
+    grant(stack, client_id)
+    headers, catalog = stack.headers(client_id), stack.client("catalog_api")
+    asset_id = uploaded_image(stack, client_id)
+    body = {"asset_ids": [asset_id], "operations": [{"op": "prompt_edit", "prompt": "warmer light"}]}
+    created = stack.client("edit_api").post("/edits", json=body, headers=headers)
+    assert created.status_code == 202, created.json
+    # The commit making revision 2 current (and finishing the item) lands; its answer is lost.
+    fault = stack.platform.db.land_then_fail(writes_to(f"assets/{asset_id}/revisions/2"))
+    stack.run_tasks()
+
+    assert fault.hits == 1
+    job = stack.client("edit_api").get(f"/edits/{created.json['id']}", headers=headers).json
+    assert job["status"] == "completed" and [i["revision"] for i in job["items"]] == [2]
+    cost = created.json["cost"]
+    assert job["settlement"] == {"captured": cost, "released": 0, "succeeded": 1, "failed": 0}
+    asset = stack.platform.db.document(f"clients/{client_id}/assets/{asset_id}").get().to_dict()
+    assert asset["current_revision"] == 2
+    store = stack.platform.object_store
+    assert store.head(asset["key"]) is not None and store.head(asset["thumbnail_key"]) is not None
+    detail = catalog.get(f"/assets/{asset_id}", headers=headers).json
+    assert [r["number"] for r in detail["revisions"]] == [1, 2]
+    assert credits(stack, client_id) == (GRANT - cost, 0)
+    assert_exact(stack, client_id)
+
+
+def test_a_synchronous_edit_whose_commit_answer_was_lost_makes_one_revision_with_its_files(
+    stack: Any, client_id: str
+) -> None:
+    install(stack)
+    headers, catalog = stack.headers(client_id), stack.client("catalog_api")
+    asset_id = uploaded_image(stack, client_id)
+    fault = stack.platform.db.land_then_fail(writes_to(f"assets/{asset_id}/revisions/2"))
+    body = {"asset_ids": [asset_id], "operations": [{"op": "crop", "aspect": "1:1"}]}
+    edited = stack.client("edit_api").post("/edits", json=body, headers=headers)
+
+    assert edited.status_code == 200, edited.json
+    assert fault.hits == 1 and [r["revision"] for r in edited.json["revisions"]] == [2]
+    detail = catalog.get(f"/assets/{asset_id}", headers=headers).json
+    assert [r["number"] for r in detail["revisions"]] == [1, 2]  # the crop was not applied twice
+    asset = stack.platform.db.document(f"clients/{client_id}/assets/{asset_id}").get().to_dict()
+    assert (asset["width"], asset["height"]) == (240, 240)
+    assert stack.platform.object_store.head(asset["key"]) is not None
+
+
+class CountingObjectStore(InMemoryObjectStore):
+    """Counts every write per key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: Counter[str] = Counter()
+
+    def put(self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None) -> None:
+        self.puts[key] += 1
+        super().put(key, data, content_type, cache_control=cache_control)
+
+
+def test_two_deliveries_of_one_item_never_overwrite_each_others_images(stack: Any, client_id: str) -> None:
+    store = CountingObjectStore()
+    raced: list[str] = []
+
+    def second_delivery_meanwhile(request: ImageRequest) -> None:
+        # While this delivery waits for the model, the queue delivers the item task again (a duplicate
+        # dispatch), and that delivery runs the item to its end first.
+        if not raced:
+            [task] = [t for t in stack.dispatcher.history if t.url.endswith("/tasks/item")]
+            raced.append(task.name)
+            stack.dispatcher.submit(queue=task.queue, name=f"{task.name}-again", url=task.url, body=task.body)
+            stack.dispatcher.run_until_idle()
+
+    engine = ScriptedEngine(before=second_delivery_meanwhile)
+    install(stack, engine=engine, object_store=store)
+    grant(stack, client_id)
+    unit = unit_price(stack)
+    created = create(stack, client_id, ["a red mug"])
+    assert created.status_code == 202, created.json
+    stack.run_tasks()
+
+    assert raced and len(engine.requests) == 2  # both deliveries made an image
+    assert [key for key, count in store.puts.items() if count > 1] == []  # nothing written twice
+    [item] = items(stack, client_id, created.json["id"])
+    [asset_id] = item["asset_ids"]
+    asset = stack.platform.db.document(f"clients/{client_id}/assets/{asset_id}").get().to_dict()
+    # The losing delivery's objects are gone; the winner's are the asset's.
+    kept = {key for key in store.objects if key.startswith(f"clients/{client_id}/assets/{asset_id}/")}
+    assert kept == {asset["key"], asset["thumbnail_key"]}
+    job = get_job(stack, client_id, created.json["id"])
+    assert job["status"] == "completed" and job["settlement"] == {"captured": unit, "released": 0}
+    assert moves(stack, client_id) == [("reserve", unit), ("capture", unit)]
     assert_exact(stack, client_id)
