@@ -1,0 +1,295 @@
+"""Property: whatever Cloud Tasks does to a generation job's tasks, the job ends settled, and the
+money and the library add up.
+
+Real parts: the generation kind and the batch lifecycle, Firestore (the emulator, a fresh project per
+example, so the reaper sees that example's job only) with the Firestore ledger, R2 (moto). What
+Hypothesis controls:
+
+* the task queue (:class:`ChaosQueue`, a :class:`TaskQueue` with Cloud Tasks' contract: named tasks
+  are refused while they exist and for an hour after they end, failed deliveries are retried up to
+  MAX_ATTEMPTS times): every fan-out, item and settle task is delivered normally, lost (every attempt
+  fails before the worker: no instance, a token check), delivered twice (the worker's answer is
+  lost), delayed past reaper runs, failed once before the worker, refused at enqueue, or delivered
+  while one of its Firestore commits lands but answers "unavailable";
+* the order in which due tasks are delivered;
+* the image engine: each call works, is busy (retried), refuses (fails the image for good) or the
+  worker dies mid-call (the delivery never answers);
+* the job: 1 to 5 items of 1 or 2 images, on fan-out pages of 2.
+
+Time moves 15 minutes per reaper run. Chaos lasts CHAOS_PASSES runs; then every job must be settled
+within SETTLE_PASSES more, each image charged once and only if it is in the library, the hold
+resolved once, every asset's files in the store.
+
+Budget: EXAMPLES examples; ``EPOX_BATCH_CHAOS_EXAMPLES=<n>`` runs a soak of n examples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as budget
+from hypothesis import strategies as st
+
+from shared.batch import lifecycle, recovery
+from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobTask
+from shared.engines.base import (
+    EngineImage,
+    EnginePermanentError,
+    EngineRetryableError,
+    ImageEngine,
+    ImageRequest,
+    TextRequest,
+)
+from shared.engines.offline import OfflineEngine
+from shared.errors import UpstreamUnavailable
+from shared.generation import jobs
+from shared.generation.jobs import GENERATION
+from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
+from shared.ledger.model import Actor, EntryType, GrantSource
+from shared.ledger.pricing import load_default_prices
+from shared.ledger.service import Ledger
+from shared.ledger.store import FirestoreLedgerStore
+from shared.tasks import TaskCall, TaskQueue, TaskRequest
+from tests.firestore_faults import FaultyClient
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = int(os.environ.get("EPOX_BATCH_CHAOS_EXAMPLES", "12"))
+START = datetime(2026, 5, 4, 9, 0, 0, tzinfo=UTC)
+RUN_EVERY = timedelta(minutes=15)  # the reaper's schedule
+LEASE = timedelta(minutes=45)
+NAME_RESERVED = timedelta(hours=1)  # how long Cloud Tasks refuses the name of a task that ended
+RETRY_AFTER = timedelta(seconds=10)
+MAX_ATTEMPTS = 3
+CHAOS_PASSES = 4
+SETTLE_PASSES = 16
+FATES = ("normal", "lost", "twice", "delayed", "flaky", "refused", "commit_fault")
+CALLS = ("ok", "busy", "refused", "killed")
+PASSES_NEEDED: Counter[int] = Counter()  # reaper runs after the chaos, per example (printed at the end)
+SEEN: Counter[str] = Counter()  # task fates and engine calls over every example
+
+
+class Killed(BaseException):
+    """The worker instance dies mid-item: nothing answers the queue, and no handler of ours sees it."""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Pending:
+    task: TaskRequest
+    fate: str
+    due: datetime
+    attempts: int = 0
+    done: bool = False
+
+
+@dataclass
+class ChaosQueue(TaskQueue):
+    """Cloud Tasks' delivery contract, with each task's fate drawn by Hypothesis while ``chaos``."""
+
+    clock: Clock
+    draw: Callable[[Any], Any]
+    db: FaultyClient
+    client_id: str
+    chaos: bool = True
+    tasks: list[Pending] = field(default_factory=list)
+    reserved: dict[str, datetime | None] = field(default_factory=dict)  # None: the task still exists
+    fates: Counter[str] = field(default_factory=Counter)
+
+    def enqueue(self, task: TaskRequest) -> bool:
+        now = self.clock.now
+        if task.name is not None and task.name in self.reserved:
+            until = self.reserved[task.name]
+            if until is None or until > now:
+                return False
+        fate = self.draw(st.one_of(st.just("normal"), st.sampled_from(FATES))) if self.chaos else "normal"
+        self.fates[fate] += 1
+        if fate == "refused":
+            raise UpstreamUnavailable("The task queue is unavailable")
+        if task.name is not None:
+            self.reserved[task.name] = None
+        due = max(now, task.schedule_time or now)
+        if fate == "delayed":
+            due += timedelta(minutes=self.draw(st.integers(5, 50)))
+        self.tasks.append(Pending(task, fate, due))
+        return True
+
+    def _end(self, pending: Pending) -> None:
+        pending.done = True
+        if pending.task.name is not None:
+            self.reserved[pending.task.name] = self.clock.now + NAME_RESERVED
+
+    def deliver_until(self, until: datetime, handle: Callable[[TaskRequest, int], object]) -> None:
+        """Deliver every task due before ``until`` (in an order Hypothesis picks), moving the clock on."""
+        while True:
+            due = [p for p in self.tasks if not p.done and p.due <= self.clock.now]
+            if not due:
+                upcoming = [p.due for p in self.tasks if not p.done and p.due <= until]
+                if not upcoming:
+                    return
+                self.clock.now = min(upcoming)
+                continue
+            pick = self.draw(st.integers(0, len(due) - 1)) if len(due) > 1 else 0
+            self._attempt(due[pick], handle)
+            self.clock.now += timedelta(seconds=2)
+
+    def _attempt(self, pending: Pending, handle: Callable[[TaskRequest, int], object]) -> None:
+        if pending.fate == "lost":
+            self._end(pending)  # every attempt failed before any worker saw it
+            return
+        if pending.fate == "flaky" and pending.attempts == 0:
+            pending.attempts += 1  # a 503 from the platform: the worker never ran
+            pending.due = self.clock.now + RETRY_AFTER
+            return
+        if pending.fate == "commit_fault":
+            # One commit of this delivery to the client's jobs or assets lands, and answers UNAVAILABLE.
+            prefix = f"clients/{self.client_id}/"
+            self.db.land_then_fail(
+                lambda paths: any(p.startswith(prefix) and ("/jobs/" in p or "/assets/" in p) for p in paths)
+            )
+        try:
+            handle(pending.task, pending.attempts)
+            answered = True
+        except (Exception, Killed):
+            answered = False
+        finally:
+            self.db.faults.clear()
+        pending.attempts += 1
+        if answered and pending.fate == "twice" and pending.attempts == 1:
+            answered = False  # the worker finished, but its answer was lost: the queue delivers again
+        if answered or pending.attempts >= MAX_ATTEMPTS:
+            self._end(pending)
+        else:
+            pending.due = self.clock.now + RETRY_AFTER
+
+
+class ChaosEngine(ImageEngine):
+    """The offline engine; while ``chaos``, each call's outcome is drawn by Hypothesis."""
+
+    name: ClassVar[str] = "chaos"
+
+    def __init__(self, draw: Callable[[Any], Any]) -> None:
+        self.inner = OfflineEngine()
+        self.draw = draw
+        self.chaos = True
+        self.calls: Counter[str] = Counter()
+
+    def generate(self, request: ImageRequest) -> EngineImage:
+        call = self.draw(st.one_of(st.just("ok"), st.sampled_from(CALLS))) if self.chaos else "ok"
+        self.calls[call] += 1
+        if call == "busy":
+            raise EngineRetryableError("chaos: busy", retry_after=0)
+        if call == "refused":
+            raise EnginePermanentError("chaos: no image")
+        if call == "killed":
+            raise Killed()
+        return self.inner.generate(request)
+
+    def complete_text(self, request: TextRequest) -> str:
+        return self.inner.complete_text(request)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_passes() -> Any:
+    yield
+    needed = dict(sorted(PASSES_NEEDED.items()))
+    print(f"\nbatch chaos: reaper runs needed after the chaos (runs: examples) {needed}; seen: {dict(SEEN)}")
+
+
+@budget(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), items=st.integers(1, 5), variants=st.integers(1, 2))
+def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
+    data: st.DataObject, items: int, variants: int, settings: Any, object_store: Any
+) -> None:
+    from shared.catalog.assets import assets_ref
+    from shared.catalog.policies import generation_policy
+
+    clock = Clock()
+    db = FaultyClient()
+    client_id = "c_chaos"
+    queue = ChaosQueue(clock, data.draw, db, client_id)
+    engine = ChaosEngine(data.draw)
+    ledger = Ledger(FirestoreLedgerStore(db), clock=clock, low_balance_threshold=0)
+    ledger.grant(
+        client_id, key="g", amount=1000, source=GrantSource.PACK, actor=Actor(kind="admin", id="t"), reason="t"
+    )
+    policy = generation_policy(
+        settings.model_copy(update={"generation_fanout_page": 2, "tasks_max_attempts": MAX_ATTEMPTS})
+    )
+
+    def handle(task: TaskRequest, retry_count: int) -> object:
+        payload = task.payload
+        now = clock.now
+        if isinstance(payload, FanoutPageTask):
+            return jobs.run_fanout(db, object_store, queue, payload, policy, now, clock=clock)
+        if isinstance(payload, ItemTask):
+            call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
+            return jobs.run_item(db, object_store, queue, engine, payload, call, policy, now, clock=clock)
+        assert isinstance(payload, JobTask) and task.path == "/tasks/settle"
+        return lifecycle.run_settle(GENERATION, db, ledger, payload, now)
+
+    request = JobCreate(
+        items=[JobItemIn(prompt=f"a mug, take {i}") for i in range(items)], variants=variants, size="1K"
+    )
+    job = jobs.create_job(
+        db,
+        object_store,
+        queue,
+        ledger,
+        load_default_prices(),
+        client_id=client_id,
+        user_id="u1",
+        data=request,
+        base=GenerationSettings(),
+        policy=policy,
+        now=clock.now,
+        request_key=None,
+    )
+
+    for run in range(CHAOS_PASSES + SETTLE_PASSES):
+        if run == CHAOS_PASSES:
+            queue.chaos = engine.chaos = False
+        queue.deliver_until(clock.now + RUN_EVERY, handle)
+        clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
+        recovery.reap(GENERATION, db, queue, clock.now, lease=LEASE, clock=clock)
+        if GENERATION.get_job(db, client_id, job.id).settled:
+            PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
+            break
+    SEEN.update(queue.fates)
+    SEEN.update(f"engine {call}" for call in engine.calls.elements())
+    done = GENERATION.get_job(db, client_id, job.id)
+    assert done.settled, (queue.fates, engine.calls, lifecycle.progress(GENERATION, db, done).totals)
+
+    # Each image is charged once, and only if it is in the customer's library.
+    item_docs = lifecycle.items_with_status(GENERATION, db, client_id, job.id, ItemStatus.SUCCEEDED)
+    charged = [asset_id for item in item_docs for asset_id in item.asset_ids]
+    library = {s.id: s.to_dict() for s in assets_ref(db, client_id).stream()}
+    assert sorted(charged) == sorted(library), (charged, sorted(library))
+    assert done.settlement == {
+        "captured": len(charged) * job.unit_price,
+        "released": job.cost - len(charged) * job.unit_price,
+    }
+    totals = lifecycle.progress(GENERATION, db, done).totals
+    assert (totals.done, totals["succeeded_slots"]) == (job.item_count, len(charged))
+    # The hold was resolved once: one reservation, at most one capture and one release, nothing pending.
+    entries = Counter(e.type for e in ledger.store.entries(client_id) if e.hold_id == job.hold_id)
+    assert entries[EntryType.RESERVE] == 1 and entries[EntryType.CAPTURE] <= 1 and entries[EntryType.RELEASE] <= 1
+    assert ledger.state(client_id).holds == {} and ledger.verify(client_id) == []
+    assert ledger.state(client_id).available == 1000 - len(charged) * job.unit_price
+    # No asset without its files.
+    for asset in library.values():
+        assert object_store.head(asset["key"]) is not None and object_store.head(asset["thumbnail_key"]) is not None
