@@ -182,15 +182,22 @@ class Subscriber:
     subscription: str = field(default_factory=lambda: new_id("sub"))
     created: int = field(default_factory=lambda: int(time.time()) - 10_000)
     clock: Clock | None = None
-    _ticks: int = 0
+    # One counter for every subscription of the customer (see :meth:`another_subscription`).
+    _ticks: list[int] = field(default_factory=lambda: [0])
 
     def tick(self, at: int | None = None) -> int:
         if at is not None:
             return at
-        self._ticks += 1
+        self._ticks[0] += 1
         # Events happened shortly before the clock's "now" (the delivery), in the order they were made.
-        self.created = int(self.clock.now.timestamp()) - 1_000 + self._ticks if self.clock else self.created + 1
+        self.created = int(self.clock.now.timestamp()) - 1_000 + self._ticks[0] if self.clock else self.created + 1
         return self.created
+
+    def another_subscription(self) -> Subscriber:
+        """The same client and Stripe customer with a second subscription, its events on the same clock."""
+        twin = Subscriber(self.client_id, customer=self.customer, created=self.created, clock=self.clock)
+        twin._ticks = self._ticks
+        return twin
 
     def checkout_subscription(
         self,
@@ -307,9 +314,30 @@ class Subscriber:
         return self.invoice_event("invoice.paid", price, start, end, **kw)
 
     def payment_failed(self, price: str, start: int, end: int, **kw: Any) -> dict[str, Any]:
-        return self.invoice_event(
-            "invoice.payment_failed", price, start, end, billing_reason="subscription_cycle", **kw
-        )
+        kw.setdefault("billing_reason", "subscription_cycle")
+        return self.invoice_event("invoice.payment_failed", price, start, end, **kw)
+
+    def one_off_invoice(self, type_: str, *, invoice_id: str, amount: int = 2500) -> dict[str, Any]:
+        """An invoice outside any subscription (e.g. sent from the Dashboard): ``billing_reason`` manual."""
+        status = "paid" if type_ == "invoice.paid" else "open"
+        obj = {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": self.customer,
+            "billing_reason": "manual",
+            "status": status,
+            "amount_due": amount,
+            "amount_paid": amount if status == "paid" else 0,
+            "currency": "usd",
+            "parent": None,
+            "lines": {
+                "object": "list",
+                "data": [{"id": new_id("il"), "object": "line_item", "amount": amount, "period": {}}],
+                "has_more": False,
+            },
+            "livemode": False,
+        }
+        return event(type_, obj, self.tick())
 
     def charge_refunded(
         self,
@@ -433,3 +461,46 @@ def billing_of(stack: Any, client_id: str) -> dict[str, Any]:
 def marker(stack: Any, event_id: str) -> dict[str, Any] | None:
     snapshot = stack.platform.db.collection("stripe_events").document(event_id).get()
     return snapshot.to_dict() if snapshot.exists else None
+
+
+# -- helpers the webhook test files share ------------------------------------------------------------
+
+SCHEDULER = {"Authorization": "Bearer test-task-secret"}  # tests/conftest.py TASK_SECRET
+
+
+def send(hook: Any, evt: dict[str, Any]) -> str:
+    """Deliver ``evt`` once; it must be acknowledged (2xx) and echoed; returns the outcome."""
+    response = deliver(hook, evt)
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["received"] is True and body["id"] == evt["id"] and body["type"] == evt["type"]
+    return str(body["outcome"])
+
+
+def balance(client_id: str) -> int:
+    """Spendable credits now (the platform's clock)."""
+    from shared.ledger.model import spendable
+    from shared.platform import get_platform
+
+    p = get_platform()
+    return spendable(p.ledger.state(client_id), p.clock())
+
+
+def daily(stack: Any) -> dict[str, Any]:
+    """The daily billing job through its Cloud Scheduler entry point."""
+    response = stack.client("billing_jobs").post("/jobs/daily", headers=SCHEDULER)
+    assert response.status_code == 200, response.json
+    report: dict[str, Any] = response.json
+    return report
+
+
+def period(start: datetime, months: int = 1) -> tuple[int, int]:
+    """A billing period of ``months`` plan-months from ``start``, as Stripe timestamps."""
+    from shared.billing.calendar import add_months
+
+    return ts(start), ts(add_months(start, months))
+
+
+def changed_price(price: str) -> dict[str, Any]:
+    """``data.previous_attributes`` of a subscription update that changed the price from ``price``."""
+    return {"items": {"data": [{"price": {"id": price}}]}}

@@ -7,6 +7,16 @@ from typing import Any
 from urllib.parse import quote
 
 from shared.adapters.safe_fetch import Resolver
+from shared.billing.gateway import CheckoutLine, PaymentGateway
+from shared.billing.models import BillingState
+from shared.billing.store import (
+    DELETE,
+    BillingChanged,
+    BillingSnapshot,
+    BillingStore,
+    EventWrite,
+    PackPurchase,
+)
 from shared.ledger.model import Entry, HoldOutcome, LedgerState, Mutation
 from shared.ledger.store import HoldRecord, KeyAlreadyUsed, LedgerStore, Marker, Snapshot, StaleState, key_hash
 from shared.storage import ObjectInfo, ObjectNotFound, ObjectStore, PresignedUpload
@@ -136,3 +146,165 @@ class InMemoryLedgerStore(LedgerStore):
     def state(self, client_id: str) -> LedgerState:
         with self._lock:
             return self.states.get(client_id, (LedgerState(client_id=client_id), 0))[0].model_copy(deep=True)
+
+
+class InMemoryBillingStore(BillingStore):
+    """The billing port in memory: raw client records with a version counter, the event markers and
+    the Stripe indexes, with the Firestore adapter's all-or-nothing commit and precondition."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.clients: dict[str, tuple[dict[str, Any], int]] = {}  # client id -> (record, version)
+        self.events: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, str] = {}
+        self.payments: dict[str, tuple[str, str]] = {}  # payment intent -> (client id, session id)
+        self.purchases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.notifications: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _billing(self, client_id: str) -> dict[str, Any]:
+        record, _ = self.clients.get(client_id, ({}, 0))
+        return dict(record.get("billing") or {})
+
+    def billing(self, client_id: str) -> BillingState:
+        with self._lock:
+            return BillingState.model_validate(self._billing(client_id))
+
+    def event_recorded(self, event_id: str) -> bool:
+        with self._lock:
+            return event_id in self.events
+
+    def client_of_customer(self, customer_id: str) -> str | None:
+        with self._lock:
+            return self.customers.get(customer_id)
+
+    def read(self, client_id: str) -> BillingSnapshot:
+        with self._lock:
+            exists = client_id in self.clients
+            state = BillingState.model_validate(self._billing(client_id))
+            return BillingSnapshot(state=state, version=self.clients[client_id][1] if exists else None)
+
+    def pack_purchase(self, payment_intent: str) -> PackPurchase | None:
+        with self._lock:
+            link = self.payments.get(payment_intent)
+            purchase = self.purchases.get(link) if link else None
+            if link is None or purchase is None:
+                return None
+            return PackPurchase(link[0], link[1], int(purchase["credits"]), str(purchase["bucket_id"]))
+
+    def _apply(self, client_id: str, changes: dict[str, Any]) -> None:
+        record, version = self.clients.get(client_id, ({}, 0))
+        record = dict(record)
+        billing = dict(record.get("billing") or {})
+        for name, value in changes.items():
+            if value is DELETE:
+                billing.pop(name, None)
+            else:
+                billing[name] = value
+        record["billing"] = billing
+        if "plan" in changes:
+            record["plan"] = changes["plan"]
+        self.clients[client_id] = (record, version + 1)
+
+    def commit(self, write: EventWrite) -> bool:
+        with self._lock:
+            if write.event_id in self.events:
+                return False
+            client_id = write.client_id
+            if client_id and write.changes and write.version is not None:
+                current = self.clients.get(client_id, ({}, None))[1]
+                if current != write.version:
+                    raise BillingChanged()
+            self.events[write.event_id] = {"type": write.event_type, "client_id": client_id, "outcome": write.outcome}
+            if not client_id:
+                return True
+            if write.changes:
+                self._apply(client_id, write.changes)
+            if write.customer_link:
+                self.customers[write.customer_link] = client_id
+            if write.purchase is not None:
+                key = (client_id, str(write.purchase["session_id"]))
+                self.purchases[key] = {**self.purchases.get(key, {}), **write.purchase}
+            if write.payment_link is not None:
+                self.payments[write.payment_link[0]] = (client_id, write.payment_link[1])
+            if write.refund is not None:
+                session, refunded, revoked = write.refund
+                purchase = self.purchases.setdefault((client_id, session), {})
+                purchase["refunded_amount"] = max(refunded, int(purchase.get("refunded_amount", 0)))
+                purchase["revoked_credits"] = max(revoked, int(purchase.get("revoked_credits", 0)))
+            for doc_id, notice in write.notices:
+                self.notifications.setdefault(client_id, {})[doc_id] = {**notice.model_dump(), "read": False}
+            return True
+
+    def due_plan_changes(self, now: Any) -> list[tuple[str, Any]]:
+        with self._lock:
+            found = []
+            for client_id in self.clients:
+                billing = self._billing(client_id)
+                due = billing.get("pending_plan_at")
+                if due is not None and due <= now:
+                    found.append((client_id, billing))
+            return found
+
+    def annual_clients(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            return [(c, self._billing(c)) for c in self.clients if self._billing(c).get("interval") == "annual"]
+
+    def free_clients(self) -> list[str]:
+        with self._lock:
+            return [c for c in self.clients if self._billing(c).get("plan") == "free"]
+
+    def update_billing(self, client_id: str, changes: dict[str, Any], version: Any) -> None:
+        with self._lock:
+            if client_id not in self.clients or self.clients[client_id][1] != version:
+                raise BillingChanged()
+            self._apply(client_id, changes)
+
+
+class RecordingPaymentGateway(PaymentGateway):
+    """The payment port for the webhook's calls: cancellations and refunds are recorded, and the
+    subscriptions it knows about (``live``) stop being live when cancelled, as Stripe's do."""
+
+    def __init__(self) -> None:
+        self.live: set[str] = set()
+        self.cancelled: list[str] = []
+        self.refunded: list[str] = []  # invoice ids, each refunded once
+
+    def create_customer(self, client_id: str, email: str | None, attempt: int = 0) -> str:
+        return f"cus_{client_id}"
+
+    def create_checkout(
+        self,
+        *,
+        client_id: str,
+        customer_id: str,
+        mode: str,
+        line: CheckoutLine,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        return f"cs_{idempotency_key}", f"https://checkout.test/{idempotency_key}"
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        return f"https://portal.test/{customer_id}"
+
+    def list_invoices(
+        self, customer_id: str, limit: int, starting_after: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        return [], False
+
+    def cancel_subscription(self, subscription_id: str) -> bool:
+        if subscription_id not in self.live:
+            return False
+        self.live.discard(subscription_id)
+        self.cancelled.append(subscription_id)
+        return True
+
+    def refund_invoice(self, invoice_id: str, *, reason: str) -> list[str]:
+        if invoice_id in self.refunded:
+            return []
+        self.refunded.append(invoice_id)
+        return [f"re_{invoice_id}"]

@@ -24,7 +24,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import price_ids
+from shared.billing.policies import billing_store, price_ids
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 from shared.scheduled import finish
 
@@ -83,7 +83,7 @@ def invoices(ctx: Ctx) -> InvoicePage:
 def daily(ctx: Ctx) -> BillingJobReport:
     p = ctx.platform
     # Clients that failed are listed in a 500 problem after the others were processed: the scheduler retries.
-    return finish(run_daily(p.db, p.ledger, load_catalog(), p.clock()), JOB)
+    return finish(run_daily(billing_store(p), p.ledger, load_catalog(), p.clock()), JOB)
 
 
 @functions_framework.http

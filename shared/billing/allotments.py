@@ -1,7 +1,8 @@
 """The daily billing job (Cloud Scheduler): monthly allotments that no invoice brings, and plan
-changes that were waiting for their date. Idempotent per client and period: every grant's key
-names the subscription (or client) and the month it is for; so a run that failed for some clients
-(each is processed in isolation, see :mod:`shared.scheduled`) is simply run again."""
+changes that were waiting for their date. Idempotent per client and plan-month: every grant's key
+names the subscription (or client) and the month it is for (:mod:`shared.billing.credits`), so a run
+that failed for some clients (each is processed in isolation, see :mod:`shared.scheduled`) is simply
+run again."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from shared.billing import lifecycle
+from shared.billing.calendar import add_months, months_started
 from shared.billing.catalog import Catalog
-from shared.billing.events import add_months, allotment_key
+from shared.billing.credits import allotment_key, grant_allotment
 from shared.billing.models import BillingState
+from shared.billing.store import DELETE, BillingChanged, BillingStore
 from shared.errors import IdempotencyKeyReused, UpstreamUnavailable
 from shared.ledger.model import Actor, GrantSource
+from shared.ledger.service import derived_id
+from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.ledger.service import Ledger
 
 SYSTEM = Actor(kind="system", id="billing-scheduler")
@@ -33,32 +37,31 @@ class BillingJobReport(ScheduledReport):
     plan_changes: dict[str, str] = Field(default_factory=dict)
 
 
-def run_daily(db: Client, ledger: Ledger, catalog: Catalog, now: datetime) -> BillingJobReport:
-    """Due plan changes, then annual plans' and the free plan's monthly credits; every client in
-    isolation in each step (a client that fails is in ``failed``, the others are processed)."""
-    from google.cloud.firestore import FieldFilter
-
+def run_daily(store: BillingStore, ledger: Ledger, catalog: Catalog, now: datetime) -> BillingJobReport:
+    """Annual plans' monthly credits, then due plan changes, then the free plan's monthly credits;
+    every client in isolation in each step (a client that fails is in ``failed``, the others are
+    processed)."""
     report = BillingJobReport()
-    clients = db.collection("clients")
-    # Plan changes first: a client moving to Free today gets Free's credits below.
-    due = clients.where(filter=FieldFilter("billing.pending_plan_at", "<=", now))
-    for client_id, billing in _listed(due, "billing"):
-        with isolated(JOB, client_id, report.failed, step="plan change"):
-            if BillingState.model_validate(billing or {}).pending_plan:
-                applied = _apply_pending(db, catalog, client_id, now)
-                if applied:
-                    report.plan_changes[client_id] = applied
-    for client_id, billing in _listed(clients.where(filter=FieldFilter("billing.interval", "==", "annual")), "billing"):
+    # Allotments first: a month that started before a due plan change is granted at the plan it
+    # started under, even when the job ran late.
+    for client_id, billing in store.annual_clients():
         report.clients_checked += 1
         with isolated(JOB, client_id, report.failed, step="annual allotment"):
             state = BillingState.model_validate(billing or {})
             granted = _annual_allotments(ledger, catalog, client_id, state, now)
             if granted:
                 report.annual_grants[client_id] = granted
+    # Plan changes next: a client moving to Free today gets Free's credits below.
+    for client_id, billing in store.due_plan_changes(now):
+        with isolated(JOB, client_id, report.failed, step="plan change"):
+            if BillingState.model_validate(billing or {}).pending_plan:
+                applied = _apply_pending(store, catalog, client_id, now)
+                if applied:
+                    report.plan_changes[client_id] = applied
     free = catalog.plan("free")
     if free.monthly_credits:
         month = now.strftime("%Y-%m")
-        for client_id, _ in _listed(clients.where(filter=FieldFilter("billing.plan", "==", "free"))):
+        for client_id in store.free_clients():
             report.clients_checked += 1
             with isolated(JOB, client_id, report.failed, step="free credits"):
                 try:
@@ -81,82 +84,54 @@ def run_daily(db: Client, ledger: Ledger, catalog: Catalog, now: datetime) -> Bi
     return report
 
 
-def _listed(query: Any, field: str | None = None) -> list[tuple[str, Any]]:
-    """(client id, raw ``field``) of every match, read up front: the listing is one short query, and the
-    slow per-client work (ledger commits) does not hold it open. Parsing is each client's own step."""
-    from google.cloud.firestore_v1.field_path import FieldPath
-
-    snapshots = query.select([field or FieldPath.document_id()]).stream()
-    return [(snapshot.id, (snapshot.to_dict() or {}).get(field) if field else None) for snapshot in snapshots]
-
-
 def _annual_allotments(
     ledger: Ledger, catalog: Catalog, client_id: str, state: BillingState, now: datetime
 ) -> list[str]:
-    """Every monthly allotment of the current annual period that is due (month 0 came with the invoice)."""
-    if state.subscription_status not in ("active", "trialing") or not state.subscription_id:
+    """Every plan-month allotment of the current annual period that has started (month 0 normally came
+    with the paid invoice and replays), at the plan in force; none while the status allows none."""
+    subscription_id = state.subscription_id
+    if not subscription_id or not lifecycle.rules(state.subscription_status).allotments:
         return []
+    if state.plan_from != subscription_id:
+        return []  # the client's plan is not this subscription's (yet)
     start, end = state.current_period_start, state.current_period_end
     if start is None or end is None:
         return []
-    plan = catalog.plans.get(state.plan)
-    if plan is None or not plan.monthly_credits:
-        return []
     granted = []
-    month = 0
-    while True:
-        month_start = add_months(start, month)
-        if month_start > now or month_start >= end:
-            break
-        month_end = min(add_months(start, month + 1), end)
-        try:
-            result = ledger.grant(
-                client_id,
-                key=allotment_key(state.subscription_id, month_start),
-                amount=plan.monthly_credits,
-                source=GrantSource.SUBSCRIPTION,
-                actor=SYSTEM,
-                reason=f"{plan.name} plan (annual) credits for {month_start.date().isoformat()} to "
-                f"{month_end.date().isoformat()}",
-                expires_at=None if catalog.rollover else month_end,
-                reference=state.subscription_id,
-            )
-        except IdempotencyKeyReused:
-            # The month was granted at the plan's size before an upgrade (which granted the difference
-            # pro-rated): it stays as it was, and the job goes on.
-            month += 1
-            continue
-        granted.append(str(result.get("bucket_id")))
-        month += 1
+    for month in months_started(start, end, now):
+        if state.pending_plan_at is not None and month.start >= state.pending_plan_at:
+            break  # after a plan change: that plan's months
+        amount = grant_allotment(
+            ledger, catalog, client_id, subscription_id=subscription_id, month=month, plan_id=state.plan,
+            actor=SYSTEM, reference=subscription_id,
+        )  # fmt: skip
+        if amount is not None:
+            granted.append(derived_id("bkt", allotment_key(subscription_id, month.start)))
     return granted
 
 
-def _apply_pending(db: Client, catalog: Catalog, client_id: str, now: datetime) -> str | None:
+def _apply_pending(store: BillingStore, catalog: Catalog, client_id: str, now: datetime) -> str | None:
     """Apply the plan change that fell due and return the new plan, unless a webhook withdrew it
-    since it was listed: the write is guarded by the client record's ``update_time`` and re-decided
-    on fresh state."""
-    from google.api_core.exceptions import FailedPrecondition
-    from google.cloud.firestore import DELETE_FIELD
-
-    ref = db.collection("clients").document(client_id)
-    for _ in range(3):
-        snapshot = ref.get()
-        state = BillingState.model_validate((snapshot.to_dict() or {}).get("billing") or {})
+    since it was listed: the write is guarded by the client record's version and re-decided on
+    fresh state."""
+    for _ in attempts(CONTENDED_COMMIT, "due plan change"):
+        snapshot = store.read(client_id)
+        state = snapshot.state
         if not state.pending_plan or state.pending_plan_at is None or state.pending_plan_at > now:
             return None  # withdrawn or moved by a webhook in the meantime
         plan = catalog.plan(state.pending_plan)
-        update: dict[str, Any] = {
+        changes: dict[str, Any] = {
             "plan": state.pending_plan,
-            "billing.plan": state.pending_plan,
-            "billing.product_slots": plan.product_slots,
-            "billing.pending_plan": None,
-            "billing.pending_plan_at": DELETE_FIELD,
+            "product_slots": plan.product_slots,
+            "pending_plan": None,
+            "pending_plan_at": DELETE,
+            "plan_since": now,
         }
         if state.pending_plan == "free":
-            update["billing.interval"] = None
+            changes |= {"interval": None, "plan_from": None}
         try:
-            ref.update(update, option=db.write_option(last_update_time=snapshot.update_time))
+            store.update_billing(client_id, changes, snapshot.version)
             return state.pending_plan
-        except FailedPrecondition:
+        except BillingChanged:
             continue
     raise UpstreamUnavailable("The client's billing kept changing; the next run applies the plan change")

@@ -1,11 +1,16 @@
 """The Stripe webhook: verify, de-duplicate, apply.
 
-Every event id gets a marker document (``stripe_events/{id}``) created in the same atomic commit as
-the event's change to the client record, so a redelivery changes nothing. Credit grants go through
-the ledger keyed by the invoice, session or charge, so the grant itself is exactly-once even if a
-crash falls between the grant and the marker: the redelivery's grant replays. Subscription events
-carry Stripe's ``event.created``; an older event than the last one applied never overwrites newer
-state (Stripe delivers out of order and for days).
+Every event id gets a marker (``stripe_events/{id}``) committed atomically with the event's change
+to the client's billing (:mod:`shared.billing.store`), so a redelivery changes nothing. Credits go
+through the ledger under keys that name the invoice's subscription and plan-month, the upgrade's
+plan-month, the pack's session or the refund's charge, so a grant is exactly-once even if a crash
+falls between the grant and the marker: the redelivery's grant replays.
+
+Which subscription governs the client's plan, and what each status allows, is the state machine of
+:mod:`shared.billing.lifecycle`. Events of the governing subscription carry Stripe's
+``event.created``; an older event than the last one applied never overwrites newer state (Stripe
+delivers out of order and for days) — but what it paid for or upgraded still counts. The rules for
+credits (allotments per plan-month, proration, refunds) are in ``docs/billing.md``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from shared.billing.catalog import Catalog, PriceIds
+from shared.billing import lifecycle
+from shared.billing.calendar import PlanMonth, add_months, is_whole_period, months_started, plan_month
+from shared.billing.catalog import Catalog, Interval, PriceIds
+from shared.billing.credits import allotment_key, grant_allotment, upgrade_key
 from shared.billing.models import (
+    KEEP_IDS,
+    BillingNotice,
     BillingState,
     StripeCharge,
     StripeCheckoutSession,
@@ -28,23 +38,22 @@ from shared.billing.models import (
     StripeInvoiceLine,
     StripeSubscription,
 )
-from shared.billing.service import client_ref
-from shared.errors import BadRequest, EpoxError
+from shared.billing.money import prorated_credits, refund_target
+from shared.billing.store import BillingChanged, BillingSnapshot, BillingStore, EventWrite
+from shared.errors import BadRequest, EpoxError, UpstreamUnavailable
 from shared.ledger.model import Actor, GrantSource
+from shared.retry import CONTENDED_COMMIT, attempts
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
+    from shared.billing.gateway import PaymentGateway
     from shared.ledger.service import Ledger
 
 logger = logging.getLogger("epox.billing")
 
-ACTIVE = ("active", "trialing")
-MAX_ATTEMPTS = 5
+# Invoices that pay for a whole billing period: they bring the period's first plan-month allotment.
+PERIOD_INVOICES = ("subscription_create", "subscription_cycle")
 
-
-class _BillingChanged(Exception):
-    """The client's billing changed between our read and our commit."""
+__all__ = ["WebhookProcessor", "add_months", "allotment_key", "verify_event"]
 
 
 class WebhookSignatureInvalid(BadRequest):
@@ -94,117 +103,105 @@ def _happened_at(event: StripeEvent, fallback: datetime) -> datetime:
     return _ts(event.created) or fallback
 
 
-def add_months(moment: datetime, months: int) -> datetime:
-    """Same day-of-month ``months`` later, clamped to the month's last day."""
-    import calendar
+def _bounded(ids: list[str], new: str) -> list[str]:
+    return [*[i for i in ids if i != new], new][-KEEP_IDS:]
 
-    year, month = divmod(moment.month - 1 + months, 12)
-    year, month = moment.year + year, month + 1
-    day = min(moment.day, calendar.monthrange(year, month)[1])
-    # A plain datetime, not ``moment.replace``: Firestore's DatetimeWithNanoseconds.replace returns an
-    # instance without its nanoseconds that the client then cannot write.
-    return datetime(year, month, day, moment.hour, moment.minute, moment.second, moment.microsecond, moment.tzinfo)
+
+def _plan_fields(catalog: Catalog, plan_id: str) -> dict[str, Any]:
+    return {
+        "plan": plan_id,
+        "product_slots": catalog.plan(plan_id).product_slots,
+        "pending_plan": None,
+        "pending_plan_at": None,
+    }
+
+
+@dataclass(frozen=True)
+class _PlanLine:
+    """The plan line of an invoice: its price's plan and interval and the period it pays for."""
+
+    plan_id: str
+    interval: Interval
+    start: datetime
+    end: datetime
+
+    def first_month(self) -> PlanMonth:
+        # A monthly plan's period is its one plan-month; an annual period starts with month 0.
+        if self.interval == "monthly":
+            return PlanMonth(anchor=self.start, index=0, start=self.start, end=self.end)
+        return plan_month(self.start, 0, self.end)
+
+    def is_whole_period(self) -> bool:
+        return is_whole_period(self.start, self.end, 12 if self.interval == "annual" else 1)
 
 
 @dataclass
 class WebhookProcessor:
-    db: Client
+    store: BillingStore
     ledger: Ledger
     catalog: Catalog
     prices: PriceIds
     now: datetime
+    gateway: PaymentGateway | None = None
 
     # -- dispatch ---------------------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        self._versions: dict[str, Any] = {}
-
-    def _state(self, client_id: str) -> BillingState:
-        """The client's billing as read now; the commit later requires it unchanged."""
-        snapshot = client_ref(self.db, client_id).get()
-        self._versions[client_id] = snapshot.update_time if snapshot.exists else None
-        data = (snapshot.to_dict() or {}) if snapshot.exists else {}
-        return BillingState.model_validate(data.get("billing") or {})
-
     def handle(self, event: StripeEvent) -> str:
-        """Apply the event once; a concurrent change to the same client's billing re-runs the handler
-        on fresh state (its ledger grants replay by key)."""
-        for _ in range(MAX_ATTEMPTS):
+        """Apply the event once; a concurrent change to the same client's billing decides it again on
+        fresh state (its ledger grants replay by key, its Stripe calls are idempotent)."""
+        for _ in attempts(CONTENDED_COMMIT, "stripe webhook event"):
             try:
                 return self._handle_once(event)
-            except _BillingChanged:
-                self._versions.clear()
+            except BillingChanged:
                 continue
-        from shared.errors import UpstreamUnavailable
-
         raise UpstreamUnavailable("The client's billing kept changing; Stripe will redeliver", retry_after=5)
 
     def _handle_once(self, event: StripeEvent) -> str:
-        marker = self.db.collection("stripe_events").document(event.id)
-        if marker.get().exists:
+        if self.store.event_recorded(event.id):
             return "duplicate"
         handler = {
             "checkout.session.completed": self._checkout_completed,
             "checkout.session.async_payment_succeeded": self._checkout_completed,
-            "customer.subscription.created": self._subscription_changed,
-            "customer.subscription.updated": self._subscription_changed,
-            "customer.subscription.deleted": self._subscription_deleted,
+            "customer.subscription.created": self._subscription_event,
+            "customer.subscription.updated": self._subscription_event,
+            "customer.subscription.deleted": self._subscription_event,
             "invoice.paid": self._invoice_paid,
             "invoice.payment_failed": self._invoice_payment_failed,
             "charge.refunded": self._charge_refunded,
         }.get(event.type)
         if handler is None:
-            self._commit(event, None, {}, "ignored")
-            return "ignored"
+            return self._record(event, None, "ignored")
         return handler(event)
 
-    def _commit(
+    def _record(
         self,
         event: StripeEvent,
         client_id: str | None,
-        changes: dict[str, Any],
         outcome: str,
-        extra: list[tuple[Any, dict[str, Any]]] | None = None,
+        *,
+        snapshot: BillingSnapshot | None = None,
+        changes: dict[str, Any] | None = None,
+        **parts: Any,
     ) -> str:
-        """Apply ``changes`` to the client's billing and record the event, atomically."""
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-
-        batch = self.db.batch()
-        batch.create(
-            self.db.collection("stripe_events").document(event.id),
-            {
-                "type": event.type,
-                "client_id": client_id,
-                "outcome": outcome,
-                "created": event.created,
-                "processed_at": self.now,
-                "livemode": event.livemode,
-            },
+        """Commit the event's marker with ``changes`` (decided on ``snapshot``) and ``parts``."""
+        write = EventWrite(
+            event_id=event.id,
+            event_type=event.type,
+            event_created=event.created,
+            livemode=event.livemode,
+            outcome=outcome,
+            processed_at=self.now,
+            client_id=client_id,
+            changes=changes or {},
+            version=snapshot.version if snapshot is not None else None,
+            **parts,
         )
-        version = self._versions.get(client_id) if client_id else None
-        if client_id and changes:
-            if version is not None:
-                batch.update(
-                    client_ref(self.db, client_id),
-                    _dotted(changes),
-                    option=self.db.write_option(last_update_time=version),
-                )
-            else:
-                batch.set(client_ref(self.db, client_id), _nested(changes), merge=True)
-        for ref, data in extra or []:
-            batch.set(ref, data, merge=True)
-        try:
-            batch.commit()
-        except AlreadyExists:
-            return "duplicate"  # a concurrent delivery of the same event won
-        except FailedPrecondition as exc:
-            raise _BillingChanged() from exc
-        return outcome
+        return outcome if self.store.commit(write) else "duplicate"
 
     def _client_for(self, customer_id: str | None, *fallbacks: str | None) -> str | None:
         if customer_id:
-            snapshot = self.db.collection("stripe_customers").document(customer_id).get()
-            if snapshot.exists:
-                return str((snapshot.to_dict() or {}).get("client_id"))
+            found = self.store.client_of_customer(customer_id)
+            if found:
+                return found
         for candidate in fallbacks:
             if candidate:
                 return candidate
@@ -212,16 +209,22 @@ class WebhookProcessor:
 
     def _unroutable(self, event: StripeEvent, what: str) -> str:
         logger.error("stripe event %s (%s): %s", event.id, event.type, what)
-        return self._commit(event, None, {}, f"unroutable: {what}")
+        return self._record(event, None, f"unroutable: {what}")
 
-    @staticmethod
-    def _unknown_price(event: StripeEvent, price_id: str | None) -> StripePriceNotConfigured:
-        """A plan price we were not told about is a deploy lagging behind the Stripe dashboard:
-        nothing is recorded and Stripe redelivers (for days) until STRIPE_PRICE_IDS names it."""
-        logger.error("stripe event %s (%s): price %s is not in STRIPE_PRICE_IDS", event.id, event.type, price_id)
-        return StripePriceNotConfigured(
-            f"Price {price_id} is not configured; Stripe will redeliver the event", price_id=price_id
-        )
+    def _plan_of_price(self, event: StripeEvent, price_id: str | None) -> tuple[str, Interval]:
+        """The catalog plan and interval of a price. A plan price we were not told about is a deploy
+        lagging behind the Stripe dashboard: nothing is recorded and Stripe redelivers (for days)
+        until STRIPE_PRICE_IDS names it."""
+        found = self.prices.plan_of(price_id) if price_id else None
+        if found is None or found[0] not in self.catalog.plans:
+            logger.error("stripe event %s (%s): price %s is not in STRIPE_PRICE_IDS", event.id, event.type, price_id)
+            raise StripePriceNotConfigured(
+                f"Price {price_id} is not configured; Stripe will redeliver the event", price_id=price_id
+            )
+        return found
+
+    def _actor(self, event: StripeEvent) -> Actor:
+        return Actor(kind="stripe", id=event.id)
 
     # -- checkout ---------------------------------------------------------------------------------
     def _checkout_completed(self, event: StripeEvent) -> str:
@@ -229,21 +232,21 @@ class WebhookProcessor:
         client_id = self._client_for(session.customer, session.metadata.get("client_id"), session.client_reference_id)
         if client_id is None:
             return self._unroutable(event, "no client for the checkout session")
-        links: list[tuple[Any, dict[str, Any]]] = []
+        parts: dict[str, Any] = {}
         changes: dict[str, Any] = {}
         if session.customer:
-            links.append((self.db.collection("stripe_customers").document(session.customer), {"client_id": client_id}))
+            parts["customer_link"] = session.customer
             changes["stripe_customer_id"] = session.customer
         if session.mode == "subscription":
-            if session.subscription:
-                changes["subscription_id"] = session.subscription
-            return self._commit(event, client_id, changes, "subscription checkout linked", links)
+            # The subscription's own events say which subscription the client has (it may have one
+            # already, or this one may be a second that gets cancelled): the session links the customer.
+            return self._record(event, client_id, "subscription checkout linked", changes=changes, **parts)
         pack_id = session.metadata.get("pack_id")
         if session.mode != "payment" or not pack_id:
-            return self._commit(event, client_id, changes, "checkout without a pack")
+            return self._record(event, client_id, "checkout without a pack", changes=changes, **parts)
         if session.payment_status != "paid":
             # Delayed payment methods: credits come with checkout.session.async_payment_succeeded.
-            return self._commit(event, client_id, changes, "pack payment pending")
+            return self._record(event, client_id, "pack payment pending", changes=changes, **parts)
         pack = self.catalog.pack(pack_id)
         # From when Stripe says the payment happened, not from this delivery: a redelivery after a
         # lost commit must ask the ledger for the very same grant, or it would be refused as different.
@@ -257,12 +260,12 @@ class WebhookProcessor:
             key=f"stripe:pack:{session.id}",
             amount=pack.credits,
             source=GrantSource.PACK,
-            actor=Actor(kind="stripe", id=event.id),
+            actor=self._actor(event),
             reason=f"credit pack {pack.name}",
             expires_at=expires,
             reference=session.payment_intent or session.id,
         )
-        purchase = {
+        parts["purchase"] = {
             "session_id": session.id,
             "pack_id": pack_id,
             "credits": pack.credits,
@@ -270,48 +273,34 @@ class WebhookProcessor:
             "payment_intent": session.payment_intent,
             "amount_total": session.amount_total,
             "currency": session.currency,
-            "revoked_credits": 0,
-            "purchased_at": self.now,
+            "purchased_at": _happened_at(event, self.now),
         }
-        links.append((client_ref(self.db, client_id).collection("purchases").document(session.id), purchase))
         if session.payment_intent:
-            links.append(
-                (
-                    self.db.collection("stripe_payments").document(session.payment_intent),
-                    {"client_id": client_id, "session_id": session.id},
-                )
-            )
-        return self._commit(event, client_id, changes, f"granted {pack.credits} pack credits", links)
+            parts["payment_link"] = (session.payment_intent, session.id)
+        return self._record(event, client_id, f"granted {pack.credits} pack credits", changes=changes, **parts)
 
     # -- subscriptions ----------------------------------------------------------------------------
-    def _stale(self, state: BillingState, event: StripeEvent) -> bool:
-        return event.created < state.last_event_created
-
-    @staticmethod
-    def _not_current(state: BillingState, subscription_id: str | None) -> bool:
-        """About a subscription that has ended or been replaced. Stripe stamps the final failed
-        payment and the cancellation it causes with the same second, in either order: once the
-        cancellation is applied, nothing about that subscription may mark the client past due."""
-        if not subscription_id or not state.subscription_id:
-            return False
-        return subscription_id != state.subscription_id or state.subscription_status == "canceled"
-
-    def _subscription_changed(self, event: StripeEvent) -> str:
+    def _subscription_event(self, event: StripeEvent) -> str:
         sub = StripeSubscription.model_validate(event.object)
         client_id = self._client_for(sub.customer, sub.metadata.get("client_id"))
         if client_id is None:
             return self._unroutable(event, "no client for the subscription's customer")
-        state = self._state(client_id)
-        if self._stale(state, event):
-            return self._commit(event, client_id, {}, "stale: a newer subscription event was applied")
-        if sub.status in ("canceled", "incomplete_expired"):
-            return self._subscription_deleted(event)
-        if state.subscription_status == "canceled" and state.subscription_id == sub.id:
-            return self._commit(event, client_id, {}, "stale: the subscription has ended")
-        plan_interval = self.prices.plan_of(sub.first_item().price.id)
-        if plan_interval is None:
-            raise self._unknown_price(event, sub.first_item().price.id)
-        new_plan_id, interval = plan_interval
+        snap = self.store.read(client_id)
+        state = snap.state
+        if sub.id == state.subscription_id:
+            return self._governing_subscription_event(event, sub, client_id, snap)
+        if sub.id == state.previous_subscription_id or sub.id in state.rejected_subscriptions:
+            return self._record(event, client_id, "a replaced subscription: nothing changes")
+        if sub.status in lifecycle.ENDED and state.subscription_id:
+            return self._record(event, client_id, "another subscription ended; the client's stays")
+        if lifecycle.takes_over(state.subscription_status, bool(state.subscription_id), sub.status):
+            return self._take_over(event, sub, client_id, snap)
+        return self._second_subscription(event, client_id, snap, sub.id, sub.status)
+
+    def _take_over(self, event: StripeEvent, sub: StripeSubscription, client_id: str, snap: BillingSnapshot) -> str:
+        """``sub`` becomes the governing subscription (the client had none, or its one ended or was never paid)."""
+        state = snap.state
+        plan_id, interval = self._plan_of_price(event, sub.first_item().price.id)
         start, end = sub.period()
         changes: dict[str, Any] = {
             "subscription_id": sub.id,
@@ -323,263 +312,487 @@ class WebhookProcessor:
             "stripe_customer_id": sub.customer,
             "last_event_created": event.created,
             "last_event_id": event.id,
+            "ended_event_created": None,
+            "failed_invoices": [],
+            "past_due_since": None,
+        } | self._replacing(state, sub.id, event)
+        outcome = f"subscription {sub.status}"
+        if sub.status in lifecycle.ENDED:
+            changes["ended_event_created"] = event.created
+        elif sub.status in lifecycle.PAID:
+            changes |= _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            outcome = f"plan {plan_id}"
+            if sub.status in ("past_due", "unpaid"):
+                changes["past_due_since"] = self.now
+            before = self._plan_before(event)
+            if before is not None and self.catalog.plan(before).rank < self.catalog.plan(plan_id).rank:
+                # An upgrade of this subscription that overtook its first events: it still prorates.
+                granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
+                outcome = f"upgraded {before} → {plan_id}, prorated {granted} credits"
+        return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    def _replacing(self, state: BillingState, new_id: str, event: StripeEvent) -> dict[str, Any]:
+        """What taking over from the governing subscription records about it (cancelled if never paid)."""
+        old = state.subscription_id
+        if not old or old == new_id:
+            return {}
+        ended = state.ended_event_created
+        if state.subscription_status not in lifecycle.ENDED:
+            self._cancel(old)  # never paid (incomplete): replaced by a paid one
+            ended = event.created
+        return {"previous_subscription_id": old, "previous_ended_created": ended}
+
+    def _second_subscription(
+        self,
+        event: StripeEvent,
+        client_id: str,
+        snap: BillingSnapshot,
+        subscription_id: str,
+        status: str,
+        invoice_id: str | None = None,
+    ) -> str:
+        """A subscription besides the live one the client has: recorded; once it is paid for, it is
+        cancelled and its invoices refunded through Stripe, and the client is told."""
+        state = snap.state
+        if status not in lifecycle.PAID and invoice_id is None:
+            return self._record(event, client_id, f"another subscription ({status}): nothing changes")
+        changes: dict[str, Any] = {}
+        notices = []
+        done = []
+        if subscription_id not in state.rejected_subscriptions:
+            self._cancel(subscription_id)
+            changes["rejected_subscriptions"] = _bounded(state.rejected_subscriptions, subscription_id)
+            notices.append(
+                (
+                    f"billing-duplicate-subscription-{subscription_id}",
+                    BillingNotice(
+                        kind="duplicate_subscription_cancelled",
+                        subscription_id=subscription_id,
+                        message="You already have a subscription, so the second one started at the same time "
+                        "was cancelled and its payment refunded.",
+                        created_at=self.now,
+                    ),
+                )
+            )
+            done.append("cancelled")
+        if invoice_id and invoice_id not in state.refunded_invoices:
+            self._refund(invoice_id, subscription_id)
+            changes["refunded_invoices"] = _bounded(state.refunded_invoices, invoice_id)
+            done.append("refunded")
+        outcome = "a second subscription: " + (" and ".join(done) if done else "already cancelled")
+        return self._record(event, client_id, outcome, snapshot=snap, changes=changes, notices=notices)
+
+    def _cancel(self, subscription_id: str) -> None:
+        if self.gateway is None:
+            logger.error("no payment gateway: subscription %s must be cancelled by hand", subscription_id)
+            return
+        if not self.gateway.cancel_subscription(subscription_id):
+            logger.info("subscription %s was no longer live", subscription_id)
+
+    def _refund(self, invoice_id: str, subscription_id: str) -> None:
+        if self.gateway is None:
+            logger.error("no payment gateway: invoice %s must be refunded by hand", invoice_id)
+            return
+        self.gateway.refund_invoice(invoice_id, reason=f"second subscription {subscription_id}")
+
+    def _governing_subscription_event(
+        self, event: StripeEvent, sub: StripeSubscription, client_id: str, snap: BillingSnapshot
+    ) -> str:
+        state = snap.state
+        ended = state.subscription_status in lifecycle.ENDED
+        if ended or event.created < state.last_event_created:
+            granted = self._late_upgrade(client_id, event, sub, state)
+            note = f"; prorated {granted} credits" if granted else ""
+            if ended:
+                return self._record(event, client_id, f"stale: the subscription has ended{note}")
+            return self._record(event, client_id, f"stale: a newer subscription event was applied{note}")
+        if sub.status in lifecycle.ENDED:
+            return self._ended(event, sub, client_id, snap)
+        return self._updated(event, sub, client_id, snap)
+
+    def _ended(self, event: StripeEvent, sub: StripeSubscription, client_id: str, snap: BillingSnapshot) -> str:
+        """The governing subscription ended: it takes away only the plan it gave."""
+        state = snap.state
+        _, end = sub.period()
+        ends_at = _ts(end)
+        changes: dict[str, Any] = {
+            "subscription_status": sub.status,
+            "cancel_at_period_end": False,
+            "last_event_created": event.created,
+            "last_event_id": event.id,
+            "ended_event_created": event.created,
+            "failed_invoices": [],
+        }
+        if state.plan_from != sub.id:
+            changes["past_due_since"] = None
+            outcome = f"subscription {sub.status}: its plan never applied"
+        elif ends_at is not None and ends_at > self.now and state.past_due_since is None:
+            changes |= {"pending_plan": "free", "pending_plan_at": ends_at}
+            outcome = "moves to Free at period end"
+        else:
+            # A subscription cancelled for non-payment keeps nothing of the period it did not pay for;
+            # on Free nothing is owed, so the past-due block ends with it (packs bought later work).
+            unpaid = state.past_due_since is not None
+            changes |= _plan_fields(self.catalog, "free") | {
+                "interval": None,
+                "past_due_since": None,
+                "plan_from": None,
+            }
+            outcome = "moved to Free" + (" (unpaid)" if unpaid else "")
+        return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    def _updated(self, event: StripeEvent, sub: StripeSubscription, client_id: str, snap: BillingSnapshot) -> str:
+        state = snap.state
+        plan_id, interval = self._plan_of_price(event, sub.first_item().price.id)
+        start, end = sub.period()
+        start_at, end_at = _ts(start), _ts(end)
+        changes: dict[str, Any] = {
+            "subscription_status": sub.status,
+            "interval": interval,
+            "current_period_start": start_at,
+            "current_period_end": end_at,
+            "cancel_at_period_end": sub.cancel_at_period_end,
+            "stripe_customer_id": sub.customer,
+            "last_event_created": event.created,
+            "last_event_id": event.id,
         }
         outcome = f"subscription {sub.status}"
-        if sub.status in ACTIVE:
-            changes["past_due_since"] = None
-            new, old = self.catalog.plan(new_plan_id), self.catalog.plans.get(state.plan) or self.catalog.plan("free")
-            if new.rank > old.rank or state.plan == "free":
-                # The plan before: ours, or — when this update overtook the events that set ours up —
-                # the one Stripe says the subscription changed from.
-                mine = state.plan != "free" and state.subscription_id == sub.id
-                before = state.plan if mine else self._previous_plan(event)
-                if before and before != "free" and self.catalog.plan(before).rank < new.rank:
-                    granted = self._prorated_upgrade(client_id, event, sub, before, new_plan_id, start, end)
-                    outcome = f"upgraded {before} → {new_plan_id}, prorated {granted} credits"
-                else:
-                    outcome = f"plan {new_plan_id}"
-                changes |= {
-                    "plan": new_plan_id,
-                    "product_slots": new.product_slots,
-                    "pending_plan": None,
-                    "pending_plan_at": None,
-                }
+        status_rules = lifecycle.rules(sub.status)
+        if status_rules.plan is lifecycle.PlanEffect.APPLIED:
+            changes |= {"past_due_since": None, "failed_invoices": []}
+            applied = _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            new = self.catalog.plan(plan_id)
+            old = self.catalog.plans.get(state.plan) or self.catalog.plan("free")
+            rolled = (
+                start_at is not None and state.current_period_end is not None and start_at >= state.current_period_end
+            )
+            if state.plan_from != sub.id:
+                changes |= applied  # the first time this subscription's plan applies (it was incomplete)
+                outcome = f"plan {plan_id}"
+            elif self._is_reset(state, interval, start_at):
+                # An interval change (or a reset anchor) starts a new period at once, billed at the new
+                # price: its plan applies now, whatever its rank, and it gets its first month's credits.
+                changes |= applied
+                granted = self._period_allotment(client_id, event, sub, plan_id, interval, start_at, end_at)
+                outcome = f"period reset: plan {plan_id}, granted {granted} credits"
+            elif rolled:
+                # A new period at the price Stripe bills it at (a due downgrade lands here).
+                if plan_id != state.plan or state.pending_plan:
+                    changes |= applied
+                    outcome = f"plan {plan_id} from this period"
+            elif new.rank > old.rank:
+                changes |= applied
+                granted = 0
+                if event.previous_attributes is None or event.previous_price():
+                    # The change itself (or an update that does not say what changed): prorated from its
+                    # time. An update that overtook the change applies the plan; the change, when it
+                    # comes, prorates.
+                    before = self._plan_before(event) or state.plan
+                    granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
+                outcome = f"upgraded {state.plan} → {plan_id}, prorated {granted} credits"
             elif new.rank < old.rank:
-                changes |= {"pending_plan": new_plan_id, "pending_plan_at": _ts(end)}
-                outcome = f"downgrade to {new_plan_id} at period end"
+                # Until the period ends the client keeps what it paid for; a renewal does not move it.
+                at = state.pending_plan_at if state.pending_plan == plan_id and state.pending_plan_at else end_at
+                changes |= {"pending_plan": plan_id, "pending_plan_at": at}
+                outcome = f"downgrade to {plan_id} at period end"
             elif state.pending_plan:
                 changes |= {"pending_plan": None, "pending_plan_at": None}
                 outcome = "pending plan change withdrawn"
         elif sub.status in ("past_due", "unpaid"):
             changes["past_due_since"] = state.past_due_since or self.now
-        return self._commit(event, client_id, changes, outcome)
+        return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
 
-    def _previous_plan(self, event: StripeEvent) -> str | None:
-        """The plan in ``data.previous_attributes`` of a subscription update that changed the price."""
-        previous = event.data.get("previous_attributes")
-        listed = previous.get("items") if isinstance(previous, dict) else None
-        items = listed.get("data") if isinstance(listed, dict) else None
-        price = items[0].get("price") if isinstance(items, list) and items and isinstance(items[0], dict) else None
-        price = price.get("id") if isinstance(price, dict) else price
-        found = self.prices.plan_of(price) if isinstance(price, str) else None
+    @staticmethod
+    def _is_reset(state: BillingState, interval: Interval, start_at: datetime | None) -> bool:
+        """A new period that starts before the current one ends, or at another interval: Stripe resets
+        the billing cycle anchor when the price's interval changes ("the billing interval is changed
+        … we … reset the billing date", Update a subscription, docs.stripe.com/api/subscriptions/update)
+        or when asked to (``billing_cycle_anchor=now``)."""
+        current_start, current_end = state.current_period_start, state.current_period_end
+        if start_at is None or current_start is None or current_end is None or start_at <= current_start:
+            return False
+        return start_at < current_end or (state.interval is not None and interval != state.interval)
+
+    def _plan_before(self, event: StripeEvent) -> str | None:
+        """The plan an update changed from, from its ``previous_attributes`` (a catalog plan), if it says."""
+        price = event.previous_price()
+        found = self.prices.plan_of(price) if price else None
         return found[0] if found and found[0] in self.catalog.plans else None
 
-    def _prorated_upgrade(
+    def _late_upgrade(self, client_id: str, event: StripeEvent, sub: StripeSubscription, state: BillingState) -> int:
+        """The proration an upgrade is owed when its own event arrives after a newer one (that applied
+        the plan, or ended the subscription): from the change's time, for the months until we applied it."""
+        happened_while_live = state.subscription_status not in lifecycle.ENDED or (
+            state.ended_event_created is not None and event.created < state.ended_event_created
+        )
+        before = self._plan_before(event)
+        if event.type != "customer.subscription.updated" or not happened_while_live or before is None:
+            return 0
+        found = self.prices.plan_of(sub.first_item().price.id)
+        if found is None or found[0] not in self.catalog.plans:
+            return 0
+        plan_id, interval = found
+        if self.catalog.plan(plan_id).rank <= self.catalog.plan(before).rank:
+            return 0
+        applied_at = state.plan_since if state.plan == plan_id and state.plan_since else _happened_at(event, self.now)
+        return self._prorate(client_id, event, sub, before, plan_id, interval, applied_at)
+
+    def _prorate(
         self,
         client_id: str,
         event: StripeEvent,
         sub: StripeSubscription,
         old_plan: str,
         new_plan: str,
-        start: int | None,
-        end: int | None,
+        interval: Interval,
+        applied_at: datetime,
     ) -> int:
-        """The rest of this allotment period at the new plan's rate minus the old one's, at once."""
-        if not start or not end or end <= start:
-            return 0
-        difference = self.catalog.plan(new_plan).monthly_credits - self.catalog.plan(old_plan).monthly_credits
+        """An upgrade's credits: for every plan-month of the period that started before we applied it
+        (``applied_at``) and ends after the change (Stripe's event time), the monthly difference times
+        the part of the month after the change (rounded down). An annual plan's months that started at
+        the old size are first granted at it if the daily job has not yet — so its later run at the new
+        size finds them granted (one allotment per plan-month)."""
+        start, end = sub.period()
         period_start, period_end = _ts(start), _ts(end)
-        assert period_start is not None and period_end is not None
-        # Prorated from the moment of the change (the event's time), so a redelivery computes the
-        # same amount and the ledger replays the grant instead of refusing a different one.
-        changed_at = _happened_at(event, self.now)
-        # Annual plans get monthly allotments: prorate over the current month of the year.
-        month_start = period_start
-        while add_months(month_start, 1) <= changed_at and add_months(month_start, 1) < period_end:
-            month_start = add_months(month_start, 1)
-        month_end = min(add_months(month_start, 1), period_end)
-        remaining = max(0.0, (month_end - max(changed_at, month_start)).total_seconds())
-        amount = int(difference * remaining // (month_end - month_start).total_seconds())
-        if amount <= 0:
+        difference = self.catalog.plan(new_plan).monthly_credits - self.catalog.plan(old_plan).monthly_credits
+        if period_start is None or period_end is None or period_end <= period_start or difference <= 0:
             return 0
-        self.ledger.grant(
-            client_id,
-            key=f"stripe:upgrade:{sub.id}:{int(month_start.timestamp())}:{new_plan}",
-            amount=amount,
-            source=GrantSource.SUBSCRIPTION,
-            actor=Actor(kind="stripe", id=event.id),
-            reason=f"upgrade {old_plan} → {new_plan}: prorated rest of the period",
-            expires_at=None if self.catalog.rollover else month_end,
-            reference=sub.id,
-        )
-        return amount
+        if not lifecycle.rules(sub.status).allotments:
+            return 0
+        changed_at = _happened_at(event, self.now)
+        # Clock skew (applied before the period Stripe says started): the first month still counts.
+        months = months_started(period_start, period_end, applied_at) or [plan_month(period_start, 0, period_end)]
+        actor, granted = self._actor(event), 0
+        for month in months:
+            if interval == "annual":
+                grant_allotment(
+                    self.ledger, self.catalog, client_id, subscription_id=sub.id, month=month, plan_id=old_plan,
+                    actor=actor, reference=sub.id,
+                )  # fmt: skip
+            amount = prorated_credits(difference, month, changed_at)
+            if amount <= 0:
+                continue
+            self.ledger.grant(
+                client_id,
+                key=upgrade_key(sub.id, month.start, new_plan),
+                amount=amount,
+                source=GrantSource.SUBSCRIPTION,
+                actor=actor,
+                reason=f"upgrade {old_plan} → {new_plan}: prorated rest of the month",
+                expires_at=None if self.catalog.rollover else month.end,
+                reference=sub.id,
+            )
+            granted += amount
+        return granted
 
-    def _subscription_deleted(self, event: StripeEvent) -> str:
-        sub = StripeSubscription.model_validate(event.object)
-        client_id = self._client_for(sub.customer, sub.metadata.get("client_id"))
-        if client_id is None:
-            return self._unroutable(event, "no client for the subscription's customer")
-        state = self._state(client_id)
-        if self._stale(state, event):
-            return self._commit(event, client_id, {}, "stale: a newer subscription event was applied")
-        if state.subscription_id and state.subscription_id != sub.id:
-            return self._commit(event, client_id, {}, "an older subscription ended; the current one stays")
-        _, end = sub.period()
-        ends_at = _ts(end)
-        changes: dict[str, Any] = {
-            "subscription_status": "canceled",
-            "cancel_at_period_end": False,
-            "last_event_created": event.created,
-            "last_event_id": event.id,
-        }
-        unpaid = state.past_due_since is not None
-        if ends_at is not None and ends_at > self.now and not unpaid:
-            changes |= {"pending_plan": "free", "pending_plan_at": ends_at}
-            outcome = "moves to Free at period end"
-        else:
-            # A subscription cancelled for non-payment keeps nothing of the period it did not pay for;
-            # on Free nothing is owed, so the past-due block ends with it (packs bought later work).
-            changes |= _plan_fields(self.catalog, "free") | {"interval": None, "past_due_since": None}
-            outcome = "moved to Free" + (" (unpaid)" if unpaid else "")
-        return self._commit(event, client_id, changes, outcome)
+    def _period_allotment(
+        self,
+        client_id: str,
+        event: StripeEvent,
+        sub: StripeSubscription,
+        plan_id: str,
+        interval: Interval,
+        start: datetime | None,
+        end: datetime | None,
+    ) -> int:
+        """The first plan-month's allotment of a period (a reset's new one); 0 when the status allows none."""
+        if start is None or end is None or end <= start or not lifecycle.rules(sub.status).allotments:
+            return 0
+        line = _PlanLine(plan_id, interval, start, end)
+        granted = grant_allotment(
+            self.ledger, self.catalog, client_id, subscription_id=sub.id, month=line.first_month(),
+            plan_id=plan_id, actor=self._actor(event), reference=sub.id,
+        )  # fmt: skip
+        return granted or 0
 
     # -- invoices ---------------------------------------------------------------------------------
+    def _plan_line(self, event: StripeEvent, invoice: StripeInvoice, *, required: bool) -> _PlanLine | None:
+        """The invoice's plan line; an unknown plan price is refused (redelivered) when ``required``."""
+        for raw in invoice.lines.data:
+            line = StripeInvoiceLine.model_validate(raw)
+            price_id = line.price_id()
+            found = self.prices.plan_of(price_id) if price_id else None
+            if found and found[0] in self.catalog.plans:
+                plan_id, interval = found
+                start = _ts(line.period.get("start")) or self.now
+                end = _ts(line.period.get("end")) or add_months(start, 12 if interval == "annual" else 1)
+                return _PlanLine(plan_id, interval, start, end)
+        if required:
+            prices = [StripeInvoiceLine.model_validate(raw).price_id() for raw in invoice.lines.data]
+            self._plan_of_price(event, ", ".join(p for p in prices if p) or None)
+        return None
+
     def _invoice_paid(self, event: StripeEvent) -> str:
         invoice = StripeInvoice.model_validate(event.object)
         client_id = self._client_for(invoice.customer)
         if client_id is None:
             return self._unroutable(event, "no client for the invoice's customer")
         subscription_id = invoice.subscription_id()
-        if not subscription_id or invoice.billing_reason not in ("subscription_create", "subscription_cycle"):
-            return self._commit(event, client_id, {}, f"invoice paid ({invoice.billing_reason}): no allotment")
-        line, plan_interval = None, None
-        for raw in invoice.lines.data:
-            candidate = StripeInvoiceLine.model_validate(raw)
-            price_id = candidate.price_id()
-            plan_interval = self.prices.plan_of(price_id) if price_id else None
-            if plan_interval:
-                line = candidate
-                break
-        if line is None or plan_interval is None:
-            prices = [StripeInvoiceLine.model_validate(raw).price_id() for raw in invoice.lines.data]
-            raise self._unknown_price(event, ", ".join(p for p in prices if p) or None)
-        plan_id, interval = plan_interval
-        plan = self.catalog.plan(plan_id)
-        start = _ts(line.period.get("start")) or self.now
-        end = _ts(line.period.get("end")) or add_months(start, 12 if interval == "annual" else 1)
-        state = self._state(client_id)
-        changes: dict[str, Any] = {}
-        if not self._stale(state, event):
-            # A paid invoice is the plan being in force for its period (a due downgrade lands here).
-            changes = _plan_fields(self.catalog, plan_id) | {
-                "interval": interval,
-                "subscription_id": subscription_id,
-                "subscription_status": "active",
-                "past_due_since": None,
-                "current_period_start": start,
-                "current_period_end": end,
-                "last_event_created": event.created,
-                "last_event_id": event.id,
-            }
-            if (
-                state.pending_plan
-                and state.pending_plan != plan_id
-                and (state.pending_plan_at is None or state.pending_plan_at > start)
-            ):
-                changes |= {"pending_plan": state.pending_plan, "pending_plan_at": state.pending_plan_at}
-        granted = 0
-        if plan.monthly_credits:
-            month_end = add_months(start, 1) if interval == "annual" else end
-            key = f"stripe:invoice:{invoice.id}" if interval == "monthly" else allotment_key(subscription_id, start)
-            self.ledger.grant(
-                client_id,
-                key=key,
-                amount=plan.monthly_credits,
-                source=GrantSource.SUBSCRIPTION,
-                actor=Actor(kind="stripe", id=event.id),
-                reason=f"{plan.name} plan credits for {start.date().isoformat()} to {month_end.date().isoformat()}",
-                expires_at=None if self.catalog.rollover else month_end,
-                reference=invoice.id,
+        reason = invoice.billing_reason
+        no_allotment = f"invoice paid ({reason}): no allotment"
+        if not subscription_id:
+            return self._record(event, client_id, no_allotment)
+        period = reason in PERIOD_INVOICES
+        line = self._plan_line(event, invoice, required=period)
+        snap = self.store.read(client_id)
+        state = snap.state
+        if subscription_id == state.subscription_id:
+            return self._governing_invoice_paid(event, client_id, snap, invoice, line)
+        if subscription_id == state.previous_subscription_id:
+            ended = state.previous_ended_created
+            if period and line is not None and ended is not None and event.created < ended:
+                # Paid while that subscription was the client's, delivered after it was replaced.
+                granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
+                return self._record(event, client_id, f"invoice paid: granted {granted} credits")
+            return self._record(event, client_id, "invoice of a replaced subscription: nothing changes")
+        if subscription_id in state.rejected_subscriptions or not lifecycle.takes_over(
+            state.subscription_status, bool(state.subscription_id), "active"
+        ):
+            return self._second_subscription(event, client_id, snap, subscription_id, "active", invoice.id)
+        if not period or line is None:
+            return self._record(event, client_id, no_allotment)
+        # The subscription's own events have not arrived yet: its paid first invoice makes it the client's.
+        granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
+        changes = self._paid_period(state, line, event, subscription_id) | self._replacing(
+            state, subscription_id, event
+        )
+        changes |= {"ended_event_created": None}
+        return self._record(
+            event, client_id, f"invoice paid: granted {granted} credits", snapshot=snap, changes=changes
+        )
+
+    def _governing_invoice_paid(
+        self,
+        event: StripeEvent,
+        client_id: str,
+        snap: BillingSnapshot,
+        invoice: StripeInvoice,
+        line: _PlanLine | None,
+    ) -> str:
+        state = snap.state
+        subscription_id = str(state.subscription_id)
+        ended = state.subscription_status in lifecycle.ENDED
+        if ended and not (state.ended_event_created is not None and event.created < state.ended_event_created):
+            # Paying an ended subscription's open invoice does not bring it back.
+            return self._record(event, client_id, "invoice paid for a subscription that has ended: nothing changes")
+        stale = ended or event.created < state.last_event_created
+        reason = invoice.billing_reason
+        if reason in PERIOD_INVOICES and line is not None:
+            granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
+            paid = {} if stale else self._paid_period(state, line, event, subscription_id)
+            return self._record(
+                event, client_id, f"invoice paid: granted {granted} credits", snapshot=snap, changes=paid
             )
-            granted = plan.monthly_credits
-        return self._commit(event, client_id, changes, f"invoice paid: granted {granted} credits")
+        granted = 0
+        if (
+            line is not None
+            and line.is_whole_period()
+            and state.current_period_start == line.start
+            and lifecycle.rules(state.subscription_status).allotments
+        ):
+            # The invoice of a period reset (an interval change): the new period's first allotment,
+            # which the reset's subscription update granted if it came first.
+            granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
+        changes: dict[str, Any] = {}
+        if not stale and invoice.id in state.failed_invoices:
+            remaining = [i for i in state.failed_invoices if i != invoice.id]
+            changes = {"failed_invoices": remaining, "last_event_created": event.created, "last_event_id": event.id}
+            if not remaining:
+                changes["past_due_since"] = None
+                if state.subscription_status in ("past_due", "unpaid"):
+                    changes["subscription_status"] = "active"
+        outcome = f"invoice paid ({reason}): " + (f"granted {granted} credits" if granted else "no allotment")
+        return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    def _paid_period(
+        self, state: BillingState, line: _PlanLine, event: StripeEvent, subscription_id: str
+    ) -> dict[str, Any]:
+        """A paid period invoice: its plan is in force for its period (a due downgrade lands here)."""
+        changes = _plan_fields(self.catalog, line.plan_id) | {
+            "interval": line.interval,
+            "subscription_id": subscription_id,
+            "subscription_status": "trialing" if state.subscription_status == "trialing" else "active",
+            "past_due_since": None,
+            "failed_invoices": [],
+            "current_period_start": line.start,
+            "current_period_end": line.end,
+            "last_event_created": event.created,
+            "last_event_id": event.id,
+            "plan_from": subscription_id,
+        }
+        if state.plan != line.plan_id or state.plan_from != subscription_id:
+            changes["plan_since"] = self.now
+        if (
+            state.subscription_id == subscription_id
+            and state.pending_plan
+            and state.pending_plan != line.plan_id
+            and (state.pending_plan_at is None or state.pending_plan_at > line.start)
+        ):
+            changes |= {"pending_plan": state.pending_plan, "pending_plan_at": state.pending_plan_at}
+        return changes
+
+    def _invoice_allotment(self, client_id: str, subscription_id: str, invoice: StripeInvoice, line: _PlanLine) -> int:
+        granted = grant_allotment(
+            self.ledger, self.catalog, client_id, subscription_id=subscription_id, month=line.first_month(),
+            plan_id=line.plan_id, actor=Actor(kind="stripe", id=invoice.id), reference=invoice.id,
+        )  # fmt: skip
+        return granted or 0
 
     def _invoice_payment_failed(self, event: StripeEvent) -> str:
         invoice = StripeInvoice.model_validate(event.object)
         client_id = self._client_for(invoice.customer)
         if client_id is None:
             return self._unroutable(event, "no client for the invoice's customer")
-        state = self._state(client_id)
-        if self._stale(state, event):
+        subscription_id = invoice.subscription_id()
+        if not subscription_id:
+            return self._record(event, client_id, "payment failed for an invoice outside any subscription: ignored")
+        snap = self.store.read(client_id)
+        state = snap.state
+        if subscription_id != state.subscription_id:
+            return self._record(event, client_id, "payment failed for another subscription: ignored")
+        if event.created < state.last_event_created:
             # E.g. the failed attempt reported after the retry that paid the invoice.
-            return self._commit(event, client_id, {}, "stale: a newer event was applied")
-        if self._not_current(state, invoice.subscription_id()):
-            return self._commit(event, client_id, {}, "payment failed for a subscription that has ended: ignored")
+            return self._record(event, client_id, "stale: a newer event was applied")
+        if state.subscription_status in lifecycle.ENDED:
+            # Stripe stamps the final failed payment and the cancellation it causes with the same second.
+            return self._record(event, client_id, "payment failed for a subscription that has ended: ignored")
+        if invoice.billing_reason == "subscription_create":
+            return self._record(event, client_id, "first payment failed: the subscription is incomplete")
         changes = {
-            "subscription_status": "past_due",
+            "subscription_status": "past_due"
+            if state.subscription_status in ("active", "trialing")
+            else state.subscription_status,
             "past_due_since": state.past_due_since or self.now,
+            "failed_invoices": _bounded(state.failed_invoices, invoice.id),
             "last_event_created": event.created,
             "last_event_id": event.id,
         }
-        return self._commit(event, client_id, changes, "payment failed: past due")
+        return self._record(event, client_id, "payment failed: past due", snapshot=snap, changes=changes)
 
     # -- refunds ----------------------------------------------------------------------------------
     def _charge_refunded(self, event: StripeEvent) -> str:
         charge = StripeCharge.model_validate(event.object)
         if not charge.payment_intent:
-            return self._commit(event, None, {}, "refund without a payment intent: ignored")
-        link = self.db.collection("stripe_payments").document(charge.payment_intent).get()
-        if not link.exists:
-            return self._commit(event, None, {}, "refund of a payment that bought no pack: ignored")
-        client_id = str((link.to_dict() or {})["client_id"])
-        purchase_ref = (
-            client_ref(self.db, client_id).collection("purchases").document(str((link.to_dict() or {})["session_id"]))
-        )
-        purchase = purchase_ref.get().to_dict() or {}
-        credits = int(purchase.get("credits", 0))
-        fraction = charge.amount_refunded / charge.amount if charge.amount else 1.0
-        target = credits if charge.refunded else int(credits * fraction)
-        to_remove = target - int(purchase.get("revoked_credits", 0))
-        if to_remove <= 0:
-            return self._commit(event, client_id, {}, "refund already applied")
-        from shared.ledger.service import revoke
-
-        result = revoke(
-            self.ledger,
+            return self._record(event, None, "refund without a payment intent: ignored")
+        purchase = self.store.pack_purchase(charge.payment_intent)
+        if purchase is None:
+            return self._record(event, None, "refund of a payment that bought no pack: ignored")
+        client_id = purchase.client_id
+        refunded = charge.amount if charge.refunded else charge.amount_refunded
+        target = refund_target(purchase.credits, charge.amount, refunded)
+        bucket = self.ledger.state(client_id).buckets.get(purchase.bucket_id)
+        if target <= 0 or (bucket is not None and bucket.revoke_target >= target):
+            # Redelivered, reordered (a larger refund came first) or too small for one credit.
+            return self._record(event, client_id, "refund already applied")
+        result = self.ledger.revoke(
             client_id,
-            key=f"stripe:refund:{charge.id}:{charge.amount_refunded}",
-            bucket_id=str(purchase["bucket_id"]),
-            amount=to_remove,
-            actor=Actor(kind="stripe", id=event.id),
-            reason=f"pack refunded ({charge.amount_refunded}/{charge.amount}): unspent credits removed",
+            key=f"stripe:refund:{charge.id}:{refunded}",
+            bucket_id=purchase.bucket_id,
+            target=target,
+            actor=self._actor(event),
+            reason=f"pack refunded ({refunded}/{charge.amount})",
         )
-        extra = [
-            (
-                purchase_ref,
-                {
-                    "revoked_credits": int(purchase.get("revoked_credits", 0)) + to_remove,
-                    "refunded_amount": charge.amount_refunded,
-                    "removed_credits_last": result["removed"],
-                },
-            )
-        ]
-        return self._commit(event, client_id, {}, f"refund: removed {result['removed']} unspent credits", extra)
-
-
-def allotment_key(subscription_id: str, month_start: datetime) -> str:
-    return f"allotment:{subscription_id}:{int(month_start.timestamp())}"
-
-
-def _plan_fields(catalog: Catalog, plan_id: str) -> dict[str, Any]:
-    return {
-        "plan": plan_id,
-        "product_slots": catalog.plan(plan_id).product_slots,
-        "pending_plan": None,
-        "pending_plan_at": None,
-    }
-
-
-def _dotted(changes: dict[str, Any]) -> dict[str, Any]:
-    """The same change as field paths, for an update guarded by a precondition."""
-    data: dict[str, Any] = {f"billing.{name}": value for name, value in changes.items()}
-    if "plan" in changes:
-        data["plan"] = changes["plan"]
-    return data
-
-
-def _nested(changes: dict[str, Any]) -> dict[str, Any]:
-    """Billing fields live under ``billing``; ``plan`` is mirrored at the top for older readers."""
-    data: dict[str, Any] = {"billing": dict(changes)}
-    if "plan" in changes:
-        data["plan"] = changes["plan"]
-    return data
+        outcome = (
+            f"refund: removed {result['removed']} unspent credits" if result["applied"] else "refund already applied"
+        )
+        return self._record(event, client_id, outcome, refund=(purchase.session_id, refunded, int(result["revoked"])))

@@ -56,6 +56,16 @@ class PaymentGateway(ABC):
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of the customer's invoices (newest first) and whether there are more."""
 
+    @abstractmethod
+    def cancel_subscription(self, subscription_id: str) -> bool:
+        """Cancel a subscription now (no proration credit, no final invoice). False when it was not
+        live any more (already canceled or unknown): cancelling is idempotent."""
+
+    @abstractmethod
+    def refund_invoice(self, invoice_id: str, *, reason: str) -> list[str]:
+        """Refund every payment of an invoice in full; the ids of the refunds made (an invoice refunded
+        before gives none). Safe to repeat: each payment's refund carries an idempotency key."""
+
 
 class StripeGateway(PaymentGateway):
     def __init__(self, api_key: str, api_base: str | None = None, max_network_retries: int = 2) -> None:
@@ -88,18 +98,8 @@ class StripeGateway(PaymentGateway):
 
         try:
             return call()
-        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
-            raise UpstreamUnavailable("Stripe is not reachable right now", retry_after=5) from exc
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            logger.error("Stripe refused our API key (%s): check STRIPE_API_KEY", type(exc).__name__)
-            raise UpstreamRejectedCredentials("Billing is unavailable right now; the team has been alerted") from exc
-        except stripe.InvalidRequestError as exc:
-            raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
         except stripe.StripeError as exc:
-            status = getattr(exc, "http_status", None) or 0
-            if status >= 500 or status == 0:
-                raise UpstreamUnavailable("Stripe answered with an error; try again", retry_after=5) from exc
-            raise BadRequest(f"Stripe refused the request: {exc.user_message or exc}") from exc
+            raise _translated(exc) from exc
 
     def create_customer(self, client_id: str, email: str | None, attempt: int = 0) -> str:
         params: dict[str, Any] = {"metadata": {"client_id": client_id}}
@@ -155,3 +155,62 @@ class StripeGateway(PaymentGateway):
             params["starting_after"] = starting_after
         page = self._call(lambda: self.client.v1.invoices.list(params=params))
         return [invoice.to_dict() for invoice in page.data], bool(page.has_more)
+
+    def cancel_subscription(self, subscription_id: str) -> bool:
+        import stripe
+
+        try:
+            # DELETE /v1/subscriptions/{id}: no idempotency key (Stripe ignores them on DELETE); a
+            # second cancel answers 404 resource_missing, as for a subscription that never existed.
+            self.client.v1.subscriptions.cancel(subscription_id, params={"prorate": False, "invoice_now": False})
+        except stripe.StripeError as exc:
+            if getattr(exc, "code", None) == "resource_missing":
+                return False
+            raise _translated(exc) from exc
+        return True
+
+    def refund_invoice(self, invoice_id: str, *, reason: str) -> list[str]:
+        import stripe
+
+        # Newer API versions keep an invoice's payments in InvoicePayment objects (the invoice no
+        # longer names its payment intent): GET /v1/invoice_payments?invoice=…
+        page = self._call(
+            lambda: self.client.v1.invoice_payments.list(params={"invoice": invoice_id, "status": "paid", "limit": 100})
+        )
+        refunds = []
+        for payment in page.data:
+            payment_intent = getattr(payment.payment, "payment_intent", None)
+            if not payment_intent:
+                continue
+            params: dict[str, Any] = {
+                "payment_intent": str(payment_intent),
+                "reason": "duplicate",
+                "metadata": {"invoice": invoice_id, "why": reason[:500]},
+            }
+            key = f"epox-refund-{payment_intent}"
+            try:
+                refund = self.client.v1.refunds.create(params=params, options={"idempotency_key": key})
+            except stripe.StripeError as exc:
+                if getattr(exc, "code", None) == "charge_already_refunded":
+                    continue
+                raise _translated(exc) from exc
+            refunds.append(str(refund.id))
+        return refunds
+
+
+def _translated(exc: Exception) -> Exception:
+    """A Stripe library error as the project's error (see the module docstring)."""
+    import stripe
+
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
+        return UpstreamUnavailable("Stripe is not reachable right now", retry_after=5)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        logger.error("Stripe refused our API key (%s): check STRIPE_API_KEY", type(exc).__name__)
+        return UpstreamRejectedCredentials("Billing is unavailable right now; the team has been alerted")
+    message = getattr(exc, "user_message", None) or exc
+    if isinstance(exc, stripe.InvalidRequestError):
+        return BadRequest(f"Stripe refused the request: {message}")
+    status = getattr(exc, "http_status", None) or 0
+    if status >= 500 or status == 0:
+        return UpstreamUnavailable("Stripe answered with an error; try again", retry_after=5)
+    return BadRequest(f"Stripe refused the request: {message}")

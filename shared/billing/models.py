@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.billing.catalog import Interval
 
@@ -14,10 +14,17 @@ PlanId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 SubscriptionStatus = Literal[
     "none", "active", "trialing", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused"
 ]
+# How many ids the bounded bookkeeping lists below keep (newest last).
+KEEP_IDS = 20
 
 
 class BillingState(BaseModel):
-    """``clients/{client}.billing``: what the client pays for, as our webhooks last learned it."""
+    """``clients/{client}.billing``: what the client pays for, as our webhooks last learned it.
+
+    ``subscription_id`` is the *governing* subscription (see :mod:`shared.billing.lifecycle`): the one
+    whose events change the client's plan; events of any other subscription are recorded and change
+    nothing (a second live one is cancelled and refunded).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -33,8 +40,30 @@ class BillingState(BaseModel):
     pending_plan: str | None = None
     pending_plan_at: datetime | None = None
     past_due_since: datetime | None = None
-    last_event_created: int = 0  # Stripe event.created of the newest subscription event applied
+    last_event_created: int = 0  # Stripe event.created of the governing subscription's newest event applied
     last_event_id: str | None = None
+    # The subscription whose plan is the client's plan (None: Free or a plan no subscription gave), and
+    # when we applied it (upgrade top-ups for months that started before we learned of the change).
+    plan_from: str | None = None
+    plan_since: datetime | None = None
+    # When (Stripe's event time) the governing subscription ended; events that happened before it
+    # (delivered late) may still grant what they paid for, later ones change nothing.
+    ended_event_created: int | None = None
+    # The subscription the governing one replaced, and when that one ended.
+    previous_subscription_id: str | None = None
+    previous_ended_created: int | None = None
+    # Invoices of the governing subscription whose payment failed and that are not paid yet.
+    failed_invoices: list[str] = Field(default_factory=list)
+    # Second subscriptions we cancelled, and their invoices we refunded (bounded, newest last).
+    rejected_subscriptions: list[str] = Field(default_factory=list)
+    refunded_invoices: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _plan_from_of_older_records(self) -> BillingState:
+        # Records written before ``plan_from`` existed: a paid plan came from the recorded subscription.
+        if self.plan_from is None and self.plan != "free" and self.subscription_id:
+            self.plan_from = self.subscription_id
+        return self
 
 
 # -- API ----------------------------------------------------------------------------------------------
@@ -146,6 +175,21 @@ class StripeEvent(StripeModel):
         value = self.data.get("object")
         return value if isinstance(value, dict) else {}
 
+    @property
+    def previous_attributes(self) -> dict[str, Any] | None:
+        """``data.previous_attributes`` of an ``*.updated`` event (``None`` when the event has none)."""
+        value = self.data.get("previous_attributes")
+        return value if isinstance(value, dict) else None
+
+    def previous_price(self) -> str | None:
+        """The price a subscription update changed from (its ``previous_attributes.items``), if it did."""
+        listed = (self.previous_attributes or {}).get("items")
+        items = listed.get("data") if isinstance(listed, dict) else None
+        first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+        price = first.get("price")
+        price = price.get("id") if isinstance(price, dict) else price
+        return price if isinstance(price, str) else None
+
 
 class StripePrice(StripeModel):
     id: str
@@ -232,6 +276,18 @@ class StripeCharge(StripeModel):
     id: str
     customer: str | None = None
     payment_intent: str | None = None
-    amount: int
-    amount_refunded: int = 0
+    amount: int = Field(ge=0)
+    amount_refunded: int = Field(default=0, ge=0)  # cumulative: every refund of the charge so far
     refunded: bool = False
+
+
+class BillingNotice(BaseModel):
+    """A notice for the client (``clients/{client}/notifications``), written with the event that
+    caused it; the same shape as the ledger's balance notices (``kind``, ``created_at``, ``read``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str  # e.g. duplicate_subscription_cancelled
+    subscription_id: str | None = None
+    message: str
+    created_at: datetime

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
     from shared.billing.catalog import PriceIds
     from shared.billing.events import WebhookProcessor
+    from shared.billing.store import BillingStore
     from shared.platform import Platform
 
 
@@ -18,8 +19,16 @@ def price_ids(platform: Platform) -> PriceIds:
     return PriceIds(platform.settings.stripe_price_ids)
 
 
+def billing_store(platform: Platform) -> BillingStore:
+    from shared.billing.store import FirestoreBillingStore
+
+    return FirestoreBillingStore(platform.db)
+
+
 def webhook_processor(platform: Platform, now: datetime) -> WebhookProcessor:
     from shared.billing.catalog import load_catalog
     from shared.billing.events import WebhookProcessor
 
-    return WebhookProcessor(platform.db, platform.ledger, load_catalog(), price_ids(platform), now)
+    return WebhookProcessor(
+        billing_store(platform), platform.ledger, load_catalog(), price_ids(platform), now, platform.payment_gateway
+    )

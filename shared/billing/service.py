@@ -77,6 +77,12 @@ def catalog_out(catalog: Catalog, prices: PriceIds) -> CatalogOut:
 
 
 def paid_operations_blocked(state: BillingState, catalog: Catalog, now: datetime) -> bool:
+    """Paid work stops when the governing subscription's status says so (:mod:`shared.billing.lifecycle`):
+    at once for ``unpaid``, after the grace period from the first failed payment otherwise."""
+    from shared.billing.lifecycle import PaidWork, rules
+
+    if rules(state.subscription_status).paid_work is PaidWork.NO:
+        return True
     if state.past_due_since is None:
         return False
     return now >= state.past_due_since + timedelta(days=catalog.grace_period_days)
@@ -86,10 +92,9 @@ def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: dat
     """Refuse paid work once a failed payment is older than the grace period."""
     state = billing_state(db, client_id)
     if paid_operations_blocked(state, catalog, now):
-        assert state.past_due_since is not None
         raise PaymentPastDue(
             "Your last payment failed; update your payment method in Billing to continue",
-            past_due_since=state.past_due_since.isoformat(),
+            past_due_since=state.past_due_since.isoformat() if state.past_due_since else None,
             grace_period_days=catalog.grace_period_days,
             how_to_fix="Open the customer portal from Billing and update your card.",
         )
@@ -153,37 +158,41 @@ def ensure_customer(db: Client, gateway: PaymentGateway, client_id: str, email: 
     """The client's one Stripe customer, created on first need (retries reuse it)."""
     from google.api_core.exceptions import FailedPrecondition
 
+    from shared.retry import CONTENDED_COMMIT, attempts
+
     ref = client_ref(db, client_id)
-    snapshot = ref.get()
-    billing = ((snapshot.to_dict() or {}).get("billing") or {}) if snapshot.exists else {}
-    existing = billing.get("stripe_customer_id")
-    if existing:
-        return str(existing)
-    # Stripe de-duplicates on the idempotency key derived from the client id, so two racing
-    # requests get the same customer; the precondition keeps the first id we stored.
-    attempt = int(billing.get("customer_key_attempt") or 0)
-    try:
-        customer_id = gateway.create_customer(client_id, None, attempt)
-    except UpstreamUnavailable:
-        # Stripe keeps the answer to a request that failed while running (a 500) under its key for
-        # 24 h, so the next try needs another key or it gets the same failure again.
-        ref.set({"billing": {"customer_key_attempt": attempt + 1}}, merge=True)
-        raise
-    batch = db.batch()
-    if snapshot.exists:
-        batch.update(
-            ref,
-            {"billing.stripe_customer_id": customer_id},
-            option=db.write_option(last_update_time=snapshot.update_time),
-        )
-    else:
-        batch.set(ref, {"billing": {"stripe_customer_id": customer_id}}, merge=True)
-    batch.set(db.collection("stripe_customers").document(customer_id), {"client_id": client_id})
-    try:
-        batch.commit()
-    except FailedPrecondition:
-        return ensure_customer(db, gateway, client_id, email)
-    return customer_id
+    for _ in attempts(CONTENDED_COMMIT, "stripe customer link"):
+        snapshot = ref.get()
+        billing = ((snapshot.to_dict() or {}).get("billing") or {}) if snapshot.exists else {}
+        existing = billing.get("stripe_customer_id")
+        if existing:
+            return str(existing)
+        # Stripe de-duplicates on the idempotency key derived from the client id, so two racing
+        # requests get the same customer; the precondition keeps the first id we stored.
+        attempt = int(billing.get("customer_key_attempt") or 0)
+        try:
+            customer_id = gateway.create_customer(client_id, None, attempt)
+        except UpstreamUnavailable:
+            # Stripe keeps the answer to a request that failed while running (a 500) under its key for
+            # 24 h, so the next try needs another key or it gets the same failure again.
+            ref.set({"billing": {"customer_key_attempt": attempt + 1}}, merge=True)
+            raise
+        batch = db.batch()
+        if snapshot.exists:
+            batch.update(
+                ref,
+                {"billing.stripe_customer_id": customer_id},
+                option=db.write_option(last_update_time=snapshot.update_time),
+            )
+        else:
+            batch.set(ref, {"billing": {"stripe_customer_id": customer_id}}, merge=True)
+        batch.set(db.collection("stripe_customers").document(customer_id), {"client_id": client_id})
+        try:
+            batch.commit()
+        except FailedPrecondition:
+            continue  # the record changed (another request linked it, or onboarding): read it again
+        return customer_id
+    raise UpstreamUnavailable("The client's billing kept changing; try again", retry_after=1)
 
 
 def start_checkout(
@@ -208,11 +217,16 @@ def start_checkout(
                 "The Free plan needs no checkout",
                 errors=[{"field": "plan_id", "in": "body", "message": "free", "type": "value_error"}],
             )
+        from shared.billing.lifecycle import rules
+
         state = billing_state(db, client_id)
-        if state.subscription_id and state.subscription_status in ("active", "trialing", "past_due"):
+        # One subscription per client: while one is live (even unpaid or not yet paid) a plan changes
+        # in the portal. Two Checkouts started at once both pass this; the webhook cancels the later.
+        if state.subscription_id and not rules(state.subscription_status).new_checkout:
             raise ValidationFailed(
-                "You already have a subscription; switch plans in the customer portal",
+                "You already have a subscription; switch plans, pay or cancel it in the customer portal",
                 errors=[{"field": "kind", "in": "body", "message": "use the portal", "type": "value_error"}],
+                subscription_status=state.subscription_status,
             )
         line = CheckoutLine(prices.for_plan(request.plan_id, request.interval))
         mode, metadata = (

@@ -76,7 +76,11 @@ class Bucket(BaseModel):
     expires_at: datetime | None = None
     expired: bool = False
     reference: str | None = None  # e.g. a Stripe invoice id or pack purchase
-    # Credits of this bucket still to take back when pending holds return them (a refunded pack).
+    # A refunded pack: the largest total of credits its refunds claimed back (cumulative, like
+    # Stripe's ``amount_refunded``), what was actually taken, and what is still to take back when
+    # pending holds return credits they drew from it. Spent credits are never clawed back.
+    revoke_target: int = 0
+    revoked: int = 0
     revoke_outstanding: int = 0
 
 
@@ -446,6 +450,7 @@ def _return_to_buckets(b: _Builder, hold: Hold, amount: int, reason: str, entry_
         if bucket.revoke_outstanding > 0:
             take = min(back, bucket.revoke_outstanding, bucket.remaining)
             bucket.revoke_outstanding -= take
+            bucket.revoked += take
             if take:
                 b.entry(
                     EntryType.ADJUST,
@@ -714,43 +719,64 @@ def revoke(
     *,
     key: str,
     bucket_id: str,
-    amount: int,
+    target: int,
     now: datetime,
     actor: Actor,
     reason: str,
     low_threshold: int = 0,
 ) -> Mutation:
-    """Take back up to ``amount`` of one bucket's unspent credits (e.g. a refunded pack).
+    """Bring what a refunded pack's bucket gives back up to ``target`` credits in total.
 
-    Spent and reserved credits are not clawed back: only what is left in the bucket goes.
+    Refunds are cumulative (each one names the total refunded so far), so the bucket keeps the largest
+    target it was asked for and only the part of a new target above it is claimed: a redelivered,
+    reordered or concurrent refund asks for a target already reached and changes nothing, and
+    concurrent ones converge on the largest. Of a claim, the bucket's unspent credits go at once,
+    credits pending holds drew from it go when the holds return them, and spent credits stay spent
+    (the entry says how many). Nothing is written when the claim is empty.
     """
-    _positive(amount)
+    _positive(target, "target")
     b = _Builder(state, key, actor, now)
     b.expire_past_due()
     bucket = b.state.buckets.get(bucket_id)
-    removed = min(amount, bucket.remaining) if bucket is not None and not bucket.expired else 0
-    if bucket is not None and not bucket.expired:
+    if bucket is None:
+        raise NotFound(f"No bucket {bucket_id}")
+    claim = max(0, target - bucket.revoke_target)
+    if claim == 0:
+        return b.finish(_revoke_result(bucket, 0, 0, 0, applied=False), low_threshold)
+    bucket.revoke_target = target
+    if bucket.expired:
+        removed = on_hold = 0
+        detail = f"nothing to remove: the {claim} credits had expired"
+    else:
+        removed = min(claim, bucket.remaining)
         # What pending holds drew from this bucket is not spent yet: take it back when it returns.
         held = sum(hold.draws.get(bucket_id, 0) for hold in b.state.holds.values())
-        bucket.revoke_outstanding = min(held, bucket.revoke_outstanding + amount - removed)
-    if removed:
-        b.entry(
-            EntryType.ADJUST,
-            amount=removed,
-            available_delta=-removed,
-            reserved_delta=0,
-            bucket_deltas={bucket_id: -removed},
-            bucket_id=bucket_id,
-            reason=reason,
-        )
-    else:
-        # Nothing left to take: still record the decision so the key has its marker and entry.
-        b.entry(
-            EntryType.ADJUST,
-            amount=0,
-            available_delta=0,
-            reserved_delta=0,
-            bucket_id=bucket_id,
-            reason=reason + " (nothing unspent to remove)",
-        )
-    return b.finish({"bucket_id": bucket_id, "requested": amount, "removed": removed}, low_threshold)
+        on_hold = min(claim - removed, max(0, held - bucket.revoke_outstanding))
+        bucket.revoke_outstanding += on_hold
+        bucket.revoked += removed
+        spent = claim - removed - on_hold
+        notes = [f"{on_hold} on hold, taken back when released"] if on_hold else []
+        notes += [f"{spent} already spent"] if spent else []
+        detail = f"{removed} unspent credits removed" + (f" ({'; '.join(notes)})" if notes else "")
+    b.entry(
+        EntryType.ADJUST,
+        amount=removed,
+        available_delta=-removed,
+        reserved_delta=0,
+        bucket_deltas={bucket_id: -removed} if removed else {},
+        bucket_id=bucket_id,
+        reason=f"{reason}: {detail}",
+    )
+    return b.finish(_revoke_result(bucket, claim, removed, on_hold, applied=True), low_threshold)
+
+
+def _revoke_result(bucket: Bucket, claimed: int, removed: int, on_hold: int, *, applied: bool) -> dict[str, Any]:
+    return {
+        "bucket_id": bucket.id,
+        "target": bucket.revoke_target,
+        "claimed": claimed,
+        "removed": removed,
+        "on_hold": on_hold,
+        "revoked": bucket.revoked,
+        "applied": applied,
+    }

@@ -3,11 +3,13 @@
 Each call reads the client's state (plus its idempotency marker and, for capture/release, the
 hold's record) in one round trip, computes the change with the pure rules in
 :mod:`shared.ledger.model`, and commits it under an optimistic precondition. A lost race is retried
-with jittered exponential backoff; a key seen before returns the first result without writing.
+under the project's one retry policy (:mod:`shared.retry`, ``CONTENDED_COMMIT`` unless the ledger is
+built with other limits); a key seen before returns the first result without writing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -30,6 +32,7 @@ from shared.ledger.store import (
     hold_pending_record,
     hold_resolved_record,
 )
+from shared.retry import CONTENDED_COMMIT, attempts
 
 
 @dataclass
@@ -62,18 +65,20 @@ class Ledger:
         *,
         clock: Callable[[], datetime],
         low_balance_threshold: int = 10,
-        max_attempts: int = 60,
-        base_backoff: float = 0.005,
-        max_backoff: float = 0.25,
+        max_attempts: int = CONTENDED_COMMIT.attempts,
+        base_backoff: float = CONTENDED_COMMIT.base,
+        max_backoff: float = CONTENDED_COMMIT.cap,
+        deadline: float = CONTENDED_COMMIT.deadline,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.low_threshold = low_balance_threshold
-        self.max_attempts = max_attempts
-        self.base_backoff = base_backoff
-        self.max_backoff = max_backoff
+        # The shared optimistic-commit policy; tests and benchmarks may widen its limits.
+        self.retry = dataclasses.replace(
+            CONTENDED_COMMIT, attempts=max_attempts, base=base_backoff, cap=max_backoff, deadline=deadline
+        )
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.stats = CommitStats()
@@ -107,7 +112,7 @@ class Ledger:
         hold_id: str | None,
         hold_record: Callable[[Mutation, datetime], HoldRecord | None],
     ) -> dict[str, Any]:
-        for attempt in range(self.max_attempts):
+        for _ in attempts(self.retry, "ledger commit", sleep=self.sleep, rng=self.rng):
             snapshot = self.store.load(client_id, key, hold_id)
             if snapshot.marker is not None:
                 if snapshot.marker.fingerprint != fingerprint:
@@ -124,9 +129,7 @@ class Ledger:
                 )
             except StaleState:
                 self.stats.conflicts += 1
-                cap = min(self.max_backoff, self.base_backoff * 2 ** min(attempt, 10))
-                self.sleep(self.rng.uniform(0, cap))
-                continue
+                continue  # another writer won: read again (after the policy's jittered wait)
             except KeyAlreadyUsed:
                 continue  # the next load returns the stored result
             self.stats.commits += 1
@@ -323,6 +326,32 @@ class Ledger:
             ),
         )
 
+    def revoke(
+        self, client_id: str, *, key: str, bucket_id: str, target: int, actor: Actor, reason: str
+    ) -> dict[str, Any]:
+        """Take back from one bucket (a refunded pack) up to ``target`` credits in total, cumulatively:
+        see :func:`shared.ledger.model.revoke`. Returns what this call claimed and removed."""
+        return self._run(
+            client_id,
+            key,
+            _fingerprint("revoke", {"bucket_id": bucket_id, "target": target}),
+            lambda snap, now: model.revoke(
+                snap.state,
+                key=key,
+                bucket_id=bucket_id,
+                target=target,
+                now=now,
+                actor=actor,
+                reason=reason,
+                low_threshold=self.low_threshold,
+            ),
+        )
+
+    def granted(self, client_id: str, key: str) -> int | None:
+        """The credits the grant with idempotency key ``key`` gave (``None``: no such grant yet)."""
+        bucket = self.store.state(client_id).buckets.get(derived_id("bkt", key))
+        return bucket.granted if bucket is not None else None
+
     def sweep_expired_holds(self, client_id: str, *, actor: Actor) -> list[str]:
         """Release every hold of the client whose deadline has passed (the worker died or hung)."""
         state = self.store.state(client_id)
@@ -370,24 +399,3 @@ class Ledger:
             # Committed (atomically, with a newer state) after the state was read: not drift.
             return [e for e in entries if e.seq <= state.seq]
         return entries
-
-
-def revoke(
-    ledger: Ledger, client_id: str, *, key: str, bucket_id: str, amount: int, actor: Actor, reason: str
-) -> dict[str, Any]:
-    """Remove up to ``amount`` unspent credits from one bucket (a refunded pack), once per key."""
-    return ledger._run(
-        client_id,
-        key,
-        _fingerprint("revoke", {"bucket_id": bucket_id, "amount": amount}),
-        lambda snap, now: model.revoke(
-            snap.state,
-            key=key,
-            bucket_id=bucket_id,
-            amount=amount,
-            now=now,
-            actor=actor,
-            reason=reason,
-            low_threshold=ledger.low_threshold,
-        ),
-    )

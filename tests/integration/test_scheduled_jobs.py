@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from shared.billing import allotments
+from shared.billing.calendar import add_months
 from shared.billing.catalog import load_catalog
-from shared.billing.events import add_months
+from shared.billing.store import FirestoreBillingStore
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
 from shared.ledger.store import FirestoreLedgerStore
@@ -356,7 +357,7 @@ def test_daily_free_credits_go_on_past_a_corrupt_ledger(
     grant(ledger, bad_client_id, 5)  # a ledger to break
     breaker.update(state_path(bad_client_id), {"seq": "many"})
 
-    report = allotments.run_daily(db, ledger, catalog, now)
+    report = allotments.run_daily(FirestoreBillingStore(db), ledger, catalog, now)
     failed_only(report.failed, {bad_client_id: "corrupt_document"}, client_id)
     assert client_id in report.free_grants and bad_client_id not in report.free_grants
     assert ledger.state(client_id).available == 10
@@ -366,7 +367,7 @@ def test_daily_free_credits_go_on_past_a_corrupt_ledger(
     assert raised.value.extensions["failed"][bad_client_id] == "corrupt_document"
 
     breaker.repair()
-    again = allotments.run_daily(db, ledger, catalog, now)
+    again = allotments.run_daily(FirestoreBillingStore(db), ledger, catalog, now)
     failed_only(again.failed, {}, client_id, bad_client_id)
     assert {client_id, bad_client_id} <= set(again.free_grants)
     assert (ledger.state(client_id).available, ledger.state(bad_client_id).available) == (10, 15)
@@ -376,7 +377,7 @@ def test_daily_free_credits_go_on_past_a_corrupt_ledger(
     bigger = catalog.model_copy(
         update={"plans": {**catalog.plans, "free": free.model_copy(update={"monthly_credits": 20})}}
     )
-    changed = allotments.run_daily(db, ledger, bigger, now)
+    changed = allotments.run_daily(FirestoreBillingStore(db), ledger, bigger, now)
     failed_only(changed.failed, {}, client_id, bad_client_id)
     assert client_id not in changed.free_grants
     assert ledger.state(client_id).seq == 1

@@ -13,8 +13,18 @@ What the stripe 16 client sends (read from ``stripe/_api_requestor.py``) and the
     GET /v1/invoices?customer=cus_…&limit=2&starting_after=in_…   (no body, no Content-Type)
 
 Served: ``POST /v1/customers``, ``POST /v1/checkout/sessions``, ``POST /v1/billing_portal/sessions``,
-``GET /v1/invoices`` (seeded with :meth:`StripeStub.add_invoice`); anything else is 404 with a Stripe
-error body. Like Stripe: a missing or other API key is 401; a request naming a customer the stub does
+``GET /v1/invoices`` (seeded with :meth:`StripeStub.add_invoice`), ``DELETE /v1/subscriptions/{id}``
+(cancel now; seeded with :meth:`StripeStub.add_subscription`), ``GET /v1/invoice_payments?invoice=``
+(the payments of a seeded invoice that names its ``payment_intent``) and ``POST /v1/refunds``
+(``payment_intent``, optional ``amount``); anything else is 404 with a Stripe error body.
+
+Like Stripe: cancelling a subscription that is unknown or already canceled is a 404
+``resource_missing`` ("No such subscription", a canceled subscription counts as deleted); a refund of
+a payment intent the stub does not know is a 400 ``resource_missing``, of one already refunded in
+full a 400 ``charge_already_refunded``, and of more than is left a 400 ``amount_too_large`` (the
+canceled-subscription answer is what Stripe's maintainers describe in stripe/stripe-go#1887).
+
+Also like Stripe: a missing or other API key is 401; a request naming a customer the stub does
 not know (or a price outside ``prices``) is 400 ``resource_missing``. Idempotency as Stripe documents it
 for API v1: once an endpoint has started running, its answer — a success, a 400 or a 500 — is saved
 under the ``Idempotency-Key`` and replayed for the same key and parameters (header
@@ -100,6 +110,8 @@ class StripeStub:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     portal_sessions: list[dict[str, Any]] = field(default_factory=list)
     invoices: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: list[dict[str, Any]] = field(default_factory=list)
     delays: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _failures: list[_Failure] = field(default_factory=list)
@@ -140,6 +152,33 @@ class StripeStub:
         with self.lock:
             self.invoices.append(invoice)
         return invoice
+
+    def add_subscription(self, subscription_id: str, customer: str, *, status: str = "active") -> dict[str, Any]:
+        subscription = {
+            "id": subscription_id,
+            "object": "subscription",
+            "customer": customer,
+            "status": status,
+            "created": int(time.time()),
+            "canceled_at": None,
+            "ended_at": None,
+            "livemode": False,
+        }
+        with self.lock:
+            self.subscriptions[subscription_id] = subscription
+        return subscription
+
+    def add_paid_invoice(self, customer: str, invoice_id: str, payment_intent: str, amount: int) -> dict[str, Any]:
+        """An invoice paid by ``payment_intent`` (its charge is ``amount``, nothing refunded yet)."""
+        return self.add_invoice(
+            customer,
+            int(time.time()),
+            id=invoice_id,
+            amount_due=amount,
+            amount_paid=amount,
+            payment_intent=payment_intent,
+            amount_refunded=0,
+        )
 
     # -- reading ----------------------------------------------------------------------------------
     def seen(self, method: str, path: str) -> list[Recorded]:
@@ -226,6 +265,12 @@ class StripeStub:
             return self._create_portal(form)
         if route == ("GET", "/v1/invoices"):
             return self._list_invoices(query)
+        if method == "DELETE" and path.startswith("/v1/subscriptions/"):
+            return self._cancel_subscription(path.removeprefix("/v1/subscriptions/"))
+        if route == ("GET", "/v1/invoice_payments"):
+            return self._list_invoice_payments(query)
+        if route == ("POST", "/v1/refunds"):
+            return self._create_refund(form)
         return _error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
 
     def _create_customer(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -341,6 +386,90 @@ class StripeStub:
             rows = rows[ids.index(after) + 1 :]
         page = {"object": "list", "url": "/v1/invoices", "has_more": len(rows) > limit, "data": rows[:limit]}
         return 200, page, {}
+
+    def _cancel_subscription(self, subscription_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.lock:
+            subscription = self.subscriptions.get(subscription_id)
+            if subscription is None or subscription["status"] == "canceled":
+                return _error(
+                    404,
+                    "invalid_request_error",
+                    f"No such subscription: '{subscription_id}'",
+                    param="id",
+                    code="resource_missing",
+                )
+            now = int(time.time())
+            subscription |= {"status": "canceled", "canceled_at": now, "ended_at": now}
+            return 200, dict(subscription), {}
+
+    def _list_invoice_payments(self, query: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        invoice_id = query.get("invoice")
+        with self.lock:
+            paid = [i for i in self.invoices if i["id"] == invoice_id and i.get("payment_intent")]
+        rows = [
+            {
+                "id": "inpay_" + invoice["id"].removeprefix("in_"),
+                "object": "invoice_payment",
+                "amount_paid": invoice["amount_paid"],
+                "amount_requested": invoice["amount_due"],
+                "created": invoice["created"],
+                "currency": invoice["currency"],
+                "invoice": invoice["id"],
+                "is_default": True,
+                "livemode": False,
+                "payment": {"type": "payment_intent", "payment_intent": invoice["payment_intent"]},
+                "status": "paid",
+                "status_transitions": {"canceled_at": None, "paid_at": invoice["created"]},
+            }
+            for invoice in paid
+        ]
+        return 200, {"object": "list", "url": "/v1/invoice_payments", "has_more": False, "data": rows}, {}
+
+    def _create_refund(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        payment_intent = form.get("payment_intent")
+        with self.lock:
+            paid_by = [i for i in self.invoices if payment_intent and i.get("payment_intent") == payment_intent]
+            invoice = paid_by[0] if paid_by else None
+            if invoice is None:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"No such payment_intent: '{payment_intent}'",
+                    param="payment_intent",
+                    code="resource_missing",
+                )
+            left = int(invoice["amount_paid"]) - int(invoice.get("amount_refunded", 0))
+            if left <= 0:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"Charge for payment_intent {payment_intent} has already been refunded.",
+                    code="charge_already_refunded",
+                )
+            amount = int(form.get("amount", left))
+            if amount > left:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+                    param="amount",
+                    code="amount_too_large",
+                )
+            invoice["amount_refunded"] = int(invoice.get("amount_refunded", 0)) + amount
+            refund = {
+                "id": "re_" + secrets.token_hex(12),
+                "object": "refund",
+                "amount": amount,
+                "charge": "ch_" + payment_intent.removeprefix("pi_"),
+                "created": int(time.time()),
+                "currency": invoice["currency"],
+                "metadata": form.get("metadata", {}),
+                "payment_intent": payment_intent,
+                "reason": form.get("reason"),
+                "status": "succeeded",
+            }
+            self.refunds.append(refund)
+        return 200, refund, {}
 
 
 def _error(

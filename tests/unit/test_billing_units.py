@@ -31,7 +31,10 @@ from shared.billing.models import (
 )
 from shared.billing.service import catalog_out, paid_operations_blocked
 from shared.errors import ValidationFailed
+from shared.ledger.model import EntryType
+from shared.ledger.service import Ledger, derived_id
 from tests.billing_events import SECRET, encode, event, invoice_obj, signature_header, subscription_obj
+from tests.fakes import InMemoryBillingStore, InMemoryLedgerStore
 from tests.stubs.stripe import parse_form
 
 PRICES = {
@@ -190,27 +193,27 @@ def test_paid_operations_are_blocked_from_the_end_of_the_grace_period() -> None:
 # -- proration ----------------------------------------------------------------------------------------
 
 
-class RecordingLedger:
-    def __init__(self) -> None:
-        self.grants: list[dict[str, Any]] = []
-
-    def grant(self, client_id: str, **kwargs: Any) -> dict[str, Any]:
-        self.grants.append({"client_id": client_id, **kwargs})
-        return {"bucket_id": "bkt_x", "amount": kwargs["amount"]}
-
-
 def _prorate(
     now: datetime, start: datetime, end: datetime, old: str = "growth", new: str = "pro", interval: str = "monthly"
-) -> tuple[int, RecordingLedger]:
-    ledger = RecordingLedger()
-    processor = WebhookProcessor(None, ledger, load_catalog(), PriceIds(PRICES), now)  # type: ignore[arg-type]
+) -> tuple[int, Ledger]:
+    """An upgrade old -> new applied at ``now`` (its event at ``now`` too), through the real processor,
+    ledger and in-memory ports."""
+    ledger = Ledger(InMemoryLedgerStore(), clock=lambda: now)
+    processor = WebhookProcessor(InMemoryBillingStore(), ledger, load_catalog(), PriceIds(PRICES), now)
     price = PRICES.get(f"{new}:{interval}", "price_other")
     sub = StripeSubscription.model_validate(
         subscription_obj("sub_1", "cus_1", price, int(start.timestamp()), int(end.timestamp()))
     )
     evt = StripeEvent.model_validate(event("customer.subscription.updated", {}, int(now.timestamp())))
-    granted = processor._prorated_upgrade("c1", evt, sub, old, new, int(start.timestamp()), int(end.timestamp()))
+    granted = processor._prorate("c1", evt, sub, old, new, "annual" if interval == "annual" else "monthly", now)
     return granted, ledger
+
+
+def prorations(ledger: Ledger) -> list[Any]:
+    """The upgrade grants (the buckets an upgrade's key named), in grant order."""
+    entries = [e for e in ledger.store.entries("c1") if e.type is EntryType.GRANT and "upgrade" in e.reason]
+    buckets = ledger.state("c1").buckets
+    return [buckets[e.bucket_id] for e in entries if e.bucket_id]
 
 
 JUNE = (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC))
@@ -231,11 +234,11 @@ def test_prorated_upgrade_is_the_floor_of_the_remaining_share(now: datetime, exp
     granted, ledger = _prorate(now, *JUNE)
     assert granted == expected
     if expected:
-        [grant] = ledger.grants
-        assert grant["amount"] == expected and grant["expires_at"] == JUNE[1]
-        assert grant["key"] == f"stripe:upgrade:sub_1:{int(JUNE[0].timestamp())}:pro"
+        [bucket] = prorations(ledger)
+        assert bucket.granted == expected and bucket.expires_at == JUNE[1]
+        assert bucket.id == derived_id("bkt", f"stripe:upgrade:sub_1:{int(JUNE[0].timestamp())}:pro")
     else:
-        assert ledger.grants == []
+        assert prorations(ledger) == []
 
 
 def test_prorated_upgrade_amounts_between_plans() -> None:
@@ -250,9 +253,30 @@ def test_prorated_upgrade_on_an_annual_plan_uses_the_current_month() -> None:
     now = datetime(2026, 4, 25, tzinfo=UTC)  # 15 of the 30 days from Apr 10 to May 10 left
     granted, ledger = _prorate(now, start, end, interval="annual")
     assert granted == 750
-    [grant] = ledger.grants
-    assert grant["expires_at"] == datetime(2026, 5, 10, tzinfo=UTC)
-    assert grant["key"].endswith(f":{int(datetime(2026, 4, 10, tzinfo=UTC).timestamp())}:pro")
+    [bucket] = prorations(ledger)
+    assert bucket.expires_at == datetime(2026, 5, 10, tzinfo=UTC)
+    assert bucket.id == derived_id(
+        "bkt", f"stripe:upgrade:sub_1:{int(datetime(2026, 4, 10, tzinfo=UTC).timestamp())}:pro"
+    )
+    # The months that started at Growth's size have their Growth allotment (the daily job's, once).
+    allotments = sorted(b.expires_at for b in ledger.state("c1").buckets.values() if b.granted == 1000)
+    assert allotments == [datetime(2026, m, 10, tzinfo=UTC) for m in (2, 3, 4, 5)]
+
+
+def test_an_upgrade_applied_late_tops_up_the_months_that_started_before_it() -> None:
+    """The change on Mar 20, learned (applied) on Apr 12: March's rest prorated, April at Pro in full."""
+    start, end = datetime(2026, 1, 10, tzinfo=UTC), datetime(2027, 1, 10, tzinfo=UTC)
+    changed, applied = datetime(2026, 3, 20, tzinfo=UTC), datetime(2026, 4, 12, tzinfo=UTC)
+    ledger = Ledger(InMemoryLedgerStore(), clock=lambda: applied)
+    processor = WebhookProcessor(InMemoryBillingStore(), ledger, load_catalog(), PriceIds(PRICES), applied)
+    sub = StripeSubscription.model_validate(
+        subscription_obj("sub_1", "cus_1", "price_pro_y", int(start.timestamp()), int(end.timestamp()))
+    )
+    evt = StripeEvent.model_validate(event("customer.subscription.updated", {}, int(changed.timestamp())))
+    granted = processor._prorate("c1", evt, sub, "growth", "pro", "annual", applied)
+    march = 1500 * 21 // 31  # Mar 20 - Apr 10: 21 of the 31 days of the Mar 10 - Apr 10 month, rounded down
+    assert granted == march + 1500
+    assert sorted(b.granted for b in prorations(ledger)) == sorted([march, 1500])
 
 
 # -- signatures ---------------------------------------------------------------------------------------

@@ -593,8 +593,9 @@ def test_revoked_pack_credits_on_hold_are_taken_back_when_returned_not_when_spen
             purpose="job",
         )
     )
-    revoked = m.revoke(state, key="x", bucket_id="pack", amount=500, now=now, actor=actor, reason="refund")
-    assert revoked.result["removed"] == 200
+    revoked = m.revoke(state, key="x", bucket_id="pack", target=500, now=now, actor=actor, reason="refund")
+    assert (revoked.result["removed"], revoked.result["on_hold"]) == (200, 300)
+    assert "300 on hold, taken back when released" in revoked.entries[0].reason
     state = step(revoked)
     assert state.buckets["pack"].revoke_outstanding == 300
     # 100 of the hold is spent (stays spent); the 200 that come back are taken back at once.
@@ -602,4 +603,50 @@ def test_revoked_pack_credits_on_hold_are_taken_back_when_returned_not_when_spen
     assert (state.available, state.reserved) == (0, 0)
     assert state.buckets["pack"].remaining == 0
     assert state.buckets["pack"].revoke_outstanding == 100  # nothing pending can return it any more
+    assert state.buckets["pack"].revoked == 400  # 200 at once, 200 when the hold returned them
     assert m.drift(state, entries) == []
+
+
+def test_revocation_is_cumulative_to_the_largest_target() -> None:
+    """Refunds name the total refunded so far: each asks for a total, and only what it adds is taken."""
+    from datetime import UTC, datetime
+
+    from shared.ledger import model as m
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    actor = m.Actor(kind="stripe", id="evt")
+    state = m.grant(
+        m.LedgerState(client_id="c"), key="g", bucket_id="pack", source=m.GrantSource.PACK, amount=100, now=now,
+        actor=actor, reason="pack",
+    ).state  # fmt: skip
+
+    def revoke(state: m.LedgerState, target: int) -> m.Mutation:
+        return m.revoke(state, key=f"r{target}", bucket_id="pack", target=target, now=now, actor=actor, reason="refund")
+
+    first = revoke(state, 29)
+    assert (first.result["removed"], first.result["applied"]) == (29, True)
+    second = revoke(first.state, 58)
+    assert second.result["removed"] == 29 and second.state.buckets["pack"].remaining == 42
+    # An older, smaller target after a larger one (reordered) or the same one again changes nothing.
+    for target in (29, 58):
+        again = revoke(second.state, target)
+        assert again.entries == [] and again.result["applied"] is False
+    # Two targets decided on the same state (concurrent): the later commit re-reads and adds only its rest.
+    larger_first = revoke(revoke(first.state, 58).state, 40)
+    assert larger_first.entries == [] and larger_first.state.buckets["pack"].revoked == 58
+
+
+def test_revoking_an_expired_or_spent_bucket_says_so() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from shared.ledger import model as m
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    actor = m.Actor(kind="stripe", id="evt")
+    state = m.grant(
+        m.LedgerState(client_id="c"), key="g", bucket_id="pack", source=m.GrantSource.PACK, amount=100, now=now,
+        actor=actor, reason="pack", expires_at=now + timedelta(days=1),
+    ).state  # fmt: skip
+    later = now + timedelta(days=2)
+    expired = m.revoke(state, key="r", bucket_id="pack", target=100, now=later, actor=actor, reason="refund")
+    assert expired.result["removed"] == 0 and "had expired" in expired.entries[-1].reason
