@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     import_chunk_rows: int = 25
     import_max_rows: int = 50_000
     import_parallel_chunks: int = Field(default=8, ge=1)
+    # A chunk delivery starts no image download after this many seconds and hands the rest of its
+    # chunk to a new task: one slow image host holds a worker for at most this plus one download.
+    import_chunk_budget_seconds: float = Field(default=120.0, gt=0)
+    # catalog_tasks' function timeout, which its chunk tasks also ask Cloud Tasks to wait for.
+    catalog_tasks_timeout_seconds: int = Field(default=300, ge=15, le=1800)
+    # An import without progress for this long is looked at by /jobs/reap-stuck-imports.
+    import_stale_minutes: int = Field(default=30, ge=1)
+    # Upload slots a client may have pending (not completed, not expired) at once.
+    upload_max_pending: int = Field(default=50, ge=1)
 
     # Editing
     rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
@@ -156,6 +165,19 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _import_chunks_fit_their_worker(self) -> Settings:
+        # A delivery may start one last download just before its budget ends; both must end well
+        # before the function's timeout, or Cloud Tasks retries a delivery that is still running.
+        if self.import_chunk_budget_seconds + self.fetch_timeout_seconds > 0.9 * self.catalog_tasks_timeout_seconds:
+            raise ValueError(
+                "IMPORT_CHUNK_BUDGET_SECONDS + FETCH_TIMEOUT_SECONDS must stay under 90% of "
+                "CATALOG_TASKS_TIMEOUT_SECONDS"
+            )
+        if self.import_stale_minutes * 60 <= self.catalog_tasks_timeout_seconds:
+            raise ValueError("IMPORT_STALE_MINUTES must be longer than CATALOG_TASKS_TIMEOUT_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -61,7 +61,7 @@ def upload_image(
         headers=headers,
     )
     assert slot.status_code == 201, slot.json
-    stack.platform.object_store.put(f"clients/{client_id}/uploads/{slot.json['id']}", data, content_type)
+    stack.platform.object_store.put(f"uploads/{client_id}/{slot.json['id']}", data, content_type)
     done = catalog.post(f"/uploads/{slot.json['id']}/complete", headers=headers)
     assert done.status_code == 200, done.json
     return str(done.json["asset_id"])

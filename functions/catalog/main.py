@@ -125,7 +125,7 @@ def get_import(ctx: Ctx) -> ImportOut:
 @api.patch("/imports/<import_id>", body=ImportUpdate)
 def update_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
-    doc = imports.update_mapping(
+    doc = imports.update_import(
         p.db,
         p.object_store,
         ctx.client_id,
@@ -206,6 +206,19 @@ def import_chunk(ctx: Ctx) -> dict[str, str]:
         p.db, p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return {"outcome": outcome}
+
+
+@tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)
+def reap_stuck_imports(ctx: Ctx) -> imports.ImportReapReport:
+    p = ctx.platform
+    report = imports.reap_stuck_imports(p.db, p.object_store, p.task_queue, import_policy(p.settings), p.clock())
+    return finish(report, imports.REAP_JOB)
+
+
+@tasks.post("/jobs/sweep-uploads", access=Access.SCHEDULER)
+def sweep_uploads(ctx: Ctx) -> uploads.UploadSweepReport:
+    p = ctx.platform
+    return finish(uploads.sweep_uploads(p.db, p.object_store, p.clock()), uploads.SWEEP_JOB)
 
 
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)

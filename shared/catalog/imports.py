@@ -1,26 +1,45 @@
 """CSV import: preview with an adjustable column mapping, then a background run in chunks.
 
-Starting an import parses the CSV once and writes each chunk's rows to the object store; a chain
-of named tasks processes one chunk each. Products and image assets get ids derived from the import,
-the row and the image's position, so a redelivered or re-run task creates no duplicates; a chunk's
-new products and their product slots are claimed in one commit (``create_products``), so products
-that exist already take no slot twice; and each chunk's outcome is recorded together with the
-progress counters in one atomic commit.
+Starting an import parses the CSV once and writes each chunk's rows to the object store; named
+tasks process the chunks in a sliding window. Products and image assets get ids derived from the
+import, the row and the image's position, so a redelivered or re-run task creates no duplicates; a
+chunk's new products and their product slots are claimed in one commit (``create_products``), so
+products that exist already take no slot twice.
+
+Every piece of work is bounded and ends:
+
+* A delivery has a time budget (``IMPORT_CHUNK_BUDGET_SECONDS``): past it, it starts no new image
+  download, records what it finished as a *part* of its chunk and hands the rest to a task that
+  starts where it stopped (row and image). Each image download has its own deadline
+  (``FETCH_TIMEOUT_SECONDS``), so a delivery lasts at most the budget plus one download, well inside
+  the dispatch deadline its task asks for (``CATALOG_TASKS_TIMEOUT_SECONDS``).
+* Each part is recorded exactly once, together with the progress counters, in one atomic commit
+  (its document id is the chunk and the position it starts at); the part that ends a chunk counts
+  the chunk done and queues the chunk one window ahead, and the chunk that brings ``chunks_done`` to
+  ``chunks_total`` finishes the import.
+* On the last attempt a delivery that keeps failing records its part as failed (rows whose product
+  exists count as created, the others as failed, every one listed in errors.csv), so the chain goes
+  on and the import completes with errors.
+* ``/jobs/reap-stuck-imports`` finds imports without progress for ``IMPORT_STALE_MINUTES`` and
+  re-enqueues the chunks that should be running (their task was lost); a chunk re-enqueued twice
+  without finishing is recorded as failed. An import whose every chunk failed ends ``failed``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from shared import logging as log
 from shared.catalog.assets import NewProductImage, assets_ref, store_product_image
 from shared.catalog.models import (
     ImportChunkTask,
@@ -33,14 +52,17 @@ from shared.catalog.models import (
     ProductCreate,
     ProductDoc,
     ProductSource,
+    UploadDoc,
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import build_product, create_products, new_id
+from shared.catalog.products import build_product, create_products, new_id, products_ref
 from shared.catalog.uploads import get_upload
-from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
+from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
 from shared.http.problems import validation_problem
-from shared.tasks import RetryTask, TaskCall, TaskQueue, TaskRequest, task_name
+from shared.scheduled import ScheduledReport, isolated
+from shared.tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue, TaskRequest
+from shared.tasks import task_name as make_task_name
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -50,8 +72,17 @@ if TYPE_CHECKING:
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
 
+logger = log.get_logger("epox.catalog.imports")
+
 WORKER_TARGET = "catalog_tasks"
 CHUNK_PATH = "/tasks/import-chunk"
+REAP_JOB = "reap-stuck-imports"
+# A stuck chunk is re-enqueued this often (one reaper pass each, a stale window apart) before it is
+# recorded as failed: a lost task gets a second chance, a chunk that can never run does not hold
+# its import (and the chunks after it in its lane) forever.
+MAX_REQUEUES = 2
+# What the stored preview may take of the import document (Firestore's limit is 1 MiB).
+PREVIEW_MAX_BYTES = 800_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,12 @@ class ImportPolicy:
     max_attempts: int
     fetch_limits: FetchLimits
     parallel_chunks: int = 8  # chunks in flight at once (a sliding window over the chunk numbers)
+    # A delivery starts no image download after this long (it hands the rest to a new task).
+    chunk_budget_seconds: float = 120.0
+    # The worker's timeout: the dispatch deadline chunk tasks ask Cloud Tasks for.
+    task_timeout: timedelta = timedelta(minutes=5)
+    # An import without progress for this long is looked at by the reaper.
+    stale_after: timedelta = timedelta(minutes=30)
 
 
 class ImportNotEditable(Conflict):
@@ -71,14 +108,22 @@ class ImportNotEditable(Conflict):
     title = "The import has already started"
 
 
+class CsvPreviewTooLarge(UnprocessableContent):
+    code = "csv_preview_too_large"
+    title = "The file's preview is too large to keep"
+
+
 def imports_ref(db: Client, client_id: str) -> Any:
     return db.collection("clients").document(client_id).collection("imports")
 
 
-def _load_csv(store: ObjectStore, key: str, policy: ImportPolicy) -> ParsedCsv:
+def _load_csv(
+    store: ObjectStore, upload: UploadDoc, policy: ImportPolicy, encoding: str | None, delimiter: str | None
+) -> ParsedCsv:
     from shared.catalog.csv_parsing import parse_csv
 
-    return parse_csv(store.get(key, max_bytes=policy.csv_max_bytes), max_rows=policy.max_rows)
+    data = store.get(upload.file_key, max_bytes=policy.csv_max_bytes)
+    return parse_csv(data, max_rows=policy.max_rows, encoding=encoding, delimiter=delimiter)
 
 
 def _mapping(parsed: ParsedCsv, raw: dict[str, Any] | None) -> ColumnMapping:
@@ -99,10 +144,32 @@ def _mapping(parsed: ParsedCsv, raw: dict[str, Any] | None) -> ColumnMapping:
 
 
 def _preview(parsed: ParsedCsv, mapping: ColumnMapping) -> dict[str, Any]:
+    """The preview as stored on the import: long sample values are cut already; should it still be
+    too large for the document (hundreds of long column names), sample rows are dropped, with a note."""
     from shared.catalog.csv_parsing import build_preview
 
     preview: dict[str, Any] = build_preview(parsed, mapping).model_dump(mode="json")
+    shown = len(preview["sample"])
+    while len(json.dumps(preview).encode()) > PREVIEW_MAX_BYTES:
+        if not preview["sample"]:
+            raise CsvPreviewTooLarge("The file's column names and warnings are too large to preview; shorten them.")
+        preview["sample"].pop()
+    if len(preview["sample"]) < shown:
+        preview["notes"] = [
+            *preview["notes"],
+            f"Only {len(preview['sample'])} sample rows are shown: the rows are long.",
+        ]
     return preview
+
+
+def _write(write: Callable[[], Any]) -> None:
+    """A write of the import document; a preview Firestore still refuses is a 422, not a 500."""
+    from google.api_core.exceptions import InvalidArgument
+
+    try:
+        write()
+    except InvalidArgument as exc:
+        raise CsvPreviewTooLarge("The file's preview is too large to keep; shorten long values.") from exc
 
 
 def create_import(
@@ -117,7 +184,7 @@ def create_import(
         )
     if upload.status is not UploadStatus.COMPLETED:
         raise Conflict("Complete the upload before importing it")
-    parsed = _load_csv(store, upload.key, policy)
+    parsed = _load_csv(store, upload, policy, data.encoding, data.delimiter)
     mapping = _mapping(parsed, data.mapping)
     preview = _preview(parsed, mapping)
     doc = ImportDoc(
@@ -126,11 +193,13 @@ def create_import(
         upload_id=upload.id,
         mapping=mapping.model_dump(mode="json"),
         preview=preview,
+        encoding=data.encoding,
+        delimiter=data.delimiter,
         progress=ImportProgress(total_rows=int(preview.get("total_rows", len(parsed.rows)))),
         created_at=now,
         updated_at=now,
     )
-    imports_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python"))
+    _write(lambda: imports_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python")))
     return doc
 
 
@@ -141,7 +210,7 @@ def get_import(db: Client, client_id: str, import_id: str) -> ImportDoc:
     return ImportDoc.model_validate(snapshot.to_dict())
 
 
-def update_mapping(
+def update_import(
     db: Client,
     store: ObjectStore,
     client_id: str,
@@ -150,14 +219,35 @@ def update_mapping(
     policy: ImportPolicy,
     now: datetime,
 ) -> ImportDoc:
+    """Change a draft's mapping and/or how its file is read (encoding, delimiter; null: detect).
+
+    Without a new mapping the draft keeps its mapping if the file's columns still fit it (another
+    encoding can change how they are spelled), else it gets the one detected anew."""
+    from shared.catalog.csv_parsing import ColumnMapping, auto_map, validate_mapping
+
     doc = get_import(db, client_id, import_id)
     if doc.status is not ImportStatus.DRAFT:
         raise ImportNotEditable("The mapping can only change before the import starts")
-    upload = get_upload(db, client_id, doc.upload_id)
-    parsed = _load_csv(store, upload.key, policy)
-    mapping = _mapping(parsed, data.mapping)
-    changes = {"mapping": mapping.model_dump(mode="json"), "preview": _preview(parsed, mapping), "updated_at": now}
-    imports_ref(db, client_id).document(import_id).update(changes)
+    sent = data.model_fields_set
+    encoding = data.encoding if "encoding" in sent else doc.encoding
+    delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
+    parsed = _load_csv(store, get_upload(db, client_id, doc.upload_id), policy, encoding, delimiter)
+    if data.mapping is not None:
+        mapping = _mapping(parsed, data.mapping)
+    else:
+        mapping = ColumnMapping.model_validate(doc.mapping)
+        try:
+            validate_mapping(mapping, parsed.headers)
+        except ValidationFailed:
+            mapping = auto_map(parsed.headers)
+    changes = {
+        "mapping": mapping.model_dump(mode="json"),
+        "preview": _preview(parsed, mapping),
+        "encoding": encoding,
+        "delimiter": delimiter,
+        "updated_at": now,
+    }
+    _write(lambda: imports_ref(db, client_id).document(import_id).update(changes))
     return doc.model_copy(update=changes)
 
 
@@ -165,12 +255,21 @@ def _chunk_key(client_id: str, import_id: str, chunk: int) -> str:
     return f"clients/{client_id}/imports/{import_id}/chunk-{chunk:05d}.json"
 
 
-def _chunk_task(client_id: str, import_id: str, chunk: int) -> TaskRequest:
+def _chunk_task(task: ImportChunkTask, policy: ImportPolicy, *, attempt: str | None = None) -> TaskRequest:
+    """The task of one chunk (from a row and image inside it); ``attempt`` names a re-enqueue by the
+    reaper, so the queue does not drop it as the lost task's duplicate."""
+    parts = [task.client_id, task.import_id, str(task.chunk)]
+    if task.row or task.image:
+        parts.append(f"r{task.row}i{task.image}")
+    if attempt:
+        parts.append(attempt)
+    deadline = min(max(policy.task_timeout, MIN_DISPATCH_DEADLINE), MAX_DISPATCH_DEADLINE)
     return TaskRequest(
         target=WORKER_TARGET,
         path=CHUNK_PATH,
-        payload=ImportChunkTask(client_id=client_id, import_id=import_id, chunk=chunk),
-        name=task_name("import", client_id, import_id, str(chunk)),
+        payload=task,
+        name=make_task_name("import", *parts),
+        dispatch_deadline=deadline,
     )
 
 
@@ -190,36 +289,41 @@ def start_import(
     if doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING):
         # A retried start re-sends the first window: the queue drops names it has seen, and a chunk
         # already recorded only passes its slot in the window on.
-        _enqueue_window(queue, client_id, import_id, doc.progress.chunks_total, doc.parallel_chunks)
+        _enqueue_window(queue, doc, policy)
         return doc
     if doc.status is not ImportStatus.DRAFT:
         return doc
     upload = get_upload(db, client_id, doc.upload_id)
-    parsed = _load_csv(store, upload.key, policy)
+    parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
     mapping = ColumnMapping.model_validate(doc.mapping)
     rows = group_rows(parsed, mapping, None)
-    results = [row_to_draft(row, mapping) for row in rows]
-    chunks = [results[i : i + policy.chunk_rows] for i in range(0, len(results), policy.chunk_rows)] or [[]]
-    for number, chunk in enumerate(chunks):
-        payload = json.dumps([result.model_dump(mode="json") for result in chunk]).encode()
+    del parsed  # the grouped rows are all that is needed (memory: a 10 MB file)
+    size = max(1, policy.chunk_rows)
+    chunks = max(1, -(-len(rows) // size))
+    for number in range(chunks):
+        # One chunk's drafts at a time: the whole file's would cost far more than the file.
+        results = [row_to_draft(row, mapping) for row in rows[number * size : (number + 1) * size]]
+        payload = json.dumps([result.model_dump(mode="json") for result in results]).encode()
         store.put(_chunk_key(client_id, import_id, number), payload, "application/json")
-    progress = ImportProgress(total_rows=len(results), chunks_total=len(chunks))
+    progress = ImportProgress(total_rows=len(rows), chunks_total=chunks)
     window = max(1, policy.parallel_chunks)
     changes = {
         "status": ImportStatus.QUEUED.value,
         "parallel_chunks": window,
+        "chunk_rows": size,
         "progress": progress.model_dump(),
         "started_at": now,
         "updated_at": now,
     }
     imports_ref(db, client_id).document(import_id).update(changes)
-    _enqueue_window(queue, client_id, import_id, len(chunks), window)
-    return doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
+    started = doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
+    _enqueue_window(queue, started, policy)
+    return started
 
 
-def _enqueue_window(queue: TaskQueue, client_id: str, import_id: str, chunks_total: int, window: int) -> None:
-    for chunk in range(min(chunks_total, max(1, window))):
-        queue.enqueue(_chunk_task(client_id, import_id, chunk))
+def _enqueue_window(queue: TaskQueue, doc: ImportDoc, policy: ImportPolicy) -> None:
+    for chunk in range(min(doc.progress.chunks_total, max(1, doc.parallel_chunks))):
+        queue.enqueue(_chunk_task(ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=chunk), policy))
 
 
 def import_out(doc: ImportDoc) -> ImportOut:
@@ -235,6 +339,8 @@ def import_out(doc: ImportDoc) -> ImportOut:
         upload_id=doc.upload_id,
         status=doc.status,
         mapping=doc.mapping,
+        encoding=doc.encoding,
+        delimiter=doc.delimiter,
         preview=doc.preview,
         progress=progress,
         percent=percent,
@@ -245,21 +351,68 @@ def import_out(doc: ImportDoc) -> ImportOut:
     )
 
 
+# -- chunk parts -----------------------------------------------------------------------------------
+
+Position = tuple[int, int]  # (row index in the chunk, image index in that row)
+
+
 @dataclass
-class _ChunkOutcome:
+class _Part:
+    """What one delivery did with its chunk from ``start`` up to ``end`` (``last``: the chunk's end).
+
+    A row is counted (created or failed, with its problems) by the part that starts it, and as
+    processed by the part that finishes it; each image by the part that handles it."""
+
+    chunk: int
+    start: Position
+    end: Position = (0, 0)
+    last: bool = True
+    rows: int = 0
     created: int = 0
     failed_rows: int = 0
     images_imported: int = 0
     images_failed: int = 0
+    failed: bool = False  # recorded without processing: every attempt failed, or the task was lost
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    transient: list[tuple[int, str]] = field(default_factory=list)  # (row, message); never stored
 
-    def __post_init__(self) -> None:
-        self.errors: list[dict[str, Any]] = []
-        self.transient: list[tuple[int, str]] = []  # (row, message)
+    def stored(self, now: datetime) -> dict[str, Any]:
+        return {
+            "chunk": self.chunk,
+            "start_row": self.start[0],
+            "start_image": self.start[1],
+            "end_row": self.end[0],
+            "end_image": self.end[1],
+            "last": self.last,
+            "rows": self.rows,
+            "created_products": self.created,
+            "failed_rows": self.failed_rows,
+            "images_imported": self.images_imported,
+            "images_failed": self.images_failed,
+            "failed": self.failed,
+            "errors": sorted(self.errors, key=lambda error: int(error.get("row") or 0)),
+            "completed_at": now,
+        }
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> _Part:
+        # Chunks recorded before parts existed were recorded whole: they end their chunk.
+        return cls(
+            chunk=int(data["chunk"]),
+            start=(int(data.get("start_row", 0)), int(data.get("start_image", 0))),
+            end=(int(data.get("end_row", 0)), int(data.get("end_image", 0))),
+            last=bool(data.get("last", True)),
+            failed=bool(data.get("failed", False)),
+        )
 
 
-def _derived_id(prefix: str, *parts: object) -> str:
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:24]
-    return f"{prefix}_{digest}"
+def _part_id(chunk: int, start: Position) -> str:
+    # Document ids sort like the positions (a chunk's first part keeps the pre-parts id).
+    return f"{chunk:05d}" if start == (0, 0) else f"{chunk:05d}-{start[0]:05d}-{start[1]:02d}"
+
+
+def _chunks_ref(db: Client, client_id: str, import_id: str) -> Any:
+    return imports_ref(db, client_id).document(import_id).collection("chunks")
 
 
 def run_import_chunk(
@@ -271,109 +424,153 @@ def run_import_chunk(
     call: TaskCall,
     policy: ImportPolicy,
     now: datetime,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> str:
-    """Process one chunk exactly once, then queue the chunk one window ahead; the chunk that brings
-    ``chunks_done`` to ``chunks_total`` completes the import. Returns what happened (for the log)."""
-    from google.api_core.exceptions import AlreadyExists
-    from google.cloud import firestore
-
-    from shared.catalog.csv_parsing import RowResult
-
+    """Process the chunk from the task's position within the time budget and record that part once;
+    then queue the rest of the chunk, or the chunk one window ahead when this part ended the chunk.
+    Returns what happened (for the log)."""
     try:
         doc = get_import(db, task.client_id, task.import_id)
     except NotFound:
         return "import not found: dropped"
     if doc.status in (ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.DRAFT):
         return f"import is {doc.status.value}: nothing to do"
-    import_ref = imports_ref(db, task.client_id).document(task.import_id)
-    chunk_ref = import_ref.collection("chunks").document(f"{task.chunk:05d}")
-    if not chunk_ref.get().exists:
-        raw = json.loads(store.get(_chunk_key(task.client_id, task.import_id, task.chunk)))
-        results = [RowResult.model_validate(item) for item in raw]
-        outcome = _process_rows(db, store, fetcher, doc, results, policy, now)
-        if outcome.transient and call.retry_count + 1 < policy.max_attempts:
-            raise RetryTask(f"{len(outcome.transient)} image downloads failed temporarily; retrying the chunk")
-        for row_number, message in outcome.transient:
-            outcome.images_failed += 1
-            outcome.errors.append(
-                {"row": row_number, "level": "error", "code": "fetch_temporarily_failed", "message": message}
-            )
-        batch = db.batch()
-        batch.create(
-            chunk_ref,
-            {
-                "chunk": task.chunk,
-                "rows": len(results),
-                "created_products": outcome.created,
-                "failed_rows": outcome.failed_rows,
-                "images_imported": outcome.images_imported,
-                "images_failed": outcome.images_failed,
-                "errors": outcome.errors,
-                "completed_at": now,
-            },
-        )
-        update: dict[str, Any] = {
-            "progress.processed_rows": firestore.Increment(len(results)),
-            "progress.created_products": firestore.Increment(outcome.created),
-            "progress.failed_rows": firestore.Increment(outcome.failed_rows),
-            "progress.images_imported": firestore.Increment(outcome.images_imported),
-            "progress.images_failed": firestore.Increment(outcome.images_failed),
-            "progress.chunks_done": firestore.Increment(1),
-            "status": ImportStatus.RUNNING.value,
-            "updated_at": now,
-        }
-        batch.update(import_ref, update)
-        # A concurrent delivery may have recorded this chunk first; its counts stand.
-        with contextlib.suppress(AlreadyExists):
-            batch.commit()
-    ahead = task.chunk + max(1, doc.parallel_chunks)
-    if ahead < doc.progress.chunks_total:
-        queue.enqueue(_chunk_task(task.client_id, task.import_id, ahead))
-    _complete_when_every_chunk_is_done(db, import_ref, now)
-    return f"chunk {task.chunk + 1}/{doc.progress.chunks_total} done"
+    start = (task.row, task.image)
+    part_ref = _chunks_ref(db, task.client_id, task.import_id).document(_part_id(task.chunk, start))
+    snapshot = part_ref.get()
+    if snapshot.exists:
+        part = _Part.from_stored(snapshot.to_dict())
+    else:
+        last_attempt = call.retry_count + 1 >= policy.max_attempts
+        part = _run_part(db, store, fetcher, doc, task, policy, now, last_attempt=last_attempt, clock=clock)
+        part = _record_part(db, doc, part_ref, part, now)
+    return _pass_on(db, queue, doc, task, part, policy, now)
 
 
-def _complete_when_every_chunk_is_done(db: Client, import_ref: Any, now: datetime) -> None:
-    """Mark the import completed once all its chunks are recorded. Any chunk may be the last to
-    finish, and two may see the count complete at once: the ``update_time`` precondition lets
-    exactly one of them write ``finished_at``."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    snapshot = import_ref.get()
-    doc = ImportDoc.model_validate(snapshot.to_dict())
-    if doc.status is not ImportStatus.RUNNING or doc.progress.chunks_done < doc.progress.chunks_total:
-        return
-    with contextlib.suppress(FailedPrecondition):
-        import_ref.update(
-            {"status": ImportStatus.COMPLETED.value, "finished_at": now, "updated_at": now},
-            option=db.write_option(last_update_time=snapshot.update_time),
-        )
-
-
-def _process_rows(
+def _run_part(
     db: Client,
     store: ObjectStore,
     fetcher: SafeFetcher,
     doc: ImportDoc,
-    results: list[RowResult],
+    task: ImportChunkTask,
     policy: ImportPolicy,
     now: datetime,
-) -> _ChunkOutcome:
-    outcome = _ChunkOutcome()
-    rows: list[tuple[ProductDraft, ProductDoc]] = []
-    for result in results:
-        for problem in result.problems:
-            outcome.errors.append(
-                {
-                    "row": problem.row_number,
-                    "level": problem.severity,
-                    "code": problem.code,
-                    "message": problem.message,
-                }
-            )
-        draft = result.draft
+    *,
+    last_attempt: bool,
+    clock: Callable[[], float],
+) -> _Part:
+    deadline = clock() + policy.chunk_budget_seconds
+    try:
+        results = _chunk_results(store, doc, task.chunk)
+        part = _process_rows(db, store, fetcher, doc, task, results, policy, now, lambda: clock() >= deadline)
+    except Exception:
+        if not last_attempt:
+            raise  # a 5xx: the queue delivers the chunk again
+        logger.exception("chunk %s of import %s failed on its last attempt: recorded as failed", task.chunk, doc.id)
+        return _failed_part(db, store, doc, task, now, "the import worker failed on every attempt")
+    if part.transient and not last_attempt:
+        # Images already stored are skipped by the next delivery.
+        raise RetryTask(f"{len(part.transient)} image downloads failed temporarily; retrying the chunk")
+    for row_number, message in part.transient:
+        part.images_failed += 1
+        part.errors.append(
+            {"row": row_number, "level": "error", "code": "fetch_temporarily_failed", "message": message}
+        )
+    return part
+
+
+def _chunk_results(store: ObjectStore, doc: ImportDoc, chunk: int) -> list[RowResult]:
+    from shared.catalog.csv_parsing import RowResult
+
+    raw = json.loads(store.get(_chunk_key(doc.client_id, doc.id, chunk)))
+    return [RowResult.model_validate(item) for item in raw]
+
+
+def _record_part(db: Client, doc: ImportDoc, part_ref: Any, part: _Part, now: datetime) -> _Part:
+    """Record the part and count it in one commit; a part another delivery recorded first stands."""
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import firestore
+
+    batch = db.batch()
+    batch.create(part_ref, part.stored(now))
+    update: dict[str, Any] = {
+        "progress.processed_rows": firestore.Increment(part.rows),
+        "progress.created_products": firestore.Increment(part.created),
+        "progress.failed_rows": firestore.Increment(part.failed_rows),
+        "progress.images_imported": firestore.Increment(part.images_imported),
+        "progress.images_failed": firestore.Increment(part.images_failed),
+        "status": ImportStatus.RUNNING.value,
+        "updated_at": now,
+    }
+    if part.last:
+        update["progress.chunks_done"] = firestore.Increment(1)
+    if part.failed:
+        update["progress.chunks_failed"] = firestore.Increment(1)
+    batch.update(imports_ref(db, doc.client_id).document(doc.id), update)
+    try:
+        batch.commit()
+    except AlreadyExists:
+        return _Part.from_stored(part_ref.get().to_dict())
+    return part
+
+
+def _pass_on(
+    db: Client,
+    queue: TaskQueue,
+    doc: ImportDoc,
+    task: ImportChunkTask,
+    part: _Part,
+    policy: ImportPolicy,
+    now: datetime,
+) -> str:
+    """Queue what follows a recorded part: the rest of its chunk, or the chunk one window ahead."""
+    total = doc.progress.chunks_total
+    if not part.last:
+        row, image = part.end
+        queue.enqueue(_chunk_task(task.model_copy(update={"row": row, "image": image}), policy))
+        return f"chunk {task.chunk + 1}/{total}: its time budget ran out at row {row + 1}; the rest continues"
+    ahead = task.chunk + max(1, doc.parallel_chunks)
+    if ahead < total:
+        queue.enqueue(_chunk_task(ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=ahead), policy))
+    _complete_when_every_chunk_is_done(db, imports_ref(db, doc.client_id).document(doc.id), now)
+    return f"chunk {task.chunk + 1}/{total} {'failed' if part.failed else 'done'}"
+
+
+def _complete_when_every_chunk_is_done(db: Client, import_ref: Any, now: datetime) -> None:
+    """Finish the import once all its chunks are recorded: ``completed``, or ``failed`` when every
+    chunk failed and nothing was imported. Any chunk may be the last to finish, and two may see the count
+    complete at once: the ``update_time`` precondition lets exactly one of them write ``finished_at``."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    snapshot = import_ref.get()
+    doc = ImportDoc.model_validate(snapshot.to_dict())
+    progress = doc.progress
+    if doc.status not in (ImportStatus.QUEUED, ImportStatus.RUNNING) or progress.chunks_done < progress.chunks_total:
+        return
+    changes: dict[str, Any] = {"status": ImportStatus.COMPLETED.value, "finished_at": now, "updated_at": now}
+    if progress.chunks_failed >= progress.chunks_total and not (progress.created_products or progress.images_imported):
+        changes["status"] = ImportStatus.FAILED.value
+        changes["failure"] = "No part of the file could be imported; errors.csv lists what was lost."
+    try:
+        import_ref.update(changes, option=db.write_option(last_update_time=snapshot.update_time))
+    except FailedPrecondition:
+        return
+
+
+@dataclass
+class _Candidates:
+    """The products a chunk's rows would create, and the rows whose values a product refuses."""
+
+    products: dict[int, tuple[ProductDraft, ProductDoc]]  # row index -> draft and product
+    invalid: dict[int, dict[str, Any]]  # row index -> its error
+
+
+def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: datetime) -> _Candidates:
+    found = _Candidates(products={}, invalid={})
+    for index in range(start_row, len(results)):
+        draft = results[index].draft
         if draft is None:
-            outcome.failed_rows += 1
             continue
         try:
             data = ProductCreate(
@@ -386,17 +583,14 @@ def _process_rows(
                 external_id=draft.external_id,
             )
         except ValidationError as exc:
-            outcome.failed_rows += 1
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first.get("loc", ()))
-            outcome.errors.append(
-                {
-                    "row": draft.row_number,
-                    "level": "error",
-                    "code": "invalid_row",
-                    "message": f"{field}: {first.get('msg')}",
-                }
-            )
+            field_name = ".".join(str(p) for p in first.get("loc", ()))
+            found.invalid[index] = {
+                "row": draft.row_number,
+                "level": "error",
+                "code": "invalid_row",
+                "message": f"{field_name}: {first.get('msg')}",
+            }
             continue
         # The id is derived from the import and the row, so a redelivered chunk finds the products it
         # created before: they are not new and take no slot a second time.
@@ -404,28 +598,163 @@ def _process_rows(
         product = build_product(
             doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
         )
-        rows.append((draft, product))
-    # One commit claims the slots and creates the chunk's new products; rows past the free slots wait.
-    done = create_products(db, doc.client_id, [product for _, product in rows], now, all_or_nothing=False)
+        found.products[index] = (draft, product)
+    return found
+
+
+def _problems(result: RowResult) -> list[dict[str, Any]]:
+    return [{"row": p.row_number, "level": p.severity, "code": p.code, "message": p.message} for p in result.problems]
+
+
+SLOT_LIMIT_ERROR = "The plan's product slots are all used; upgrade in Billing to import more products"
+
+
+def _process_rows(
+    db: Client,
+    store: ObjectStore,
+    fetcher: SafeFetcher,
+    doc: ImportDoc,
+    task: ImportChunkTask,
+    results: list[RowResult],
+    policy: ImportPolicy,
+    now: datetime,
+    out_of_time: Callable[[], bool],
+) -> _Part:
+    """Import the chunk's rows from the task's position until the end or ``out_of_time()``.
+
+    No download starts once the time is up, except that a delivery always handles at least one
+    image (so every part makes progress); the part then ends before that image."""
+    start_row, start_image = task.row, task.image
+    part = _Part(chunk=task.chunk, start=(start_row, start_image), end=(len(results), 0))
+    candidates = _candidates(doc, results, start_row, now)
+    # One commit claims the slots and creates the rows' new products; rows past the free slots wait.
+    done = create_products(
+        db, doc.client_id, [product for _, product in candidates.products.values()], now, all_or_nothing=False
+    )
     refused = {product.id for product in done.refused}
-    for draft, product in rows:
-        if product.id in refused:
-            outcome.failed_rows += 1
-            outcome.errors.append(
+    progressed = False
+    for index in range(start_row, len(results)):
+        first_image = start_image if index == start_row else 0
+        entry = candidates.products.get(index)
+        urls = entry[0].image_urls if entry is not None and entry[1].id not in refused else ()
+        if progressed and first_image < len(urls) and out_of_time():
+            part.end, part.last = (index, first_image), False
+            return part
+        if first_image == 0:  # the row starts in this part: its outcome is counted here
+            part.errors += _problems(results[index])
+            if entry is None or entry[1].id in refused:
+                part.failed_rows += 1
+                if index in candidates.invalid:
+                    part.errors.append(candidates.invalid[index])
+                elif entry is not None:
+                    part.errors.append(
+                        {
+                            "row": entry[0].row_number,
+                            "level": "error",
+                            "code": "product_slot_limit",
+                            "message": SLOT_LIMIT_ERROR,
+                        }
+                    )
+                part.rows += 1
+                progressed = True
+                continue
+            part.created += 1
+        assert entry is not None
+        draft, product = entry
+        for image in range(first_image, len(urls)):
+            if image > first_image and out_of_time():
+                part.end, part.last = (index, image), False
+                return part
+            _import_image(db, store, fetcher, doc, draft.row_number, product.id, image, urls[image], policy, now, part)
+        part.rows += 1
+        progressed = True
+    return part
+
+
+def _failed_part(
+    db: Client, store: ObjectStore, doc: ImportDoc, task: ImportChunkTask, now: datetime, reason: str
+) -> _Part:
+    """The rest of the chunk (from the task's position) recorded without processing it: what already
+    exists (products, images) of an earlier attempt counts as imported, the rest as failed."""
+    part = _Part(chunk=task.chunk, start=(task.row, task.image), failed=True)
+    try:
+        results = _chunk_results(store, doc, task.chunk)
+    except Exception:
+        logger.exception("rows of chunk %s of import %s cannot be read", task.chunk, doc.id)
+        expected = _expected_rows(doc, task.chunk)
+        part.rows = max(0, expected - task.row)
+        part.failed_rows = max(0, part.rows - (1 if task.image else 0))
+        part.end = (max(expected, task.row), 0)
+        part.errors.append(
+            {
+                "row": "",
+                "level": "error",
+                "code": "import_chunk_failed",
+                "message": f"{part.rows} rows of part {task.chunk + 1} were not imported: {reason}.",
+            }
+        )
+        return part
+    part.end = (len(results), 0)
+    candidates = _candidates(doc, results, task.row, now)
+    product_refs = {i: products_ref(db, doc.client_id).document(p.id) for i, (_, p) in candidates.products.items()}
+    asset_ids = {
+        (i, k): _derived_id("ast", doc.id, draft.row_number, k)
+        for i, (draft, _) in candidates.products.items()
+        for k in range(len(draft.image_urls))
+    }
+    refs = [*product_refs.values(), *(assets_ref(db, doc.client_id).document(a) for a in asset_ids.values())]
+    existing = {snapshot.reference.path for snapshot in db.get_all(refs) if snapshot.exists} if refs else set()
+    assets = assets_ref(db, doc.client_id)
+    for index in range(task.row, len(results)):
+        first_image = task.image if index == task.row else 0
+        entry = candidates.products.get(index)
+        if first_image == 0:
+            part.errors += _problems(results[index])
+            if entry is None or product_refs[index].path not in existing:
+                part.failed_rows += 1
+                if index in candidates.invalid:
+                    part.errors.append(candidates.invalid[index])
+                elif entry is not None:
+                    part.errors.append(
+                        {
+                            "row": entry[0].row_number,
+                            "level": "error",
+                            "code": "import_chunk_failed",
+                            "message": f"The product was not created: {reason}.",
+                        }
+                    )
+                part.rows += 1
+                continue
+            part.created += 1
+        assert entry is not None
+        draft = entry[0]
+        for image in range(first_image, len(draft.image_urls)):
+            if assets.document(asset_ids[(index, image)]).path in existing:
+                part.images_imported += 1
+                continue
+            part.images_failed += 1
+            part.errors.append(
                 {
                     "row": draft.row_number,
                     "level": "error",
-                    "code": "product_slot_limit",
-                    "message": "The plan's product slots are all used; upgrade in Billing to import more products",
+                    "code": "import_chunk_failed",
+                    "message": f"image {image + 1} ({_short(draft.image_urls[image])}): not imported: {reason}.",
                 }
             )
-            continue
-        outcome.created += 1
-        for index, url in enumerate(draft.image_urls):
-            _import_image(db, store, fetcher, doc, draft.row_number, product.id, index, url, policy, now, outcome)
-    # The report lists a row's problems together, in row order (a row's own order is kept).
-    outcome.errors.sort(key=lambda error: int(error.get("row") or 0))
-    return outcome
+        part.rows += 1
+    return part
+
+
+def _expected_rows(doc: ImportDoc, chunk: int) -> int:
+    """How many rows chunk ``chunk`` holds (0 when the import did not keep its chunk size)."""
+    if not doc.chunk_rows:
+        return 0
+    return max(0, min(doc.chunk_rows, doc.progress.total_rows - chunk * doc.chunk_rows))
+
+
+def _derived_id(prefix: str, *parts: object) -> str:
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:24]
+    return f"{prefix}_{digest}"
 
 
 def _import_image(
@@ -439,21 +768,18 @@ def _import_image(
     url: str,
     policy: ImportPolicy,
     now: datetime,
-    outcome: _ChunkOutcome,
+    part: _Part,
 ) -> None:
-    from shared.adapters.safe_fetch import FetchTemporarilyFailed, fetch_with_retries
+    from shared.adapters.safe_fetch import FetchTemporarilyFailed
 
     asset_id = _derived_id("ast", doc.id, row_number, index)
     if assets_ref(db, doc.client_id).document(asset_id).get().exists:
-        outcome.images_imported += 1
+        part.images_imported += 1
         return
     try:
-        fetched = fetch_with_retries(
-            fetcher,
-            url,
-            attempts=2,
-            limits=policy.fetch_limits,
-        )
+        # One try, bounded by FETCH_TIMEOUT_SECONDS: the queue retries the chunk (stored images are
+        # skipped then), so a retry here would only stretch the delivery past its budget.
+        fetched = fetcher.fetch(url, limits=policy.fetch_limits)
         store_product_image(
             db,
             store,
@@ -465,12 +791,12 @@ def _import_image(
             thumbnail_max_side=policy.thumbnail_max_side,
             now=now,
         )
-        outcome.images_imported += 1
+        part.images_imported += 1
     except FetchTemporarilyFailed as error:
-        outcome.transient.append((row_number, f"image {index + 1} ({_short(url)}): {error.detail}"))
+        part.transient.append((row_number, f"image {index + 1} ({_short(url)}): {error.detail}"))
     except EpoxError as error:
-        outcome.images_failed += 1
-        outcome.errors.append(
+        part.images_failed += 1
+        part.errors.append(
             {
                 "row": row_number,
                 "level": "error",
@@ -490,10 +816,118 @@ def error_report_csv(db: Client, client_id: str, import_id: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["row", "level", "code", "message"])
-    chunks = imports_ref(db, client_id).document(import_id).collection("chunks").order_by("chunk").stream()
-    for snapshot in chunks:
+    # Part ids sort like their chunk and position, so the report reads in file order.
+    parts = _chunks_ref(db, client_id, import_id).order_by("__name__").stream()
+    for snapshot in parts:
         for error in (snapshot.to_dict() or {}).get("errors", []):
             writer.writerow(
                 [error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")]
             )
     return buffer.getvalue()
+
+
+# -- recovery (Cloud Scheduler) --------------------------------------------------------------------
+
+
+class ImportReapReport(ScheduledReport):
+    """``/jobs/reap-stuck-imports``: what it found stuck and did (``client -> ["import/chunk"]``)."""
+
+    imports_checked: int = 0
+    chunks_requeued: dict[str, list[str]] = Field(default_factory=dict)
+    chunks_failed: dict[str, list[str]] = Field(default_factory=dict)
+    more: bool = False  # the run stopped at its limit; the next one goes on from there
+
+
+def _cursor_ref(db: Client, client_id: str | None) -> Any:
+    return db.collection("reapers").document("imports" if client_id is None else f"imports-{client_id}")
+
+
+def reap_stuck_imports(
+    db: Client,
+    store: ObjectStore,
+    queue: TaskQueue,
+    policy: ImportPolicy,
+    now: datetime,
+    *,
+    limit: int = 200,
+    client_id: str | None = None,
+) -> ImportReapReport:
+    """Re-enqueue (or, after ``MAX_REQUEUES`` times, record as failed) the chunks of imports without
+    progress for ``policy.stale_after`` that should be running: queued or running imports whose due
+    chunks' tasks were lost. Safe to run twice; each import is handled on its own.
+
+    At most ``limit`` imports per run, oldest progress first, continuing after where the previous
+    run stopped (a cursor kept in ``reapers/imports``), so imports that keep failing cannot hold
+    back the others. ``client_id``: one client only (tests)."""
+    from google.cloud.firestore import FieldFilter
+
+    report = ImportReapReport()
+    cursor_ref = _cursor_ref(db, client_id)
+    cursor = (cursor_ref.get().to_dict() or {}).get("after")
+    base = imports_ref(db, client_id) if client_id else db.collection_group("imports")
+    query = (
+        base.where(filter=FieldFilter("status", "in", [ImportStatus.QUEUED.value, ImportStatus.RUNNING.value]))
+        .where(filter=FieldFilter("updated_at", "<", now - policy.stale_after))
+        .order_by("updated_at")
+    )
+    if cursor is not None:
+        query = query.start_after({"updated_at": cursor})
+    last_seen = None
+    for snapshot in query.limit(limit).stream():
+        parts = snapshot.reference.path.split("/")
+        if len(parts) != 4 or parts[0] != "clients":
+            continue
+        report.imports_checked += 1
+        last_seen = (snapshot.to_dict() or {}).get("updated_at")
+        with isolated(REAP_JOB, parts[1], report.failed):
+            _reap_import(db, store, queue, policy, ImportDoc.model_validate(snapshot.to_dict()), now, report)
+    report.more = report.imports_checked >= limit
+    # A full page: the next run goes on after it; a short one: the next run starts again from the oldest.
+    cursor_ref.set({"after": last_seen if report.more else None, "updated_at": now})
+    return report
+
+
+def _reap_import(
+    db: Client,
+    store: ObjectStore,
+    queue: TaskQueue,
+    policy: ImportPolicy,
+    doc: ImportDoc,
+    now: datetime,
+    report: ImportReapReport,
+) -> None:
+    window = max(1, doc.parallel_chunks)
+    done: set[int] = set()
+    reached: dict[int, Position] = {}  # chunk -> where its recorded parts end
+    for snapshot in _chunks_ref(db, doc.client_id, doc.id).stream():
+        part = _Part.from_stored(snapshot.to_dict())
+        if part.last:
+            done.add(part.chunk)
+        else:
+            reached[part.chunk] = max(reached.get(part.chunk, (0, 0)), part.end)
+    reaped = dict(doc.reaped)
+    handed_on: set[int] = set()  # successors of chunks failed in this pass: already enqueued
+    for chunk in range(doc.progress.chunks_total):
+        # A chunk is due once the chunk one window behind it is done (or it is in the first window).
+        if chunk in done or chunk in handed_on or (chunk >= window and chunk - window not in done):
+            continue
+        row, image = reached.get(chunk, (0, 0))
+        task = ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=chunk, row=row, image=image)
+        label = f"{doc.id}/{chunk}"
+        count = reaped.get(str(chunk), 0)
+        if count < MAX_REQUEUES:
+            queue.enqueue(_chunk_task(task, policy, attempt=f"reap{count + 1}"))
+            reaped[str(chunk)] = count + 1
+            report.chunks_requeued.setdefault(doc.client_id, []).append(label)
+            logger.warning("chunk %s of import %s made no progress: enqueued again", chunk, doc.id)
+            continue
+        part_ref = _chunks_ref(db, doc.client_id, doc.id).document(_part_id(chunk, (row, image)))
+        part = _record_part(db, doc, part_ref, _failed_part(db, store, doc, task, now, "its task was lost"), now)
+        done.add(chunk)
+        handed_on.add(chunk + window)
+        report.chunks_failed.setdefault(doc.client_id, []).append(label)
+        logger.warning("chunk %s of import %s never finished: recorded as failed", chunk, doc.id)
+        _pass_on(db, queue, doc, task, part, policy, now)
+    # Touched: the import leaves the stale set for a while, and the next pass sees what this one did.
+    imports_ref(db, doc.client_id).document(doc.id).update({"reaped": reaped, "updated_at": now})
+    _complete_when_every_chunk_is_done(db, imports_ref(db, doc.client_id).document(doc.id), now)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from shared.http.pagination import PageQuery
 
@@ -150,6 +150,7 @@ class UploadStatus(str, Enum):
     PENDING = "pending"
     COMPLETED = "completed"
     REJECTED = "rejected"
+    EXPIRED = "expired"  # never completed: its presigned URL lapsed and the sweep removed what was PUT
 
 
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
@@ -174,13 +175,25 @@ class UploadDoc(BaseModel):
     content_type: str
     size_bytes: int
     product_id: str | None = None
+    # Where the browser PUTs the file (``uploads/{client}/{id}``: a prefix an R2 lifecycle rule
+    # expires). Nothing reads it after completion, so a second PUT with the still-valid URL changes
+    # nothing that is used; the sweep deletes it again once the URL has lapsed.
     key: str
+    # An accepted CSV is copied here at completion and imported from here (images become assets).
+    stored_key: str | None = None
     status: UploadStatus = UploadStatus.PENDING
     asset_id: str | None = None
     rejection: dict[str, Any] | None = None
     created_at: datetime
     expires_at: datetime
     completed_at: datetime | None = None
+    # When the sweep should delete the raw object (again); removed once it has (None: nothing to do).
+    sweep_at: datetime | None = None
+
+    @property
+    def file_key(self) -> str:
+        """The object holding the accepted file (uploads from before ``stored_key`` kept it at ``key``)."""
+        return self.stored_key or self.key
 
 
 class UploadInstructions(BaseModel):
@@ -326,13 +339,61 @@ class ImportStatus(str, Enum):
     FAILED = "failed"
 
 
+def _encoding_name(value: str | None) -> str | None:
+    from shared.catalog.csv_parsing import normalize_encoding
+    from shared.errors import EpoxError
+
+    if value is None:
+        return None
+    try:
+        return normalize_encoding(value)
+    except EpoxError as exc:
+        raise ValueError(exc.detail) from None
+
+
+def _delimiter(value: str | None) -> str | None:
+    from shared.catalog.csv_parsing import normalize_delimiter
+    from shared.errors import EpoxError
+
+    if value is None:
+        return None
+    try:
+        return normalize_delimiter(value)
+    except EpoxError as exc:
+        raise ValueError(exc.detail) from None
+
+
+# How the CSV is read, when the merchant overrides detection: a Python codec name ("cp1250",
+# "Shift-JIS", "mac_roman"; unknown names are a 422) and a one-character delimiter.
+CsvEncoding = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, strip_whitespace=False)]
+
+
 class ImportCreate(StrictModel):
     upload_id: Id
     mapping: dict[str, Any] | None = None
+    encoding: CsvEncoding | None = None
+    delimiter: CsvDelimiter | None = None
+
+    _check_encoding = field_validator("encoding")(_encoding_name)
+    _check_delimiter = field_validator("delimiter")(_delimiter)
 
 
 class ImportUpdate(StrictModel):
-    mapping: dict[str, Any]
+    """PATCH of a draft: the mapping and/or how the file is read (``null`` returns to detection)."""
+
+    mapping: dict[str, Any] | None = None
+    encoding: CsvEncoding | None = None
+    delimiter: CsvDelimiter | None = None
+
+    _check_encoding = field_validator("encoding")(_encoding_name)
+    _check_delimiter = field_validator("delimiter")(_delimiter)
+
+    @model_validator(mode="after")
+    def _something(self) -> ImportUpdate:
+        if not self.model_fields_set & {"mapping", "encoding", "delimiter"}:
+            raise ValueError("send mapping, encoding or delimiter")
+        return self
 
 
 class ImportProgress(BaseModel):
@@ -344,6 +405,9 @@ class ImportProgress(BaseModel):
     images_failed: int = 0
     chunks_total: int = 0
     chunks_done: int = 0
+    # Chunks no delivery could process (every attempt failed, or their task was lost): their rows
+    # are counted as failed and listed in errors.csv.
+    chunks_failed: int = 0
 
 
 class ImportDoc(BaseModel):
@@ -361,6 +425,13 @@ class ImportDoc(BaseModel):
     # Chunks in flight at once, fixed when the import starts: the API that starts it and the worker
     # that runs it are separate functions and must agree (imports from before the window ran as a chain).
     parallel_chunks: int = 1
+    # Rows per chunk, fixed when the import starts (0: unknown, imports from before it was kept).
+    chunk_rows: int = 0
+    # How the file is read when the merchant chose it (None: detected; the preview says what was used).
+    encoding: str | None = None
+    delimiter: str | None = None
+    # Chunk number -> how often the import reaper re-enqueued it (it gives up after a few).
+    reaped: dict[str, int] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -373,6 +444,8 @@ class ImportOut(BaseModel):
     upload_id: str
     status: ImportStatus
     mapping: dict[str, Any]
+    encoding: str | None  # chosen by the merchant (None: detected, see preview.encoding)
+    delimiter: str | None
     preview: dict[str, Any]
     progress: ImportProgress
     percent: float
@@ -383,10 +456,13 @@ class ImportOut(BaseModel):
 
 
 class ImportChunkTask(BaseModel):
-    """Cloud Tasks payload: ids only."""
+    """Cloud Tasks payload: ids and where in the chunk to start (a delivery that ran out of its time
+    budget hands the rest of its chunk to a task starting at row ``row``, image ``image``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     client_id: str
     import_id: str
     chunk: int = Field(ge=0)
+    row: int = Field(default=0, ge=0)
+    image: int = Field(default=0, ge=0)

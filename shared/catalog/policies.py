@@ -27,10 +27,13 @@ def upload_policy(settings: Settings) -> UploadPolicy:
         presign_expiry_seconds=settings.presign_expiry_seconds,
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
+        max_pending=settings.upload_max_pending,
     )
 
 
 def import_policy(settings: Settings) -> ImportPolicy:
+    from datetime import timedelta
+
     from shared.adapters.safe_fetch import FetchLimits
     from shared.catalog.imports import ImportPolicy
     from shared.catalog.models import IMAGE_CONTENT_TYPES
@@ -43,6 +46,9 @@ def import_policy(settings: Settings) -> ImportPolicy:
         thumbnail_max_side=settings.thumbnail_max_side,
         max_attempts=settings.tasks_max_attempts,
         parallel_chunks=settings.import_parallel_chunks,
+        chunk_budget_seconds=settings.import_chunk_budget_seconds,
+        task_timeout=timedelta(seconds=settings.catalog_tasks_timeout_seconds),
+        stale_after=timedelta(minutes=settings.import_stale_minutes),
         fetch_limits=FetchLimits(
             max_bytes=min(settings.fetch_max_bytes, settings.upload_max_bytes),
             total_timeout=settings.fetch_timeout_seconds,

@@ -1,5 +1,17 @@
 """Direct-to-R2 uploads: the browser asks for a slot, PUTs the file with a presigned URL, then
 calls "complete"; only then is the file checked and turned into a product image (or kept as a CSV).
+
+Slots are bounded and collected:
+
+* A client has at most ``UPLOAD_MAX_PENDING`` slots pending (not completed, not expired) at once;
+  past that ``POST /uploads`` answers 429 ``too_many_pending_uploads``.
+* The browser PUTs to ``uploads/{client}/{upload}``, a key nothing reads after completion: an
+  image becomes an asset (normalised copies under the asset's keys), a CSV is copied to
+  ``clients/{client}/csv/{upload}`` and imported from there. Re-using the presigned URL after
+  completion (it stays valid until it expires) writes only that raw key again.
+* The raw key is deleted at completion and again by ``/jobs/sweep-uploads`` once the presigned URL
+  has expired (a slot never completed becomes ``expired``); an R2 lifecycle rule on the ``uploads/``
+  prefix (delete after a day) catches whatever a missed sweep leaves.
 """
 
 from __future__ import annotations
@@ -7,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
+
+from pydantic import Field
 
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
@@ -28,12 +42,18 @@ from shared.errors import (
     UnprocessableContent,
     ValidationFailed,
 )
+from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
+
+
+SWEEP_JOB = "sweep-uploads"
+# The sweep waits this long past a presigned URL's expiry (clock skew between us and R2).
+SWEEP_GRACE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -43,11 +63,37 @@ class UploadPolicy:
     presign_expiry_seconds: int
     image_limits: ImageLimits
     thumbnail_max_side: int
+    max_pending: int = 50  # pending, unexpired slots per client
 
 
 class UploadNotReceived(Conflict):
     code = "upload_not_received"
     title = "The file has not been uploaded yet"
+
+
+class UploadExpired(Conflict):
+    code = "upload_expired"
+    title = "The upload slot has expired"
+
+
+class TooManyPendingUploads(EpoxError):
+    status = 429
+    code = "too_many_pending_uploads"
+    title = "Too many uploads are pending"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 60, **extensions: Any) -> None:
+        super().__init__(detail, **extensions)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+def raw_upload_key(client_id: str, upload_id: str) -> str:
+    """Where the browser PUTs an upload: under ``uploads/``, the prefix an R2 lifecycle rule expires."""
+    return f"uploads/{client_id}/{upload_id}"
+
+
+def stored_csv_key(client_id: str, upload_id: str) -> str:
+    """Where an accepted CSV is kept for its imports (never written by a presigned URL)."""
+    return f"clients/{client_id}/csv/{upload_id}"
 
 
 class UploadRejected(EpoxError):
@@ -83,7 +129,9 @@ def create_upload(
             raise PayloadTooLarge(f"CSV files may be at most {policy.csv_max_bytes} bytes", limit=policy.csv_max_bytes)
         if data.product_id:
             raise _field_error("product_id", "A CSV upload is not tied to a product")
+    _check_pending(db, client_id, policy, now, limit=policy.max_pending)
     upload_id = new_id("upl")
+    expires_at = now + timedelta(seconds=policy.presign_expiry_seconds)
     doc = UploadDoc(
         id=upload_id,
         client_id=client_id,
@@ -92,17 +140,44 @@ def create_upload(
         content_type=data.content_type,
         size_bytes=data.size_bytes,
         product_id=data.product_id,
-        key=f"clients/{client_id}/uploads/{upload_id}",
+        key=raw_upload_key(client_id, upload_id),
         created_at=now,
-        expires_at=now + timedelta(seconds=policy.presign_expiry_seconds),
+        expires_at=expires_at,
+        sweep_at=expires_at + SWEEP_GRACE,
     )
-    uploads_ref(db, client_id).document(upload_id).create(doc.model_dump(mode="python"))
+    ref = uploads_ref(db, client_id).document(upload_id)
+    ref.create(doc.model_dump(mode="python"))
+    # Counted again with this slot in: concurrent requests that together went past the cap all give
+    # their slot up (none was presigned yet), so the cap holds without a lock.
+    try:
+        _check_pending(db, client_id, policy, now, limit=policy.max_pending + 1)
+    except TooManyPendingUploads:
+        ref.delete()
+        raise
     presigned = store.presigned_put(
         doc.key, content_type=doc.content_type, content_length=doc.size_bytes, expires_in=policy.presign_expiry_seconds
     )
     out = upload_out(doc)
     out.upload = UploadInstructions(url=presigned.url, method=presigned.method, headers=presigned.headers)
     return out
+
+
+def _check_pending(db: Client, client_id: str, policy: UploadPolicy, now: datetime, *, limit: int) -> None:
+    """429 once the client has ``limit`` slots pending (not completed) whose URL has not expired."""
+    from google.cloud.firestore import FieldFilter
+
+    query = (
+        uploads_ref(db, client_id)
+        .where(filter=FieldFilter("status", "==", UploadStatus.PENDING.value))
+        .where(filter=FieldFilter("expires_at", ">", now))
+    )
+    pending = int(query.count().get()[0][0].value)
+    if pending >= limit:
+        raise TooManyPendingUploads(
+            f"{policy.max_pending} uploads are waiting to be completed; complete them or wait until they expire",
+            limit=policy.max_pending,
+            retry_after=policy.presign_expiry_seconds,
+        )
 
 
 def upload_out(doc: UploadDoc) -> UploadOut:
@@ -129,6 +204,8 @@ def complete_upload(
         return upload_out(doc)
     if doc.status is UploadStatus.REJECTED:
         raise _rejection_error(doc.rejection or {})
+    if doc.status is UploadStatus.EXPIRED:
+        raise UploadExpired("The upload slot expired before it was completed; ask for a new one")
     info = store.head(doc.key)
     if info is None:
         raise UploadNotReceived("PUT the file to the upload URL before completing the upload")
@@ -142,7 +219,7 @@ def complete_upload(
         data = store.get(doc.key, max_bytes=limit)
         if doc.purpose is UploadPurpose.PRODUCT_IMAGE:
             return _complete_image(db, store, doc, data, policy, now)
-        return _complete_csv(db, doc, data, now)
+        return _complete_csv(db, store, doc, data, now)
     except (UnprocessableContent, UploadRejected) as error:
         _reject(db, store, doc, error, now)
         raise
@@ -170,12 +247,16 @@ def _complete_image(
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))
 
 
-def _complete_csv(db: Client, doc: UploadDoc, data: bytes, now: datetime) -> UploadOut:
+def _complete_csv(db: Client, store: ObjectStore, doc: UploadDoc, data: bytes, now: datetime) -> UploadOut:
     from shared.catalog.csv_parsing import decode_csv
 
     decode_csv(data)  # refuses binary files early, before an import is created from them
-    changes = {"status": UploadStatus.COMPLETED.value, "completed_at": now}
+    # Imports read the copy: a later PUT with the still-valid URL cannot change the checked file.
+    stored_key = stored_csv_key(doc.client_id, doc.id)
+    store.put(stored_key, data, doc.content_type)
+    changes = {"status": UploadStatus.COMPLETED.value, "completed_at": now, "stored_key": stored_key}
     uploads_ref(db, doc.client_id).document(doc.id).update(changes)
+    store.delete(doc.key)
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))
 
 
@@ -207,3 +288,49 @@ def _rejection_error(rejection: dict[str, Any]) -> UploadRejected:
     )
     extensions = {k: v for k, v in rejection.items() if k not in ("code", "title", "detail")}
     return recorded(str(rejection.get("detail") or UploadRejected.title), **extensions)
+
+
+# -- sweep (Cloud Scheduler) -----------------------------------------------------------------------
+
+
+class UploadSweepReport(ScheduledReport):
+    """``/jobs/sweep-uploads``: raw upload objects deleted, and the slots that expired uncompleted."""
+
+    swept: int = 0
+    expired: dict[str, list[str]] = Field(default_factory=dict)  # client -> upload ids
+    more: bool = False
+
+
+def sweep_uploads(
+    db: Client, store: ObjectStore, now: datetime, *, limit: int = 1000, client_id: str | None = None
+) -> UploadSweepReport:
+    """Delete the raw objects of upload slots whose presigned URL has expired (``sweep_at`` passed):
+    a slot never completed becomes ``expired``; a completed or rejected one loses what a late PUT
+    with its URL may have written. Safe to run twice; at most ``limit`` slots a run (oldest first;
+    the next run goes on). ``client_id``: one client only (tests)."""
+    from google.api_core.exceptions import FailedPrecondition
+    from google.cloud.firestore import FieldFilter
+
+    report = UploadSweepReport()
+    base = uploads_ref(db, client_id) if client_id else db.collection_group("uploads")
+    query = base.where(filter=FieldFilter("sweep_at", "<", now)).order_by("sweep_at").limit(limit)
+    for snapshot in query.stream():
+        parts = snapshot.reference.path.split("/")
+        if len(parts) != 4 or parts[0] != "clients":
+            continue
+        report.swept += 1
+        with isolated(SWEEP_JOB, parts[1], report.failed):
+            doc = UploadDoc.model_validate(snapshot.to_dict())
+            changes: dict[str, Any] = {"sweep_at": None}
+            if doc.status is UploadStatus.PENDING:
+                changes["status"] = UploadStatus.EXPIRED.value
+            try:
+                # Guarded: a completion that got in first keeps its status (the next run sweeps again).
+                snapshot.reference.update(changes, option=db.write_option(last_update_time=snapshot.update_time))
+            except FailedPrecondition:
+                continue
+            store.delete(doc.key)
+            if doc.status is UploadStatus.PENDING:
+                report.expired.setdefault(doc.client_id, []).append(doc.id)
+    report.more = report.swept >= limit
+    return report

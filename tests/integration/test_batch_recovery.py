@@ -131,7 +131,7 @@ def uploaded_image(stack: Any, client_id: str) -> str:
         headers=headers,
     )
     assert slot.status_code == 201, slot.json
-    stack.platform.object_store.put(f"clients/{client_id}/uploads/{slot.json['id']}", data, "image/png")
+    stack.platform.object_store.put(f"uploads/{client_id}/{slot.json['id']}", data, "image/png")
     done = catalog.post(f"/uploads/{slot.json['id']}/complete", headers=headers)
     assert done.status_code == 200, done.json
     return str(done.json["asset_id"])

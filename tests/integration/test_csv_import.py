@@ -7,10 +7,12 @@ broken address policy would let through.
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import pytest
 from PIL import Image
 
 from tests import platforms
+from tests.catalog_helpers import problem
 from tests.csv_import_helpers import Api, chunk_tasks, simple_csv
 
 CHUNK_ROWS = 3  # settings.import_chunk_rows in tests/conftest.py
@@ -56,6 +59,7 @@ class ImageServer:
 
 def _handler(state: ImageServer) -> type[BaseHTTPRequestHandler]:
     flaky = re.compile(r"/flaky/(\d+)/[\w-]+\.png")
+    slow = re.compile(r"/slow/(\d+)/[\w-]+\.png")  # answers after that many milliseconds
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -65,7 +69,10 @@ def _handler(state: ImageServer) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.hits[path] += 1
                 seen = state.hits[path]
-            if match := flaky.fullmatch(path):
+            if match := slow.fullmatch(path):
+                time.sleep(int(match.group(1)) / 1000)
+                self._send(200, "image/png", _image_bytes("PNG", path))
+            elif match := flaky.fullmatch(path):
                 if seen <= int(match.group(1)):
                     self._send(503, "text/plain", b"busy")
                 else:
@@ -306,6 +313,7 @@ def test_import_creates_products_and_images_once(stack: Any, client_id: str, ima
         "images_failed": 0,
         "chunks_total": chunks_total,
         "chunks_done": chunks_total,
+        "chunks_failed": 0,
     }
     assert done["mapping"]["name"] == "Product Name"  # the refused PATCH changed nothing
     tasks = chunk_tasks(stack.dispatcher, import_id)
@@ -669,3 +677,342 @@ def test_png_uploaded_as_csv_is_refused(stack: Any, client_id: str) -> None:
     assert _db_counts(stack, client_id) == (0, 0)
     imports = stack.platform.db.collection("clients").document(client_id).collection("imports").stream()
     assert list(imports) == []
+
+
+# -- encodings, delimiters and large previews -----------------------------------------------------
+
+ENCODED_FILES = {
+    # Central European Windows: read as cp1252 (the old assumption) "ť" is not even defined.
+    "cp1250": "Name;Cena;Popis\nŽluťoučký kůň;120,50;Příliš žluťoučký kůň úpěl ďábelské ódy\nČeská myš;15;Šťastná\n",
+    "mac_roman": "Name;Preis;Beschreibung\nCafé crème;4,50;Größe: groß, süß\nBäckerei Müller;2,00;Brötchen\n",
+    "shift_jis": "Name,価格,説明\n緑茶,500,静岡県産の高品質な緑茶です\n抹茶ラテ,650,香り高い抹茶\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("codec", "reported"), [("cp1250", "cp1250"), ("mac_roman", "mac-roman"), ("shift_jis", "shift_jis")]
+)
+def test_files_in_other_encodings_are_previewed_and_imported_as_written(
+    stack: Any, client_id: str, codec: str, reported: str
+) -> None:
+    api = Api(stack, client_id)
+    source = ENCODED_FILES[codec]
+    delimiter = "," if codec == "shift_jis" else ";"
+    lines = [line.split(delimiter) for line in source.splitlines()]
+    draft = api.draft(source.encode(codec))
+    preview = draft["preview"]
+    assert (preview["encoding"], draft["encoding"]) == (reported, None)  # detected, not chosen
+    assert preview["headers"] == lines[0]
+    assert preview["mapping"]["name"] == lines[0][0]
+    assert [row["values"]["name"] for row in preview["sample"]] == [lines[1][0], lines[2][0]]
+    api.start(draft["id"])
+    stack.run_tasks()
+    assert api.import_(draft["id"])["status"] == "completed"
+    assert sorted(p["name"] for p in api.products()) == sorted([lines[1][0], lines[2][0]])
+
+
+def test_encoding_and_delimiter_can_be_chosen(stack: Any, client_id: str) -> None:
+    api = Api(stack, client_id)
+    data = "Name;Notiz\nCafé;a,b\nTasse;c,d\n".encode("cp1252")
+    upload_id, completed = api.upload(data)
+    assert completed.status_code == 200
+
+    for body, field_name in (
+        ({"encoding": "klingon"}, "encoding"),
+        ({"encoding": "base64"}, "encoding"),
+        ({"delimiter": "ab"}, "delimiter"),
+        ({"delimiter": "x"}, "delimiter"),
+    ):
+        refused = problem(api.post("/imports", {"upload_id": upload_id, **body}), 422, "validation_failed")
+        assert [e["field"] for e in refused["errors"]] == [field_name]
+
+    chosen = api.post("/imports", {"upload_id": upload_id, "encoding": "mac_roman"})
+    assert chosen.status_code == 201, chosen.json
+    assert (chosen.json["encoding"], chosen.json["preview"]["encoding"]) == ("mac-roman", "mac-roman")
+    assert chosen.json["preview"]["sample"][0]["values"]["name"] == "Caf\u00c8"  # as the merchant asked
+    import_id = chosen.json["id"]
+
+    # Back to detection, and another delimiter: the columns change, so the mapping is detected anew.
+    patched = api.patch(f"/imports/{import_id}", {"encoding": None, "delimiter": ","})
+    assert patched.status_code == 200, patched.json
+    assert (patched.json["encoding"], patched.json["delimiter"]) == (None, ",")
+    preview = patched.json["preview"]
+    assert (preview["encoding"], preview["delimiter"]) == ("cp1252", ",")
+    assert preview["headers"] == ["Name;Notiz"]
+    assert preview["sample"][0]["values"]["name"] == "Café;a"
+    assert api.import_(import_id)["delimiter"] == ","  # stored
+
+    problem(api.patch(f"/imports/{import_id}", {"encoding": "no-such-codec"}), 422, "validation_failed")
+    problem(api.patch(f"/imports/{import_id}", {}), 422, "validation_failed")
+    # The delimiter back to detection: the original columns and a mapping that fits them.
+    patched = api.patch(f"/imports/{import_id}", {"delimiter": None})
+    assert patched.json["preview"]["headers"] == ["Name", "Notiz"]
+    assert patched.json["mapping"]["name"] == "Name"
+    api.start(import_id)
+    stack.run_tasks()
+    assert sorted(p["name"] for p in api.products()) == ["Café", "Tasse"]
+
+
+def test_a_shopify_export_with_long_descriptions_gets_a_stored_preview(stack: Any, client_id: str) -> None:
+    """10 products with ~90 KB of Body (HTML) each: the full preview was over Firestore's 1 MiB (a 500)."""
+    body = "<p>" + "Handmade stoneware, glazed by hand; " * 2_500 + "</p>"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["Handle", "Title", "Body (HTML)", "Variant SKU"])
+    writer.writerows([f"mug-{i}", f"Mug {i}", body, f"MUG-{i}"] for i in range(10))
+    data = buffer.getvalue().encode()
+    assert len(data) > 900_000
+    api = Api(stack, client_id)
+    draft = api.draft(data)
+    preview = draft["preview"]
+    assert len(preview["sample"]) == 10
+    assert all(row["truncated"] for row in preview["sample"])
+    assert len(preview["sample"][0]["values"]["description"]) == 1_000
+    assert preview["notes"]
+    assert api.import_(draft["id"])["preview"] == preview  # stored
+    api.start(draft["id"])
+    stack.run_tasks()
+    done = api.import_(draft["id"])
+    assert (done["status"], done["progress"]["created_products"]) == ("completed", 10)
+    assert {len(p["description"]) for p in api.products()} == {20_000}  # the product's own limit
+
+
+# -- bounded chunks: a time budget, failures that end, lost tasks ---------------------------------
+
+
+def test_a_slow_image_host_cannot_hold_a_chunk_delivery_past_its_budget(
+    stack: Any, client_id: str, images: ImageServer
+) -> None:
+    budget, delay = 1.0, 0.4
+    platform = platforms.install(stack, import_chunk_budget_seconds=budget, import_parallel_chunks=1)
+    api = Api(stack, client_id)
+    # Two chunks (3 rows + 1 row) of 3 images each; a chunk took 9 x 0.4 s = 3.6 s in one delivery.
+    rows = [
+        (f"Slow {r}", f"S-{r}", " ".join(images.url(f"/slow/{int(delay * 1000)}/{r}-{k}.png") for k in range(3)))
+        for r in range(4)
+    ]
+    import_id = api.draft(simple_csv(rows))["id"]
+    api.start(import_id)
+
+    durations: list[float] = []
+    seen: list[dict[str, Any]] = []
+    while True:
+        started = time.monotonic()
+        if not _deliver_one(stack.dispatcher):
+            break
+        durations.append(time.monotonic() - started)
+        seen.append(api.import_(import_id)["progress"])
+    # No delivery starts a download after its budget: it ends within the budget and one download.
+    assert max(durations) < budget + delay + 0.5, durations
+    # Progress shows while the first chunk is still in its parts.
+    assert any(0 < p["processed_rows"] < 3 and p["chunks_done"] == 0 for p in seen), seen
+
+    done = api.import_(import_id)
+    assert done["status"] == "completed"
+    assert done["progress"]["processed_rows"] == done["progress"]["created_products"] == 4
+    assert (done["progress"]["images_imported"], done["progress"]["images_failed"]) == (12, 0)
+    assert all(count == 1 for path, count in images.hits.items() if path.startswith("/slow/"))
+    assert len(api.assets()) == 12 and api.report(import_id) == []
+    tasks = [t for ts in chunk_tasks(stack.dispatcher, import_id).values() for t in ts]
+    assert len(tasks) > 2  # the chunks went on in tasks of their own
+    deadline = float(platform.settings.catalog_tasks_timeout_seconds)
+    assert {t.dispatch_deadline for t in tasks} == {deadline}  # Cloud Tasks waits as long as the worker may run
+
+
+class _CrashingFetcher:
+    """The stack's fetcher, except that a URL with /crash/ in it makes the worker itself fail (a bug,
+    an out-of-memory kill): what happens is not an image error but an exception out of the chunk."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def fetch(self, url: str, **kwargs: Any) -> Any:
+        if "/crash/" in url:
+            raise RuntimeError("the worker crashed")
+        return self.inner.fetch(url, **kwargs)
+
+
+def _with_fetcher(stack: Any, fetcher: Any, **settings: Any) -> None:
+    from shared.platform import Platform, set_platform
+
+    base = stack.platform
+    set_platform(
+        Platform(
+            base.settings.model_copy(update=settings),
+            db=base.db,
+            object_store=base.object_store,
+            task_queue=stack.dispatcher,
+            fetcher=fetcher,
+            ledger=base.ledger,
+        )
+    )
+
+
+def test_a_chunk_that_fails_every_attempt_is_recorded_failed_and_the_import_goes_on(
+    stack: Any, client_id: str, images: ImageServer
+) -> None:
+    _with_fetcher(stack, _CrashingFetcher(stack.platform.fetcher), import_parallel_chunks=1)
+    api = Api(stack, client_id)
+    data = simple_csv(
+        [
+            ("A", "A-1", images.url("/img/a.png")),  # chunk 0: rows 2-4
+            ("B", "B-1", images.url("/img/b.png")),
+            ("C", "C-1", images.url("/img/c.png")),
+            ("D", "D-1", images.url("/img/d.png")),  # chunk 1: rows 5-7, row 6 crashes the worker
+            ("E", "E-1", images.url("/crash/e.png")),
+            ("F", "F-1", images.url("/img/f.png")),
+            ("G", "G-1", images.url("/img/g.png")),  # chunk 2: row 8, after the failed chunk
+        ]
+    )
+    done = api.run(data)
+    assert done["status"] == "completed"
+    progress = done["progress"]
+    assert (progress["chunks_done"], progress["chunks_failed"], progress["processed_rows"]) == (3, 1, 7)
+    # Chunk 1's products exist (created before the crash), and so does the image stored before it.
+    assert progress["created_products"] == 7
+    assert (progress["images_imported"], progress["images_failed"]) == (5, 2)
+    task = chunk_tasks(stack.dispatcher, done["id"])[1][0]
+    assert len(task.outcomes) == stack.platform.settings.tasks_max_attempts and task.succeeded
+    report = api.report(done["id"])
+    assert [(r["row"], r["code"]) for r in report] == [("6", "import_chunk_failed"), ("7", "import_chunk_failed")]
+    assert "every attempt" in report[0]["message"]
+    assert images.hits["/img/g.png"] == 1  # the chain went on past the failed chunk
+
+
+class _UnreadableChunks:
+    """The stack's object store, except that the import's chunk files cannot be read."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        if "/chunk-" in key:
+            from shared.errors import UpstreamUnavailable
+
+            raise UpstreamUnavailable("the object store is down")
+        return bytes(self.inner.get(key, max_bytes=max_bytes))
+
+
+def test_an_import_whose_every_chunk_failed_ends_failed(stack: Any, client_id: str) -> None:
+    platforms.install(stack, object_store=_UnreadableChunks(stack.platform.object_store))
+    api = Api(stack, client_id)
+    done = api.run(simple_csv([("A", "A-1", ""), ("B", "B-1", "")]))
+    assert done["status"] == "failed"
+    assert done["failure"] and done["finished_at"]
+    assert done["progress"]["chunks_failed"] == done["progress"]["chunks_total"] == 1
+    assert done["progress"]["failed_rows"] == done["progress"]["processed_rows"] == 2
+    [line] = api.report(done["id"])
+    assert line["code"] == "import_chunk_failed" and "2 rows" in line["message"]
+    assert api.products() == []
+
+
+def _reap(stack: Any, client_id: str, now: Any, **kwargs: Any) -> Any:
+    """The scheduled reaper as of ``now``, for this test's client only (the emulator is shared)."""
+    from shared.catalog.imports import reap_stuck_imports
+    from shared.catalog.policies import import_policy
+
+    p = stack.platform
+    policy = import_policy(p.settings)
+    return reap_stuck_imports(p.db, p.object_store, p.task_queue, policy, now, client_id=client_id, **kwargs)
+
+
+def _losing(monkeypatch: pytest.MonkeyPatch, dispatcher: Any, chunk: int, times: int) -> list[str]:
+    """The next ``times`` enqueues of ``chunk``'s tasks are lost (accepted, never delivered)."""
+    real = dispatcher.enqueue
+    lost: list[str] = []
+
+    def enqueue(task: Any) -> bool:
+        if task.path == "/tasks/import-chunk" and task.payload.chunk == chunk and len(lost) < times:
+            lost.append(str(task.name))
+            return True
+        return bool(real(task))
+
+    monkeypatch.setattr(dispatcher, "enqueue", enqueue)
+    return lost
+
+
+def test_the_reaper_enqueues_a_lost_chunk_again_and_gives_up_on_one_that_never_runs(
+    stack: Any, client_id: str, images: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    _one_chunk_at_a_time(stack)
+    api = Api(stack, client_id)
+    data, expected = _catalog_csv(images)  # 4 chunks
+    stale = timedelta(minutes=stack.platform.settings.import_stale_minutes)
+
+    # Chunk 1's task is lost once: the import stalls after chunk 0.
+    lost = _losing(monkeypatch, stack.dispatcher, 1, 1)
+    import_id = api.draft(data)["id"]
+    api.start(import_id)
+    stack.run_tasks()
+    assert lost and api.import_(import_id)["progress"]["chunks_done"] == 1
+    now = datetime.now(UTC)
+    assert _reap(stack, client_id, now + stale / 2).chunks_requeued == {}  # not stale yet
+    report = _reap(stack, client_id, now + stale + timedelta(minutes=1))
+    assert report.chunks_requeued == {client_id: [f"{import_id}/1"]}
+    stack.run_tasks()
+    done = api.import_(import_id)
+    assert (done["status"], done["progress"]["chunks_failed"]) == ("completed", 0)
+    assert done["progress"]["created_products"] == expected["created"]
+
+    # A chunk whose task is lost every time: re-enqueued twice, then recorded as failed.
+    monkeypatch.undo()
+    lost = _losing(monkeypatch, stack.dispatcher, 2, 10)
+    other = Api(stack, client_id).draft(data)["id"]
+    api.start(other)
+    stack.run_tasks()
+    clock = datetime.now(UTC)
+    outcomes = []
+    for _ in range(3):
+        clock += stale + timedelta(minutes=1)
+        outcomes.append(_reap(stack, client_id, clock))
+        stack.run_tasks()
+    assert [r.chunks_requeued.get(client_id) for r in outcomes] == [[f"{other}/2"], [f"{other}/2"], None]
+    assert outcomes[2].chunks_failed == {client_id: [f"{other}/2"]}
+    assert len(lost) == 3  # the first task and both re-enqueues
+    done = api.import_(other)
+    assert done["status"] == "completed"
+    assert (done["progress"]["chunks_done"], done["progress"]["chunks_failed"]) == (4, 1)
+    assert done["progress"]["processed_rows"] == 12
+    failed = [r for r in api.report(other) if r["code"] == "import_chunk_failed"]
+    assert [r["row"] for r in failed] == ["8", "9", "10"]  # chunk 2: spreadsheet rows 8-10
+    assert "task was lost" in failed[0]["message"]
+    assert _reap(stack, client_id, clock + 2 * stale).imports_checked == 0  # finished: nothing left
+
+
+def test_the_reaper_goes_on_after_an_import_it_cannot_fix(
+    stack: Any, client_id: str, images: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old stuck work must not starve new work: with a limit of one import per run, an import that
+    fails every run (a corrupt document) does not keep the reaper from the next one."""
+    from datetime import UTC, datetime, timedelta
+
+    _losing(monkeypatch, stack.dispatcher, 0, 10)
+    api = Api(stack, client_id)
+    broken, stuck = (api.draft(simple_csv([("A", "A-1", "")]))["id"] for _ in range(2))
+    api.start(broken)
+    api.start(stuck)
+    monkeypatch.undo()
+    imports = stack.platform.db.collection("clients").document(client_id).collection("imports")
+    imports.document(broken).update({"progress": "not a progress"})
+    clock = datetime.now(UTC) + timedelta(minutes=stack.platform.settings.import_stale_minutes + 1)
+    first = _reap(stack, client_id, clock, limit=1)
+    assert (first.failed, first.chunks_requeued, first.more) == ({client_id: "corrupt_document"}, {}, True)
+    second = _reap(stack, client_id, clock, limit=1)
+    assert second.chunks_requeued == {client_id: [f"{stuck}/0"]}
+    stack.run_tasks()
+    assert api.import_(stuck)["status"] == "completed"
+
+
+def test_the_import_reaper_answers_only_the_scheduler(stack: Any, client_id: str) -> None:
+    from tests.conftest import TASK_SECRET
+
+    worker = stack.client("catalog_tasks")
+    assert worker.post("/jobs/reap-stuck-imports", headers=stack.headers(client_id)).status_code in (401, 403)
+    reaped = worker.post("/jobs/reap-stuck-imports", headers={"Authorization": f"Bearer {TASK_SECRET}"})
+    assert reaped.status_code == 200, reaped.json
+    assert {"imports_checked", "chunks_requeued", "chunks_failed", "failed"} <= set(reaped.json)

@@ -135,7 +135,7 @@ def test_other_client_sees_404_and_changes_nothing(
     a = tenant_a
     b = stack.headers(other_client_id)
     store = stack.platform.object_store
-    pending_key = f"clients/{client_id}/uploads/{a.pending_upload_id}"
+    pending_key = f"uploads/{client_id}/{a.pending_upload_id}"
     before = _snapshot(api, a)
     assert len(before[f"/products/{a.product_id}"]["images"]) == 1
     assert store.head(pending_key) is not None
@@ -196,7 +196,7 @@ def test_other_client_sees_404_and_changes_nothing(
     assert stack.run_tasks() == 0
     assert _snapshot(api, a) == before
     assert store.head(pending_key) is not None
-    assert store.head(f"clients/{client_id}/uploads/{a.csv_upload_id}") is not None
+    assert store.head(f"clients/{client_id}/csv/{a.csv_upload_id}") is not None
 
     # And A can still use all of it.
     done = api.post(f"/uploads/{a.pending_upload_id}/complete", headers=a.headers)

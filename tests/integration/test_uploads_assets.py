@@ -6,13 +6,14 @@ GET URLs the API hands out, so the keys, signatures and content types are the re
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests import images
+from tests import images, platforms
 from tests.catalog_helpers import problem
 
 IMAGE_MAX_BYTES = 25 * 1024 * 1024
@@ -88,7 +89,7 @@ def download_image(http: httpx.Client, url: str) -> Image.Image:
 
 
 def upload_key(client_id: str, upload_id: str) -> str:
-    return f"clients/{client_id}/uploads/{upload_id}"
+    return f"uploads/{client_id}/{upload_id}"
 
 
 def get_product(api: Any, headers: dict[str, str], product_id: str) -> dict[str, Any]:
@@ -382,6 +383,162 @@ def test_slot_refusals(api: Any, headers: dict[str, str], product: dict[str, Any
         create_slot(api, headers, product["id"], 100, "text/csv", purpose="csv_import", filename="p.csv"), 422
     )
     assert [e["field"] for e in csv_for_product["errors"]] == ["product_id"]
+
+
+# -- slot limits, expiry and cleanup (security review finding 9) ----------------------------------
+
+
+def sweep(stack: Any, client_id: str, now: datetime) -> Any:
+    """The scheduled sweep as of ``now``, for this test's client only (the emulator is shared)."""
+    from shared.catalog.uploads import sweep_uploads
+
+    return sweep_uploads(stack.platform.db, stack.platform.object_store, now, client_id=client_id)
+
+
+def test_pending_slots_are_capped_per_client(
+    stack: Any, api: Any, http: httpx.Client, headers: dict[str, str], client_id: str, product: dict[str, Any]
+) -> None:
+    platforms.install(stack, upload_max_pending=3)
+    data = images.jpeg((64, 64))
+    slots = [create_slot(api, headers, product["id"], len(data)) for _ in range(3)]
+    assert [slot.status_code for slot in slots] == [201, 201, 201]
+    refused = create_slot(api, headers, product["id"], len(data))
+    body = problem(refused, 429, "too_many_pending_uploads")
+    assert body["limit"] == 3
+    assert refused.headers["Retry-After"]
+    stored = stack.platform.db.collection("clients").document(client_id).collection("uploads").stream()
+    assert len(list(stored)) == 3  # the refused slot left nothing behind
+
+    # A completed slot is not pending any more.
+    put(http, slots[0].json, data)
+    assert api.post(f"/uploads/{slots[0].json['id']}/complete", headers=headers).status_code == 200
+    assert create_slot(api, headers, product["id"], len(data)).status_code == 201
+    problem(create_slot(api, headers, product["id"], len(data)), 429, "too_many_pending_uploads")
+
+    # Nor is one whose URL has expired: an hour later the client may ask again.
+    later = datetime.now(UTC) + timedelta(hours=1)
+    platforms.install(stack, upload_max_pending=3, clock=lambda: later)
+    assert create_slot(api, headers, product["id"], len(data)).status_code == 201
+
+
+def test_concurrent_slot_requests_never_go_past_the_cap(
+    stack: Any, api: Any, client_id: str, product: dict[str, Any]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    platforms.install(stack, upload_max_pending=4)
+
+    def ask(index: int) -> int:
+        response = stack.client("catalog_api").post(
+            "/uploads",
+            json={
+                "filename": f"p{index}.jpg",
+                "content_type": "image/jpeg",
+                "size_bytes": 10,
+                "product_id": product["id"],
+            },
+            headers=stack.headers(client_id),
+        )
+        return int(response.status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(12)))
+    assert set(answers) <= {201, 429}
+    pending = stack.platform.db.collection("clients").document(client_id).collection("uploads").stream()
+    assert answers.count(201) == len(list(pending)) <= 4
+
+
+def test_an_unused_slot_expires_and_its_file_is_swept(
+    stack: Any,
+    api: Any,
+    http: httpx.Client,
+    headers: dict[str, str],
+    store: Any,
+    client_id: str,
+    product: dict[str, Any],
+) -> None:
+    data = images.jpeg((64, 64))
+    slot = create_slot(api, headers, product["id"], len(data)).json
+    put(http, slot, data)  # uploaded, never completed
+    key = upload_key(client_id, slot["id"])
+    assert key.startswith("uploads/")  # the prefix an R2 lifecycle rule expires
+    assert store.head(key) is not None
+
+    expiry = datetime.fromisoformat(slot["expires_at"])
+    assert sweep(stack, client_id, expiry).swept == 0  # its URL may still be used: nothing to do yet
+    assert store.head(key) is not None
+    report = sweep(stack, client_id, expiry + timedelta(minutes=10))
+    assert report.expired == {client_id: [slot["id"]]}
+    assert store.head(key) is None
+    assert api.get(f"/uploads/{slot['id']}", headers=headers).json["status"] == "expired"
+    assert problem(api.post(f"/uploads/{slot['id']}/complete", headers=headers), 409, "upload_expired")
+    assert sweep(stack, client_id, expiry + timedelta(hours=1)).swept == 0  # done once
+    assert get_product(api, headers, product["id"])["images"] == []
+
+
+def test_a_completed_image_upload_url_cannot_change_the_image(
+    stack: Any,
+    api: Any,
+    http: httpx.Client,
+    headers: dict[str, str],
+    store: Any,
+    client_id: str,
+    product: dict[str, Any],
+) -> None:
+    data = images.jpeg((200, 100))
+    slot = create_slot(api, headers, product["id"], len(data)).json
+    put(http, slot, data)
+    done = api.post(f"/uploads/{slot['id']}/complete", headers=headers)
+    assert done.status_code == 200, done.json
+    asset = api.get(f"/assets/{done.json['asset_id']}", headers=headers).json
+    before = download(http, asset["download_url"]).content
+    key = upload_key(client_id, slot["id"])
+    assert store.head(key) is None  # the raw upload is gone at completion
+
+    # The presigned URL is still valid: a second PUT (same length, other bytes) lands on the raw key
+    # only, which nothing reads; the asset and a repeated completion are unchanged.
+    put(http, slot, b"\xff" * len(data))
+    assert store.head(key) is not None
+    again = api.post(f"/uploads/{slot['id']}/complete", headers=headers)
+    assert again.json == done.json
+    assert download(http, api.get(f"/assets/{asset['id']}", headers=headers).json["download_url"]).content == before
+    assert len(get_product(api, headers, product["id"])["images"]) == 1
+
+    # Once the URL has expired the sweep deletes what the late PUT wrote.
+    expiry = datetime.fromisoformat(slot["expires_at"])
+    assert sweep(stack, client_id, expiry + timedelta(minutes=10)).swept == 1
+    assert store.head(key) is None
+    assert api.get(f"/uploads/{slot['id']}", headers=headers).json["status"] == "completed"
+
+
+def test_a_completed_csv_upload_url_cannot_change_what_is_imported(
+    stack: Any, api: Any, http: httpx.Client, headers: dict[str, str], store: Any, client_id: str
+) -> None:
+    first = b"name,sku\nMug,M-1\nCup,C-1\n"
+    slot = create_slot(api, headers, None, len(first), "text/csv", purpose="csv_import", filename="p.csv").json
+    put(http, slot, first)
+    assert api.post(f"/uploads/{slot['id']}/complete", headers=headers).json["status"] == "completed"
+    assert store.head(upload_key(client_id, slot["id"])) is None
+    # Same length, other content: a PUT after the check must not become what is imported.
+    put(http, slot, b"name,sku\nEvi,E-1\nBad,B-2\n")
+    created = api.post("/imports", json={"upload_id": slot["id"]}, headers=headers)
+    assert created.status_code == 201, created.json
+    assert [row["values"]["name"] for row in created.json["preview"]["sample"]] == ["Mug", "Cup"]
+    expiry = datetime.fromisoformat(slot["expires_at"])
+    sweep(stack, client_id, expiry + timedelta(minutes=10))
+    assert store.head(upload_key(client_id, slot["id"])) is None
+    again = api.post("/imports", json={"upload_id": slot["id"]}, headers=headers)  # still importable
+    assert [row["values"]["name"] for row in again.json["preview"]["sample"]] == ["Mug", "Cup"]
+
+
+def test_the_sweep_answers_only_the_scheduler(stack: Any, headers: dict[str, str]) -> None:
+    from tests.conftest import TASK_SECRET
+
+    worker = stack.client("catalog_tasks")
+    assert worker.post("/jobs/sweep-uploads", headers=headers).status_code in (401, 403)
+    swept = worker.post("/jobs/sweep-uploads", headers={"Authorization": f"Bearer {TASK_SECRET}"})
+    assert swept.status_code == 200, swept.json
+    assert set(swept.json) >= {"swept", "expired", "failed"}
 
 
 def test_unknown_upload_is_404(api: Any, headers: dict[str, str]) -> None:
