@@ -310,7 +310,6 @@ def start_import(
     changes = {
         "status": ImportStatus.QUEUED.value,
         "parallel_chunks": window,
-        "chunk_rows": size,
         "progress": progress.model_dump(),
         "started_at": now,
         "updated_at": now,
@@ -360,7 +359,7 @@ Position = tuple[int, int]  # (row index in the chunk, image index in that row)
 class _Part:
     """What one delivery did with its chunk from ``start`` up to ``end`` (``last``: the chunk's end).
 
-    A row is counted (created or failed, with its problems) by the part that starts it, and as
+    Every row is counted (created or failed, with its problems) by the chunk's first part, and as
     processed by the part that finishes it; each image by the part that handles it."""
 
     chunk: int
@@ -609,6 +608,31 @@ def _problems(result: RowResult) -> list[dict[str, Any]]:
 SLOT_LIMIT_ERROR = "The plan's product slots are all used; upgrade in Billing to import more products"
 
 
+def _count_rows(
+    part: _Part, results: list[RowResult], candidates: _Candidates, created: set[str], code: str, message: str
+) -> None:
+    """Count every row of the chunk as created (its product is in ``created``) or failed (``code`` and
+    ``message`` say why a product is missing), with its problems. Only a chunk's first part does
+    this: it is the one that creates the chunk's products, so what a later part (or a failure record
+    of one) counts never overlaps it."""
+    for index, result in enumerate(results):
+        part.errors += _problems(result)
+        entry = candidates.products.get(index)
+        if entry is not None and entry[1].id in created:
+            part.created += 1
+            continue
+        part.failed_rows += 1
+        if index in candidates.invalid:
+            part.errors.append(candidates.invalid[index])
+        elif entry is not None:
+            part.errors.append({"row": entry[0].row_number, "level": "error", "code": code, "message": message})
+
+
+def _existing(db: Client, refs: list[Any]) -> set[str]:
+    """Paths of the documents among ``refs`` that exist."""
+    return {snapshot.reference.path for snapshot in db.get_all(refs) if snapshot.exists} if refs else set()
+
+
 def _process_rows(
     db: Client,
     store: ObjectStore,
@@ -622,49 +646,37 @@ def _process_rows(
 ) -> _Part:
     """Import the chunk's rows from the task's position until the end or ``out_of_time()``.
 
-    No download starts once the time is up, except that a delivery always handles at least one
-    image (so every part makes progress); the part then ends before that image."""
+    The chunk's first part creates the products of all its rows (one commit claims their slots;
+    rows past the free slots are refused) and counts every row; every part then downloads the
+    images of the rows from its position on. No download starts once the time is up, except that a
+    delivery always handles at least one image (so every part makes progress); the part then ends
+    before that image, and a task for the rest of the chunk follows."""
     start_row, start_image = task.row, task.image
     part = _Part(chunk=task.chunk, start=(start_row, start_image), end=(len(results), 0))
     candidates = _candidates(doc, results, start_row, now)
-    # One commit claims the slots and creates the rows' new products; rows past the free slots wait.
-    done = create_products(
-        db, doc.client_id, [product for _, product in candidates.products.values()], now, all_or_nothing=False
-    )
-    refused = {product.id for product in done.refused}
+    products = [product for _, product in candidates.products.values()]
+    if (start_row, start_image) == (0, 0):
+        done = create_products(db, doc.client_id, products, now, all_or_nothing=False)
+        refused = {product.id for product in done.refused}
+        created = {product.id for product in products} - refused
+        _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)
+    else:
+        refs = {products_ref(db, doc.client_id).document(product.id).path: product.id for product in products}
+        created = {refs[path] for path in _existing(db, [db.document(path) for path in refs])}
     progressed = False
     for index in range(start_row, len(results)):
         first_image = start_image if index == start_row else 0
         entry = candidates.products.get(index)
-        urls = entry[0].image_urls if entry is not None and entry[1].id not in refused else ()
+        urls = entry[0].image_urls if entry is not None and entry[1].id in created else ()
         if progressed and first_image < len(urls) and out_of_time():
             part.end, part.last = (index, first_image), False
             return part
-        if first_image == 0:  # the row starts in this part: its outcome is counted here
-            part.errors += _problems(results[index])
-            if entry is None or entry[1].id in refused:
-                part.failed_rows += 1
-                if index in candidates.invalid:
-                    part.errors.append(candidates.invalid[index])
-                elif entry is not None:
-                    part.errors.append(
-                        {
-                            "row": entry[0].row_number,
-                            "level": "error",
-                            "code": "product_slot_limit",
-                            "message": SLOT_LIMIT_ERROR,
-                        }
-                    )
-                part.rows += 1
-                progressed = True
-                continue
-            part.created += 1
-        assert entry is not None
-        draft, product = entry
         for image in range(first_image, len(urls)):
             if image > first_image and out_of_time():
                 part.end, part.last = (index, image), False
                 return part
+            assert entry is not None
+            draft, product = entry
             _import_image(db, store, fetcher, doc, draft.row_number, product.id, image, urls[image], policy, now, part)
         part.rows += 1
         progressed = True
@@ -674,82 +686,51 @@ def _process_rows(
 def _failed_part(
     db: Client, store: ObjectStore, doc: ImportDoc, task: ImportChunkTask, now: datetime, reason: str
 ) -> _Part:
-    """The rest of the chunk (from the task's position) recorded without processing it: what already
-    exists (products, images) of an earlier attempt counts as imported, the rest as failed."""
+    """The rest of the chunk (from the task's position) recorded without processing it: products and
+    images an earlier attempt made count as imported, the rest as failed, each in errors.csv. Raises
+    when the chunk's rows cannot be read (the object store is down): then nothing can be counted
+    right, and the reaper tries again on its next run."""
     part = _Part(chunk=task.chunk, start=(task.row, task.image), failed=True)
-    try:
-        results = _chunk_results(store, doc, task.chunk)
-    except Exception:
-        logger.exception("rows of chunk %s of import %s cannot be read", task.chunk, doc.id)
-        expected = _expected_rows(doc, task.chunk)
-        part.rows = max(0, expected - task.row)
-        part.failed_rows = max(0, part.rows - (1 if task.image else 0))
-        part.end = (max(expected, task.row), 0)
-        part.errors.append(
-            {
-                "row": "",
-                "level": "error",
-                "code": "import_chunk_failed",
-                "message": f"{part.rows} rows of part {task.chunk + 1} were not imported: {reason}.",
-            }
-        )
-        return part
+    results = _chunk_results(store, doc, task.chunk)
     part.end = (len(results), 0)
     candidates = _candidates(doc, results, task.row, now)
-    product_refs = {i: products_ref(db, doc.client_id).document(p.id) for i, (_, p) in candidates.products.items()}
-    asset_ids = {
-        (i, k): _derived_id("ast", doc.id, draft.row_number, k)
-        for i, (draft, _) in candidates.products.items()
-        for k in range(len(draft.image_urls))
+    product_paths = {
+        products_ref(db, doc.client_id).document(product.id).path: product.id
+        for _, product in candidates.products.values()
     }
-    refs = [*product_refs.values(), *(assets_ref(db, doc.client_id).document(a) for a in asset_ids.values())]
-    existing = {snapshot.reference.path for snapshot in db.get_all(refs) if snapshot.exists} if refs else set()
+    asset_ids = {
+        (index, image): _derived_id("ast", doc.id, draft.row_number, image)
+        for index, (draft, _) in candidates.products.items()
+        for image in range(len(draft.image_urls))
+    }
     assets = assets_ref(db, doc.client_id)
+    refs = [db.document(path) for path in product_paths] + [assets.document(a) for a in asset_ids.values()]
+    existing = _existing(db, refs)
+    created = {product_id for path, product_id in product_paths.items() if path in existing}
+    if (task.row, task.image) == (0, 0):
+        message = f"The product was not created: {reason}."
+        _count_rows(part, results, candidates, created, "import_chunk_failed", message)
     for index in range(task.row, len(results)):
         first_image = task.image if index == task.row else 0
         entry = candidates.products.get(index)
-        if first_image == 0:
-            part.errors += _problems(results[index])
-            if entry is None or product_refs[index].path not in existing:
-                part.failed_rows += 1
-                if index in candidates.invalid:
-                    part.errors.append(candidates.invalid[index])
-                elif entry is not None:
-                    part.errors.append(
-                        {
-                            "row": entry[0].row_number,
-                            "level": "error",
-                            "code": "import_chunk_failed",
-                            "message": f"The product was not created: {reason}.",
-                        }
-                    )
-                part.rows += 1
-                continue
-            part.created += 1
-        assert entry is not None
-        draft = entry[0]
-        for image in range(first_image, len(draft.image_urls)):
-            if assets.document(asset_ids[(index, image)]).path in existing:
-                part.images_imported += 1
-                continue
-            part.images_failed += 1
-            part.errors.append(
-                {
-                    "row": draft.row_number,
-                    "level": "error",
-                    "code": "import_chunk_failed",
-                    "message": f"image {image + 1} ({_short(draft.image_urls[image])}): not imported: {reason}.",
-                }
-            )
+        if entry is not None and entry[1].id in created:
+            draft = entry[0]
+            for image in range(first_image, len(draft.image_urls)):
+                if assets.document(asset_ids[(index, image)]).path in existing:
+                    part.images_imported += 1
+                    continue
+                part.images_failed += 1
+                url = _short(draft.image_urls[image])
+                part.errors.append(
+                    {
+                        "row": draft.row_number,
+                        "level": "error",
+                        "code": "import_chunk_failed",
+                        "message": f"image {image + 1} ({url}): not imported: {reason}.",
+                    }
+                )
         part.rows += 1
     return part
-
-
-def _expected_rows(doc: ImportDoc, chunk: int) -> int:
-    """How many rows chunk ``chunk`` holds (0 when the import did not keep its chunk size)."""
-    if not doc.chunk_rows:
-        return 0
-    return max(0, min(doc.chunk_rows, doc.progress.total_rows - chunk * doc.chunk_rows))
 
 
 def _derived_id(prefix: str, *parts: object) -> str:
@@ -906,28 +887,27 @@ def _reap_import(
         else:
             reached[part.chunk] = max(reached.get(part.chunk, (0, 0)), part.end)
     reaped = dict(doc.reaped)
-    handed_on: set[int] = set()  # successors of chunks failed in this pass: already enqueued
+    give_up: list[ImportChunkTask] = []
     for chunk in range(doc.progress.chunks_total):
         # A chunk is due once the chunk one window behind it is done (or it is in the first window).
-        if chunk in done or chunk in handed_on or (chunk >= window and chunk - window not in done):
+        if chunk in done or (chunk >= window and chunk - window not in done):
             continue
         row, image = reached.get(chunk, (0, 0))
         task = ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=chunk, row=row, image=image)
-        label = f"{doc.id}/{chunk}"
         count = reaped.get(str(chunk), 0)
-        if count < MAX_REQUEUES:
-            queue.enqueue(_chunk_task(task, policy, attempt=f"reap{count + 1}"))
-            reaped[str(chunk)] = count + 1
-            report.chunks_requeued.setdefault(doc.client_id, []).append(label)
-            logger.warning("chunk %s of import %s made no progress: enqueued again", chunk, doc.id)
+        if count >= MAX_REQUEUES:
+            give_up.append(task)
             continue
-        part_ref = _chunks_ref(db, doc.client_id, doc.id).document(_part_id(chunk, (row, image)))
-        part = _record_part(db, doc, part_ref, _failed_part(db, store, doc, task, now, "its task was lost"), now)
-        done.add(chunk)
-        handed_on.add(chunk + window)
-        report.chunks_failed.setdefault(doc.client_id, []).append(label)
-        logger.warning("chunk %s of import %s never finished: recorded as failed", chunk, doc.id)
-        _pass_on(db, queue, doc, task, part, policy, now)
+        queue.enqueue(_chunk_task(task, policy, attempt=f"reap{count + 1}"))
+        reaped[str(chunk)] = count + 1
+        report.chunks_requeued.setdefault(doc.client_id, []).append(f"{doc.id}/{chunk}")
+        logger.warning("chunk %s of import %s made no progress: enqueued again", chunk, doc.id)
     # Touched: the import leaves the stale set for a while, and the next pass sees what this one did.
     imports_ref(db, doc.client_id).document(doc.id).update({"reaped": reaped, "updated_at": now})
+    for task in give_up:
+        part_ref = _chunks_ref(db, doc.client_id, doc.id).document(_part_id(task.chunk, (task.row, task.image)))
+        part = _record_part(db, doc, part_ref, _failed_part(db, store, doc, task, now, "its task was lost"), now)
+        report.chunks_failed.setdefault(doc.client_id, []).append(f"{doc.id}/{task.chunk}")
+        logger.warning("chunk %s of import %s never finished: recorded as failed", task.chunk, doc.id)
+        _pass_on(db, queue, doc, task, part, policy, now)  # the chunk one window ahead, or the end
     _complete_when_every_chunk_is_done(db, imports_ref(db, doc.client_id).document(doc.id), now)

@@ -425,8 +425,6 @@ class ImportDoc(BaseModel):
     # Chunks in flight at once, fixed when the import starts: the API that starts it and the worker
     # that runs it are separate functions and must agree (imports from before the window ran as a chain).
     parallel_chunks: int = 1
-    # Rows per chunk, fixed when the import starts (0: unknown, imports from before it was kept).
-    chunk_rows: int = 0
     # How the file is read when the merchant chose it (None: detected; the preview says what was used).
     encoding: str | None = None
     delimiter: str | None = None

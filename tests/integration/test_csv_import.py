@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -832,26 +833,49 @@ class _CrashingFetcher:
         return self.inner.fetch(url, **kwargs)
 
 
-def _with_fetcher(stack: Any, fetcher: Any, **settings: Any) -> None:
+def _platform_with(stack: Any, *, fetcher: Any = None, db: Any = None, **settings: Any) -> None:
+    """The stack's platform with another fetcher or Firestore client (and settings)."""
     from shared.platform import Platform, set_platform
 
     base = stack.platform
     set_platform(
         Platform(
             base.settings.model_copy(update=settings),
-            db=base.db,
+            db=db or base.db,
             object_store=base.object_store,
             task_queue=stack.dispatcher,
-            fetcher=fetcher,
+            fetcher=fetcher or base.fetcher,
             ledger=base.ledger,
         )
     )
 
 
+def _refusing_product_writes() -> Any:
+    """A Firestore client (of the tests' project) whose commits that write products fail unanswered,
+    as when the database refuses them: every attempt to create a chunk's products fails."""
+    from google.api_core.exceptions import ServiceUnavailable
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    from tests.conftest import PROJECT
+
+    class Refusing(WriteBatch):
+        def commit(self, *args: Any, **kwargs: Any) -> Any:
+            if any("/products/" in write.update.name for write in self._write_pbs):
+                raise ServiceUnavailable("the database refused the write")
+            return super().commit(*args, **kwargs)
+
+    class Client(firestore.Client):
+        def batch(self) -> Any:
+            return Refusing(self)
+
+    return Client(project=PROJECT)
+
+
 def test_a_chunk_that_fails_every_attempt_is_recorded_failed_and_the_import_goes_on(
     stack: Any, client_id: str, images: ImageServer
 ) -> None:
-    _with_fetcher(stack, _CrashingFetcher(stack.platform.fetcher), import_parallel_chunks=1)
+    _platform_with(stack, fetcher=_CrashingFetcher(stack.platform.fetcher), import_parallel_chunks=1)
     api = Api(stack, client_id)
     data = simple_csv(
         [
@@ -879,33 +903,20 @@ def test_a_chunk_that_fails_every_attempt_is_recorded_failed_and_the_import_goes
     assert images.hits["/img/g.png"] == 1  # the chain went on past the failed chunk
 
 
-class _UnreadableChunks:
-    """The stack's object store, except that the import's chunk files cannot be read."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        if "/chunk-" in key:
-            from shared.errors import UpstreamUnavailable
-
-            raise UpstreamUnavailable("the object store is down")
-        return bytes(self.inner.get(key, max_bytes=max_bytes))
-
-
 def test_an_import_whose_every_chunk_failed_ends_failed(stack: Any, client_id: str) -> None:
-    platforms.install(stack, object_store=_UnreadableChunks(stack.platform.object_store))
     api = Api(stack, client_id)
-    done = api.run(simple_csv([("A", "A-1", ""), ("B", "B-1", "")]))
+    import_id = api.draft(simple_csv([("A", "A-1", ""), ("B", "B-1", "")]))["id"]
+    _platform_with(stack, db=_refusing_product_writes())
+    api.start(import_id)
+    stack.run_tasks()
+    done = api.import_(import_id)
     assert done["status"] == "failed"
     assert done["failure"] and done["finished_at"]
     assert done["progress"]["chunks_failed"] == done["progress"]["chunks_total"] == 1
     assert done["progress"]["failed_rows"] == done["progress"]["processed_rows"] == 2
-    [line] = api.report(done["id"])
-    assert line["code"] == "import_chunk_failed" and "2 rows" in line["message"]
+    report = api.report(import_id)
+    assert [(r["row"], r["code"]) for r in report] == [("2", "import_chunk_failed"), ("3", "import_chunk_failed")]
+    assert "every attempt" in report[0]["message"]
     assert api.products() == []
 
 
@@ -937,7 +948,6 @@ def _losing(monkeypatch: pytest.MonkeyPatch, dispatcher: Any, chunk: int, times:
 def test_the_reaper_enqueues_a_lost_chunk_again_and_gives_up_on_one_that_never_runs(
     stack: Any, client_id: str, images: ImageServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime, timedelta
 
     _one_chunk_at_a_time(stack)
     api = Api(stack, client_id)
@@ -989,7 +999,6 @@ def test_the_reaper_goes_on_after_an_import_it_cannot_fix(
 ) -> None:
     """Old stuck work must not starve new work: with a limit of one import per run, an import that
     fails every run (a corrupt document) does not keep the reaper from the next one."""
-    from datetime import UTC, datetime, timedelta
 
     _losing(monkeypatch, stack.dispatcher, 0, 10)
     api = Api(stack, client_id)
