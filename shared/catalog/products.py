@@ -14,10 +14,8 @@ product (Firestore has no full-text search): the query narrows on the longest qu
 from __future__ import annotations
 
 import logging
-import random
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +35,7 @@ from shared.catalog.models import (
 )
 from shared.errors import EpoxError, NotFound, UpstreamUnavailable
 from shared.http.pagination import Page, decode_cursor, encode_cursor
+from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
@@ -52,11 +51,6 @@ _WORD = re.compile(r"[\w]+", re.UNICODE)
 # A commit holds at most 500 writes (the counter plus the products) and 10 MiB: groups stay well under.
 MAX_PRODUCTS_PER_COMMIT = 400
 MAX_COMMIT_BYTES = 4 * 1024 * 1024
-# Optimistic commits: attempts and jittered exponential backoff (the ledger's numbers).
-SLOT_ATTEMPTS = 60
-SLOT_BASE_BACKOFF = 0.005
-SLOT_MAX_BACKOFF = 0.25
-_rng = random.Random()
 
 
 def new_id(prefix: str) -> str:
@@ -219,7 +213,7 @@ def recount_product_usage(db: Client, client_id: str, now: datetime, *, only_if_
     from google.api_core.exceptions import NotFound as GNotFound
 
     ref = usage_ref(db, client_id)
-    for attempt in range(SLOT_ATTEMPTS):
+    for _attempt in attempts(CONTENDED_COMMIT, "product counter recount"):
         snapshot = ref.get()
         if only_if_missing and snapshot.exists:
             return ProductUsageDoc.model_validate(snapshot.to_dict()).used  # another writer backfilled it
@@ -231,8 +225,7 @@ def recount_product_usage(db: Client, client_id: str, now: datetime, *, only_if_
             else:
                 ref.create(doc)
         except (AlreadyExists, FailedPrecondition, GNotFound):
-            _backoff(attempt)
-            continue
+            continue  # another writer moved the counter since it was read: read again
         return count
     raise UpstreamUnavailable("The product counter is busy; try again", retry_after=1)
 
@@ -282,10 +275,6 @@ def _get_all(db: Client, refs: list[Any]) -> list[Any]:
     """Snapshots in the order of ``refs`` (``get_all`` answers in any order)."""
     by_path = {snapshot.reference.path: snapshot for snapshot in db.get_all(refs)}
     return [by_path[ref.path] for ref in refs]
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(_rng.uniform(0, min(SLOT_MAX_BACKOFF, SLOT_BASE_BACKOFF * 2 ** min(attempt, 10))))
 
 
 def _commit(batch: Any) -> None:
@@ -355,7 +344,7 @@ def _create_group(
 ) -> CreatedProducts:
     counter = usage_ref(db, client_id)
     refs = [products_ref(db, client_id).document(doc.id) for doc in docs]
-    for attempt in range(SLOT_ATTEMPTS):
+    for _attempt in attempts(CONTENDED_COMMIT, "product slots"):
         usage_snapshot, client_snapshot, *product_snapshots = _get_all(db, [counter, _client_ref(db, client_id), *refs])
         if not usage_snapshot.exists:
             recount_product_usage(db, client_id, now, only_if_missing=True)  # lazy backfill; then read again
@@ -382,7 +371,6 @@ def _create_group(
         try:
             _commit(batch)
         except _SlotConflict:
-            _backoff(attempt)
             continue
         after = SlotUsage(limit=usage.limit, used=usage.used + len(taken))
         return CreatedProducts(created=taken, existing=existing, refused=refused, usage=after)
@@ -409,7 +397,7 @@ def update_product(db: Client, client_id: str, product_id: str, data: ProductUpd
     from google.api_core.exceptions import NotFound as GNotFound
 
     ref = products_ref(db, client_id).document(product_id)
-    for _ in range(5):
+    for _attempt in attempts(CONTENDED_COMMIT, "product update"):
         snapshot = ref.get()
         if not snapshot.exists:
             raise NotFound(f"No product {product_id}")
@@ -438,7 +426,7 @@ def delete_product(db: Client, client_id: str, product_id: str, now: datetime) -
     """Delete the product and free its slot in one commit (404 when it is not there)."""
     ref = products_ref(db, client_id).document(product_id)
     counter = usage_ref(db, client_id)
-    for attempt in range(SLOT_ATTEMPTS):
+    for _attempt in attempts(CONTENDED_COMMIT, "product delete"):
         product_snapshot, usage_snapshot = _get_all(db, [ref, counter])
         if not product_snapshot.exists:
             raise NotFound(f"No product {product_id}")
@@ -457,7 +445,6 @@ def delete_product(db: Client, client_id: str, product_id: str, now: datetime) -
         try:
             _commit(batch)
         except _SlotConflict:
-            _backoff(attempt)
             continue
         return
     raise UpstreamUnavailable("Product slots are busy; try again", retry_after=1)
