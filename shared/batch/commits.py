@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from shared.retry import TRANSIENT_UPSTREAM, attempts
+from shared.retry import TRANSIENT_UPSTREAM, RetryPolicy, attempts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,17 +47,18 @@ def commit_once(
     what: str,
     *,
     conflicts: tuple[type[Exception], ...] | None = None,
+    policy: RetryPolicy = TRANSIENT_UPSTREAM,
 ) -> T | R | None:
     """``commit()``'s result; or, when it failed but ``recognise()`` finds our own write in Firestore,
     what ``recognise`` returned; or None when a conflict (``conflicts``, default AlreadyExists and
     FailedPrecondition) means someone else wrote first. A transient failure whose write is not there
-    is committed again while the policy allows, then raised (the caller's delivery is retried).
+    is committed again while ``policy`` allows, then raised (the caller's delivery is retried).
 
     ``commit`` must send the same writes each time, with ``retry=None``; ``recognise`` must read
     strongly (a document get), and return None unless the writer's own token is there."""
     transient, lost = _transient(), conflicts or _conflicts()
     failure: Exception | None = None
-    for _attempt in attempts(TRANSIENT_UPSTREAM, what):
+    for _attempt in attempts(policy, what):
         try:
             return commit()
         except lost:

@@ -349,7 +349,8 @@ def _recover_job(
                 queue.enqueue(kind.settle_task(job.client_id, job.id, clock()))
                 return [("pages_failed", f"{job.id}/{page}") for page in missing]
             created = queue.enqueue(kind.fanout_task(job.client_id, job.id, missing[0]))
-            job_ref.update({"updated_at": now, "fanout_requeues": firestore.Increment(int(created))})
+            # No automatic retry: a resent increment whose first answer was lost would count twice.
+            job_ref.update({"updated_at": now, "fanout_requeues": firestore.Increment(int(created))}, retry=None)
             if created:
                 logger.warning("%s %s lost fan-out page %s: enqueued again", kind.noun, job.id, missing[0])
                 return [("jobs_started", job.id)]

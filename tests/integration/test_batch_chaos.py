@@ -203,6 +203,33 @@ class ChaosEngine(ImageEngine):
         return self.inner.complete_text(request)
 
 
+def run_to_settlement(
+    kind: Any,
+    db: FaultyClient,
+    queue: ChaosQueue,
+    engine: ChaosEngine,
+    job_id: str,
+    handle: Callable[[TaskRequest, int], object],
+) -> Any:
+    """Deliver, let time pass and run the reaper every RUN_EVERY, the chaos stopping after
+    CHAOS_PASSES runs: the job, which must be settled within SETTLE_PASSES more."""
+    clock, client_id = queue.clock, queue.client_id
+    for run in range(CHAOS_PASSES + SETTLE_PASSES):
+        if run == CHAOS_PASSES:
+            queue.chaos = engine.chaos = False
+        queue.deliver_until(clock.now + RUN_EVERY, handle)
+        clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
+        recovery.reap(kind, db, queue, clock.now, lease=LEASE, clock=clock)
+        if kind.get_job(db, client_id, job_id).settled:
+            PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
+            break
+    SEEN.update(queue.fates)
+    SEEN.update(f"engine {call}" for call in engine.calls.elements())
+    done = kind.get_job(db, client_id, job_id)
+    assert done.settled, (queue.fates, engine.calls, lifecycle.progress(kind, db, done).totals)
+    return done
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report_passes() -> Any:
     yield
@@ -260,19 +287,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         request_key=None,
     )
 
-    for run in range(CHAOS_PASSES + SETTLE_PASSES):
-        if run == CHAOS_PASSES:
-            queue.chaos = engine.chaos = False
-        queue.deliver_until(clock.now + RUN_EVERY, handle)
-        clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
-        recovery.reap(GENERATION, db, queue, clock.now, lease=LEASE, clock=clock)
-        if GENERATION.get_job(db, client_id, job.id).settled:
-            PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
-            break
-    SEEN.update(queue.fates)
-    SEEN.update(f"engine {call}" for call in engine.calls.elements())
-    done = GENERATION.get_job(db, client_id, job.id)
-    assert done.settled, (queue.fates, engine.calls, lifecycle.progress(GENERATION, db, done).totals)
+    done = run_to_settlement(GENERATION, db, queue, engine, job.id, handle)
 
     # Each image is charged once, and only if it is in the customer's library.
     item_docs = lifecycle.items_with_status(GENERATION, db, client_id, job.id, ItemStatus.SUCCEEDED)
@@ -293,3 +308,102 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     # No asset without its files.
     for asset in library.values():
         assert object_store.head(asset["key"]) is not None and object_store.head(asset["thumbnail_key"]) is not None
+
+
+@budget(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data(), assets=st.integers(1, 4))
+def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
+    data: st.DataObject, assets: int, settings: Any, object_store: Any
+) -> None:
+    from shared.catalog.assets import assets_ref, stage_new_asset
+    from shared.catalog.models import AssetDoc, AssetKind
+    from shared.editing import service
+    from shared.editing.models import EditRequest
+    from shared.editing.service import EDITS
+    from tests import images
+
+    clock = Clock()
+    db = FaultyClient()
+    client_id = "c_chaos"
+    queue = ChaosQueue(clock, data.draw, db, client_id)
+    engine = ChaosEngine(data.draw)
+    ledger = Ledger(FirestoreLedgerStore(db), clock=clock, low_balance_threshold=0)
+    admin = Actor(kind="admin", id="t")
+    ledger.grant(client_id, key="g", amount=1000, source=GrantSource.PACK, actor=admin, reason="t")
+    policy = service.edit_policy(settings.model_copy(update={"tasks_max_attempts": MAX_ATTEMPTS}))
+    photo = images.png((64, 48))
+    asset_ids = []
+    for index in range(assets):
+        key = f"clients/{client_id}/chaos/{db.project}/photo-{index}.png"
+        object_store.put(key, photo, "image/png")
+        asset = AssetDoc(
+            id=f"ast_{index}",
+            client_id=client_id,
+            kind=AssetKind.PRODUCT_IMAGE,
+            source="upload",
+            key=key,
+            thumbnail_key=key,
+            content_type="image/png",
+            width=64,
+            height=48,
+            created_at=clock.now,
+            updated_at=clock.now,
+        )
+        batch = db.batch()
+        stage_new_asset(batch, db, asset, size_bytes=len(photo), operation="upload")
+        batch.commit()
+        asset_ids.append(asset.id)
+
+    def no_remover() -> Any:
+        raise AssertionError("no background removal in these jobs")
+
+    def handle(task: TaskRequest, retry_count: int) -> object:
+        payload = task.payload
+        now = clock.now
+        if isinstance(payload, ItemTask):
+            call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
+            return service.run_item(
+                db, object_store, queue, engine, no_remover, payload, call, policy, now, clock=clock
+            )
+        assert isinstance(payload, JobTask)
+        if task.path == "/tasks/fanout":
+            return lifecycle.run_fanout(EDITS, db, queue, payload, now)
+        return lifecycle.run_settle(EDITS, db, ledger, payload, now)
+
+    request = EditRequest.model_validate(
+        {"asset_ids": asset_ids, "operations": [{"op": "prompt_edit", "prompt": "warmer light"}]}
+    )
+    prepared = service.prepare(db, load_default_prices(), client_id, request, policy)
+    job = service.create_job(
+        db,
+        object_store,
+        queue,
+        ledger,
+        prepared,
+        client_id=client_id,
+        user_id="u1",
+        policy=policy,
+        now=clock.now,
+        request_key=None,
+    )
+    done = run_to_settlement(EDITS, db, queue, engine, job.id, handle)
+
+    # Each edited asset has exactly the one revision its item recorded, with its files; only those are charged.
+    item_docs = lifecycle.all_items(EDITS, db, done)
+    edited = [item for item in item_docs if item.status is ItemStatus.SUCCEEDED]
+    for item in item_docs:
+        stored = assets_ref(db, client_id).document(item.asset_id)
+        asset = stored.get().to_dict()
+        revisions = sorted(int(r.id) for r in stored.collection("revisions").stream())
+        assert revisions == ([1, 2] if item in edited else [1]), (item, revisions)
+        assert asset["current_revision"] == revisions[-1] and (item.revision or 1) == revisions[-1]
+        assert object_store.head(asset["key"]) is not None and object_store.head(asset["thumbnail_key"]) is not None
+    price = sum(item.cost for item in edited)
+    assert done.settlement is not None and (done.settlement["captured"], done.settlement["released"]) == (
+        price,
+        job.cost - price,
+    )
+    entries = Counter(e.type for e in ledger.store.entries(client_id) if e.hold_id == job.hold_id)
+    assert entries[EntryType.RESERVE] == 1 and entries[EntryType.CAPTURE] <= 1 and entries[EntryType.RELEASE] <= 1
+    assert ledger.state(client_id).holds == {} and ledger.verify(client_id) == []
+    assert ledger.state(client_id).available == 1000 - price

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 from flask import Request
+from google.api_core.exceptions import AlreadyExists, FailedPrecondition, ServiceUnavailable
 from pydantic import ValidationError
 from werkzeug.test import EnvironBuilder
 
 from shared.batch import lifecycle
+from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, Finished, ItemTakenOver, JobKind
 from shared.batch.lifecycle import ItemRun, RequestKey
 from shared.batch.models import FanoutPageTask, ItemStatus, JobStatus, JobTask
@@ -26,6 +28,7 @@ from shared.errors import IdempotencyKeyReused, NotFound, UpstreamUnavailable
 from shared.generation.jobs import GENERATION
 from shared.generation.models import GenerationSettings, ItemDoc, JobDoc
 from shared.http.app import RequestContext
+from shared.retry import RetryPolicy
 from shared.tasks import SETTLE_WINDOW_SECONDS, RetryTask
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -282,3 +285,61 @@ def test_the_fingerprint_is_the_http_layers_parsed_body_method_and_path() -> Non
     assert first == same and first.key == "k1"
     assert other.fingerprint != first.fingerprint != elsewhere.fingerprint
     assert request_key(keyed_context(b"{}", None)) is None
+
+
+# -- a commit whose answer was lost ---------------------------------------------------------------
+
+NO_WAIT = RetryPolicy(attempts=3, base=0.0, cap=0.0, deadline=60.0)
+
+
+class Commits:
+    """A commit that fails as told, then works; and a store that says whether our write is there."""
+
+    def __init__(self, *failures: Exception, landed: bool = False) -> None:
+        self.failures = list(failures)
+        self.landed = landed
+        self.calls = 0
+
+    def commit(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.landed = True
+        return "committed"
+
+    def recognise(self) -> str | None:
+        return "ours" if self.landed else None
+
+
+def test_a_commit_that_landed_but_answered_unavailable_is_recognised() -> None:
+    landed = Commits(ServiceUnavailable("lost answer"), landed=True)
+    assert commit_once(landed.commit, landed.recognise, "t", policy=NO_WAIT) == "ours" and landed.calls == 1
+    replayed = Commits(FailedPrecondition("our own write moved the update time"), landed=True)
+    assert commit_once(replayed.commit, replayed.recognise, "t", policy=NO_WAIT) == "ours"
+
+
+def test_a_conflict_without_our_write_is_a_lost_race_and_a_transient_failure_is_committed_again() -> None:
+    lost = Commits(AlreadyExists("someone else created it"))
+    assert commit_once(lost.commit, lost.recognise, "t", policy=NO_WAIT) is None and lost.calls == 1
+    flaky = Commits(ServiceUnavailable("down"))
+    assert commit_once(flaky.commit, flaky.recognise, "t", policy=NO_WAIT) == "committed" and flaky.calls == 2
+    down = Commits(*(ServiceUnavailable("down") for _ in range(NO_WAIT.attempts)))
+    with pytest.raises(ServiceUnavailable):
+        commit_once(down.commit, down.recognise, "t", policy=NO_WAIT)
+    assert down.calls == NO_WAIT.attempts
+
+
+# -- what a kind must be -----------------------------------------------------------------------------
+
+
+def test_a_paged_kind_is_counted_and_its_items_can_be_written_from_the_lifecycles_fields() -> None:
+    from shared.batch.models import BatchItemDoc, PagedJobDoc
+
+    class Item(BatchItemDoc):
+        prompt: str  # no default: a page the reaper gives up could not be written
+
+    with pytest.raises(TypeError, match="must be counted"):
+        type("Uncounted", (JobKind,), {"job_model": PagedJobDoc, "item_model": BatchItemDoc})
+    with pytest.raises(TypeError, match="need defaults"):
+        type("Strict", (JobKind,), {"job_model": PagedJobDoc, "item_model": Item, "counted": True})
+    type("Fine", (JobKind,), {"job_model": PagedJobDoc, "item_model": BatchItemDoc, "counted": True})
