@@ -124,13 +124,14 @@ def reap(
                 acted += 1
                 report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
     acted = 0
+    jobs: dict[str, Any] = {}  # a large job's queued items are many: its document is read once per run
     for snapshot in _items(kind, db, ItemStatus.QUEUED, now - stall_grace):
         if acted >= limit:
             report.more = True
             break
         client_id, job_id = _owner(snapshot.reference)
         with isolated(report.job, client_id, report.failed, step="queued items"):
-            done = requeue_stalled_item(kind, db, queue, snapshot, now, stall_grace, clock=finished_at)
+            done = requeue_stalled_item(kind, db, queue, snapshot, now, stall_grace, clock=finished_at, jobs=jobs)
             if done is not None:
                 acted += 1
                 found = report.items_failed if done == "failed" else report.items_requeued
@@ -186,19 +187,24 @@ def requeue_stalled_item(
     stall_grace: timedelta = STALL_GRACE,
     *,
     clock: Callable[[], datetime] | None = None,
+    jobs: dict[str, Any] | None = None,
 ) -> Literal["requeued", "waiting", "failed"] | None:
     """Enqueue the task of the queued item ``snapshot`` again ("requeued": it was lost; "waiting": a
     task of that name still exists, or its name is still reserved after it ended), or, once
     :data:`MAX_REQUEUES` re-created tasks were lost too, fail it ("failed"; cancelled when its job was
     stopped) and enqueue the settlement. None when there is nothing to do: the item was taken since,
-    its job is settled, not fanned out yet (the job pass sees to that) or was touched recently."""
+    its job is settled, not fanned out yet (the job pass sees to that) or was touched recently.
+    ``jobs`` caches the job documents read during one run, by job id."""
     from google.api_core.exceptions import FailedPrecondition
 
     client_id, job_id = _owner(snapshot.reference)
     item = kind.item_model.model_validate(snapshot.to_dict())
     if item.status is not ItemStatus.QUEUED:
         return None
-    job = kind.get_job(db, client_id, job_id)
+    cache = jobs if jobs is not None else {}
+    if f"{client_id}/{job_id}" not in cache:
+        cache[f"{client_id}/{job_id}"] = kind.get_job(db, client_id, job_id)
+    job = cache[f"{client_id}/{job_id}"]
     if job.settled or job.status is JobStatus.QUEUED or job.updated_at > now - stall_grace:
         return None
     if item.requeues >= MAX_REQUEUES:
