@@ -156,6 +156,9 @@ def main() -> int:
     from bench import edit
 
     edit.main()
+    from bench import imports
+
+    imports.main()
     return 0
 
 
