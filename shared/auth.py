@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 logger = log.get_logger("epox.auth")
 
-_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Starts alphanumeric: it names the tenant's document, and Firestore reserves ids like "__x__".
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 @dataclass(frozen=True)
