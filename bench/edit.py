@@ -11,9 +11,12 @@
    Not tracemalloc: Pillow allocates pixel memory with its own C allocator, which tracemalloc never
    sees. Not ``ru_maxrss``: Linux carries the parent's high-water mark into a child across
    vfork/exec, so a child started by a big parent reports the parent's peak.
-4. Background removal per 1024x1024 image with the tiny test model through the real rembg path, in a
-   fresh subprocess: the one-off cost of importing rembg and creating the session, then 20 images.
-   The tiny model makes this rembg's own overhead (resize to 320, normalise, mask resize,
+4. Background removal on a new instance: a fresh interpreter with an EMPTY numba cache
+   (``NUMBA_CACHE_DIR`` pointed at a new directory) imports the edit function and runs its first
+   1024x1024 removal with the tiny test model; wall time from spawning the interpreter to the
+   finished cutout (target <= 3 s), median of 3, and which of rembg/pymatting/numba/scipy it loaded
+   (none: only alpha matting imports rembg). Then 20 more images in that process. The tiny model
+   makes the per-image figure the pipeline's own overhead (resize to 320, normalise, mask resize,
    compositing), not a real u2net's inference (~0.3-1 s per image on CPU).
 """
 
@@ -203,49 +206,63 @@ def peak_memory(path: Path) -> dict[str, dict[str, float]]:
 
 _REMBG_PROBE = """
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
-from PIL import Image, ImageDraw
 t0 = time.perf_counter()
-import rembg
+import importlib.util
+sys.path.insert(0, sys.argv[1])
+spec = importlib.util.spec_from_file_location("edit_main", sys.argv[1] + "/functions/edit/main.py")
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+from PIL import Image, ImageDraw
+from shared.editing.background import shared_remover
 t1 = time.perf_counter()
-from shared.editing.background import RembgRemover
-remover = RembgRemover(sys.argv[2])
-remover.session
-t2 = time.perf_counter()
 img = Image.new("RGB", (1024, 1024), (20, 20, 24))
 ImageDraw.Draw(img).ellipse((256, 200, 768, 824), fill=(230, 230, 235))
-remover.remove(img)  # first image: lazy per-call setup
+remover = shared_remover(sys.argv[2])
+out = remover.remove(img)
+t2 = time.perf_counter()
+done_at = time.time()  # wall clock, to compare with the parent's spawn time
+loaded = [name for name in ("rembg", "pymatting", "numba", "scipy", "skimage") if name in sys.modules]
 times = []
 for _ in range(int(sys.argv[3])):
     started = time.perf_counter()
     out = remover.remove(img)
     times.append((time.perf_counter() - started) * 1000)
 assert out.mode == "RGBA"
-print(json.dumps({"import_ms": (t1 - t0) * 1000, "session_ms": (t2 - t1) * 1000, "times": times}))
+print(json.dumps({"import_ms": (t1 - t0) * 1000, "first_ms": (t2 - t1) * 1000, "loaded": loaded, "times": times,
+                  "done_at": done_at}))
 """
 
 
-def rembg_timing(images: int = 20) -> dict[str, float]:
+def rembg_timing(images: int = 20, runs: int = 3) -> dict[str, Any]:
+    """First removal in fresh interpreters with empty numba caches, then ``images`` more in the last."""
     from tests.rembg_model import build_tiny_u2net
 
+    walls, samples = [], []
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_u2net(Path(folder) / "tiny_u2net.onnx")
-        out = subprocess.run(
-            [sys.executable, "-c", _REMBG_PROBE, str(ROOT), str(model), str(images)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=_env(),
-            cwd=ROOT,
-            timeout=900,
-        )
-    sample = json.loads(out.stdout.strip().splitlines()[-1])
+        for run in range(runs):
+            cache = Path(folder) / f"numba-cache-{run}"  # new and empty: a new instance's cache
+            spawned_at = time.time()
+            out = subprocess.run(
+                [sys.executable, "-c", _REMBG_PROBE, str(ROOT), str(model), str(images)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**_env(), "NUMBA_CACHE_DIR": str(cache)},
+                cwd=ROOT,
+                timeout=900,
+            )
+            sample = json.loads(out.stdout.strip().splitlines()[-1])
+            walls.append((sample["done_at"] - spawned_at) * 1000)  # spawn to first cutout, not the 20 after
+            samples.append(sample)
+    times = samples[-1]["times"]
     return {
-        "import_ms": sample["import_ms"],
-        "session_ms": sample["session_ms"],
-        "median_ms": statistics.median(sample["times"]),
-        "p90_ms": sorted(sample["times"])[int(len(sample["times"]) * 0.9) - 1],
-        "n": float(len(sample["times"])),
+        "cold_wall_ms": statistics.median(walls),
+        "import_ms": statistics.median(s["import_ms"] for s in samples),
+        "first_ms": statistics.median(s["first_ms"] for s in samples),
+        "loaded": samples[-1]["loaded"],
+        "median_ms": statistics.median(times),
+        "p90_ms": sorted(times)[int(len(times) * 0.9) - 1],
+        "n": float(len(times)),
     }
 
 
@@ -280,14 +297,19 @@ def main() -> int:
             f"    {label:<13} +{memory[mode]['step_mib']:6.1f} MiB   (process peak {memory[mode]['peak_mib']:6.1f} MiB)"
         )
 
-    print("\n== edit: background removal, real rembg path with the tiny test model, 1024x1024 ==")
-    removal = rembg_timing()
     print(
-        f"  first use per process: import rembg {removal['import_ms']:7.0f} ms, create session "
-        f"{removal['session_ms']:5.0f} ms"
+        "\n== edit: background removal on a new instance (fresh interpreter, empty NUMBA_CACHE_DIR, "
+        "tiny test model, 1024x1024, median of 3) =="
+    )
+    removal = rembg_timing()
+    loaded = ", ".join(removal["loaded"]) or "none"
+    print(
+        f"  first removal incl. interpreter start and imports {removal['cold_wall_ms']:6.0f} ms  (target <= 3000)   "
+        f"imports {removal['import_ms']:5.0f} ms, session + first image {removal['first_ms']:5.0f} ms   "
+        f"rembg/pymatting/numba/scipy/skimage loaded: {loaded}"
     )
     print(
-        f"  per image: median {removal['median_ms']:6.1f} ms   p90 {removal['p90_ms']:6.1f} ms   "
+        f"  per image after that: median {removal['median_ms']:6.1f} ms   p90 {removal['p90_ms']:6.1f} ms   "
         f"(n={int(removal['n'])})"
     )
     return 0
