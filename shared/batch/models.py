@@ -43,7 +43,7 @@ STOPPED_JOB = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
 class BatchJobDoc(BaseModel):
     """``clients/{client}/{kind's collection}/{id}``: what the lifecycle reads and writes."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -79,7 +79,7 @@ class PagedJobDoc(BatchJobDoc):
 class BatchItemDoc(BaseModel):
     """``…/{job}/items/{index:06d}``: one unit of work."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     index: int
     status: ItemStatus = ItemStatus.QUEUED
@@ -95,6 +95,8 @@ class BatchItemDoc(BaseModel):
 class ItemCounts(BaseModel):
     """How many of a job's items are in each state (views)."""
 
+    model_config = ConfigDict(defer_build=True)
+
     queued: int
     running: int
     succeeded: int
@@ -108,7 +110,7 @@ class ItemCounts(BaseModel):
 class JobTask(BaseModel):
     """Settle a job, or fan out a job whose items were written with it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     client_id: str
     job_id: str
@@ -130,10 +132,14 @@ class ItemTask(JobTask):
 
 
 class JobListQuery(PageQuery):
+    model_config = ConfigDict(defer_build=True)
+
     status: JobStatus | None = None
 
 
 class ItemListQuery(PageQuery):
+    model_config = ConfigDict(defer_build=True)
+
     status: ItemStatus | None = None
 
 
@@ -144,6 +150,8 @@ class ReapReport(ScheduledReport):
     """What ``/jobs/reap-stuck-items`` did, by client: items given up ("{job}/{index}"), queued items
     whose lost task was created again, jobs whose fan-out (or a lost fan-out page) was enqueued again,
     fan-out pages given up ("{job}/{page}"), finished jobs whose lost settlement was enqueued again."""
+
+    model_config = ConfigDict(defer_build=True)
 
     job: str
     items_failed: dict[str, list[str]] = Field(default_factory=dict)

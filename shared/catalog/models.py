@@ -25,7 +25,7 @@ Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}
 class StrictModel(BaseModel):
     """Requests: unknown fields are an error, never silently dropped."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
 
 class ProductSource(str, Enum):
@@ -71,6 +71,8 @@ class ProductUpdate(StrictModel):
 
 
 class ProductListQuery(PageQuery):
+    model_config = ConfigDict(defer_build=True)
+
     category: ShortText | None = None
     q: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
     source: ProductSource | None = None
@@ -79,7 +81,7 @@ class ProductListQuery(PageQuery):
 class ProductImage(BaseModel):
     """An image of a product as stored on the product document."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     asset_id: str
     key: str
@@ -93,7 +95,7 @@ class ProductImage(BaseModel):
 class ProductDoc(BaseModel):
     """``clients/{client}/products/{id}``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -114,6 +116,8 @@ class ProductDoc(BaseModel):
 
 
 class ProductImageOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     asset_id: str
     url: str
     thumbnail_url: str
@@ -123,6 +127,8 @@ class ProductImageOut(BaseModel):
 
 
 class ProductOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     name: str
     sku: str | None
@@ -166,7 +172,7 @@ class UploadCreate(StrictModel):
 
 
 class UploadDoc(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -197,12 +203,16 @@ class UploadDoc(BaseModel):
 
 
 class UploadInstructions(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     url: str
     method: str
     headers: dict[str, str]
 
 
 class UploadOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     purpose: UploadPurpose
     filename: str
@@ -235,7 +245,7 @@ class AssetStatus(str, Enum):
 class AssetRevision(BaseModel):
     """``…/assets/{id}/revisions/{number}``: one version of an asset's pixels."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     number: int
     key: str
@@ -252,7 +262,7 @@ class AssetRevision(BaseModel):
 class AssetDoc(BaseModel):
     """``clients/{client}/assets/{id}``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -278,6 +288,8 @@ class AssetDoc(BaseModel):
 
 
 class AssetListQuery(PageQuery):
+    model_config = ConfigDict(defer_build=True)
+
     product_id: Id | None = None
     kind: AssetKind | None = None
     status: AssetStatus | None = None
@@ -293,6 +305,8 @@ class AssetUpdate(StrictModel):
 
 
 class AssetOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     product_id: str | None
     kind: AssetKind
@@ -312,6 +326,8 @@ class AssetOut(BaseModel):
 
 
 class AssetRevisionOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     number: int
     operation: str
     content_type: str
@@ -397,6 +413,8 @@ class ImportUpdate(StrictModel):
 
 
 class ImportProgress(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     total_rows: int = 0
     processed_rows: int = 0
     created_products: int = 0
@@ -413,7 +431,7 @@ class ImportProgress(BaseModel):
 class ImportDoc(BaseModel):
     """``clients/{client}/imports/{id}``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -438,6 +456,8 @@ class ImportDoc(BaseModel):
 
 
 class ImportOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     upload_id: str
     status: ImportStatus
@@ -457,7 +477,7 @@ class ImportChunkTask(BaseModel):
     """Cloud Tasks payload: ids and where in the chunk to start (a delivery that ran out of its time
     budget hands the rest of its chunk to a task starting at row ``row``, image ``image``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     client_id: str
     import_id: str

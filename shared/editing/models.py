@@ -18,7 +18,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemCounts, ItemStatus, JobStatus
 from shared.catalog.models import Id, StrictModel
@@ -237,6 +237,8 @@ class RevertRequest(StrictModel):
 
 
 class QuoteLineOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     asset_id: str
     operation_index: int
     operation: str  # the price list's operation name
@@ -245,6 +247,8 @@ class QuoteLineOut(BaseModel):
 
 
 class EditQuoteOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     lines: list[QuoteLineOut]
     total: int
     price_list_version: int
@@ -252,6 +256,8 @@ class EditQuoteOut(BaseModel):
 
 
 class RevisionOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     asset_id: str
     revision: int
     operation: str
@@ -267,6 +273,8 @@ class RevisionOut(BaseModel):
 
 class EditResultOut(BaseModel):
     """A synchronous edit: every asset has its new revision."""
+
+    model_config = ConfigDict(defer_build=True)
 
     status: Literal["completed"] = "completed"
     charged: int = 0
@@ -293,6 +301,8 @@ class EditItemDoc(BatchItemDoc):
 
 
 class EditItemOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     index: int
     asset_id: str
     status: ItemStatus
@@ -302,6 +312,8 @@ class EditItemOut(BaseModel):
 
 
 class EditJobOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     status: JobStatus
     operations: list[dict[str, Any]]

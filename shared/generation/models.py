@@ -81,6 +81,8 @@ class ItemDoc(BatchItemDoc):
 
 
 class JobOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     status: JobStatus
     settings: GenerationSettings
@@ -99,6 +101,8 @@ class JobOut(BaseModel):
 
 
 class ItemOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     index: int
     product_id: str | None
     prompt: str | None
@@ -118,6 +122,8 @@ class EnhanceRequest(StrictModel):
 
 
 class EnhanceOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     prompt: str
     engine: str
 
@@ -144,6 +150,8 @@ class PresetUpdate(StrictModel):
 
 
 class PresetOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     id: str
     name: str
     settings: GenerationSettings
@@ -153,13 +161,15 @@ class PresetOut(BaseModel):
 
 
 class DefaultsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     product_id: Id | None = None
     category: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
 class DefaultsOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     product: GenerationSettings | None
     category: GenerationSettings | None
     suggested: GenerationSettings
