@@ -38,7 +38,7 @@ class InstantEngine:
         return EngineImage(data=self.png, mime_type="image/png", engine="stub", model="stub-1")
 
     def complete_text(self, request: Any) -> str:
-        return request.prompt
+        return str(request.prompt)
 
 
 def _record_writes() -> tuple[Counter[str], dict[str, list[float]]]:

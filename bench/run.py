@@ -1,8 +1,9 @@
 """``make bench``: numbers, not pass/fail.
 
 1. Cold import of every entry module in a fresh interpreter: total (with functions-framework, as a
-   cold start pays it) and on top of functions-framework (what our code adds), median of 7 runs,
-   plus which heavy libraries the import dragged in (should be none).
+   cold start pays it) and on top of functions-framework (what our code adds; target <= 150 ms),
+   median of 7 runs after one discarded run that compiles any stale bytecode, plus which heavy
+   libraries the import dragged in (should be none).
 2. p50/p99 latency of create-product and list-products through the functions-framework app against
    the Firestore emulator (started here on a free port).
 """
@@ -45,12 +46,18 @@ print(json.dumps({"framework_ms": (t1 - t0) * 1000, "ours_ms": (t2 - t1) * 1000,
 """
 
 
+IMPORT_TARGET_MS = 150.0  # issue #9: each entry module's own import, median
+
+
 def cold_imports(runs: int = 7) -> list[dict[str, Any]]:
     results = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "0"}
+    # Bytecode may be written: any value of PYTHONDONTWRITEBYTECODE (even "0") stops it, and then
+    # every run of a just-edited module would time the compiler, not the import.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(ROOT)
     for main in sorted((ROOT / "functions").glob("*/main.py")):
         samples = []
-        for _ in range(runs):
+        for _ in range(runs + 1):
             out = subprocess.run(
                 [sys.executable, "-c", _IMPORT_PROBE, str(main), json.dumps(HEAVY)],
                 capture_output=True,
@@ -60,6 +67,7 @@ def cold_imports(runs: int = 7) -> list[dict[str, Any]]:
                 cwd=ROOT,
             )
             samples.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        samples = samples[1:]  # the first run wrote any missing bytecode
         total = statistics.median(s["framework_ms"] + s["ours_ms"] for s in samples)
         ours = statistics.median(s["ours_ms"] for s in samples)
         results.append(
@@ -137,12 +145,15 @@ def api_latency(requests: int = 200) -> dict[str, dict[str, float]]:
 
 
 def main() -> int:
-    print("== cold import of entry modules (median of 7 fresh interpreters) ==")
+    print(
+        f"== cold import of entry modules (median of 7 fresh interpreters; ours target <= {IMPORT_TARGET_MS:.0f} ms) =="
+    )
     for row in cold_imports():
         heavy = ", ".join(row["heavy"]) or "none"
+        verdict = "ok" if row["ours_ms"] <= IMPORT_TARGET_MS else "OVER TARGET"
         print(
-            f"  {row['function']:<12} total {row['total_ms']:6.1f} ms   ours (beyond functions-framework) "
-            f"{row['ours_ms']:6.1f} ms   heavy libraries imported: {heavy}"
+            f"  {row['function']:<14} total {row['total_ms']:6.1f} ms   ours (beyond functions-framework) "
+            f"{row['ours_ms']:6.1f} ms {verdict:<11}  heavy libraries imported: {heavy}"
         )
     print("\n== catalog API latency against the Firestore emulator (in-process app, 200 requests each) ==")
     for name, stats in api_latency().items():
