@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from shared.adapters.safe_fetch import Resolver
-from shared.billing.gateway import CheckoutLine, PaymentGateway
+from shared.billing.gateway import CheckoutLine, PaymentGateway, SubscriptionInfo
 from shared.billing.models import BillingState
 from shared.billing.store import (
     DELETE,
@@ -295,6 +295,9 @@ class RecordingPaymentGateway(PaymentGateway):
         self, customer_id: str, limit: int, starting_after: str | None
     ) -> tuple[list[dict[str, Any]], bool]:
         return [], False
+
+    def subscription(self, subscription_id: str) -> SubscriptionInfo | None:
+        return SubscriptionInfo("active" if subscription_id in self.live else "canceled")
 
     def cancel_subscription(self, subscription_id: str) -> bool:
         if subscription_id not in self.live:

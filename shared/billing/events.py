@@ -290,12 +290,29 @@ class WebhookProcessor:
         if sub.id == state.subscription_id:
             return self._governing_subscription_event(event, sub, client_id, snap)
         if sub.id == state.previous_subscription_id or sub.id in state.rejected_subscriptions:
-            return self._record(event, client_id, "a replaced subscription: nothing changes")
-        if sub.status in lifecycle.ENDED and state.subscription_id:
+            granted = self._replaced_upgrade(client_id, event, sub, state)
+            note = f"; prorated {granted} credits" if granted else ""
+            return self._record(event, client_id, f"a replaced subscription: nothing changes{note}")
+        if sub.status in lifecycle.ENDED and state.subscription_id and not self._newer_than_governing(sub, state):
             return self._record(event, client_id, "another subscription ended; the client's stays")
+        if self._older_than_governing(_ts(sub.period()[0]), state):
+            # A subscription the client had before this one (its events came late): it is over.
+            return self._record(event, client_id, "an older subscription: nothing changes")
         if lifecycle.takes_over(state.subscription_status, bool(state.subscription_id), sub.status):
             return self._take_over(event, sub, client_id, snap)
+        if self._governing_ended_in_stripe(state):
+            return self._take_over(event, sub, client_id, snap)
         return self._second_subscription(event, client_id, snap, sub.id, sub.status)
+
+    def _newer_than_governing(self, sub: StripeSubscription, state: BillingState) -> bool:
+        """A subscription that started after the governing one, which has ended (by its events, or by
+        Stripe's word when they are late): the client's next one (its end may arrive before its other
+        events)."""
+        start = _ts(sub.period()[0])
+        current = state.current_period_start
+        if start is None or (current is not None and start <= current):
+            return False
+        return state.subscription_status in lifecycle.ENDED or self._governing_ended_in_stripe(state)
 
     def _take_over(self, event: StripeEvent, sub: StripeSubscription, client_id: str, snap: BillingSnapshot) -> str:
         """``sub`` becomes the governing subscription (the client had none, or its one ended or was never paid)."""
@@ -315,21 +332,53 @@ class WebhookProcessor:
             "ended_event_created": None,
             "failed_invoices": [],
             "past_due_since": None,
+            "paid_through": None,
+            "ended_plan": None,
         } | self._replacing(state, sub.id, event)
         outcome = f"subscription {sub.status}"
         if sub.status in lifecycle.ENDED:
-            changes["ended_event_created"] = event.created
+            changes |= {"ended_event_created": event.created, "ended_plan": plan_id}
         elif sub.status in lifecycle.PAID:
             changes |= _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            if sub.status in lifecycle.ACTIVE and event.type == "customer.subscription.created":
+                changes["paid_through"] = _ts(end)  # created active: its first invoice was paid
             outcome = f"plan {plan_id}"
             if sub.status in ("past_due", "unpaid"):
                 changes["past_due_since"] = self.now
-            before = self._plan_before(event)
+            before = self._plan_before(event, interval)
             if before is not None and self.catalog.plan(before).rank < self.catalog.plan(plan_id).rank:
                 # An upgrade of this subscription that overtook its first events: it still prorates.
                 granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
                 outcome = f"upgraded {before} → {plan_id}, prorated {granted} credits"
+            elif before is not None and before != plan_id:
+                # A downgrade that overtook the first events: the period paid at the plan before it.
+                changes |= _plan_fields(self.catalog, before) | {"pending_plan": plan_id, "pending_plan_at": _ts(end)}
+                outcome = f"plan {before}; downgrade to {plan_id} at period end"
         return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    @staticmethod
+    def _older_than_governing(start: datetime | None, state: BillingState) -> bool:
+        """A subscription whose period started before the governing one's: one the client had before
+        (only one is ever live, so a later one starts after it ended; a race's pair start together)."""
+        current = state.current_period_start
+        return start is not None and current is not None and bool(state.subscription_id) and start < current
+
+    def _governing_ended_in_stripe(self, state: BillingState) -> bool:
+        """Before another subscription is cancelled as a second one: whether the one we think the client
+        has is in fact over in Stripe (its deletion event is late). An irreversible cancellation and
+        refund is decided on Stripe's word, not on events that may still be in flight."""
+        if self.gateway is None or not state.subscription_id:
+            return False
+        found = self.gateway.subscription(state.subscription_id)
+        return found is None or not lifecycle.rules(found.status).live
+
+    def _paid_while_live(self, subscription_id: str, event: StripeEvent) -> bool:
+        """Whether an event of a subscription we never governed happened before it ended (Stripe's
+        word; without a gateway, assumed so)."""
+        if self.gateway is None:
+            return True
+        found = self.gateway.subscription(subscription_id)
+        return found is not None and (found.ended_at is None or event.created < found.ended_at)
 
     def _replacing(self, state: BillingState, new_id: str, event: StripeEvent) -> dict[str, Any]:
         """What taking over from the governing subscription records about it (cancelled if never paid)."""
@@ -337,10 +386,21 @@ class WebhookProcessor:
         if not old or old == new_id:
             return {}
         ended = state.ended_event_created
+        changes: dict[str, Any] = {}
         if state.subscription_status not in lifecycle.ENDED:
-            self._cancel(old)  # never paid (incomplete): replaced by a paid one
+            # Never paid (incomplete), replaced by a paid one; or over in Stripe already (its deletion
+            # is late): cancelling one that is over is a no-op.
+            self._cancel(old)
             ended = event.created
-        return {"previous_subscription_id": old, "previous_ended_created": ended}
+            if state.plan_from == old:
+                # Its plan ends as a cancellation's does: when the paid period ends (unless the new
+                # subscription's plan applies now, which the caller's changes then say).
+                until = state.paid_through or state.current_period_end
+                if until is not None and until > self.now and state.past_due_since is None:
+                    changes |= {"pending_plan": "free", "pending_plan_at": until}
+                else:
+                    changes |= _plan_fields(self.catalog, "free") | {"interval": None, "plan_from": None}
+        return changes | {"previous_subscription_id": old, "previous_ended_created": ended}
 
     def _second_subscription(
         self,
@@ -404,8 +464,18 @@ class WebhookProcessor:
             granted = self._late_upgrade(client_id, event, sub, state)
             note = f"; prorated {granted} credits" if granted else ""
             if ended:
-                return self._record(event, client_id, f"stale: the subscription has ended{note}")
-            return self._record(event, client_id, f"stale: a newer subscription event was applied{note}")
+                changes = self._upgraded_before_the_end(event, sub, state)
+                if not changes and state.pending_plan == "free":
+                    # A downgrade that was waiting for the period end: the paid period ends at the plan before.
+                    lower = self._late_downgrade(event, sub, state)
+                    changes = {k: v for k, v in lower.items() if not k.startswith("pending_")}
+                return self._record(
+                    event, client_id, f"stale: the subscription has ended{note}", snapshot=snap, changes=changes
+                )
+            changes = self._late_downgrade(event, sub, state)
+            return self._record(
+                event, client_id, f"stale: a newer subscription event was applied{note}", snapshot=snap, changes=changes
+            )
         if sub.status in lifecycle.ENDED:
             return self._ended(event, sub, client_id, snap)
         return self._updated(event, sub, client_id, snap)
@@ -423,12 +493,28 @@ class WebhookProcessor:
             "ended_event_created": event.created,
             "failed_invoices": [],
         }
+        found = self.prices.plan_of(sub.first_item().price.id)
+        if found and found[0] in self.catalog.plans:
+            changes["ended_plan"] = found[0]
+        # The plan stays until the paid period ends (records from before ``paid_through``: the period's end).
+        paid_until = min(ends_at, state.paid_through) if ends_at and state.paid_through else ends_at
         if state.plan_from != sub.id:
             changes["past_due_since"] = None
             outcome = f"subscription {sub.status}: its plan never applied"
-        elif ends_at is not None and ends_at > self.now and state.past_due_since is None:
-            changes |= {"pending_plan": "free", "pending_plan_at": ends_at}
+        elif paid_until is not None and paid_until > self.now and state.past_due_since is None:
+            changes |= {"pending_plan": "free", "pending_plan_at": paid_until}
             outcome = "moves to Free at period end"
+            start_at = _ts(sub.period()[0])
+            current = state.current_period_start
+            # A period we have not heard of (a reset or renewal whose events are late) is billed at the
+            # subscription's last price; within ours, only an upgrade we missed changes the plan.
+            later_period = start_at is not None and current is not None and start_at > current
+            if found and found[0] in self.catalog.plans and found[0] != state.plan:
+                upgraded = self.catalog.plan(found[0]).rank > self.catalog.plan(state.plan).rank
+                if later_period or upgraded:
+                    # The paid period ends at the plan it had (a late upgrade event still prorates).
+                    changes |= {"plan": found[0], "product_slots": self.catalog.plan(found[0]).product_slots}
+                    changes |= {"plan_before": state.plan, "plan_since": self.now}
         else:
             # A subscription cancelled for non-payment keeps nothing of the period it did not pay for;
             # on Free nothing is owed, so the past-due block ends with it (packs bought later work).
@@ -460,26 +546,53 @@ class WebhookProcessor:
         status_rules = lifecycle.rules(sub.status)
         if status_rules.plan is lifecycle.PlanEffect.APPLIED:
             changes |= {"past_due_since": None, "failed_invoices": []}
-            applied = _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            applied = _plan_fields(self.catalog, plan_id) | {
+                "plan_from": sub.id,
+                "plan_since": self.now,
+                "plan_before": state.plan,
+            }
             new = self.catalog.plan(plan_id)
             old = self.catalog.plans.get(state.plan) or self.catalog.plan("free")
             rolled = (
                 start_at is not None and state.current_period_end is not None and start_at >= state.current_period_end
             )
+            # A new period that started early: the reset itself when this update changed the price or the
+            # anchor (or does not say what it changed); else a later period of a reset we have not
+            # heard of yet, which only rolls (its renewal is not known to be paid).
+            new_period = self._is_reset(state, interval, start_at)
+            previous = event.previous_attributes
+            resets_here = previous is None or event.previous_price() is not None or "billing_cycle_anchor" in previous
             if state.plan_from != sub.id:
-                changes |= applied  # the first time this subscription's plan applies (it was incomplete)
-                outcome = f"plan {plan_id}"
-            elif self._is_reset(state, interval, start_at):
-                # An interval change (or a reset anchor) starts a new period at once, billed at the new
-                # price: its plan applies now, whatever its rank, and it gets its first month's credits.
-                changes |= applied
-                granted = self._period_allotment(client_id, event, sub, plan_id, interval, start_at, end_at)
-                outcome = f"period reset: plan {plan_id}, granted {granted} credits"
-            elif rolled:
-                # A new period at the price Stripe bills it at (a due downgrade lands here).
-                if plan_id != state.plan or state.pending_plan:
-                    changes |= applied
-                    outcome = f"plan {plan_id} from this period"
+                # The first time this subscription's plan applies (it was incomplete); a price change
+                # that overtook its activation is a change of the plan it started with.
+                base = self._plan_before(event, interval) or plan_id
+                changes |= _plan_fields(self.catalog, base) | {
+                    "plan_from": sub.id,
+                    "plan_since": self.now,
+                    "plan_before": None,  # nothing of this subscription's came before
+                }
+                outcome = f"plan {base}"
+                outcome += self._change_of_base(client_id, event, sub, base, plan_id, interval, end_at, changes)
+            elif new_period or rolled:
+                # A new period: an interval change (or a reset anchor) starts one at once, billed at the
+                # new price, with its first month's credits; a renewal starts one at the price Stripe
+                # bills it at (a due downgrade lands here), its credits coming with its paid invoice.
+                # A price change inside the new period may have overtaken the period's own event: the
+                # period then started at the price it changed from, and the change is an upgrade (or a
+                # downgrade) of it.
+                base = self._plan_before(event, interval) or plan_id
+                changes |= _plan_fields(self.catalog, base) | {
+                    "plan_from": sub.id,
+                    "plan_since": self.now,
+                    "plan_before": state.plan,
+                }
+                if new_period and resets_here:
+                    changes["paid_through"] = end_at  # charged at once: active means paid
+                    granted = self._period_allotment(client_id, event, sub, base, interval, start_at, end_at)
+                    outcome = f"period reset: plan {base}, granted {granted} credits"
+                else:
+                    outcome = f"plan {base} from this period"
+                outcome += self._change_of_base(client_id, event, sub, base, plan_id, interval, end_at, changes)
             elif new.rank > old.rank:
                 changes |= applied
                 granted = 0
@@ -487,8 +600,10 @@ class WebhookProcessor:
                     # The change itself (or an update that does not say what changed): prorated from its
                     # time. An update that overtook the change applies the plan; the change, when it
                     # comes, prorates.
-                    before = self._plan_before(event) or state.plan
-                    granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
+                    granted = self._prorate(client_id, event, sub, state.plan, plan_id, interval, self.now)
+                else:
+                    self._keep_started_months(client_id, event, sub, state.plan, interval, self.now)
+                changes["plan_before"] = state.plan
                 outcome = f"upgraded {state.plan} → {plan_id}, prorated {granted} credits"
             elif new.rank < old.rank:
                 # Until the period ends the client keeps what it paid for; a renewal does not move it.
@@ -498,9 +613,44 @@ class WebhookProcessor:
             elif state.pending_plan:
                 changes |= {"pending_plan": None, "pending_plan_at": None}
                 outcome = "pending plan change withdrawn"
-        elif sub.status in ("past_due", "unpaid"):
-            changes["past_due_since"] = state.past_due_since or self.now
+        else:
+            if sub.status in ("past_due", "unpaid"):
+                changes["past_due_since"] = state.past_due_since or self.now
+            current_end = state.current_period_end
+            rolled = start_at is not None and current_end is not None and start_at >= current_end
+            new_period = rolled or self._is_reset(state, interval, start_at)
+            kept = status_rules.plan is lifecycle.PlanEffect.KEPT
+            if kept and state.plan_from != sub.id:
+                # Past due (or unpaid, paused) means it was paid once: its activation is late.
+                changes |= _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+                changes["plan_before"] = None
+            elif new_period and kept:
+                # A new period (its renewal not paid yet) is billed at its price: that is the plan kept.
+                changes |= _plan_fields(self.catalog, plan_id) | {"plan_since": self.now}
         return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    def _change_of_base(
+        self,
+        client_id: str,
+        event: StripeEvent,
+        sub: StripeSubscription,
+        base: str,
+        plan_id: str,
+        interval: Interval,
+        end_at: datetime | None,
+        changes: dict[str, Any],
+    ) -> str:
+        """A price change from ``base`` to ``plan_id`` carried by an event that also did something
+        else (started a period, activated the subscription): an upgrade applies now and prorates, a
+        downgrade waits for the period end. Adds to ``changes``; returns what to add to the outcome."""
+        if self.catalog.plan(plan_id).rank > self.catalog.plan(base).rank:
+            prorated = self._prorate(client_id, event, sub, base, plan_id, interval, self.now)
+            changes |= _plan_fields(self.catalog, plan_id) | {"plan_before": base}
+            return f"; upgraded {base} → {plan_id}, prorated {prorated} credits"
+        if plan_id != base:
+            changes |= {"pending_plan": plan_id, "pending_plan_at": end_at}
+            return f"; downgrade to {plan_id} at period end"
+        return ""
 
     @staticmethod
     def _is_reset(state: BillingState, interval: Interval, start_at: datetime | None) -> bool:
@@ -513,11 +663,76 @@ class WebhookProcessor:
             return False
         return start_at < current_end or (state.interval is not None and interval != state.interval)
 
-    def _plan_before(self, event: StripeEvent) -> str | None:
-        """The plan an update changed from, from its ``previous_attributes`` (a catalog plan), if it says."""
+    def _plan_before(self, event: StripeEvent, interval: Interval) -> str | None:
+        """The plan an update changed from within the period, from its ``previous_attributes`` (a
+        catalog plan), if it says; ``None`` for a change that also started a new period (another
+        interval, or a new period start): that is a reset, not an upgrade to prorate."""
         price = event.previous_price()
         found = self.prices.plan_of(price) if price else None
-        return found[0] if found and found[0] in self.catalog.plans else None
+        if not found or found[0] not in self.catalog.plans or found[1] != interval:
+            return None
+        previous = event.previous_attributes or {}
+        listed = previous.get("items")
+        items = listed.get("data") if isinstance(listed, dict) else None
+        first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+        if "current_period_start" in previous or "current_period_start" in first:
+            return None
+        return found[0]
+
+    def _upgraded_before_the_end(
+        self, event: StripeEvent, sub: StripeSubscription, state: BillingState
+    ) -> dict[str, Any]:
+        """An upgrade that happened before the cancellation we processed first: the paid period that
+        still runs ends at the upgraded plan."""
+        happened_while_live = state.ended_event_created is not None and event.created < state.ended_event_created
+        found = self.prices.plan_of(sub.first_item().price.id)
+        if not happened_while_live or found is None or found[0] not in self.catalog.plans:
+            return {}
+        if self._plan_before(event, found[1]) is None or state.plan_from != sub.id:
+            return {}
+        if state.pending_plan != "free" or state.pending_plan_at is None or state.pending_plan_at <= self.now:
+            return {}
+        plan = self.catalog.plan(found[0])
+        if plan.rank <= self.catalog.plan(state.plan).rank:
+            return {}
+        return {
+            "plan": found[0],
+            "product_slots": plan.product_slots,
+            "plan_before": state.plan,
+            "plan_since": self.now,
+        }
+
+    def _replaced_upgrade(
+        self, client_id: str, event: StripeEvent, sub: StripeSubscription, state: BillingState
+    ) -> int:
+        """An upgrade of the subscription the client had before, delivered after another replaced it:
+        the months it was paid for still get the prorated difference from the change on."""
+        ended = state.previous_ended_created
+        if sub.id != state.previous_subscription_id or ended is None or event.created >= ended:
+            return 0
+        found = self.prices.plan_of(sub.first_item().price.id)
+        if event.type != "customer.subscription.updated" or found is None or found[0] not in self.catalog.plans:
+            return 0
+        plan_id, interval = found
+        before = self._plan_before(event, interval)
+        if before is None or self.catalog.plan(before).rank >= self.catalog.plan(plan_id).rank:
+            return 0
+        return self._prorate(client_id, event, sub, before, plan_id, interval, _happened_at(event, self.now))
+
+    def _late_downgrade(self, event: StripeEvent, sub: StripeSubscription, state: BillingState) -> dict[str, Any]:
+        """A downgrade's own event arriving after a newer one applied the lower price as the plan (that
+        newer event did not say the price had changed): the period keeps the plan it was paid at, and
+        the lower one waits for the period end."""
+        found = self.prices.plan_of(sub.first_item().price.id)
+        if found is None or found[0] != state.plan or state.plan_from != sub.id:
+            return {}
+        before = self._plan_before(event, found[1])
+        start, end = sub.period()
+        if before is None or self.catalog.plan(before).rank <= self.catalog.plan(found[0]).rank:
+            return {}
+        if _ts(start) != state.current_period_start or state.plan_before is not None:
+            return {}  # another period by now, or the plan was changed knowingly since
+        return _plan_fields(self.catalog, before) | {"pending_plan": found[0], "pending_plan_at": _ts(end)}
 
     def _late_upgrade(self, client_id: str, event: StripeEvent, sub: StripeSubscription, state: BillingState) -> int:
         """The proration an upgrade is owed when its own event arrives after a newer one (that applied
@@ -525,16 +740,19 @@ class WebhookProcessor:
         happened_while_live = state.subscription_status not in lifecycle.ENDED or (
             state.ended_event_created is not None and event.created < state.ended_event_created
         )
-        before = self._plan_before(event)
-        if event.type != "customer.subscription.updated" or not happened_while_live or before is None:
-            return 0
         found = self.prices.plan_of(sub.first_item().price.id)
-        if found is None or found[0] not in self.catalog.plans:
+        if event.type != "customer.subscription.updated" or not happened_while_live or found is None:
             return 0
         plan_id, interval = found
+        before = self._plan_before(event, interval)
+        if before is None or plan_id not in self.catalog.plans:
+            return 0
         if self.catalog.plan(plan_id).rank <= self.catalog.plan(before).rank:
             return 0
-        applied_at = state.plan_since if state.plan == plan_id and state.plan_since else _happened_at(event, self.now)
+        applied_at = _happened_at(event, self.now)
+        if state.plan == plan_id and state.plan_since:
+            # Applied by the newer event: from the plan it replaced, for the months until then.
+            applied_at, before = state.plan_since, state.plan_before or before
         return self._prorate(client_id, event, sub, before, plan_id, interval, applied_at)
 
     def _prorate(
@@ -560,15 +778,8 @@ class WebhookProcessor:
         if not lifecycle.rules(sub.status).allotments:
             return 0
         changed_at = _happened_at(event, self.now)
-        # Clock skew (applied before the period Stripe says started): the first month still counts.
-        months = months_started(period_start, period_end, applied_at) or [plan_month(period_start, 0, period_end)]
         actor, granted = self._actor(event), 0
-        for month in months:
-            if interval == "annual":
-                grant_allotment(
-                    self.ledger, self.catalog, client_id, subscription_id=sub.id, month=month, plan_id=old_plan,
-                    actor=actor, reference=sub.id,
-                )  # fmt: skip
+        for month in self._keep_started_months(client_id, event, sub, old_plan, interval, applied_at):
             amount = prorated_credits(difference, month, changed_at)
             if amount <= 0:
                 continue
@@ -584,6 +795,32 @@ class WebhookProcessor:
             )
             granted += amount
         return granted
+
+    def _keep_started_months(
+        self,
+        client_id: str,
+        event: StripeEvent,
+        sub: StripeSubscription,
+        old_plan: str,
+        interval: Interval,
+        applied_at: datetime,
+    ) -> list[PlanMonth]:
+        """The plan-months of the subscription's period that started by ``applied_at`` (at least the
+        first, against clock skew). An annual plan's months come from the daily job, which grants at the
+        plan in force when it runs: before an upgrade is applied, the months that started at the old
+        size get it if they have nothing yet, so a later run at the new size finds them granted."""
+        start, end = sub.period()
+        period_start, period_end = _ts(start), _ts(end)
+        if period_start is None or period_end is None or period_end <= period_start:
+            return []
+        months = months_started(period_start, period_end, applied_at) or [plan_month(period_start, 0, period_end)]
+        if interval == "annual" and lifecycle.rules(sub.status).allotments:
+            for month in months:
+                grant_allotment(
+                    self.ledger, self.catalog, client_id, subscription_id=sub.id, month=month, plan_id=old_plan,
+                    actor=self._actor(event), reference=sub.id,
+                )  # fmt: skip
+        return months
 
     def _period_allotment(
         self,
@@ -640,23 +877,52 @@ class WebhookProcessor:
             return self._governing_invoice_paid(event, client_id, snap, invoice, line)
         if subscription_id == state.previous_subscription_id:
             ended = state.previous_ended_created
-            if period and line is not None and ended is not None and event.created < ended:
+            paid_period = line is not None and (period or (reason == "subscription_update" and line.is_whole_period()))
+            if paid_period and line is not None and ended is not None and event.created < ended:
                 # Paid while that subscription was the client's, delivered after it was replaced.
                 granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
-                return self._record(event, client_id, f"invoice paid: granted {granted} credits")
+                changes = (
+                    {}
+                    if state.subscription_status in lifecycle.PAID
+                    else self._paid_after_all(state, line, subscription_id)
+                )
+                return self._record(
+                    event, client_id, f"invoice paid: granted {granted} credits", snapshot=snap, changes=changes
+                )
             return self._record(event, client_id, "invoice of a replaced subscription: nothing changes")
-        if subscription_id in state.rejected_subscriptions or not lifecycle.takes_over(
+        if subscription_id in state.rejected_subscriptions:
+            return self._second_subscription(event, client_id, snap, subscription_id, "active", invoice.id)
+        if line is not None and self._older_than_governing(line.start, state):
+            # A subscription the client had before this one (its events came late): what it paid counts.
+            whole = period or (reason == "subscription_update" and line.is_whole_period())
+            if whole and not self._paid_while_live(subscription_id, event):
+                return self._record(event, client_id, "invoice of an older subscription, paid after it ended: ignored")
+            granted = self._invoice_allotment(client_id, subscription_id, invoice, line) if whole else 0
+            # While the newer one's plan does not apply (not paid yet), the older one's paid period holds.
+            changes = (
+                {}
+                if state.subscription_status in lifecycle.PAID or not whole
+                else self._paid_after_all(state, line, subscription_id)
+            )
+            return self._record(
+                event,
+                client_id,
+                f"invoice paid for an older subscription: granted {granted} credits",
+                snapshot=snap,
+                changes=changes,
+            )
+        if not lifecycle.takes_over(
             state.subscription_status, bool(state.subscription_id), "active"
-        ):
+        ) and not self._governing_ended_in_stripe(state):
             return self._second_subscription(event, client_id, snap, subscription_id, "active", invoice.id)
         if not period or line is None:
             return self._record(event, client_id, no_allotment)
         # The subscription's own events have not arrived yet: its paid first invoice makes it the client's.
         granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
-        changes = self._paid_period(state, line, event, subscription_id) | self._replacing(
-            state, subscription_id, event
+        changes = self._replacing(state, subscription_id, event) | self._paid_period(
+            state, line, event, subscription_id
         )
-        changes |= {"ended_event_created": None}
+        changes |= {"ended_event_created": None, "ended_plan": None}
         return self._record(
             event, client_id, f"invoice paid: granted {granted} credits", snapshot=snap, changes=changes
         )
@@ -680,29 +946,62 @@ class WebhookProcessor:
         if reason in PERIOD_INVOICES and line is not None:
             granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
             paid = {} if stale else self._paid_period(state, line, event, subscription_id)
+            if stale and not ended and (state.paid_through is None or state.paid_through < line.end):
+                paid = {"paid_through": line.end}  # overtaken by a newer event, but paid all the same
+            if ended and state.plan_from != subscription_id:
+                # The governing subscription's plan replaces whatever an older one left behind.
+                paid = self._paid_after_all(state, line, subscription_id, instead_of=state.plan_from)
             return self._record(
                 event, client_id, f"invoice paid: granted {granted} credits", snapshot=snap, changes=paid
             )
         granted = 0
-        if (
-            line is not None
-            and line.is_whole_period()
-            and state.current_period_start == line.start
-            and lifecycle.rules(state.subscription_status).allotments
-        ):
-            # The invoice of a period reset (an interval change): the new period's first allotment,
-            # which the reset's subscription update granted if it came first.
-            granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
         changes: dict[str, Any] = {}
+        if line is not None and self._is_reset_invoice(state, line):
+            # The invoice of a period reset (an interval change), paid while the subscription lived:
+            # the new period's first allotment, which the reset's subscription update granted if it
+            # came first (and which it cannot grant if it comes after the subscription ended).
+            granted = self._invoice_allotment(client_id, subscription_id, invoice, line)
+            if ended:
+                # Its end came first: the new period it paid for ends at its plan, as any cancellation.
+                changes |= self._paid_after_all(state, line, subscription_id, instead_of=state.plan_from)
+            elif state.paid_through is None or state.paid_through < line.end:
+                changes["paid_through"] = line.end
         if not stale and invoice.id in state.failed_invoices:
             remaining = [i for i in state.failed_invoices if i != invoice.id]
-            changes = {"failed_invoices": remaining, "last_event_created": event.created, "last_event_id": event.id}
+            changes |= {"failed_invoices": remaining, "last_event_created": event.created, "last_event_id": event.id}
             if not remaining:
                 changes["past_due_since"] = None
                 if state.subscription_status in ("past_due", "unpaid"):
                     changes["subscription_status"] = "active"
         outcome = f"invoice paid ({reason}): " + (f"granted {granted} credits" if granted else "no allotment")
         return self._record(event, client_id, outcome, snapshot=snap, changes=changes)
+
+    def _paid_after_all(
+        self, state: BillingState, line: _PlanLine, subscription_id: str, instead_of: str | None = None
+    ) -> dict[str, Any]:
+        """A period paid before its subscription ended, learned after we processed the end (its
+        deletion overtook its paid invoice): its plan holds until the period ends, as for any
+        cancellation — unless another subscription's plan (other than ``instead_of``) is in force."""
+        if line.end <= self.now or state.plan_from not in (None, subscription_id, instead_of):
+            return {}
+        plan_id = line.plan_id
+        final = state.ended_plan if state.subscription_id == subscription_id else None
+        if final in self.catalog.plans and self.catalog.plan(str(final)).rank > self.catalog.plan(plan_id).rank:
+            plan_id = str(final)  # upgraded before it ended: the paid period ends at that plan
+        return _plan_fields(self.catalog, plan_id) | {
+            "interval": line.interval,
+            "plan_from": subscription_id,
+            "plan_since": self.now,
+            "pending_plan": "free",
+            "pending_plan_at": line.end,
+        }
+
+    @staticmethod
+    def _is_reset_invoice(state: BillingState, line: _PlanLine) -> bool:
+        """A ``subscription_update`` invoice for a whole period: a reset's new period (an interval
+        change), whenever it arrives. A proration invoice covers only a part of a period (and an
+        upgrade at the very start of one finds the period's allotment granted already)."""
+        return line.is_whole_period()
 
     def _paid_period(
         self, state: BillingState, line: _PlanLine, event: StripeEvent, subscription_id: str
@@ -719,7 +1018,10 @@ class WebhookProcessor:
             "last_event_created": event.created,
             "last_event_id": event.id,
             "plan_from": subscription_id,
+            "paid_through": line.end,
         }
+        if state.subscription_id == subscription_id and state.paid_through and state.paid_through > line.end:
+            changes["paid_through"] = state.paid_through  # a late invoice of an earlier period
         if state.plan != line.plan_id or state.plan_from != subscription_id:
             changes["plan_since"] = self.now
         if (

@@ -22,6 +22,14 @@ logger = logging.getLogger("epox.billing")
 
 
 @dataclass(frozen=True)
+class SubscriptionInfo:
+    """What Stripe says about a subscription now."""
+
+    status: str
+    ended_at: int | None = None  # when it ended (Stripe's time), if it did
+
+
+@dataclass(frozen=True)
 class CheckoutLine:
     price_id: str
     quantity: int = 1
@@ -55,6 +63,10 @@ class PaymentGateway(ABC):
         self, customer_id: str, limit: int, starting_after: str | None
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of the customer's invoices (newest first) and whether there are more."""
+
+    @abstractmethod
+    def subscription(self, subscription_id: str) -> SubscriptionInfo | None:
+        """Stripe's current status of a subscription (``None``: Stripe does not know it)."""
 
     @abstractmethod
     def cancel_subscription(self, subscription_id: str) -> bool:
@@ -155,6 +167,18 @@ class StripeGateway(PaymentGateway):
             params["starting_after"] = starting_after
         page = self._call(lambda: self.client.v1.invoices.list(params=params))
         return [invoice.to_dict() for invoice in page.data], bool(page.has_more)
+
+    def subscription(self, subscription_id: str) -> SubscriptionInfo | None:
+        import stripe
+
+        try:
+            found = self.client.v1.subscriptions.retrieve(subscription_id)
+        except stripe.StripeError as exc:
+            if getattr(exc, "code", None) == "resource_missing":
+                return None
+            raise _translated(exc) from exc
+        ended_at = getattr(found, "ended_at", None)
+        return SubscriptionInfo(status=str(found.status), ended_at=int(ended_at) if ended_at else None)
 
     def cancel_subscription(self, subscription_id: str) -> bool:
         import stripe

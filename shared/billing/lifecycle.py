@@ -78,6 +78,7 @@ RULES: dict[SubscriptionStatus, StatusRules] = {
 assert set(RULES) == set(get_args(SubscriptionStatus)), "every status Stripe can report has its rules"
 
 ENDED: frozenset[str] = frozenset({"canceled", "incomplete_expired"})
+ACTIVE: frozenset[str] = frozenset({"active", "trialing"})
 # Statuses of a subscription that was paid for at some point (its plan was applied).
 PAID: frozenset[str] = frozenset(s for s, r in RULES.items() if r.plan in (PlanEffect.APPLIED, PlanEffect.KEPT))
 

@@ -46,6 +46,12 @@ class BillingState(BaseModel):
     # when we applied it (upgrade top-ups for months that started before we learned of the change).
     plan_from: str | None = None
     plan_since: datetime | None = None
+    plan_before: str | None = None  # the plan an upgrade replaced (its late change event prorates from it)
+    # The end of the latest period the governing subscription paid for: a cancellation keeps the plan
+    # until then, not until the end of a renewal period that was never paid.
+    paid_through: datetime | None = None
+    # The plan of the governing subscription's price when it ended (its last event's snapshot).
+    ended_plan: str | None = None
     # When (Stripe's event time) the governing subscription ended; events that happened before it
     # (delivered late) may still grant what they paid for, later ones change nothing.
     ended_event_created: int | None = None

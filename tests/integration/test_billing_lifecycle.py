@@ -392,6 +392,7 @@ def test_d6_a_second_subscription_does_not_take_over_from_a_live_one(
     subscribe(hook, sub, "price_growth_m", start, end)
     send(hook, sub.updated_event("price_growth_m", start, end, status="past_due"))
     send(hook, sub.updated_event("price_growth_m", start, end, status="unpaid"))
+    stub.add_subscription(sub.subscription, sub.customer, status="unpaid")  # still there in Stripe
     other = sub.another_subscription()
     stub.add_subscription(other.subscription, sub.customer)
     pi_b, invoice_b = new_id("pi"), new_id("in")

@@ -14,7 +14,8 @@ What the stripe 16 client sends (read from ``stripe/_api_requestor.py``) and the
 
 Served: ``POST /v1/customers``, ``POST /v1/checkout/sessions``, ``POST /v1/billing_portal/sessions``,
 ``GET /v1/invoices`` (seeded with :meth:`StripeStub.add_invoice`), ``DELETE /v1/subscriptions/{id}``
-(cancel now; seeded with :meth:`StripeStub.add_subscription`), ``GET /v1/invoice_payments?invoice=``
+(cancel now) and ``GET /v1/subscriptions/{id}`` (both on subscriptions seeded with
+:meth:`StripeStub.add_subscription`), ``GET /v1/invoice_payments?invoice=``
 (the payments of a seeded invoice that names its ``payment_intent``) and ``POST /v1/refunds``
 (``payment_intent``, optional ``amount``); anything else is 404 with a Stripe error body.
 
@@ -265,6 +266,8 @@ class StripeStub:
             return self._create_portal(form)
         if route == ("GET", "/v1/invoices"):
             return self._list_invoices(query)
+        if method == "GET" and path.startswith("/v1/subscriptions/"):
+            return self._retrieve_subscription(path.removeprefix("/v1/subscriptions/"))
         if method == "DELETE" and path.startswith("/v1/subscriptions/"):
             return self._cancel_subscription(path.removeprefix("/v1/subscriptions/"))
         if route == ("GET", "/v1/invoice_payments"):
@@ -386,6 +389,16 @@ class StripeStub:
             rows = rows[ids.index(after) + 1 :]
         page = {"object": "list", "url": "/v1/invoices", "has_more": len(rows) > limit, "data": rows[:limit]}
         return 200, page, {}
+
+    def _retrieve_subscription(self, subscription_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self.lock:
+            subscription = self.subscriptions.get(subscription_id)
+        if subscription is None:
+            return _error(
+                404, "invalid_request_error", f"No such subscription: '{subscription_id}'", param="id",
+                code="resource_missing",
+            )  # fmt: skip
+        return 200, dict(subscription), {}
 
     def _cancel_subscription(self, subscription_id: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self.lock:
