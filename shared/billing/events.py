@@ -611,7 +611,9 @@ class WebhookProcessor:
                 changes |= {"pending_plan": plan_id, "pending_plan_at": at}
                 outcome = f"downgrade to {plan_id} at period end"
             elif state.pending_plan:
-                changes |= {"pending_plan": None, "pending_plan_at": None}
+                # The plan in force never changed: a late change event back to it (from the pending,
+                # lower price) prorates from this plan, i.e. nothing.
+                changes |= {"pending_plan": None, "pending_plan_at": None, "plan_before": state.plan}
                 outcome = "pending plan change withdrawn"
         else:
             if sub.status in ("past_due", "unpaid"):
@@ -748,6 +750,11 @@ class WebhookProcessor:
         if before is None or plan_id not in self.catalog.plans:
             return 0
         if self.catalog.plan(plan_id).rank <= self.catalog.plan(before).rank:
+            return 0
+        in_force = self.catalog.plans.get(state.plan)
+        if state.plan_from == sub.id and in_force is not None and in_force.rank > self.catalog.plan(plan_id).rank:
+            # Its previous price was a downgrade still pending: the plan in force (higher) never
+            # went down, so a change up from that price is no upgrade of it.
             return 0
         applied_at = _happened_at(event, self.now)
         if state.plan == plan_id and state.plan_since:

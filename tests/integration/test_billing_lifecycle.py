@@ -624,3 +624,36 @@ def test_an_upgrade_in_a_period_anchored_on_the_31st_prorates_over_the_anchored_
     state = get_platform().ledger.state(sub.client_id)
     [prorated] = [b for b in state.buckets.values() if b.granted == (PRO - GROWTH) // 31]
     assert prorated.expires_at == datetime(2026, 3, 31, 10, tzinfo=UTC)
+
+
+# -- found by the stateful test (tests/unit/test_billing_lifecycle_properties.py) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("plan", "back_to", "credits", "after_cancel"),
+    [
+        ("growth", "growth", GROWTH, "pending plan change withdrawn"),
+        ("pro", "growth", PRO, "downgrade to growth at period end"),
+    ],
+)
+def test_a_late_change_up_from_a_pending_downgrade_prorates_nothing(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock, plan: str, back_to: str, credits: int, after_cancel: str
+) -> None:
+    """A plan, a downgrade to Starter (pending for the period end), then a change to a plan no higher than
+    the one in force: no upgrade of the plan in force, so nothing is prorated — also when a later update
+    (cancel at period end) overtakes that change (found by the stateful test)."""
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, f"price_{plan}_m", start, end)
+    down = sub.updated_event("price_starter_m", start, end, previous=changed_price(f"price_{plan}_m"))
+    back = sub.updated_event(f"price_{back_to}_m", start, end, previous=changed_price("price_starter_m"))
+    cancel = sub.updated_event(
+        f"price_{back_to}_m", start, end, cancel_at_period_end=True, previous={"cancel_at_period_end": False}
+    )
+    assert send(hook, down) == "downgrade to starter at period end"
+    assert send(hook, cancel) == after_cancel
+    assert send(hook, back).startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert billing["plan"] == plan
+    assert billing["pending_plan"] == (None if back_to == plan else back_to)
+    assert balance(sub.client_id) == credits
+    no_drift(sub.client_id)
