@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev demo test lint typecheck bench build clean
+.PHONY: dev demo test lint typecheck bench build clean soak
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt $(wildcard functions/*/requirements.txt)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
 	$(PY) -m bench.run
+
+soak: $(STAMP)  ## the billing lifecycle state machine on in-memory ports, 100,000 examples; prints the count run
+	EPOX_PROPERTY_EXAMPLES=$(or $(SOAK_EXAMPLES),100000) $(PY) -m pytest -q -s -p no:cacheprovider \
+		tests/unit/test_billing_lifecycle_properties.py -k in_memory
 
 build: $(STAMP)  ## one deployable folder per function in build/<name>/ (+ zip); REMBG_MODEL=path ships the model
 	$(PY) -m dev.package $(if $(REMBG_MODEL),--rembg-model $(REMBG_MODEL))
