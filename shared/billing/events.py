@@ -732,8 +732,11 @@ class WebhookProcessor:
         start, end = sub.period()
         if before is None or self.catalog.plan(before).rank <= self.catalog.plan(found[0]).rank:
             return {}
-        if _ts(start) != state.current_period_start or state.plan_before is not None:
-            return {}  # another period by now, or the plan was changed knowingly since
+        if _ts(start) != state.current_period_start or state.plan_before not in (None, before):
+            # Another period by now, or the plan was changed knowingly since. A newer event that
+            # replaced exactly the plan this downgrade came from (``plan_before == before``) applied
+            # this downgrade's price without knowing it was one (e.g. a renewal's roll overtaken).
+            return {}
         return _plan_fields(self.catalog, before) | {"pending_plan": found[0], "pending_plan_at": _ts(end)}
 
     def _late_upgrade(self, client_id: str, event: StripeEvent, sub: StripeSubscription, state: BillingState) -> int:

@@ -657,3 +657,34 @@ def test_a_late_change_up_from_a_pending_downgrade_prorates_nothing(
     assert billing["pending_plan"] == (None if back_to == plan else back_to)
     assert balance(sub.client_id) == credits
     no_drift(sub.client_id)
+
+
+def test_a_downgrade_overtaken_by_a_later_update_in_a_new_period_waits_for_the_period_end(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Growth renews; in the new period it is downgraded to Starter and then set to cancel at the period
+    end. The cancel update (price Starter, a period we have not heard of) arrives first and is taken for
+    a renewal at Starter; the downgrade's own event, late, says the period was paid at Growth: Growth
+    stays until the period end, then Starter (found by the stateful test)."""
+    first = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    clock.set(first + timedelta(minutes=1))
+    start, end = period(first)
+    subscribe(hook, sub, "price_growth_m", start, end)
+    second = add_months(first, 1)
+    clock.set(second + timedelta(hours=1))
+    start2, end2 = period(second)
+    renewal = sub.updated_event(
+        "price_growth_m", start2, end2, previous={"current_period_start": start, "current_period_end": end}
+    )
+    paid = sub.invoice_paid("price_growth_m", start2, end2, billing_reason="subscription_cycle")
+    down = sub.updated_event("price_starter_m", start2, end2, previous=changed_price("price_growth_m"))
+    cancel = sub.updated_event(
+        "price_starter_m", start2, end2, cancel_at_period_end=True, previous={"cancel_at_period_end": False}
+    )
+    for evt in (cancel, paid, down, renewal):
+        send(hook, evt)
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("growth", "starter")
+    assert billing["pending_plan_at"] == datetime.fromtimestamp(end2, UTC)
+    assert balance(sub.client_id) == GROWTH  # the new period's allotment, once (the first one expired)
+    no_drift(sub.client_id)
