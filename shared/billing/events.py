@@ -496,6 +496,10 @@ class WebhookProcessor:
         found = self.prices.plan_of(sub.first_item().price.id)
         if found and found[0] in self.catalog.plans:
             changes["ended_plan"] = found[0]
+            if found[0] == state.plan and state.pending_plan not in (None, "free"):
+                # It ended at the plan in force while a downgrade was pending: the downgrade was
+                # withdrawn first, and that change's event (late) prorates from this plan, i.e. nothing.
+                changes["plan_before"] = state.plan
         # The plan stays until the paid period ends (records from before ``paid_through``: the period's end).
         paid_until = min(ends_at, state.paid_through) if ends_at and state.paid_through else ends_at
         if state.plan_from != sub.id:

@@ -688,3 +688,23 @@ def test_a_downgrade_overtaken_by_a_later_update_in_a_new_period_waits_for_the_p
     assert billing["pending_plan_at"] == datetime.fromtimestamp(end2, UTC)
     assert balance(sub.client_id) == GROWTH  # the new period's allotment, once (the first one expired)
     no_drift(sub.client_id)
+
+
+def test_a_change_back_from_a_pending_downgrade_delivered_after_the_cancellation_prorates_nothing(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Growth, a downgrade to Starter (pending), back to Growth, then cancelled now: the deletion (at
+    Growth) arrives before the change back, which then finds nothing to prorate — the plan in force was
+    Growth all along (found by the stateful test)."""
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    assert send(hook, sub.updated_event("price_starter_m", start, end, previous=changed_price("price_growth_m"))) == (
+        "downgrade to starter at period end"
+    )
+    back = sub.updated_event("price_growth_m", start, end, previous=changed_price("price_starter_m"))
+    assert send(hook, sub.deleted_event("price_growth_m", start, end)) == "moves to Free at period end"
+    assert send(hook, back).startswith("stale: the subscription has ended")
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
+    assert balance(sub.client_id) == GROWTH
+    no_drift(sub.client_id)
