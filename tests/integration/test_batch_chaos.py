@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -48,7 +47,6 @@ from shared.engines.base import (
     TextRequest,
 )
 from shared.engines.offline import OfflineEngine
-from shared.errors import UpstreamUnavailable
 from shared.generation import jobs
 from shared.generation.jobs import GENERATION
 from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
@@ -56,7 +54,8 @@ from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.pricing import load_default_prices
 from shared.ledger.service import Ledger
 from shared.ledger.store import FirestoreLedgerStore
-from shared.tasks import TaskCall, TaskQueue, TaskRequest
+from shared.tasks import TaskCall, TaskRequest
+from tests.chaos_tasks import ChaosQueue, Clock, Handler, Killed
 from tests.firestore_faults import FaultyClient
 
 pytestmark = pytest.mark.integration
@@ -65,8 +64,6 @@ EXAMPLES = int(os.environ.get("EPOX_BATCH_CHAOS_EXAMPLES", "12"))
 START = datetime(2026, 5, 4, 9, 0, 0, tzinfo=UTC)
 RUN_EVERY = timedelta(minutes=15)  # the reaper's schedule
 LEASE = timedelta(minutes=45)
-NAME_RESERVED = timedelta(hours=1)  # how long Cloud Tasks refuses the name of a task that ended
-RETRY_AFTER = timedelta(seconds=10)
 MAX_ATTEMPTS = 3
 CHAOS_PASSES = 4
 SETTLE_PASSES = 16
@@ -74,107 +71,6 @@ FATES = ("normal", "lost", "twice", "delayed", "flaky", "refused", "commit_fault
 CALLS = ("ok", "busy", "refused", "killed")
 PASSES_NEEDED: Counter[int] = Counter()  # reaper runs after the chaos, per example (printed at the end)
 SEEN: Counter[str] = Counter()  # task fates and engine calls over every example
-
-
-class Killed(BaseException):
-    """The worker instance dies mid-item: nothing answers the queue, and no handler of ours sees it."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Pending:
-    task: TaskRequest
-    fate: str
-    due: datetime
-    attempts: int = 0
-    done: bool = False
-
-
-@dataclass
-class ChaosQueue(TaskQueue):
-    """Cloud Tasks' delivery contract, with each task's fate drawn by Hypothesis while ``chaos``."""
-
-    clock: Clock
-    draw: Callable[[Any], Any]
-    db: FaultyClient
-    client_id: str
-    chaos: bool = True
-    tasks: list[Pending] = field(default_factory=list)
-    reserved: dict[str, datetime | None] = field(default_factory=dict)  # None: the task still exists
-    fates: Counter[str] = field(default_factory=Counter)
-
-    def enqueue(self, task: TaskRequest) -> bool:
-        now = self.clock.now
-        if task.name is not None and task.name in self.reserved:
-            until = self.reserved[task.name]
-            if until is None or until > now:
-                return False
-        fate = self.draw(st.one_of(st.just("normal"), st.sampled_from(FATES))) if self.chaos else "normal"
-        self.fates[fate] += 1
-        if fate == "refused":
-            raise UpstreamUnavailable("The task queue is unavailable")
-        if task.name is not None:
-            self.reserved[task.name] = None
-        due = max(now, task.schedule_time or now)
-        if fate == "delayed":
-            due += timedelta(minutes=self.draw(st.integers(5, 50)))
-        self.tasks.append(Pending(task, fate, due))
-        return True
-
-    def _end(self, pending: Pending) -> None:
-        pending.done = True
-        if pending.task.name is not None:
-            self.reserved[pending.task.name] = self.clock.now + NAME_RESERVED
-
-    def deliver_until(self, until: datetime, handle: Callable[[TaskRequest, int], object]) -> None:
-        """Deliver every task due before ``until`` (in an order Hypothesis picks), moving the clock on."""
-        while True:
-            due = [p for p in self.tasks if not p.done and p.due <= self.clock.now]
-            if not due:
-                upcoming = [p.due for p in self.tasks if not p.done and p.due <= until]
-                if not upcoming:
-                    return
-                self.clock.now = min(upcoming)
-                continue
-            pick = self.draw(st.integers(0, len(due) - 1)) if len(due) > 1 else 0
-            self._attempt(due[pick], handle)
-            self.clock.now += timedelta(seconds=2)
-
-    def _attempt(self, pending: Pending, handle: Callable[[TaskRequest, int], object]) -> None:
-        if pending.fate == "lost":
-            self._end(pending)  # every attempt failed before any worker saw it
-            return
-        if pending.fate == "flaky" and pending.attempts == 0:
-            pending.attempts += 1  # a 503 from the platform: the worker never ran
-            pending.due = self.clock.now + RETRY_AFTER
-            return
-        if pending.fate == "commit_fault":
-            # One commit of this delivery to the client's jobs or assets lands, and answers UNAVAILABLE.
-            prefix = f"clients/{self.client_id}/"
-            self.db.land_then_fail(
-                lambda paths: any(p.startswith(prefix) and ("/jobs/" in p or "/assets/" in p) for p in paths)
-            )
-        try:
-            handle(pending.task, pending.attempts)
-            answered = True
-        except (Exception, Killed):
-            answered = False
-        finally:
-            self.db.faults.clear()
-        pending.attempts += 1
-        if answered and pending.fate == "twice" and pending.attempts == 1:
-            answered = False  # the worker finished, but its answer was lost: the queue delivers again
-        if answered or pending.attempts >= MAX_ATTEMPTS:
-            self._end(pending)
-        else:
-            pending.due = self.clock.now + RETRY_AFTER
 
 
 class ChaosEngine(ImageEngine):
@@ -203,17 +99,24 @@ class ChaosEngine(ImageEngine):
         return self.inner.complete_text(request)
 
 
+def commits_to(client_id: str) -> Callable[[list[str]], bool]:
+    """A ``commit_fault`` loses the answer of one commit to the client's jobs or assets."""
+    prefix = f"clients/{client_id}/"
+    return lambda paths: any(p.startswith(prefix) and ("/jobs/" in p or "/assets/" in p) for p in paths)
+
+
 def run_to_settlement(
     kind: Any,
     db: FaultyClient,
     queue: ChaosQueue,
     engine: ChaosEngine,
+    client_id: str,
     job_id: str,
-    handle: Callable[[TaskRequest, int], object],
+    handle: Handler,
 ) -> Any:
     """Deliver, let time pass and run the reaper every RUN_EVERY, the chaos stopping after
     CHAOS_PASSES runs: the job, which must be settled within SETTLE_PASSES more."""
-    clock, client_id = queue.clock, queue.client_id
+    clock = queue.clock
     for run in range(CHAOS_PASSES + SETTLE_PASSES):
         if run == CHAOS_PASSES:
             queue.chaos = engine.chaos = False
@@ -245,10 +148,10 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     from shared.catalog.assets import assets_ref
     from shared.catalog.policies import generation_policy
 
-    clock = Clock()
+    clock = Clock(START)
     db = FaultyClient()
     client_id = "c_chaos"
-    queue = ChaosQueue(clock, data.draw, db, client_id)
+    queue = ChaosQueue(clock, data.draw, db, FATES, faulty_commit=commits_to(client_id), max_attempts=MAX_ATTEMPTS)
     engine = ChaosEngine(data.draw)
     ledger = Ledger(FirestoreLedgerStore(db), clock=clock, low_balance_threshold=0)
     ledger.grant(
@@ -258,7 +161,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         settings.model_copy(update={"generation_fanout_page": 2, "tasks_max_attempts": MAX_ATTEMPTS})
     )
 
-    def handle(task: TaskRequest, retry_count: int) -> object:
+    def handle(task: TaskRequest, retry_count: int, fate: str) -> object:
         payload = task.payload
         now = clock.now
         if isinstance(payload, FanoutPageTask):
@@ -287,7 +190,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         request_key=None,
     )
 
-    done = run_to_settlement(GENERATION, db, queue, engine, job.id, handle)
+    done = run_to_settlement(GENERATION, db, queue, engine, client_id, job.id, handle)
 
     # Each image is charged once, and only if it is in the customer's library.
     item_docs = lifecycle.items_with_status(GENERATION, db, client_id, job.id, ItemStatus.SUCCEEDED)
@@ -322,10 +225,10 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     from shared.editing.service import EDITS
     from tests import images
 
-    clock = Clock()
+    clock = Clock(START)
     db = FaultyClient()
     client_id = "c_chaos"
-    queue = ChaosQueue(clock, data.draw, db, client_id)
+    queue = ChaosQueue(clock, data.draw, db, FATES, faulty_commit=commits_to(client_id), max_attempts=MAX_ATTEMPTS)
     engine = ChaosEngine(data.draw)
     ledger = Ledger(FirestoreLedgerStore(db), clock=clock, low_balance_threshold=0)
     admin = Actor(kind="admin", id="t")
@@ -357,7 +260,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     def no_remover() -> Any:
         raise AssertionError("no background removal in these jobs")
 
-    def handle(task: TaskRequest, retry_count: int) -> object:
+    def handle(task: TaskRequest, retry_count: int, fate: str) -> object:
         payload = task.payload
         now = clock.now
         if isinstance(payload, ItemTask):
@@ -386,7 +289,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
         now=clock.now,
         request_key=None,
     )
-    done = run_to_settlement(EDITS, db, queue, engine, job.id, handle)
+    done = run_to_settlement(EDITS, db, queue, engine, client_id, job.id, handle)
 
     # Each edited asset has exactly the one revision its item recorded, with its files; only those are charged.
     item_docs = lifecycle.all_items(EDITS, db, done)

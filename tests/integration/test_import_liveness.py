@@ -27,7 +27,6 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,7 +43,8 @@ from shared.catalog.policies import import_policy, upload_policy
 from shared.catalog.uploads import complete_upload, create_upload
 from shared.errors import UpstreamUnavailable
 from shared.storage import ObjectInfo, ObjectStore, PresignedUpload
-from shared.tasks import TaskCall, TaskQueue, TaskRequest
+from shared.tasks import TaskCall, TaskRequest
+from tests.chaos_tasks import ChaosQueue, Clock
 from tests.firestore_faults import FaultyClient
 
 pytestmark = pytest.mark.integration
@@ -52,8 +52,6 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("EPOX_IMPORT_CHAOS_EXAMPLES", "20"))
 START = datetime(2026, 5, 4, 9, 0, 0, tzinfo=UTC)
 RUN_EVERY = timedelta(minutes=15)  # the reaper's schedule
-NAME_RESERVED = timedelta(hours=1)  # how long Cloud Tasks refuses the name of a task that ended
-RETRY_AFTER = timedelta(seconds=10)
 MAX_ATTEMPTS = 3
 CHAOS_PASSES = 4
 SETTLE_PASSES = 6
@@ -106,14 +104,6 @@ def fetcher() -> Iterator[Any]:
 
 
 # -- what Hypothesis controls ---------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class BudgetClock:
@@ -181,86 +171,6 @@ class ChaosStore(ObjectStore):
         )
 
 
-@dataclass
-class Pending:
-    task: TaskRequest
-    fate: str
-    due: datetime
-    attempts: int = 0
-    done: bool = False
-
-
-@dataclass
-class ChaosQueue(TaskQueue):
-    """Cloud Tasks' delivery contract, with each task's fate drawn by Hypothesis while ``chaos``."""
-
-    clock: Clock
-    draw: Callable[[Any], Any]
-    db: FaultyClient
-    chaos: bool = True
-    tasks: list[Pending] = field(default_factory=list)
-    reserved: dict[str, datetime | None] = field(default_factory=dict)  # None: the task still exists
-    fates: Counter[str] = field(default_factory=Counter)
-
-    def enqueue(self, task: TaskRequest) -> bool:
-        now = self.clock.now
-        if task.name is not None and task.name in self.reserved:
-            until = self.reserved[task.name]
-            if until is None or until > now:
-                return False
-        fate = self.draw(st.one_of(st.just("normal"), st.sampled_from(FATES))) if self.chaos else "normal"
-        self.fates[fate] += 1
-        if task.name is not None:
-            self.reserved[task.name] = None
-        due = now + (timedelta(minutes=self.draw(st.integers(5, 50))) if fate == "delayed" else timedelta())
-        self.tasks.append(Pending(task, fate, due))
-        return True
-
-    def _end(self, pending: Pending) -> None:
-        pending.done = True
-        if pending.task.name is not None:
-            self.reserved[pending.task.name] = self.clock.now + NAME_RESERVED
-
-    def deliver_until(self, until: datetime, handle: Callable[[TaskRequest, int, str], object]) -> None:
-        """Deliver every task due before ``until`` (in an order Hypothesis picks), moving the clock on."""
-        while True:
-            due = [p for p in self.tasks if not p.done and p.due <= self.clock.now]
-            if not due:
-                upcoming = [p.due for p in self.tasks if not p.done and p.due <= until]
-                if not upcoming:
-                    return
-                self.clock.now = min(upcoming)
-                continue
-            pick = self.draw(st.integers(0, len(due) - 1)) if len(due) > 1 else 0
-            self._attempt(due[pick], handle)
-            self.clock.now += timedelta(seconds=2)
-
-    def _attempt(self, pending: Pending, handle: Callable[[TaskRequest, int, str], object]) -> None:
-        if pending.fate == "lost":
-            self._end(pending)  # every attempt failed before any worker saw it
-            return
-        if pending.fate == "flaky" and pending.attempts == 0:
-            pending.attempts += 1  # a 503 from the platform: the worker never ran
-            pending.due = self.clock.now + RETRY_AFTER
-            return
-        if pending.fate == "commit_fault":
-            self.db.land_then_fail(lambda paths: any("/chunks/" in p for p in paths))
-        try:
-            handle(pending.task, pending.attempts, pending.fate)
-            answered = True
-        except Exception:
-            answered = False
-        finally:
-            self.db.faults.clear()
-        pending.attempts += 1
-        if answered and pending.fate == "twice" and pending.attempts == 1:
-            answered = False  # the worker finished, but its answer was lost: the queue delivers again
-        if answered or pending.attempts >= MAX_ATTEMPTS:
-            self._end(pending)
-        else:
-            pending.due = self.clock.now + RETRY_AFTER
-
-
 @pytest.fixture(scope="module", autouse=True)
 def report_passes() -> Iterator[None]:
     yield
@@ -293,11 +203,12 @@ def test_every_import_ends_with_each_row_imported_once(
     from shared.catalog.assets import assets_ref
     from shared.catalog.products import products_ref
 
-    clock = Clock()
+    clock = Clock(START)
     db = FaultyClient()
     faults = Faults()
     store = ChaosStore(object_store, faults)
-    queue = ChaosQueue(clock, data.draw, db)
+    chunk_commits: Callable[[list[str]], bool] = lambda paths: any("/chunks/" in p for p in paths)  # noqa: E731
+    queue = ChaosQueue(clock, data.draw, db, FATES, faulty_commit=chunk_commits, max_attempts=MAX_ATTEMPTS)
     budget_clock = BudgetClock(data.draw)
     chaos_fetcher = ChaosFetcher(fetcher, faults)
     policy = import_policy(
