@@ -30,7 +30,7 @@ from shared.catalog.models import (
 )
 from shared.catalog.policies import import_policy, upload_policy
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
-from shared.http.pagination import Page
+from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:

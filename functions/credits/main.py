@@ -14,7 +14,6 @@ import functions_framework
 
 from shared.errors import BadRequest
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
-from shared.http.pagination import Page
 from shared.ledger import admin as ledger_admin
 from shared.ledger import views
 from shared.ledger.model import Actor, GrantSource
@@ -28,6 +27,7 @@ from shared.ledger.views import (
     UsageView,
     VerifyQuery,
 )
+from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:

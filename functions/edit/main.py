@@ -18,7 +18,7 @@ from shared.editing import service
 from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
 from shared.editing.service import EDITS
 from shared.http.app import HttpApp, JsonResponse, RequestContext
-from shared.http.pagination import Page
+from shared.pagination import Page
 
 if TYPE_CHECKING:
     import flask

@@ -32,7 +32,7 @@ from shared.generation.models import (
     PresetUpdate,
 )
 from shared.http.app import HttpApp, JsonResponse, RequestContext
-from shared.http.pagination import Page
+from shared.pagination import Page
 
 if TYPE_CHECKING:
     import flask

@@ -8,7 +8,6 @@ passed to the lifecycle functions as a callable instead, so a kind needs no adap
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,11 +31,6 @@ if TYPE_CHECKING:
 
 JobT = TypeVar("JobT", bound=BatchJobDoc)
 ItemT = TypeVar("ItemT", bound=BatchItemDoc)
-
-
-def derived_id(prefix: str, *parts: object) -> str:
-    """A stable id from its parts (an idempotency key, a job and an index…): a retry names the same thing."""
-    return f"{prefix}_{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:24]}"
 
 
 def failure_of(error: EpoxError, **extra: Any) -> dict[str, Any]:

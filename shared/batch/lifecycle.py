@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
 from shared.batch.commits import commit_once
-from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals, derived_id
+from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals
 from shared.batch.models import (
     STOPPED_JOB,
     TERMINAL_ITEM,
@@ -48,10 +48,10 @@ from shared.batch.models import (
     JobTask,
     PagedJobDoc,
 )
-from shared.catalog.products import new_id
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
-from shared.http.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
+from shared.ids import derived_id, new_id
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
+from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 from shared.retry import CONTENDED_COMMIT, attempts
 from shared.tasks import RetryTask, TaskCall, TaskQueue
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.http.pagination import PageQuery
+from shared.pagination import PageQuery
 from shared.scheduled import ScheduledReport
 
 

@@ -18,8 +18,8 @@ from shared.billing.credits import allotment_key, grant_allotment
 from shared.billing.models import BillingState
 from shared.billing.store import DELETE, BillingChanged, BillingStore
 from shared.errors import IdempotencyKeyReused, UpstreamUnavailable
+from shared.ids import derived_id
 from shared.ledger.model import Actor, GrantSource
-from shared.ledger.service import derived_id
 from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 

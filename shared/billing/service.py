@@ -100,37 +100,6 @@ def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: dat
         )
 
 
-def count_products(db: Client, client_id: str) -> int:
-    """The real number of products (an aggregation query); slots are measured on ``products_used``."""
-    query = client_ref(db, client_id).collection("products").count()
-    return int(query.get()[0][0].value)
-
-
-def product_slots(db: Client, client_id: str) -> int:
-    return billing_state(db, client_id).product_slots
-
-
-def products_used(db: Client, client_id: str) -> int:
-    """The slot counter kept with every product create/delete (counted for a client without one yet)."""
-    from shared.catalog.products import product_usage
-
-    return product_usage(db, client_id).used
-
-
-def require_product_slots(db: Client, client_id: str, wanted: int = 1) -> int:
-    """Raise 402 when ``wanted`` more products do not fit the plan now; returns the free slots.
-
-    Only a pre-check (e.g. before starting a large import): creating products claims the slots
-    atomically through ``shared.catalog.products.create_products``, which decides for real.
-    """
-    from shared.catalog.products import product_usage, slot_limit_error
-
-    usage = product_usage(db, client_id)
-    if wanted > usage.free:
-        raise slot_limit_error(usage)
-    return usage.free
-
-
 def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime) -> SubscriptionOut:
     from shared.catalog.products import product_usage
 

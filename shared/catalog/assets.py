@@ -21,7 +21,7 @@ from shared.catalog.models import (
 )
 from shared.catalog.products import products_ref
 from shared.errors import NotFound, ValidationFailed
-from shared.http.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
+from shared.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client

@@ -28,7 +28,6 @@ Every piece of work is bounded and ends:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -56,10 +55,11 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import build_product, create_products, new_id, products_ref
+from shared.catalog.products import build_product, create_products, products_ref
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
 from shared.http.problems import validation_problem
+from shared.ids import derived_id, new_id
 from shared.scheduled import ScheduledReport, isolated
 from shared.tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue, TaskRequest
 from shared.tasks import task_name as make_task_name
@@ -593,7 +593,7 @@ def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: d
             continue
         # The id is derived from the import and the row, so a redelivered chunk finds the products it
         # created before: they are not new and take no slot a second time.
-        product_id = _derived_id("prod", doc.id, draft.row_number)
+        product_id = derived_id("prod", doc.id, draft.row_number)
         product = build_product(
             doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
         )
@@ -699,7 +699,7 @@ def _failed_part(
         for _, product in candidates.products.values()
     }
     asset_ids = {
-        (index, image): _derived_id("ast", doc.id, draft.row_number, image)
+        (index, image): derived_id("ast", doc.id, draft.row_number, image)
         for index, (draft, _) in candidates.products.items()
         for image in range(len(draft.image_urls))
     }
@@ -733,11 +733,6 @@ def _failed_part(
     return part
 
 
-def _derived_id(prefix: str, *parts: object) -> str:
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:24]
-    return f"{prefix}_{digest}"
-
-
 def _import_image(
     db: Client,
     store: ObjectStore,
@@ -753,7 +748,7 @@ def _import_image(
 ) -> None:
     from shared.adapters.safe_fetch import FetchTemporarilyFailed
 
-    asset_id = _derived_id("ast", doc.id, row_number, index)
+    asset_id = derived_id("ast", doc.id, row_number, index)
     if assets_ref(db, doc.client_id).document(asset_id).get().exists:
         part.images_imported += 1
         return

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +33,8 @@ from shared.catalog.models import (
     ProductUpdate,
 )
 from shared.errors import EpoxError, NotFound, UpstreamUnavailable
-from shared.http.pagination import Page, decode_cursor, encode_cursor
+from shared.ids import new_id
+from shared.pagination import Page, decode_cursor, encode_cursor
 from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 
@@ -51,11 +51,6 @@ _WORD = re.compile(r"[\w]+", re.UNICODE)
 # A commit holds at most 500 writes (the counter plus the products) and 10 MiB: groups stay well under.
 MAX_PRODUCTS_PER_COMMIT = 400
 MAX_COMMIT_BYTES = 4 * 1024 * 1024
-
-
-def new_id(prefix: str) -> str:
-    """Random, URL-safe, sortable-enough ids such as ``prod_3kq9…``."""
-    return f"{prefix}_{secrets.token_urlsafe(12).replace('-', 'a').replace('_', 'b')}"
 
 
 def products_ref(db: Client, client_id: str) -> Any:
@@ -500,7 +495,7 @@ def _cursor_for_position(position: dict[str, Any] | None) -> str | None:
 
 
 def _cursor_position(cursor: str | None) -> dict[str, Any] | None:
-    from shared.http.pagination import cursor_datetime, cursor_str
+    from shared.pagination import cursor_datetime, cursor_str
 
     if cursor is None:
         return None

@@ -33,7 +33,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import get_product, new_id
+from shared.catalog.products import get_product
 from shared.errors import (
     Conflict,
     EpoxError,
@@ -42,6 +42,7 @@ from shared.errors import (
     UnprocessableContent,
     ValidationFailed,
 )
+from shared.ids import new_id
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:

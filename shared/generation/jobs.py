@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from shared.batch import lifecycle
 from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, JobKind, Totals, failure_of
-from shared.batch.kind import derived_id as _derived
 from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
 from shared.batch.models import FanoutPageTask, ItemListQuery, ItemStatus, ItemTask
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref, stage_new_asset
@@ -44,8 +43,9 @@ from shared.generation.models import (
     JobDoc,
     JobOut,
 )
-from shared.http.pagination import Page
+from shared.ids import derived_id as _derived
 from shared.ledger.pricing import PriceList, QuoteItem, quote
+from shared.pagination import Page
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:

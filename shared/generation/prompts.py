@@ -156,7 +156,7 @@ def get_preset(db: Client, client_id: str, preset_id: str) -> PresetOut:
 
 
 def create_preset(db: Client, client_id: str, data: PresetIn, now: datetime) -> PresetOut:
-    from shared.catalog.products import new_id
+    from shared.ids import new_id
 
     require_style(data.settings.style)
     preset = PresetOut(id=new_id("pre"), name=data.name, settings=data.settings, created_at=now, updated_at=now)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from shared.http.pagination import PageQuery
+from shared.pagination import PageQuery
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.errors import IdempotencyKeyReused, UpstreamUnavailable
+from shared.ids import derived_id
 from shared.ledger import model
 from shared.ledger.model import Actor, GrantSource, HoldOutcome, LedgerState, Mutation
 from shared.ledger.store import (
@@ -51,11 +52,6 @@ LOCK_STRIPES = 256
 def _fingerprint(operation: str, params: dict[str, Any]) -> str:
     material = json.dumps({"op": operation, **params}, sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()
-
-
-def derived_id(prefix: str, key: str) -> str:
-    """Ids derived from the idempotency key, so a retry names the same bucket or hold."""
-    return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
 class Ledger:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import ValidationFailed
-from shared.http.pagination import Page, PageQuery, cursor_datetime, cursor_int, decode_cursor, encode_cursor
 from shared.ledger.model import Actor, Entry, EntryType, LedgerState, burn_order
+from shared.pagination import Page, PageQuery, cursor_datetime, cursor_int, decode_cursor, encode_cursor
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
@@ -343,12 +342,3 @@ def verify_balances(db: Client, ledger: Ledger, *, full: bool = False) -> JobRep
             if drift:
                 report.problems[client_id] = drift
     return report
-
-
-def require_reason(reason: str | None) -> str:
-    if not reason or len(reason.strip()) < 3:
-        raise ValidationFailed(
-            "A reason is required",
-            errors=[{"field": "reason", "in": "body", "message": "at least 3 characters", "type": "string_too_short"}],
-        )
-    return reason.strip()

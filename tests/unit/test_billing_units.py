@@ -31,8 +31,9 @@ from shared.billing.models import (
 )
 from shared.billing.service import catalog_out, paid_operations_blocked
 from shared.errors import ValidationFailed
+from shared.ids import derived_id
 from shared.ledger.model import EntryType
-from shared.ledger.service import Ledger, derived_id
+from shared.ledger.service import Ledger
 from tests.billing_events import SECRET, encode, event, invoice_obj, signature_header, subscription_obj
 from tests.fakes import InMemoryBillingStore, InMemoryLedgerStore
 from tests.stubs.stripe import parse_form

@@ -33,7 +33,8 @@ from shared.http.idempotency import (
     fingerprint_request,
     run_idempotent,
 )
-from shared.http.pagination import (
+from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
+from shared.pagination import (
     InvalidCursor,
     PageQuery,
     cursor_datetime,
@@ -42,7 +43,6 @@ from shared.http.pagination import (
     decode_cursor,
     encode_cursor,
 )
-from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
 from shared.platform import Platform
 from shared.tasks import SharedSecretTaskVerifier
 from tests.fakes import InMemoryObjectStore, RecordingTaskQueue
