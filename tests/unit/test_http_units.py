@@ -25,7 +25,7 @@ from shared.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext, _compile
+from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, _compile
 from shared.http.idempotency import (
     Begun,
     IdempotencyStore,
@@ -309,43 +309,47 @@ def _build_app(platform: Platform) -> HttpApp:
     app = HttpApp("unit_api", platform_factory=lambda: platform)
 
     @app.get("/things/<thing_id>", access=Access.PUBLIC)
-    def get_thing(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def get_thing(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
         return {"id": ctx.path_params["thing_id"], "request_id": ctx.request_id}
 
     @app.delete("/things/<thing_id>", access=Access.PUBLIC, status=204)
-    def delete_thing(ctx: RequestContext[Any, Any]) -> None:
+    def delete_thing(ctx: RequestContext[NoBody, NoQuery]) -> None:
         return None
 
     @app.post("/things", body=_Item, status=201, access=Access.PUBLIC)
-    def create_thing(ctx: RequestContext[Any, Any]) -> JsonResponse:
+    def create_thing(ctx: RequestContext[_Item, NoQuery]) -> JsonResponse:
         return JsonResponse({"name": ctx.body.name, "count": ctx.body.count}, status=201, headers={"Location": "/t/1"})
 
     @app.post("/small", body=_Item, access=Access.PUBLIC, max_body_bytes=64)
-    def small(ctx: RequestContext[Any, Any]) -> _Item:
+    def small(ctx: RequestContext[_Item, NoQuery]) -> _Item:
         return ctx.body
 
     @app.get("/search", query=_Search, access=Access.PUBLIC)
-    def search(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def search(ctx: RequestContext[NoBody, _Search]) -> dict[str, Any]:
         return {"q": ctx.query.q, "limit": ctx.query.limit}
 
     @app.post("/nobody", access=Access.PUBLIC)
-    def nobody(ctx: RequestContext[Any, Any]) -> dict[str, str]:
+    def nobody(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
         return {"ok": "yes"}
 
+    @app.get("/models", access=Access.PUBLIC)
+    def models(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
+        return {"body": type(ctx.body).__name__, "query": type(ctx.query).__name__}
+
     @app.get("/boom", access=Access.PUBLIC)
-    def boom(ctx: RequestContext[Any, Any]) -> None:
+    def boom(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise _BoomError("secret internals /etc/passwd")
 
     @app.get("/gone", access=Access.PUBLIC)
-    def gone(ctx: RequestContext[Any, Any]) -> None:
+    def gone(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise NotFound("No such thing", thing="x")
 
     @app.get("/whoami", access=Access.PUBLIC)
-    def whoami(ctx: RequestContext[Any, Any]) -> str:
+    def whoami(ctx: RequestContext[NoBody, NoQuery]) -> str:
         return ctx.client_id
 
     @app.post("/work", access=Access.TASK)
-    def work(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def work(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
         assert ctx.task is not None
         return {"queue": ctx.task.queue, "name": ctx.task.name, "retry": ctx.task.retry_count}
 
@@ -388,6 +392,11 @@ def test_path_params_reach_the_handler(client: Any) -> None:
     assert response.status_code == 200
     assert response.json == {"id": "t-1", "request_id": "req-unit-0001"}
     assert response.headers["X-Request-Id"] == "req-unit-0001"
+
+
+def test_a_route_without_models_hands_its_handler_the_empty_ones(client: Any) -> None:
+    # What RequestContext[NoBody, NoQuery] promises the type checker is what the handler gets.
+    assert client.get("/models").json == {"body": "NoBody", "query": "NoQuery"}
 
 
 def test_health_is_always_there(client: Any) -> None:
