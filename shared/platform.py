@@ -8,11 +8,12 @@ queue, a fetcher that may reach a local server) and install it with :func:`set_p
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.config import Settings, TasksAuthMode, TasksBackend, get_settings
+from shared.needs import Need
 
 if TYPE_CHECKING:
     from flask import Request
@@ -249,15 +250,16 @@ _platform: Platform | None = None
 _platform_lock = threading.Lock()
 
 
-def get_platform() -> Platform:
-    """The process's platform, built from the environment on first use."""
+def get_platform(needs: Collection[Need] | None = None) -> Platform:
+    """The process's platform, built from the environment on first use; ``needs``: the settings groups
+    the serving entry point declared, the only ones production then demands (None: all)."""
     global _platform
     if _platform is None:
         with _platform_lock:
             if _platform is None:
                 from shared import logging as log
 
-                settings = get_settings()
+                settings = get_settings(None if needs is None else frozenset(needs))
                 log.configure(settings.log_level, settings.gcp_project)
                 _platform = Platform(settings)
     return _platform

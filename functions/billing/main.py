@@ -26,12 +26,13 @@ from shared.billing.models import (
 )
 from shared.billing.policies import billing_store, price_ids
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("billing_api")
+api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
 jobs = HttpApp("billing_jobs")
 
 

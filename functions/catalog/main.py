@@ -30,14 +30,15 @@ from shared.catalog.models import (
 )
 from shared.catalog.policies import import_policy, upload_policy
 from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("catalog_api")
-tasks = HttpApp("catalog_tasks")
+api = HttpApp("catalog_api", needs=(Need.R2, Need.TASK_QUEUE))
+tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
 
 
 def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:

@@ -18,6 +18,7 @@ from shared.editing import service
 from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
 from shared.editing.service import EDITS
 from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
-api = HttpApp("edit_api")
-tasks = HttpApp("edit_tasks")
+api = HttpApp("edit_api", needs=(Need.R2, Need.TASK_QUEUE))
+tasks = HttpApp("edit_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
 # Inpaint masks travel in the body as base64 PNG.
 EDIT_MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -32,6 +32,7 @@ from shared.generation.models import (
     PresetUpdate,
 )
 from shared.http.app import BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
-api = HttpApp("generate_api")
-tasks = HttpApp("generate_tasks")
+api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
+tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
 
 def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str | None = None) -> JsonResponse:

@@ -15,11 +15,12 @@ import functions_framework
 from shared.billing.events import verify_event
 from shared.billing.policies import webhook_processor
 from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 
 if TYPE_CHECKING:
     import flask
 
-app = HttpApp("stripe_webhook")
+app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
 
 
 @app.post("/", access=Access.PUBLIC, raw=True, max_body_bytes=512 * 1024)

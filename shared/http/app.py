@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, Unpack
@@ -32,6 +32,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http.problems import problem_response, validation_problem
+from shared.needs import Need
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -158,11 +159,32 @@ def _compile(template: str) -> re.Pattern[str]:
 class HttpApp:
     """The routes of one deployable entry point and the pipeline that serves them."""
 
-    def __init__(self, service: str, *, platform_factory: Callable[[], Platform] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        *,
+        needs: Collection[Need] = (),
+        platform_factory: Callable[[], Platform] | None = None,
+    ) -> None:
+        """``service``: the entry point's name; ``needs``: the groups of settings its routes use beyond
+        what their access implies (R2, Stripe, Gemini, the task queue…), all that production demands."""
         self.service = service
         self.routes: list[Route] = []
+        self.declared_needs = frozenset(needs)
         self._platform_factory = platform_factory
         self.get("/health", access=Access.PUBLIC)(self._health)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """The settings groups this entry point needs: the declared ones, user JWTs for USER/ADMIN routes,
+        OIDC task credentials for TASK/SCHEDULER routes."""
+        needs = set(self.declared_needs)
+        accesses = {route.access for route in self.routes}
+        if accesses & {Access.USER, Access.ADMIN}:
+            needs.add(Need.AUTH)
+        if accesses & {Access.TASK, Access.SCHEDULER}:
+            needs.add(Need.TASK_CALLS)
+        return frozenset(needs)
 
     # -- declaration -------------------------------------------------------------------------
     def route(
@@ -300,7 +322,7 @@ class HttpApp:
             return self._platform_factory()
         from shared.platform import get_platform
 
-        return get_platform()
+        return get_platform(self.needs)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
         path = request.path or "/"
