@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
+    from shared.tenancy import Onboarding
 
 
 def utc_now() -> datetime:
@@ -65,7 +66,7 @@ class Platform:
         self._gateway = payment_gateway
         self._price_book: PriceBook | None = None
         self._lock = threading.Lock()
-        self._known_clients: set[str] = set()
+        self._onboarding: Onboarding | None = None
 
     # -- adapters --------------------------------------------------------------------------------
     @property
@@ -202,26 +203,25 @@ class Platform:
                 )
         return self._task_verifier
 
-    def ensure_client(self, principal: Principal) -> None:
-        """Provision the caller's client record on its first authenticated call (cached per process)."""
-        if principal.client_id in self._known_clients:
-            return
+    @property
+    def onboarding(self) -> Onboarding:
+        """The tenancy step of a client's first signed-in call, welcomed by billing (Free plan and bonus)."""
+        if self._onboarding is None:
+            with self._lock:
+                if self._onboarding is None:
+                    from shared.adapters.firestore.tenancy import FirestoreClientDirectory
+                    from shared.tenancy import Onboarding
+
+                    self._onboarding = Onboarding(FirestoreClientDirectory(self.db), self._welcome, self.clock)
+        return self._onboarding
+
+    def _welcome(self, client_id: str, now: datetime) -> None:
         from shared.billing.catalog import load_catalog
         from shared.billing.service import onboard
-        from shared.tenancy import ensure_client
 
-        ensure_client(self.db, principal, self.clock())
         catalog = load_catalog()
         bonus = self.settings.signup_bonus_credits
-        onboard(
-            self.db,
-            self.ledger,
-            catalog,
-            principal.client_id,
-            catalog.signup_bonus if bonus is None else bonus,
-            self.clock(),
-        )
-        self._known_clients.add(principal.client_id)
+        onboard(self.db, self.ledger, catalog, client_id, catalog.signup_bonus if bonus is None else bonus, now)
 
 
 def _build_task_queue(settings: Settings) -> TaskQueue:

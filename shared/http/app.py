@@ -354,7 +354,7 @@ class HttpApp:
             if route.access is Access.ADMIN:
                 principal.require_platform_admin()
             log.bind(client_id=principal.client_id, user_id=principal.user_id)
-            platform.ensure_client(principal)
+            platform.onboarding.ensure(principal)  # tenancy: a new client's record, plan and bonus
         elif route.access is Access.TASK:
             task = platform.verify_task_call(request)
         elif route.access is Access.SCHEDULER:
