@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from shared.auth import JwtVerifier, Principal
     from shared.billing.gateway import PaymentGateway
     from shared.engines.base import ImageEngine
-    from shared.http.idempotency import IdempotencyStore
+    from shared.http.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
@@ -153,10 +153,13 @@ class Platform:
             self._price_book = PriceBook(self.db, ttl_seconds=self.settings.price_cache_seconds)
         return self._price_book
 
-    def idempotency_store(self) -> IdempotencyStore:
-        from shared.http.idempotency import FirestoreIdempotencyStore
+    def idempotency_keys(self) -> IdempotencyKeys:
+        """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""
+        from shared.adapters.firestore.idempotency import FirestoreIdempotencyStore
+        from shared.http.idempotency import IdempotencyKeys
 
-        return FirestoreIdempotencyStore(self.db, timedelta(hours=self.settings.idempotency_ttl_hours), self.clock)
+        ttl = timedelta(hours=self.settings.idempotency_ttl_hours)
+        return IdempotencyKeys(FirestoreIdempotencyStore(self.db), ttl, self.clock)
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:

@@ -378,7 +378,7 @@ class HttpApp:
             from shared.http.idempotency import run_idempotent
 
             return run_idempotent(
-                platform.idempotency_store(),
+                platform.idempotency_keys(),
                 client_id=principal.client_id,
                 key=key,
                 request=request,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,13 +25,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, _compile
-from shared.http.idempotency import (
-    Begun,
-    IdempotencyStore,
-    StoredResponse,
-    fingerprint_request,
-    run_idempotent,
-)
+from shared.http.idempotency import IdempotencyKeys, IdempotencyStore, fingerprint_request, run_idempotent
 from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
 from shared.pagination import (
     InvalidCursor,
@@ -46,6 +39,7 @@ from shared.pagination import (
 from shared.platform import Platform
 from shared.tasks import SharedSecretTaskVerifier
 from tests.fakes import InMemoryObjectStore, RecordingTaskQueue
+from tests.fakes_http import InMemoryIdempotencyStore
 
 ORIGIN = "https://app.example.test"
 SECRET = "unit-secret"
@@ -531,38 +525,12 @@ def test_cors(client: Any) -> None:
 # -- Idempotency-Key against an in-memory store --------------------------------------------------
 
 
-class InMemoryIdempotencyStore(IdempotencyStore):
-    """The port's contract, in memory (thread-safe), for exercising ``run_idempotent``."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
-        self.lock = threading.Lock()
-
-    def begin(self, client_id: str, key_hash: str, fingerprint: str) -> StoredResponse | Begun:
-        with self.lock:
-            record = self.records.get((client_id, key_hash))
-            if record is None:
-                self.records[(client_id, key_hash)] = {"fingerprint": fingerprint, "response": None}
-                return Begun()
-        if record["fingerprint"] != fingerprint:
-            raise IdempotencyKeyReused()
-        if record["response"] is None:
-            raise IdempotencyRequestInProgress()
-        stored: StoredResponse = record["response"]
-        return stored
-
-    def complete(self, client_id: str, key_hash: str, response: StoredResponse) -> None:
-        self.records[(client_id, key_hash)]["response"] = response
-
-    def abandon(self, client_id: str, key_hash: str) -> None:
-        self.records.pop((client_id, key_hash), None)
-
-
 def _run(
     store: IdempotencyStore, key: str, body: bytes, execute: Any, *, client_id: str = "c1", path: str = "/things"
 ) -> Any:
+    keys = IdempotencyKeys(store, timedelta(hours=24), lambda: datetime(2026, 1, 1, tzinfo=UTC))
     with Flask("idem").test_request_context(path, method="POST", data=body, content_type="application/json"):
-        return run_idempotent(store, client_id=client_id, key=key, request=request, raw_body=body, execute=execute)
+        return run_idempotent(keys, client_id=client_id, key=key, request=request, raw_body=body, execute=execute)
 
 
 class _Counter:
