@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.adapters.firestore.catalog import firestore_catalog
 from shared.catalog import assets, imports, products, uploads
 from shared.catalog.models import (
     AssetDetailOut,
@@ -29,6 +30,7 @@ from shared.catalog.models import (
     UploadOut,
 )
 from shared.catalog.policies import import_policy, upload_policy
+from shared.catalog.ports import CatalogRepositories
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 from shared.pagination import Page
 from shared.scheduled import finish
@@ -42,6 +44,10 @@ tasks = HttpApp("catalog_tasks")
 Ctx = RequestContext[Any, Any]
 
 
+def _repos(ctx: Ctx) -> CatalogRepositories:
+    return firestore_catalog(ctx.platform.db)
+
+
 def _expiry(ctx: Ctx) -> int:
     return ctx.platform.settings.presign_expiry_seconds
 
@@ -52,7 +58,9 @@ def _expiry(ctx: Ctx) -> int:
 @api.post("/products", body=ProductCreate, status=201, idempotent=True)
 def create_product(ctx: Ctx) -> JsonResponse:
     p = ctx.platform
-    doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())  # takes a slot or answers 402
+    doc = products.create_product(
+        _repos(ctx).products, ctx.client_id, ctx.body, p.clock()
+    )  # takes a slot or answers 402
     out = products.to_out(doc, p.object_store, _expiry(ctx))
     return JsonResponse(out, status=201, headers={"Location": f"/products/{doc.id}"})
 
@@ -60,7 +68,7 @@ def create_product(ctx: Ctx) -> JsonResponse:
 @api.get("/products", query=ProductListQuery)
 def list_products(ctx: Ctx) -> Page[ProductOut]:
     p = ctx.platform
-    page = products.list_products(p.db, ctx.client_id, ctx.query)
+    page = products.list_products(_repos(ctx).products, ctx.client_id, ctx.query)
     items = [products.to_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
     return Page[ProductOut](items=items, next_cursor=page.next_cursor)
 
@@ -68,21 +76,23 @@ def list_products(ctx: Ctx) -> Page[ProductOut]:
 @api.get("/products/<product_id>")
 def get_product(ctx: Ctx) -> ProductOut:
     p = ctx.platform
-    doc = products.get_product(p.db, ctx.client_id, ctx.path_params["product_id"])
+    doc = products.get_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"])
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.patch("/products/<product_id>", body=ProductUpdate)
 def update_product(ctx: Ctx) -> ProductOut:
     p = ctx.platform
-    doc = products.update_product(p.db, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock())
+    doc = products.update_product(
+        _repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock()
+    )
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.delete("/products/<product_id>", status=204)
 def delete_product(ctx: Ctx) -> None:
     p = ctx.platform
-    products.delete_product(p.db, ctx.client_id, ctx.path_params["product_id"], p.clock())
+    products.delete_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], p.clock())
 
 
 # -- uploads --------------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def sweep_uploads(ctx: Ctx) -> uploads.UploadSweepReport:
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)
 def recount_product_usage(ctx: Ctx) -> products.UsageRecountReport:
     p = ctx.platform
-    return finish(products.recount_every_client(p.db, p.clock()), products.RECOUNT_JOB)
+    return finish(products.recount_every_client(_repos(ctx).products, p.clock()), products.RECOUNT_JOB)
 
 
 @functions_framework.http

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.catalog import products_ref
 from shared.catalog.models import (
     AssetDetailOut,
     AssetDoc,
@@ -19,7 +20,6 @@ from shared.catalog.models import (
     AssetUpdate,
     ProductImage,
 )
-from shared.catalog.products import products_ref
 from shared.errors import NotFound, ValidationFailed
 from shared.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 

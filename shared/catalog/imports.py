@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from shared import logging as log
+from shared.adapters.firestore.catalog import FirestoreProductRepository, products_ref
 from shared.catalog.assets import NewProductImage, assets_ref, store_product_image
 from shared.catalog.models import (
     ImportChunkTask,
@@ -55,7 +56,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import build_product, create_products, products_ref
+from shared.catalog.products import build_product, create_products
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
 from shared.http.problems import validation_problem
@@ -656,7 +657,7 @@ def _process_rows(
     candidates = _candidates(doc, results, start_row, now)
     products = [product for _, product in candidates.products.values()]
     if (start_row, start_image) == (0, 0):
-        done = create_products(db, doc.client_id, products, now, all_or_nothing=False)
+        done = create_products(FirestoreProductRepository(db), doc.client_id, products, now, all_or_nothing=False)
         refused = {product.id for product in done.refused}
         created = {product.id for product in products} - refused
         _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)

@@ -22,10 +22,10 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.catalog import products_ref
 from shared.batch.commits import commit_once
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref
 from shared.catalog.models import AssetDoc, AssetRevision
-from shared.catalog.products import products_ref
 from shared.errors import NotFound
 from shared.retry import CONTENDED_COMMIT, attempts
 

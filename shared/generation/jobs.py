@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.catalog import products_ref
 from shared.batch import lifecycle
 from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, JobKind, Totals, failure_of
@@ -30,7 +31,7 @@ from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
 from shared.batch.models import FanoutPageTask, ItemListQuery, ItemStatus, ItemTask
 from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref, stage_new_asset
 from shared.catalog.models import AssetDoc, AssetKind
-from shared.catalog.products import get_product, products_ref
+from shared.catalog.products import get_product
 from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
 from shared.generation import prompts
