@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 from shared.adapters.firestore.catalog import firestore_catalog
-from shared.catalog import assets, imports, products, uploads
+from shared.catalog import imports, library, products, uploads
 from shared.catalog.models import (
     AssetDetailOut,
     AssetListQuery,
@@ -181,28 +181,30 @@ def import_errors(ctx: Ctx) -> flask.Response:
 @api.get("/assets", query=AssetListQuery)
 def list_assets(ctx: Ctx) -> Page[AssetOut]:
     p = ctx.platform
-    page = assets.list_assets(p.db, ctx.client_id, ctx.query)
-    items = [assets.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
+    page = library.list_assets(_repos(ctx).assets, ctx.client_id, ctx.query)
+    items = [library.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
     return Page[AssetOut](items=items, next_cursor=page.next_cursor)
 
 
 @api.get("/assets/<asset_id>")
 def get_asset(ctx: Ctx) -> AssetDetailOut:
     p = ctx.platform
-    return assets.asset_detail(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx))
+    return library.asset_detail(
+        _repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx)
+    )
 
 
 @api.patch("/assets/<asset_id>", body=AssetUpdate)
 def update_asset(ctx: Ctx) -> AssetOut:
     p = ctx.platform
-    doc = assets.update_asset(p.db, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
-    return assets.asset_out(doc, p.object_store, _expiry(ctx))
+    doc = library.update_asset(_repos(ctx).assets, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
+    return library.asset_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.delete("/assets/<asset_id>", status=204)
 def delete_asset(ctx: Ctx) -> None:
     p = ctx.platform
-    assets.delete_asset(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
+    library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
 
 
 # -- workers --------------------------------------------------------------------------------------
