@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.catalog import assets, imports, products, uploads
+from shared.adapters.firestore.catalog import firestore_catalog
+from shared.catalog import imports, library, products, uploads
 from shared.catalog.models import (
     AssetDetailOut,
     AssetListQuery,
@@ -29,6 +30,7 @@ from shared.catalog.models import (
     UploadOut,
 )
 from shared.catalog.policies import import_policy, upload_policy
+from shared.catalog.ports import CatalogRepositories
 from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
 from shared.needs import Need
 from shared.pagination import Page
@@ -41,6 +43,10 @@ api = HttpApp("catalog_api", needs=(Need.R2, Need.TASK_QUEUE))
 tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
 
 
+def _repos(ctx: RequestContext[BodyT, QueryT]) -> CatalogRepositories:
+    return firestore_catalog(ctx.platform.db)
+
+
 def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:
     return ctx.platform.settings.presign_expiry_seconds
 
@@ -51,7 +57,9 @@ def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:
 @api.post("/products", body=ProductCreate, status=201, idempotent=True)
 def create_product(ctx: RequestContext[ProductCreate, NoQuery]) -> JsonResponse:
     p = ctx.platform
-    doc = products.create_product(p.db, ctx.client_id, ctx.body, p.clock())  # takes a slot or answers 402
+    doc = products.create_product(
+        _repos(ctx).products, ctx.client_id, ctx.body, p.clock()
+    )  # takes a slot or answers 402
     out = products.to_out(doc, p.object_store, _expiry(ctx))
     return JsonResponse(out, status=201, headers={"Location": f"/products/{doc.id}"})
 
@@ -59,7 +67,7 @@ def create_product(ctx: RequestContext[ProductCreate, NoQuery]) -> JsonResponse:
 @api.get("/products", query=ProductListQuery)
 def list_products(ctx: RequestContext[NoBody, ProductListQuery]) -> Page[ProductOut]:
     p = ctx.platform
-    page = products.list_products(p.db, ctx.client_id, ctx.query)
+    page = products.list_products(_repos(ctx).products, ctx.client_id, ctx.query)
     items = [products.to_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
     return Page[ProductOut](items=items, next_cursor=page.next_cursor)
 
@@ -67,21 +75,23 @@ def list_products(ctx: RequestContext[NoBody, ProductListQuery]) -> Page[Product
 @api.get("/products/<product_id>")
 def get_product(ctx: RequestContext[NoBody, NoQuery]) -> ProductOut:
     p = ctx.platform
-    doc = products.get_product(p.db, ctx.client_id, ctx.path_params["product_id"])
+    doc = products.get_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"])
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.patch("/products/<product_id>", body=ProductUpdate)
 def update_product(ctx: RequestContext[ProductUpdate, NoQuery]) -> ProductOut:
     p = ctx.platform
-    doc = products.update_product(p.db, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock())
+    doc = products.update_product(
+        _repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock()
+    )
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.delete("/products/<product_id>", status=204)
 def delete_product(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
-    products.delete_product(p.db, ctx.client_id, ctx.path_params["product_id"], p.clock())
+    products.delete_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], p.clock())
 
 
 # -- uploads --------------------------------------------------------------------------------------
@@ -170,28 +180,30 @@ def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
 @api.get("/assets", query=AssetListQuery)
 def list_assets(ctx: RequestContext[NoBody, AssetListQuery]) -> Page[AssetOut]:
     p = ctx.platform
-    page = assets.list_assets(p.db, ctx.client_id, ctx.query)
-    items = [assets.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
+    page = library.list_assets(_repos(ctx).assets, ctx.client_id, ctx.query)
+    items = [library.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
     return Page[AssetOut](items=items, next_cursor=page.next_cursor)
 
 
 @api.get("/assets/<asset_id>")
 def get_asset(ctx: RequestContext[NoBody, NoQuery]) -> AssetDetailOut:
     p = ctx.platform
-    return assets.asset_detail(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx))
+    return library.asset_detail(
+        _repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx)
+    )
 
 
 @api.patch("/assets/<asset_id>", body=AssetUpdate)
 def update_asset(ctx: RequestContext[AssetUpdate, NoQuery]) -> AssetOut:
     p = ctx.platform
-    doc = assets.update_asset(p.db, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
-    return assets.asset_out(doc, p.object_store, _expiry(ctx))
+    doc = library.update_asset(_repos(ctx).assets, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
+    return library.asset_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.delete("/assets/<asset_id>", status=204)
 def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
-    assets.delete_asset(p.db, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
+    library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
 
 
 # -- workers --------------------------------------------------------------------------------------
@@ -223,7 +235,7 @@ def sweep_uploads(ctx: RequestContext[NoBody, NoQuery]) -> uploads.UploadSweepRe
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)
 def recount_product_usage(ctx: RequestContext[NoBody, NoQuery]) -> products.UsageRecountReport:
     p = ctx.platform
-    return finish(products.recount_every_client(p.db, p.clock()), products.RECOUNT_JOB)
+    return finish(products.recount_every_client(_repos(ctx).products, p.clock()), products.RECOUNT_JOB)
 
 
 @functions_framework.http

@@ -1,44 +1,205 @@
-"""The asset library: every image we host (uploaded, imported, generated, edited) is an asset with
-revisions; product documents point at their image assets.
+"""The one asset path: every image we host (uploaded, imported from a CSV, generated, edited,
+reverted) becomes an asset here, and every later version of it a revision appended here.
+
+Object keys follow one scheme, ``clients/{client}/assets/{asset}/r{n}-{random}.{ext}`` (and
+``…_thumb.webp``): a writer's keys are its own, so two writers racing for the same asset or the
+same revision n never overwrite each other's pixels (objects are cached as immutable), and the
+loser's objects are deleted. Objects are written before the documents that point at them, so a
+crash leaves unreferenced objects, never a reference to a missing one. (Assets stored before this
+scheme have keys without the random part; they are read through their documents and stay valid.)
+
+The documents are written through :class:`~shared.catalog.ports.AssetRepository`: an asset with its
+revision 1 in one atomic write (:func:`create_asset`), revision n+1 together with the asset's
+current revision in another (:func:`commit_revision`).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.catalog.models import (
-    AssetDetailOut,
-    AssetDoc,
-    AssetKind,
-    AssetListQuery,
-    AssetOut,
-    AssetRevision,
-    AssetRevisionOut,
-    AssetUpdate,
-    ProductImage,
+from shared.catalog.models import AssetDoc, AssetKind, AssetOrigin, AssetRevision, ProductImage
+from shared.catalog.ports import (
+    AssetExists,
+    AssetRepository,
+    ItemGuard,
+    ItemTaken,
+    ProductGone,
+    RevisionConflict,
 )
-from shared.catalog.products import products_ref
-from shared.errors import NotFound, ValidationFailed
-from shared.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
+from shared.errors import NotFound
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
+
+__all__ = [
+    "IMMUTABLE_CACHE",
+    "ItemGuard",
+    "ItemTaken",
+    "NewProductImage",
+    "RevisionConflict",
+    "commit_revision",
+    "create_asset",
+    "discard_objects",
+    "get_revision",
+    "object_keys",
+    "revert",
+    "store_product_image",
+    "write_objects",
+]
 
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
 
 
-def assets_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("assets")
+class Pixels(Protocol):
+    """Encoded media ready to store (a normalised upload, an engine's output, an edit's result)."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def extension(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
 
 
-def revision_keys(client_id: str, asset_id: str, number: int, extension: str) -> tuple[str, str]:
-    base = f"clients/{client_id}/assets/{asset_id}/r{number}"
+class Preview(Protocol):
+    """The thumbnail stored next to the media."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def content_type(self) -> str: ...
+
+
+def object_keys(client_id: str, asset_id: str, number: int, extension: str) -> tuple[str, str]:
+    """Fresh keys of revision ``number``: (media key, thumbnail key), unique to this writer."""
+    base = f"clients/{client_id}/assets/{asset_id}/r{number}-{secrets.token_hex(4)}"
     return f"{base}.{extension}", f"{base}_thumb.webp"
+
+
+def write_objects(
+    store: ObjectStore, client_id: str, asset_id: str, number: int, media: Pixels, thumbnail: Preview
+) -> tuple[str, str]:
+    """Put revision ``number``'s media and thumbnail under fresh keys; returns (key, thumbnail key)."""
+    key, thumb_key = object_keys(client_id, asset_id, number, media.extension)
+    store.put(key, media.data, media.content_type, cache_control=IMMUTABLE_CACHE)
+    store.put(thumb_key, thumbnail.data, thumbnail.content_type, cache_control=IMMUTABLE_CACHE)
+    return key, thumb_key
+
+
+def delete_objects(store: ObjectStore, *keys: str) -> None:
+    """Delete objects nobody references; garbage left behind is harmless, so failures are ignored."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:  # noqa: S112 - garbage left behind is harmless; the outcome stands
+            continue
+
+
+# -- a new asset ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewAsset:
+    """Who an asset is and where it comes from; its pixels are given separately."""
+
+    asset_id: str
+    client_id: str
+    kind: AssetKind
+    source: str
+    origin: AssetOrigin
+    operation: str  # what revision 1 records: "original", "generate", …
+    product_id: str | None = None
+    job_id: str | None = None
+    import_id: str | None = None
+    source_url: str | None = None
+    origin_media_id: str | None = None
+    metadata: dict[str, Any] | None = None  # on the asset
+    revision_metadata: dict[str, Any] | None = None  # on revision 1
+
+
+def create_asset(
+    assets: AssetRepository,
+    store: ObjectStore,
+    new: NewAsset,
+    media: Pixels,
+    thumbnail: Preview,
+    now: datetime,
+    *,
+    attach_to_product: bool = False,
+    source_url: str | None = None,
+) -> tuple[AssetDoc, bool]:
+    """Store the media under fresh keys, then the asset with its revision 1 (and, with
+    ``attach_to_product``, its entry in the product's images) in one atomic write.
+
+    Returns the asset and whether this call created it. When the asset is stored already (a
+    redelivery, or a concurrent writer first) that one stands and our objects are deleted; when the
+    product to attach to is gone, nothing is stored and ``NotFound`` is raised.
+    """
+    key, thumb_key = write_objects(store, new.client_id, new.asset_id, 1, media, thumbnail)
+    asset = AssetDoc(
+        id=new.asset_id,
+        client_id=new.client_id,
+        product_id=new.product_id,
+        kind=new.kind,
+        source=new.source,
+        key=key,
+        thumbnail_key=thumb_key,
+        content_type=media.content_type,
+        width=media.width,
+        height=media.height,
+        job_id=new.job_id,
+        import_id=new.import_id,
+        source_url=new.source_url,
+        metadata=new.metadata or {},
+        created_at=now,
+        updated_at=now,
+        origin=new.origin,
+        origin_media_id=new.origin_media_id,
+    )
+    first = AssetRevision(
+        number=1,
+        key=key,
+        thumbnail_key=thumb_key,
+        content_type=media.content_type,
+        width=media.width,
+        height=media.height,
+        size_bytes=len(media.data),
+        operation=new.operation,
+        created_at=now,
+        metadata=new.revision_metadata or {},
+    )
+    image = None
+    if attach_to_product:
+        image = ProductImage(
+            asset_id=asset.id,
+            key=key,
+            thumbnail_key=thumb_key,
+            content_type=media.content_type,
+            width=media.width,
+            height=media.height,
+            source_url=source_url,
+        )
+    try:
+        assets.create(asset, first, product_image=image)
+    except AssetExists:
+        # Another delivery stored it first: its asset stands, our objects are nobody's.
+        delete_objects(store, key, thumb_key)
+        stored = assets.get(new.client_id, new.asset_id)
+        if stored is None:  # stored and deleted again since: nothing of ours to return
+            raise NotFound(f"No asset {new.asset_id}") from None
+        return stored, False
+    except ProductGone as exc:
+        delete_objects(store, key, thumb_key)
+        raise NotFound(f"No product {new.product_id}") from exc
+    return asset, True
 
 
 @dataclass(frozen=True)
@@ -46,13 +207,13 @@ class NewProductImage:
     """Where a product image comes from; the asset id makes storing it idempotent."""
 
     asset_id: str
-    source: str
+    origin: AssetOrigin
     source_url: str | None = None
     import_id: str | None = None
 
 
 def store_product_image(
-    db: Client,
+    assets: AssetRepository,
     store: ObjectStore,
     *,
     client_id: str,
@@ -63,34 +224,22 @@ def store_product_image(
     thumbnail_max_side: int,
     now: datetime,
 ) -> AssetDoc:
-    """Validate and normalise an image, store it with a thumbnail, and attach it to the product.
-
-    The asset, its first revision and the product's image list change in one atomic batch; the
-    objects are written first, so a crash in between leaves only unreferenced objects, never a
-    reference to a missing object. Storing the same ``origin.asset_id`` twice changes nothing.
-    """
-    from google.cloud import firestore
-
+    """Validate and normalise an image (an upload, a CSV row's URL), and store it as a new asset
+    attached to the product. Storing the same ``origin.asset_id`` twice changes nothing."""
     from shared.imaging import normalize_with_thumbnail
 
-    existing = assets_ref(db, client_id).document(origin.asset_id).get()
-    if existing.exists:
-        return AssetDoc.model_validate(existing.to_dict())
+    existing = assets.get(client_id, origin.asset_id)
+    if existing is not None:
+        return existing
     normalized, thumbnail = normalize_with_thumbnail(image_bytes, limits, thumb_max_side=thumbnail_max_side)
-    key, thumb_key = revision_keys(client_id, origin.asset_id, 1, normalized.extension)
-    store.put(key, normalized.data, normalized.content_type, cache_control=IMMUTABLE_CACHE)
-    store.put(thumb_key, thumbnail.data, thumbnail.content_type, cache_control=IMMUTABLE_CACHE)
-    asset = AssetDoc(
-        id=origin.asset_id,
+    new = NewAsset(
+        asset_id=origin.asset_id,
         client_id=client_id,
         product_id=product_id,
         kind=AssetKind.PRODUCT_IMAGE,
-        source=origin.source,
-        key=key,
-        thumbnail_key=thumb_key,
-        content_type=normalized.content_type,
-        width=normalized.width,
-        height=normalized.height,
+        source=origin.origin.value,  # "upload" | "csv": what ``source`` always said for these
+        origin=origin.origin,
+        operation="original",
         import_id=origin.import_id,
         source_url=origin.source_url,
         metadata={
@@ -98,172 +247,92 @@ def store_product_image(
             "source_mode": normalized.source_mode,
             "rotated": normalized.was_rotated,
         },
-        created_at=now,
-        updated_at=now,
     )
-    image = ProductImage(
-        asset_id=asset.id,
-        key=key,
-        thumbnail_key=thumb_key,
-        content_type=normalized.content_type,
-        width=normalized.width,
-        height=normalized.height,
-        source_url=origin.source_url,
+    asset, _created = create_asset(
+        assets, store, new, normalized, thumbnail, now, attach_to_product=True, source_url=origin.source_url
     )
-    batch = db.batch()
-    asset_ref = stage_new_asset(batch, db, asset, size_bytes=len(normalized.data), operation="original")
-    batch.update(
-        products_ref(db, client_id).document(product_id),
-        {"images": firestore.ArrayUnion([image.model_dump(mode="python")]), "updated_at": now},
-    )
-    from google.api_core.exceptions import AlreadyExists
-    from google.api_core.exceptions import NotFound as GNotFound
-
-    try:
-        batch.commit()
-    except AlreadyExists:
-        # A concurrent delivery stored it first; its objects are the same bytes under the same keys.
-        return AssetDoc.model_validate(asset_ref.get().to_dict())
-    except GNotFound as exc:
-        # The product was deleted meanwhile (nothing was committed): no asset, and no objects left
-        # behind, unless a concurrent delivery stored this asset before the product went.
-        stored = asset_ref.get()
-        if stored.exists:
-            return AssetDoc.model_validate(stored.to_dict())
-        store.delete(key)
-        store.delete(thumb_key)
-        raise NotFound(f"No product {product_id}") from exc
     return asset
 
 
-def stage_new_asset(
-    batch: Any, db: Client, asset: AssetDoc, *, size_bytes: int, operation: str, metadata: dict[str, Any] | None = None
-) -> Any:
-    """Add a new asset and its revision 1 (the same pixels) to ``batch``; returns the asset's ref.
+# -- revisions ------------------------------------------------------------------------------------
 
-    Both are creates, so committing twice (a redelivered task) fails with AlreadyExists instead
-    of writing a second copy.
+
+def commit_revision(
+    assets: AssetRepository,
+    *,
+    client_id: str,
+    asset_id: str,
+    revision: AssetRevision,
+    now: datetime,
+    item: ItemGuard | None = None,
+) -> AssetRevision:
+    """Make ``revision`` (number n, its objects written) the asset's current one in one atomic write:
+    revision n is created, the asset (then at n-1) and its product's image entry point at it, and
+    ``item`` is finished, all or nothing.
+
+    Raises :class:`RevisionConflict` when revision n exists or the asset has moved past n-1,
+    :class:`ItemTaken` when ``item`` changed, ``NotFound`` when the asset is gone.
     """
-    revision = AssetRevision(
-        number=1,
-        key=asset.key,
-        thumbnail_key=asset.thumbnail_key,
-        content_type=asset.content_type,
-        width=asset.width,
-        height=asset.height,
-        size_bytes=size_bytes,
-        operation=operation,
-        created_at=asset.created_at,
-        metadata=metadata or {},
-    )
-    ref = assets_ref(db, asset.client_id).document(asset.id)
-    batch.create(ref, asset.model_dump(mode="python"))
-    batch.create(ref.collection("revisions").document("1"), revision.model_dump(mode="python"))
-    return ref
+    assets.append_revision(client_id, asset_id, revision, now, item)
+    return revision
 
 
-def get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:
-    snapshot = assets_ref(db, client_id).document(asset_id).get()
-    if not snapshot.exists:
+def discard_objects(
+    assets: AssetRepository, store: ObjectStore, client_id: str, asset_id: str, number: int, key: str, thumb_key: str
+) -> None:
+    """Delete the objects of a revision ``number`` that lost its commit, unless revision ``number``
+    is ours after all (its key is ours: keys are unique to the writer): those are referenced."""
+    stored = assets.revision(client_id, asset_id, number)
+    if stored is not None and stored.key == key:
+        return
+    delete_objects(store, key, thumb_key)
+
+
+def get_revision(assets: AssetRepository, client_id: str, asset_id: str, number: int) -> AssetRevision:
+    """Revision ``number`` of the asset, or 404."""
+    revision = assets.revision(client_id, asset_id, number)
+    if revision is None:
+        raise NotFound(f"Asset {asset_id} has no revision {number}")
+    return revision
+
+
+def get_asset(assets: AssetRepository, client_id: str, asset_id: str) -> AssetDoc:
+    """The asset, or 404 (also for another client's id)."""
+    asset = assets.get(client_id, asset_id)
+    if asset is None:
         raise NotFound(f"No asset {asset_id}")
-    return AssetDoc.model_validate(snapshot.to_dict())
+    return asset
 
 
-def asset_out(asset: AssetDoc, store: ObjectStore, expires_in: int) -> AssetOut:
-    return AssetOut(
-        **asset.model_dump(include=set(AssetOut.model_fields) - {"thumbnail_url"}),
-        thumbnail_url=store.presigned_get(asset.thumbnail_key, expires_in=expires_in),
-    )
+def revert(assets: AssetRepository, client_id: str, asset_id: str, number: int, now: datetime) -> AssetRevision:
+    """A NEW revision with the pixels of revision ``number`` (history stays append-only); it points at
+    the same immutable objects, so nothing is copied. An edit that lands first is reverted on top of."""
+    from shared.errors import Conflict
+    from shared.retry import CONTENDED_COMMIT, attempts
 
-
-def asset_detail(db: Client, store: ObjectStore, client_id: str, asset_id: str, expires_in: int) -> AssetDetailOut:
-    asset = get_asset(db, client_id, asset_id)
-    revisions = [
-        AssetRevision.model_validate(s.to_dict())
-        for s in assets_ref(db, client_id).document(asset_id).collection("revisions").stream()
-    ]
-    revisions.sort(key=lambda r: r.number)
-    summary = asset_out(asset, store, expires_in)
-    return AssetDetailOut(
-        **summary.model_dump(),
-        download_url=store.presigned_get(
-            asset.key, expires_in=expires_in, download_name=f"{asset.id}.{asset.key.rsplit('.', 1)[-1]}"
-        ),
-        revisions=[
-            AssetRevisionOut(
-                number=r.number,
-                operation=r.operation,
-                content_type=r.content_type,
-                width=r.width,
-                height=r.height,
-                size_bytes=r.size_bytes,
-                url=store.presigned_get(r.key, expires_in=expires_in),
-                thumbnail_url=store.presigned_get(r.thumbnail_key, expires_in=expires_in),
-                created_at=r.created_at,
-            )
-            for r in revisions
-        ],
-    )
-
-
-def list_assets(db: Client, client_id: str, query: AssetListQuery) -> Page[AssetDoc]:
-    from google.cloud.firestore import FieldFilter, Query
-
-    q = assets_ref(db, client_id)
-    for field in ("product_id", "kind", "status", "pinned", "favorite", "approved"):
-        value = getattr(query, field)
-        if value is not None:
-            q = q.where(filter=FieldFilter(field, "==", getattr(value, "value", value)))
-    q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
-    if query.cursor:
-        values = decode_cursor(query.cursor)
-        q = q.start_after({"created_at": cursor_datetime(values, "created_at"), "id": cursor_str(values, "id")})
-    docs = [AssetDoc.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
-    next_cursor = None
-    if len(docs) > query.limit:
-        docs = docs[: query.limit]
-        last = docs[-1]
-        next_cursor = encode_cursor({"created_at": last.created_at.isoformat(), "id": last.id})
-    return Page(items=docs, next_cursor=next_cursor)
-
-
-def update_asset(db: Client, client_id: str, asset_id: str, data: AssetUpdate, now: datetime) -> AssetDoc:
-    changes = {field: getattr(data, field) for field in data.model_fields_set if getattr(data, field) is not None}
-    if not changes:
-        raise ValidationFailed(
-            "Send at least one of pinned, favorite, approved",
-            errors=[{"field": "body", "in": "body", "message": "no change requested", "type": "missing"}],
+    for _attempt in attempts(CONTENDED_COMMIT, f"revert asset {asset_id}"):
+        asset = get_asset(assets, client_id, asset_id)
+        old = get_revision(assets, client_id, asset_id, number)
+        new = AssetRevision(
+            number=asset.current_revision + 1,
+            key=old.key,
+            thumbnail_key=old.thumbnail_key,
+            content_type=old.content_type,
+            width=old.width,
+            height=old.height,
+            size_bytes=old.size_bytes,
+            operation=f"revert to r{number}",
+            created_at=now,
+            metadata={
+                "reverted_to": number,
+                "has_alpha": bool(old.metadata.get("has_alpha", False)),
+                "source_revision": asset.current_revision,
+            },
+            duration_seconds=old.duration_seconds,
+            poster_key=old.poster_key,
         )
-    asset = get_asset(db, client_id, asset_id)
-    changes["updated_at"] = now
-    assets_ref(db, client_id).document(asset_id).update(changes)
-    return asset.model_copy(update=changes)
-
-
-def delete_asset(db: Client, store: ObjectStore, client_id: str, asset_id: str) -> None:
-    """Remove the asset, its revisions, its objects, and its place in the product's images."""
-    from google.cloud import firestore
-
-    asset = get_asset(db, client_id, asset_id)
-    asset_ref = assets_ref(db, client_id).document(asset_id)
-    revisions = list(asset_ref.collection("revisions").stream())
-    batch = db.batch()
-    if asset.product_id:
-        product_ref = products_ref(db, client_id).document(asset.product_id)
-        product = product_ref.get()
-        if product.exists:
-            # ArrayRemove of the exact stored entries: an image added concurrently is not lost.
-            stale = [img for img in (product.to_dict() or {}).get("images", []) if img.get("asset_id") == asset_id]
-            if stale:
-                batch.update(product_ref, {"images": firestore.ArrayRemove(stale)})
-    for revision in revisions:
-        batch.delete(revision.reference)
-    batch.delete(asset_ref)
-    batch.commit()
-    # Objects go after the references: a failure here leaves garbage, never a dangling link.
-    keys = {asset.key, asset.thumbnail_key}
-    for revision in revisions:
-        data = revision.to_dict() or {}
-        keys.update(k for k in (data.get("key"), data.get("thumbnail_key")) if k)
-    for key in keys:
-        store.delete(key)
+        try:
+            return commit_revision(assets, client_id=client_id, asset_id=asset_id, revision=new, now=now)
+        except RevisionConflict:
+            continue
+    raise Conflict(f"Asset {asset_id} was edited concurrently; try again")

@@ -39,8 +39,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from shared import logging as log
-from shared.catalog.assets import NewProductImage, assets_ref, store_product_image
+from shared.adapters.firestore.catalog import (
+    FirestoreAssetRepository,
+    FirestoreProductRepository,
+    assets_ref,
+    products_ref,
+)
+from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
+    AssetOrigin,
     ImportChunkTask,
     ImportCreate,
     ImportDoc,
@@ -55,7 +62,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.products import build_product, create_products, products_ref
+from shared.catalog.products import build_product, create_products
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
 from shared.http.problems import validation_problem
@@ -656,7 +663,7 @@ def _process_rows(
     candidates = _candidates(doc, results, start_row, now)
     products = [product for _, product in candidates.products.values()]
     if (start_row, start_image) == (0, 0):
-        done = create_products(db, doc.client_id, products, now, all_or_nothing=False)
+        done = create_products(FirestoreProductRepository(db), doc.client_id, products, now, all_or_nothing=False)
         refused = {product.id for product in done.refused}
         created = {product.id for product in products} - refused
         _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)
@@ -749,7 +756,7 @@ def _import_image(
     from shared.adapters.safe_fetch import FetchTemporarilyFailed
 
     asset_id = derived_id("ast", doc.id, row_number, index)
-    if assets_ref(db, doc.client_id).document(asset_id).get().exists:
+    if FirestoreAssetRepository(db).existing(doc.client_id, [asset_id]):
         part.images_imported += 1
         return
     try:
@@ -757,12 +764,12 @@ def _import_image(
         # skipped then), so a retry here would only stretch the delivery past its budget.
         fetched = fetcher.fetch(url, limits=policy.fetch_limits)
         store_product_image(
-            db,
+            FirestoreAssetRepository(db),
             store,
             client_id=doc.client_id,
             product_id=product_id,
             image_bytes=fetched.body,
-            origin=NewProductImage(asset_id=asset_id, source="csv", source_url=url, import_id=doc.id),
+            origin=NewProductImage(asset_id=asset_id, origin=AssetOrigin.CSV, source_url=url, import_id=doc.id),
             limits=policy.image_limits,
             thumbnail_max_side=policy.thumbnail_max_side,
             now=now,

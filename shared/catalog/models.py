@@ -236,6 +236,23 @@ class AssetKind(str, Enum):
     VIDEO = "video"
 
 
+class MediaKind(str, Enum):
+    """What an asset's pixels are: a still image, or a video (with a poster frame)."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class AssetOrigin(str, Enum):
+    """How the asset came to the library (its later revisions say what was done to it)."""
+
+    UPLOAD = "upload"
+    CSV = "csv"
+    GENERATED = "generated"
+    EDITED = "edited"
+    STORE_IMPORT = "store_import"  # from a connected store; ``origin_media_id`` is the store's media id
+
+
 class AssetStatus(str, Enum):
     PROCESSING = "processing"
     READY = "ready"
@@ -257,6 +274,9 @@ class AssetRevision(BaseModel):
     operation: str
     created_at: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Video revisions (images leave them unset): length, and the still shown before playback.
+    duration_seconds: float | None = None
+    poster_key: str | None = None
 
 
 class AssetDoc(BaseModel):
@@ -285,6 +305,13 @@ class AssetDoc(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    # Ready for videos and store connections; documents stored before these fields load as images
+    # of unknown origin. ``content_type``, ``width`` and ``height`` describe videos too.
+    media: MediaKind = MediaKind.IMAGE
+    origin: AssetOrigin | None = None
+    origin_media_id: str | None = None  # the connected store's id of this media (store imports)
+    duration_seconds: float | None = None
+    poster_key: str | None = None
 
 
 class AssetListQuery(PageQuery):

@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from shared.catalog.models import (
     ProductCreate,
@@ -32,7 +32,9 @@ from shared.catalog.models import (
     ProductSource,
     ProductUpdate,
 )
-from shared.errors import EpoxError, NotFound, UpstreamUnavailable
+from shared.catalog.ports import ProductFilter, ProductRepository, StaleWrite
+from shared.catalog.slots import ProductUsageDoc, SlotUsage, slot_limit_error, take_free
+from shared.errors import Conflict, NotFound, UpstreamUnavailable
 from shared.ids import new_id
 from shared.pagination import Page, decode_cursor, encode_cursor
 from shared.retry import CONTENDED_COMMIT, attempts
@@ -51,10 +53,6 @@ _WORD = re.compile(r"[\w]+", re.UNICODE)
 # A commit holds at most 500 writes (the counter plus the products) and 10 MiB: groups stay well under.
 MAX_PRODUCTS_PER_COMMIT = 400
 MAX_COMMIT_BYTES = 4 * 1024 * 1024
-
-
-def products_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("products")
 
 
 def search_tokens(name: str, sku: str | None) -> list[str]:
@@ -140,29 +138,6 @@ def to_out(doc: ProductDoc, store: ObjectStore, expires_in: int) -> ProductOut:
 # -- product slots --------------------------------------------------------------------------------
 
 
-class ProductUsageDoc(BaseModel):
-    """``clients/{client}/usage/products``: products the client has (what its slots are measured on)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    used: int = Field(ge=0)
-    counted: int | None = None  # what the last count of the products found (the lazy backfill)
-    counted_at: datetime | None = None
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class SlotUsage:
-    """The plan's slots and how many are used; ``used`` may exceed ``limit`` after a downgrade."""
-
-    limit: int
-    used: int
-
-    @property
-    def free(self) -> int:
-        return max(0, self.limit - self.used)
-
-
 @dataclass(frozen=True)
 class CreatedProducts:
     """What ``create_products`` did with each document it was given."""
@@ -173,53 +148,25 @@ class CreatedProducts:
     usage: SlotUsage  # after this call
 
 
-class _SlotConflict(Exception):
-    """Another writer changed the counter or the products since they were read: read again."""
-
-
-def usage_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("usage").document("products")
-
-
-def _client_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id)
-
-
-def _slot_limit(client_snapshot: Any) -> int:
-    from shared.billing.models import BillingState
-
-    data = (client_snapshot.to_dict() or {}) if client_snapshot.exists else {}
-    return BillingState.model_validate(data.get("billing") or {}).product_slots
-
-
-def _count_products(db: Client, client_id: str) -> int:
-    return int(products_ref(db, client_id).count().get()[0][0].value)
-
-
-def recount_product_usage(db: Client, client_id: str, now: datetime, *, only_if_missing: bool = False) -> int:
+def recount_product_usage(
+    products: ProductRepository, client_id: str, now: datetime, *, only_if_missing: bool = False
+) -> int:
     """Set the counter to the real number of products; returns it. ``only_if_missing``: the lazy
     backfill of a client that has no counter yet (one that exists is left as it is).
 
     Race-free without a transaction: the count is taken after the counter was read and the write is
-    guarded by that read (``create`` when there was none, else its ``update_time``), and every
-    product create/delete changes the counter, so any of them in between makes this write fail.
+    guarded by that read (created when there was none, else conditioned on its version), and every
+    product create/delete changes the counter, so any of them in between makes this write stale.
     """
-    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-    from google.api_core.exceptions import NotFound as GNotFound
-
-    ref = usage_ref(db, client_id)
     for _attempt in attempts(CONTENDED_COMMIT, "product counter recount"):
-        snapshot = ref.get()
-        if only_if_missing and snapshot.exists:
-            return ProductUsageDoc.model_validate(snapshot.to_dict()).used  # another writer backfilled it
-        count = _count_products(db, client_id)
-        doc = ProductUsageDoc(used=count, counted=count, counted_at=now, updated_at=now).model_dump(mode="python")
+        current = products.usage(client_id)
+        if only_if_missing and current is not None:
+            return current.value.used  # another writer backfilled it
+        count = products.count(client_id)
+        doc = ProductUsageDoc(used=count, counted=count, counted_at=now, updated_at=now)
         try:
-            if snapshot.exists:
-                ref.update(doc, option=db.write_option(last_update_time=snapshot.update_time))
-            else:
-                ref.create(doc)
-        except (AlreadyExists, FailedPrecondition, GNotFound):
+            products.save_usage(client_id, doc, current.version if current is not None else None)
+        except StaleWrite:
             continue  # another writer moved the counter since it was read: read again
         return count
     raise UpstreamUnavailable("The product counter is busy; try again", retry_after=1)
@@ -235,20 +182,19 @@ class UsageRecountReport(ScheduledReport):
 RECOUNT_JOB = "recount-product-usage"
 
 
-def recount_every_client(db: Client, now: datetime) -> UsageRecountReport:
+def recount_every_client(products: ProductRepository, now: datetime) -> UsageRecountReport:
     """Daily repair of every client's product counter from a real count (each client on its own).
 
     Writers that bypass the counter (an instance still on an older release during a deploy, a
     manual fix in the console) make it drift; a drift found is corrected and logged as a warning.
     """
     report = UsageRecountReport()
-    for snapshot in db.collection("clients").select([]).stream():  # the ids only
-        client_id = snapshot.id
+    for client_id in products.client_ids():
         report.clients_checked += 1
         with isolated(RECOUNT_JOB, client_id, report.failed):
-            before = usage_ref(db, client_id).get()
-            was = ProductUsageDoc.model_validate(before.to_dict()).used if before.exists else None
-            count = recount_product_usage(db, client_id, now)
+            before = products.usage(client_id)
+            was = before.value.used if before is not None else None
+            count = recount_product_usage(products, client_id, now)
             if was != count:
                 report.corrected[client_id] = {"was": was, "now": count}
                 if was is not None:
@@ -256,49 +202,29 @@ def recount_every_client(db: Client, now: datetime) -> UsageRecountReport:
     return report
 
 
-def product_usage(db: Client, client_id: str) -> SlotUsage:
-    """Slots and products used (read only: a client without a counter yet is counted, not backfilled)."""
-    usage_snapshot, client_snapshot = _get_all(db, [usage_ref(db, client_id), _client_ref(db, client_id)])
-    if usage_snapshot.exists:
-        used = ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
-    else:
-        used = _count_products(db, client_id)
-    return SlotUsage(limit=_slot_limit(client_snapshot), used=used)
+def product_usage(products: ProductRepository | Client, client_id: str) -> SlotUsage:
+    """Slots and products used (read only: a client without a counter yet is counted, not backfilled).
+
+    Also takes a Firestore client, for billing's subscription view until it takes repositories."""
+    repo = _repository(products)
+    read = repo.read_slots(client_id, [])
+    used = read.usage.value if read.usage is not None else repo.count(client_id)
+    return SlotUsage(limit=read.limit, used=used)
 
 
-def _get_all(db: Client, refs: list[Any]) -> list[Any]:
-    """Snapshots in the order of ``refs`` (``get_all`` answers in any order)."""
-    by_path = {snapshot.reference.path: snapshot for snapshot in db.get_all(refs)}
-    return [by_path[ref.path] for ref in refs]
+def _repository(products: ProductRepository | Client) -> ProductRepository:
+    """Transitional: callers outside the catalog (billing, generation) still hold a Firestore client."""
+    if isinstance(products, ProductRepository):
+        return products
+    from shared.adapters.firestore.catalog import FirestoreProductRepository
 
-
-def _commit(batch: Any) -> None:
-    from google.api_core.exceptions import Aborted, AlreadyExists, FailedPrecondition
-    from google.api_core.exceptions import NotFound as GNotFound
-
-    try:
-        batch.commit()
-    except (FailedPrecondition, GNotFound, Aborted, AlreadyExists) as exc:
-        # Nothing was written. FailedPrecondition: the counter moved; AlreadyExists: a concurrent
-        # delivery created one of these products; NotFound: a product went away; Aborted: contention.
-        raise _SlotConflict() from exc
-
-
-def slot_limit_error(usage: SlotUsage) -> EpoxError:
-    from shared.billing.service import ProductSlotLimit
-
-    return ProductSlotLimit(
-        f"Your plan has {usage.limit} product slots and {usage.used} are used",
-        limit=usage.limit,
-        used=usage.used,
-        how_to_upgrade="Choose a larger plan in Billing (Starter 100, Growth 500, Pro 1,000, Scale 5,000 slots).",
-    )
+    return FirestoreProductRepository(products)
 
 
 def create_products(
-    db: Client, client_id: str, docs: Sequence[ProductDoc], now: datetime, *, all_or_nothing: bool
+    products: ProductRepository, client_id: str, docs: Sequence[ProductDoc], now: datetime, *, all_or_nothing: bool
 ) -> CreatedProducts:
-    """Create products and take their slots in one atomic commit per group of products.
+    """Create products and take their slots in one atomic write per group of products.
 
     Products whose id is already stored are not new (a redelivered import creates nothing twice)
     and take no slot. ``all_or_nothing``: raise 402 ``product_slot_limit`` unless every new product
@@ -310,9 +236,9 @@ def create_products(
     created: list[ProductDoc] = []
     existing: list[str] = []
     refused: list[ProductDoc] = []
-    usage = product_usage(db, client_id) if not docs else SlotUsage(limit=0, used=0)
+    usage = product_usage(products, client_id) if not docs else SlotUsage(limit=0, used=0)
     for group in groups:
-        done = _create_group(db, client_id, group, now, all_or_nothing)
+        done = _create_group(products, client_id, group, now, all_or_nothing)
         created += done.created
         existing += done.existing
         refused += done.refused
@@ -335,68 +261,57 @@ def _commit_groups(docs: Sequence[ProductDoc]) -> list[list[ProductDoc]]:
 
 
 def _create_group(
-    db: Client, client_id: str, docs: Sequence[ProductDoc], now: datetime, all_or_nothing: bool
+    products: ProductRepository, client_id: str, docs: Sequence[ProductDoc], now: datetime, all_or_nothing: bool
 ) -> CreatedProducts:
-    counter = usage_ref(db, client_id)
-    refs = [products_ref(db, client_id).document(doc.id) for doc in docs]
     for _attempt in attempts(CONTENDED_COMMIT, "product slots"):
-        usage_snapshot, client_snapshot, *product_snapshots = _get_all(db, [counter, _client_ref(db, client_id), *refs])
-        if not usage_snapshot.exists:
-            recount_product_usage(db, client_id, now, only_if_missing=True)  # lazy backfill; then read again
+        read = products.read_slots(client_id, [doc.id for doc in docs])
+        if read.usage is None:
+            recount_product_usage(products, client_id, now, only_if_missing=True)  # lazy backfill; then read again
             continue
-        usage = SlotUsage(
-            limit=_slot_limit(client_snapshot), used=ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
-        )
-        stored = {snapshot.id for snapshot in product_snapshots if snapshot.exists}
-        new = [doc for doc in dict((doc.id, doc) for doc in docs).values() if doc.id not in stored]
-        taken, refused = new[: usage.free], new[usage.free :]
+        usage = SlotUsage(limit=read.limit, used=read.usage.value)
+        new = [doc for doc in dict((doc.id, doc) for doc in docs).values() if doc.id not in read.stored]
+        taken, refused = take_free(usage, new)
         if all_or_nothing and refused:
             raise slot_limit_error(usage)
-        existing = [doc.id for doc in docs if doc.id in stored]
+        existing = [doc.id for doc in docs if doc.id in read.stored]
         if not taken:
             return CreatedProducts(created=[], existing=existing, refused=refused, usage=usage)
-        batch = db.batch()
-        batch.update(
-            counter,
-            {"used": usage.used + len(taken), "updated_at": now},
-            option=db.write_option(last_update_time=usage_snapshot.update_time),
-        )
-        for doc in taken:
-            batch.create(products_ref(db, client_id).document(doc.id), doc.model_dump(mode="python"))
         try:
-            _commit(batch)
-        except _SlotConflict:
+            # Nothing is written on a conflict: the counter moved, a concurrent delivery created one of
+            # these products, or contention. Read again.
+            products.create_taking_slots(client_id, taken, read.usage, now)
+        except StaleWrite:
             continue
         after = SlotUsage(limit=usage.limit, used=usage.used + len(taken))
         return CreatedProducts(created=taken, existing=existing, refused=refused, usage=after)
     raise UpstreamUnavailable("Product slots are busy; try again", retry_after=1)
 
 
-def create_product(db: Client, client_id: str, data: ProductCreate, now: datetime) -> ProductDoc:
+def create_product(products: ProductRepository, client_id: str, data: ProductCreate, now: datetime) -> ProductDoc:
     """One new product in a free slot, or 402 ``product_slot_limit``."""
     doc = build_product(client_id, data, now)
-    create_products(db, client_id, [doc], now, all_or_nothing=True)
+    create_products(products, client_id, [doc], now, all_or_nothing=True)
     return doc
 
 
-def get_product(db: Client, client_id: str, product_id: str) -> ProductDoc:
+def get_product(products: ProductRepository | Client, client_id: str, product_id: str) -> ProductDoc:
     """The product, or 404 — also for another client's id, which lives in another subtree."""
-    snapshot = products_ref(db, client_id).document(product_id).get()
-    if not snapshot.exists:
+    doc = _repository(products).get(client_id, product_id)
+    if doc is None:
         raise NotFound(f"No product {product_id}")
-    return ProductDoc.model_validate(snapshot.to_dict())
+    return doc
 
 
-def update_product(db: Client, client_id: str, product_id: str, data: ProductUpdate, now: datetime) -> ProductDoc:
-    from google.api_core.exceptions import FailedPrecondition
-    from google.api_core.exceptions import NotFound as GNotFound
-
-    ref = products_ref(db, client_id).document(product_id)
+def update_product(
+    products: ProductRepository, client_id: str, product_id: str, data: ProductUpdate, now: datetime
+) -> ProductDoc:
+    """Change the fields sent; guarded by the version read, so a concurrent edit of name/SKU cannot
+    leave stale search tokens."""
     for _attempt in attempts(CONTENDED_COMMIT, "product update"):
-        snapshot = ref.get()
-        if not snapshot.exists:
+        loaded = products.load(client_id, product_id)
+        if loaded is None:
             raise NotFound(f"No product {product_id}")
-        current = ProductDoc.model_validate(snapshot.to_dict())
+        current = loaded.value
         changes: dict[str, Any] = {}
         for field in data.model_fields_set:
             value = getattr(data, field)
@@ -407,71 +322,54 @@ def update_product(db: Client, client_id: str, product_id: str, data: ProductUpd
         changes["search_tokens"] = search_tokens(merged.name, merged.sku)
         changes["updated_at"] = now
         try:
-            # Guarded by update_time so a concurrent edit of name/SKU cannot leave stale tokens.
-            ref.update(changes, option=db.write_option(last_update_time=snapshot.update_time))
-        except (FailedPrecondition, GNotFound):
+            products.update(client_id, product_id, changes, loaded.version)
+        except StaleWrite:
             continue
         return merged.model_copy(update=changes)
-    from shared.errors import Conflict
-
     raise Conflict("The product changed concurrently; try again")
 
 
-def delete_product(db: Client, client_id: str, product_id: str, now: datetime) -> None:
-    """Delete the product and free its slot in one commit (404 when it is not there)."""
-    ref = products_ref(db, client_id).document(product_id)
-    counter = usage_ref(db, client_id)
+def delete_product(products: ProductRepository, client_id: str, product_id: str, now: datetime) -> None:
+    """Delete the product and free its slot in one write (404 when it is not there).
+
+    The product's assets stay in the asset library: they may have been paid for."""
     for _attempt in attempts(CONTENDED_COMMIT, "product delete"):
-        product_snapshot, usage_snapshot = _get_all(db, [ref, counter])
-        if not product_snapshot.exists:
+        read = products.read_slots(client_id, [product_id])
+        if product_id not in read.stored:
             raise NotFound(f"No product {product_id}")
-        if not usage_snapshot.exists:
-            recount_product_usage(db, client_id, now, only_if_missing=True)
+        if read.usage is None:
+            recount_product_usage(products, client_id, now, only_if_missing=True)
             continue
-        used = ProductUsageDoc.model_validate(usage_snapshot.to_dict()).used
-        batch = db.batch()
-        # The product's assets stay in the asset library: they may have been paid for.
-        batch.delete(ref, option=db.write_option(exists=True))  # a concurrent delete frees the slot once
-        batch.update(
-            counter,
-            {"used": max(0, used - 1), "updated_at": now},
-            option=db.write_option(last_update_time=usage_snapshot.update_time),
-        )
         try:
-            _commit(batch)
-        except _SlotConflict:
+            products.delete_freeing_slot(client_id, product_id, read.usage, now)
+        except StaleWrite:
             continue
         return
     raise UpstreamUnavailable("Product slots are busy; try again", retry_after=1)
 
 
-def list_products(db: Client, client_id: str, query: ProductListQuery) -> Page[ProductDoc]:
-    from google.cloud.firestore import FieldFilter, Query
-
-    base = products_ref(db, client_id)
-    if query.category:
-        base = base.where(filter=FieldFilter("category", "==", query.category))
-    if query.source:
-        base = base.where(filter=FieldFilter("source", "==", query.source.value))
+def list_products(products: ProductRepository, client_id: str, query: ProductListQuery) -> Page[ProductDoc]:
+    """A page of products, newest first, filtered by category, source and a text search."""
     words = _query_words(query.q) if query.q else []
-    if words:
-        base = base.where(filter=FieldFilter("search_tokens", "array_contains", max(words, key=len)))
-    base = base.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
-    return _scan_pages(base, query, lambda doc: _matches(doc, words))
+    where = ProductFilter(category=query.category, source=query.source, token=max(words, key=len) if words else None)
+    return _scan_pages(products, client_id, where, query, lambda doc: _matches(doc, words))
 
 
-def _scan_pages(base: Any, query: ProductListQuery, keep: Callable[[ProductDoc], bool]) -> Page[ProductDoc]:
+def _scan_pages(
+    products: ProductRepository,
+    client_id: str,
+    where: ProductFilter,
+    query: ProductListQuery,
+    keep: Callable[[ProductDoc], bool],
+) -> Page[ProductDoc]:
     """Read batches until the page is full, so post-filtering never yields short pages mid-list."""
     position = _cursor_position(query.cursor)
     items: list[ProductDoc] = []
     batch_size = max(query.limit, 20)
     for _ in range(50):
-        batch_query = base.limit(batch_size)
-        if position is not None:
-            batch_query = batch_query.start_after(position)
-        docs = [ProductDoc.model_validate(s.to_dict()) for s in batch_query.stream()]
+        docs = products.scan(client_id, where, position, batch_size)
         for index, doc in enumerate(docs):
-            position = {"created_at": doc.created_at, "id": doc.id}
+            position = (doc.created_at, doc.id)
             if keep(doc):
                 items.append(doc)
                 if len(items) == query.limit:
@@ -488,26 +386,23 @@ def _cursor_for(doc: ProductDoc) -> str:
     return encode_cursor({"created_at": doc.created_at.isoformat(), "id": doc.id})
 
 
-def _cursor_for_position(position: dict[str, Any] | None) -> str | None:
+def _cursor_for_position(position: tuple[datetime, str] | None) -> str | None:
     if position is None:
         return None
-    return encode_cursor({"created_at": position["created_at"].isoformat(), "id": position["id"]})
+    return encode_cursor({"created_at": position[0].isoformat(), "id": position[1]})
 
 
-def _cursor_position(cursor: str | None) -> dict[str, Any] | None:
+def _cursor_position(cursor: str | None) -> tuple[datetime, str] | None:
     from shared.pagination import cursor_datetime, cursor_str
 
     if cursor is None:
         return None
     values = decode_cursor(cursor)
-    return {"created_at": cursor_datetime(values, "created_at"), "id": cursor_str(values, "id")}
+    return cursor_datetime(values, "created_at"), cursor_str(values, "id")
 
 
-def products_by_ids(db: Client, client_id: str, product_ids: Iterable[str]) -> dict[str, ProductDoc]:
-    refs = [products_ref(db, client_id).document(pid) for pid in product_ids]
-    found: dict[str, ProductDoc] = {}
-    for snapshot in db.get_all(refs):
-        if snapshot.exists:
-            doc = ProductDoc.model_validate(snapshot.to_dict())
-            found[doc.id] = doc
-    return found
+def products_by_ids(
+    products: ProductRepository | Client, client_id: str, product_ids: Iterable[str]
+) -> dict[str, ProductDoc]:
+    """The stored products among ``product_ids``, by id."""
+    return _repository(products).get_many(client_id, product_ids)

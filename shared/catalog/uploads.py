@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import Field
 
+from shared.adapters.firestore.catalog import FirestoreAssetRepository
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
     CSV_CONTENT_TYPES,
     IMAGE_CONTENT_TYPES,
+    AssetOrigin,
     UploadCreate,
     UploadDoc,
     UploadInstructions,
@@ -231,12 +233,12 @@ def _complete_image(
 ) -> UploadOut:
     assert doc.product_id is not None
     asset = store_product_image(
-        db,
+        FirestoreAssetRepository(db),
         store,
         client_id=doc.client_id,
         product_id=doc.product_id,
         image_bytes=data,
-        origin=NewProductImage(asset_id=doc.id.replace("upl_", "ast_", 1), source="upload"),
+        origin=NewProductImage(asset_id=doc.id.replace("upl_", "ast_", 1), origin=AssetOrigin.UPLOAD),
         limits=policy.image_limits,
         thumbnail_max_side=policy.thumbnail_max_side,
         now=now,

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.adapters.firestore.catalog import FirestoreAssetRepository
 from shared.batch import lifecycle
 from shared.batch.kind import Finished, ItemTakenOver, JobKind, Totals
 from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
 from shared.batch.models import ItemStatus, ItemTask
-from shared.catalog.assets import assets_ref
+from shared.catalog.assets import revert as revert_asset
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
 from shared.editing import pipeline as px
 from shared.editing.background import BackgroundRemovalUnavailable, BackgroundRemover, check_model_path
@@ -60,12 +61,11 @@ from shared.editing.revisions import (
     RevisionConflict,
     commit_revision,
     discard_objects,
-    get_revision,
     write_objects,
 )
 from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
-from shared.retry import CONTENDED_COMMIT, RetryPolicy, attempts
+from shared.retry import RetryPolicy, attempts
 from shared.storage import ObjectNotFound
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 
@@ -202,15 +202,14 @@ def prepare(db: Client, prices: PriceList, client_id: str, data: EditRequest, po
     masks = _decode_masks(data.operations, policy)
     if any(isinstance(op, RemoveBackground) for op in data.operations):
         check_model_path(policy.rembg_model_path)  # 503 now rather than a refunded failure later
-    refs = [assets_ref(db, client_id).document(asset_id) for asset_id in data.asset_ids]
-    found = {snap.id: snap.to_dict() for snap in db.get_all(refs) if snap.exists}
+    found = FirestoreAssetRepository(db).get_many(client_id, data.asset_ids)
     missing = [asset_id for asset_id in data.asset_ids if asset_id not in found]
     if missing:
         raise NotFound(f"No asset {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     mask_sizes = {index: mask.size for index, mask in masks.items()}
     prepared: list[PreparedAsset] = []
     for asset_id in data.asset_ids:
-        asset = AssetDoc.model_validate(found[asset_id])
+        asset = found[asset_id]
         if asset.kind is AssetKind.VIDEO or asset.content_type not in px.CONTENT_TYPES.values():
             raise AssetNotAnImage(f"Asset {asset_id} is a {asset.content_type} {asset.kind.value}", asset_id=asset_id)
         start = px.Frame(asset.width, asset.height, _may_have_alpha(asset))
@@ -611,10 +610,10 @@ def revision_out(asset_id: str, revision: AssetRevision, store: ObjectStore, exp
 
 
 def _get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:
-    snapshot = assets_ref(db, client_id).document(asset_id).get()
-    if not snapshot.exists:
+    asset = FirestoreAssetRepository(db).get(client_id, asset_id)
+    if asset is None:
         raise NotFound(f"No asset {asset_id}")
-    return AssetDoc.model_validate(snapshot.to_dict())
+    return asset
 
 
 # -- the synchronous path ---------------------------------------------------------------------------
@@ -665,14 +664,14 @@ def _commit_sync(
         key, thumb_key = write_objects(store, client_id, asset.id, number, computed.encoded, computed.thumbnail)
         try:
             return commit_revision(
-                db,
+                FirestoreAssetRepository(db),
                 client_id=client_id,
                 asset_id=asset.id,
                 now=now,
                 revision=_revision(number, key, thumb_key, computed, label, now),
             )
         except RevisionConflict:
-            discard_objects(db, store, client_id, asset.id, number, key, thumb_key)
+            discard_objects(FirestoreAssetRepository(db), store, client_id, asset.id, number, key, thumb_key)
     raise Conflict(f"Asset {asset.id} was edited concurrently; try again", asset_id=asset.id)
 
 
@@ -890,11 +889,18 @@ def _edit_item(
         revision = _revision(number, key, thumb_key, computed, label, run.now, {"job_id": job.id})
         guard = ItemGuard(run.ref, run.snapshot, run.changes(ItemStatus.SUCCEEDED, revision=number, failure=None))
         try:
-            commit_revision(db, client_id=job.client_id, asset_id=asset.id, revision=revision, now=run.now, item=guard)
+            commit_revision(
+                FirestoreAssetRepository(db),
+                client_id=job.client_id,
+                asset_id=asset.id,
+                revision=revision,
+                now=run.now,
+                item=guard,
+            )
             return Finished(f"item {item.index} succeeded: revision {number}")
         except (RevisionConflict, ItemTaken):
             # Lost for certain (commit_revision recognises a commit of ours whose answer was lost).
-            discard_objects(db, store, job.client_id, asset.id, number, key, thumb_key)
+            discard_objects(FirestoreAssetRepository(db), store, job.client_id, asset.id, number, key, thumb_key)
             if run.ref.get().update_time != run.snapshot.update_time:
                 raise ItemTakenOver(run.ref.id) from None
     raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
@@ -908,28 +914,5 @@ def revert(
 ) -> RevisionOut:
     """A NEW revision with the pixels of revision ``number`` (history stays append-only); it points at
     the same immutable objects, so nothing is copied."""
-    for _attempt in attempts(CONTENDED_COMMIT, f"revert asset {asset_id}"):
-        asset = _get_asset(db, client_id, asset_id)
-        old = get_revision(db, client_id, asset_id, number)
-        new = AssetRevision(
-            number=asset.current_revision + 1,
-            key=old.key,
-            thumbnail_key=old.thumbnail_key,
-            content_type=old.content_type,
-            width=old.width,
-            height=old.height,
-            size_bytes=old.size_bytes,
-            operation=f"revert to r{number}",
-            created_at=now,
-            metadata={
-                "reverted_to": number,
-                "has_alpha": bool(old.metadata.get("has_alpha", False)),
-                "source_revision": asset.current_revision,
-            },
-        )
-        try:
-            commit_revision(db, client_id=client_id, asset_id=asset_id, revision=new, now=now)
-        except RevisionConflict:
-            continue
-        return revision_out(asset_id, new, store, expires_in)
-    raise Conflict(f"Asset {asset_id} was edited concurrently; try again")
+    new = revert_asset(FirestoreAssetRepository(db), client_id, asset_id, number, now)
+    return revision_out(asset_id, new, store, expires_in)

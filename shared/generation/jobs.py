@@ -13,24 +13,22 @@ in sharded counters; the settlement charges the images made and releases the res
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.catalog import FirestoreAssetRepository, products_ref
 from shared.batch import lifecycle
-from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, JobKind, Totals, failure_of
 from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
 from shared.batch.models import FanoutPageTask, ItemListQuery, ItemStatus, ItemTask
-from shared.catalog.assets import IMMUTABLE_CACHE, assets_ref, stage_new_asset
-from shared.catalog.models import AssetDoc, AssetKind
-from shared.catalog.products import get_product, products_ref
+from shared.catalog.assets import NewAsset, create_asset
+from shared.catalog.models import AssetKind, AssetOrigin
+from shared.catalog.products import get_product
 from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
 from shared.generation import prompts
@@ -117,11 +115,9 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
     def given_up(self, db: Client, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
         """Each variant is an asset in the customer's library as soon as it is stored: the ones an
         earlier (or killed) delivery stored are theirs and charged, only the rest failed and refunded."""
-        refs = [
-            assets_ref(db, job.client_id).document(variant_asset_id(job, item, v)) for v in range(job.settings.variants)
-        ]
-        stored = {snap.id for snap in db.get_all(refs, field_paths=["id"]) if snap.exists}
-        asset_ids = [ref.id for ref in refs if ref.id in stored]
+        variants = [variant_asset_id(job, item, v) for v in range(job.settings.variants)]
+        stored = FirestoreAssetRepository(db).existing(job.client_id, variants)
+        asset_ids = [asset_id for asset_id in variants if asset_id in stored]
         if not asset_ids:
             return self.failed(job, error)
         failed = job.settings.variants - len(asset_ids)
@@ -163,8 +159,8 @@ def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
             )
     wanted = {(item.product_id, aid) for item in data.items for aid in item.image_asset_ids}
     if wanted:
-        refs = [assets_ref(db, client_id).document(aid) for _, aid in sorted(wanted, key=lambda w: w[1])]
-        owners = {snap.id: (snap.to_dict() or {}).get("product_id") for snap in db.get_all(refs) if snap.exists}
+        named = FirestoreAssetRepository(db).get_many(client_id, sorted(aid for _, aid in wanted))
+        owners = {asset_id: asset.product_id for asset_id, asset in named.items()}
         for product_id, asset_id in wanted:
             if asset_id not in owners:
                 raise NotFound(f"No asset {asset_id}")
@@ -330,7 +326,7 @@ def _generate(
     request = _build_request(db, store, job.client_id, job, item)
     for variant in range(job.settings.variants):
         asset_id = variant_asset_id(job, item, variant)
-        if assets_ref(db, job.client_id).document(asset_id).get().exists:
+        if FirestoreAssetRepository(db).existing(job.client_id, [asset_id]):
             asset_ids.append(asset_id)
             continue
         try:
@@ -363,7 +359,7 @@ def _generate(
 
 def _stored_after_all(db: Client, client_id: str, asset_id: str) -> bool:
     try:
-        return bool(assets_ref(db, client_id).document(asset_id).get().exists)
+        return bool(FirestoreAssetRepository(db).existing(client_id, [asset_id]))
     except Exception:
         logger.exception("could not tell whether asset %s was stored", asset_id)
         return False
@@ -384,16 +380,11 @@ def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, 
         if item.image_asset_ids:
             # The named images: any asset of the product (create checked that), an upload or an earlier
             # generated image alike, in the order given. One deleted since the job was accepted is skipped.
-            refs = [assets_ref(db, client_id).document(aid) for aid in item.image_asset_ids[:MAX_REFERENCE_IMAGES]]
-            found = {
-                snap.id: snap.to_dict() or {}
-                for snap in db.get_all(refs, field_paths=["key", "content_type"])
-                if snap.exists
-            }
+            found = FirestoreAssetRepository(db).get_many(client_id, item.image_asset_ids[:MAX_REFERENCE_IMAGES])
             for asset_id in item.image_asset_ids[:MAX_REFERENCE_IMAGES]:
                 if asset_id in found:
                     images.append(
-                        InputImage(data=store.get(found[asset_id]["key"]), mime_type=found[asset_id]["content_type"])
+                        InputImage(data=store.get(found[asset_id].key), mime_type=found[asset_id].content_type)
                     )
         elif product is not None:
             for image in product.images[:MAX_REFERENCE_IMAGES]:
@@ -427,12 +418,6 @@ def _store_generated(
     encoded, thumbnail = encode_output(
         result.data, policy.output_format, policy.image_limits, policy.thumbnail_max_side
     )
-    # Keys of this delivery's own: two deliveries of one item racing each store their bytes, and the
-    # one whose asset is committed is the one served (immutably cached): nothing is ever overwritten.
-    base = f"clients/{client_id}/assets/{asset_id}/r1-{secrets.token_hex(4)}"
-    key, thumb_key = f"{base}.{encoded.extension}", f"{base}_thumb.webp"
-    store.put(key, encoded.data, encoded.content_type, cache_control=IMMUTABLE_CACHE)
-    store.put(thumb_key, thumbnail.data, thumbnail.content_type, cache_control=IMMUTABLE_CACHE)
     metadata = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
@@ -447,35 +432,21 @@ def _store_generated(
         "input_asset_ids": item.image_asset_ids,
         "engine_text": result.text,
     }
-    asset = AssetDoc(
-        id=asset_id,
+    # Keys of this delivery's own: two deliveries of one item racing each store their bytes, and the
+    # one whose asset is committed is the one served; the other's objects are deleted.
+    new = NewAsset(
+        asset_id=asset_id,
         client_id=client_id,
-        product_id=item.product_id,
         kind=AssetKind.GENERATED,
         source=result.engine,
-        key=key,
-        thumbnail_key=thumb_key,
-        content_type=encoded.content_type,
-        width=encoded.width,
-        height=encoded.height,
+        origin=AssetOrigin.GENERATED,
+        operation="generate",
+        product_id=item.product_id,
         job_id=job.id,
         metadata=metadata,
-        created_at=now,
-        updated_at=now,
+        revision_metadata=metadata,
     )
-    batch = db.batch()
-    ref = stage_new_asset(batch, db, asset, size_bytes=len(encoded.data), operation="generate", metadata=metadata)
-
-    def ours() -> bool | None:
-        # Our commit whose answer was lost (the client's retry then finds the asset) points at our key.
-        stored = ref.get()
-        return True if stored.exists and (stored.to_dict() or {}).get("key") == key else None
-
-    if commit_once(lambda: batch.commit(retry=None), ours, "store a generated image") is None:
-        # Another delivery stored this variant first: its asset stands, our objects are nobody's.
-        for orphan in (key, thumb_key):
-            with contextlib.suppress(Exception):
-                store.delete(orphan)
+    create_asset(FirestoreAssetRepository(db), store, new, encoded, thumbnail, now)
 
 
 # -- reads and commands -------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def report_passes() -> Any:
 def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     data: st.DataObject, items: int, variants: int, settings: Any, object_store: Any
 ) -> None:
-    from shared.catalog.assets import assets_ref
+    from shared.adapters.firestore.catalog import assets_ref
     from shared.catalog.policies import generation_policy
 
     clock = Clock(START)
@@ -218,8 +218,8 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
 def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     data: st.DataObject, assets: int, settings: Any, object_store: Any
 ) -> None:
-    from shared.catalog.assets import assets_ref, stage_new_asset
-    from shared.catalog.models import AssetDoc, AssetKind
+    from shared.adapters.firestore.catalog import FirestoreAssetRepository, assets_ref
+    from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
     from shared.editing import service
     from shared.editing.models import EditRequest
     from shared.editing.service import EDITS
@@ -252,9 +252,18 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
             created_at=clock.now,
             updated_at=clock.now,
         )
-        batch = db.batch()
-        stage_new_asset(batch, db, asset, size_bytes=len(photo), operation="upload")
-        batch.commit()
+        first = AssetRevision(
+            number=1,
+            key=key,
+            thumbnail_key=key,
+            content_type="image/png",
+            width=64,
+            height=48,
+            size_bytes=len(photo),
+            operation="upload",
+            created_at=clock.now,
+        )
+        FirestoreAssetRepository(db).create(asset, first)
         asset_ids.append(asset.id)
 
     def no_remover() -> Any:

@@ -458,12 +458,15 @@ def test_subscription_view_of_a_new_client(stack: Any, api: Any, headers: dict[s
 
 def _fill_products(stack: Any, client_id: str, count: int) -> None:
     """``count`` products as the catalog service stores them (the API path is exercised separately)."""
+    from shared.adapters.firestore.catalog import FirestoreProductRepository
     from shared.catalog import products
     from shared.catalog.models import ProductCreate
 
     now = datetime.now(UTC)
     for index in range(count):
-        products.create_product(stack.platform.db, client_id, ProductCreate(name=f"Product {index}"), now)
+        products.create_product(
+            FirestoreProductRepository(stack.platform.db), client_id, ProductCreate(name=f"Product {index}"), now
+        )
 
 
 def test_product_slots_are_enforced_on_create(stack: Any, api: Any, headers: dict[str, str], client_id: str) -> None:

@@ -468,6 +468,7 @@ def test_concurrent_edits_of_one_asset_never_share_a_revision_number(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from shared.adapters.firestore.catalog import FirestoreAssetRepository
     from shared.catalog.models import AssetRevision
     from shared.editing.revisions import RevisionConflict, commit_revision
 
@@ -497,7 +498,11 @@ def test_concurrent_edits_of_one_asset_never_share_a_revision_number(
     stale = AssetRevision.model_validate({**latest, "number": won[-1]})
     with pytest.raises(RevisionConflict):
         commit_revision(
-            stack.platform.db, client_id=client_id, asset_id=asset_id, revision=stale, now=stack.platform.clock()
+            FirestoreAssetRepository(stack.platform.db),
+            client_id=client_id,
+            asset_id=asset_id,
+            revision=stale,
+            now=stack.platform.clock(),
         )
     assert revision_numbers(stack, client_id, asset_id) == [1, *won]
 

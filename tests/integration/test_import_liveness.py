@@ -200,8 +200,7 @@ def test_every_import_ends_with_each_row_imported_once(
     image_host: str,
     fetcher: Any,
 ) -> None:
-    from shared.catalog.assets import assets_ref
-    from shared.catalog.products import products_ref
+    from shared.adapters.firestore.catalog import assets_ref, products_ref
 
     clock = Clock(START)
     db = FaultyClient()

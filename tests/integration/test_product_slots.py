@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from shared.adapters.firestore.catalog import FirestoreProductRepository, products_ref, usage_ref
 from shared.catalog import imports, products
 from shared.catalog.models import ProductCreate, ProductDoc
 from shared.errors import NotFound
@@ -57,12 +58,12 @@ def set_slots(db: Any, client_id: str, slots: int) -> None:
 
 def counter(db: Any, client_id: str) -> dict[str, Any]:
     """The slot counter document ({} when the client has none yet)."""
-    snapshot = products.usage_ref(db, client_id).get()
+    snapshot = usage_ref(db, client_id).get()
     return dict(snapshot.to_dict() or {}) if snapshot.exists else {}
 
 
 def stored(db: Any, client_id: str) -> int:
-    return int(products.products_ref(db, client_id).count().get()[0][0].value)
+    return int(products_ref(db, client_id).count().get()[0][0].value)
 
 
 def legacy_products(db: Any, client_id: str, count: int) -> list[str]:
@@ -71,7 +72,7 @@ def legacy_products(db: Any, client_id: str, count: int) -> list[str]:
     ids = []
     for index in range(count):
         doc = products.build_product(client_id, ProductCreate(name=f"Old {index}"), now)
-        products.products_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python"))
+        products_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python"))
         ids.append(doc.id)
     return ids
 
@@ -248,7 +249,7 @@ def test_import_chunks_and_api_creates_share_the_slots_exactly(stack: Any, api: 
                 products.build_product(client_id, ProductCreate(name=f"B{key}-{n}"), now, product_id=f"prod_b{key}_{n}")
                 for n in range(5)
             ]
-            return products.create_products(db, client_id, docs, now, all_or_nothing=False)
+            return products.create_products(FirestoreProductRepository(db), client_id, docs, now, all_or_nothing=False)
         return create(api, f"Single {index}")
 
     results = concurrently(9, batch)
@@ -270,7 +271,7 @@ def test_recount_repairs_a_drifted_counter(stack: Any, api: Api, client_id: str)
     assert create(api, "Counted").status_code == 201
     legacy_products(db, client_id, 2)  # e.g. an old instance still running during the deploy
     assert counter(db, client_id)["used"] == 1
-    assert products.recount_product_usage(db, client_id, datetime.now(UTC)) == 3
+    assert products.recount_product_usage(FirestoreProductRepository(db), client_id, datetime.now(UTC)) == 3
     assert counter(db, client_id)["used"] == 3
 
 
@@ -321,8 +322,10 @@ def test_slots_hold_for_any_mix_of_concurrent_batches_and_deletes(
 
     def run(index: int) -> Any:
         if index < len(batches):
-            return products.create_products(db, client_id, docs_for(batches[index]), now, all_or_nothing=False)
-        return products.delete_product(db, client_id, doomed[index - len(batches)], now)
+            return products.create_products(
+                FirestoreProductRepository(db), client_id, docs_for(batches[index]), now, all_or_nothing=False
+            )
+        return products.delete_product(FirestoreProductRepository(db), client_id, doomed[index - len(batches)], now)
 
     results = concurrently(len(batches) + len(doomed), run)
 

@@ -197,8 +197,9 @@ def test_filter_by_category_and_source(api: Any, headers: dict[str, str], stack:
     assert list_ids(api, headers, "?category=Bags") == []
 
     # A product from a CSV import, written the way the import writes it.
+    from shared.adapters.firestore.catalog import products_ref
     from shared.catalog.models import ProductCreate, ProductSource
-    from shared.catalog.products import build_product, products_ref
+    from shared.catalog.products import build_product
 
     imported = build_product(
         client_id,

@@ -1,0 +1,218 @@
+"""Ports of the catalog: where products, assets, uploads and imports are kept.
+
+Services take these (or :class:`CatalogRepositories`, the bundle of them) instead of a database client.
+Every document path, query and precondition lives in an adapter (Firestore:
+``shared.adapters.firestore.catalog``; in memory: ``tests.fakes_catalog``). An atomic write the
+rules need (a product and its slot, revision n+1 and the asset's current revision) is one method
+here, with its precondition inside the adapter; a lost precondition is :class:`StaleWrite` (read
+again and retry) or one of the named conflicts below, the same in every adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, ProductSource
+from shared.catalog.slots import ProductUsageDoc
+
+T = TypeVar("T")
+
+
+class StaleWrite(Exception):
+    """A document changed (or appeared, or went) since it was read: nothing was written; read again."""
+
+
+class AssetExists(Exception):
+    """An asset with this id is stored already (a redelivery, or a concurrent writer got there first)."""
+
+
+class ProductGone(Exception):
+    """The product an asset was to be attached to does not exist (nothing was written)."""
+
+
+class RevisionConflict(Exception):
+    """Another edit became revision n first: recompute from the new current revision."""
+
+
+class ItemTaken(Exception):
+    """Another delivery of the same task changed the job item: it owns the outcome."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    """A value as read, with the opaque version a guarded write is conditioned on."""
+
+    value: T
+    version: Any
+
+
+@dataclass(frozen=True)
+class ItemGuard:
+    """A job item to finish in the same commit as a revision, if nobody touched it since ``snapshot``
+    (the batch engine's own document handles: only its adapter knows what they are)."""
+
+    ref: Any
+    snapshot: Any
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SlotsRead:
+    """What a slot-taking write is decided on: the counter (None: not counted yet), the plan's
+    limit, and which of the asked product ids are stored already."""
+
+    usage: Versioned[int] | None
+    limit: int
+    stored: set[str]
+
+
+@dataclass(frozen=True)
+class ProductFilter:
+    category: str | None = None
+    source: ProductSource | None = None
+    token: str | None = None  # one search token the product must carry
+
+
+# -- products -------------------------------------------------------------------------------------
+
+
+class ProductRepository(ABC):
+    """``clients/{client}/products/{id}`` and the product-slot counter ``usage/products``."""
+
+    @abstractmethod
+    def get(self, client_id: str, product_id: str) -> ProductDoc | None: ...
+
+    @abstractmethod
+    def get_many(self, client_id: str, product_ids: Iterable[str]) -> dict[str, ProductDoc]: ...
+
+    @abstractmethod
+    def existing(self, client_id: str, product_ids: Iterable[str]) -> set[str]:
+        """The ids among ``product_ids`` that are stored."""
+
+    @abstractmethod
+    def scan(
+        self, client_id: str, where: ProductFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ProductDoc]:
+        """Up to ``limit`` products, newest first (``created_at``, then ``id``, descending), after ``after``."""
+
+    @abstractmethod
+    def load(self, client_id: str, product_id: str) -> Versioned[ProductDoc] | None: ...
+
+    @abstractmethod
+    def update(self, client_id: str, product_id: str, changes: dict[str, Any], version: Any) -> None:
+        """Change fields of the product if it is still at ``version``; else :class:`StaleWrite`."""
+
+    @abstractmethod
+    def add_image(self, client_id: str, product_id: str, image: ProductImage, now: datetime) -> None:
+        """Append an image entry (no precondition: concurrent additions are all kept)."""
+
+    @abstractmethod
+    def read_slots(self, client_id: str, product_ids: Sequence[str]) -> SlotsRead: ...
+
+    @abstractmethod
+    def create_taking_slots(
+        self, client_id: str, docs: Sequence[ProductDoc], used: Versioned[int], now: datetime
+    ) -> None:
+        """Create ``docs`` and set the counter to ``used.value + len(docs)`` in one atomic write, if the
+        counter is still at ``used.version`` and none of the products exists; else :class:`StaleWrite`."""
+
+    @abstractmethod
+    def delete_freeing_slot(self, client_id: str, product_id: str, used: Versioned[int], now: datetime) -> None:
+        """Delete the product and decrement the counter in one atomic write, if the counter is still at
+        ``used.version`` and the product still exists; else :class:`StaleWrite`."""
+
+    @abstractmethod
+    def count(self, client_id: str) -> int:
+        """How many products the client has (a real count, not the counter)."""
+
+    @abstractmethod
+    def usage(self, client_id: str) -> Versioned[ProductUsageDoc] | None: ...
+
+    @abstractmethod
+    def save_usage(self, client_id: str, doc: ProductUsageDoc, version: Any | None) -> None:
+        """Create the counter (``version`` None) or replace it if still at ``version``; else :class:`StaleWrite`."""
+
+    @abstractmethod
+    def slot_limit(self, client_id: str) -> int:
+        """The product slots of the client's plan (its billing state)."""
+
+    @abstractmethod
+    def client_ids(self) -> Iterator[str]:
+        """Every client (the daily recount goes through them)."""
+
+
+# -- assets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssetFilter:
+    product_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    pinned: bool | None = None
+    favorite: bool | None = None
+    approved: bool | None = None
+
+
+class AssetRepository(ABC):
+    """``clients/{client}/assets/{id}`` and its ``revisions/{n}``."""
+
+    @abstractmethod
+    def get(self, client_id: str, asset_id: str) -> AssetDoc | None: ...
+
+    @abstractmethod
+    def get_many(self, client_id: str, asset_ids: Iterable[str]) -> dict[str, AssetDoc]: ...
+
+    @abstractmethod
+    def existing(self, client_id: str, asset_ids: Iterable[str]) -> set[str]: ...
+
+    @abstractmethod
+    def scan(
+        self, client_id: str, where: AssetFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[AssetDoc]:
+        """Up to ``limit`` assets, newest first (``created_at``, then ``id``, descending), after ``after``."""
+
+    @abstractmethod
+    def create(self, asset: AssetDoc, first: AssetRevision, *, product_image: ProductImage | None = None) -> None:
+        """Create the asset and its revision 1 (and append ``product_image`` to its product) in one
+        atomic write. :class:`AssetExists` when the asset is stored already (nothing written; a write
+        of ours whose answer was lost is recognised by its key and succeeds), :class:`ProductGone`
+        when the product to attach it to does not exist."""
+
+    @abstractmethod
+    def revisions(self, client_id: str, asset_id: str) -> list[AssetRevision]:
+        """Every revision, oldest first."""
+
+    @abstractmethod
+    def revision(self, client_id: str, asset_id: str, number: int) -> AssetRevision | None: ...
+
+    @abstractmethod
+    def append_revision(
+        self, client_id: str, asset_id: str, revision: AssetRevision, now: datetime, item: ItemGuard | None = None
+    ) -> None:
+        """Make ``revision`` (number n) current in one atomic write: create revision n, point the asset
+        (then at n-1) and its product's image entry at it, and finish ``item``.
+
+        Raises :class:`RevisionConflict` when revision n exists or the asset is not at n-1,
+        :class:`ItemTaken` when ``item`` changed, ``NotFound`` when the asset is gone. A write of ours
+        whose answer was lost is recognised and succeeds."""
+
+    @abstractmethod
+    def update_flags(self, client_id: str, asset_id: str, changes: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
+        """Delete the asset, its revisions and its entry in its product's images in one atomic write;
+        returns the revisions it had (their objects are the caller's to delete)."""
+
+
+@dataclass
+class CatalogRepositories:
+    """The catalog's unit of work: one bundle the entry points build and the services take."""
+
+    products: ProductRepository
+    assets: AssetRepository
