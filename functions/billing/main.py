@@ -24,7 +24,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import billing_store, price_ids
+from shared.billing.policies import billing_accounts, billing_store, price_ids
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 from shared.scheduled import finish
 
@@ -45,14 +45,14 @@ def plans(ctx: Ctx) -> CatalogOut:
 @api.get("/subscription")
 def subscription(ctx: Ctx) -> SubscriptionOut:
     p = ctx.platform
-    return service.subscription_out(p.db, load_catalog(), ctx.client_id, p.clock())
+    return service.subscription_out(p.db, billing_accounts(p), load_catalog(), ctx.client_id, p.clock())
 
 
 @api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)
 def checkout(ctx: Ctx) -> JsonResponse:
     p = ctx.platform
     redirect = service.start_checkout(
-        p.db,
+        billing_accounts(p),
         p.payment_gateway,
         load_catalog(),
         price_ids(p),
@@ -69,14 +69,17 @@ def checkout(ctx: Ctx) -> JsonResponse:
 def portal(ctx: Ctx) -> RedirectOut:
     p = ctx.platform
     return service.open_portal(
-        p.db, p.payment_gateway, ctx.client_id, str(ctx.body.return_url or p.settings.billing_portal_return_url)
+        billing_accounts(p),
+        p.payment_gateway,
+        ctx.client_id,
+        str(ctx.body.return_url or p.settings.billing_portal_return_url),
     )
 
 
 @api.get("/invoices", query=InvoiceListQuery)
 def invoices(ctx: Ctx) -> InvoicePage:
     p = ctx.platform
-    return service.invoices(p.db, p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+    return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
 
 
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)

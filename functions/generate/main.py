@@ -49,10 +49,8 @@ Ctx = RequestContext[Any, Any]
 def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
-    from shared.billing.catalog import load_catalog
-    from shared.billing.service import require_good_standing
+    from shared.billing.policies import billing_store
 
-    require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
     job = jobs.create_job(
         p.db,
@@ -68,6 +66,7 @@ def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonRespo
         now=p.clock(),
         request_key=request_key(ctx),
         retry_of=retry_of,
+        billing=billing_store(p),
     )
     return accepted(jobs.job_out(p.db, job), f"/jobs/{job.id}")
 

@@ -1,0 +1,1 @@
+"""Firestore adapters: the only modules that hold document paths, queries and preconditions."""
