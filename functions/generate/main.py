@@ -37,6 +37,7 @@ from shared.pagination import Page
 if TYPE_CHECKING:
     import flask
 
+    from shared.generation.store import GenerationSettingsStore, ProductLookup
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
@@ -46,12 +47,28 @@ tasks = HttpApp("generate_tasks")
 Ctx = RequestContext[Any, Any]
 
 
+def _settings(p: Platform) -> GenerationSettingsStore:
+    from shared.adapters.firestore.settings import FirestoreGenerationSettings
+
+    return FirestoreGenerationSettings(p.db)
+
+
+def _products(p: Platform) -> ProductLookup:
+    from shared.adapters.firestore.settings import FirestoreProductLookup
+
+    return FirestoreProductLookup(p.db)
+
+
 def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
     from shared.billing.policies import billing_store
 
-    base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
+    base = (
+        prompts.get_preset(_settings(p), ctx.client_id, data.preset_id).settings
+        if data.preset_id
+        else GenerationSettings()
+    )
     job = jobs.create_job(
         p.db,
         p.object_store,
@@ -120,50 +137,51 @@ def retry_job(ctx: Ctx) -> JsonResponse:
 @api.post("/prompts/enhance", body=EnhanceRequest)
 def enhance_prompt(ctx: Ctx) -> EnhanceOut:
     p = ctx.platform
-    return prompts.enhance(p.db, p.engine, ctx.client_id, ctx.body)
+    return prompts.enhance(_settings(p), _products(p), p.engine, ctx.client_id, ctx.body)
 
 
 @api.get("/brand")
 def get_brand(ctx: Ctx) -> BrandProfile:
-    return prompts.get_brand(ctx.platform.db, ctx.client_id)
+    return prompts.get_brand(_settings(ctx.platform), ctx.client_id)
 
 
 @api.put("/brand", body=BrandProfile)
 def put_brand(ctx: Ctx) -> BrandProfile:
-    return prompts.put_brand(ctx.platform.db, ctx.client_id, ctx.body)
+    return prompts.put_brand(_settings(ctx.platform), ctx.client_id, ctx.body)
 
 
 @api.get("/presets")
 def list_presets(ctx: Ctx) -> dict[str, list[dict[str, Any]]]:
     # Dumped here: a plain dict is serialised with json.dumps(default=str), which would turn models into reprs.
-    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(ctx.platform.db, ctx.client_id)]}
+    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(_settings(ctx.platform), ctx.client_id)]}
 
 
 @api.post("/presets", body=PresetIn, status=201)
 def create_preset(ctx: Ctx) -> PresetOut:
     p = ctx.platform
-    return prompts.create_preset(p.db, ctx.client_id, ctx.body, p.clock())
+    return prompts.create_preset(_settings(p), ctx.client_id, ctx.body, p.clock())
 
 
 @api.get("/presets/<preset_id>")
 def get_preset(ctx: Ctx) -> PresetOut:
-    return prompts.get_preset(ctx.platform.db, ctx.client_id, ctx.path_params["preset_id"])
+    return prompts.get_preset(_settings(ctx.platform), ctx.client_id, ctx.path_params["preset_id"])
 
 
 @api.patch("/presets/<preset_id>", body=PresetUpdate)
 def update_preset(ctx: Ctx) -> PresetOut:
     p = ctx.platform
-    return prompts.update_preset(p.db, ctx.client_id, ctx.path_params["preset_id"], ctx.body, p.clock())
+    return prompts.update_preset(_settings(p), ctx.client_id, ctx.path_params["preset_id"], ctx.body, p.clock())
 
 
 @api.delete("/presets/<preset_id>", status=204)
 def delete_preset(ctx: Ctx) -> None:
-    prompts.delete_preset(ctx.platform.db, ctx.client_id, ctx.path_params["preset_id"])
+    prompts.delete_preset(_settings(ctx.platform), ctx.client_id, ctx.path_params["preset_id"])
 
 
 @api.get("/defaults", query=DefaultsQuery)
 def get_defaults(ctx: Ctx) -> DefaultsOut:
-    return prompts.defaults(ctx.platform.db, ctx.client_id, ctx.query.product_id, ctx.query.category)
+    p = ctx.platform
+    return prompts.defaults(_settings(p), _products(p), ctx.client_id, ctx.query.product_id, ctx.query.category)
 
 
 # -- workers ----------------------------------------------------------------------------------------
