@@ -24,7 +24,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import billing_store, price_ids
+from shared.billing.policies import billing_accounts, billing_store, price_ids
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.needs import Need
 from shared.scheduled import finish
@@ -44,14 +44,14 @@ def plans(ctx: RequestContext[NoBody, NoQuery]) -> CatalogOut:
 @api.get("/subscription")
 def subscription(ctx: RequestContext[NoBody, NoQuery]) -> SubscriptionOut:
     p = ctx.platform
-    return service.subscription_out(p.db, load_catalog(), ctx.client_id, p.clock())
+    return service.subscription_out(p.db, billing_accounts(p), load_catalog(), ctx.client_id, p.clock())
 
 
 @api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)
 def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse:
     p = ctx.platform
     redirect = service.start_checkout(
-        p.db,
+        billing_accounts(p),
         p.payment_gateway,
         load_catalog(),
         price_ids(p),
@@ -68,14 +68,17 @@ def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse:
 def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
     p = ctx.platform
     return service.open_portal(
-        p.db, p.payment_gateway, ctx.client_id, str(ctx.body.return_url or p.settings.billing_portal_return_url)
+        billing_accounts(p),
+        p.payment_gateway,
+        ctx.client_id,
+        str(ctx.body.return_url or p.settings.billing_portal_return_url),
     )
 
 
 @api.get("/invoices", query=InvoiceListQuery)
 def invoices(ctx: RequestContext[NoBody, InvoiceListQuery]) -> InvoicePage:
     p = ctx.platform
-    return service.invoices(p.db, p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+    return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
 
 
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)

@@ -52,11 +52,8 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
             expires_in=p.settings.presign_expiry_seconds,
         )
         return JsonResponse(result, status=200)
-    if prepared.quote.total > 0:
-        from shared.billing.catalog import load_catalog
-        from shared.billing.service import require_good_standing
+    from shared.billing.policies import billing_store
 
-        require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     job = service.create_job(
         p.db,
         p.object_store,
@@ -68,6 +65,7 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
         policy=policy,
         now=p.clock(),
         request_key=request_key(ctx),
+        billing=billing_store(p),
     )
     return accepted(service.job_out(p.db, job), f"/edits/{job.id}")
 
