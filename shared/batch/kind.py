@@ -250,7 +250,7 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
 
     def page_items(self, services: ServicesT, job: JobT, start: int, stop: int, status: ItemStatus) -> list[ItemT]:
         """A paged kind's item documents of indexes ``start``..``stop - 1``, in ``status``."""
-        raise TypeError(f"{self.noun} jobs are not paged")
+        raise TypeError(f"{self.noun}s are not paged")
 
     def after_page(self, services: ServicesT, job: JobT, items: list[ItemT]) -> None:
         """What follows a written fan-out page of a job still running (nothing by default)."""
