@@ -24,9 +24,6 @@ from shared.pagination import Page
 if TYPE_CHECKING:
     import flask
 
-    from shared.batch.models import ItemTask, JobTask
-    from shared.platform import Platform
-    from shared.tasks import TaskCall
 
 api = HttpApp("edit_api", needs=(Need.R2, Need.TASK_QUEUE))
 tasks = HttpApp("edit_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
@@ -55,15 +52,10 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
     from shared.billing.policies import billing_store
 
     job = service.create_job(
-        p.db,
-        p.object_store,
-        p.task_queue,
-        p.ledger,
+        EDITS.dependencies(p),
         prepared,
         client_id=ctx.client_id,
         user_id=ctx.principal.user_id,
-        policy=policy,
-        now=p.clock(),
         request_key=request_key(ctx),
         billing=billing_store(p),
     )
@@ -112,30 +104,7 @@ def revert_asset(ctx: RequestContext[RevertRequest, NoQuery]) -> RevisionOut:
 
 # -- workers ------------------------------------------------------------------------------------------
 
-
-def _fanout(p: Platform, task: JobTask) -> str:
-    return lifecycle.run_fanout(EDITS, p.db, p.task_queue, task, p.clock())
-
-
-def _item(p: Platform, task: ItemTask, call: TaskCall) -> str:
-    from shared.editing.background import shared_remover
-
-    policy = service.edit_policy(p.settings)
-    return service.run_item(
-        p.db,
-        p.object_store,
-        p.task_queue,
-        p.engine,
-        lambda: shared_remover(policy.rembg_model_path),  # rembg is loaded only when a job removes a background
-        task,
-        call,
-        policy,
-        p.clock(),
-        clock=p.clock,
-    )
-
-
-add_worker_routes(tasks, EDITS, fanout=_fanout, item=_item)
+add_worker_routes(tasks, EDITS)
 
 
 @functions_framework.http

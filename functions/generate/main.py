@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 from shared.batch import lifecycle
-from shared.batch.models import FanoutPageTask, ItemListQuery, ItemTask, JobListQuery
+from shared.batch.models import ItemListQuery, JobListQuery
 from shared.batch.routes import accepted, add_worker_routes, request_key
-from shared.catalog.policies import generation_policy
 from shared.generation import jobs, prompts
 from shared.generation.jobs import GENERATION
 from shared.generation.models import (
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
     from shared.generation.store import GenerationSettingsStore, ProductLookup
     from shared.platform import Platform
-    from shared.tasks import TaskCall
 
 api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
@@ -69,17 +67,12 @@ def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str |
         else GenerationSettings()
     )
     job = jobs.create_job(
-        p.db,
-        p.object_store,
-        p.task_queue,
-        p.ledger,
+        GENERATION.dependencies(p),
         p.price_book.current(),
         client_id=ctx.client_id,
         user_id=ctx.principal.user_id,
         data=data,
         base=base,
-        policy=generation_policy(p.settings),
-        now=p.clock(),
         request_key=request_key(ctx),
         retry_of=retry_of,
         billing=billing_store(p),
@@ -185,18 +178,7 @@ def get_defaults(ctx: RequestContext[NoBody, DefaultsQuery]) -> DefaultsOut:
 
 # -- workers ----------------------------------------------------------------------------------------
 
-
-def _fanout(p: Platform, task: FanoutPageTask) -> str:
-    policy = generation_policy(p.settings)
-    return jobs.run_fanout(p.db, p.object_store, p.task_queue, task, policy, p.clock(), clock=p.clock)
-
-
-def _item(p: Platform, task: ItemTask, call: TaskCall) -> str:
-    policy = generation_policy(p.settings)
-    return jobs.run_item(p.db, p.object_store, p.task_queue, p.engine, task, call, policy, p.clock(), clock=p.clock)
-
-
-add_worker_routes(tasks, GENERATION, fanout=_fanout, item=_item)
+add_worker_routes(tasks, GENERATION)
 
 
 @functions_framework.http

@@ -1,18 +1,43 @@
-"""What distinguishes one kind of batch job from another, and the names derived from it.
+"""What distinguishes one kind of batch job from another: its names, its rules and its steps.
 
-A kind is a stateless description: where its documents live, how its tasks, hold and ids are
-named, and the few rules that differ between kinds (what a finished item is worth, how the job is
-charged). Everything with I/O that only one kind does (generating an image, editing an asset) is
-passed to the lifecycle functions as a callable instead, so a kind needs no adapters to exist.
+:mod:`shared.batch.lifecycle` is the only orchestrator: it accepts a job, fans it out, runs each
+item once, settles it, and :mod:`shared.batch.recovery` finishes what no task will. At each step it
+calls a method of the job's kind with the kind's :class:`JobServices` (the one bundle of adapters
+and limits the kind's steps use, built from the platform by :meth:`JobKind.dependencies`):
+
+* accept: :meth:`JobKind.prepare` checks an order against stored state and prices it (after a keyed
+  request was found to be new), :meth:`JobKind.record` stores what the job needs and returns the job
+  and, unless paged, its items;
+* fan-out (paged kinds): :meth:`JobKind.page_items` builds one page's items, :meth:`JobKind.after_page`
+  does what follows a written page (e.g. remember the products' defaults);
+* item: :meth:`JobKind.work` runs one item; :meth:`JobKind.failed` and :meth:`JobKind.given_up` say what
+  a failure leaves; :meth:`JobKind.transient` which errors are worth another delivery;
+* settle: :meth:`JobKind.tally` says what a finished item adds up to, :meth:`JobKind.charge` what the
+  job costs (:meth:`JobKind.charge_breakdown`, :meth:`JobKind.settle_reason`, :meth:`JobKind.settlement`).
+
+Adding a job kind (store sync-back, video):
+
+1. Models: a job document (:class:`~shared.batch.models.BatchJobDoc`, or
+   :class:`~shared.batch.models.PagedJobDoc` for jobs too large to write with their items) and an item
+   document (:class:`~shared.batch.models.BatchItemDoc`).
+2. A :class:`JobOrder` subclass carrying the request, and, when the kind needs more than
+   :class:`JobServices` holds (an engine, its own limits), a :class:`JobServices` subclass.
+3. One ``JobKind[Job, Item, Services, Order]`` subclass: the names (collection, ids, tasks, hold), the
+   rules above, and :meth:`JobKind.dependencies` building its services from the platform.
+4. Routes: the API entry point calls :func:`shared.batch.lifecycle.accept` (and the status reads);
+   the Cloud Tasks entry point only calls ``add_worker_routes(tasks, KIND)``
+   (:mod:`shared.batch.routes`), which serves the fan-out, item, settle and reaper routes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar  # PEP 696 defaults (Python 3.13's typing.TypeVar)
 
 from shared.batch.models import (
     BatchItemDoc,
@@ -29,8 +54,60 @@ from shared.tasks import TaskRequest, task_name, windowed_task
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
+    from shared.ledger.service import Ledger
+    from shared.platform import Platform
+    from shared.storage import ObjectStore
+    from shared.tasks import TaskQueue
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The lifecycle's limits, from settings."""
+
+    max_attempts: int
+    hold_ttl: timedelta
+    fanout_page: int = 200  # items written and enqueued per fan-out task (paged kinds)
+    counter_shards: int = 1  # counter documents per job (counted kinds)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """The caller's Idempotency-Key and a fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobServices:
+    """Everything the lifecycle and a kind's steps use, in one bundle: the adapters, the clock and the
+    lifecycle's limits. A kind that needs more (an engine, its own limits) subclasses it."""
+
+    db: Client
+    store: ObjectStore
+    queue: TaskQueue
+    ledger: Ledger
+    policy: BatchPolicy
+    clock: Callable[[], datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOrder:
+    """A request to accept a job: who asks, under which key. A kind subclasses it with its request;
+    :meth:`JobKind.prepare` sets what it costs."""
+
+    client_id: str
+    user_id: str
+    request_key: RequestKey | None
+    # Tells apart endpoints sharing one Idempotency-Key (a create and a retry name two jobs).
+    scope: tuple[str, ...] = ()
+    amount: int = 0  # the credits to reserve for the whole job
+
+
 JobT = TypeVar("JobT", bound=BatchJobDoc)
 ItemT = TypeVar("ItemT", bound=BatchItemDoc)
+ServicesT = TypeVar("ServicesT", bound=JobServices, default=JobServices)
+OrderT = TypeVar("OrderT", bound=JobOrder, default=JobOrder)
 
 
 def failure_of(error: EpoxError, **extra: Any) -> dict[str, Any]:
@@ -86,8 +163,30 @@ class ItemTakenOver(Exception):
     """Another delivery of the same item task changed the item first: it owns the outcome."""
 
 
-class JobKind(ABC, Generic[JobT, ItemT]):
-    """One kind of batch job. Subclasses set the names and implement the rules."""
+@dataclass(frozen=True)
+class ItemRun(Generic[JobT, ItemT]):
+    """One delivery of an item task, as the kind's :meth:`JobKind.work` sees it."""
+
+    job: JobT
+    item: ItemT  # as it was before this delivery took it
+    ref: Any  # the item document
+    # What guards the finishing commit: anything with the item's ``update_time`` as this delivery left
+    # it (the write that marked it running, or the read the reaper or a cancellation acted on).
+    snapshot: Any
+    last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
+    now: datetime
+    # This delivery's own mark on the item (written when it takes and when it finishes the item): a
+    # commit of ours whose answer was lost is recognised by it.
+    token: str = ""
+
+    def changes(self, status: ItemStatus, **fields: Any) -> dict[str, Any]:
+        """The item update recording ``status`` (for a kind that commits it with its result)."""
+        return {"status": status.value, **fields, "delivery": self.token, "updated_at": self.now}
+
+
+class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
+    """One kind of batch job. Subclasses set the names and implement the rules and steps; the
+    lifecycle calls them (see the module docstring)."""
 
     collection: str  # clients/{client}/{collection}/{job id}
     id_prefix: str  # job ids: "{prefix}_…"
@@ -130,6 +229,38 @@ class JobKind(ABC, Generic[JobT, ItemT]):
     def fanout_model(self) -> type[JobTask]:
         return FanoutPageTask if self.paged else JobTask
 
+    # -- wiring -----------------------------------------------------------------------------------
+
+    def dependencies(self, platform: Platform) -> ServicesT:
+        """The kind's services built from the platform's adapters and settings (what its worker
+        routes run with)."""
+        raise NotImplementedError(f"{type(self).__name__} is not served by worker routes")
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def prepare(self, services: ServicesT, order: OrderT, job_id: str) -> OrderT:
+        """Check a new job's order against stored state and price it (``order.amount``): called once a
+        keyed request is known to be new, before anything is reserved. By default, as ordered."""
+        return order
+
+    @abstractmethod
+    def record(self, services: ServicesT, order: OrderT, job_id: str, hold_id: str) -> tuple[JobT, Sequence[ItemT]]:
+        """Store what the job needs besides its documents (e.g. in the object store) and return the
+        job and, unless the kind is paged, all its items (the lifecycle writes them)."""
+
+    def page_items(self, services: ServicesT, job: JobT, start: int, stop: int, status: ItemStatus) -> list[ItemT]:
+        """A paged kind's item documents of indexes ``start``..``stop - 1``, in ``status``."""
+        raise TypeError(f"{self.noun}s are not paged")
+
+    def after_page(self, services: ServicesT, job: JobT, items: list[ItemT]) -> None:
+        """What follows a written fan-out page of a job still running (nothing by default)."""
+
+    @abstractmethod
+    def work(self, services: ServicesT, run: ItemRun[JobT, ItemT]) -> Finish | Finished:
+        """Run one item (one delivery of its task): the item's verdict for the lifecycle to record
+        (:class:`Finish`), or :class:`Finished` when the kind recorded it with its result. Errors are
+        the lifecycle's to retry or fail (see :meth:`transient`)."""
+
     # -- rules ------------------------------------------------------------------------------------
 
     def tally(self, job: JobT, item: ItemT) -> dict[str, int]:
@@ -161,7 +292,7 @@ class JobKind(ABC, Generic[JobT, ItemT]):
         """The item's final failure (refunded at settlement)."""
         return Finish(ItemStatus.FAILED, {"failure": failure_of(error)}, outcome=f"item failed: {error.code}")
 
-    def given_up(self, db: Client, job: JobT, item: ItemT, error: EpoxError) -> Finish:
+    def given_up(self, services: ServicesT, job: JobT, item: ItemT, error: EpoxError) -> Finish:
         """The verdict on an item no delivery will try again (its last attempt failed, or the reaper
         found its delivery killed mid-work): failed, unless a kind keeps what earlier deliveries
         already delivered to the customer (and charges it)."""

@@ -30,11 +30,24 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic
 
 from shared.batch.commits import commit_once
-from shared.batch.kind import Finish, Finished, ItemT, ItemTakenOver, JobKind, JobT, Totals
+from shared.batch.kind import (
+    BatchPolicy,
+    Finish,
+    Finished,
+    ItemRun,
+    ItemT,
+    ItemTakenOver,
+    JobKind,
+    JobT,
+    OrderT,
+    RequestKey,
+    ServicesT,
+    Totals,
+)
 from shared.batch.models import (
     STOPPED_JOB,
     TERMINAL_ITEM,
@@ -64,29 +77,10 @@ logger = logging.getLogger("epox.batch")
 
 TAKEN_OVER = "another delivery finished this item"
 
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """The lifecycle's limits, from settings."""
-
-    max_attempts: int
-    hold_ttl: timedelta
-    fanout_page: int = 200  # items written and enqueued per fan-out task (paged kinds)
-    counter_shards: int = 1  # counter documents per job (counted kinds)
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """The caller's Idempotency-Key and a fingerprint of the request it came with."""
-
-    key: str
-    fingerprint: str
-
-
 # -- accept -----------------------------------------------------------------------------------------
 
 
-def job_id_for(kind: JobKind[Any, Any], client_id: str, request_key: RequestKey | None, *scope: str) -> str:
+def job_id_for(kind: JobKind[Any, Any, Any, Any], client_id: str, request_key: RequestKey | None, *scope: str) -> str:
     """A keyed request names its job (``scope`` tells apart endpoints sharing a key), else a new id."""
     if request_key is None:
         return new_id(kind.id_prefix)
@@ -94,7 +88,7 @@ def job_id_for(kind: JobKind[Any, Any], client_id: str, request_key: RequestKey 
 
 
 def existing_job(
-    kind: JobKind[JobT, Any], db: Client, client_id: str, job_id: str, request_key: RequestKey | None
+    kind: JobKind[JobT, Any, Any, Any], db: Client, client_id: str, job_id: str, request_key: RequestKey | None
 ) -> JobT | None:
     """The job a keyed request already created (nothing more is reserved), or None."""
     snapshot = kind.jobs_ref(db, client_id).document(job_id).get()
@@ -113,7 +107,7 @@ def _same_request(job: JobT, fingerprint: str | None) -> JobT:
 
 
 def reserve(
-    kind: JobKind[Any, Any],
+    kind: JobKind[Any, Any, Any, Any],
     ledger: Ledger,
     client_id: str,
     job_id: str,
@@ -140,48 +134,52 @@ def reserve(
 HOLD_RENEWALS = 5  # fresh holds one keyed request may take after its earlier tries were released
 
 
-def accept(
-    kind: JobKind[JobT, ItemT],
-    db: Client,
-    queue: TaskQueue,
-    ledger: Ledger,
-    client_id: str,
-    job_id: str,
-    *,
-    amount: int,
-    user_id: str,
-    policy: BatchPolicy,
-    request_key: RequestKey | None,
-    record: Callable[[str], tuple[JobT, Sequence[ItemT]]],
-) -> JobT:
-    """Reserve the job's cost, let the kind prepare the job (``record(hold_id)`` stores what the job
-    needs in the object store and returns the job and, unless paged, its items), then :func:`submit` it.
+def accept(kind: JobKind[JobT, ItemT, ServicesT, OrderT], services: ServicesT, order: OrderT) -> JobT:
+    """Accept a job: the job a keyed request already created is the answer (nothing more is
+    reserved; the same key with another request is a 409); else the kind prepares the order (checks
+    and prices it), its cost is reserved as one hold, the kind records the job (:meth:`JobKind.record`)
+    and it is :func:`submit`-ted.
 
     A job that cannot be recorded (the object store or Firestore failed) releases its hold before
     the error is answered, so no credits stay locked for hours with no job to show for them; a retry
     with the same key then reserves afresh."""
-    hold_id = _pending_hold(kind, ledger, client_id, job_id, amount, user_id, policy, keyed=request_key is not None)
+    client_id, db, policy = order.client_id, services.db, services.policy
+    job_id = job_id_for(kind, client_id, order.request_key, *order.scope)
+    existing = existing_job(kind, db, client_id, job_id, order.request_key)
+    if existing is not None:
+        return existing
+    order = kind.prepare(services, order, job_id)
+    hold_id = _pending_hold(
+        kind,
+        services.ledger,
+        client_id,
+        job_id,
+        order.amount,
+        order.user_id,
+        policy,
+        keyed=order.request_key is not None,
+    )
     try:
-        job, items = record(hold_id)
+        job, items = kind.record(services, order, job_id, hold_id)
         if isinstance(job, PagedJobDoc) and job.fanout_page_size is None:
             # The page size is fixed with the number of pages: a fan-out running under another setting
             # (a changed GENERATION_FANOUT_PAGE, a rollout) must not skip or repeat items.
             job = job.model_copy(
                 update={"fanout_page_size": policy.fanout_page, "fanout_pages": fanout_pages(job.item_count, policy)}
             )
-        accepted = submit(kind, db, queue, job, items)
+        accepted = submit(kind, db, services.queue, job, items)
     except Exception:
         if hold_id:
-            _release_unowned(kind, db, ledger, client_id, job_id, hold_id)
+            _release_unowned(kind, db, services.ledger, client_id, job_id, hold_id)
         raise
     if hold_id and accepted.hold_id != hold_id:
         # A concurrent request with the same key recorded the job first, holding other credits.
-        _release_unowned(kind, db, ledger, client_id, job_id, hold_id)
+        _release_unowned(kind, db, services.ledger, client_id, job_id, hold_id)
     return accepted
 
 
 def _pending_hold(
-    kind: JobKind[Any, Any],
+    kind: JobKind[Any, Any, Any, Any],
     ledger: Ledger,
     client_id: str,
     job_id: str,
@@ -204,7 +202,7 @@ def _pending_hold(
 
 
 def _release_unowned(
-    kind: JobKind[Any, Any], db: Client, ledger: Ledger, client_id: str, job_id: str, hold_id: str
+    kind: JobKind[Any, Any, Any, Any], db: Client, ledger: Ledger, client_id: str, job_id: str, hold_id: str
 ) -> None:
     """Release ``hold_id`` unless the recorded job owns it. When that cannot be told (Firestore is
     failing), the hold is left to the sweeper: releasing a hold a job still needs would give its work away."""
@@ -230,7 +228,9 @@ def fanout_pages(item_count: int, policy: BatchPolicy) -> int:
     return max(1, math.ceil(item_count / policy.fanout_page))
 
 
-def submit(kind: JobKind[JobT, ItemT], db: Client, queue: TaskQueue, job: JobT, items: Sequence[ItemT] = ()) -> JobT:
+def submit(
+    kind: JobKind[JobT, ItemT, Any, Any], db: Client, queue: TaskQueue, job: JobT, items: Sequence[ItemT] = ()
+) -> JobT:
     """Write the job (and, for a kind that is not paged, all its items) in one commit and enqueue its
     fan-out. When a concurrent request with the same key won the race, its job is the answer; a commit
     of ours whose answer was lost is recognised by the job's ``submission`` token and goes on."""
@@ -259,8 +259,18 @@ def submit(kind: JobKind[JobT, ItemT], db: Client, queue: TaskQueue, job: JobT, 
 # -- fan-out ----------------------------------------------------------------------------------------
 
 
-def run_fanout(kind: JobKind[Any, Any], db: Client, queue: TaskQueue, task: JobTask, now: datetime) -> str:
+def fan_out(kind: JobKind[Any, Any, ServicesT, Any], services: ServicesT, task: JobTask) -> str:
+    """The fan-out task of a job: one page of a paged kind's items, or every item task of another."""
+    if isinstance(task, FanoutPageTask):
+        return run_fanout_page(kind, services, task)
+    return run_fanout(kind, services, task)
+
+
+def run_fanout(
+    kind: JobKind[Any, Any, ServicesT, Any], services: ServicesT, task: JobTask, now: datetime | None = None
+) -> str:
     """Fan out a job whose items were written with it: one named task per item."""
+    db, queue, now = services.db, services.queue, now or services.clock()
     job = kind.get_job(db, task.client_id, task.job_id)
     if job.settled:
         return "job already settled"
@@ -271,25 +281,19 @@ def run_fanout(kind: JobKind[Any, Any], db: Client, queue: TaskQueue, task: JobT
 
 
 def run_fanout_page(
-    kind: JobKind[JobT, ItemT],
-    db: Client,
-    queue: TaskQueue,
-    task: FanoutPageTask,
-    policy: BatchPolicy,
-    now: datetime,
-    *,
-    page_items: Callable[[JobT, int, int, ItemStatus], list[ItemT]],
-    after_page: Callable[[JobT, list[ItemT]], None] | None = None,
-    clock: Callable[[], datetime] | None = None,
+    kind: JobKind[JobT, ItemT, ServicesT, Any], services: ServicesT, task: FanoutPageTask, now: datetime | None = None
 ) -> str:
     """Write one page of a paged job's items and enqueue their tasks, then the next page.
 
-    ``page_items(job, start, stop, status)`` builds the item documents of indexes start..stop-1. A
-    redelivered page creates nothing twice; the items of a job cancelled before its fan-out are
-    written cancelled (and counted), and the last page then asks for the settlement. The page size
-    is the one the job was accepted with; a page the reaper gave up writes nothing."""
+    :meth:`JobKind.page_items` builds the item documents of the page. A redelivered page creates
+    nothing twice; the items of a job cancelled before its fan-out are written cancelled (and
+    counted), and the last page then asks for the settlement (named after the services' clock). The
+    page size is the one the job was accepted with; a page the reaper gave up writes nothing.
+    ``now`` is when the delivery started (by default, the services' clock)."""
     from google.api_core.exceptions import AlreadyExists
 
+    db, queue, policy = services.db, services.queue, services.policy
+    now = now or services.clock()
     job = kind.get_job(db, task.client_id, task.job_id)
     if job.settled:
         return "job already settled"
@@ -302,8 +306,8 @@ def run_fanout_page(
         return f"fan-out page {task.page + 1}/{pages}: given up"
     start = task.page * size
     stopped = job.status in STOPPED_JOB
-    docs = page_items(
-        job, start, min(start + size, job.item_count), ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED
+    docs = kind.page_items(
+        services, job, start, min(start + size, job.item_count), ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED
     )
     items_ref = kind.items_ref(db, task.client_id, task.job_id)
     created: list[ItemT] = []
@@ -324,19 +328,19 @@ def run_fanout_page(
     pending = _still_queued(kind, db, task, [d for d in docs if d.index not in written]) if stopped else docs
     for doc in pending:
         queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
-    if after_page is not None and not stopped:
+    if not stopped:
         # A cancelled job's settings are not what the customer last chose for these products.
-        after_page(job, docs)
+        kind.after_page(services, job, docs)
     # Counted by its own marker, whether this delivery or an earlier one wrote the items.
     _mark_fanned_out(db, job_ref, page=task.page, now=now)
     if task.page + 1 < pages:
         queue.enqueue(kind.fanout_task(task.client_id, task.job_id, task.page + 1))
     elif stopped:
-        queue.enqueue(kind.settle_task(task.client_id, task.job_id, clock() if clock is not None else now))
+        queue.enqueue(kind.settle_task(task.client_id, task.job_id, services.clock()))
     return f"fan-out page {task.page + 1}/{pages}: {len(created)} items"
 
 
-def _still_queued(kind: JobKind[Any, ItemT], db: Client, task: JobTask, docs: Sequence[ItemT]) -> list[ItemT]:
+def _still_queued(kind: JobKind[Any, ItemT, Any, Any], db: Client, task: JobTask, docs: Sequence[ItemT]) -> list[ItemT]:
     """Those of ``docs`` whose stored item is still queued."""
     if not docs:
         return []
@@ -381,52 +385,28 @@ def _mark_fanned_out(db: Client, ref: Any, *, page: int | None, now: datetime) -
 # -- item -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ItemRun(Generic[JobT, ItemT]):
-    """One delivery of an item task, as the kind's work function sees it."""
-
-    job: JobT
-    item: ItemT  # as it was before this delivery took it
-    ref: Any  # the item document
-    # What guards the finishing commit: anything with the item's ``update_time`` as this delivery left
-    # it (the write that marked it running, or the read the reaper or a cancellation acted on).
-    snapshot: Any
-    last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
-    now: datetime
-    # This delivery's own mark on the item (written when it takes and when it finishes the item): a
-    # commit of ours whose answer was lost is recognised by it.
-    token: str = ""
-
-    def changes(self, status: ItemStatus, **fields: Any) -> dict[str, Any]:
-        """The item update recording ``status`` (for a kind that commits it with its result)."""
-        return {"status": status.value, **fields, "delivery": self.token, "updated_at": self.now}
-
-
 ItemWork = Callable[[ItemRun[JobT, ItemT]], Finish | Finished]
 
 
 def run_item(
-    kind: JobKind[JobT, ItemT],
-    db: Client,
-    queue: TaskQueue,
+    kind: JobKind[JobT, ItemT, ServicesT, Any],
+    services: ServicesT,
     task: ItemTask,
     call: TaskCall,
-    policy: BatchPolicy,
-    now: datetime,
-    *,
-    work: ItemWork[JobT, ItemT],
-    clock: Callable[[], datetime] | None = None,
+    now: datetime | None = None,
 ) -> str:
-    """Run one item once, however often its task is delivered. ``now`` is when the delivery started;
-    ``clock`` tells when the item finished, which names its settle task (work can outlast a window)."""
-    finished_at = clock or (lambda: now)
+    """Run one item once (the kind's :meth:`JobKind.work`), however often its task is delivered.
+    ``now`` is when the delivery started (by default, the services' clock); the services' clock
+    tells when the item finished, which names its settle task (work can outlast a window)."""
+    db, queue, policy = services.db, services.queue, services.policy
+    now = now or services.clock()
     item_ref = kind.item_ref(db, task.client_id, task.job_id, task.index)
     snapshot = item_ref.get()
     if not snapshot.exists:
         return "item not found: dropped"
     item = kind.item_model.model_validate(snapshot.to_dict())
     if item.status in TERMINAL_ITEM:
-        queue.enqueue(kind.settle_task(task.client_id, task.job_id, finished_at()))
+        queue.enqueue(kind.settle_task(task.client_id, task.job_id, services.clock()))
         return f"item already {item.status.value}"
     job = kind.get_job(db, task.client_id, task.job_id)
     result: Finish | Finished
@@ -442,7 +422,12 @@ def run_item(
         last_attempt = call.retry_count + 1 >= policy.max_attempts
         run = ItemRun(job, item, item_ref, snapshot, last_attempt=last_attempt, now=now, token=token)
         try:
-            result = _attempt(kind, run, work, give_up=lambda error: kind.given_up(db, run.job, run.item, error))
+            result = _attempt(
+                kind,
+                run,
+                lambda current: kind.work(services, current),
+                give_up=lambda error: kind.given_up(services, run.job, run.item, error),
+            )
         except ItemTakenOver:
             return TAKEN_OVER
     if isinstance(result, Finish):
@@ -454,7 +439,7 @@ def run_item(
         raise TypeError(f"the work of a counted kind ({kind.noun}) must return Finish, not Finished")
     else:
         outcome = result.outcome
-    queue.enqueue(kind.settle_task(task.client_id, task.job_id, finished_at()))
+    queue.enqueue(kind.settle_task(task.client_id, task.job_id, services.clock()))
     return outcome
 
 
@@ -464,7 +449,7 @@ def new_token() -> str:
 
 
 def _take(
-    kind: JobKind[Any, ItemT], db: Client, ref: Any, snapshot: Any, now: datetime, token: str
+    kind: JobKind[Any, ItemT, Any, Any], db: Client, ref: Any, snapshot: Any, now: datetime, token: str
 ) -> tuple[Any, ItemT] | None:
     """Mark the item running with ``token``, unless another delivery (or the reaper) took or finished
     it since ``snapshot`` was read: that one owns the outcome, and this one must neither run the work
@@ -501,7 +486,7 @@ def _take(
 
 
 def _attempt(
-    kind: JobKind[JobT, ItemT],
+    kind: JobKind[JobT, ItemT, Any, Any],
     run: ItemRun[JobT, ItemT],
     work: ItemWork[JobT, ItemT],
     give_up: Callable[[EpoxError], Finish] | None = None,
@@ -529,7 +514,9 @@ def _attempt(
         return final(EpoxError(f"unexpected {type(error).__name__}"))
 
 
-def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int) -> bool:
+def _record(
+    kind: JobKind[JobT, ItemT, Any, Any], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int
+) -> bool:
     """Finish the item and count it in one commit, unless another delivery (or the reaper) changed it
     since this one took it (then that one owns the outcome: False). A commit of ours whose answer was
     lost is recognised by the run's token (True)."""
@@ -550,12 +537,12 @@ def _record(kind: JobKind[JobT, ItemT], db: Client, run: ItemRun[JobT, ItemT], r
 # -- counting ---------------------------------------------------------------------------------------
 
 
-def increments(kind: JobKind[JobT, ItemT], job: JobT, item: ItemT) -> dict[str, int]:
+def increments(kind: JobKind[JobT, ItemT, Any, Any], job: JobT, item: ItemT) -> dict[str, int]:
     """What a finished item adds to its job's totals."""
     return {"done_items": 1, f"{item.status.value}_items": 1, **kind.tally(job, item)}
 
 
-def _count(batch: Any, kind: JobKind[JobT, ItemT], db: Client, job: JobT, item: ItemT, shards: int) -> None:
+def _count(batch: Any, kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT, item: ItemT, shards: int) -> None:
     """Add a finished item to one of the job's ``shards`` counter shards (no document is written by
     every item; totals add up every shard there is)."""
     from google.cloud import firestore
@@ -567,7 +554,7 @@ def _count(batch: Any, kind: JobKind[JobT, ItemT], db: Client, job: JobT, item: 
     batch.set(shard, {name: firestore.Increment(value) for name, value in values.items()}, merge=True)
 
 
-def _counter_totals(kind: JobKind[JobT, Any], db: Client, job: JobT) -> Totals:
+def _counter_totals(kind: JobKind[JobT, Any, Any, Any], db: Client, job: JobT) -> Totals:
     totals: dict[str, int] = {}
     for snapshot in kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").stream():
         for name, value in (snapshot.to_dict() or {}).items():
@@ -575,7 +562,7 @@ def _counter_totals(kind: JobKind[JobT, Any], db: Client, job: JobT) -> Totals:
     return Totals(totals)
 
 
-def totals_of_items(kind: JobKind[JobT, ItemT], job: JobT, items: Sequence[ItemT]) -> Totals:
+def totals_of_items(kind: JobKind[JobT, ItemT, Any, Any], job: JobT, items: Sequence[ItemT]) -> Totals:
     """What the finished ones of ``items`` add up to."""
     totals: dict[str, int] = {}
     for item in items:
@@ -585,13 +572,13 @@ def totals_of_items(kind: JobKind[JobT, ItemT], job: JobT, items: Sequence[ItemT
     return Totals(totals)
 
 
-def all_items(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> list[ItemT]:
+def all_items(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> list[ItemT]:
     """Every item of a job that is not paged (at most a hundred or so), in order."""
     stream = kind.items_ref(db, job.client_id, job.id).stream()
     return sorted((kind.item_model.model_validate(s.to_dict()) for s in stream), key=lambda item: item.index)
 
 
-def totals(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> Totals:
+def totals(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> Totals:
     """The job's totals: from its counters, or (uncounted kinds) from its items."""
     if kind.counted:
         return _counter_totals(kind, db, job)
@@ -616,7 +603,7 @@ class Progress(Generic[ItemT]):
         )
 
 
-def progress(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> Progress[ItemT]:
+def progress(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> Progress[ItemT]:
     """Counts and totals of a job (one counter read, or one read of its items)."""
     from google.cloud.firestore import FieldFilter
 
@@ -645,8 +632,12 @@ def progress(kind: JobKind[JobT, ItemT], db: Client, job: JobT) -> Progress[Item
 # -- settle -----------------------------------------------------------------------------------------
 
 
-def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTask, now: datetime) -> str:
-    """Once every item has finished: capture what the kind charges, release the rest (one ledger commit)."""
+def run_settle(
+    kind: JobKind[Any, Any, ServicesT, Any], services: ServicesT, task: JobTask, now: datetime | None = None
+) -> str:
+    """Once every item has finished: capture what the kind charges, release the rest (one ledger commit).
+    ``now`` (by default, the services' clock) is when the job is marked settled."""
+    db, ledger, now = services.db, services.ledger, now or services.clock()
     job = kind.get_job(db, task.client_id, task.job_id)
     if job.settled:
         return "already settled"
@@ -693,7 +684,7 @@ def run_settle(kind: JobKind[Any, Any], db: Client, ledger: Ledger, task: JobTas
     return f"settled: captured {captured}, released {released}"
 
 
-def _released_before_settle(kind: JobKind[Any, Any], ledger: Ledger, job: Any, actor: Actor) -> HoldOutcome:
+def _released_before_settle(kind: JobKind[Any, Any, Any, Any], ledger: Ledger, job: Any, actor: Actor) -> HoldOutcome:
     """The outcome of a hold resolved before settlement, read through the ledger: releasing a released
     hold again writes nothing and answers the first release (a captured one is still a 409)."""
     return ledger.release(
@@ -709,7 +700,7 @@ def _released_before_settle(kind: JobKind[Any, Any], ledger: Ledger, job: Any, a
 
 
 def cancel_job(
-    kind: JobKind[JobT, Any], db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime
+    kind: JobKind[JobT, Any, Any, Any], db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime
 ) -> JobT:
     """Stop starting new items; items already running finish; unstarted ones are released at settle."""
     from google.api_core.exceptions import FailedPrecondition
@@ -739,7 +730,7 @@ def cancel_job(
     return kind.get_job(db, client_id, job_id)
 
 
-def list_jobs(kind: JobKind[JobT, Any], db: Client, client_id: str, query: JobListQuery) -> Page[JobT]:
+def list_jobs(kind: JobKind[JobT, Any, Any, Any], db: Client, client_id: str, query: JobListQuery) -> Page[JobT]:
     """Newest first, optionally of one status."""
     from google.cloud.firestore import FieldFilter, Query
 
@@ -758,7 +749,9 @@ def list_jobs(kind: JobKind[JobT, Any], db: Client, client_id: str, query: JobLi
     return Page(items=docs, next_cursor=cursor)
 
 
-def list_items(kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemT]:
+def list_items(
+    kind: JobKind[Any, ItemT, Any, Any], db: Client, client_id: str, job_id: str, query: ItemListQuery
+) -> Page[ItemT]:
     """In index order, optionally of one status."""
     from google.cloud.firestore import FieldFilter
 
@@ -778,7 +771,7 @@ def list_items(kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: st
 
 
 def items_with_status(
-    kind: JobKind[Any, ItemT], db: Client, client_id: str, job_id: str, status: ItemStatus
+    kind: JobKind[Any, ItemT, Any, Any], db: Client, client_id: str, job_id: str, status: ItemStatus
 ) -> list[ItemT]:
     from google.cloud.firestore import FieldFilter
 

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.batch.kind import Finish, JobKind, failure_of
+from shared.batch.kind import Finish, ItemRun, JobKind, JobServices, failure_of
 from shared.batch.lifecycle import (
-    ItemRun,
     _mark_fanned_out,
     _record,
     increments,
@@ -49,8 +48,6 @@ from shared.scheduled import isolated
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
-
-    from shared.tasks import TaskQueue
 
 logger = logging.getLogger("epox.batch")
 
@@ -96,22 +93,22 @@ class FanoutPageFailed(EpoxError):
 
 
 def reap(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
-    now: datetime,
+    kind: JobKind[Any, Any, Any, Any],
+    services: JobServices,
+    now: datetime | None = None,
     *,
     lease: timedelta,
     limit: int = 500,
-    clock: Callable[[], datetime] | None = None,
     stall_grace: timedelta = STALL_GRACE,
 ) -> ReapReport:
     """One run over every client (see the module docstring).
 
-    ``now`` is when the run started (what it compares against); ``clock`` tells the time each settle
-    task is enqueued at, which names it (a long run outlives settle windows). At most ``limit`` items
-    acted on per item pass and ``limit`` jobs checked, the rest the next run (``more``)."""
-    finished_at = clock or (lambda: now)
+    ``now`` is when the run started (what it compares against; by default, the services' clock); the
+    services' clock tells the time each settle task is enqueued at, which names it (a long run
+    outlives settle windows). At most ``limit`` items acted on per item pass and ``limit`` jobs
+    checked, the rest the next run (``more``)."""
+    db = services.db
+    now = now if now is not None else services.clock()
     report = ReapReport(job="reap-stuck-items")
     acted = 0
     for snapshot in _items(kind, db, ItemStatus.RUNNING, now - lease):
@@ -120,7 +117,7 @@ def reap(
             break
         client_id, job_id = _owner(snapshot.reference)
         with isolated(report.job, client_id, report.failed, step="running items"):
-            if fail_stuck_item(kind, db, queue, snapshot, now, lease, clock=finished_at):
+            if fail_stuck_item(kind, services, snapshot, now, lease):
                 acted += 1
                 report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
     acted = 0
@@ -131,13 +128,13 @@ def reap(
             break
         client_id, job_id = _owner(snapshot.reference)
         with isolated(report.job, client_id, report.failed, step="queued items"):
-            done = requeue_stalled_item(kind, db, queue, snapshot, now, stall_grace, clock=finished_at, jobs=jobs)
+            done = requeue_stalled_item(kind, services, snapshot, now, stall_grace, jobs=jobs)
             if done is not None:
                 acted += 1
                 found = report.items_failed if done == "failed" else report.items_requeued
                 if done != "waiting":
                     found.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
-    _reap_jobs(kind, db, queue, now, finished_at, report, limit=limit, stall_grace=stall_grace)
+    _reap_jobs(kind, services, now, report, limit=limit, stall_grace=stall_grace)
     return report
 
 
@@ -145,19 +142,13 @@ def reap(
 
 
 def fail_stuck_item(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
-    snapshot: Any,
-    now: datetime,
-    lease: timedelta,
-    *,
-    clock: Callable[[], datetime] | None = None,
+    kind: JobKind[Any, Any, Any, Any], services: JobServices, snapshot: Any, now: datetime, lease: timedelta
 ) -> bool:
     """Give up the running item ``snapshot`` for good (the kind's verdict: failed, or what of it the
     customer already has) and enqueue its job's settlement. The write is guarded by the snapshot's
     update time like a delivery's: a delivery that finished the item or started again since then
     owns it, and nothing changes (False)."""
+    db = services.db
     client_id, job_id = _owner(snapshot.reference)
     item = kind.item_model.model_validate(snapshot.to_dict())
     job = kind.get_job(db, client_id, job_id)
@@ -168,25 +159,23 @@ def fail_stuck_item(
     )
     run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
     # One counter shard is enough: reaping is rare, and the totals add up every shard.
-    if not _record(kind, db, run, kind.given_up(db, job, item, error), shards=1):
+    if not _record(kind, db, run, kind.given_up(services, job, item, error), shards=1):
         return False
     logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
     # Named after the time the item was recorded, not when the run started: a settle task of this job
     # that ran since (for an item reaped earlier in this run) must not swallow this one as a duplicate.
     # Should the enqueue fail, the next run settles the job (see _recover_job).
-    queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
+    services.queue.enqueue(kind.settle_task(client_id, job_id, services.clock()))
     return True
 
 
 def requeue_stalled_item(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
+    kind: JobKind[Any, Any, Any, Any],
+    services: JobServices,
     snapshot: Any,
     now: datetime,
     stall_grace: timedelta = STALL_GRACE,
     *,
-    clock: Callable[[], datetime] | None = None,
     jobs: dict[str, Any] | None = None,
 ) -> Literal["requeued", "waiting", "failed"] | None:
     """Enqueue the task of the queued item ``snapshot`` again ("requeued": it was lost; "waiting": a
@@ -197,6 +186,7 @@ def requeue_stalled_item(
     ``jobs`` caches the job documents read during one run, by job id."""
     from google.api_core.exceptions import FailedPrecondition
 
+    db, queue = services.db, services.queue
     client_id, job_id = _owner(snapshot.reference)
     item = kind.item_model.model_validate(snapshot.to_dict())
     if item.status is not ItemStatus.QUEUED:
@@ -212,12 +202,12 @@ def requeue_stalled_item(
             result = Finish(ItemStatus.CANCELLED, {"failure": None})
         else:
             error = ItemNotStarted(f"The task of this item was lost {item.requeues + 1} times before it could start")
-            result = kind.given_up(db, job, item, error)
+            result = kind.given_up(services, job, item, error)
         run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
         if not _record(kind, db, run, result, shards=1):
             return None
         logger.warning("item %s of %s %s never started: %s", item.index, kind.noun, job_id, result.status.value)
-        queue.enqueue(kind.settle_task(client_id, job_id, (clock or (lambda: now))()))
+        queue.enqueue(kind.settle_task(client_id, job_id, services.clock()))
         return "failed"
     created = queue.enqueue(kind.item_task(client_id, job_id, item.index))
     # Guarded: a delivery that took the item meanwhile is not overwritten (a take that read the item
@@ -248,7 +238,7 @@ def _scan(query: Any, after: Any = None) -> Iterator[Any]:
         after = page[-1]
 
 
-def _items(kind: JobKind[Any, Any], db: Client, status: ItemStatus, cutoff: datetime) -> Iterator[Any]:
+def _items(kind: JobKind[Any, Any, Any, Any], db: Client, status: ItemStatus, cutoff: datetime) -> Iterator[Any]:
     """Every item of this kind, of any client, in ``status`` since before ``cutoff``, oldest first
     (collection-group index on ``items``: status, updated_at). Other kinds' items live in collections
     named alike: skipped."""
@@ -272,11 +262,9 @@ _JOB_ORDER = (JobStatus.QUEUED, JobStatus.CANCELLING, JobStatus.RUNNING)
 
 
 def _reap_jobs(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
+    kind: JobKind[Any, Any, Any, Any],
+    services: JobServices,
     now: datetime,
-    clock: Callable[[], datetime],
     report: ReapReport,
     *,
     limit: int,
@@ -287,6 +275,7 @@ def _reap_jobs(
     checked; the position is kept until a run gets to the end."""
     from google.cloud.firestore import FieldFilter
 
+    db = services.db
     cursor_ref = db.collection(CURSORS).document(kind.collection)
     cursor = cursor_ref.get().to_dict() or {}
     statuses = list(_JOB_ORDER)
@@ -319,26 +308,21 @@ def _reap_jobs(
             client_id = parts[1]
             with isolated(report.job, client_id, report.failed, step="jobs"):
                 job = kind.job_model.model_validate(snapshot.to_dict())
-                for field, entry in _recover_job(kind, db, queue, job, now, clock, stall_grace):
+                for field, entry in _recover_job(kind, services, job, now, stall_grace):
                     getattr(report, field).setdefault(client_id, []).append(entry)
     if cursor:
         cursor_ref.delete()  # every job was checked: the next run starts from the oldest again
 
 
 def _recover_job(
-    kind: JobKind[Any, Any],
-    db: Client,
-    queue: TaskQueue,
-    job: Any,
-    now: datetime,
-    clock: Callable[[], datetime],
-    stall_grace: timedelta,
+    kind: JobKind[Any, Any, Any, Any], services: JobServices, job: Any, now: datetime, stall_grace: timedelta
 ) -> list[tuple[str, str]]:
     """Enqueue what an unsettled job is waiting for that no task will bring (its fan-out, a lost
     fan-out page, its settlement), or give up pages that keep getting lost. Returns the report's
     entries: (field, what)."""
     from google.cloud import firestore
 
+    db, queue, clock = services.db, services.queue, services.clock
     if job.status is JobStatus.QUEUED:
         # Its fan-out task was never enqueued (or was lost before it ran).
         if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
@@ -378,7 +362,7 @@ def _recover_job(
     return []
 
 
-def _missing_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc) -> list[int]:
+def _missing_pages(kind: JobKind[Any, Any, Any, Any], db: Client, job: PagedJobDoc) -> list[int]:
     """The job's fan-out pages without a marker, in order."""
     if job.fanout_pages_done >= job.fanout_pages:
         return []
@@ -387,14 +371,16 @@ def _missing_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc) -> lis
     return [page for page in range(job.fanout_pages) if page not in done]
 
 
-def _has_queued_items(kind: JobKind[Any, Any], db: Client, job: Any) -> bool:
+def _has_queued_items(kind: JobKind[Any, Any, Any, Any], db: Client, job: Any) -> bool:
     from google.cloud.firestore import FieldFilter
 
     query = kind.items_ref(db, job.client_id, job.id).where(filter=FieldFilter("status", "==", ItemStatus.QUEUED.value))
     return any(True for _ in query.limit(1).stream())
 
 
-def _give_up_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc, pages: list[int], now: datetime) -> None:
+def _give_up_pages(
+    kind: JobKind[Any, Any, Any, Any], db: Client, job: PagedJobDoc, pages: list[int], now: datetime
+) -> None:
     """Write every item of the given-up pages that no delivery wrote as failed (cancelled, for a
     stopped job), counted in the same commits, then mark the pages. Creates: a page delivery that
     comes after all finds its items written, and counts nothing twice."""
@@ -446,7 +432,7 @@ def _give_up_pages(kind: JobKind[Any, Any], db: Client, job: PagedJobDoc, pages:
     logger.warning("%s %s: fan-out pages %s given up", kind.noun, job.id, pages)
 
 
-def _add_to_counters(batch: Any, kind: JobKind[Any, Any], db: Client, job: Any, sums: dict[str, int]) -> None:
+def _add_to_counters(batch: Any, kind: JobKind[Any, Any, Any, Any], db: Client, job: Any, sums: dict[str, int]) -> None:
     from google.cloud import firestore
 
     shard = kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").document("000")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.batch.lifecycle import RequestKey, run_settle
+from shared.batch.kind import RequestKey
+from shared.batch.lifecycle import fan_out, run_item, run_settle
 from shared.batch.models import ItemTask, JobTask, ReapReport
 from shared.batch.recovery import reap
 from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
 
 if TYPE_CHECKING:
     from shared.batch.kind import JobKind
-    from shared.platform import Platform
-    from shared.tasks import TaskCall
 
 Ctx = RequestContext[Any, Any]
 
@@ -36,39 +34,29 @@ def accepted(body: BaseModel, location: str) -> JsonResponse:
     return JsonResponse(body, status=202, headers={"Location": location})
 
 
-def add_worker_routes(
-    app: HttpApp,
-    kind: JobKind[Any, Any],
-    *,
-    fanout: Callable[[Platform, Any], str],
-    item: Callable[[Platform, ItemTask, TaskCall], str],
-) -> None:
+def add_worker_routes(app: HttpApp, kind: JobKind[Any, Any, Any, Any]) -> None:
     """POST /tasks/fanout, /tasks/item and /tasks/settle on a kind's Cloud Tasks entry point, and
-    /jobs/reap-stuck-items for Cloud Scheduler.
-
-    ``fanout`` and ``item`` run the kind's steps with the platform's adapters; settling and reaping
-    are the same for every kind."""
+    /jobs/reap-stuck-items for Cloud Scheduler: each builds the kind's services from the platform
+    (:meth:`JobKind.dependencies`) and runs the lifecycle's step, which calls the kind's methods."""
 
     def fanout_route(ctx: Ctx) -> dict[str, str]:
-        return {"outcome": fanout(ctx.platform, ctx.body)}
+        return {"outcome": fan_out(kind, kind.dependencies(ctx.platform), ctx.body)}
 
     def item_route(ctx: Ctx) -> dict[str, str]:
         if ctx.task is None:  # Access.TASK routes always carry the delivery's headers
             raise AssertionError("a task route without a task call")
-        return {"outcome": item(ctx.platform, ctx.body, ctx.task)}
+        return {"outcome": run_item(kind, kind.dependencies(ctx.platform), ctx.body, ctx.task)}
 
     def settle_route(ctx: Ctx) -> dict[str, str]:
-        p = ctx.platform
-        return {"outcome": run_settle(kind, p.db, p.ledger, ctx.body, p.clock())}
+        return {"outcome": run_settle(kind, kind.dependencies(ctx.platform), ctx.body)}
 
     def reap_route(ctx: Ctx) -> ReapReport:
         from datetime import timedelta
 
         from shared.scheduled import finish
 
-        p = ctx.platform
-        lease = timedelta(minutes=p.settings.batch_item_lease_minutes)
-        report = reap(kind, p.db, p.task_queue, p.clock(), lease=lease, clock=p.clock)
+        lease = timedelta(minutes=ctx.platform.settings.batch_item_lease_minutes)
+        report = reap(kind, kind.dependencies(ctx.platform), lease=lease)
         return finish(report, "reap-stuck-items")
 
     app.post("/tasks/fanout", body=kind.fanout_model, access=Access.TASK)(fanout_route)

@@ -27,9 +27,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shared.adapters.firestore.catalog import FirestoreAssetRepository
 from shared.batch import lifecycle
-from shared.batch.kind import Finished, ItemTakenOver, JobKind, Totals
-from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
-from shared.batch.models import ItemStatus, ItemTask
+from shared.batch.kind import (
+    BatchPolicy,
+    Finished,
+    ItemRun,
+    ItemTakenOver,
+    JobKind,
+    JobOrder,
+    JobServices,
+    RequestKey,
+    Totals,
+)
+from shared.batch.models import ItemStatus
 from shared.catalog.assets import revert as revert_asset
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
 from shared.editing import pipeline as px
@@ -67,7 +76,7 @@ from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
 from shared.retry import RetryPolicy, attempts
 from shared.storage import ObjectNotFound
-from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
+from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -78,7 +87,7 @@ if TYPE_CHECKING:
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits, Thumbnail
     from shared.ledger.pricing import PriceList
-    from shared.ledger.service import Ledger
+    from shared.platform import Platform
     from shared.storage import ObjectStore
 
 RECOMPUTE_ATTEMPTS = 3
@@ -686,7 +695,29 @@ def _no_remover() -> BackgroundRemover:
 _OPERATION_COST = "cost_of_"  # the totals' per-operation keys: "cost_of_upscale"
 
 
-class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
+@dataclass(frozen=True, kw_only=True)
+class EditServices(JobServices):
+    """What edit jobs run with besides the lifecycle's services."""
+
+    edit: EditPolicy
+    # Resolved on first use: accepting a job (on the API function) never calls the engine, and rembg
+    # is loaded only when a job removes a background.
+    engines: Callable[[], ImageEngine]
+    remover: Callable[[], BackgroundRemover]
+
+    @property
+    def engine(self) -> ImageEngine:
+        return self.engines()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditOrder(JobOrder):
+    """A request for an edit job: the validated and quoted pipeline (``amount`` is its quote)."""
+
+    prepared: Prepared
+
+
+class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
     """``clients/{c}/edit_jobs``: one item per asset (at most ``EDIT_MAX_ASSETS``), written with the
     job; progress is read from the items. Settlement charges each edited asset's own quote."""
 
@@ -703,6 +734,65 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc]):
     # A pipeline may hold several model steps (each up to GEMINI_TIMEOUT_SECONDS) and background
     # removal on the worker's CPU: the most Cloud Tasks allows.
     item_deadline = MAX_DISPATCH_DEADLINE
+
+    def dependencies(self, platform: Platform) -> EditServices:
+        policy = edit_policy(platform.settings)
+
+        def remover() -> BackgroundRemover:
+            from shared.editing.background import shared_remover
+
+            return shared_remover(policy.rembg_model_path)
+
+        return EditServices(
+            db=platform.db,
+            store=platform.object_store,
+            queue=platform.task_queue,
+            ledger=platform.ledger,
+            policy=policy.batch,
+            clock=platform.clock,
+            edit=policy,
+            engines=lambda: platform.engine,
+            remover=remover,
+        )
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def record(
+        self, services: EditServices, order: EditOrder, job_id: str, hold_id: str
+    ) -> tuple[EditJobDoc, Sequence[EditItemDoc]]:
+        """The masks go to the object store; the job is written with one item per asset."""
+        client_id, prepared, now = order.client_id, order.prepared, services.clock()
+        mask_keys = {}
+        for index, mask in prepared.masks.items():
+            mask_keys[str(index)] = _mask_key(client_id, job_id, index)
+            services.store.put(mask_keys[str(index)], px.png_bytes(mask, compress_level=6), "image/png")
+        job = EditJobDoc(
+            id=job_id,
+            client_id=client_id,
+            operations=[_stored_op(op) for op in prepared.request.operations],
+            mask_keys=mask_keys,
+            asset_ids=[item.asset.id for item in prepared.assets],
+            item_count=len(prepared.assets),
+            cost=order.amount,
+            hold_id=hold_id,
+            price_list_version=prepared.quote.price_list_version,
+            created_by=order.user_id,
+            created_at=now,
+            updated_at=now,
+            request_fingerprint=order.request_key.fingerprint if order.request_key is not None else None,
+        )
+        items = [
+            EditItemDoc(
+                index=index, asset_id=item.asset.id, cost=item.cost, costs=item.costs_by_operation, updated_at=now
+            )
+            for index, item in enumerate(prepared.assets)
+        ]
+        return job, items
+
+    def work(self, services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) -> Finished:
+        return _edit_item(services.db, services.store, services.engine, services.remover, services.edit, run)
+
+    # -- rules ------------------------------------------------------------------------------------
 
     def tally(self, job: EditJobDoc, item: EditItemDoc) -> dict[str, int]:
         if item.status is not ItemStatus.SUCCEEDED:
@@ -740,16 +830,11 @@ def _mask_key(client_id: str, job_id: str, index: int) -> str:
 
 
 def create_job(
-    db: Client,
-    store: ObjectStore,
-    queue: TaskQueue,
-    ledger: Ledger,
+    services: EditServices,
     prepared: Prepared,
     *,
     client_id: str,
     user_id: str,
-    policy: EditPolicy,
-    now: datetime,
     request_key: RequestKey | None,
     billing: BillingReader,
 ) -> EditJobDoc:
@@ -760,54 +845,15 @@ def create_job(
         from shared.billing.catalog import load_catalog
         from shared.billing.service import require_good_standing
 
-        require_good_standing(billing, load_catalog(), client_id, now)
-    job_id = lifecycle.job_id_for(EDITS, client_id, request_key)
-    existing = lifecycle.existing_job(EDITS, db, client_id, job_id, request_key)
-    if existing is not None:
-        return existing
-    cost = prepared.quote.total
-
-    def record(hold_id: str) -> tuple[EditJobDoc, list[EditItemDoc]]:
-        mask_keys = {}
-        for index, mask in prepared.masks.items():
-            mask_keys[str(index)] = _mask_key(client_id, job_id, index)
-            store.put(mask_keys[str(index)], px.png_bytes(mask, compress_level=6), "image/png")
-        job = EditJobDoc(
-            id=job_id,
-            client_id=client_id,
-            operations=[_stored_op(op) for op in prepared.request.operations],
-            mask_keys=mask_keys,
-            asset_ids=[item.asset.id for item in prepared.assets],
-            item_count=len(prepared.assets),
-            cost=cost,
-            hold_id=hold_id,
-            price_list_version=prepared.quote.price_list_version,
-            created_by=user_id,
-            created_at=now,
-            updated_at=now,
-            request_fingerprint=request_key.fingerprint if request_key is not None else None,
-        )
-        items = [
-            EditItemDoc(
-                index=index, asset_id=item.asset.id, cost=item.cost, costs=item.costs_by_operation, updated_at=now
-            )
-            for index, item in enumerate(prepared.assets)
-        ]
-        return job, items
-
-    return lifecycle.accept(
-        EDITS,
-        db,
-        queue,
-        ledger,
-        client_id,
-        job_id,
-        amount=cost,
+        require_good_standing(billing, load_catalog(), client_id, services.clock())
+    order = EditOrder(
+        client_id=client_id,
         user_id=user_id,
-        policy=policy.batch,
         request_key=request_key,
-        record=record,
+        amount=prepared.quote.total,
+        prepared=prepared,
     )
+    return lifecycle.accept(EDITS, services, order)
 
 
 def job_out(db: Client, job: EditJobDoc) -> EditJobOut:
@@ -844,32 +890,6 @@ def _operations(store: ObjectStore, job: EditJobDoc) -> tuple[list[Operation], d
         stored.append(raw)
     operations: list[Operation] = TypeAdapter(list[Operation]).validate_python(stored)
     return operations, masks
-
-
-def run_item(
-    db: Client,
-    store: ObjectStore,
-    queue: TaskQueue,
-    engine: ImageEngine,
-    remover: Callable[[], BackgroundRemover],
-    task: ItemTask,
-    call: TaskCall,
-    policy: EditPolicy,
-    now: datetime,
-    clock: Callable[[], datetime] | None = None,
-) -> str:
-    """Edit one asset of a job, once. ``clock`` tells when the item finished (for its settle window)."""
-    return lifecycle.run_item(
-        EDITS,
-        db,
-        queue,
-        task,
-        call,
-        policy.batch,
-        now,
-        work=lambda run: _edit_item(db, store, engine, remover, policy, run),
-        clock=clock,
-    )
 
 
 def _edit_item(

@@ -16,16 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.firestore.catalog import FirestoreAssetRepository, products_ref
 from shared.batch import lifecycle
-from shared.batch.kind import Finish, JobKind, Totals, failure_of
-from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
-from shared.batch.models import FanoutPageTask, ItemListQuery, ItemStatus, ItemTask
+from shared.batch.kind import (
+    BatchPolicy,
+    Finish,
+    ItemRun,
+    JobKind,
+    JobOrder,
+    JobServices,
+    RequestKey,
+    Totals,
+    failure_of,
+)
+from shared.batch.models import ItemListQuery, ItemStatus
 from shared.catalog.assets import NewAsset, create_asset
 from shared.catalog.models import AssetKind, AssetOrigin
 from shared.catalog.products import get_product
@@ -44,7 +53,7 @@ from shared.generation.models import (
 from shared.ids import derived_id as _derived
 from shared.ledger.pricing import PriceList, QuoteItem, quote
 from shared.pagination import Page
-from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
+from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -52,7 +61,7 @@ if TYPE_CHECKING:
     from shared.billing.store import BillingReader
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits
-    from shared.ledger.service import Ledger
+    from shared.platform import Platform
     from shared.storage import ObjectStore
 
 logger = logging.getLogger("epox.generation")
@@ -78,7 +87,31 @@ class GenerationPolicy:
         )
 
 
-class GenerationJobs(JobKind[JobDoc, ItemDoc]):
+@dataclass(frozen=True, kw_only=True)
+class GenerationServices(JobServices):
+    """What generation jobs run with besides the lifecycle's services."""
+
+    generation: GenerationPolicy
+    # Resolved on first use: accepting a job (on the API function) never calls the engine.
+    engines: Callable[[], ImageEngine]
+
+    @property
+    def engine(self) -> ImageEngine:
+        return self.engines()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationOrder(JobOrder):
+    """A request for a generation job: its items and the settings they run with."""
+
+    data: JobCreate
+    settings: GenerationSettings
+    prices: PriceList
+    retry_of: str | None = None
+    unit_price: int = 0  # priced by :meth:`GenerationJobs.prepare`
+
+
+class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrder]):
     """``clients/{c}/jobs``: up to 1,000 items of ``variants`` images each, counted in shards."""
 
     collection = "jobs"
@@ -97,6 +130,89 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
     # minutes, so the most Cloud Tasks allows. The worker function's own timeout ends a hung delivery.
     item_deadline = MAX_DISPATCH_DEADLINE
 
+    def dependencies(self, platform: Platform) -> GenerationServices:
+        from shared.catalog.policies import generation_policy
+
+        policy = generation_policy(platform.settings)
+        return GenerationServices(
+            db=platform.db,
+            store=platform.object_store,
+            queue=platform.task_queue,
+            ledger=platform.ledger,
+            policy=policy.batch,
+            clock=platform.clock,
+            generation=policy,
+            engines=lambda: platform.engine,
+        )
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def prepare(self, services: GenerationServices, order: GenerationOrder, job_id: str) -> GenerationOrder:
+        """Every product and asset named is the client's own; priced as the credits API quotes it."""
+        _check_references(services.db, order.client_id, order.data)
+        slots = len(order.data.items) * order.settings.variants
+        # The same quote the credits API gives for this operation: the price shown is the price reserved.
+        item = QuoteItem(operation="generate_image", variant=order.settings.size, quantity=slots)
+        line = quote(order.prices, [item]).lines[0]
+        return replace(order, amount=line.amount, unit_price=line.unit_price)
+
+    def record(
+        self, services: GenerationServices, order: GenerationOrder, job_id: str, hold_id: str
+    ) -> tuple[JobDoc, Sequence[ItemDoc]]:
+        """The item list goes to the object store (the fan-out writes the items page by page)."""
+        client_id, data, now = order.client_id, order.data, services.clock()
+        services.store.put(
+            _spec_key(client_id, job_id),
+            json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
+            "application/json",
+        )
+        job = JobDoc(
+            id=job_id,
+            client_id=client_id,
+            settings=order.settings,
+            item_count=len(data.items),
+            slot_count=len(data.items) * order.settings.variants,
+            unit_price=order.unit_price,
+            cost=order.amount,
+            hold_id=hold_id,
+            retry_of=order.retry_of,
+            created_by=order.user_id,
+            created_at=now,
+            updated_at=now,
+            fanout_pages=lifecycle.fanout_pages(len(data.items), services.policy),
+            fanout_page_size=services.policy.fanout_page,
+            request_fingerprint=order.request_key.fingerprint if order.request_key is not None else None,
+        )
+        return job, []
+
+    def page_items(
+        self, services: GenerationServices, job: JobDoc, start: int, stop: int, status: ItemStatus
+    ) -> list[ItemDoc]:
+        """One page of items from the stored item list."""
+        specs = json.loads(services.store.get(_spec_key(job.client_id, job.id)))[start:stop]
+        now = services.clock()
+        return [
+            ItemDoc(
+                index=start + offset,
+                product_id=spec.get("product_id"),
+                image_asset_ids=spec.get("image_asset_ids", []),
+                prompt=spec.get("prompt"),
+                status=status,
+                updated_at=now,
+            )
+            for offset, spec in enumerate(specs)
+        ]
+
+    def after_page(self, services: GenerationServices, job: JobDoc, items: list[ItemDoc]) -> None:
+        # Every page's products (not only the first page's): each of them was generated with these settings.
+        product_ids = [i.product_id for i in items if i.product_id]
+        prompts.remember_defaults(services.db, job.client_id, job.settings, product_ids, services.clock())
+
+    def work(self, services: GenerationServices, run: ItemRun[JobDoc, ItemDoc]) -> Finish:
+        return _generate(services.db, services.store, services.engine, services.generation, run)
+
+    # -- rules ------------------------------------------------------------------------------------
+
     def tally(self, job: JobDoc, item: ItemDoc) -> dict[str, int]:
         if item.status is ItemStatus.CANCELLED:
             return {"cancelled_slots": job.settings.variants}
@@ -113,11 +229,11 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc]):
         failure = failure_of(error, variants_failed=variants)
         return Finish(ItemStatus.FAILED, {"asset_ids": [], "failed_variants": variants, "failure": failure})
 
-    def given_up(self, db: Client, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
+    def given_up(self, services: GenerationServices, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
         """Each variant is an asset in the customer's library as soon as it is stored: the ones an
         earlier (or killed) delivery stored are theirs and charged, only the rest failed and refunded."""
         variants = [variant_asset_id(job, item, v) for v in range(job.settings.variants)]
-        stored = FirestoreAssetRepository(db).existing(job.client_id, variants)
+        stored = FirestoreAssetRepository(services.db).existing(job.client_id, variants)
         asset_ids = [asset_id for asset_id in variants if asset_id in stored]
         if not asset_ids:
             return self.failed(job, error)
@@ -180,18 +296,13 @@ def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
 
 
 def create_job(
-    db: Client,
-    store: ObjectStore,
-    queue: TaskQueue,
-    ledger: Ledger,
+    services: GenerationServices,
     prices: PriceList,
     *,
     client_id: str,
     user_id: str,
     data: JobCreate,
     base: GenerationSettings,
-    policy: GenerationPolicy,
-    now: datetime,
     request_key: RequestKey | None,
     retry_of: str | None = None,
     billing: BillingReader,
@@ -202,125 +313,25 @@ def create_job(
     from shared.billing.catalog import load_catalog
     from shared.billing.service import require_good_standing
 
-    require_good_standing(billing, load_catalog(), client_id, now)
+    require_good_standing(billing, load_catalog(), client_id, services.clock())
     settings = GenerationSettings.model_validate({**base.model_dump(), **data.overrides()})
     prompts.require_style(settings.style)
-    # A key names one request to one endpoint (as the HTTP layer scopes it): the same key sent to
-    # POST /jobs and to POST /jobs/{id}/retry names two different jobs.
-    scope = () if retry_of is None else ("retry", retry_of)
-    job_id = lifecycle.job_id_for(GENERATION, client_id, request_key, *scope)
-    existing = lifecycle.existing_job(GENERATION, db, client_id, job_id, request_key)
-    if existing is not None:
-        return existing
-    _check_references(db, client_id, data)
-    slots = len(data.items) * settings.variants
-    # The same quote the credits API gives for this operation: the price shown is the price reserved.
-    line = quote(prices, [QuoteItem(operation="generate_image", variant=settings.size, quantity=slots)]).lines[0]
-
-    def record(hold_id: str) -> tuple[JobDoc, list[ItemDoc]]:
-        store.put(
-            _spec_key(client_id, job_id),
-            json.dumps([i.model_dump(mode="json") for i in data.items]).encode(),
-            "application/json",
-        )
-        job = JobDoc(
-            id=job_id,
-            client_id=client_id,
-            settings=settings,
-            item_count=len(data.items),
-            slot_count=slots,
-            unit_price=line.unit_price,
-            cost=line.amount,
-            hold_id=hold_id,
-            retry_of=retry_of,
-            created_by=user_id,
-            created_at=now,
-            updated_at=now,
-            fanout_pages=lifecycle.fanout_pages(len(data.items), policy.batch),
-            fanout_page_size=policy.fanout_page,
-            request_fingerprint=request_key.fingerprint if request_key is not None else None,
-        )
-        return job, []
-
-    return lifecycle.accept(
-        GENERATION,
-        db,
-        queue,
-        ledger,
-        client_id,
-        job_id,
-        amount=line.amount,
+    order = GenerationOrder(
+        client_id=client_id,
         user_id=user_id,
-        policy=policy.batch,
         request_key=request_key,
-        record=record,
+        # A key names one request to one endpoint (as the HTTP layer scopes it): the same key sent to
+        # POST /jobs and to POST /jobs/{id}/retry names two different jobs.
+        scope=() if retry_of is None else ("retry", retry_of),
+        data=data,
+        settings=settings,
+        prices=prices,
+        retry_of=retry_of,
     )
-
-
-# -- fan-out ------------------------------------------------------------------------------------------
-
-
-def run_fanout(
-    db: Client,
-    store: ObjectStore,
-    queue: TaskQueue,
-    task: FanoutPageTask,
-    policy: GenerationPolicy,
-    now: datetime,
-    clock: Callable[[], datetime] | None = None,
-) -> str:
-    """One page of items from the stored item list; each page's products remember these settings."""
-
-    def page_items(job: JobDoc, start: int, stop: int, status: ItemStatus) -> list[ItemDoc]:
-        specs = json.loads(store.get(_spec_key(job.client_id, job.id)))[start:stop]
-        return [
-            ItemDoc(
-                index=start + offset,
-                product_id=spec.get("product_id"),
-                image_asset_ids=spec.get("image_asset_ids", []),
-                prompt=spec.get("prompt"),
-                status=status,
-                updated_at=now,
-            )
-            for offset, spec in enumerate(specs)
-        ]
-
-    def remember(job: JobDoc, items: list[ItemDoc]) -> None:
-        # Every page's products (not only the first page's): each of them was generated with these settings.
-        prompts.remember_defaults(db, job.client_id, job.settings, [i.product_id for i in items if i.product_id], now)
-
-    return lifecycle.run_fanout_page(
-        GENERATION, db, queue, task, policy.batch, now, page_items=page_items, after_page=remember, clock=clock
-    )
+    return lifecycle.accept(GENERATION, services, order)
 
 
 # -- item worker --------------------------------------------------------------------------------------
-
-
-def run_item(
-    db: Client,
-    store: ObjectStore,
-    queue: TaskQueue,
-    engine: ImageEngine,
-    task: ItemTask,
-    call: TaskCall,
-    policy: GenerationPolicy,
-    now: datetime,
-    clock: Callable[[], datetime] | None = None,
-) -> str:
-    """Generate one item's images once. ``clock`` gives the time when the item finishes (``now`` is
-    when the delivery started): its settle task is for the window the item finishes in."""
-    return lifecycle.run_item(
-        GENERATION,
-        db,
-        queue,
-        task,
-        call,
-        policy.batch,
-        now,
-        work=lambda run: _generate(db, store, engine, policy, run),
-        clock=clock,
-    )
 
 
 def _generate(

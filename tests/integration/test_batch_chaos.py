@@ -49,7 +49,7 @@ from shared.engines.base import (
 )
 from shared.engines.offline import OfflineEngine
 from shared.generation import jobs
-from shared.generation.jobs import GENERATION
+from shared.generation.jobs import GENERATION, GenerationServices
 from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.pricing import load_default_prices
@@ -108,8 +108,7 @@ def commits_to(client_id: str) -> Callable[[list[str]], bool]:
 
 def run_to_settlement(
     kind: Any,
-    db: FaultyClient,
-    queue: ChaosQueue,
+    services: Any,
     engine: ChaosEngine,
     client_id: str,
     job_id: str,
@@ -117,13 +116,14 @@ def run_to_settlement(
 ) -> Any:
     """Deliver, let time pass and run the reaper every RUN_EVERY, the chaos stopping after
     CHAOS_PASSES runs: the job, which must be settled within SETTLE_PASSES more."""
+    db, queue = services.db, services.queue
     clock = queue.clock
     for run in range(CHAOS_PASSES + SETTLE_PASSES):
         if run == CHAOS_PASSES:
             queue.chaos = engine.chaos = False
         queue.deliver_until(clock.now + RUN_EVERY, handle)
         clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
-        recovery.reap(kind, db, queue, clock.now, lease=LEASE, clock=clock)
+        recovery.reap(kind, services, clock.now, lease=LEASE)
         if kind.get_job(db, client_id, job_id).settled:
             PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
             break
@@ -162,37 +162,43 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         settings.model_copy(update={"generation_fanout_page": 2, "tasks_max_attempts": MAX_ATTEMPTS})
     )
 
+    services = GenerationServices(
+        db=db,
+        store=object_store,
+        queue=queue,
+        ledger=ledger,
+        policy=policy.batch,
+        clock=clock,
+        generation=policy,
+        engines=lambda: engine,
+    )
+
     def handle(task: TaskRequest, retry_count: int, fate: str) -> object:
         payload = task.payload
         now = clock.now
         if isinstance(payload, FanoutPageTask):
-            return jobs.run_fanout(db, object_store, queue, payload, policy, now, clock=clock)
+            return lifecycle.run_fanout_page(GENERATION, services, payload, now)
         if isinstance(payload, ItemTask):
             call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
-            return jobs.run_item(db, object_store, queue, engine, payload, call, policy, now, clock=clock)
+            return lifecycle.run_item(GENERATION, services, payload, call, now)
         assert isinstance(payload, JobTask) and task.path == "/tasks/settle"
-        return lifecycle.run_settle(GENERATION, db, ledger, payload, now)
+        return lifecycle.run_settle(GENERATION, services, payload, now)
 
     request = JobCreate(
         items=[JobItemIn(prompt=f"a mug, take {i}") for i in range(items)], variants=variants, size="1K"
     )
     job = jobs.create_job(
-        db,
-        object_store,
-        queue,
-        ledger,
+        services,
         load_default_prices(),
         client_id=client_id,
         user_id="u1",
         data=request,
         base=GenerationSettings(),
-        policy=policy,
-        now=clock.now,
         request_key=None,
         billing=FirestoreBillingStore(db),
     )
 
-    done = run_to_settlement(GENERATION, db, queue, engine, client_id, job.id, handle)
+    done = run_to_settlement(GENERATION, services, engine, client_id, job.id, handle)
 
     # Each image is charged once, and only if it is in the customer's library.
     item_docs = lifecycle.items_with_status(GENERATION, db, client_id, job.id, ItemStatus.SUCCEEDED)
@@ -224,7 +230,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     from shared.catalog.models import AssetDoc, AssetKind, AssetRevision
     from shared.editing import service
     from shared.editing.models import EditRequest
-    from shared.editing.service import EDITS
+    from shared.editing.service import EDITS, EditServices
     from tests import images
 
     clock = Clock(START)
@@ -271,37 +277,37 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     def no_remover() -> Any:
         raise AssertionError("no background removal in these jobs")
 
+    services = EditServices(
+        db=db,
+        store=object_store,
+        queue=queue,
+        ledger=ledger,
+        policy=policy.batch,
+        clock=clock,
+        edit=policy,
+        engines=lambda: engine,
+        remover=no_remover,
+    )
+
     def handle(task: TaskRequest, retry_count: int, fate: str) -> object:
         payload = task.payload
         now = clock.now
         if isinstance(payload, ItemTask):
             call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
-            return service.run_item(
-                db, object_store, queue, engine, no_remover, payload, call, policy, now, clock=clock
-            )
+            return lifecycle.run_item(EDITS, services, payload, call, now)
         assert isinstance(payload, JobTask)
         if task.path == "/tasks/fanout":
-            return lifecycle.run_fanout(EDITS, db, queue, payload, now)
-        return lifecycle.run_settle(EDITS, db, ledger, payload, now)
+            return lifecycle.run_fanout(EDITS, services, payload, now)
+        return lifecycle.run_settle(EDITS, services, payload, now)
 
     request = EditRequest.model_validate(
         {"asset_ids": asset_ids, "operations": [{"op": "prompt_edit", "prompt": "warmer light"}]}
     )
     prepared = service.prepare(db, load_default_prices(), client_id, request, policy)
     job = service.create_job(
-        db,
-        object_store,
-        queue,
-        ledger,
-        prepared,
-        client_id=client_id,
-        user_id="u1",
-        policy=policy,
-        now=clock.now,
-        request_key=None,
-        billing=FirestoreBillingStore(db),
+        services, prepared, client_id=client_id, user_id="u1", request_key=None, billing=FirestoreBillingStore(db)
     )
-    done = run_to_settlement(EDITS, db, queue, engine, client_id, job.id, handle)
+    done = run_to_settlement(EDITS, services, engine, client_id, job.id, handle)
 
     # Each edited asset has exactly the one revision its item recorded, with its files; only those are charged.
     item_docs = lifecycle.all_items(EDITS, db, done)

@@ -7,16 +7,15 @@ real one on an in-memory store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from shared.batch import lifecycle, recovery
-from shared.batch.kind import Finish, JobKind, Totals
-from shared.batch.lifecycle import BatchPolicy, ItemRun, RequestKey
+from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, RequestKey, Totals
 from shared.batch.models import (
     BatchItemDoc,
     BatchJobDoc,
@@ -48,6 +47,33 @@ POLICY = BatchPolicy(max_attempts=3, hold_ttl=timedelta(hours=1), fanout_page=2,
 LEASE = timedelta(minutes=45)
 
 
+@dataclass(frozen=True, kw_only=True)
+class HarnessServices(JobServices):
+    """The test kinds' services: their steps are what the harness's test gives them."""
+
+    harness: Harness
+
+
+@dataclass(frozen=True, kw_only=True)
+class HarnessOrder(JobOrder):
+    items: list[Any]
+    at: datetime
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class ByHarness:
+    """The test kinds' steps: recorded, paged and worked by the harness."""
+
+    def record(self, services: HarnessServices, order: HarnessOrder, job_id: str, hold_id: str) -> Any:
+        return services.harness.record(order, job_id, hold_id)
+
+    def page_items(self, services: HarnessServices, job: Any, start: int, stop: int, status: ItemStatus) -> list[Any]:
+        return [s.model_copy(update={"status": status}) for s in services.harness.specs[start:stop]]
+
+    def work(self, services: HarnessServices, run: ItemRun[Any, Any]) -> Finish:
+        return services.harness.work(run)
+
+
 class ClipJob(PagedJobDoc):
     unit_price: int
 
@@ -57,7 +83,7 @@ class ClipItem(BatchItemDoc):
     seconds: int = 0
 
 
-class Clips(JobKind[ClipJob, ClipItem]):
+class Clips(ByHarness, JobKind[ClipJob, ClipItem, HarnessServices, HarnessOrder]):
     """A large kind, like video generation: each item makes up to 8 seconds, paid per second."""
 
     collection = "clip_jobs"
@@ -87,7 +113,7 @@ class SyncItem(BatchItemDoc):
     cost: int
 
 
-class Syncs(JobKind[BatchJobDoc, SyncItem]):
+class Syncs(ByHarness, JobKind[BatchJobDoc, SyncItem, HarnessServices, HarnessOrder]):
     """A small kind, like store sync-back: one item per image, written with the job."""
 
     collection = "sync_jobs"
@@ -152,72 +178,64 @@ class Harness:
         self.clock: Callable[[], datetime] | None = None
         self.policy = POLICY  # what the workers run with (accept always uses POLICY)
 
+    def services(self, at: datetime | None = None, policy: BatchPolicy | None = None) -> HarnessServices:
+        """What the lifecycle runs with now: the harness's queue and policy, time standing still at NOW
+        (or at ``at``), unless the test gave the workers a ``clock``."""
+        clock = (lambda: at) if at is not None else (self.clock or (lambda: NOW))
+        return HarnessServices(
+            db=self.db,
+            store=self.store,
+            queue=self.queue,
+            ledger=self.ledger,
+            policy=policy or self.policy,
+            clock=clock,
+            harness=self,
+        )
+
     def accept(
         self, items: list[Any], cost: int, key: RequestKey | None = None, at: datetime = NOW, **fields: Any
     ) -> Any:
-        kind = self.kind
-        job_id = lifecycle.job_id_for(kind, self.client_id, key)
-        found = lifecycle.existing_job(kind, self.db, self.client_id, job_id, key)
-        if found is not None:
-            return found
-        if kind.paged:
+        if self.kind.paged:
             fields["fanout_pages"] = lifecycle.fanout_pages(len(items), POLICY)
-
-        def record(hold_id: str) -> tuple[Any, list[Any]]:
-            # What a kind stores besides the job document (generation's item list, edit masks).
-            self.store.put(f"clients/{self.client_id}/{kind.collection}/{job_id}/items.json", b"[]", "application/json")
-            job = kind.job_model(
-                id=job_id,
-                client_id=self.client_id,
-                item_count=len(items),
-                cost=cost,
-                hold_id=hold_id,
-                created_by="u1",
-                created_at=at,
-                updated_at=at,
-                request_fingerprint=key.fingerprint if key else None,
-                **fields,
-            )
-            return job, [] if kind.paged else items
-
-        self.specs = items
-        return lifecycle.accept(
-            kind,
-            self.db,
-            self.queue,
-            self.ledger,
-            self.client_id,
-            job_id,
-            amount=cost,
-            user_id="u1",
-            policy=POLICY,
-            request_key=key,
-            record=record,
+        order = HarnessOrder(
+            client_id=self.client_id, user_id="u1", request_key=key, amount=cost, items=items, at=at, fields=fields
         )
+        return lifecycle.accept(self.kind, self.services(policy=POLICY), order)
+
+    def record(self, order: HarnessOrder, job_id: str, hold_id: str) -> tuple[Any, Sequence[Any]]:
+        kind, key = self.kind, order.request_key
+        self.specs = order.items
+        # What a kind stores besides the job document (generation's item list, edit masks).
+        self.store.put(f"clients/{self.client_id}/{kind.collection}/{job_id}/items.json", b"[]", "application/json")
+        job = kind.job_model(
+            id=job_id,
+            client_id=self.client_id,
+            item_count=len(order.items),
+            cost=order.amount,
+            hold_id=hold_id,
+            created_by="u1",
+            created_at=order.at,
+            updated_at=order.at,
+            request_fingerprint=key.fingerprint if key else None,
+            **order.fields,
+        )
+        return job, [] if kind.paged else order.items
 
     def deliver(self, task: TaskRequest, retry_count: int = 0) -> str:
         self.delivered.add(id(task))
         call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
         payload = task.payload
         if task.path == "/tasks/fanout" and isinstance(payload, FanoutPageTask):
-
-            def page(job: Any, start: int, stop: int, status: ItemStatus) -> list[Any]:
-                return [s.model_copy(update={"status": status}) for s in self.specs[start:stop]]
-
-            outcome = lifecycle.run_fanout_page(
-                self.kind, self.db, self.queue, payload, self.policy, NOW, page_items=page, clock=self.clock
-            )
+            outcome = lifecycle.run_fanout_page(self.kind, self.services(), payload, NOW)
         elif task.path == "/tasks/fanout":
             assert isinstance(payload, JobTask)
-            outcome = lifecycle.run_fanout(self.kind, self.db, self.queue, payload, NOW)
+            outcome = lifecycle.run_fanout(self.kind, self.services(), payload, NOW)
         elif task.path == "/tasks/item":
             assert isinstance(payload, ItemTask)
-            outcome = lifecycle.run_item(
-                self.kind, self.db, self.queue, payload, call, self.policy, NOW, work=self.work, clock=self.clock
-            )
+            outcome = lifecycle.run_item(self.kind, self.services(), payload, call, NOW)
         else:
             assert isinstance(payload, JobTask)
-            outcome = lifecycle.run_settle(self.kind, self.db, self.ledger, payload, NOW)
+            outcome = lifecycle.run_settle(self.kind, self.services(), payload, NOW)
         self.outcomes.append(outcome)
         return outcome
 
@@ -257,8 +275,12 @@ class Harness:
         """The reaper's run at ``at``: this tenant's items it failed ("{job}/{index}")."""
         return self.reap_report(at).items_failed.get(self.client_id, [])
 
+    def reap_run(self, at: datetime, **options: Any) -> Any:
+        """The reaper's run at ``at`` (settle tasks named after ``at``), with the harness's queue."""
+        return recovery.reap(self.kind, self.services(at=at), at, lease=LEASE, **options)
+
     def reap_report(self, at: datetime, **options: Any) -> Any:
-        report = recovery.reap(self.kind, self.db, self.queue, at, lease=LEASE, **options)
+        report = self.reap_run(at, **options)
         assert not report.failed.get(self.client_id), report
         return report
 
@@ -429,7 +451,8 @@ def test_an_item_whose_delivery_was_killed_is_failed_by_the_reaper_and_refunded(
     assert h.credits() == (76, 24)
 
     assert h.reap(NOW + LEASE - timedelta(seconds=1)) == []  # still within its lease: it may yet finish
-    capped = recovery.reap(CLIPS, db, h.queue, NOW + LEASE + timedelta(seconds=1), lease=LEASE, limit=0)
+    at = NOW + LEASE + timedelta(seconds=1)
+    capped = recovery.reap(CLIPS, h.services(at=at), at, lease=LEASE, limit=0)
     assert capped.more and capped.items_failed == {}  # a run stops at its limit; the next one goes on
     assert h.reap(NOW + LEASE + timedelta(seconds=1)) == [f"{job.id}/000001"]
     item = h.item(job.id, 1)
@@ -471,7 +494,7 @@ def test_the_reaper_and_a_late_delivery_never_both_record_an_item(db: Any, clien
     assert h.item(job.id, 0)["status"] == "failed"
     # Item 1's delivery won: the reaper's write, guarded by what it read, changes nothing.
     assert h.item(job.id, 1)["status"] == "succeeded"
-    assert not recovery.fail_stuck_item(CLIPS, db, h.queue, stale[0], NOW + LEASE * 2, LEASE)
+    assert not recovery.fail_stuck_item(CLIPS, h.services(at=NOW + LEASE * 2), stale[0], NOW + LEASE * 2, LEASE)
     assert h.item(job.id, 1)["status"] == "succeeded"
     h.run()
 
@@ -607,8 +630,8 @@ def test_a_recorded_job_whose_fan_out_was_lost_is_started_by_the_reaper(db: Any,
     # Recorded, and holding its credits: the caller gets the job, not a 503 inviting a second one.
     assert h.job(job.id).status is JobStatus.QUEUED and h.credits() == (95, 5)
     h.queue = RecordingTaskQueue()
-    assert recovery.reap(SYNCS, db, h.queue, NOW + timedelta(minutes=5), lease=LEASE).jobs_started == {}
-    report = recovery.reap(SYNCS, db, h.queue, NOW + recovery.FANOUT_GRACE + timedelta(seconds=1), lease=LEASE)
+    assert h.reap_run(NOW + timedelta(minutes=5)).jobs_started == {}
+    report = h.reap_run(NOW + recovery.FANOUT_GRACE + timedelta(seconds=1))
     assert report.jobs_started.get(client_id) == [job.id]
     h.run()
     assert h.job(job.id).settlement == {"captured": 5, "released": 0}
@@ -673,7 +696,7 @@ def test_a_reaper_run_that_fails_several_items_of_one_job_still_settles_it(db: A
     at = NOW + LEASE + timedelta(minutes=1)
     clock = [at]
     h.queue = PromptQueue(h, clock)
-    report = recovery.reap(CLIPS, db, h.queue, at, lease=LEASE, clock=lambda: clock[0])
+    report = recovery.reap(CLIPS, replace(h.services(), clock=lambda: clock[0]), at, lease=LEASE)
     assert sorted(report.items_failed[client_id]) == [f"{job.id}/000000", f"{job.id}/000001"]
     assert h.outcomes[-2:] == ["1/2 items finished", "settled: captured 0, released 16"]
     assert client_id not in report.settles_enqueued  # item 1's own settle task settled the job
@@ -702,9 +725,9 @@ def test_a_settlement_that_could_not_be_enqueued_is_enqueued_by_the_reaper(db: A
     h.run()  # nothing left to deliver
     assert not h.job(job.id).settled and h.credits() == (96, 4)
 
-    early = recovery.reap(SYNCS, db, queue, NOW + timedelta(minutes=5), lease=LEASE)
+    early = h.reap_run(NOW + timedelta(minutes=5))
     assert client_id not in early.settles_enqueued  # young jobs are left to their own settle tasks
-    report = recovery.reap(SYNCS, db, queue, NOW + recovery.FANOUT_GRACE + timedelta(seconds=1), lease=LEASE)
+    report = h.reap_run(NOW + recovery.FANOUT_GRACE + timedelta(seconds=1))
     assert report.settles_enqueued.get(client_id) == [job.id]
     h.run()
     assert h.job(job.id).settlement == {"captured": 4, "released": 0}
@@ -723,11 +746,11 @@ def test_a_reaped_item_whose_settle_could_not_be_enqueued_settles_on_the_next_ru
 
     at = NOW + LEASE + timedelta(minutes=1)
     queue.down = True
-    failing = recovery.reap(CLIPS, db, queue, at, lease=LEASE)
+    failing = h.reap_run(at)
     assert failing.failed.get(client_id) == "upstream_unavailable"  # reported: the scheduler runs it again
     assert h.item(job.id, 1)["status"] == "failed"  # recorded before the enqueue failed
     queue.down = False
-    again = recovery.reap(CLIPS, db, queue, at + timedelta(minutes=15), lease=LEASE)
+    again = h.reap_run(at + timedelta(minutes=15))
     assert client_id not in again.failed and client_id not in again.items_failed
     assert again.settles_enqueued.get(client_id) == [job.id]
     h.run()
@@ -757,7 +780,7 @@ def test_a_job_cancelled_before_its_lost_fan_out_ran_is_settled_by_the_reaper(
     # Later, the reaper starts the fan-out, and the items are cancelled in a later settle window.
     h.now = NOW + recovery.FANOUT_GRACE + timedelta(seconds=1)
     h.clock = lambda: h.now
-    report = recovery.reap(h.kind, db, h.queue, h.now, lease=LEASE)
+    report = h.reap_run(h.now)
     assert report.jobs_started.get(client_id) == [job.id]
     h.run()
 
@@ -768,7 +791,7 @@ def test_a_job_cancelled_before_its_lost_fan_out_ran_is_settled_by_the_reaper(
     assert h.credits() == (100, 0)
     h.exact()
     # Settled: the next run starts nothing.
-    later = recovery.reap(h.kind, db, h.queue, NOW + recovery.FANOUT_GRACE * 2, lease=LEASE)
+    later = h.reap_run(NOW + recovery.FANOUT_GRACE * 2)
     assert client_id not in later.jobs_started and client_id not in later.settles_enqueued
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -253,7 +254,8 @@ def test_an_edit_that_finishes_after_the_reaper_gave_it_up_makes_no_revision(sta
         # This delivery outlives its lease: the reaper gives the item up while the model is working.
         lease = timedelta(minutes=platform.settings.batch_item_lease_minutes)
         later = platform.clock() + lease + timedelta(minutes=1)
-        reaped.append(recovery.reap(EDITS, platform.db, stack.dispatcher, later, lease=lease).items_failed)
+        services = replace(EDITS.dependencies(platform), queue=stack.dispatcher, clock=lambda: later)
+        reaped.append(recovery.reap(EDITS, services, later, lease=lease).items_failed)
 
     platform = install(stack, engine=ScriptedEngine(before=reap_meanwhile))
     grant(stack, client_id)

@@ -16,8 +16,7 @@ from werkzeug.test import EnvironBuilder
 
 from shared.batch import lifecycle
 from shared.batch.commits import commit_once
-from shared.batch.kind import Finish, Finished, ItemTakenOver, JobKind
-from shared.batch.lifecycle import ItemRun, RequestKey
+from shared.batch.kind import Finish, Finished, ItemRun, ItemTakenOver, JobKind, RequestKey
 from shared.batch.models import FanoutPageTask, ItemStatus, JobStatus, JobTask
 from shared.batch.routes import request_key
 from shared.editing.background import BackgroundRemovalUnavailable

@@ -90,21 +90,27 @@ def test_job_creation_checks_good_standing_itself_before_anything_else() -> None
     store = InMemoryBilling()
     store.seed("c1", subscription_status="past_due", past_due_since=NOW - GRACE)
     nothing: Any = None
+    # Only the clock is there: any store, queue, ledger or engine the use case touched would fail.
+    generation = jobs.GenerationServices(
+        db=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
+        generation=nothing, engines=nothing,
+    )  # fmt: skip
     with pytest.raises(PaymentPastDue):
         jobs.create_job(
-            nothing, nothing, nothing, nothing, nothing,
+            generation, nothing,
             client_id="c1", user_id="u1", data=JobCreate.model_validate({"items": [{"prompt": "a mug"}]}),
-            base=GenerationSettings(), policy=nothing, now=NOW, request_key=None, billing=store,
+            base=GenerationSettings(), request_key=None, billing=store,
         )  # fmt: skip
     request = EditRequest.model_validate(
         {"asset_ids": ["ast_1"], "operations": [{"op": "prompt_edit", "prompt": "warmer light"}]}
     )
     paid = editing.Prepared(request, {}, [], EditQuoteOut(lines=[], total=4, price_list_version=1, mode="job"))
+    edits = editing.EditServices(
+        db=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
+        edit=nothing, engines=nothing, remover=nothing,
+    )  # fmt: skip
     with pytest.raises(PaymentPastDue):
-        editing.create_job(
-            nothing, nothing, nothing, nothing, paid,
-            client_id="c1", user_id="u1", policy=nothing, now=NOW, request_key=None, billing=store,
-        )  # fmt: skip
+        editing.create_job(edits, paid, client_id="c1", user_id="u1", request_key=None, billing=store)
 
 
 # -- the Stripe customer ------------------------------------------------------------------------------
