@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage
+from pydantic import BaseModel
+
+from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, UploadDoc, UploadStatus
 from shared.catalog.ports import (
     AssetExists,
     AssetFilter,
@@ -21,12 +23,19 @@ from shared.catalog.ports import (
     RevisionConflict,
     SlotsRead,
     StaleWrite,
+    UploadRepository,
     Versioned,
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
 from shared.errors import NotFound
 
 _versions = itertools.count(1)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _changed(doc: M, changes: dict[str, Any]) -> M:
+    """The document with ``changes`` applied as stored values (validated, as a read would give them)."""
+    return type(doc).model_validate({**doc.model_dump(), **changes})
 
 
 def _newest_first(docs: Iterable[Any], after: tuple[datetime, str] | None, limit: int) -> list[Any]:
@@ -83,7 +92,7 @@ class InMemoryProductRepository(ProductRepository):
         entry = self._of(client_id).get(product_id)
         if entry is None or entry[1] != version:
             raise StaleWrite()
-        self._of(client_id)[product_id] = (entry[0].model_copy(update=changes), next(_versions))
+        self._of(client_id)[product_id] = (_changed(entry[0], changes), next(_versions))
 
     def add_image(self, client_id: str, product_id: str, image: ProductImage, now: datetime) -> None:
         entry = self._of(client_id).get(product_id)
@@ -257,7 +266,7 @@ class InMemoryAssetRepository(AssetRepository):
         asset = self.get(client_id, asset_id)
         if asset is None:
             raise NotFound(f"No asset {asset_id}")
-        self._of(client_id)[asset_id] = asset.model_copy(update=changes)
+        self._of(client_id)[asset_id] = _changed(asset, changes)
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         asset = self._of(client_id).pop(asset_id, None)
@@ -272,6 +281,53 @@ class InMemoryAssetRepository(AssetRepository):
         return [stored[number] for number in sorted(stored)]
 
 
+class InMemoryUploadRepository(UploadRepository):
+    def __init__(self) -> None:
+        self.uploads: dict[tuple[str, str], tuple[UploadDoc, int]] = {}
+
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None:
+        entry = self.uploads.get((client_id, upload_id))
+        return entry[0] if entry else None
+
+    def create(self, doc: UploadDoc) -> None:
+        if (doc.client_id, doc.id) in self.uploads:
+            raise StaleWrite()
+        self.uploads[(doc.client_id, doc.id)] = (doc, next(_versions))
+
+    def delete(self, client_id: str, upload_id: str) -> None:
+        self.uploads.pop((client_id, upload_id), None)
+
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None:
+        entry = self.uploads.get((client_id, upload_id))
+        if entry is None:
+            raise NotFound(f"No upload {upload_id}")
+        self.uploads[(client_id, upload_id)] = (_changed(entry[0], changes), next(_versions))
+
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        return sum(
+            1
+            for (owner, _), (doc, _) in self.uploads.items()
+            if owner == client_id and doc.status is UploadStatus.PENDING and doc.expires_at > now
+        )
+
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Versioned[UploadDoc]]:
+        due = [
+            Versioned(doc, version)
+            for (owner, _), (doc, version) in self.uploads.items()
+            if (client_id is None or owner == client_id) and doc.sweep_at is not None and doc.sweep_at < now
+        ]
+        return sorted(due, key=lambda v: v.value.sweep_at or now)[:limit]
+
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        key = (upload.value.client_id, upload.value.id)
+        entry = self.uploads.get(key)
+        if entry is None or entry[1] != upload.version:
+            raise StaleWrite()
+        self.uploads[key] = (_changed(entry[0], changes), next(_versions))
+
+
 def in_memory_catalog() -> CatalogRepositories:
     products = InMemoryProductRepository()
-    return CatalogRepositories(products=products, assets=InMemoryAssetRepository(products))
+    return CatalogRepositories(
+        products=products, assets=InMemoryAssetRepository(products), uploads=InMemoryUploadRepository()
+    )

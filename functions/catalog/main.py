@@ -101,19 +101,21 @@ def delete_product(ctx: Ctx) -> None:
 @api.post("/uploads", body=UploadCreate, status=201, idempotent=True)
 def create_upload(ctx: Ctx) -> UploadOut:
     p = ctx.platform
-    return uploads.create_upload(p.db, p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock())
+    return uploads.create_upload(
+        _repos(ctx), p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock()
+    )
 
 
 @api.get("/uploads/<upload_id>")
 def get_upload(ctx: Ctx) -> UploadOut:
-    return uploads.upload_out(uploads.get_upload(ctx.platform.db, ctx.client_id, ctx.path_params["upload_id"]))
+    return uploads.upload_out(uploads.get_upload(_repos(ctx).uploads, ctx.client_id, ctx.path_params["upload_id"]))
 
 
 @api.post("/uploads/<upload_id>/complete")
 def complete_upload(ctx: Ctx) -> UploadOut:
     p = ctx.platform
     return uploads.complete_upload(
-        p.db, p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
+        _repos(ctx), p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
     )
 
 
@@ -230,7 +232,7 @@ def reap_stuck_imports(ctx: Ctx) -> imports.ImportReapReport:
 @tasks.post("/jobs/sweep-uploads", access=Access.SCHEDULER)
 def sweep_uploads(ctx: Ctx) -> uploads.UploadSweepReport:
     p = ctx.platform
-    return finish(uploads.sweep_uploads(p.db, p.object_store, p.clock()), uploads.SWEEP_JOB)
+    return finish(uploads.sweep_uploads(_repos(ctx).uploads, p.object_store, p.clock()), uploads.SWEEP_JOB)
 
 
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)

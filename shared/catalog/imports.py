@@ -42,6 +42,7 @@ from shared import logging as log
 from shared.adapters.firestore.catalog import (
     FirestoreAssetRepository,
     FirestoreProductRepository,
+    FirestoreUploadRepository,
     assets_ref,
     products_ref,
 )
@@ -183,7 +184,7 @@ def create_import(
     db: Client, store: ObjectStore, client_id: str, data: ImportCreate, policy: ImportPolicy, now: datetime
 ) -> ImportDoc:
     """Parse an uploaded CSV and return a draft import with its preview and detected mapping."""
-    upload = get_upload(db, client_id, data.upload_id)
+    upload = get_upload(FirestoreUploadRepository(db), client_id, data.upload_id)
     if upload.purpose is not UploadPurpose.CSV_IMPORT:
         raise ValidationFailed(
             "The upload is not a CSV upload",
@@ -238,7 +239,9 @@ def update_import(
     sent = data.model_fields_set
     encoding = data.encoding if "encoding" in sent else doc.encoding
     delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
-    parsed = _load_csv(store, get_upload(db, client_id, doc.upload_id), policy, encoding, delimiter)
+    parsed = _load_csv(
+        store, get_upload(FirestoreUploadRepository(db), client_id, doc.upload_id), policy, encoding, delimiter
+    )
     if data.mapping is not None:
         mapping = _mapping(parsed, data.mapping)
     else:
@@ -300,7 +303,7 @@ def start_import(
         return doc
     if doc.status is not ImportStatus.DRAFT:
         return doc
-    upload = get_upload(db, client_id, doc.upload_id)
+    upload = get_upload(FirestoreUploadRepository(db), client_id, doc.upload_id)
     parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
     mapping = ColumnMapping.model_validate(doc.mapping)
     rows = group_rows(parsed, mapping, None)

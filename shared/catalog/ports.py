@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, ProductSource
+from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, ProductSource, UploadDoc
 from shared.catalog.slots import ProductUsageDoc
 
 T = TypeVar("T")
@@ -210,9 +210,42 @@ class AssetRepository(ABC):
         returns the revisions it had (their objects are the caller's to delete)."""
 
 
+# -- uploads --------------------------------------------------------------------------------------
+
+
+class UploadRepository(ABC):
+    """``clients/{client}/uploads/{id}``: upload slots."""
+
+    @abstractmethod
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None: ...
+
+    @abstractmethod
+    def create(self, doc: UploadDoc) -> None: ...
+
+    @abstractmethod
+    def delete(self, client_id: str, upload_id: str) -> None: ...
+
+    @abstractmethod
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        """Slots still pending (not completed, rejected or expired) whose URL has not expired at ``now``."""
+
+    @abstractmethod
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Versioned[UploadDoc]]:
+        """Up to ``limit`` slots (of every client, or of ``client_id``) whose ``sweep_at`` is before
+        ``now``, oldest first."""
+
+    @abstractmethod
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        """Change the slot if it is still at ``upload.version``; else :class:`StaleWrite`."""
+
+
 @dataclass
 class CatalogRepositories:
     """The catalog's unit of work: one bundle the entry points build and the services take."""
 
     products: ProductRepository
     assets: AssetRepository
+    uploads: UploadRepository

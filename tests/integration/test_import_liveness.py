@@ -200,7 +200,7 @@ def test_every_import_ends_with_each_row_imported_once(
     image_host: str,
     fetcher: Any,
 ) -> None:
-    from shared.adapters.firestore.catalog import assets_ref, products_ref
+    from shared.adapters.firestore.catalog import assets_ref, firestore_catalog, products_ref
 
     clock = Clock(START)
     db = FaultyClient()
@@ -232,7 +232,7 @@ def test_every_import_ends_with_each_row_imported_once(
     data_csv = _csv(image_host, images_per_row)
     uploads = upload_policy(settings)
     slot = create_upload(
-        db,
+        firestore_catalog(db),
         store,
         CLIENT,
         UploadCreate(
@@ -242,7 +242,7 @@ def test_every_import_ends_with_each_row_imported_once(
         clock.now,
     )
     store.put(f"uploads/{CLIENT}/{slot.id}", data_csv, "text/csv")
-    complete_upload(db, store, CLIENT, slot.id, uploads, clock.now)
+    complete_upload(firestore_catalog(db), store, CLIENT, slot.id, uploads, clock.now)
     draft = imports.create_import(db, store, CLIENT, ImportCreate(upload_id=slot.id), policy, clock.now)
     imports.start_import(db, store, queue, CLIENT, draft.id, policy, clock.now)
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage
+from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, UploadDoc, UploadStatus
 from shared.catalog.ports import (
     AssetExists,
     AssetFilter,
@@ -35,6 +35,7 @@ from shared.catalog.ports import (
     RevisionConflict,
     SlotsRead,
     StaleWrite,
+    UploadRepository,
     Versioned,
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
@@ -59,6 +60,10 @@ def usage_ref(db: Client, client_id: str) -> Any:
 
 def assets_ref(db: Client, client_id: str) -> Any:
     return client_ref(db, client_id).collection("assets")
+
+
+def uploads_ref(db: Client, client_id: str) -> Any:
+    return client_ref(db, client_id).collection("uploads")
 
 
 def revision_ref(db: Client, client_id: str, asset_id: str, number: int) -> Any:
@@ -407,6 +412,54 @@ class FirestoreAssetRepository(AssetRepository):
         return [AssetRevision.model_validate(revision.to_dict()) for revision in stored]
 
 
+class FirestoreUploadRepository(UploadRepository):
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _ref(self, client_id: str, upload_id: str) -> Any:
+        return uploads_ref(self.db, client_id).document(upload_id)
+
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None:
+        snapshot = self._ref(client_id, upload_id).get()
+        return UploadDoc.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def create(self, doc: UploadDoc) -> None:
+        self._ref(doc.client_id, doc.id).create(doc.model_dump(mode="python"))
+
+    def delete(self, client_id: str, upload_id: str) -> None:
+        self._ref(client_id, upload_id).delete()
+
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None:
+        self._ref(client_id, upload_id).update(changes)
+
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        from google.cloud.firestore import FieldFilter
+
+        query = (
+            uploads_ref(self.db, client_id)
+            .where(filter=FieldFilter("status", "==", UploadStatus.PENDING.value))
+            .where(filter=FieldFilter("expires_at", ">", now))
+        )
+        return int(query.count().get()[0][0].value)
+
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Versioned[UploadDoc]]:
+        from google.cloud.firestore import FieldFilter
+
+        base = uploads_ref(self.db, client_id) if client_id else self.db.collection_group("uploads")
+        query = base.where(filter=FieldFilter("sweep_at", "<", now)).order_by("sweep_at").limit(limit)
+        due: list[Versioned[UploadDoc]] = []
+        for snapshot in query.stream():
+            parts = snapshot.reference.path.split("/")
+            if len(parts) != 4 or parts[0] != "clients":
+                continue  # an "uploads" collection somewhere else: not a slot
+            due.append(Versioned(UploadDoc.model_validate(snapshot.to_dict()), snapshot.update_time))
+        return due
+
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        ref = self._ref(upload.value.client_id, upload.value.id)
+        _stale_on_refusal(lambda: ref.update(changes, option=self.db.write_option(last_update_time=upload.version)))
+
+
 def product_image_owner(asset: AssetDoc) -> str:
     if asset.product_id is None:
         raise ValueError(f"asset {asset.id} has no product to attach an image to")
@@ -415,4 +468,8 @@ def product_image_owner(asset: AssetDoc) -> str:
 
 def firestore_catalog(db: Client) -> CatalogRepositories:
     """The catalog's repositories on Firestore."""
-    return CatalogRepositories(products=FirestoreProductRepository(db), assets=FirestoreAssetRepository(db))
+    return CatalogRepositories(
+        products=FirestoreProductRepository(db),
+        assets=FirestoreAssetRepository(db),
+        uploads=FirestoreUploadRepository(db),
+    )
