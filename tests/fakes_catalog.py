@@ -10,12 +10,24 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, UploadDoc, UploadStatus
+from shared.catalog.models import (
+    AssetDoc,
+    AssetRevision,
+    ImportDoc,
+    ImportStatus,
+    ProductDoc,
+    ProductImage,
+    UploadDoc,
+    UploadStatus,
+)
 from shared.catalog.ports import (
     AssetExists,
     AssetFilter,
     AssetRepository,
     CatalogRepositories,
+    DocumentTooLarge,
+    Found,
+    ImportRepository,
     ItemGuard,
     ProductFilter,
     ProductGone,
@@ -310,13 +322,13 @@ class InMemoryUploadRepository(UploadRepository):
             if owner == client_id and doc.status is UploadStatus.PENDING and doc.expires_at > now
         )
 
-    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Versioned[UploadDoc]]:
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Found]:
         due = [
-            Versioned(doc, version)
+            (doc.sweep_at, Found(owner, doc.id, doc.model_dump(), version))
             for (owner, _), (doc, version) in self.uploads.items()
             if (client_id is None or owner == client_id) and doc.sweep_at is not None and doc.sweep_at < now
         ]
-        return sorted(due, key=lambda v: v.value.sweep_at or now)[:limit]
+        return [found for _, found in sorted(due, key=lambda pair: pair[0])][:limit]
 
     def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
         key = (upload.value.client_id, upload.value.id)
@@ -326,8 +338,110 @@ class InMemoryUploadRepository(UploadRepository):
         self.uploads[key] = (_changed(entry[0], changes), next(_versions))
 
 
+class InMemoryImportRepository(ImportRepository):
+    """Imports with their parts and the reaper's cursors; ``too_large`` bytes refuse a document."""
+
+    def __init__(self, too_large: int = 1_000_000) -> None:
+        self.imports: dict[tuple[str, str], tuple[ImportDoc, int]] = {}
+        self.stored_parts: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.cursors: dict[str | None, datetime | None] = {}
+        self.too_large = too_large
+        self.before_write: list[Any] = []  # hooks run before a guarded write: tests interleave writers
+
+    def _interleave(self) -> None:
+        while self.before_write:
+            self.before_write.pop(0)()
+
+    def _check_size(self, doc: ImportDoc) -> None:
+        if len(doc.model_dump_json()) > self.too_large:
+            raise DocumentTooLarge(doc.id)
+
+    def get(self, client_id: str, import_id: str) -> ImportDoc | None:
+        entry = self.imports.get((client_id, import_id))
+        return entry[0] if entry else None
+
+    def create(self, doc: ImportDoc) -> None:
+        self._check_size(doc)
+        if (doc.client_id, doc.id) in self.imports:
+            raise StaleWrite()
+        self.imports[(doc.client_id, doc.id)] = (doc, next(_versions))
+
+    def update(self, client_id: str, import_id: str, changes: dict[str, Any]) -> None:
+        entry = self.imports.get((client_id, import_id))
+        if entry is None:
+            raise NotFound(f"No import {import_id}")
+        changed = _changed(entry[0], changes)
+        self._check_size(changed)
+        self.imports[(client_id, import_id)] = (changed, next(_versions))
+
+    def load(self, client_id: str, import_id: str) -> Versioned[ImportDoc] | None:
+        entry = self.imports.get((client_id, import_id))
+        return Versioned(entry[0], entry[1]) if entry else None
+
+    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+        self._interleave()
+        key = (loaded.value.client_id, loaded.value.id)
+        entry = self.imports.get(key)
+        if entry is None or entry[1] != loaded.version:
+            raise StaleWrite()
+        self.imports[key] = (_changed(entry[0], changes), next(_versions))
+
+    def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
+        return self.stored_parts.get((client_id, import_id), {}).get(part_id)
+
+    def parts(self, client_id: str, import_id: str) -> list[dict[str, Any]]:
+        stored = self.stored_parts.get((client_id, import_id), {})
+        return [stored[part_id] for part_id in sorted(stored)]
+
+    def record_part(
+        self,
+        client_id: str,
+        import_id: str,
+        part_id: str,
+        stored: dict[str, Any],
+        counts: dict[str, int],
+        changes: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        self._interleave()
+        parts = self.stored_parts.setdefault((client_id, import_id), {})
+        if part_id in parts:
+            return parts[part_id]
+        entry = self.imports.get((client_id, import_id))
+        if entry is None:
+            raise NotFound(f"No import {import_id}")
+        progress = entry[0].progress.model_dump()
+        for name, count in counts.items():
+            progress[name] += count
+        parts[part_id] = stored
+        self.imports[(client_id, import_id)] = (_changed(entry[0], {**changes, "progress": progress}), next(_versions))
+        return None
+
+    def stale(
+        self, before: datetime, limit: int, *, after: datetime | None = None, client_id: str | None = None
+    ) -> list[Found]:
+        found = [
+            doc
+            for (owner, _), (doc, _) in self.imports.items()
+            if (client_id is None or owner == client_id)
+            and doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING)
+            and doc.updated_at < before
+            and (after is None or doc.updated_at > after)
+        ]
+        ordered = sorted(found, key=lambda doc: doc.updated_at)[:limit]
+        return [Found(doc.client_id, doc.id, doc.model_dump(), None) for doc in ordered]
+
+    def reaper_cursor(self, client_id: str | None) -> datetime | None:
+        return self.cursors.get(client_id)
+
+    def save_reaper_cursor(self, client_id: str | None, after: datetime | None, now: datetime) -> None:
+        self.cursors[client_id] = after
+
+
 def in_memory_catalog() -> CatalogRepositories:
     products = InMemoryProductRepository()
     return CatalogRepositories(
-        products=products, assets=InMemoryAssetRepository(products), uploads=InMemoryUploadRepository()
+        products=products,
+        assets=InMemoryAssetRepository(products),
+        uploads=InMemoryUploadRepository(),
+        imports=InMemoryImportRepository(),
     )

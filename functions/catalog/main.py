@@ -125,20 +125,22 @@ def complete_upload(ctx: Ctx) -> UploadOut:
 @api.post("/imports", body=ImportCreate, status=201, idempotent=True)
 def create_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
-    doc = imports.create_import(p.db, p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock())
+    doc = imports.create_import(
+        _repos(ctx), p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock()
+    )
     return imports.import_out(doc)
 
 
 @api.get("/imports/<import_id>")
 def get_import(ctx: Ctx) -> ImportOut:
-    return imports.import_out(imports.get_import(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"]))
+    return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
 @api.patch("/imports/<import_id>", body=ImportUpdate)
 def update_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
-        p.db,
+        _repos(ctx),
         p.object_store,
         ctx.client_id,
         ctx.path_params["import_id"],
@@ -153,7 +155,7 @@ def update_import(ctx: Ctx) -> ImportOut:
 def start_import(ctx: Ctx) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
-        p.db,
+        _repos(ctx),
         p.object_store,
         p.task_queue,
         ctx.client_id,
@@ -168,7 +170,7 @@ def start_import(ctx: Ctx) -> ImportOut:
 def import_errors(ctx: Ctx) -> flask.Response:
     from flask import Response
 
-    report = imports.error_report_csv(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"])
+    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"])
     filename = f"{ctx.path_params['import_id']}-errors.csv"
     return Response(
         report,
@@ -217,7 +219,7 @@ def import_chunk(ctx: Ctx) -> dict[str, str]:
     p = ctx.platform
     assert ctx.task is not None
     outcome = imports.run_import_chunk(
-        p.db, p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
+        _repos(ctx), p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return {"outcome": outcome}
 
@@ -225,7 +227,7 @@ def import_chunk(ctx: Ctx) -> dict[str, str]:
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)
 def reap_stuck_imports(ctx: Ctx) -> imports.ImportReapReport:
     p = ctx.platform
-    report = imports.reap_stuck_imports(p.db, p.object_store, p.task_queue, import_policy(p.settings), p.clock())
+    report = imports.reap_stuck_imports(_repos(ctx), p.object_store, p.task_queue, import_policy(p.settings), p.clock())
     return finish(report, imports.REAP_JOB)
 
 

@@ -34,7 +34,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
-from shared.catalog.ports import CatalogRepositories, StaleWrite, UploadRepository
+from shared.catalog.ports import CatalogRepositories, StaleWrite, UploadRepository, Versioned
 from shared.catalog.products import get_product
 from shared.errors import (
     Conflict,
@@ -308,16 +308,16 @@ def sweep_uploads(
     with its URL may have written. Safe to run twice; at most ``limit`` slots a run (oldest first;
     the next run goes on). ``client_id``: one client only (tests)."""
     report = UploadSweepReport()
-    for due in uploads.due_for_sweep(now, limit, client_id):
-        doc = due.value
+    for found in uploads.due_for_sweep(now, limit, client_id):
         report.swept += 1
-        with isolated(SWEEP_JOB, doc.client_id, report.failed):
+        with isolated(SWEEP_JOB, found.client_id, report.failed):
+            doc = UploadDoc.model_validate(found.data)
             changes: dict[str, Any] = {"sweep_at": None}
             if doc.status is UploadStatus.PENDING:
                 changes["status"] = UploadStatus.EXPIRED.value
             try:
                 # Guarded: a completion that got in first keeps its status (the next run sweeps again).
-                uploads.update_if_unchanged(due, changes)
+                uploads.update_if_unchanged(Versioned(doc, found.version), changes)
             except StaleWrite:
                 continue
             store.delete(doc.key)

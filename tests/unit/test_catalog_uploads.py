@@ -132,8 +132,10 @@ def test_a_completion_that_gets_in_before_the_sweep_keeps_its_status() -> None:
     later = NOW + timedelta(hours=1)
     [due] = repos.uploads.due_for_sweep(later, 10, CLIENT)
     repos.uploads.update(CLIENT, upload_id, {"status": UploadStatus.COMPLETED.value})  # after the sweep read it
-    from shared.catalog.ports import StaleWrite
+    from shared.catalog.models import UploadDoc
+    from shared.catalog.ports import StaleWrite, Versioned
 
+    read = Versioned(UploadDoc.model_validate(due.data), due.version)
     with pytest.raises(StaleWrite):
-        repos.uploads.update_if_unchanged(due, {"status": UploadStatus.EXPIRED.value})
+        repos.uploads.update_if_unchanged(read, {"status": UploadStatus.EXPIRED.value})
     assert uploads.get_upload(repos.uploads, CLIENT, upload_id).status is UploadStatus.COMPLETED
