@@ -3,10 +3,18 @@
 Every variable is documented in README.md and .env.example. In production the settings refuse to
 load when something required is missing or when a development-only switch is on, so a misconfigured
 deployment fails at cold start with a message that names the variables.
+
+What is required depends on the function: each entry point declares the groups of settings it uses
+(:class:`Need`: R2, Stripe, Gemini, the task queue…) and the production guard demands those only, so a
+function that never calls Stripe needs no Stripe key. Settings loaded without a declaration (scripts,
+``get_settings()``) demand every group.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import Enum
 from functools import lru_cache
 from ipaddress import ip_address
@@ -16,6 +24,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigurationError
+from shared.needs import ALL_NEEDS, Need, required_variables
 
 
 class Environment(str, Enum):
@@ -37,6 +46,11 @@ class TasksAuthMode(str, Enum):
 class EngineKind(str, Enum):
     GEMINI = "gemini"
     OFFLINE = "offline"
+
+
+# The needs of the settings being loaded: BaseSettings takes no validation context, so get_settings()
+# hands them to the production guard through this variable (None: every group).
+_loading_needs: ContextVar[frozenset[Need] | None] = ContextVar("epox_settings_needs", default=None)
 
 
 class Settings(BaseSettings):
@@ -181,9 +195,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if not self.is_production:
-            return self
-        required = {
+        if self.is_production:
+            needs = _loading_needs.get()
+            self.check_production(ALL_NEEDS if needs is None else needs)
+        return self
+
+    def check_production(self, needs: Collection[Need]) -> None:
+        """Raise ConfigurationError naming every variable a function with these needs misses and every
+        development switch that is on. The switches are refused whatever the needs: each one points a
+        secret, a token or the network somewhere it must not go."""
+        values = {
             "GCP_PROJECT": self.gcp_project,
             "AUTH_JWKS_URL": self.auth_jwks_url,
             "AUTH_ISSUER": self.auth_issuer,
@@ -200,7 +221,8 @@ class Settings(BaseSettings):
             "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret.get_secret_value(),
             "STRIPE_PRICE_IDS": "set" if self.stripe_price_ids else "",
         }
-        missing = sorted(name for name, value in required.items() if not value)
+        demanded = set(required_variables(needs)) & set(values)
+        missing = sorted(name for name in demanded if not values[name])
         unsafe = []
         if self.tasks_backend is not TasksBackend.CLOUD_TASKS:
             unsafe.append("TASKS_BACKEND must be cloud_tasks")
@@ -208,7 +230,7 @@ class Settings(BaseSettings):
             unsafe.append("TASKS_AUTH_MODE must be oidc")
         if self.ai_engine is EngineKind.OFFLINE:
             unsafe.append("AI_ENGINE must be gemini (the offline engine is for local runs)")
-        elif not self.gemini_use_vertex and not self.gemini_api_key.get_secret_value():
+        elif Need.GEMINI in needs and not self.gemini_use_vertex and not self.gemini_api_key.get_secret_value():
             unsafe.append("GEMINI_API_KEY is required unless GEMINI_USE_VERTEX=true")
         if self.stripe_api_base:
             unsafe.append("STRIPE_API_BASE must be empty (it points billing at another server)")
@@ -232,7 +254,10 @@ class Settings(BaseSettings):
             ("BILLING_CANCEL_URL", self.billing_cancel_url),
             ("BILLING_PORTAL_RETURN_URL", self.billing_portal_return_url),
         ):
-            if not _is_https(url) or _is_local_host(url):
+            # The defaults are the local frontend: refused where the pages are needed; a value someone
+            # set is checked everywhere (a wrong one is a mistake even where it is unused).
+            checked = Need.BILLING_PAGES in needs or name.lower() in self.model_fields_set
+            if checked and (not _is_https(url) or _is_local_host(url)):
                 unsafe.append(f"{name} must be an https URL of the deployed frontend, not {url!r}")
         for origin in self.cors_allowed_origins:
             if origin.strip() in ("null", "*") or not _is_https_origin(origin):
@@ -247,7 +272,6 @@ class Settings(BaseSettings):
             if unsafe:
                 parts.append("unsafe settings: " + "; ".join(unsafe))
             raise ConfigurationError("EPOX_ENV=production refuses to start — " + " | ".join(parts))
-        return self
 
 
 def _is_https(url: str) -> bool:
@@ -277,11 +301,24 @@ def _is_local_host(url: str) -> bool:
     return address.is_loopback or address.is_unspecified or address.is_private or address.is_link_local
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read once (cleared by tests through ``get_settings.cache_clear``)."""
+@contextmanager
+def _needing(needs: frozenset[Need] | None) -> Iterator[None]:
+    token = _loading_needs.set(needs)
     try:
-        return Settings()
+        yield
+    finally:
+        _loading_needs.reset(token)
+
+
+@lru_cache(maxsize=1)
+def get_settings(needs: frozenset[Need] | None = None) -> Settings:
+    """The process-wide settings, read once (cleared by tests through ``get_settings.cache_clear``).
+
+    ``needs``: the groups the running function declared; production then demands those only
+    (None: every group)."""
+    try:
+        with _needing(needs):
+            return Settings()
     except ConfigurationError:
         raise
     except ValueError as exc:  # pydantic's ValidationError: bad types in the environment

@@ -8,11 +8,12 @@ queue, a fetcher that may reach a local server) and install it with :func:`set_p
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.config import Settings, TasksAuthMode, TasksBackend, get_settings
+from shared.needs import Need
 
 if TYPE_CHECKING:
     from flask import Request
@@ -22,11 +23,12 @@ if TYPE_CHECKING:
     from shared.auth import JwtVerifier, Principal
     from shared.billing.gateway import PaymentGateway
     from shared.engines.base import ImageEngine
-    from shared.http.idempotency import IdempotencyStore
+    from shared.http.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
+    from shared.tenancy import Onboarding
 
 
 def utc_now() -> datetime:
@@ -64,7 +66,7 @@ class Platform:
         self._gateway = payment_gateway
         self._price_book: PriceBook | None = None
         self._lock = threading.Lock()
-        self._known_clients: set[str] = set()
+        self._onboarding: Onboarding | None = None
 
     # -- adapters --------------------------------------------------------------------------------
     @property
@@ -151,10 +153,13 @@ class Platform:
             self._price_book = PriceBook(self.db, ttl_seconds=self.settings.price_cache_seconds)
         return self._price_book
 
-    def idempotency_store(self) -> IdempotencyStore:
-        from shared.http.idempotency import FirestoreIdempotencyStore
+    def idempotency_keys(self) -> IdempotencyKeys:
+        """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""
+        from shared.adapters.firestore.idempotency import FirestoreIdempotencyStore
+        from shared.http.idempotency import IdempotencyKeys
 
-        return FirestoreIdempotencyStore(self.db, timedelta(hours=self.settings.idempotency_ttl_hours), self.clock)
+        ttl = timedelta(hours=self.settings.idempotency_ttl_hours)
+        return IdempotencyKeys(FirestoreIdempotencyStore(self.db), ttl, self.clock)
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:
@@ -201,26 +206,25 @@ class Platform:
                 )
         return self._task_verifier
 
-    def ensure_client(self, principal: Principal) -> None:
-        """Provision the caller's client record on its first authenticated call (cached per process)."""
-        if principal.client_id in self._known_clients:
-            return
+    @property
+    def onboarding(self) -> Onboarding:
+        """The tenancy step of a client's first signed-in call, welcomed by billing (Free plan and bonus)."""
+        if self._onboarding is None:
+            with self._lock:
+                if self._onboarding is None:
+                    from shared.adapters.firestore.tenancy import FirestoreClientDirectory
+                    from shared.tenancy import Onboarding
+
+                    self._onboarding = Onboarding(FirestoreClientDirectory(self.db), self._welcome, self.clock)
+        return self._onboarding
+
+    def _welcome(self, client_id: str, now: datetime) -> None:
         from shared.billing.catalog import load_catalog
         from shared.billing.service import onboard
-        from shared.tenancy import ensure_client
 
-        ensure_client(self.db, principal, self.clock())
         catalog = load_catalog()
         bonus = self.settings.signup_bonus_credits
-        onboard(
-            self.db,
-            self.ledger,
-            catalog,
-            principal.client_id,
-            catalog.signup_bonus if bonus is None else bonus,
-            self.clock(),
-        )
-        self._known_clients.add(principal.client_id)
+        onboard(self.db, self.ledger, catalog, client_id, catalog.signup_bonus if bonus is None else bonus, now)
 
 
 def _build_task_queue(settings: Settings) -> TaskQueue:
@@ -249,15 +253,16 @@ _platform: Platform | None = None
 _platform_lock = threading.Lock()
 
 
-def get_platform() -> Platform:
-    """The process's platform, built from the environment on first use."""
+def get_platform(needs: Collection[Need] | None = None) -> Platform:
+    """The process's platform, built from the environment on first use; ``needs``: the settings groups
+    the serving entry point declared, the only ones production then demands (None: all)."""
     global _platform
     if _platform is None:
         with _platform_lock:
             if _platform is None:
                 from shared import logging as log
 
-                settings = get_settings()
+                settings = get_settings(None if needs is None else frozenset(needs))
                 log.configure(settings.log_level, settings.gcp_project)
                 _platform = Platform(settings)
     return _platform

@@ -1,15 +1,22 @@
-"""Client (tenant) records: created on the first authenticated call of a new client."""
+"""Tenancy: client (tenant) records, and onboarding, the explicit step a client's first authenticated
+call goes through.
+
+Onboarding creates the client's record, then welcomes it: the welcome is the billing service's
+``onboard`` (the Free plan and the signup bonus, exactly once per client, whatever retries and
+concurrent first calls do). The platform composes the step (:meth:`shared.platform.Platform.onboarding`)
+and the HTTP pipeline runs it for signed-in callers, so the HTTP layer knows nothing of billing.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.auth import Principal
 
 
@@ -25,17 +32,41 @@ class ClientRecord(BaseModel):
     created_by: str
 
 
-def client_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id)
+class ClientDirectory(ABC):
+    """Port: where the tenants' records live."""
+
+    @abstractmethod
+    def create(self, record: ClientRecord) -> bool:
+        """Create the record unless one exists for its id (never overwritten); True when created."""
 
 
-def ensure_client(db: Client, principal: Principal, now: datetime) -> bool:
-    """Create the client's record if it does not exist yet; return True when it was created."""
-    from google.api_core.exceptions import AlreadyExists
+# What a new client is given (client id, now); must be idempotent: it runs again after a crash or in a
+# new process, and only the first run may grant anything.
+Welcome = Callable[[str, datetime], object]
 
-    record = ClientRecord(id=principal.client_id, created_at=now, created_by=principal.user_id)
-    try:
-        client_ref(db, principal.client_id).create(record.model_dump())
-    except AlreadyExists:
-        return False
-    return True
+
+def onboard(directory: ClientDirectory, welcome: Welcome, principal: Principal, now: datetime) -> bool:
+    """The client's record, then its welcome; True when the record was created by this call.
+
+    The welcome runs even when the record exists: a first call that died between the two steps is
+    completed by the next one, and the welcome itself grants only once."""
+    created = directory.create(ClientRecord(id=principal.client_id, created_at=now, created_by=principal.user_id))
+    welcome(principal.client_id, now)
+    return created
+
+
+class Onboarding:
+    """:func:`onboard` for every signed-in call, remembered per process so a known client costs nothing."""
+
+    def __init__(self, directory: ClientDirectory, welcome: Welcome, clock: Callable[[], datetime]) -> None:
+        self.directory = directory
+        self.welcome = welcome
+        self.clock = clock
+        self._known: set[str] = set()
+
+    def ensure(self, principal: Principal) -> None:
+        """Onboard the caller's client unless this process already did (a failure is retried next call)."""
+        if principal.client_id in self._known:
+            return
+        onboard(self.directory, self.welcome, principal, self.clock())
+        self._known.add(principal.client_id)

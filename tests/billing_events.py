@@ -442,13 +442,15 @@ class _LinkingGateway:
 def onboard_and_link(stack: Any, sub: Subscriber) -> None:
     """What happens before any webhook: the client's first call (onboarding) and its Stripe customer,
     created by the app's own ``ensure_customer`` when it starts a Checkout."""
+    from shared.adapters.firestore.billing import FirestoreBillingStore
     from shared.billing.service import ensure_customer
     from shared.platform import get_platform
 
     response = stack.client("billing_api").get("/subscription", headers=stack.headers(sub.client_id))
     assert response.status_code == 200, response.json
     gateway = _LinkingGateway(sub.customer)
-    assert ensure_customer(get_platform().db, gateway, sub.client_id, None) == sub.customer  # type: ignore[arg-type]
+    accounts = FirestoreBillingStore(get_platform().db)
+    assert ensure_customer(accounts, gateway, sub.client_id, None) == sub.customer  # type: ignore[arg-type]
     assert gateway.created == 1
 
 

@@ -8,7 +8,7 @@ isolation, a 500 problem listing the failed clients so the scheduler retries).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
@@ -24,35 +24,34 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import billing_store, price_ids
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.billing.policies import billing_accounts, billing_store, price_ids
+from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("billing_api")
+api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
 jobs = HttpApp("billing_jobs")
-
-Ctx = RequestContext[Any, Any]
 
 
 @api.get("/plans")
-def plans(ctx: Ctx) -> CatalogOut:
+def plans(ctx: RequestContext[NoBody, NoQuery]) -> CatalogOut:
     return service.catalog_out(load_catalog(), price_ids(ctx.platform))
 
 
 @api.get("/subscription")
-def subscription(ctx: Ctx) -> SubscriptionOut:
+def subscription(ctx: RequestContext[NoBody, NoQuery]) -> SubscriptionOut:
     p = ctx.platform
-    return service.subscription_out(p.db, load_catalog(), ctx.client_id, p.clock())
+    return service.subscription_out(p.db, billing_accounts(p), load_catalog(), ctx.client_id, p.clock())
 
 
 @api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)
-def checkout(ctx: Ctx) -> JsonResponse:
+def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse:
     p = ctx.platform
     redirect = service.start_checkout(
-        p.db,
+        billing_accounts(p),
         p.payment_gateway,
         load_catalog(),
         price_ids(p),
@@ -66,21 +65,24 @@ def checkout(ctx: Ctx) -> JsonResponse:
 
 
 @api.post("/portal", body=PortalRequest, status=201)
-def portal(ctx: Ctx) -> RedirectOut:
+def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
     p = ctx.platform
     return service.open_portal(
-        p.db, p.payment_gateway, ctx.client_id, str(ctx.body.return_url or p.settings.billing_portal_return_url)
+        billing_accounts(p),
+        p.payment_gateway,
+        ctx.client_id,
+        str(ctx.body.return_url or p.settings.billing_portal_return_url),
     )
 
 
 @api.get("/invoices", query=InvoiceListQuery)
-def invoices(ctx: Ctx) -> InvoicePage:
+def invoices(ctx: RequestContext[NoBody, InvoiceListQuery]) -> InvoicePage:
     p = ctx.platform
-    return service.invoices(p.db, p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+    return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
 
 
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)
-def daily(ctx: Ctx) -> BillingJobReport:
+def daily(ctx: RequestContext[NoBody, NoQuery]) -> BillingJobReport:
     p = ctx.platform
     # Clients that failed are listed in a 500 problem after the others were processed: the scheduler retries.
     return finish(run_daily(billing_store(p), p.ledger, load_catalog(), p.clock()), JOB)

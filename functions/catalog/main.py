@@ -7,7 +7,7 @@ function from ``shared.catalog`` and returns its result.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
@@ -31,24 +31,23 @@ from shared.catalog.models import (
 )
 from shared.catalog.policies import import_policy, upload_policy
 from shared.catalog.ports import CatalogRepositories
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("catalog_api")
-tasks = HttpApp("catalog_tasks")
-
-Ctx = RequestContext[Any, Any]
+api = HttpApp("catalog_api", needs=(Need.R2, Need.TASK_QUEUE))
+tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
 
 
-def _repos(ctx: Ctx) -> CatalogRepositories:
+def _repos(ctx: RequestContext[BodyT, QueryT]) -> CatalogRepositories:
     return firestore_catalog(ctx.platform.db)
 
 
-def _expiry(ctx: Ctx) -> int:
+def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:
     return ctx.platform.settings.presign_expiry_seconds
 
 
@@ -56,7 +55,7 @@ def _expiry(ctx: Ctx) -> int:
 
 
 @api.post("/products", body=ProductCreate, status=201, idempotent=True)
-def create_product(ctx: Ctx) -> JsonResponse:
+def create_product(ctx: RequestContext[ProductCreate, NoQuery]) -> JsonResponse:
     p = ctx.platform
     doc = products.create_product(
         _repos(ctx).products, ctx.client_id, ctx.body, p.clock()
@@ -66,7 +65,7 @@ def create_product(ctx: Ctx) -> JsonResponse:
 
 
 @api.get("/products", query=ProductListQuery)
-def list_products(ctx: Ctx) -> Page[ProductOut]:
+def list_products(ctx: RequestContext[NoBody, ProductListQuery]) -> Page[ProductOut]:
     p = ctx.platform
     page = products.list_products(_repos(ctx).products, ctx.client_id, ctx.query)
     items = [products.to_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
@@ -74,14 +73,14 @@ def list_products(ctx: Ctx) -> Page[ProductOut]:
 
 
 @api.get("/products/<product_id>")
-def get_product(ctx: Ctx) -> ProductOut:
+def get_product(ctx: RequestContext[NoBody, NoQuery]) -> ProductOut:
     p = ctx.platform
     doc = products.get_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"])
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.patch("/products/<product_id>", body=ProductUpdate)
-def update_product(ctx: Ctx) -> ProductOut:
+def update_product(ctx: RequestContext[ProductUpdate, NoQuery]) -> ProductOut:
     p = ctx.platform
     doc = products.update_product(
         _repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], ctx.body, p.clock()
@@ -90,7 +89,7 @@ def update_product(ctx: Ctx) -> ProductOut:
 
 
 @api.delete("/products/<product_id>", status=204)
-def delete_product(ctx: Ctx) -> None:
+def delete_product(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
     products.delete_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], p.clock())
 
@@ -99,7 +98,7 @@ def delete_product(ctx: Ctx) -> None:
 
 
 @api.post("/uploads", body=UploadCreate, status=201, idempotent=True)
-def create_upload(ctx: Ctx) -> UploadOut:
+def create_upload(ctx: RequestContext[UploadCreate, NoQuery]) -> UploadOut:
     p = ctx.platform
     return uploads.create_upload(
         _repos(ctx), p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock()
@@ -107,12 +106,12 @@ def create_upload(ctx: Ctx) -> UploadOut:
 
 
 @api.get("/uploads/<upload_id>")
-def get_upload(ctx: Ctx) -> UploadOut:
+def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     return uploads.upload_out(uploads.get_upload(_repos(ctx).uploads, ctx.client_id, ctx.path_params["upload_id"]))
 
 
 @api.post("/uploads/<upload_id>/complete")
-def complete_upload(ctx: Ctx) -> UploadOut:
+def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     p = ctx.platform
     return uploads.complete_upload(
         _repos(ctx), p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
@@ -123,7 +122,7 @@ def complete_upload(ctx: Ctx) -> UploadOut:
 
 
 @api.post("/imports", body=ImportCreate, status=201, idempotent=True)
-def create_import(ctx: Ctx) -> ImportOut:
+def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.create_import(
         _repos(ctx), p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock()
@@ -132,12 +131,12 @@ def create_import(ctx: Ctx) -> ImportOut:
 
 
 @api.get("/imports/<import_id>")
-def get_import(ctx: Ctx) -> ImportOut:
+def get_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
 @api.patch("/imports/<import_id>", body=ImportUpdate)
-def update_import(ctx: Ctx) -> ImportOut:
+def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
         _repos(ctx),
@@ -152,7 +151,7 @@ def update_import(ctx: Ctx) -> ImportOut:
 
 
 @api.post("/imports/<import_id>/start", status=202)
-def start_import(ctx: Ctx) -> ImportOut:
+def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
         _repos(ctx),
@@ -167,7 +166,7 @@ def start_import(ctx: Ctx) -> ImportOut:
 
 
 @api.get("/imports/<import_id>/errors.csv")
-def import_errors(ctx: Ctx) -> flask.Response:
+def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
     from flask import Response
 
     report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"])
@@ -183,7 +182,7 @@ def import_errors(ctx: Ctx) -> flask.Response:
 
 
 @api.get("/assets", query=AssetListQuery)
-def list_assets(ctx: Ctx) -> Page[AssetOut]:
+def list_assets(ctx: RequestContext[NoBody, AssetListQuery]) -> Page[AssetOut]:
     p = ctx.platform
     page = library.list_assets(_repos(ctx).assets, ctx.client_id, ctx.query)
     items = [library.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
@@ -191,7 +190,7 @@ def list_assets(ctx: Ctx) -> Page[AssetOut]:
 
 
 @api.get("/assets/<asset_id>")
-def get_asset(ctx: Ctx) -> AssetDetailOut:
+def get_asset(ctx: RequestContext[NoBody, NoQuery]) -> AssetDetailOut:
     p = ctx.platform
     return library.asset_detail(
         _repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"], _expiry(ctx)
@@ -199,14 +198,14 @@ def get_asset(ctx: Ctx) -> AssetDetailOut:
 
 
 @api.patch("/assets/<asset_id>", body=AssetUpdate)
-def update_asset(ctx: Ctx) -> AssetOut:
+def update_asset(ctx: RequestContext[AssetUpdate, NoQuery]) -> AssetOut:
     p = ctx.platform
     doc = library.update_asset(_repos(ctx).assets, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
     return library.asset_out(doc, p.object_store, _expiry(ctx))
 
 
 @api.delete("/assets/<asset_id>", status=204)
-def delete_asset(ctx: Ctx) -> None:
+def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
     library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
 
@@ -215,7 +214,7 @@ def delete_asset(ctx: Ctx) -> None:
 
 
 @tasks.post(imports.CHUNK_PATH, body=ImportChunkTask, access=Access.TASK)
-def import_chunk(ctx: Ctx) -> dict[str, str]:
+def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> dict[str, str]:
     p = ctx.platform
     assert ctx.task is not None
     outcome = imports.run_import_chunk(
@@ -225,20 +224,20 @@ def import_chunk(ctx: Ctx) -> dict[str, str]:
 
 
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)
-def reap_stuck_imports(ctx: Ctx) -> imports.ImportReapReport:
+def reap_stuck_imports(ctx: RequestContext[NoBody, NoQuery]) -> imports.ImportReapReport:
     p = ctx.platform
     report = imports.reap_stuck_imports(_repos(ctx), p.object_store, p.task_queue, import_policy(p.settings), p.clock())
     return finish(report, imports.REAP_JOB)
 
 
 @tasks.post("/jobs/sweep-uploads", access=Access.SCHEDULER)
-def sweep_uploads(ctx: Ctx) -> uploads.UploadSweepReport:
+def sweep_uploads(ctx: RequestContext[NoBody, NoQuery]) -> uploads.UploadSweepReport:
     p = ctx.platform
     return finish(uploads.sweep_uploads(_repos(ctx).uploads, p.object_store, p.clock()), uploads.SWEEP_JOB)
 
 
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)
-def recount_product_usage(ctx: Ctx) -> products.UsageRecountReport:
+def recount_product_usage(ctx: RequestContext[NoBody, NoQuery]) -> products.UsageRecountReport:
     p = ctx.platform
     return finish(products.recount_every_client(_repos(ctx).products, p.clock()), products.RECOUNT_JOB)
 

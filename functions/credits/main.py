@@ -8,12 +8,12 @@ each client in isolation, a 500 problem listing the failed clients so the schedu
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
 from shared.errors import BadRequest
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
 from shared.ledger import admin as ledger_admin
 from shared.ledger import views
 from shared.ledger.model import Actor, GrantSource
@@ -37,15 +37,13 @@ api = HttpApp("credits_api")
 jobs = HttpApp("credits_jobs")
 logger = logging.getLogger("epox.credits")
 
-Ctx = RequestContext[Any, Any]
 
-
-def _balance(ctx: Ctx, client_id: str) -> BalanceView:
+def _balance(ctx: RequestContext[BodyT, QueryT], client_id: str) -> BalanceView:
     p = ctx.platform
     return views.balance_view(p.db, p.ledger.state(client_id), p.settings.low_credit_threshold, p.clock())
 
 
-def _csv_response(ctx: Ctx, client_id: str, query: HistoryQuery) -> flask.Response:
+def _csv_response(ctx: RequestContext[BodyT, QueryT], client_id: str, query: HistoryQuery) -> flask.Response:
     from flask import Response
 
     return Response(
@@ -59,32 +57,32 @@ def _csv_response(ctx: Ctx, client_id: str, query: HistoryQuery) -> flask.Respon
 
 
 @api.get("/balance")
-def balance(ctx: Ctx) -> BalanceView:
+def balance(ctx: RequestContext[NoBody, NoQuery]) -> BalanceView:
     return _balance(ctx, ctx.client_id)
 
 
 @api.get("/history", query=HistoryQuery)
-def history(ctx: Ctx) -> Page[EntryView]:
+def history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
     return views.history(ctx.platform.db, ctx.client_id, ctx.query)
 
 
 @api.get("/history.csv", query=HistoryQuery)
-def history_csv(ctx: Ctx) -> flask.Response:
+def history_csv(ctx: RequestContext[NoBody, HistoryQuery]) -> flask.Response:
     return _csv_response(ctx, ctx.client_id, ctx.query)
 
 
 @api.get("/usage", query=UsageQuery)
-def usage(ctx: Ctx) -> UsageView:
+def usage(ctx: RequestContext[NoBody, UsageQuery]) -> UsageView:
     return views.usage(ctx.platform.db, ctx.client_id, ctx.query)
 
 
 @api.get("/prices")
-def prices(ctx: Ctx) -> PriceList:
+def prices(ctx: RequestContext[NoBody, NoQuery]) -> PriceList:
     return ctx.platform.price_book.current()
 
 
 @api.post("/quote", body=QuoteRequest)
-def get_quote(ctx: Ctx) -> Quote:
+def get_quote(ctx: RequestContext[QuoteRequest, NoQuery]) -> Quote:
     return quote(ctx.platform.price_book.current(), ctx.body.items)
 
 
@@ -92,22 +90,22 @@ def get_quote(ctx: Ctx) -> Quote:
 
 
 @api.get("/admin/clients", query=ledger_admin.ClientSearch, access=Access.ADMIN)
-def find_clients(ctx: Ctx) -> Page[ledger_admin.ClientSummary]:
+def find_clients(ctx: RequestContext[NoBody, ledger_admin.ClientSearch]) -> Page[ledger_admin.ClientSummary]:
     items, cursor = ledger_admin.find_clients(ctx.platform.db, ctx.query)
     return Page[ledger_admin.ClientSummary](items=items, next_cursor=cursor)
 
 
 @api.get("/admin/clients/<client_id>/balance", access=Access.ADMIN)
-def admin_balance(ctx: Ctx) -> BalanceView:
+def admin_balance(ctx: RequestContext[NoBody, NoQuery]) -> BalanceView:
     return _balance(ctx, ctx.path_params["client_id"])
 
 
 @api.get("/admin/clients/<client_id>/history", query=HistoryQuery, access=Access.ADMIN)
-def admin_history(ctx: Ctx) -> Page[EntryView]:
+def admin_history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
     return views.history(ctx.platform.db, ctx.path_params["client_id"], ctx.query)
 
 
-def _existing_client(ctx: Ctx) -> str:
+def _existing_client(ctx: RequestContext[BodyT, QueryT]) -> str:
     """Admin changes go to clients that exist: a mistyped id is a 404, not a ledger for nobody."""
     from shared.errors import NotFound
 
@@ -117,7 +115,7 @@ def _existing_client(ctx: Ctx) -> str:
     return client_id
 
 
-def _admin_key(ctx: Ctx, action: str) -> str:
+def _admin_key(ctx: RequestContext[BodyT, QueryT], action: str) -> str:
     key = ctx.request.headers.get("Idempotency-Key")
     if not key:
         raise BadRequest("Admin credit changes need an Idempotency-Key header (so a retry cannot apply twice)")
@@ -125,7 +123,7 @@ def _admin_key(ctx: Ctx, action: str) -> str:
 
 
 @api.post("/admin/clients/<client_id>/grants", body=ledger_admin.AdminGrant, access=Access.ADMIN, status=201)
-def admin_grant(ctx: Ctx) -> JsonResponse:
+def admin_grant(ctx: RequestContext[ledger_admin.AdminGrant, NoQuery]) -> JsonResponse:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.grant(
@@ -142,7 +140,7 @@ def admin_grant(ctx: Ctx) -> JsonResponse:
 
 
 @api.post("/admin/clients/<client_id>/adjustments", body=ledger_admin.AdminAdjustment, access=Access.ADMIN, status=201)
-def admin_adjust(ctx: Ctx) -> JsonResponse:
+def admin_adjust(ctx: RequestContext[ledger_admin.AdminAdjustment, NoQuery]) -> JsonResponse:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.adjust(
@@ -157,7 +155,7 @@ def admin_adjust(ctx: Ctx) -> JsonResponse:
 
 
 @api.put("/admin/prices", body=PriceList, access=Access.ADMIN)
-def admin_prices(ctx: Ctx) -> PriceList:
+def admin_prices(ctx: RequestContext[PriceList, NoQuery]) -> PriceList:
     assert ctx.principal is not None
     return ctx.platform.price_book.replace(ctx.body, admin_id=ctx.principal.user_id, now=ctx.platform.clock())
 
@@ -168,19 +166,19 @@ def admin_prices(ctx: Ctx) -> PriceList:
 
 
 @jobs.post("/jobs/sweep-holds", access=Access.SCHEDULER)
-def sweep_holds(ctx: Ctx) -> JobReport:
+def sweep_holds(ctx: RequestContext[NoBody, NoQuery]) -> JobReport:
     p = ctx.platform
     return finish(views.sweep_holds(p.db, p.ledger, p.clock()), "sweep-holds")
 
 
 @jobs.post("/jobs/expire-buckets", access=Access.SCHEDULER)
-def expire_buckets(ctx: Ctx) -> JobReport:
+def expire_buckets(ctx: RequestContext[NoBody, NoQuery]) -> JobReport:
     p = ctx.platform
     return finish(views.expire_buckets(p.db, p.ledger, p.clock()), "expire-buckets")
 
 
 @jobs.post("/jobs/verify-balances", query=VerifyQuery, access=Access.SCHEDULER)
-def verify_balances(ctx: Ctx) -> JobReport:
+def verify_balances(ctx: RequestContext[NoBody, VerifyQuery]) -> JobReport:
     p = ctx.platform
     report = views.verify_balances(p.db, p.ledger, full=ctx.query.full)
     for client_id, problems in report.problems.items():

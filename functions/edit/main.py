@@ -7,7 +7,7 @@ when a job removes a background.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
@@ -17,7 +17,8 @@ from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.editing import service
 from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
 from shared.editing.service import EDITS
-from shared.http.app import HttpApp, JsonResponse, RequestContext
+from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 
 if TYPE_CHECKING:
@@ -27,16 +28,15 @@ if TYPE_CHECKING:
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
-api = HttpApp("edit_api")
-tasks = HttpApp("edit_tasks")
+api = HttpApp("edit_api", needs=(Need.R2, Need.TASK_QUEUE))
+tasks = HttpApp("edit_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
-Ctx = RequestContext[Any, Any]
 # Inpaint masks travel in the body as base64 PNG.
 EDIT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 @api.post("/edits", body=EditRequest, idempotent=True, max_body_bytes=EDIT_MAX_BODY_BYTES)
-def create_edit(ctx: Ctx) -> JsonResponse:
+def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
     policy = service.edit_policy(p.settings)
@@ -52,11 +52,8 @@ def create_edit(ctx: Ctx) -> JsonResponse:
             expires_in=p.settings.presign_expiry_seconds,
         )
         return JsonResponse(result, status=200)
-    if prepared.quote.total > 0:
-        from shared.billing.catalog import load_catalog
-        from shared.billing.service import require_good_standing
+    from shared.billing.policies import billing_store
 
-        require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
     job = service.create_job(
         p.db,
         p.object_store,
@@ -68,38 +65,39 @@ def create_edit(ctx: Ctx) -> JsonResponse:
         policy=policy,
         now=p.clock(),
         request_key=request_key(ctx),
+        billing=billing_store(p),
     )
     return accepted(service.job_out(p.db, job), f"/edits/{job.id}")
 
 
 @api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES)
-def quote_edit(ctx: Ctx) -> EditQuoteOut:
+def quote_edit(ctx: RequestContext[EditRequest, NoQuery]) -> EditQuoteOut:
     p = ctx.platform
     return service.quote_edit(p.db, p.price_book.current(), ctx.client_id, ctx.body, service.edit_policy(p.settings))
 
 
 @api.get("/edits", query=JobListQuery)
-def list_edits(ctx: Ctx) -> Page[EditJobOut]:
+def list_edits(ctx: RequestContext[NoBody, JobListQuery]) -> Page[EditJobOut]:
     db = ctx.platform.db
     page = lifecycle.list_jobs(EDITS, db, ctx.client_id, ctx.query)
     return Page[EditJobOut](items=[service.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
 
 
 @api.get("/edits/<job_id>")
-def get_edit(ctx: Ctx) -> EditJobOut:
+def get_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
     db = ctx.platform.db
     return service.job_out(db, EDITS.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.post("/edits/<job_id>/cancel", status=202)
-def cancel_edit(ctx: Ctx) -> EditJobOut:
+def cancel_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
     p = ctx.platform
     job = lifecycle.cancel_job(EDITS, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
     return service.job_out(p.db, job)
 
 
 @api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True)
-def revert_asset(ctx: Ctx) -> RevisionOut:
+def revert_asset(ctx: RequestContext[RevertRequest, NoQuery]) -> RevisionOut:
     p = ctx.platform
     return service.revert(
         p.db,

@@ -31,29 +31,43 @@ from shared.generation.models import (
     PresetOut,
     PresetUpdate,
 )
-from shared.http.app import HttpApp, JsonResponse, RequestContext
+from shared.http.app import BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.needs import Need
 from shared.pagination import Page
 
 if TYPE_CHECKING:
     import flask
 
+    from shared.generation.store import GenerationSettingsStore, ProductLookup
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
-api = HttpApp("generate_api")
-tasks = HttpApp("generate_tasks")
-
-Ctx = RequestContext[Any, Any]
+api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
+tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
 
-def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonResponse:
+def _settings(p: Platform) -> GenerationSettingsStore:
+    from shared.adapters.firestore.settings import FirestoreGenerationSettings
+
+    return FirestoreGenerationSettings(p.db)
+
+
+def _products(p: Platform) -> ProductLookup:
+    from shared.adapters.firestore.settings import FirestoreProductLookup
+
+    return FirestoreProductLookup(p.db)
+
+
+def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str | None = None) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
-    from shared.billing.catalog import load_catalog
-    from shared.billing.service import require_good_standing
+    from shared.billing.policies import billing_store
 
-    require_good_standing(p.db, load_catalog(), ctx.client_id, p.clock())
-    base = prompts.get_preset(p.db, ctx.client_id, data.preset_id).settings if data.preset_id else GenerationSettings()
+    base = (
+        prompts.get_preset(_settings(p), ctx.client_id, data.preset_id).settings
+        if data.preset_id
+        else GenerationSettings()
+    )
     job = jobs.create_job(
         p.db,
         p.object_store,
@@ -68,42 +82,43 @@ def _create(ctx: Ctx, data: JobCreate, retry_of: str | None = None) -> JsonRespo
         now=p.clock(),
         request_key=request_key(ctx),
         retry_of=retry_of,
+        billing=billing_store(p),
     )
     return accepted(jobs.job_out(p.db, job), f"/jobs/{job.id}")
 
 
 @api.post("/jobs", body=JobCreate, status=202, idempotent=True)
-def create_job(ctx: Ctx) -> JsonResponse:
+def create_job(ctx: RequestContext[JobCreate, NoQuery]) -> JsonResponse:
     return _create(ctx, ctx.body)
 
 
 @api.get("/jobs", query=JobListQuery)
-def list_jobs(ctx: Ctx) -> Page[JobOut]:
+def list_jobs(ctx: RequestContext[NoBody, JobListQuery]) -> Page[JobOut]:
     db = ctx.platform.db
     page = lifecycle.list_jobs(GENERATION, db, ctx.client_id, ctx.query)
     return Page[JobOut](items=[jobs.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
 
 
 @api.get("/jobs/<job_id>")
-def get_job(ctx: Ctx) -> JobOut:
+def get_job(ctx: RequestContext[NoBody, NoQuery]) -> JobOut:
     db = ctx.platform.db
     return jobs.job_out(db, GENERATION.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.get("/jobs/<job_id>/items", query=ItemListQuery)
-def list_items(ctx: Ctx) -> Page[ItemOut]:
+def list_items(ctx: RequestContext[NoBody, ItemListQuery]) -> Page[ItemOut]:
     return jobs.list_items(ctx.platform.db, ctx.client_id, ctx.path_params["job_id"], ctx.query)
 
 
 @api.post("/jobs/<job_id>/cancel", status=202)
-def cancel_job(ctx: Ctx) -> JobOut:
+def cancel_job(ctx: RequestContext[NoBody, NoQuery]) -> JobOut:
     p = ctx.platform
     job = lifecycle.cancel_job(GENERATION, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
     return jobs.job_out(p.db, job)
 
 
 @api.post("/jobs/<job_id>/retry", status=202, idempotent=True)
-def retry_job(ctx: Ctx) -> JsonResponse:
+def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse:
     p = ctx.platform
     old = GENERATION.get_job(p.db, ctx.client_id, ctx.path_params["job_id"])
     failed = jobs.failed_items(p.db, ctx.client_id, old.id)
@@ -119,52 +134,53 @@ def retry_job(ctx: Ctx) -> JsonResponse:
 
 
 @api.post("/prompts/enhance", body=EnhanceRequest)
-def enhance_prompt(ctx: Ctx) -> EnhanceOut:
+def enhance_prompt(ctx: RequestContext[EnhanceRequest, NoQuery]) -> EnhanceOut:
     p = ctx.platform
-    return prompts.enhance(p.db, p.engine, ctx.client_id, ctx.body)
+    return prompts.enhance(_settings(p), _products(p), p.engine, ctx.client_id, ctx.body)
 
 
 @api.get("/brand")
-def get_brand(ctx: Ctx) -> BrandProfile:
-    return prompts.get_brand(ctx.platform.db, ctx.client_id)
+def get_brand(ctx: RequestContext[NoBody, NoQuery]) -> BrandProfile:
+    return prompts.get_brand(_settings(ctx.platform), ctx.client_id)
 
 
 @api.put("/brand", body=BrandProfile)
-def put_brand(ctx: Ctx) -> BrandProfile:
-    return prompts.put_brand(ctx.platform.db, ctx.client_id, ctx.body)
+def put_brand(ctx: RequestContext[BrandProfile, NoQuery]) -> BrandProfile:
+    return prompts.put_brand(_settings(ctx.platform), ctx.client_id, ctx.body)
 
 
 @api.get("/presets")
-def list_presets(ctx: Ctx) -> dict[str, list[dict[str, Any]]]:
+def list_presets(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, list[dict[str, Any]]]:
     # Dumped here: a plain dict is serialised with json.dumps(default=str), which would turn models into reprs.
-    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(ctx.platform.db, ctx.client_id)]}
+    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(_settings(ctx.platform), ctx.client_id)]}
 
 
 @api.post("/presets", body=PresetIn, status=201)
-def create_preset(ctx: Ctx) -> PresetOut:
+def create_preset(ctx: RequestContext[PresetIn, NoQuery]) -> PresetOut:
     p = ctx.platform
-    return prompts.create_preset(p.db, ctx.client_id, ctx.body, p.clock())
+    return prompts.create_preset(_settings(p), ctx.client_id, ctx.body, p.clock())
 
 
 @api.get("/presets/<preset_id>")
-def get_preset(ctx: Ctx) -> PresetOut:
-    return prompts.get_preset(ctx.platform.db, ctx.client_id, ctx.path_params["preset_id"])
+def get_preset(ctx: RequestContext[NoBody, NoQuery]) -> PresetOut:
+    return prompts.get_preset(_settings(ctx.platform), ctx.client_id, ctx.path_params["preset_id"])
 
 
 @api.patch("/presets/<preset_id>", body=PresetUpdate)
-def update_preset(ctx: Ctx) -> PresetOut:
+def update_preset(ctx: RequestContext[PresetUpdate, NoQuery]) -> PresetOut:
     p = ctx.platform
-    return prompts.update_preset(p.db, ctx.client_id, ctx.path_params["preset_id"], ctx.body, p.clock())
+    return prompts.update_preset(_settings(p), ctx.client_id, ctx.path_params["preset_id"], ctx.body, p.clock())
 
 
 @api.delete("/presets/<preset_id>", status=204)
-def delete_preset(ctx: Ctx) -> None:
-    prompts.delete_preset(ctx.platform.db, ctx.client_id, ctx.path_params["preset_id"])
+def delete_preset(ctx: RequestContext[NoBody, NoQuery]) -> None:
+    prompts.delete_preset(_settings(ctx.platform), ctx.client_id, ctx.path_params["preset_id"])
 
 
 @api.get("/defaults", query=DefaultsQuery)
-def get_defaults(ctx: Ctx) -> DefaultsOut:
-    return prompts.defaults(ctx.platform.db, ctx.client_id, ctx.query.product_id, ctx.query.category)
+def get_defaults(ctx: RequestContext[NoBody, DefaultsQuery]) -> DefaultsOut:
+    p = ctx.platform
+    return prompts.defaults(_settings(p), _products(p), ctx.client_id, ctx.query.product_id, ctx.query.category)
 
 
 # -- workers ----------------------------------------------------------------------------------------

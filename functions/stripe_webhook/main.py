@@ -14,18 +14,17 @@ import functions_framework
 
 from shared.billing.events import verify_event
 from shared.billing.policies import webhook_processor
-from shared.http.app import Access, HttpApp, RequestContext
+from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext
+from shared.needs import Need
 
 if TYPE_CHECKING:
     import flask
 
-app = HttpApp("stripe_webhook")
-
-Ctx = RequestContext[Any, Any]
+app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
 
 
 @app.post("/", access=Access.PUBLIC, raw=True, max_body_bytes=512 * 1024)
-def receive(ctx: Ctx) -> dict[str, Any]:
+def receive(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
     p = ctx.platform
     event = verify_event(
         ctx.raw_body, ctx.request.headers.get("Stripe-Signature"), p.settings.stripe_webhook_secret.get_secret_value()

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
     from shared.billing.catalog import PriceIds
     from shared.billing.events import WebhookProcessor
-    from shared.billing.store import BillingStore
+    from shared.billing.store import BillingAccounts, BillingStore
     from shared.platform import Platform
 
 
@@ -20,7 +20,15 @@ def price_ids(platform: Platform) -> PriceIds:
 
 
 def billing_store(platform: Platform) -> BillingStore:
-    from shared.billing.store import FirestoreBillingStore
+    """The webhook's and the daily job's billing port (also a :class:`BillingReader` for guards)."""
+    from shared.adapters.firestore.billing import FirestoreBillingStore
+
+    return FirestoreBillingStore(platform.db)
+
+
+def billing_accounts(platform: Platform) -> BillingAccounts:
+    """The billing API's port: the client's billing, its Stripe customer, its onboarding."""
+    from shared.adapters.firestore.billing import FirestoreBillingStore
 
     return FirestoreBillingStore(platform.db)
 

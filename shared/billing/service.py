@@ -1,6 +1,9 @@
 """Billing as the frontend sees it: the catalog, the current subscription, Checkout, the customer
 portal and invoices — plus the rules other services enforce (good standing, product slots) and the
-one-time onboarding of a new client."""
+one-time onboarding of a new client.
+
+The client's billing record is read and written through the ports of :mod:`shared.billing.store`
+(Firestore: ``shared.adapters.firestore.billing``), never through a database client."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
+from shared.billing.store import BillingAccounts, BillingChanged, BillingReader
 from shared.errors import EpoxError, UpstreamUnavailable, ValidationFailed
 
 if TYPE_CHECKING:
@@ -41,14 +45,9 @@ class ProductSlotLimit(EpoxError):
     title = "The plan's product slots are all used"
 
 
-def client_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id)
-
-
-def billing_state(db: Client, client_id: str) -> BillingState:
-    snapshot = client_ref(db, client_id).get()
-    data = (snapshot.to_dict() or {}) if snapshot.exists else {}
-    return BillingState.model_validate(data.get("billing") or {})
+def billing_state(billing: BillingReader, client_id: str) -> BillingState:
+    """The client's billing (the defaults of a client with no record yet)."""
+    return billing.read(client_id).state
 
 
 def catalog_out(catalog: Catalog, prices: PriceIds) -> CatalogOut:
@@ -88,9 +87,10 @@ def paid_operations_blocked(state: BillingState, catalog: Catalog, now: datetime
     return now >= state.past_due_since + timedelta(days=catalog.grace_period_days)
 
 
-def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: datetime) -> None:
-    """Refuse paid work once a failed payment is older than the grace period."""
-    state = billing_state(db, client_id)
+def require_good_standing(billing: BillingReader, catalog: Catalog, client_id: str, now: datetime) -> None:
+    """Refuse paid work once a failed payment is older than the grace period. Called by the use cases
+    that start paid work (generation and edit job creation), so a new paid route cannot skip it."""
+    state = billing_state(billing, client_id)
     if paid_operations_blocked(state, catalog, now):
         raise PaymentPastDue(
             "Your last payment failed; update your payment method in Billing to continue",
@@ -100,11 +100,14 @@ def require_good_standing(db: Client, catalog: Catalog, client_id: str, now: dat
         )
 
 
-def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime) -> SubscriptionOut:
+def subscription_out(
+    db: Client, billing: BillingReader, catalog: Catalog, client_id: str, now: datetime
+) -> SubscriptionOut:
+    """The current subscription as the Billing page shows it (``db``: the catalog's product usage)."""
     from shared.catalog.products import product_usage
 
     usage = product_usage(db, client_id)
-    state = billing_state(db, client_id)
+    state = billing_state(billing, client_id)
     plan = catalog.plans.get(state.plan) or catalog.plan("free")
     return SubscriptionOut(
         plan=state.plan,
@@ -123,49 +126,35 @@ def subscription_out(db: Client, catalog: Catalog, client_id: str, now: datetime
     )
 
 
-def ensure_customer(db: Client, gateway: PaymentGateway, client_id: str, email: str | None) -> str:
+def ensure_customer(accounts: BillingAccounts, gateway: PaymentGateway, client_id: str, email: str | None) -> str:
     """The client's one Stripe customer, created on first need (retries reuse it)."""
-    from google.api_core.exceptions import FailedPrecondition
-
     from shared.retry import CONTENDED_COMMIT, attempts
 
-    ref = client_ref(db, client_id)
     for _ in attempts(CONTENDED_COMMIT, "stripe customer link"):
-        snapshot = ref.get()
-        billing = ((snapshot.to_dict() or {}).get("billing") or {}) if snapshot.exists else {}
-        existing = billing.get("stripe_customer_id")
+        record = accounts.read(client_id)
+        existing = record.state.stripe_customer_id
         if existing:
             return str(existing)
         # Stripe de-duplicates on the idempotency key derived from the client id, so two racing
         # requests get the same customer; the precondition keeps the first id we stored.
-        attempt = int(billing.get("customer_key_attempt") or 0)
+        attempt = record.customer_key_attempt
         try:
             customer_id = gateway.create_customer(client_id, None, attempt)
         except UpstreamUnavailable:
             # Stripe keeps the answer to a request that failed while running (a 500) under its key for
             # 24 h, so the next try needs another key or it gets the same failure again.
-            ref.set({"billing": {"customer_key_attempt": attempt + 1}}, merge=True)
+            accounts.note_customer_attempt(client_id, attempt + 1)
             raise
-        batch = db.batch()
-        if snapshot.exists:
-            batch.update(
-                ref,
-                {"billing.stripe_customer_id": customer_id},
-                option=db.write_option(last_update_time=snapshot.update_time),
-            )
-        else:
-            batch.set(ref, {"billing": {"stripe_customer_id": customer_id}}, merge=True)
-        batch.set(db.collection("stripe_customers").document(customer_id), {"client_id": client_id})
         try:
-            batch.commit()
-        except FailedPrecondition:
+            accounts.link_customer(client_id, customer_id, record.version)
+        except BillingChanged:
             continue  # the record changed (another request linked it, or onboarding): read it again
         return customer_id
     raise UpstreamUnavailable("The client's billing kept changing; try again", retry_after=1)
 
 
 def start_checkout(
-    db: Client,
+    accounts: BillingAccounts,
     gateway: PaymentGateway,
     catalog: Catalog,
     prices: PriceIds,
@@ -188,7 +177,7 @@ def start_checkout(
             )
         from shared.billing.lifecycle import rules
 
-        state = billing_state(db, client_id)
+        state = billing_state(accounts, client_id)
         # One subscription per client: while one is live (even unpaid or not yet paid) a plan changes
         # in the portal. Two Checkouts started at once both pass this; the webhook cancels the later.
         if state.subscription_id and not rules(state.subscription_status).new_checkout:
@@ -208,7 +197,7 @@ def start_checkout(
         catalog.pack(request.pack_id)
         line = CheckoutLine(prices.for_pack(request.pack_id))
         mode, metadata = "payment", {"client_id": client_id, "pack_id": request.pack_id}
-    customer_id = ensure_customer(db, gateway, client_id, None)
+    customer_id = ensure_customer(accounts, gateway, client_id, None)
     fingerprint = hashlib.sha256(f"{client_id}|{mode}|{line.price_id}|{idempotency_key}".encode()).hexdigest()[:32]
     session_id, url = gateway.create_checkout(
         client_id=client_id,
@@ -235,13 +224,17 @@ def _missing(field: str) -> ValidationFailed:
     )
 
 
-def open_portal(db: Client, gateway: PaymentGateway, client_id: str, return_url: str) -> RedirectOut:
-    customer_id = ensure_customer(db, gateway, client_id, None)
+def open_portal(accounts: BillingAccounts, gateway: PaymentGateway, client_id: str, return_url: str) -> RedirectOut:
+    """A customer-portal session for the client's Stripe customer (created on first need)."""
+    customer_id = ensure_customer(accounts, gateway, client_id, None)
     return RedirectOut(url=gateway.create_portal(customer_id, return_url))
 
 
-def invoices(db: Client, gateway: PaymentGateway, client_id: str, limit: int, cursor: str | None) -> InvoicePage:
-    state = billing_state(db, client_id)
+def invoices(
+    billing: BillingReader, gateway: PaymentGateway, client_id: str, limit: int, cursor: str | None
+) -> InvoicePage:
+    """One page of the client's Stripe invoices, newest first (none before it has a customer)."""
+    state = billing_state(billing, client_id)
     if not state.stripe_customer_id:
         return InvoicePage(items=[], next_cursor=None)
     rows, more = gateway.list_invoices(state.stripe_customer_id, limit, cursor)
@@ -269,12 +262,21 @@ def invoices(db: Client, gateway: PaymentGateway, client_id: str, limit: int, cu
 
 
 def onboard(db: Client, ledger: Ledger, catalog: Catalog, client_id: str, signup_bonus: int, now: datetime) -> bool:
+    """Free plan and the signup bonus, exactly once per client, on the Firestore adapter (the
+    signature callers use; :func:`onboard_client` is the rule on the port)."""
+    from shared.adapters.firestore.billing import FirestoreBillingStore
+
+    return onboard_client(FirestoreBillingStore(db), ledger, catalog, client_id, signup_bonus, now)
+
+
+def onboard_client(
+    accounts: BillingAccounts, ledger: Ledger, catalog: Catalog, client_id: str, signup_bonus: int, now: datetime
+) -> bool:
     """Free plan and the signup bonus, exactly once per client (the grant's key is the client id)."""
     from shared.ledger.model import Actor, GrantSource
 
-    ref = client_ref(db, client_id)
-    snapshot = ref.get()
-    if snapshot.exists and (snapshot.to_dict() or {}).get("onboarded_at"):
+    record = accounts.read(client_id)
+    if record.onboarded:
         return False
     if signup_bonus > 0:
         ledger.grant(
@@ -285,9 +287,7 @@ def onboard(db: Client, ledger: Ledger, catalog: Catalog, client_id: str, signup
             actor=Actor(kind="system", id="onboarding"),
             reason="signup bonus",
         )
-    update: dict[str, Any] = {"onboarded_at": now}
-    if not snapshot.exists or "billing" not in (snapshot.to_dict() or {}):
-        # Only a client with no billing yet starts on Free: a subscription recorded first wins.
-        update["billing"] = {"plan": "free", "product_slots": catalog.plan("free").product_slots}
-    ref.set(update, merge=True)
+    # Only a client with no billing yet starts on Free: a subscription recorded first wins.
+    start = None if record.has_billing else {"plan": "free", "product_slots": catalog.plan("free").product_slots}
+    accounts.record_onboarding(client_id, now, start)
     return True

@@ -1,5 +1,7 @@
-"""Where billing state lives, for the Stripe webhook and the daily billing job: the port and its
-Firestore adapter (an in-memory fake with the same semantics is in ``tests/fakes.py``).
+"""Where billing state lives: the ports — :class:`BillingReader` (what a guard needs), :class:`BillingStore`
+(the Stripe webhook and the daily billing job) and :class:`BillingAccounts` (the billing API: the Stripe
+customer link and onboarding). The Firestore adapter is ``shared.adapters.firestore.billing``; in-memory
+fakes with the same semantics are in ``tests/fakes.py`` and ``tests/fakes_billing.py``.
 
 Documents: ``clients/{client}`` (``billing`` and the ``plan`` mirror older readers use),
 ``stripe_events/{event}`` (one marker per applied event), ``stripe_customers/{customer}`` (customer →
@@ -17,12 +19,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.billing.models import BillingNotice, BillingState
-
-if TYPE_CHECKING:
-    from google.cloud.firestore import Client
 
 
 class BillingChanged(Exception):
@@ -41,6 +40,11 @@ DELETE: Any = _Delete()  # a change that removes the field
 class BillingSnapshot:
     state: BillingState
     version: Any  # opaque: Firestore's update_time, a counter in memory; None when there is no record
+    # Beside ``billing`` on the client's record: how many Stripe customer creations failed (each retry
+    # needs a new idempotency key), whether the client was onboarded, whether it has a ``billing`` map.
+    customer_key_attempt: int = 0
+    onboarded: bool = False
+    has_billing: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,15 @@ class EventWrite:
     notices: list[tuple[str, BillingNotice]] = field(default_factory=list)  # (document id, notice)
 
 
-class BillingStore(ABC):
+class BillingReader(ABC):
+    """Port: the client's billing as read (all the good-standing guard needs)."""
+
+    @abstractmethod
+    def read(self, client_id: str) -> BillingSnapshot:
+        """The client's billing and the version a later write is guarded by."""
+
+
+class BillingStore(BillingReader):
     """Port: billing state for the webhook processor and the daily job."""
 
     # -- the webhook --------------------------------------------------------------------------------
@@ -81,10 +93,6 @@ class BillingStore(ABC):
 
     @abstractmethod
     def client_of_customer(self, customer_id: str) -> str | None: ...
-
-    @abstractmethod
-    def read(self, client_id: str) -> BillingSnapshot:
-        """The client's billing and the version a later write is guarded by."""
 
     @abstractmethod
     def pack_purchase(self, payment_intent: str) -> PackPurchase | None:
@@ -121,139 +129,20 @@ def nested(changes: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-class FirestoreBillingStore(BillingStore):
-    def __init__(self, db: Client) -> None:
-        self.db = db
+class BillingAccounts(BillingReader):
+    """Port: what the billing API writes outside Stripe events — the client's one Stripe customer and
+    its onboarding (the Free plan for a client with no billing yet)."""
 
-    def _client(self, client_id: str) -> Any:
-        return self.db.collection("clients").document(client_id)
+    @abstractmethod
+    def note_customer_attempt(self, client_id: str, attempt: int) -> None:
+        """Remember the idempotency-key attempt the next customer creation uses (no precondition)."""
 
-    def event_recorded(self, event_id: str) -> bool:
-        return bool(self.db.collection("stripe_events").document(event_id).get().exists)
+    @abstractmethod
+    def link_customer(self, client_id: str, customer_id: str, version: Any) -> None:
+        """Store the client's Stripe customer and the customer → client index in one write, if the
+        client's record is still at ``version`` (None: it did not exist, and the write merges);
+        else :class:`BillingChanged`."""
 
-    def client_of_customer(self, customer_id: str) -> str | None:
-        snapshot = self.db.collection("stripe_customers").document(customer_id).get()
-        return str((snapshot.to_dict() or {}).get("client_id")) if snapshot.exists else None
-
-    def read(self, client_id: str) -> BillingSnapshot:
-        snapshot = self._client(client_id).get()
-        data = (snapshot.to_dict() or {}) if snapshot.exists else {}
-        state = BillingState.model_validate(data.get("billing") or {})
-        return BillingSnapshot(state=state, version=snapshot.update_time if snapshot.exists else None)
-
-    def pack_purchase(self, payment_intent: str) -> PackPurchase | None:
-        link = self.db.collection("stripe_payments").document(payment_intent).get()
-        if not link.exists:
-            return None
-        found = link.to_dict() or {}
-        client_id, session_id = str(found["client_id"]), str(found["session_id"])
-        purchase = self._client(client_id).collection("purchases").document(session_id).get().to_dict() or {}
-        if "bucket_id" not in purchase:
-            return None
-        return PackPurchase(client_id, session_id, int(purchase.get("credits", 0)), str(purchase["bucket_id"]))
-
-    def commit(self, write: EventWrite) -> bool:
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-        from google.cloud.firestore import DELETE_FIELD
-        from google.cloud.firestore_v1 import transforms
-
-        batch = self.db.batch()
-        batch.create(
-            self.db.collection("stripe_events").document(write.event_id),
-            {
-                "type": write.event_type,
-                "client_id": write.client_id,
-                "outcome": write.outcome,
-                "created": write.event_created,
-                "processed_at": write.processed_at,
-                "livemode": write.livemode,
-            },
-        )
-        client_id = write.client_id
-        if client_id and write.changes:
-            ref = self._client(client_id)
-            if write.version is not None:
-                dotted = {
-                    f"billing.{name}": DELETE_FIELD if value is DELETE else value
-                    for name, value in write.changes.items()
-                }
-                if "plan" in write.changes:
-                    dotted["plan"] = write.changes["plan"]
-                batch.update(ref, dotted, option=self.db.write_option(last_update_time=write.version))
-            else:
-                # No record yet: a concurrent first write makes this merge, not a lost update (every
-                # field it sets was decided on an empty state, and events arrive in any order anyway).
-                fields = {name: value for name, value in write.changes.items() if value is not DELETE}
-                batch.set(ref, nested(fields), merge=True)
-        if client_id and write.customer_link:
-            batch.set(self.db.collection("stripe_customers").document(write.customer_link), {"client_id": client_id})
-        if client_id and write.purchase is not None:
-            session = str(write.purchase["session_id"])
-            batch.set(self._client(client_id).collection("purchases").document(session), write.purchase, merge=True)
-        if client_id and write.payment_link is not None:
-            payment_intent, session = write.payment_link
-            batch.set(
-                self.db.collection("stripe_payments").document(payment_intent),
-                {"client_id": client_id, "session_id": session},
-            )
-        if client_id and write.refund is not None:
-            session, refunded, revoked = write.refund
-            # Kept at the largest values seen: a slower, older refund event never writes its numbers over a newer one's.
-            batch.set(
-                self._client(client_id).collection("purchases").document(session),
-                {"refunded_amount": transforms.Maximum(refunded), "revoked_credits": transforms.Maximum(revoked)},
-                merge=True,
-            )
-        for doc_id, notice in write.notices:
-            if client_id:
-                batch.set(
-                    self._client(client_id).collection("notifications").document(doc_id),
-                    {**notice.model_dump(mode="python"), "read": False},
-                )
-        try:
-            batch.commit()
-        except AlreadyExists:
-            return False  # a concurrent delivery of the same event won
-        except FailedPrecondition as exc:
-            raise BillingChanged() from exc
-        return True
-
-    def _listed(self, query: Any, field_name: str | None = None) -> list[tuple[str, Any]]:
-        """(client id, raw ``field_name``) of every match, read up front: the listing is one short query and
-        the slow per-client work does not hold it open. Parsing is each client's own step."""
-        from google.cloud.firestore_v1.field_path import FieldPath
-
-        snapshots = query.select([field_name or FieldPath.document_id()]).stream()
-        return [
-            (snapshot.id, (snapshot.to_dict() or {}).get(field_name) if field_name else None) for snapshot in snapshots
-        ]
-
-    def due_plan_changes(self, now: datetime) -> list[tuple[str, Any]]:
-        from google.cloud.firestore import FieldFilter
-
-        query = self.db.collection("clients").where(filter=FieldFilter("billing.pending_plan_at", "<=", now))
-        return self._listed(query, "billing")
-
-    def annual_clients(self) -> list[tuple[str, Any]]:
-        from google.cloud.firestore import FieldFilter
-
-        query = self.db.collection("clients").where(filter=FieldFilter("billing.interval", "==", "annual"))
-        return self._listed(query, "billing")
-
-    def free_clients(self) -> list[str]:
-        from google.cloud.firestore import FieldFilter
-
-        query = self.db.collection("clients").where(filter=FieldFilter("billing.plan", "==", "free"))
-        return [client_id for client_id, _ in self._listed(query)]
-
-    def update_billing(self, client_id: str, changes: dict[str, Any], version: Any) -> None:
-        from google.api_core.exceptions import FailedPrecondition
-        from google.cloud.firestore import DELETE_FIELD
-
-        dotted = {f"billing.{name}": DELETE_FIELD if value is DELETE else value for name, value in changes.items()}
-        if "plan" in changes:
-            dotted["plan"] = changes["plan"]
-        try:
-            self._client(client_id).update(dotted, option=self.db.write_option(last_update_time=version))
-        except FailedPrecondition as exc:
-            raise BillingChanged() from exc
+    @abstractmethod
+    def record_onboarding(self, client_id: str, now: datetime, billing: dict[str, Any] | None) -> None:
+        """Mark the client onboarded at ``now`` and, if given, set its ``billing`` (merged)."""

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client
     from PIL import Image
 
+    from shared.billing.store import BillingReader
     from shared.config import Settings
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits, Thumbnail
@@ -750,10 +751,16 @@ def create_job(
     policy: EditPolicy,
     now: datetime,
     request_key: RequestKey | None,
+    billing: BillingReader,
 ) -> EditJobDoc:
     """Reserve the quote as one hold, keep the masks, write the job and its items in one commit,
     and enqueue one fan-out task. The same Idempotency-Key returns the same job, reserving nothing;
-    with another request it is a 409."""
+    with another request it is a 409. Paid edits of a client past the payment grace period are a 402."""
+    if prepared.quote.total > 0:
+        from shared.billing.catalog import load_catalog
+        from shared.billing.service import require_good_standing
+
+        require_good_standing(billing, load_catalog(), client_id, now)
     job_id = lifecycle.job_id_for(EDITS, client_id, request_key)
     existing = lifecycle.existing_job(EDITS, db, client_id, job_id, request_key)
     if existing is not None:

@@ -49,6 +49,7 @@ from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
+    from shared.billing.store import BillingReader
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits
     from shared.ledger.service import Ledger
@@ -193,9 +194,15 @@ def create_job(
     now: datetime,
     request_key: RequestKey | None,
     retry_of: str | None = None,
+    billing: BillingReader,
 ) -> JobDoc:
     """Accept a job: one reservation for all of it, one fan-out task. Re-running with the same key
-    returns the same job and reserves nothing more; the same key with another request is a 409."""
+    returns the same job and reserves nothing more; the same key with another request is a 409.
+    A client whose payment is past the grace period starts no paid work (402), whatever the route."""
+    from shared.billing.catalog import load_catalog
+    from shared.billing.service import require_good_standing
+
+    require_good_standing(billing, load_catalog(), client_id, now)
     settings = GenerationSettings.model_validate({**base.model_dump(), **data.overrides()})
     prompts.require_style(settings.style)
     # A key names one request to one endpoint (as the HTTP layer scopes it): the same key sent to

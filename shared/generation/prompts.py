@@ -1,4 +1,7 @@
-"""Styles, prompt building, prompt enhancement, brand profile, saved presets and remembered defaults."""
+"""Styles, prompt building, prompt enhancement, brand profile, saved presets and remembered defaults.
+
+The brand profile, presets and defaults are read and written through :class:`GenerationSettingsStore`
+and products through :class:`ProductLookup` (:mod:`shared.generation.store`), never a database client."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
     from shared.catalog.models import ProductDoc
     from shared.engines.base import ImageEngine
+    from shared.generation.store import GenerationSettingsStore, ProductLookup
 
 STYLES_PATH = Path(__file__).with_name("styles.json")
 
@@ -78,26 +82,36 @@ def build_prompt(settings: GenerationSettings, product: ProductDoc | None, item_
     return "\n".join(parts)
 
 
-# -- client settings documents ------------------------------------------------------------------------
+# -- brand profile ------------------------------------------------------------------------------------
 
 
-def _settings_ref(db: Client, client_id: str, name: str) -> Any:
-    return db.collection("clients").document(client_id).collection("settings").document(name)
+def _product(products: ProductLookup, client_id: str, product_id: str) -> ProductDoc:
+    """The product, or 404 — also for another client's id (as the catalog answers)."""
+    product = products.get(client_id, product_id)
+    if product is None:
+        raise NotFound(f"No product {product_id}")
+    return product
 
 
-def get_brand(db: Client, client_id: str) -> BrandProfile:
-    snapshot = _settings_ref(db, client_id, "brand").get()
-    return BrandProfile.model_validate(snapshot.to_dict()) if snapshot.exists else BrandProfile()
+def get_brand(store: GenerationSettingsStore, client_id: str) -> BrandProfile:
+    """The client's brand profile (an empty one until saved)."""
+    return store.brand(client_id) or BrandProfile()
 
 
-def put_brand(db: Client, client_id: str, brand: BrandProfile) -> BrandProfile:
-    _settings_ref(db, client_id, "brand").set(brand.model_dump(mode="python"))
+def put_brand(store: GenerationSettingsStore, client_id: str, brand: BrandProfile) -> BrandProfile:
+    """Replace the brand profile."""
+    store.save_brand(client_id, brand)
     return brand
 
 
-def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceRequest) -> EnhanceOut:
+def enhance(
+    store: GenerationSettingsStore,
+    products: ProductLookup,
+    engine: ImageEngine,
+    client_id: str,
+    request: EnhanceRequest,
+) -> EnhanceOut:
     """Expand a short prompt with a text model, using the product and the brand profile."""
-    from shared.catalog.products import get_product
     from shared.engines.base import TextRequest
 
     # The engine gets the idea on its own too: an offline (template) engine expands it, not the lines
@@ -105,7 +119,7 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
     context: dict[str, Any] = {"idea": request.prompt}
     lines = [f"Idea: {request.prompt}"]
     if request.product_id:
-        product = get_product(db, client_id, request.product_id)
+        product = _product(products, client_id, request.product_id)
         context["product"] = {
             "name": product.name,
             "category": product.category,
@@ -114,7 +128,7 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
         lines.append(f"Product: {product.name}" + (f" ({product.category})" if product.category else ""))
         if product.description:
             lines.append("Product description: " + " ".join(product.description.split())[:500])
-    brand = get_brand(db, client_id)
+    brand = get_brand(store, client_id)
     if brand != BrandProfile():
         context["brand"] = brand.model_dump(exclude_none=True)
         lines.append("Brand profile: " + json.dumps(context["brand"]))
@@ -129,114 +143,110 @@ def enhance(db: Client, engine: ImageEngine, client_id: str, request: EnhanceReq
 # -- presets ------------------------------------------------------------------------------------------
 
 
-def _presets_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("presets")
-
-
 def built_in_presets() -> list[PresetOut]:
+    """One preset per style; not stored, so not editable or deletable."""
     return [
         PresetOut(id=f"style-{name}", name=style["label"], settings=GenerationSettings(style=name), built_in=True)
         for name, style in styles().items()
     ]
 
 
-def list_presets(db: Client, client_id: str) -> list[PresetOut]:
-    saved = [PresetOut.model_validate(s.to_dict()) for s in _presets_ref(db, client_id).order_by("name").stream()]
-    return built_in_presets() + saved
+def list_presets(store: GenerationSettingsStore, client_id: str) -> list[PresetOut]:
+    """The built-in presets, then the client's own by name."""
+    return built_in_presets() + store.presets(client_id)
 
 
-def get_preset(db: Client, client_id: str, preset_id: str) -> PresetOut:
+def get_preset(store: GenerationSettingsStore, client_id: str, preset_id: str) -> PresetOut:
+    """A built-in or saved preset, or 404."""
     for preset in built_in_presets():
         if preset.id == preset_id:
             return preset
-    snapshot = _presets_ref(db, client_id).document(preset_id).get()
-    if not snapshot.exists:
+    found = store.preset(client_id, preset_id)
+    if found is None:
         raise NotFound(f"No preset {preset_id}")
-    return PresetOut.model_validate(snapshot.to_dict())
+    return found
 
 
-def create_preset(db: Client, client_id: str, data: PresetIn, now: datetime) -> PresetOut:
+def create_preset(store: GenerationSettingsStore, client_id: str, data: PresetIn, now: datetime) -> PresetOut:
+    """Save a preset of the client's own (its style must exist)."""
     from shared.ids import new_id
 
     require_style(data.settings.style)
     preset = PresetOut(id=new_id("pre"), name=data.name, settings=data.settings, created_at=now, updated_at=now)
-    _presets_ref(db, client_id).document(preset.id).create(preset.model_dump(mode="python"))
+    store.create_preset(client_id, preset)
     return preset
 
 
-def update_preset(db: Client, client_id: str, preset_id: str, data: PresetUpdate, now: datetime) -> PresetOut:
-    preset = get_preset(db, client_id, preset_id)
+def update_preset(
+    store: GenerationSettingsStore, client_id: str, preset_id: str, data: PresetUpdate, now: datetime
+) -> PresetOut:
+    """Rename a saved preset or change its settings; built-in ones are refused."""
+    preset = get_preset(store, client_id, preset_id)
     if preset.built_in:
         raise ValidationFailed(
             "Built-in presets cannot be changed; save your own instead",
             errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}],
         )
-    changes: dict[str, Any] = {"updated_at": now}
-    if data.name is not None:
-        changes["name"] = data.name
     if data.settings is not None:
         require_style(data.settings.style)
-        changes["settings"] = data.settings.model_dump(mode="python")
-    _presets_ref(db, client_id).document(preset_id).update(changes)
-    return get_preset(db, client_id, preset_id)
+    store.update_preset(client_id, preset_id, updated_at=now, name=data.name, settings=data.settings)
+    return get_preset(store, client_id, preset_id)
 
 
-def delete_preset(db: Client, client_id: str, preset_id: str) -> None:
-    preset = get_preset(db, client_id, preset_id)
+def delete_preset(store: GenerationSettingsStore, client_id: str, preset_id: str) -> None:
+    """Delete a saved preset (404 if unknown); built-in ones are refused."""
+    preset = get_preset(store, client_id, preset_id)
     if preset.built_in:
         raise ValidationFailed(
             "Built-in presets cannot be deleted",
             errors=[{"field": "preset_id", "in": "path", "message": "built-in", "type": "value"}],
         )
-    _presets_ref(db, client_id).document(preset_id).delete()
+    store.delete_preset(client_id, preset_id)
 
 
 # -- remembered defaults ------------------------------------------------------------------------------
 
+MAX_REMEMBERED = 500  # products remembered per call (a fan-out page is smaller)
 
-def _defaults_ref(db: Client, client_id: str, kind: str, key: str) -> Any:
-    import hashlib
 
-    doc_id = f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-    return db.collection("clients").document(client_id).collection("generation_defaults").document(doc_id)
+def remember(
+    store: GenerationSettingsStore,
+    products: ProductLookup,
+    client_id: str,
+    settings: GenerationSettings,
+    product_ids: list[str],
+    now: datetime,
+) -> None:
+    """The settings of the latest job, per product and per product category (offered next time).
+    Products that no longer exist are skipped."""
+    unique = list(dict.fromkeys(product_ids))[:MAX_REMEMBERED]
+    found = products.get_many(client_id, unique)
+    store.remember(client_id, settings, [(product.id, product.category) for product in found.values()], now)
 
 
 def remember_defaults(
     db: Client, client_id: str, settings: GenerationSettings, product_ids: list[str], now: datetime
 ) -> None:
-    """The settings of the latest job, per product and per product category (offered next time)."""
-    from shared.catalog.products import products_by_ids
+    """:func:`remember` on the Firestore adapters, for the generation fan-out's call site (which has
+    a database client). Goes once the batch engine's dependencies carry the settings store."""
+    from shared.adapters.firestore.settings import FirestoreGenerationSettings, FirestoreProductLookup
 
-    unique = list(dict.fromkeys(product_ids))[:500]
-    products = products_by_ids(db, client_id, unique)
-    data = {"settings": settings.model_dump(mode="python"), "updated_at": now}
-    batch = db.batch()
-    writes = 0
-    for product in products.values():
-        batch.set(_defaults_ref(db, client_id, "product", product.id), data)
-        writes += 1
-        if product.category:
-            batch.set(_defaults_ref(db, client_id, "category", product.category), data)
-            writes += 1
-        if writes >= 400:
-            batch.commit()
-            batch, writes = db.batch(), 0
-    if writes:
-        batch.commit()
+    remember(FirestoreGenerationSettings(db), FirestoreProductLookup(db), client_id, settings, product_ids, now)
 
 
-def defaults(db: Client, client_id: str, product_id: str | None, category: str | None) -> DefaultsOut:
-    from shared.catalog.products import get_product
-
-    def read(kind: str, key: str | None) -> GenerationSettings | None:
-        if not key:
-            return None
-        snapshot = _defaults_ref(db, client_id, kind, key).get()
-        return GenerationSettings.model_validate(snapshot.to_dict()["settings"]) if snapshot.exists else None
-
+def defaults(
+    store: GenerationSettingsStore,
+    products: ProductLookup,
+    client_id: str,
+    product_id: str | None,
+    category: str | None,
+) -> DefaultsOut:
+    """The settings to offer: the product's remembered ones, else its category's, else the defaults.
+    Without an explicit category, the product's own is used (404 for an unknown product)."""
     if product_id and not category:
-        category = get_product(db, client_id, product_id).category
-    by_product, by_category = read("product", product_id), read("category", category)
+        category = _product(products, client_id, product_id).category
+    by_product = store.defaults(client_id, "product", product_id) if product_id else None
+    by_category = store.defaults(client_id, "category", category) if category else None
     return DefaultsOut(
         product=by_product, category=by_category, suggested=by_product or by_category or GenerationSettings()
     )

@@ -12,12 +12,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, Unpack
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 from shared import logging as log
 from shared.errors import (
@@ -31,6 +32,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http.problems import problem_response, validation_problem
+from shared.needs import Need
 
 if TYPE_CHECKING:
     from flask import Request, Response
@@ -41,8 +43,24 @@ if TYPE_CHECKING:
 
 logger = log.get_logger("epox.http")
 
-BodyT = TypeVar("BodyT", bound=BaseModel)
-QueryT = TypeVar("QueryT", bound=BaseModel)
+
+class NoBody(BaseModel):
+    """The body of a route that takes none (``ctx.body`` of a route declared without ``body=``)."""
+
+    model_config = {"extra": "forbid"}
+
+
+class NoQuery(BaseModel):
+    """The query of a route that takes none (``ctx.query`` of a route declared without ``query=``)."""
+
+    model_config = {"extra": "forbid"}
+
+
+# The defaults are what a route declared without ``body=`` / ``query=`` hands its handler: with them a
+# decorator call that passes None (or nothing) still solves the handler's context type.
+BodyT = TypeVar("BodyT", bound=BaseModel, default=NoBody)
+QueryT = TypeVar("QueryT", bound=BaseModel, default=NoQuery)
+ResultT = TypeVar("ResultT")
 
 
 class Access(str, Enum):
@@ -76,10 +94,6 @@ class RequestContext(Generic[BodyT, QueryT]):
         return self.principal.client_id
 
 
-class _Empty(BaseModel):
-    model_config = {"extra": "forbid"}
-
-
 @dataclass
 class JsonResponse:
     """A handler result with a non-default status or extra headers."""
@@ -89,7 +103,27 @@ class JsonResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# How the router stores a handler, whatever its models; declaring one goes through the typed decorators.
 Handler = Callable[[RequestContext[Any, Any]], Any]
+
+
+class RouteDecorator(Protocol[BodyT, QueryT]):
+    """What ``app.post(path, body=B, query=Q)`` returns: it registers a handler of ``RequestContext[B, Q]``
+    and hands it back unchanged, so mypy checks the handler against the models the route validates."""
+
+    def __call__(
+        self, handler: Callable[[RequestContext[BodyT, QueryT]], ResultT]
+    ) -> Callable[[RequestContext[BodyT, QueryT]], ResultT]: ...
+
+
+class RouteOptions(TypedDict, total=False):
+    """How a route is served, besides its models."""
+
+    status: int  # the status of a plain result (default 200)
+    access: Access  # who may call it (default USER)
+    idempotent: bool  # honour Idempotency-Key (signed-in callers)
+    max_body_bytes: int | None  # instead of MAX_BODY_BYTES
+    raw: bool  # hand the handler the unparsed body (signed webhooks)
 
 
 @dataclass
@@ -125,11 +159,32 @@ def _compile(template: str) -> re.Pattern[str]:
 class HttpApp:
     """The routes of one deployable entry point and the pipeline that serves them."""
 
-    def __init__(self, service: str, *, platform_factory: Callable[[], Platform] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        *,
+        needs: Collection[Need] = (),
+        platform_factory: Callable[[], Platform] | None = None,
+    ) -> None:
+        """``service``: the entry point's name; ``needs``: the groups of settings its routes use beyond
+        what their access implies (R2, Stripe, Gemini, the task queue…), all that production demands."""
         self.service = service
         self.routes: list[Route] = []
+        self.declared_needs = frozenset(needs)
         self._platform_factory = platform_factory
         self.get("/health", access=Access.PUBLIC)(self._health)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """The settings groups this entry point needs: the declared ones, user JWTs for USER/ADMIN routes,
+        OIDC task credentials for TASK/SCHEDULER routes."""
+        needs = set(self.declared_needs)
+        accesses = {route.access for route in self.routes}
+        if accesses & {Access.USER, Access.ADMIN}:
+            needs.add(Need.AUTH)
+        if accesses & {Access.TASK, Access.SCHEDULER}:
+            needs.add(Need.TASK_CALLS)
+        return frozenset(needs)
 
     # -- declaration -------------------------------------------------------------------------
     def route(
@@ -137,17 +192,16 @@ class HttpApp:
         method: str,
         path: str,
         *,
-        body: type[BaseModel] | None = None,
-        query: type[BaseModel] | None = None,
-        status: int = 200,
-        access: Access = Access.USER,
-        idempotent: bool = False,
-        max_body_bytes: int | None = None,
-        raw: bool = False,
-    ) -> Callable[[Handler], Handler]:
-        """Declare a route; ``raw`` hands the handler the unparsed body (signed webhooks)."""
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a route whose handler takes ``RequestContext[body, query]`` (``NoBody`` / ``NoQuery``
+        when omitted); ``raw`` hands the handler the unparsed body (signed webhooks)."""
 
-        def register(handler: Handler) -> Handler:
+        def register(
+            handler: Callable[[RequestContext[BodyT, QueryT]], ResultT],
+        ) -> Callable[[RequestContext[BodyT, QueryT]], ResultT]:
             self.routes.append(
                 Route(
                     method=method.upper(),
@@ -156,31 +210,71 @@ class HttpApp:
                     handler=handler,
                     body_model=body,
                     query_model=query,
-                    status=status,
-                    access=access,
-                    idempotent=idempotent,
-                    max_body_bytes=max_body_bytes,
-                    raw=raw,
+                    status=options.get("status", 200),
+                    access=options.get("access", Access.USER),
+                    idempotent=options.get("idempotent", False),
+                    max_body_bytes=options.get("max_body_bytes"),
+                    raw=options.get("raw", False),
                 )
             )
             return handler
 
         return register
 
-    def get(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        return self.route("GET", path, **kwargs)
+    def get(
+        self,
+        path: str,
+        *,
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a GET route (see :meth:`route`)."""
+        return self.route("GET", path, body=body, query=query, **options)
 
-    def post(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        return self.route("POST", path, **kwargs)
+    def post(
+        self,
+        path: str,
+        *,
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a POST route (see :meth:`route`)."""
+        return self.route("POST", path, body=body, query=query, **options)
 
-    def patch(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        return self.route("PATCH", path, **kwargs)
+    def patch(
+        self,
+        path: str,
+        *,
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a PATCH route (see :meth:`route`)."""
+        return self.route("PATCH", path, body=body, query=query, **options)
 
-    def put(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        return self.route("PUT", path, **kwargs)
+    def put(
+        self,
+        path: str,
+        *,
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a PUT route (see :meth:`route`)."""
+        return self.route("PUT", path, body=body, query=query, **options)
 
-    def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-        return self.route("DELETE", path, **kwargs)
+    def delete(
+        self,
+        path: str,
+        *,
+        body: type[BodyT] | None = None,
+        query: type[QueryT] | None = None,
+        **options: Unpack[RouteOptions],
+    ) -> RouteDecorator[BodyT, QueryT]:
+        """Declare a DELETE route (see :meth:`route`)."""
+        return self.route("DELETE", path, body=body, query=query, **options)
 
     # -- serving -----------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
@@ -228,7 +322,7 @@ class HttpApp:
             return self._platform_factory()
         from shared.platform import get_platform
 
-        return get_platform()
+        return get_platform(self.needs)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
         path = request.path or "/"
@@ -260,13 +354,13 @@ class HttpApp:
             if route.access is Access.ADMIN:
                 principal.require_platform_admin()
             log.bind(client_id=principal.client_id, user_id=principal.user_id)
-            platform.ensure_client(principal)
+            platform.onboarding.ensure(principal)  # tenancy: a new client's record, plan and bonus
         elif route.access is Access.TASK:
             task = platform.verify_task_call(request)
         elif route.access is Access.SCHEDULER:
             platform.verify_scheduler_call(request)
 
-        body = _Empty() if route.raw else _parse_body(route, request, raw_body)
+        body = NoBody() if route.raw else _parse_body(route, request, raw_body)
         query = _parse_query(route, request)
         ctx: RequestContext[Any, Any] = RequestContext(
             request=request,
@@ -284,7 +378,7 @@ class HttpApp:
             from shared.http.idempotency import run_idempotent
 
             return run_idempotent(
-                platform.idempotency_store(),
+                platform.idempotency_keys(),
                 client_id=principal.client_id,
                 key=key,
                 request=request,
@@ -297,7 +391,7 @@ class HttpApp:
         result = route.handler(ctx)
         return to_response(result, route.status)
 
-    def _health(self, ctx: RequestContext[Any, Any]) -> dict[str, str]:
+    def _health(self, ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
         return {"status": "ok", "service": self.service}
 
 
@@ -352,7 +446,7 @@ def _parse_body(route: Route, request: Request, raw: bytes) -> BaseModel:
                 "This endpoint takes no request body",
                 errors=[{"field": "body", "in": "body", "message": "no body expected", "type": "extra_forbidden"}],
             )
-        return _Empty()
+        return NoBody()
     if not raw.strip():
         raise MalformedJson("A JSON request body is required")
     mimetype = (request.mimetype or "").lower()
@@ -386,7 +480,7 @@ def _parse_query(route: Route, request: Request) -> BaseModel:
                     for name in args
                 ],
             )
-        return _Empty()
+        return NoQuery()
     data: dict[str, Any] = {}
     for name in args:
         values = args.getlist(name)

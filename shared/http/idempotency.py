@@ -2,7 +2,9 @@
 same key + another request → 409; a key whose first request is still running → 409 (retry later).
 
 The record lives in the client's own subtree, so keys never collide across tenants. Only successful
-responses are stored: after an error the caller may retry with the same key.
+responses are stored: after an error the caller may retry with the same key. The rules are
+:class:`IdempotencyKeys`; the records sit behind the :class:`IdempotencyStore` port (Firestore adapter:
+``shared.adapters.firestore.idempotency``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.errors import BadRequest, IdempotencyKeyReused, IdempotencyRequestInProgress
 
 if TYPE_CHECKING:
     from flask import Request, Response
-    from google.cloud.firestore import Client
 
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _REPLAYED_HEADERS = ("Content-Type", "Location")
@@ -39,80 +40,98 @@ class Begun:
     """The key is new: run the request, then complete or abandon it."""
 
 
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """One key's record: a claim (``pending``) until its request succeeded, then the response (``completed``)."""
+
+    fingerprint: str
+    state: str  # "pending" | "completed"
+    created_at: datetime
+    expires_at: datetime
+    response: StoredResponse | None = None
+
+
 class IdempotencyStore(ABC):
-    """Port: where idempotency records live."""
+    """Port: where idempotency records live, per client and key hash, with a precondition for takeovers."""
 
     @abstractmethod
-    def begin(self, client_id: str, key_hash: str, fingerprint: str) -> StoredResponse | Begun:
-        """Claim the key, or return the stored response; raise 409 errors on mismatch or in-flight."""
+    def create(self, client_id: str, key_hash: str, record: IdempotencyRecord) -> bool:
+        """Store ``record`` unless the key has one; False when it has."""
 
     @abstractmethod
-    def complete(self, client_id: str, key_hash: str, response: StoredResponse) -> None: ...
+    def get(self, client_id: str, key_hash: str) -> tuple[IdempotencyRecord, object] | None:
+        """The key's record and its version (an opaque precondition for :meth:`replace`), or None."""
 
     @abstractmethod
-    def abandon(self, client_id: str, key_hash: str) -> None: ...
+    def replace(self, client_id: str, key_hash: str, record: IdempotencyRecord, version: object) -> bool:
+        """Put ``record`` in place of the one read at ``version``; False when it changed or vanished since."""
+
+    @abstractmethod
+    def complete(self, client_id: str, key_hash: str, response: StoredResponse) -> None:
+        """Mark the key's claim completed with the response to replay."""
+
+    @abstractmethod
+    def delete(self, client_id: str, key_hash: str) -> None:
+        """Drop the key's record (a failed request frees its key)."""
 
 
-class FirestoreIdempotencyStore(IdempotencyStore):
-    """Records in ``clients/{client}/idempotency_keys/{sha256(key)}`` with an ``expires_at`` for TTL."""
+class IdempotencyKeys:
+    """The rules of a key: new → claimed; same request → replay (or 409 while it runs); another request →
+    409 reused; an expired record, or a claim whose request died (pending past PENDING_TIMEOUT), is taken
+    over by the next attempt, once (the store's precondition decides between racing attempts)."""
 
-    def __init__(self, db: Client, ttl: timedelta, clock: Callable[[], datetime]) -> None:
-        self.db = db
+    def __init__(self, store: IdempotencyStore, ttl: timedelta, clock: Callable[[], datetime]) -> None:
+        self.store = store
         self.ttl = ttl
         self.clock = clock
 
-    def _ref(self, client_id: str, key_hash: str) -> Any:
-        return self.db.collection("clients").document(client_id).collection("idempotency_keys").document(key_hash)
-
     def begin(self, client_id: str, key_hash: str, fingerprint: str) -> StoredResponse | Begun:
-        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-
-        ref = self._ref(client_id, key_hash)
+        """Claim the key, or return the stored response; raise 409 errors on mismatch or in-flight."""
         now = self.clock()
-        fresh = {"fingerprint": fingerprint, "state": "pending", "created_at": now, "expires_at": now + self.ttl}
-        try:
-            ref.create(fresh)
-            return Begun()
-        except AlreadyExists:
-            pass
-        snapshot = ref.get()
-        record = snapshot.to_dict() or {}
-        expired = record.get("expires_at") is not None and record["expires_at"] <= now
-        # A pending record whose request died (process killed mid-request) must not block the key
-        # until the TTL sweep: after PENDING_TIMEOUT another attempt may take it over.
-        stale = (
-            record.get("state") == "pending"
-            and record.get("created_at") is not None
-            and (now - record["created_at"] > PENDING_TIMEOUT)
-        )
-        if snapshot.exists and (expired or stale):
-            try:
-                from google.cloud.firestore import DELETE_FIELD
-
-                takeover = {**fresh, "status": DELETE_FIELD, "body": DELETE_FIELD, "headers": DELETE_FIELD}
-                ref.update(takeover, option=self.db.write_option(last_update_time=snapshot.update_time))
+        fresh = IdempotencyRecord(fingerprint=fingerprint, state="pending", created_at=now, expires_at=now + self.ttl)
+        for _ in range(_CLAIM_ATTEMPTS):
+            if self.store.create(client_id, key_hash, fresh):
                 return Begun()
-            except FailedPrecondition:
-                snapshot = ref.get()  # another attempt took it over first
-                record = snapshot.to_dict() or {}
-        if record.get("fingerprint") != fingerprint:
-            raise IdempotencyKeyReused("This Idempotency-Key was used with a different request")
-        if record.get("state") != "completed":
-            # IdempotencyRequestInProgress takes no retry_after (it became a body member); send the header.
-            in_progress = IdempotencyRequestInProgress()
-            in_progress.headers["Retry-After"] = "1"
-            raise in_progress
-        return StoredResponse(
-            status=int(record["status"]), body=str(record.get("body", "")), headers=dict(record.get("headers", {}))
-        )
+            found = self.store.get(client_id, key_hash)
+            if found is None:
+                continue  # the record was abandoned between our two reads: claim the key again
+            record, version = found
+            # A pending record whose request died (process killed mid-request) must not block the key
+            # until the TTL sweep: after PENDING_TIMEOUT another attempt may take it over.
+            expired = record.expires_at <= now
+            stale = record.state == "pending" and now - record.created_at > PENDING_TIMEOUT
+            if expired or stale:
+                if self.store.replace(client_id, key_hash, fresh, version):
+                    return Begun()
+                continue  # another attempt took it over first: judge what it left
+            return _verdict(record, fingerprint)
+        raise _in_progress()  # the key keeps changing under us: the caller retries shortly
 
     def complete(self, client_id: str, key_hash: str, response: StoredResponse) -> None:
-        self._ref(client_id, key_hash).update(
-            {"state": "completed", "status": response.status, "body": response.body, "headers": response.headers}
-        )
+        """Remember the successful response of the claimed key."""
+        self.store.complete(client_id, key_hash, response)
 
     def abandon(self, client_id: str, key_hash: str) -> None:
-        self._ref(client_id, key_hash).delete()
+        """Free the key after a failed request, so the caller may retry with it."""
+        self.store.delete(client_id, key_hash)
+
+
+_CLAIM_ATTEMPTS = 3
+
+
+def _verdict(record: IdempotencyRecord, fingerprint: str) -> StoredResponse:
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request")
+    if record.state != "completed" or record.response is None:
+        raise _in_progress()
+    return record.response
+
+
+def _in_progress() -> IdempotencyRequestInProgress:
+    # IdempotencyRequestInProgress takes no retry_after (it became a body member); send the header.
+    error = IdempotencyRequestInProgress()
+    error.headers["Retry-After"] = "1"
+    return error
 
 
 def fingerprint_request(request: Request, raw_body: bytes) -> str:
@@ -127,7 +146,7 @@ def fingerprint_request(request: Request, raw_body: bytes) -> str:
 
 
 def run_idempotent(
-    store: IdempotencyStore,
+    keys: IdempotencyKeys,
     *,
     client_id: str,
     key: str,
@@ -141,7 +160,7 @@ def run_idempotent(
     if not _KEY.fullmatch(key):
         raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters")
     key_hash = hashlib.sha256(f"{request.path}\n{key}".encode()).hexdigest()
-    outcome = store.begin(client_id, key_hash, fingerprint_request(request, raw_body))
+    outcome = keys.begin(client_id, key_hash, fingerprint_request(request, raw_body))
     if isinstance(outcome, StoredResponse):
         replay = Response(outcome.body, status=outcome.status)
         for name, value in outcome.headers.items():
@@ -153,13 +172,13 @@ def run_idempotent(
     try:
         response = execute()
     except Exception:
-        store.abandon(client_id, key_hash)
+        keys.abandon(client_id, key_hash)
         raise
     if response.status_code >= 300:
-        store.abandon(client_id, key_hash)
+        keys.abandon(client_id, key_hash)
         return response
     headers = {name: response.headers[name] for name in _REPLAYED_HEADERS if name in response.headers}
-    store.complete(
+    keys.complete(
         client_id,
         key_hash,
         StoredResponse(status=response.status_code, body=response.get_data(as_text=True), headers=headers),

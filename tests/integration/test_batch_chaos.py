@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as budget
 from hypothesis import strategies as st
 
+from shared.adapters.firestore.billing import FirestoreBillingStore
 from shared.batch import lifecycle, recovery
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobTask
 from shared.engines.base import (
@@ -188,6 +189,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         policy=policy,
         now=clock.now,
         request_key=None,
+        billing=FirestoreBillingStore(db),
     )
 
     done = run_to_settlement(GENERATION, db, queue, engine, client_id, job.id, handle)
@@ -297,6 +299,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
         policy=policy,
         now=clock.now,
         request_key=None,
+        billing=FirestoreBillingStore(db),
     )
     done = run_to_settlement(EDITS, db, queue, engine, client_id, job.id, handle)
 

@@ -596,7 +596,7 @@ def test_concurrent_first_calls_grant_the_bonus_once(stack: Any, client_id: str)
     def first_call(platform: Any) -> None:
         try:
             barrier.wait()
-            platform.ensure_client(principal)
+            platform.onboarding.ensure(principal)
         except Exception as exc:  # reported below
             errors.append(exc)
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from shared.billing.store import FirestoreBillingStore
+from shared.adapters.firestore.billing import FirestoreBillingStore
 from shared.ledger.store import FirestoreLedgerStore
 from tests.unit.test_billing_lifecycle_properties import machine_for
 

@@ -843,10 +843,11 @@ def test_an_older_event_racing_a_newer_one_for_the_same_client_cannot_overwrite_
 ) -> None:
     """The older event reads the billing state, the newer one commits in between: the older one's
     commit is refused by the precondition, re-runs on fresh state and is then stale."""
+    from shared.adapters.firestore.billing import FirestoreBillingStore
     from shared.billing.catalog import PriceIds, load_catalog
     from shared.billing.events import WebhookProcessor
     from shared.billing.models import StripeEvent
-    from shared.billing.store import BillingSnapshot, FirestoreBillingStore
+    from shared.billing.store import BillingSnapshot
 
     start, end = period(clock.now - timedelta(days=3))
     subscribe(hook, sub, "price_growth_m", start, end)

@@ -394,7 +394,7 @@ def test_a_key_whose_first_request_is_still_running_is_409_with_retry_after(stac
     with Flask("claim").test_request_context("/products", method="POST", data=raw):
         fingerprint = fingerprint_request(request, raw)
     key_hash = hashlib.sha256(b"/products\nslow-key").hexdigest()
-    assert isinstance(stack.platform.idempotency_store().begin(client_id, key_hash, fingerprint), Begun)
+    assert isinstance(stack.platform.idempotency_keys().begin(client_id, key_hash, fingerprint), Begun)
 
     api = stack.client("catalog_api")
     headers = stack.headers(client_id, **{"Idempotency-Key": "slow-key", "Content-Type": "application/json"})

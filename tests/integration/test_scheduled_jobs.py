@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.billing import FirestoreBillingStore
 from shared.billing import allotments
 from shared.billing.calendar import add_months
 from shared.billing.catalog import load_catalog
-from shared.billing.store import FirestoreBillingStore
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
 from shared.ledger.store import FirestoreLedgerStore

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,14 +24,8 @@ from shared.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext, _compile
-from shared.http.idempotency import (
-    Begun,
-    IdempotencyStore,
-    StoredResponse,
-    fingerprint_request,
-    run_idempotent,
-)
+from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, _compile
+from shared.http.idempotency import IdempotencyKeys, IdempotencyStore, fingerprint_request, run_idempotent
 from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
 from shared.pagination import (
     InvalidCursor,
@@ -46,6 +39,7 @@ from shared.pagination import (
 from shared.platform import Platform
 from shared.tasks import SharedSecretTaskVerifier
 from tests.fakes import InMemoryObjectStore, RecordingTaskQueue
+from tests.fakes_http import InMemoryIdempotencyStore
 
 ORIGIN = "https://app.example.test"
 SECRET = "unit-secret"
@@ -309,43 +303,47 @@ def _build_app(platform: Platform) -> HttpApp:
     app = HttpApp("unit_api", platform_factory=lambda: platform)
 
     @app.get("/things/<thing_id>", access=Access.PUBLIC)
-    def get_thing(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def get_thing(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
         return {"id": ctx.path_params["thing_id"], "request_id": ctx.request_id}
 
     @app.delete("/things/<thing_id>", access=Access.PUBLIC, status=204)
-    def delete_thing(ctx: RequestContext[Any, Any]) -> None:
+    def delete_thing(ctx: RequestContext[NoBody, NoQuery]) -> None:
         return None
 
     @app.post("/things", body=_Item, status=201, access=Access.PUBLIC)
-    def create_thing(ctx: RequestContext[Any, Any]) -> JsonResponse:
+    def create_thing(ctx: RequestContext[_Item, NoQuery]) -> JsonResponse:
         return JsonResponse({"name": ctx.body.name, "count": ctx.body.count}, status=201, headers={"Location": "/t/1"})
 
     @app.post("/small", body=_Item, access=Access.PUBLIC, max_body_bytes=64)
-    def small(ctx: RequestContext[Any, Any]) -> _Item:
+    def small(ctx: RequestContext[_Item, NoQuery]) -> _Item:
         return ctx.body
 
     @app.get("/search", query=_Search, access=Access.PUBLIC)
-    def search(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def search(ctx: RequestContext[NoBody, _Search]) -> dict[str, Any]:
         return {"q": ctx.query.q, "limit": ctx.query.limit}
 
     @app.post("/nobody", access=Access.PUBLIC)
-    def nobody(ctx: RequestContext[Any, Any]) -> dict[str, str]:
+    def nobody(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
         return {"ok": "yes"}
 
+    @app.get("/models", access=Access.PUBLIC)
+    def models(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
+        return {"body": type(ctx.body).__name__, "query": type(ctx.query).__name__}
+
     @app.get("/boom", access=Access.PUBLIC)
-    def boom(ctx: RequestContext[Any, Any]) -> None:
+    def boom(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise _BoomError("secret internals /etc/passwd")
 
     @app.get("/gone", access=Access.PUBLIC)
-    def gone(ctx: RequestContext[Any, Any]) -> None:
+    def gone(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise NotFound("No such thing", thing="x")
 
     @app.get("/whoami", access=Access.PUBLIC)
-    def whoami(ctx: RequestContext[Any, Any]) -> str:
+    def whoami(ctx: RequestContext[NoBody, NoQuery]) -> str:
         return ctx.client_id
 
     @app.post("/work", access=Access.TASK)
-    def work(ctx: RequestContext[Any, Any]) -> dict[str, Any]:
+    def work(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
         assert ctx.task is not None
         return {"queue": ctx.task.queue, "name": ctx.task.name, "retry": ctx.task.retry_count}
 
@@ -388,6 +386,11 @@ def test_path_params_reach_the_handler(client: Any) -> None:
     assert response.status_code == 200
     assert response.json == {"id": "t-1", "request_id": "req-unit-0001"}
     assert response.headers["X-Request-Id"] == "req-unit-0001"
+
+
+def test_a_route_without_models_hands_its_handler_the_empty_ones(client: Any) -> None:
+    # What RequestContext[NoBody, NoQuery] promises the type checker is what the handler gets.
+    assert client.get("/models").json == {"body": "NoBody", "query": "NoQuery"}
 
 
 def test_health_is_always_there(client: Any) -> None:
@@ -522,38 +525,12 @@ def test_cors(client: Any) -> None:
 # -- Idempotency-Key against an in-memory store --------------------------------------------------
 
 
-class InMemoryIdempotencyStore(IdempotencyStore):
-    """The port's contract, in memory (thread-safe), for exercising ``run_idempotent``."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
-        self.lock = threading.Lock()
-
-    def begin(self, client_id: str, key_hash: str, fingerprint: str) -> StoredResponse | Begun:
-        with self.lock:
-            record = self.records.get((client_id, key_hash))
-            if record is None:
-                self.records[(client_id, key_hash)] = {"fingerprint": fingerprint, "response": None}
-                return Begun()
-        if record["fingerprint"] != fingerprint:
-            raise IdempotencyKeyReused()
-        if record["response"] is None:
-            raise IdempotencyRequestInProgress()
-        stored: StoredResponse = record["response"]
-        return stored
-
-    def complete(self, client_id: str, key_hash: str, response: StoredResponse) -> None:
-        self.records[(client_id, key_hash)]["response"] = response
-
-    def abandon(self, client_id: str, key_hash: str) -> None:
-        self.records.pop((client_id, key_hash), None)
-
-
 def _run(
     store: IdempotencyStore, key: str, body: bytes, execute: Any, *, client_id: str = "c1", path: str = "/things"
 ) -> Any:
+    keys = IdempotencyKeys(store, timedelta(hours=24), lambda: datetime(2026, 1, 1, tzinfo=UTC))
     with Flask("idem").test_request_context(path, method="POST", data=body, content_type="application/json"):
-        return run_idempotent(store, client_id=client_id, key=key, request=request, raw_body=body, execute=execute)
+        return run_idempotent(keys, client_id=client_id, key=key, request=request, raw_body=body, execute=execute)
 
 
 class _Counter:
