@@ -19,7 +19,7 @@ from shared.catalog.models import (
     UploadCreate,
     UploadPurpose,
 )
-from shared.catalog.ports import CatalogRepositories
+from shared.catalog.ports import CatalogRepositories, Found
 from shared.imaging import ImageLimits
 from shared.tasks import RetryTask, TaskCall
 from tests import images
@@ -206,3 +206,30 @@ def test_a_preview_the_store_refuses_is_a_422() -> None:
     repos.imports.too_large = 200
     with pytest.raises(imports.CsvPreviewTooLarge):
         draft(repos, store, csv([("A", "")]))
+
+
+def test_a_corrupt_import_fails_alone_and_the_reaper_goes_on_after_it() -> None:
+    repos, store, queue = setup()
+    import_id = draft(repos, store, csv([("A", "")]))
+    imports.start_import(repos, store, queue, CLIENT, import_id, POLICY, NOW)
+    queue.tasks.clear()  # the task was lost
+
+    class WithCorrupt(InMemoryImportRepository):
+        def stale(
+            self, before: datetime, limit: int, *, after: datetime | None = None, client_id: str | None = None
+        ) -> list[Found]:
+            # Older than every other stale import: the first in line, until the cursor passes it.
+            when = NOW - timedelta(minutes=1)
+            corrupt = [Found("client_b", "imp_corrupt", {"progress": "not a progress", "updated_at": when}, None)]
+            return [*(corrupt if after is None or when > after else []), *super().stale(before, limit, after=after)][
+                :limit
+            ]
+
+    assert isinstance(repos.imports, InMemoryImportRepository)
+    reaping = WithCorrupt()
+    reaping.imports, reaping.stored_parts = repos.imports.imports, repos.imports.stored_parts
+    bundle = CatalogRepositories(products=repos.products, assets=repos.assets, uploads=repos.uploads, imports=reaping)
+    first = imports.reap_stuck_imports(bundle, store, queue, POLICY, NOW + timedelta(hours=1), limit=1)
+    assert (first.failed, first.chunks_requeued, first.more) == ({"client_b": "corrupt_document"}, {}, True)
+    second = imports.reap_stuck_imports(bundle, store, queue, POLICY, NOW + timedelta(hours=1), limit=1)
+    assert second.chunks_requeued == {CLIENT: [f"{import_id}/0"]}
