@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
+from shared.adapters.firestore.catalog import firestore_catalog
 from shared.billing import service
 from shared.billing.allotments import JOB, BillingJobReport, run_daily
 from shared.billing.catalog import load_catalog
@@ -25,6 +26,7 @@ from shared.billing.models import (
     SubscriptionOut,
 )
 from shared.billing.policies import billing_accounts, billing_store, price_ids
+from shared.catalog.products import product_usage
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.needs import Need
 from shared.scheduled import finish
@@ -44,7 +46,8 @@ def plans(ctx: RequestContext[NoBody, NoQuery]) -> CatalogOut:
 @api.get("/subscription")
 def subscription(ctx: RequestContext[NoBody, NoQuery]) -> SubscriptionOut:
     p = ctx.platform
-    return service.subscription_out(p.db, billing_accounts(p), load_catalog(), ctx.client_id, p.clock())
+    used = product_usage(firestore_catalog(p.db).products, ctx.client_id).used
+    return service.subscription_out(billing_accounts(p), load_catalog(), ctx.client_id, p.clock(), products_used=used)
 
 
 @api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)

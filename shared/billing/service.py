@@ -39,12 +39,6 @@ class PaymentPastDue(EpoxError):
     title = "Payment is past due"
 
 
-class ProductSlotLimit(EpoxError):
-    status = 402
-    code = "product_slot_limit"
-    title = "The plan's product slots are all used"
-
-
 def billing_state(billing: BillingReader, client_id: str) -> BillingState:
     """The client's billing (the defaults of a client with no record yet)."""
     return billing.read(client_id).state
@@ -101,12 +95,10 @@ def require_good_standing(billing: BillingReader, catalog: Catalog, client_id: s
 
 
 def subscription_out(
-    db: Client, billing: BillingReader, catalog: Catalog, client_id: str, now: datetime
+    billing: BillingReader, catalog: Catalog, client_id: str, now: datetime, *, products_used: int
 ) -> SubscriptionOut:
-    """The current subscription as the Billing page shows it (``db``: the catalog's product usage)."""
-    from shared.catalog.products import product_usage
-
-    usage = product_usage(db, client_id)
+    """The current subscription as the Billing page shows it (``products_used``: the catalog's count,
+    which the entry point reads, so billing does not depend on the catalog)."""
     state = billing_state(billing, client_id)
     plan = catalog.plans.get(state.plan) or catalog.plan("free")
     return SubscriptionOut(
@@ -115,7 +107,7 @@ def subscription_out(
         interval=state.interval,
         status=state.subscription_status,
         product_slots=state.product_slots,
-        products_used=usage.used,
+        products_used=products_used,
         monthly_credits=plan.monthly_credits,
         current_period_end=state.current_period_end,
         cancel_at_period_end=state.cancel_at_period_end,
