@@ -71,6 +71,14 @@ def test_each_kind_builds_its_services_from_the_platform(platform: Platform, set
     assert edits.policy == edit_policy(settings).batch
 
 
+def test_each_kinds_services_hold_its_own_job_store(platform: Platform) -> None:
+    from shared.adapters.firestore.batch import FirestoreJobStore
+
+    for kind in (GENERATION, EDITS):
+        jobs = kind.dependencies(platform).jobs
+        assert isinstance(jobs, FirestoreJobStore) and jobs.kind is kind and jobs.db is DB
+
+
 def generation_services(store: InMemoryObjectStore, fanout_page: int = 2) -> GenerationServices:
     policy = BatchPolicy(max_attempts=3, hold_ttl=timedelta(hours=1), fanout_page=fanout_page)
     return GenerationServices(
