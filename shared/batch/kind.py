@@ -23,7 +23,8 @@ Adding a job kind (store sync-back, video):
 2. A :class:`JobOrder` subclass carrying the request, and, when the kind needs more than
    :class:`JobServices` holds (an engine, its own limits), a :class:`JobServices` subclass.
 3. One ``JobKind[Job, Item, Services, Order]`` subclass: the names (collection, ids, tasks, hold), the
-   rules above, and :meth:`JobKind.dependencies` building its services from the platform.
+   rules above, :meth:`JobKind.store` (its documents: ``FirestoreJobStore(platform.db, self)``) and
+   :meth:`JobKind.dependencies` building its services (``jobs=self.store(platform)``) from the platform.
 4. Routes: the API entry point calls :func:`shared.batch.lifecycle.accept` (and the status reads);
    the Cloud Tasks entry point only calls ``add_worker_routes(tasks, KIND)``
    (:mod:`shared.batch.routes`), which serves the fan-out, item, settle and reaper routes.
@@ -241,10 +242,10 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
         raise NotImplementedError(f"{type(self).__name__} is not served by worker routes")
 
     def store(self, platform: Platform) -> JobStore[JobT, ItemT]:
-        """Where the kind's jobs live: its documents on the platform's Firestore."""
-        from shared.adapters.firestore.batch import FirestoreJobStore
-
-        return FirestoreJobStore(platform.db, self)
+        """Where the kind's jobs live (the adapter the kind is wired to, e.g.
+        :class:`~shared.adapters.firestore.batch.FirestoreJobStore` on the platform's Firestore): what
+        its services and its status reads use."""
+        raise NotImplementedError(f"{type(self).__name__} has no job store")
 
     # -- steps ------------------------------------------------------------------------------------
 

@@ -735,6 +735,11 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
     # removal on the worker's CPU: the most Cloud Tasks allows.
     item_deadline = MAX_DISPATCH_DEADLINE
 
+    def store(self, platform: Platform) -> JobStore[EditJobDoc, EditItemDoc]:
+        from shared.adapters.firestore.batch import FirestoreJobStore
+
+        return FirestoreJobStore(platform.db, self)
+
     def dependencies(self, platform: Platform) -> EditServices:
         policy = edit_policy(platform.settings)
 

@@ -131,6 +131,11 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     # minutes, so the most Cloud Tasks allows. The worker function's own timeout ends a hung delivery.
     item_deadline = MAX_DISPATCH_DEADLINE
 
+    def store(self, platform: Platform) -> JobStore[JobDoc, ItemDoc]:
+        from shared.adapters.firestore.batch import FirestoreJobStore
+
+        return FirestoreJobStore(platform.db, self)
+
     def dependencies(self, platform: Platform) -> GenerationServices:
         from shared.catalog.policies import generation_policy
 
