@@ -25,14 +25,14 @@ demo: $(STAMP)  ## run the scripted end-to-end demo against a running `make dev`
 test: $(STAMP)  ## lint, type-check and run the whole test suite (starts its own emulator)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared functions dev
+	$(PY) -m mypy shared functions dev bench
 	$(PY) -m dev.run_tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(PY) -m mypy shared functions dev
+	$(PY) -m mypy shared functions dev bench
 
 bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
 	$(PY) -m bench.run

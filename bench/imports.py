@@ -163,6 +163,7 @@ def _chunk_delivery(host: str) -> None:
     from google.cloud import firestore
     from PIL import Image
 
+    from shared.adapters.firestore.catalog import firestore_catalog
     from shared.adapters.safe_fetch import AddressPolicy, SafeFetcher
     from shared.catalog import imports
     from shared.catalog.models import ImportChunkTask, ImportCreate, UploadCreate, UploadPurpose
@@ -182,6 +183,7 @@ def _chunk_delivery(host: str) -> None:
         import_chunk_budget_seconds=CHUNK_BUDGET_SECONDS,
     )
     db = firestore.Client(project="epox-bench")
+    catalog = firestore_catalog(db)
     store = InMemoryObjectStore()
     queue = RecordingTaskQueue()
     client_id = "bench-import"
@@ -191,24 +193,24 @@ def _chunk_delivery(host: str) -> None:
     request = UploadCreate(
         filename="p.csv", content_type="text/csv", size_bytes=len(data), purpose=UploadPurpose.CSV_IMPORT
     )
-    slot = create_upload(db, store, client_id, request, uploads, now)
+    slot = create_upload(catalog, store, client_id, request, uploads, now)
     store.put(f"uploads/{client_id}/{slot.id}", data, "text/csv")
-    complete_upload(db, store, client_id, slot.id, uploads, now)
+    complete_upload(catalog, store, client_id, slot.id, uploads, now)
     policy = import_policy(settings)
-    draft = imports.create_import(db, store, client_id, ImportCreate(upload_id=slot.id), policy, now)
-    imports.start_import(db, store, queue, client_id, draft.id, policy, now)
+    draft = imports.create_import(catalog, store, client_id, ImportCreate(upload_id=slot.id), policy, now)
+    imports.start_import(catalog, store, queue, client_id, draft.id, policy, now)
     db.collection("clients").document(client_id).set({"billing": {"plan": "scale", "product_slots": 5000}}, merge=True)
     with SafeFetcher(policy=AddressPolicy(extra_allowed_networks=[ip_network("127.0.0.1/32")])) as fetcher:
         task = ImportChunkTask(client_id=client_id, import_id=draft.id, chunk=0)
         call = TaskCall(queue="bench", name="bench", retry_count=0, execution_count=0)
         started = time.perf_counter()
         try:
-            outcome = imports.run_import_chunk(db, store, queue, fetcher, task, call, policy, now)
+            outcome = imports.run_import_chunk(catalog, store, queue, fetcher, task, call, policy, now)
         except RetryTask as retry:
             outcome = f"answered 503, the queue retries: {retry.detail}"
         elapsed = time.perf_counter() - started
         limits = policy.fetch_limits
-    progress = imports.get_import(db, client_id, draft.id).progress
+    progress = imports.get_import(catalog.imports, client_id, draft.id).progress
     follow_up = [t.payload for t in queue.tasks if isinstance(t.payload, ImportChunkTask) and t.payload.row]
     download = min(limits.read_timeout, limits.total_timeout, IMAGE_DELAY_SECONDS)
     print(

@@ -6,14 +6,28 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage
+from pydantic import BaseModel
+
+from shared.catalog.models import (
+    AssetDoc,
+    AssetRevision,
+    ImportDoc,
+    ImportStatus,
+    ProductDoc,
+    ProductImage,
+    UploadDoc,
+    UploadStatus,
+)
 from shared.catalog.ports import (
     AssetExists,
     AssetFilter,
     AssetRepository,
     CatalogRepositories,
+    DocumentTooLarge,
+    Found,
+    ImportRepository,
     ItemGuard,
     ProductFilter,
     ProductGone,
@@ -21,12 +35,19 @@ from shared.catalog.ports import (
     RevisionConflict,
     SlotsRead,
     StaleWrite,
+    UploadRepository,
     Versioned,
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
 from shared.errors import NotFound
 
 _versions = itertools.count(1)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _changed(doc: M, changes: dict[str, Any]) -> M:
+    """The document with ``changes`` applied as stored values (validated, as a read would give them)."""
+    return type(doc).model_validate({**doc.model_dump(), **changes})
 
 
 def _newest_first(docs: Iterable[Any], after: tuple[datetime, str] | None, limit: int) -> list[Any]:
@@ -83,7 +104,7 @@ class InMemoryProductRepository(ProductRepository):
         entry = self._of(client_id).get(product_id)
         if entry is None or entry[1] != version:
             raise StaleWrite()
-        self._of(client_id)[product_id] = (entry[0].model_copy(update=changes), next(_versions))
+        self._of(client_id)[product_id] = (_changed(entry[0], changes), next(_versions))
 
     def add_image(self, client_id: str, product_id: str, image: ProductImage, now: datetime) -> None:
         entry = self._of(client_id).get(product_id)
@@ -257,7 +278,7 @@ class InMemoryAssetRepository(AssetRepository):
         asset = self.get(client_id, asset_id)
         if asset is None:
             raise NotFound(f"No asset {asset_id}")
-        self._of(client_id)[asset_id] = asset.model_copy(update=changes)
+        self._of(client_id)[asset_id] = _changed(asset, changes)
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         asset = self._of(client_id).pop(asset_id, None)
@@ -272,6 +293,155 @@ class InMemoryAssetRepository(AssetRepository):
         return [stored[number] for number in sorted(stored)]
 
 
+class InMemoryUploadRepository(UploadRepository):
+    def __init__(self) -> None:
+        self.uploads: dict[tuple[str, str], tuple[UploadDoc, int]] = {}
+
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None:
+        entry = self.uploads.get((client_id, upload_id))
+        return entry[0] if entry else None
+
+    def create(self, doc: UploadDoc) -> None:
+        if (doc.client_id, doc.id) in self.uploads:
+            raise StaleWrite()
+        self.uploads[(doc.client_id, doc.id)] = (doc, next(_versions))
+
+    def delete(self, client_id: str, upload_id: str) -> None:
+        self.uploads.pop((client_id, upload_id), None)
+
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None:
+        entry = self.uploads.get((client_id, upload_id))
+        if entry is None:
+            raise NotFound(f"No upload {upload_id}")
+        self.uploads[(client_id, upload_id)] = (_changed(entry[0], changes), next(_versions))
+
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        return sum(
+            1
+            for (owner, _), (doc, _) in self.uploads.items()
+            if owner == client_id and doc.status is UploadStatus.PENDING and doc.expires_at > now
+        )
+
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Found]:
+        due = [
+            (doc.sweep_at, Found(owner, doc.id, doc.model_dump(), version))
+            for (owner, _), (doc, version) in self.uploads.items()
+            if (client_id is None or owner == client_id) and doc.sweep_at is not None and doc.sweep_at < now
+        ]
+        return [found for _, found in sorted(due, key=lambda pair: pair[0])][:limit]
+
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        key = (upload.value.client_id, upload.value.id)
+        entry = self.uploads.get(key)
+        if entry is None or entry[1] != upload.version:
+            raise StaleWrite()
+        self.uploads[key] = (_changed(entry[0], changes), next(_versions))
+
+
+class InMemoryImportRepository(ImportRepository):
+    """Imports with their parts and the reaper's cursors; ``too_large`` bytes refuse a document."""
+
+    def __init__(self, too_large: int = 1_000_000) -> None:
+        self.imports: dict[tuple[str, str], tuple[ImportDoc, int]] = {}
+        self.stored_parts: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.cursors: dict[str | None, datetime | None] = {}
+        self.too_large = too_large
+        self.before_write: list[Any] = []  # hooks run before a guarded write: tests interleave writers
+
+    def _interleave(self) -> None:
+        while self.before_write:
+            self.before_write.pop(0)()
+
+    def _check_size(self, doc: ImportDoc) -> None:
+        if len(doc.model_dump_json()) > self.too_large:
+            raise DocumentTooLarge(doc.id)
+
+    def get(self, client_id: str, import_id: str) -> ImportDoc | None:
+        entry = self.imports.get((client_id, import_id))
+        return entry[0] if entry else None
+
+    def create(self, doc: ImportDoc) -> None:
+        self._check_size(doc)
+        if (doc.client_id, doc.id) in self.imports:
+            raise StaleWrite()
+        self.imports[(doc.client_id, doc.id)] = (doc, next(_versions))
+
+    def update(self, client_id: str, import_id: str, changes: dict[str, Any]) -> None:
+        entry = self.imports.get((client_id, import_id))
+        if entry is None:
+            raise NotFound(f"No import {import_id}")
+        changed = _changed(entry[0], changes)
+        self._check_size(changed)
+        self.imports[(client_id, import_id)] = (changed, next(_versions))
+
+    def load(self, client_id: str, import_id: str) -> Versioned[ImportDoc] | None:
+        entry = self.imports.get((client_id, import_id))
+        return Versioned(entry[0], entry[1]) if entry else None
+
+    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+        self._interleave()
+        key = (loaded.value.client_id, loaded.value.id)
+        entry = self.imports.get(key)
+        if entry is None or entry[1] != loaded.version:
+            raise StaleWrite()
+        self.imports[key] = (_changed(entry[0], changes), next(_versions))
+
+    def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
+        return self.stored_parts.get((client_id, import_id), {}).get(part_id)
+
+    def parts(self, client_id: str, import_id: str) -> list[dict[str, Any]]:
+        stored = self.stored_parts.get((client_id, import_id), {})
+        return [stored[part_id] for part_id in sorted(stored)]
+
+    def record_part(
+        self,
+        client_id: str,
+        import_id: str,
+        part_id: str,
+        stored: dict[str, Any],
+        counts: dict[str, int],
+        changes: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        self._interleave()
+        parts = self.stored_parts.setdefault((client_id, import_id), {})
+        if part_id in parts:
+            return parts[part_id]
+        entry = self.imports.get((client_id, import_id))
+        if entry is None:
+            raise NotFound(f"No import {import_id}")
+        progress = entry[0].progress.model_dump()
+        for name, count in counts.items():
+            progress[name] += count
+        parts[part_id] = stored
+        self.imports[(client_id, import_id)] = (_changed(entry[0], {**changes, "progress": progress}), next(_versions))
+        return None
+
+    def stale(
+        self, before: datetime, limit: int, *, after: datetime | None = None, client_id: str | None = None
+    ) -> list[Found]:
+        found = [
+            doc
+            for (owner, _), (doc, _) in self.imports.items()
+            if (client_id is None or owner == client_id)
+            and doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING)
+            and doc.updated_at < before
+            and (after is None or doc.updated_at > after)
+        ]
+        ordered = sorted(found, key=lambda doc: doc.updated_at)[:limit]
+        return [Found(doc.client_id, doc.id, doc.model_dump(), None) for doc in ordered]
+
+    def reaper_cursor(self, client_id: str | None) -> datetime | None:
+        return self.cursors.get(client_id)
+
+    def save_reaper_cursor(self, client_id: str | None, after: datetime | None, now: datetime) -> None:
+        self.cursors[client_id] = after
+
+
 def in_memory_catalog() -> CatalogRepositories:
     products = InMemoryProductRepository()
-    return CatalogRepositories(products=products, assets=InMemoryAssetRepository(products))
+    return CatalogRepositories(
+        products=products,
+        assets=InMemoryAssetRepository(products),
+        uploads=InMemoryUploadRepository(),
+        imports=InMemoryImportRepository(),
+    )

@@ -100,19 +100,21 @@ def delete_product(ctx: RequestContext[NoBody, NoQuery]) -> None:
 @api.post("/uploads", body=UploadCreate, status=201, idempotent=True)
 def create_upload(ctx: RequestContext[UploadCreate, NoQuery]) -> UploadOut:
     p = ctx.platform
-    return uploads.create_upload(p.db, p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock())
+    return uploads.create_upload(
+        _repos(ctx), p.object_store, ctx.client_id, ctx.body, upload_policy(p.settings), p.clock()
+    )
 
 
 @api.get("/uploads/<upload_id>")
 def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
-    return uploads.upload_out(uploads.get_upload(ctx.platform.db, ctx.client_id, ctx.path_params["upload_id"]))
+    return uploads.upload_out(uploads.get_upload(_repos(ctx).uploads, ctx.client_id, ctx.path_params["upload_id"]))
 
 
 @api.post("/uploads/<upload_id>/complete")
 def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     p = ctx.platform
     return uploads.complete_upload(
-        p.db, p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
+        _repos(ctx), p.object_store, ctx.client_id, ctx.path_params["upload_id"], upload_policy(p.settings), p.clock()
     )
 
 
@@ -122,20 +124,22 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 @api.post("/imports", body=ImportCreate, status=201, idempotent=True)
 def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
-    doc = imports.create_import(p.db, p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock())
+    doc = imports.create_import(
+        _repos(ctx), p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock()
+    )
     return imports.import_out(doc)
 
 
 @api.get("/imports/<import_id>")
 def get_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
-    return imports.import_out(imports.get_import(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"]))
+    return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
 @api.patch("/imports/<import_id>", body=ImportUpdate)
 def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
-        p.db,
+        _repos(ctx),
         p.object_store,
         ctx.client_id,
         ctx.path_params["import_id"],
@@ -150,7 +154,7 @@ def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
 def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
-        p.db,
+        _repos(ctx),
         p.object_store,
         p.task_queue,
         ctx.client_id,
@@ -165,7 +169,7 @@ def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
 def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
     from flask import Response
 
-    report = imports.error_report_csv(ctx.platform.db, ctx.client_id, ctx.path_params["import_id"])
+    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"])
     filename = f"{ctx.path_params['import_id']}-errors.csv"
     return Response(
         report,
@@ -214,7 +218,7 @@ def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> dict[str, str
     p = ctx.platform
     assert ctx.task is not None
     outcome = imports.run_import_chunk(
-        p.db, p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
+        _repos(ctx), p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return {"outcome": outcome}
 
@@ -222,14 +226,14 @@ def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> dict[str, str
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)
 def reap_stuck_imports(ctx: RequestContext[NoBody, NoQuery]) -> imports.ImportReapReport:
     p = ctx.platform
-    report = imports.reap_stuck_imports(p.db, p.object_store, p.task_queue, import_policy(p.settings), p.clock())
+    report = imports.reap_stuck_imports(_repos(ctx), p.object_store, p.task_queue, import_policy(p.settings), p.clock())
     return finish(report, imports.REAP_JOB)
 
 
 @tasks.post("/jobs/sweep-uploads", access=Access.SCHEDULER)
 def sweep_uploads(ctx: RequestContext[NoBody, NoQuery]) -> uploads.UploadSweepReport:
     p = ctx.platform
-    return finish(uploads.sweep_uploads(p.db, p.object_store, p.clock()), uploads.SWEEP_JOB)
+    return finish(uploads.sweep_uploads(_repos(ctx).uploads, p.object_store, p.clock()), uploads.SWEEP_JOB)
 
 
 @tasks.post("/jobs/recount-product-usage", access=Access.SCHEDULER)

@@ -39,12 +39,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from shared import logging as log
-from shared.adapters.firestore.catalog import (
-    FirestoreAssetRepository,
-    FirestoreProductRepository,
-    assets_ref,
-    products_ref,
-)
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
     AssetOrigin,
@@ -62,6 +56,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
+from shared.catalog.ports import CatalogRepositories, DocumentTooLarge, ImportRepository, StaleWrite
 from shared.catalog.products import build_product, create_products
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
@@ -72,8 +67,6 @@ from shared.tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, RetryTask
 from shared.tasks import task_name as make_task_name
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.adapters.safe_fetch import FetchLimits, SafeFetcher
     from shared.catalog.csv_parsing import ColumnMapping, ParsedCsv, ProductDraft, RowResult
     from shared.imaging import ImageLimits
@@ -118,10 +111,6 @@ class ImportNotEditable(Conflict):
 class CsvPreviewTooLarge(UnprocessableContent):
     code = "csv_preview_too_large"
     title = "The file's preview is too large to keep"
-
-
-def imports_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("imports")
 
 
 def _load_csv(
@@ -171,19 +160,22 @@ def _preview(parsed: ParsedCsv, mapping: ColumnMapping) -> dict[str, Any]:
 
 def _write(write: Callable[[], Any]) -> None:
     """A write of the import document; a preview Firestore still refuses is a 422, not a 500."""
-    from google.api_core.exceptions import InvalidArgument
-
     try:
         write()
-    except InvalidArgument as exc:
+    except DocumentTooLarge as exc:
         raise CsvPreviewTooLarge("The file's preview is too large to keep; shorten long values.") from exc
 
 
 def create_import(
-    db: Client, store: ObjectStore, client_id: str, data: ImportCreate, policy: ImportPolicy, now: datetime
+    repos: CatalogRepositories,
+    store: ObjectStore,
+    client_id: str,
+    data: ImportCreate,
+    policy: ImportPolicy,
+    now: datetime,
 ) -> ImportDoc:
     """Parse an uploaded CSV and return a draft import with its preview and detected mapping."""
-    upload = get_upload(db, client_id, data.upload_id)
+    upload = get_upload(repos.uploads, client_id, data.upload_id)
     if upload.purpose is not UploadPurpose.CSV_IMPORT:
         raise ValidationFailed(
             "The upload is not a CSV upload",
@@ -206,19 +198,20 @@ def create_import(
         created_at=now,
         updated_at=now,
     )
-    _write(lambda: imports_ref(db, client_id).document(doc.id).create(doc.model_dump(mode="python")))
+    _write(lambda: repos.imports.create(doc))
     return doc
 
 
-def get_import(db: Client, client_id: str, import_id: str) -> ImportDoc:
-    snapshot = imports_ref(db, client_id).document(import_id).get()
-    if not snapshot.exists:
+def get_import(imports: ImportRepository, client_id: str, import_id: str) -> ImportDoc:
+    """The import, or 404."""
+    doc = imports.get(client_id, import_id)
+    if doc is None:
         raise NotFound(f"No import {import_id}")
-    return ImportDoc.model_validate(snapshot.to_dict())
+    return doc
 
 
 def update_import(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     client_id: str,
     import_id: str,
@@ -232,13 +225,13 @@ def update_import(
     encoding can change how they are spelled), else it gets the one detected anew."""
     from shared.catalog.csv_parsing import ColumnMapping, auto_map, validate_mapping
 
-    doc = get_import(db, client_id, import_id)
+    doc = get_import(repos.imports, client_id, import_id)
     if doc.status is not ImportStatus.DRAFT:
         raise ImportNotEditable("The mapping can only change before the import starts")
     sent = data.model_fields_set
     encoding = data.encoding if "encoding" in sent else doc.encoding
     delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
-    parsed = _load_csv(store, get_upload(db, client_id, doc.upload_id), policy, encoding, delimiter)
+    parsed = _load_csv(store, get_upload(repos.uploads, client_id, doc.upload_id), policy, encoding, delimiter)
     if data.mapping is not None:
         mapping = _mapping(parsed, data.mapping)
     else:
@@ -254,7 +247,7 @@ def update_import(
         "delimiter": delimiter,
         "updated_at": now,
     }
-    _write(lambda: imports_ref(db, client_id).document(import_id).update(changes))
+    _write(lambda: repos.imports.update(client_id, import_id, changes))
     return doc.model_copy(update=changes)
 
 
@@ -281,7 +274,7 @@ def _chunk_task(task: ImportChunkTask, policy: ImportPolicy, *, attempt: str | N
 
 
 def start_import(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     queue: TaskQueue,
     client_id: str,
@@ -292,7 +285,7 @@ def start_import(
     """Split the CSV into chunk files and enqueue the first window of chunks. Starting again is harmless."""
     from shared.catalog.csv_parsing import ColumnMapping, group_rows, row_to_draft
 
-    doc = get_import(db, client_id, import_id)
+    doc = get_import(repos.imports, client_id, import_id)
     if doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING):
         # A retried start re-sends the first window: the queue drops names it has seen, and a chunk
         # already recorded only passes its slot in the window on.
@@ -300,7 +293,7 @@ def start_import(
         return doc
     if doc.status is not ImportStatus.DRAFT:
         return doc
-    upload = get_upload(db, client_id, doc.upload_id)
+    upload = get_upload(repos.uploads, client_id, doc.upload_id)
     parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
     mapping = ColumnMapping.model_validate(doc.mapping)
     rows = group_rows(parsed, mapping, None)
@@ -321,7 +314,7 @@ def start_import(
         "started_at": now,
         "updated_at": now,
     }
-    imports_ref(db, client_id).document(import_id).update(changes)
+    repos.imports.update(client_id, import_id, changes)
     started = doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
     _enqueue_window(queue, started, policy)
     return started
@@ -417,12 +410,8 @@ def _part_id(chunk: int, start: Position) -> str:
     return f"{chunk:05d}" if start == (0, 0) else f"{chunk:05d}-{start[0]:05d}-{start[1]:02d}"
 
 
-def _chunks_ref(db: Client, client_id: str, import_id: str) -> Any:
-    return imports_ref(db, client_id).document(import_id).collection("chunks")
-
-
 def run_import_chunk(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     queue: TaskQueue,
     fetcher: SafeFetcher,
@@ -437,25 +426,24 @@ def run_import_chunk(
     then queue the rest of the chunk, or the chunk one window ahead when this part ended the chunk.
     Returns what happened (for the log)."""
     try:
-        doc = get_import(db, task.client_id, task.import_id)
+        doc = get_import(repos.imports, task.client_id, task.import_id)
     except NotFound:
         return "import not found: dropped"
     if doc.status in (ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.DRAFT):
         return f"import is {doc.status.value}: nothing to do"
     start = (task.row, task.image)
-    part_ref = _chunks_ref(db, task.client_id, task.import_id).document(_part_id(task.chunk, start))
-    snapshot = part_ref.get()
-    if snapshot.exists:
-        part = _Part.from_stored(snapshot.to_dict())
+    stored = repos.imports.part(task.client_id, task.import_id, _part_id(task.chunk, start))
+    if stored is not None:
+        part = _Part.from_stored(stored)
     else:
         last_attempt = call.retry_count + 1 >= policy.max_attempts
-        part = _run_part(db, store, fetcher, doc, task, policy, now, last_attempt=last_attempt, clock=clock)
-        part = _record_part(db, doc, part_ref, part, now)
-    return _pass_on(db, queue, doc, task, part, policy, now)
+        part = _run_part(repos, store, fetcher, doc, task, policy, now, last_attempt=last_attempt, clock=clock)
+        part = _record_part(repos.imports, doc, part, now)
+    return _pass_on(repos.imports, queue, doc, task, part, policy, now)
 
 
 def _run_part(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     fetcher: SafeFetcher,
     doc: ImportDoc,
@@ -469,12 +457,12 @@ def _run_part(
     deadline = clock() + policy.chunk_budget_seconds
     try:
         results = _chunk_results(store, doc, task.chunk)
-        part = _process_rows(db, store, fetcher, doc, task, results, policy, now, lambda: clock() >= deadline)
+        part = _process_rows(repos, store, fetcher, doc, task, results, policy, now, lambda: clock() >= deadline)
     except Exception:
         if not last_attempt:
             raise  # a 5xx: the queue delivers the chunk again
         logger.exception("chunk %s of import %s failed on its last attempt: recorded as failed", task.chunk, doc.id)
-        return _failed_part(db, store, doc, task, now, "the import worker failed on every attempt")
+        return _failed_part(repos, store, doc, task, now, "the import worker failed on every attempt")
     if part.transient and not last_attempt:
         # Images already stored are skipped by the next delivery.
         raise RetryTask(f"{len(part.transient)} image downloads failed temporarily; retrying the chunk")
@@ -493,36 +481,28 @@ def _chunk_results(store: ObjectStore, doc: ImportDoc, chunk: int) -> list[RowRe
     return [RowResult.model_validate(item) for item in raw]
 
 
-def _record_part(db: Client, doc: ImportDoc, part_ref: Any, part: _Part, now: datetime) -> _Part:
-    """Record the part and count it in one commit; a part another delivery recorded first stands."""
-    from google.api_core.exceptions import AlreadyExists
-    from google.cloud import firestore
-
-    batch = db.batch()
-    batch.create(part_ref, part.stored(now))
-    update: dict[str, Any] = {
-        "progress.processed_rows": firestore.Increment(part.rows),
-        "progress.created_products": firestore.Increment(part.created),
-        "progress.failed_rows": firestore.Increment(part.failed_rows),
-        "progress.images_imported": firestore.Increment(part.images_imported),
-        "progress.images_failed": firestore.Increment(part.images_failed),
-        "status": ImportStatus.RUNNING.value,
-        "updated_at": now,
+def _record_part(imports: ImportRepository, doc: ImportDoc, part: _Part, now: datetime) -> _Part:
+    """Record the part and count it in one atomic write; a part another delivery recorded first stands."""
+    counts = {
+        "processed_rows": part.rows,
+        "created_products": part.created,
+        "failed_rows": part.failed_rows,
+        "images_imported": part.images_imported,
+        "images_failed": part.images_failed,
     }
     if part.last:
-        update["progress.chunks_done"] = firestore.Increment(1)
+        counts["chunks_done"] = 1
     if part.failed:
-        update["progress.chunks_failed"] = firestore.Increment(1)
-    batch.update(imports_ref(db, doc.client_id).document(doc.id), update)
-    try:
-        batch.commit()
-    except AlreadyExists:
-        return _Part.from_stored(part_ref.get().to_dict())
-    return part
+        counts["chunks_failed"] = 1
+    changes = {"status": ImportStatus.RUNNING.value, "updated_at": now}
+    earlier = imports.record_part(
+        doc.client_id, doc.id, _part_id(part.chunk, part.start), part.stored(now), counts, changes
+    )
+    return part if earlier is None else _Part.from_stored(earlier)
 
 
 def _pass_on(
-    db: Client,
+    imports: ImportRepository,
     queue: TaskQueue,
     doc: ImportDoc,
     task: ImportChunkTask,
@@ -539,18 +519,20 @@ def _pass_on(
     ahead = task.chunk + max(1, doc.parallel_chunks)
     if ahead < total:
         queue.enqueue(_chunk_task(ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=ahead), policy))
-    _complete_when_every_chunk_is_done(db, imports_ref(db, doc.client_id).document(doc.id), now)
+    _complete_when_every_chunk_is_done(imports, doc.client_id, doc.id, now)
     return f"chunk {task.chunk + 1}/{total} {'failed' if part.failed else 'done'}"
 
 
-def _complete_when_every_chunk_is_done(db: Client, import_ref: Any, now: datetime) -> None:
+def _complete_when_every_chunk_is_done(
+    imports: ImportRepository, client_id: str, import_id: str, now: datetime
+) -> None:
     """Finish the import once all its chunks are recorded: ``completed``, or ``failed`` when every
     chunk failed and nothing was imported. Any chunk may be the last to finish, and two may see the count
-    complete at once: the ``update_time`` precondition lets exactly one of them write ``finished_at``."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    snapshot = import_ref.get()
-    doc = ImportDoc.model_validate(snapshot.to_dict())
+    complete at once: the version precondition lets exactly one of them write ``finished_at``."""
+    loaded = imports.load(client_id, import_id)
+    if loaded is None:
+        return
+    doc = loaded.value
     progress = doc.progress
     if doc.status not in (ImportStatus.QUEUED, ImportStatus.RUNNING) or progress.chunks_done < progress.chunks_total:
         return
@@ -559,8 +541,8 @@ def _complete_when_every_chunk_is_done(db: Client, import_ref: Any, now: datetim
         changes["status"] = ImportStatus.FAILED.value
         changes["failure"] = "No part of the file could be imported; errors.csv lists what was lost."
     try:
-        import_ref.update(changes, option=db.write_option(last_update_time=snapshot.update_time))
-    except FailedPrecondition:
+        imports.update_if_unchanged(loaded, changes)
+    except StaleWrite:
         return
 
 
@@ -635,13 +617,8 @@ def _count_rows(
             part.errors.append({"row": entry[0].row_number, "level": "error", "code": code, "message": message})
 
 
-def _existing(db: Client, refs: list[Any]) -> set[str]:
-    """Paths of the documents among ``refs`` that exist."""
-    return {snapshot.reference.path for snapshot in db.get_all(refs) if snapshot.exists} if refs else set()
-
-
 def _process_rows(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     fetcher: SafeFetcher,
     doc: ImportDoc,
@@ -663,13 +640,12 @@ def _process_rows(
     candidates = _candidates(doc, results, start_row, now)
     products = [product for _, product in candidates.products.values()]
     if (start_row, start_image) == (0, 0):
-        done = create_products(FirestoreProductRepository(db), doc.client_id, products, now, all_or_nothing=False)
+        done = create_products(repos.products, doc.client_id, products, now, all_or_nothing=False)
         refused = {product.id for product in done.refused}
         created = {product.id for product in products} - refused
         _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)
     else:
-        refs = {products_ref(db, doc.client_id).document(product.id).path: product.id for product in products}
-        created = {refs[path] for path in _existing(db, [db.document(path) for path in refs])}
+        created = repos.products.existing(doc.client_id, [product.id for product in products])
     progressed = False
     for index in range(start_row, len(results)):
         first_image = start_image if index == start_row else 0
@@ -684,14 +660,16 @@ def _process_rows(
                 return part
             assert entry is not None
             draft, product = entry
-            _import_image(db, store, fetcher, doc, draft.row_number, product.id, image, urls[image], policy, now, part)
+            _import_image(
+                repos, store, fetcher, doc, draft.row_number, product.id, image, urls[image], policy, now, part
+            )
         part.rows += 1
         progressed = True
     return part
 
 
 def _failed_part(
-    db: Client, store: ObjectStore, doc: ImportDoc, task: ImportChunkTask, now: datetime, reason: str
+    repos: CatalogRepositories, store: ObjectStore, doc: ImportDoc, task: ImportChunkTask, now: datetime, reason: str
 ) -> _Part:
     """The rest of the chunk (from the task's position) recorded without processing it: products and
     images an earlier attempt made count as imported, the rest as failed, each in errors.csv. Raises
@@ -701,19 +679,13 @@ def _failed_part(
     results = _chunk_results(store, doc, task.chunk)
     part.end = (len(results), 0)
     candidates = _candidates(doc, results, task.row, now)
-    product_paths = {
-        products_ref(db, doc.client_id).document(product.id).path: product.id
-        for _, product in candidates.products.values()
-    }
     asset_ids = {
         (index, image): derived_id("ast", doc.id, draft.row_number, image)
         for index, (draft, _) in candidates.products.items()
         for image in range(len(draft.image_urls))
     }
-    assets = assets_ref(db, doc.client_id)
-    refs = [db.document(path) for path in product_paths] + [assets.document(a) for a in asset_ids.values()]
-    existing = _existing(db, refs)
-    created = {product_id for path, product_id in product_paths.items() if path in existing}
+    created = repos.products.existing(doc.client_id, [product.id for _, product in candidates.products.values()])
+    stored_assets = repos.assets.existing(doc.client_id, asset_ids.values())
     if (task.row, task.image) == (0, 0):
         message = f"The product was not created: {reason}."
         _count_rows(part, results, candidates, created, "import_chunk_failed", message)
@@ -723,7 +695,7 @@ def _failed_part(
         if entry is not None and entry[1].id in created:
             draft = entry[0]
             for image in range(first_image, len(draft.image_urls)):
-                if assets.document(asset_ids[(index, image)]).path in existing:
+                if asset_ids[(index, image)] in stored_assets:
                     part.images_imported += 1
                     continue
                 part.images_failed += 1
@@ -741,7 +713,7 @@ def _failed_part(
 
 
 def _import_image(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     fetcher: SafeFetcher,
     doc: ImportDoc,
@@ -756,7 +728,7 @@ def _import_image(
     from shared.adapters.safe_fetch import FetchTemporarilyFailed
 
     asset_id = derived_id("ast", doc.id, row_number, index)
-    if FirestoreAssetRepository(db).existing(doc.client_id, [asset_id]):
+    if repos.assets.existing(doc.client_id, [asset_id]):
         part.images_imported += 1
         return
     try:
@@ -764,7 +736,7 @@ def _import_image(
         # skipped then), so a retry here would only stretch the delivery past its budget.
         fetched = fetcher.fetch(url, limits=policy.fetch_limits)
         store_product_image(
-            FirestoreAssetRepository(db),
+            repos.assets,
             store,
             client_id=doc.client_id,
             product_id=product_id,
@@ -793,16 +765,15 @@ def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
 
 
-def error_report_csv(db: Client, client_id: str, import_id: str) -> str:
+def error_report_csv(imports: ImportRepository, client_id: str, import_id: str) -> str:
     """The import's problems as CSV: row, level, code, message (warnings from parsing included)."""
-    get_import(db, client_id, import_id)
+    get_import(imports, client_id, import_id)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["row", "level", "code", "message"])
     # Part ids sort like their chunk and position, so the report reads in file order.
-    parts = _chunks_ref(db, client_id, import_id).order_by("__name__").stream()
-    for snapshot in parts:
-        for error in (snapshot.to_dict() or {}).get("errors", []):
+    for stored in imports.parts(client_id, import_id):
+        for error in stored.get("errors", []):
             writer.writerow(
                 [error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")]
             )
@@ -821,12 +792,8 @@ class ImportReapReport(ScheduledReport):
     more: bool = False  # the run stopped at its limit; the next one goes on from there
 
 
-def _cursor_ref(db: Client, client_id: str | None) -> Any:
-    return db.collection("reapers").document("imports" if client_id is None else f"imports-{client_id}")
-
-
 def reap_stuck_imports(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     queue: TaskQueue,
     policy: ImportPolicy,
@@ -840,38 +807,25 @@ def reap_stuck_imports(
     chunks' tasks were lost. Safe to run twice; each import is handled on its own.
 
     At most ``limit`` imports per run, oldest progress first, continuing after where the previous
-    run stopped (a cursor kept in ``reapers/imports``), so imports that keep failing cannot hold
-    back the others. ``client_id``: one client only (tests)."""
-    from google.cloud.firestore import FieldFilter
-
+    run stopped (the reaper's cursor), so imports that keep failing cannot hold back the others.
+    ``client_id``: one client only (tests)."""
     report = ImportReapReport()
-    cursor_ref = _cursor_ref(db, client_id)
-    cursor = (cursor_ref.get().to_dict() or {}).get("after")
-    base = imports_ref(db, client_id) if client_id else db.collection_group("imports")
-    query = (
-        base.where(filter=FieldFilter("status", "in", [ImportStatus.QUEUED.value, ImportStatus.RUNNING.value]))
-        .where(filter=FieldFilter("updated_at", "<", now - policy.stale_after))
-        .order_by("updated_at")
-    )
-    if cursor is not None:
-        query = query.start_after({"updated_at": cursor})
+    cursor = repos.imports.reaper_cursor(client_id)
     last_seen = None
-    for snapshot in query.limit(limit).stream():
-        parts = snapshot.reference.path.split("/")
-        if len(parts) != 4 or parts[0] != "clients":
-            continue
+    for found in repos.imports.stale(now - policy.stale_after, limit, after=cursor, client_id=client_id):
         report.imports_checked += 1
-        last_seen = (snapshot.to_dict() or {}).get("updated_at")
-        with isolated(REAP_JOB, parts[1], report.failed):
-            _reap_import(db, store, queue, policy, ImportDoc.model_validate(snapshot.to_dict()), now, report)
+        last_seen = found.data.get("updated_at")
+        with isolated(REAP_JOB, found.client_id, report.failed):
+            # Validated here: a corrupt import is reported on its own and the run goes on after it.
+            _reap_import(repos, store, queue, policy, ImportDoc.model_validate(found.data), now, report)
     report.more = report.imports_checked >= limit
     # A full page: the next run goes on after it; a short one: the next run starts again from the oldest.
-    cursor_ref.set({"after": last_seen if report.more else None, "updated_at": now})
+    repos.imports.save_reaper_cursor(client_id, last_seen if report.more else None, now)
     return report
 
 
 def _reap_import(
-    db: Client,
+    repos: CatalogRepositories,
     store: ObjectStore,
     queue: TaskQueue,
     policy: ImportPolicy,
@@ -882,8 +836,8 @@ def _reap_import(
     window = max(1, doc.parallel_chunks)
     done: set[int] = set()
     reached: dict[int, Position] = {}  # chunk -> where its recorded parts end
-    for snapshot in _chunks_ref(db, doc.client_id, doc.id).stream():
-        part = _Part.from_stored(snapshot.to_dict())
+    for stored in repos.imports.parts(doc.client_id, doc.id):
+        part = _Part.from_stored(stored)
         if part.last:
             done.add(part.chunk)
         else:
@@ -905,11 +859,10 @@ def _reap_import(
         report.chunks_requeued.setdefault(doc.client_id, []).append(f"{doc.id}/{chunk}")
         logger.warning("chunk %s of import %s made no progress: enqueued again", chunk, doc.id)
     # Touched: the import leaves the stale set for a while, and the next pass sees what this one did.
-    imports_ref(db, doc.client_id).document(doc.id).update({"reaped": reaped, "updated_at": now})
+    repos.imports.update(doc.client_id, doc.id, {"reaped": reaped, "updated_at": now})
     for task in give_up:
-        part_ref = _chunks_ref(db, doc.client_id, doc.id).document(_part_id(task.chunk, (task.row, task.image)))
-        part = _record_part(db, doc, part_ref, _failed_part(db, store, doc, task, now, "its task was lost"), now)
+        part = _record_part(repos.imports, doc, _failed_part(repos, store, doc, task, now, "its task was lost"), now)
         report.chunks_failed.setdefault(doc.client_id, []).append(f"{doc.id}/{task.chunk}")
         logger.warning("chunk %s of import %s never finished: recorded as failed", task.chunk, doc.id)
-        _pass_on(db, queue, doc, task, part, policy, now)  # the chunk one window ahead, or the end
-    _complete_when_every_chunk_is_done(db, imports_ref(db, doc.client_id).document(doc.id), now)
+        _pass_on(repos.imports, queue, doc, task, part, policy, now)  # the chunk one window ahead, or the end
+    _complete_when_every_chunk_is_done(repos.imports, doc.client_id, doc.id, now)

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage, ProductSource
+from shared.catalog.models import (
+    AssetDoc,
+    AssetRevision,
+    ImportDoc,
+    ProductDoc,
+    ProductImage,
+    ProductSource,
+    UploadDoc,
+)
 from shared.catalog.slots import ProductUsageDoc
 
 T = TypeVar("T")
@@ -34,6 +42,10 @@ class ProductGone(Exception):
     """The product an asset was to be attached to does not exist (nothing was written)."""
 
 
+class DocumentTooLarge(Exception):
+    """The store refused a document as too large (nothing was written)."""
+
+
 class RevisionConflict(Exception):
     """Another edit became revision n first: recompute from the new current revision."""
 
@@ -48,6 +60,17 @@ class Versioned(Generic[T]):
 
     value: T
     version: Any
+
+
+@dataclass(frozen=True)
+class Found:
+    """A document a scan across clients found, as stored (its owner, id, data and version). Whoever
+    handles it validates it, so one corrupt document fails on its own and the scan goes on."""
+
+    client_id: str
+    id: str
+    data: dict[str, Any]
+    version: Any = None
 
 
 @dataclass(frozen=True)
@@ -210,9 +233,104 @@ class AssetRepository(ABC):
         returns the revisions it had (their objects are the caller's to delete)."""
 
 
+# -- uploads --------------------------------------------------------------------------------------
+
+
+class UploadRepository(ABC):
+    """``clients/{client}/uploads/{id}``: upload slots."""
+
+    @abstractmethod
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None: ...
+
+    @abstractmethod
+    def create(self, doc: UploadDoc) -> None: ...
+
+    @abstractmethod
+    def delete(self, client_id: str, upload_id: str) -> None: ...
+
+    @abstractmethod
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        """Slots still pending (not completed, rejected or expired) whose URL has not expired at ``now``."""
+
+    @abstractmethod
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Found]:
+        """Up to ``limit`` slots (of every client, or of ``client_id``) whose ``sweep_at`` is before
+        ``now``, oldest first."""
+
+    @abstractmethod
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        """Change the slot if it is still at ``upload.version``; else :class:`StaleWrite`."""
+
+
+# -- CSV imports ----------------------------------------------------------------------------------
+
+
+class ImportRepository(ABC):
+    """``clients/{client}/imports/{id}``, the parts of its chunks, and the reaper's cursor."""
+
+    @abstractmethod
+    def get(self, client_id: str, import_id: str) -> ImportDoc | None: ...
+
+    @abstractmethod
+    def create(self, doc: ImportDoc) -> None:
+        """Store a new import; :class:`DocumentTooLarge` when the store refuses its size."""
+
+    @abstractmethod
+    def update(self, client_id: str, import_id: str, changes: dict[str, Any]) -> None:
+        """Change fields of the import; :class:`DocumentTooLarge` when the store refuses its size."""
+
+    @abstractmethod
+    def load(self, client_id: str, import_id: str) -> Versioned[ImportDoc] | None: ...
+
+    @abstractmethod
+    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+        """Change the import if it is still at ``loaded.version``; else :class:`StaleWrite`."""
+
+    @abstractmethod
+    def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
+        """A recorded part of a chunk, as stored."""
+
+    @abstractmethod
+    def parts(self, client_id: str, import_id: str) -> list[dict[str, Any]]:
+        """Every recorded part, in the order of their ids."""
+
+    @abstractmethod
+    def record_part(
+        self,
+        client_id: str,
+        import_id: str,
+        part_id: str,
+        stored: dict[str, Any],
+        counts: dict[str, int],
+        changes: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """Create the part and, in the same atomic write, add ``counts`` to the import's progress
+        counters and apply ``changes``. Returns None when recorded; when the part was recorded
+        before (another delivery), nothing is written and that stored part is returned."""
+
+    @abstractmethod
+    def stale(
+        self, before: datetime, limit: int, *, after: datetime | None = None, client_id: str | None = None
+    ) -> list[Found]:
+        """Up to ``limit`` queued or running imports last updated before ``before`` (of every client,
+        or of ``client_id``), oldest update first, starting after an update time of ``after``."""
+
+    @abstractmethod
+    def reaper_cursor(self, client_id: str | None) -> datetime | None:
+        """Where the reaper's previous run stopped (None: from the oldest)."""
+
+    @abstractmethod
+    def save_reaper_cursor(self, client_id: str | None, after: datetime | None, now: datetime) -> None: ...
+
+
 @dataclass
 class CatalogRepositories:
     """The catalog's unit of work: one bundle the entry points build and the services take."""
 
     products: ProductRepository
     assets: AssetRepository
+    uploads: UploadRepository
+    imports: ImportRepository

@@ -24,7 +24,7 @@ HOW_TO_UPGRADE = "Choose a larger plan in Billing (Starter 100, Growth 500, Pro 
 class ProductUsageDoc(BaseModel):
     """``clients/{client}/usage/products``: products the client has (what its slots are measured on)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     used: int = Field(ge=0)
     counted: int | None = None  # what the last count of the products found (the lazy backfill)

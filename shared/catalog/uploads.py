@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import Field
 
-from shared.adapters.firestore.catalog import FirestoreAssetRepository
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
     CSV_CONTENT_TYPES,
@@ -35,6 +34,7 @@ from shared.catalog.models import (
     UploadPurpose,
     UploadStatus,
 )
+from shared.catalog.ports import CatalogRepositories, StaleWrite, UploadRepository, Versioned
 from shared.catalog.products import get_product
 from shared.errors import (
     Conflict,
@@ -48,8 +48,6 @@ from shared.ids import new_id
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.imaging import ImageLimits
     from shared.storage import ObjectStore
 
@@ -105,16 +103,17 @@ class UploadRejected(EpoxError):
     title = "The uploaded file was rejected"
 
 
-def uploads_ref(db: Client, client_id: str) -> Any:
-    return db.collection("clients").document(client_id).collection("uploads")
-
-
 def _field_error(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, errors=[{"field": field, "in": "body", "message": message, "type": "value_error"}])
 
 
 def create_upload(
-    db: Client, store: ObjectStore, client_id: str, data: UploadCreate, policy: UploadPolicy, now: datetime
+    repos: CatalogRepositories,
+    store: ObjectStore,
+    client_id: str,
+    data: UploadCreate,
+    policy: UploadPolicy,
+    now: datetime,
 ) -> UploadOut:
     """Record a pending upload and presign a PUT bound to its content type and exact size."""
     if data.purpose is UploadPurpose.PRODUCT_IMAGE:
@@ -124,7 +123,7 @@ def create_upload(
             raise PayloadTooLarge(f"Images may be at most {policy.image_max_bytes} bytes", limit=policy.image_max_bytes)
         if not data.product_id:
             raise _field_error("product_id", "A product image upload needs product_id")
-        get_product(db, client_id, data.product_id)  # 404 for unknown or foreign products
+        get_product(repos.products, client_id, data.product_id)  # 404 for unknown or foreign products
     else:
         if data.content_type not in CSV_CONTENT_TYPES:
             raise _field_error("content_type", f"CSV files must be one of {', '.join(CSV_CONTENT_TYPES)}")
@@ -132,7 +131,7 @@ def create_upload(
             raise PayloadTooLarge(f"CSV files may be at most {policy.csv_max_bytes} bytes", limit=policy.csv_max_bytes)
         if data.product_id:
             raise _field_error("product_id", "A CSV upload is not tied to a product")
-    _check_pending(db, client_id, policy, now, limit=policy.max_pending)
+    _check_pending(repos.uploads, client_id, policy, now, limit=policy.max_pending)
     upload_id = new_id("upl")
     expires_at = now + timedelta(seconds=policy.presign_expiry_seconds)
     doc = UploadDoc(
@@ -148,14 +147,13 @@ def create_upload(
         expires_at=expires_at,
         sweep_at=expires_at + SWEEP_GRACE,
     )
-    ref = uploads_ref(db, client_id).document(upload_id)
-    ref.create(doc.model_dump(mode="python"))
+    repos.uploads.create(doc)
     # Counted again with this slot in: concurrent requests that together went past the cap all give
     # their slot up (none was presigned yet), so the cap holds without a lock.
     try:
-        _check_pending(db, client_id, policy, now, limit=policy.max_pending + 1)
+        _check_pending(repos.uploads, client_id, policy, now, limit=policy.max_pending + 1)
     except TooManyPendingUploads:
-        ref.delete()
+        repos.uploads.delete(client_id, upload_id)
         raise
     presigned = store.presigned_put(
         doc.key, content_type=doc.content_type, content_length=doc.size_bytes, expires_in=policy.presign_expiry_seconds
@@ -165,16 +163,11 @@ def create_upload(
     return out
 
 
-def _check_pending(db: Client, client_id: str, policy: UploadPolicy, now: datetime, *, limit: int) -> None:
+def _check_pending(
+    uploads: UploadRepository, client_id: str, policy: UploadPolicy, now: datetime, *, limit: int
+) -> None:
     """429 once the client has ``limit`` slots pending (not completed) whose URL has not expired."""
-    from google.cloud.firestore import FieldFilter
-
-    query = (
-        uploads_ref(db, client_id)
-        .where(filter=FieldFilter("status", "==", UploadStatus.PENDING.value))
-        .where(filter=FieldFilter("expires_at", ">", now))
-    )
-    pending = int(query.count().get()[0][0].value)
+    pending = uploads.count_pending(client_id, now)
     if pending >= limit:
         raise TooManyPendingUploads(
             f"{policy.max_pending} uploads are waiting to be completed; complete them or wait until they expire",
@@ -187,22 +180,23 @@ def upload_out(doc: UploadDoc) -> UploadOut:
     return UploadOut(**doc.model_dump(include=set(UploadOut.model_fields) - {"upload"}))
 
 
-def get_upload(db: Client, client_id: str, upload_id: str) -> UploadDoc:
-    snapshot = uploads_ref(db, client_id).document(upload_id).get()
-    if not snapshot.exists:
+def get_upload(uploads: UploadRepository, client_id: str, upload_id: str) -> UploadDoc:
+    """The upload slot, or 404."""
+    doc = uploads.get(client_id, upload_id)
+    if doc is None:
         raise NotFound(f"No upload {upload_id}")
-    return UploadDoc.model_validate(snapshot.to_dict())
+    return doc
 
 
 def complete_upload(
-    db: Client, store: ObjectStore, client_id: str, upload_id: str, policy: UploadPolicy, now: datetime
+    repos: CatalogRepositories, store: ObjectStore, client_id: str, upload_id: str, policy: UploadPolicy, now: datetime
 ) -> UploadOut:
     """Check the uploaded object; turn it into a product image or accept it as a CSV.
 
     Completing twice returns the first result. A rejected file is deleted from storage and the
     upload records why, so the answer stays the same when asked again.
     """
-    doc = get_upload(db, client_id, upload_id)
+    doc = get_upload(repos.uploads, client_id, upload_id)
     if doc.status is UploadStatus.COMPLETED:
         return upload_out(doc)
     if doc.status is UploadStatus.REJECTED:
@@ -221,19 +215,19 @@ def complete_upload(
             )
         data = store.get(doc.key, max_bytes=limit)
         if doc.purpose is UploadPurpose.PRODUCT_IMAGE:
-            return _complete_image(db, store, doc, data, policy, now)
-        return _complete_csv(db, store, doc, data, now)
+            return _complete_image(repos, store, doc, data, policy, now)
+        return _complete_csv(repos.uploads, store, doc, data, now)
     except (UnprocessableContent, UploadRejected) as error:
-        _reject(db, store, doc, error, now)
+        _reject(repos.uploads, store, doc, error, now)
         raise
 
 
 def _complete_image(
-    db: Client, store: ObjectStore, doc: UploadDoc, data: bytes, policy: UploadPolicy, now: datetime
+    repos: CatalogRepositories, store: ObjectStore, doc: UploadDoc, data: bytes, policy: UploadPolicy, now: datetime
 ) -> UploadOut:
     assert doc.product_id is not None
     asset = store_product_image(
-        FirestoreAssetRepository(db),
+        repos.assets,
         store,
         client_id=doc.client_id,
         product_id=doc.product_id,
@@ -244,13 +238,15 @@ def _complete_image(
         now=now,
     )
     changes = {"status": UploadStatus.COMPLETED.value, "asset_id": asset.id, "completed_at": now}
-    uploads_ref(db, doc.client_id).document(doc.id).update(changes)
+    repos.uploads.update(doc.client_id, doc.id, changes)
     # The normalised copy lives with the asset; the raw upload (with its EXIF) is not kept.
     store.delete(doc.key)
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))
 
 
-def _complete_csv(db: Client, store: ObjectStore, doc: UploadDoc, data: bytes, now: datetime) -> UploadOut:
+def _complete_csv(
+    uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, data: bytes, now: datetime
+) -> UploadOut:
     from shared.catalog.csv_parsing import decode_csv
 
     decode_csv(data)  # refuses binary files early, before an import is created from them
@@ -258,12 +254,12 @@ def _complete_csv(db: Client, store: ObjectStore, doc: UploadDoc, data: bytes, n
     stored_key = stored_csv_key(doc.client_id, doc.id)
     store.put(stored_key, data, doc.content_type)
     changes = {"status": UploadStatus.COMPLETED.value, "completed_at": now, "stored_key": stored_key}
-    uploads_ref(db, doc.client_id).document(doc.id).update(changes)
+    uploads.update(doc.client_id, doc.id, changes)
     store.delete(doc.key)
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))
 
 
-def _reject(db: Client, store: ObjectStore, doc: UploadDoc, error: EpoxError, now: datetime) -> None:
+def _reject(uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, error: EpoxError, now: datetime) -> None:
     store.delete(doc.key)
     rejection = {
         "code": error.code,
@@ -271,8 +267,8 @@ def _reject(db: Client, store: ObjectStore, doc: UploadDoc, error: EpoxError, no
         "detail": error.detail,
         **{k: v for k, v in error.extensions.items() if k != "errors"},
     }
-    uploads_ref(db, doc.client_id).document(doc.id).update(
-        {"status": UploadStatus.REJECTED.value, "rejection": rejection, "completed_at": now}
+    uploads.update(
+        doc.client_id, doc.id, {"status": UploadStatus.REJECTED.value, "rejection": rejection, "completed_at": now}
     )
 
 
@@ -305,32 +301,24 @@ class UploadSweepReport(ScheduledReport):
 
 
 def sweep_uploads(
-    db: Client, store: ObjectStore, now: datetime, *, limit: int = 1000, client_id: str | None = None
+    uploads: UploadRepository, store: ObjectStore, now: datetime, *, limit: int = 1000, client_id: str | None = None
 ) -> UploadSweepReport:
     """Delete the raw objects of upload slots whose presigned URL has expired (``sweep_at`` passed):
     a slot never completed becomes ``expired``; a completed or rejected one loses what a late PUT
     with its URL may have written. Safe to run twice; at most ``limit`` slots a run (oldest first;
     the next run goes on). ``client_id``: one client only (tests)."""
-    from google.api_core.exceptions import FailedPrecondition
-    from google.cloud.firestore import FieldFilter
-
     report = UploadSweepReport()
-    base = uploads_ref(db, client_id) if client_id else db.collection_group("uploads")
-    query = base.where(filter=FieldFilter("sweep_at", "<", now)).order_by("sweep_at").limit(limit)
-    for snapshot in query.stream():
-        parts = snapshot.reference.path.split("/")
-        if len(parts) != 4 or parts[0] != "clients":
-            continue
+    for found in uploads.due_for_sweep(now, limit, client_id):
         report.swept += 1
-        with isolated(SWEEP_JOB, parts[1], report.failed):
-            doc = UploadDoc.model_validate(snapshot.to_dict())
+        with isolated(SWEEP_JOB, found.client_id, report.failed):
+            doc = UploadDoc.model_validate(found.data)
             changes: dict[str, Any] = {"sweep_at": None}
             if doc.status is UploadStatus.PENDING:
                 changes["status"] = UploadStatus.EXPIRED.value
             try:
                 # Guarded: a completion that got in first keeps its status (the next run sweeps again).
-                snapshot.reference.update(changes, option=db.write_option(last_update_time=snapshot.update_time))
-            except FailedPrecondition:
+                uploads.update_if_unchanged(Versioned(doc, found.version), changes)
+            except StaleWrite:
                 continue
             store.delete(doc.key)
             if doc.status is UploadStatus.PENDING:

@@ -922,12 +922,15 @@ def test_an_import_whose_every_chunk_failed_ends_failed(stack: Any, client_id: s
 
 def _reap(stack: Any, client_id: str, now: Any, **kwargs: Any) -> Any:
     """The scheduled reaper as of ``now``, for this test's client only (the emulator is shared)."""
+    from shared.adapters.firestore.catalog import firestore_catalog
     from shared.catalog.imports import reap_stuck_imports
     from shared.catalog.policies import import_policy
 
     p = stack.platform
     policy = import_policy(p.settings)
-    return reap_stuck_imports(p.db, p.object_store, p.task_queue, policy, now, client_id=client_id, **kwargs)
+    return reap_stuck_imports(
+        firestore_catalog(p.db), p.object_store, p.task_queue, policy, now, client_id=client_id, **kwargs
+    )
 
 
 def _losing(monkeypatch: pytest.MonkeyPatch, dispatcher: Any, chunk: int, times: int) -> list[str]:

@@ -200,7 +200,7 @@ def test_every_import_ends_with_each_row_imported_once(
     image_host: str,
     fetcher: Any,
 ) -> None:
-    from shared.adapters.firestore.catalog import assets_ref, products_ref
+    from shared.adapters.firestore.catalog import assets_ref, firestore_catalog, products_ref
 
     clock = Clock(START)
     db = FaultyClient()
@@ -216,6 +216,8 @@ def test_every_import_ends_with_each_row_imported_once(
         )
     )
 
+    repos = firestore_catalog(db)
+
     def handle(task: TaskRequest, retry_count: int, fate: str) -> object:
         payload = task.payload
         assert isinstance(payload, ImportChunkTask) and task.path == imports.CHUNK_PATH
@@ -223,7 +225,7 @@ def test_every_import_ends_with_each_row_imported_once(
         try:
             call = TaskCall(queue="q", name=task.name or "", retry_count=retry_count, execution_count=retry_count)
             return imports.run_import_chunk(
-                db, store, queue, chaos_fetcher, payload, call, policy, clock.now, clock=budget_clock
+                repos, store, queue, chaos_fetcher, payload, call, policy, clock.now, clock=budget_clock
             )
         finally:
             faults.crash = faults.unreadable = False
@@ -232,7 +234,7 @@ def test_every_import_ends_with_each_row_imported_once(
     data_csv = _csv(image_host, images_per_row)
     uploads = upload_policy(settings)
     slot = create_upload(
-        db,
+        repos,
         store,
         CLIENT,
         UploadCreate(
@@ -242,22 +244,22 @@ def test_every_import_ends_with_each_row_imported_once(
         clock.now,
     )
     store.put(f"uploads/{CLIENT}/{slot.id}", data_csv, "text/csv")
-    complete_upload(db, store, CLIENT, slot.id, uploads, clock.now)
-    draft = imports.create_import(db, store, CLIENT, ImportCreate(upload_id=slot.id), policy, clock.now)
-    imports.start_import(db, store, queue, CLIENT, draft.id, policy, clock.now)
+    complete_upload(repos, store, CLIENT, slot.id, uploads, clock.now)
+    draft = imports.create_import(repos, store, CLIENT, ImportCreate(upload_id=slot.id), policy, clock.now)
+    imports.start_import(repos, store, queue, CLIENT, draft.id, policy, clock.now)
 
     for run in range(CHAOS_PASSES + SETTLE_PASSES):
         if run == CHAOS_PASSES:
             queue.chaos = budget_clock.chaos = False
         queue.deliver_until(clock.now + RUN_EVERY, handle)
         clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
-        imports.reap_stuck_imports(db, store, queue, policy, clock.now)
-        if imports.get_import(db, CLIENT, draft.id).status in (ImportStatus.COMPLETED, ImportStatus.FAILED):
+        imports.reap_stuck_imports(repos, store, queue, policy, clock.now)
+        if imports.get_import(repos.imports, CLIENT, draft.id).status in (ImportStatus.COMPLETED, ImportStatus.FAILED):
             PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
             break
     SEEN.update(queue.fates)
 
-    done = imports.get_import(db, CLIENT, draft.id)
+    done = imports.get_import(repos.imports, CLIENT, draft.id)
     progress = done.progress
     assert done.status in (ImportStatus.COMPLETED, ImportStatus.FAILED), (queue.fates, progress)
     rows = len(images_per_row)
@@ -279,7 +281,7 @@ def test_every_import_ends_with_each_row_imported_once(
     for asset in library.values():
         assert object_store.head(asset["key"]) is not None and object_store.head(asset["thumbnail_key"]) is not None
     # A row that was not imported is in the report (by its row, unless its rows could not even be read).
-    report = imports.error_report_csv(db, CLIENT, draft.id).splitlines()[1:]
+    report = imports.error_report_csv(repos.imports, CLIENT, draft.id).splitlines()[1:]
     reported = {line.split(",", 1)[0] for line in report}
     missing = {str(row + 2) for row in range(rows) if f"SKU-{row}" not in {p["sku"] for p in products.values()}}
     assert missing <= reported or "" in reported, (missing, report)

@@ -395,9 +395,12 @@ def test_slot_refusals(api: Any, headers: dict[str, str], product: dict[str, Any
 
 def sweep(stack: Any, client_id: str, now: datetime) -> Any:
     """The scheduled sweep as of ``now``, for this test's client only (the emulator is shared)."""
+    from shared.adapters.firestore.catalog import FirestoreUploadRepository
     from shared.catalog.uploads import sweep_uploads
 
-    return sweep_uploads(stack.platform.db, stack.platform.object_store, now, client_id=client_id)
+    return sweep_uploads(
+        FirestoreUploadRepository(stack.platform.db), stack.platform.object_store, now, client_id=client_id
+    )
 
 
 def test_pending_slots_are_capped_per_client(

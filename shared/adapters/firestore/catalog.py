@@ -21,12 +21,24 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared.catalog.models import AssetDoc, AssetRevision, ProductDoc, ProductImage
+from shared.catalog.models import (
+    AssetDoc,
+    AssetRevision,
+    ImportDoc,
+    ImportStatus,
+    ProductDoc,
+    ProductImage,
+    UploadDoc,
+    UploadStatus,
+)
 from shared.catalog.ports import (
     AssetExists,
     AssetFilter,
     AssetRepository,
     CatalogRepositories,
+    DocumentTooLarge,
+    Found,
+    ImportRepository,
     ItemGuard,
     ItemTaken,
     ProductFilter,
@@ -35,6 +47,7 @@ from shared.catalog.ports import (
     RevisionConflict,
     SlotsRead,
     StaleWrite,
+    UploadRepository,
     Versioned,
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
@@ -59,6 +72,14 @@ def usage_ref(db: Client, client_id: str) -> Any:
 
 def assets_ref(db: Client, client_id: str) -> Any:
     return client_ref(db, client_id).collection("assets")
+
+
+def uploads_ref(db: Client, client_id: str) -> Any:
+    return client_ref(db, client_id).collection("uploads")
+
+
+def imports_ref(db: Client, client_id: str) -> Any:
+    return client_ref(db, client_id).collection("imports")
 
 
 def revision_ref(db: Client, client_id: str, asset_id: str, number: int) -> Any:
@@ -407,12 +428,169 @@ class FirestoreAssetRepository(AssetRepository):
         return [AssetRevision.model_validate(revision.to_dict()) for revision in stored]
 
 
+class FirestoreUploadRepository(UploadRepository):
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _ref(self, client_id: str, upload_id: str) -> Any:
+        return uploads_ref(self.db, client_id).document(upload_id)
+
+    def get(self, client_id: str, upload_id: str) -> UploadDoc | None:
+        snapshot = self._ref(client_id, upload_id).get()
+        return UploadDoc.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def create(self, doc: UploadDoc) -> None:
+        self._ref(doc.client_id, doc.id).create(doc.model_dump(mode="python"))
+
+    def delete(self, client_id: str, upload_id: str) -> None:
+        self._ref(client_id, upload_id).delete()
+
+    def update(self, client_id: str, upload_id: str, changes: dict[str, Any]) -> None:
+        self._ref(client_id, upload_id).update(changes)
+
+    def count_pending(self, client_id: str, now: datetime) -> int:
+        from google.cloud.firestore import FieldFilter
+
+        query = (
+            uploads_ref(self.db, client_id)
+            .where(filter=FieldFilter("status", "==", UploadStatus.PENDING.value))
+            .where(filter=FieldFilter("expires_at", ">", now))
+        )
+        return int(query.count().get()[0][0].value)
+
+    def due_for_sweep(self, now: datetime, limit: int, client_id: str | None = None) -> list[Found]:
+        from google.cloud.firestore import FieldFilter
+
+        base = uploads_ref(self.db, client_id) if client_id else self.db.collection_group("uploads")
+        query = base.where(filter=FieldFilter("sweep_at", "<", now)).order_by("sweep_at").limit(limit)
+        return _found(query)
+
+    def update_if_unchanged(self, upload: Versioned[UploadDoc], changes: dict[str, Any]) -> None:
+        ref = self._ref(upload.value.client_id, upload.value.id)
+        _stale_on_refusal(lambda: ref.update(changes, option=self.db.write_option(last_update_time=upload.version)))
+
+
+def _found(query: Any) -> list[Found]:
+    """The documents of a (collection group) query that are a client's, as stored."""
+    found: list[Found] = []
+    for snapshot in query.stream():
+        parts = snapshot.reference.path.split("/")
+        if len(parts) != 4 or parts[0] != "clients":
+            continue  # a collection of the same name somewhere else
+        found.append(Found(parts[1], snapshot.id, dict(snapshot.to_dict() or {}), snapshot.update_time))
+    return found
+
+
 def product_image_owner(asset: AssetDoc) -> str:
     if asset.product_id is None:
         raise ValueError(f"asset {asset.id} has no product to attach an image to")
     return asset.product_id
 
 
+class FirestoreImportRepository(ImportRepository):
+    """Imports, their parts (``imports/{id}/chunks/{part}``) and ``reapers/imports[-{client}]``."""
+
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _ref(self, client_id: str, import_id: str) -> Any:
+        return imports_ref(self.db, client_id).document(import_id)
+
+    def _parts(self, client_id: str, import_id: str) -> Any:
+        return self._ref(client_id, import_id).collection("chunks")
+
+    def _cursor(self, client_id: str | None) -> Any:
+        return self.db.collection("reapers").document("imports" if client_id is None else f"imports-{client_id}")
+
+    def get(self, client_id: str, import_id: str) -> ImportDoc | None:
+        snapshot = self._ref(client_id, import_id).get()
+        return ImportDoc.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    @staticmethod
+    def _sized(write: Any) -> None:
+        """A write of the import document; a preview Firestore refuses as too large is ours to name."""
+        from google.api_core.exceptions import InvalidArgument
+
+        try:
+            write()
+        except InvalidArgument as exc:
+            raise DocumentTooLarge(str(exc)) from exc
+
+    def create(self, doc: ImportDoc) -> None:
+        self._sized(lambda: self._ref(doc.client_id, doc.id).create(doc.model_dump(mode="python")))
+
+    def update(self, client_id: str, import_id: str, changes: dict[str, Any]) -> None:
+        self._sized(lambda: self._ref(client_id, import_id).update(changes))
+
+    def load(self, client_id: str, import_id: str) -> Versioned[ImportDoc] | None:
+        snapshot = self._ref(client_id, import_id).get()
+        if not snapshot.exists:
+            return None
+        return Versioned(ImportDoc.model_validate(snapshot.to_dict()), snapshot.update_time)
+
+    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+        ref = self._ref(loaded.value.client_id, loaded.value.id)
+        _stale_on_refusal(lambda: ref.update(changes, option=self.db.write_option(last_update_time=loaded.version)))
+
+    def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
+        snapshot = self._parts(client_id, import_id).document(part_id).get()
+        return dict(snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def parts(self, client_id: str, import_id: str) -> list[dict[str, Any]]:
+        stream = self._parts(client_id, import_id).order_by("__name__").stream()
+        return [dict(snapshot.to_dict() or {}) for snapshot in stream]
+
+    def record_part(
+        self,
+        client_id: str,
+        import_id: str,
+        part_id: str,
+        stored: dict[str, Any],
+        counts: dict[str, int],
+        changes: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import firestore
+
+        part_ref = self._parts(client_id, import_id).document(part_id)
+        batch = self.db.batch()
+        batch.create(part_ref, stored)  # a create: a part is recorded once, by one delivery
+        update = {f"progress.{name}": firestore.Increment(count) for name, count in counts.items()}
+        batch.update(self._ref(client_id, import_id), {**update, **changes})
+        try:
+            batch.commit()
+        except AlreadyExists:
+            return dict(part_ref.get().to_dict() or {})
+        return None
+
+    def stale(
+        self, before: datetime, limit: int, *, after: datetime | None = None, client_id: str | None = None
+    ) -> list[Found]:
+        from google.cloud.firestore import FieldFilter
+
+        base = imports_ref(self.db, client_id) if client_id else self.db.collection_group("imports")
+        query = (
+            base.where(filter=FieldFilter("status", "in", [ImportStatus.QUEUED.value, ImportStatus.RUNNING.value]))
+            .where(filter=FieldFilter("updated_at", "<", before))
+            .order_by("updated_at")
+        )
+        if after is not None:
+            query = query.start_after({"updated_at": after})
+        return _found(query.limit(limit))
+
+    def reaper_cursor(self, client_id: str | None) -> datetime | None:
+        after: datetime | None = (self._cursor(client_id).get().to_dict() or {}).get("after")
+        return after
+
+    def save_reaper_cursor(self, client_id: str | None, after: datetime | None, now: datetime) -> None:
+        self._cursor(client_id).set({"after": after, "updated_at": now})
+
+
 def firestore_catalog(db: Client) -> CatalogRepositories:
     """The catalog's repositories on Firestore."""
-    return CatalogRepositories(products=FirestoreProductRepository(db), assets=FirestoreAssetRepository(db))
+    return CatalogRepositories(
+        products=FirestoreProductRepository(db),
+        assets=FirestoreAssetRepository(db),
+        uploads=FirestoreUploadRepository(db),
+        imports=FirestoreImportRepository(db),
+    )
