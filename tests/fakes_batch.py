@@ -20,7 +20,7 @@ from google.api_core.exceptions import AlreadyExists, FailedPrecondition, Servic
 from shared.batch.commits import commit_once
 from shared.batch.kind import JobKind
 from shared.batch.models import ItemListQuery, ItemStatus, JobListQuery, JobStatus
-from shared.batch.store import I, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
+from shared.batch.store import I, ItemRow, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
 from shared.catalog.ports import ItemGuard
 from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 
@@ -260,7 +260,7 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
 
     # -- the reaper's scans -------------------------------------------------------------------------
 
-    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[StoredItem[I]]:
+    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[ItemRow[I]]:
         found = [
             (data["updated_at"], client_id, job_id, index)
             for (client_id, job_id), items in self.items.items()
@@ -268,9 +268,10 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
             if data.get("status") == status.value and data.get("updated_at") and data["updated_at"] < updated_before
         ]
         for _, client_id, job_id, index in sorted(found):
-            stored = self.read_item(client_id, job_id, index)
-            if stored is not None:
-                yield stored
+            data = self.items.get((client_id, job_id), {}).get(index)
+            if data is not None:
+                version = self.versions[self._item_key(client_id, job_id, index)]
+                yield ItemRow(client_id, job_id, index, dict(data), version, self.kind.item_model)
 
     def unsettled_jobs(self, status: str, created_before: datetime, after: str | None) -> Iterator[JobRow[J]]:
         rows = sorted(

@@ -102,29 +102,29 @@ def reap(
     now = now if now is not None else services.clock()
     report = ReapReport(job="reap-stuck-items")
     acted = 0
-    for stored in store.stale_items(ItemStatus.RUNNING, now - lease):
+    for row in store.stale_items(ItemStatus.RUNNING, now - lease):
         if acted >= limit:
             report.more = True
             break
-        client_id, job_id = stored.client_id, stored.job_id
+        client_id, job_id = row.client_id, row.job_id
         with isolated(report.job, client_id, report.failed, step="running items"):
-            if fail_stuck_item(kind, services, stored, now, lease):
+            if fail_stuck_item(kind, services, row.load(), now, lease):
                 acted += 1
-                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{stored.item.index:06d}")
+                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{row.index:06d}")
     acted = 0
     jobs: dict[str, Any] = {}  # a large job's queued items are many: its document is read once per run
-    for stored in store.stale_items(ItemStatus.QUEUED, now - stall_grace):
+    for row in store.stale_items(ItemStatus.QUEUED, now - stall_grace):
         if acted >= limit:
             report.more = True
             break
-        client_id, job_id = stored.client_id, stored.job_id
+        client_id, job_id = row.client_id, row.job_id
         with isolated(report.job, client_id, report.failed, step="queued items"):
-            done = requeue_stalled_item(kind, services, stored, now, stall_grace, jobs=jobs)
+            done = requeue_stalled_item(kind, services, row.load(), now, stall_grace, jobs=jobs)
             if done is not None:
                 acted += 1
                 found = report.items_failed if done == "failed" else report.items_requeued
                 if done != "waiting":
-                    found.setdefault(client_id, []).append(f"{job_id}/{stored.item.index:06d}")
+                    found.setdefault(client_id, []).append(f"{job_id}/{row.index:06d}")
     _reap_jobs(kind, services, now, report, limit=limit, stall_grace=stall_grace)
     return report
 

@@ -57,6 +57,22 @@ class StoredItem(Generic[I]):
 
 
 @dataclass(frozen=True)
+class ItemRow(Generic[I]):
+    """One item the reaper's scan found, as stored: read on demand (a malformed document fails its own
+    check, not the whole run)."""
+
+    client_id: str
+    job_id: str
+    index: int
+    raw: Mapping[str, Any]
+    version: Any
+    model: type[I]
+
+    def load(self) -> StoredItem[I]:
+        return StoredItem(self.client_id, self.job_id, self.model.model_validate(dict(self.raw)), self.version)
+
+
+@dataclass(frozen=True)
 class JobRow(Generic[J]):
     """One job the reaper's scan found: its client, its position in the scan (to resume after it),
     whether it is settled, and the job itself (read on demand: a malformed document fails its own
@@ -208,7 +224,7 @@ class JobStore(ABC, Generic[J, I]):
     # -- the reaper's scans (every client) ------------------------------------------------------------
 
     @abstractmethod
-    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[StoredItem[I]]:
+    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[ItemRow[I]]:
         """Every item of this kind, of any client, in ``status`` since before ``updated_before``, oldest
         first."""
 

@@ -204,8 +204,8 @@ def test_the_reapers_scans_and_cursor(subject: Subject) -> None:
     store.create_job(job("not_b", "c2", at=NOW + timedelta(minutes=1)), items(0))
     store.create_job(job("not_c", "c2", at=NOW + timedelta(hours=2)), [])
     later = NOW + timedelta(hours=1)
-    found = [(s.client_id, s.job_id, s.item.index) for s in store.stale_items(ItemStatus.QUEUED, later)]
-    assert sorted(found) == [("c1", "not_a", 0), ("c1", "not_a", 1), ("c2", "not_b", 0)]
+    found = [(r.client_id, r.job_id, r.index, r.load().item.index) for r in store.stale_items(ItemStatus.QUEUED, later)]
+    assert sorted(found) == [("c1", "not_a", 0, 0), ("c1", "not_a", 1, 1), ("c2", "not_b", 0, 0)]
     assert list(store.stale_items(ItemStatus.RUNNING, later)) == []
 
     rows = list(store.unsettled_jobs(JobStatus.QUEUED.value, later, None))

@@ -319,3 +319,22 @@ def test_a_job_is_listed_and_read_through_the_store() -> None:
     with pytest.raises(EpoxError) as missing:
         lifecycle.list_items(engine.jobs, "c2", second.id, ItemListQuery(limit=10))
     assert missing.value.status == 404
+
+
+def test_a_corrupt_item_fails_alone_in_the_reapers_run() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b")
+    engine.services.dies.update({0, 1})
+    engine.run(only=is_fanout)
+    for task in [t for t in engine.queue.tasks if t.path == "/tasks/item"]:
+        with pytest.raises(Died):
+            engine.deliver(task)
+    # Another client's stuck item whose document no longer validates.
+    other = job.model_copy(update={"client_id": "c2"})
+    engine.jobs.create_job(other, [WordItem(index=0, word="x", status=ItemStatus.RUNNING, updated_at=NOW)])
+    engine.jobs.items[("c2", job.id)][0]["attempts"] = "many"
+
+    report = recovery.reap(WORDS, engine.services, NOW + LEASE + timedelta(minutes=1), lease=LEASE)
+
+    assert set(report.failed) == {"c2"}
+    assert report.items_failed == {"c1": [f"{job.id}/000000", f"{job.id}/000001"]}

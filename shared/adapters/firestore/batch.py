@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from shared.batch.commits import commit_once
 from shared.batch.models import ItemListQuery, ItemStatus, JobListQuery, JobStatus
-from shared.batch.store import I, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
+from shared.batch.store import I, ItemRow, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
 from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -304,7 +304,7 @@ class FirestoreJobStore(JobStore[J, I], Generic[J, I]):
 
     # -- the reaper's scans -----------------------------------------------------------------------
 
-    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[StoredItem[I]]:
+    def stale_items(self, status: ItemStatus, updated_before: datetime) -> Iterator[ItemRow[I]]:
         from google.cloud.firestore import FieldFilter
 
         # Collection-group index on ``items``: status, updated_at. Other kinds' items live in
@@ -318,7 +318,8 @@ class FirestoreJobStore(JobStore[J, I], Generic[J, I]):
         for snapshot in _scan(query):
             parts = snapshot.reference.path.split("/")
             if len(parts) == 6 and parts[0] == "clients" and parts[2] == self.kind.collection:
-                yield StoredItem(parts[1], parts[3], self._item(snapshot.to_dict()), snapshot)
+                data = snapshot.to_dict() or {}
+                yield ItemRow(parts[1], parts[3], int(parts[5]), data, snapshot, self.kind.item_model)
 
     def unsettled_jobs(self, status: str, created_before: datetime, after: str | None) -> Iterator[JobRow[J]]:
         from google.cloud.firestore import FieldFilter
