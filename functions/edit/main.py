@@ -59,7 +59,7 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
         request_key=request_key(ctx),
         billing=billing_store(p),
     )
-    return accepted(service.job_out(p.db, job), f"/edits/{job.id}")
+    return accepted(service.job_out(EDITS.store(p), job), f"/edits/{job.id}")
 
 
 @api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES)
@@ -70,22 +70,23 @@ def quote_edit(ctx: RequestContext[EditRequest, NoQuery]) -> EditQuoteOut:
 
 @api.get("/edits", query=JobListQuery)
 def list_edits(ctx: RequestContext[NoBody, JobListQuery]) -> Page[EditJobOut]:
-    db = ctx.platform.db
-    page = lifecycle.list_jobs(EDITS, db, ctx.client_id, ctx.query)
-    return Page[EditJobOut](items=[service.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
+    store = EDITS.store(ctx.platform)
+    page = lifecycle.list_jobs(store, ctx.client_id, ctx.query)
+    return Page[EditJobOut](items=[service.job_out(store, job) for job in page.items], next_cursor=page.next_cursor)
 
 
 @api.get("/edits/<job_id>")
 def get_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
-    db = ctx.platform.db
-    return service.job_out(db, EDITS.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
+    store = EDITS.store(ctx.platform)
+    return service.job_out(store, store.get_job(ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.post("/edits/<job_id>/cancel", status=202)
 def cancel_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
     p = ctx.platform
-    job = lifecycle.cancel_job(EDITS, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
-    return service.job_out(p.db, job)
+    store = EDITS.store(p)
+    job = lifecycle.cancel_job(EDITS, store, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
+    return service.job_out(store, job)
 
 
 @api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True)

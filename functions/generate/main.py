@@ -77,7 +77,7 @@ def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str |
         retry_of=retry_of,
         billing=billing_store(p),
     )
-    return accepted(jobs.job_out(p.db, job), f"/jobs/{job.id}")
+    return accepted(jobs.job_out(GENERATION.store(p), job), f"/jobs/{job.id}")
 
 
 @api.post("/jobs", body=JobCreate, status=202, idempotent=True)
@@ -87,34 +87,36 @@ def create_job(ctx: RequestContext[JobCreate, NoQuery]) -> JsonResponse:
 
 @api.get("/jobs", query=JobListQuery)
 def list_jobs(ctx: RequestContext[NoBody, JobListQuery]) -> Page[JobOut]:
-    db = ctx.platform.db
-    page = lifecycle.list_jobs(GENERATION, db, ctx.client_id, ctx.query)
-    return Page[JobOut](items=[jobs.job_out(db, job) for job in page.items], next_cursor=page.next_cursor)
+    store = GENERATION.store(ctx.platform)
+    page = lifecycle.list_jobs(store, ctx.client_id, ctx.query)
+    return Page[JobOut](items=[jobs.job_out(store, job) for job in page.items], next_cursor=page.next_cursor)
 
 
 @api.get("/jobs/<job_id>")
 def get_job(ctx: RequestContext[NoBody, NoQuery]) -> JobOut:
-    db = ctx.platform.db
-    return jobs.job_out(db, GENERATION.get_job(db, ctx.client_id, ctx.path_params["job_id"]))
+    store = GENERATION.store(ctx.platform)
+    return jobs.job_out(store, store.get_job(ctx.client_id, ctx.path_params["job_id"]))
 
 
 @api.get("/jobs/<job_id>/items", query=ItemListQuery)
 def list_items(ctx: RequestContext[NoBody, ItemListQuery]) -> Page[ItemOut]:
-    return jobs.list_items(ctx.platform.db, ctx.client_id, ctx.path_params["job_id"], ctx.query)
+    return jobs.list_items(GENERATION.store(ctx.platform), ctx.client_id, ctx.path_params["job_id"], ctx.query)
 
 
 @api.post("/jobs/<job_id>/cancel", status=202)
 def cancel_job(ctx: RequestContext[NoBody, NoQuery]) -> JobOut:
     p = ctx.platform
-    job = lifecycle.cancel_job(GENERATION, p.db, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
-    return jobs.job_out(p.db, job)
+    store = GENERATION.store(p)
+    job = lifecycle.cancel_job(GENERATION, store, p.task_queue, ctx.client_id, ctx.path_params["job_id"], p.clock())
+    return jobs.job_out(store, job)
 
 
 @api.post("/jobs/<job_id>/retry", status=202, idempotent=True)
 def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse:
     p = ctx.platform
-    old = GENERATION.get_job(p.db, ctx.client_id, ctx.path_params["job_id"])
-    failed = jobs.failed_items(p.db, ctx.client_id, old.id)
+    store = GENERATION.store(p)
+    old = store.get_job(ctx.client_id, ctx.path_params["job_id"])
+    failed = jobs.failed_items(store, ctx.client_id, old.id)
     if not failed:
         from shared.errors import Conflict
 

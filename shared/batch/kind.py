@@ -23,7 +23,8 @@ Adding a job kind (store sync-back, video):
 2. A :class:`JobOrder` subclass carrying the request, and, when the kind needs more than
    :class:`JobServices` holds (an engine, its own limits), a :class:`JobServices` subclass.
 3. One ``JobKind[Job, Item, Services, Order]`` subclass: the names (collection, ids, tasks, hold), the
-   rules above, and :meth:`JobKind.dependencies` building its services from the platform.
+   rules above, :meth:`JobKind.store` (its documents: ``FirestoreJobStore(platform.db, self)``) and
+   :meth:`JobKind.dependencies` building its services (``jobs=self.store(platform)``) from the platform.
 4. Routes: the API entry point calls :func:`shared.batch.lifecycle.accept` (and the status reads);
    the Cloud Tasks entry point only calls ``add_worker_routes(tasks, KIND)``
    (:mod:`shared.batch.routes`), which serves the fan-out, item, settle and reaper routes.
@@ -48,12 +49,13 @@ from shared.batch.models import (
     JobTask,
     PagedJobDoc,
 )
-from shared.errors import EpoxError, NotFound
+from shared.errors import EpoxError
 from shared.tasks import TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
+    from shared.batch.store import JobStore
     from shared.ledger.service import Ledger
     from shared.platform import Platform
     from shared.storage import ObjectStore
@@ -81,9 +83,13 @@ class RequestKey:
 @dataclass(frozen=True, kw_only=True)
 class JobServices:
     """Everything the lifecycle and a kind's steps use, in one bundle: the adapters, the clock and the
-    lifecycle's limits. A kind that needs more (an engine, its own limits) subclasses it."""
+    lifecycle's limits. A kind that needs more (an engine, its own limits) subclasses it.
+
+    ``jobs`` holds the kind's own documents (the lifecycle reads and writes only through it); ``db``
+    is left for the kinds' steps that still read other aggregates through it."""
 
     db: Client
+    jobs: JobStore[Any, Any]
     store: ObjectStore
     queue: TaskQueue
     ledger: Ledger
@@ -169,10 +175,9 @@ class ItemRun(Generic[JobT, ItemT]):
 
     job: JobT
     item: ItemT  # as it was before this delivery took it
-    ref: Any  # the item document
-    # What guards the finishing commit: anything with the item's ``update_time`` as this delivery left
+    # What guards the finishing commit: the store's opaque version of the item as this delivery left
     # it (the write that marked it running, or the read the reaper or a cancellation acted on).
-    snapshot: Any
+    version: Any
     last_attempt: bool  # the queue will not deliver again: finish the item, whatever happens
     now: datetime
     # This delivery's own mark on the item (written when it takes and when it finishes the item): a
@@ -236,6 +241,12 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
         routes run with)."""
         raise NotImplementedError(f"{type(self).__name__} is not served by worker routes")
 
+    def store(self, platform: Platform) -> JobStore[JobT, ItemT]:
+        """Where the kind's jobs live (the adapter the kind is wired to, e.g.
+        :class:`~shared.adapters.firestore.batch.FirestoreJobStore` on the platform's Firestore): what
+        its services and its status reads use."""
+        raise NotImplementedError(f"{type(self).__name__} has no job store")
+
     # -- steps ------------------------------------------------------------------------------------
 
     def prepare(self, services: ServicesT, order: OrderT, job_id: str) -> OrderT:
@@ -298,16 +309,7 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
         already delivered to the customer (and charges it)."""
         return self.failed(job, error)
 
-    # -- where things live, what things are called ------------------------------------------------
-
-    def jobs_ref(self, db: Client, client_id: str) -> Any:
-        return db.collection("clients").document(client_id).collection(self.collection)
-
-    def items_ref(self, db: Client, client_id: str, job_id: str) -> Any:
-        return self.jobs_ref(db, client_id).document(job_id).collection("items")
-
-    def item_ref(self, db: Client, client_id: str, job_id: str, index: int) -> Any:
-        return self.items_ref(db, client_id, job_id).document(f"{index:06d}")
+    # -- what things are called --------------------------------------------------------------------
 
     def fanout_task(self, client_id: str, job_id: str, page: int = 0) -> TaskRequest:
         if self.paged:
@@ -336,9 +338,3 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
             name_parts=(f"{self.task_prefix}settle", client_id, job_id),
             finished_at=finished_at,
         )
-
-    def get_job(self, db: Client, client_id: str, job_id: str) -> JobT:
-        snapshot = self.jobs_ref(db, client_id).document(job_id).get()
-        if not snapshot.exists:
-            raise NotFound(f"No {self.noun} {job_id}")
-        return self.job_model.model_validate(snapshot.to_dict())

@@ -10,7 +10,7 @@
 * Item: the worker leaves a finished item alone, cancels a queued item of a stopped job, marks the
   item running and runs the kind's work. Transient errors are retried by the queue while attempts
   remain; anything else (and the last attempt) finishes the item as failed, so the job always
-  settles. Taking the item and finishing it are both guarded by the item's update time: of two
+  settles. Taking the item and finishing it are both guarded by the item's version: of two
   deliveries racing (or a delivery and the reaper), exactly one runs the work to its recorded
   outcome (and adds it to the counters in the same commit); the other answers 2xx and does nothing.
 * Settle: once every item has finished, ONE capture charges what succeeded and releases the rest of
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic
 
-from shared.batch.commits import commit_once
 from shared.batch.kind import (
     BatchPolicy,
     Finish,
@@ -61,16 +60,16 @@ from shared.batch.models import (
     JobTask,
     PagedJobDoc,
 )
+from shared.batch.store import StaleWrite, StoredItem
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
 from shared.ids import derived_id, new_id
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
-from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
+from shared.pagination import Page
 from shared.retry import CONTENDED_COMMIT, attempts
 from shared.tasks import RetryTask, TaskCall, TaskQueue
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
+    from shared.batch.store import JobStore
     from shared.ledger.service import Ledger
 
 logger = logging.getLogger("epox.batch")
@@ -87,15 +86,13 @@ def job_id_for(kind: JobKind[Any, Any, Any, Any], client_id: str, request_key: R
     return derived_id(kind.id_prefix, client_id, request_key.key, *scope)
 
 
-def existing_job(
-    kind: JobKind[JobT, Any, Any, Any], db: Client, client_id: str, job_id: str, request_key: RequestKey | None
-) -> JobT | None:
+def existing_job(jobs: JobStore[JobT, Any], client_id: str, job_id: str, request_key: RequestKey | None) -> JobT | None:
     """The job a keyed request already created (nothing more is reserved), or None."""
-    snapshot = kind.jobs_ref(db, client_id).document(job_id).get()
-    if not snapshot.exists:
+    job = jobs.find_job(client_id, job_id)
+    if job is None:
         return None
     fingerprint = request_key.fingerprint if request_key is not None else None
-    return _same_request(kind.job_model.model_validate(snapshot.to_dict()), fingerprint)
+    return _same_request(job, fingerprint)
 
 
 def _same_request(job: JobT, fingerprint: str | None) -> JobT:
@@ -143,9 +140,10 @@ def accept(kind: JobKind[JobT, ItemT, ServicesT, OrderT], services: ServicesT, o
     A job that cannot be recorded (the object store or Firestore failed) releases its hold before
     the error is answered, so no credits stay locked for hours with no job to show for them; a retry
     with the same key then reserves afresh."""
-    client_id, db, policy = order.client_id, services.db, services.policy
+    client_id, policy = order.client_id, services.policy
+    jobs: JobStore[JobT, ItemT] = services.jobs
     job_id = job_id_for(kind, client_id, order.request_key, *order.scope)
-    existing = existing_job(kind, db, client_id, job_id, order.request_key)
+    existing = existing_job(jobs, client_id, job_id, order.request_key)
     if existing is not None:
         return existing
     order = kind.prepare(services, order, job_id)
@@ -167,14 +165,14 @@ def accept(kind: JobKind[JobT, ItemT, ServicesT, OrderT], services: ServicesT, o
             job = job.model_copy(
                 update={"fanout_page_size": policy.fanout_page, "fanout_pages": fanout_pages(job.item_count, policy)}
             )
-        accepted = submit(kind, db, services.queue, job, items)
+        accepted = submit(kind, jobs, services.queue, job, items)
     except Exception:
         if hold_id:
-            _release_unowned(kind, db, services.ledger, client_id, job_id, hold_id)
+            _release_unowned(kind, jobs, services.ledger, client_id, job_id, hold_id)
         raise
     if hold_id and accepted.hold_id != hold_id:
         # A concurrent request with the same key recorded the job first, holding other credits.
-        _release_unowned(kind, db, services.ledger, client_id, job_id, hold_id)
+        _release_unowned(kind, jobs, services.ledger, client_id, job_id, hold_id)
     return accepted
 
 
@@ -202,13 +200,18 @@ def _pending_hold(
 
 
 def _release_unowned(
-    kind: JobKind[Any, Any, Any, Any], db: Client, ledger: Ledger, client_id: str, job_id: str, hold_id: str
+    kind: JobKind[Any, Any, Any, Any],
+    jobs: JobStore[Any, Any],
+    ledger: Ledger,
+    client_id: str,
+    job_id: str,
+    hold_id: str,
 ) -> None:
     """Release ``hold_id`` unless the recorded job owns it. When that cannot be told (Firestore is
     failing), the hold is left to the sweeper: releasing a hold a job still needs would give its work away."""
     try:
-        snapshot = kind.jobs_ref(db, client_id).document(job_id).get()
-        if snapshot.exists and (snapshot.to_dict() or {}).get("hold_id") == hold_id:
+        recorded = jobs.find_job(client_id, job_id)
+        if recorded is not None and recorded.hold_id == hold_id:
             return  # recorded after all (the failure came after the commit): its settlement resolves the hold
         ledger.release(
             client_id,
@@ -229,24 +232,18 @@ def fanout_pages(item_count: int, policy: BatchPolicy) -> int:
 
 
 def submit(
-    kind: JobKind[JobT, ItemT, Any, Any], db: Client, queue: TaskQueue, job: JobT, items: Sequence[ItemT] = ()
+    kind: JobKind[JobT, ItemT, Any, Any],
+    jobs: JobStore[JobT, ItemT],
+    queue: TaskQueue,
+    job: JobT,
+    items: Sequence[ItemT] = (),
 ) -> JobT:
     """Write the job (and, for a kind that is not paged, all its items) in one commit and enqueue its
     fan-out. When a concurrent request with the same key won the race, its job is the answer; a commit
     of ours whose answer was lost is recognised by the job's ``submission`` token and goes on."""
     job = job.model_copy(update={"submission": new_token()})
-    ref = kind.jobs_ref(db, job.client_id).document(job.id)
-    batch = db.batch()
-    batch.create(ref, job.model_dump(mode="python"))
-    for item in items:
-        batch.create(ref.collection("items").document(f"{item.index:06d}"), item.model_dump(mode="python"))
-
-    def ours() -> bool | None:
-        stored = ref.get()
-        return True if stored.exists and (stored.to_dict() or {}).get("submission") == job.submission else None
-
-    if commit_once(lambda: batch.commit(retry=None), ours, f"record {kind.noun}") is None:
-        return _same_request(kind.job_model.model_validate(ref.get().to_dict()), job.request_fingerprint)
+    if not jobs.create_job(job, list(items)):
+        return _same_request(jobs.get_job(job.client_id, job.id), job.request_fingerprint)
     try:
         queue.enqueue(kind.fanout_task(job.client_id, job.id))
     except Exception:
@@ -270,13 +267,13 @@ def run_fanout(
     kind: JobKind[Any, Any, ServicesT, Any], services: ServicesT, task: JobTask, now: datetime | None = None
 ) -> str:
     """Fan out a job whose items were written with it: one named task per item."""
-    db, queue, now = services.db, services.queue, now or services.clock()
-    job = kind.get_job(db, task.client_id, task.job_id)
+    jobs, queue, now = services.jobs, services.queue, now or services.clock()
+    job = jobs.get_job(task.client_id, task.job_id)
     if job.settled:
         return "job already settled"
     for index in range(job.item_count):
         queue.enqueue(kind.item_task(task.client_id, task.job_id, index))
-    _mark_fanned_out(db, kind.jobs_ref(db, task.client_id).document(task.job_id), page=None, now=now)
+    jobs.mark_fanned_out(task.client_id, task.job_id, None, now)
     return f"{job.item_count} item tasks"
 
 
@@ -290,49 +287,41 @@ def run_fanout_page(
     counted), and the last page then asks for the settlement (named after the services' clock). The
     page size is the one the job was accepted with; a page the reaper gave up writes nothing.
     ``now`` is when the delivery started (by default, the services' clock)."""
-    from google.api_core.exceptions import AlreadyExists
-
-    db, queue, policy = services.db, services.queue, services.policy
+    queue, policy = services.queue, services.policy
+    jobs: JobStore[JobT, ItemT] = services.jobs
     now = now or services.clock()
-    job = kind.get_job(db, task.client_id, task.job_id)
+    job = jobs.get_job(task.client_id, task.job_id)
     if job.settled:
         return "job already settled"
     if not isinstance(job, PagedJobDoc):
         raise TypeError(f"{kind.noun} jobs are not paged")
     pages = job.fanout_pages
     size = job.fanout_page_size or policy.fanout_page  # jobs from before the size was stored: the setting
-    job_ref = kind.jobs_ref(db, task.client_id).document(task.job_id)
-    if (page_marker(job_ref, task.page).get().to_dict() or {}).get("given_up"):
+    if jobs.page_given_up(task.client_id, task.job_id, task.page):
         return f"fan-out page {task.page + 1}/{pages}: given up"
     start = task.page * size
     stopped = job.status in STOPPED_JOB
     docs = kind.page_items(
         services, job, start, min(start + size, job.item_count), ItemStatus.CANCELLED if stopped else ItemStatus.QUEUED
     )
-    items_ref = kind.items_ref(db, task.client_id, task.job_id)
     created: list[ItemT] = []
     for doc in docs:
-        batch = db.batch()
-        batch.create(items_ref.document(f"{doc.index:06d}"), doc.model_dump(mode="python"))
-        if stopped:
-            _count(batch, kind, db, job, doc, policy.counter_shards)
-        try:
-            batch.commit()
+        counts = increments(kind, job, doc) if stopped else None
+        # Not created: a redelivered page, this item exists (and may already be running).
+        if jobs.create_item(job, doc, counts, doc.index % policy.counter_shards):
             created.append(doc)
-        except AlreadyExists:
-            continue  # a redelivered page: this item exists (and may already be running)
     # A stopped job's new items were written cancelled, but items an earlier delivery of this page
     # wrote before the job was stopped may still be queued (that delivery failed while enqueuing
     # their tasks): each needs its task, which cancels it, or the job never settles.
     written = {doc.index for doc in created}
-    pending = _still_queued(kind, db, task, [d for d in docs if d.index not in written]) if stopped else docs
+    pending = _still_queued(jobs, task, [d for d in docs if d.index not in written]) if stopped else docs
     for doc in pending:
         queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
     if not stopped:
         # A cancelled job's settings are not what the customer last chose for these products.
         kind.after_page(services, job, docs)
     # Counted by its own marker, whether this delivery or an earlier one wrote the items.
-    _mark_fanned_out(db, job_ref, page=task.page, now=now)
+    jobs.mark_fanned_out(task.client_id, task.job_id, task.page, now)
     if task.page + 1 < pages:
         queue.enqueue(kind.fanout_task(task.client_id, task.job_id, task.page + 1))
     elif stopped:
@@ -340,46 +329,10 @@ def run_fanout_page(
     return f"fan-out page {task.page + 1}/{pages}: {len(created)} items"
 
 
-def _still_queued(kind: JobKind[Any, ItemT, Any, Any], db: Client, task: JobTask, docs: Sequence[ItemT]) -> list[ItemT]:
+def _still_queued(jobs: JobStore[Any, ItemT], task: JobTask, docs: Sequence[ItemT]) -> list[ItemT]:
     """Those of ``docs`` whose stored item is still queued."""
-    if not docs:
-        return []
-    refs = [kind.item_ref(db, task.client_id, task.job_id, doc.index) for doc in docs]
-    queued = {
-        snap.id
-        for snap in db.get_all(refs, field_paths=["status"])
-        if snap.exists and (snap.to_dict() or {}).get("status") == ItemStatus.QUEUED.value
-    }
-    return [doc for doc, ref in zip(docs, refs, strict=True) if ref.id in queued]
-
-
-def page_marker(job_ref: Any, page: int) -> Any:
-    """``…/{job}/fanout_pages/{page:06d}``: written once, when the page's items and tasks exist (or
-    when the reaper gave the page up)."""
-    return job_ref.collection("fanout_pages").document(f"{page:06d}")
-
-
-def _mark_fanned_out(db: Client, ref: Any, *, page: int | None, now: datetime) -> None:
-    """Mark ``page`` done (counted once, by its marker) and move a queued job to running, in a
-    transaction: a cancel that lands while the page is being fanned out must not be overwritten by a
-    status read before it."""
-    from google.cloud import firestore
-
-    marker = page_marker(ref, page) if page is not None else None
-
-    @firestore.transactional  # type: ignore[misc]
-    def apply(transaction: Any) -> None:
-        current = JobStatus((ref.get(transaction=transaction).to_dict() or {}).get("status", JobStatus.QUEUED.value))
-        changes: dict[str, Any] = {}
-        if marker is not None and not marker.get(transaction=transaction).exists:
-            transaction.create(marker, {"page": page, "at": now})
-            changes["fanout_pages_done"] = firestore.Increment(1)
-        if current is JobStatus.QUEUED:
-            changes["status"] = JobStatus.RUNNING.value
-        if changes:
-            transaction.update(ref, {**changes, "updated_at": now})
-
-    apply(db.transaction())
+    queued = jobs.existing_items(task.client_id, task.job_id, [doc.index for doc in docs], ItemStatus.QUEUED)
+    return [doc for doc in docs if doc.index in queued]
 
 
 # -- item -------------------------------------------------------------------------------------------
@@ -398,29 +351,28 @@ def run_item(
     """Run one item once (the kind's :meth:`JobKind.work`), however often its task is delivered.
     ``now`` is when the delivery started (by default, the services' clock); the services' clock
     tells when the item finished, which names its settle task (work can outlast a window)."""
-    db, queue, policy = services.db, services.queue, services.policy
+    jobs, queue, policy = services.jobs, services.queue, services.policy
     now = now or services.clock()
-    item_ref = kind.item_ref(db, task.client_id, task.job_id, task.index)
-    snapshot = item_ref.get()
-    if not snapshot.exists:
+    stored = jobs.read_item(task.client_id, task.job_id, task.index)
+    if stored is None:
         return "item not found: dropped"
-    item = kind.item_model.model_validate(snapshot.to_dict())
+    item = stored.item
     if item.status in TERMINAL_ITEM:
         queue.enqueue(kind.settle_task(task.client_id, task.job_id, services.clock()))
         return f"item already {item.status.value}"
-    job = kind.get_job(db, task.client_id, task.job_id)
+    job = jobs.get_job(task.client_id, task.job_id)
     result: Finish | Finished
     token = new_token()
     if job.status in STOPPED_JOB and item.status is ItemStatus.QUEUED:
-        run = ItemRun(job, item, item_ref, snapshot, last_attempt=False, now=now, token=token)
+        run = ItemRun(job, item, stored.version, last_attempt=False, now=now, token=token)
         result = Finish(ItemStatus.CANCELLED, {"failure": None})
     else:
-        taken = _take(kind, db, item_ref, snapshot, now, token)
+        taken = _take(jobs, stored, now, token)
         if taken is None:
             return TAKEN_OVER
-        snapshot, item = taken
+        version, item = taken
         last_attempt = call.retry_count + 1 >= policy.max_attempts
-        run = ItemRun(job, item, item_ref, snapshot, last_attempt=last_attempt, now=now, token=token)
+        run = ItemRun(job, item, version, last_attempt=last_attempt, now=now, token=token)
         try:
             result = _attempt(
                 kind,
@@ -431,7 +383,7 @@ def run_item(
         except ItemTakenOver:
             return TAKEN_OVER
     if isinstance(result, Finish):
-        if not _record(kind, db, run, result, policy.counter_shards):
+        if not _record(kind, jobs, run, result, policy.counter_shards):
             return TAKEN_OVER
         outcome = result.outcome or f"item {task.index} {result.status.value}"
     elif kind.counted:
@@ -448,40 +400,31 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-def _take(
-    kind: JobKind[Any, ItemT, Any, Any], db: Client, ref: Any, snapshot: Any, now: datetime, token: str
-) -> tuple[Any, ItemT] | None:
+def _take(jobs: JobStore[Any, ItemT], stored: StoredItem[ItemT], now: datetime, token: str) -> tuple[Any, ItemT] | None:
     """Mark the item running with ``token``, unless another delivery (or the reaper) took or finished
-    it since ``snapshot`` was read: that one owns the outcome, and this one must neither run the work
-    again nor record it a second time (None). Returns what guards the finish (the write, or the read
-    that recognised it) and the item as it was before this delivery took it.
+    it since ``stored`` was read: that one owns the outcome, and this one must neither run the work
+    again nor record it a second time (None). Returns what guards the finish (the version the write
+    left) and the item as it was before this delivery took it.
 
-    A take whose answer was lost is recognised by the token. An item still queued was only touched
-    by the reaper (which re-enqueues lost tasks): it is taken from the fresh read."""
-    guard = db.write_option
+    A take whose answer was lost is recognised by the token (the store's guarded commit). An item
+    still queued was only touched by the reaper (which re-enqueues lost tasks): it is taken from the
+    fresh read."""
+    current = stored
     for _attempt in attempts(CONTENDED_COMMIT, "take a batch item"):
-        item = kind.item_model.model_validate(snapshot.to_dict())
+        item = current.item
         changes = {
             "status": ItemStatus.RUNNING.value,
             "attempts": item.attempts + 1,
             "delivery": token,
             "updated_at": now,
         }
-
-        def ours() -> Any:
-            fresh = ref.get()
-            mine = (fresh.to_dict() or {}).get("delivery") == token
-            return fresh if mine and (fresh.to_dict() or {}).get("status") == ItemStatus.RUNNING.value else None
-
-        def write(current: Any = snapshot, updates: dict[str, Any] = changes) -> Any:
-            return ref.update(updates, option=guard(last_update_time=current.update_time), retry=None)
-
-        taken = commit_once(write, ours, "take a batch item")
-        if taken is not None:
-            return taken, item
-        snapshot = ref.get()
-        if not snapshot.exists or (snapshot.to_dict() or {}).get("status") != ItemStatus.QUEUED.value:
+        version = jobs.commit_item(current, changes)
+        if version is not None:
+            return version, item
+        fresh = jobs.read_item(current.client_id, current.job_id, item.index)
+        if fresh is None or fresh.item.status is not ItemStatus.QUEUED:
             return None
+        current = fresh
     return None
 
 
@@ -515,23 +458,24 @@ def _attempt(
 
 
 def _record(
-    kind: JobKind[JobT, ItemT, Any, Any], db: Client, run: ItemRun[JobT, ItemT], result: Finish, shards: int
+    kind: JobKind[JobT, ItemT, Any, Any],
+    jobs: JobStore[JobT, ItemT],
+    run: ItemRun[JobT, ItemT],
+    result: Finish,
+    shards: int,
 ) -> bool:
     """Finish the item and count it in one commit, unless another delivery (or the reaper) changed it
     since this one took it (then that one owns the outcome: False). A commit of ours whose answer was
     lost is recognised by the run's token (True)."""
     changes = run.changes(result.status, **result.fields)
-    batch = db.batch()
-    batch.update(run.ref, changes, option=db.write_option(last_update_time=run.snapshot.update_time))
+    counts: dict[str, int] | None = None
     if kind.counted:
         finished = kind.item_model.model_validate({**run.item.model_dump(), **changes})
-        _count(batch, kind, db, run.job, finished, shards)
-
-    def ours() -> bool | None:
-        stored = run.ref.get().to_dict() or {}
-        return True if stored.get("delivery") == run.token and stored.get("status") == result.status.value else None
-
-    return commit_once(lambda: batch.commit(retry=None), ours, f"record a {kind.noun} item") is not None
+        counts = increments(kind, run.job, finished)
+    stored = StoredItem(run.job.client_id, run.job.id, run.item, run.version)
+    # One of ``shards`` counter shards (no document is written by every item; totals add up every
+    # shard there is).
+    return jobs.commit_item(stored, changes, counts, run.item.index % shards) is not None
 
 
 # -- counting ---------------------------------------------------------------------------------------
@@ -540,26 +484,6 @@ def _record(
 def increments(kind: JobKind[JobT, ItemT, Any, Any], job: JobT, item: ItemT) -> dict[str, int]:
     """What a finished item adds to its job's totals."""
     return {"done_items": 1, f"{item.status.value}_items": 1, **kind.tally(job, item)}
-
-
-def _count(batch: Any, kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT, item: ItemT, shards: int) -> None:
-    """Add a finished item to one of the job's ``shards`` counter shards (no document is written by
-    every item; totals add up every shard there is)."""
-    from google.cloud import firestore
-
-    shard = (
-        kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").document(f"{item.index % shards:03d}")
-    )
-    values = increments(kind, job, item)
-    batch.set(shard, {name: firestore.Increment(value) for name, value in values.items()}, merge=True)
-
-
-def _counter_totals(kind: JobKind[JobT, Any, Any, Any], db: Client, job: JobT) -> Totals:
-    totals: dict[str, int] = {}
-    for snapshot in kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").stream():
-        for name, value in (snapshot.to_dict() or {}).items():
-            totals[name] = totals.get(name, 0) + int(value)
-    return Totals(totals)
 
 
 def totals_of_items(kind: JobKind[JobT, ItemT, Any, Any], job: JobT, items: Sequence[ItemT]) -> Totals:
@@ -572,17 +496,16 @@ def totals_of_items(kind: JobKind[JobT, ItemT, Any, Any], job: JobT, items: Sequ
     return Totals(totals)
 
 
-def all_items(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> list[ItemT]:
+def all_items(jobs: JobStore[JobT, ItemT], job: JobT) -> list[ItemT]:
     """Every item of a job that is not paged (at most a hundred or so), in order."""
-    stream = kind.items_ref(db, job.client_id, job.id).stream()
-    return sorted((kind.item_model.model_validate(s.to_dict()) for s in stream), key=lambda item: item.index)
+    return jobs.all_items(job.client_id, job.id)
 
 
-def totals(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> Totals:
+def totals(kind: JobKind[JobT, ItemT, Any, Any], jobs: JobStore[JobT, ItemT], job: JobT) -> Totals:
     """The job's totals: from its counters, or (uncounted kinds) from its items."""
     if kind.counted:
-        return _counter_totals(kind, db, job)
-    return totals_of_items(kind, job, all_items(kind, db, job))
+        return Totals(jobs.counter_totals(job.client_id, job.id))
+    return totals_of_items(kind, job, all_items(jobs, job))
 
 
 @dataclass(frozen=True)
@@ -603,21 +526,16 @@ class Progress(Generic[ItemT]):
         )
 
 
-def progress(kind: JobKind[JobT, ItemT, Any, Any], db: Client, job: JobT) -> Progress[ItemT]:
+def progress(kind: JobKind[JobT, ItemT, Any, Any], jobs: JobStore[JobT, ItemT], job: JobT) -> Progress[ItemT]:
     """Counts and totals of a job (one counter read, or one read of its items)."""
-    from google.cloud.firestore import FieldFilter
-
     items: list[ItemT] = []
     if kind.counted:
-        sums = _counter_totals(kind, db, job)
+        sums = Totals(jobs.counter_totals(job.client_id, job.id))
         running = 0
         if not job.settled:
-            query = kind.items_ref(db, job.client_id, job.id).where(
-                filter=FieldFilter("status", "==", ItemStatus.RUNNING.value)
-            )
-            running = int(query.count().get()[0][0].value)
+            running = jobs.count_items(job.client_id, job.id, ItemStatus.RUNNING)
     else:
-        items = all_items(kind, db, job)
+        items = all_items(jobs, job)
         sums = totals_of_items(kind, job, items)
         running = sum(1 for item in items if item.status is ItemStatus.RUNNING)
     return Progress(
@@ -637,11 +555,11 @@ def run_settle(
 ) -> str:
     """Once every item has finished: capture what the kind charges, release the rest (one ledger commit).
     ``now`` (by default, the services' clock) is when the job is marked settled."""
-    db, ledger, now = services.db, services.ledger, now or services.clock()
-    job = kind.get_job(db, task.client_id, task.job_id)
+    jobs, ledger, now = services.jobs, services.ledger, now or services.clock()
+    job = jobs.get_job(task.client_id, task.job_id)
     if job.settled:
         return "already settled"
-    sums = totals(kind, db, job)
+    sums = totals(kind, jobs, job)
     if sums.done < job.item_count:
         return f"{sums.done}/{job.item_count} items finished"
     captured = released = 0
@@ -672,14 +590,16 @@ def run_settle(
             )
         captured, released = outcome.captured, outcome.released
     final = JobStatus.CANCELLED if job.status in STOPPED_JOB else JobStatus.COMPLETED
-    kind.jobs_ref(db, task.client_id).document(task.job_id).update(
+    jobs.update_job(
+        task.client_id,
+        task.job_id,
         {
             "status": final.value,
             "settled": True,
             "settlement": kind.settlement(sums, captured, released),
             "finished_at": now,
             "updated_at": now,
-        }
+        },
     )
     return f"settled: captured {captured}, released {released}"
 
@@ -700,80 +620,47 @@ def _released_before_settle(kind: JobKind[Any, Any, Any, Any], ledger: Ledger, j
 
 
 def cancel_job(
-    kind: JobKind[JobT, Any, Any, Any], db: Client, queue: TaskQueue, client_id: str, job_id: str, now: datetime
+    kind: JobKind[JobT, Any, Any, Any],
+    jobs: JobStore[JobT, Any],
+    queue: TaskQueue,
+    client_id: str,
+    job_id: str,
+    now: datetime,
 ) -> JobT:
     """Stop starting new items; items already running finish; unstarted ones are released at settle."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    ref = kind.jobs_ref(db, client_id).document(job_id)
     for _attempt in attempts(CONTENDED_COMMIT, f"cancel a {kind.noun}"):
-        snapshot = ref.get()
-        if not snapshot.exists:
+        stored = jobs.read_job(client_id, job_id)
+        if stored is None:
             raise NotFound(f"No {kind.noun} {job_id}")
-        job = kind.job_model.model_validate(snapshot.to_dict())
+        job = stored.job
         if job.settled:
             return job
         if job.status not in STOPPED_JOB:
             try:
                 # Guarded by the read: a settle that finishes in between wins, and we answer its state.
-                ref.update(
-                    {"status": JobStatus.CANCELLING.value, "updated_at": now},
-                    option=db.write_option(last_update_time=snapshot.update_time),
+                jobs.update_job(
+                    client_id, job_id, {"status": JobStatus.CANCELLING.value, "updated_at": now}, stored.version
                 )
-            except FailedPrecondition:
+            except StaleWrite:
                 continue  # the job moved (a page, a settle, our own update answered late): read it again
             job = job.model_copy(update={"status": JobStatus.CANCELLING})
         # Stopped, by this call or an earlier one whose answer was lost: its settlement is asked for
         # (settling is idempotent, and waits for running items).
         queue.enqueue(kind.settle_task(client_id, job_id, now))
         return job
-    return kind.get_job(db, client_id, job_id)
+    return jobs.get_job(client_id, job_id)
 
 
-def list_jobs(kind: JobKind[JobT, Any, Any, Any], db: Client, client_id: str, query: JobListQuery) -> Page[JobT]:
+def list_jobs(jobs: JobStore[JobT, Any], client_id: str, query: JobListQuery) -> Page[JobT]:
     """Newest first, optionally of one status."""
-    from google.cloud.firestore import FieldFilter, Query
-
-    q = kind.jobs_ref(db, client_id)
-    if query.status:
-        q = q.where(filter=FieldFilter("status", "==", query.status.value))
-    q = q.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
-    if query.cursor:
-        values = decode_cursor(query.cursor)
-        q = q.start_after({"created_at": cursor_datetime(values, "t"), "id": cursor_str(values, "id")})
-    docs = [kind.job_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
-    cursor = None
-    if len(docs) > query.limit:
-        docs = docs[: query.limit]
-        cursor = encode_cursor({"t": docs[-1].created_at.isoformat(), "id": docs[-1].id})
-    return Page(items=docs, next_cursor=cursor)
+    return jobs.list_jobs(client_id, query)
 
 
-def list_items(
-    kind: JobKind[Any, ItemT, Any, Any], db: Client, client_id: str, job_id: str, query: ItemListQuery
-) -> Page[ItemT]:
-    """In index order, optionally of one status."""
-    from google.cloud.firestore import FieldFilter
-
-    kind.get_job(db, client_id, job_id)
-    q = kind.items_ref(db, client_id, job_id)
-    if query.status:
-        q = q.where(filter=FieldFilter("status", "==", query.status.value))
-    q = q.order_by("index")
-    if query.cursor:
-        q = q.start_after({"index": cursor_int(decode_cursor(query.cursor), "i")})
-    docs = [kind.item_model.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
-    cursor = None
-    if len(docs) > query.limit:
-        docs = docs[: query.limit]
-        cursor = encode_cursor({"i": docs[-1].index})
-    return Page(items=docs, next_cursor=cursor)
+def list_items(jobs: JobStore[Any, ItemT], client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemT]:
+    """In index order, optionally of one status (404 for a job that is not the client's)."""
+    jobs.get_job(client_id, job_id)
+    return jobs.list_items(client_id, job_id, query)
 
 
-def items_with_status(
-    kind: JobKind[Any, ItemT, Any, Any], db: Client, client_id: str, job_id: str, status: ItemStatus
-) -> list[ItemT]:
-    from google.cloud.firestore import FieldFilter
-
-    q = kind.items_ref(db, client_id, job_id).where(filter=FieldFilter("status", "==", status.value))
-    return [kind.item_model.model_validate(s.to_dict()) for s in q.stream()]
+def items_with_status(jobs: JobStore[Any, ItemT], client_id: str, job_id: str, status: ItemStatus) -> list[ItemT]:
+    return jobs.items_with_status(client_id, job_id, status)

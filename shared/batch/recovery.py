@@ -29,25 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.batch.kind import Finish, ItemRun, JobKind, JobServices, failure_of
-from shared.batch.lifecycle import (
-    _mark_fanned_out,
-    _record,
-    increments,
-    new_token,
-    page_marker,
-    totals,
-)
+from shared.batch.lifecycle import _record, increments, new_token, totals
 from shared.batch.models import STOPPED_JOB, ItemStatus, JobStatus, PagedJobDoc, ReapReport
+from shared.batch.store import ReaperCursor, StaleWrite, StoredItem
 from shared.errors import EpoxError
 from shared.scheduled import isolated
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
+    from shared.batch.store import JobStore
 
 logger = logging.getLogger("epox.batch")
 
@@ -63,8 +56,6 @@ STALL_GRACE = timedelta(minutes=30)
 # Lost tasks re-created for one item (or fan-out pages for one job) before the work is given up:
 # with STALL_GRACE and a 15-minute schedule, a few hours at most, within the shortest hold TTL.
 MAX_REQUEUES = 3
-CURSORS = "batch_reaper"  # top level: {kind's collection} → where the job pass stopped
-SCAN_PAGE = 200  # documents read per query page (no long-lived stream while writing)
 ITEM_BATCH = 400  # items given up per commit (Firestore allows 500 writes)
 
 
@@ -107,33 +98,33 @@ def reap(
     services' clock tells the time each settle task is enqueued at, which names it (a long run
     outlives settle windows). At most ``limit`` items acted on per item pass and ``limit`` jobs
     checked, the rest the next run (``more``)."""
-    db = services.db
+    store = services.jobs
     now = now if now is not None else services.clock()
     report = ReapReport(job="reap-stuck-items")
     acted = 0
-    for snapshot in _items(kind, db, ItemStatus.RUNNING, now - lease):
+    for row in store.stale_items(ItemStatus.RUNNING, now - lease):
         if acted >= limit:
             report.more = True
             break
-        client_id, job_id = _owner(snapshot.reference)
+        client_id, job_id = row.client_id, row.job_id
         with isolated(report.job, client_id, report.failed, step="running items"):
-            if fail_stuck_item(kind, services, snapshot, now, lease):
+            if fail_stuck_item(kind, services, row.load(), now, lease):
                 acted += 1
-                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
+                report.items_failed.setdefault(client_id, []).append(f"{job_id}/{row.index:06d}")
     acted = 0
     jobs: dict[str, Any] = {}  # a large job's queued items are many: its document is read once per run
-    for snapshot in _items(kind, db, ItemStatus.QUEUED, now - stall_grace):
+    for row in store.stale_items(ItemStatus.QUEUED, now - stall_grace):
         if acted >= limit:
             report.more = True
             break
-        client_id, job_id = _owner(snapshot.reference)
+        client_id, job_id = row.client_id, row.job_id
         with isolated(report.job, client_id, report.failed, step="queued items"):
-            done = requeue_stalled_item(kind, services, snapshot, now, stall_grace, jobs=jobs)
+            done = requeue_stalled_item(kind, services, row.load(), now, stall_grace, jobs=jobs)
             if done is not None:
                 acted += 1
                 found = report.items_failed if done == "failed" else report.items_requeued
                 if done != "waiting":
-                    found.setdefault(client_id, []).append(f"{job_id}/{snapshot.reference.id}")
+                    found.setdefault(client_id, []).append(f"{job_id}/{row.index:06d}")
     _reap_jobs(kind, services, now, report, limit=limit, stall_grace=stall_grace)
     return report
 
@@ -142,24 +133,22 @@ def reap(
 
 
 def fail_stuck_item(
-    kind: JobKind[Any, Any, Any, Any], services: JobServices, snapshot: Any, now: datetime, lease: timedelta
+    kind: JobKind[Any, Any, Any, Any], services: JobServices, stored: StoredItem[Any], now: datetime, lease: timedelta
 ) -> bool:
-    """Give up the running item ``snapshot`` for good (the kind's verdict: failed, or what of it the
+    """Give up the running item ``stored`` for good (the kind's verdict: failed, or what of it the
     customer already has) and enqueue its job's settlement. The write is guarded by the snapshot's
-    update time like a delivery's: a delivery that finished the item or started again since then
+    version like a delivery's: a delivery that finished the item or started again since then
     owns it, and nothing changes (False)."""
-    db = services.db
-    client_id, job_id = _owner(snapshot.reference)
-    item = kind.item_model.model_validate(snapshot.to_dict())
-    job = kind.get_job(db, client_id, job_id)
+    client_id, job_id, item = stored.client_id, stored.job_id, stored.item
+    job = services.jobs.get_job(client_id, job_id)
     if item.status is not ItemStatus.RUNNING or job.settled:
         return False
     error = ItemTimedOut(
         f"No delivery of this item finished within {int(lease.total_seconds() // 60)} minutes; it was given up"
     )
-    run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
+    run = ItemRun(job, item, stored.version, last_attempt=True, now=now, token=new_token())
     # One counter shard is enough: reaping is rare, and the totals add up every shard.
-    if not _record(kind, db, run, kind.given_up(services, job, item, error), shards=1):
+    if not _record(kind, services.jobs, run, kind.given_up(services, job, item, error), shards=1):
         return False
     logger.warning("item %s of %s %s was running since %s: given up", item.index, kind.noun, job_id, item.updated_at)
     # Named after the time the item was recorded, not when the run started: a settle task of this job
@@ -172,28 +161,25 @@ def fail_stuck_item(
 def requeue_stalled_item(
     kind: JobKind[Any, Any, Any, Any],
     services: JobServices,
-    snapshot: Any,
+    stored: StoredItem[Any],
     now: datetime,
     stall_grace: timedelta = STALL_GRACE,
     *,
     jobs: dict[str, Any] | None = None,
 ) -> Literal["requeued", "waiting", "failed"] | None:
-    """Enqueue the task of the queued item ``snapshot`` again ("requeued": it was lost; "waiting": a
+    """Enqueue the task of the queued item ``stored`` again ("requeued": it was lost; "waiting": a
     task of that name still exists, or its name is still reserved after it ended), or, once
     :data:`MAX_REQUEUES` re-created tasks were lost too, fail it ("failed"; cancelled when its job was
     stopped) and enqueue the settlement. None when there is nothing to do: the item was taken since,
     its job is settled, not fanned out yet (the job pass sees to that) or was touched recently.
     ``jobs`` caches the job documents read during one run, by job id."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    db, queue = services.db, services.queue
-    client_id, job_id = _owner(snapshot.reference)
-    item = kind.item_model.model_validate(snapshot.to_dict())
+    store, queue = services.jobs, services.queue
+    client_id, job_id, item = stored.client_id, stored.job_id, stored.item
     if item.status is not ItemStatus.QUEUED:
         return None
     cache = jobs if jobs is not None else {}
     if f"{client_id}/{job_id}" not in cache:
-        cache[f"{client_id}/{job_id}"] = kind.get_job(db, client_id, job_id)
+        cache[f"{client_id}/{job_id}"] = store.get_job(client_id, job_id)
     job = cache[f"{client_id}/{job_id}"]
     if job.settled or job.status is JobStatus.QUEUED or job.updated_at > now - stall_grace:
         return None
@@ -203,8 +189,8 @@ def requeue_stalled_item(
         else:
             error = ItemNotStarted(f"The task of this item was lost {item.requeues + 1} times before it could start")
             result = kind.given_up(services, job, item, error)
-        run = ItemRun(job, item, snapshot.reference, snapshot, last_attempt=True, now=now, token=new_token())
-        if not _record(kind, db, run, result, shards=1):
+        run = ItemRun(job, item, stored.version, last_attempt=True, now=now, token=new_token())
+        if not _record(kind, store, run, result, shards=1):
             return None
         logger.warning("item %s of %s %s never started: %s", item.index, kind.noun, job_id, result.status.value)
         queue.enqueue(kind.settle_task(client_id, job_id, services.clock()))
@@ -212,48 +198,11 @@ def requeue_stalled_item(
     created = queue.enqueue(kind.item_task(client_id, job_id, item.index))
     # Guarded: a delivery that took the item meanwhile is not overwritten (a take that read the item
     # before this write reads it again and takes it).
-    with contextlib.suppress(FailedPrecondition):
-        snapshot.reference.update(
-            {"updated_at": now, "requeues": item.requeues + int(created)},
-            option=db.write_option(last_update_time=snapshot.update_time),
-        )
+    with contextlib.suppress(StaleWrite):
+        store.update_item(stored, {"updated_at": now, "requeues": item.requeues + int(created)})
     if created:
         logger.warning("the task of item %s of %s %s was lost: enqueued again", item.index, kind.noun, job_id)
     return "requeued" if created else "waiting"
-
-
-def _owner(item_ref: Any) -> tuple[str, str]:
-    """(client id, job id) of an item document ``clients/{c}/{collection}/{job}/items/{index}``."""
-    job_ref = item_ref.parent.parent
-    return str(job_ref.parent.parent.id), str(job_ref.id)
-
-
-def _scan(query: Any, after: Any = None) -> Iterator[Any]:
-    """Every result of ``query`` (ordered), read a page at a time after ``after`` (a snapshot)."""
-    while True:
-        page = (query.start_after(after) if after is not None else query).limit(SCAN_PAGE).get()
-        yield from page
-        if len(page) < SCAN_PAGE:
-            return
-        after = page[-1]
-
-
-def _items(kind: JobKind[Any, Any, Any, Any], db: Client, status: ItemStatus, cutoff: datetime) -> Iterator[Any]:
-    """Every item of this kind, of any client, in ``status`` since before ``cutoff``, oldest first
-    (collection-group index on ``items``: status, updated_at). Other kinds' items live in collections
-    named alike: skipped."""
-    from google.cloud.firestore import FieldFilter
-
-    query = (
-        db.collection_group("items")
-        .where(filter=FieldFilter("status", "==", status.value))
-        .where(filter=FieldFilter("updated_at", "<", cutoff))
-        .order_by("updated_at")
-    )
-    for snapshot in _scan(query):
-        parts = snapshot.reference.path.split("/")
-        if len(parts) == 6 and parts[0] == "clients" and parts[2] == kind.collection:
-            yield snapshot
 
 
 # -- jobs -------------------------------------------------------------------------------------------
@@ -273,45 +222,34 @@ def _reap_jobs(
     """Check at most ``limit`` unsettled jobs created before ``now - FANOUT_GRACE`` (queued, then
     cancelling, then running, each oldest first), starting after the last job the previous run
     checked; the position is kept until a run gets to the end."""
-    from google.cloud.firestore import FieldFilter
-
-    db = services.db
-    cursor_ref = db.collection(CURSORS).document(kind.collection)
-    cursor = cursor_ref.get().to_dict() or {}
+    store = services.jobs
+    cursor = store.reaper_cursor()
     statuses = list(_JOB_ORDER)
-    after_path: str | None = None
-    if cursor.get("status") in {s.value for s in statuses} and cursor.get("path"):
-        statuses = statuses[[s.value for s in statuses].index(cursor["status"]) :]
-        after_path = str(cursor["path"])
+    after: str | None = None
+    if cursor is not None and cursor.status in {s.value for s in statuses} and cursor.position:
+        statuses = statuses[[s.value for s in statuses].index(cursor.status) :]
+        after = cursor.position
     checked = 0
-    last: tuple[str, str] | None = None
+    last: ReaperCursor | None = None
     for status in statuses:
-        query = (
-            db.collection_group(kind.collection)
-            .where(filter=FieldFilter("status", "==", status.value))
-            .where(filter=FieldFilter("created_at", "<", now - FANOUT_GRACE))
-            .order_by("created_at")
-        )
-        after = db.document(after_path).get() if after_path else None
-        after_path = None
-        for snapshot in _scan(query, after if after is not None and after.exists else None):
-            parts = snapshot.reference.path.split("/")
-            if len(parts) != 4 or parts[0] != "clients" or (snapshot.to_dict() or {}).get("settled"):
+        rows = store.unsettled_jobs(status.value, now - FANOUT_GRACE, after)
+        after = None
+        for row in rows:
+            if row.settled:
                 continue
             if checked >= limit:
                 report.more = True
                 if last is not None:
-                    cursor_ref.set({"status": last[0], "path": last[1], "at": now})
+                    store.save_reaper_cursor(last, now)
                 return
             checked += 1
-            last = (status.value, snapshot.reference.path)
-            client_id = parts[1]
-            with isolated(report.job, client_id, report.failed, step="jobs"):
-                job = kind.job_model.model_validate(snapshot.to_dict())
+            last = ReaperCursor(status=status.value, position=row.position)
+            with isolated(report.job, row.client_id, report.failed, step="jobs"):
+                job = row.load()
                 for field, entry in _recover_job(kind, services, job, now, stall_grace):
-                    getattr(report, field).setdefault(client_id, []).append(entry)
-    if cursor:
-        cursor_ref.delete()  # every job was checked: the next run starts from the oldest again
+                    getattr(report, field).setdefault(row.client_id, []).append(entry)
+    if cursor is not None:
+        store.clear_reaper_cursor()  # every job was checked: the next run starts from the oldest again
 
 
 def _recover_job(
@@ -320,9 +258,7 @@ def _recover_job(
     """Enqueue what an unsettled job is waiting for that no task will bring (its fan-out, a lost
     fan-out page, its settlement), or give up pages that keep getting lost. Returns the report's
     entries: (field, what)."""
-    from google.cloud import firestore
-
-    db, queue, clock = services.db, services.queue, services.clock
+    store, queue, clock = services.jobs, services.queue, services.clock
     if job.status is JobStatus.QUEUED:
         # Its fan-out task was never enqueued (or was lost before it ran).
         if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
@@ -331,28 +267,26 @@ def _recover_job(
         return []
     stopped = job.status in STOPPED_JOB
     if isinstance(job, PagedJobDoc):
-        missing = _missing_pages(kind, db, job)
+        missing = _missing_pages(store, job)
         if missing and (stopped or job.updated_at <= now - stall_grace):
-            job_ref = kind.jobs_ref(db, job.client_id).document(job.id)
             if job.fanout_requeues >= MAX_REQUEUES:
-                _give_up_pages(kind, db, job, missing, now)
+                _give_up_pages(kind, store, job, missing, now)
                 queue.enqueue(kind.settle_task(job.client_id, job.id, clock()))
                 return [("pages_failed", f"{job.id}/{page}") for page in missing]
             created = queue.enqueue(kind.fanout_task(job.client_id, job.id, missing[0]))
-            # No automatic retry: a resent increment whose first answer was lost would count twice.
-            job_ref.update({"updated_at": now, "fanout_requeues": firestore.Increment(int(created))}, retry=None)
+            store.count_fanout_requeue(job.client_id, job.id, int(created), now)
             if created:
                 logger.warning("%s %s lost fan-out page %s: enqueued again", kind.noun, job.id, missing[0])
                 return [("jobs_started", job.id)]
             return []
-    if stopped and _has_queued_items(kind, db, job):
+    if stopped and store.count_items(job.client_id, job.id, ItemStatus.QUEUED, limit=1):
         # A cancelled job's queued items are cancelled by their item tasks, which the fan-out
         # enqueues (again) for every item still queued.
         if queue.enqueue(kind.fanout_task(job.client_id, job.id)):
             logger.warning("%s %s (cancelling) has items no task will cancel: fan-out enqueued", kind.noun, job.id)
             return [("jobs_started", job.id)]
         return []
-    if totals(kind, db, job).done < job.item_count:
+    if totals(kind, store, job).done < job.item_count:
         return []  # items still to finish: their deliveries (or the item passes) ask for the settlement
     # Every item finished, and the job is still unsettled: the settle task that should have followed
     # was lost (its enqueue failed after the item was recorded). Settling is idempotent.
@@ -362,30 +296,20 @@ def _recover_job(
     return []
 
 
-def _missing_pages(kind: JobKind[Any, Any, Any, Any], db: Client, job: PagedJobDoc) -> list[int]:
+def _missing_pages(store: JobStore[Any, Any], job: PagedJobDoc) -> list[int]:
     """The job's fan-out pages without a marker, in order."""
     if job.fanout_pages_done >= job.fanout_pages:
         return []
-    markers = kind.jobs_ref(db, job.client_id).document(job.id).collection("fanout_pages")
-    done = {int(snapshot.id) for snapshot in markers.select(["page"]).stream()}
+    done = store.marked_pages(job.client_id, job.id)
     return [page for page in range(job.fanout_pages) if page not in done]
 
 
-def _has_queued_items(kind: JobKind[Any, Any, Any, Any], db: Client, job: Any) -> bool:
-    from google.cloud.firestore import FieldFilter
-
-    query = kind.items_ref(db, job.client_id, job.id).where(filter=FieldFilter("status", "==", ItemStatus.QUEUED.value))
-    return any(True for _ in query.limit(1).stream())
-
-
 def _give_up_pages(
-    kind: JobKind[Any, Any, Any, Any], db: Client, job: PagedJobDoc, pages: list[int], now: datetime
+    kind: JobKind[Any, Any, Any, Any], store: JobStore[Any, Any], job: PagedJobDoc, pages: list[int], now: datetime
 ) -> None:
     """Write every item of the given-up pages that no delivery wrote as failed (cancelled, for a
     stopped job), counted in the same commits, then mark the pages. Creates: a page delivery that
     comes after all finds its items written, and counts nothing twice."""
-    from google.api_core.exceptions import AlreadyExists
-
     if not kind.counted:  # JobKind refuses paged kinds that are not counted; kept for the type checker
         raise TypeError(f"{kind.noun} jobs are paged but not counted")
     stopped = job.status in STOPPED_JOB
@@ -394,46 +318,34 @@ def _give_up_pages(
     size = job.fanout_page_size or -(-job.item_count // job.fanout_pages)  # old jobs: the pages' average
     # From the first lost page to the end: a lost page stops the chain, so every later page is lost too.
     indexes = range(min(pages) * size, job.item_count)
-    items_ref = kind.items_ref(db, job.client_id, job.id)
     token = new_token()
     for start in range(indexes.start, indexes.stop, ITEM_BATCH):
-        refs = [items_ref.document(f"{index:06d}") for index in range(start, min(start + ITEM_BATCH, indexes.stop))]
-        existing = {snapshot.id for snapshot in db.get_all(refs, field_paths=["index"]) if snapshot.exists}
-        missing = [ref for ref in refs if ref.id not in existing]
+        wanted = list(range(start, min(start + ITEM_BATCH, indexes.stop)))
+        existing = store.existing_items(job.client_id, job.id, wanted)
+        missing = [index for index in wanted if index not in existing]
         if not missing:
             continue
-        batch = db.batch()
+        items = []
         sums: dict[str, int] = {}
-        for ref in missing:
+        for index in missing:
             item = kind.item_model.model_validate(
                 {
-                    "index": int(ref.id),
+                    "index": index,
                     "status": finish.status.value,
                     **finish.fields,
                     "delivery": token,
                     "updated_at": now,
                 }
             )
-            batch.create(ref, item.model_dump(mode="python"))
+            items.append(item)
             for name, value in increments(kind, job, item).items():
                 sums[name] = sums.get(name, 0) + value
-        _add_to_counters(batch, kind, db, job, sums)
-        try:
-            batch.commit()
-        except AlreadyExists:
+        if not store.create_items(job, items, sums):
             # A late page delivery wrote some of them meanwhile: the next run gives up what is left.
             logger.warning("%s %s: a page was written while it was given up", kind.noun, job.id)
             return
-    job_ref = kind.jobs_ref(db, job.client_id).document(job.id)
     failure = failure_of(error)
     for page in pages:
-        _mark_fanned_out(db, job_ref, page=page, now=now)
-        page_marker(job_ref, page).set({"given_up": True, "failure": failure}, merge=True)
+        store.mark_fanned_out(job.client_id, job.id, page, now)
+        store.give_up_page(job.client_id, job.id, page, failure)
     logger.warning("%s %s: fan-out pages %s given up", kind.noun, job.id, pages)
-
-
-def _add_to_counters(batch: Any, kind: JobKind[Any, Any, Any, Any], db: Client, job: Any, sums: dict[str, int]) -> None:
-    from google.cloud import firestore
-
-    shard = kind.jobs_ref(db, job.client_id).document(job.id).collection("counters").document("000")
-    batch.set(shard, {name: firestore.Increment(value) for name, value in sums.items()}, merge=True)

@@ -65,7 +65,6 @@ from shared.editing.models import (
     Upscale,
 )
 from shared.editing.revisions import (
-    ItemGuard,
     ItemTaken,
     RevisionConflict,
     commit_revision,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client
     from PIL import Image
 
+    from shared.batch.store import JobStore
     from shared.billing.store import BillingReader
     from shared.config import Settings
     from shared.engines.base import ImageEngine
@@ -735,6 +735,11 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
     # removal on the worker's CPU: the most Cloud Tasks allows.
     item_deadline = MAX_DISPATCH_DEADLINE
 
+    def store(self, platform: Platform) -> JobStore[EditJobDoc, EditItemDoc]:
+        from shared.adapters.firestore.batch import FirestoreJobStore
+
+        return FirestoreJobStore(platform.db, self)
+
     def dependencies(self, platform: Platform) -> EditServices:
         policy = edit_policy(platform.settings)
 
@@ -745,6 +750,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
 
         return EditServices(
             db=platform.db,
+            jobs=self.store(platform),
             store=platform.object_store,
             queue=platform.task_queue,
             ledger=platform.ledger,
@@ -790,7 +796,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
         return job, items
 
     def work(self, services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) -> Finished:
-        return _edit_item(services.db, services.store, services.engine, services.remover, services.edit, run)
+        return _edit_item(services, run)
 
     # -- rules ------------------------------------------------------------------------------------
 
@@ -856,8 +862,8 @@ def create_job(
     return lifecycle.accept(EDITS, services, order)
 
 
-def job_out(db: Client, job: EditJobDoc) -> EditJobOut:
-    progress = lifecycle.progress(EDITS, db, job)  # at most EDIT_MAX_ASSETS (100) items: all of them
+def job_out(jobs: JobStore[EditJobDoc, EditItemDoc], job: EditJobDoc) -> EditJobOut:
+    progress = lifecycle.progress(EDITS, jobs, job)  # at most EDIT_MAX_ASSETS (100) items: all of them
     return EditJobOut(
         id=job.id,
         status=job.status,
@@ -892,16 +898,11 @@ def _operations(store: ObjectStore, job: EditJobDoc) -> tuple[list[Operation], d
     return operations, masks
 
 
-def _edit_item(
-    db: Client,
-    store: ObjectStore,
-    engine: ImageEngine,
-    remover: Callable[[], BackgroundRemover],
-    policy: EditPolicy,
-    run: ItemRun[EditJobDoc, EditItemDoc],
-) -> Finished:
+def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) -> Finished:
     """The new revision, committed together with the item's success (so a redelivery never makes a
     second one); a lost race with another edit of the asset is recomputed on top of it."""
+    db, store, policy, jobs = services.db, services.store, services.edit, services.jobs
+    engine, remover = services.engine, services.remover
     job, item = run.job, run.item
     if any(op.get("op") == "remove_background" for op in job.operations):
         check_model_path(policy.rembg_model_path)
@@ -914,7 +915,10 @@ def _edit_item(
         number = computed.base_revision + 1
         key, thumb_key = write_objects(store, job.client_id, asset.id, number, computed.encoded, computed.thumbnail)
         revision = _revision(number, key, thumb_key, computed, label, run.now, {"job_id": job.id})
-        guard = ItemGuard(run.ref, run.snapshot, run.changes(ItemStatus.SUCCEEDED, revision=number, failure=None))
+        # The store's handle on the item, guarded by this delivery's version: finished in the same
+        # commit as the revision.
+        changes = run.changes(ItemStatus.SUCCEEDED, revision=number, failure=None)
+        guard = jobs.item_guard(job.client_id, job.id, item.index, run.version, changes)
         try:
             commit_revision(
                 FirestoreAssetRepository(db),
@@ -928,8 +932,8 @@ def _edit_item(
         except (RevisionConflict, ItemTaken):
             # Lost for certain (commit_revision recognises a commit of ours whose answer was lost).
             discard_objects(FirestoreAssetRepository(db), store, job.client_id, asset.id, number, key, thumb_key)
-            if run.ref.get().update_time != run.snapshot.update_time:
-                raise ItemTakenOver(run.ref.id) from None
+            if jobs.item_moved(job.client_id, job.id, item.index, run.version):
+                raise ItemTakenOver(f"{item.index:06d}") from None
     raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
 
 

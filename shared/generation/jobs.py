@@ -58,6 +58,7 @@ from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
+    from shared.batch.store import JobStore
     from shared.billing.store import BillingReader
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits
@@ -130,12 +131,18 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     # minutes, so the most Cloud Tasks allows. The worker function's own timeout ends a hung delivery.
     item_deadline = MAX_DISPATCH_DEADLINE
 
+    def store(self, platform: Platform) -> JobStore[JobDoc, ItemDoc]:
+        from shared.adapters.firestore.batch import FirestoreJobStore
+
+        return FirestoreJobStore(platform.db, self)
+
     def dependencies(self, platform: Platform) -> GenerationServices:
         from shared.catalog.policies import generation_policy
 
         policy = generation_policy(platform.settings)
         return GenerationServices(
             db=platform.db,
+            jobs=self.store(platform),
             store=platform.object_store,
             queue=platform.task_queue,
             ledger=platform.ledger,
@@ -470,8 +477,8 @@ def _store_generated(
 # -- reads and commands -------------------------------------------------------------------------------
 
 
-def job_out(db: Client, job: JobDoc) -> JobOut:
-    progress = lifecycle.progress(GENERATION, db, job)
+def job_out(jobs: JobStore[JobDoc, ItemDoc], job: JobDoc) -> JobOut:
+    progress = lifecycle.progress(GENERATION, jobs, job)
     totals = progress.totals
     return JobOut(
         id=job.id,
@@ -492,15 +499,15 @@ def job_out(db: Client, job: JobDoc) -> JobOut:
     )
 
 
-def list_items(db: Client, client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemOut]:
-    page = lifecycle.list_items(GENERATION, db, client_id, job_id, query)
+def list_items(jobs: JobStore[JobDoc, ItemDoc], client_id: str, job_id: str, query: ItemListQuery) -> Page[ItemOut]:
+    page = lifecycle.list_items(jobs, client_id, job_id, query)
     items = [ItemOut(**d.model_dump(include=set(ItemOut.model_fields))) for d in page.items]
     return Page(items=items, next_cursor=page.next_cursor)
 
 
-def failed_items(db: Client, client_id: str, job_id: str) -> list[ItemDoc]:
+def failed_items(jobs: JobStore[JobDoc, ItemDoc], client_id: str, job_id: str) -> list[ItemDoc]:
     """What a retry job would run again: the failed items of a finished job."""
-    job = GENERATION.get_job(db, client_id, job_id)
+    job = jobs.get_job(client_id, job_id)
     if not job.settled:
         raise Conflict("The job is still running; retry its failed items once it has finished")
-    return lifecycle.items_with_status(GENERATION, db, client_id, job_id, ItemStatus.FAILED)
+    return lifecycle.items_with_status(jobs, client_id, job_id, ItemStatus.FAILED)

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as budget
 from hypothesis import strategies as st
 
+from shared.adapters.firestore.batch import FirestoreJobStore
 from shared.adapters.firestore.billing import FirestoreBillingStore
 from shared.batch import lifecycle, recovery
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobTask
@@ -116,7 +117,7 @@ def run_to_settlement(
 ) -> Any:
     """Deliver, let time pass and run the reaper every RUN_EVERY, the chaos stopping after
     CHAOS_PASSES runs: the job, which must be settled within SETTLE_PASSES more."""
-    db, queue = services.db, services.queue
+    job_store, queue = services.jobs, services.queue
     clock = queue.clock
     for run in range(CHAOS_PASSES + SETTLE_PASSES):
         if run == CHAOS_PASSES:
@@ -124,13 +125,13 @@ def run_to_settlement(
         queue.deliver_until(clock.now + RUN_EVERY, handle)
         clock.now = max(clock.now, START + RUN_EVERY * (run + 1))
         recovery.reap(kind, services, clock.now, lease=LEASE)
-        if kind.get_job(db, client_id, job_id).settled:
+        if job_store.get_job(client_id, job_id).settled:
             PASSES_NEEDED[max(0, run + 1 - CHAOS_PASSES)] += 1
             break
     SEEN.update(queue.fates)
     SEEN.update(f"engine {call}" for call in engine.calls.elements())
-    done = kind.get_job(db, client_id, job_id)
-    assert done.settled, (queue.fates, engine.calls, lifecycle.progress(kind, db, done).totals)
+    done = job_store.get_job(client_id, job_id)
+    assert done.settled, (queue.fates, engine.calls, lifecycle.progress(kind, job_store, done).totals)
     return done
 
 
@@ -164,6 +165,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
 
     services = GenerationServices(
         db=db,
+        jobs=FirestoreJobStore(db, GENERATION),
         store=object_store,
         queue=queue,
         ledger=ledger,
@@ -201,7 +203,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     done = run_to_settlement(GENERATION, services, engine, client_id, job.id, handle)
 
     # Each image is charged once, and only if it is in the customer's library.
-    item_docs = lifecycle.items_with_status(GENERATION, db, client_id, job.id, ItemStatus.SUCCEEDED)
+    item_docs = lifecycle.items_with_status(services.jobs, client_id, job.id, ItemStatus.SUCCEEDED)
     charged = [asset_id for item in item_docs for asset_id in item.asset_ids]
     library = {s.id: s.to_dict() for s in assets_ref(db, client_id).stream()}
     assert sorted(charged) == sorted(library), (charged, sorted(library))
@@ -209,7 +211,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         "captured": len(charged) * job.unit_price,
         "released": job.cost - len(charged) * job.unit_price,
     }
-    totals = lifecycle.progress(GENERATION, db, done).totals
+    totals = lifecycle.progress(GENERATION, services.jobs, done).totals
     assert (totals.done, totals["succeeded_slots"]) == (job.item_count, len(charged))
     # The hold was resolved once: one reservation, at most one capture and one release, nothing pending.
     entries = Counter(e.type for e in ledger.store.entries(client_id) if e.hold_id == job.hold_id)
@@ -279,6 +281,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
 
     services = EditServices(
         db=db,
+        jobs=FirestoreJobStore(db, EDITS),
         store=object_store,
         queue=queue,
         ledger=ledger,
@@ -310,7 +313,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     done = run_to_settlement(EDITS, services, engine, client_id, job.id, handle)
 
     # Each edited asset has exactly the one revision its item recorded, with its files; only those are charged.
-    item_docs = lifecycle.all_items(EDITS, db, done)
+    item_docs = lifecycle.all_items(services.jobs, done)
     edited = [item for item in item_docs if item.status is ItemStatus.SUCCEEDED]
     for item in item_docs:
         stored = assets_ref(db, client_id).document(item.asset_id)

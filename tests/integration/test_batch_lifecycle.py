@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.batch import FirestoreJobStore, jobs_collection
 from shared.batch import lifecycle, recovery
 from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, RequestKey, Totals
 from shared.batch.models import (
@@ -138,6 +139,13 @@ class Syncs(ByHarness, JobKind[BatchJobDoc, SyncItem, HarnessServices, HarnessOr
 
 
 CLIPS, SYNCS = Clips(), Syncs()
+
+
+def store(db: Any, kind: JobKind[Any, Any, Any, Any]) -> FirestoreJobStore[Any, Any]:
+    """The kind's documents on the test's Firestore."""
+    return FirestoreJobStore(db, kind)
+
+
 Work = Callable[[ItemRun[Any, Any]], Finish]
 
 
@@ -166,6 +174,7 @@ class Harness:
 
     def __init__(self, db: Any, client_id: str, kind: JobKind[Any, Any], work: Work) -> None:
         self.db, self.client_id, self.kind, self.work = db, client_id, kind, work
+        self.jobs: FirestoreJobStore[Any, Any] = store(db, kind)
         self.queue = RecordingTaskQueue()
         self.store = FlakyObjectStore()
         self.now = NOW
@@ -184,6 +193,7 @@ class Harness:
         clock = (lambda: at) if at is not None else (self.clock or (lambda: NOW))
         return HarnessServices(
             db=self.db,
+            jobs=self.jobs,
             store=self.store,
             queue=self.queue,
             ledger=self.ledger,
@@ -261,10 +271,10 @@ class Harness:
             self.deliver(min(waiting, key=lambda t: t.schedule_time is not None))
 
     def job(self, job_id: str) -> Any:
-        return self.kind.get_job(self.db, self.client_id, job_id)
+        return self.jobs.get_job(self.client_id, job_id)
 
     def item(self, job_id: str, index: int) -> dict[str, Any]:
-        doc: dict[str, Any] = self.kind.item_ref(self.db, self.client_id, job_id, index).get().to_dict()
+        doc: dict[str, Any] = self.jobs.item_ref(self.client_id, job_id, index).get().to_dict()
         return doc
 
     def credits(self) -> tuple[int, int]:
@@ -312,7 +322,7 @@ def test_a_paged_counted_kind_runs_reserves_once_and_charges_what_was_made(db: A
     assert done.status is JobStatus.COMPLETED and done.fanout_pages_done == 3
     assert done.settlement == {"captured": 20, "released": 20}
     assert h.credits() == (80, 0)
-    progress = lifecycle.progress(CLIPS, db, done)
+    progress = lifecycle.progress(CLIPS, store(db, CLIPS), done)
     assert progress.totals.values == {
         "done_items": 5,
         "succeeded_items": 4,
@@ -320,9 +330,9 @@ def test_a_paged_counted_kind_runs_reserves_once_and_charges_what_was_made(db: A
         "seconds": 20,
     }
     assert (progress.queued, progress.running, progress.fraction) == (0, 0, 1.0)
-    shards = list(CLIPS.jobs_ref(db, client_id).document(job.id).collection("counters").stream())
+    shards = list(jobs_collection(db, CLIPS.collection, client_id).document(job.id).collection("counters").stream())
     assert len(shards) == POLICY.counter_shards
-    failed = lifecycle.items_with_status(CLIPS, db, client_id, job.id, ItemStatus.FAILED)
+    failed = lifecycle.items_with_status(store(db, CLIPS), client_id, job.id, ItemStatus.FAILED)
     assert [(i.index, i.failure["code"]) for i in failed] == [(1, "internal_error")]
     assert [t.name for t in h.queue.tasks if t.path == "/tasks/fanout"] == [
         f"clip-fanout-{client_id}-{job.id}-{page}" for page in range(3)
@@ -334,7 +344,7 @@ def test_redelivered_tasks_change_nothing(db: Any, client_id: str) -> None:
     job = h.accept(clips(3, 5), cost=16, unit_price=2)
     h.run()
     settled = h.job(job.id)
-    counters_ref = CLIPS.jobs_ref(db, client_id).document(job.id).collection("counters")
+    counters_ref = jobs_collection(db, CLIPS.collection, client_id).document(job.id).collection("counters")
     counters = sorted(str(s.to_dict()) for s in counters_ref.stream())
     for task in list(h.queue.tasks):
         h.deliver(task, retry_count=1)
@@ -363,7 +373,7 @@ def test_only_one_of_two_racing_deliveries_records_the_item(db: Any, client_id: 
     assert racing == ["item 0 succeeded"]
     assert outcome == "another delivery finished this item"
     h.run()
-    assert lifecycle.progress(CLIPS, db, h.job(job.id)).totals.values["seconds"] == 7
+    assert lifecycle.progress(CLIPS, store(db, CLIPS), h.job(job.id)).totals.values["seconds"] == 7
     assert h.job(job.id).settlement == {"captured": 7, "released": 1}
 
 
@@ -380,7 +390,7 @@ def test_transient_errors_are_retried_and_the_last_attempt_fails_the_item(db: An
             h.deliver(item_task, retry_count=retry)
     assert h.deliver(item_task, retry_count=POLICY.max_attempts - 1) == "item failed: retry_task"
     h.run()
-    item = SYNCS.item_ref(db, client_id, job.id, 0).get().to_dict()
+    item = store(db, SYNCS).item_ref(client_id, job.id, 0).get().to_dict()
     assert (item["status"], item["attempts"]) == ("failed", POLICY.max_attempts)
     assert h.job(job.id).settlement == {"captured": 0, "released": 2}
     assert h.credits() == (100, 0)
@@ -390,17 +400,17 @@ def test_a_cancelled_job_runs_no_more_items_and_releases_them(db: Any, client_id
     h = Harness(db, client_id, SYNCS, lambda run: Finish(ItemStatus.SUCCEEDED))
     images = [SyncItem(index=i, image=f"img{i}", cost=3, updated_at=NOW) for i in range(3)]
     job = h.accept(images, cost=9)
-    assert [i.status for i in lifecycle.all_items(SYNCS, db, job)] == [ItemStatus.QUEUED] * 3
+    assert [i.status for i in lifecycle.all_items(store(db, SYNCS), job)] == [ItemStatus.QUEUED] * 3
     h.deliver(h.queue.tasks[0])  # fan-out: three item tasks
     h.deliver(h.queue.tasks[1])  # the first item runs
-    stopping = lifecycle.cancel_job(SYNCS, db, h.queue, client_id, job.id, NOW)
+    stopping = lifecycle.cancel_job(SYNCS, store(db, SYNCS), h.queue, client_id, job.id, NOW)
     assert stopping.status is JobStatus.CANCELLING
-    assert lifecycle.cancel_job(SYNCS, db, h.queue, client_id, job.id, NOW).status is JobStatus.CANCELLING
+    assert lifecycle.cancel_job(SYNCS, store(db, SYNCS), h.queue, client_id, job.id, NOW).status is JobStatus.CANCELLING
     h.run()
 
     done = h.job(job.id)
     assert done.status is JobStatus.CANCELLED
-    assert [i.status for i in lifecycle.all_items(SYNCS, db, done)] == [
+    assert [i.status for i in lifecycle.all_items(store(db, SYNCS), done)] == [
         ItemStatus.SUCCEEDED,
         ItemStatus.CANCELLED,
         ItemStatus.CANCELLED,
@@ -420,9 +430,11 @@ def test_a_key_names_one_job_and_one_request(db: Any, client_id: str) -> None:
         h.accept(images, cost=4, key=RequestKey(key="k1", fingerprint="body-b"))
     # Two requests racing past the lookup: the second write loses and answers the first job.
     late = BatchJobDoc.model_validate({**first.model_dump(), "cost": 99})
-    assert lifecycle.submit(SYNCS, db, h.queue, late, images).cost == 4
+    assert lifecycle.submit(SYNCS, store(db, SYNCS), h.queue, late, images).cost == 4
     with pytest.raises(IdempotencyKeyReused):
-        lifecycle.submit(SYNCS, db, h.queue, late.model_copy(update={"request_fingerprint": "body-b"}), images)
+        lifecycle.submit(
+            SYNCS, store(db, SYNCS), h.queue, late.model_copy(update={"request_fingerprint": "body-b"}), images
+        )
     assert [t.path for t in h.queue.tasks] == ["/tasks/fanout"]
 
 
@@ -465,14 +477,14 @@ def test_an_item_whose_delivery_was_killed_is_failed_by_the_reaper_and_refunded(
 
     done = h.job(job.id)
     assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 7, "released": 17}
-    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    totals = lifecycle.progress(CLIPS, store(db, CLIPS), done).totals.values
     assert totals == {"done_items": 3, "succeeded_items": 2, "failed_items": 1, "seconds": 7}
     assert h.credits() == (93, 0)
     h.exact()
     # A second run finds nothing, and a late redelivery of the item's task changes nothing.
     assert h.reap(NOW + LEASE * 3) == []
     assert h.deliver(CLIPS.item_task(client_id, job.id, 1), retry_count=2) == "item already failed"
-    assert lifecycle.progress(CLIPS, db, h.job(job.id)).totals.values == totals
+    assert lifecycle.progress(CLIPS, store(db, CLIPS), h.job(job.id)).totals.values == totals
 
 
 def test_the_reaper_and_a_late_delivery_never_both_record_an_item(db: Any, client_id: str) -> None:
@@ -483,7 +495,9 @@ def test_the_reaper_and_a_late_delivery_never_both_record_an_item(db: Any, clien
             # Item 0's delivery outlives the lease: the reaper fails the item while it is still working.
             assert h.reap(NOW + LEASE + timedelta(minutes=1)) == [f"{run.job.id}/000000"]
         else:
-            stale.append(run.ref.get())  # the running item as a reaper's query found it a moment ago
+            stale.append(
+                h.jobs.read_item(client_id, run.job.id, run.item.index)
+            )  # the running item as a reaper's query found it a moment ago
         return make_clips(run)
 
     h = Harness(db, client_id, CLIPS, work)
@@ -499,7 +513,7 @@ def test_the_reaper_and_a_late_delivery_never_both_record_an_item(db: Any, clien
     h.run()
 
     done = h.job(job.id)
-    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    totals = lifecycle.progress(CLIPS, store(db, CLIPS), done).totals.values
     assert totals == {"done_items": 2, "succeeded_items": 1, "failed_items": 1, "seconds": 6}
     assert done.settlement == {"captured": 6, "released": 10}
     assert h.credits() == (94, 0)
@@ -531,7 +545,7 @@ def test_an_uncounted_kinds_stuck_item_is_reaped_too(db: Any, client_id: str) ->
     h.run()
     done = h.job(job.id)
     assert done.settlement == {"captured": 3, "released": 5}
-    assert [i.status for i in lifecycle.all_items(SYNCS, db, done)] == [ItemStatus.SUCCEEDED, ItemStatus.FAILED]
+    assert [i.status for i in lifecycle.all_items(store(db, SYNCS), done)] == [ItemStatus.SUCCEEDED, ItemStatus.FAILED]
     assert h.credits() == (97, 0)
     h.exact()
 
@@ -567,7 +581,7 @@ def test_a_settlement_repeated_after_its_capture_charges_once(db: Any, client_id
     entries = len(h.ledger.store.entries(client_id))
     # A settlement that died between its capture and its job write runs again, even past the deadline:
     # the capture replays (it is not mistaken for a hold the sweeper released).
-    SYNCS.jobs_ref(db, client_id).document(job.id).update({"settled": False})
+    jobs_collection(db, SYNCS.collection, client_id).document(job.id).update({"settled": False})
     h.now = NOW + POLICY.hold_ttl * 2
     assert h.ledger.sweep_expired_holds(client_id, actor=Actor(kind="system", id="sweeper")) == []
     assert h.deliver(SYNCS.settle_task(client_id, job.id, NOW)) == "settled: captured 4, released 0"
@@ -585,7 +599,7 @@ def test_a_job_whose_objects_cannot_be_stored_releases_its_hold_and_a_retry_rese
     with pytest.raises(UpstreamUnavailable):
         h.accept(clips(3, 4), cost=16, key=key, unit_price=1)
     job_id = lifecycle.job_id_for(CLIPS, client_id, key)
-    assert not CLIPS.jobs_ref(db, client_id).document(job_id).get().exists
+    assert not jobs_collection(db, CLIPS.collection, client_id).document(job_id).get().exists
     assert h.credits() == (100, 0) and h.queue.tasks == []
     h.exact()
 
@@ -611,7 +625,7 @@ def test_a_job_firestore_refuses_to_record_releases_its_hold(db: Any, client_id:
     images = [SyncItem(index=0, image="a", cost=2, updated_at=NOW), SyncItem(index=1, image="x" * 1_100_000, cost=2)]
     with pytest.raises(InvalidArgument):
         h.accept(images, cost=4)
-    assert list(SYNCS.jobs_ref(db, client_id).stream()) == []
+    assert list(jobs_collection(db, SYNCS.collection, client_id).stream()) == []
     assert h.credits() == (100, 0) and h.queue.tasks == []
     h.exact()
 
@@ -704,7 +718,7 @@ def test_a_reaper_run_that_fails_several_items_of_one_job_still_settles_it(db: A
 
     done = h.job(job.id)
     assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 0, "released": 16}
-    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    totals = lifecycle.progress(CLIPS, store(db, CLIPS), done).totals.values
     assert totals == {"done_items": 2, "failed_items": 2, "seconds": 0}
     assert h.credits() == (100, 0)
     h.exact()
@@ -773,7 +787,9 @@ def test_a_job_cancelled_before_its_lost_fan_out_ran_is_settled_by_the_reaper(
         job = h.accept([SyncItem(index=i, image=f"img{i}", cost=3, updated_at=NOW) for i in range(3)], cost=9)
     h.queue = RecordingTaskQueue()
     # The caller cancels the job before the reaper restarted its fan-out: no item has a task.
-    assert lifecycle.cancel_job(h.kind, db, h.queue, client_id, job.id, NOW).status is JobStatus.CANCELLING
+    assert (
+        lifecycle.cancel_job(h.kind, store(db, h.kind), h.queue, client_id, job.id, NOW).status is JobStatus.CANCELLING
+    )
     h.run()
     assert h.outcomes == ["0/3 items finished"]
 
@@ -786,7 +802,7 @@ def test_a_job_cancelled_before_its_lost_fan_out_ran_is_settled_by_the_reaper(
 
     done = h.job(job.id)
     assert done.status is JobStatus.CANCELLED and done.settlement == {"captured": 0, "released": 9}
-    items = lifecycle.items_with_status(h.kind, db, client_id, job.id, ItemStatus.CANCELLED)
+    items = lifecycle.items_with_status(store(db, h.kind), client_id, job.id, ItemStatus.CANCELLED)
     assert sorted(i.index for i in items) == [0, 1, 2]
     assert h.credits() == (100, 0)
     h.exact()
@@ -815,13 +831,13 @@ def test_a_fan_out_page_redelivered_after_its_job_was_cancelled_gives_every_queu
     page = h.queue.tasks[0]
     with pytest.raises(UpstreamUnavailable):
         h.deliver(page)  # writes items 0 and 1 and enqueues item 0's task; item 1's fails: a 503
-    lifecycle.cancel_job(CLIPS, db, h.queue, client_id, job.id, NOW)
+    lifecycle.cancel_job(CLIPS, store(db, CLIPS), h.queue, client_id, job.id, NOW)
     h.deliver(page, retry_count=1)  # the queue delivers the page again, now that the job is stopped
     h.run()
 
     done = h.job(job.id)
     assert done.status is JobStatus.CANCELLED and done.settlement == {"captured": 0, "released": 24}
-    items = lifecycle.items_with_status(CLIPS, db, client_id, job.id, ItemStatus.CANCELLED)
+    items = lifecycle.items_with_status(store(db, CLIPS), client_id, job.id, ItemStatus.CANCELLED)
     assert sorted(i.index for i in items) == [0, 1, 2]
     assert h.credits() == (100, 0)
     h.exact()
@@ -837,11 +853,17 @@ class RacingClips(Clips):
     def __init__(self) -> None:
         self.meanwhile: Callable[[], None] | None = None
 
-    def get_job(self, db: Any, client_id: str, job_id: str) -> ClipJob:
-        hook, self.meanwhile = self.meanwhile, None
+
+class RacingStore(FirestoreJobStore[ClipJob, ClipItem]):
+    """The store of :class:`RacingClips` jobs: the next job read first runs the kind's ``meanwhile``."""
+
+    kind: RacingClips
+
+    def get_job(self, client_id: str, job_id: str) -> ClipJob:
+        hook, self.kind.meanwhile = self.kind.meanwhile, None
         if hook is not None:
             hook()
-        return super().get_job(db, client_id, job_id)
+        return super().get_job(client_id, job_id)
 
 
 def _a_delivery_died(db: Any, client_id: str) -> tuple[RacingClips, Harness, ClipJob, Any, list[int]]:
@@ -857,6 +879,7 @@ def _a_delivery_died(db: Any, client_id: str) -> tuple[RacingClips, Harness, Cli
         return make_clips(run)
 
     h = Harness(db, client_id, kind, work)
+    h.jobs = RacingStore(db, kind)
     job = h.accept(clips(7), cost=8, unit_price=1)
     with pytest.raises(Killed):
         h.run()
@@ -878,7 +901,7 @@ def test_a_delivery_that_read_its_item_before_the_reaper_failed_it_neither_runs_
     h.run()
 
     done = h.job(job.id)
-    totals = lifecycle.progress(kind, db, done).totals.values
+    totals = lifecycle.progress(kind, store(db, kind), done).totals.values
     assert totals == {"done_items": 1, "failed_items": 1, "seconds": 0}
     assert done.settlement == {"captured": 0, "released": 8}
     assert h.credits() == (100, 0)
@@ -900,7 +923,7 @@ def test_a_delivery_that_read_its_item_before_another_delivery_finished_it_chang
     h.run()
 
     done = h.job(job.id)
-    totals = lifecycle.progress(kind, db, done).totals.values
+    totals = lifecycle.progress(kind, store(db, kind), done).totals.values
     assert totals == {"done_items": 1, "succeeded_items": 1, "seconds": 7}
     assert done.settlement == {"captured": 7, "released": 1}
     assert h.credits() == (93, 0)
@@ -1023,9 +1046,9 @@ def test_fan_out_pages_that_keep_getting_lost_are_given_up_and_their_items_refun
     done = h.job(job.id)
     assert done.status is JobStatus.COMPLETED and done.fanout_pages_done == 3
     assert done.settlement == {"captured": 9, "released": 31}
-    failed = lifecycle.items_with_status(CLIPS, db, client_id, job.id, ItemStatus.FAILED)
+    failed = lifecycle.items_with_status(store(db, CLIPS), client_id, job.id, ItemStatus.FAILED)
     assert [(i.index, i.failure["code"]) for i in failed] == [(i, "fanout_page_failed") for i in (2, 3, 4)]
-    totals = lifecycle.progress(CLIPS, db, done).totals.values
+    totals = lifecycle.progress(CLIPS, store(db, CLIPS), done).totals.values
     assert totals == {"done_items": 5, "succeeded_items": 2, "failed_items": 3, "seconds": 9}
     assert h.credits() == (91, 0)
     h.exact()
@@ -1038,7 +1061,7 @@ def test_the_fan_out_pages_with_the_page_size_the_job_was_accepted_with(db: Any,
     h.run()
 
     done = h.job(job.id)
-    assert len(lifecycle.all_items(CLIPS, db, done)) == 5
+    assert len(lifecycle.all_items(store(db, CLIPS), done)) == 5
     assert (done.fanout_pages, done.fanout_page_size) == (3, 2)
     assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 15, "released": 25}
     h.exact()
@@ -1132,7 +1155,11 @@ def test_an_outcome_whose_answer_was_lost_is_recorded_once_and_settles(db: Any, 
     assert fault.hits == 1 and len(h.pending("/tasks/settle")) == 1
     h.run()
     done = h.job(job.id)
-    assert lifecycle.progress(CLIPS, db, done).totals.values == {"done_items": 1, "succeeded_items": 1, "seconds": 7}
+    assert lifecycle.progress(CLIPS, store(db, CLIPS), done).totals.values == {
+        "done_items": 1,
+        "succeeded_items": 1,
+        "seconds": 7,
+    }
     assert done.status is JobStatus.COMPLETED and done.settlement == {"captured": 7, "released": 1}
     h.exact()
 

@@ -187,7 +187,7 @@ def attempt(kind: JobKind[Any, Any], job: Any, error: BaseException, *, last: bo
         raise error
 
     item = EditItemDoc(index=0, asset_id="a0", cost=1) if kind is EDITS else ItemDoc(index=0)
-    run = ItemRun(job, item, ref=None, snapshot=None, last_attempt=last, now=NOW)
+    run = ItemRun(job, item, version=None, last_attempt=last, now=NOW)
     return lifecycle._attempt(kind, run, work)
 
 

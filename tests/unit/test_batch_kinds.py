@@ -33,6 +33,7 @@ from shared.ledger.pricing import QuoteItem, load_default_prices, quote
 from shared.ledger.service import Ledger
 from shared.platform import Platform
 from tests.fakes import InMemoryLedgerStore, InMemoryObjectStore, RecordingTaskQueue
+from tests.fakes_batch import InMemoryJobStore
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DB: Any = object()  # stands for the Firestore client: none of these steps may touch it
@@ -70,10 +71,19 @@ def test_each_kind_builds_its_services_from_the_platform(platform: Platform, set
     assert edits.policy == edit_policy(settings).batch
 
 
+def test_each_kinds_services_hold_its_own_job_store(platform: Platform) -> None:
+    from shared.adapters.firestore.batch import FirestoreJobStore
+
+    for kind in (GENERATION, EDITS):
+        jobs = kind.dependencies(platform).jobs
+        assert isinstance(jobs, FirestoreJobStore) and jobs.kind is kind and jobs.db is DB
+
+
 def generation_services(store: InMemoryObjectStore, fanout_page: int = 2) -> GenerationServices:
     policy = BatchPolicy(max_attempts=3, hold_ttl=timedelta(hours=1), fanout_page=fanout_page)
     return GenerationServices(
         db=DB,
+        jobs=InMemoryJobStore(GENERATION),
         store=store,
         queue=RecordingTaskQueue(),
         ledger=Ledger(InMemoryLedgerStore(), clock=lambda: NOW),
