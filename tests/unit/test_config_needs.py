@@ -159,3 +159,27 @@ def test_the_readme_table_lists_what_each_function_demands() -> None:
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| ((?:`[A-Z0-9_]+`(?:, )?)+) \|", readme, flags=re.MULTILINE))
     documented = {name: sorted(re.findall(r"`([A-Z0-9_]+)`", rows.get(name, ""))) for name in APPS}
     assert documented == {name: required_variables(app.needs) for name, app in APPS.items()}
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_the_serving_entry_point_hands_its_needs_to_the_platform(env: pytest.MonkeyPatch, complete: bool) -> None:
+    from flask import Flask, request
+
+    from shared.platform import get_platform, set_platform
+
+    env.setattr("shared.logging._configured", True)  # the platform would replace pytest's log handlers
+    app = APPS["stripe_webhook"]
+    _set_only(env, app.needs)
+    if not complete:
+        env.delenv("STRIPE_WEBHOOK_SECRET")
+    set_platform(None)
+    try:
+        with Flask("needs").test_request_context("/health"):
+            response = app.handle(request)
+        if complete:  # no Auth, R2, Cloud Tasks or Gemini settings, and the function starts
+            assert response.status_code == 200, response.get_data(as_text=True)
+            assert get_platform().settings.is_production
+        else:  # refused at the first request, as before
+            assert response.status_code == 500
+    finally:
+        set_platform(None)

@@ -199,7 +199,7 @@ class _ImportGraph:
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )  # class -> method name ("" = runs implicitly) -> code
     pending: list[_Code] = field(default_factory=list)
-    done: set[int] = field(default_factory=set)
+    done: set[_Code] = field(default_factory=set)  # the objects, not id(): a freed id is reused
 
     @classmethod
     def of(cls, entry_module: str) -> _ImportGraph:
@@ -207,8 +207,8 @@ class _ImportGraph:
         graph._load(entry_module)
         while graph.pending:
             code = graph.pending.pop()
-            if id(code) not in graph.done:
-                graph.done.add(id(code))
+            if code not in graph.done:
+                graph.done.add(code)
                 for node in code.nodes:
                     graph._visit(code, node)
         return graph
