@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings, TasksAuthMode, TasksBackend, get_settings
 from shared.needs import Need
@@ -19,10 +19,15 @@ if TYPE_CHECKING:
     from flask import Request
     from google.cloud.firestore import Client
 
+    from shared.adapters.firestore.billing import FirestoreBillingStore
     from shared.adapters.safe_fetch import SafeFetcher
     from shared.auth import JwtVerifier, Principal
+    from shared.batch.kind import JobKind
+    from shared.batch.store import JobStore
     from shared.billing.gateway import PaymentGateway
+    from shared.catalog.ports import CatalogRepositories
     from shared.engines.base import ImageEngine
+    from shared.generation.store import GenerationSettingsStore
     from shared.http.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
@@ -153,6 +158,34 @@ class Platform:
             self._price_book = PriceBook(self.db, ttl_seconds=self.settings.price_cache_seconds)
         return self._price_book
 
+    # -- repositories: the Firestore adapters of each aggregate (cheap wrappers over ``db``) ------------
+    @property
+    def catalog(self) -> CatalogRepositories:
+        """Products (+ slot usage), assets (+ revisions), uploads and imports (+ chunks)."""
+        from shared.adapters.firestore.catalog import firestore_catalog
+
+        return firestore_catalog(self.db)
+
+    @property
+    def billing(self) -> FirestoreBillingStore:
+        """Billing state and Stripe markers: the webhook's BillingStore and the API's BillingAccounts."""
+        from shared.adapters.firestore.billing import FirestoreBillingStore
+
+        return FirestoreBillingStore(self.db)
+
+    @property
+    def generation_settings(self) -> GenerationSettingsStore:
+        """Brand profile, presets and remembered generation defaults."""
+        from shared.adapters.firestore.settings import FirestoreGenerationSettings
+
+        return FirestoreGenerationSettings(self.db)
+
+    def job_store(self, kind: JobKind[Any, Any, Any, Any]) -> JobStore[Any, Any]:
+        """One job kind's jobs, items, counters, fan-out page markers and reaper cursor."""
+        from shared.adapters.firestore.batch import FirestoreJobStore
+
+        return FirestoreJobStore(self.db, kind)
+
     def idempotency_keys(self) -> IdempotencyKeys:
         """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""
         from shared.adapters.firestore.idempotency import FirestoreIdempotencyStore
@@ -220,11 +253,12 @@ class Platform:
 
     def _welcome(self, client_id: str, now: datetime) -> None:
         from shared.billing.catalog import load_catalog
-        from shared.billing.service import onboard
+        from shared.billing.service import onboard_client
 
         catalog = load_catalog()
         bonus = self.settings.signup_bonus_credits
-        onboard(self.db, self.ledger, catalog, client_id, catalog.signup_bonus if bonus is None else bonus, now)
+        signup_bonus = catalog.signup_bonus if bonus is None else bonus
+        onboard_client(self.billing, self.ledger, catalog, client_id, signup_bonus, now)
 
 
 def _build_task_queue(settings: Settings) -> TaskQueue:

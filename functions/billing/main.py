@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.adapters.firestore.catalog import firestore_catalog
 from shared.billing import service
 from shared.billing.allotments import JOB, BillingJobReport, run_daily
 from shared.billing.catalog import load_catalog
@@ -46,7 +45,7 @@ def plans(ctx: RequestContext[NoBody, NoQuery]) -> CatalogOut:
 @api.get("/subscription")
 def subscription(ctx: RequestContext[NoBody, NoQuery]) -> SubscriptionOut:
     p = ctx.platform
-    used = product_usage(firestore_catalog(p.db).products, ctx.client_id).used
+    used = product_usage(p.catalog.products, ctx.client_id).used
     return service.subscription_out(billing_accounts(p), load_catalog(), ctx.client_id, p.clock(), products_used=used)
 
 

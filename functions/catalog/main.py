@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.adapters.firestore.catalog import firestore_catalog
 from shared.catalog import imports, library, products, uploads
 from shared.catalog.models import (
     AssetDetailOut,
@@ -44,7 +43,7 @@ tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
 
 
 def _repos(ctx: RequestContext[BodyT, QueryT]) -> CatalogRepositories:
-    return firestore_catalog(ctx.platform.db)
+    return ctx.platform.catalog
 
 
 def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:

@@ -37,10 +37,10 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
     p = ctx.platform
     assert ctx.principal is not None
     policy = service.edit_policy(p.settings)
-    prepared = service.prepare(p.db, p.price_book.current(), ctx.client_id, ctx.body, policy)
+    prepared = service.prepare(p.catalog.assets, p.price_book.current(), ctx.client_id, ctx.body, policy)
     if prepared.mode == "sync":
         result = service.run_sync(
-            p.db,
+            p.catalog.assets,
             p.object_store,
             prepared,
             client_id=ctx.client_id,
@@ -65,7 +65,9 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
 @api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES)
 def quote_edit(ctx: RequestContext[EditRequest, NoQuery]) -> EditQuoteOut:
     p = ctx.platform
-    return service.quote_edit(p.db, p.price_book.current(), ctx.client_id, ctx.body, service.edit_policy(p.settings))
+    return service.quote_edit(
+        p.catalog.assets, p.price_book.current(), ctx.client_id, ctx.body, service.edit_policy(p.settings)
+    )
 
 
 @api.get("/edits", query=JobListQuery)
@@ -93,7 +95,7 @@ def cancel_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
 def revert_asset(ctx: RequestContext[RevertRequest, NoQuery]) -> RevisionOut:
     p = ctx.platform
     return service.revert(
-        p.db,
+        p.catalog.assets,
         p.object_store,
         client_id=ctx.client_id,
         asset_id=ctx.path_params["asset_id"],

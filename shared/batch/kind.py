@@ -23,7 +23,7 @@ Adding a job kind (store sync-back, video):
 2. A :class:`JobOrder` subclass carrying the request, and, when the kind needs more than
    :class:`JobServices` holds (an engine, its own limits), a :class:`JobServices` subclass.
 3. One ``JobKind[Job, Item, Services, Order]`` subclass: the names (collection, ids, tasks, hold), the
-   rules above, :meth:`JobKind.store` (its documents: ``FirestoreJobStore(platform.db, self)``) and
+   rules above, :meth:`JobKind.store` (its documents: ``platform.job_store(self)``) and
    :meth:`JobKind.dependencies` building its services (``jobs=self.store(platform)``) from the platform.
 4. Routes: the API entry point calls :func:`shared.batch.lifecycle.accept` (and the status reads);
    the Cloud Tasks entry point only calls ``add_worker_routes(tasks, KIND)``
@@ -53,7 +53,6 @@ from shared.errors import EpoxError
 from shared.tasks import TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
 
     from shared.batch.store import JobStore
     from shared.ledger.service import Ledger
@@ -88,7 +87,6 @@ class JobServices:
     ``jobs`` holds the kind's own documents (the lifecycle reads and writes only through it); ``db``
     is left for the kinds' steps that still read other aggregates through it."""
 
-    db: Client
     jobs: JobStore[Any, Any]
     store: ObjectStore
     queue: TaskQueue

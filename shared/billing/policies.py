@@ -21,16 +21,12 @@ def price_ids(platform: Platform) -> PriceIds:
 
 def billing_store(platform: Platform) -> BillingStore:
     """The webhook's and the daily job's billing port (also a :class:`BillingReader` for guards)."""
-    from shared.adapters.firestore.billing import FirestoreBillingStore
-
-    return FirestoreBillingStore(platform.db)
+    return platform.billing
 
 
 def billing_accounts(platform: Platform) -> BillingAccounts:
     """The billing API's port: the client's billing, its Stripe customer, its onboarding."""
-    from shared.adapters.firestore.billing import FirestoreBillingStore
-
-    return FirestoreBillingStore(platform.db)
+    return platform.billing
 
 
 def webhook_processor(platform: Platform, now: datetime) -> WebhookProcessor:

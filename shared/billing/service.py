@@ -28,8 +28,6 @@ from shared.billing.store import BillingAccounts, BillingChanged, BillingReader
 from shared.errors import EpoxError, UpstreamUnavailable, ValidationFailed
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.ledger.service import Ledger
 
 
@@ -251,14 +249,6 @@ def invoices(
         for row in rows
     ]
     return InvoicePage(items=items, next_cursor=items[-1].id if more and items else None)
-
-
-def onboard(db: Client, ledger: Ledger, catalog: Catalog, client_id: str, signup_bonus: int, now: datetime) -> bool:
-    """Free plan and the signup bonus, exactly once per client, on the Firestore adapter (the
-    signature callers use; :func:`onboard_client` is the rule on the port)."""
-    from shared.adapters.firestore.billing import FirestoreBillingStore
-
-    return onboard_client(FirestoreBillingStore(db), ledger, catalog, client_id, signup_bonus, now)
 
 
 def onboard_client(

@@ -41,7 +41,6 @@ from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
 
     from shared.storage import ObjectStore
 
@@ -202,23 +201,11 @@ def recount_every_client(products: ProductRepository, now: datetime) -> UsageRec
     return report
 
 
-def product_usage(products: ProductRepository | Client, client_id: str) -> SlotUsage:
-    """Slots and products used (read only: a client without a counter yet is counted, not backfilled).
-
-    Also takes a Firestore client, for billing's subscription view until it takes repositories."""
-    repo = _repository(products)
-    read = repo.read_slots(client_id, [])
-    used = read.usage.value if read.usage is not None else repo.count(client_id)
+def product_usage(products: ProductRepository, client_id: str) -> SlotUsage:
+    """Slots and products used (read only: a client without a counter yet is counted, not backfilled)."""
+    read = products.read_slots(client_id, [])
+    used = read.usage.value if read.usage is not None else products.count(client_id)
     return SlotUsage(limit=read.limit, used=used)
-
-
-def _repository(products: ProductRepository | Client) -> ProductRepository:
-    """Transitional: callers outside the catalog (billing, generation) still hold a Firestore client."""
-    if isinstance(products, ProductRepository):
-        return products
-    from shared.adapters.firestore.catalog import FirestoreProductRepository
-
-    return FirestoreProductRepository(products)
 
 
 def create_products(
@@ -294,9 +281,9 @@ def create_product(products: ProductRepository, client_id: str, data: ProductCre
     return doc
 
 
-def get_product(products: ProductRepository | Client, client_id: str, product_id: str) -> ProductDoc:
+def get_product(products: ProductRepository, client_id: str, product_id: str) -> ProductDoc:
     """The product, or 404 — also for another client's id, which lives in another subtree."""
-    doc = _repository(products).get(client_id, product_id)
+    doc = products.get(client_id, product_id)
     if doc is None:
         raise NotFound(f"No product {product_id}")
     return doc
@@ -401,8 +388,6 @@ def _cursor_position(cursor: str | None) -> tuple[datetime, str] | None:
     return cursor_datetime(values, "created_at"), cursor_str(values, "id")
 
 
-def products_by_ids(
-    products: ProductRepository | Client, client_id: str, product_ids: Iterable[str]
-) -> dict[str, ProductDoc]:
+def products_by_ids(products: ProductRepository, client_id: str, product_ids: Iterable[str]) -> dict[str, ProductDoc]:
     """The stored products among ``product_ids``, by id."""
-    return _repository(products).get_many(client_id, product_ids)
+    return products.get_many(client_id, product_ids)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.adapters.firestore.catalog import FirestoreAssetRepository
 from shared.batch import lifecycle
 from shared.batch.kind import (
     BatchPolicy,
@@ -78,11 +77,11 @@ from shared.storage import ObjectNotFound
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
     from PIL import Image
 
     from shared.batch.store import JobStore
     from shared.billing.store import BillingReader
+    from shared.catalog.ports import AssetRepository
     from shared.config import Settings
     from shared.engines.base import ImageEngine
     from shared.imaging import ImageLimits, Thumbnail
@@ -201,7 +200,9 @@ class Prepared:
         return self.quote.mode
 
 
-def prepare(db: Client, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy) -> Prepared:
+def prepare(
+    assets: AssetRepository, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy
+) -> Prepared:
     """Everything that can be refused, refused now: nothing is read from the object store and
     nothing is written. The pipeline is planned on each asset's recorded size."""
     if len(data.asset_ids) > policy.max_assets:
@@ -212,7 +213,7 @@ def prepare(db: Client, prices: PriceList, client_id: str, data: EditRequest, po
     masks = _decode_masks(data.operations, policy)
     if any(isinstance(op, RemoveBackground) for op in data.operations):
         check_model_path(policy.rembg_model_path)  # 503 now rather than a refunded failure later
-    found = FirestoreAssetRepository(db).get_many(client_id, data.asset_ids)
+    found = assets.get_many(client_id, data.asset_ids)
     missing = [asset_id for asset_id in data.asset_ids if asset_id not in found]
     if missing:
         raise NotFound(f"No asset {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -288,8 +289,10 @@ def _priced(
     return lines
 
 
-def quote_edit(db: Client, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy) -> EditQuoteOut:
-    return prepare(db, prices, client_id, data, policy).quote
+def quote_edit(
+    assets: AssetRepository, prices: PriceList, client_id: str, data: EditRequest, policy: EditPolicy
+) -> EditQuoteOut:
+    return prepare(assets, prices, client_id, data, policy).quote
 
 
 # -- computing one asset's result -------------------------------------------------------------------
@@ -619,8 +622,8 @@ def revision_out(asset_id: str, revision: AssetRevision, store: ObjectStore, exp
     )
 
 
-def _get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:
-    asset = FirestoreAssetRepository(db).get(client_id, asset_id)
+def _get_asset(assets: AssetRepository, client_id: str, asset_id: str) -> AssetDoc:
+    asset = assets.get(client_id, asset_id)
     if asset is None:
         raise NotFound(f"No asset {asset_id}")
     return asset
@@ -630,7 +633,7 @@ def _get_asset(db: Client, client_id: str, asset_id: str) -> AssetDoc:
 
 
 def run_sync(
-    db: Client,
+    assets: AssetRepository,
     store: ObjectStore,
     prepared: Prepared,
     *,
@@ -648,13 +651,13 @@ def run_sync(
     revisions = []
     label = describe(operations)
     for asset, first in results:
-        revision = _commit_sync(db, store, client_id, asset, first, prepared, runtime, label, now)
+        revision = _commit_sync(assets, store, client_id, asset, first, prepared, runtime, label, now)
         revisions.append(revision_out(asset.id, revision, store, expires_in))
     return EditResultOut(revisions=revisions)
 
 
 def _commit_sync(
-    db: Client,
+    assets: AssetRepository,
     store: ObjectStore,
     client_id: str,
     asset: AssetDoc,
@@ -668,20 +671,20 @@ def _commit_sync(
     for attempt in attempts(RECOMPUTE, f"edit asset {asset.id}"):
         if attempt:
             # Someone else's edit landed first: apply this pipeline on top of it.
-            asset = _get_asset(db, client_id, asset.id)
+            asset = _get_asset(assets, client_id, asset.id)
             computed = compute(store, asset, prepared.request.operations, prepared.masks, runtime)
         number = computed.base_revision + 1
         key, thumb_key = write_objects(store, client_id, asset.id, number, computed.encoded, computed.thumbnail)
         try:
             return commit_revision(
-                FirestoreAssetRepository(db),
+                assets,
                 client_id=client_id,
                 asset_id=asset.id,
                 now=now,
                 revision=_revision(number, key, thumb_key, computed, label, now),
             )
         except RevisionConflict:
-            discard_objects(FirestoreAssetRepository(db), store, client_id, asset.id, number, key, thumb_key)
+            discard_objects(assets, store, client_id, asset.id, number, key, thumb_key)
     raise Conflict(f"Asset {asset.id} was edited concurrently; try again", asset_id=asset.id)
 
 
@@ -700,6 +703,7 @@ class EditServices(JobServices):
     """What edit jobs run with besides the lifecycle's services."""
 
     edit: EditPolicy
+    assets: AssetRepository
     # Resolved on first use: accepting a job (on the API function) never calls the engine, and rembg
     # is loaded only when a job removes a background.
     engines: Callable[[], ImageEngine]
@@ -736,9 +740,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
     item_deadline = MAX_DISPATCH_DEADLINE
 
     def store(self, platform: Platform) -> JobStore[EditJobDoc, EditItemDoc]:
-        from shared.adapters.firestore.batch import FirestoreJobStore
-
-        return FirestoreJobStore(platform.db, self)
+        return platform.job_store(self)
 
     def dependencies(self, platform: Platform) -> EditServices:
         policy = edit_policy(platform.settings)
@@ -749,7 +751,6 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
             return shared_remover(policy.rembg_model_path)
 
         return EditServices(
-            db=platform.db,
             jobs=self.store(platform),
             store=platform.object_store,
             queue=platform.task_queue,
@@ -757,6 +758,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
             policy=policy.batch,
             clock=platform.clock,
             edit=policy,
+            assets=platform.catalog.assets,
             engines=lambda: platform.engine,
             remover=remover,
         )
@@ -901,7 +903,7 @@ def _operations(store: ObjectStore, job: EditJobDoc) -> tuple[list[Operation], d
 def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) -> Finished:
     """The new revision, committed together with the item's success (so a redelivery never makes a
     second one); a lost race with another edit of the asset is recomputed on top of it."""
-    db, store, policy, jobs = services.db, services.store, services.edit, services.jobs
+    assets, store, policy, jobs = services.assets, services.store, services.edit, services.jobs
     engine, remover = services.engine, services.remover
     job, item = run.job, run.item
     if any(op.get("op") == "remove_background" for op in job.operations):
@@ -910,7 +912,7 @@ def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) ->
     runtime = Runtime(policy, engine=engine, remover=remover)
     label = describe(operations)
     for _attempt in attempts(RECOMPUTE, f"edit asset {item.asset_id} for {job.id}"):
-        asset = _get_asset(db, job.client_id, item.asset_id)
+        asset = _get_asset(assets, job.client_id, item.asset_id)
         computed = compute(store, asset, operations, masks, runtime)
         number = computed.base_revision + 1
         key, thumb_key = write_objects(store, job.client_id, asset.id, number, computed.encoded, computed.thumbnail)
@@ -921,7 +923,7 @@ def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) ->
         guard = jobs.item_guard(job.client_id, job.id, item.index, run.version, changes)
         try:
             commit_revision(
-                FirestoreAssetRepository(db),
+                assets,
                 client_id=job.client_id,
                 asset_id=asset.id,
                 revision=revision,
@@ -931,7 +933,7 @@ def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) ->
             return Finished(f"item {item.index} succeeded: revision {number}")
         except (RevisionConflict, ItemTaken):
             # Lost for certain (commit_revision recognises a commit of ours whose answer was lost).
-            discard_objects(FirestoreAssetRepository(db), store, job.client_id, asset.id, number, key, thumb_key)
+            discard_objects(assets, store, job.client_id, asset.id, number, key, thumb_key)
             if jobs.item_moved(job.client_id, job.id, item.index, run.version):
                 raise ItemTakenOver(f"{item.index:06d}") from None
     raise RetryTask("the asset kept changing while it was being edited", retry_after=5)
@@ -941,9 +943,16 @@ def _edit_item(services: EditServices, run: ItemRun[EditJobDoc, EditItemDoc]) ->
 
 
 def revert(
-    db: Client, store: ObjectStore, *, client_id: str, asset_id: str, number: int, now: datetime, expires_in: int
+    assets: AssetRepository,
+    store: ObjectStore,
+    *,
+    client_id: str,
+    asset_id: str,
+    number: int,
+    now: datetime,
+    expires_in: int,
 ) -> RevisionOut:
     """A NEW revision with the pixels of revision ``number`` (history stays append-only); it points at
     the same immutable objects, so nothing is copied."""
-    new = revert_asset(FirestoreAssetRepository(db), client_id, asset_id, number, now)
+    new = revert_asset(assets, client_id, asset_id, number, now)
     return revision_out(asset_id, new, store, expires_in)

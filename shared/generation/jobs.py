@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.adapters.firestore.catalog import FirestoreAssetRepository, products_ref
 from shared.batch import lifecycle
 from shared.batch.kind import (
     BatchPolicy,
@@ -56,11 +55,11 @@ from shared.pagination import Page
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.batch.store import JobStore
     from shared.billing.store import BillingReader
+    from shared.catalog.ports import CatalogRepositories
     from shared.engines.base import ImageEngine
+    from shared.generation.store import GenerationSettingsStore
     from shared.imaging import ImageLimits
     from shared.platform import Platform
     from shared.storage import ObjectStore
@@ -93,6 +92,8 @@ class GenerationServices(JobServices):
     """What generation jobs run with besides the lifecycle's services."""
 
     generation: GenerationPolicy
+    catalog: CatalogRepositories
+    settings: GenerationSettingsStore
     # Resolved on first use: accepting a job (on the API function) never calls the engine.
     engines: Callable[[], ImageEngine]
 
@@ -132,16 +133,13 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     item_deadline = MAX_DISPATCH_DEADLINE
 
     def store(self, platform: Platform) -> JobStore[JobDoc, ItemDoc]:
-        from shared.adapters.firestore.batch import FirestoreJobStore
-
-        return FirestoreJobStore(platform.db, self)
+        return platform.job_store(self)
 
     def dependencies(self, platform: Platform) -> GenerationServices:
         from shared.catalog.policies import generation_policy
 
         policy = generation_policy(platform.settings)
         return GenerationServices(
-            db=platform.db,
             jobs=self.store(platform),
             store=platform.object_store,
             queue=platform.task_queue,
@@ -149,6 +147,8 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
             policy=policy.batch,
             clock=platform.clock,
             generation=policy,
+            catalog=platform.catalog,
+            settings=platform.generation_settings,
             engines=lambda: platform.engine,
         )
 
@@ -156,7 +156,7 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
 
     def prepare(self, services: GenerationServices, order: GenerationOrder, job_id: str) -> GenerationOrder:
         """Every product and asset named is the client's own; priced as the credits API quotes it."""
-        _check_references(services.db, order.client_id, order.data)
+        _check_references(services.catalog, order.client_id, order.data)
         slots = len(order.data.items) * order.settings.variants
         # The same quote the credits API gives for this operation: the price shown is the price reserved.
         item = QuoteItem(operation="generate_image", variant=order.settings.size, quantity=slots)
@@ -213,10 +213,12 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     def after_page(self, services: GenerationServices, job: JobDoc, items: list[ItemDoc]) -> None:
         # Every page's products (not only the first page's): each of them was generated with these settings.
         product_ids = [i.product_id for i in items if i.product_id]
-        prompts.remember_defaults(services.db, job.client_id, job.settings, product_ids, services.clock())
+        prompts.remember(
+            services.settings, services.catalog.products, job.client_id, job.settings, product_ids, services.clock()
+        )
 
     def work(self, services: GenerationServices, run: ItemRun[JobDoc, ItemDoc]) -> Finish:
-        return _generate(services.db, services.store, services.engine, services.generation, run)
+        return _generate(services.catalog, services.store, services.engine, services.generation, run)
 
     # -- rules ------------------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
         """Each variant is an asset in the customer's library as soon as it is stored: the ones an
         earlier (or killed) delivery stored are theirs and charged, only the rest failed and refunded."""
         variants = [variant_asset_id(job, item, v) for v in range(job.settings.variants)]
-        stored = FirestoreAssetRepository(services.db).existing(job.client_id, variants)
+        stored = services.catalog.assets.existing(job.client_id, variants)
         asset_ids = [asset_id for asset_id in variants if asset_id in stored]
         if not asset_ids:
             return self.failed(job, error)
@@ -269,12 +271,11 @@ def _spec_key(client_id: str, job_id: str) -> str:
 # -- create -------------------------------------------------------------------------------------------
 
 
-def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
+def _check_references(catalog: CatalogRepositories, client_id: str, data: JobCreate) -> None:
     """Every product and asset named must be the client's own (404 otherwise, nothing reserved)."""
     product_ids = sorted({item.product_id for item in data.items if item.product_id})
     if product_ids:
-        refs = [products_ref(db, client_id).document(pid) for pid in product_ids]
-        found = {snap.id for snap in db.get_all(refs, field_paths=["id"]) if snap.exists}
+        found = catalog.products.existing(client_id, product_ids)
         missing = [pid for pid in product_ids if pid not in found]
         if missing:
             raise NotFound(
@@ -283,7 +284,7 @@ def _check_references(db: Client, client_id: str, data: JobCreate) -> None:
             )
     wanted = {(item.product_id, aid) for item in data.items for aid in item.image_asset_ids}
     if wanted:
-        named = FirestoreAssetRepository(db).get_many(client_id, sorted(aid for _, aid in wanted))
+        named = catalog.assets.get_many(client_id, sorted(aid for _, aid in wanted))
         owners = {asset_id: asset.product_id for asset_id, asset in named.items()}
         for product_id, asset_id in wanted:
             if asset_id not in owners:
@@ -342,21 +343,27 @@ def create_job(
 
 
 def _generate(
-    db: Client, store: ObjectStore, engine: ImageEngine, policy: GenerationPolicy, run: ItemRun[JobDoc, ItemDoc]
+    catalog: CatalogRepositories,
+    store: ObjectStore,
+    engine: ImageEngine,
+    policy: GenerationPolicy,
+    run: ItemRun[JobDoc, ItemDoc],
 ) -> Finish:
     """Every variant not stored yet; the item succeeds when at least one image was made."""
     job, item = run.job, run.item
     asset_ids: list[str] = []
     failures: list[EngineError] = []
-    request = _build_request(db, store, job.client_id, job, item)
+    request = _build_request(catalog, store, job.client_id, job, item)
     for variant in range(job.settings.variants):
         asset_id = variant_asset_id(job, item, variant)
-        if FirestoreAssetRepository(db).existing(job.client_id, [asset_id]):
+        if catalog.assets.existing(job.client_id, [asset_id]):
             asset_ids.append(asset_id)
             continue
         try:
             result = engine.generate(replace(request, seed=_seed(job.id, item.index, variant)))
-            _store_generated(db, store, job.client_id, job, item, asset_id, variant, result, request, policy, run.now)
+            _store_generated(
+                catalog, store, job.client_id, job, item, asset_id, variant, result, request, policy, run.now
+            )
             asset_ids.append(asset_id)
         except EngineRetryableError as error:
             if not run.last_attempt:
@@ -370,7 +377,7 @@ def _generate(
                 raise  # a crash: the queue re-delivers and the stored variants are reused
             # The last attempt must still finish the item, or the job would never settle.
             logger.exception("item %s of job %s crashed on its last attempt", item.index, job.id)
-            if _stored_after_all(db, job.client_id, asset_id):
+            if _stored_after_all(catalog, job.client_id, asset_id):
                 asset_ids.append(asset_id)  # the commit went through before the error: in the library, charged
                 continue
             failures.append(EnginePermanentError(f"internal error: {type(error).__name__}"))
@@ -382,9 +389,9 @@ def _generate(
     )
 
 
-def _stored_after_all(db: Client, client_id: str, asset_id: str) -> bool:
+def _stored_after_all(catalog: CatalogRepositories, client_id: str, asset_id: str) -> bool:
     try:
-        return bool(FirestoreAssetRepository(db).existing(client_id, [asset_id]))
+        return bool(catalog.assets.existing(client_id, [asset_id]))
     except Exception:
         logger.exception("could not tell whether asset %s was stored", asset_id)
         return False
@@ -394,18 +401,20 @@ def _seed(job_id: str, index: int, variant: int) -> int:
     return int(hashlib.sha256(f"{job_id}|{index}|{variant}".encode()).hexdigest()[:8], 16)
 
 
-def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, item: ItemDoc) -> ImageRequest:
+def _build_request(
+    catalog: CatalogRepositories, store: ObjectStore, client_id: str, job: JobDoc, item: ItemDoc
+) -> ImageRequest:
     images: list[InputImage] = []
     product = None
     if item.product_id:
         try:
-            product = get_product(db, client_id, item.product_id)
+            product = get_product(catalog.products, client_id, item.product_id)
         except NotFound:
             product = None  # deleted after the job was accepted: generate from the prompt alone
         if item.image_asset_ids:
             # The named images: any asset of the product (create checked that), an upload or an earlier
             # generated image alike, in the order given. One deleted since the job was accepted is skipped.
-            found = FirestoreAssetRepository(db).get_many(client_id, item.image_asset_ids[:MAX_REFERENCE_IMAGES])
+            found = catalog.assets.get_many(client_id, item.image_asset_ids[:MAX_REFERENCE_IMAGES])
             for asset_id in item.image_asset_ids[:MAX_REFERENCE_IMAGES]:
                 if asset_id in found:
                     images.append(
@@ -426,7 +435,7 @@ def _build_request(db: Client, store: ObjectStore, client_id: str, job: JobDoc, 
 
 
 def _store_generated(
-    db: Client,
+    catalog: CatalogRepositories,
     store: ObjectStore,
     client_id: str,
     job: JobDoc,
@@ -471,7 +480,7 @@ def _store_generated(
         metadata=metadata,
         revision_metadata=metadata,
     )
-    create_asset(FirestoreAssetRepository(db), store, new, encoded, thumbnail, now)
+    create_asset(catalog.assets, store, new, encoded, thumbnail, now)
 
 
 # -- reads and commands -------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from shared.generation.models import (
 )
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
 
     from shared.catalog.models import ProductDoc
     from shared.engines.base import ImageEngine
@@ -222,16 +221,6 @@ def remember(
     unique = list(dict.fromkeys(product_ids))[:MAX_REMEMBERED]
     found = products.get_many(client_id, unique)
     store.remember(client_id, settings, [(product.id, product.category) for product in found.values()], now)
-
-
-def remember_defaults(
-    db: Client, client_id: str, settings: GenerationSettings, product_ids: list[str], now: datetime
-) -> None:
-    """:func:`remember` on the Firestore adapters, for the generation fan-out's call site (which has
-    a database client). Goes once the batch engine's dependencies carry the settings store."""
-    from shared.adapters.firestore.settings import FirestoreGenerationSettings, FirestoreProductLookup
-
-    remember(FirestoreGenerationSettings(db), FirestoreProductLookup(db), client_id, settings, product_ids, now)
 
 
 def defaults(

@@ -38,6 +38,8 @@ from hypothesis import strategies as st
 
 from shared.adapters.firestore.batch import FirestoreJobStore
 from shared.adapters.firestore.billing import FirestoreBillingStore
+from shared.adapters.firestore.catalog import firestore_catalog
+from shared.adapters.firestore.settings import FirestoreGenerationSettings
 from shared.batch import lifecycle, recovery
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobTask
 from shared.engines.base import (
@@ -164,7 +166,6 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     )
 
     services = GenerationServices(
-        db=db,
         jobs=FirestoreJobStore(db, GENERATION),
         store=object_store,
         queue=queue,
@@ -172,6 +173,8 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
         policy=policy.batch,
         clock=clock,
         generation=policy,
+        catalog=firestore_catalog(db),
+        settings=FirestoreGenerationSettings(db),
         engines=lambda: engine,
     )
 
@@ -280,7 +283,6 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
         raise AssertionError("no background removal in these jobs")
 
     services = EditServices(
-        db=db,
         jobs=FirestoreJobStore(db, EDITS),
         store=object_store,
         queue=queue,
@@ -288,6 +290,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
         policy=policy.batch,
         clock=clock,
         edit=policy,
+        assets=FirestoreAssetRepository(db),
         engines=lambda: engine,
         remover=no_remover,
     )
@@ -306,7 +309,7 @@ def test_every_edit_job_settles_and_charges_exactly_the_revisions_it_made(
     request = EditRequest.model_validate(
         {"asset_ids": asset_ids, "operations": [{"op": "prompt_edit", "prompt": "warmer light"}]}
     )
-    prepared = service.prepare(db, load_default_prices(), client_id, request, policy)
+    prepared = service.prepare(services.assets, load_default_prices(), client_id, request, policy)
     job = service.create_job(
         services, prepared, client_id=client_id, user_id="u1", request_key=None, billing=FirestoreBillingStore(db)
     )

@@ -192,7 +192,6 @@ class Harness:
         (or at ``at``), unless the test gave the workers a ``clock``."""
         clock = (lambda: at) if at is not None else (self.clock or (lambda: NOW))
         return HarnessServices(
-            db=self.db,
             jobs=self.jobs,
             store=self.store,
             queue=self.queue,

@@ -145,7 +145,6 @@ class Engine:
             "c1", key="g", amount=credits, source=GrantSource.PACK, actor=Actor(kind="admin", id="t"), reason="t"
         )
         self.services = WordServices(
-            db=None,
             jobs=self.jobs,
             store=InMemoryObjectStore(),
             queue=self.queue,

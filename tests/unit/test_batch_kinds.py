@@ -34,6 +34,8 @@ from shared.ledger.service import Ledger
 from shared.platform import Platform
 from tests.fakes import InMemoryLedgerStore, InMemoryObjectStore, RecordingTaskQueue
 from tests.fakes_batch import InMemoryJobStore
+from tests.fakes_catalog import in_memory_catalog
+from tests.fakes_settings import InMemoryGenerationSettings
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 DB: Any = object()  # stands for the Firestore client: none of these steps may touch it
@@ -61,11 +63,13 @@ def test_each_kind_builds_its_services_from_the_platform(platform: Platform, set
     generation = GENERATION.dependencies(platform)
     edits = EDITS.dependencies(platform)
     for services in (generation, edits):
-        assert services.db is DB and services.store is platform.object_store
+        assert services.store is platform.object_store
         assert services.queue is platform.task_queue and services.ledger is platform.ledger
         assert services.clock() == NOW
         assert services.engine is platform.engine
     assert isinstance(generation, GenerationServices) and generation.generation == generation_policy(settings)
+    assert generation.catalog.assets.db is DB and generation.settings.db is DB  # type: ignore[attr-defined]
+    assert edits.assets.db is DB  # type: ignore[attr-defined]
     assert generation.policy == generation_policy(settings).batch
     assert isinstance(edits, EditServices) and edits.edit == edit_policy(settings)
     assert edits.policy == edit_policy(settings).batch
@@ -82,7 +86,6 @@ def test_each_kinds_services_hold_its_own_job_store(platform: Platform) -> None:
 def generation_services(store: InMemoryObjectStore, fanout_page: int = 2) -> GenerationServices:
     policy = BatchPolicy(max_attempts=3, hold_ttl=timedelta(hours=1), fanout_page=fanout_page)
     return GenerationServices(
-        db=DB,
         jobs=InMemoryJobStore(GENERATION),
         store=store,
         queue=RecordingTaskQueue(),
@@ -90,6 +93,8 @@ def generation_services(store: InMemoryObjectStore, fanout_page: int = 2) -> Gen
         policy=policy,
         clock=lambda: NOW,
         generation=generation_policy(Settings(epox_env="test")),
+        catalog=in_memory_catalog(),
+        settings=InMemoryGenerationSettings(),
         engines=OfflineEngine,
     )
 

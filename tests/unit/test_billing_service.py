@@ -92,8 +92,8 @@ def test_job_creation_checks_good_standing_itself_before_anything_else() -> None
     nothing: Any = None
     # Only the clock is there: any store, queue, ledger or engine the use case touched would fail.
     generation = jobs.GenerationServices(
-        db=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
-        generation=nothing, engines=nothing,
+        jobs=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
+        generation=nothing, catalog=nothing, settings=nothing, engines=nothing,
     )  # fmt: skip
     with pytest.raises(PaymentPastDue):
         jobs.create_job(
@@ -106,8 +106,8 @@ def test_job_creation_checks_good_standing_itself_before_anything_else() -> None
     )
     paid = editing.Prepared(request, {}, [], EditQuoteOut(lines=[], total=4, price_list_version=1, mode="job"))
     edits = editing.EditServices(
-        db=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
-        edit=nothing, engines=nothing, remover=nothing,
+        jobs=nothing, store=nothing, queue=nothing, ledger=nothing, policy=nothing, clock=lambda: NOW,
+        edit=nothing, assets=nothing, engines=nothing, remover=nothing,
     )  # fmt: skip
     with pytest.raises(PaymentPastDue):
         editing.create_job(edits, paid, client_id="c1", user_id="u1", request_key=None, billing=store)
