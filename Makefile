@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev demo test lint typecheck bench build clean soak
+.PHONY: dev demo test lint typecheck imports bench build clean soak
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt $(wildcard functions/*/requirements.txt)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,11 @@ dev: $(STAMP)  ## run every function, the Firestore emulator, the S3 store and t
 demo: $(STAMP)  ## run the scripted end-to-end demo against a running `make dev`
 	$(PY) -m dev.demo
 
-test: $(STAMP)  ## lint, type-check and run the whole test suite (starts its own emulator)
+test: $(STAMP)  ## lint, type-check, the import contract and the whole test suite (starts its own emulator)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared functions dev bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m dev.run_tests $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -33,6 +34,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy shared functions dev bench
+
+imports: $(STAMP)  ## the import contract (layers, no cycles, Google's SDKs only in adapters)
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
 	$(PY) -m bench.run

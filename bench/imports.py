@@ -164,12 +164,12 @@ def _chunk_delivery(host: str) -> None:
     from PIL import Image
 
     from shared.adapters.firestore.catalog import firestore_catalog
-    from shared.adapters.safe_fetch import AddressPolicy, SafeFetcher
     from shared.catalog import imports
     from shared.catalog.models import ImportChunkTask, ImportCreate, UploadCreate, UploadPurpose
     from shared.catalog.policies import import_policy, upload_policy
     from shared.catalog.uploads import complete_upload, create_upload
     from shared.config import Settings
+    from shared.safe_fetch import AddressPolicy, SafeFetcher
     from shared.tasks import RetryTask, TaskCall
     from tests.fakes import InMemoryObjectStore, RecordingTaskQueue
 

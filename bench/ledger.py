@@ -43,7 +43,7 @@ def _ms(values: list[float]) -> str:
 
 
 def _counting_store(db: Any) -> Any:
-    from shared.ledger.store import FirestoreLedgerStore
+    from shared.adapters.firestore.ledger import FirestoreLedgerStore
 
     class CountingStore(FirestoreLedgerStore):
         """Counts commits: every successful commit writes the client's state document exactly once."""

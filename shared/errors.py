@@ -7,7 +7,10 @@ these so domain code never handles a boto3, gRPC or httpx error directly.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class EpoxError(Exception):
@@ -144,3 +147,20 @@ class UpstreamRejectedCredentials(EpoxError):
 
 class ConfigurationError(RuntimeError):
     """Raised at start-up when required settings are missing or unsafe; never caught by handlers."""
+
+
+def validation_problem(exc: ValidationError, *, location: str = "body") -> ValidationFailed:
+    """Translate pydantic's errors into a 422 with one entry per field."""
+    errors = []
+    for item in exc.errors(include_url=False, include_input=False):
+        path = [str(part) for part in item.get("loc", ())]
+        errors.append(
+            {
+                "field": ".".join(path) if path else location,
+                "in": location,
+                "message": item.get("msg", "invalid"),
+                "type": item.get("type", "value_error"),
+            }
+        )
+    noun = "field" if len(errors) == 1 else "fields"
+    return ValidationFailed(f"{len(errors)} invalid {noun} in the request {location}", errors=errors)

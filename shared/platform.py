@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
     from shared.adapters.firestore.billing import FirestoreBillingStore
-    from shared.adapters.safe_fetch import SafeFetcher
     from shared.auth import JwtVerifier, Principal
     from shared.batch.kind import JobKind
     from shared.batch.store import JobStore
@@ -28,9 +27,10 @@ if TYPE_CHECKING:
     from shared.catalog.ports import CatalogRepositories
     from shared.engines.base import ImageEngine
     from shared.generation.store import GenerationSettingsStore
-    from shared.http.idempotency import IdempotencyKeys
+    from shared.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
+    from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
     from shared.tenancy import Onboarding
@@ -115,8 +115,8 @@ class Platform:
         if self._ledger is None:
             with self._lock:
                 if self._ledger is None:
+                    from shared.adapters.firestore.ledger import FirestoreLedgerStore
                     from shared.ledger.service import Ledger
-                    from shared.ledger.store import FirestoreLedgerStore
 
                     self._ledger = Ledger(
                         FirestoreLedgerStore(self.db),
@@ -189,7 +189,7 @@ class Platform:
     def idempotency_keys(self) -> IdempotencyKeys:
         """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""
         from shared.adapters.firestore.idempotency import FirestoreIdempotencyStore
-        from shared.http.idempotency import IdempotencyKeys
+        from shared.idempotency import IdempotencyKeys
 
         ttl = timedelta(hours=self.settings.idempotency_ttl_hours)
         return IdempotencyKeys(FirestoreIdempotencyStore(self.db), ttl, self.clock)
@@ -276,7 +276,7 @@ def _build_task_queue(settings: Settings) -> TaskQueue:
 def _build_fetcher(settings: Settings) -> SafeFetcher:
     from ipaddress import ip_network
 
-    from shared.adapters.safe_fetch import AddressPolicy, FetchLimits, SafeFetcher
+    from shared.safe_fetch import AddressPolicy, FetchLimits, SafeFetcher
 
     policy = AddressPolicy(extra_allowed_networks=[ip_network(net) for net in settings.fetch_allowed_networks])
     limits = FetchLimits(max_bytes=settings.fetch_max_bytes, total_timeout=settings.fetch_timeout_seconds)

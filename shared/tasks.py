@@ -289,7 +289,7 @@ class OidcTaskVerifier(TaskCallVerifier):
     very function's URL (a token minted for another of our workers is refused here).
 
     Google's certificates are kept for as long as their Cache-Control allows (see
-    :mod:`shared.adapters.google_certs`), so a delivery costs no certificate fetch once warm.
+    :mod:`shared.google_certs`), so a delivery costs no certificate fetch once warm.
     """
 
     service_account: str
@@ -314,7 +314,7 @@ class OidcTaskVerifier(TaskCallVerifier):
         if self._transport is None:
             from google.auth.transport import requests as gauth_requests
 
-            from shared.adapters.google_certs import CachingTransport
+            from shared.google_certs import CachingTransport
 
             self._transport = CachingTransport(gauth_requests.Request())
         return self._transport

@@ -207,8 +207,8 @@ def stack(function_apps: dict[str, Any], settings: Any, db: Any, object_store: A
     from ipaddress import ip_network
 
     from dev.dispatcher import TaskDispatcher
-    from shared.adapters.safe_fetch import AddressPolicy, SafeFetcher
     from shared.platform import Platform, set_platform
+    from shared.safe_fetch import AddressPolicy, SafeFetcher
 
     def transport(url: str, headers: dict[str, str], body: bytes) -> tuple[int, float | None]:
         parts = urlsplit(url)

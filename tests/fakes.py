@@ -6,7 +6,6 @@ import ipaddress
 from typing import Any
 from urllib.parse import quote
 
-from shared.adapters.safe_fetch import Resolver
 from shared.billing.gateway import CheckoutLine, PaymentGateway, SubscriptionInfo
 from shared.billing.models import BillingState
 from shared.billing.store import (
@@ -19,6 +18,7 @@ from shared.billing.store import (
 )
 from shared.ledger.model import Entry, HoldOutcome, LedgerState, Mutation
 from shared.ledger.store import HoldRecord, KeyAlreadyUsed, LedgerStore, Marker, Snapshot, StaleState, key_hash
+from shared.safe_fetch import Resolver
 from shared.storage import ObjectInfo, ObjectNotFound, ObjectStore, PresignedUpload
 from shared.tasks import TaskQueue, TaskRequest
 
@@ -81,7 +81,7 @@ class StaticResolver(Resolver):
 
     def resolve(self, host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         if host not in self.table:
-            from shared.adapters.safe_fetch import FetchFailed
+            from shared.safe_fetch import FetchFailed
 
             raise FetchFailed(f"cannot resolve {host}")
         return [ipaddress.ip_address(address) for address in self.table[host]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from shared.http.idempotency import IdempotencyRecord, IdempotencyStore, StoredResponse
+from shared.idempotency import IdempotencyRecord, IdempotencyStore, StoredResponse
 
 
 class InMemoryIdempotencyStore(IdempotencyStore):

@@ -13,11 +13,11 @@ import functions_framework
 
 from shared.batch import lifecycle
 from shared.batch.models import JobListQuery
-from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.editing import service
 from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
 from shared.editing.service import EDITS
 from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
 

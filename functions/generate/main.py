@@ -12,7 +12,6 @@ import functions_framework
 
 from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
-from shared.batch.routes import accepted, add_worker_routes, request_key
 from shared.generation import jobs, prompts
 from shared.generation.jobs import GENERATION
 from shared.generation.models import (
@@ -31,6 +30,7 @@ from shared.generation.models import (
     PresetUpdate,
 )
 from shared.http.app import BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
 

@@ -7,6 +7,6 @@ what a finished item is worth, and takes the steps only it knows (record a job, 
 run one item) as methods, with the services it builds from the platform. The lifecycle and the reaper
 read and write a kind's jobs, items, counters and page markers only through its
 :class:`shared.batch.store.JobStore` (Firestore: :mod:`shared.adapters.firestore.batch`).
-:mod:`shared.batch.routes` holds the HTTP side they share: a worker entry point registers its kind and
+:mod:`shared.http.batch_routes` holds the HTTP side they share: a worker entry point registers its kind and
 nothing else.
 """

@@ -27,7 +27,7 @@ Adding a job kind (store sync-back, video):
    :meth:`JobKind.dependencies` building its services (``jobs=self.store(platform)``) from the platform.
 4. Routes: the API entry point calls :func:`shared.batch.lifecycle.accept` (and the status reads);
    the Cloud Tasks entry point only calls ``add_worker_routes(tasks, KIND)``
-   (:mod:`shared.batch.routes`), which serves the fan-out, item, settle and reaper routes.
+   (:mod:`shared.http.batch_routes`), which serves the fan-out, item, settle and reaper routes.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from shared.errors import EpoxError
 from shared.tasks import TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
-
     from shared.batch.store import JobStore
     from shared.ledger.service import Ledger
     from shared.platform import Platform

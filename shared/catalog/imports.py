@@ -59,17 +59,16 @@ from shared.catalog.models import (
 from shared.catalog.ports import CatalogRepositories, DocumentTooLarge, ImportRepository, StaleWrite
 from shared.catalog.products import build_product, create_products
 from shared.catalog.uploads import get_upload
-from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed
-from shared.http.problems import validation_problem
+from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed, validation_problem
 from shared.ids import derived_id, new_id
 from shared.scheduled import ScheduledReport, isolated
 from shared.tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue, TaskRequest
 from shared.tasks import task_name as make_task_name
 
 if TYPE_CHECKING:
-    from shared.adapters.safe_fetch import FetchLimits, SafeFetcher
     from shared.catalog.csv_parsing import ColumnMapping, ParsedCsv, ProductDraft, RowResult
     from shared.imaging import ImageLimits
+    from shared.safe_fetch import FetchLimits, SafeFetcher
     from shared.storage import ObjectStore
 
 logger = log.get_logger("epox.catalog.imports")
@@ -725,7 +724,7 @@ def _import_image(
     now: datetime,
     part: _Part,
 ) -> None:
-    from shared.adapters.safe_fetch import FetchTemporarilyFailed
+    from shared.safe_fetch import FetchTemporarilyFailed
 
     asset_id = derived_id("ast", doc.id, row_number, index)
     if repos.assets.existing(doc.client_id, [asset_id]):

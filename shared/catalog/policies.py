@@ -8,7 +8,6 @@ if TYPE_CHECKING:
     from shared.catalog.imports import ImportPolicy
     from shared.catalog.uploads import UploadPolicy
     from shared.config import Settings
-    from shared.generation.jobs import GenerationPolicy
     from shared.imaging import ImageLimits
 
 
@@ -34,9 +33,9 @@ def upload_policy(settings: Settings) -> UploadPolicy:
 def import_policy(settings: Settings) -> ImportPolicy:
     from datetime import timedelta
 
-    from shared.adapters.safe_fetch import FetchLimits
     from shared.catalog.imports import ImportPolicy
     from shared.catalog.models import IMAGE_CONTENT_TYPES
+    from shared.safe_fetch import FetchLimits
 
     return ImportPolicy(
         chunk_rows=settings.import_chunk_rows,
@@ -54,20 +53,4 @@ def import_policy(settings: Settings) -> ImportPolicy:
             total_timeout=settings.fetch_timeout_seconds,
             allowed_content_types=frozenset(IMAGE_CONTENT_TYPES),
         ),
-    )
-
-
-def generation_policy(settings: Settings) -> GenerationPolicy:
-    from datetime import timedelta
-
-    from shared.generation.jobs import GenerationPolicy
-
-    return GenerationPolicy(
-        fanout_page=settings.generation_fanout_page,
-        counter_shards=settings.generation_counter_shards,
-        hold_ttl=timedelta(hours=settings.generation_hold_ttl_hours),
-        max_attempts=settings.tasks_max_attempts,
-        output_format=settings.output_format,
-        image_limits=image_limits(settings),
-        thumbnail_max_side=settings.thumbnail_max_side,
     )

@@ -41,7 +41,6 @@ from shared.retry import CONTENDED_COMMIT, attempts
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
-
     from shared.storage import ObjectStore
 
 logger = logging.getLogger("epox.catalog")

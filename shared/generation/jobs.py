@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from shared.batch.store import JobStore
     from shared.billing.store import BillingReader
     from shared.catalog.ports import CatalogRepositories
+    from shared.config import Settings
     from shared.engines.base import ImageEngine
     from shared.generation.store import GenerationSettingsStore
     from shared.imaging import ImageLimits
@@ -85,6 +86,21 @@ class GenerationPolicy:
             fanout_page=self.fanout_page,
             counter_shards=self.counter_shards,
         )
+
+
+def generation_policy(settings: Settings) -> GenerationPolicy:
+    """The limits generation jobs run with, from the settings."""
+    from shared.catalog.policies import image_limits
+
+    return GenerationPolicy(
+        fanout_page=settings.generation_fanout_page,
+        counter_shards=settings.generation_counter_shards,
+        hold_ttl=timedelta(hours=settings.generation_hold_ttl_hours),
+        max_attempts=settings.tasks_max_attempts,
+        output_format=settings.output_format,
+        image_limits=image_limits(settings),
+        thumbnail_max_side=settings.thumbnail_max_side,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,8 +152,6 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
         return platform.job_store(self)
 
     def dependencies(self, platform: Platform) -> GenerationServices:
-        from shared.catalog.policies import generation_policy
-
         policy = generation_policy(platform.settings)
         return GenerationServices(
             jobs=self.store(platform),

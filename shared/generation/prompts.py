@@ -24,7 +24,6 @@ from shared.generation.models import (
 )
 
 if TYPE_CHECKING:
-
     from shared.catalog.models import ProductDoc
     from shared.engines.base import ImageEngine
     from shared.generation.store import GenerationSettingsStore, ProductLookup

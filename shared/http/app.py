@@ -30,8 +30,9 @@ from shared.errors import (
     Unauthenticated,
     UnsupportedMediaType,
     ValidationFailed,
+    validation_problem,
 )
-from shared.http.problems import problem_response, validation_problem
+from shared.http.problems import problem_response
 from shared.needs import Need
 
 if TYPE_CHECKING:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import EpoxError, ValidationFailed
+from shared.errors import EpoxError
 
 if TYPE_CHECKING:
     from flask import Response
-    from pydantic import ValidationError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://docs.epox.ai/problems/"
@@ -41,20 +40,3 @@ def problem_response(error: EpoxError, *, instance: str | None = None, request_i
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
-
-
-def validation_problem(exc: ValidationError, *, location: str = "body") -> ValidationFailed:
-    """Translate pydantic's errors into a 422 with one entry per field."""
-    errors = []
-    for item in exc.errors(include_url=False, include_input=False):
-        path = [str(part) for part in item.get("loc", ())]
-        errors.append(
-            {
-                "field": ".".join(path) if path else location,
-                "in": location,
-                "message": item.get("msg", "invalid"),
-                "type": item.get("type", "value_error"),
-            }
-        )
-    noun = "field" if len(errors) == 1 else "fields"
-    return ValidationFailed(f"{len(errors)} invalid {noun} in the request {location}", errors=errors)

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from shared.adapters.firestore.batch import FirestoreJobStore
 from shared.adapters.firestore.billing import FirestoreBillingStore
 from shared.adapters.firestore.catalog import firestore_catalog
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.adapters.firestore.settings import FirestoreGenerationSettings
 from shared.batch import lifecycle, recovery
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobTask
@@ -57,7 +58,6 @@ from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.pricing import load_default_prices
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from shared.tasks import TaskCall, TaskRequest
 from tests.chaos_tasks import ChaosQueue, Clock, Handler, Killed
 from tests.firestore_faults import FaultyClient
@@ -150,7 +150,7 @@ def test_every_job_settles_and_charges_exactly_what_is_in_the_library(
     data: st.DataObject, items: int, variants: int, settings: Any, object_store: Any
 ) -> None:
     from shared.adapters.firestore.catalog import assets_ref
-    from shared.catalog.policies import generation_policy
+    from shared.generation.jobs import generation_policy
 
     clock = Clock(START)
     db = FaultyClient()

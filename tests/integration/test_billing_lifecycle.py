@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.billing.calendar import add_months
 from shared.ledger.model import Actor, EntryType
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from shared.platform import get_platform
 from tests.billing_events import (
     Clock,

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from shared.adapters.firestore.billing import FirestoreBillingStore
-from shared.ledger.store import FirestoreLedgerStore
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from tests.unit.test_billing_lifecycle_properties import machine_for
 
 pytestmark = pytest.mark.integration

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.errors import InsufficientCredits
 from shared.http.problems import problem_body
 from shared.ledger.model import Actor, GrantSource
 from shared.ledger.pricing import OVERRIDE_DOC, load_default_prices
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from shared.ledger.views import CSV_COLUMNS
 
 USER = Actor(kind="user", id="u-test")

@@ -586,8 +586,8 @@ def test_blocked_and_broken_image_urls_are_reported(stack: Any, client_id: str, 
 
 def test_default_address_policy_refuses_loopback(stack: Any, client_id: str, images: ImageServer) -> None:
     """Production's fetcher (no extra networks) must not reach 127.0.0.1, even though tests may."""
-    from shared.adapters.safe_fetch import SafeFetcher
     from shared.platform import Platform, set_platform
+    from shared.safe_fetch import SafeFetcher
 
     base = stack.platform
     fetcher = SafeFetcher()

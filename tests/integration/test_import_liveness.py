@@ -97,7 +97,7 @@ def image_host() -> Iterator[str]:
 def fetcher() -> Iterator[Any]:
     from ipaddress import ip_network
 
-    from shared.adapters.safe_fetch import AddressPolicy, SafeFetcher
+    from shared.safe_fetch import AddressPolicy, SafeFetcher
 
     with SafeFetcher(policy=AddressPolicy(extra_allowed_networks=[ip_network("127.0.0.1/32")])) as safe:
         yield safe

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.errors import EpoxError, InsufficientCredits
 from shared.ledger.model import Actor, EntryType, GrantSource, HoldAlreadyResolved, HoldStatus
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 
 pytestmark = pytest.mark.integration
 

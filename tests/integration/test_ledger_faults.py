@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.ledger import views
 from shared.ledger.model import Actor, EntryType, GrantSource, HoldAlreadyResolved, HoldStatus
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from tests.conftest import TASK_SECRET
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
 
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from tests.unit.test_ledger_properties import STEPS, FakeClock, machine_for, property_settings
 
 pytestmark = pytest.mark.integration

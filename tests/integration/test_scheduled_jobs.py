@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from shared.adapters.firestore.billing import FirestoreBillingStore
+from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.billing import allotments
 from shared.billing.calendar import add_months
 from shared.billing.catalog import load_catalog
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
-from shared.ledger.store import FirestoreLedgerStore
 from shared.scheduled import JobIncomplete, finish
 from tests.conftest import TASK_SECRET
 

@@ -18,7 +18,6 @@ from shared.batch import lifecycle
 from shared.batch.commits import commit_once
 from shared.batch.kind import Finish, Finished, ItemRun, ItemTakenOver, JobKind, RequestKey
 from shared.batch.models import FanoutPageTask, ItemStatus, JobStatus, JobTask
-from shared.batch.routes import request_key
 from shared.editing.background import BackgroundRemovalUnavailable
 from shared.editing.models import EditItemDoc, EditJobDoc
 from shared.editing.service import EDITS
@@ -27,6 +26,7 @@ from shared.errors import IdempotencyKeyReused, NotFound, UpstreamUnavailable
 from shared.generation.jobs import GENERATION
 from shared.generation.models import GenerationSettings, ItemDoc, JobDoc
 from shared.http.app import RequestContext
+from shared.http.batch_routes import request_key
 from shared.retry import RetryPolicy
 from shared.tasks import SETTLE_WINDOW_SECONDS, RetryTask
 

@@ -21,14 +21,13 @@ from shared.batch.kind import (
     Totals,
 )
 from shared.batch.models import BatchItemDoc, BatchJobDoc, FanoutPageTask, ItemStatus, ItemTask, JobTask
-from shared.batch.routes import add_worker_routes
-from shared.catalog.policies import generation_policy
 from shared.config import Settings
 from shared.editing.service import EDITS, EditServices, edit_policy
 from shared.engines.offline import OfflineEngine
-from shared.generation.jobs import GENERATION, GenerationOrder, GenerationServices
+from shared.generation.jobs import GENERATION, GenerationOrder, GenerationServices, generation_policy
 from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
 from shared.http.app import Access, HttpApp
+from shared.http.batch_routes import add_worker_routes
 from shared.ledger.pricing import QuoteItem, load_default_prices, quote
 from shared.ledger.service import Ledger
 from shared.platform import Platform

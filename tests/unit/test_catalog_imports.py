@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.adapters.safe_fetch import FetchedResource, FetchLimits, FetchTemporarilyFailed, SafeFetcher
 from shared.catalog import imports, products, uploads
 from shared.catalog.models import (
     ImportChunkTask,
@@ -21,6 +20,7 @@ from shared.catalog.models import (
 )
 from shared.catalog.ports import CatalogRepositories, Found
 from shared.imaging import ImageLimits
+from shared.safe_fetch import FetchedResource, FetchLimits, FetchTemporarilyFailed, SafeFetcher
 from shared.tasks import RetryTask, TaskCall
 from tests import images
 from tests.fakes import InMemoryObjectStore, RecordingTaskQueue

@@ -23,10 +23,11 @@ from shared.errors import (
     Unauthenticated,
     UpstreamUnavailable,
     ValidationFailed,
+    validation_problem,
 )
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, _compile
 from shared.http.idempotency import IdempotencyKeys, IdempotencyStore, fingerprint_request, run_idempotent
-from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response, validation_problem
+from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
 from shared.pagination import (
     InvalidCursor,
     PageQuery,

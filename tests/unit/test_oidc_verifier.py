@@ -26,8 +26,8 @@ from google.auth import crypt, transport
 from google.auth import jwt as google_jwt
 from werkzeug.test import EnvironBuilder
 
-from shared.adapters.google_certs import CachingTransport, freshness_seconds
 from shared.errors import ConfigurationError, Forbidden, Unauthenticated, UpstreamUnavailable
+from shared.google_certs import CachingTransport, freshness_seconds
 from shared.tasks import GOOGLE_OAUTH2_CERTS_URL, OidcTaskVerifier
 
 SERVICE_ACCOUNT = "epox-tasks@epox-prod.iam.gserviceaccount.com"

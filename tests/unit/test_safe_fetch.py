@@ -1,4 +1,4 @@
-"""Tests for shared.adapters.safe_fetch.
+"""Tests for shared.safe_fetch.
 
 Real sockets are only ever opened to 127.0.0.1. Every fetcher that may touch the network gets a
 transport that refuses any other destination, so a test that let a blocked address through would
@@ -27,7 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.safe_fetch import (
+from shared.errors import UnprocessableContent, UpstreamUnavailable
+from shared.safe_fetch import (
     USER_AGENT,
     AddressPolicy,
     FetchBadContentType,
@@ -44,7 +45,6 @@ from shared.adapters.safe_fetch import (
     UrlNotAllowed,
     fetch_with_retries,
 )
-from shared.errors import UnprocessableContent, UpstreamUnavailable
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
 LOOPBACK_ONLY = AddressPolicy([ipaddress.ip_network("127.0.0.1/32")])

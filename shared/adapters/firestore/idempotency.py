@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.http.idempotency import IdempotencyRecord, IdempotencyStore, StoredResponse
+from shared.idempotency import IdempotencyRecord, IdempotencyStore, StoredResponse
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
