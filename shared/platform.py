@@ -70,7 +70,8 @@ class Platform:
         self._engine = engine
         self._gateway = payment_gateway
         self._price_book: PriceBook | None = None
-        self._lock = threading.Lock()
+        # Re-entrant: a lazily built adapter may need another one (onboarding builds on the Firestore client).
+        self._lock = threading.RLock()
         self._onboarding: Onboarding | None = None
 
     # -- adapters --------------------------------------------------------------------------------
