@@ -45,15 +45,11 @@ tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
 
 def _settings(p: Platform) -> GenerationSettingsStore:
-    from shared.adapters.firestore.settings import FirestoreGenerationSettings
-
-    return FirestoreGenerationSettings(p.db)
+    return p.generation_settings
 
 
 def _products(p: Platform) -> ProductLookup:
-    from shared.adapters.firestore.settings import FirestoreProductLookup
-
-    return FirestoreProductLookup(p.db)
+    return p.catalog.products
 
 
 def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str | None = None) -> JsonResponse:

@@ -10,15 +10,13 @@ from shared.batch.kind import RequestKey
 from shared.batch.lifecycle import fan_out, run_item, run_settle
 from shared.batch.models import ItemTask, JobTask, ReapReport
 from shared.batch.recovery import reap
-from shared.http.app import Access, HttpApp, JsonResponse, RequestContext
+from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
 
 if TYPE_CHECKING:
     from shared.batch.kind import JobKind
 
-Ctx = RequestContext[Any, Any]
 
-
-def request_key(ctx: Ctx) -> RequestKey | None:
+def request_key(ctx: RequestContext[BodyT, QueryT]) -> RequestKey | None:
     """The request's Idempotency-Key with the fingerprint the HTTP layer compares for it (method,
     path, query and JSON body), so a job compares requests the same way once that record expired."""
     from shared.http.idempotency import fingerprint_request
@@ -39,18 +37,19 @@ def add_worker_routes(app: HttpApp, kind: JobKind[Any, Any, Any, Any]) -> None:
     /jobs/reap-stuck-items for Cloud Scheduler: each builds the kind's services from the platform
     (:meth:`JobKind.dependencies`) and runs the lifecycle's step, which calls the kind's methods."""
 
-    def fanout_route(ctx: Ctx) -> dict[str, str]:
+    # The fan-out body is the kind's own task model (paged kinds carry a page number).
+    def fanout_route(ctx: RequestContext[JobTask, NoQuery]) -> dict[str, str]:
         return {"outcome": fan_out(kind, kind.dependencies(ctx.platform), ctx.body)}
 
-    def item_route(ctx: Ctx) -> dict[str, str]:
+    def item_route(ctx: RequestContext[ItemTask, NoQuery]) -> dict[str, str]:
         if ctx.task is None:  # Access.TASK routes always carry the delivery's headers
             raise AssertionError("a task route without a task call")
         return {"outcome": run_item(kind, kind.dependencies(ctx.platform), ctx.body, ctx.task)}
 
-    def settle_route(ctx: Ctx) -> dict[str, str]:
+    def settle_route(ctx: RequestContext[JobTask, NoQuery]) -> dict[str, str]:
         return {"outcome": run_settle(kind, kind.dependencies(ctx.platform), ctx.body)}
 
-    def reap_route(ctx: Ctx) -> ReapReport:
+    def reap_route(ctx: RequestContext[NoBody, NoQuery]) -> ReapReport:
         from datetime import timedelta
 
         from shared.scheduled import finish

@@ -9,18 +9,17 @@ character, so the document id is a hash of it).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import Conflict, NotFound
 from shared.generation.models import BrandProfile, GenerationSettings, PresetOut
-from shared.generation.store import DefaultsKind, GenerationSettingsStore, ProductLookup
+from shared.generation.store import DefaultsKind, GenerationSettingsStore
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
-    from shared.catalog.models import ProductDoc
 
 BATCH_WRITES = 400  # under Firestore's 500 writes per batch, with room for a product's pair
 
@@ -106,31 +105,3 @@ class FirestoreGenerationSettings(GenerationSettingsStore):
                 batch, writes = self.db.batch(), 0
         if writes:
             batch.commit()
-
-
-class FirestoreProductLookup(ProductLookup):
-    """Reads ``clients/{client}/products/{id}`` for generation settings (a :class:`ProductLookup`).
-    The catalog's product repository has the same two methods and can replace it."""
-
-    def __init__(self, db: Client) -> None:
-        self.db = db
-
-    def _products(self, client_id: str) -> Any:
-        return self.db.collection("clients").document(client_id).collection("products")
-
-    def get(self, client_id: str, product_id: str) -> ProductDoc | None:
-        from shared.catalog.models import ProductDoc
-
-        snapshot = self._products(client_id).document(product_id).get()
-        return ProductDoc.model_validate(snapshot.to_dict()) if snapshot.exists else None
-
-    def get_many(self, client_id: str, product_ids: Iterable[str]) -> dict[str, ProductDoc]:
-        from shared.catalog.models import ProductDoc
-
-        refs = [self._products(client_id).document(pid) for pid in product_ids]
-        found: dict[str, ProductDoc] = {}
-        for snapshot in self.db.get_all(refs):
-            if snapshot.exists:
-                doc = ProductDoc.model_validate(snapshot.to_dict())
-                found[doc.id] = doc
-        return found
