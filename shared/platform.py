@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from shared.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
+    from shared.ledger.store import LedgerReader
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
@@ -154,10 +155,20 @@ class Platform:
     @property
     def price_book(self) -> PriceBook:
         if self._price_book is None:
+            from shared.adapters.firestore.ledger import FirestorePriceOverrides
             from shared.ledger.pricing import PriceBook
 
-            self._price_book = PriceBook(self.db, ttl_seconds=self.settings.price_cache_seconds)
+            self._price_book = PriceBook(
+                FirestorePriceOverrides(self.db), ttl_seconds=self.settings.price_cache_seconds
+            )
         return self._price_book
+
+    @property
+    def ledger_reader(self) -> LedgerReader:
+        """The ledger's read side (history, usage, client records, the clients the jobs visit)."""
+        from shared.adapters.firestore.ledger import FirestoreLedgerReader
+
+        return FirestoreLedgerReader(self.db)
 
     # -- repositories: the Firestore adapters of each aggregate (cheap wrappers over ``db``) ------------
     @property

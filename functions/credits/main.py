@@ -40,14 +40,14 @@ logger = logging.getLogger("epox.credits")
 
 def _balance(ctx: RequestContext[BodyT, QueryT], client_id: str) -> BalanceView:
     p = ctx.platform
-    return views.balance_view(p.db, p.ledger.state(client_id), p.settings.low_credit_threshold, p.clock())
+    return views.balance_view(p.ledger_reader, p.ledger.state(client_id), p.settings.low_credit_threshold, p.clock())
 
 
 def _csv_response(ctx: RequestContext[BodyT, QueryT], client_id: str, query: HistoryQuery) -> flask.Response:
     from flask import Response
 
     return Response(
-        views.history_csv(ctx.platform.db, client_id, query),
+        views.history_csv(ctx.platform.ledger_reader, client_id, query),
         content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="credits-{client_id}.csv"'},
     )
@@ -63,7 +63,7 @@ def balance(ctx: RequestContext[NoBody, NoQuery]) -> BalanceView:
 
 @api.get("/history", query=HistoryQuery)
 def history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
-    return views.history(ctx.platform.db, ctx.client_id, ctx.query)
+    return views.history(ctx.platform.ledger_reader, ctx.client_id, ctx.query)
 
 
 @api.get("/history.csv", query=HistoryQuery)
@@ -73,7 +73,7 @@ def history_csv(ctx: RequestContext[NoBody, HistoryQuery]) -> flask.Response:
 
 @api.get("/usage", query=UsageQuery)
 def usage(ctx: RequestContext[NoBody, UsageQuery]) -> UsageView:
-    return views.usage(ctx.platform.db, ctx.client_id, ctx.query)
+    return views.usage(ctx.platform.ledger_reader, ctx.client_id, ctx.query)
 
 
 @api.get("/prices")
@@ -91,7 +91,7 @@ def get_quote(ctx: RequestContext[QuoteRequest, NoQuery]) -> Quote:
 
 @api.get("/admin/clients", query=ledger_admin.ClientSearch, access=Access.ADMIN)
 def find_clients(ctx: RequestContext[NoBody, ledger_admin.ClientSearch]) -> Page[ledger_admin.ClientSummary]:
-    items, cursor = ledger_admin.find_clients(ctx.platform.db, ctx.query)
+    items, cursor = ledger_admin.find_clients(ctx.platform.ledger_reader, ctx.query)
     return Page[ledger_admin.ClientSummary](items=items, next_cursor=cursor)
 
 
@@ -102,7 +102,7 @@ def admin_balance(ctx: RequestContext[NoBody, NoQuery]) -> BalanceView:
 
 @api.get("/admin/clients/<client_id>/history", query=HistoryQuery, access=Access.ADMIN)
 def admin_history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
-    return views.history(ctx.platform.db, ctx.path_params["client_id"], ctx.query)
+    return views.history(ctx.platform.ledger_reader, ctx.path_params["client_id"], ctx.query)
 
 
 def _existing_client(ctx: RequestContext[BodyT, QueryT]) -> str:
@@ -110,7 +110,7 @@ def _existing_client(ctx: RequestContext[BodyT, QueryT]) -> str:
     from shared.errors import NotFound
 
     client_id = ctx.path_params["client_id"]
-    if not ctx.platform.db.collection("clients").document(client_id).get().exists:
+    if ctx.platform.ledger_reader.client_record(client_id) is None:
         raise NotFound(f"No client {client_id}")
     return client_id
 
@@ -168,19 +168,19 @@ def admin_prices(ctx: RequestContext[PriceList, NoQuery]) -> PriceList:
 @jobs.post("/jobs/sweep-holds", access=Access.SCHEDULER)
 def sweep_holds(ctx: RequestContext[NoBody, NoQuery]) -> JobReport:
     p = ctx.platform
-    return finish(views.sweep_holds(p.db, p.ledger, p.clock()), "sweep-holds")
+    return finish(views.sweep_holds(p.ledger_reader, p.ledger, p.clock()), "sweep-holds")
 
 
 @jobs.post("/jobs/expire-buckets", access=Access.SCHEDULER)
 def expire_buckets(ctx: RequestContext[NoBody, NoQuery]) -> JobReport:
     p = ctx.platform
-    return finish(views.expire_buckets(p.db, p.ledger, p.clock()), "expire-buckets")
+    return finish(views.expire_buckets(p.ledger_reader, p.ledger, p.clock()), "expire-buckets")
 
 
 @jobs.post("/jobs/verify-balances", query=VerifyQuery, access=Access.SCHEDULER)
 def verify_balances(ctx: RequestContext[NoBody, VerifyQuery]) -> JobReport:
     p = ctx.platform
-    report = views.verify_balances(p.db, p.ledger, full=ctx.query.full)
+    report = views.verify_balances(p.ledger_reader, p.ledger, full=ctx.query.full)
     for client_id, problems in report.problems.items():
         # CRITICAL so a log-based alert fires: a balance that disagrees with its entries is a money bug.
         logger.critical(

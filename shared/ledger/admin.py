@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from shared.ledger.store import LedgerReader
 from shared.pagination import PageQuery
-
-if TYPE_CHECKING:
-    from google.cloud.firestore import Client
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
 
@@ -48,15 +46,9 @@ class AdminAdjustment(BaseModel):
     reason: Reason
 
 
-def find_clients(db: Client, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:
-    """Clients whose id starts with ``prefix``, in id order, paginated by id."""
-    q = db.collection("clients").order_by("id")
-    start = query.cursor or query.prefix
-    if start:
-        q = q.start_after({"id": start}) if query.cursor else q.start_at({"id": start})
-    if query.prefix:
-        q = q.end_at({"id": query.prefix + "\uf8ff"})
-    docs = [s.to_dict() or {} for s in q.limit(query.limit + 1).stream()]
+def find_clients(reader: LedgerReader, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:
+    """Clients whose id starts with ``prefix``, in id order, paginated by id (the cursor is the last id)."""
+    docs = reader.client_records(prefix=query.prefix, after=query.cursor or None, limit=query.limit + 1)
     items = [
         ClientSummary(
             id=d["id"], plan=d.get("plan", "free"), status=d.get("status", "active"), created_at=d["created_at"]

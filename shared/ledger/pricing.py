@@ -1,8 +1,8 @@
 """The price list: what each operation costs in credits, and quotes ("cost before action").
 
 Defaults live in ``prices.json`` beside this module (shipped with every function bundle); an admin
-can override any operation in the Firestore document ``settings/prices``. Every paid endpoint
-quotes through :func:`quote` so the price a user sees is the price reserved.
+can override any operation (the :class:`PriceOverrides` port; on Firestore the document
+``settings/prices``). Every paid endpoint quotes through :func:`quote` so the price a user sees is the price reserved.
 """
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.errors import ValidationFailed
 
-if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
 DEFAULT_PRICES_PATH = Path(__file__).with_name("prices.json")
-OVERRIDE_DOC = ("settings", "prices")
 
 OperationName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 VariantName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,32}$")]
@@ -106,11 +103,23 @@ def quote(prices: PriceList, items: list[QuoteItem]) -> Quote:
     return Quote(lines=lines, total=sum(line.amount for line in lines), price_list_version=prices.version)
 
 
-class PriceBook:
-    """Effective prices: repo defaults overlaid with the admin document, cached briefly per process."""
+class PriceOverrides(ABC):
+    """Port for the admin's price override (Firestore adapter: ``shared.adapters.firestore.ledger``)."""
 
-    def __init__(self, db: Client, ttl_seconds: float = 60.0) -> None:
-        self.db = db
+    @abstractmethod
+    def load(self) -> PriceList | None:
+        """The stored override, or None when there is none."""
+
+    @abstractmethod
+    def save(self, prices: PriceList) -> None:
+        """Replace the stored override."""
+
+
+class PriceBook:
+    """Effective prices: repo defaults overlaid with the admin's override, cached briefly per process."""
+
+    def __init__(self, overrides: PriceOverrides, ttl_seconds: float = 60.0) -> None:
+        self.overrides = overrides
         self.ttl = ttl_seconds
         self._cached: tuple[float, PriceList] | None = None
         self._lock = threading.Lock()
@@ -120,9 +129,8 @@ class PriceBook:
             if self._cached and time.monotonic() - self._cached[0] < self.ttl:
                 return self._cached[1]
         prices = load_default_prices()
-        snapshot = self.db.collection(OVERRIDE_DOC[0]).document(OVERRIDE_DOC[1]).get()
-        if snapshot.exists:
-            override = PriceList.model_validate(snapshot.to_dict())
+        override = self.overrides.load()
+        if override is not None:
             prices = PriceList(
                 version=override.version,
                 operations={**prices.operations, **override.operations},
@@ -136,7 +144,7 @@ class PriceBook:
     def replace(self, prices: PriceList, *, admin_id: str, now: datetime) -> PriceList:
         """Store an admin's override (whole operations replace the defaults' entries)."""
         stored = prices.model_copy(update={"updated_at": now, "updated_by": admin_id})
-        self.db.collection(OVERRIDE_DOC[0]).document(OVERRIDE_DOC[1]).set(stored.model_dump(mode="python"))
+        self.overrides.save(stored)
         with self._lock:
             self._cached = None
         return self.current()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from shared.ledger.model import Checkpoint, Entry, HoldOutcome, HoldStatus, LedgerState, Mutation
+from shared.ledger.model import Checkpoint, Entry, EntryType, HoldOutcome, HoldStatus, LedgerState, Mutation
 
 
 class StaleState(Exception):
@@ -87,6 +88,57 @@ class LedgerStore(ABC):
 
     def save_verify_checkpoint(self, client_id: str, checkpoint: Checkpoint) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which entries a history read returns: every field set must match; ``created_at`` in [since, until)."""
+
+    type: EntryType | None = None
+    operation: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, entry: Entry) -> bool:
+        return (
+            (self.type is None or entry.type == self.type)
+            and (self.operation is None or entry.operation == self.operation)
+            and (self.since is None or entry.created_at >= self.since)
+            and (self.until is None or entry.created_at < self.until)
+        )
+
+
+# The ``LedgerState`` fields the scheduled jobs ask "due by now?" of (kept on the state for this query).
+DueField = Literal["next_hold_deadline", "next_bucket_expiry"]
+
+
+class LedgerReader(ABC):
+    """Port for the ledger's read side: history, usage, the client records the views and admin tools
+    show, and the clients the scheduled jobs visit (Firestore adapter: ``shared.adapters.firestore.ledger``)."""
+
+    @abstractmethod
+    def history(
+        self, client_id: str, where: EntryFilter, *, after: tuple[datetime, int] | None = None, limit: int | None = None
+    ) -> Iterator[Entry]:
+        """Matching entries newest first (``created_at``, then ``seq``, both descending), strictly after
+        the position ``after`` = (created_at, seq) of the last one seen, at most ``limit``."""
+
+    @abstractmethod
+    def entries_between(self, client_id: str, type: EntryType, since: datetime, until: datetime) -> Iterator[Entry]:
+        """The entries of one type with ``created_at`` in [since, until), in no particular order."""
+
+    @abstractmethod
+    def client_record(self, client_id: str) -> dict[str, Any] | None:
+        """The client's record, or None when the client has none."""
+
+    @abstractmethod
+    def client_records(self, *, prefix: str = "", after: str | None = None, limit: int) -> list[dict[str, Any]]:
+        """Client records in id order whose id starts with ``prefix``; from ``prefix`` on, or strictly
+        after the id ``after`` (a page's cursor) when given; at most ``limit``."""
+
+    @abstractmethod
+    def ledger_clients(self, due: DueField | None = None, now: datetime | None = None) -> list[str]:
+        """The ids of the clients with a ledger state (with ``due`` at or before ``now`` when given)."""
 
 
 def hold_pending_record(mutation: Mutation, hold_id: str, client_id: str, key: str) -> HoldRecord:

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.ledger.model import Actor, Entry, EntryType, LedgerState, burn_order
+from shared.ledger.model import Actor, EntryType, LedgerState, burn_order
+from shared.ledger.store import EntryFilter, LedgerReader
 from shared.pagination import Page, PageQuery, cursor_datetime, cursor_int, decode_cursor, encode_cursor
 from shared.scheduled import ScheduledReport, isolated
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client
-
     from shared.ledger.service import Ledger
 
 SYSTEM = Actor(kind="system", id="scheduler")
@@ -47,9 +46,9 @@ class BalanceView(BaseModel):
     buckets: list[BucketView]
 
 
-def balance_view(db: Client, state: LedgerState, threshold: int, now: datetime) -> BalanceView:
-    client = db.collection("clients").document(state.client_id).get()
-    record = (client.to_dict() or {}) if client.exists else {}
+def balance_view(reader: LedgerReader, state: LedgerState, threshold: int, now: datetime) -> BalanceView:
+    """The balance as shown: the live buckets in spending order, the plan and the low-balance flag."""
+    record = reader.client_record(state.client_id) or {}
     plan = str((record.get("billing") or {}).get("plan") or record.get("plan") or "free")
     # Exactly the buckets ``available`` counts (a bucket past its expiry is gone even before the sweep
     # records it), in the order they are spent.
@@ -108,27 +107,17 @@ class EntryView(BaseModel):
     created_at: datetime
 
 
-def _entries_query(db: Client, client_id: str, query: HistoryQuery) -> Any:
-    from google.cloud.firestore import FieldFilter, Query
-
-    q = db.collection("clients").document(client_id).collection("ledger_entries")
-    if query.type:
-        q = q.where(filter=FieldFilter("type", "==", query.type.value))
-    if query.operation:
-        q = q.where(filter=FieldFilter("operation", "==", query.operation))
-    if query.from_:
-        q = q.where(filter=FieldFilter("created_at", ">=", query.from_))
-    if query.to:
-        q = q.where(filter=FieldFilter("created_at", "<", query.to))
-    return q.order_by("created_at", direction=Query.DESCENDING).order_by("seq", direction=Query.DESCENDING)
+def _filter(query: HistoryQuery) -> EntryFilter:
+    return EntryFilter(type=query.type, operation=query.operation, since=query.from_, until=query.to)
 
 
-def history(db: Client, client_id: str, query: HistoryQuery) -> Page[EntryView]:
-    q = _entries_query(db, client_id, query)
+def history(reader: LedgerReader, client_id: str, query: HistoryQuery) -> Page[EntryView]:
+    """One page of the filtered history, newest first; the cursor is the last entry's (created_at, seq)."""
+    after = None
     if query.cursor:
         values = decode_cursor(query.cursor)
-        q = q.start_after({"created_at": cursor_datetime(values, "t"), "seq": cursor_int(values, "s")})
-    entries = [Entry.model_validate(s.to_dict()) for s in q.limit(query.limit + 1).stream()]
+        after = (cursor_datetime(values, "t"), cursor_int(values, "s"))
+    entries = list(reader.history(client_id, _filter(query), after=after, limit=query.limit + 1))
     next_cursor = None
     if len(entries) > query.limit:
         entries = entries[: query.limit]
@@ -156,18 +145,18 @@ CSV_COLUMNS = [
 ]
 
 
-def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int = 100_000) -> Iterator[str]:
+def history_csv(reader: LedgerReader, client_id: str, query: HistoryQuery, max_rows: int = 100_000) -> Iterator[str]:
     """The filtered history as CSV lines (streamed, newest first)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     yield buffer.getvalue()
-    for count, snapshot in enumerate(_entries_query(db, client_id, query).limit(max_rows + 1).stream()):
+    for count, entry in enumerate(reader.history(client_id, _filter(query), limit=max_rows + 1)):
         if count >= max_rows:
             # Headers are long gone when we find out, so the file itself says it is not the whole history.
             buffer.seek(0)
             buffer.truncate()
-            older = Entry.model_validate(snapshot.to_dict()).created_at.isoformat()
+            older = entry.created_at.isoformat()
             writer.writerow(
                 ["", "", "truncated"]
                 + [""] * (len(CSV_COLUMNS) - 4)
@@ -175,7 +164,6 @@ def history_csv(db: Client, client_id: str, query: HistoryQuery, max_rows: int =
             )
             yield buffer.getvalue()
             break
-        entry = Entry.model_validate(snapshot.to_dict())
         buffer.seek(0)
         buffer.truncate()
         writer.writerow(
@@ -232,25 +220,14 @@ class UsageView(BaseModel):
     by_day_and_operation: dict[str, dict[str, int]]
 
 
-def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
+def usage(reader: LedgerReader, client_id: str, query: UsageQuery) -> UsageView:
     """Credits actually charged (captures), grouped by operation and by UTC day, ``to`` inclusive."""
-    from google.cloud.firestore import FieldFilter
-
     start = datetime.combine(query.from_, time.min, tzinfo=UTC)
     end = datetime.combine(query.to + timedelta(days=1), time.min, tzinfo=UTC)
-    q = (
-        db.collection("clients")
-        .document(client_id)
-        .collection("ledger_entries")
-        .where(filter=FieldFilter("type", "==", EntryType.CAPTURE.value))
-        .where(filter=FieldFilter("created_at", ">=", start))
-        .where(filter=FieldFilter("created_at", "<", end))
-    )
     by_operation: dict[str, int] = defaultdict(int)
     by_day: dict[str, int] = defaultdict(int)
     matrix: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for snapshot in q.stream():
-        entry = Entry.model_validate(snapshot.to_dict())
+    for entry in reader.entries_between(client_id, EntryType.CAPTURE, start, end):
         day = entry.created_at.astimezone(UTC).date().isoformat()
         by_day[day] += entry.amount
         for operation, amount in (entry.breakdown or {entry.operation or "other": entry.amount}).items():
@@ -268,7 +245,8 @@ def usage(db: Client, client_id: str, query: UsageQuery) -> UsageView:
 
 # -- scheduled jobs ------------------------------------------------------------------------------
 # Each client runs in isolation (shared.scheduled): one unreadable state document or one exhausted
-# retry is recorded in ``failed`` and the others are still processed.
+# retry is recorded in ``failed`` and the others are still processed. The clients are listed up front
+# by id only (LedgerReader.ledger_clients): reading a state is each client's own, isolated step.
 
 
 class JobReport(ScheduledReport):
@@ -285,27 +263,10 @@ class VerifyQuery(BaseModel):
     full: bool = False
 
 
-def _ledger_clients(db: Client, field: str | None = None, now: datetime | None = None) -> list[str]:
-    """The clients with a ``ledger/state`` document (with ``field`` due by ``now``), listed up front by
-    name only: reading a document is each client's own step, where a corrupt one fails only that client."""
-    from google.cloud.firestore import FieldFilter
-    from google.cloud.firestore_v1.field_path import FieldPath
-
-    query = db.collection_group("ledger")
-    if field is not None:
-        query = query.where(filter=FieldFilter(field, "<=", now))
-    found = []
-    for snapshot in query.select([FieldPath.document_id()]).stream():
-        client = snapshot.reference.parent.parent  # clients/{id}/ledger/state → clients/{id}
-        if snapshot.id == "state" and client is not None:
-            found.append(client.id)
-    return found
-
-
-def sweep_holds(db: Client, ledger: Ledger, now: datetime) -> JobReport:
+def sweep_holds(reader: LedgerReader, ledger: Ledger, now: datetime) -> JobReport:
     """Release every hold past its deadline, for every client. Safe to run twice."""
     report = JobReport(job="sweep-holds")
-    for client_id in _ledger_clients(db, "next_hold_deadline", now):
+    for client_id in reader.ledger_clients("next_hold_deadline", now):
         report.clients_checked += 1
         with isolated(report.job, client_id, report.failed):
             released = ledger.sweep_expired_holds(client_id, actor=SYSTEM)
@@ -314,10 +275,10 @@ def sweep_holds(db: Client, ledger: Ledger, now: datetime) -> JobReport:
     return report
 
 
-def expire_buckets(db: Client, ledger: Ledger, now: datetime) -> JobReport:
+def expire_buckets(reader: LedgerReader, ledger: Ledger, now: datetime) -> JobReport:
     """Expire every bucket past ``expires_at``, recorded as entries. Safe to run twice."""
     report = JobReport(job="expire-buckets")
-    for client_id in _ledger_clients(db, "next_bucket_expiry", now):
+    for client_id in reader.ledger_clients("next_bucket_expiry", now):
         report.clients_checked += 1
         with isolated(report.job, client_id, report.failed):
             state = ledger.state(client_id)
@@ -331,11 +292,11 @@ def expire_buckets(db: Client, ledger: Ledger, now: datetime) -> JobReport:
     return report
 
 
-def verify_balances(db: Client, ledger: Ledger, *, full: bool = False) -> JobReport:
+def verify_balances(reader: LedgerReader, ledger: Ledger, *, full: bool = False) -> JobReport:
     """Compare every client's cached balance with its entries (those since the client's last clean
     verification, or all of them when ``full``); every drift is returned (and logged by the caller)."""
     report = JobReport(job="verify-balances")
-    for client_id in _ledger_clients(db):
+    for client_id in reader.ledger_clients():
         report.clients_checked += 1
         with isolated(report.job, client_id, report.failed):
             drift = ledger.verify_from_checkpoint(client_id, full=full)

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.firestore.ledger import FirestoreLedgerStore
+from shared.adapters.firestore.ledger import OVERRIDE_DOC, FirestoreLedgerStore
 from shared.errors import InsufficientCredits
 from shared.http.problems import problem_body
 from shared.ledger.model import Actor, GrantSource
-from shared.ledger.pricing import OVERRIDE_DOC, load_default_prices
+from shared.ledger.pricing import load_default_prices
 from shared.ledger.service import Ledger
 from shared.ledger.views import CSV_COLUMNS
 
@@ -357,11 +357,15 @@ def test_history_csv_says_when_it_is_cut_short(stack: Any, client_id: str) -> No
     from shared.ledger.views import HistoryQuery, history_csv
 
     seven_entries(stack, client_id)
-    rows = list(csv.reader(io.StringIO("".join(history_csv(stack.platform.db, client_id, HistoryQuery(), 5)))))
+    rows = list(
+        csv.reader(io.StringIO("".join(history_csv(stack.platform.ledger_reader, client_id, HistoryQuery(), 5))))
+    )
     assert [int(r[0]) for r in rows[1:6]] == [7, 6, 5, 4, 3]
     assert len(rows) == 7 and rows[6][CSV_COLUMNS.index("type")] == "truncated"
     assert "only the newest 5 entries" in rows[6][CSV_COLUMNS.index("reason")]
-    whole = list(csv.reader(io.StringIO("".join(history_csv(stack.platform.db, client_id, HistoryQuery(), 7)))))
+    whole = list(
+        csv.reader(io.StringIO("".join(history_csv(stack.platform.ledger_reader, client_id, HistoryQuery(), 7))))
+    )
     assert len(whole) == 8 and "truncated" not in {r[CSV_COLUMNS.index("type")] for r in whole}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.firestore.ledger import FirestoreLedgerStore
+from shared.adapters.firestore.ledger import FirestoreLedgerReader, FirestoreLedgerStore
 from shared.ledger import views
 from shared.ledger.model import Actor, EntryType, GrantSource, HoldAlreadyResolved, HoldStatus
 from shared.ledger.service import Ledger
@@ -115,10 +115,10 @@ def test_sweep_with_a_controllable_clock_releases_only_overdue_holds(db: Any, cl
     short = _hold(ledger, client_id, "short", 4, timedelta(minutes=10))
     long_ = _hold(ledger, client_id, "long", 6)
     clock.advance(timedelta(minutes=9))
-    assert client_id not in views.sweep_holds(db, ledger, clock()).changed
+    assert client_id not in views.sweep_holds(FirestoreLedgerReader(db), ledger, clock()).changed
     clock.advance(timedelta(minutes=2))
-    assert views.sweep_holds(db, ledger, clock()).changed[client_id] == [short]
-    assert client_id not in views.sweep_holds(db, ledger, clock()).changed
+    assert views.sweep_holds(FirestoreLedgerReader(db), ledger, clock()).changed[client_id] == [short]
+    assert client_id not in views.sweep_holds(FirestoreLedgerReader(db), ledger, clock()).changed
     state = ledger.state(client_id)
     assert (state.available, state.reserved, list(state.holds)) == (24, 6, [long_])
     assert ledger.verify(client_id) == []

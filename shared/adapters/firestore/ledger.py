@@ -1,15 +1,30 @@
 """The ledger's store on Firestore: ``clients/{c}/ledger/state``, ``ledger_entries/{seq}``,
 ``ledger_keys/{sha256}``, ``ledger_holds/{id}``, ``notifications/{…}``, ``ledger_checkpoints/verify``
-(the port and its rules are :mod:`shared.ledger.store`)."""
+(the port and its rules are :mod:`shared.ledger.store`); its read side (history, usage, client
+records, the clients the scheduled jobs visit); and the admin's price override ``settings/prices``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from shared.ledger.model import Checkpoint, Entry, HoldOutcome, HoldStatus, LedgerState, Mutation
-from shared.ledger.store import HoldRecord, KeyAlreadyUsed, LedgerStore, Marker, Snapshot, StaleState, key_hash
+from shared.ledger.model import Checkpoint, Entry, EntryType, HoldOutcome, HoldStatus, LedgerState, Mutation
+from shared.ledger.pricing import PriceList, PriceOverrides
+from shared.ledger.store import (
+    DueField,
+    EntryFilter,
+    HoldRecord,
+    KeyAlreadyUsed,
+    LedgerReader,
+    LedgerStore,
+    Marker,
+    Snapshot,
+    StaleState,
+    key_hash,
+)
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -140,3 +155,97 @@ class FirestoreLedgerStore(LedgerStore):
 
         # A plain set: any checkpoint is exact for its seq, so two runs racing can only cost progress.
         self._checkpoint_ref(client_id).set({**checkpoint.model_dump(), "verified_at": SERVER_TIMESTAMP})
+
+
+class FirestoreLedgerReader(LedgerReader):
+    """Reads ``clients/{c}`` and its ``ledger_entries``, and the ``ledger`` collection group."""
+
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _entries(self, client_id: str) -> Any:
+        return self.db.collection("clients").document(client_id).collection("ledger_entries")
+
+    def history(
+        self, client_id: str, where: EntryFilter, *, after: tuple[datetime, int] | None = None, limit: int | None = None
+    ) -> Iterator[Entry]:
+        from google.cloud.firestore import FieldFilter, Query
+
+        q = self._entries(client_id)
+        if where.type:
+            q = q.where(filter=FieldFilter("type", "==", where.type.value))
+        if where.operation:
+            q = q.where(filter=FieldFilter("operation", "==", where.operation))
+        if where.since:
+            q = q.where(filter=FieldFilter("created_at", ">=", where.since))
+        if where.until:
+            q = q.where(filter=FieldFilter("created_at", "<", where.until))
+        q = q.order_by("created_at", direction=Query.DESCENDING).order_by("seq", direction=Query.DESCENDING)
+        if after is not None:
+            q = q.start_after({"created_at": after[0], "seq": after[1]})
+        if limit is not None:
+            q = q.limit(limit)
+        for snapshot in q.stream():
+            yield Entry.model_validate(snapshot.to_dict())
+
+    def entries_between(self, client_id: str, type: EntryType, since: datetime, until: datetime) -> Iterator[Entry]:
+        from google.cloud.firestore import FieldFilter
+
+        q = (
+            self._entries(client_id)
+            .where(filter=FieldFilter("type", "==", type.value))
+            .where(filter=FieldFilter("created_at", ">=", since))
+            .where(filter=FieldFilter("created_at", "<", until))
+        )
+        for snapshot in q.stream():
+            yield Entry.model_validate(snapshot.to_dict())
+
+    def client_record(self, client_id: str) -> dict[str, Any] | None:
+        snapshot = self.db.collection("clients").document(client_id).get()
+        return (snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def client_records(self, *, prefix: str = "", after: str | None = None, limit: int) -> list[dict[str, Any]]:
+        q = self.db.collection("clients").order_by("id")
+        if after:
+            q = q.start_after({"id": after})
+        elif prefix:
+            q = q.start_at({"id": prefix})
+        if prefix:
+            q = q.end_at({"id": prefix + "\uf8ff"})
+        return [s.to_dict() or {} for s in q.limit(limit).stream()]
+
+    def ledger_clients(self, due: DueField | None = None, now: datetime | None = None) -> list[str]:
+        from google.cloud.firestore import FieldFilter
+        from google.cloud.firestore_v1.field_path import FieldPath
+
+        query = self.db.collection_group("ledger")
+        if due is not None:
+            query = query.where(filter=FieldFilter(due, "<=", now))
+        found = []
+        # By name only: reading a state document is each client's own step in the jobs, where a corrupt
+        # one fails only that client.
+        for snapshot in query.select([FieldPath.document_id()]).stream():
+            client = snapshot.reference.parent.parent  # clients/{id}/ledger/state → clients/{id}
+            if snapshot.id == "state" and client is not None:
+                found.append(client.id)
+        return found
+
+
+OVERRIDE_DOC = ("settings", "prices")
+
+
+class FirestorePriceOverrides(PriceOverrides):
+    """The admin's price override, the top-level document ``settings/prices``."""
+
+    def __init__(self, db: Client) -> None:
+        self.db = db
+
+    def _ref(self) -> Any:
+        return self.db.collection(OVERRIDE_DOC[0]).document(OVERRIDE_DOC[1])
+
+    def load(self) -> PriceList | None:
+        snapshot = self._ref().get()
+        return PriceList.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def save(self, prices: PriceList) -> None:
+        self._ref().set(prices.model_dump(mode="python"))
