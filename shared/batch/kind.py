@@ -54,6 +54,7 @@ from shared.tasks import TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
     from shared.batch.store import JobStore
+    from shared.engines.base import ImageEngine
     from shared.ledger.service import Ledger
     from shared.platform import Platform
     from shared.storage import ObjectStore
@@ -92,6 +93,18 @@ class JobServices:
     ledger: Ledger
     policy: BatchPolicy
     clock: Callable[[], datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineJobServices(JobServices):
+    """The services of a kind whose items call the image engine."""
+
+    # Resolved on first use: accepting a job (on the API function) never builds the engine.
+    engines: Callable[[], ImageEngine]
+
+    @property
+    def engine(self) -> ImageEngine:
+        return self.engines()
 
 
 @dataclass(frozen=True, kw_only=True)

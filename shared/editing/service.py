@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from shared.batch import lifecycle
 from shared.batch.kind import (
     BatchPolicy,
+    EngineJobServices,
     Finished,
     ItemRun,
     ItemTakenOver,
     JobKind,
     JobOrder,
-    JobServices,
     RequestKey,
     Totals,
 )
@@ -699,19 +699,13 @@ _OPERATION_COST = "cost_of_"  # the totals' per-operation keys: "cost_of_upscale
 
 
 @dataclass(frozen=True, kw_only=True)
-class EditServices(JobServices):
+class EditServices(EngineJobServices):
     """What edit jobs run with besides the lifecycle's services."""
 
     edit: EditPolicy
     assets: AssetRepository
-    # Resolved on first use: accepting a job (on the API function) never calls the engine, and rembg
-    # is loaded only when a job removes a background.
-    engines: Callable[[], ImageEngine]
+    # Resolved on first use: rembg is loaded only when a job removes a background.
     remover: Callable[[], BackgroundRemover]
-
-    @property
-    def engine(self) -> ImageEngine:
-        return self.engines()
 
 
 @dataclass(frozen=True, kw_only=True)

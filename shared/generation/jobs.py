@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from shared.batch import lifecycle
 from shared.batch.kind import (
     BatchPolicy,
+    EngineJobServices,
     Finish,
     ItemRun,
     JobKind,
     JobOrder,
-    JobServices,
     RequestKey,
     Totals,
     failure_of,
@@ -104,18 +104,12 @@ def generation_policy(settings: Settings) -> GenerationPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GenerationServices(JobServices):
+class GenerationServices(EngineJobServices):
     """What generation jobs run with besides the lifecycle's services."""
 
     generation: GenerationPolicy
     catalog: CatalogRepositories
     settings: GenerationSettingsStore
-    # Resolved on first use: accepting a job (on the API function) never calls the engine.
-    engines: Callable[[], ImageEngine]
-
-    @property
-    def engine(self) -> ImageEngine:
-        return self.engines()
 
 
 @dataclass(frozen=True, kw_only=True)
