@@ -7,9 +7,10 @@ credit packs, partial and full refunds, spending, time passing and the daily job
 events Stripe would. Events are delivered the way Stripe delivers them: each delivery may overtake
 the events queued before it within a window of four, and may be delivered again later; nothing
 waits longer than Stripe retries (three days): before time moves on by more, the queue is
-delivered. They go through the real webhook processor, the real ledger, the real daily job and the payment gateway
-port (a recording fake whose cancellations and refunds feed Stripe's follow-up events back into the
-model).
+delivered. Time never passes a live subscription's period end except through its renewal (Stripe
+starts the next period there and applies a pending downgrade). They go through the real webhook
+processor, the real ledger, the real daily job and the payment gateway port (a recording fake whose
+cancellations and refunds feed Stripe's follow-up events back into the model).
 
 Checked after every step: the ledger's verification finds no drift; no pack gave back more than its
 refunds' share (``floor(credits * refunded / amount)``); no plan-month of any subscription holds
@@ -605,7 +606,7 @@ class BillingLifecycle(RuleBasedStateMachine):
         """Review D1: the open invoice of a subscription cancelled for non-payment stays payable."""
         sub = self._unpaid_and_ended()
         assert sub is not None
-        self.now += timedelta(days=1)
+        self.advance(timedelta(days=1))  # not past a live subscription's period end (its renewal)
         period, invoice_id = sub.period, str(sub.failed_invoice)
         sub.failed_invoice = None  # paid now, but for a subscription that has ended
         invoice = self.invoice_object(sub, invoice_id, sub.price, period.start, period.end, "subscription_cycle")
@@ -671,8 +672,14 @@ class BillingLifecycle(RuleBasedStateMachine):
     def time_passes(self, days: int, hours: int) -> None:
         if days >= 2:
             self.catch_up()
-        later = self.now + timedelta(days=days, hours=hours)
-        for sub in self.subs:  # a live period's end comes through ``renewal`` (a race's too)
+        self.advance(timedelta(days=days, hours=hours))
+
+    def advance(self, delta: timedelta) -> None:
+        """Time moves on by ``delta``, but never past a live subscription's period end: that end comes
+        through ``renewal`` (a race's too), where Stripe starts the next period and applies a pending
+        downgrade. A clock past the end without it is a state Stripe never shows."""
+        later = self.now + delta
+        for sub in self.subs:
             if sub.ended_at is None and not sub.rejected and lifecycle.rules(sub.status).live:
                 later = min(later, sub.period.end - timedelta(minutes=1))
         self.now = max(self.now, later)
@@ -891,6 +898,30 @@ def report(label: str) -> str:
 
 # A soak may run as long as it needs; the normal run stays inside the suite's per-test timeout.
 soak_timeout = pytest.mark.timeout(0 if os.environ.get("EPOX_PROPERTY_EXAMPLES") else 600)
+
+
+def test_paying_a_cancelled_subscriptions_open_invoice_does_not_pass_the_live_period_end() -> None:
+    """Found by the soak (issue #19): two Checkouts, the winner's renewal fails, it is cancelled, a new
+    monthly plan is bought, 27 days pass, the old open invoice is paid (a day later), then a downgrade
+    pending for the period end. The model used to move the clock past the new subscription's period end
+    without its renewal, so the daily job rightly applied the due downgrade while the model still
+    expected the old plan; the payment's day now stops before that end, as ``time_passes`` does."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.two_checkouts_at_once(first="starter", interval="annual", second="starter")
+    machine.time_passes(days=2, hours=0)
+    machine.renewal(payment_fails=True)
+    machine.cancel_now()
+    machine.time_passes(days=2, hours=0)
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="growth")
+    machine.time_passes(days=27, hours=0)
+    live = machine.live()
+    assert live is not None and live.price == "growth"
+    machine.pay_the_open_invoice_after_the_cancellation()
+    assert machine.now < live.period.end
+    machine.change_price(invoice_now=False, plan="starter")
+    machine.teardown()  # the plan in force is still growth: the downgrade waits for the renewal
+    assert machine.store.read(machine.client_id).state.plan == "growth"
 
 
 @soak_timeout
