@@ -503,6 +503,23 @@ def period(start: datetime, months: int = 1) -> tuple[int, int]:
     return ts(start), ts(add_months(start, months))
 
 
+def once_only_story(sub: Subscriber, start: int, end: int, payment_intent: str) -> list[tuple[dict[str, Any], str]]:
+    """One event of every kind the processor handles, each with the outcome it must have exactly once:
+    checkout, plan, renewal, cancellation at period end, failed payment, a pack, its refund, an ignored
+    type and the deletion (unpaid: it was past due)."""
+    return [
+        (sub.checkout_subscription(), "subscription checkout linked"),
+        (sub.created_event("price_growth_m", start, end), "plan growth"),
+        (sub.invoice_paid("price_growth_m", start, end), "invoice paid: granted 1000 credits"),
+        (sub.updated_event("price_growth_m", start, end, cancel_at_period_end=True), "subscription active"),
+        (sub.payment_failed("price_growth_m", start, end), "payment failed: past due"),
+        (sub.checkout_pack("pack_500", payment_intent=payment_intent), "granted 500 pack credits"),
+        (sub.charge_refunded(payment_intent, 6000, 6000), "refund: removed 500 unspent credits"),
+        (event("customer.created", {"id": sub.customer, "object": "customer"}, sub.tick()), "ignored"),
+        (sub.deleted_event("price_growth_m", start, end), "moved to Free (unpaid)"),
+    ]
+
+
 def changed_price(price: str) -> dict[str, Any]:
     """``data.previous_attributes`` of a subscription update that changed the price from ``price``."""
     return {"items": {"data": [{"price": {"id": price}}]}}

@@ -29,6 +29,7 @@ from tests.billing_events import (
     marker,
     new_id,
     onboard_and_link,
+    once_only_story,
     signature,
     ts,
 )
@@ -132,17 +133,7 @@ def test_signed_event_is_applied_once_and_every_replay_changes_nothing(
 ) -> None:
     start, end = period(clock.now - timedelta(days=1))
     pi = new_id("pi")
-    lifecycle = [
-        (sub.checkout_subscription(), "subscription checkout linked"),
-        (sub.created_event("price_growth_m", start, end), "plan growth"),
-        (sub.invoice_paid("price_growth_m", start, end), "invoice paid: granted 1000 credits"),
-        (sub.updated_event("price_growth_m", start, end, cancel_at_period_end=True), "subscription active"),
-        (sub.payment_failed("price_growth_m", start, end), "payment failed: past due"),
-        (sub.checkout_pack("pack_500", payment_intent=pi), "granted 500 pack credits"),
-        (sub.charge_refunded(pi, 6000, 6000), "refund: removed 500 unspent credits"),
-        (event("customer.created", {"id": sub.customer, "object": "customer"}, sub.tick()), "ignored"),
-        (sub.deleted_event("price_growth_m", start, end), "moved to Free (unpaid)"),  # it was past due
-    ]
+    lifecycle = once_only_story(sub, start, end, pi)
     for evt, outcome in lifecycle:
         before = snapshot(stack, sub.client_id)
         assert marker(stack, evt["id"]) is None

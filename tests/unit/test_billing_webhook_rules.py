@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from shared.billing.catalog import PriceIds, load_catalog
-from shared.billing.events import StripePriceNotConfigured, WebhookProcessor, add_months
+from shared.billing.events import StripePriceNotConfigured, WebhookProcessor
 from shared.billing.models import StripeEvent
 from shared.billing.service import PaymentPastDue, ensure_customer, onboard_client, require_good_standing
 from shared.billing.store import BillingSnapshot
 from shared.ledger.model import Actor, EntryType, spendable
 from shared.ledger.service import Ledger
-from tests.billing_events import Clock, Subscriber, event, new_id, ts
+from tests.billing_events import Clock, Subscriber, event, new_id, once_only_story, period
 from tests.fakes import InMemoryLedgerStore, RecordingPaymentGateway
 from tests.fakes_billing import CustomerGateway, InMemoryBilling
 
@@ -93,10 +93,6 @@ class Stripe:
         self.ledger.capture("c1", hold["hold_id"], amount=amount, actor=Actor(kind="task", id="t"), reason="test")
 
 
-def period(start: datetime, months: int = 1) -> tuple[int, int]:
-    return ts(start), ts(add_months(start, months))
-
-
 @pytest.fixture
 def stripe() -> Stripe:
     return Stripe()
@@ -109,17 +105,7 @@ def test_each_event_is_applied_once_and_replays_change_nothing(stripe: Stripe) -
     sub = stripe.sub
     start, end = period(stripe.clock.now - timedelta(days=1))
     pi = new_id("pi")
-    story = [
-        (sub.checkout_subscription(), "subscription checkout linked"),
-        (sub.created_event("price_growth_m", start, end), "plan growth"),
-        (sub.invoice_paid("price_growth_m", start, end), "invoice paid: granted 1000 credits"),
-        (sub.updated_event("price_growth_m", start, end, cancel_at_period_end=True), "subscription active"),
-        (sub.payment_failed("price_growth_m", start, end), "payment failed: past due"),
-        (sub.checkout_pack("pack_500", payment_intent=pi), "granted 500 pack credits"),
-        (sub.charge_refunded(pi, 6000, 6000), "refund: removed 500 unspent credits"),
-        (event("customer.created", {"id": sub.customer, "object": "customer"}, sub.tick()), "ignored"),
-        (sub.deleted_event("price_growth_m", start, end), "moved to Free (unpaid)"),
-    ]
+    story = once_only_story(sub, start, end, pi)
     for evt, outcome in story:
         assert evt["id"] not in stripe.store.events
         assert stripe.send(evt) == outcome
