@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
+    "IMAGE_ERRORS",
     "ImageAnimated",
     "ImageFormatNotAllowed",
     "ImageInfo",
@@ -82,6 +83,10 @@ class ImageAnimated(InvalidImage):
 
     code = "image_animated"
     title = "Animated images are not accepted"
+
+
+# What reading an image can answer with (a route's contract lists them together).
+IMAGE_ERRORS: Final = (ImageUnreadable, ImageTruncated, ImageFormatNotAllowed, ImageTooLarge, ImageAnimated)
 
 
 # ---------------------------------------------------------------------------------

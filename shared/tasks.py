@@ -223,6 +223,12 @@ class LocalDispatcherQueue(TaskQueue):
         return True
 
 
+class TaskOutcome(BaseModel):
+    """What a worker route answers Cloud Tasks with when it is done (the status code is what counts)."""
+
+    outcome: str
+
+
 @dataclass(frozen=True)
 class TaskCall:
     """What Cloud Tasks tells a worker about the delivery it is handling."""

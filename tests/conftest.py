@@ -8,6 +8,7 @@ Every test works in its own client (tenant) id, so tests never see each other's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import uuid
@@ -238,3 +239,32 @@ def client_id() -> str:
 @pytest.fixture
 def other_client_id() -> str:
     return "c" + uuid.uuid4().hex[:16]
+
+
+class _UndocumentedProblems(logging.Handler):
+    """Collects the router's "undocumented problem" errors (see HttpApp._check_documented)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("undocumented problem"):
+            self.seen.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def problems_are_documented(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test doubles as a contract test: a route that answers with a problem its OpenAPI document
+    does not list (``errors=`` on the route, or what its declaration implies) fails the test."""
+    handler = _UndocumentedProblems()
+    logger = logging.getLogger("epox.http")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.seen and request.node.get_closest_marker("undocumented_problems") is None:
+        pytest.fail(
+            "the API contract misses problems the routes answered with:\n" + "\n".join(sorted(set(handler.seen)))
+        )

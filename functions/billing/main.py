@@ -26,12 +26,16 @@ from shared.billing.models import (
 )
 from shared.billing.policies import billing_accounts, billing_store, price_ids
 from shared.catalog.products import product_usage
+from shared.errors import BadRequest, UpstreamRejectedCredentials
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.needs import Need
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
+
+# Stripe refused the request (400) or our key (502); busy or down is the 503 every route documents.
+STRIPE_ERRORS = (BadRequest, UpstreamRejectedCredentials)
 
 api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
 jobs = HttpApp("billing_jobs")
@@ -49,8 +53,8 @@ def subscription(ctx: RequestContext[NoBody, NoQuery]) -> SubscriptionOut:
     return service.subscription_out(billing_accounts(p), load_catalog(), ctx.client_id, p.clock(), products_used=used)
 
 
-@api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True)
-def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse:
+@api.post("/checkout", body=CheckoutRequest, status=201, idempotent=True, errors=STRIPE_ERRORS)
+def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse[RedirectOut]:
     p = ctx.platform
     redirect = service.start_checkout(
         billing_accounts(p),
@@ -66,7 +70,7 @@ def checkout(ctx: RequestContext[CheckoutRequest, NoQuery]) -> JsonResponse:
     return JsonResponse(redirect, status=201)
 
 
-@api.post("/portal", body=PortalRequest, status=201)
+@api.post("/portal", body=PortalRequest, status=201, errors=STRIPE_ERRORS)
 def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
     p = ctx.platform
     return service.open_portal(
@@ -77,7 +81,7 @@ def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
     )
 
 
-@api.get("/invoices", query=InvoiceListQuery)
+@api.get("/invoices", query=InvoiceListQuery, errors=STRIPE_ERRORS)
 def invoices(ctx: RequestContext[NoBody, InvoiceListQuery]) -> InvoicePage:
     p = ctx.platform
     return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)

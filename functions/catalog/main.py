@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import functions_framework
 
 from shared.catalog import imports, library, products, uploads
+from shared.catalog.csv_parsing import CSV_ERRORS
+from shared.catalog.imports import CsvPreviewTooLarge, ImportNotEditable
 from shared.catalog.models import (
     AssetDetailOut,
     AssetListQuery,
@@ -30,10 +32,15 @@ from shared.catalog.models import (
 )
 from shared.catalog.policies import import_policy, upload_policy
 from shared.catalog.ports import CatalogRepositories
+from shared.catalog.slots import ProductSlotLimit
+from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
+from shared.errors import Conflict, NotFound
 from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.imaging import IMAGE_ERRORS
 from shared.needs import Need
 from shared.pagination import Page
 from shared.scheduled import finish
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     import flask
@@ -53,8 +60,8 @@ def _expiry(ctx: RequestContext[BodyT, QueryT]) -> int:
 # -- products -------------------------------------------------------------------------------------
 
 
-@api.post("/products", body=ProductCreate, status=201, idempotent=True)
-def create_product(ctx: RequestContext[ProductCreate, NoQuery]) -> JsonResponse:
+@api.post("/products", body=ProductCreate, status=201, idempotent=True, errors=(ProductSlotLimit, Conflict))
+def create_product(ctx: RequestContext[ProductCreate, NoQuery]) -> JsonResponse[ProductOut]:
     p = ctx.platform
     doc = products.create_product(
         _repos(ctx).products, ctx.client_id, ctx.body, p.clock()
@@ -78,7 +85,7 @@ def get_product(ctx: RequestContext[NoBody, NoQuery]) -> ProductOut:
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
-@api.patch("/products/<product_id>", body=ProductUpdate)
+@api.patch("/products/<product_id>", body=ProductUpdate, errors=(Conflict,))
 def update_product(ctx: RequestContext[ProductUpdate, NoQuery]) -> ProductOut:
     p = ctx.platform
     doc = products.update_product(
@@ -87,7 +94,7 @@ def update_product(ctx: RequestContext[ProductUpdate, NoQuery]) -> ProductOut:
     return products.to_out(doc, p.object_store, _expiry(ctx))
 
 
-@api.delete("/products/<product_id>", status=204)
+@api.delete("/products/<product_id>", status=204, errors=(Conflict,))
 def delete_product(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
     products.delete_product(_repos(ctx).products, ctx.client_id, ctx.path_params["product_id"], p.clock())
@@ -96,7 +103,13 @@ def delete_product(ctx: RequestContext[NoBody, NoQuery]) -> None:
 # -- uploads --------------------------------------------------------------------------------------
 
 
-@api.post("/uploads", body=UploadCreate, status=201, idempotent=True)
+@api.post(
+    "/uploads",
+    body=UploadCreate,
+    status=201,
+    idempotent=True,
+    errors=(NotFound, TooManyPendingUploads, ProductSlotLimit),
+)
 def create_upload(ctx: RequestContext[UploadCreate, NoQuery]) -> UploadOut:
     p = ctx.platform
     return uploads.create_upload(
@@ -109,7 +122,10 @@ def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     return uploads.upload_out(uploads.get_upload(_repos(ctx).uploads, ctx.client_id, ctx.path_params["upload_id"]))
 
 
-@api.post("/uploads/<upload_id>/complete")
+@api.post(
+    "/uploads/<upload_id>/complete",
+    errors=(UploadNotReceived, UploadExpired, UploadRejected, Conflict, *IMAGE_ERRORS, *CSV_ERRORS),
+)
 def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     p = ctx.platform
     return uploads.complete_upload(
@@ -120,7 +136,13 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 # -- CSV imports ----------------------------------------------------------------------------------
 
 
-@api.post("/imports", body=ImportCreate, status=201, idempotent=True)
+@api.post(
+    "/imports",
+    body=ImportCreate,
+    status=201,
+    idempotent=True,
+    errors=(NotFound, Conflict, CsvPreviewTooLarge, *CSV_ERRORS),
+)
 def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.create_import(
@@ -134,7 +156,7 @@ def get_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
-@api.patch("/imports/<import_id>", body=ImportUpdate)
+@api.patch("/imports/<import_id>", body=ImportUpdate, errors=(ImportNotEditable, CsvPreviewTooLarge, *CSV_ERRORS))
 def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
@@ -149,7 +171,7 @@ def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     return imports.import_out(doc)
 
 
-@api.post("/imports/<import_id>/start", status=202)
+@api.post("/imports/<import_id>/start", status=202, errors=(ImportNotEditable, Conflict, *CSV_ERRORS))
 def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
@@ -164,7 +186,7 @@ def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(doc)
 
 
-@api.get("/imports/<import_id>/errors.csv")
+@api.get("/imports/<import_id>/errors.csv", produces="text/csv")
 def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
     from flask import Response
 
@@ -196,14 +218,14 @@ def get_asset(ctx: RequestContext[NoBody, NoQuery]) -> AssetDetailOut:
     )
 
 
-@api.patch("/assets/<asset_id>", body=AssetUpdate)
+@api.patch("/assets/<asset_id>", body=AssetUpdate, errors=(Conflict,))
 def update_asset(ctx: RequestContext[AssetUpdate, NoQuery]) -> AssetOut:
     p = ctx.platform
     doc = library.update_asset(_repos(ctx).assets, ctx.client_id, ctx.path_params["asset_id"], ctx.body, p.clock())
     return library.asset_out(doc, p.object_store, _expiry(ctx))
 
 
-@api.delete("/assets/<asset_id>", status=204)
+@api.delete("/assets/<asset_id>", status=204, errors=(Conflict,))
 def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     p = ctx.platform
     library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
@@ -213,13 +235,13 @@ def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
 
 
 @tasks.post(imports.CHUNK_PATH, body=ImportChunkTask, access=Access.TASK)
-def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> dict[str, str]:
+def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> TaskOutcome:
     p = ctx.platform
     assert ctx.task is not None
     outcome = imports.run_import_chunk(
         _repos(ctx), p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
-    return {"outcome": outcome}
+    return TaskOutcome(outcome=outcome)
 
 
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, IdempotencyKeyReused, InsufficientCredits
 from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
 from shared.ledger import admin as ledger_admin
 from shared.ledger import views
@@ -66,7 +66,7 @@ def history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
     return views.history(ctx.platform.ledger_reader, ctx.client_id, ctx.query)
 
 
-@api.get("/history.csv", query=HistoryQuery)
+@api.get("/history.csv", query=HistoryQuery, produces="text/csv")
 def history_csv(ctx: RequestContext[NoBody, HistoryQuery]) -> flask.Response:
     return _csv_response(ctx, ctx.client_id, ctx.query)
 
@@ -122,8 +122,14 @@ def _admin_key(ctx: RequestContext[BodyT, QueryT], action: str) -> str:
     return f"admin:{action}:{ctx.principal.user_id if ctx.principal else ''}:{key}"
 
 
-@api.post("/admin/clients/<client_id>/grants", body=ledger_admin.AdminGrant, access=Access.ADMIN, status=201)
-def admin_grant(ctx: RequestContext[ledger_admin.AdminGrant, NoQuery]) -> JsonResponse:
+@api.post(
+    "/admin/clients/<client_id>/grants",
+    body=ledger_admin.AdminGrant,
+    access=Access.ADMIN,
+    status=201,
+    errors=(BadRequest, IdempotencyKeyReused),
+)
+def admin_grant(ctx: RequestContext[ledger_admin.AdminGrant, NoQuery]) -> JsonResponse[ledger_admin.AdminChangeOut]:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.grant(
@@ -136,11 +142,19 @@ def admin_grant(ctx: RequestContext[ledger_admin.AdminGrant, NoQuery]) -> JsonRe
         expires_at=body.expires_at,
     )
     logger.info("admin %s granted %s credits to %s: %s", ctx.principal.user_id, body.amount, target, body.reason)
-    return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
+    return JsonResponse(ledger_admin.AdminChangeOut(result=result, balance=_balance(ctx, target)), status=201)
 
 
-@api.post("/admin/clients/<client_id>/adjustments", body=ledger_admin.AdminAdjustment, access=Access.ADMIN, status=201)
-def admin_adjust(ctx: RequestContext[ledger_admin.AdminAdjustment, NoQuery]) -> JsonResponse:
+@api.post(
+    "/admin/clients/<client_id>/adjustments",
+    body=ledger_admin.AdminAdjustment,
+    access=Access.ADMIN,
+    status=201,
+    errors=(BadRequest, IdempotencyKeyReused, InsufficientCredits),
+)
+def admin_adjust(
+    ctx: RequestContext[ledger_admin.AdminAdjustment, NoQuery],
+) -> JsonResponse[ledger_admin.AdminChangeOut]:
     assert ctx.principal is not None
     target, body = _existing_client(ctx), ctx.body
     result = ctx.platform.ledger.adjust(
@@ -151,7 +165,7 @@ def admin_adjust(ctx: RequestContext[ledger_admin.AdminAdjustment, NoQuery]) -> 
         reason=body.reason,
     )
     logger.info("admin %s adjusted %s by %s: %s", ctx.principal.user_id, target, body.amount, body.reason)
-    return JsonResponse({"result": result, "balance": _balance(ctx, target).model_dump(mode="json")}, status=201)
+    return JsonResponse(ledger_admin.AdminChangeOut(result=result, balance=_balance(ctx, target)), status=201)
 
 
 @api.put("/admin/prices", body=PriceList, access=Access.ADMIN)

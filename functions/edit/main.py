@@ -13,11 +13,16 @@ import functions_framework
 
 from shared.batch import lifecycle
 from shared.batch.models import JobListQuery
+from shared.billing.service import PaymentPastDue
 from shared.editing import service
-from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, RevertRequest, RevisionOut
-from shared.editing.service import EDITS
+from shared.editing.background import BackgroundRemovalUnavailable
+from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, EditResultOut, RevertRequest, RevisionOut
+from shared.editing.pipeline import EDIT_REFUSALS
+from shared.editing.service import EDITS, AssetImageMissing, AssetNotAnImage
+from shared.errors import Conflict, InsufficientCredits, NotFound
 from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
+from shared.imaging import IMAGE_ERRORS
 from shared.needs import Need
 from shared.pagination import Page
 
@@ -28,12 +33,30 @@ if TYPE_CHECKING:
 api = HttpApp("edit_api", needs=(Need.R2, Need.TASK_QUEUE))
 tasks = HttpApp("edit_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
+# What planning an edit can refuse: assets that are missing or not images, unreadable pixels, operations
+# that do not fit the image, background removal that cannot run here.
+EDIT_ERRORS = (
+    NotFound,
+    AssetNotAnImage,
+    AssetImageMissing,
+    BackgroundRemovalUnavailable,
+    *EDIT_REFUSALS,
+    *IMAGE_ERRORS,
+)
+
 # Inpaint masks travel in the body as base64 PNG.
 EDIT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-@api.post("/edits", body=EditRequest, idempotent=True, max_body_bytes=EDIT_MAX_BODY_BYTES)
-def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
+@api.post(
+    "/edits",
+    body=EditRequest,
+    idempotent=True,
+    max_body_bytes=EDIT_MAX_BODY_BYTES,
+    responses={200: EditResultOut, 202: EditJobOut},
+    errors=(*EDIT_ERRORS, InsufficientCredits, PaymentPastDue, Conflict),
+)
+def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse[EditResultOut] | JsonResponse[EditJobOut]:
     p = ctx.platform
     assert ctx.principal is not None
     policy = service.edit_policy(p.settings)
@@ -62,7 +85,7 @@ def create_edit(ctx: RequestContext[EditRequest, NoQuery]) -> JsonResponse:
     return accepted(service.job_out(EDITS.store(p), job), f"/edits/{job.id}")
 
 
-@api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES)
+@api.post("/edits/quote", body=EditRequest, max_body_bytes=EDIT_MAX_BODY_BYTES, errors=EDIT_ERRORS)
 def quote_edit(ctx: RequestContext[EditRequest, NoQuery]) -> EditQuoteOut:
     p = ctx.platform
     return service.quote_edit(
@@ -91,7 +114,7 @@ def cancel_edit(ctx: RequestContext[NoBody, NoQuery]) -> EditJobOut:
     return service.job_out(store, job)
 
 
-@api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True)
+@api.post("/assets/<asset_id>/revert", body=RevertRequest, idempotent=True, errors=(Conflict,))
 def revert_asset(ctx: RequestContext[RevertRequest, NoQuery]) -> RevisionOut:
     p = ctx.platform
     return service.revert(

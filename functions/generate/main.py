@@ -6,12 +6,15 @@ Entry points: ``generate_api`` (jobs, prompt enhancement, brand profile, presets
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
 from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
+from shared.billing.service import PaymentPastDue
+from shared.engines.base import ENGINE_ERRORS
+from shared.errors import Conflict, InsufficientCredits, NotFound, UpstreamRejectedCredentials
 from shared.generation import jobs, prompts
 from shared.generation.jobs import GENERATION
 from shared.generation.models import (
@@ -26,6 +29,7 @@ from shared.generation.models import (
     JobItemIn,
     JobOut,
     PresetIn,
+    PresetList,
     PresetOut,
     PresetUpdate,
 )
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
     from shared.generation.store import GenerationSettingsStore, ProductLookup
     from shared.platform import Platform
 
+# Creating a job (or retrying one): its products, assets or preset may be missing; it holds credits.
+JOB_ERRORS = (NotFound, InsufficientCredits, PaymentPastDue, Conflict)
+
 api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 
@@ -52,7 +59,7 @@ def _products(p: Platform) -> ProductLookup:
     return p.catalog.products
 
 
-def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str | None = None) -> JsonResponse:
+def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str | None = None) -> JsonResponse[JobOut]:
     p = ctx.platform
     assert ctx.principal is not None
     from shared.billing.policies import billing_store
@@ -76,8 +83,8 @@ def _create(ctx: RequestContext[BodyT, QueryT], data: JobCreate, retry_of: str |
     return accepted(jobs.job_out(GENERATION.store(p), job), f"/jobs/{job.id}")
 
 
-@api.post("/jobs", body=JobCreate, status=202, idempotent=True)
-def create_job(ctx: RequestContext[JobCreate, NoQuery]) -> JsonResponse:
+@api.post("/jobs", body=JobCreate, status=202, idempotent=True, errors=JOB_ERRORS)
+def create_job(ctx: RequestContext[JobCreate, NoQuery]) -> JsonResponse[JobOut]:
     return _create(ctx, ctx.body)
 
 
@@ -107,8 +114,8 @@ def cancel_job(ctx: RequestContext[NoBody, NoQuery]) -> JobOut:
     return jobs.job_out(store, job)
 
 
-@api.post("/jobs/<job_id>/retry", status=202, idempotent=True)
-def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse:
+@api.post("/jobs/<job_id>/retry", status=202, idempotent=True, errors=JOB_ERRORS)
+def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse[JobOut]:
     p = ctx.platform
     store = GENERATION.store(p)
     old = store.get_job(ctx.client_id, ctx.path_params["job_id"])
@@ -124,7 +131,7 @@ def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse:
     return _create(ctx, data, retry_of=old.id)
 
 
-@api.post("/prompts/enhance", body=EnhanceRequest)
+@api.post("/prompts/enhance", body=EnhanceRequest, errors=(NotFound, UpstreamRejectedCredentials, *ENGINE_ERRORS))
 def enhance_prompt(ctx: RequestContext[EnhanceRequest, NoQuery]) -> EnhanceOut:
     p = ctx.platform
     return prompts.enhance(_settings(p), _products(p), p.engine, ctx.client_id, ctx.body)
@@ -141,9 +148,8 @@ def put_brand(ctx: RequestContext[BrandProfile, NoQuery]) -> BrandProfile:
 
 
 @api.get("/presets")
-def list_presets(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, list[dict[str, Any]]]:
-    # Dumped here: a plain dict is serialised with json.dumps(default=str), which would turn models into reprs.
-    return {"items": [p.model_dump(mode="json") for p in prompts.list_presets(_settings(ctx.platform), ctx.client_id)]}
+def list_presets(ctx: RequestContext[NoBody, NoQuery]) -> PresetList:
+    return PresetList(items=prompts.list_presets(_settings(ctx.platform), ctx.client_id))
 
 
 @api.post("/presets", body=PresetIn, status=201)
@@ -168,7 +174,7 @@ def delete_preset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     prompts.delete_preset(_settings(ctx.platform), ctx.client_id, ctx.path_params["preset_id"])
 
 
-@api.get("/defaults", query=DefaultsQuery)
+@api.get("/defaults", query=DefaultsQuery, errors=(NotFound,))
 def get_defaults(ctx: RequestContext[NoBody, DefaultsQuery]) -> DefaultsOut:
     p = ctx.platform
     return prompts.defaults(_settings(p), _products(p), ctx.client_id, ctx.query.product_id, ctx.query.category)

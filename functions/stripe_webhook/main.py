@@ -8,11 +8,17 @@ does not know yet — Stripe retries for days, and the retry is safe.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.billing.events import verify_event
+from shared.billing.events import (
+    StripePriceNotConfigured,
+    WebhookPayloadInvalid,
+    WebhookSignatureInvalid,
+    verify_event,
+)
+from shared.billing.models import WebhookReceipt
 from shared.billing.policies import webhook_processor
 from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext
 from shared.needs import Need
@@ -23,14 +29,20 @@ if TYPE_CHECKING:
 app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
 
 
-@app.post("/", access=Access.PUBLIC, raw=True, max_body_bytes=512 * 1024)
-def receive(ctx: RequestContext[NoBody, NoQuery]) -> dict[str, Any]:
+@app.post(
+    "/",
+    access=Access.PUBLIC,
+    raw=True,
+    max_body_bytes=512 * 1024,
+    errors=(WebhookSignatureInvalid, WebhookPayloadInvalid, StripePriceNotConfigured),
+)
+def receive(ctx: RequestContext[NoBody, NoQuery]) -> WebhookReceipt:
     p = ctx.platform
     event = verify_event(
         ctx.raw_body, ctx.request.headers.get("Stripe-Signature"), p.settings.stripe_webhook_secret.get_secret_value()
     )
     outcome = webhook_processor(p, p.clock()).handle(event)
-    return {"received": True, "id": event.id, "type": event.type, "outcome": outcome}
+    return WebhookReceipt(id=event.id, type=event.type, outcome=outcome)
 
 
 @functions_framework.http

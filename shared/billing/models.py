@@ -297,3 +297,12 @@ class BillingNotice(BaseModel):
     subscription_id: str | None = None
     message: str
     created_at: datetime
+
+
+class WebhookReceipt(BaseModel):
+    """The stripe_webhook function's 2xx answer: which event was received and what became of it."""
+
+    received: bool = True
+    id: str
+    type: str
+    outcome: str

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "CSV_ERRORS",
     "PRODUCT_FIELDS",
     "ColumnMapping",
     "CsvEmpty",
@@ -88,6 +89,10 @@ class CsvEmpty(UnprocessableContent):
 class CsvUnknownEncoding(UnprocessableContent):
     code = "csv_unknown_encoding"
     title = "The character encoding is not known"
+
+
+# What reading a CSV file can answer with (a route's contract lists them together).
+CSV_ERRORS = (CsvUnreadable, CsvTooLarge, CsvEmpty, CsvUnknownEncoding)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -136,6 +136,21 @@ class OutputTooLarge(EditRefused):
     title = "The image cannot be encoded within max_bytes"
 
 
+# Every way a pipeline is refused before anything is charged or written (a route's contract lists them).
+EDIT_REFUSALS = (
+    EditRefused,
+    CropOutOfBounds,
+    MaskSizeMismatch,
+    MaskModeInvalid,
+    MaskEmpty,
+    BackgroundNeedsCutout,
+    UpscaleNotNeeded,
+    PadTooSmall,
+    EditResultTooLarge,
+    OutputTooLarge,
+)
+
+
 # -- planning (sizes only) -----------------------------------------------------------------------
 
 

@@ -95,6 +95,10 @@ class EngineRetryableError(EngineError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+# What a call to an engine can answer a caller with (a route's contract lists them together).
+ENGINE_ERRORS = (EnginePermanentError, ContentBlocked, EngineRetryableError)
+
+
 class ImageEngine(ABC):
     """Port: an image model."""
 

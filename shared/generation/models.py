@@ -160,6 +160,14 @@ class PresetOut(BaseModel):
     updated_at: datetime | None = None
 
 
+class PresetList(BaseModel):
+    """The built-in presets, then the client's own."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    items: list[PresetOut]
+
+
 class DefaultsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 

@@ -13,12 +13,9 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from pydantic import BaseModel, ValidationError
-from typing_extensions import TypeVar
 
 from shared import logging as log
 from shared.errors import (
@@ -27,12 +24,29 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthenticated,
     UnsupportedMediaType,
     ValidationFailed,
     validation_problem,
 )
-from shared.http.problems import problem_response
+from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_response
+
+# The declarations are re-exported: a function's main.py imports everything HTTP from here.
+from shared.http.routes import (
+    Access,
+    BodyT,
+    Handler,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    OutT,
+    QueryT,
+    RequestContext,
+    ResultT,
+    Route,
+    RouteDecorator,
+    RouteOptions,
+    compile_template,
+)
 from shared.needs import Need
 
 if TYPE_CHECKING:
@@ -42,119 +56,25 @@ if TYPE_CHECKING:
     from shared.platform import Platform
     from shared.tasks import TaskCall
 
+__all__ = [
+    "Access",
+    "BodyT",
+    "Handler",
+    "HttpApp",
+    "JsonResponse",
+    "NoBody",
+    "NoQuery",
+    "OutT",
+    "QueryT",
+    "RequestContext",
+    "ResultT",
+    "Route",
+    "RouteDecorator",
+    "RouteOptions",
+    "to_response",
+]
+
 logger = log.get_logger("epox.http")
-
-
-class NoBody(BaseModel):
-    """The body of a route that takes none (``ctx.body`` of a route declared without ``body=``)."""
-
-    model_config = {"extra": "forbid"}
-
-
-class NoQuery(BaseModel):
-    """The query of a route that takes none (``ctx.query`` of a route declared without ``query=``)."""
-
-    model_config = {"extra": "forbid"}
-
-
-# The defaults are what a route declared without ``body=`` / ``query=`` hands its handler: with them a
-# decorator call that passes None (or nothing) still solves the handler's context type.
-BodyT = TypeVar("BodyT", bound=BaseModel, default=NoBody)
-QueryT = TypeVar("QueryT", bound=BaseModel, default=NoQuery)
-ResultT = TypeVar("ResultT")
-
-
-class Access(str, Enum):
-    """Who may call a route."""
-
-    PUBLIC = "public"  # health checks; webhooks that verify their own signatures
-    USER = "user"  # a signed-in user of a client (tenant)
-    ADMIN = "admin"  # a platform operator: the AUTH_PLATFORM_ADMIN_CLAIM is true (no tenant role grants it)
-    TASK = "task"  # Cloud Tasks (OIDC in production, a shared secret locally)
-    SCHEDULER = "scheduler"  # Cloud Scheduler jobs (same credentials as tasks, no queue headers)
-
-
-@dataclass
-class RequestContext(Generic[BodyT, QueryT]):
-    """Everything a handler may need about the current request."""
-
-    request: Request
-    platform: Platform
-    request_id: str
-    path_params: dict[str, str]
-    body: BodyT
-    query: QueryT
-    principal: Principal | None = None
-    task: TaskCall | None = None
-    raw_body: bytes = b""
-
-    @property
-    def client_id(self) -> str:
-        if self.principal is None:
-            raise Unauthenticated()
-        return self.principal.client_id
-
-
-@dataclass
-class JsonResponse:
-    """A handler result with a non-default status or extra headers."""
-
-    body: BaseModel | dict[str, Any] | list[Any] | None
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-# How the router stores a handler, whatever its models; declaring one goes through the typed decorators.
-Handler = Callable[[RequestContext[Any, Any]], Any]
-
-
-class RouteDecorator(Protocol[BodyT, QueryT]):
-    """What ``app.post(path, body=B, query=Q)`` returns: it registers a handler of ``RequestContext[B, Q]``
-    and hands it back unchanged, so mypy checks the handler against the models the route validates."""
-
-    def __call__(
-        self, handler: Callable[[RequestContext[BodyT, QueryT]], ResultT]
-    ) -> Callable[[RequestContext[BodyT, QueryT]], ResultT]: ...
-
-
-class RouteOptions(TypedDict, total=False):
-    """How a route is served, besides its models."""
-
-    status: int  # the status of a plain result (default 200)
-    access: Access  # who may call it (default USER)
-    idempotent: bool  # honour Idempotency-Key (signed-in callers)
-    max_body_bytes: int | None  # instead of MAX_BODY_BYTES
-    raw: bool  # hand the handler the unparsed body (signed webhooks)
-
-
-@dataclass
-class Route:
-    method: str
-    template: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    body_model: type[BaseModel] | None
-    query_model: type[BaseModel] | None
-    status: int
-    access: Access
-    idempotent: bool
-    max_body_bytes: int | None
-    raw: bool = False
-
-
-_PARAM = re.compile(r"<([a-z_][a-z0-9_]*)>")
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    parts = []
-    last = 0
-    for match in _PARAM.finditer(template):
-        parts.append(re.escape(template[last : match.start()]))
-        # First character alphanumeric: ".", ".." and "__x__" are ids Firestore rejects (a 500), so never route them.
-        parts.append(f"(?P<{match.group(1)}>[A-Za-z0-9][A-Za-z0-9_.~-]{{0,199}})")
-        last = match.end()
-    parts.append(re.escape(template[last:]))
-    return re.compile("^" + "".join(parts) + r"/?\Z")  # \Z, not $: "$" also matches before a trailing "\n"
 
 
 class HttpApp:
@@ -173,7 +93,9 @@ class HttpApp:
         self.routes: list[Route] = []
         self.declared_needs = frozenset(needs)
         self._platform_factory = platform_factory
+        self._openapi: dict[str, Any] | None = None
         self.get("/health", access=Access.PUBLIC)(self._health)
+        self.get("/openapi.json", access=Access.PUBLIC)(self._openapi_document)
 
     @property
     def needs(self) -> frozenset[Need]:
@@ -207,7 +129,7 @@ class HttpApp:
                 Route(
                     method=method.upper(),
                     template=path,
-                    pattern=_compile(path),
+                    pattern=compile_template(path),
                     handler=handler,
                     body_model=body,
                     query_model=query,
@@ -216,6 +138,9 @@ class HttpApp:
                     idempotent=options.get("idempotent", False),
                     max_body_bytes=options.get("max_body_bytes"),
                     raw=options.get("raw", False),
+                    errors=tuple(options.get("errors", ())),
+                    responses=dict(options.get("responses", {})),
+                    produces=options.get("produces"),
                 )
             )
             return handler
@@ -285,16 +210,23 @@ class HttpApp:
         token = log.bind(request_id=request_id, service=self.service, **(trace.log_fields() if trace else {}))
         started = time.perf_counter()
         platform: Platform | None = None
+        route: Route | None = None
         response: Response
         try:
             try:
                 platform = self._platform()
-                response = self._dispatch(request, platform, request_id)
+                if request.method == "OPTIONS":
+                    response = _preflight(request, self, platform.settings.cors_allowed_origins)
+                else:
+                    route, params = self._match(request)
+                    response = self._dispatch(route, params, request, platform, request_id)
             except EpoxError as error:
                 response = problem_response(error, instance=request.path, request_id=request_id)
             except Exception:
                 logger.exception("unhandled error in %s %s", request.method, request.path)
                 response = problem_response(EpoxError(), instance=request.path, request_id=request_id)
+            if route is not None and response.status_code >= 400:
+                self._check_documented(route, response)
             response.headers["X-Request-Id"] = request_id
             if platform is not None:
                 _apply_cors(request, response, platform.settings.cors_allowed_origins)
@@ -341,10 +273,27 @@ class HttpApp:
             raise error
         raise NotFound(f"No route for {path}")
 
-    def _dispatch(self, request: Request, platform: Platform, request_id: str) -> Response:
-        if request.method == "OPTIONS":
-            return _preflight(request, self, platform.settings.cors_allowed_origins)
-        route, params = self._match(request)
+    def _check_documented(self, route: Route, response: Response) -> None:
+        """Log at ERROR a problem the route's contract does not list, so the contract stays true: the
+        test suite fails on these logs, and in production an operator sees the drift."""
+        from shared.http.openapi import documented_problems
+
+        code = _problem_code(response)
+        if code is None or code == EpoxError.code:  # an unhandled error is logged as one already
+            return
+        if code not in documented_problems(self, route).get(response.status_code, ()):
+            logger.error(
+                "undocumented problem %s %s on %s %s",
+                response.status_code,
+                code,
+                route.method,
+                route.template,
+                extra={"fields": {"undocumented_problem": {"status": response.status_code, "code": code}}},
+            )
+
+    def _dispatch(
+        self, route: Route, params: dict[str, str], request: Request, platform: Platform, request_id: str
+    ) -> Response:
         limit = route.max_body_bytes or platform.settings.max_body_bytes
         raw_body = _read_body(request, limit)
 
@@ -392,8 +341,30 @@ class HttpApp:
         result = route.handler(ctx)
         return to_response(result, route.status)
 
-    def _health(self, ctx: RequestContext[NoBody, NoQuery]) -> dict[str, str]:
-        return {"status": "ok", "service": self.service}
+    def _health(self, ctx: RequestContext[NoBody, NoQuery]) -> Health:
+        """Liveness: the function is deployed and answers."""
+        return Health(status="ok", service=self.service)
+
+    def _openapi_document(self, ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse[OpenApiDocument]:
+        """This function's API contract: OpenAPI 3.1 built from its routes and their models."""
+        if self._openapi is None:  # built on first use (no work at import time), then served as is
+            from shared.http.openapi import function_document
+
+            self._openapi = function_document(self)
+        return JsonResponse(OpenApiDocument.model_validate(self._openapi), headers={"Cache-Control": "max-age=300"})
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+
+
+class OpenApiDocument(BaseModel):
+    """An OpenAPI 3.1 document (its members are passed through as they are)."""
+
+    model_config = {"extra": "allow"}
+
+    openapi: str
 
 
 def to_response(result: Any, default_status: int) -> Response:
@@ -414,6 +385,16 @@ def to_response(result: Any, default_status: int) -> Response:
     for name, value in headers.items():
         response.headers[name] = value
     return response
+
+
+def _problem_code(response: Response) -> str | None:
+    if response.mimetype != PROBLEM_CONTENT_TYPE:
+        return None
+    try:
+        code = json.loads(response.get_data()).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _request_id(request: Request) -> str:

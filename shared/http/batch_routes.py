@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from shared.batch.kind import RequestKey
 from shared.batch.lifecycle import fan_out, run_item, run_settle
 from shared.batch.models import ItemTask, JobTask, ReapReport
 from shared.batch.recovery import reap
-from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, OutT, QueryT, RequestContext
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     from shared.batch.kind import JobKind
@@ -27,7 +26,7 @@ def request_key(ctx: RequestContext[BodyT, QueryT]) -> RequestKey | None:
     return RequestKey(key=key, fingerprint=fingerprint_request(ctx.request, ctx.raw_body))
 
 
-def accepted(body: BaseModel, location: str) -> JsonResponse:
+def accepted(body: OutT, location: str) -> JsonResponse[OutT]:
     """202 for a job that was accepted (or found again under its key), pointing at its status."""
     return JsonResponse(body, status=202, headers={"Location": location})
 
@@ -38,16 +37,16 @@ def add_worker_routes(app: HttpApp, kind: JobKind[Any, Any, Any, Any]) -> None:
     (:meth:`JobKind.dependencies`) and runs the lifecycle's step, which calls the kind's methods."""
 
     # The fan-out body is the kind's own task model (paged kinds carry a page number).
-    def fanout_route(ctx: RequestContext[JobTask, NoQuery]) -> dict[str, str]:
-        return {"outcome": fan_out(kind, kind.dependencies(ctx.platform), ctx.body)}
+    def fanout_route(ctx: RequestContext[JobTask, NoQuery]) -> TaskOutcome:
+        return TaskOutcome(outcome=fan_out(kind, kind.dependencies(ctx.platform), ctx.body))
 
-    def item_route(ctx: RequestContext[ItemTask, NoQuery]) -> dict[str, str]:
+    def item_route(ctx: RequestContext[ItemTask, NoQuery]) -> TaskOutcome:
         if ctx.task is None:  # Access.TASK routes always carry the delivery's headers
             raise AssertionError("a task route without a task call")
-        return {"outcome": run_item(kind, kind.dependencies(ctx.platform), ctx.body, ctx.task)}
+        return TaskOutcome(outcome=run_item(kind, kind.dependencies(ctx.platform), ctx.body, ctx.task))
 
-    def settle_route(ctx: RequestContext[JobTask, NoQuery]) -> dict[str, str]:
-        return {"outcome": run_settle(kind, kind.dependencies(ctx.platform), ctx.body)}
+    def settle_route(ctx: RequestContext[JobTask, NoQuery]) -> TaskOutcome:
+        return TaskOutcome(outcome=run_settle(kind, kind.dependencies(ctx.platform), ctx.body))
 
     def reap_route(ctx: RequestContext[NoBody, NoQuery]) -> ReapReport:
         from datetime import timedelta

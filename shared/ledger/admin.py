@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.ledger.store import LedgerReader
+from shared.ledger.views import BalanceView
 from shared.pagination import PageQuery
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
@@ -44,6 +45,13 @@ class AdminAdjustment(BaseModel):
 
     amount: int = Field(ge=-10_000_000, le=10_000_000)
     reason: Reason
+
+
+class AdminChangeOut(BaseModel):
+    """An admin grant or adjustment: what the ledger did and the client's balance after it."""
+
+    result: dict[str, Any]
+    balance: BalanceView
 
 
 def find_clients(reader: LedgerReader, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:

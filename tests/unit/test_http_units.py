@@ -25,9 +25,10 @@ from shared.errors import (
     ValidationFailed,
     validation_problem,
 )
-from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, _compile
+from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.http.idempotency import IdempotencyKeys, IdempotencyStore, fingerprint_request, run_idempotent
 from shared.http.problems import PROBLEM_CONTENT_TYPE, problem_body, problem_response
+from shared.http.routes import compile_template as _compile
 from shared.pagination import (
     InvalidCursor,
     PageQuery,
@@ -335,11 +336,11 @@ def _build_app(platform: Platform) -> HttpApp:
     def boom(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise _BoomError("secret internals /etc/passwd")
 
-    @app.get("/gone", access=Access.PUBLIC)
+    @app.get("/gone", access=Access.PUBLIC, errors=(NotFound,))
     def gone(ctx: RequestContext[NoBody, NoQuery]) -> None:
         raise NotFound("No such thing", thing="x")
 
-    @app.get("/whoami", access=Access.PUBLIC)
+    @app.get("/whoami", access=Access.PUBLIC, errors=(Unauthenticated,))
     def whoami(ctx: RequestContext[NoBody, NoQuery]) -> str:
         return ctx.client_id
 
