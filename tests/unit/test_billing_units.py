@@ -318,11 +318,12 @@ def test_verify_event_refuses(make: Any, error: type[Exception]) -> None:
     assert raised.value.status == 400  # type: ignore[attr-defined]
 
 
-def test_verify_event_without_a_secret_is_a_configuration_error() -> None:
-    from shared.errors import ConfigurationError
+def test_verify_event_without_a_secret_is_a_503_naming_the_setting() -> None:
+    from shared.errors import VendorNotConfigured
 
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(VendorNotConfigured) as raised:
         verify_event(*_signed(event("invoice.paid", {}, 1)), "")
+    assert raised.value.status == 503 and raised.value.extensions["settings"] == ["STRIPE_WEBHOOK_SECRET"]
 
 
 # -- payload subsets ----------------------------------------------------------------------------------
