@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from dev.stubs.stripe import parse_form
 from shared.billing.catalog import Catalog, PriceIds, load_catalog, price_key
 from shared.billing.events import (
     WebhookPayloadInvalid,
@@ -36,7 +37,6 @@ from shared.ledger.model import EntryType
 from shared.ledger.service import Ledger
 from tests.billing_events import SECRET, encode, event, invoice_obj, signature_header, subscription_obj
 from tests.fakes import InMemoryBillingStore, InMemoryLedgerStore
-from tests.stubs.stripe import parse_form
 
 PRICES = {
     "starter:monthly": "price_starter_m", "growth:monthly": "price_growth_m", "growth:annual": "price_growth_y",
