@@ -40,7 +40,10 @@ mode it creates the subscription (the period on its item, one calendar month or 
 invoice (paid, ``billing_reason`` ``subscription_create``) and sends ``customer.subscription.created``,
 ``invoice.paid``, ``invoice.payment_succeeded`` and ``checkout.session.completed``; in payment mode a
 PaymentIntent and its charge, with ``payment_intent.succeeded``, ``charge.succeeded`` and
-``checkout.session.completed``. The answer is ``303 See Other`` to the ``success_url`` (its
+``checkout.session.completed``. (Stripe sends more around them — ``invoice.created``,
+``invoice.finalized``, ``customer.subscription.updated`` … — which billing does not read; the stub
+leaves them out. A pack's payment is not an invoice, so ``POST /v1/refunds`` does not know it.)
+The answer is ``303 See Other`` to the ``success_url`` (its
 ``{CHECKOUT_SESSION_ID}`` filled in, as Stripe does) with a JSON body listing the deliveries. A session
 paid already, or unknown, is a 404 page (Stripe's expired/complete sessions show "no longer
 available"). A portal session's ``url`` is ``/p/session/{id}``: a page listing the customer's
