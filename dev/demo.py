@@ -137,7 +137,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     )
     print("[demo] downloaded, approved and pinned the uploaded photo — all steps passed")
     generation = _generate(http, auth, [product["id"]])
-    subscription = _subscribe(http, auth, client_id)
+    subscription = buy_and_subscribe(http, auth, client_id)
     edit = _edit(http, auth, done["asset_id"])
     return {
         "client_id": client_id,
@@ -191,89 +191,67 @@ def _generate(http: httpx.Client, auth: dict[str, str], product_ids: list[str]) 
     return done
 
 
-def _signed(event: dict[str, Any], secret: str) -> tuple[bytes, str]:
-    import hashlib
-    import hmac
-    import json
-
-    body = json.dumps(event).encode()
-    stamp = int(time.time())
-    signature = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return body, f"t={stamp},v1={signature}"
+def _balance(http: httpx.Client, auth: dict[str, str]) -> int:
+    return int(_check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"])
 
 
-def _subscribe(http: httpx.Client, auth: dict[str, str], client_id: str) -> dict[str, Any]:
-    """What Stripe sends when the client subscribes to Growth, signed with the dev webhook secret."""
-    from dev.stack import DEV_PRICE_IDS, DEV_WEBHOOK_SECRET
+def _checkout(http: httpx.Client, auth: dict[str, str], body: dict[str, str], step: str) -> dict[str, Any]:
+    """Start a Checkout and pay it on the hosted page, as the customer would. In ``make dev`` that page
+    is the local Stripe stub's: paying it makes Stripe's objects and sends its signed events to
+    ``/stripe_webhook/`` before it redirects to the success URL."""
+    session: dict[str, Any] = _check(
+        http.post("/billing_api/checkout", headers={**auth, "Idempotency-Key": uuid.uuid4().hex}, json=body),
+        201,
+        f"start the checkout for {step}",
+    )
+    page = httpx.get(session["url"], trust_env=False, timeout=30)
+    if page.status_code != 200:
+        raise DemoFailed(f"the hosted checkout page for {step} answered {page.status_code}")
+    paid = httpx.post(session["url"], trust_env=False, timeout=60)
+    if paid.status_code != 303:
+        raise DemoFailed(f"paying {step}: expected a redirect to the success page, got {paid.status_code}")
+    deliveries: list[dict[str, Any]] = paid.json()["deliveries"]
+    refused = [d for d in deliveries if d["status"] != 200]
+    if refused:
+        raise DemoFailed(f"the webhook refused Stripe's events for {step}: {refused}")
+    print(f"[demo] paid {step} on the hosted page; Stripe sent {', '.join(d['type'] for d in deliveries)}")
+    return session
 
-    customer, subscription, now = f"cus_demo_{client_id}", f"sub_demo_{client_id}", int(time.time())
-    period = {"start": now, "end": now + 30 * 86400}
-    price = {"id": DEV_PRICE_IDS["growth:monthly"]}
-    events = [
-        (
-            "checkout.session.completed",
-            {
-                "id": f"cs_demo_{client_id}",
-                "object": "checkout.session",
-                "mode": "subscription",
-                "customer": customer,
-                "subscription": subscription,
-                "client_reference_id": client_id,
-                "metadata": {"client_id": client_id},
-            },
-        ),
-        (
-            "customer.subscription.created",
-            {
-                "id": subscription,
-                "object": "subscription",
-                "customer": customer,
-                "status": "active",
-                "items": {
-                    "data": [
-                        {"price": price, "current_period_start": period["start"], "current_period_end": period["end"]}
-                    ]
-                },
-            },
-        ),
-        (
-            "invoice.paid",
-            {
-                "id": f"in_demo_{client_id}",
-                "object": "invoice",
-                "customer": customer,
-                "billing_reason": "subscription_create",
-                "subscription": subscription,
-                "lines": {"data": [{"price": price, "period": period}]},
-            },
-        ),
-    ]
-    before = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
-    for index, (kind, obj) in enumerate(events):
-        event = {
-            "id": f"evt_demo_{client_id}_{index}",
-            "object": "event",
-            "type": kind,
-            "created": now + index,
-            "livemode": False,
-            "data": {"object": obj},
-        }
-        body, signature = _signed(event, DEV_WEBHOOK_SECRET)
-        for _ in range(2):  # Stripe delivers more than once; the second changes nothing
-            _check(
-                http.post(
-                    "/stripe_webhook/",
-                    content=body,
-                    headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
-                ),
-                200,
-                f"deliver {kind}",
-            )
+
+def buy_and_subscribe(http: httpx.Client, auth: dict[str, str], client_id: str) -> dict[str, Any]:
+    """Buy a credit pack, subscribe to Growth, then the invoices and the customer portal, through the
+    billing API and the (local) Stripe pages."""
+    catalog = _check(http.get("/billing_api/plans", headers=auth), 200, "read the plans")
+    pack = next(p for p in catalog["packs"] if p["id"] == "pack_100")
+    before = _balance(http, auth)
+    _checkout(http, auth, {"kind": "pack", "pack_id": pack["id"]}, f"the {pack['name']} pack")
+    after_pack = _balance(http, auth)
+    print(f"[demo] bought {pack['name']}: balance {before} -> {after_pack}")
+    if after_pack - before != pack["credits"]:
+        raise DemoFailed("the credit pack did not grant its credits exactly once")
+
+    _checkout(http, auth, {"kind": "plan", "plan_id": "growth", "interval": "monthly"}, "Growth (monthly)")
     state: dict[str, Any] = _check(http.get("/billing_api/subscription", headers=auth), 200, "read the subscription")
-    after = _check(http.get("/credits_api/balance", headers=auth), 200, "read the balance")["available"]
-    print(f"[demo] subscribed to {state['plan_name']} ({state['product_slots']} slots): balance {before} -> {after}")
-    if state["plan"] != "growth" or after - before != state["monthly_credits"]:
+    after = _balance(http, auth)
+    print(
+        f"[demo] subscribed to {state['plan_name']} ({state['product_slots']} slots): balance {after_pack} -> {after}"
+    )
+    if state["plan"] != "growth" or after - after_pack != state["monthly_credits"]:
         raise DemoFailed("the subscription did not grant exactly one month of credits")
+
+    invoices = _check(http.get("/billing_api/invoices", headers=auth), 200, "list the invoices")["items"]
+    growth = next((p for p in catalog["plans"] if p["id"] == "growth"), None)
+    if not invoices or invoices[0]["status"] != "paid" or growth is None:
+        raise DemoFailed(f"expected the subscription's paid invoice, found {invoices}")
+    if invoices[0]["amount_paid"] != growth["prices"]["monthly"]:
+        raise DemoFailed(f"the first invoice is {invoices[0]['amount_paid']}, not Growth's monthly price")
+    listed = ", ".join(f"{i['number']} {i['amount_paid'] / 100:.2f} {i['status']}" for i in invoices)
+    print(f"[demo] invoices: {listed}")
+    portal = _check(http.post("/billing_api/portal", headers=auth, json={}), 201, "open the customer portal")
+    page = httpx.get(portal["url"], trust_env=False, timeout=30)
+    if page.status_code != 200:
+        raise DemoFailed(f"the customer portal page answered {page.status_code}")
+    print(f"[demo] customer portal: {portal['url']}")
     return state
 
 

@@ -3,6 +3,8 @@
 Starts the Firestore emulator and a moto S3 server (standing in for R2), serves every function
 entry point under ``/<entry point>/`` on one port, runs a local Cloud Tasks dispatcher, and plays
 the identity provider: a JWKS at ``/_dev/jwks.json`` and tokens from ``POST /_dev/token``.
+Stripe is the local stub (``dev/stubs/stripe.py``): Checkout sessions point at its hosted page, and
+paying there (``POST`` the session's ``url``) sends Stripe's signed events to ``/stripe_webhook/``.
 Ctrl-C stops everything it started.
 """
 
@@ -16,14 +18,18 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dev.stubs.stripe import StripeStub, Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".dev"
 ISSUER = "http://127.0.0.1:{port}/_dev"
 AUDIENCE = "epox-dev"
 PROJECT = "epox-dev"
-# Not secrets: the local stack's own webhook secret and made-up price ids, so the demo can act as Stripe.
+# Not secrets: the local Stripe stub's API key, its webhook secret and made-up price ids.
+DEV_STRIPE_API_KEY = "sk_test_epox_local_dev"
 DEV_WEBHOOK_SECRET = "whsec_epox_local_dev"  # noqa: S105 - the local stack only
 DEV_PRICE_IDS = {
     **{
@@ -52,7 +58,45 @@ def _load_or_create_key(path: Path) -> Any:
     return key
 
 
-def configure_environment(port: int, firestore_host: str, s3_endpoint: str, task_secret: str) -> dict[str, str]:
+def stripe_environment(stripe_api_base: str) -> dict[str, str]:
+    """The Stripe settings of the local stack: the stub's key and address, its webhook secret, the prices."""
+    return {
+        "STRIPE_API_KEY": DEV_STRIPE_API_KEY,
+        "STRIPE_API_BASE": stripe_api_base,
+        "STRIPE_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+        "STRIPE_PRICE_IDS": json.dumps(DEV_PRICE_IDS),
+    }
+
+
+def stripe_stub(webhook: Webhook | None) -> StripeStub:
+    """The local Stripe: it knows the dev prices (amounts from the plan catalog) and sends its events,
+    signed with the dev webhook secret, to ``webhook`` (the stack's ``/stripe_webhook/``)."""
+    from dev.stubs.stripe import StripeStub, StubPrice
+    from shared.billing.catalog import Interval, load_catalog, price_key
+
+    catalog = load_catalog()
+    details: dict[str, StubPrice] = {}
+    recurring: dict[Interval, str] = {"monthly": "month", "annual": "year"}
+    for plan_id, plan in catalog.plans.items():
+        for interval, amount in plan.display_price.items():
+            price = DEV_PRICE_IDS.get(price_key(plan_id, interval))
+            if price:
+                details[price] = StubPrice(amount, recurring[interval])
+    for pack_id, pack in catalog.packs.items():
+        if pack_id in DEV_PRICE_IDS:
+            details[DEV_PRICE_IDS[pack_id]] = StubPrice(pack.display_price)
+    return StripeStub(
+        api_key=DEV_STRIPE_API_KEY,
+        prices=set(DEV_PRICE_IDS.values()),
+        price_details=details,
+        webhook_secret=DEV_WEBHOOK_SECRET,
+        webhook=webhook,
+    )
+
+
+def configure_environment(
+    port: int, firestore_host: str, s3_endpoint: str, task_secret: str, stripe_api_base: str
+) -> dict[str, str]:
     """The settings every function reads, pointed at the local services."""
     base = f"http://127.0.0.1:{port}"
     values = {
@@ -75,8 +119,8 @@ def configure_environment(port: int, firestore_host: str, s3_endpoint: str, task
         "TASKS_TARGET_BASE_URL": base,
         # No AI credentials on a developer machine: the deterministic offline engine stands in.
         "AI_ENGINE": "offline",
-        "STRIPE_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
-        "STRIPE_PRICE_IDS": json.dumps(DEV_PRICE_IDS),
+        # Stripe is the local stub (no real keys on a developer machine).
+        **stripe_environment(stripe_api_base),
         # The demo serves its sample images from this process; nothing else private is reachable.
         "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
     }
@@ -171,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("EPOX_DEV_PORT", "8000")))
     parser.add_argument("--firestore-port", type=int, default=int(os.environ.get("EPOX_DEV_FIRESTORE_PORT", "8085")))
     parser.add_argument("--s3-port", type=int, default=int(os.environ.get("EPOX_DEV_S3_PORT", "9000")))
+    parser.add_argument(
+        "--stripe-port",
+        type=int,
+        default=int(os.environ.get("EPOX_DEV_STRIPE_PORT", "0")),
+        help="the Stripe stub's port (default: a free one; Checkout and portal URLs name it)",
+    )
     parser.add_argument("--demo", action="store_true", help="run the scripted demo once the stack is up")
     args = parser.parse_args(argv)
 
@@ -183,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from dev.emulator import FirestoreEmulator
     from dev.functions import load_function_apps
     from dev.jwt_issuer import DevIssuer
+    from dev.stubs.stripe import StubServer, http_webhook
 
     STATE.mkdir(exist_ok=True)
     print(f"starting the Firestore emulator on 127.0.0.1:{args.firestore_port} (log: .dev/firestore.log)…", flush=True)
@@ -191,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     s3.start()
     s3_endpoint = f"http://127.0.0.1:{args.s3_port}"
     task_secret = secrets.token_urlsafe(24)
-    configure_environment(args.port, emulator.host, s3_endpoint, task_secret)
+    stripe = StubServer(stripe_stub(http_webhook(f"http://127.0.0.1:{args.port}/stripe_webhook/")), args.stripe_port)
+    configure_environment(args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url)
 
     from shared.config import get_settings
     from shared.storage import R2ObjectStore
@@ -230,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n  Firestore emulator       {emulator.host}")
     print(f"  S3 (R2 stand-in)         {s3_endpoint}  bucket {BUCKET}")
     print(f"  task dispatcher          {base}/_dev/tasks")
+    print(f"  Stripe (local stub)      {stripe.stub.url}  pay a checkout: POST its url (or open it and press Pay)")
     print("\nGet a dev token:")
     print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")
     print(f'  curl -s {base}/catalog_api/products -H "Authorization: Bearer $TOKEN"')
@@ -261,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping…", flush=True)
         dispatcher.stop()
         http.close()
+        stripe.stop()
         s3.stop()
         emulator.stop()
         print("stopped.", flush=True)

@@ -12,7 +12,8 @@ function that never calls Stripe needs no Stripe key. Settings loaded without a 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+import logging
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from enum import Enum
@@ -23,8 +24,10 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, VendorNotConfigured
 from shared.needs import ALL_NEEDS, Need, required_variables
+
+logger = logging.getLogger("epox.config")
 
 
 class Environment(str, Enum):
@@ -272,6 +275,17 @@ class Settings(BaseSettings):
             if unsafe:
                 parts.append("unsafe settings: " + "; ".join(unsafe))
             raise ConfigurationError("EPOX_ENV=production refuses to start — " + " | ".join(parts))
+
+
+def require_vendor_settings(vendor: str, values: Mapping[str, str]) -> None:
+    """Raise :class:`VendorNotConfigured` (503, logged at ERROR) naming the settings among ``values``
+    (name → value) that are empty. Vendor adapters call it when they first build their client, so a
+    function without, say, a Stripe key answers a clear 503 where it would use Stripe and works
+    everywhere else; production never gets here (it refuses to start without them)."""
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        logger.error("%s is not configured: %s not set", vendor, ", ".join(missing))
+        raise VendorNotConfigured(vendor, missing)
 
 
 def _is_https(url: str) -> bool:

@@ -153,6 +153,22 @@ class UpstreamRejectedCredentials(EpoxError):
     title = "A provider refused our credentials"
 
 
+class VendorNotConfigured(EpoxError):
+    """A provider's credential or address is not set on this deployment (a development stack without
+    a Stripe key, say): nothing the caller can fix, and not a crash either. Names the settings, never
+    their values. Production refuses to start without them (``Settings.check_production``)."""
+
+    status = 503
+    code = "vendor_not_configured"
+    title = "A provider is not configured on this deployment"
+
+    def __init__(self, vendor: str, settings: list[str]) -> None:
+        names = ", ".join(settings)
+        super().__init__(
+            f"{vendor} is not configured on this deployment: {names} not set", vendor=vendor, settings=settings
+        )
+
+
 class ConfigurationError(RuntimeError):
     """Raised at start-up when required settings are missing or unsafe; never caught by handlers."""
 

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.config import require_vendor_settings
 from shared.errors import EpoxError, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -114,21 +115,38 @@ class R2ObjectStore(ObjectStore):
         )
         return boto3.client("s3", config=config, **{**self._config, "endpoint_url": endpoint})
 
+    def _require_settings(self) -> None:
+        # Without them boto3 would go looking for AWS credentials and AWS's own endpoint.
+        require_vendor_settings(
+            "The object store (R2)",
+            {
+                "R2_ENDPOINT_URL": str(self._config["endpoint_url"]),
+                "R2_ACCESS_KEY_ID": str(self._config["aws_access_key_id"]),
+                "R2_SECRET_ACCESS_KEY": str(self._config["aws_secret_access_key"]),
+                "R2_BUCKET": self.bucket,
+            },
+        )
+
     @property
     def client(self) -> Any:
         if self._client is None:
+            self._require_settings()
             self._client = self._make(str(self._config["endpoint_url"]))
         return self._client
 
     @property
     def signer(self) -> Any:
         if self._signer is None:
+            client = self.client  # built first: it checks the settings
             same = self._public_endpoint == self._config["endpoint_url"]
-            self._signer = self.client if same else self._make(self._public_endpoint)
+            self._signer = client if same else self._make(self._public_endpoint)
         return self._signer
 
     def _translate(self, exc: Exception, key: str) -> EpoxError:
         from botocore.exceptions import ClientError
+
+        if isinstance(exc, EpoxError):  # ours already (a store that is not configured)
+            return exc
 
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))

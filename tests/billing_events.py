@@ -1,170 +1,45 @@
-"""Stripe webhook events for tests: payloads shaped like Stripe's, signed exactly as Stripe documents.
-
-The signature is computed here with ``hmac``/``hashlib`` from the documented scheme — never with the
-``stripe`` library's helpers, so the library's verification is checked against the documentation::
-
-    Stripe-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
-
-Objects come in two shapes: the current API's (invoice ``parent.subscription_details.subscription``,
-line ``pricing.price_details.price``, the period on the subscription *item*) and the older one
-(``invoice.subscription``, line ``price.id``, the period on the subscription) with ``legacy=True``.
+"""Stripe webhook events for tests: a customer's event stream (:class:`Subscriber`), delivery to the
+webhook function's test client, and helpers over the local stack. The events' shapes and their signing
+live in ``dev/stubs/stripe_events.py``, shared with the Stripe stub that sends them in ``make dev``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from dev.stubs import stripe_events
+from dev.stubs.stripe_events import (
+    API_VERSION,
+    charge_obj,
+    checkout_session_obj,
+    encode,
+    event,
+    invoice_obj,
+    new_id,
+    subscription_obj,
+)
+
+__all__ = ["API_VERSION", "encode", "event", "invoice_obj", "new_id", "subscription_obj"]
+
 SECRET = "whsec_test_secret"  # settings.stripe_webhook_secret in tests/conftest.py
-API_VERSION = "2026-10-28.endive"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
 
 
 def ts(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-# -- signing ----------------------------------------------------------------------------------------
-
-
 def signature(payload: bytes, *, secret: str = SECRET, timestamp: int | None = None) -> str:
-    """The hex v1 signature of ``payload`` at ``timestamp``."""
-    t = int(time.time()) if timestamp is None else timestamp
-    return hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    """The hex v1 signature of ``payload`` at ``timestamp`` (the tests' secret by default)."""
+    return stripe_events.signature(payload, secret=secret, timestamp=timestamp)
 
 
 def signature_header(
     payload: bytes, *, secret: str = SECRET, timestamp: int | None = None, extra_v1: tuple[str, ...] = ()
 ) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    parts = [f"t={t}", *(f"v1={value}" for value in extra_v1), f"v1={signature(payload, secret=secret, timestamp=t)}"]
-    return ",".join(parts)
-
-
-def encode(event: dict[str, Any]) -> bytes:
-    """Stripe sends pretty-printed JSON; the signature covers exactly these bytes."""
-    return json.dumps(event, indent=2).encode()
-
-
-# -- objects ----------------------------------------------------------------------------------------
-
-
-def event(
-    type_: str,
-    obj: dict[str, Any],
-    created: int,
-    *,
-    event_id: str | None = None,
-    previous: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    data: dict[str, Any] = {"object": obj}
-    if previous is not None:
-        data["previous_attributes"] = previous
-    return {
-        "id": event_id or new_id("evt"),
-        "object": "event",
-        "api_version": API_VERSION,
-        "created": created,
-        "data": data,
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": type_,
-    }
-
-
-def subscription_obj(
-    sub_id: str,
-    customer: str,
-    price: str,
-    start: int,
-    end: int,
-    *,
-    status: str = "active",
-    cancel_at_period_end: bool = False,
-    metadata: dict[str, str] | None = None,
-    legacy: bool = False,
-) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "id": new_id("si"),
-        "object": "subscription_item",
-        "price": {
-            "id": price,
-            "object": "price",
-            "recurring": {"interval": "year" if price.endswith("_y") else "month"},
-        },
-        "quantity": 1,
-    }
-    sub: dict[str, Any] = {
-        "id": sub_id,
-        "object": "subscription",
-        "customer": customer,
-        "status": status,
-        "cancel_at_period_end": cancel_at_period_end,
-        "items": {"object": "list", "data": [item], "has_more": False},
-        "metadata": metadata or {},
-        "livemode": False,
-    }
-    if legacy:
-        sub |= {"current_period_start": start, "current_period_end": end}
-    else:
-        item |= {"current_period_start": start, "current_period_end": end}
-    return sub
-
-
-def invoice_obj(
-    invoice_id: str,
-    customer: str,
-    sub_id: str,
-    price: str,
-    start: int,
-    end: int,
-    *,
-    billing_reason: str = "subscription_create",
-    status: str = "paid",
-    amount: int = 7900,
-    legacy: bool = False,
-) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "id": new_id("il"),
-        "object": "line_item",
-        "amount": amount,
-        "period": {"start": start, "end": end},
-    }
-    invoice: dict[str, Any] = {
-        "id": invoice_id,
-        "object": "invoice",
-        "customer": customer,
-        "billing_reason": billing_reason,
-        "status": status,
-        "amount_due": amount,
-        "amount_paid": amount if status == "paid" else 0,
-        "currency": "usd",
-        # Stripe quirk: a subscription invoice's own period is the previous one; lines carry the service period.
-        "period_start": start,
-        "period_end": start,
-        "lines": {"object": "list", "data": [line], "has_more": False},
-        "livemode": False,
-    }
-    if legacy:
-        invoice["subscription"] = sub_id
-        line["price"] = {"id": price, "object": "price"}
-    else:
-        invoice["parent"] = {
-            "type": "subscription_details",
-            "subscription_details": {"subscription": sub_id, "metadata": {}},
-        }
-        line["pricing"] = {"type": "price_details", "price_details": {"price": price, "product": "prod_epox"}}
-    return invoice
+    return stripe_events.signature_header(payload, secret=secret, timestamp=timestamp, extra_v1=extra_v1)
 
 
 # -- a customer's event stream ----------------------------------------------------------------------
@@ -207,19 +82,15 @@ class Subscriber:
         session_id: str | None = None,
         at: int | None = None,
     ) -> dict[str, Any]:
-        session = {
-            "id": session_id or new_id("cs_test"),
-            "object": "checkout.session",
-            "mode": "subscription",
-            "status": "complete",
-            "payment_status": "paid",
-            "customer": self.customer,
-            "client_reference_id": self.client_id,
-            "subscription": self.subscription,
-            "amount_total": 7900,
-            "currency": "usd",
-            "metadata": {"client_id": self.client_id, "plan_id": plan_id, "interval": interval},
-        }
+        session = checkout_session_obj(
+            session_id or new_id("cs_test"),
+            mode="subscription",
+            customer=self.customer,
+            client_reference_id=self.client_id,
+            subscription=self.subscription,
+            amount_total=7900,
+            metadata={"client_id": self.client_id, "plan_id": plan_id, "interval": interval},
+        )
         return event("checkout.session.completed", session, self.tick(at))
 
     def checkout_pack(
@@ -233,20 +104,16 @@ class Subscriber:
         at: int | None = None,
         type_: str = "checkout.session.completed",
     ) -> dict[str, Any]:
-        session = {
-            "id": session_id or new_id("cs_test"),
-            "object": "checkout.session",
-            "mode": "payment",
-            "status": "complete",
-            "payment_status": payment_status,
-            "customer": self.customer,
-            "client_reference_id": self.client_id,
-            "payment_intent": payment_intent or new_id("pi"),
-            "subscription": None,
-            "amount_total": amount_total,
-            "currency": "usd",
-            "metadata": {"client_id": self.client_id, "pack_id": pack_id},
-        }
+        session = checkout_session_obj(
+            session_id or new_id("cs_test"),
+            mode="payment",
+            customer=self.customer,
+            client_reference_id=self.client_id,
+            payment_status=payment_status,
+            payment_intent=payment_intent or new_id("pi"),
+            amount_total=amount_total,
+            metadata={"client_id": self.client_id, "pack_id": pack_id},
+        )
         return event(type_, session, self.tick(at))
 
     def subscription_event(
@@ -348,18 +215,7 @@ class Subscriber:
         charge_id: str | None = None,
         at: int | None = None,
     ) -> dict[str, Any]:
-        charge = {
-            "id": charge_id or new_id("ch"),
-            "object": "charge",
-            "customer": self.customer,
-            "payment_intent": payment_intent,
-            "amount": amount,
-            "amount_captured": amount,
-            "amount_refunded": amount_refunded,
-            "refunded": amount_refunded >= amount,
-            "currency": "usd",
-            "paid": True,
-        }
+        charge = charge_obj(self.customer, payment_intent, amount, amount_refunded=amount_refunded, charge_id=charge_id)
         return event("charge.refunded", charge, self.tick(at))
 
 
@@ -377,12 +233,11 @@ def deliver(
 ) -> Any:
     """POST an event to the webhook function's test client as Stripe does."""
     payload = evt if isinstance(evt, bytes) else encode(evt)
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-    }
-    if not omit_header:
-        headers["Stripe-Signature"] = header or signature_header(payload, secret=secret, timestamp=timestamp)
+    headers = stripe_events.delivery_headers(payload, secret=secret, timestamp=timestamp)
+    if header is not None:
+        headers["Stripe-Signature"] = header
+    if omit_header:
+        del headers["Stripe-Signature"]
     return http.post("/", data=payload, headers=headers)
 
 
@@ -424,6 +279,32 @@ def install_clock(stack: Any, clock: Clock, **platform: Any) -> Any:
         **platform,
     )
     set_platform(installed)  # the stack fixture resets the platform afterwards
+    return installed
+
+
+def install_gateway(stack: Any, stub: Any, *, max_network_retries: int = 0, **platform: Any) -> Any:
+    """Install a platform like the stack's whose payment gateway is the real StripeClient → ``stub``.
+
+    The stack fixture resets the platform afterwards. Returns the new platform.
+    """
+    from dev.stubs.stripe import API_KEY
+    from shared.billing.gateway import StripeGateway
+    from shared.platform import Platform, set_platform
+
+    p = stack.platform
+    gateway = StripeGateway(API_KEY, api_base=stub.url, max_network_retries=max_network_retries)
+    options: dict[str, Any] = {"ledger": p.ledger} if "clock" not in platform else {}
+    options |= platform
+    installed = Platform(
+        options.pop("settings", p.settings),
+        db=p.db,
+        object_store=p.object_store,
+        task_queue=stack.dispatcher,
+        fetcher=p.fetcher,
+        payment_gateway=gateway,
+        **options,
+    )
+    set_platform(installed)
     return installed
 
 

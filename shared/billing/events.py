@@ -78,10 +78,9 @@ def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: 
     """Check ``Stripe-Signature`` on the raw body (HMAC-SHA256 of "t.body", constant-time, 300 s)."""
     import stripe
 
-    if not secret:
-        from shared.errors import ConfigurationError
+    from shared.config import require_vendor_settings
 
-        raise ConfigurationError("STRIPE_WEBHOOK_SECRET is not set")
+    require_vendor_settings("Stripe webhooks", {"STRIPE_WEBHOOK_SECRET": secret})
     if not signature:
         raise WebhookSignatureInvalid("Missing Stripe-Signature header")
     try:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.config import require_vendor_settings
 from shared.errors import BadRequest, UpstreamRejectedCredentials, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -95,10 +96,7 @@ class StripeGateway(PaymentGateway):
         if self._client is None:
             import stripe
 
-            if not self.api_key:
-                from shared.errors import ConfigurationError
-
-                raise ConfigurationError("STRIPE_API_KEY is not set: billing is not configured")
+            require_vendor_settings("Stripe", {"STRIPE_API_KEY": self.api_key})
             options: dict[str, Any] = {"max_network_retries": self.max_network_retries}
             if self.api_base:
                 options["base_addresses"] = {"api": self.api_base}

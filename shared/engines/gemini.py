@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shared.config import require_vendor_settings
 from shared.engines.base import (
     ContentBlocked,
     EngineImage,
@@ -87,6 +88,10 @@ class GeminiEngine(ImageEngine):
             from google import genai
             from google.genai import types
 
+            if self.config.use_vertex:
+                require_vendor_settings("Gemini (Vertex AI)", {"GCP_PROJECT": self.config.project})
+            else:
+                require_vendor_settings("Gemini", {"GEMINI_API_KEY": self.config.api_key})
             http_options = types.HttpOptions(
                 base_url=self.config.base_url,
                 api_version=self.config.api_version,

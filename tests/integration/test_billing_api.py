@@ -1,4 +1,4 @@
-"""The billing API with the real ``stripe`` library talking to a local Stripe stub (tests/stubs/stripe.py):
+"""The billing API with the real ``stripe`` library talking to a local Stripe stub (dev/stubs/stripe.py):
 plans, Checkout, the customer portal, invoices, Stripe's failures as problems; product slots where
 products are created or imported; onboarding's Free plan and signup bonus.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from dev.stubs.stripe import API_KEY, StripeStub, running
 from shared.ledger.model import EntryType, GrantSource
 from shared.platform import get_platform
-from tests.billing_events import Subscriber, billing_of, deliver, onboard_and_link, ts
-from tests.stubs.stripe import API_KEY, StripeStub, install_gateway, running
+from tests.billing_events import Subscriber, billing_of, deliver, install_gateway, onboard_and_link, ts
 
 PLAN_PRICES = {"growth:monthly": "price_growth_m", "pack_500": "price_pack_500"}
 
@@ -118,7 +118,7 @@ def test_plan_checkout_goes_through_stripe_with_one_customer(
     customer_id = next(iter(stub.customers))
     session = stub.sessions[body["id"]]
     assert body == {"url": session["url"], "id": session["id"]}
-    assert body["url"].startswith("https://checkout.stripe.test/c/pay/cs_test_")
+    assert body["url"].startswith(f"{stub.url}/c/pay/cs_test_")  # the stub's hosted page
 
     # What the real client put on the wire.
     for call in (customer_call, session_call):
@@ -280,7 +280,7 @@ def test_portal_session_for_the_clients_customer(
 ) -> None:
     body = created(api.post("/portal", json={}, headers=headers))
     [portal] = stub.portal_sessions
-    assert body["url"] == portal["url"] and body["url"].startswith("https://billing.stripe.test/p/session/")
+    assert body["url"] == portal["url"] and body["url"].startswith(f"{stub.url}/p/session/")
     customer_id = billing_of(stack, client_id)["stripe_customer_id"]
     assert portal["customer"] == customer_id
     assert portal["return_url"] == stack.platform.settings.billing_portal_return_url

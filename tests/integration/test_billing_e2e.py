@@ -10,11 +10,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dev.stubs.stripe import StripeStub, running
 from shared.billing.events import add_months
 from shared.ledger.model import EntryType
 from shared.platform import get_platform
-from tests.billing_events import Clock, Subscriber, billing_of, deliver, new_id, ts
-from tests.stubs.stripe import StripeStub, install_gateway, running
+from tests.billing_events import Clock, Subscriber, billing_of, deliver, install_gateway, new_id, ts
 
 
 def ok(response: Any, status: int = 200) -> dict[str, Any]:

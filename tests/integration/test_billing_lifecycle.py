@@ -5,7 +5,7 @@ subscription only, exact pack refunds and the anchored plan-month calendar (issu
 Every scenario goes through the real ``stripe_webhook`` function on the Firestore emulator with events
 signed as Stripe signs them; the daily billing job runs through its Cloud Scheduler entry point
 (``billing_jobs`` ``/jobs/daily``); the payment gateway is the real ``stripe`` client against the local
-Stripe stub (``tests/stubs/stripe.py``), so a cancellation or a refund the webhook asks for is a real
+Stripe stub (``dev/stubs/stripe.py``), so a cancellation or a refund the webhook asks for is a real
 API request in Stripe's wire format. The platform runs on a settable clock.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from dev.stubs.stripe import StripeStub, running
 from shared.adapters.firestore.ledger import FirestoreLedgerStore
 from shared.billing.calendar import add_months
 from shared.ledger.model import Actor, EntryType
@@ -31,13 +32,13 @@ from tests.billing_events import (
     changed_price,
     daily,
     deliver,
+    install_gateway,
     new_id,
     onboard_and_link,
     period,
     send,
     ts,
 )
-from tests.stubs.stripe import StripeStub, install_gateway, running
 
 GROWTH, PRO, STARTER = 1000, 2500, 200
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.billing_events import billing_of
-from tests.stubs.stripe import StripeStub, install_gateway, running
+from dev.stubs.stripe import StripeStub, running
+from tests.billing_events import billing_of, install_gateway
 
 
 @pytest.mark.parametrize("path", ["/checkout", "/portal"])

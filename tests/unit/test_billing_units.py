@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from dev.stubs.stripe import parse_form
 from shared.billing.catalog import Catalog, PriceIds, load_catalog, price_key
 from shared.billing.events import (
     WebhookPayloadInvalid,
@@ -36,7 +37,6 @@ from shared.ledger.model import EntryType
 from shared.ledger.service import Ledger
 from tests.billing_events import SECRET, encode, event, invoice_obj, signature_header, subscription_obj
 from tests.fakes import InMemoryBillingStore, InMemoryLedgerStore
-from tests.stubs.stripe import parse_form
 
 PRICES = {
     "starter:monthly": "price_starter_m", "growth:monthly": "price_growth_m", "growth:annual": "price_growth_y",
@@ -318,11 +318,12 @@ def test_verify_event_refuses(make: Any, error: type[Exception]) -> None:
     assert raised.value.status == 400  # type: ignore[attr-defined]
 
 
-def test_verify_event_without_a_secret_is_a_configuration_error() -> None:
-    from shared.errors import ConfigurationError
+def test_verify_event_without_a_secret_is_a_503_naming_the_setting() -> None:
+    from shared.errors import VendorNotConfigured
 
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(VendorNotConfigured) as raised:
         verify_event(*_signed(event("invoice.paid", {}, 1)), "")
+    assert raised.value.status == 503 and raised.value.extensions["settings"] == ["STRIPE_WEBHOOK_SECRET"]
 
 
 # -- payload subsets ----------------------------------------------------------------------------------

@@ -33,6 +33,31 @@ under the ``Idempotency-Key`` and replayed for the same key and parameters (head
 request is still running gets 409 (which the client retries). A 401, a 429 or a dropped connection
 never reached the endpoint, so nothing is saved for them.
 
+**Hosted pages, as a customer sees them.** A Checkout Session's ``url`` is the stub's own
+``/c/pay/{session id}``: ``GET`` shows the order, ``POST`` pays it (a customer pressing *Pay* on
+Stripe Checkout) — :meth:`StripeStub.complete_checkout` does what Stripe does then. In subscription
+mode it creates the subscription (the period on its item, one calendar month or year), its first
+invoice (paid, ``billing_reason`` ``subscription_create``) and sends ``customer.subscription.created``,
+``invoice.paid``, ``invoice.payment_succeeded`` and ``checkout.session.completed``; in payment mode a
+PaymentIntent and its charge, with ``payment_intent.succeeded``, ``charge.succeeded`` and
+``checkout.session.completed``. (Stripe sends more around them — ``invoice.created``,
+``invoice.finalized``, ``customer.subscription.updated`` … — which billing does not read; the stub
+leaves them out. A pack's payment is not an invoice, so ``POST /v1/refunds`` does not know it.)
+The answer is ``303 See Other`` to the ``success_url`` (its
+``{CHECKOUT_SESSION_ID}`` filled in, as Stripe does) with a JSON body listing the deliveries. A session
+paid already, or unknown, is a 404 page (Stripe's expired/complete sessions show "no longer
+available"). A portal session's ``url`` is ``/p/session/{id}``: a page listing the customer's
+subscriptions and invoices with a link back to ``return_url``; an invoice the stub made has its
+``hosted_invoice_url`` at ``/i/{id}``.
+
+**Webhooks.** Events are signed with ``webhook_secret`` exactly as Stripe signs them
+(``dev/stubs/stripe_events.py`` builds and signs them, the same builders the tests use) and handed to
+``webhook`` (``http_webhook(url)`` POSTs them; tests pass their own), one at a time in the order above
+(Stripe promises no order; this is the order it usually achieves). Each delivery is recorded in
+``deliveries`` with the status it got; the stub does not retry a failed one (Stripe would, for days).
+Amounts come from ``price_details`` (the price's ``unit_amount`` and ``recurring.interval``); Stripe
+refuses a one-time price in subscription mode and a recurring one in payment mode, and so does the stub.
+
 Failures are programmable with :meth:`StripeStub.fail`: ``"500"`` (saved for the key), ``"429"``,
 ``"400"`` (an ``invalid_request_error``, saved) or ``"drop"`` (the connection is closed without an
 answer), for the next ``times`` requests (optionally only for one path). ``delay`` slows a path down.
@@ -41,18 +66,30 @@ Every request is recorded (:class:`Recorded`: method, path, query, headers, pars
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from dev.stubs import stripe_events
+from dev.stubs.stripe_events import (
+    charge_obj,
+    checkout_session_obj,
+    invoice_obj,
+    new_id,
+    payment_intent_obj,
+    subscription_obj,
+)
 
 API_KEY = "sk_test_epox"
 _KEY_PART = re.compile(r"\[([^\]]*)\]")
@@ -68,7 +105,8 @@ def parse_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    return _lists(root)
+    parsed: dict[str, Any] = _lists(root)
+    return parsed
 
 
 def _lists(value: Any) -> Any:
@@ -94,6 +132,25 @@ class Recorded:
     status: int = 0
 
 
+@dataclass(frozen=True)
+class StubPrice:
+    """What the stub knows of a price: ``unit_amount`` and ``recurring.interval`` (None: one-time)."""
+
+    amount: int
+    interval: str | None = None  # "month" | "year"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    event_id: str
+    type: str
+    status: int  # the endpoint's HTTP status; 0 when it could not be reached
+
+
+# A webhook endpoint: (raw body, headers) -> HTTP status.
+Webhook = Callable[[bytes, dict[str, str]], int]
+
+
 @dataclass
 class _Failure:
     kind: str
@@ -113,11 +170,19 @@ class StripeStub:
     invoices: list[dict[str, Any]] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    price_details: dict[str, StubPrice] = field(default_factory=dict)
+    webhook_secret: str = ""
+    webhook: Webhook | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _failures: list[_Failure] = field(default_factory=list)
     _idempotent: dict[str, tuple[str, int, dict[str, Any]]] = field(default_factory=dict)
     _in_flight: set[str] = field(default_factory=set)
+    _session_lines: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _session_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -327,11 +392,31 @@ class StripeStub:
                     param=f"line_items[{index}][price]",
                     code="resource_missing",
                 )
+        amount = 0
+        for index, line in enumerate(lines):
+            details = self._price(str(line.get("price")), mode)
+            recurring = details.interval is not None
+            if mode == "subscription" and not recurring:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    "You must provide at least one recurring price in `subscription` mode when using prices.",
+                    param=f"line_items[{index}][price]",
+                )
+            if mode == "payment" and recurring:
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    "You specified `payment` mode but passed a recurring price. Either switch to `subscription` "
+                    "mode or use only one-time prices.",
+                    param=f"line_items[{index}][price]",
+                )
+            amount += details.amount * int(line.get("quantity") or 1)
         session_id = "cs_test_" + secrets.token_hex(12)
         session = {
             "id": session_id,
             "object": "checkout.session",
-            "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+            "url": f"{self.url}/c/pay/{session_id}",
             "mode": mode,
             "customer": form["customer"],
             "client_reference_id": form.get("client_reference_id"),
@@ -340,11 +425,204 @@ class StripeStub:
             "cancel_url": form.get("cancel_url"),
             "status": "open",
             "payment_status": "unpaid",
+            "amount_total": amount,
+            "currency": "usd",
+            "subscription": None,
+            "payment_intent": None,
+            "expires_at": int(time.time()) + 86_400,
             "livemode": False,
         }
+        data_key = "subscription_data" if mode == "subscription" else "payment_intent_data"
+        extra = form.get(data_key)
         with self.lock:
             self.sessions[session_id] = session
+            self._session_lines[session_id] = [dict(line) for line in lines]
+            self._session_extra[session_id] = extra if isinstance(extra, dict) else {}
         return 200, session, {}
+
+    def _price(self, price_id: str, mode: Any) -> StubPrice:
+        """The price's amount and interval; one the stub was not told about is $10, monthly in
+        subscription mode."""
+        found = self.price_details.get(price_id)
+        if found is not None:
+            return found
+        return StubPrice(1000, "month" if mode == "subscription" else None)
+
+    # -- the customer's side: hosted Checkout and portal pages -----------------------------------
+    def complete_checkout(self, session_id: str) -> dict[str, Any] | None:
+        """The customer pays the session on the hosted page: what Stripe creates and the events it
+        sends (see the module docstring). None when the session is unknown or no longer open."""
+        now = int(time.time())
+        with self.lock:
+            session = self.sessions.get(session_id)
+            if session is None or session["status"] != "open":
+                return None
+            lines = self._session_lines.get(session_id, [])
+            extra = self._session_extra.get(session_id, {})
+            customer = str(session["customer"])
+            price_id = str(lines[0].get("price")) if lines else ""
+            details = self._price(price_id, session["mode"])
+            amount = int(session["amount_total"])
+            if session["mode"] == "subscription":
+                events = self._subscribe(session, price_id, details, amount, extra, now)
+            else:
+                events = self._pay(session, amount, now)
+            session |= {"status": "complete", "payment_status": "paid"}
+            events.append(
+                stripe_events.event(
+                    "checkout.session.completed",
+                    checkout_session_obj(
+                        session_id,
+                        mode=str(session["mode"]),
+                        customer=customer,
+                        client_reference_id=session.get("client_reference_id"),
+                        metadata=dict(session.get("metadata") or {}),
+                        amount_total=amount,
+                        subscription=session.get("subscription"),
+                        payment_intent=session.get("payment_intent"),
+                    ),
+                    now,
+                )
+            )
+            self.events.extend(events)
+        # Delivered outside the lock: the endpoint may call the stub back (retrieve a subscription).
+        deliveries = [self._deliver(evt) for evt in events]
+        return {"session": dict(session), "deliveries": [d.__dict__ for d in deliveries]}
+
+    def _subscribe(
+        self,
+        session: dict[str, Any],
+        price_id: str,
+        details: StubPrice,
+        amount: int,
+        extra: dict[str, Any],
+        now: int,
+    ) -> list[dict[str, Any]]:
+        """A subscription with its first invoice, paid (call with the lock held)."""
+        from shared.billing.calendar import add_months
+
+        customer = str(session["customer"])
+        start = datetime.fromtimestamp(now, UTC)
+        end = int(add_months(start, 12 if details.interval == "year" else 1).timestamp())
+        subscription_id = new_id("sub")
+        metadata = extra.get("metadata")
+        subscription = subscription_obj(
+            subscription_id,
+            customer,
+            price_id,
+            now,
+            end,
+            interval=details.interval,
+            metadata=dict(metadata) if isinstance(metadata, dict) else {},
+        ) | {"created": now, "canceled_at": None, "ended_at": None, "latest_invoice": None}
+        invoice_id = new_id("in")
+        payment_intent = new_id("pi")
+        invoice = invoice_obj(invoice_id, customer, subscription_id, price_id, now, end, amount=amount) | {
+            "created": now,
+            "number": f"EPOX-{len(self.invoices) + 1:04d}",
+            "hosted_invoice_url": f"{self.url}/i/{invoice_id}",
+            "invoice_pdf": f"{self.url}/i/{invoice_id}/pdf",
+            "payment_intent": payment_intent,  # the stub's record of who paid it (invoice_payments)
+            "amount_refunded": 0,
+        }
+        subscription["latest_invoice"] = invoice_id
+        self.subscriptions[subscription_id] = subscription
+        self.invoices.append(invoice)
+        session["subscription"] = subscription_id
+        public_invoice = {k: v for k, v in invoice.items() if k not in ("payment_intent", "amount_refunded")}
+        return [
+            stripe_events.event("customer.subscription.created", dict(subscription), now),
+            stripe_events.event("invoice.paid", public_invoice, now),
+            stripe_events.event("invoice.payment_succeeded", public_invoice, now),
+        ]
+
+    def _pay(self, session: dict[str, Any], amount: int, now: int) -> list[dict[str, Any]]:
+        """A one-time payment: its PaymentIntent and charge (call with the lock held)."""
+        customer = str(session["customer"])
+        payment_intent = new_id("pi")
+        intent = payment_intent_obj(payment_intent, customer, amount)
+        self.payment_intents[payment_intent] = intent
+        session["payment_intent"] = payment_intent
+        return [
+            stripe_events.event("payment_intent.succeeded", intent, now),
+            stripe_events.event("charge.succeeded", charge_obj(customer, payment_intent, amount), now),
+        ]
+
+    def _deliver(self, evt: dict[str, Any]) -> Delivery:
+        status = -1  # no endpoint configured: nothing is sent
+        if self.webhook is not None:
+            payload = stripe_events.encode(evt)
+            try:
+                status = self.webhook(payload, stripe_events.delivery_headers(payload, secret=self.webhook_secret))
+            except Exception:  # an endpoint that cannot be reached: Stripe records a failed attempt
+                status = 0
+        delivery = Delivery(evt["id"], evt["type"], status)
+        with self.lock:
+            self.deliveries.append(delivery)
+        return delivery
+
+    def hosted_page(self, method: str, path: str) -> tuple[int, str, bytes, dict[str, str]] | None:
+        """A customer-facing page (status, content type, body, headers), or None when ``path`` is none."""
+        if path.startswith("/c/pay/"):
+            session_id = path.removeprefix("/c/pay/")
+            if method == "POST":
+                done = self.complete_checkout(session_id)
+                if done is None:
+                    return _page(404, "This Checkout Session is no longer available.")
+                success = str(done["session"].get("success_url") or "")
+                body = json.dumps(done).encode()
+                location = success.replace("{CHECKOUT_SESSION_ID}", session_id)
+                return 303, "application/json", body, {"Location": location} if location else {}
+            with self.lock:
+                session = self.sessions.get(session_id)
+                lines = list(self._session_lines.get(session_id, []))
+            if session is None or session["status"] != "open":
+                return _page(404, "This Checkout Session is no longer available.")
+            items = "".join(
+                f"<li>{html.escape(str(line.get('price')))} x {line.get('quantity', 1)}</li>" for line in lines
+            )
+            return _page(
+                200,
+                f"<h1>Pay ${int(session['amount_total']) / 100:.2f} ({html.escape(str(session['mode']))})</h1>"
+                f"<ul>{items}</ul><form method='post'><button>Pay</button></form>"
+                f"<p><a href='{html.escape(str(session.get('cancel_url') or ''))}'>Cancel</a></p>",
+            )
+        if path.startswith("/p/session/") and method == "GET":
+            return self._portal_page(path.removeprefix("/p/session/"))
+        if path.startswith("/i/") and method == "GET":
+            invoice_id = path.removeprefix("/i/").removesuffix("/pdf")
+            with self.lock:
+                found = [i for i in self.invoices if i["id"] == invoice_id]
+            if not found:
+                return _page(404, "No such invoice.")
+            invoice = found[0]
+            return _page(
+                200,
+                f"<h1>Invoice {html.escape(str(invoice.get('number')))}</h1><p>{int(invoice['amount_paid']) / 100:.2f} "
+                f"{html.escape(str(invoice['currency']))}, {html.escape(str(invoice['status']))}</p>",
+            )
+        return None
+
+    def _portal_page(self, portal_id: str) -> tuple[int, str, bytes, dict[str, str]]:
+        with self.lock:
+            found = [p for p in self.portal_sessions if p["id"] == portal_id]
+            if not found:
+                return _page(404, "This portal session is no longer available.")
+            customer = found[0]["customer"]
+            subscriptions = [s for s in self.subscriptions.values() if s["customer"] == customer]
+            invoices = [i for i in self.invoices if i["customer"] == customer]
+        rows = "".join(f"<li>{html.escape(s['id'])}: {html.escape(str(s['status']))}</li>" for s in subscriptions)
+        bills = "".join(
+            f"<li>{html.escape(str(i.get('number')))}: {int(i['amount_paid']) / 100:.2f} "
+            f"{html.escape(str(i['currency']))} ({html.escape(str(i['status']))})</li>"
+            for i in invoices
+        )
+        back = html.escape(str(found[0].get("return_url") or ""))
+        return _page(
+            200,
+            f"<h1>Billing portal for {html.escape(customer)}</h1><h2>Subscriptions</h2><ul>{rows}</ul>"
+            f"<h2>Invoices</h2><ul>{bills}</ul><p><a href='{back}'>Return</a></p>",
+        )
 
     def _create_portal(self, form: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         if (problem := self._missing_customer(form.get("customer"))) is not None:
@@ -355,7 +633,7 @@ class StripeStub:
             "object": "billing_portal.session",
             "customer": form["customer"],
             "return_url": form.get("return_url"),
-            "url": f"https://billing.stripe.test/p/session/test_{portal_id}",
+            "url": f"{self.url}/p/session/{portal_id}",
             "livemode": False,
         }
         with self.lock:
@@ -473,7 +751,7 @@ class StripeStub:
                 "id": "re_" + secrets.token_hex(12),
                 "object": "refund",
                 "amount": amount,
-                "charge": "ch_" + payment_intent.removeprefix("pi_"),
+                "charge": "ch_" + str(payment_intent).removeprefix("pi_"),
                 "created": int(time.time()),
                 "currency": invoice["currency"],
                 "metadata": form.get("metadata", {}),
@@ -496,6 +774,11 @@ def _error(
     return status, {"error": error}, {}
 
 
+def _page(status: int, body: str) -> tuple[int, str, bytes, dict[str, str]]:
+    document = f"<!doctype html><title>Stripe (local stub)</title><p><em>Stripe stub: test mode</em></p>{body}"
+    return status, "text/html; charset=utf-8", document.encode(), {}
+
+
 def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -512,6 +795,10 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
         def _serve(self, method: str) -> None:
             parts = urlsplit(self.path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            page = stub.hosted_page(method, parts.path)
+            if page is not None:
+                self._send(*page)
+                return
             headers = {k.lower(): v for k, v in self.headers.items()}
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
             form: dict[str, Any] = {}
@@ -562,13 +849,15 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
             extra: dict[str, str],
         ) -> None:
             self._record(method, path, query, headers, form, raw, status)
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", "req_" + secrets.token_hex(7))
+            extra = {"Request-Id": "req_" + secrets.token_hex(7), **extra}
             if "stripe-version" in headers:
-                self.send_header("Stripe-Version", headers["stripe-version"])
+                extra["Stripe-Version"] = headers["stripe-version"]
+            self._send(status, "application/json", json.dumps(body).encode(), extra)
+
+        def _send(self, status: int, content_type: str, data: bytes, extra: dict[str, str]) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
             for name, value in extra.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -580,42 +869,38 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class StubServer:
+    """A stub served on 127.0.0.1 in a background thread; :meth:`stop` ends it."""
+
+    def __init__(self, stub: StripeStub, port: int = 0) -> None:
+        self.stub = stub
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(stub))
+        self._server.daemon_threads = True
+        stub.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 @contextmanager
 def running(stub: StripeStub | None = None) -> Iterator[StripeStub]:
     """Serve ``stub`` (a new one by default) on 127.0.0.1 on a free port for the ``with`` block."""
-    stub = stub or StripeStub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    server.daemon_threads = True
-    stub.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
+    server = StubServer(stub or StripeStub())
     try:
-        yield stub
+        yield server.stub
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
-def install_gateway(stack: Any, stub: StripeStub, *, max_network_retries: int = 0, **platform: Any) -> Any:
-    """Install a platform like the stack's whose payment gateway is the real StripeClient → ``stub``.
+def http_webhook(url: str, timeout: float = 30) -> Webhook:
+    """A webhook endpoint at ``url``, reached over HTTP as Stripe reaches it."""
+    import httpx
 
-    The stack fixture resets the platform afterwards. Returns the new platform.
-    """
-    from shared.billing.gateway import StripeGateway
-    from shared.platform import Platform, set_platform
+    def post(payload: bytes, headers: dict[str, str]) -> int:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            return client.post(url, content=payload, headers=headers).status_code
 
-    p = stack.platform
-    gateway = StripeGateway(API_KEY, api_base=stub.url, max_network_retries=max_network_retries)
-    options: dict[str, Any] = {"ledger": p.ledger} if "clock" not in platform else {}
-    options |= platform
-    installed = Platform(
-        options.pop("settings", p.settings),
-        db=p.db,
-        object_store=p.object_store,
-        task_queue=stack.dispatcher,
-        fetcher=p.fetcher,
-        payment_gateway=gateway,
-        **options,
-    )
-    set_platform(installed)
-    return installed
+    return post
