@@ -136,14 +136,6 @@ class UpstreamUnavailable(EpoxError):
         self.headers["Retry-After"] = str(retry_after)
 
 
-class VendorNotConfigured(UpstreamUnavailable):
-    """A vendor's credentials are not configured where this function runs (development only: production
-    refuses to start without them). 503, so nothing is blamed on the caller; the operator sees an ERROR."""
-
-    code = "vendor_not_configured"
-    title = "A provider this endpoint needs is not configured"
-
-
 class UpstreamRejectedCredentials(EpoxError):
     """A vendor refused our own credentials (a revoked or wrong API key): nothing the caller can fix,
     so it is a 502 for them and an error in the logs for the operator."""
