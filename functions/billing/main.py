@@ -27,7 +27,15 @@ from shared.billing.models import (
 from shared.billing.policies import billing_accounts, billing_store, price_ids
 from shared.catalog.products import product_usage
 from shared.errors import BadRequest, UpstreamRejectedCredentials
-from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.http.app import (
+    Access,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.needs import Need
 from shared.scheduled import finish
 
@@ -39,6 +47,7 @@ STRIPE_ERRORS = (BadRequest, UpstreamRejectedCredentials)
 
 api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
 jobs = HttpApp("billing_jobs")
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 @api.get("/plans")

@@ -35,7 +35,17 @@ from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
 from shared.errors import Conflict, NotFound
-from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.http.app import (
+    Access,
+    BodyT,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    QueryT,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.imaging import IMAGE_ERRORS
 from shared.needs import Need
 from shared.pagination import Page
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
 
 api = HttpApp("catalog_api", needs=(Need.R2, Need.TASK_QUEUE))
 tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 def _repos(ctx: RequestContext[BodyT, QueryT]) -> CatalogRepositories:

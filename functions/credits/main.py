@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING
 import functions_framework
 
 from shared.errors import BadRequest, IdempotencyKeyReused, InsufficientCredits
-from shared.http.app import Access, BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.http.app import (
+    Access,
+    BodyT,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    QueryT,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.ledger import admin as ledger_admin
 from shared.ledger import views
 from shared.ledger.model import Actor, GrantSource
@@ -36,6 +46,7 @@ if TYPE_CHECKING:
 api = HttpApp("credits_api")
 jobs = HttpApp("credits_jobs")
 logger = logging.getLogger("epox.credits")
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 def _balance(ctx: RequestContext[BodyT, QueryT], client_id: str) -> BalanceView:

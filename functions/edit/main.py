@@ -20,7 +20,7 @@ from shared.editing.models import EditJobOut, EditQuoteOut, EditRequest, EditRes
 from shared.editing.pipeline import EDIT_REFUSALS
 from shared.editing.service import EDITS, AssetImageMissing, AssetNotAnImage
 from shared.errors import Conflict, InsufficientCredits, NotFound
-from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
+from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.imaging import IMAGE_ERRORS
 from shared.needs import Need
@@ -46,6 +46,7 @@ EDIT_ERRORS = (
 
 # Inpaint masks travel in the body as base64 PNG.
 EDIT_MAX_BODY_BYTES = 8 * 1024 * 1024
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 @api.post(

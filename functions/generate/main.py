@@ -33,7 +33,16 @@ from shared.generation.models import (
     PresetOut,
     PresetUpdate,
 )
-from shared.http.app import BodyT, HttpApp, JsonResponse, NoBody, NoQuery, QueryT, RequestContext
+from shared.http.app import (
+    BodyT,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    QueryT,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
@@ -49,6 +58,7 @@ JOB_ERRORS = (NotFound, InsufficientCredits, PaymentPastDue, Conflict)
 
 api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 def _settings(p: Platform) -> GenerationSettingsStore:

@@ -20,13 +20,14 @@ from shared.billing.events import (
 )
 from shared.billing.models import WebhookReceipt
 from shared.billing.policies import webhook_processor
-from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext
+from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
 from shared.needs import Need
 
 if TYPE_CHECKING:
     import flask
 
 app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
+answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
 
 
 @app.post(

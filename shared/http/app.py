@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import logging as log
 from shared.errors import (
+    BadRequest,
     EpoxError,
     MalformedJson,
     MethodNotAllowed,
@@ -365,6 +366,37 @@ class OpenApiDocument(BaseModel):
     model_config = {"extra": "allow"}
 
     openapi: str
+
+
+def answer_framework_errors_as_problems() -> None:
+    """Make functions-framework's own answers problems too: its router sends every path to the entry
+    point except ones it cannot match (a path with a line break, ``/robots.txt``, ``/favicon.ico``),
+    which Flask would answer with an HTML page. Call it from a function's ``main.py`` at import: the
+    framework registers the handler on the app it is creating (outside it, the call does nothing)."""
+    import functions_framework
+    from werkzeug.exceptions import HTTPException
+
+    functions_framework.errorhandler(HTTPException)(_framework_problem)
+
+
+def _framework_problem(error: Exception) -> Response:
+    from flask import request
+    from werkzeug.exceptions import HTTPException
+
+    status = error.code if isinstance(error, HTTPException) and error.code else 500
+    problem: EpoxError
+    if status == 404:
+        problem = NotFound("No route for this path")
+    elif status == 405:
+        problem = MethodNotAllowed(f"{request.method} is not allowed here")
+    elif status == 413:
+        problem = PayloadTooLarge("The request is too large")
+    elif 400 <= status < 500:
+        problem = BadRequest("The request could not be read")
+    else:
+        logger.error("functions-framework answered %s for %s %s", status, request.method, request.path)
+        problem = EpoxError()
+    return problem_response(problem, instance=request.path, request_id=_request_id(request))
 
 
 def to_response(result: Any, default_status: int) -> Response:
