@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.billing import service
+from shared.billing import deadletters, service
 from shared.billing.allotments import JOB, BillingJobReport, run_daily
 from shared.billing.catalog import load_catalog
 from shared.billing.models import (
@@ -24,10 +24,11 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import billing_accounts, billing_store, price_ids
+from shared.billing.policies import billing_accounts, billing_store, price_ids, webhook_processor
 from shared.catalog.products import product_usage
 from shared.http.app import Access, HttpApp, JsonResponse, NoBody, NoQuery, RequestContext
 from shared.needs import Need
+from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
@@ -81,6 +82,22 @@ def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
 def invoices(ctx: RequestContext[NoBody, InvoiceListQuery]) -> InvoicePage:
     p = ctx.platform
     return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+
+
+# -- admin: poison Stripe events (shared/billing/deadletters.py) --------------------------------------
+
+
+@api.get("/admin/dead-letters", query=deadletters.DeadLetterQuery, access=Access.ADMIN)
+def dead_letters(ctx: RequestContext[NoBody, deadletters.DeadLetterQuery]) -> Page[deadletters.DeadLetterOut]:
+    return deadletters.list_letters(ctx.platform.stripe_dead_letters, ctx.query)
+
+
+@api.post("/admin/dead-letters/<letter_id>/replay", access=Access.ADMIN)
+def replay_dead_letter(ctx: RequestContext[NoBody, NoQuery]) -> deadletters.ReplayOut:
+    p = ctx.platform
+    now = p.clock()
+    letter_id = ctx.path_params["letter_id"]
+    return deadletters.replay(p.stripe_dead_letters, lambda: webhook_processor(p, now), letter_id, now)
 
 
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)
