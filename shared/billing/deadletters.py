@@ -221,8 +221,10 @@ def receive(
         event = parse_event(body)
     except PoisonEvent as poison:
         return quarantine(letters, body, poison.reason, now, event_id=poison.event_id, event_type=poison.event_type)
+    # Built outside the ``try``: a processor that cannot be built is our configuration, never the event's.
+    apply = processor()
     try:
-        outcome = processor().handle(event)
+        outcome = apply.handle(event)
     except Exception as error:
         reason = poison_reason(error)
         if reason is None:
@@ -248,9 +250,10 @@ def replay(letters: DeadLetters, processor: Callable[[], WebhookProcessor], lett
         return ReplayOut(letter=DeadLetterOut.of(letter), outcome=str(letter.replay_outcome), replayed_now=False)
     if letter.body_truncated:
         raise DeadLetterReplayFailed("The stored body is truncated: replay the event from Stripe's dashboard")
+    apply = processor()
     try:
         event: StripeEvent = parse_event(letter.body)
-        outcome = processor().handle(event)
+        outcome = apply.handle(event)
     except Exception as error:
         reason = poison_reason(error)
         if reason is None:

@@ -211,3 +211,32 @@ def test_letters_are_listed_newest_first_with_a_cursor(hook: Poisoned) -> None:
         if cursor is None:
             break
     assert seen == made[::-1]
+
+
+class FirestoreDown(InMemoryBilling):
+    """Firestore's own UNAVAILABLE, untranslated, from the first read (as the adapter lets it through)."""
+
+    def event_recorded(self, event_id: str) -> bool:
+        from google.api_core.exceptions import ServiceUnavailable
+
+        raise ServiceUnavailable("firestore.googleapis.com unavailable")
+
+
+def test_a_vendor_outage_is_transient_not_poison() -> None:
+    from google.api_core.exceptions import ServiceUnavailable
+
+    hook = Poisoned(FirestoreDown())
+    with pytest.raises(ServiceUnavailable):
+        hook.deliver(hook.stripe.sub.checkout_pack("pack_100"))
+    assert hook.letters.letters == {}
+
+
+def test_a_processor_that_cannot_be_built_is_never_the_events_fault(hook: Poisoned) -> None:
+    def broken() -> WebhookProcessor:
+        raise ValueError("STRIPE_PRICE_IDS is not valid JSON")
+
+    with pytest.raises(ValueError, match="STRIPE_PRICE_IDS"):
+        receive(
+            json.dumps(hook.stripe.sub.checkout_pack("pack_100")).encode(), broken, hook.letters, hook.stripe.clock.now
+        )
+    assert hook.letters.letters == {}
