@@ -6,6 +6,7 @@ test_billing_poison.py runs every shape through the signed HTTP endpoint on Fire
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -94,9 +95,14 @@ def test_a_poison_event_is_quarantined_once_per_event_and_changes_nothing(hook: 
     assert hook.stripe.snapshot() == before and hook.stripe.store.events == {}
 
 
-def test_a_body_that_is_no_event_is_quarantined_by_its_hash(hook: Poisoned) -> None:
+def test_a_body_that_is_no_event_is_quarantined_by_its_hash_and_logged_at_error(
+    hook: Poisoned, caplog: pytest.LogCaptureFixture
+) -> None:
     nested = b"[" * 100_000 + b"]" * 100_000
-    receipt = hook.deliver(nested)
+    with caplog.at_level(logging.ERROR, logger="epox.billing"):
+        receipt = hook.deliver(nested)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and str(receipt.dead_letter) in r.getMessage()]
+    assert logged and "nested too deeply" in logged[0].getMessage()
     assert receipt.dead_letter == letter_id(None, nested) and receipt.id is None
     assert "nested too deeply" in receipt.outcome
     assert hook.letters.letters[str(receipt.dead_letter)].body == nested
