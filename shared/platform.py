@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shared.auth import JwtVerifier, Principal
     from shared.batch.kind import JobKind
     from shared.batch.store import JobStore
+    from shared.billing.deadletters import DeadLetters
     from shared.billing.gateway import PaymentGateway
     from shared.catalog.ports import CatalogRepositories
     from shared.engines.base import ImageEngine
@@ -184,6 +185,13 @@ class Platform:
         from shared.adapters.firestore.billing import FirestoreBillingStore
 
         return FirestoreBillingStore(self.db)
+
+    @property
+    def stripe_dead_letters(self) -> DeadLetters:
+        """Poison Stripe events, quarantined for an operator's replay (``stripe_dead_letters``)."""
+        from shared.adapters.firestore.deadletters import FirestoreDeadLetters
+
+        return FirestoreDeadLetters(self.db)
 
     @property
     def generation_settings(self) -> GenerationSettingsStore:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shared.billing.deadletters import DeadLetter, DeadLetterNotFound, DeadLetters
 from shared.billing.models import BillingState
 from shared.billing.store import BillingAccounts, BillingChanged, BillingSnapshot
+from shared.pagination import cursor_datetime, cursor_str, decode_cursor, encode_cursor
 from tests.fakes import InMemoryBillingStore, RecordingPaymentGateway
 
 
@@ -93,3 +95,54 @@ class CustomerGateway(RecordingPaymentGateway):
     def create_checkout(self, **kwargs: Any) -> tuple[str, str]:
         self.checkouts.append(kwargs)
         return super().create_checkout(**kwargs)
+
+
+class InMemoryDeadLetters(DeadLetters):
+    """The dead-letter port in memory, with the Firestore adapter's semantics: one letter per id (a
+    redelivery counts a delivery), newest first with an opaque cursor, a replayed letter keeps its
+    first outcome."""
+
+    def __init__(self) -> None:
+        self.letters: dict[str, DeadLetter] = {}
+
+    def quarantine(self, letter: DeadLetter) -> DeadLetter:
+        stored = self.letters.get(letter.id)
+        if stored is None:
+            self.letters[letter.id] = letter
+            return letter
+        updated = stored.model_copy(
+            update={"deliveries": stored.deliveries + 1, "last_seen_at": letter.last_seen_at, "reason": letter.reason}
+        )
+        self.letters[letter.id] = updated
+        return updated
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        return self.letters.get(letter_id)
+
+    def page(self, limit: int, cursor: str | None) -> tuple[list[DeadLetter], str | None]:
+        ordered = sorted(self.letters.values(), key=lambda x: (x.first_seen_at, x.id), reverse=True)
+        if cursor:
+            values = decode_cursor(cursor)
+            after = (cursor_datetime(values, "t"), cursor_str(values, "id"))
+            ordered = [x for x in ordered if (x.first_seen_at, x.id) < after]
+        if len(ordered) <= limit:
+            return ordered, None
+        page = ordered[:limit]
+        return page, encode_cursor({"t": page[-1].first_seen_at.isoformat(), "id": page[-1].id})
+
+    def _change(self, letter_id: str, fields: dict[str, Any]) -> DeadLetter:
+        stored = self.letters.get(letter_id)
+        if stored is None:
+            raise DeadLetterNotFound(letter_id)
+        if stored.status == "replayed":
+            return stored
+        self.letters[letter_id] = stored.model_copy(update={**fields, "replay_attempts": stored.replay_attempts + 1})
+        return self.letters[letter_id]
+
+    def mark_replayed(self, letter_id: str, outcome: str, now: datetime) -> DeadLetter:
+        return self._change(
+            letter_id, {"status": "replayed", "replayed_at": now, "replay_outcome": outcome, "last_replay_at": now}
+        )
+
+    def note_replay_failed(self, letter_id: str, reason: str, now: datetime) -> DeadLetter:
+        return self._change(letter_id, {"last_replay_error": reason, "last_replay_at": now})

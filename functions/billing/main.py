@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.billing import service
+from shared.billing import deadletters, service
 from shared.billing.allotments import JOB, BillingJobReport, run_daily
 from shared.billing.catalog import load_catalog
+from shared.billing.events import StripePriceNotConfigured
 from shared.billing.models import (
     CatalogOut,
     CheckoutRequest,
@@ -24,7 +25,7 @@ from shared.billing.models import (
     RedirectOut,
     SubscriptionOut,
 )
-from shared.billing.policies import billing_accounts, billing_store, price_ids
+from shared.billing.policies import billing_accounts, billing_store, price_ids, webhook_processor
 from shared.catalog.products import product_usage
 from shared.errors import BadRequest, UpstreamRejectedCredentials
 from shared.http.app import (
@@ -37,6 +38,7 @@ from shared.http.app import (
     answer_framework_errors_as_problems,
 )
 from shared.needs import Need
+from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
@@ -94,6 +96,26 @@ def portal(ctx: RequestContext[PortalRequest, NoQuery]) -> RedirectOut:
 def invoices(ctx: RequestContext[NoBody, InvoiceListQuery]) -> InvoicePage:
     p = ctx.platform
     return service.invoices(billing_accounts(p), p.payment_gateway, ctx.client_id, ctx.query.limit, ctx.query.cursor)
+
+
+# -- admin: poison Stripe events (shared/billing/deadletters.py) --------------------------------------
+
+
+@api.get("/admin/dead-letters", query=deadletters.DeadLetterQuery, access=Access.ADMIN)
+def dead_letters(ctx: RequestContext[NoBody, deadletters.DeadLetterQuery]) -> Page[deadletters.DeadLetterOut]:
+    return deadletters.list_letters(ctx.platform.stripe_dead_letters, ctx.query)
+
+
+@api.post(
+    "/admin/dead-letters/<letter_id>/replay",
+    access=Access.ADMIN,
+    errors=(deadletters.DeadLetterNotFound, deadletters.DeadLetterReplayFailed, StripePriceNotConfigured),
+)
+def replay_dead_letter(ctx: RequestContext[NoBody, NoQuery]) -> deadletters.ReplayOut:
+    p = ctx.platform
+    now = p.clock()
+    letter_id = ctx.path_params["letter_id"]
+    return deadletters.replay(p.stripe_dead_letters, lambda: webhook_processor(p, now), letter_id, now)
 
 
 @jobs.post("/jobs/daily", access=Access.SCHEDULER)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from shared.billing.calendar import PlanMonth, add_months, is_whole_period, mont
 from shared.billing.catalog import Catalog, Interval, PriceIds
 from shared.billing.credits import allotment_key, grant_allotment, upgrade_key
 from shared.billing.models import (
+    CLIENT_ID_PATTERN,
     KEEP_IDS,
     BillingNotice,
     BillingState,
@@ -50,10 +52,54 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("epox.billing")
 
+# Event types we deliberately acknowledge without effect (recorded as "ignored"): what a Stripe endpoint
+# subscribed a little widely sends around the types we handle. Any other unhandled type is quarantined.
+IGNORED_TYPES = frozenset(
+    {
+        "checkout.session.expired",
+        "checkout.session.async_payment_failed",
+        "customer.created",
+        "customer.updated",
+        "customer.deleted",
+        "customer.subscription.trial_will_end",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied",
+        "customer.subscription.pending_update_expired",
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.updated",
+        "invoice.upcoming",
+        "invoice.payment_succeeded",
+        "invoice.payment_action_required",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+        "payment_intent.created",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_method.attached",
+        "payment_method.detached",
+        "charge.succeeded",
+        "charge.failed",
+        "charge.updated",
+    }
+)
+
 # Invoices that pay for a whole billing period: they bring the period's first plan-month allotment.
 PERIOD_INVOICES = ("subscription_create", "subscription_cycle")
 
-__all__ = ["WebhookProcessor", "add_months", "allotment_key", "verify_event"]
+__all__ = [
+    "IGNORED_TYPES",
+    "PoisonEvent",
+    "WebhookProcessor",
+    "add_months",
+    "allotment_key",
+    "parse_event",
+    "poison_reason",
+    "verify_event",
+    "verify_signature",
+]
 
 
 class WebhookSignatureInvalid(BadRequest):
@@ -74,7 +120,7 @@ class StripePriceNotConfigured(EpoxError):
     title = "The event names a price this deployment does not know"
 
 
-def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: int = 300) -> StripeEvent:
+def verify_signature(payload: bytes, signature: str | None, secret: str, tolerance: int = 300) -> None:
     """Check ``Stripe-Signature`` on the raw body (HMAC-SHA256 of "t.body", constant-time, 300 s)."""
     import stripe
 
@@ -87,10 +133,87 @@ def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: 
         stripe.WebhookSignature.verify_header(payload.decode("utf-8", "replace"), signature, secret, tolerance)
     except stripe.SignatureVerificationError as exc:
         raise WebhookSignatureInvalid(str(exc)[:200]) from exc
+
+
+def parse_event(payload: bytes) -> StripeEvent:
+    """The event a (verified) body carries; anything else is a :class:`PoisonEvent` naming what is wrong.
+
+    The JSON is parsed here, not by the HTTP layer (the route is raw): a body of 100,000 nested arrays
+    exhausts the decoder's recursion limit, which is a shape like any other, never a 500.
+    """
     try:
-        return StripeEvent.model_validate(json.loads(payload))
-    except (ValueError, ValidationError) as exc:
+        raw = json.loads(payload)
+    except RecursionError as exc:
+        raise PoisonEvent("the body is nested too deeply to parse") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise PoisonEvent(f"the body is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PoisonEvent(f"the body is a JSON {type(raw).__name__}, not an event object")
+    event_id, event_type = raw.get("id"), raw.get("type")
+    known_id = event_id if isinstance(event_id, str) else None
+    known_type = event_type if isinstance(event_type, str) else None
+    try:
+        return StripeEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise PoisonEvent(describe_invalid(exc), event_id=known_id, event_type=known_type) from exc
+
+
+def verify_event(payload: bytes, signature: str | None, secret: str, tolerance: int = 300) -> StripeEvent:
+    """:func:`verify_signature` then :func:`parse_event`; a body that is no event is a 400 here (the
+    webhook itself quarantines it instead, see :mod:`shared.billing.deadletters`)."""
+    verify_signature(payload, signature, secret, tolerance)
+    try:
+        return parse_event(payload)
+    except PoisonEvent as exc:
         raise WebhookPayloadInvalid("The body is not a Stripe event") from exc
+
+
+class PoisonEvent(Exception):
+    """A signed delivery that can never be applied as it is (its shape, not our state or a vendor):
+    retrying cannot help, so it is quarantined (:mod:`shared.billing.deadletters`) and acknowledged."""
+
+    def __init__(self, reason: str, *, event_id: str | None = None, event_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.event_id = event_id
+        self.event_type = event_type
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A short reason from a validation error: where and what, never the (possibly huge) input."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}"
+        for e in error.errors(include_url=False, include_input=False)[:5]
+    ]
+    return f"unexpected shape ({error.error_count()} errors): " + "; ".join(parts)
+
+
+# Errors that say the event itself is wrong: the same delivery fails the same way every time. Anything
+# else (UpstreamUnavailable, StripePriceNotConfigured, ConfigurationError, a vendor's own exception such
+# as Firestore's UNAVAILABLE) is transient or an operator's fix away: a 5xx, and Stripe redelivers.
+_POISON_TYPES: tuple[type[BaseException], ...] = (
+    ValueError,  # pydantic's ValidationError, json, bad numbers and paths
+    TypeError,
+    LookupError,  # KeyError, IndexError (an empty items.data)
+    AttributeError,
+    ArithmeticError,  # OverflowError: a timestamp past datetime's range
+    RecursionError,
+)
+
+
+def poison_reason(error: BaseException) -> str | None:
+    """Why ``error`` makes its event a poison event, or None when it is transient (the caller re-raises)."""
+    if isinstance(error, PoisonEvent):
+        return error.reason
+    if isinstance(error, ValidationError):
+        return describe_invalid(error)
+    if isinstance(error, EpoxError):
+        # 4xx: the event asks for something that cannot be (an unknown pack, a refused grant); 5xx:
+        # transient (UpstreamUnavailable) or configuration (StripePriceNotConfigured).
+        return f"{error.code}: {error.detail}" if error.status < 500 else None
+    if isinstance(error, _POISON_TYPES):
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _ts(value: int | None) -> datetime | None:
@@ -168,7 +291,11 @@ class WebhookProcessor:
             "charge.refunded": self._charge_refunded,
         }.get(event.type)
         if handler is None:
-            return self._record(event, None, "ignored")
+            if event.type in IGNORED_TYPES:
+                return self._record(event, None, "ignored")
+            # A type this code does not know (a newer API version, a new subscription in the dashboard):
+            # quarantined, so nothing Stripe sends is silently dropped; replay it once the code knows it.
+            raise PoisonEvent(f"unknown event type {event.type[:128]!r}")
         return handler(event)
 
     def _record(
@@ -203,6 +330,9 @@ class WebhookProcessor:
                 return found
         for candidate in fallbacks:
             if candidate:
+                if not re.fullmatch(CLIENT_ID_PATTERN, candidate):
+                    # ``metadata.client_id`` would become ``clients/{candidate}``: never a path.
+                    raise PoisonEvent(f"the event names a client id that is not one: {candidate[:64]!r}")
                 return candidate
         return None
 

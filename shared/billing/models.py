@@ -16,6 +16,15 @@ SubscriptionStatus = Literal[
 ]
 # How many ids the bounded bookkeeping lists below keep (newest last).
 KEEP_IDS = 20
+# Stripe's ids (``evt_…``, ``cus_…``, ``cs_…``) and our client ids become Firestore document ids
+# (``stripe_events/{id}``, ``stripe_customers/{customer}``, ``clients/{client}``): anything outside this
+# shape (``..``, ``__x__``, a ``/``, 2,000 characters, a lone surrogate) is a poison event, never a path.
+STRIPE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # as shared.auth accepts in a token
+StripeId = Annotated[str, StringConstraints(pattern=STRIPE_ID_PATTERN)]
+ClientRef = Annotated[str, StringConstraints(pattern=CLIENT_ID_PATTERN)]
+# The last second ``datetime`` can hold (9999-12-31): a later ``created`` is no time at all.
+MAX_TIMESTAMP = 253_402_300_799
 
 
 class BillingState(BaseModel):
@@ -170,9 +179,9 @@ class StripeModel(BaseModel):
 
 
 class StripeEvent(StripeModel):
-    id: str
-    type: str
-    created: int
+    id: StripeId
+    type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    created: int = Field(ge=0, le=MAX_TIMESTAMP)
     livemode: bool = False
     data: dict[str, Any]
 
@@ -212,8 +221,8 @@ class StripeList(StripeModel):
 
 
 class StripeSubscription(StripeModel):
-    id: str
-    customer: str
+    id: StripeId
+    customer: StripeId
     status: SubscriptionStatus
     items: StripeList
     cancel_at_period_end: bool = False
@@ -234,13 +243,13 @@ class StripeSubscription(StripeModel):
 
 
 class StripeCheckoutSession(StripeModel):
-    id: str
+    id: StripeId
     mode: Literal["payment", "subscription", "setup"]
-    customer: str | None = None
-    client_reference_id: str | None = None
+    customer: StripeId | None = None
+    client_reference_id: ClientRef | None = None
     payment_status: str | None = None
-    payment_intent: str | None = None
-    subscription: str | None = None
+    payment_intent: StripeId | None = None
+    subscription: StripeId | None = None
     amount_total: int | None = None
     currency: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -260,11 +269,11 @@ class StripeInvoiceLine(StripeModel):
 
 
 class StripeInvoice(StripeModel):
-    id: str
-    customer: str
+    id: StripeId
+    customer: StripeId
     billing_reason: str | None = None
     status: str | None = None
-    subscription: str | None = None
+    subscription: StripeId | None = None
     parent: dict[str, Any] | None = None
     lines: StripeList = Field(default_factory=StripeList)
     period_start: int | None = None
@@ -279,9 +288,9 @@ class StripeInvoice(StripeModel):
 
 
 class StripeCharge(StripeModel):
-    id: str
-    customer: str | None = None
-    payment_intent: str | None = None
+    id: StripeId
+    customer: StripeId | None = None
+    payment_intent: StripeId | None = None
     amount: int = Field(ge=0)
     amount_refunded: int = Field(default=0, ge=0)  # cumulative: every refund of the charge so far
     refunded: bool = False
@@ -297,12 +306,3 @@ class BillingNotice(BaseModel):
     subscription_id: str | None = None
     message: str
     created_at: datetime
-
-
-class WebhookReceipt(BaseModel):
-    """The stripe_webhook function's 2xx answer: which event was received and what became of it."""
-
-    received: bool = True
-    id: str
-    type: str
-    outcome: str

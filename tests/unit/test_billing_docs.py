@@ -29,3 +29,11 @@ def test_a_changed_cell_in_the_doc_is_caught() -> None:
     edited = text.replace("| `unpaid` | yes |", "| `unpaid` | no |", 1)
     assert edited != text
     assert documented_table(edited) != lifecycle.table()
+
+
+def test_the_documented_ignored_event_types_are_the_codes() -> None:
+    from shared.billing.events import IGNORED_TYPES
+
+    block = DOC.read_text(encoding="utf-8").split("<!-- ignored-types:start -->", 1)[1]
+    listed = {cell.strip().strip("`") for cell in block.split("<!-- ignored-types:end -->", 1)[0].split(",")}
+    assert listed == IGNORED_TYPES

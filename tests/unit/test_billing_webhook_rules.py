@@ -133,7 +133,7 @@ def test_a_redelivery_after_a_lost_marker_grants_nothing_twice(stripe: Stripe) -
     assert (stripe.balance(), len(stripe.entries())) == before == (1100, 2)
 
 
-def test_an_unknown_event_type_is_recorded_as_ignored(stripe: Stripe) -> None:
+def test_a_deliberately_ignored_event_type_is_recorded_as_ignored(stripe: Stripe) -> None:
     evt = event("payment_method.attached", {"id": new_id("pm"), "object": "payment_method"}, stripe.sub.tick())
     before = stripe.snapshot()
     assert stripe.send(evt) == "ignored"
