@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from shared.ledger.store import LedgerReader
 from shared.pagination import PageQuery
+from shared.text import SINGLE_LINE
 
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+# One line: it is logged and listed in the history and its CSV export.
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500), SINGLE_LINE]
 
 
 class ClientSearch(PageQuery):
