@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from shared.errors import NotFound
 from shared.ledger.store import LedgerReader
 from shared.pagination import PageQuery
 from shared.text import SINGLE_LINE
@@ -46,6 +47,14 @@ class AdminAdjustment(BaseModel):
 
     amount: int = Field(ge=-10_000_000, le=10_000_000)
     reason: Reason
+
+
+def existing_client(reader: LedgerReader, client_id: str) -> str:
+    """``client_id`` when the client has a record; otherwise a 404. Every admin route on a client
+    asks first: a mistyped id is not found, neither an empty balance nor a ledger for nobody."""
+    if reader.client_record(client_id) is None:
+        raise NotFound(f"No client {client_id}")
+    return client_id
 
 
 def find_clients(reader: LedgerReader, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:
