@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import BadRequest
+from shared.text import forbidden_char
 
 T = TypeVar("T")
 
@@ -83,8 +84,11 @@ def cursor_int(values: Mapping[str, Any], key: str) -> int:
 
 
 def cursor_str(values: Mapping[str, Any], key: str) -> str:
-    """The id under ``key`` of a decoded cursor (compared as a field value, never used as a path)."""
+    """The id under ``key`` of a decoded cursor (compared as a field value, never used as a path).
+
+    A lone surrogate (JSON can carry ``"\\ud800"``) would fail Firestore's encoding of the query: it
+    and the text rule's other characters never occur in an id we wrote."""
     raw = values.get(key)
-    if not isinstance(raw, str) or not raw:
+    if not isinstance(raw, str) or not raw or forbidden_char(raw) is not None:
         raise InvalidCursor()
     return raw

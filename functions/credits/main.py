@@ -108,22 +108,16 @@ def find_clients(ctx: RequestContext[NoBody, ledger_admin.ClientSearch]) -> Page
 
 @api.get("/admin/clients/<client_id>/balance", access=Access.ADMIN)
 def admin_balance(ctx: RequestContext[NoBody, NoQuery]) -> BalanceView:
-    return _balance(ctx, ctx.path_params["client_id"])
+    return _balance(ctx, _existing_client(ctx))
 
 
 @api.get("/admin/clients/<client_id>/history", query=HistoryQuery, access=Access.ADMIN)
 def admin_history(ctx: RequestContext[NoBody, HistoryQuery]) -> Page[EntryView]:
-    return views.history(ctx.platform.ledger_reader, ctx.path_params["client_id"], ctx.query)
+    return views.history(ctx.platform.ledger_reader, _existing_client(ctx), ctx.query)
 
 
 def _existing_client(ctx: RequestContext[BodyT, QueryT]) -> str:
-    """Admin changes go to clients that exist: a mistyped id is a 404, not a ledger for nobody."""
-    from shared.errors import NotFound
-
-    client_id = ctx.path_params["client_id"]
-    if ctx.platform.ledger_reader.client_record(client_id) is None:
-        raise NotFound(f"No client {client_id}")
-    return client_id
+    return ledger_admin.existing_client(ctx.platform.ledger_reader, ctx.path_params["client_id"])
 
 
 def _admin_key(ctx: RequestContext[BodyT, QueryT], action: str) -> str:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import UnprocessableContent, ValidationFailed
+from shared.text import SingleLineText, forbidden_char, visible
 
 if TYPE_CHECKING:
     from _csv import Reader as CsvReader  # what csv.reader() returns
@@ -40,6 +41,7 @@ __all__ = [
     "CSV_ERRORS",
     "PRODUCT_FIELDS",
     "ColumnMapping",
+    "CsvBadHeader",
     "CsvEmpty",
     "CsvPreview",
     "CsvRow",
@@ -86,13 +88,18 @@ class CsvEmpty(UnprocessableContent):
     title = "The CSV file has no data"
 
 
+class CsvBadHeader(UnprocessableContent):
+    code = "csv_bad_header"
+    title = "A column name holds a character that is not allowed"
+
+
 class CsvUnknownEncoding(UnprocessableContent):
     code = "csv_unknown_encoding"
     title = "The character encoding is not known"
 
 
 # What reading a CSV file can answer with (a route's contract lists them together).
-CSV_ERRORS = (CsvUnreadable, CsvTooLarge, CsvEmpty, CsvUnknownEncoding)
+CSV_ERRORS = (CsvUnreadable, CsvTooLarge, CsvEmpty, CsvUnknownEncoding, CsvBadHeader)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +117,7 @@ PRODUCT_FIELDS: Final[tuple[ProductField, ...]] = get_args(ProductField)
 # Also the order auto_map fills them in: the name first, so it gets the best candidate header.
 _SCALAR_FIELDS: Final[tuple[ScalarField, ...]] = get_args(ScalarField)
 
-RowProblemCode = Literal["missing_name", "invalid_price", "invalid_image_url", "too_long"]
+RowProblemCode = Literal["missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text"]
 Severity = Literal["error", "warning"]
 PreviewWarningCode = Literal["bad_row", "missing_images", "duplicate_sku", "ragged_row", "unmapped_column"]
 
@@ -206,14 +213,15 @@ class ParsedCsv:
 class ColumnMapping(_Model):
     """Which CSV header feeds which product field; ``None`` / ``()`` is unmapped."""
 
-    name: str | None = None
-    sku: str | None = None
-    description: str | None = None
-    category: str | None = None
-    price: str | None = None
-    image_urls: tuple[str, ...] = ()
-    tags: str | None = None
-    external_id: str | None = None
+    # Header names: the text rule's single-line text, as parse_csv leaves every header.
+    name: SingleLineText | None = None
+    sku: SingleLineText | None = None
+    description: SingleLineText | None = None
+    category: SingleLineText | None = None
+    price: SingleLineText | None = None
+    image_urls: tuple[SingleLineText, ...] = ()
+    tags: SingleLineText | None = None
+    external_id: SingleLineText | None = None
 
     @field_validator("name", "sku", "description", "category", "price", "tags", "external_id")
     @classmethod
@@ -773,6 +781,18 @@ def _unique_headers(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
+def _check_headers(header: Sequence[str]) -> None:
+    """Column names are stored (the preview) and shown: they follow the text rule (shared/text.py).
+    Whitespace is already folded to spaces, so a line break inside a header cell is fine."""
+    for position, name in enumerate(header, start=1):
+        found = forbidden_char(name)
+        if found is not None:
+            raise CsvBadHeader(
+                f"The name of column {position} {found.sentence()}; rename the column and upload again.",
+                column=position,
+            )
+
+
 def normalize_delimiter(delimiter: str) -> str:
     """A delimiter the merchant chose: one character that is no letter, digit, quote or line break."""
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in '"\r\n\x00 ':
@@ -843,6 +863,7 @@ def parse_csv(
                         limit=max_header_chars,
                     )
             header = [" ".join(h.split()) for h in record]
+            _check_headers(header)
             named = max((position + 1 for position, name in enumerate(header) if name), default=0)
             used = [False] * (len(header) - named)
             continue
@@ -1168,13 +1189,10 @@ def parse_price(text: str) -> Decimal | None:
 _URL_SEPARATORS: Final = re.compile(r",\s*(?=(?:https?:)?//)|[\s|;]+", re.IGNORECASE)
 
 
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _clean_url(token: str) -> str | None:
     if token.startswith("//"):
         token = "https:" + token  # protocol-relative CDN links
-    if len(token) > MAX_URL_CHARS or _CONTROL_CHARS.search(token):
+    if len(token) > MAX_URL_CHARS or forbidden_char(token) is not None:
         return None
     try:
         parts = urlsplit(token)
@@ -1232,7 +1250,8 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
     """Turn a row into a :class:`ProductDraft`, collecting every problem instead of stopping.
 
     Errors (``draft`` is ``None``): missing or over-long name, over-long SKU / category /
-    external id, unparseable price (a wrong price is worse than a failed row). Warnings (the
+    external id, unparseable price (a wrong price is worse than a failed row), text the API would
+    refuse (``bad_text``: control or bidi override characters, see shared/text.py). Warnings (the
     draft is still made): rejected image URLs, more than 20 images, over-long description or
     tags (cut).
     """
@@ -1244,6 +1263,12 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
 
     def problem(code: RowProblemCode, field: ProductField, message: str, severity: Severity = "error") -> None:
         problems.append(RowProblem(row_number=number, code=code, message=message, field=field, severity=severity))
+
+    def plain(field: ProductField, value: str | None, *, multiline: bool = False) -> None:
+        # The text rule of the API (shared/text.py): such a row is refused, never stored as it is.
+        found = forbidden_char(value, multiline=multiline) if value else None
+        if found is not None:
+            problem("bad_text", field, f"The {_FIELD_LABELS[field]} {found.sentence()}.")
 
     def bounded(field: ProductField, value: str, limit: int) -> str | None:
         if len(value) > limit:
@@ -1259,7 +1284,16 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
     category = bounded("category", " ".join(cell(mapping.category).split()), MAX_CATEGORY_CHARS)
     external_id = bounded("external_id", cell(mapping.external_id), MAX_EXTERNAL_ID_CHARS)
 
+    singles: tuple[tuple[ProductField, str | None], ...] = (
+        ("name", name),
+        ("sku", sku),
+        ("category", category),
+        ("external_id", external_id),
+    )
+    for field, value in singles:
+        plain(field, value)
     description = cell(mapping.description) or None
+    plain("description", description, multiline=True)
     if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
         problem(
             "too_long",
@@ -1276,6 +1310,7 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
         problem("invalid_price", "price", str(exc))
 
     tags = _split_tags(cell(mapping.tags))
+    plain("tags", next((t for t in tags if forbidden_char(t) is not None), None))
     long_tags = [t for t in tags if len(t) > MAX_TAG_CHARS]
     if long_tags:
         problem(
@@ -1394,11 +1429,18 @@ def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | N
 
 _LISTED_ROWS: Final = 20
 _MAX_DUPLICATE_SKU_WARNINGS: Final = 50
-_CODE_ORDER: Final[tuple[RowProblemCode, ...]] = ("missing_name", "invalid_price", "too_long", "invalid_image_url")
+_CODE_ORDER: Final[tuple[RowProblemCode, ...]] = (
+    "missing_name",
+    "invalid_price",
+    "too_long",
+    "bad_text",
+    "invalid_image_url",
+)
 _PROBLEM_LABELS: Final[dict[RowProblemCode, str]] = {
     "missing_name": "no name",
     "invalid_price": "an invalid price",
     "too_long": "a value that is too long",
+    "bad_text": "control or bidirectional-override characters",
     "invalid_image_url": "invalid image URLs",
 }
 
@@ -1435,7 +1477,8 @@ def _cut(text: str) -> str:
 
 def _sample_row(row: CsvRow, result: RowResult, mapping: ColumnMapping) -> PreviewRow:
     """A row as the preview shows it, its long texts cut (``truncated`` says so)."""
-    full = _mapped_values(row, mapping)
+    # A refused row's cells are shown with U+FFFD for what was refused: the preview is stored and shown.
+    full = {field: visible(text) for field, text in _mapped_values(row, mapping).items()}
     values = {field: _cut(text) for field, text in full.items()}
     truncated = values != full
     draft = result.draft

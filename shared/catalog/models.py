@@ -10,12 +10,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from shared.pagination import PageQuery
+from shared.text import MULTI_LINE, SINGLE_LINE
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Description = Annotated[str, StringConstraints(max_length=20_000)]
+# Free text follows the text rule (shared/text.py): no controls, bidi overrides or lone surrogates.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300), SINGLE_LINE]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SINGLE_LINE]
+Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), SINGLE_LINE]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), SINGLE_LINE]
+Description = Annotated[str, StringConstraints(max_length=20_000), MULTI_LINE]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Price = Annotated[Decimal, Field(ge=0, le=Decimal("100000000"), max_digits=12, decimal_places=2)]
 # Starts alphanumeric, as the router's path ids do: Firestore reserves ids like "__x__" (a 500 if used).
@@ -74,7 +76,7 @@ class ProductListQuery(PageQuery):
     model_config = ConfigDict(defer_build=True)
 
     category: ShortText | None = None
-    q: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    q: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), SINGLE_LINE] | None = None
     source: ProductSource | None = None
 
 
@@ -164,8 +166,8 @@ CSV_CONTENT_TYPES = ("text/csv", "application/csv", "text/plain", "application/v
 
 
 class UploadCreate(StrictModel):
-    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-    content_type: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=100)]
+    filename: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), SINGLE_LINE]
+    content_type: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, max_length=100), SINGLE_LINE]
     size_bytes: int = Field(gt=0)
     purpose: UploadPurpose = UploadPurpose.PRODUCT_IMAGE
     product_id: Id | None = None
@@ -408,8 +410,9 @@ def _delimiter(value: str | None) -> str | None:
 
 # How the CSV is read, when the merchant overrides detection: a Python codec name ("cp1250",
 # "Shift-JIS", "mac_roman"; unknown names are a 422) and a one-character delimiter.
-CsvEncoding = Annotated[str, StringConstraints(min_length=1, max_length=40)]
-CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, strip_whitespace=False)]
+CsvEncoding = Annotated[str, StringConstraints(min_length=1, max_length=40), SINGLE_LINE]
+# A tab is a delimiter (the rule's other characters are not: normalize_delimiter refuses them).
+CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, strip_whitespace=False), MULTI_LINE]
 
 
 class ImportCreate(StrictModel):

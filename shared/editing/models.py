@@ -22,8 +22,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemCounts, ItemStatus, JobStatus
 from shared.catalog.models import Id, StrictModel
+from shared.text import MULTI_LINE
 
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
 Color = Annotated[
     str, StringConstraints(strip_whitespace=True, pattern=r"^(#[0-9A-Fa-f]{6}([0-9A-Fa-f]{2})?|transparent)$")
 ]

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from shared.batch.models import BatchItemDoc, ItemCounts, ItemStatus, JobStatus, PagedJobDoc
 from shared.catalog.models import Id, StrictModel
 from shared.engines.base import AspectRatio, ImageSize
+from shared.text import MULTI_LINE, SINGLE_LINE
 
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
+PresetName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), SINGLE_LINE]
 StyleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 MAX_JOB_ITEMS = 1000
 
@@ -129,23 +131,23 @@ class EnhanceOut(BaseModel):
 
 
 class BrandProfile(StrictModel):
-    tone: Annotated[str, StringConstraints(max_length=200)] | None = None
+    tone: Annotated[str, StringConstraints(max_length=200), SINGLE_LINE] | None = None
     palette: list[Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]] = Field(
         default_factory=list, max_length=12
     )
-    style_keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=40)]] = Field(
+    style_keywords: list[Annotated[str, StringConstraints(min_length=1, max_length=40), SINGLE_LINE]] = Field(
         default_factory=list, max_length=20
     )
-    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    description: Annotated[str, StringConstraints(max_length=2000), MULTI_LINE] | None = None
 
 
 class PresetIn(StrictModel):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: PresetName
     settings: GenerationSettings
 
 
 class PresetUpdate(StrictModel):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    name: PresetName | None = None
     settings: GenerationSettings | None = None
 
 
@@ -172,7 +174,7 @@ class DefaultsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     product_id: Id | None = None
-    category: Annotated[str, StringConstraints(max_length=200)] | None = None
+    category: Annotated[str, StringConstraints(max_length=200), SINGLE_LINE] | None = None
 
 
 class DefaultsOut(BaseModel):

@@ -7,11 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from shared.errors import NotFound
 from shared.ledger.store import LedgerReader
 from shared.ledger.views import BalanceView
 from shared.pagination import PageQuery
+from shared.text import SINGLE_LINE
 
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+# One line: it is logged and listed in the history and its CSV export.
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500), SINGLE_LINE]
 
 
 class ClientSearch(PageQuery):
@@ -52,6 +55,14 @@ class AdminChangeOut(BaseModel):
 
     result: dict[str, Any]
     balance: BalanceView
+
+
+def existing_client(reader: LedgerReader, client_id: str) -> str:
+    """``client_id`` when the client has a record; otherwise a 404. Every admin route on a client
+    asks first: a mistyped id is not found, neither an empty balance nor a ledger for nobody."""
+    if reader.client_record(client_id) is None:
+        raise NotFound(f"No client {client_id}")
+    return client_id
 
 
 def find_clients(reader: LedgerReader, query: ClientSearch) -> tuple[list[ClientSummary], str | None]:

@@ -10,14 +10,15 @@ import io
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.ledger.model import Actor, EntryType, LedgerState, burn_order
 from shared.ledger.store import EntryFilter, LedgerReader
 from shared.pagination import Page, PageQuery, cursor_datetime, cursor_int, decode_cursor, encode_cursor
 from shared.scheduled import ScheduledReport, isolated
+from shared.text import SINGLE_LINE
 
 if TYPE_CHECKING:
     from shared.ledger.service import Ledger
@@ -68,7 +69,7 @@ def balance_view(reader: LedgerReader, state: LedgerState, threshold: int, now: 
 
 class HistoryQuery(PageQuery):
     type: EntryType | None = None
-    operation: str | None = Field(default=None, max_length=64)
+    operation: Annotated[str, StringConstraints(max_length=64), SINGLE_LINE] | None = None
     from_: datetime | None = Field(default=None, alias="from")
     to: datetime | None = None
 

@@ -50,8 +50,10 @@ def _time_and_position(time_key: str, position_key: str, position: str, crafted_
     ]
 
 
-BY_TIME_AND_ID = _time_and_position("created_at", "id", '"x"', ["5", '["x"]', '""', "null"])
-JOBS = _time_and_position("t", "id", '"x"', ["5", '{"a": 1}'])
+# A lone surrogate in an id would fail Firestore's encoding of the query (the text rule refuses it).
+BAD_IDS = ['"\\ud800"', '"a\\u0000b"']
+BY_TIME_AND_ID = _time_and_position("created_at", "id", '"x"', ["5", '["x"]', '""', "null", *BAD_IDS])
+JOBS = _time_and_position("t", "id", '"x"', ["5", '{"a": 1}', *BAD_IDS])
 HISTORY = _time_and_position("t", "s", "1", CRAFTED_INTS)
 ITEMS = [*(f'{{"i": {value}}}' for value in CRAFTED_INTS), *NOT_OBJECTS]
 

@@ -547,6 +547,7 @@ def test_admin_finds_clients_by_prefix(stack: Any, client_id: str, other_client_
 
 def test_admin_reads_another_clients_balance_and_history(stack: Any, client_id: str, other_client_id: str) -> None:
     api, ledger = stack.client("credits_api"), stack.platform.ledger
+    api.get("/balance", headers=stack.headers(client_id))  # the client exists
     grant(ledger, client_id, 30)
     spend(ledger, client_id, 2)
     admin = stack.headers(other_client_id, role="admin")
@@ -559,6 +560,29 @@ def test_admin_reads_another_clients_balance_and_history(stack: Any, client_id: 
     assert [i["amount"] for i in body["items"]] == [30]
     # The admin's own tenant is untouched.
     assert ok(api.get("/balance", headers=admin))["available"] == 0
+
+
+def test_admin_routes_answer_404_for_an_unknown_client(stack: Any, client_id: str, other_client_id: str) -> None:
+    """Reads and changes alike: a mistyped id is not found, never an empty balance or history."""
+    api = stack.client("credits_api")
+    admin = stack.headers(other_client_id, role="admin", **{"Idempotency-Key": key()})
+    unknown = "nobody-" + client_id
+    for response in (
+        api.get(f"/admin/clients/{unknown}/balance", headers=admin),
+        api.get(f"/admin/clients/{unknown}/history", headers=admin),
+        api.post(f"/admin/clients/{unknown}/grants", json={"amount": 5, "reason": "typo"}, headers=admin),
+        api.post(f"/admin/clients/{unknown}/adjustments", json={"amount": 5, "reason": "typo"}, headers=admin),
+    ):
+        body = problem(response, 404, "not_found")
+        assert unknown in body["detail"]
+    # Nothing was written for it: no client record, no ledger.
+    assert stack.platform.ledger_reader.client_record(unknown) is None
+    assert stack.platform.ledger.state(unknown).seq == 0
+    # A ledger without a client record (written straight through the ledger) is still no client.
+    grant(stack.platform.ledger, client_id, 5)
+    problem(api.get(f"/admin/clients/{client_id}/balance", headers=admin), 404, "not_found")
+    api.get("/balance", headers=stack.headers(client_id))  # the client's first call creates its record
+    assert ok(api.get(f"/admin/clients/{client_id}/balance", headers=admin))["available"] == 5
 
 
 def test_admin_grant_is_audited_and_idempotent(stack: Any, client_id: str, other_client_id: str) -> None:
