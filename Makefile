@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev demo test lint typecheck imports bench build clean soak
+.PHONY: dev demo test lint typecheck imports bench build clean soak openapi
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt $(wildcard functions/*/requirements.txt)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ typecheck: $(STAMP)
 
 imports: $(STAMP)  ## the import contract (layers, no cycles, Google's SDKs only in adapters)
 	$(VENV)/bin/lint-imports
+
+openapi: $(STAMP)  ## rewrite docs/openapi.json (the merged API contract) from the route tables, validated
+	$(PY) -m dev.openapi
 
 bench: $(STAMP)  ## print cold-import times and API latencies against the emulator
 	$(PY) -m bench.run

@@ -45,8 +45,17 @@ def platform(stack: Any, rembg_model: Path) -> Iterator[Any]:
     from tests.billing_events import install_gateway
 
     settings = stack.platform.settings.model_copy(update={"rembg_model_path": str(rembg_model)})
-    with running(StripeStub(prices=set(settings.stripe_price_ids.values()))) as stub:
-        yield install_gateway(stack, stub, settings=settings)
+    # Admin operations change deployment-wide state (PUT /admin/prices): put it back for the tests after.
+    prices = stack.platform.db.collection("settings").document("prices")
+    before = prices.get()
+    try:
+        with running(StripeStub(prices=set(settings.stripe_price_ids.values()))) as stub:
+            yield install_gateway(stack, stub, settings=settings)
+    finally:
+        if before.exists:
+            prices.set(before.to_dict())
+        else:
+            prices.delete()
 
 
 def _checks() -> list[Callable[..., Any]]:

@@ -42,13 +42,15 @@ def _settled_tasks(base: str, timeout: float = 30) -> list[dict[str, object]]:
         time.sleep(0.5)
 
 
-def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly() -> None:
+def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     from dev.demo import run
     from dev.functions import discover_entry_points
 
     port, firestore_port, s3_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
+    # A file, not a pipe: nobody reads a pipe while the demo runs, and a full one blocks the stack's logging.
+    log = (tmp_path / "stack.log").open("w+")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -63,7 +65,7 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly() -> None:
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -78,7 +80,10 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly() -> None:
         assert tasks and all(task["succeeded"] for task in tasks), [t for t in tasks if not t["succeeded"]]
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        log.seek(0)
+        output = log.read()
+        log.close()
     assert process.returncode == 0, output[-3000:]
     assert "Epox local platform is up" in output and "stopped." in output
     for busy_port in (port, firestore_port, s3_port):
