@@ -76,12 +76,19 @@ def _checks() -> list[Callable[..., Any]]:
     ]
 
 
+# What an anonymous request to an operation that needs credentials may get: 401, or the router's answers
+# before authentication (a path id it cannot route is a 404, an oversized body a 413).
+ANONYMOUS_REFUSALS = frozenset({401, 404, 413})
+
+
 def _send_examples(app: Any, operation: Any, mode: Any, headers: dict[str, str]) -> int:
-    """Send up to EXAMPLES generated requests for ``operation``; raise on the first broken check."""
+    """Send up to EXAMPLES generated requests for ``operation``; raise on the first broken check
+    (an operation that needs credentials must refuse a request without them)."""
     from hypothesis import HealthCheck, given, settings
 
     checks = _checks()
     sent = 0
+    refuses_anonymous = bool(operation.definition.raw.get("security")) and "Authorization" not in headers
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
@@ -92,6 +99,8 @@ def _send_examples(app: Any, operation: Any, mode: Any, headers: dict[str, str])
         sent += 1
         response = case.call(app=app, base_url=BASE_URL, headers=headers)
         case.validate_response(response, checks=checks)
+        if refuses_anonymous and response.status_code not in ANONYMOUS_REFUSALS:
+            raise AssertionError(f"answered {response.status_code} without credentials: {response.text[:300]}")
 
     run()
     return sent
