@@ -4,7 +4,8 @@ valid and invalid, signed in and not, and sends them to the real function (funct
 app) over the real platform (Firestore emulator, moto R2, the Stripe stub, the offline engine).
 
 Every answer must be no server error, a status the operation documents, with the documented content
-type, headers and body schema (problems included: their ``code`` must be one the operation lists).
+type, headers and body schema (problems included: their ``code`` must be one the operation lists); an
+invalid request must be refused with a 4xx, and one without credentials with a 401.
 The number of examples per operation and mode is bounded (``EPOX_CONTRACT_EXAMPLES``, default 12)
 so CI stays fast; raise it locally to search harder.
 """
@@ -62,6 +63,7 @@ def _checks() -> list[Callable[..., Any]]:
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
+        negative_data_rejection,
         response_headers_conformance,
         response_schema_conformance,
         status_code_conformance,
@@ -73,6 +75,7 @@ def _checks() -> list[Callable[..., Any]]:
         content_type_conformance,
         response_headers_conformance,
         response_schema_conformance,
+        negative_data_rejection,
     ]
 
 
