@@ -129,7 +129,8 @@ def configure_environment(
 
 
 def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
-    """The ``/_dev`` routes: JWKS, token minting, task submission, sample images, an index."""
+    """The ``/_dev`` routes: JWKS, token minting, task submission, sample images, the merged API
+    contract, an index."""
     from flask import Flask, abort, jsonify, request, send_from_directory
 
     app = Flask("epox-dev")
@@ -187,6 +188,19 @@ def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
         if not (samples / name).is_file():
             abort(404)
         return send_from_directory(samples, name)
+
+    contract: dict[str, Any] = {}
+
+    @app.get("/_dev/openapi.json")
+    def openapi() -> Any:
+        """The merged API contract (docs/openapi.json), served for this stack's address."""
+        from flask import request
+
+        from dev.openapi import build
+
+        if not contract:
+            contract.update(build())
+        return jsonify({**contract, "servers": [{"url": request.host_url.rstrip("/"), "description": "this stack"}]})
 
     @app.get("/")
     def index() -> Any:
@@ -282,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n  Firestore emulator       {emulator.host}")
     print(f"  S3 (R2 stand-in)         {s3_endpoint}  bucket {BUCKET}")
     print(f"  task dispatcher          {base}/_dev/tasks")
+    print(f"  API contract (OpenAPI)   {base}/_dev/openapi.json")
     print(f"  Stripe (local stub)      {stripe.stub.url}  pay a checkout: POST its url (or open it and press Pay)")
     print("\nGet a dev token:")
     print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")

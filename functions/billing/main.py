@@ -49,7 +49,7 @@ STRIPE_ERRORS = (BadRequest, UpstreamRejectedCredentials)
 
 api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
 jobs = HttpApp("billing_jobs")
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(api, jobs)  # a path the framework cannot route: a problem, not HTML
 
 
 @api.get("/plans")

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 api = HttpApp("catalog_api", needs=(Need.R2, Need.TASK_QUEUE))
 tasks = HttpApp("catalog_tasks", needs=(Need.R2, Need.TASK_QUEUE))
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML
 
 
 def _repos(ctx: RequestContext[BodyT, QueryT]) -> CatalogRepositories:

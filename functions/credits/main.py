@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 api = HttpApp("credits_api")
 jobs = HttpApp("credits_jobs")
 logger = logging.getLogger("epox.credits")
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(api, jobs)  # a path the framework cannot route: a problem, not HTML
 
 
 def _balance(ctx: RequestContext[BodyT, QueryT], client_id: str) -> BalanceView:

@@ -46,7 +46,7 @@ EDIT_ERRORS = (
 
 # Inpaint masks travel in the body as base64 PNG.
 EDIT_MAX_BODY_BYTES = 8 * 1024 * 1024
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML
 
 
 @api.post(

@@ -58,7 +58,7 @@ JOB_ERRORS = (NotFound, InsufficientCredits, PaymentPastDue, Conflict)
 
 api = HttpApp("generate_api", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
 tasks = HttpApp("generate_tasks", needs=(Need.R2, Need.TASK_QUEUE, Need.GEMINI))
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML
 
 
 def _settings(p: Platform) -> GenerationSettingsStore:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import flask
 
 app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
-answer_framework_errors_as_problems()  # a path its router cannot match is a problem, not an HTML page
+answer_framework_errors_as_problems(app)  # a path the framework cannot route: a problem, not HTML
 
 
 @app.post(

@@ -368,15 +368,19 @@ class OpenApiDocument(BaseModel):
     openapi: str
 
 
-def answer_framework_errors_as_problems() -> None:
+def answer_framework_errors_as_problems(*apps: HttpApp) -> None:
     """Make functions-framework's own answers problems too: its router sends every path to the entry
     point except ones it cannot match (a path with a line break, ``/robots.txt``, ``/favicon.ico``),
-    which Flask would answer with an HTML page. Call it from a function's ``main.py`` at import: the
-    framework registers the handler on the app it is creating (outside it, the call does nothing)."""
-    import functions_framework
+    which Flask would answer with an HTML page. Call it from a function's ``main.py`` with its apps: while
+    functions-framework loads the module for one of them, the Flask app it is creating is the current
+    app, and the handler goes there; imported anywhere else (a test, ``make openapi``) it does nothing."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context() or current_app.name not in {app.service for app in apps}:
+        return
     from werkzeug.exceptions import HTTPException
 
-    functions_framework.errorhandler(HTTPException)(_framework_problem)
+    current_app.register_error_handler(HTTPException, _framework_problem)
 
 
 def _framework_problem(error: Exception) -> Response:

@@ -73,6 +73,11 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
     try:
         for entry in discover_entry_points(ROOT / "functions"):
             _wait_for(f"{base}/{entry}/health", process)
+        answer = httpx.get(f"{base}/_dev/openapi.json", timeout=30, trust_env=False)
+        assert answer.status_code == 200, answer.text[:500]
+        contract = answer.json()
+        assert contract["servers"] == [{"url": base, "description": "this stack"}]
+        assert "/catalog_api/products" in contract["paths"]
         result = run(base)
         assert result["import"]["status"] == "completed"
         assert len(result["assets"]) == 3

@@ -222,3 +222,24 @@ def test_the_router_logs_an_undocumented_problem() -> None:
     finally:
         logger.removeHandler(collector)
     assert collector.seen == ["undocumented problem 409 conflict on GET /conflict"]
+
+
+@pytest.mark.parametrize("path", ["/jobs/a%0Ab", "/robots.txt", "/favicon.ico"])
+def test_a_path_the_framework_cannot_route_is_a_problem(function_apps: dict[str, Any], path: str) -> None:
+    """functions-framework answers these itself (its rule does not match a line break); Flask's HTML
+    page would break every client that reads problems."""
+    response = function_apps["generate_api"].test_client().get(path)
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "not_found"
+
+
+def test_importing_a_function_outside_the_framework_registers_nothing(function_apps: dict[str, Any]) -> None:
+    """make openapi and the dev stack import every main.py after the framework built its apps: the
+    handler must not land on whichever app the framework made last (Flask refuses once it has served)."""
+    import importlib
+
+    import functions.billing.main as billing_main
+
+    for app in function_apps.values():  # every app has served: Flask now refuses new handlers on it
+        assert app.test_client().get("/robots.txt").mimetype == "application/problem+json"
+    importlib.reload(billing_main)  # no app context here: a no-op, not an AssertionError
