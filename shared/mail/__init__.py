@@ -1,0 +1,1 @@
+"""Email: the Mailer port, its SMTP adapter, templates and unsubscribe tokens."""

@@ -1,0 +1,1 @@
+"""In-app and email notifications: consumers of domain events (:mod:`shared.events`)."""
