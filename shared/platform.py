@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from shared.billing.gateway import PaymentGateway
     from shared.catalog.ports import CatalogRepositories
     from shared.engines.base import ImageEngine
+    from shared.events.consumer import EventConsumer
+    from shared.events.outbox import EventKicker, Outbox
     from shared.generation.store import GenerationSettingsStore
     from shared.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
@@ -59,6 +61,7 @@ class Platform:
         ledger: Ledger | None = None,
         engine: ImageEngine | None = None,
         payment_gateway: PaymentGateway | None = None,
+        event_consumers: Callable[[Platform], list[EventConsumer]] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -71,6 +74,7 @@ class Platform:
         self._ledger = ledger
         self._engine = engine
         self._gateway = payment_gateway
+        self._event_consumers = event_consumers
         self._price_book: PriceBook | None = None
         # Re-entrant: a lazily built adapter may need another one (onboarding builds on the Firestore client).
         self._lock = threading.RLock()
@@ -122,7 +126,7 @@ class Platform:
                     from shared.ledger.service import Ledger
 
                     self._ledger = Ledger(
-                        FirestoreLedgerStore(self.db),
+                        FirestoreLedgerStore(self.db, self.event_kicker),
                         clock=self.clock,
                         low_balance_threshold=self.settings.low_credit_threshold,
                     )
@@ -165,6 +169,26 @@ class Platform:
         return self._price_book
 
     @property
+    def outbox(self) -> Outbox:
+        """The events waiting for the relay, its positions and parked deliveries."""
+        from shared.adapters.firestore.outbox import FirestoreOutbox
+
+        return FirestoreOutbox(self.db)
+
+    @property
+    def event_kicker(self) -> EventKicker:
+        """Starts the relay of events a commit just wrote (best effort; the sweep backs it up)."""
+        from shared.events.relay import TaskKicker
+
+        return TaskKicker(self.task_queue)
+
+    def event_consumers(self) -> list[EventConsumer]:
+        """Everything that reacts to events (the relay's registry), built for this platform."""
+        if self._event_consumers is not None:
+            return self._event_consumers(self)
+        return []
+
+    @property
     def ledger_reader(self) -> LedgerReader:
         """The ledger's read side (history, usage, client records, the clients the jobs visit)."""
         from shared.adapters.firestore.ledger import FirestoreLedgerReader
@@ -177,14 +201,14 @@ class Platform:
         """Products (+ slot usage), assets (+ revisions), uploads and imports (+ chunks)."""
         from shared.adapters.firestore.catalog import firestore_catalog
 
-        return firestore_catalog(self.db)
+        return firestore_catalog(self.db, self.event_kicker)
 
     @property
     def billing(self) -> FirestoreBillingStore:
         """Billing state and Stripe markers: the webhook's BillingStore and the API's BillingAccounts."""
         from shared.adapters.firestore.billing import FirestoreBillingStore
 
-        return FirestoreBillingStore(self.db)
+        return FirestoreBillingStore(self.db, self.event_kicker)
 
     @property
     def stripe_dead_letters(self) -> DeadLetters:
@@ -204,7 +228,7 @@ class Platform:
         """One job kind's jobs, items, counters, fan-out page markers and reaper cursor."""
         from shared.adapters.firestore.batch import FirestoreJobStore
 
-        return FirestoreJobStore(self.db, kind)
+        return FirestoreJobStore(self.db, kind, self.event_kicker)
 
     def idempotency_keys(self) -> IdempotencyKeys:
         """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""

@@ -162,6 +162,7 @@ class InMemoryBillingStore(BillingStore):
         self.payments: dict[str, tuple[str, str]] = {}  # payment intent -> (client id, session id)
         self.purchases: dict[tuple[str, str], dict[str, Any]] = {}
         self.notifications: dict[str, dict[str, dict[str, Any]]] = {}
+        self.outbox: list[Any] = []
 
     def _billing(self, client_id: str) -> dict[str, Any]:
         record, _ = self.clients.get(client_id, ({}, 0))
@@ -235,6 +236,7 @@ class InMemoryBillingStore(BillingStore):
                 purchase["revoked_credits"] = max(revoked, int(purchase.get("revoked_credits", 0)))
             for doc_id, notice in write.notices:
                 self.notifications.setdefault(client_id, {})[doc_id] = {**notice.model_dump(), "read": False}
+            self.outbox.extend(write.events)  # the domain events, with the change
             return True
 
     def due_plan_changes(self, now: Any) -> list[tuple[str, Any]]:

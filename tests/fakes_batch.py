@@ -11,7 +11,7 @@ was lost fails: the store recognises its own write by the writer's token, throug
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Generic
 
@@ -22,6 +22,7 @@ from shared.batch.kind import JobKind
 from shared.batch.models import ItemListQuery, ItemStatus, JobListQuery, JobStatus
 from shared.batch.store import I, ItemRow, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
 from shared.catalog.ports import ItemGuard
+from shared.events.model import DomainEvent
 from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 
 Key = tuple[str, str]  # (client id, job id)
@@ -39,6 +40,7 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
         self.cursor: dict[str, Any] | None = None
         self.versions: dict[tuple[str, ...], int] = {}
         self._clock = 0
+        self.events: list[DomainEvent] = []
         self._lost: Counter[str] = Counter()
 
     # -- the fake's own controls --------------------------------------------------------------------
@@ -101,13 +103,21 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
 
         return commit_once(commit, ours, f"record {self.kind.noun}") is not None
 
-    def update_job(self, client_id: str, job_id: str, changes: dict[str, Any], version: Any = None) -> None:
+    def update_job(
+        self,
+        client_id: str,
+        job_id: str,
+        changes: dict[str, Any],
+        version: Any = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> None:
         key = (client_id, job_id)
         if key not in self.jobs or (version is not None and self.versions[("job", *key)] != version):
             if version is None:
                 raise KeyError(f"no {self.kind.noun} {job_id}")
             raise StaleWrite(f"{self.kind.noun} {job_id} changed")
         self.jobs[key].update(changes)
+        self.events.extend(events)  # the outbox: written with the change, never without it
         self._bump("job", *key)
 
     def list_jobs(self, client_id: str, query: JobListQuery) -> Page[J]:

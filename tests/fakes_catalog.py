@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from shared.catalog.library import approval_event
 from shared.catalog.models import (
     AssetDoc,
     AssetRevision,
@@ -40,6 +41,7 @@ from shared.catalog.ports import (
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
 from shared.errors import NotFound
+from shared.events.model import DomainEvent
 
 _versions = itertools.count(1)
 M = TypeVar("M", bound=BaseModel)
@@ -177,6 +179,8 @@ class InMemoryAssetRepository(AssetRepository):
         self.assets: dict[str, dict[str, AssetDoc]] = {}
         self.stored_revisions: dict[tuple[str, str], dict[int, AssetRevision]] = {}
         self.before_write: list[Any] = []  # hooks run before an atomic write: tests interleave writers
+        self.events: list[DomainEvent] = []  # the outbox: written with the change
+        self.event_seq: dict[tuple[str, str], int] = {}
 
     def _of(self, client_id: str) -> dict[str, AssetDoc]:
         return self.assets.setdefault(client_id, {})
@@ -278,6 +282,10 @@ class InMemoryAssetRepository(AssetRepository):
         asset = self.get(client_id, asset_id)
         if asset is None:
             raise NotFound(f"No asset {asset_id}")
+        if "approved" in changes and asset.approved != bool(changes["approved"]):
+            sequence = self.event_seq[(client_id, asset_id)] = self.event_seq.get((client_id, asset_id), 0) + 1
+            now = changes.get("updated_at") or asset.updated_at
+            self.events.append(approval_event(client_id, asset, bool(changes["approved"]), sequence, now))
         self._of(client_id)[asset_id] = _changed(asset, changes)
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
@@ -346,6 +354,7 @@ class InMemoryImportRepository(ImportRepository):
         self.stored_parts: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.cursors: dict[str | None, datetime | None] = {}
         self.too_large = too_large
+        self.events: list[DomainEvent] = []  # the outbox: written with the change
         self.before_write: list[Any] = []  # hooks run before a guarded write: tests interleave writers
 
     def _interleave(self) -> None:
@@ -378,13 +387,16 @@ class InMemoryImportRepository(ImportRepository):
         entry = self.imports.get((client_id, import_id))
         return Versioned(entry[0], entry[1]) if entry else None
 
-    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+    def update_if_unchanged(
+        self, loaded: Versioned[ImportDoc], changes: dict[str, Any], events: Sequence[DomainEvent] = ()
+    ) -> None:
         self._interleave()
         key = (loaded.value.client_id, loaded.value.id)
         entry = self.imports.get(key)
         if entry is None or entry[1] != loaded.version:
             raise StaleWrite()
         self.imports[key] = (_changed(entry[0], changes), next(_versions))
+        self.events.extend(events)
 
     def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
         return self.stored_parts.get((client_id, import_id), {}).get(part_id)

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.http.app import HttpApp, answer_framework_errors_as_problems
+from shared.errors import Conflict
+from shared.events import relay
+from shared.events.outbox import ParkedDelivery
+from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
 from shared.needs import Need
+from shared.pagination import Page, PageQuery
+from shared.scheduled import finish
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     import flask
@@ -31,7 +37,48 @@ answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot r
 # -- operators: parked deliveries (notifications_api, admin) -----------------------------------------
 
 
+@api.get("/admin/parked-deliveries", query=PageQuery, access=Access.ADMIN)
+def parked_deliveries(ctx: RequestContext[NoBody, PageQuery]) -> Page[ParkedDelivery]:
+    """Event deliveries the queue gave up on, with why, oldest id first."""
+    items, cursor = relay.list_parked(ctx.platform.outbox, ctx.query.cursor, ctx.query.limit)
+    return Page[ParkedDelivery](items=items, next_cursor=cursor)
+
+
+@api.post("/admin/parked-deliveries/<parked_id>/replay", access=Access.ADMIN, status=202, errors=(Conflict,))
+def replay_parked(ctx: RequestContext[NoBody, NoQuery]) -> relay.ParkedReplayOut:
+    """Deliver a parked event to its consumer again (after the fix)."""
+    p = ctx.platform
+    return relay.replay(p.outbox, p.task_queue, ctx.path_params["parked_id"], p.clock())
+
+
 # -- the relay (notifications_tasks) ----------------------------------------------------------------
+
+
+@tasks.post(relay.RELAY_PATH, body=relay.RelayTask, access=Access.TASK)
+def relay_event(ctx: RequestContext[relay.RelayTask, NoQuery]) -> TaskOutcome:
+    """Queue one event's delivery to each of its consumers."""
+    p = ctx.platform
+    return TaskOutcome(outcome=relay.relay(p.outbox, p.task_queue, p.event_consumers(), ctx.body.event_id, p.clock()))
+
+
+@tasks.post(relay.CONSUME_PATH, body=relay.ConsumeTask, access=Access.TASK)
+def consume_event(ctx: RequestContext[relay.ConsumeTask, NoQuery]) -> TaskOutcome:
+    """Run one consumer on one event (idempotent; parked on the queue's last attempt)."""
+    p = ctx.platform
+    if ctx.task is None:  # Access.TASK routes always carry the delivery's headers
+        raise AssertionError("a task route without a task call")
+    consumers = {consumer.name: consumer for consumer in p.event_consumers()}
+    outcome = relay.consume(
+        p.outbox, consumers, ctx.body, ctx.task, max_attempts=p.settings.tasks_max_attempts, now=p.clock()
+    )
+    return TaskOutcome(outcome=outcome)
+
+
+@tasks.post("/jobs/sweep-events", access=Access.SCHEDULER)
+def sweep_events(ctx: RequestContext[NoBody, NoQuery]) -> relay.SweepReport:
+    """Relay the events whose kick was lost (older than two minutes and still due)."""
+    p = ctx.platform
+    return finish(relay.sweep(p.outbox, p.task_queue, p.clock()), "sweep-events")
 
 
 @functions_framework.http

@@ -50,6 +50,7 @@ from shared.batch.models import (
     PagedJobDoc,
 )
 from shared.errors import EpoxError
+from shared.events.model import EventType
 from shared.tasks import TaskRequest, task_name, windowed_task
 
 if TYPE_CHECKING:
@@ -211,6 +212,7 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
     task_prefix: str  # task names: "{prefix}fanout-…", "{prefix}item-…", "{prefix}settle-…"
     hold_prefix: str  # the hold's ledger key: "{prefix}:{job id}"
     operation: str  # the ledger operation the hold is for
+    completed_event: EventType  # written with the settled job (the outbox): what consumers react to
     job_model: type[JobT]
     item_model: type[ItemT]
     # Progress kept in sharded counters, written by the commit that finishes each item: for jobs
@@ -300,6 +302,10 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
     @abstractmethod
     def settle_reason(self, job: JobT, totals: Totals) -> str:
         """The capture's reason in the credit history."""
+
+    def images(self, totals: Totals) -> int:
+        """How many images the job delivered (its completed event says so)."""
+        return totals.succeeded
 
     def settlement(self, totals: Totals, captured: int, released: int) -> dict[str, int]:
         """What the settled job document records."""

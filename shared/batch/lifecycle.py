@@ -62,6 +62,7 @@ from shared.batch.models import (
 )
 from shared.batch.store import StaleWrite, StoredItem
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
+from shared.events.model import JobCompleted, Subject, new_event
 from shared.ids import derived_id, new_id
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
 from shared.pagination import Page
@@ -590,6 +591,24 @@ def run_settle(
             )
         captured, released = outcome.captured, outcome.released
     final = JobStatus.CANCELLED if job.status in STOPPED_JOB else JobStatus.COMPLETED
+    completed = new_event(
+        task.client_id,
+        kind.completed_event,
+        Subject(kind=kind.collection, id=job.id),
+        JobCompleted(
+            job_id=job.id,
+            status=final.value,
+            items=job.item_count,
+            succeeded=sums.succeeded,
+            failed=sums.failed,
+            cancelled=sums.cancelled,
+            charged=captured,
+            refunded=released,
+            images=kind.images(sums),
+        ),
+        occurred_at=now,
+        sequence=1,
+    )
     jobs.update_job(
         task.client_id,
         task.job_id,
@@ -600,6 +619,7 @@ def run_settle(
             "finished_at": now,
             "updated_at": now,
         },
+        events=[completed],  # one event per job, in the settle's commit: never one per item
     )
     return f"settled: captured {captured}, released {released}"
 

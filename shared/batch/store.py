@@ -16,13 +16,14 @@ the in-memory fake (``tests/fakes_batch.py``) go through :func:`shared.batch.com
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemListQuery, ItemStatus, JobListQuery
 from shared.errors import NotFound
+from shared.events.model import DomainEvent
 from shared.pagination import Page
 
 if TYPE_CHECKING:
@@ -126,9 +127,16 @@ class JobStore(ABC, Generic[J, I]):
         True."""
 
     @abstractmethod
-    def update_job(self, client_id: str, job_id: str, changes: dict[str, Any], version: Any = None) -> None:
+    def update_job(
+        self,
+        client_id: str,
+        job_id: str,
+        changes: dict[str, Any],
+        version: Any = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> None:
         """Apply ``changes`` to the job; with ``version``, only if it has not moved since (else
-        :class:`StaleWrite`)."""
+        :class:`StaleWrite`); ``events`` are written in the same commit (the outbox) and then kicked."""
 
     @abstractmethod
     def list_jobs(self, client_id: str, query: JobListQuery) -> Page[J]:

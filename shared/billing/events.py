@@ -41,8 +41,9 @@ from shared.billing.models import (
     StripeSubscription,
 )
 from shared.billing.money import prorated_credits, refund_target
-from shared.billing.store import BillingChanged, BillingSnapshot, BillingStore, EventWrite
+from shared.billing.store import DELETE, BillingChanged, BillingSnapshot, BillingStore, EventWrite
 from shared.errors import BadRequest, EpoxError, UpstreamUnavailable
+from shared.events.model import DomainEvent, EventType, PaymentFailed, Subject, SubscriptionChanged, new_event
 from shared.ledger.model import Actor, GrantSource
 from shared.retry import CONTENDED_COMMIT, attempts
 
@@ -308,7 +309,13 @@ class WebhookProcessor:
         changes: dict[str, Any] | None = None,
         **parts: Any,
     ) -> str:
-        """Commit the event's marker with ``changes`` (decided on ``snapshot``) and ``parts``."""
+        """Commit the event's marker with ``changes`` (decided on ``snapshot``) and ``parts``; a change
+        of plan or subscription status also commits its ``billing.subscription_changed`` event."""
+        events = list(parts.pop("events", []))
+        if client_id and snapshot is not None and changes:
+            changed = _subscription_changed_event(client_id, snapshot.state, changes, event, self.now)
+            if changed is not None:
+                events.append(changed)
         write = EventWrite(
             event_id=event.id,
             event_type=event.type,
@@ -319,6 +326,7 @@ class WebhookProcessor:
             client_id=client_id,
             changes=changes or {},
             version=snapshot.version if snapshot is not None else None,
+            events=events,
             **parts,
         )
         return outcome if self.store.commit(write) else "duplicate"
@@ -1212,7 +1220,10 @@ class WebhookProcessor:
             "last_event_created": event.created,
             "last_event_id": event.id,
         }
-        return self._record(event, client_id, "payment failed: past due", snapshot=snap, changes=changes)
+        failed = _payment_failed_event(client_id, invoice.id, event, self.now)
+        return self._record(
+            event, client_id, "payment failed: past due", snapshot=snap, changes=changes, events=[failed]
+        )
 
     # -- refunds ----------------------------------------------------------------------------------
     def _charge_refunded(self, event: StripeEvent) -> str:
@@ -1241,3 +1252,64 @@ class WebhookProcessor:
             f"refund: removed {result['removed']} unspent credits" if result["applied"] else "refund already applied"
         )
         return self._record(event, client_id, outcome, refund=(purchase.session_id, refunded, int(result["revoked"])))
+
+
+def _subscription_changed_event(
+    client_id: str, before: BillingState, changes: dict[str, Any], event: StripeEvent, now: datetime
+) -> DomainEvent | None:
+    """``billing.subscription_changed`` when ``changes`` move the plan or the subscription's status
+    (numbered by the Stripe event's ``created``, so a consumer can order them)."""
+
+    def after(name: str) -> Any:
+        value = changes.get(name, getattr(before, name))
+        return None if value is DELETE else value
+
+    plan, status = after("plan") or "free", after("subscription_status") or "none"
+    if (plan, status) == (before.plan, before.subscription_status):
+        return None
+    interval = after("interval")
+    return new_event(
+        client_id,
+        EventType.SUBSCRIPTION_CHANGED,
+        Subject(kind="subscription", id=client_id),
+        SubscriptionChanged(
+            subscription_id=after("subscription_id"),
+            plan=plan,
+            interval=str(getattr(interval, "value", interval)) if interval else None,
+            status=str(status),
+            previous_plan=before.plan,
+            previous_status=str(before.subscription_status),
+        ),
+        occurred_at=now,
+        sequence=max(event.created, 0),
+        discriminator=event.id,
+    )
+
+
+def _payment_failed_event(client_id: str, invoice_id: str, event: StripeEvent, now: datetime) -> DomainEvent:
+    """``billing.payment_failed`` for the invoice; its amounts read leniently (they only inform)."""
+    raw = event.object
+
+    def number(name: str) -> int:
+        value = raw.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
+
+    next_attempt = number("next_payment_attempt")
+    url = raw.get("hosted_invoice_url")
+    currency = raw.get("currency")
+    return new_event(
+        client_id,
+        EventType.PAYMENT_FAILED,
+        Subject(kind="invoice", id=invoice_id),
+        PaymentFailed(
+            invoice_id=invoice_id,
+            amount_due=number("amount_due"),
+            currency=currency[:8] if isinstance(currency, str) else "usd",
+            attempt_count=max(number("attempt_count"), 1),
+            next_attempt_at=datetime.fromtimestamp(next_attempt, UTC) if 0 < next_attempt < 253402300800 else None,
+            hosted_invoice_url=url if isinstance(url, str) and url.startswith("https://") and len(url) < 2048 else None,
+        ),
+        occurred_at=now,
+        sequence=max(event.created, 0),
+        discriminator=event.id,
+    )

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.billing.models import BillingNotice, BillingState
+from shared.events.model import DomainEvent
 
 
 class BillingChanged(Exception):
@@ -73,6 +74,7 @@ class EventWrite:
     payment_link: tuple[str, str] | None = None  # (payment intent, session id) of a pack purchase
     refund: tuple[str, int, int] | None = None  # (session id, amount refunded, credits revoked): kept at the max
     notices: list[tuple[str, BillingNotice]] = field(default_factory=list)  # (document id, notice)
+    events: list[DomainEvent] = field(default_factory=list)  # domain events, committed with the change
 
 
 class BillingReader(ABC):

@@ -60,6 +60,7 @@ from shared.catalog.ports import CatalogRepositories, DocumentTooLarge, ImportRe
 from shared.catalog.products import build_product, create_products
 from shared.catalog.uploads import get_upload
 from shared.errors import Conflict, EpoxError, NotFound, UnprocessableContent, ValidationFailed, validation_problem
+from shared.events.model import EventType, ImportCompleted, Subject, new_event
 from shared.ids import derived_id, new_id
 from shared.scheduled import ScheduledReport, isolated
 from shared.tasks import MAX_DISPATCH_DEADLINE, MIN_DISPATCH_DEADLINE, RetryTask, TaskCall, TaskQueue, TaskRequest
@@ -539,8 +540,24 @@ def _complete_when_every_chunk_is_done(
     if progress.chunks_failed >= progress.chunks_total and not (progress.created_products or progress.images_imported):
         changes["status"] = ImportStatus.FAILED.value
         changes["failure"] = "No part of the file could be imported; errors.csv lists what was lost."
+    completed = new_event(
+        client_id,
+        EventType.IMPORT_COMPLETED,
+        Subject(kind="import", id=import_id),
+        ImportCompleted(
+            import_id=import_id,
+            status=changes["status"],
+            total_rows=progress.total_rows,
+            created_products=progress.created_products,
+            failed_rows=progress.failed_rows,
+            images_imported=progress.images_imported,
+            images_failed=progress.images_failed,
+        ),
+        occurred_at=now,
+        sequence=1,
+    )
     try:
-        imports.update_if_unchanged(loaded, changes)
+        imports.update_if_unchanged(loaded, changes, events=[completed])
     except StaleWrite:
         return
 

@@ -19,6 +19,7 @@ from shared.catalog.models import (
 )
 from shared.catalog.ports import AssetFilter, AssetRepository
 from shared.errors import ValidationFailed
+from shared.events.model import AssetApproval, DomainEvent, EventType, Subject, new_event
 from shared.pagination import Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -108,3 +109,17 @@ def delete_asset(assets: AssetRepository, store: ObjectStore, client_id: str, as
         keys.update(k for k in (revision.key, revision.thumbnail_key) if k)
     for key in keys:
         store.delete(key)
+
+
+def approval_event(client_id: str, asset: AssetDoc, approved: bool, sequence: int, now: datetime) -> DomainEvent:
+    """The event of an asset's approval changing: numbered per asset, so a consumer that syncs
+    approvals to a store never applies an approval after the unapproval that followed it."""
+    return new_event(
+        client_id,
+        EventType.ASSET_APPROVED if approved else EventType.ASSET_UNAPPROVED,
+        Subject(kind="asset", id=asset.id),
+        AssetApproval(asset_id=asset.id, product_id=asset.product_id, approved=approved),
+        occurred_at=now,
+        sequence=sequence,
+        discriminator=sequence,
+    )

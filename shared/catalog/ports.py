@@ -26,6 +26,7 @@ from shared.catalog.models import (
     UploadDoc,
 )
 from shared.catalog.slots import ProductUsageDoc
+from shared.events.model import DomainEvent
 
 T = TypeVar("T")
 
@@ -225,7 +226,9 @@ class AssetRepository(ABC):
         whose answer was lost is recognised and succeeds."""
 
     @abstractmethod
-    def update_flags(self, client_id: str, asset_id: str, changes: dict[str, Any]) -> None: ...
+    def update_flags(self, client_id: str, asset_id: str, changes: dict[str, Any]) -> None:
+        """Set flags; a change of ``approved`` is numbered (``event_seq``) and writes its
+        ``catalog.asset_approved`` / ``catalog.asset_unapproved`` event in the same commit."""
 
     @abstractmethod
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
@@ -286,8 +289,11 @@ class ImportRepository(ABC):
     def load(self, client_id: str, import_id: str) -> Versioned[ImportDoc] | None: ...
 
     @abstractmethod
-    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
-        """Change the import if it is still at ``loaded.version``; else :class:`StaleWrite`."""
+    def update_if_unchanged(
+        self, loaded: Versioned[ImportDoc], changes: dict[str, Any], events: Sequence[DomainEvent] = ()
+    ) -> None:
+        """Change the import if it is still at ``loaded.version``; else :class:`StaleWrite`. ``events``
+        are written in the same commit (the outbox)."""
 
     @abstractmethod
     def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:

@@ -72,6 +72,7 @@ from shared.editing.revisions import (
 )
 from shared.engines.base import EnginePermanentError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, InvalidImage, NotFound, UnprocessableContent, ValidationFailed
+from shared.events.model import EventType
 from shared.retry import RetryPolicy, attempts
 from shared.storage import ObjectNotFound
 from shared.tasks import MAX_DISPATCH_DEADLINE, RetryTask
@@ -723,6 +724,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
     id_prefix = "edj"
     noun = "edit job"
     label = "edit job"
+    completed_event = EventType.EDIT_JOB_COMPLETED
     worker = "edit_tasks"
     task_prefix = "edit-"
     hold_prefix = "edit"

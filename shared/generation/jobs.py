@@ -39,6 +39,7 @@ from shared.catalog.models import AssetKind, AssetOrigin
 from shared.catalog.products import get_product
 from shared.engines.base import EngineError, EnginePermanentError, EngineRetryableError, ImageRequest, InputImage
 from shared.errors import Conflict, EpoxError, NotFound, ValidationFailed
+from shared.events.model import EventType
 from shared.generation import prompts
 from shared.generation.models import (
     MAX_REFERENCE_IMAGES,
@@ -130,6 +131,7 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     id_prefix = "job"
     noun = "job"
     label = "generation job"
+    completed_event = EventType.GENERATION_JOB_COMPLETED
     worker = "generate_tasks"
     task_prefix = ""
     hold_prefix = "job"
@@ -237,6 +239,9 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
 
     def charge(self, job: JobDoc, totals: Totals) -> int:
         return totals["succeeded_slots"] * job.unit_price
+
+    def images(self, totals: Totals) -> int:
+        return totals["succeeded_slots"]
 
     def settle_reason(self, job: JobDoc, totals: Totals) -> str:
         return f"generation job {job.id}: {totals['succeeded_slots']} images; failed and cancelled images refunded"

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import Conflict, InsufficientCredits, NotFound, ValidationFailed
+from shared.events.model import CreditsThreshold, DomainEvent, EventType, Subject, new_event
 
 
 class GrantSource(str, Enum):
@@ -163,6 +164,24 @@ class Notification(BaseModel):
     available: int
     threshold: int
     created_at: datetime
+
+
+def threshold_events(client_id: str, mutation: Mutation) -> list[DomainEvent]:
+    """The balance crossings of ``mutation`` as the events its commit carries (``credits.low``,
+    ``credits.depleted``), ordered by the ledger entry that crossed."""
+    seq = mutation.entries[-1].seq if mutation.entries else mutation.state.seq
+    return [
+        new_event(
+            client_id,
+            EventType.CREDITS_DEPLETED if note.kind == "depleted" else EventType.CREDITS_LOW,
+            Subject(kind="ledger", id=client_id),
+            CreditsThreshold(available=note.available, threshold=note.threshold),
+            occurred_at=note.created_at,
+            sequence=seq,
+            discriminator=f"{seq}-{index}",
+        )
+        for index, note in enumerate(mutation.notifications)
+    ]
 
 
 class Mutation(BaseModel):

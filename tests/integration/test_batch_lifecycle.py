@@ -28,6 +28,7 @@ from shared.batch.models import (
     PagedJobDoc,
 )
 from shared.errors import EpoxError, IdempotencyKeyReused, UpstreamUnavailable
+from shared.events.model import EventType
 from shared.ledger.model import Actor, EntryType, GrantSource
 from shared.ledger.service import Ledger
 from shared.tasks import RetryTask, TaskCall, TaskRequest
@@ -95,6 +96,7 @@ class Clips(ByHarness, JobKind[ClipJob, ClipItem, HarnessServices, HarnessOrder]
     task_prefix = "clip-"
     hold_prefix = "clip"
     operation = "generate_video"
+    completed_event = EventType.GENERATION_JOB_COMPLETED  # any type: a test kind
     job_model = ClipJob
     item_model = ClipItem
     counted = True
@@ -125,6 +127,7 @@ class Syncs(ByHarness, JobKind[BatchJobDoc, SyncItem, HarnessServices, HarnessOr
     task_prefix = "sync-"
     hold_prefix = "sync"
     operation = "sync"
+    completed_event = EventType.GENERATION_JOB_COMPLETED  # any type: a test kind
     job_model = BatchJobDoc
     item_model = SyncItem
 

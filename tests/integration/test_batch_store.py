@@ -15,6 +15,7 @@ from shared.adapters.firestore.batch import FirestoreJobStore
 from shared.batch.kind import Finish, ItemRun, JobKind, JobOrder, JobServices, Totals
 from shared.batch.models import BatchItemDoc, ItemListQuery, ItemStatus, JobListQuery, JobStatus, PagedJobDoc
 from shared.batch.store import JobStore, ReaperCursor, StaleWrite
+from shared.events.model import EventType
 from tests.fakes_batch import InMemoryJobStore
 from tests.firestore_faults import FaultyClient, writes_to
 
@@ -30,6 +31,7 @@ class Notes(JobKind[PagedJobDoc, BatchItemDoc]):
     task_prefix = "note-"
     hold_prefix = "note"
     operation = "note"
+    completed_event = EventType.GENERATION_JOB_COMPLETED  # any type: a test kind
     job_model = PagedJobDoc
     item_model = BatchItemDoc
     counted = True

@@ -26,6 +26,7 @@ from shared.batch.models import (
 )
 from shared.batch.store import StaleWrite
 from shared.errors import EpoxError
+from shared.events.model import EventType
 from shared.ledger.model import Actor, GrantSource
 from shared.ledger.service import Ledger
 from shared.tasks import TaskCall, TaskRequest
@@ -78,6 +79,7 @@ class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
     task_prefix = "word-"
     hold_prefix = "word"
     operation = "word"
+    completed_event = EventType.GENERATION_JOB_COMPLETED  # any type: a test kind
     job_model = WordJob
     item_model = WordItem
     counted = True

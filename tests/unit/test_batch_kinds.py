@@ -24,6 +24,7 @@ from shared.batch.models import BatchItemDoc, BatchJobDoc, FanoutPageTask, ItemS
 from shared.config import Settings
 from shared.editing.service import EDITS, EditServices, edit_policy
 from shared.engines.offline import OfflineEngine
+from shared.events.model import EventType
 from shared.generation.jobs import GENERATION, GenerationOrder, GenerationServices, generation_policy
 from shared.generation.models import GenerationSettings, JobCreate, JobItemIn
 from shared.http.app import Access, HttpApp
@@ -145,6 +146,7 @@ class Notes(JobKind[BatchJobDoc, BatchItemDoc]):
     task_prefix = "note-"
     hold_prefix = "note"
     operation = "note"
+    completed_event = EventType.GENERATION_JOB_COMPLETED  # any type: a test kind
     job_model = BatchJobDoc
     item_model = BatchItemDoc
 

@@ -16,13 +16,16 @@ is imported on first use (cold starts of functions that never touch a job pay no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic
 
+from shared.adapters.firestore.outbox import write_events
 from shared.batch.commits import commit_once
 from shared.batch.models import ItemListQuery, ItemStatus, JobListQuery, JobStatus
 from shared.batch.store import I, ItemRow, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
+from shared.events.model import DomainEvent
+from shared.events.outbox import EventKicker, NoKick
 from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
@@ -53,9 +56,10 @@ def _scan(query: Any, after: Any = None) -> Iterator[Any]:
 class FirestoreJobStore(JobStore[J, I], Generic[J, I]):
     """The documents of ``kind``'s jobs in Firestore."""
 
-    def __init__(self, db: Client, kind: JobKind[J, I, Any, Any]) -> None:
+    def __init__(self, db: Client, kind: JobKind[J, I, Any, Any], kicker: EventKicker | None = None) -> None:
         self.db = db
         self.kind = kind
+        self.kicker = kicker or NoKick()
 
     # -- where things live ------------------------------------------------------------------------
 
@@ -104,18 +108,37 @@ class FirestoreJobStore(JobStore[J, I], Generic[J, I]):
 
         return commit_once(lambda: batch.commit(retry=None), ours, f"record {self.kind.noun}") is not None
 
-    def update_job(self, client_id: str, job_id: str, changes: dict[str, Any], version: Any = None) -> None:
+    def update_job(
+        self,
+        client_id: str,
+        job_id: str,
+        changes: dict[str, Any],
+        version: Any = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> None:
         from google.api_core.exceptions import FailedPrecondition
         from google.api_core.exceptions import NotFound as GNotFound
 
         ref = self.job_ref(client_id, job_id)
-        if version is None:
-            ref.update(changes)
+        option = None if version is None else self.db.write_option(last_update_time=version.update_time)
+        if not events:
+            try:
+                ref.update(changes, option=option)
+            except (FailedPrecondition, GNotFound) as error:
+                if version is None:
+                    raise
+                raise StaleWrite(f"{self.kind.noun} {job_id} changed") from error
             return
+        batch = self.db.batch()
+        batch.update(ref, changes, option=option)
+        write_events(self.db, batch, list(events))
         try:
-            ref.update(changes, option=self.db.write_option(last_update_time=version.update_time))
+            batch.commit()
         except (FailedPrecondition, GNotFound) as error:
+            if version is None:
+                raise
             raise StaleWrite(f"{self.kind.noun} {job_id} changed") from error
+        self.kicker.kick(list(events))
 
     def list_jobs(self, client_id: str, query: JobListQuery) -> Page[J]:
         from google.cloud.firestore import FieldFilter, Query

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.outbox import write_events
 from shared.billing.models import BillingState
 from shared.billing.store import (
     DELETE,
@@ -22,6 +23,7 @@ from shared.billing.store import (
     PackPurchase,
     nested,
 )
+from shared.events.outbox import EventKicker, NoKick
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -30,8 +32,9 @@ if TYPE_CHECKING:
 class FirestoreBillingStore(BillingStore, BillingAccounts):
     """Both billing ports on one Firestore client (the webhook, the daily job and the billing API)."""
 
-    def __init__(self, db: Client) -> None:
+    def __init__(self, db: Client, kicker: EventKicker | None = None) -> None:
         self.db = db
+        self.kicker = kicker or NoKick()
 
     def _client(self, client_id: str) -> Any:
         return self.db.collection("clients").document(client_id)
@@ -124,12 +127,14 @@ class FirestoreBillingStore(BillingStore, BillingAccounts):
                     self._client(client_id).collection("notifications").document(doc_id),
                     {**notice.model_dump(mode="python"), "read": False},
                 )
+        write_events(self.db, batch, write.events)
         try:
             batch.commit()
         except AlreadyExists:
             return False  # a concurrent delivery of the same event won
         except FailedPrecondition as exc:
             raise BillingChanged() from exc
+        self.kicker.kick(write.events)
         return True
 
     def _listed(self, query: Any, field_name: str | None = None) -> list[tuple[str, Any]]:

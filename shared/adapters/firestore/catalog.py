@@ -21,6 +21,8 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from shared.adapters.firestore.outbox import write_events
+from shared.catalog.library import approval_event
 from shared.catalog.models import (
     AssetDoc,
     AssetRevision,
@@ -52,6 +54,8 @@ from shared.catalog.ports import (
 )
 from shared.catalog.slots import ProductUsageDoc, limit_from_billing
 from shared.errors import NotFound
+from shared.events.model import DomainEvent
+from shared.events.outbox import EventKicker, NoKick
 from shared.retry import CONTENDED_COMMIT, attempts
 
 if TYPE_CHECKING:
@@ -228,8 +232,9 @@ class FirestoreProductRepository(ProductRepository):
 
 
 class FirestoreAssetRepository(AssetRepository):
-    def __init__(self, db: Client) -> None:
+    def __init__(self, db: Client, kicker: EventKicker | None = None) -> None:
         self.db = db
+        self.kicker = kicker or NoKick()
 
     def _ref(self, client_id: str, asset_id: str) -> Any:
         return assets_ref(self.db, client_id).document(asset_id)
@@ -401,7 +406,32 @@ class FirestoreAssetRepository(AssetRepository):
         )
 
     def update_flags(self, client_id: str, asset_id: str, changes: dict[str, Any]) -> None:
-        self._ref(client_id, asset_id).update(changes)
+        from google.cloud import firestore
+
+        ref = self._ref(client_id, asset_id)
+        if "approved" not in changes:
+            ref.update(changes)
+            return
+        events: list[DomainEvent] = []
+
+        @firestore.transactional  # type: ignore[untyped-decorator]
+        def apply(transaction: Any) -> None:
+            events.clear()  # a retried transaction starts over
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                raise NotFound(f"No asset {asset_id}")
+            asset = AssetDoc.model_validate(snapshot.to_dict())
+            update = dict(changes)
+            if asset.approved != bool(changes["approved"]):
+                sequence = int((snapshot.to_dict() or {}).get("event_seq", 0)) + 1
+                update["event_seq"] = sequence
+                now = changes.get("updated_at") or asset.updated_at
+                events.append(approval_event(client_id, asset, bool(changes["approved"]), sequence, now))
+            transaction.update(ref, update)
+            write_events(self.db, transaction, events)
+
+        apply(self.db.transaction())
+        self.kicker.kick(events)
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         from google.cloud import firestore
@@ -490,8 +520,9 @@ def product_image_owner(asset: AssetDoc) -> str:
 class FirestoreImportRepository(ImportRepository):
     """Imports, their parts (``imports/{id}/chunks/{part}``) and ``reapers/imports[-{client}]``."""
 
-    def __init__(self, db: Client) -> None:
+    def __init__(self, db: Client, kicker: EventKicker | None = None) -> None:
         self.db = db
+        self.kicker = kicker or NoKick()
 
     def _ref(self, client_id: str, import_id: str) -> Any:
         return imports_ref(self.db, client_id).document(import_id)
@@ -528,9 +559,15 @@ class FirestoreImportRepository(ImportRepository):
             return None
         return Versioned(ImportDoc.model_validate(snapshot.to_dict()), snapshot.update_time)
 
-    def update_if_unchanged(self, loaded: Versioned[ImportDoc], changes: dict[str, Any]) -> None:
+    def update_if_unchanged(
+        self, loaded: Versioned[ImportDoc], changes: dict[str, Any], events: Sequence[DomainEvent] = ()
+    ) -> None:
         ref = self._ref(loaded.value.client_id, loaded.value.id)
-        _stale_on_refusal(lambda: ref.update(changes, option=self.db.write_option(last_update_time=loaded.version)))
+        batch = self.db.batch()
+        batch.update(ref, changes, option=self.db.write_option(last_update_time=loaded.version))
+        write_events(self.db, batch, list(events))
+        _stale_on_refusal(batch.commit)
+        self.kicker.kick(list(events))
 
     def part(self, client_id: str, import_id: str, part_id: str) -> dict[str, Any] | None:
         snapshot = self._parts(client_id, import_id).document(part_id).get()
@@ -586,11 +623,11 @@ class FirestoreImportRepository(ImportRepository):
         self._cursor(client_id).set({"after": after, "updated_at": now})
 
 
-def firestore_catalog(db: Client) -> CatalogRepositories:
-    """The catalog's repositories on Firestore."""
+def firestore_catalog(db: Client, kicker: EventKicker | None = None) -> CatalogRepositories:
+    """The catalog's repositories on Firestore; ``kicker`` starts the relay of the events they commit."""
     return CatalogRepositories(
         products=FirestoreProductRepository(db),
-        assets=FirestoreAssetRepository(db),
+        assets=FirestoreAssetRepository(db, kicker),
         uploads=FirestoreUploadRepository(db),
-        imports=FirestoreImportRepository(db),
+        imports=FirestoreImportRepository(db, kicker),
     )

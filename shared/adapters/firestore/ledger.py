@@ -1,5 +1,6 @@
 """The ledger's store on Firestore: ``clients/{c}/ledger/state``, ``ledger_entries/{seq}``,
-``ledger_keys/{sha256}``, ``ledger_holds/{id}``, ``notifications/{…}``, ``ledger_checkpoints/verify``
+``ledger_keys/{sha256}``, ``ledger_holds/{id}``, ``ledger_checkpoints/verify``, and the balance
+crossings' events in ``outbox/{id}``
 (the port and its rules are :mod:`shared.ledger.store`); its read side (history, usage, client
 records, the clients the scheduled jobs visit); and the admin's price override ``settings/prices``."""
 
@@ -11,7 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from shared.ledger.model import Checkpoint, Entry, EntryType, HoldOutcome, HoldStatus, LedgerState, Mutation
+from shared.adapters.firestore.outbox import write_events
+from shared.events.outbox import EventKicker, NoKick
+from shared.ledger.model import (
+    Checkpoint,
+    Entry,
+    EntryType,
+    HoldOutcome,
+    HoldStatus,
+    LedgerState,
+    Mutation,
+    threshold_events,
+)
 from shared.ledger.pricing import PriceList, PriceOverrides
 from shared.ledger.store import (
     DueField,
@@ -34,8 +46,9 @@ class FirestoreLedgerStore(LedgerStore):
     """``clients/{c}/ledger/state``, ``ledger_entries/{seq}``, ``ledger_keys/{sha256}``,
     ``ledger_holds/{id}``, ``notifications/{…}``, ``ledger_checkpoints/verify``."""
 
-    def __init__(self, db: Client) -> None:
+    def __init__(self, db: Client, kicker: EventKicker | None = None) -> None:
         self.db = db
+        self.kicker = kicker or NoKick()
 
     def _client(self, client_id: str) -> Any:
         return self.db.collection("clients").document(client_id)
@@ -106,11 +119,8 @@ class FirestoreLedgerStore(LedgerStore):
             )
         if hold is not None:
             batch.set(client.collection("ledger_holds").document(hold.hold_id), hold.data, merge=True)
-        for index, note in enumerate(mutation.notifications):
-            doc_id = f"credits-{note.kind}-{mutation.entries[-1].seq if mutation.entries else 0}-{index}"
-            batch.create(
-                client.collection("notifications").document(doc_id), {**note.model_dump(mode="python"), "read": False}
-            )
+        events = threshold_events(client_id, mutation)  # credits.low / credits.depleted, in this commit
+        write_events(self.db, batch, events)
         try:
             batch.commit()
         except (FailedPrecondition, NotFound, Aborted) as exc:
@@ -122,6 +132,7 @@ class FirestoreLedgerStore(LedgerStore):
             if marker_ref.get().exists:
                 raise KeyAlreadyUsed() from exc
             raise StaleState() from exc
+        self.kicker.kick(events)
 
     def entries(self, client_id: str) -> list[Entry]:
         stream = self._client(client_id).collection("ledger_entries").order_by("seq").stream()
