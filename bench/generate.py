@@ -192,6 +192,8 @@ def _run() -> int:
     print(f"  peak writes/second to one document     {_peak_per_second(stamps[hottest]):8d}    ({hottest})")
     print(f"  writes to the balance document         {writes[state_path]:8d}    (reserve once, settle once)")
     print(f"  writes to the job document             {writes[job_path]:8d}")
+    event_writes = sum(count for path, count in writes.items() if path.startswith("outbox/"))
+    print(f"  writes the job's events cost           {event_writes:8d}    (target <= 2 per job: outbox + relay mark)")
     print(f"  job status {job['status']}, images {job['images_succeeded']}, settlement {job['settlement']}")
     return 0
 

@@ -170,6 +170,9 @@ def main() -> int:
     from bench import imports
 
     imports.main()
+    from bench import events
+
+    events.main()
     return 0
 
 

@@ -498,6 +498,33 @@ def test_deletion_after_the_period_ended_moves_to_free_at_once(
 # -- payment failures -------------------------------------------------------------------------------
 
 
+def test_plan_changes_and_failed_payments_are_domain_events_of_their_commits(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """The webhook's commit carries ``billing.subscription_changed`` when the plan or status moves and
+    ``billing.payment_failed`` for a failed charge; a redelivered event adds none."""
+    from google.cloud.firestore import FieldFilter
+
+    def events() -> list[dict[str, Any]]:
+        query = stack.platform.db.collection("outbox").where(filter=FieldFilter("client_id", "==", sub.client_id))
+        return sorted((s.to_dict() for s in query.stream()), key=lambda e: (e["sequence"], e["type"]))
+
+    start, end = period(clock.now - timedelta(days=1))
+    subscribe(hook, sub, "price_growth_m", start, end)
+    changed = [e for e in events() if e["type"] == "billing.subscription_changed"]
+    assert [(e["payload"]["previous_plan"], e["payload"]["plan"], e["payload"]["status"]) for e in changed] == [
+        ("free", "growth", "active")
+    ]
+    failure = sub.payment_failed("price_growth_m", start, end)
+    send(hook, failure)
+    send(hook, failure)  # Stripe delivers more than once: the duplicate commits nothing
+    kinds = [(e["type"], e["payload"].get("status")) for e in events()]
+    assert kinds.count(("billing.payment_failed", None)) == 1
+    assert ("billing.subscription_changed", "past_due") in kinds
+    [failed] = [e for e in events() if e["type"] == "billing.payment_failed"]
+    assert failed["subject"]["kind"] == "invoice" and failed["payload"]["attempt_count"] >= 1
+
+
 def test_payment_failure_blocks_paid_work_after_the_grace_period(
     stack: Any, hook: Any, sub: Subscriber, clock: Clock
 ) -> None:
