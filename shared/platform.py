@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
     from shared.ledger.store import LedgerReader
+    from shared.notifications.inbox import NotificationStore
+    from shared.notifications.preferences import PreferencesStore
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
@@ -213,6 +215,20 @@ class Platform:
 
         ttl = timedelta(hours=self.settings.idempotency_ttl_hours)
         return IdempotencyKeys(FirestoreIdempotencyStore(self.db), ttl, self.clock)
+
+    @property
+    def notifications(self) -> NotificationStore:
+        """In-app notifications (``clients/{c}/notifications``)."""
+        from shared.adapters.firestore.notifications import FirestoreNotificationStore
+
+        return FirestoreNotificationStore(self.db)
+
+    @property
+    def notification_preferences(self) -> PreferencesStore:
+        """Which notifications a client gets, and where (``clients/{c}/settings/notifications``)."""
+        from shared.adapters.firestore.notifications import FirestorePreferencesStore
+
+        return FirestorePreferencesStore(self.db)
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:
