@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
     from shared.ledger.store import LedgerReader
+    from shared.notifications.inbox import NotificationStore
+    from shared.notifications.preferences import PreferencesStore
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
@@ -186,7 +188,9 @@ class Platform:
         """Everything that reacts to events (the relay's registry), built for this platform."""
         if self._event_consumers is not None:
             return self._event_consumers(self)
-        return []
+        from shared.notifications.in_app import InAppNotifier
+
+        return [InAppNotifier(self.notifications, self.notification_preferences)]
 
     @property
     def ledger_reader(self) -> LedgerReader:
@@ -237,6 +241,20 @@ class Platform:
 
         ttl = timedelta(hours=self.settings.idempotency_ttl_hours)
         return IdempotencyKeys(FirestoreIdempotencyStore(self.db), ttl, self.clock)
+
+    @property
+    def notifications(self) -> NotificationStore:
+        """In-app notifications (``clients/{c}/notifications``)."""
+        from shared.adapters.firestore.notifications import FirestoreNotificationStore
+
+        return FirestoreNotificationStore(self.db)
+
+    @property
+    def notification_preferences(self) -> PreferencesStore:
+        """Which notifications a client gets, and where (``clients/{c}/settings/notifications``)."""
+        from shared.adapters.firestore.notifications import FirestorePreferencesStore
+
+        return FirestorePreferencesStore(self.db)
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:

@@ -16,6 +16,17 @@ from shared.events import relay
 from shared.events.outbox import ParkedDelivery
 from shared.http.app import Access, HttpApp, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
 from shared.needs import Need
+from shared.notifications import inbox
+from shared.notifications.inbox import (
+    MarkAllReadResult,
+    MarkReadRequest,
+    MarkReadResult,
+    NotificationOut,
+    NotificationQuery,
+    PreferencesView,
+    UnreadCount,
+)
+from shared.notifications.preferences import NotificationPreferences
 from shared.pagination import Page, PageQuery
 from shared.scheduled import finish
 from shared.tasks import TaskOutcome
@@ -29,6 +40,41 @@ answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot r
 
 
 # -- in-app notifications and preferences (notifications_api) ---------------------------------------
+
+
+@api.get("/notifications", query=NotificationQuery)
+def list_notifications(ctx: RequestContext[NoBody, NotificationQuery]) -> Page[NotificationOut]:
+    return inbox.list_notifications(ctx.platform.notifications, ctx.client_id, ctx.query)
+
+
+@api.get("/notifications/unread-count")
+def unread_count(ctx: RequestContext[NoBody, NoQuery]) -> UnreadCount:
+    return inbox.unread_count(ctx.platform.notifications, ctx.client_id)
+
+
+@api.post("/notifications/read", body=MarkReadRequest)
+def mark_several_read(ctx: RequestContext[MarkReadRequest, NoQuery]) -> MarkReadResult:
+    return inbox.mark_several_read(ctx.platform.notifications, ctx.client_id, ctx.body)
+
+
+@api.post("/notifications/read-all")
+def mark_all_read(ctx: RequestContext[NoBody, NoQuery]) -> MarkAllReadResult:
+    return inbox.mark_all_read(ctx.platform.notifications, ctx.client_id)
+
+
+@api.post("/notifications/<notification_id>/read")
+def mark_read(ctx: RequestContext[NoBody, NoQuery]) -> NotificationOut:
+    return inbox.mark_one_read(ctx.platform.notifications, ctx.client_id, ctx.path_params["notification_id"])
+
+
+@api.get("/notification-preferences")
+def get_preferences(ctx: RequestContext[NoBody, NoQuery]) -> PreferencesView:
+    return inbox.get_preferences(ctx.platform.notification_preferences, ctx.client_id)
+
+
+@api.put("/notification-preferences", body=NotificationPreferences)
+def put_preferences(ctx: RequestContext[NotificationPreferences, NoQuery]) -> PreferencesView:
+    return inbox.save_preferences(ctx.platform.notification_preferences, ctx.client_id, ctx.body)
 
 
 # -- email: unsubscribe (notifications_api, public) -------------------------------------------------

@@ -21,7 +21,15 @@ import pytest
 
 BASE_URL = "http://localhost"  # the function's root: each document's paths are relative to it
 EXAMPLES = int(os.environ.get("EPOX_CONTRACT_EXAMPLES", "12"))
-PUBLIC_ENTRY_POINTS = ("billing_api", "catalog_api", "credits_api", "edit_api", "generate_api", "stripe_webhook")
+PUBLIC_ENTRY_POINTS = (
+    "billing_api",
+    "catalog_api",
+    "credits_api",
+    "edit_api",
+    "generate_api",
+    "notifications_api",
+    "stripe_webhook",
+)
 INTERNAL_ENTRY_POINTS = (
     "billing_jobs",
     "catalog_tasks",

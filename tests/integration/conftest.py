@@ -47,3 +47,8 @@ def clean_gemini_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No API key, Vertex AI switch or base URL from the environment reaches the Gemini SDK."""
     for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GEMINI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def notifications(stack: Any) -> Any:
+    return stack.client("notifications_api")
