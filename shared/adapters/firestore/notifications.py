@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from shared.errors import UpstreamUnavailable
 from shared.notifications.inbox import (
     Notification,
     NotificationDraft,
@@ -66,7 +67,14 @@ class FirestoreNotificationStore(NotificationStore):
                 transaction.set(ref, after.model_dump(mode="python"))
             return after
 
-        result: Notification | None = apply(self.db.transaction())
+        from google.api_core.exceptions import Aborted
+
+        try:
+            # A burst on one key contends on one document: more tries than the default five, then
+            # the queue's retry (the consumer is idempotent, so a second delivery counts once).
+            result: Notification | None = apply(self.db.transaction(max_attempts=20))
+        except Aborted as exc:
+            raise UpstreamUnavailable("The notification is busy; try again", retry_after=1) from exc
         return result
 
     def get(self, client_id: str, notification_id: str) -> Notification | None:
