@@ -17,7 +17,7 @@ from shared.needs import ALL_NEEDS, Need, required_variables
 from tests.unit.test_config import PRODUCTION
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("catalog", "credits", "generate", "edit", "billing", "stripe_webhook")
+FOLDERS = ("catalog", "credits", "generate", "edit", "billing", "stripe_webhook", "notifications")
 
 # One valid production value per variable a group may demand: the full production set's, plus the Gemini
 # key (that set uses Vertex instead) and an entry point of no particular function.
@@ -36,6 +36,8 @@ EXPECTED = {
     "billing_api": {Need.AUTH, Need.STRIPE, Need.BILLING_PAGES},
     "billing_jobs": {Need.TASK_CALLS},
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK},
+    "notifications_api": {Need.MAIL},
+    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
 }
 
 
