@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage as ReceivedMessage
+from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -56,14 +60,51 @@ class _Login:
         return AuthResult(success=ok, handled=False)
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files (the CA a test client trusts is the certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "smtp-cert.pem", directory / "smtp-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 @contextmanager
-def smtp_sink(*, login: tuple[str, str] | None = None) -> Iterator[tuple[Inbox, int]]:
-    """Run an SMTP server on 127.0.0.1 (with AUTH over plain SMTP when ``login`` is given: loopback only)."""
+def smtp_sink(
+    *, login: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
+) -> Iterator[tuple[Inbox, int]]:
+    """Run an SMTP server on 127.0.0.1. ``login``: AUTH with that pair (over plain SMTP unless ``tls``);
+    ``tls`` (certificate, key): STARTTLS offered and required before anything else."""
     inbox = Inbox()
     port = free_port()
     options: dict[str, Any] = {}
     if login is not None:
-        options = {"authenticator": _Login(*login), "auth_require_tls": False}
+        options = {"authenticator": _Login(*login), "auth_require_tls": tls is not None}
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        options |= {"tls_context": context, "require_starttls": True}
     controller = Controller(inbox, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:

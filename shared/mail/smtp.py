@@ -37,7 +37,9 @@ class SmtpMailer(Mailer):
         password: SecretStr | None = None,
         starttls: bool = True,
         timeout_seconds: float = 20.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls_context``: the certificates STARTTLS trusts (default: the system's; tests pass their own CA)."""
         self.host = host
         self.port = port
         self.sender = sender
@@ -45,6 +47,7 @@ class SmtpMailer(Mailer):
         self.password = password or SecretStr("")
         self.starttls = starttls
         self.timeout_seconds = timeout_seconds
+        self.tls_context = tls_context
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpMailer:
@@ -78,7 +81,7 @@ class SmtpMailer(Mailer):
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds) as smtp:
                 if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self.tls_context or ssl.create_default_context())
                 if self.username:
                     smtp.login(self.username, self.password.get_secret_value())
                 smtp.send_message(mime)

@@ -205,3 +205,16 @@ def test_the_sign_in_email_claim_is_the_contact(mail: Mail, client_id: str, db: 
     assert response.status_code == 200
     record = db.collection("clients").document(client_id).get().to_dict()
     assert record["contact_email"] == "founder@shop.test"
+
+
+def test_without_mail_settings_the_routes_say_what_is_missing(stack: Any, client_id: str) -> None:
+    """The default test stack has no SMTP relay and no unsubscribe key: a clear 503, never a 500."""
+    from shared.errors import VendorNotConfigured
+
+    response = stack.client("notifications_api").get("/unsubscribe", query_string={"token": "x"})
+    assert response.status_code == 503
+    assert response.json["code"] == "vendor_not_configured"
+    assert response.json["settings"] == ["MAIL_UNSUBSCRIBE_SECRET"]
+    with pytest.raises(VendorNotConfigured) as caught:
+        stack.platform.mailer.send  # noqa: B018 - building the adapter is what is checked
+    assert caught.value.extensions["settings"] == ["SMTP_HOST", "MAIL_FROM"]

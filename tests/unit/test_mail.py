@@ -3,8 +3,10 @@ the templates and the ``email`` consumer over the port fakes."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +29,7 @@ from shared.notifications.email_templates import MailLinks
 from shared.notifications.preferences import ChannelPreference, NotificationPreferences, NotificationType
 from tests.fakes_mail import InMemoryEmailLog, InMemoryPreferences, RecordingMailer
 from tests.fakes_tenancy import InMemoryClientDirectory
-from tests.smtp_sink import Inbox, free_port, html_part, smtp_sink, text_part
+from tests.smtp_sink import Inbox, free_port, html_part, self_signed, smtp_sink, text_part
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 SECRET = "unsubscribe-secret-for-tests"
@@ -99,6 +101,29 @@ def test_starttls_asked_of_a_relay_without_it_is_retryable_not_a_crash(sink: tup
     with pytest.raises(UpstreamUnavailable):
         mailer.send(_message())
     assert inbox.messages == []
+
+
+def test_starttls_then_login_over_tls(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    with smtp_sink(login=("epox", "right"), tls=(cert, key)) as (inbox, port):
+        SmtpMailer(
+            host="127.0.0.1",
+            port=port,
+            sender="mail@epox.test",
+            username="epox",
+            password=_secret("right"),  # type: ignore[arg-type]
+            tls_context=trusted,
+            timeout_seconds=5,
+        ).send(_message())
+        assert len(inbox.messages) == 1
+        # A certificate the client does not trust: no credentials sent, retried later.
+        with pytest.raises(UpstreamUnavailable):
+            SmtpMailer(host="127.0.0.1", port=port, sender="mail@epox.test", timeout_seconds=5).send(_message())
+        # Without STARTTLS the server refuses (it requires it): retried, never sent in clear.
+        with pytest.raises(UpstreamUnavailable):
+            _mailer(port).send(_message())
+        assert len(inbox.messages) == 1
 
 
 def _secret(value: str) -> object:
