@@ -218,3 +218,31 @@ def test_without_mail_settings_the_routes_say_what_is_missing(stack: Any, client
     with pytest.raises(VendorNotConfigured) as caught:
         stack.platform.mailer.send  # noqa: B018 - building the adapter is what is checked
     assert caught.value.extensions["settings"] == ["SMTP_HOST", "MAIL_FROM"]
+
+
+@pytest.fixture(params=["firestore", "memory"])
+def email_log(request: pytest.FixtureRequest, db: Any) -> Any:
+    from shared.adapters.firestore.emails import FirestoreEmailLog
+    from tests.fakes_mail import InMemoryEmailLog
+
+    return FirestoreEmailLog(db) if request.param == "firestore" else InMemoryEmailLog()
+
+
+def test_the_sent_markers_keep_the_same_rules_on_firestore_and_in_memory(email_log: Any, client_id: str) -> None:
+    """One contract for the adapter and its fake: the first claim wins, a live claim is in flight, a
+    lapsed one is taken over, a sent or refused email is never claimed again, a released one is."""
+    from shared.notifications.email import EmailInFlight, EmailStatus
+
+    kind, lease, t0 = NotificationType.JOB_COMPLETED, timedelta(minutes=5), datetime.now(UTC)
+    assert email_log.claim(client_id, "e1", kind, t0, lease) is True
+    with pytest.raises(EmailInFlight):
+        email_log.claim(client_id, "e1", kind, t0 + timedelta(minutes=1), lease)
+    assert email_log.claim(client_id, "e1", kind, t0 + timedelta(minutes=6), lease) is True  # the first died
+    email_log.finish(client_id, "e1", EmailStatus.SENT, t0 + timedelta(minutes=6))
+    assert email_log.claim(client_id, "e1", kind, t0 + timedelta(days=1), lease) is False
+
+    assert email_log.claim(client_id, "e2", kind, t0, lease) is True
+    email_log.release(client_id, "e2")
+    assert email_log.claim(client_id, "e2", kind, t0, lease) is True
+    email_log.finish(client_id, "e2", EmailStatus.REFUSED, t0)
+    assert email_log.claim(client_id, "e2", kind, t0 + timedelta(hours=1), lease) is False
