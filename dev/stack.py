@@ -5,6 +5,8 @@ entry point under ``/<entry point>/`` on one port, runs a local Cloud Tasks disp
 the identity provider: a JWKS at ``/_dev/jwks.json`` and tokens from ``POST /_dev/token``.
 Stripe is the local stub (``dev/stubs/stripe.py``): Checkout sessions point at its hosted page, and
 paying there (``POST`` the session's ``url``) sends Stripe's signed events to ``/stripe_webhook/``.
+Email goes to a local SMTP sink (``dev/mail_sink.py``): every message lands in ``.dev/mail/*.eml``
+and ``/_dev/mail`` lists them.
 Ctrl-C stops everything it started.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dev.mail_sink import MailSink
     from dev.stubs.stripe import StripeStub, Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +43,8 @@ DEV_PRICE_IDS = {
     **{pack: f"price_dev_{pack}" for pack in ("pack_100", "pack_500", "pack_2000")},
 }
 BUCKET = "epox-dev"
+# Not a secret: signs the unsubscribe links of the local stack's emails (stable, so old links keep working).
+DEV_UNSUBSCRIBE_SECRET = "epox-local-dev-unsubscribe"  # noqa: S105 - the local stack only
 
 
 def _load_or_create_key(path: Path) -> Any:
@@ -95,7 +100,7 @@ def stripe_stub(webhook: Webhook | None) -> StripeStub:
 
 
 def configure_environment(
-    port: int, firestore_host: str, s3_endpoint: str, task_secret: str, stripe_api_base: str
+    port: int, firestore_host: str, s3_endpoint: str, task_secret: str, stripe_api_base: str, smtp_port: int = 1025
 ) -> dict[str, str]:
     """The settings every function reads, pointed at the local services."""
     base = f"http://127.0.0.1:{port}"
@@ -123,14 +128,21 @@ def configure_environment(
         **stripe_environment(stripe_api_base),
         # The demo serves its sample images from this process; nothing else private is reachable.
         "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
+        # Email goes to the local SMTP sink (plain SMTP on loopback, no login).
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_STARTTLS": "false",
+        "MAIL_FROM": "Epox (local) <notifications@epox.localhost>",
+        "MAIL_UNSUBSCRIBE_SECRET": DEV_UNSUBSCRIBE_SECRET,
+        "PUBLIC_BASE_URL": f"{base}/notifications_api",
     }
     os.environ.update(values)
     return values
 
 
-def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
+def build_dev_app(issuer: Any, dispatcher: Any, samples: Path, mail: MailSink | None = None) -> Any:
     """The ``/_dev`` routes: JWKS, token minting, task submission, sample images, the merged API
-    contract, an index."""
+    contract, the mails the SMTP sink kept, an index."""
     from flask import Flask, abort, jsonify, request, send_from_directory
 
     app = Flask("epox-dev")
@@ -189,6 +201,11 @@ def build_dev_app(issuer: Any, dispatcher: Any, samples: Path) -> Any:
             abort(404)
         return send_from_directory(samples, name)
 
+    @app.get("/_dev/mail")
+    def list_mail() -> Any:
+        """What the local SMTP sink received, newest first: subject, to, and the .eml file."""
+        return jsonify(mail.messages() if mail is not None else [])
+
     contract: dict[str, Any] = {}
 
     @app.get("/_dev/openapi.json")
@@ -235,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("EPOX_DEV_STRIPE_PORT", "0")),
         help="the Stripe stub's port (default: a free one; Checkout and portal URLs name it)",
     )
+    parser.add_argument(
+        "--smtp-port",
+        type=int,
+        default=int(os.environ.get("EPOX_DEV_SMTP_PORT", "1025")),
+        help="the local SMTP sink's port (mails kept in .dev/mail/)",
+    )
     parser.add_argument("--demo", action="store_true", help="run the scripted demo once the stack is up")
     args = parser.parse_args(argv)
 
@@ -247,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from dev.emulator import FirestoreEmulator
     from dev.functions import load_function_apps
     from dev.jwt_issuer import DevIssuer
+    from dev.mail_sink import MailSink
     from dev.stubs.stripe import StubServer, http_webhook
 
     STATE.mkdir(exist_ok=True)
@@ -257,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     s3_endpoint = f"http://127.0.0.1:{args.s3_port}"
     task_secret = secrets.token_urlsafe(24)
     stripe = StubServer(stripe_stub(http_webhook(f"http://127.0.0.1:{args.port}/stripe_webhook/")), args.stripe_port)
-    configure_environment(args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url)
+    mail = MailSink(STATE / "mail", args.smtp_port).start()
+    configure_environment(args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url, args.smtp_port)
 
     from shared.config import get_settings
     from shared.storage import R2ObjectStore
@@ -285,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     dispatcher.start()
     write_samples(STATE / "samples")
     apps = load_function_apps(ROOT / "functions")
-    root_app = build_dev_app(issuer, dispatcher, STATE / "samples")
+    root_app = build_dev_app(issuer, dispatcher, STATE / "samples", mail)
     wsgi = DispatcherMiddleware(root_app, {f"/{name}": app for name, app in apps.items()})
     server = make_server("127.0.0.1", args.port, wsgi, threaded=True)
 
@@ -298,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  task dispatcher          {base}/_dev/tasks")
     print(f"  API contract (OpenAPI)   {base}/_dev/openapi.json")
     print(f"  Stripe (local stub)      {stripe.stub.url}  pay a checkout: POST its url (or open it and press Pay)")
+    print(f"  SMTP sink (email)        127.0.0.1:{args.smtp_port}  mails in .dev/mail/, listed at {base}/_dev/mail")
     print("\nGet a dev token:")
     print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")
     print(f'  curl -s {base}/catalog_api/products -H "Authorization: Bearer $TOKEN"')
@@ -330,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         dispatcher.stop()
         http.close()
         stripe.stop()
+        mail.stop()
         s3.stop()
         emulator.stop()
         print("stopped.", flush=True)

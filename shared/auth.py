@@ -36,11 +36,16 @@ class Principal:
     client_id: str
     roles: frozenset[str]  # roles inside the tenant; none of them reaches beyond it
     platform_admin: bool = False  # the operator claim (AUTH_PLATFORM_ADMIN_CLAIM) is boolean true
+    email: str | None = None  # the token's ``email`` claim when it looks like an address (the client's contact)
 
     def require_platform_admin(self) -> None:
         """Refuse anyone but an operator: these routes act on every tenant."""
         if not self.platform_admin:
             raise Forbidden("This endpoint is for platform administrators")
+
+
+# An address worth mailing (the identity provider verified it); anything else is ignored, never refused.
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,60}")
 
 
 def _claim(payload: dict[str, Any], path: str) -> Any:
@@ -279,4 +284,8 @@ class JwtVerifier:
             raise Unauthenticated("The token has no subject")
         # Only a JSON true counts: not "true", not 1, not a role name, and never the tenant role claim.
         platform_admin = bool(self.platform_admin_claim) and _claim(payload, self.platform_admin_claim) is True
-        return Principal(user_id=subject, client_id=client_id, roles=roles, platform_admin=platform_admin)
+        email = payload.get("email")
+        contact = email.strip() if isinstance(email, str) and _EMAIL.fullmatch(email.strip()) else None
+        return Principal(
+            user_id=subject, client_id=client_id, roles=roles, platform_admin=platform_admin, email=contact
+        )

@@ -179,6 +179,21 @@ class Settings(BaseSettings):
     edit_sync_max_assets: int = Field(default=10, ge=1, le=100)  # free pipelines on more assets run as a job
     edit_hold_ttl_hours: int = 6
 
+    # Email (SMTP relay; any provider's relay speaks it)
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65_535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    smtp_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    mail_from: str = ""
+    # Signs the one-click unsubscribe tokens (HMAC-SHA256); rotating it voids the links already sent.
+    mail_unsubscribe_secret: SecretStr = SecretStr("")
+    # Where the notifications function is reached from the internet (the unsubscribe links point here).
+    public_base_url: str = "http://localhost:8080"
+    # The frontend's home (the links in the emails: jobs, billing); billing's own page is BILLING_PORTAL_RETURN_URL.
+    app_url: str = "http://localhost:3000"
+
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION
@@ -223,6 +238,9 @@ class Settings(BaseSettings):
             "STRIPE_API_KEY": self.stripe_api_key.get_secret_value(),
             "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret.get_secret_value(),
             "STRIPE_PRICE_IDS": "set" if self.stripe_price_ids else "",
+            "SMTP_HOST": self.smtp_host,
+            "MAIL_FROM": self.mail_from,
+            "MAIL_UNSUBSCRIBE_SECRET": self.mail_unsubscribe_secret.get_secret_value(),
         }
         demanded = set(required_variables(needs)) & set(values)
         missing = sorted(name for name in demanded if not values[name])
@@ -252,6 +270,12 @@ class Settings(BaseSettings):
         ):
             if url and not _is_https(url):
                 unsafe.append(f"{name} must use https")
+        if Need.MAIL in needs:
+            if self.smtp_host and not self.smtp_starttls and self.smtp_username:
+                unsafe.append("SMTP_STARTTLS must be true when SMTP_USERNAME is set (credentials go over TLS only)")
+            for name, url in (("PUBLIC_BASE_URL", self.public_base_url), ("APP_URL", self.app_url)):
+                if not _is_https(url) or _is_local_host(url):
+                    unsafe.append(f"{name} must be an https URL reachable from the internet, not {url!r}")
         for name, url in (
             ("BILLING_SUCCESS_URL", self.billing_success_url),
             ("BILLING_CANCEL_URL", self.billing_cancel_url),

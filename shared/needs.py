@@ -21,10 +21,12 @@ class Need(str, Enum):
     STRIPE = "stripe"  # the Stripe API: STRIPE_API_KEY, STRIPE_PRICE_IDS
     STRIPE_WEBHOOK = "stripe_webhook"  # signed Stripe events: STRIPE_WEBHOOK_SECRET
     BILLING_PAGES = "billing_pages"  # where Stripe sends the browser back: BILLING_*_URL (https, not local)
+    # Email: SMTP_HOST, MAIL_FROM, MAIL_UNSUBSCRIBE_SECRET; PUBLIC_BASE_URL and APP_URL checked by value
+    MAIL = "mail"
 
 
 ALL_NEEDS: frozenset[Need] = frozenset(Need)
-# The variables each group demands; Settings.check_production checks GEMINI and BILLING_PAGES by value.
+# The variables each group demands; Settings.check_production checks GEMINI, BILLING_PAGES and MAIL's URLs by value.
 _REQUIRED: dict[Need, tuple[str, ...]] = {
     Need.AUTH: ("AUTH_JWKS_URL", "AUTH_ISSUER", "AUTH_AUDIENCE"),
     Need.TASK_CALLS: ("TASKS_TARGET_BASE_URL", "TASKS_SERVICE_ACCOUNT", "FUNCTION_TARGET"),
@@ -32,13 +34,16 @@ _REQUIRED: dict[Need, tuple[str, ...]] = {
     Need.R2: ("R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET"),
     Need.STRIPE: ("STRIPE_API_KEY", "STRIPE_PRICE_IDS"),
     Need.STRIPE_WEBHOOK: ("STRIPE_WEBHOOK_SECRET",),
+    Need.MAIL: ("SMTP_HOST", "MAIL_FROM", "MAIL_UNSUBSCRIBE_SECRET"),
 }
 _BILLING_PAGES = ("BILLING_SUCCESS_URL", "BILLING_CANCEL_URL", "BILLING_PORTAL_RETURN_URL")
+_MAIL_LINKS = ("PUBLIC_BASE_URL", "APP_URL")  # checked by value: https, not local
 
 
 def required_variables(needs: Collection[Need]) -> list[str]:
     """The environment variables production demands for these needs, sorted (GEMINI_API_KEY listed
-    for GEMINI although GEMINI_USE_VERTEX=true replaces it; the billing pages once they are needed)."""
+    for GEMINI although GEMINI_USE_VERTEX=true replaces it; the billing pages and the mail links once
+    they are needed)."""
     names = {"GCP_PROJECT"}
     for need in needs:
         names.update(_REQUIRED.get(need, ()))
@@ -46,4 +51,6 @@ def required_variables(needs: Collection[Need]) -> list[str]:
         names.add("GEMINI_API_KEY")
     if Need.BILLING_PAGES in needs:
         names.update(_BILLING_PAGES)
+    if Need.MAIL in needs:
+        names.update(_MAIL_LINKS)
     return sorted(names)

@@ -34,12 +34,16 @@ if TYPE_CHECKING:
     from shared.ledger.pricing import PriceBook
     from shared.ledger.service import Ledger
     from shared.ledger.store import LedgerReader
+    from shared.mail.port import Mailer
+    from shared.notifications.email import EmailLog, EmailNotifier
+    from shared.notifications.email_templates import MailLinks
     from shared.notifications.inbox import NotificationStore
     from shared.notifications.preferences import PreferencesStore
+    from shared.notifications.weekly import GeneratedImages
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
-    from shared.tenancy import Onboarding
+    from shared.tenancy import ClientDirectory, Onboarding
 
 
 def utc_now() -> datetime:
@@ -64,6 +68,7 @@ class Platform:
         engine: ImageEngine | None = None,
         payment_gateway: PaymentGateway | None = None,
         event_consumers: Callable[[Platform], list[EventConsumer]] | None = None,
+        mailer: Mailer | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -77,6 +82,7 @@ class Platform:
         self._engine = engine
         self._gateway = payment_gateway
         self._event_consumers = event_consumers
+        self._mailer = mailer
         self._price_book: PriceBook | None = None
         # Re-entrant: a lazily built adapter may need another one (onboarding builds on the Firestore client).
         self._lock = threading.RLock()
@@ -190,7 +196,13 @@ class Platform:
             return self._event_consumers(self)
         from shared.notifications.in_app import InAppNotifier
 
-        return [InAppNotifier(self.notifications, self.notification_preferences)]
+        consumers: list[EventConsumer] = [InAppNotifier(self.notifications, self.notification_preferences)]
+        s = self.settings
+        # Email where it is configured (production demands it of the functions that need mail); a
+        # development stack without SMTP notifies in-app only.
+        if s.mail_unsubscribe_secret.get_secret_value() and s.smtp_host and s.mail_from:
+            consumers.append(self.email_notifier())
+        return consumers
 
     @property
     def ledger_reader(self) -> LedgerReader:
@@ -255,6 +267,67 @@ class Platform:
         from shared.adapters.firestore.notifications import FirestorePreferencesStore
 
         return FirestorePreferencesStore(self.db)
+
+    # -- email ----------------------------------------------------------------------------------------
+    @property
+    def mailer(self) -> Mailer:
+        """The SMTP relay (SMTP_*, MAIL_FROM); 503 ``vendor_not_configured`` without SMTP_HOST/MAIL_FROM."""
+        if self._mailer is None:
+            with self._lock:
+                if self._mailer is None:
+                    from shared.mail.smtp import SmtpMailer
+
+                    self._mailer = SmtpMailer.from_settings(self.settings)
+        return self._mailer
+
+    @property
+    def mail_links(self) -> MailLinks:
+        """Where the emails link to, and the unsubscribe tokens' key (MAIL_UNSUBSCRIBE_SECRET)."""
+        from shared.config import require_vendor_settings
+        from shared.notifications.email_templates import MailLinks
+
+        s = self.settings
+        secret = s.mail_unsubscribe_secret.get_secret_value()
+        require_vendor_settings("Email (unsubscribe links)", {"MAIL_UNSUBSCRIBE_SECRET": secret})
+        return MailLinks(
+            app_url=s.app_url,
+            billing_url=s.billing_portal_return_url,
+            unsubscribe_url=s.public_base_url.rstrip("/") + "/unsubscribe",
+            unsubscribe_secret=secret,
+        )
+
+    @property
+    def client_directory(self) -> ClientDirectory:
+        from shared.adapters.firestore.tenancy import FirestoreClientDirectory
+
+        return FirestoreClientDirectory(self.db)
+
+    @property
+    def email_log(self) -> EmailLog:
+        """The sent-markers: ``clients/{c}/emails/{event id | weekly-{week}}``."""
+        from shared.adapters.firestore.emails import FirestoreEmailLog
+
+        return FirestoreEmailLog(self.db)
+
+    @property
+    def generated_images(self) -> GeneratedImages:
+        """What the weekly summary counts: images of generation jobs finished in a window."""
+        from shared.adapters.firestore.activity import FirestoreGeneratedImages
+
+        return FirestoreGeneratedImages(self.db)
+
+    def email_notifier(self) -> EmailNotifier:
+        """The ``email`` consumer of domain events."""
+        from shared.notifications.email import EmailNotifier
+
+        return EmailNotifier(
+            self.notification_preferences,
+            self.client_directory,
+            self.email_log,
+            lambda: self.mailer,
+            self.mail_links,
+            self.clock,
+        )
 
     # -- request-time services the HTTP layer uses ------------------------------------------------
     def authenticate(self, authorization: str | None) -> Principal:

@@ -30,6 +30,7 @@ class ClientRecord(BaseModel):
     status: str = "active"
     created_at: datetime
     created_by: str
+    contact_email: str | None = None  # the signed-in user's email claim, kept current at each sign-in
 
 
 class ClientDirectory(ABC):
@@ -38,6 +39,14 @@ class ClientDirectory(ABC):
     @abstractmethod
     def create(self, record: ClientRecord) -> bool:
         """Create the record unless one exists for its id (never overwritten); True when created."""
+
+    @abstractmethod
+    def set_contact_email(self, client_id: str, email: str) -> None:
+        """Record the client's contact address (merged into the existing record, nothing else touched)."""
+
+    @abstractmethod
+    def contact_email(self, client_id: str) -> str | None:
+        """The client's contact address, if one is known."""
 
 
 # What a new client is given (client id, now); must be idempotent: it runs again after a crash or in a
@@ -50,7 +59,12 @@ def onboard(directory: ClientDirectory, welcome: Welcome, principal: Principal, 
 
     The welcome runs even when the record exists: a first call that died between the two steps is
     completed by the next one, and the welcome itself grants only once."""
-    created = directory.create(ClientRecord(id=principal.client_id, created_at=now, created_by=principal.user_id))
+    record = ClientRecord(
+        id=principal.client_id, created_at=now, created_by=principal.user_id, contact_email=principal.email
+    )
+    created = directory.create(record)
+    if not created and principal.email:
+        directory.set_contact_email(principal.client_id, principal.email)
     welcome(principal.client_id, now)
     return created
 
@@ -62,11 +76,13 @@ class Onboarding:
         self.directory = directory
         self.welcome = welcome
         self.clock = clock
-        self._known: set[str] = set()
+        # (client, email): a known client signing in with another address in this process records it.
+        self._known: set[tuple[str, str | None]] = set()
 
     def ensure(self, principal: Principal) -> None:
         """Onboard the caller's client unless this process already did (a failure is retried next call)."""
-        if principal.client_id in self._known:
+        known = (principal.client_id, principal.email)
+        if known in self._known:
             return
         onboard(self.directory, self.welcome, principal, self.clock())
-        self._known.add(principal.client_id)
+        self._known.add(known)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 STRIPE_ERRORS = (BadRequest, UpstreamRejectedCredentials)
 
 api = HttpApp("billing_api", needs=(Need.STRIPE, Need.BILLING_PAGES))
-jobs = HttpApp("billing_jobs")
+jobs = HttpApp("billing_jobs", needs=(Need.TASK_QUEUE,))  # plan changes kick their events' relay
 answer_framework_errors_as_problems(api, jobs)  # a path the framework cannot route: a problem, not HTML
 
 

@@ -37,14 +37,16 @@ from shared.ledger.views import (
     UsageView,
     VerifyQuery,
 )
+from shared.needs import Need
 from shared.pagination import Page
 from shared.scheduled import finish
 
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("credits_api")
-jobs = HttpApp("credits_jobs")
+# The ledger's commits kick the relay of their events (balance crossings): both enqueue tasks.
+api = HttpApp("credits_api", needs=(Need.TASK_QUEUE,))
+jobs = HttpApp("credits_jobs", needs=(Need.TASK_QUEUE,))
 logger = logging.getLogger("epox.credits")
 answer_framework_errors_as_problems(api, jobs)  # a path the framework cannot route: a problem, not HTML
 

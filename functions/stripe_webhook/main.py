@@ -24,7 +24,8 @@ from shared.needs import Need
 if TYPE_CHECKING:
     import flask
 
-app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK))
+# Its commits kick the relay of their events (subscription changes, failed payments): Cloud Tasks too.
+app = HttpApp("stripe_webhook", needs=(Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE))
 answer_framework_errors_as_problems(app)  # a path the framework cannot route: a problem, not HTML
 
 

@@ -312,7 +312,9 @@ def _operation(
         }
     responses: dict[str, Any] = {}
     for status, model in success_responses(route).items():
-        answer: dict[str, Any] = {"description": "Success" if status != 204 else "Done; no body"}
+        # A declared 4xx "success" is a page a handler answers itself (an HTML error page), not a problem.
+        description = "Done; no body" if status == 204 else "Success" if status < 400 else "An error page"
+        answer: dict[str, Any] = {"description": description}
         if model is not None:
             answer["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
         elif route.produces is not None:

@@ -36,6 +36,7 @@ INTERNAL_ENTRY_POINTS = (
     "credits_jobs",
     "edit_tasks",
     "generate_tasks",
+    "notifications_tasks",
 )
 
 
@@ -49,11 +50,22 @@ def rembg_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def platform(stack: Any, rembg_model: Path) -> Iterator[Any]:
     """Every dependency a route can reach is there: Stripe is the stub (through the real client) and
-    background removal has a model, so no answer is a 503 for want of configuration."""
+    background removal has a model, the unsubscribe links a key and email a relay address (nothing listens
+    there: a send is a documented 503), so no answer is a 503 for want of configuration."""
+    from pydantic import SecretStr
+
     from dev.stubs.stripe import StripeStub, running
     from tests.billing_events import install_gateway
 
-    settings = stack.platform.settings.model_copy(update={"rembg_model_path": str(rembg_model)})
+    settings = stack.platform.settings.model_copy(
+        update={
+            "rembg_model_path": str(rembg_model),
+            "mail_unsubscribe_secret": SecretStr("contract-unsubscribe-secret"),
+            "smtp_host": "127.0.0.1",
+            "smtp_port": 9,  # discard: refused
+            "mail_from": "contract@epox.test",
+        }
+    )
     # Admin operations change deployment-wide state (PUT /admin/prices): put it back for the tests after.
     prices = stack.platform.db.collection("settings").document("prices")
     before = prices.get()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,7 +47,7 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
     from dev.demo import run
     from dev.functions import discover_entry_points
 
-    port, firestore_port, s3_port = free_port(), free_port(), free_port()
+    port, firestore_port, s3_port, smtp_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
     # A file, not a pipe: nobody reads a pipe while the demo runs, and a full one blocks the stack's logging.
@@ -62,6 +63,8 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
             str(firestore_port),
             "--s3-port",
             str(s3_port),
+            "--smtp-port",
+            str(smtp_port),
         ],
         cwd=ROOT,
         env=env,
@@ -78,6 +81,8 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
         contract = answer.json()
         assert contract["servers"] == [{"url": base, "description": "this stack"}]
         assert "/catalog_api/products" in contract["paths"]
+        mails = httpx.get(f"{base}/_dev/mail", timeout=30, trust_env=False)
+        assert mails.status_code == 200 and isinstance(mails.json(), list)
         result = run(base)
         assert result["import"]["status"] == "completed"
         assert len(result["assets"]) == 3
@@ -94,3 +99,6 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
     for busy_port in (port, firestore_port, s3_port):
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{busy_port}/", timeout=1, trust_env=False)
+    assert f"SMTP sink (email)        127.0.0.1:{smtp_port}" in output
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", smtp_port), timeout=1).close()  # the SMTP sink stopped too

@@ -27,6 +27,11 @@ PRODUCTION = {
     "BILLING_SUCCESS_URL": "https://app.epox.ai/billing?checkout=success",
     "BILLING_CANCEL_URL": "https://app.epox.ai/billing?checkout=cancelled",
     "BILLING_PORTAL_RETURN_URL": "https://app.epox.ai/billing",
+    "SMTP_HOST": "smtp.mail.example",
+    "MAIL_FROM": "Epox <notifications@epox.ai>",
+    "MAIL_UNSUBSCRIBE_SECRET": "unsubscribe-s3cr3t",
+    "PUBLIC_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net/notifications_api",
+    "APP_URL": "https://app.epox.ai",
 }
 
 
@@ -45,6 +50,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "AUTH_ROLE_CLAIM",
         "AUTH_CLIENT_ID_CLAIM",
         "AUTH_PLATFORM_ADMIN_CLAIM",
+        "SMTP_STARTTLS",
+        "SMTP_USERNAME",
     ]
     for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
@@ -165,3 +172,20 @@ def test_env_example_documents_every_setting() -> None:
     documented = (root / ".env.example").read_text() + (root / "README.md").read_text()
     for field in Settings.model_fields:
         assert field.upper() in documented, f"{field.upper()} is not documented in .env.example/README.md"
+
+
+def test_smtp_credentials_go_over_tls_only(env: pytest.MonkeyPatch) -> None:
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    env.setenv("SMTP_USERNAME", "apikey")
+    env.setenv("SMTP_STARTTLS", "false")
+    with pytest.raises(ConfigurationError, match="SMTP_STARTTLS must be true"):
+        get_settings()
+
+
+def test_mail_links_must_be_public_https(env: pytest.MonkeyPatch) -> None:
+    for name, value in PRODUCTION.items():
+        env.setenv(name, value)
+    env.setenv("PUBLIC_BASE_URL", "http://127.0.0.1:8080")
+    with pytest.raises(ConfigurationError, match="PUBLIC_BASE_URL must be an https URL"):
+        get_settings()

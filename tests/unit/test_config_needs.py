@@ -17,7 +17,7 @@ from shared.needs import ALL_NEEDS, Need, required_variables
 from tests.unit.test_config import PRODUCTION
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("catalog", "credits", "generate", "edit", "billing", "stripe_webhook")
+FOLDERS = ("catalog", "credits", "generate", "edit", "billing", "stripe_webhook", "notifications")
 
 # One valid production value per variable a group may demand: the full production set's, plus the Gemini
 # key (that set uses Vertex instead) and an entry point of no particular function.
@@ -27,15 +27,17 @@ VALUES = PRODUCTION | {"FUNCTION_TARGET": "the_entry_point", "GEMINI_API_KEY": "
 EXPECTED = {
     "catalog_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE},
     "catalog_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE},
-    "credits_api": {Need.AUTH},
-    "credits_jobs": {Need.TASK_CALLS},
+    "credits_api": {Need.AUTH, Need.TASK_QUEUE},
+    "credits_jobs": {Need.TASK_CALLS, Need.TASK_QUEUE},
     "generate_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.GEMINI},
     "generate_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.GEMINI},
     "edit_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE},
     "edit_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.GEMINI},
     "billing_api": {Need.AUTH, Need.STRIPE, Need.BILLING_PAGES},
-    "billing_jobs": {Need.TASK_CALLS},
-    "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK},
+    "billing_jobs": {Need.TASK_CALLS, Need.TASK_QUEUE},
+    "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
+    "notifications_api": {Need.AUTH, Need.MAIL},
+    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
 }
 
 

@@ -96,3 +96,17 @@ def test_each_client_is_onboarded_on_its_own() -> None:
     onboarding.ensure(_principal("c2", "u9"))
     assert set(directory.records) == {"c1", "c2"}
     assert welcomes.granted == {"c1", "c2"}
+
+
+def test_the_email_claim_becomes_the_contact_and_follows_each_sign_in() -> None:
+    directory, welcomes, clock = InMemoryClientDirectory(), Welcomes(), Clock()
+    onboarding = Onboarding(directory, welcomes, clock)
+    onboarding.ensure(Principal(user_id="u1", client_id="c1", roles=frozenset(), email="first@shop.test"))
+    assert directory.contact_email("c1") == "first@shop.test"
+    onboarding.ensure(Principal(user_id="u1", client_id="c1", roles=frozenset(), email="first@shop.test"))
+    assert directory.create_calls == 1  # the same address in the same process costs nothing
+    onboarding.ensure(Principal(user_id="u2", client_id="c1", roles=frozenset(), email="new@shop.test"))
+    assert directory.contact_email("c1") == "new@shop.test"
+    assert directory.records["c1"].created_by == "u1"  # only the contact changes
+    onboarding.ensure(Principal(user_id="u3", client_id="c1", roles=frozenset()))  # a token without email
+    assert directory.contact_email("c1") == "new@shop.test"

@@ -25,3 +25,11 @@ class FirestoreClientDirectory(ClientDirectory):
         except AlreadyExists:
             return False
         return True
+
+    def set_contact_email(self, client_id: str, email: str) -> None:
+        self.db.collection("clients").document(client_id).set({"contact_email": email}, merge=True)
+
+    def contact_email(self, client_id: str) -> str | None:
+        snapshot = self.db.collection("clients").document(client_id).get(field_paths=["contact_email"])
+        value = (snapshot.to_dict() or {}).get("contact_email") if snapshot.exists else None
+        return value if isinstance(value, str) and value else None
