@@ -136,7 +136,10 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "approve and pin",
     )
     print("[demo] downloaded, approved and pinned the uploaded photo — all steps passed")
+    mailbox = f"{client_id}@demo.epox.test"
+    _ask_for_job_emails(http, auth, mailbox)
     generation = _generate(http, auth, [product["id"]])
+    _notified(http, auth, generation["id"], mailbox)
     subscription = buy_and_subscribe(http, auth, client_id)
     edit = _edit(http, auth, done["asset_id"])
     return {
@@ -189,6 +192,38 @@ def _generate(http: httpx.Client, auth: dict[str, str], product_ids: list[str]) 
     if after != before - done["settlement"]["captured"]:
         raise DemoFailed("the balance does not match the job's settlement")
     return done
+
+
+def _ask_for_job_emails(http: httpx.Client, auth: dict[str, str], mailbox: str) -> None:
+    """Job completions are in-app only by default: this merchant asks for the email too."""
+    preferences = _check(http.get("/notifications_api/notification-preferences", headers=auth), 200, "read prefs")
+    preferences["email_to"] = mailbox
+    preferences["channels"]["job_completed"] = {"in_app": True, "email": True}
+    _check(
+        http.put("/notifications_api/notification-preferences", headers=auth, json=preferences),
+        200,
+        "turn on job emails",
+    )
+    print(f"[demo] notification preferences: job completed in-app and by email to {mailbox}")
+
+
+def _notified(http: httpx.Client, auth: dict[str, str], job_id: str, mailbox: str) -> None:
+    """The job's completion event reached the in-app inbox and the mailbox (through the outbox relay)."""
+    deadline = time.monotonic() + 30
+    notification: dict[str, Any] | None = None
+    mail: dict[str, Any] | None = None
+    while time.monotonic() < deadline and (notification is None or mail is None):
+        listed = _check(http.get("/notifications_api/notifications", headers=auth), 200, "list notifications")
+        notification = next((n for n in listed["items"] if n["link"]["id"] == job_id), None)
+        mails = _check(http.get("/_dev/mail"), 200, "read the local mailbox")
+        mail = next((m for m in mails if mailbox in m["to"]), None)
+        if notification is None or mail is None:
+            time.sleep(0.3)
+    if notification is None or mail is None:
+        raise DemoFailed(f"the job's notification ({notification}) or email ({mail}) never arrived")
+    unread = _check(http.get("/notifications_api/notifications/unread-count", headers=auth), 200, "unread count")
+    print(f"[demo] in-app notification: {notification['title']!r} ({unread['unread']} unread)")
+    print(f"[demo] email to {mail['to']}: {mail['subject']!r} (saved as {mail['file']})")
 
 
 def _balance(http: httpx.Client, auth: dict[str, str]) -> int:
