@@ -27,22 +27,27 @@ Served:
   ``product(id)``, ``productsCount``, ``collections``, ``collection(id)``, ``node(id)``/``nodes(ids)``, products with
   ``variants{sku price}``, ``media{... on MediaImage{id alt status image{url width height}}}``, ``collections``,
   ``featuredMedia``; ``bulkOperationRunQuery(query, groupObjects)``, ``currentBulkOperation``,
-  ``bulkOperation(id)``. A connection without ``first``/``last``, or above 250, is an error, as on Shopify.
-- **Cost and throttling**: every answer carries ``extensions.cost {requestedQueryCost, actualQueryCost,
-  throttleStatus {maximumAvailable, currentlyAvailable, restoreRate}}``. Requested cost: scalars and enums 0,
-  objects 1, a connection 2 + ``first`` x (1 + its node's selection), a mutation 10; actual cost: the same
-  over what came back (the difference is refunded). A leaky bucket per shop (``bucket_size`` 1000,
-  ``restore_rate`` 100/s — the Standard plan's documented rate; both configurable) pays the requested cost
-  first; a query costing more than is available gets HTTP 200 with ``errors[0].extensions.code ==
-  "THROTTLED"`` and ``actualQueryCost: null``, one above 1000 ``MAX_COST_EXCEEDED``.
+  ``bulkOperation(id)``. A connection without ``first``/``last``, or above 250, is an error, as on Shopify; a
+  token whose scopes hold neither ``read_products`` nor ``write_products`` gets ``ACCESS_DENIED`` for the catalog.
+  Search (``query:``) knows the subset described at ``shopify_catalog.matches``.
+- **Cost and throttling**: every executed or throttled answer carries ``extensions.cost {requestedQueryCost,
+  actualQueryCost, throttleStatus {maximumAvailable, currentlyAvailable, restoreRate}}``. Requested cost:
+  scalars and enums 0, objects 1, a connection 2 + ``first`` x (1 + its node's selection), a mutation 10;
+  actual cost: the same over what came back (the difference is refunded). A leaky bucket per shop pays the
+  requested cost first: ``restore_rate`` 100/s is the Standard plan's documented rate, ``bucket_size`` 1000 the
+  bucket Shopify published before (today's table gives rates only); both are settings. A query costing more
+  than is available gets HTTP 200 with ``errors[0].extensions.code == "THROTTLED"`` and ``actualQueryCost:
+  null``; one above 1000 gets ``MAX_COST_EXCEEDED`` (no cost extension, as in Shopify's example); a query that
+  does not parse or validate gets its ``errors`` only.
 - **Bulk operations**: ``bulkOperationRunQuery`` checks the query's shape (a connection, at most five, nesting
   ≤ 2, a nested connection's parent selects ``id``: ``userErrors`` otherwise), answers ``CREATED``; each later
   read of the operation moves it on: ``RUNNING`` for ``bulk_polls`` reads, then ``COMPLETED`` with ``url`` =
   ``/bulk/{id}.jsonl`` (no token needed, like Shopify's signed storage URL), ``objectCount``, ``rootObjectCount``
   and ``fileSize`` (strings: ``UnsignedInt64``). The JSONL has a row per connection node; nested connections'
   nodes are rows of their own with ``__parentId``, after their parent (next to it with ``groupObjects: true``,
-  after all rows of the level above otherwise). :meth:`ShopifyStub.fail_next_bulk` ends the next one
-  ``FAILED`` with an ``errorCode``.
+  after all rows of the level above otherwise); the URL answers 400 once seven days have passed.
+  :meth:`ShopifyStub.fail_next_bulk` ends the next one ``FAILED`` with an ``errorCode`` (and a token without
+  product scopes ends it ``ACCESS_DENIED``); :func:`bulk_finish_payload` is the ``bulk_operations/finish`` body.
 - ``GET /cdn/shop/files/{handle}-{n}.png`` — the products' images, PNGs drawn with Pillow.
 
 **Webhooks**: :meth:`ShopifyStub.deliver` POSTs a raw JSON body signed as Shopify signs it
@@ -94,6 +99,7 @@ ACCESS_TOKEN_TTL = 3600
 REFRESH_TOKEN_TTL = 90 * 24 * 3600
 REFRESH_RECOVERY = 30 * 24 * 3600  # how long a used refresh token can be retried (changelog 2026-08-28)
 MAX_QUERY_COST = 1000
+BULK_URL_TTL = 7 * 24 * 3600
 BAD_CREDENTIALS_ERROR = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 _GRAPHQL_PATH = re.compile(r"/admin/api/([^/]+)/graphql\.json")
 
@@ -159,6 +165,7 @@ class BulkOperation:
     query: str
     grouped: bool
     created_at: float
+    scope: str  # the running token's: the query runs with its access
     status: str = "CREATED"
     reads: int = 0
     error_code: str | None = None
@@ -414,8 +421,9 @@ class ShopifyStub:
             "restoreRate": self.restore_rate,
         }
 
-    def graphql(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One GraphQL request's answer (always HTTP 200 from here on, as Shopify answers)."""
+    def graphql(self, body: dict[str, Any], scope: str = "read_products") -> dict[str, Any]:
+        """One GraphQL request's answer (always HTTP 200 from here on, as Shopify answers) for a token with
+        ``scope``: products and collections need ``read_products`` or ``write_products`` (ACCESS_DENIED)."""
         query = body.get("query")
         variables = body.get("variables") or {}
         if not isinstance(variables, dict):
@@ -462,7 +470,7 @@ class ShopifyStub:
                 self._schema,
                 document,
                 root_value=self._root(),
-                context_value={"bulk": False},
+                context_value={"bulk": False, "scopes": set(scope.split(","))},
                 variable_values=variables,
                 operation_name=name,
             )
@@ -487,6 +495,7 @@ class ShopifyStub:
         catalog = self.catalog
 
         def products(info: Any, **args: Any) -> dict[str, Any]:
+            _check_scope(info)
             items = [
                 cat.product_view(p, catalog, base)
                 for p in catalog.products.values()
@@ -497,30 +506,36 @@ class ShopifyStub:
             return cat.connection(items, args, bulk=bool(info.context.get("bulk")), name="products")
 
         def collections(info: Any, **args: Any) -> dict[str, Any]:
+            _check_scope(info)
             items = [cat.collection_view(c, catalog, base) for c in catalog.collections.values()
                      if not args.get("query") or args["query"].lower() in c.title.lower()]  # fmt: skip
             return cat.connection(items, args, bulk=bool(info.context.get("bulk")), name="collections")
 
-        def node(info: Any, id: str) -> dict[str, Any] | None:
-            return self._node(id)
+        def node(info: Any, id: str, kind: str | None = None) -> dict[str, Any] | None:
+            if not id.startswith("gid://shopify/BulkOperation/"):
+                _check_scope(info)
+            return self._node(id, kind)
+
+        def products_count(info: Any, query: str | None = None) -> dict[str, Any]:
+            _check_scope(info)
+            return {"count": sum(cat.matches(p, query) for p in catalog.products.values()), "precision": "EXACT"}
 
         return {
             "shop": {"id": cat.gid("Shop", 1), "name": "Demo Shop", "myshopifyDomain": self.shop},
             "products": products,
-            "product": lambda info, id: self._node(id, "Product"),
-            "productsCount": lambda info, query=None: {
-                "count": sum(cat.matches(p, query) for p in catalog.products.values()),
-                "precision": "EXACT",
-            },
+            "product": lambda info, id: node(info, id, "Product"),
+            "productsCount": products_count,
             "collections": collections,
-            "collection": lambda info, id: self._node(id, "Collection"),
+            "collection": lambda info, id: node(info, id, "Collection"),
             "node": node,
-            "nodes": lambda info, ids: [self._node(i) for i in ids],
+            "nodes": lambda info, ids: [node(info, i) for i in ids],
             "currentBulkOperation": lambda info, type="QUERY": self._bulk_view(
                 max(self.bulk_operations) if self.bulk_operations and type == "QUERY" else None
             ),
             "bulkOperation": lambda info, id: self._bulk_view(cat.gid_number(id) if "BulkOperation" in id else None),
-            "bulkOperationRunQuery": lambda info, query, **args: self._run_bulk(query, bool(args.get("groupObjects"))),
+            "bulkOperationRunQuery": lambda info, query, **args: self._run_bulk(
+                query, bool(args.get("groupObjects")), ",".join(sorted(info.context.get("scopes") or ()))
+            ),
         }
 
     def _node(self, value: str, kind: str | None = None) -> dict[str, Any] | None:
@@ -548,7 +563,7 @@ class ShopifyStub:
         return None
 
     # -- bulk operations --------------------------------------------------------------------------
-    def _run_bulk(self, query: str, grouped: bool) -> dict[str, Any]:
+    def _run_bulk(self, query: str, grouped: bool, scope: str) -> dict[str, Any]:
         def refused(message: str) -> dict[str, Any]:
             return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": message, "code": "INVALID"}]}
 
@@ -566,7 +581,7 @@ class ShopifyStub:
         if problems:
             return refused(problems[0])
         number = 5_000_000 + len(self.bulk_operations) + 1
-        operation = BulkOperation(number, query, grouped, self.clock.now(), fail_with=self._next_bulk_failure)
+        operation = BulkOperation(number, query, grouped, self.clock.now(), scope, fail_with=self._next_bulk_failure)
         self._next_bulk_failure = None
         self.bulk_operations[number] = operation
         return {"bulkOperation": self._bulk_fields(operation), "userErrors": []}
@@ -587,8 +602,14 @@ class ShopifyStub:
             return "FAILED"
         document = parse(operation.query)
         definition = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
-        result = execute(self._schema, document, root_value=self._root(), context_value={"bulk": True})
+        scopes = set(operation.scope.split(","))
+        result = execute(
+            self._schema, document, root_value=self._root(), context_value={"bulk": True, "scopes": scopes}
+        )
         assert isinstance(result, ExecutionResult)
+        if any((e.extensions or {}).get("code") == "ACCESS_DENIED" for e in result.errors or ()):
+            operation.error_code = "ACCESS_DENIED"
+            return "FAILED"
         rows = cat.bulk_rows(self._schema, document, definition, result.data, grouped=operation.grouped)
         operation.jsonl = b"".join(json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows)
         operation.object_count = len(rows)
@@ -791,12 +812,15 @@ class ShopifyStub:
                 operation = self.bulk_operations.get(int(found.group(1)))
             if operation is None or operation.jsonl is None:
                 return 404, "application/xml", b"<Error><Code>NoSuchKey</Code></Error>", {}
+            if self.clock.now() > (operation.completed_at or 0) + BULK_URL_TTL:  # a signed URL past its 7 days
+                return 400, "application/xml", b"<Error><Code>ExpiredToken</Code></Error>", {}
             return 200, "application/jsonl", operation.jsonl, {}
         if (found := _GRAPHQL_PATH.fullmatch(path)) is not None:
             version = found.group(1)
             if version not in self.api_versions:
                 return _json(404, {"errors": "Not Found"})
-            if not self.token_valid(headers.get("x-shopify-access-token")):
+            token = headers.get("x-shopify-access-token")
+            if not self.token_valid(token):
                 return _json(401, {"errors": BAD_CREDENTIALS_ERROR})
             if method != "POST":
                 return _json(405, {"errors": "Method Not Allowed"})
@@ -806,7 +830,8 @@ class ShopifyStub:
                 body = None
             if not isinstance(body, dict) or not isinstance(body.get("query"), str):
                 return _json(400, {"errors": {"query": "Required parameter missing or invalid"}})
-            return _json(200, self.graphql(body), {"X-Shopify-API-Version": version})
+            scope = self.access_tokens[str(token)].scope
+            return _json(200, self.graphql(body, scope), {"X-Shopify-API-Version": version})
         return _json(404, {"errors": "Not Found"})
 
     def _image(self, path: str) -> tuple[int, str, bytes, dict[str, str]]:
@@ -831,6 +856,27 @@ def _params(headers: dict[str, str], raw: bytes) -> dict[str, Any] | None:
             return None
         return parsed if isinstance(parsed, dict) else None
     return dict(parse_qsl(raw.decode(errors="replace"), keep_blank_values=True))
+
+
+def _check_scope(info: Any) -> None:
+    scopes = info.context.get("scopes") or set()
+    if not scopes & {"read_products", "write_products"}:
+        raise GraphQLError(
+            f"Access denied for {info.field_name} field. Required access: `read_products` access scope.",
+            extensions={"code": "ACCESS_DENIED", "requiredAccess": "`read_products` access scope."},
+        )
+
+
+def bulk_finish_payload(operation: BulkOperation) -> dict[str, Any]:
+    """The ``bulk_operations/finish`` webhook's body (then read the operation with ``bulkOperation(id)``)."""
+    return {
+        "admin_graphql_api_id": operation.gid,
+        "completed_at": cat.iso(operation.completed_at) if operation.completed_at else None,
+        "created_at": cat.iso(operation.created_at),
+        "error_code": operation.error_code.lower() if operation.error_code else None,
+        "status": operation.status.lower(),
+        "type": "query",
+    }
 
 
 def _json(status: int, body: Any, extra: dict[str, str] | None = None) -> tuple[int, str, bytes, dict[str, str]]:

@@ -25,6 +25,7 @@ from dev.stubs.shopify import (
     REFRESH_TOKEN_TTL,
     Clock,
     ShopifyStub,
+    bulk_finish_payload,
     running,
     sign_query,
 )
@@ -352,6 +353,26 @@ def test_bulk_queries_of_the_wrong_shape_are_user_errors(stub: ShopifyStub) -> N
     ]:
         answer = gql(client, RUN, q=query, g=False)["data"]["bulkOperationRunQuery"]
         assert answer["bulkOperation"] is None and words in answer["userErrors"][0]["message"], query
+
+
+def test_the_result_url_expires_after_seven_days_and_the_finish_webhook_names_the_operation(
+    stub: ShopifyStub, receiver: Receiver
+) -> None:
+    operation = run_bulk(admin(stub))
+    number = int(operation["id"].rsplit("/", 1)[1])
+    delivery = stub.deliver("bulk_operations/finish", bulk_finish_payload(stub.bulk_operations[number]), receiver.url)
+    body = json.loads(receiver.received[0][1])
+    assert delivery.status == 200 and (body["admin_graphql_api_id"], body["status"]) == (operation["id"], "completed")
+    stub.clock.advance(7 * 86400 + 1)
+    assert httpx.get(operation["url"]).status_code == 400
+
+
+def test_a_token_without_product_scopes_is_denied(stub: ShopifyStub) -> None:
+    client = admin(stub, stub.issue_tokens(scope="read_orders")["access_token"])
+    denied = gql(client, "{ products(first: 1) { nodes { id } } shop { name } }")
+    assert denied["errors"][0]["extensions"]["code"] == "ACCESS_DENIED"
+    operation = run_bulk(client)
+    assert (operation["status"], operation["errorCode"]) == ("FAILED", "ACCESS_DENIED")
 
 
 def test_a_failed_bulk_operation_has_an_error_code_and_no_url(stub: ShopifyStub) -> None:
