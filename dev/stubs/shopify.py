@@ -1,0 +1,954 @@
+"""A local stand-in for a Shopify shop and its Admin API, spoken over real HTTP so our httpx client can be
+pointed at it (``stub.url`` stands for ``https://{shop}``; the shop is ``stub.shop``, ``demo-shop.myshopify.com``
+unless told). Facts come from ``shared/DESIGN.md`` (Shopify) and shopify.dev, as of 2026-12.
+
+Served:
+
+- ``GET /admin/oauth/authorize?client_id&scope&redirect_uri&state`` — the merchant approves at once: ``302`` to
+  ``redirect_uri?code&hmac&host&shop&state&timestamp``, ``hmac`` the hex HMAC-SHA256 (client secret) of the other
+  parameters sorted and joined ``k=v`` with ``&``; ``host`` is base64url of ``admin.shopify.com/store/{name}``. An
+  unknown ``client_id`` or a ``redirect_uri`` outside ``redirect_uris`` is a 400 page, no redirect.
+- ``POST /admin/oauth/access_token`` (JSON or form) — ``{client_id, client_secret, code, expiring: 1}`` →
+  ``{access_token, scope, expires_in: 3600, refresh_token, refresh_token_expires_in: 7776000}``; without
+  ``expiring: 1`` a non-expiring token (no ``expires_in``, no refresh token). A code is single use (400
+  ``invalid_request`` "The authorization code was not found or was already used"). ``grant_type=refresh_token``
+  with ``refresh_token`` rotates: a new access token and a new refresh token on every use. What happens to the
+  old refresh token follows the changelog of 2026-08-28 ("More resilient refreshes…") by default: it keeps
+  working until the app uses its replacement (then it is retired), at most 30 days from its first use; a retry
+  answers a new access token with the same replacement refresh token (the changelog does not say which; the
+  stub keeps the pair consistent). ``retain_previous_refresh=False`` is the strict rotation Shopify had before
+  (the old token is refused at once). Refused refreshes (unknown, retired, expired after 90 days, or revoked by
+  :meth:`ShopifyStub.revoke` / :meth:`ShopifyStub.uninstall`) are ``400 {"error": "invalid_grant", …}``; a wrong
+  client secret is ``401 invalid_client`` (RFC 6749 §5.2; Shopify documents no body for it).
+- ``POST /admin/api/{version}/graphql.json`` with ``X-Shopify-Access-Token`` (a missing, unknown, expired or
+  revoked token: ``401 {"errors": "[API] Invalid API key or access token …"}``; a version outside
+  ``api_versions``: 404). The schema subset is ``dev/stubs/shopify_catalog.py``'s ``SDL``: ``shop``,
+  ``products(first|last, after|before, query, reverse)`` with ``edges{cursor node}``/``nodes``/``pageInfo``,
+  ``product(id)``, ``productsCount``, ``collections``, ``collection(id)``, ``node(id)``/``nodes(ids)``, products with
+  ``variants{sku price}``, ``media{... on MediaImage{id alt status image{url width height}}}``, ``collections``,
+  ``featuredMedia``; ``bulkOperationRunQuery(query, groupObjects)``, ``currentBulkOperation``,
+  ``bulkOperation(id)``. A connection without ``first``/``last``, or above 250, is an error, as on Shopify; a
+  token whose scopes hold neither ``read_products`` nor ``write_products`` gets ``ACCESS_DENIED`` for the catalog.
+  Search (``query:``) knows the subset described at ``shopify_catalog.matches``.
+- **Cost and throttling**: every executed or throttled answer carries ``extensions.cost {requestedQueryCost,
+  actualQueryCost, throttleStatus {maximumAvailable, currentlyAvailable, restoreRate}}``. Requested cost:
+  scalars and enums 0, objects 1, a connection 2 + ``first`` x (1 + its node's selection), a mutation 10;
+  actual cost: the same over what came back (the difference is refunded). A leaky bucket per shop pays the
+  requested cost first: ``restore_rate`` 100/s is the Standard plan's documented rate, ``bucket_size`` 1000 the
+  bucket Shopify published before (today's table gives rates only); both are settings. A query costing more
+  than is available gets HTTP 200 with ``errors[0].extensions.code == "THROTTLED"`` and ``actualQueryCost:
+  null``; one above 1000 gets ``MAX_COST_EXCEEDED`` (no cost extension, as in Shopify's example); a query that
+  does not parse or validate gets its ``errors`` only.
+- **Bulk operations**: ``bulkOperationRunQuery`` checks the query's shape (a connection, at most five, nesting
+  ≤ 2, a nested connection's parent selects ``id``: ``userErrors`` otherwise), answers ``CREATED``; each later
+  read of the operation moves it on: ``RUNNING`` for ``bulk_polls`` reads, then ``COMPLETED`` with ``url`` =
+  ``/bulk/{id}.jsonl`` (no token needed, like Shopify's signed storage URL), ``objectCount``, ``rootObjectCount``
+  and ``fileSize`` (strings: ``UnsignedInt64``). The JSONL has a row per connection node; nested connections'
+  nodes are rows of their own with ``__parentId``, after their parent (next to it with ``groupObjects: true``,
+  after all rows of the level above otherwise); the URL answers 400 once seven days have passed.
+  :meth:`ShopifyStub.fail_next_bulk` ends the next one ``FAILED`` with an ``errorCode`` (and a token without
+  product scopes ends it ``ACCESS_DENIED``); :func:`bulk_finish_payload` is the ``bulk_operations/finish`` body.
+- ``GET /cdn/shop/files/{handle}-{n}.png`` — the products' images, PNGs drawn with Pillow.
+
+**Webhooks**: :meth:`ShopifyStub.deliver` POSTs a raw JSON body signed as Shopify signs it
+(``X-Shopify-Hmac-Sha256`` = base64 HMAC-SHA256 of the raw body with the client secret) with
+``X-Shopify-Topic``, ``-Shop-Domain``, ``-API-Version``, ``-Webhook-Id``, ``-Event-Id``, ``-Triggered-At``, and
+records the answer in ``deliveries`` (no retries: Shopify's 8 over 4 hours are the caller's to simulate by
+calling again with the same ``webhook_id``). ``update_product``, ``create_product``, ``delete_product``,
+``uninstall``, ``shop_redact``, ``customers_redact`` and ``customers_data_request`` change the shop and deliver
+the topic's REST-shaped payload.
+
+**Failures**: :meth:`ShopifyStub.fail` answers ``"429"`` (``Retry-After: 2.0``), ``"500"``, ``"502"``,
+``"503"``, ``"malformed"`` (200 with a JSON body cut short) or ``"drop"`` (the connection closed, no answer) for
+the next ``times`` requests, optionally on one path only; :meth:`ShopifyStub.delay` slows a path. Every
+request is recorded (:class:`Recorded`). Time is a :class:`Clock` that tests can move
+(``stub.clock.advance(3600)`` expires access tokens and refills the bucket).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationDefinitionNode, execute, parse, validate
+from graphql.error import GraphQLSyntaxError
+
+from dev.stubs import shopify_catalog as cat
+from dev.stubs.shopify_catalog import Catalog, Image, Product, Variant
+
+SHOP = "demo-shop.myshopify.com"
+CLIENT_ID = "epox-client-id"
+CLIENT_SECRET = "epox-client-secret"  # noqa: S105 (the stub app's, not a real one)
+API_VERSION = "2026-10"
+API_VERSIONS = frozenset({"2026-01", "2026-04", "2026-07", "2026-10", "2027-01", "unstable"})
+ACCESS_TOKEN_TTL = 3600
+REFRESH_TOKEN_TTL = 90 * 24 * 3600
+REFRESH_RECOVERY = 30 * 24 * 3600  # how long a used refresh token can be retried (changelog 2026-08-28)
+MAX_QUERY_COST = 1000
+BULK_URL_TTL = 7 * 24 * 3600
+BAD_CREDENTIALS_ERROR = "[API] Invalid API key or access token (unrecognized login or wrong password)"
+_GRAPHQL_PATH = re.compile(r"/admin/api/([^/]+)/graphql\.json")
+
+
+class Clock:
+    """Wall-clock time plus an offset a test can move; ``Clock(frozen=…)`` stands still until advanced."""
+
+    def __init__(self, frozen: float | None = None) -> None:
+        self._frozen = frozen
+        self._offset = 0.0
+
+    def now(self) -> float:
+        return (self._frozen if self._frozen is not None else time.time()) + self._offset
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    status: int  # 0: dropped
+
+
+@dataclass(frozen=True)
+class Delivery:
+    topic: str
+    url: str
+    webhook_id: str
+    event_id: str
+    body: bytes
+    headers: dict[str, str]
+    status: int  # the endpoint's HTTP status; 0 when it could not be reached
+
+
+@dataclass
+class AccessToken:
+    value: str
+    scope: str
+    expires_at: float | None  # None: a non-expiring offline token
+    revoked: bool = False
+
+
+@dataclass
+class RefreshToken:
+    value: str
+    scope: str
+    expires_at: float
+    previous: str | None = None  # the refresh token this one replaced
+    replacement: str | None = None  # issued when this one was first used
+    first_used_at: float | None = None
+    retired: bool = False
+    revoked: bool = False
+
+
+@dataclass
+class BulkOperation:
+    number: int
+    query: str
+    grouped: bool
+    created_at: float
+    scope: str  # the running token's: the query runs with its access
+    status: str = "CREATED"
+    reads: int = 0
+    error_code: str | None = None
+    completed_at: float | None = None
+    jsonl: bytes | None = None
+    object_count: int = 0
+    root_object_count: int = 0
+    fail_with: str | None = None
+
+    @property
+    def gid(self) -> str:
+        return cat.gid("BulkOperation", self.number)
+
+
+@dataclass
+class _Failure:
+    kind: str
+    times: int
+    path: str | None
+
+
+FAILURES = ("429", "500", "502", "503", "malformed", "drop")
+TOPICS = (
+    "products/create",
+    "products/update",
+    "products/delete",
+    "app/uninstalled",
+    "shop/redact",
+    "customers/redact",
+    "customers/data_request",
+)
+
+
+def sign_query(params: dict[str, str], secret: str) -> str:
+    """Shopify's OAuth query HMAC: every parameter but ``hmac``/``signature``, sorted, ``k=v`` joined by ``&``."""
+    message = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("hmac", "signature"))
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_webhook(body: bytes, secret: str) -> str:
+    """``X-Shopify-Hmac-Sha256``: base64 of the HMAC-SHA256 of the raw body."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+@dataclass
+class ShopifyStub:
+    shop: str = SHOP
+    client_id: str = CLIENT_ID
+    client_secret: str = CLIENT_SECRET
+    redirect_uris: list[str] | None = None  # allowed redirect URIs; None allows any
+    api_versions: frozenset[str] = API_VERSIONS
+    product_count: int = 50
+    image_size: int = 256
+    bucket_size: float = 1000.0
+    restore_rate: float = 100.0
+    bulk_polls: int = 1
+    retain_previous_refresh: bool = True
+    clock: Clock = field(default_factory=Clock)
+    port: int = 0
+    catalog: Catalog = field(init=False)
+    requests: list[Recorded] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    access_tokens: dict[str, AccessToken] = field(default_factory=dict)
+    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
+    bulk_operations: dict[int, BulkOperation] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    _codes: dict[str, str] = field(default_factory=dict)  # authorization code -> scope
+    _failures: list[_Failure] = field(default_factory=list)
+    _available: float = field(init=False)
+    _bucket_at: float = field(init=False)
+    _schema: GraphQLSchema = field(init=False)
+    _next_bulk_failure: str | None = None
+    _pngs: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.catalog = cat.demo_catalog(self.product_count, self.image_size)
+        self._available = self.bucket_size
+        self._bucket_at = self.clock.now()
+        self._schema = cat.build_schema()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def shop_name(self) -> str:
+        return self.shop.removesuffix(".myshopify.com")
+
+    # -- programming ------------------------------------------------------------------------------
+    def fail(self, kind: str, times: int = 1, path: str | None = None) -> None:
+        assert kind in FAILURES, kind
+        with self.lock:
+            self._failures.append(_Failure(kind, times, path))
+
+    def delay(self, path: str, seconds: float) -> None:
+        self.delays[path] = seconds
+
+    def fail_next_bulk(self, error_code: str = "INTERNAL_SERVER_ERROR") -> None:
+        """The next bulk operation ends ``FAILED`` with ``error_code`` (ACCESS_DENIED, TIMEOUT, …)."""
+        assert error_code in ("ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT"), error_code
+        self._next_bulk_failure = error_code
+
+    def revoke(self) -> None:
+        """The merchant or Shopify revoked the app's access: every token is refused from now on."""
+        with self.lock:
+            for token in self.access_tokens.values():
+                token.revoked = True
+            for refresh in self.refresh_tokens.values():
+                refresh.revoked = True
+
+    def issue_tokens(self, scope: str = "read_products,write_products,write_files") -> dict[str, Any]:
+        """A token pair as if OAuth had just run (for tests that start connected)."""
+        with self.lock:
+            return self._issue(scope, expiring=True, previous=None)
+
+    def drain(self, points: float) -> None:
+        """Spend ``points`` of the bucket, as another caller of the same app would."""
+        with self.lock:
+            self._refill()
+            self._available = max(0.0, self._available - points)
+
+    @property
+    def currently_available(self) -> float:
+        with self.lock:
+            self._refill()
+            return self._available
+
+    # -- reading ----------------------------------------------------------------------------------
+    def seen(self, method: str, path: str) -> list[Recorded]:
+        with self.lock:
+            return [r for r in self.requests if r.method == method and r.path == path]
+
+    def product(self, ref: int | str) -> Product:
+        """A product by numeric id, gid or position in the catalog (an int below 10 000)."""
+        with self.lock:
+            if isinstance(ref, str):
+                number = cat.gid_number(ref)
+                assert number is not None, ref
+                return self.catalog.products[number]
+            if ref < 10_000:
+                return list(self.catalog.products.values())[ref]
+            return self.catalog.products[ref]
+
+    def authorize_url(self, redirect_uri: str, state: str, scope: str = "read_products,write_products") -> str:
+        query = urlencode({"client_id": self.client_id, "scope": scope, "redirect_uri": redirect_uri, "state": state})
+        return f"{self.url}/admin/oauth/authorize?{query}"
+
+    # -- OAuth ------------------------------------------------------------------------------------
+    def _authorize(self, query: dict[str, str]) -> tuple[int, str, bytes, dict[str, str]]:
+        if query.get("client_id") != self.client_id:
+            return _page(400, "Oauth error invalid_request: Could not find Shopify API application with api_key")
+        redirect = query.get("redirect_uri", "")
+        if not redirect or (self.redirect_uris is not None and redirect not in self.redirect_uris):
+            return _page(400, "Oauth error invalid_request: The redirect_uri is not whitelisted")
+        code = secrets.token_hex(16)
+        with self.lock:
+            self._codes[code] = query.get("scope", "")
+        host = base64.urlsafe_b64encode(f"admin.shopify.com/store/{self.shop_name}".encode()).decode().rstrip("=")
+        params = {"code": code, "host": host, "shop": self.shop, "state": query.get("state", ""),
+                  "timestamp": str(int(self.clock.now()))}  # fmt: skip
+        params["hmac"] = sign_query(params, self.client_secret)
+        separator = "&" if "?" in redirect else "?"
+        return 302, "text/html; charset=utf-8", b"", {"Location": redirect + separator + urlencode(params)}
+
+    def _issue(self, scope: str, *, expiring: bool, previous: str | None) -> dict[str, Any]:
+        now = self.clock.now()
+        access = "shpat_" + secrets.token_hex(16)
+        self.access_tokens[access] = AccessToken(access, scope, now + ACCESS_TOKEN_TTL if expiring else None)
+        if not expiring:
+            return {"access_token": access, "scope": scope}
+        refresh = "shprt_" + secrets.token_hex(16)
+        self.refresh_tokens[refresh] = RefreshToken(refresh, scope, now + REFRESH_TOKEN_TTL, previous=previous)
+        return {
+            "access_token": access,
+            "scope": scope,
+            "expires_in": ACCESS_TOKEN_TTL,
+            "refresh_token": refresh,
+            "refresh_token_expires_in": REFRESH_TOKEN_TTL,
+        }
+
+    def _access_token(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if params.get("client_id") != self.client_id or params.get("client_secret") != self.client_secret:
+            return 401, {"error": "invalid_client", "error_description": "Client authentication failed."}
+        grant = params.get("grant_type")
+        with self.lock:
+            if grant == "refresh_token":
+                return self._refresh(str(params.get("refresh_token") or ""))
+            if grant not in (None, "authorization_code"):
+                return 400, {"error": "unsupported_grant_type", "error_description": f"Unsupported grant: {grant}"}
+            scope = self._codes.pop(str(params.get("code") or ""), None)
+            if scope is None:
+                return 400, {
+                    "error": "invalid_request",
+                    "error_description": "The authorization code was not found or was already used",
+                }
+            return 200, self._issue(scope, expiring=str(params.get("expiring", "0")) == "1", previous=None)
+
+    def _refresh(self, value: str) -> tuple[int, dict[str, Any]]:
+        refused = (
+            400,
+            {"error": "invalid_grant", "error_description": "The refresh token is invalid, expired or revoked."},
+        )
+        token = self.refresh_tokens.get(value)
+        now = self.clock.now()
+        if token is None or token.revoked or token.retired or now >= token.expires_at:
+            return refused
+        if token.replacement is not None:  # a retry of a refresh token already used
+            if not self.retain_previous_refresh or now - (token.first_used_at or now) > REFRESH_RECOVERY:
+                return refused
+            replacement = self.refresh_tokens[token.replacement]
+            if replacement.first_used_at is not None or replacement.revoked:
+                return refused
+            access = "shpat_" + secrets.token_hex(16)
+            self.access_tokens[access] = AccessToken(access, token.scope, now + ACCESS_TOKEN_TTL)
+            return 200, {
+                "access_token": access,
+                "scope": token.scope,
+                "expires_in": ACCESS_TOKEN_TTL,
+                "refresh_token": replacement.value,
+                "refresh_token_expires_in": int(replacement.expires_at - now),
+            }
+        token.first_used_at = now
+        if not self.retain_previous_refresh:
+            token.retired = True
+        if token.previous is not None:  # using the replacement retires the token it replaced
+            self.refresh_tokens[token.previous].retired = True
+        issued = self._issue(token.scope, expiring=True, previous=token.value)
+        token.replacement = issued["refresh_token"]
+        return 200, issued
+
+    def token_valid(self, value: str | None) -> bool:
+        with self.lock:
+            token = self.access_tokens.get(value or "")
+            return (
+                token is not None
+                and not token.revoked
+                and (token.expires_at is None or self.clock.now() < token.expires_at)
+            )
+
+    # -- GraphQL ----------------------------------------------------------------------------------
+    def _refill(self) -> None:
+        now = self.clock.now()
+        elapsed = max(0.0, now - self._bucket_at)
+        # rounded: a client that waits (requested - available) / restoreRate must find enough, not 641.9999
+        self._available = min(self.bucket_size, round(self._available + elapsed * self.restore_rate, 3))
+        self._bucket_at = now
+
+    def _throttle_status(self) -> dict[str, Any]:
+        return {
+            "maximumAvailable": self.bucket_size,
+            "currentlyAvailable": int(self._available),
+            "restoreRate": self.restore_rate,
+        }
+
+    def graphql(self, body: dict[str, Any], scope: str = "read_products") -> dict[str, Any]:
+        """One GraphQL request's answer (always HTTP 200 from here on, as Shopify answers) for a token with
+        ``scope``: products and collections need ``read_products`` or ``write_products`` (ACCESS_DENIED)."""
+        query = body.get("query")
+        variables = body.get("variables") or {}
+        if not isinstance(variables, dict):
+            variables = {}
+        try:
+            document = parse(str(query))
+        except GraphQLSyntaxError as exc:
+            return {"errors": [exc.formatted]}
+        errors = validate(self._schema, document)
+        if errors:
+            return {"errors": [e.formatted for e in errors]}
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        name = body.get("operationName")
+        chosen = [o for o in operations if name is None or (o.name and o.name.value == name)]
+        if len(chosen) != 1:
+            return {"errors": [{"message": "An operation name is required when sending multiple operations."}]}
+        operation = chosen[0]
+        requested = cat.query_cost(self._schema, document, operation, variables)
+        if requested > MAX_QUERY_COST:
+            return {
+                "errors": [
+                    {
+                        "message": f"Query cost is {requested}, which exceeds the single query max cost limit "
+                        f"({MAX_QUERY_COST}).",
+                        "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": MAX_QUERY_COST},
+                    }
+                ]
+            }
+        with self.lock:
+            self._refill()
+            if requested > self._available:
+                return {
+                    "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                    "extensions": {
+                        "cost": {
+                            "requestedQueryCost": requested,
+                            "actualQueryCost": None,
+                            "throttleStatus": self._throttle_status(),
+                        }
+                    },
+                }
+            self._available -= requested
+            result = execute(
+                self._schema,
+                document,
+                root_value=self._root(),
+                context_value={"bulk": False, "scopes": set(scope.split(","))},
+                variable_values=variables,
+                operation_name=name,
+            )
+            assert isinstance(result, ExecutionResult)  # every resolver is synchronous
+            data = result.data
+            actual = min(requested, cat.actual_cost(self._schema, document, operation, variables, data))
+            self._available = min(self.bucket_size, self._available + (requested - actual))
+            answer: dict[str, Any] = {"data": data}
+            if result.errors:
+                answer["errors"] = [e.formatted for e in result.errors]
+            answer["extensions"] = {
+                "cost": {
+                    "requestedQueryCost": requested,
+                    "actualQueryCost": actual,
+                    "throttleStatus": self._throttle_status(),
+                }
+            }
+            return answer
+
+    def _root(self) -> dict[str, Any]:
+        base = self.url
+        catalog = self.catalog
+
+        def products(info: Any, **args: Any) -> dict[str, Any]:
+            _check_scope(info)
+            items = [
+                cat.product_view(p, catalog, base)
+                for p in catalog.products.values()
+                if cat.matches(p, args.get("query"))
+            ]
+            if args.get("reverse"):
+                items = [dict(i, _pos=-i["_pos"]) for i in reversed(items)]
+            return cat.connection(items, args, bulk=bool(info.context.get("bulk")), name="products")
+
+        def collections(info: Any, **args: Any) -> dict[str, Any]:
+            _check_scope(info)
+            items = [cat.collection_view(c, catalog, base) for c in catalog.collections.values()
+                     if not args.get("query") or args["query"].lower() in c.title.lower()]  # fmt: skip
+            return cat.connection(items, args, bulk=bool(info.context.get("bulk")), name="collections")
+
+        def node(info: Any, id: str, kind: str | None = None) -> dict[str, Any] | None:
+            if not id.startswith("gid://shopify/BulkOperation/"):
+                _check_scope(info)
+            return self._node(id, kind)
+
+        def products_count(info: Any, query: str | None = None) -> dict[str, Any]:
+            _check_scope(info)
+            return {"count": sum(cat.matches(p, query) for p in catalog.products.values()), "precision": "EXACT"}
+
+        return {
+            "shop": {"id": cat.gid("Shop", 1), "name": "Demo Shop", "myshopifyDomain": self.shop},
+            "products": products,
+            "product": lambda info, id: node(info, id, "Product"),
+            "productsCount": products_count,
+            "collections": collections,
+            "collection": lambda info, id: node(info, id, "Collection"),
+            "node": node,
+            "nodes": lambda info, ids: [node(info, i) for i in ids],
+            "currentBulkOperation": lambda info, type="QUERY": self._bulk_view(
+                max(self.bulk_operations) if self.bulk_operations and type == "QUERY" else None
+            ),
+            "bulkOperation": lambda info, id: self._bulk_view(cat.gid_number(id) if "BulkOperation" in id else None),
+            "bulkOperationRunQuery": lambda info, query, **args: self._run_bulk(
+                query, bool(args.get("groupObjects")), ",".join(sorted(info.context.get("scopes") or ()))
+            ),
+        }
+
+    def _node(self, value: str, kind: str | None = None) -> dict[str, Any] | None:
+        match = re.fullmatch(r"gid://shopify/([A-Za-z]+)/(\d+)", value)
+        if match is None:
+            raise GraphQLError(f"Invalid global id '{value}'", extensions={"code": "argumentLiteralsIncompatible"})
+        found, number = match.group(1), int(match.group(2))
+        if kind is not None and found != kind:
+            return None
+        if found == "Product" and number in self.catalog.products:
+            return cat.product_view(self.catalog.products[number], self.catalog, self.url)
+        if found == "Collection" and number in self.catalog.collections:
+            return cat.collection_view(self.catalog.collections[number], self.catalog, self.url)
+        if found == "BulkOperation":
+            return self._bulk_view(number)
+        for product in self.catalog.products.values():
+            if found == "ProductVariant":
+                for variant in product.variants:
+                    if variant.id == number:
+                        return cat.variant_view(variant, product, self.catalog, self.url)
+            if found == "MediaImage":
+                for image in product.media:
+                    if image.id == number:
+                        return cat.image_view(image, self.url)
+        return None
+
+    # -- bulk operations --------------------------------------------------------------------------
+    def _run_bulk(self, query: str, grouped: bool, scope: str) -> dict[str, Any]:
+        def refused(message: str) -> dict[str, Any]:
+            return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": message, "code": "INVALID"}]}
+
+        try:
+            document = parse(query)
+        except GraphQLSyntaxError as exc:
+            return refused(f"Invalid bulk query: {exc.message}")
+        errors = validate(self._schema, document)
+        if errors:
+            return refused("Invalid bulk query: " + "; ".join(e.message for e in errors))
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        if len(operations) != 1 or operations[0].operation.value != "query":
+            return refused("Bulk queries must contain exactly one query operation.")
+        problems = cat.bulk_shape_errors(self._schema, document, operations[0])
+        if problems:
+            return refused(problems[0])
+        number = 5_000_000 + len(self.bulk_operations) + 1
+        operation = BulkOperation(number, query, grouped, self.clock.now(), scope, fail_with=self._next_bulk_failure)
+        self._next_bulk_failure = None
+        self.bulk_operations[number] = operation
+        return {"bulkOperation": self._bulk_fields(operation), "userErrors": []}
+
+    def _bulk_view(self, number: int | None) -> dict[str, Any] | None:
+        operation = self.bulk_operations.get(number) if number is not None else None
+        if operation is None:
+            return None
+        operation.reads += 1
+        if operation.status in ("CREATED", "RUNNING"):
+            operation.status = "RUNNING" if operation.reads <= self.bulk_polls else self._finish(operation)
+        return self._bulk_fields(operation)
+
+    def _finish(self, operation: BulkOperation) -> str:
+        operation.completed_at = self.clock.now()
+        if operation.fail_with is not None:
+            operation.error_code = operation.fail_with
+            return "FAILED"
+        document = parse(operation.query)
+        definition = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+        scopes = set(operation.scope.split(","))
+        result = execute(
+            self._schema, document, root_value=self._root(), context_value={"bulk": True, "scopes": scopes}
+        )
+        assert isinstance(result, ExecutionResult)
+        if any((e.extensions or {}).get("code") == "ACCESS_DENIED" for e in result.errors or ()):
+            operation.error_code = "ACCESS_DENIED"
+            return "FAILED"
+        rows = cat.bulk_rows(self._schema, document, definition, result.data, grouped=operation.grouped)
+        operation.jsonl = b"".join(json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows)
+        operation.object_count = len(rows)
+        operation.root_object_count = sum("__parentId" not in row for row in rows)
+        return "COMPLETED"
+
+    def _bulk_fields(self, operation: BulkOperation) -> dict[str, Any]:
+        done = operation.status == "COMPLETED"
+        return {
+            "__typename": "BulkOperation",
+            "id": operation.gid,
+            "status": operation.status,
+            "errorCode": operation.error_code,
+            "createdAt": cat.iso(operation.created_at),
+            "completedAt": cat.iso(operation.completed_at) if operation.completed_at else None,
+            "objectCount": str(operation.object_count),
+            "rootObjectCount": str(operation.root_object_count),
+            "fileSize": str(len(operation.jsonl)) if done and operation.jsonl is not None else None,
+            "url": f"{self.url}/bulk/{operation.number}.jsonl" if done and operation.jsonl else None,
+            "partialDataUrl": None,
+            "query": operation.query,
+            "type": "QUERY",
+        }
+
+    # -- webhooks ---------------------------------------------------------------------------------
+    def deliver(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        url: str,
+        secret: str | None = None,
+        *,
+        webhook_id: str | None = None,
+        timeout: float = 10,
+    ) -> Delivery:
+        """POST ``payload`` to ``url`` as Shopify delivers ``topic``; pass ``webhook_id`` again to redeliver."""
+        import httpx
+
+        body = json.dumps(payload).encode()
+        webhook = webhook_id or str(uuid.uuid4())
+        event = str(uuid.uuid4())
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": sign_webhook(body, secret if secret is not None else self.client_secret),
+            "X-Shopify-Shop-Domain": self.shop,
+            "X-Shopify-API-Version": API_VERSION,
+            "X-Shopify-Webhook-Id": webhook,
+            "X-Shopify-Event-Id": event,
+            "X-Shopify-Triggered-At": cat.iso(self.clock.now()).replace("Z", ".000000Z"),
+        }
+        try:
+            with httpx.Client(timeout=timeout, trust_env=False) as client:
+                status = client.post(url, content=body, headers=headers).status_code
+        except httpx.HTTPError:
+            status = 0
+        delivery = Delivery(topic, url, webhook, event, body, headers, status)
+        with self.lock:
+            self.deliveries.append(delivery)
+        return delivery
+
+    def update_product(self, ref: int | str, url: str | None = None, **changes: Any) -> Delivery | None:
+        """Change a product (``title``, ``description_html``, ``product_type``, ``vendor``, ``tags``, ``status``,
+        ``media`` …) and, given ``url``, deliver ``products/update``."""
+        with self.lock:
+            product = self.product(ref)
+            for name, value in changes.items():
+                assert hasattr(product, name), name
+                setattr(product, name, value)
+            product.updated_at = cat.iso(self.clock.now())
+            payload = cat.rest_product(product, self.url)
+        return self.deliver("products/update", payload, url) if url else None
+
+    def add_image(self, ref: int | str, alt: str = "", status: str = "READY") -> Image:
+        with self.lock:
+            product = self.product(ref)
+            number = self.catalog.new_id()
+            image = Image(number, alt, f"/cdn/shop/files/{product.handle}-{number}.png", self.image_size,
+                          self.image_size, (90, 120, 150), status)  # fmt: skip
+            product.media.append(image)
+            return image
+
+    def create_product(self, title: str, url: str | None = None, **fields: Any) -> tuple[Product, Delivery | None]:
+        with self.lock:
+            number = self.catalog.new_id()
+            handle = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+            stamp = cat.iso(self.clock.now())
+            product = Product(
+                id=number,
+                title=title,
+                handle=handle,
+                description_html=fields.pop("description_html", f"<p>{title}</p>"),
+                product_type=fields.pop("product_type", "Home"),
+                vendor=fields.pop("vendor", "Northwind Goods"),
+                tags=fields.pop("tags", ["new"]),
+                variants=[Variant(self.catalog.new_id(), "Default Title", f"NEW-{number}", "20.00", 1)],
+                media=[],
+                created_at=stamp,
+                updated_at=stamp,
+                **fields,
+            )
+            self.catalog.products[number] = product
+            product.media.append(
+                Image(
+                    self.catalog.new_id(),
+                    title,
+                    f"/cdn/shop/files/{handle}-1.png",
+                    self.image_size,
+                    self.image_size,
+                    (200, 80, 80),
+                )
+            )
+            payload = cat.rest_product(product, self.url)
+        return product, (self.deliver("products/create", payload, url) if url else None)
+
+    def delete_product(self, ref: int | str, url: str | None = None) -> Delivery | None:
+        with self.lock:
+            product = self.product(ref)
+            del self.catalog.products[product.id]
+            for collection in self.catalog.collections.values():
+                if product.id in collection.product_ids:
+                    collection.product_ids.remove(product.id)
+        return self.deliver("products/delete", {"id": product.id}, url) if url else None
+
+    def shop_payload(self) -> dict[str, Any]:
+        return {
+            "id": 1,
+            "name": "Demo Shop",
+            "email": "owner@demo-shop.test",
+            "domain": self.shop,
+            "myshopify_domain": self.shop,
+            "plan_name": "basic",
+        }
+
+    def uninstall(self, url: str | None = None) -> Delivery | None:
+        """The merchant uninstalls the app: every token is revoked, then ``app/uninstalled``."""
+        self.revoke()
+        return self.deliver("app/uninstalled", self.shop_payload(), url) if url else None
+
+    def shop_redact(self, url: str) -> Delivery:
+        return self.deliver("shop/redact", {"shop_id": 1, "shop_domain": self.shop}, url)
+
+    def customers_redact(self, url: str) -> Delivery:
+        customer = {"id": 191167, "email": "john@example.com", "phone": "555-625-1199"}
+        payload = {"shop_id": 1, "shop_domain": self.shop, "customer": customer, "orders_to_redact": [299938]}
+        return self.deliver("customers/redact", payload, url)
+
+    def customers_data_request(self, url: str) -> Delivery:
+        customer = {"id": 191167, "email": "john@example.com", "phone": "555-625-1199"}
+        payload = {"shop_id": 1, "shop_domain": self.shop, "orders_requested": [299938], "customer": customer,
+                   "data_request": {"id": 9999}}  # fmt: skip
+        return self.deliver("customers/data_request", payload, url)
+
+    # -- serving ----------------------------------------------------------------------------------
+    def _take_failure(self, path: str) -> str | None:
+        with self.lock:
+            for failure in self._failures:
+                if failure.times > 0 and failure.path in (None, path):
+                    failure.times -= 1
+                    return failure.kind
+        return None
+
+    def handle(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes
+    ) -> tuple[int, str, bytes, dict[str, str]] | None:
+        """The answer to one request (status, content type, body, headers), or None to drop the connection."""
+        if path in self.delays:
+            time.sleep(self.delays[path])
+        failure = self._take_failure(path)
+        if failure == "drop":
+            return None
+        if failure == "429":
+            return _json(429, {"errors": "Exceeded 2 calls per second for api client. Reduce request rates to "
+                                         "resume uninterrupted service."}, {"Retry-After": "2.0"})  # fmt: skip
+        if failure in ("500", "502", "503"):
+            assert failure is not None
+            return _json(
+                int(failure), {"errors": "Internal Server Error" if failure == "500" else "Service Unavailable"}
+            )
+        answer = self._route(method, path, query, headers, raw)
+        if failure == "malformed":
+            status, kind, body, extra = answer
+            return status, kind, body[: max(1, len(body) // 2)], extra
+        return answer
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        if method == "GET" and path == "/admin/oauth/authorize":
+            return self._authorize(query)
+        if method == "POST" and path == "/admin/oauth/access_token":
+            params = _params(headers, raw)
+            if params is None:
+                return _json(400, {"error": "invalid_request", "error_description": "Malformed request body"})
+            return _json(*self._access_token(params))
+        if method == "GET" and path.startswith("/cdn/shop/files/"):
+            return self._image(path)
+        if method == "GET" and (found := re.fullmatch(r"/bulk/(\d+)\.jsonl", path)):
+            with self.lock:
+                operation = self.bulk_operations.get(int(found.group(1)))
+            if operation is None or operation.jsonl is None:
+                return 404, "application/xml", b"<Error><Code>NoSuchKey</Code></Error>", {}
+            if self.clock.now() > (operation.completed_at or 0) + BULK_URL_TTL:  # a signed URL past its 7 days
+                return 400, "application/xml", b"<Error><Code>ExpiredToken</Code></Error>", {}
+            return 200, "application/jsonl", operation.jsonl, {}
+        if (found := _GRAPHQL_PATH.fullmatch(path)) is not None:
+            version = found.group(1)
+            if version not in self.api_versions:
+                return _json(404, {"errors": "Not Found"})
+            token = headers.get("x-shopify-access-token")
+            if not self.token_valid(token):
+                return _json(401, {"errors": BAD_CREDENTIALS_ERROR})
+            if method != "POST":
+                return _json(405, {"errors": "Method Not Allowed"})
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+                return _json(400, {"errors": {"query": "Required parameter missing or invalid"}})
+            scope = self.access_tokens[str(token)].scope
+            return _json(200, self.graphql(body, scope), {"X-Shopify-API-Version": version})
+        return _json(404, {"errors": "Not Found"})
+
+    def _image(self, path: str) -> tuple[int, str, bytes, dict[str, str]]:
+        with self.lock:
+            cached = self._pngs.get(path)
+            image = None if cached is not None else self.catalog.find_image(path)
+        if cached is None:
+            if image is None:
+                return 404, "text/html; charset=utf-8", b"Not Found", {}
+            cached = cat.png(image)
+            with self.lock:
+                self._pngs[path] = cached
+        return 200, "image/png", cached, {"Cache-Control": "public, max-age=31536000"}
+
+
+def _params(headers: dict[str, str], raw: bytes) -> dict[str, Any] | None:
+    kind = headers.get("content-type", "").split(";")[0].strip()
+    if kind == "application/json":
+        try:
+            parsed = json.loads(raw or b"{}")
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return dict(parse_qsl(raw.decode(errors="replace"), keep_blank_values=True))
+
+
+def _check_scope(info: Any) -> None:
+    scopes = info.context.get("scopes") or set()
+    if not scopes & {"read_products", "write_products"}:
+        raise GraphQLError(
+            f"Access denied for {info.field_name} field. Required access: `read_products` access scope.",
+            extensions={"code": "ACCESS_DENIED", "requiredAccess": "`read_products` access scope."},
+        )
+
+
+def bulk_finish_payload(operation: BulkOperation) -> dict[str, Any]:
+    """The ``bulk_operations/finish`` webhook's body (then read the operation with ``bulkOperation(id)``)."""
+    return {
+        "admin_graphql_api_id": operation.gid,
+        "completed_at": cat.iso(operation.completed_at) if operation.completed_at else None,
+        "created_at": cat.iso(operation.created_at),
+        "error_code": operation.error_code.lower() if operation.error_code else None,
+        "status": operation.status.lower(),
+        "type": "query",
+    }
+
+
+def _json(status: int, body: Any, extra: dict[str, str] | None = None) -> tuple[int, str, bytes, dict[str, str]]:
+    return status, "application/json; charset=utf-8", json.dumps(body).encode(), dict(extra or {})
+
+
+def _page(status: int, text: str) -> tuple[int, str, bytes, dict[str, str]]:
+    return status, "text/html; charset=utf-8", f"<!doctype html><title>Shopify (stub)</title><p>{text}</p>".encode(), {}
+
+
+def _handler(stub: ShopifyStub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            try:
+                answer = stub.handle(method, parts.path, query, headers, raw)
+            except Exception as exc:  # a stub bug: answer as Shopify's 500 would, naming the cause for the test
+                answer = _json(500, {"errors": "Internal Server Error"}, {"X-Stub-Error": repr(exc)[:200]})
+            with stub.lock:
+                stub.requests.append(Recorded(method, parts.path, query, headers, raw, answer[0] if answer else 0))
+            if answer is None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            status, kind, body, extra = answer
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Request-Id", str(uuid.uuid4()))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+class StubServer:
+    """The stub served on 127.0.0.1 in a background thread; :meth:`stop` ends it."""
+
+    def __init__(self, stub: ShopifyStub, port: int = 0) -> None:
+        self.stub = stub
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(stub))
+        self._server.daemon_threads = True
+        stub.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def running(stub: ShopifyStub | None = None, port: int = 0) -> Iterator[ShopifyStub]:
+    """Serve ``stub`` (a new demo shop by default) on 127.0.0.1 for the ``with`` block."""
+    server = StubServer(stub or ShopifyStub(), port)
+    try:
+        yield server.stub
+    finally:
+        server.stop()
