@@ -266,6 +266,7 @@ class WooStub:
     _failures: list[_Failure] = field(default_factory=list)
     _pending: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # user_id -> (nonce, query)
     _next_id: int = 10_000
+    _last_key_id: int = 0  # key ids are never reused, like the woocommerce_api_keys table's
 
     def __post_init__(self) -> None:
         if not self.products:
@@ -287,7 +288,7 @@ class WooStub:
         assert permissions in SCOPES, permissions
         with self.lock:
             key = ApiKey(
-                key_id=len(self.keys) + 1 + max(self.keys, default=0),
+                key_id=self._new_key_id(),
                 user_id=user_id,
                 consumer_key="ck_" + secrets.token_hex(20),
                 consumer_secret="cs_" + secrets.token_hex(20),
@@ -300,6 +301,11 @@ class WooStub:
     def seen(self, method: str, path: str) -> list[Recorded]:
         with self.lock:
             return [r for r in self.requests if r.method == method and r.path == path]
+
+    def _new_key_id(self) -> int:
+        with self.lock:
+            self._last_key_id += 1
+            return self._last_key_id
 
     def _new_id(self) -> int:
         with self.lock:

@@ -267,6 +267,7 @@ def test_a_callback_not_answered_exactly_200_deletes_the_key(store: WooStub, rec
 
     assert landing.status_code == 401 and "Location" not in landing.headers
     assert store.keys == {}
+    assert store.add_key().key_id == keys["key_id"] + 1  # a deleted key's id is not given out again
     with httpx.Client(base_url=store.url + API, auth=(keys["consumer_key"], keys["consumer_secret"])) as http:
         assert http.get("/products").status_code == 401
 
