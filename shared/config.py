@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     # The frontend's home (the links in the emails: jobs, billing); billing's own page is BILLING_PORTAL_RETURN_URL.
     app_url: str = "http://localhost:3000"
 
+    # Store credentials at rest (envelope encryption, shared/credentials.py): a Cloud KMS CryptoKey
+    # (projects/P/locations/L/keyRings/R/cryptoKeys/K) wraps each connection's data key in production;
+    # development and tests use local keys, JSON {"v1": "<base64 of 32 bytes>", …}, sealing with the
+    # version named by STORE_CREDENTIAL_KEY_VERSION (the others still open what they sealed).
+    store_credential_kms_key: str = ""
+    store_credential_keys: SecretStr = SecretStr("")
+    store_credential_key_version: str = ""
+
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION
@@ -241,6 +249,7 @@ class Settings(BaseSettings):
             "SMTP_HOST": self.smtp_host,
             "MAIL_FROM": self.mail_from,
             "MAIL_UNSUBSCRIBE_SECRET": self.mail_unsubscribe_secret.get_secret_value(),
+            "STORE_CREDENTIAL_KMS_KEY": self.store_credential_kms_key,
         }
         demanded = set(required_variables(needs)) & set(values)
         missing = sorted(name for name in demanded if not values[name])
@@ -259,6 +268,8 @@ class Settings(BaseSettings):
             unsafe.append("GEMINI_BASE_URL must be empty (it sends the Gemini API key to another server)")
         if self.tasks_local_dispatcher_url:
             unsafe.append("TASKS_LOCAL_DISPATCHER_URL must be empty (the local dispatcher is for the dev stack)")
+        if self.store_credential_keys.get_secret_value():
+            unsafe.append("STORE_CREDENTIAL_KEYS must be empty (local keys are for development; production uses KMS)")
         if self.fetch_allowed_networks:
             unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
         # Where credentials, signed requests or tokens go: TLS only.

@@ -23,6 +23,7 @@ class Need(str, Enum):
     BILLING_PAGES = "billing_pages"  # where Stripe sends the browser back: BILLING_*_URL (https, not local)
     # Email: SMTP_HOST, MAIL_FROM, MAIL_UNSUBSCRIBE_SECRET; PUBLIC_BASE_URL and APP_URL checked by value
     MAIL = "mail"
+    STORE_CREDENTIALS = "store_credentials"  # sealing/opening store credentials: STORE_CREDENTIAL_KMS_KEY
 
 
 ALL_NEEDS: frozenset[Need] = frozenset(Need)
@@ -35,6 +36,7 @@ _REQUIRED: dict[Need, tuple[str, ...]] = {
     Need.STRIPE: ("STRIPE_API_KEY", "STRIPE_PRICE_IDS"),
     Need.STRIPE_WEBHOOK: ("STRIPE_WEBHOOK_SECRET",),
     Need.MAIL: ("SMTP_HOST", "MAIL_FROM", "MAIL_UNSUBSCRIBE_SECRET"),
+    Need.STORE_CREDENTIALS: ("STORE_CREDENTIAL_KMS_KEY",),
 }
 _BILLING_PAGES = ("BILLING_SUCCESS_URL", "BILLING_CANCEL_URL", "BILLING_PORTAL_RETURN_URL")
 _MAIL_LINKS = ("PUBLIC_BASE_URL", "APP_URL")  # checked by value: https, not local

@@ -32,6 +32,7 @@ PRODUCTION = {
     "MAIL_UNSUBSCRIBE_SECRET": "unsubscribe-s3cr3t",
     "PUBLIC_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net/notifications_api",
     "APP_URL": "https://app.epox.ai",
+    "STORE_CREDENTIAL_KMS_KEY": "projects/epox-prod/locations/europe-west1/keyRings/stores/cryptoKeys/credentials",
 }
 
 
@@ -52,6 +53,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "AUTH_PLATFORM_ADMIN_CLAIM",
         "SMTP_STARTTLS",
         "SMTP_USERNAME",
+        "STORE_CREDENTIAL_KEYS",
     ]
     for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
@@ -117,6 +119,8 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         # The platform-admin claim cannot be the tenant role (or tenant id) claim.
         ("AUTH_PLATFORM_ADMIN_CLAIM", "role", "AUTH_PLATFORM_ADMIN_CLAIM"),
         ("AUTH_PLATFORM_ADMIN_CLAIM", "client_id", "AUTH_PLATFORM_ADMIN_CLAIM"),
+        # Local key-encryption keys sit in the environment in clear: production wraps with Cloud KMS.
+        ("STORE_CREDENTIAL_KEYS", '{"v1": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}', "STORE_CREDENTIAL_KEYS"),
     ],
 )
 def test_production_refuses_development_switches(

@@ -1,0 +1,474 @@
+"""The local WooCommerce stub speaks WooCommerce's wire format: wc-auth's unsigned key callback, REST v3
+with Basic auth and paging headers, and webhooks signed with the webhook's secret that are never retried.
+
+Everything goes over real HTTP (httpx to the stub, the stub to a small recording server standing in for
+our functions)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+from PIL import Image
+
+from dev.stubs.woocommerce import API, ApiKey, WooStub, running
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """Our side: records what the store sends and answers ``status`` (the first of ``statuses`` if any)."""
+
+    status: int = 200
+    statuses: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def answer(self) -> int:
+        return self.statuses.pop(0) if self.statuses else self.status
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    sink = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            sink.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(sink.answer())
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    sink.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def store() -> Iterator[WooStub]:
+    with running() as stub:
+        yield stub
+
+
+def client(stub: WooStub, key: ApiKey | None = None) -> httpx.Client:
+    auth = (key.consumer_key, key.consumer_secret) if key else None
+    return httpx.Client(base_url=stub.url + API, auth=auth, trust_env=False, timeout=10)
+
+
+def authorize_query(receiver: Receiver, user_id: str = "nonce-1", scope: str = "read_write") -> dict[str, str]:
+    return {
+        "app_name": "Epox",
+        "scope": scope,
+        "user_id": user_id,
+        "return_url": "https://app.example/stores/return?from=woo",
+        "callback_url": receiver.url("/store_oauth/woocommerce/callback"),
+    }
+
+
+# -- the demo catalog over REST ------------------------------------------------------------------------
+
+
+def test_products_are_paged_with_wordpress_headers(store: WooStub) -> None:
+    with client(store, store.add_key("read")) as http:
+        first = http.get("/products", params={"per_page": 20})
+        last = http.get("/products", params={"per_page": 20, "page": 3})
+        past = http.get("/products", params={"per_page": 20, "page": 4})
+        everything = http.get("/products", params={"per_page": 100})
+
+    assert first.status_code == 200
+    assert (first.headers["X-WP-Total"], first.headers["X-WP-TotalPages"]) == ("50", "3")
+    assert 'rel="next"' in first.headers["Link"] and "page=2" in first.headers["Link"]
+    assert 'rel="prev"' in last.headers["Link"] and 'rel="next"' not in last.headers["Link"]
+    assert (len(first.json()), len(last.json()), past.json()) == (20, 10, [])
+    ids = [p["id"] for p in everything.json()]
+    assert len(ids) == len(set(ids)) == 50
+    product = everything.json()[0]
+    assert {"name", "slug", "sku", "description", "categories", "tags", "images", "date_modified_gmt"} <= set(product)
+
+
+@pytest.mark.parametrize("per_page", ["0", "101", "ten"])
+def test_per_page_outside_1_to_100_is_refused(store: WooStub, per_page: str) -> None:
+    with client(store, store.add_key("read")) as http:
+        answer = http.get("/products", params={"per_page": per_page})
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "rest_invalid_param"
+    assert "per_page" in answer.json()["data"]["params"]
+
+
+def test_the_demo_store_is_deterministic() -> None:
+    with running() as one, running() as two:
+        a = client(one, one.add_key()).get("/products", params={"per_page": 100}).json()
+        b = client(two, two.add_key()).get("/products", params={"per_page": 100}).json()
+    strip = ("permalink", "_links")
+    for left, right in zip(a, b, strict=True):
+        assert {k: v for k, v in left.items() if k not in strip and k != "images"} == {
+            k: v for k, v in right.items() if k not in strip and k != "images"
+        }
+        assert [i["id"] for i in left["images"]] == [i["id"] for i in right["images"]]
+
+
+def test_variable_products_have_variations_with_skus_and_images(store: WooStub) -> None:
+    with client(store, store.add_key("read")) as http:
+        products = http.get("/products", params={"per_page": 100}).json()
+        variable = [p for p in products if p["type"] == "variable"]
+        simple = next(p for p in products if p["type"] == "simple")
+        variations = http.get(f"/products/{variable[0]['id']}/variations").json()
+        none = http.get(f"/products/{simple['id']}/variations").json()
+        missing = http.get("/products/999999/variations")
+
+    assert len(variable) == 5
+    assert [v["id"] for v in variations] == variable[0]["variations"]
+    assert all(v["sku"].startswith(variable[0]["sku"] + "-") for v in variations)
+    assert all(v["image"]["src"].startswith(store.url) for v in variations)
+    assert none == []
+    assert missing.status_code == 404
+
+
+def test_one_product_and_an_unknown_one(store: WooStub) -> None:
+    with client(store, store.add_key("read")) as http:
+        one = http.get("/products/100")
+        unknown = http.get("/products/99999")
+    assert one.json()["sku"] == "DEMO-001"
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "code": "woocommerce_rest_product_invalid_id",
+        "message": "Invalid ID.",
+        "data": {"status": 404},
+    }
+
+
+def test_categories_count_their_products(store: WooStub) -> None:
+    with client(store, store.add_key("read")) as http:
+        categories = http.get("/products/categories", params={"per_page": 100})
+        non_empty = http.get("/products/categories", params={"hide_empty": "true"}).json()
+    assert categories.headers["X-WP-Total"] == "6"
+    assert sum(c["count"] for c in categories.json()) == 50
+    assert "uncategorized" not in {c["slug"] for c in non_empty}
+
+
+def test_images_are_served_as_real_pngs(store: WooStub) -> None:
+    with client(store, store.add_key("read")) as http:
+        product = http.get("/products/101").json()
+    assert len(product["images"]) == 2
+    with httpx.Client(trust_env=False) as http:
+        for image in product["images"]:
+            answer = http.get(image["src"])
+            assert answer.headers["Content-Type"] == "image/png"
+            assert Image.open(io.BytesIO(answer.content)).size == (8, 8)
+        assert http.get(store.url + "/wp-content/uploads/2026/01/nothing.png").status_code == 404
+
+
+def test_modified_after_returns_only_what_changed(store: WooStub) -> None:
+    before = "2026-02-01T00:00:00"  # after every demo product's last change (January 2026)
+    store.update_product(120, name="Renamed")
+    with client(store, store.add_key("read")) as http:
+        changed = http.get("/products", params={"modified_after": before, "per_page": 100})
+        garbled = http.get("/products", params={"modified_after": "yesterday"})
+    assert [p["id"] for p in changed.json()] == [120]
+    assert changed.headers["X-WP-Total"] == "1"
+    assert garbled.status_code == 400
+
+
+# -- authentication -----------------------------------------------------------------------------------
+
+
+def test_rest_needs_a_valid_key(store: WooStub) -> None:
+    key = store.add_key("read")
+    with client(store) as anonymous:
+        assert anonymous.get("/products").json()["code"] == "woocommerce_rest_cannot_view"
+    wrong_key = ApiKey(0, "1", "ck_" + "0" * 40, key.consumer_secret, "read", "")
+    wrong_secret = ApiKey(0, "1", key.consumer_key, "cs_" + "0" * 40, "read", "")
+    with client(store, wrong_key) as http:
+        refused = http.get("/products")
+        assert (refused.status_code, refused.json()["message"]) == (401, "Consumer key is invalid.")
+    with client(store, wrong_secret) as http:
+        assert http.get("/products").json()["message"] == "Consumer secret is invalid."
+    with client(store) as http:
+        by_query = http.get(
+            "/products", params={"consumer_key": key.consumer_key, "consumer_secret": key.consumer_secret}
+        )
+        assert by_query.status_code == 200
+
+
+def test_a_read_key_cannot_write_and_a_write_key_cannot_read(store: WooStub, receiver: Receiver) -> None:
+    hook = {"name": "x", "topic": "product.updated", "delivery_url": receiver.url(), "secret": "s"}
+    with client(store, store.add_key("read")) as http:
+        refused = http.post("/webhooks", json=hook)
+    with client(store, store.add_key("write")) as http:
+        blind = http.get("/products")
+    assert refused.status_code == 401 and "write permissions" in refused.json()["message"]
+    assert blind.status_code == 401 and "read permissions" in blind.json()["message"]
+    assert store.webhooks == {}
+
+
+# -- wc-auth ------------------------------------------------------------------------------------------
+
+
+def test_wc_auth_posts_the_keys_unsigned_and_redirects_with_success(store: WooStub, receiver: Receiver) -> None:
+    query = authorize_query(receiver)
+    with httpx.Client(trust_env=False, timeout=10) as browser:
+        landing = browser.get(store.url + "/wc-auth/v1/authorize", params=query)
+
+    assert landing.status_code == 302
+    location = urlsplit(landing.headers["Location"])
+    assert (location.netloc, location.path) == ("app.example", "/stores/return")
+    assert dict(parse_qsl(location.query)) == {"from": "woo", "success": "1", "user_id": "nonce-1"}
+    [callback] = receiver.received
+    assert callback.path == "/store_oauth/woocommerce/callback"
+    assert callback.headers["content-type"].startswith("application/json")
+    assert not any(name.startswith("x-wc-webhook") for name in callback.headers)  # unsigned
+    keys = json.loads(callback.body)
+    assert set(keys) == {"key_id", "user_id", "consumer_key", "consumer_secret", "key_permissions"}
+    assert (keys["user_id"], keys["key_permissions"]) == ("nonce-1", "read_write")
+    assert keys["consumer_key"].startswith("ck_") and keys["consumer_secret"].startswith("cs_")
+    with httpx.Client(base_url=store.url + API, auth=(keys["consumer_key"], keys["consumer_secret"])) as http:
+        assert http.get("/products/100").status_code == 200
+
+
+@pytest.mark.parametrize("answer", [201, 204, 302, 500])
+def test_a_callback_not_answered_exactly_200_deletes_the_key(store: WooStub, receiver: Receiver, answer: int) -> None:
+    receiver.status = answer
+    with httpx.Client(trust_env=False, timeout=10) as browser:
+        landing = browser.get(store.url + "/wc-auth/v1/authorize", params=authorize_query(receiver))
+    keys = json.loads(receiver.received[0].body)
+
+    assert landing.status_code == 401 and "Location" not in landing.headers
+    assert store.keys == {}
+    assert store.add_key().key_id == keys["key_id"] + 1  # a deleted key's id is not given out again
+    with httpx.Client(base_url=store.url + API, auth=(keys["consumer_key"], keys["consumer_secret"])) as http:
+        assert http.get("/products").status_code == 401
+
+
+def test_an_unreachable_callback_deletes_the_key(store: WooStub) -> None:
+    query = {**authorize_query(Receiver(port=1)), "callback_url": "http://127.0.0.1:1/callback"}
+    with httpx.Client(trust_env=False, timeout=10) as browser:
+        assert browser.get(store.url + "/wc-auth/v1/authorize", params=query).status_code == 401
+    assert store.keys == {}
+    assert store.callbacks[0][2] == 0
+
+
+def test_the_merchant_approves_or_denies_on_the_page(receiver: Receiver) -> None:
+    with running(WooStub(auto_approve=False)) as store, httpx.Client(trust_env=False, timeout=10) as browser:
+        page = browser.get(store.url + "/wc-auth/v1/authorize", params=authorize_query(receiver, "u-1"))
+        assert page.status_code == 200 and "Approve" in page.text and receiver.received == []
+        approve = page.text.split('href="')[1].split('"')[0].replace("&amp;", "&")
+        granted = browser.get(store.url + approve)
+        assert granted.status_code == 302 and "success=1" in granted.headers["Location"]
+        assert browser.get(store.url + approve).status_code == 403  # the link is single-use
+
+        browser.get(store.url + "/wc-auth/v1/authorize", params=authorize_query(receiver, "u-2"))
+        denied = store.deny("u-2")
+        browser.get(store.url + "/wc-auth/v1/authorize", params=authorize_query(receiver, "u-3"))
+        helper = store.approve("u-3")
+
+    assert denied.location is not None and "success=0" in denied.location and denied.key is None
+    assert helper.status == 302 and helper.key is not None and helper.callback_status == 200
+    assert [json.loads(r.body)["user_id"] for r in receiver.received] == ["u-1", "u-3"]
+    assert len(store.keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scope": "admin"}, "Invalid scope admin"),
+        ({"app_name": ""}, "Missing parameter app_name"),
+        ({"callback_url": "not a url"}, "callback_url is not a valid URL"),
+    ],
+)
+def test_wc_auth_refuses_bad_parameters(
+    store: WooStub, receiver: Receiver, change: dict[str, str], message: str
+) -> None:
+    with httpx.Client(trust_env=False, timeout=10) as browser:
+        answer = browser.get(store.url + "/wc-auth/v1/authorize", params={**authorize_query(receiver), **change})
+    assert answer.status_code == 400 and message in answer.text
+    assert receiver.received == [] and store.keys == {}
+
+
+def test_wc_auth_can_demand_an_https_callback(receiver: Receiver) -> None:
+    with running(WooStub(https_callbacks_only=True)) as store, httpx.Client(trust_env=False) as browser:
+        answer = browser.get(store.url + "/wc-auth/v1/authorize", params=authorize_query(receiver))
+    assert answer.status_code == 400 and "over SSL" in answer.text
+
+
+# -- webhooks -----------------------------------------------------------------------------------------
+
+
+SECRET = "our-secret"
+
+
+def create_hooks(store: WooStub, receiver: Receiver, secret: str = SECRET) -> dict[str, int]:
+    ids = {}
+    with client(store, store.add_key()) as http:
+        for topic in ("product.created", "product.updated", "product.deleted"):
+            answer = http.post(
+                "/webhooks",
+                json={"name": f"Epox {topic}", "topic": topic, "delivery_url": receiver.url(), "secret": secret},
+            )
+            assert answer.status_code == 201, answer.text
+            assert "secret" not in answer.json()
+            ids[topic] = answer.json()["id"]
+    return ids
+
+
+def signature(body: bytes, secret: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def test_creating_a_webhook_sends_an_unsigned_ping(store: WooStub, receiver: Receiver) -> None:
+    ids = create_hooks(store, receiver)
+    pings = receiver.received
+    assert [dict(parse_qsl(p.body.decode())) for p in pings] == [{"webhook_id": str(i)} for i in ids.values()]
+    assert all(p.headers["content-type"] == "application/x-www-form-urlencoded" for p in pings)
+    assert not any("x-wc-webhook-signature" in p.headers for p in pings)
+
+
+def test_product_changes_are_delivered_signed(store: WooStub, receiver: Receiver) -> None:
+    ids = create_hooks(store, receiver)
+    receiver.received.clear()
+    created = store.create_product("Glass Vase", sku="VASE-1")
+    store.update_product(created["id"], name="Tall Glass Vase")
+    store.delete_product(created["id"])
+
+    topics = [r.headers["x-wc-webhook-topic"] for r in receiver.received]
+    assert topics == ["product.created", "product.updated", "product.deleted"]
+    for delivery in receiver.received:
+        topic = delivery.headers["x-wc-webhook-topic"]
+        assert delivery.headers["x-wc-webhook-signature"] == signature(delivery.body, "our-secret")
+        assert delivery.headers["x-wc-webhook-id"] == str(ids[topic])
+        assert (delivery.headers["x-wc-webhook-resource"], delivery.headers["x-wc-webhook-event"]) == (
+            "product",
+            topic.split(".")[1],
+        )
+        assert delivery.headers["x-wc-webhook-delivery-id"]
+        assert delivery.headers["x-wc-webhook-source"] == store.url + "/"
+    assert json.loads(receiver.received[1].body)["name"] == "Tall Glass Vase"
+    assert json.loads(receiver.received[2].body) == {"id": created["id"]}
+    assert (
+        signature(receiver.received[0].body, "another secret") != receiver.received[0].headers["x-wc-webhook-signature"]
+    )
+
+
+def test_a_failed_delivery_is_never_retried_and_six_in_a_row_disable_the_webhook(
+    store: WooStub, receiver: Receiver
+) -> None:
+    ids = create_hooks(store, receiver)
+    receiver.received.clear()
+    receiver.status = 500
+    for n in range(5):
+        store.update_product(100, name=f"Try {n}")
+    assert store.webhooks[ids["product.updated"]]["status"] == "active"  # 5 failures: not more than 5 yet
+    store.update_product(100, name="Sixth")
+    assert len(receiver.received) == 6  # one attempt each, no retries
+    with client(store, store.add_key()) as http:
+        disabled = http.get("/webhooks", params={"status": "disabled"}).json()
+        active = http.get("/webhooks", params={"status": "active"}).json()
+    assert [h["id"] for h in disabled] == [ids["product.updated"]]
+    assert len(active) == 2
+
+    store.update_product(100, name="Nobody hears this")
+    assert len(receiver.received) == 6
+
+    receiver.status = 200
+    with client(store, store.add_key()) as http:
+        enabled = http.put(f"/webhooks/{ids['product.updated']}", json={"status": "active"})
+    assert enabled.json()["status"] == "active"
+    store.update_product(100, name="Heard again")
+    assert json.loads(receiver.received[-1].body)["name"] == "Heard again"
+
+
+def test_a_success_resets_the_failure_count(store: WooStub, receiver: Receiver) -> None:
+    ids = create_hooks(store, receiver)
+    receiver.statuses = [500] * 5 + [302] + [404] * 5
+    for n in range(11):
+        store.update_product(100, name=f"Edit {n}")
+    assert store.webhooks[ids["product.updated"]]["status"] == "active"
+    assert [d.status for d in store.deliveries][-6:] == [302, 404, 404, 404, 404, 404]
+
+
+def test_webhooks_are_deleted_only_with_force(store: WooStub, receiver: Receiver) -> None:
+    ids = create_hooks(store, receiver)
+    with client(store, store.add_key()) as http:
+        trashed = http.delete(f"/webhooks/{ids['product.created']}")
+        deleted = http.delete(f"/webhooks/{ids['product.created']}", params={"force": "true"})
+        gone = http.get(f"/webhooks/{ids['product.created']}")
+    assert trashed.status_code == 501
+    assert deleted.status_code == 200 and gone.status_code == 404
+
+
+def test_a_webhook_needs_a_valid_topic_and_url(store: WooStub, receiver: Receiver) -> None:
+    with client(store, store.add_key()) as http:
+        topic = http.post("/webhooks", json={"topic": "product.exploded.x", "delivery_url": "ftp://x"})
+        no_topic = http.post("/webhooks", json={"delivery_url": receiver.url()})
+        garbled = http.post("/webhooks", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert topic.status_code == 400
+    assert no_topic.json()["code"] == "woocommerce_rest_webhook_invalid_topic"
+    assert garbled.json()["code"] == "rest_invalid_json"
+    assert store.webhooks == {}
+
+
+# -- programmable failures ------------------------------------------------------------------------------
+
+
+def test_failures_are_programmable(store: WooStub) -> None:
+    key = store.add_key("read")
+    store.fail("429", path=API + "/products")
+    store.fail("503")
+    store.fail("malformed")
+    store.fail("drop")
+    with client(store, key) as http:
+        limited = http.get("/products")
+        unavailable = http.get("/products")
+        malformed = http.get("/products")
+        with pytest.raises(httpx.HTTPError):
+            http.get("/products")
+        fine = http.get("/products")
+
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "1")
+    assert unavailable.status_code == 503
+    assert malformed.status_code == 200
+    with pytest.raises(ValueError):
+        malformed.json()
+    assert fine.status_code == 200 and len(fine.json()) == 10
+    assert [r.status for r in store.seen("GET", API + "/products")] == [429, 503, 200, 0, 200]
+
+
+def test_a_failure_for_one_path_leaves_the_others_alone(store: WooStub) -> None:
+    store.fail("500", times=2, path=API + "/products/categories")
+    with client(store, store.add_key("read")) as http:
+        assert http.get("/products").status_code == 200
+        assert http.get("/products/categories").status_code == 500
+        assert http.get("/products/categories").status_code == 500
+        assert http.get("/products/categories").status_code == 200
