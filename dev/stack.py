@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     from dev.functions import load_function_apps
     from dev.jwt_issuer import DevIssuer
     from dev.mail_sink import MailSink
-    from dev.stubs.stripe import StubServer, http_webhook
+    from dev.stubs.stripe import http_webhook, stub_server
 
     STATE.mkdir(exist_ok=True)
     print(f"starting the Firestore emulator on 127.0.0.1:{args.firestore_port} (log: .dev/firestore.log)…", flush=True)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     s3.start()
     s3_endpoint = f"http://127.0.0.1:{args.s3_port}"
     task_secret = secrets.token_urlsafe(24)
-    stripe = StubServer(stripe_stub(http_webhook(f"http://127.0.0.1:{args.port}/stripe_webhook/")), args.stripe_port)
+    stripe = stub_server(stripe_stub(http_webhook(f"http://127.0.0.1:{args.port}/stripe_webhook/")), args.stripe_port)
     mail = MailSink(STATE / "mail", args.smtp_port).start()
     configure_environment(args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url, args.smtp_port)
 

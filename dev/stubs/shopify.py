@@ -80,7 +80,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -88,6 +88,7 @@ from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationDefin
 from graphql.error import GraphQLSyntaxError
 
 from dev.stubs import shopify_catalog as cat
+from dev.stubs.serving import StubServer
 from dev.stubs.shopify_catalog import Catalog, Image, Product, Variant
 
 SHOP = "demo-shop.myshopify.com"
@@ -928,26 +929,15 @@ def _handler(stub: ShopifyStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class StubServer:
-    """The stub served on 127.0.0.1 in a background thread; :meth:`stop` ends it."""
-
-    def __init__(self, stub: ShopifyStub, port: int = 0) -> None:
-        self.stub = stub
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(stub))
-        self._server.daemon_threads = True
-        stub.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def stub_server(stub: ShopifyStub, port: int = 0) -> StubServer[ShopifyStub]:
+    """The stub served on 127.0.0.1 in a background thread (``stop()`` ends it)."""
+    return StubServer(stub, _handler(stub), port)
 
 
 @contextmanager
 def running(stub: ShopifyStub | None = None, port: int = 0) -> Iterator[ShopifyStub]:
     """Serve ``stub`` (a new demo shop by default) on 127.0.0.1 for the ``with`` block."""
-    server = StubServer(stub or ShopifyStub(), port)
+    server = stub_server(stub or ShopifyStub(), port)
     try:
         yield server.stub
     finally:

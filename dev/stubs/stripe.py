@@ -77,11 +77,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dev.stubs import stripe_events
+from dev.stubs.serving import StubServer
 from dev.stubs.stripe_events import (
     charge_obj,
     checkout_session_obj,
@@ -869,26 +870,15 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class StubServer:
-    """A stub served on 127.0.0.1 in a background thread; :meth:`stop` ends it."""
-
-    def __init__(self, stub: StripeStub, port: int = 0) -> None:
-        self.stub = stub
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(stub))
-        self._server.daemon_threads = True
-        stub.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def stub_server(stub: StripeStub, port: int = 0) -> StubServer[StripeStub]:
+    """The stub served on 127.0.0.1 in a background thread (``stop()`` ends it)."""
+    return StubServer(stub, _handler(stub), port)
 
 
 @contextmanager
 def running(stub: StripeStub | None = None) -> Iterator[StripeStub]:
     """Serve ``stub`` (a new one by default) on 127.0.0.1 on a free port for the ``with`` block."""
-    server = StubServer(stub or StripeStub())
+    server = stub_server(stub or StripeStub())
     try:
         yield server.stub
     finally:

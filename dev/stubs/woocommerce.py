@@ -76,11 +76,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+
+from dev.stubs.serving import StubServer
 
 API = "/wp-json/wc/v3"
 UPLOADS = "/wp-content/uploads/2026/01/"
@@ -868,26 +870,15 @@ def _handler(stub: WooStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class StubServer:
-    """The stub served on 127.0.0.1 in a background thread; :meth:`stop` ends it."""
-
-    def __init__(self, stub: WooStub, port: int = 0) -> None:
-        self.stub = stub
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(stub))
-        self._server.daemon_threads = True
-        stub.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def stub_server(stub: WooStub, port: int = 0) -> StubServer[WooStub]:
+    """The stub served on 127.0.0.1 in a background thread (``stop()`` ends it)."""
+    return StubServer(stub, _handler(stub), port)
 
 
 @contextmanager
 def running(stub: WooStub | None = None) -> Iterator[WooStub]:
     """Serve ``stub`` (a new demo store by default) on 127.0.0.1 on a free port for the ``with`` block."""
-    server = StubServer(stub or WooStub())
+    server = stub_server(stub or WooStub())
     try:
         yield server.stub
     finally:
