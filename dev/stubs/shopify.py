@@ -77,8 +77,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -88,7 +87,7 @@ from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationDefin
 from graphql.error import GraphQLSyntaxError
 
 from dev.stubs import shopify_catalog as cat
-from dev.stubs.serving import StubServer
+from dev.stubs.serving import StubHandler, serving
 from dev.stubs.shopify_catalog import Catalog, Image, Product, Variant
 
 SHOP = "demo-shop.myshopify.com"
@@ -889,15 +888,7 @@ def _page(status: int, text: str) -> tuple[int, str, bytes, dict[str, str]]:
 
 
 def _handler(stub: ShopifyStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
+    class Handler(StubHandler):
         def _serve(self, method: str) -> None:
             parts = urlsplit(self.path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -914,31 +905,12 @@ def _handler(stub: ShopifyStub) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             status, kind, body, extra = answer
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Request-Id", str(uuid.uuid4()))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.write_answer(status, body, {"Content-Type": kind, "X-Request-Id": str(uuid.uuid4()), **extra})
 
     return Handler
 
 
-def stub_server(stub: ShopifyStub, port: int = 0) -> StubServer[ShopifyStub]:
-    """The stub served on 127.0.0.1 in a background thread (``stop()`` ends it)."""
-    return StubServer(stub, _handler(stub), port)
-
-
-@contextmanager
-def running(stub: ShopifyStub | None = None, port: int = 0) -> Iterator[ShopifyStub]:
+def running(stub: ShopifyStub | None = None, port: int = 0) -> AbstractContextManager[ShopifyStub]:
     """Serve ``stub`` (a new demo shop by default) on 127.0.0.1 for the ``with`` block."""
-    server = stub_server(stub or ShopifyStub(), port)
-    try:
-        yield server.stub
-    finally:
-        server.stop()
+    stub = stub or ShopifyStub()
+    return serving(stub, _handler(stub), port)

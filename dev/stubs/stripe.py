@@ -73,8 +73,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
@@ -82,7 +82,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dev.stubs import stripe_events
-from dev.stubs.serving import StubServer
+from dev.stubs.serving import StubHandler, StubServer, serving
 from dev.stubs.stripe_events import (
     charge_obj,
     checkout_session_obj,
@@ -781,18 +781,7 @@ def _page(status: int, body: str) -> tuple[int, str, bytes, dict[str, str]]:
 
 
 def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_DELETE(self) -> None:
-            self._serve("DELETE")
-
+    class Handler(StubHandler):
         def _serve(self, method: str) -> None:
             parts = urlsplit(self.path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -856,16 +845,7 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
             self._send(status, "application/json", json.dumps(body).encode(), extra)
 
         def _send(self, status: int, content_type: str, data: bytes, extra: dict[str, str]) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.write_answer(status, data, {"Content-Type": content_type, **extra})
 
     return Handler
 
@@ -875,14 +855,10 @@ def stub_server(stub: StripeStub, port: int = 0) -> StubServer[StripeStub]:
     return StubServer(stub, _handler(stub), port)
 
 
-@contextmanager
-def running(stub: StripeStub | None = None) -> Iterator[StripeStub]:
+def running(stub: StripeStub | None = None) -> AbstractContextManager[StripeStub]:
     """Serve ``stub`` (a new one by default) on 127.0.0.1 on a free port for the ``with`` block."""
-    server = stub_server(stub or StripeStub())
-    try:
-        yield server.stub
-    finally:
-        server.stop()
+    stub = stub or StripeStub()
+    return serving(stub, _handler(stub))
 
 
 def http_webhook(url: str, timeout: float = 30) -> Webhook:

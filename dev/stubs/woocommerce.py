@@ -72,8 +72,7 @@ import socket
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
@@ -82,7 +81,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from dev.stubs.serving import StubServer
+from dev.stubs.serving import StubHandler, serving
 
 API = "/wp-json/wc/v3"
 UPLOADS = "/wp-content/uploads/2026/01/"
@@ -829,21 +828,7 @@ def _outcome_answer(outcome: AuthOutcome) -> Answer:
 
 
 def _handler(stub: WooStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-        def do_PUT(self) -> None:
-            self._serve("PUT")
-
-        def do_DELETE(self) -> None:
-            self._serve("DELETE")
-
+    class Handler(StubHandler):
         def _serve(self, method: str) -> None:
             parts = urlsplit(self.path)
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -857,29 +842,12 @@ def _handler(stub: WooStub) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             status, data, extra = answer
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.write_answer(status, data, extra)
 
     return Handler
 
 
-def stub_server(stub: WooStub, port: int = 0) -> StubServer[WooStub]:
-    """The stub served on 127.0.0.1 in a background thread (``stop()`` ends it)."""
-    return StubServer(stub, _handler(stub), port)
-
-
-@contextmanager
-def running(stub: WooStub | None = None) -> Iterator[WooStub]:
+def running(stub: WooStub | None = None) -> AbstractContextManager[WooStub]:
     """Serve ``stub`` (a new demo store by default) on 127.0.0.1 on a free port for the ``with`` block."""
-    server = stub_server(stub or WooStub())
-    try:
-        yield server.stub
-    finally:
-        server.stop()
+    stub = stub or WooStub()
+    return serving(stub, _handler(stub))
