@@ -7,10 +7,13 @@ A test module's own fixture of the same name takes precedence over these.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.billing_events import Clock, Subscriber, install_clock, onboard_and_link
 
 
 @pytest.fixture
@@ -40,6 +43,29 @@ def http() -> Iterator[httpx.Client]:
     """A client for presigned URLs, as the browser uses them (no proxy settings from the environment)."""
     with httpx.Client(trust_env=False, timeout=30) as client:
         yield client
+
+
+# The billing tests' Stripe world: a clock the webhook and ledger share, the webhook function, and a
+# subscriber already linked to a Stripe customer (a module's own fixture of the same name wins).
+
+
+@pytest.fixture
+def clock(stack: Any) -> Clock:
+    c = Clock(datetime.now(UTC).replace(microsecond=0))
+    install_clock(stack, c)
+    return c
+
+
+@pytest.fixture
+def hook(stack: Any) -> Any:
+    return stack.client("stripe_webhook")
+
+
+@pytest.fixture
+def sub(stack: Any, clock: Clock, client_id: str) -> Subscriber:
+    s = Subscriber(client_id, clock=clock)
+    onboard_and_link(stack, s)
+    return s
 
 
 @pytest.fixture

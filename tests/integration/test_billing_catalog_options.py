@@ -34,7 +34,6 @@ from tests.billing_events import (
     Subscriber,
     billing_of,
     deliver,
-    install_clock,
     new_id,
     onboard_and_link,
     ts,
@@ -83,18 +82,6 @@ def catalog(tmp_path: Path) -> Iterator[UseCatalog]:
             load_catalog.cache_clear()
     load_catalog.cache_clear()  # the next caller reads the shipped file again
     assert catalog_module.CATALOG_PATH == SHIPPED
-
-
-@pytest.fixture
-def clock(stack: Any) -> Clock:
-    c = Clock(datetime.now(UTC).replace(microsecond=0))
-    install_clock(stack, c)
-    return c
-
-
-@pytest.fixture
-def hook(stack: Any) -> Any:
-    return stack.client("stripe_webhook")
 
 
 @pytest.fixture

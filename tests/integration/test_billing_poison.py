@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,8 @@ from tests.billing_events import (
     billing_of,
     deliver,
     event,
-    install_clock,
     marker,
     new_id,
-    onboard_and_link,
     ts,
 )
 
@@ -47,25 +45,6 @@ PRICE = "price_growth_m"
 Build = Callable[[Subscriber, int, int], "dict[str, Any] | bytes"]
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock(stack: Any) -> Clock:
-    c = Clock(datetime.now(UTC).replace(microsecond=0))
-    install_clock(stack, c)
-    return c
-
-
-@pytest.fixture
-def hook(stack: Any) -> Any:
-    return stack.client("stripe_webhook")
-
-
-@pytest.fixture
-def sub(stack: Any, clock: Clock, client_id: str) -> Subscriber:
-    s = Subscriber(client_id, clock=clock)
-    onboard_and_link(stack, s)
-    return s
 
 
 def admin(stack: Any) -> dict[str, str]:

@@ -28,7 +28,6 @@ from tests.billing_events import (
     install_clock,
     marker,
     new_id,
-    onboard_and_link,
     once_only_story,
     signature,
     ts,
@@ -40,25 +39,6 @@ SLOTS = {"free": 25, "starter": 100, "growth": 500, "pro": 1000, "scale": 5000}
 SCHEDULER = {"Authorization": "Bearer test-task-secret"}
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clock(stack: Any) -> Clock:
-    c = Clock(datetime.now(UTC).replace(microsecond=0))
-    install_clock(stack, c)
-    return c
-
-
-@pytest.fixture
-def hook(stack: Any) -> Any:
-    return stack.client("stripe_webhook")
-
-
-@pytest.fixture
-def sub(stack: Any, clock: Clock, client_id: str) -> Subscriber:
-    s = Subscriber(client_id, clock=clock)
-    onboard_and_link(stack, s)
-    return s
 
 
 def send(hook: Any, evt: dict[str, Any]) -> str:
