@@ -202,6 +202,23 @@ class Settings(BaseSettings):
     store_credential_keys: SecretStr = SecretStr("")
     store_credential_key_version: str = ""
 
+    # Store connections (Shopify public app with the authorization-code grant; WooCommerce wc-auth)
+    shopify_client_id: str = ""
+    shopify_client_secret: SecretStr = SecretStr("")
+    shopify_api_version: str = "2026-10"
+    shopify_scopes: str = "read_products,write_products,write_files"
+    # Development and tests only: every shop's https://{shop} is this origin (the Shopify stub).
+    shopify_admin_base_url: str = ""
+    # Development and tests only: WooCommerce stores may be plain http (the WooCommerce stub).
+    woocommerce_allow_http: bool = False
+    store_app_name: str = "Epox"
+    # Where the store_oauth and store_webhook functions are reached from the internet (callbacks, webhooks).
+    store_callback_base_url: str = "http://localhost:8080"
+    # A connection's state nonce is good for this long (the merchant approves in between).
+    store_oauth_state_minutes: int = Field(default=10, ge=1, le=60)
+    # store_tasks' function timeout (import pages, bulk streams, webhook work).
+    store_tasks_timeout_seconds: int = Field(default=540, ge=30, le=1800)
+
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION
