@@ -210,6 +210,7 @@ class NewProductImage:
     origin: AssetOrigin
     source_url: str | None = None
     import_id: str | None = None
+    origin_media_id: str | None = None  # the store's media id (store imports)
 
 
 def store_product_image(
@@ -242,6 +243,7 @@ def store_product_image(
         operation="original",
         import_id=origin.import_id,
         source_url=origin.source_url,
+        origin_media_id=origin.origin_media_id,
         metadata={
             "source_format": normalized.source_format,
             "source_mode": normalized.source_mode,

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.catalog.models import StoreLink
 from shared.errors import UnprocessableContent, ValidationFailed
 from shared.text import SingleLineText, forbidden_char, visible
 
@@ -273,6 +274,9 @@ class ProductDraft(_Model):
     tags: tuple[str, ...] = ()
     image_urls: tuple[str, ...] = Field(default=(), max_length=MAX_IMAGE_URLS)
     external_id: str | None = Field(default=None, max_length=MAX_EXTERNAL_ID_CHARS)
+    # Store imports: the store product it mirrors, and the store's media id of each image URL.
+    store: StoreLink | None = None
+    image_media_ids: tuple[str, ...] = ()
 
 
 class RowProblem(_Model):

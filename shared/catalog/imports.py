@@ -108,6 +108,11 @@ class ImportNotEditable(Conflict):
     title = "The import has already started"
 
 
+class ImportNotReady(Conflict):
+    code = "import_not_ready"
+    title = "The import's preview is not ready yet"
+
+
 class CsvPreviewTooLarge(UnprocessableContent):
     code = "csv_preview_too_large"
     title = "The file's preview is too large to keep"
@@ -228,6 +233,8 @@ def update_import(
     doc = get_import(repos.imports, client_id, import_id)
     if doc.status is not ImportStatus.DRAFT:
         raise ImportNotEditable("The mapping can only change before the import starts")
+    if doc.upload_id is None:
+        raise ImportNotEditable("A store import has no file mapping to change")
     sent = data.model_fields_set
     encoding = data.encoding if "encoding" in sent else doc.encoding
     delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
@@ -251,7 +258,13 @@ def update_import(
     return doc.model_copy(update=changes)
 
 
-def _chunk_key(client_id: str, import_id: str, chunk: int) -> str:
+def write_chunk(store: ObjectStore, client_id: str, import_id: str, chunk: int, results: list[RowResult]) -> None:
+    """Keep one chunk's rows for the workers (the chunk engine reads them back by number)."""
+    payload = json.dumps([result.model_dump(mode="json") for result in results]).encode()
+    store.put(chunk_key(client_id, import_id, chunk), payload, "application/json")
+
+
+def chunk_key(client_id: str, import_id: str, chunk: int) -> str:
     return f"clients/{client_id}/imports/{import_id}/chunk-{chunk:05d}.json"
 
 
@@ -291,8 +304,14 @@ def start_import(
         # already recorded only passes its slot in the window on.
         _enqueue_window(queue, doc, policy)
         return doc
+    if doc.status is ImportStatus.PREPARING:
+        raise ImportNotReady("The store's catalog is still being read; start the import once its preview is ready")
     if doc.status is not ImportStatus.DRAFT:
         return doc
+    if doc.upload_id is None:
+        # A store import wrote its chunks while preparing its preview.
+        fetched, written = int(doc.fetch.get("rows", 0)), int(doc.fetch.get("chunks", 0))
+        return _queue_chunks(repos, queue, doc, fetched, written, policy, now)
     upload = get_upload(repos.uploads, client_id, doc.upload_id)
     parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
     mapping = ColumnMapping.model_validate(doc.mapping)
@@ -303,9 +322,20 @@ def start_import(
     for number in range(chunks):
         # One chunk's drafts at a time: the whole file's would cost far more than the file.
         results = [row_to_draft(row, mapping) for row in rows[number * size : (number + 1) * size]]
-        payload = json.dumps([result.model_dump(mode="json") for result in results]).encode()
-        store.put(_chunk_key(client_id, import_id, number), payload, "application/json")
-    progress = ImportProgress(total_rows=len(rows), chunks_total=chunks)
+        write_chunk(store, client_id, import_id, number, results)
+    return _queue_chunks(repos, queue, doc, len(rows), chunks, policy, now)
+
+
+def _queue_chunks(
+    repos: CatalogRepositories,
+    queue: TaskQueue,
+    doc: ImportDoc,
+    rows: int,
+    chunks: int,
+    policy: ImportPolicy,
+    now: datetime,
+) -> ImportDoc:
+    progress = ImportProgress(total_rows=rows, chunks_total=chunks)
     window = max(1, policy.parallel_chunks)
     changes = {
         "status": ImportStatus.QUEUED.value,
@@ -314,9 +344,13 @@ def start_import(
         "started_at": now,
         "updated_at": now,
     }
-    repos.imports.update(client_id, import_id, changes)
-    started = doc.model_copy(update={**changes, "status": ImportStatus.QUEUED, "progress": progress})
-    _enqueue_window(queue, started, policy)
+    if chunks == 0:
+        # Nothing to import (the store had no products in scope): done at once.
+        changes.update(status=ImportStatus.COMPLETED.value, finished_at=now)
+    repos.imports.update(doc.client_id, doc.id, changes)
+    started = doc.model_copy(update={**changes, "status": ImportStatus(changes["status"]), "progress": progress})
+    if chunks:
+        _enqueue_window(queue, started, policy)
     return started
 
 
@@ -336,6 +370,8 @@ def import_out(doc: ImportDoc) -> ImportOut:
     return ImportOut(
         id=doc.id,
         upload_id=doc.upload_id,
+        source=doc.source,
+        store=doc.store,
         status=doc.status,
         mapping=doc.mapping,
         encoding=doc.encoding,
@@ -429,7 +465,7 @@ def run_import_chunk(
         doc = get_import(repos.imports, task.client_id, task.import_id)
     except NotFound:
         return "import not found: dropped"
-    if doc.status in (ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.DRAFT):
+    if doc.status in (ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.DRAFT, ImportStatus.PREPARING):
         return f"import is {doc.status.value}: nothing to do"
     start = (task.row, task.image)
     stored = repos.imports.part(task.client_id, task.import_id, _part_id(task.chunk, start))
@@ -477,7 +513,7 @@ def _run_part(
 def _chunk_results(store: ObjectStore, doc: ImportDoc, chunk: int) -> list[RowResult]:
     from shared.catalog.csv_parsing import RowResult
 
-    raw = json.loads(store.get(_chunk_key(doc.client_id, doc.id, chunk)))
+    raw = json.loads(store.get(chunk_key(doc.client_id, doc.id, chunk)))
     return [RowResult.model_validate(item) for item in raw]
 
 
@@ -596,14 +632,49 @@ def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: d
                 "message": f"{field_name}: {first.get('msg')}",
             }
             continue
-        # The id is derived from the import and the row, so a redelivered chunk finds the products it
-        # created before: they are not new and take no slot a second time.
-        product_id = derived_id("prod", doc.id, draft.row_number)
         product = build_product(
-            doc.client_id, data, now, product_id=product_id, source=ProductSource.CSV, import_id=doc.id
+            doc.client_id,
+            data,
+            now,
+            product_id=_product_id(doc, draft),
+            source=_product_source(draft),
+            import_id=doc.id,
         )
+        if draft.store is not None:
+            product = product.model_copy(update={"store": draft.store.model_copy(update={"synced_at": now})})
         found.products[index] = (draft, product)
     return found
+
+
+def _product_id(doc: ImportDoc, draft: ProductDraft) -> str:
+    """CSV rows: derived from the import and the row, so a redelivered chunk finds the products it
+    created before (they are not new and take no slot a second time). Store products: derived from
+    the store's product id, so any later import of the same store maps to the same products."""
+    if draft.store is not None:
+        return store_product_id(doc.client_id, draft.store.platform, draft.store.shop, draft.store.product_id)
+    return derived_id("prod", doc.id, draft.row_number)
+
+
+def _product_source(draft: ProductDraft) -> ProductSource:
+    if draft.store is None:
+        return ProductSource.CSV
+    return ProductSource(draft.store.platform)
+
+
+def store_product_id(client_id: str, platform: str, shop: str, store_product: str) -> str:
+    """Our product id for a store's product (the same for every import of that store)."""
+    return derived_id("prod", client_id, platform, shop, store_product)
+
+
+def store_asset_id(client_id: str, platform: str, shop: str, media_id: str) -> str:
+    """Our asset id for a store's image (its media or attachment id): imported once, whatever imports it."""
+    return derived_id("ast", client_id, platform, shop, "media", media_id)
+
+
+def _asset_id(doc: ImportDoc, draft: ProductDraft, image: int) -> str:
+    if draft.store is not None and image < len(draft.image_media_ids):
+        return store_asset_id(doc.client_id, draft.store.platform, draft.store.shop, draft.image_media_ids[image])
+    return derived_id("ast", doc.id, draft.row_number, image)
 
 
 def _problems(result: RowResult) -> list[dict[str, Any]]:
@@ -676,9 +747,7 @@ def _process_rows(
                 return part
             assert entry is not None
             draft, product = entry
-            _import_image(
-                repos, store, fetcher, doc, draft.row_number, product.id, image, urls[image], policy, now, part
-            )
+            _import_image(repos, store, fetcher, doc, draft, product.id, image, policy, now, part)
         part.rows += 1
         progressed = True
     return part
@@ -696,7 +765,7 @@ def _failed_part(
     part.end = (len(results), 0)
     candidates = _candidates(doc, results, task.row, now)
     asset_ids = {
-        (index, image): derived_id("ast", doc.id, draft.row_number, image)
+        (index, image): _asset_id(doc, draft, image)
         for index, (draft, _) in candidates.products.items()
         for image in range(len(draft.image_urls))
     }
@@ -733,17 +802,18 @@ def _import_image(
     store: ObjectStore,
     fetcher: SafeFetcher,
     doc: ImportDoc,
-    row_number: int,
+    draft: ProductDraft,
     product_id: str,
     index: int,
-    url: str,
     policy: ImportPolicy,
     now: datetime,
     part: _Part,
 ) -> None:
     from shared.safe_fetch import FetchTemporarilyFailed
 
-    asset_id = derived_id("ast", doc.id, row_number, index)
+    row_number, url = draft.row_number, draft.image_urls[index]
+    asset_id = _asset_id(doc, draft, index)
+    media_id = draft.image_media_ids[index] if index < len(draft.image_media_ids) else None
     if repos.assets.existing(doc.client_id, [asset_id]):
         part.images_imported += 1
         return
@@ -757,7 +827,13 @@ def _import_image(
             client_id=doc.client_id,
             product_id=product_id,
             image_bytes=fetched.body,
-            origin=NewProductImage(asset_id=asset_id, origin=AssetOrigin.CSV, source_url=url, import_id=doc.id),
+            origin=NewProductImage(
+                asset_id=asset_id,
+                origin=AssetOrigin.CSV if draft.store is None else AssetOrigin.STORE_IMPORT,
+                source_url=url,
+                import_id=doc.id,
+                origin_media_id=media_id if draft.store is not None else None,
+            ),
             limits=policy.image_limits,
             thumbnail_max_side=policy.thumbnail_max_side,
             now=now,

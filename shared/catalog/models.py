@@ -94,6 +94,33 @@ class ProductImage(BaseModel):
     source_url: str | None = None
 
 
+class StoreLinkStatus(str, Enum):
+    LINKED = "linked"  # kept in step with the store's product
+    UNLINKED = "unlinked"  # the store was disconnected; the product stays ours
+    DELETED_IN_STORE = "deleted_in_store"  # the store deleted it; its generated assets stay
+
+
+class StoreLink(BaseModel):
+    """Which store product a product mirrors, and the store's data that has no field of our own."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+    platform: str  # shopify | woocommerce
+    shop: str
+    product_id: str  # the store's numeric product id
+    status: StoreLinkStatus = StoreLinkStatus.LINKED
+    handle: str | None = None
+    vendor: str | None = None
+    product_type: str | None = None
+    status_in_store: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    # The store's own images we imported (its media / attachment ids), never our generated assets.
+    media_ids: list[str] = Field(default_factory=list)
+    store_updated_at: datetime | None = None
+    synced_at: datetime | None = None
+
+
 class ProductDoc(BaseModel):
     """``clients/{client}/products/{id}``."""
 
@@ -113,6 +140,7 @@ class ProductDoc(BaseModel):
     external_id: str | None = None
     import_id: str | None = None
     search_tokens: list[str] = Field(default_factory=list)
+    store: StoreLink | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -126,6 +154,21 @@ class ProductImageOut(BaseModel):
     content_type: str
     width: int
     height: int
+
+
+class StoreLinkOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    platform: str
+    shop: str
+    product_id: str
+    status: StoreLinkStatus
+    handle: str | None = None
+    vendor: str | None = None
+    product_type: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    store_updated_at: datetime | None = None
 
 
 class ProductOut(BaseModel):
@@ -142,6 +185,7 @@ class ProductOut(BaseModel):
     images: list[ProductImageOut]
     source: ProductSource
     external_id: str | None
+    store: StoreLinkOut | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -376,7 +420,13 @@ class AssetDetailOut(AssetOut):
 # -- CSV imports --------------------------------------------------------------------------------
 
 
+class ImportSource(str, Enum):
+    CSV = "csv"
+    STORE = "store"  # the connected store's catalog (shared/stores/imports.py)
+
+
 class ImportStatus(str, Enum):
+    PREPARING = "preparing"  # a store import reading the store's catalog for its preview
     DRAFT = "draft"
     QUEUED = "queued"
     RUNNING = "running"
@@ -465,10 +515,16 @@ class ImportDoc(BaseModel):
 
     id: str
     client_id: str
-    upload_id: str
+    upload_id: str | None = None  # CSV imports
+    source: ImportSource = ImportSource.CSV
+    # Store imports: the connection, platform, shop and what to import (scope, category_id, product_ids).
+    store: dict[str, Any] | None = None
+    # Store imports while preparing: where reading the catalog got to (cursor, bulk operation, rows and
+    # chunks written, the preview's running counts).
+    fetch: dict[str, Any] = Field(default_factory=dict)
     status: ImportStatus = ImportStatus.DRAFT
-    mapping: dict[str, Any]
-    preview: dict[str, Any]
+    mapping: dict[str, Any] = Field(default_factory=dict)
+    preview: dict[str, Any] = Field(default_factory=dict)
     progress: ImportProgress = Field(default_factory=ImportProgress)
     # Chunks in flight at once, fixed when the import starts: the API that starts it and the worker
     # that runs it are separate functions and must agree (imports from before the window ran as a chain).
@@ -489,7 +545,9 @@ class ImportOut(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
     id: str
-    upload_id: str
+    upload_id: str | None
+    source: ImportSource = ImportSource.CSV
+    store: dict[str, Any] | None = None
     status: ImportStatus
     mapping: dict[str, Any]
     encoding: str | None  # chosen by the merchant (None: detected, see preview.encoding)

@@ -31,6 +31,7 @@ from shared.catalog.models import (
     ProductOut,
     ProductSource,
     ProductUpdate,
+    StoreLinkOut,
 )
 from shared.catalog.ports import ProductFilter, ProductRepository, StaleWrite
 from shared.catalog.slots import ProductUsageDoc, SlotUsage, slot_limit_error, take_free
@@ -128,8 +129,27 @@ def to_out(doc: ProductDoc, store: ObjectStore, expires_in: int) -> ProductOut:
         images=images,
         source=doc.source,
         external_id=doc.external_id,
+        store=_store_link_out(doc),
         created_at=doc.created_at,
         updated_at=doc.updated_at,
+    )
+
+
+def _store_link_out(doc: ProductDoc) -> StoreLinkOut | None:
+    link = doc.store
+    if link is None:
+        return None
+    return StoreLinkOut(
+        platform=link.platform,
+        shop=link.shop,
+        product_id=link.product_id,
+        status=link.status,
+        handle=link.handle,
+        vendor=link.vendor,
+        product_type=link.product_type,
+        categories=link.categories,
+        variants=link.variants,
+        store_updated_at=link.store_updated_at,
     )
 
 
