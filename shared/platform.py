@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from shared.billing.deadletters import DeadLetters
     from shared.billing.gateway import PaymentGateway
     from shared.catalog.ports import CatalogRepositories
+    from shared.credentials import CredentialCipher
     from shared.engines.base import ImageEngine
     from shared.events.consumer import EventConsumer
     from shared.events.outbox import EventKicker, Outbox
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from shared.notifications.weekly import GeneratedImages
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
+    from shared.stores.ports import ShopifyAdmin, WooCommerceApi
+    from shared.stores.repository import StoreRepository
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
     from shared.tenancy import ClientDirectory, Onboarding
 
@@ -69,6 +72,9 @@ class Platform:
         payment_gateway: PaymentGateway | None = None,
         event_consumers: Callable[[Platform], list[EventConsumer]] | None = None,
         mailer: Mailer | None = None,
+        credential_cipher: CredentialCipher | None = None,
+        shopify_admin: ShopifyAdmin | None = None,
+        woocommerce: WooCommerceApi | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -83,6 +89,9 @@ class Platform:
         self._gateway = payment_gateway
         self._event_consumers = event_consumers
         self._mailer = mailer
+        self._cipher = credential_cipher
+        self._shopify = shopify_admin
+        self._woocommerce = woocommerce
         self._price_book: PriceBook | None = None
         # Re-entrant: a lazily built adapter may need another one (onboarding builds on the Firestore client).
         self._lock = threading.RLock()
@@ -218,6 +227,47 @@ class Platform:
         from shared.adapters.firestore.catalog import firestore_catalog
 
         return firestore_catalog(self.db, self.event_kicker)
+
+    @property
+    def stores(self) -> StoreRepository:
+        """Store connections, the shop index, OAuth states and webhook deliveries seen."""
+        from shared.adapters.firestore.stores import FirestoreStoreRepository
+
+        return FirestoreStoreRepository(self.db, self.event_kicker)
+
+    # -- store platforms and their credentials -----------------------------------------------------------
+    @property
+    def credential_cipher(self) -> CredentialCipher:
+        """Seals store credentials: Cloud KMS (STORE_CREDENTIAL_KMS_KEY) or local keys (development)."""
+        if self._cipher is None:
+            with self._lock:
+                if self._cipher is None:
+                    from shared.adapters.kms import credential_cipher
+
+                    self._cipher = credential_cipher(self.settings)
+        return self._cipher
+
+    @property
+    def shopify_admin(self) -> ShopifyAdmin:
+        """Shopify's OAuth and Admin GraphQL API (SHOPIFY_*); 503 without the app's credentials."""
+        if self._shopify is None:
+            with self._lock:
+                if self._shopify is None:
+                    from shared.adapters.shopify import shopify_admin
+
+                    self._shopify = shopify_admin(self.settings)
+        return self._shopify
+
+    @property
+    def woocommerce(self) -> WooCommerceApi:
+        """WooCommerce's REST API, every request SSRF-guarded by the platform's fetcher."""
+        if self._woocommerce is None:
+            with self._lock:
+                if self._woocommerce is None:
+                    from shared.adapters.woocommerce import woocommerce_api
+
+                    self._woocommerce = woocommerce_api(self.settings, self.fetcher)
+        return self._woocommerce
 
     @property
     def billing(self) -> FirestoreBillingStore:

@@ -108,6 +108,19 @@ class InMemoryProductRepository(ProductRepository):
             raise StaleWrite()
         self._of(client_id)[product_id] = (_changed(entry[0], changes), next(_versions))
 
+    def find_linked(self, client_id: str, platform: str, store_product_id: str) -> ProductDoc | None:
+        for doc, _ in self._of(client_id).values():
+            if doc.store is not None and doc.store.platform == platform and doc.store.product_id == store_product_id:
+                return doc
+        return None
+
+    def linked(self, client_id: str, limit: int) -> list[ProductDoc]:
+        docs = [doc for doc, _ in self._of(client_id).values() if doc.store and doc.store.status.value == "linked"]
+        return docs[:limit]
+
+    def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
+        return [doc for doc, _ in self._of(client_id).values() if doc.store and doc.store.shop == shop][:limit]
+
     def add_image(self, client_id: str, product_id: str, image: ProductImage, now: datetime) -> None:
         entry = self._of(client_id).get(product_id)
         if entry is None:

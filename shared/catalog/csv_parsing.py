@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.catalog.models import StoreLink
+from shared.catalog.store_link import StoreLink
 from shared.errors import UnprocessableContent, ValidationFailed
 from shared.text import SingleLineText, forbidden_char, visible
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.catalog.store_link import StoreLink, StoreLinkStatus
 from shared.pagination import PageQuery
 from shared.text import MULTI_LINE, SINGLE_LINE
 
@@ -92,33 +93,6 @@ class ProductImage(BaseModel):
     width: int
     height: int
     source_url: str | None = None
-
-
-class StoreLinkStatus(str, Enum):
-    LINKED = "linked"  # kept in step with the store's product
-    UNLINKED = "unlinked"  # the store was disconnected; the product stays ours
-    DELETED_IN_STORE = "deleted_in_store"  # the store deleted it; its generated assets stay
-
-
-class StoreLink(BaseModel):
-    """Which store product a product mirrors, and the store's data that has no field of our own."""
-
-    model_config = ConfigDict(extra="ignore", defer_build=True)
-
-    platform: str  # shopify | woocommerce
-    shop: str
-    product_id: str  # the store's numeric product id
-    status: StoreLinkStatus = StoreLinkStatus.LINKED
-    handle: str | None = None
-    vendor: str | None = None
-    product_type: str | None = None
-    status_in_store: str | None = None
-    categories: list[str] = Field(default_factory=list)
-    variants: list[dict[str, Any]] = Field(default_factory=list)
-    # The store's own images we imported (its media / attachment ids), never our generated assets.
-    media_ids: list[str] = Field(default_factory=list)
-    store_updated_at: datetime | None = None
-    synced_at: datetime | None = None
 
 
 class ProductDoc(BaseModel):

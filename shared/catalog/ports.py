@@ -168,6 +168,18 @@ class ProductRepository(ABC):
     def client_ids(self) -> Iterator[str]:
         """Every client (the daily recount goes through them)."""
 
+    @abstractmethod
+    def find_linked(self, client_id: str, platform: str, store_product_id: str) -> ProductDoc | None:
+        """The product linked to this store product (imported or linked by hand), if any."""
+
+    @abstractmethod
+    def linked(self, client_id: str, limit: int) -> list[ProductDoc]:
+        """Up to ``limit`` products whose store link is live (disconnecting unlinks them in pages)."""
+
+    @abstractmethod
+    def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
+        """Up to ``limit`` products carrying a store link to ``shop`` (any status; shop/redact erases them)."""
+
 
 # -- assets ---------------------------------------------------------------------------------------
 

@@ -163,6 +163,31 @@ class FirestoreProductRepository(ProductRepository):
         ref = self._ref(client_id, product_id)
         _stale_on_refusal(lambda: ref.update(changes, option=self.db.write_option(last_update_time=version)))
 
+    def find_linked(self, client_id: str, platform: str, store_product_id: str) -> ProductDoc | None:
+        from google.cloud.firestore import FieldFilter
+
+        query = (
+            products_ref(self.db, client_id)
+            .where(filter=FieldFilter("store.product_id", "==", store_product_id))
+            .where(filter=FieldFilter("store.platform", "==", platform))
+            .limit(1)
+        )
+        for snapshot in query.stream():
+            return ProductDoc.model_validate(snapshot.to_dict())
+        return None
+
+    def linked(self, client_id: str, limit: int) -> list[ProductDoc]:
+        from google.cloud.firestore import FieldFilter
+
+        query = products_ref(self.db, client_id).where(filter=FieldFilter("store.status", "==", "linked")).limit(limit)
+        return [ProductDoc.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+
+    def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
+        from google.cloud.firestore import FieldFilter
+
+        query = products_ref(self.db, client_id).where(filter=FieldFilter("store.shop", "==", shop)).limit(limit)
+        return [ProductDoc.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
+
     def add_image(self, client_id: str, product_id: str, image: ProductImage, now: datetime) -> None:
         from google.cloud import firestore
 
