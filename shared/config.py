@@ -212,8 +212,11 @@ class Settings(BaseSettings):
     # Development and tests only: WooCommerce stores may be plain http (the WooCommerce stub).
     woocommerce_allow_http: bool = False
     store_app_name: str = "Epox"
-    # Where the store_oauth and store_webhook functions are reached from the internet (callbacks, webhooks).
+    # Where the store_oauth function is reached from the internet (the OAuth and wc-auth callbacks) …
     store_callback_base_url: str = "http://localhost:8080"
+    # … and the store_webhook function (WooCommerce webhooks are created pointing here; Shopify's are
+    # declared in the app's configuration, see README "Deploying").
+    store_webhook_base_url: str = "http://localhost:8080"
     # A connection's state nonce is good for this long (the merchant approves in between).
     store_oauth_state_minutes: int = Field(default=10, ge=1, le=60)
     # store_tasks' function timeout (import pages, bulk streams, webhook work).

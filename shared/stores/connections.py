@@ -56,8 +56,9 @@ WOO_TOPICS = ("product.created", "product.updated", "product.deleted")
 
 @dataclass(frozen=True)
 class ConnectionPolicy:
-    callback_base_url: str  # where store_oauth and store_webhook are reached from the internet
+    callback_base_url: str  # where store_oauth is reached from the internet
     app_url: str  # the frontend (the browser lands there after a connection)
+    webhook_base_url: str = ""  # where store_webhook is reached (WooCommerce webhooks); default: the callbacks' base
     app_name: str = "Epox"
     state_ttl: timedelta = timedelta(minutes=10)
     # A token this close to its expiry is refreshed before use.
@@ -382,7 +383,8 @@ def start_woocommerce(
 
 
 def webhook_url(policy: ConnectionPolicy, doc: StoreConnectionDoc) -> str:
-    return policy.url(f"/webhooks/woocommerce/{doc.client_id}/{doc.id}")
+    base = (policy.webhook_base_url or policy.callback_base_url).rstrip("/")
+    return f"{base}/webhooks/woocommerce/{doc.client_id}/{doc.id}"
 
 
 def finish_woocommerce(

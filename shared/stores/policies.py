@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 def connection_policy(settings: Settings) -> ConnectionPolicy:
     return ConnectionPolicy(
         callback_base_url=settings.store_callback_base_url,
+        webhook_base_url=settings.store_webhook_base_url,
         app_url=settings.app_url,
         app_name=settings.store_app_name,
         state_ttl=timedelta(minutes=settings.store_oauth_state_minutes),
