@@ -47,6 +47,7 @@ from shared.catalog.models import (
     ImportDoc,
     ImportOut,
     ImportProgress,
+    ImportSource,
     ImportStatus,
     ImportUpdate,
     ProductCreate,
@@ -728,6 +729,8 @@ def _process_rows(
     products = [product for _, product in candidates.products.values()]
     if (start_row, start_image) == (0, 0):
         done = create_products(repos.products, doc.client_id, products, now, all_or_nothing=False)
+        if doc.source is ImportSource.STORE and done.existing:
+            _relink(repos, doc, [product for product in products if product.id in set(done.existing)], now)
         refused = {product.id for product in done.refused}
         created = {product.id for product in products} - refused
         _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)
@@ -751,6 +754,25 @@ def _process_rows(
         part.rows += 1
         progressed = True
     return part
+
+
+def _relink(repos: CatalogRepositories, doc: ImportDoc, products: list[ProductDoc], now: datetime) -> None:
+    """Products a store import finds already made (an earlier import, a reconnect) get the store's data
+    again and a live link; their own fields the merchant may have edited stay as they are."""
+    for product in products:
+        loaded = repos.products.load(doc.client_id, product.id)
+        if loaded is None or product.store is None:
+            continue
+        current = loaded.value.store
+        if current is not None and current.import_id_seen == doc.id:
+            continue
+        link = product.store.model_copy(update={"import_id_seen": doc.id})
+        try:
+            repos.products.update(
+                doc.client_id, product.id, {"store": link.model_dump(mode="python"), "updated_at": now}, loaded.version
+            )
+        except StaleWrite:
+            continue  # changed meanwhile: its webhook or the next import brings it in step
 
 
 def _failed_part(

@@ -34,3 +34,4 @@ class StoreLink(BaseModel):
     media_ids: list[str] = Field(default_factory=list)
     store_updated_at: datetime | None = None
     synced_at: datetime | None = None
+    import_id_seen: str | None = None  # the last store import that refreshed this link
