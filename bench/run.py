@@ -173,6 +173,9 @@ def main() -> int:
     from bench import events
 
     events.main()
+    from bench import stores
+
+    stores.main()
     return 0
 
 

@@ -21,6 +21,7 @@ import pytest
 
 BASE_URL = "http://localhost"  # the function's root: each document's paths are relative to it
 EXAMPLES = int(os.environ.get("EPOX_CONTRACT_EXAMPLES", "12"))
+_LOCAL_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, base64 (a test key)
 PUBLIC_ENTRY_POINTS = (
     "billing_api",
     "catalog_api",
@@ -28,6 +29,8 @@ PUBLIC_ENTRY_POINTS = (
     "edit_api",
     "generate_api",
     "notifications_api",
+    "store_oauth",
+    "store_webhook",
     "stripe_webhook",
 )
 INTERNAL_ENTRY_POINTS = (
@@ -37,6 +40,7 @@ INTERNAL_ENTRY_POINTS = (
     "edit_tasks",
     "generate_tasks",
     "notifications_tasks",
+    "store_tasks",
 )
 
 
@@ -64,6 +68,13 @@ def platform(stack: Any, rembg_model: Path) -> Iterator[Any]:
             "smtp_host": "127.0.0.1",
             "smtp_port": 9,  # discard: refused
             "mail_from": "contract@epox.test",
+            # Store connections: the app's credentials and a local key (nothing listens at the Shopify
+            # base: a call that reaches Shopify is a documented 503).
+            "shopify_client_id": "contract-client",
+            "shopify_client_secret": SecretStr("contract-secret"),
+            "shopify_admin_base_url": "http://127.0.0.1:9",
+            "store_credential_keys": SecretStr('{"v1": "' + _LOCAL_KEY + '"}'),
+            "store_credential_key_version": "v1",
         }
     )
     # Admin operations change deployment-wide state (PUT /admin/prices): put it back for the tests after.
