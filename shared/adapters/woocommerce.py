@@ -529,7 +529,7 @@ def _text(value: str | None) -> str | None:
 def _store_product(wire: _Product, variants: list[StoreVariant]) -> StoreProduct:
     return StoreProduct(
         id=str(wire.id),
-        title=wire.name,
+        title=html.unescape(wire.name),  # titles come back HTML-escaped too, as the storefront shows them
         handle=_text(wire.slug),
         description_html=_text(wire.description),
         product_type=None,  # WooCommerce's type is simple/variable/…, not a merchandising type; categories group
@@ -552,7 +552,7 @@ def _variant(wire: _Variation) -> StoreVariant:
     options = {choice.name: choice.option for choice in wire.attributes if choice.name}
     return StoreVariant(
         id=str(wire.id),
-        title=_text(wire.name) or (" / ".join(options.values()) or None),
+        title=html.unescape(wire.name) if wire.name else (" / ".join(options.values()) or None),
         sku=_text(wire.sku),
         price=_text(wire.price) or _text(wire.regular_price),
         options=options,
