@@ -5,7 +5,9 @@ resolved address against an :class:`AddressPolicy` and then connects to the vett
 the original name only in the ``Host`` header and as TLS SNI. Because the hostname is never resolved
 a second time there is no DNS-rebinding window. Redirects are followed by hand so each hop goes
 through the same checks. Every failure surfaces as one of the errors below; no httpx exception
-escapes :meth:`SafeFetcher.fetch`.
+escapes :meth:`SafeFetcher.fetch`. :meth:`SafeFetcher.request` is the same for other methods and JSON
+bodies (store REST APIs): it never follows a redirect but for GET, and can hand back 4xx/5xx answers
+with their status and headers for the caller to translate.
 
 ``FetchLimits.total_timeout`` is one wall-clock deadline for the whole fetch: the DNS lookup runs
 under it, and the fetcher's own transport caps every connect, TLS handshake, read and write at the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import json as _json
 import math
 import random
 import re
@@ -209,17 +212,23 @@ class FetchLimits:
 
 @dataclass(frozen=True, slots=True)
 class FetchedResource:
-    """A successfully fetched body. ``url`` is the final URL after redirects (without fragment)."""
+    """A fetched body. ``url`` is the final URL after redirects (without fragment); ``headers`` the
+    response's headers with lower-cased names (repeated ones joined with ``", "``)."""
 
     url: str
     status: int
     content_type: str
     body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def media_type(self) -> str:
         """``content_type`` lower-cased and without parameters, e.g. ``image/png``."""
         return _media_type(self.content_type)
+
+    def header(self, name: str) -> str | None:
+        """The response header ``name`` (any case), or None."""
+        return self.headers.get(name.lower())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +332,16 @@ def _is_public(address: IPAddress) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # URL handling
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What one request sends and how its answer is taken."""
+
+    method: str
+    content: bytes | None
+    raise_for_status: bool
+    follow_redirects: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,27 +553,76 @@ class SafeFetcher:
         :class:`FetchTemporarilyFailed`; ``ValueError`` if ``headers`` tries to set a header the
         fetcher owns (``Host``, ``Accept-Encoding``, ...).
         """
+        return self.request("GET", url, limits=limits, headers=headers)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        limits: FetchLimits | None = None,
+        raise_for_status: bool = True,
+        follow_redirects: bool | None = None,
+    ) -> FetchedResource:
+        """Send ``method`` to ``url`` (with ``json`` as its body, if given) under the same vetting as
+        :meth:`fetch`.
+
+        Redirects are followed only for GET (``follow_redirects`` may turn that off); a method with a
+        body is never replayed to another address. With ``raise_for_status=False`` every answer the
+        server gives comes back with its status and headers (a 3xx that is not followed, a 4xx, a 5xx:
+        the size limit still applies, the content-type check only to 2xx); transport failures and
+        refused addresses still raise as in :meth:`fetch`.
+        """
+        method = method.upper()
+        if follow_redirects is None:
+            follow_redirects = method == "GET"
+        elif follow_redirects and method != "GET":
+            raise ValueError("only GET requests follow redirects")
         limits = limits or self._limits
         request_headers = _check_caller_headers(headers)
+        content: bytes | None = None
+        if json is not None:
+            content = _json.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            request_headers.setdefault("Content-Type", "application/json")
         deadline = time.monotonic() + limits.total_timeout
         target = _parse_target(url)
         token = _DEADLINE.set(deadline)  # read by the transport's network streams (this thread only)
         try:
-            return self._fetch(target, limits, request_headers, deadline)
+            return self._fetch(
+                _Call(method, content, raise_for_status, follow_redirects), target, limits, request_headers, deadline
+            )
         finally:
             _DEADLINE.reset(token)
 
+    def vet(self, url: str, *, limits: FetchLimits | None = None) -> str:
+        """Check ``url`` as a request would (its form, its port, every address its host resolves to)
+        without contacting it; the URL as it would be requested (without fragment).
+
+        Raises :class:`UrlNotAllowed`, or :class:`FetchTemporarilyFailed` when DNS does not answer.
+        """
+        limits = limits or self._limits
+        target = _parse_target(url)
+        self._vetted_addresses(target, time.monotonic() + limits.total_timeout)
+        return str(target.url)
+
     def _fetch(
-        self, target: _Target, limits: FetchLimits, request_headers: dict[str, str], deadline: float
+        self,
+        call: _Call,
+        target: _Target,
+        limits: FetchLimits,
+        request_headers: dict[str, str],
+        deadline: float,
     ) -> FetchedResource:
         redirects = 0
         try:
             while True:
                 addresses = self._vetted_addresses(target, deadline)
-                response = self._send(target, addresses, request_headers, limits, deadline)
+                response = self._send(call, target, addresses, request_headers, limits, deadline)
                 try:
-                    if response.status_code not in _REDIRECT_STATUSES:
-                        return self._accept(target, response, limits, deadline)
+                    if response.status_code not in _REDIRECT_STATUSES or not call.follow_redirects:
+                        return self._accept(call, target, response, limits, deadline)
                     location = response.headers.get("location")
                     if not location:
                         raise FetchFailed(
@@ -656,6 +724,7 @@ class SafeFetcher:
 
     def _send(
         self,
+        call: _Call,
         target: _Target,
         addresses: list[IPAddress],
         headers: dict[str, str],
@@ -671,9 +740,10 @@ class SafeFetcher:
         for address in addresses:
             connect_to = _connectable(address)
             request = client.build_request(
-                "GET",
+                call.method,
                 target.url.copy_with(host=str(connect_to)),
                 headers={**headers, "Host": target.host_header},
+                content=call.content,
                 timeout=_timeout(limits, deadline),
                 extensions=extensions,
             )
@@ -682,7 +752,7 @@ class SafeFetcher:
             except httpx.ConnectError as exc:
                 if _is_certificate_error(exc):
                     raise
-                last_error = exc  # try the host's next address
+                last_error = exc  # nothing was sent: try the host's next address, whatever the method
             except httpx.RemoteProtocolError as exc:
                 # Even with follow_redirects=False httpx parses Location and fails the whole
                 # response on a malformed one; that is the server's permanent fault, not a blip.
@@ -692,10 +762,11 @@ class SafeFetcher:
         raise FetchTemporarilyFailed("Could not connect to the URL's host.") from last_error
 
     def _accept(
-        self, target: _Target, response: httpx.Response, limits: FetchLimits, deadline: float
+        self, call: _Call, target: _Target, response: httpx.Response, limits: FetchLimits, deadline: float
     ) -> FetchedResource:
         status = response.status_code
-        if not 200 <= status < 300:
+        succeeded = 200 <= status < 300
+        if not succeeded and call.raise_for_status:
             if status in (408, 429) or 500 <= status < 600:
                 raise FetchTemporarilyFailed(
                     f"The server answered {status}.",
@@ -705,7 +776,7 @@ class SafeFetcher:
             raise FetchFailed(f"The server answered {status}.", upstream_status=status)
         content_type = response.headers.get("content-type", "").strip()
         allowed = limits.allowed_content_types
-        if allowed is not None and _media_type(content_type) not in allowed:
+        if succeeded and allowed is not None and _media_type(content_type) not in allowed:
             raise FetchBadContentType(
                 f"The content type {_media_type(content_type) or '(none)'!r} is not accepted.",
                 upstream_status=status,
@@ -725,7 +796,13 @@ class SafeFetcher:
                 raise FetchTooLarge(f"The content is larger than {limits.max_bytes} bytes.", upstream_status=status)
             if time.monotonic() > deadline:
                 raise FetchTemporarilyFailed("The fetch took longer than the total time limit.")
-        return FetchedResource(url=str(target.url), status=status, content_type=content_type, body=bytes(body))
+        return FetchedResource(
+            url=str(target.url),
+            status=status,
+            content_type=content_type,
+            body=bytes(body),
+            headers={name.lower(): value for name, value in response.headers.items()},
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "SMTP_STARTTLS",
         "SMTP_USERNAME",
         "STORE_CREDENTIAL_KEYS",
+        "WOOCOMMERCE_ALLOW_HTTP",
     ]
     for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
@@ -88,6 +89,7 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         ("TASKS_BACKEND", "local", "TASKS_BACKEND"),
         ("TASKS_AUTH_MODE", "shared_secret", "TASKS_AUTH_MODE"),
         ("FETCH_ALLOWED_NETWORKS", '["127.0.0.1/32"]', "FETCH_ALLOWED_NETWORKS"),
+        ("WOOCOMMERCE_ALLOW_HTTP", "true", "WOOCOMMERCE_ALLOW_HTTP"),
         ("STRIPE_API_BASE", "http://127.0.0.1:9999", "STRIPE_API_BASE"),
         ("AUTH_JWKS_URL", "http://auth.epox.ai/jwks", "https"),
         ("AI_ENGINE", "offline", "AI_ENGINE"),

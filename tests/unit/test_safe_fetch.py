@@ -1032,6 +1032,111 @@ def test_no_httpx_exception_escapes(raised: Exception, expected: type[Exception]
 
 
 # --------------------------------------------------------------------------------------------------
+# request: other methods, bodies, statuses and headers
+
+
+class Recorder:
+    """A MockTransport handler answering with ``answer`` and keeping every request it got."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        return self.answer(request)
+
+
+def test_request_sends_json_to_the_vetted_ip_and_returns_status_and_headers() -> None:
+    recorder = Recorder(
+        lambda r: httpx.Response(201, headers={"X-WP-Total": "5", "Content-Type": "application/json"}, json={"id": 7})
+    )
+    with SafeFetcher(FakeResolver(NAMES), transport=httpx.MockTransport(recorder)) as fetcher:
+        result = fetcher.request(
+            "post", "https://public.example.test/wp-json/x", json={"name": "é"}, headers={"Authorization": "Basic x"}
+        )
+
+    assert (result.status, result.body, result.media_type) == (201, b'{"id":7}', "application/json")
+    assert result.header("X-WP-Total") == result.headers["x-wp-total"] == "5"
+    [sent] = recorder.requests
+    assert (sent.method, sent.url.host, sent.headers["host"]) == ("POST", "93.184.216.34", "public.example.test")
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["authorization"] == "Basic x"
+    assert sent.content == '{"name":"é"}'.encode()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://private.example.test/hooks", "http://127.0.0.1/hooks", "http://[::1]/", "http://10.1.2.3/"]
+)
+def test_request_to_a_private_address_is_refused_before_sending(url: str) -> None:
+    recorder = Recorder(lambda r: httpx.Response(200))
+    with SafeFetcher(FakeResolver(NAMES), transport=httpx.MockTransport(recorder)) as fetcher:
+        with pytest.raises(UrlNotAllowed):
+            fetcher.request("POST", url, json={"x": 1}, raise_for_status=False)
+        with pytest.raises(UrlNotAllowed):
+            fetcher.vet(url)
+    assert recorder.requests == []
+
+
+def test_vet_checks_without_contacting() -> None:
+    recorder = Recorder(lambda r: httpx.Response(200))
+    resolver = FakeResolver(NAMES)
+    with SafeFetcher(resolver, transport=httpx.MockTransport(recorder)) as fetcher:
+        assert fetcher.vet("https://Public.Example.test/shop#top") == "https://public.example.test/shop"
+        with pytest.raises(UrlNotAllowed):
+            fetcher.vet("https://nowhere.example.test/")
+    assert resolver.calls == [("public.example.test", 443), ("nowhere.example.test", 443)]
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_a_redirect_is_not_followed_for_other_methods(method: str) -> None:
+    recorder = Recorder(lambda r: httpx.Response(307, headers={"Location": "https://dual.example.test/elsewhere"}))
+    with SafeFetcher(FakeResolver(NAMES), transport=httpx.MockTransport(recorder)) as fetcher:
+        answered = fetcher.request(method, "https://public.example.test/a", json={"a": 1}, raise_for_status=False)
+        with pytest.raises(FetchFailed) as caught:
+            fetcher.request(method, "https://public.example.test/a", json={"a": 1})
+        with pytest.raises(ValueError):
+            fetcher.request(method, "https://public.example.test/a", follow_redirects=True)
+
+    assert answered.status == 307
+    assert answered.header("location") == "https://dual.example.test/elsewhere"
+    assert caught.value.upstream_status == 307
+    assert [r.url.path for r in recorder.requests] == ["/a", "/a"]
+
+
+def test_a_get_may_decline_redirects(server: LoopbackServer, dev_fetcher: SafeFetcher) -> None:
+    target = server.url("/image.png")
+    url = str(httpx.URL(server.url("/redirect"), params={"to": target}))
+    answered = dev_fetcher.request("GET", url, follow_redirects=False, raise_for_status=False)
+    assert (answered.status, answered.header("Location")) == (302, target)
+    assert dev_fetcher.request("GET", url).body == PNG  # followed by default, as fetch does
+    assert [s.path for s in server.requests] == ["/redirect", "/redirect", "/image.png"]
+
+
+@pytest.mark.parametrize(("path", "status"), [("/unavailable", 503), ("/missing", 404), ("/rate-limited", 429)])
+def test_error_statuses_come_back_when_asked(
+    path: str, status: int, server: LoopbackServer, dev_fetcher: SafeFetcher
+) -> None:
+    answered = dev_fetcher.request("GET", server.url(path), raise_for_status=False)
+    assert answered.status == status
+    if status == 503:
+        assert (answered.body, answered.header("retry-after")) == (b"busy", "7")
+    # The size limit holds for error bodies too.
+    if status != 429:
+        with pytest.raises(FetchTooLarge):
+            dev_fetcher.request("GET", server.url(path), raise_for_status=False, limits=FetchLimits(max_bytes=2))
+
+
+def test_error_bodies_skip_the_content_type_check(server: LoopbackServer, dev_fetcher: SafeFetcher) -> None:
+    limits = FetchLimits(allowed_content_types=frozenset({"application/json"}))
+    assert dev_fetcher.request("GET", server.url("/missing"), limits=limits, raise_for_status=False).status == 404
+    with pytest.raises(FetchBadContentType):
+        dev_fetcher.request("GET", server.url("/image.png"), limits=limits, raise_for_status=False)
+
+
+# --------------------------------------------------------------------------------------------------
 # fetch_with_retries
 
 
