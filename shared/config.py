@@ -292,6 +292,8 @@ class Settings(BaseSettings):
             unsafe.append("STORE_CREDENTIAL_KEYS must be empty (local keys are for development; production uses KMS)")
         if self.fetch_allowed_networks:
             unsafe.append("FETCH_ALLOWED_NETWORKS must be empty (it opens private networks to SSRF)")
+        if self.shopify_admin_base_url:
+            unsafe.append("SHOPIFY_ADMIN_BASE_URL must be empty (it sends Shopify tokens to another server)")
         if self.woocommerce_allow_http:
             unsafe.append("WOOCOMMERCE_ALLOW_HTTP must be false (store API keys would cross the internet in clear)")
         # Where credentials, signed requests or tokens go: TLS only.

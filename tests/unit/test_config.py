@@ -55,6 +55,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "SMTP_USERNAME",
         "STORE_CREDENTIAL_KEYS",
         "WOOCOMMERCE_ALLOW_HTTP",
+        "SHOPIFY_ADMIN_BASE_URL",
     ]
     for name in [*list(PRODUCTION), *switches]:
         monkeypatch.delenv(name, raising=False)
@@ -90,6 +91,7 @@ def test_production_names_every_missing_variable(env: pytest.MonkeyPatch) -> Non
         ("TASKS_AUTH_MODE", "shared_secret", "TASKS_AUTH_MODE"),
         ("FETCH_ALLOWED_NETWORKS", '["127.0.0.1/32"]', "FETCH_ALLOWED_NETWORKS"),
         ("WOOCOMMERCE_ALLOW_HTTP", "true", "WOOCOMMERCE_ALLOW_HTTP"),
+        ("SHOPIFY_ADMIN_BASE_URL", "http://127.0.0.1:9999", "SHOPIFY_ADMIN_BASE_URL"),
         ("STRIPE_API_BASE", "http://127.0.0.1:9999", "STRIPE_API_BASE"),
         ("AUTH_JWKS_URL", "http://auth.epox.ai/jwks", "https"),
         ("AI_ENGINE", "offline", "AI_ENGINE"),
