@@ -28,6 +28,7 @@ from dev.stubs.woocommerce import running as woo_running
 from tests.platforms import install
 
 APP_URL = "https://app.epox.test"
+_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # one local key for every platform a test installs
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +62,13 @@ def woo() -> Iterator[WooStub]:
 
 
 def _store_settings(served: str, shopify: ShopifyStub | None = None) -> dict[str, Any]:
+    from pydantic import SecretStr
+
     from shared.credentials import LocalKeyring
 
     values: dict[str, Any] = {
         "woocommerce_allow_http": True,
-        "store_credential_keys": json.dumps({"v1": LocalKeyring.generate_key()}),
+        "store_credential_keys": SecretStr(json.dumps({"v1": _KEY or LocalKeyring.generate_key()})),
         "store_credential_key_version": "v1",
         "store_callback_base_url": f"{served}/store_oauth",
         "store_webhook_base_url": f"{served}/store_webhook",
@@ -75,7 +78,7 @@ def _store_settings(served: str, shopify: ShopifyStub | None = None) -> dict[str
     if shopify is not None:
         values.update(
             shopify_client_id=shopify.client_id,
-            shopify_client_secret=shopify.client_secret,
+            shopify_client_secret=SecretStr(shopify.client_secret),
             shopify_admin_base_url=shopify.url,
         )
     return values
@@ -388,7 +391,8 @@ def test_woocommerce_refuses_unknown_nonces_and_private_stores(
     assert forged.status_code == 400 and forged.json()["code"] == "oauth_state_refused"
     assert stack.client("store_oauth").get("/stores/connection", headers=headers).status_code == 404
     install(stack, **{**_store_settings(served), "woocommerce_allow_http": False})
-    for url in (woo.url, "https://10.0.0.1", "https://localhost", "ftp://shop.example"):
+    # (127.0.0.1 is open to the test fetcher: the stub lives there; other private addresses are not.)
+    for url in (woo.url, "https://10.0.0.1", "https://169.254.169.254", "https://[::1]", "ftp://shop.example"):
         answer = stack.client("store_oauth").post(
             "/stores/woocommerce/connect", json={"store_url": url}, headers=headers
         )
