@@ -226,6 +226,7 @@ class FakeShopifyAdmin(ShopifyAdmin):
     bulk_fails: bool = False
     refresh_calls: int = 0
     exchanges: int = 0
+    during_refresh: list[Callable[[], object]] = field(default_factory=list)  # run once while refreshing
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _valid_refresh: set[str] = field(default_factory=set)
     _bulk: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -257,6 +258,8 @@ class FakeShopifyAdmin(ShopifyAdmin):
             self.refresh_calls += 1
         if self.refresh_delay:
             time.sleep(self.refresh_delay)
+        while self.during_refresh:
+            self.during_refresh.pop(0)()
         self._check()
         with self._lock:
             if self.refuse_refresh or refresh_token not in self._valid_refresh:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from dev.stubs.shopify import sign_query
+from shared.catalog.ports import StaleWrite
 from shared.credentials import CredentialsUnreadable
 from shared.errors import NotFound
 from shared.stores import connections as conn
@@ -311,6 +312,41 @@ def test_a_caller_gives_up_on_a_lease_held_too_long(world: World) -> None:
             world.repo, world.shopify, world.cipher, CLIENT, POLICY, world.clock, sleep=naps.append, wait_for_other=1.0
         )
     assert world.shopify.refresh_calls == 0 and sum(naps) == 1.0
+
+
+def test_a_bookkeeping_write_during_a_refresh_does_not_lose_the_new_tokens(world: World) -> None:
+    world.connect_shopify()
+    world.clock.advance(timedelta(minutes=58))
+    # A webhook task records its arrival while the refresh is at Shopify: the version moves.
+    world.shopify.during_refresh.append(lambda: world.repo.touch(CLIENT, {"last_webhook_at": world.clock()}))
+    _, token = conn.shopify_token(world.repo, world.shopify, world.cipher, CLIENT, POLICY, world.clock)
+    stored = world.stored()
+    assert token == "shpat_0002" and stored.secrets_version == 1 and stored.refresh_lease_until is None
+    assert stored.last_webhook_at == world.clock()
+    plain = conn.open_secrets(world.cipher, stored)
+    assert plain.refresh_token is not None and plain.refresh_token.get_secret_value() == "shprt_0002"
+
+
+def test_a_disconnect_during_a_refresh_is_not_overwritten(world: World) -> None:
+    world.connect_shopify()
+    world.clock.advance(timedelta(minutes=58))
+    world.shopify.during_refresh.append(
+        lambda: conn.disconnect(world.repo, lambda: world.woo, world.cipher, CLIENT, NOW)
+    )
+    with pytest.raises(StaleWrite):
+        conn.shopify_token(world.repo, world.shopify, world.cipher, CLIENT, POLICY, world.clock)
+    stored = world.stored()
+    assert stored.status is ConnectionStatus.DISCONNECTED and stored.secrets is None
+
+
+def test_a_bookkeeping_write_during_a_refused_refresh_still_marks_it(world: World) -> None:
+    world.connect_shopify()
+    world.clock.advance(timedelta(hours=2))
+    world.shopify.refuse_refresh = True
+    world.shopify.during_refresh.append(lambda: world.repo.touch(CLIENT, {"last_webhook_at": world.clock()}))
+    with pytest.raises(conn.StoreNeedsReauthorization):
+        conn.shopify_token(world.repo, world.shopify, world.cipher, CLIENT, POLICY, world.clock)
+    assert world.stored().status is ConnectionStatus.NEEDS_REAUTH and world.stored().secrets is None
 
 
 def test_a_refused_refresh_needs_reauthorization_and_drops_the_secrets(world: World) -> None:
