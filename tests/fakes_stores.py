@@ -227,6 +227,7 @@ class FakeShopifyAdmin(ShopifyAdmin):
     refresh_calls: int = 0
     exchanges: int = 0
     during_refresh: list[Callable[[], object]] = field(default_factory=list)  # run once while refreshing
+    queries: list[str | None] = field(default_factory=list)  # the search queries products_page was given
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _valid_refresh: set[str] = field(default_factory=set)
     _bulk: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -275,6 +276,7 @@ class FakeShopifyAdmin(ShopifyAdmin):
         self, shop: str, token: str, *, after: str | None = None, query: str | None = None, first: int = 50
     ) -> StorePage:
         self._check()
+        self.queries.append(query)
         ordered = sorted(self.products.values(), key=lambda p: int(p.id))
         start = int(after or 0)
         page = ordered[start : start + first]

@@ -529,3 +529,31 @@ def test_reconciliations_are_queued_for_active_woocommerce_stores_once_an_hour()
     report = reconcile.queue_reconciliations(world.services, world.queue, NOW)
     again = reconcile.queue_reconciliations(world.services, world.queue, NOW + timedelta(minutes=30))
     assert report.stores == 1 and again.stores == 1 and len(world.queue.tasks) == 1
+
+
+# -- linking a manual product ------------------------------------------------------------------------------
+
+
+def test_a_manual_product_is_linked_and_mirrored_and_a_second_link_is_refused() -> None:
+    from shared.catalog.models import ProductCreate
+    from shared.catalog.products import create_product
+    from shared.stores.mirror import ProductAlreadyLinked, link_product, linked_product
+
+    world = World(StorePlatform.SHOPIFY)
+    manual = create_product(world.repos.products, CLIENT, ProductCreate(name="My dress"), NOW)
+    store = store_product(7, images=1)
+    note = link_product(world.mirror, world.connection, manual.id, store, NOW)
+    assert "updated" in note and "1 images added" in note
+    linked = world.repos.products.get(CLIENT, manual.id)
+    assert linked is not None and linked.store is not None and linked.store.product_id == "1007"
+    assert linked.name == "Product 7"
+    found = linked_product(world.mirror, world.connection, "1007")
+    assert found is not None and found.id == manual.id
+    other = create_product(world.repos.products, CLIENT, ProductCreate(name="Another"), NOW)
+    with pytest.raises(ProductAlreadyLinked):
+        link_product(world.mirror, world.connection, other.id, store, NOW)
+    # Webhooks now reach the manual product.
+    world.set_product(store.model_copy(update={"title": "Renamed"}))
+    world.work("products/update", "1007")
+    renamed = world.repos.products.get(CLIENT, manual.id)
+    assert renamed is not None and renamed.name == "Renamed"
