@@ -5,6 +5,7 @@ erase, the connections listing, and the product queries that find store-linked p
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -269,3 +270,75 @@ def test_products_are_found_by_their_store_link(db: Any, client_id: str, shop: s
     assert again is not None
     products.update(client_id, "prod_101", {"store": None}, again.version)
     assert sorted(p.id for p in products.from_shop(client_id, shop, 10)) == ["prod_102"]
+
+
+# -- the connection services on Firestore ------------------------------------------------------------------
+
+
+def _connected_shopify(repo: FirestoreStoreRepository, client_id: str, shop: str) -> tuple[Any, Any, Any]:
+    from dev.stubs.shopify import sign_query
+    from shared.stores import connections as conn
+    from tests.fakes_stores import Clock, FakeShopifyAdmin, new_cipher
+
+    clock = Clock(NOW)
+    shopify = FakeShopifyAdmin(clock=clock)
+    cipher = new_cipher()
+    policy = conn.ConnectionPolicy(callback_base_url="https://api.epox.test", app_url="https://app.epox.test")
+    started = conn.start_shopify(repo, shopify, client_id, shop, policy, NOW)
+    state = started.authorize_url.split("state=")[1].split("&")[0]
+    params = {"code": "c", "shop": shop, "state": state, "timestamp": str(int(NOW.timestamp()))}
+    params["hmac"] = sign_query(params, "secret")
+    conn.finish_shopify(repo, shopify, cipher, params, "secret", NOW)
+    return clock, shopify, (cipher, policy)
+
+
+def test_two_processes_refresh_a_token_once_on_firestore(
+    repo: FirestoreStoreRepository, client_id: str, shop: str
+) -> None:
+    from shared.stores import connections as conn
+
+    clock, shopify, (cipher, policy) = _connected_shopify(repo, client_id, shop)
+    clock.advance(timedelta(minutes=58))
+    shopify.refresh_delay = 0.3
+    # A webhook records its arrival while the refresh is at Shopify (the version moves under it).
+    shopify.during_refresh.append(lambda: repo.touch(client_id, {"last_webhook_at": NOW}))
+    barrier = threading.Barrier(2)
+    tokens: list[str] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            tokens.append(conn.shopify_token(repo, shopify, cipher, client_id, policy, clock, sleep=time.sleep)[1])
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and tokens == ["shpat_0002", "shpat_0002"] and shopify.refresh_calls == 1
+    loaded = repo.load(client_id)
+    assert loaded is not None and loaded.value.secrets_version == 1 and loaded.value.refresh_lease_until is None
+
+
+def test_a_refused_refresh_is_recorded_with_its_event_on_firestore(
+    repo: FirestoreStoreRepository, db: Any, client_id: str, shop: str
+) -> None:
+    from google.cloud.firestore import FieldFilter
+
+    from shared.stores import connections as conn
+
+    clock, shopify, (cipher, policy) = _connected_shopify(repo, client_id, shop)
+    clock.advance(timedelta(hours=2))
+    shopify.refuse_refresh = True
+    with pytest.raises(conn.StoreNeedsReauthorization):
+        conn.shopify_token(repo, shopify, cipher, client_id, policy, clock)
+    loaded = repo.load(client_id)
+    assert loaded is not None and loaded.value.status is ConnectionStatus.NEEDS_REAUTH and loaded.value.secrets is None
+    events = db.collection(OUTBOX).where(filter=FieldFilter("client_id", "==", client_id)).stream()
+    assert sorted(snapshot.to_dict()["type"] for snapshot in events) == [
+        "store.connected",
+        "store.needs_reauthorization",
+    ]
