@@ -343,6 +343,7 @@ class FakeWooCommerce(WooCommerceApi):
     hook_secrets: dict[str, str] = field(default_factory=dict)
     deleted_hooks: list[str] = field(default_factory=list)
     page_calls: int = 0
+    during_pages: list[Callable[[], object]] = field(default_factory=list)  # run once while a page is read
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def check_store_url(self, store_url: str) -> str:
@@ -379,6 +380,8 @@ class FakeWooCommerce(WooCommerceApi):
     ) -> StorePage:
         self._check(keys)
         self.page_calls += 1
+        while self.during_pages:
+            self.during_pages.pop(0)()
         ordered = sorted(self.products.values(), key=lambda p: int(p.id))
         chosen = [
             p

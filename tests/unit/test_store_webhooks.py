@@ -517,6 +517,27 @@ def test_reconciliation_repairs_webhooks_and_mirrors_products_changed_since_the_
     assert world.product("1002") is not None and world.product("1003") is None
 
 
+def test_a_webhook_arriving_during_reconciliation_does_not_lose_its_record() -> None:
+    world = World(StorePlatform.WOOCOMMERCE)
+    world.set_product(store_product(1, updated_at=NOW - timedelta(minutes=5)))
+    world.woo.during_pages.append(lambda: world.stores.touch(CLIENT, {"last_webhook_at": NOW}))
+    reconcile.reconcile_store(world.services, reconcile.ReconcileStoreTask(client_id=CLIENT, connection_id="store_1"))
+    loaded = world.stores.load(CLIENT)
+    assert loaded is not None and loaded.value.reconciled_at == NOW and len(loaded.value.webhook_ids) == 3
+    assert loaded.value.last_webhook_at == NOW
+
+
+def test_a_disconnect_during_reconciliation_wins() -> None:
+    from shared.stores.connections import disconnect
+
+    world = World(StorePlatform.WOOCOMMERCE)
+    world.woo.during_pages.append(lambda: disconnect(world.stores, lambda: world.woo, world.cipher, CLIENT, NOW))
+    reconcile.reconcile_store(world.services, reconcile.ReconcileStoreTask(client_id=CLIENT, connection_id="store_1"))
+    loaded = world.stores.load(CLIENT)
+    assert loaded is not None and loaded.value.status is ConnectionStatus.DISCONNECTED
+    assert loaded.value.webhook_ids == [] and loaded.value.reconciled_at == NOW - timedelta(hours=1)
+
+
 def test_reconciliation_of_a_gone_connection_does_nothing() -> None:
     world = World(StorePlatform.WOOCOMMERCE)
     task = reconcile.ReconcileStoreTask(client_id=CLIENT, connection_id="store_other")
