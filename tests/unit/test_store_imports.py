@@ -455,3 +455,22 @@ def test_any_catalog_imported_twice_is_imported_once(pairs: list[tuple[int, int]
     assert world.repos.products.count(CLIENT) == len(products)
     assert isinstance(world.repos.assets, InMemoryAssetRepository)
     assert len(world.repos.assets.assets.get(CLIENT, {})) == sum(k for _, k in pairs)
+
+
+@pytest.mark.xfail(strict=True, reason="an import creates a second product for a store product linked by hand")
+def test_a_store_product_linked_by_hand_is_not_imported_again() -> None:
+    from shared.catalog.models import ProductCreate
+    from shared.catalog.products import create_product
+    from shared.stores.mirror import MirrorServices, link_product
+
+    world = World(StorePlatform.SHOPIFY, catalog(2, images=0))
+    manual = create_product(world.repos.products, CLIENT, ProductCreate(name="Mine"), NOW)
+    mirror = MirrorServices(world.repos, world.object_store, world.fetcher, ImageLimits(), FetchLimits(), 16)
+    link_product(mirror, world.connection, manual.id, world.shopify.products["1000"], NOW)
+    world.import_everything()
+    linked_to_1000 = [
+        doc
+        for doc in world.repos.products.linked(CLIENT, 100)
+        if doc.store is not None and doc.store.product_id == "1000"
+    ]
+    assert [doc.id for doc in linked_to_1000] == [manual.id]
