@@ -313,11 +313,13 @@ def _refresh(
             "refresh_lease_until": None,
             "updated_at": now,
         }
-        repo.update(leased, lost_changes, [_event(lost, EventType.STORE_NEEDS_REAUTHORIZATION, now, reason)])
+        _commit_over_lease(
+            repo, leased, lost_changes, [_event(lost, EventType.STORE_NEEDS_REAUTHORIZATION, now, reason)]
+        )
         logger.warning("shopify refused the refresh of connection %s: needs reauthorization", doc.id)
         raise StoreNeedsReauthorization(reason) from None
     except EpoxError:
-        repo.update(leased, {"refresh_lease_until": None, "updated_at": now})
+        _commit_over_lease(repo, leased, {"refresh_lease_until": None, "updated_at": now})
         raise
     renewed = seal_secrets(
         cipher, doc, StoreSecrets(access_token=tokens.access_token, refresh_token=tokens.refresh_token)
@@ -332,11 +334,44 @@ def _refresh(
     }
     if tokens.scopes:
         changes["scopes"] = tokens.scopes
-    repo.update(leased, changes)
+    _commit_over_lease(repo, leased, changes)
     logger.info("refreshed the shopify token of connection %s (version %s)", doc.id, doc.secrets_version + 1)
     return renewed.model_copy(
         update={"secrets_version": doc.secrets_version + 1}
     ), tokens.access_token.get_secret_value()
+
+
+def _commit_over_lease(
+    repo: StoreRepository,
+    leased: Versioned[StoreConnectionDoc],
+    changes: dict[str, Any],
+    events: list[DomainEvent] | None = None,
+) -> None:
+    """Write what the refresh learned over the leased version. Bookkeeping writes (``touch``: the last
+    webhook or import) move the version while the refresh is at Shopify; they leave the tokens alone, so
+    the commit goes over them (else the rotated pair would be lost). Anything else (a disconnect, a
+    reconnect, another rotation) wins: StaleWrite."""
+    loaded = leased
+    for _ in range(5):
+        try:
+            repo.update(loaded, changes, events or ())
+            return
+        except StaleWrite:
+            current = repo.load(leased.value.client_id)
+            if current is None or not _same_credentials(current.value, leased.value):
+                raise
+            loaded = current
+    raise StoreUnavailable("The store's connection is busy; try again.", retry_after=2)
+
+
+def _same_credentials(current: StoreConnectionDoc, leased: StoreConnectionDoc) -> bool:
+    return (
+        current.id == leased.id
+        and current.status is leased.status
+        and current.secrets_version == leased.secrets_version
+        and current.secrets == leased.secrets
+        and current.refresh_lease_until == leased.refresh_lease_until
+    )
 
 
 def _live(

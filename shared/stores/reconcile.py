@@ -112,8 +112,20 @@ def reconcile_store(services: WebhookServices, task: ReconcileStoreTask) -> str:
     changes = {"webhook_ids": hook_ids, "updated_at": now}
     if page is None:
         changes["reconciled_at"] = now  # only when every changed product was seen
-    try:
-        services.stores.update(loaded, changes)
-    except StaleWrite:
-        logger.info("connection %s changed during its reconciliation: the next run records it", connection.id)
+    for _ in range(5):
+        try:
+            services.stores.update(loaded, changes)
+            break
+        except StaleWrite:
+            # Webhooks touch the connection (last_webhook_at) while we read the store: write over those,
+            # but not over a disconnect or a new connection.
+            current = services.stores.load(task.client_id)
+            if (
+                current is None
+                or current.value.id != connection.id
+                or current.value.status is not ConnectionStatus.ACTIVE
+            ):
+                logger.info("connection %s changed during its reconciliation: not recorded", connection.id)
+                break
+            loaded = current
     return f"{repaired} webhooks repaired, {mirrored} changed products mirrored"

@@ -138,10 +138,11 @@ class FirestoreStoreRepository(StoreRepository):
 
     def erase(self, client_id: str, platform: StorePlatform, shop: str, redaction: ShopRedaction) -> None:
         batch = self.db.batch()
-        ref = self._ref(client_id)
-        snapshot = ref.get()
-        if snapshot.exists and (snapshot.to_dict() or {}).get("shop") == shop:
-            batch.delete(ref)
+        if client_id:  # shop/redact for a shop no client holds names no client ("" is no document id)
+            ref = self._ref(client_id)
+            snapshot = ref.get()
+            if snapshot.exists and (snapshot.to_dict() or {}).get("shop") == shop:
+                batch.delete(ref)
         batch.delete(self.db.collection(SHOPS).document(shop_key(platform, shop)))
         batch.set(self.db.collection(REDACTIONS).document(new_id("redact")), redaction.model_dump(mode="python"))
         batch.commit()
