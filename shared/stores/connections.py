@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -359,7 +360,9 @@ def _commit_over_lease(
         except StaleWrite:
             current = repo.load(leased.value.client_id)
             if current is None or not _same_credentials(current.value, leased.value):
-                raise
+                raise StoreNotConnected(
+                    "The store was disconnected or connected again while its token was refreshed."
+                ) from None
             loaded = current
     raise StoreUnavailable("The store's connection is busy; try again.", retry_after=2)
 
@@ -372,6 +375,42 @@ def _same_credentials(current: StoreConnectionDoc, leased: StoreConnectionDoc) -
         and current.secrets == leased.secrets
         and current.refresh_lease_until == leased.refresh_lease_until
     )
+
+
+def lose_authorization(repo: StoreRepository, client_id: str, reason: str, now: datetime) -> None:
+    """The store refused our credentials (keys deleted, app uninstalled): the connection needs a new
+    authorisation; its secrets are dropped and ``store.needs_reauthorization`` tells the merchant."""
+    for _ in range(5):
+        loaded = repo.load(client_id)
+        if loaded is None or loaded.value.status is not ConnectionStatus.ACTIVE:
+            return
+        doc = loaded.value
+        changes: dict[str, Any] = {
+            "status": ConnectionStatus.NEEDS_REAUTH.value,
+            "status_reason": reason,
+            "secrets": None,
+            "refresh_lease_until": None,
+            "updated_at": now,
+        }
+        lost = doc.model_copy(update={"status": ConnectionStatus.NEEDS_REAUTH})
+        try:
+            repo.update(loaded, changes, [_event(lost, EventType.STORE_NEEDS_REAUTHORIZATION, now, reason)])
+        except StaleWrite:
+            continue
+        logger.warning("connection %s of client %s needs reauthorization: %s", doc.id, client_id, reason)
+        return
+
+
+@contextmanager
+def watching_authorization(repo: StoreRepository, client_id: str, clock: Callable[[], datetime]) -> Iterator[None]:
+    """Store calls inside: a refusal of our credentials marks the connection ``needs_reauth`` (notified)
+    and surfaces as :class:`StoreNeedsReauthorization` (409)."""
+    try:
+        yield
+    except StoreAuthorizationLost:
+        reason = "The store refused our credentials (the keys were revoked or the app uninstalled)."
+        lose_authorization(repo, client_id, reason, clock())
+        raise StoreNeedsReauthorization(reason) from None
 
 
 def _live(

@@ -39,6 +39,7 @@ from shared.stores.connections import (
     live_connection,
     open_secrets,
     shopify_token,
+    watching_authorization,
     woo_keys,
 )
 from shared.stores.models import StoreConnectionDoc, StoreImportRequest, StoreImportScope
@@ -395,10 +396,11 @@ def prepare_store_import(
         if connection.id != doc.store.get("connection_id"):
             raise _Abandon("The store was disconnected or connected again since the import was created.")
         writer = _Writer.resume(repos, object_store, doc, policy.chunk_rows, now)
-        if connection.platform is StorePlatform.SHOPIFY:
-            outcome = _shopify_step(repos, services, connection, doc, writer, policy, clock)
-        else:
-            outcome = _woo_step(services, connection, doc, writer, policy, monotonic)
+        with watching_authorization(services.stores, task.client_id, clock):
+            if connection.platform is StorePlatform.SHOPIFY:
+                outcome = _shopify_step(repos, services, connection, doc, writer, policy, clock)
+            else:
+                outcome = _woo_step(services, connection, doc, writer, policy, monotonic)
     except StoreUnavailable as error:
         if not last_attempt:
             raise RetryTask(f"the store is unavailable: {error.detail}") from error

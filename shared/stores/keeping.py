@@ -17,6 +17,7 @@ from shared.stores.connections import (
     live_connection,
     open_secrets,
     shopify_token,
+    watching_authorization,
     woo_keys,
 )
 from shared.stores.mirror import MirrorServices, mark_deleted_in_store, mirror_product, unlink_products
@@ -67,7 +68,11 @@ def work_webhook(services: WebhookServices, task: StoreWebhookTask) -> str:
     assert task.store_product_id is not None
     if task.topic in ("products/delete", "product.deleted"):
         return mark_deleted_in_store(services.mirror, connection, task.store_product_id, now)
-    product = _fresh_product(services, connection, task.store_product_id)
+    try:
+        with watching_authorization(services.stores, connection.client_id, services.clock):
+            product = _fresh_product(services, connection, task.store_product_id)
+    except (StoreNeedsReauthorization, StoreNotConnected) as error:
+        return f"dropped: {error.detail}"
     if product is None:
         return mark_deleted_in_store(services.mirror, connection, task.store_product_id, now)
     create = task.topic in ("products/create", "product.created", "product.restored")

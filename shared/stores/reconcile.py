@@ -16,7 +16,14 @@ from shared import logging as log
 from shared.catalog.ports import StaleWrite
 from shared.errors import EpoxError
 from shared.scheduled import ScheduledReport
-from shared.stores.connections import WOO_TOPICS, open_secrets, webhook_url, woo_keys
+from shared.stores.connections import (
+    WOO_TOPICS,
+    StoreNeedsReauthorization,
+    open_secrets,
+    watching_authorization,
+    webhook_url,
+    woo_keys,
+)
 from shared.stores.keeping import WebhookServices
 from shared.stores.mirror import mirror_product
 from shared.stores.models import ConnectionStatus
@@ -64,7 +71,16 @@ def queue_reconciliations(services: WebhookServices, queue: TaskQueue, now: date
 
 
 def reconcile_store(services: WebhookServices, task: ReconcileStoreTask) -> str:
-    """Repair our webhooks and mirror the products changed since the last run."""
+    """Repair our webhooks and mirror the products changed since the last run (keys the store refuses
+    mark the connection ``needs_reauth``)."""
+    try:
+        with watching_authorization(services.stores, task.client_id, services.clock):
+            return _reconcile(services, task)
+    except StoreNeedsReauthorization as error:
+        return f"the store needs reauthorization: {error.detail}"
+
+
+def _reconcile(services: WebhookServices, task: ReconcileStoreTask) -> str:
     now = services.clock()
     loaded = services.stores.load(task.client_id)
     if loaded is None or loaded.value.id != task.connection_id or loaded.value.status is not ConnectionStatus.ACTIVE:
