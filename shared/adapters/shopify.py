@@ -669,6 +669,9 @@ def _product(node: Any) -> StoreProduct:
         raise StoreRequestFailed("Shopify answered a product without an id or title")
     variants = []
     for variant in _nodes(node.get("variants")):
+        variant_id = gid_number(variant.get("id"), "ProductVariant")
+        if variant_id is None:
+            continue  # a variant we cannot name cannot be linked to anything
         options = {
             str(o.get("name")): str(o.get("value"))
             for o in variant.get("selectedOptions") or []
@@ -676,7 +679,7 @@ def _product(node: Any) -> StoreProduct:
         }
         variants.append(
             StoreVariant(
-                id=gid_number(variant.get("id")) or str(variant.get("id")),
+                id=variant_id,
                 title=_optional_str(variant.get("title")),
                 sku=variant.get("sku") or None,
                 price=_optional_str(variant.get("price")),
