@@ -25,8 +25,8 @@ Served:
   ``api_versions``: 404). The schema subset is ``dev/stubs/shopify_catalog.py``'s ``SDL``: ``shop``,
   ``products(first|last, after|before, query, reverse)`` with ``edges{cursor node}``/``nodes``/``pageInfo``,
   ``product(id)``, ``productsCount``, ``collections``, ``collection(id)``, ``node(id)``/``nodes(ids)``, products with
-  ``variants{sku price}``, ``media{... on MediaImage{id alt status image{url width height}}}``, ``collections``,
-  ``featuredMedia``; ``bulkOperationRunQuery(query, groupObjects)``, ``currentBulkOperation``,
+  ``variants{sku price selectedOptions}``, ``media{... on MediaImage{id alt status image{url width height}}}``,
+  ``collections``, ``featuredMedia``; ``bulkOperationRunQuery(query, groupObjects)``, ``currentBulkOperation``,
   ``bulkOperation(id)``. A connection without ``first``/``last``, or above 250, is an error, as on Shopify; a
   token whose scopes hold neither ``read_products`` nor ``write_products`` gets ``ACCESS_DENIED`` for the catalog.
   Search (``query:``) knows the subset described at ``shopify_catalog.matches``.
@@ -499,7 +499,7 @@ class ShopifyStub:
             items = [
                 cat.product_view(p, catalog, base)
                 for p in catalog.products.values()
-                if cat.matches(p, args.get("query"))
+                if cat.matches(p, args.get("query"), catalog)
             ]
             if args.get("reverse"):
                 items = [dict(i, _pos=-i["_pos"]) for i in reversed(items)]
@@ -518,7 +518,8 @@ class ShopifyStub:
 
         def products_count(info: Any, query: str | None = None) -> dict[str, Any]:
             _check_scope(info)
-            return {"count": sum(cat.matches(p, query) for p in catalog.products.values()), "precision": "EXACT"}
+            count = sum(cat.matches(p, query, catalog) for p in catalog.products.values())
+            return {"count": count, "precision": "EXACT"}
 
         return {
             "shop": {"id": cat.gid("Shop", 1), "name": "Demo Shop", "myshopifyDomain": self.shop},

@@ -223,9 +223,10 @@ def png(image: Image) -> bytes:
 _TERM = re.compile(r"""(-?)(?:(\w+):)?(?:"([^"]*)"|'([^']*)'|(\S+))""")
 
 
-def matches(product: Product, query: str | None) -> bool:
+def matches(product: Product, query: str | None, catalog: Catalog | None = None) -> bool:
     """Shopify's search syntax, the subset the stub knows: ``field:value`` terms ANDed (``title``,
-    ``handle``, ``product_type``, ``vendor``, ``tag``, ``sku``, ``id``, ``status``, ``updated_at``/``created_at``
+    ``handle``, ``product_type``, ``vendor``, ``tag``, ``sku``, ``id``, ``status``, ``collection_id`` (given the
+    ``catalog``; the filter exists since 2024-10), ``updated_at``/``created_at``
     with ``>``, ``>=``, ``<``, ``<=``), a leading ``-`` negates, bare words match the title, vendor, type, tags
     or SKUs; ``AND`` is ignored, ``OR`` and grouping are not supported. Unknown fields match everything (Shopify
     ignores them with a search warning)."""
@@ -235,14 +236,16 @@ def matches(product: Product, query: str | None) -> bool:
         value = double or single or bare
         if not name and value in ("AND", "OR"):
             continue
-        hit = _term(product, name.lower(), value)
+        hit = _term(product, name.lower(), value, catalog)
         if hit == bool(negate):
             return False
     return True
 
 
-def _term(product: Product, name: str, value: str) -> bool:
+def _term(product: Product, name: str, value: str, catalog: Catalog | None = None) -> bool:
     lowered = value.lower()
+    if name == "collection_id" and catalog is not None:
+        return any(str(c.id) == value for c in catalog.collections_of(product.id))
     if name in ("", "title"):
         haystack = [product.title] if name else [product.title, product.vendor, product.product_type, *product.tags]
         haystack += [] if name else [v.sku for v in product.variants]
@@ -308,8 +311,10 @@ type MediaImage implements Media & Node {
   image: Image mimeType: String
 }
 
+type SelectedOption { name: String! value: String! }
 type ProductVariant implements Node {
   id: ID! title: String! sku: String price: Money! position: Int! barcode: String product: Product!
+  selectedOptions: [SelectedOption!]!
 }
 
 type Product implements Node {
@@ -723,6 +728,10 @@ def rest_product(product: Product, base_url: str) -> dict[str, Any]:
         "published_at": product.created_at,
         "status": product.status.lower(),
         "tags": ", ".join(product.tags),
+        "options": [
+            {"name": name, "position": 1, "values": [v.title for v in product.variants]}
+            for name in sorted({option_name(product, v) for v in product.variants})
+        ],
         "variants": [
             {
                 "id": v.id,
@@ -730,6 +739,9 @@ def rest_product(product: Product, base_url: str) -> dict[str, Any]:
                 "title": v.title,
                 "price": v.price,
                 "sku": v.sku,
+                "option1": v.title,
+                "option2": None,
+                "option3": None,
                 "position": v.position,
                 "barcode": v.barcode,
                 "admin_graphql_api_id": gid("ProductVariant", v.id),
@@ -784,6 +796,14 @@ def image_view(image: Image, base_url: str) -> dict[str, Any]:
     }
 
 
+def option_name(product: Product, variant: Variant) -> str:
+    """The name of a variant's one option: Shopify's ``Title`` for a product without options (its single
+    variant is "Default Title"), otherwise the demo catalog's ``Size`` (apparel) or ``Color``."""
+    if variant.title == "Default Title":
+        return "Title"
+    return "Size" if product.product_type == "Apparel" else "Color"
+
+
 def variant_view(variant: Variant, product: Product, catalog: Catalog, base_url: str) -> dict[str, Any]:
     return {
         "__typename": "ProductVariant",
@@ -794,6 +814,7 @@ def variant_view(variant: Variant, product: Product, catalog: Catalog, base_url:
         "price": variant.price,
         "position": variant.position,
         "barcode": variant.barcode,
+        "selectedOptions": [{"name": option_name(product, variant), "value": variant.title}],
         "product": lambda info: product_view(product, catalog, base_url),
     }
 

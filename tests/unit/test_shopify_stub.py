@@ -18,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from dev.stubs import shopify_catalog as cat
 from dev.stubs.shopify import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -238,6 +239,26 @@ def test_product_by_id_search_and_collections(stub: ShopifyStub) -> None:
     ]
     missing = gql(client, '{ product(id: "gid://shopify/Product/1") { id } }')
     assert missing["data"]["product"] is None
+
+
+def test_collection_filter_and_variant_options(stub: ShopifyStub) -> None:
+    client = admin(stub)
+    gifts = gql(client, '{ products(first: 50, query: "collection_id:500001") { nodes { id } } }')
+    members = sorted(stub.catalog.collections[500001].product_ids)
+    assert [n["id"] for n in gifts["data"]["products"]["nodes"]] == [cat.gid("Product", i) for i in members]
+    counted = gql(client, '{ productsCount(query: "collection_id:500001") { count } }')
+    assert counted["data"]["productsCount"]["count"] == len(members)
+    beanie = next(p for p in stub.catalog.products.values() if p.product_type == "Apparel")
+    options = gql(
+        client,
+        "query($id: ID!) { product(id: $id) { variants(first: 3) { nodes { selectedOptions { name value } } } } }",
+        id=beanie.gid,
+    )
+    nodes = options["data"]["product"]["variants"]["nodes"]
+    assert [n["selectedOptions"] for n in nodes] == [[{"name": "Size", "value": v.title}] for v in beanie.variants]
+    rest = cat.rest_product(beanie, stub.url)
+    assert rest["options"] == [{"name": "Size", "position": 1, "values": [v.title for v in beanie.variants]}]
+    assert [v["option1"] for v in rest["variants"]] == [v.title for v in beanie.variants]
 
 
 def test_connections_need_first_or_last_at_most_250(stub: ShopifyStub) -> None:
