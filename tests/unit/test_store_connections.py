@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from dev.stubs.shopify import sign_query
-from shared.catalog.ports import StaleWrite
 from shared.credentials import CredentialsUnreadable
 from shared.errors import NotFound
 from shared.stores import connections as conn
@@ -333,7 +332,8 @@ def test_a_disconnect_during_a_refresh_is_not_overwritten(world: World) -> None:
     world.shopify.during_refresh.append(
         lambda: conn.disconnect(world.repo, lambda: world.woo, world.cipher, CLIENT, NOW)
     )
-    with pytest.raises(StaleWrite):
+    # A 409 (never a 500): the merchant disconnected while the token was being refreshed.
+    with pytest.raises(conn.StoreNotConnected):
         conn.shopify_token(world.repo, world.shopify, world.cipher, CLIENT, POLICY, world.clock)
     stored = world.stored()
     assert stored.status is ConnectionStatus.DISCONNECTED and stored.secrets is None
