@@ -118,6 +118,14 @@ class InMemoryProductRepository(ProductRepository):
         docs = [doc for doc, _ in self._of(client_id).values() if doc.store and doc.store.status.value == "linked"]
         return docs[:limit]
 
+    def linked_ids(self, client_id: str, platform: str, store_product_ids: Sequence[str]) -> dict[str, str]:
+        wanted = set(store_product_ids)
+        found: dict[str, str] = {}
+        for doc, _ in self._of(client_id).values():
+            if doc.store is not None and doc.store.platform == platform and doc.store.product_id in wanted:
+                found.setdefault(doc.store.product_id, doc.id)
+        return found
+
     def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
         return [doc for doc, _ in self._of(client_id).values() if doc.store and doc.store.shop == shop][:limit]
 

@@ -607,7 +607,14 @@ class _Candidates:
     invalid: dict[int, dict[str, Any]]  # row index -> its error
 
 
-def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: datetime) -> _Candidates:
+def _candidates(
+    doc: ImportDoc,
+    results: list[RowResult],
+    start_row: int,
+    now: datetime,
+    linked: dict[str, str] | None = None,
+) -> _Candidates:
+    """``linked``: store product id -> the product a merchant linked it to by hand (store imports)."""
     found = _Candidates(products={}, invalid={})
     for index in range(start_row, len(results)):
         draft = results[index].draft
@@ -633,11 +640,12 @@ def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: d
                 "message": f"{field_name}: {first.get('msg')}",
             }
             continue
+        hand_linked = (linked or {}).get(draft.store.product_id) if draft.store is not None else None
         product = build_product(
             doc.client_id,
             data,
             now,
-            product_id=_product_id(doc, draft),
+            product_id=hand_linked or _product_id(doc, draft),
             source=_product_source(draft),
             import_id=doc.id,
         )
@@ -645,6 +653,19 @@ def _candidates(doc: ImportDoc, results: list[RowResult], start_row: int, now: d
             product = product.model_copy(update={"store": draft.store.model_copy(update={"synced_at": now})})
         found.products[index] = (draft, product)
     return found
+
+
+def _hand_linked(repos: CatalogRepositories, doc: ImportDoc, results: list[RowResult]) -> dict[str, str]:
+    """The chunk's store products a merchant linked to a product of their own: those are imported into
+    that product, never as a second one."""
+    if doc.source is not ImportSource.STORE:
+        return {}
+    drafts = [result.draft for result in results if result.draft is not None and result.draft.store is not None]
+    if not drafts:
+        return {}
+    platform = drafts[0].store.platform if drafts[0].store is not None else ""
+    store_ids = [draft.store.product_id for draft in drafts if draft.store is not None]
+    return repos.products.linked_ids(doc.client_id, platform, store_ids)
 
 
 def _product_id(doc: ImportDoc, draft: ProductDraft) -> str:
@@ -725,7 +746,7 @@ def _process_rows(
     before that image, and a task for the rest of the chunk follows."""
     start_row, start_image = task.row, task.image
     part = _Part(chunk=task.chunk, start=(start_row, start_image), end=(len(results), 0))
-    candidates = _candidates(doc, results, start_row, now)
+    candidates = _candidates(doc, results, start_row, now, _hand_linked(repos, doc, results))
     products = [product for _, product in candidates.products.values()]
     if (start_row, start_image) == (0, 0):
         done = create_products(repos.products, doc.client_id, products, now, all_or_nothing=False)
@@ -785,7 +806,7 @@ def _failed_part(
     part = _Part(chunk=task.chunk, start=(task.row, task.image), failed=True)
     results = _chunk_results(store, doc, task.chunk)
     part.end = (len(results), 0)
-    candidates = _candidates(doc, results, task.row, now)
+    candidates = _candidates(doc, results, task.row, now, _hand_linked(repos, doc, results))
     asset_ids = {
         (index, image): _asset_id(doc, draft, image)
         for index, (draft, _) in candidates.products.items()

@@ -177,6 +177,10 @@ class ProductRepository(ABC):
         """Up to ``limit`` products whose store link is live (disconnecting unlinks them in pages)."""
 
     @abstractmethod
+    def linked_ids(self, client_id: str, platform: str, store_product_ids: Sequence[str]) -> dict[str, str]:
+        """Store product id -> our product id, for those of ``store_product_ids`` a product is linked to."""
+
+    @abstractmethod
     def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
         """Up to ``limit`` products carrying a store link to ``shop`` (any status; shop/redact erases them)."""
 

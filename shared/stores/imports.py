@@ -310,15 +310,18 @@ class _Writer:
     def flush(self) -> None:
         if not self._buffer:
             return
-        drafts = [result.draft for result in self._buffer if result.draft is not None]
         shop = str((self.doc.store or {})["shop"])
-        ids = [
-            store_product_id(self.doc.client_id, self.platform.value, shop, d.store.product_id)
-            for d in drafts
-            if d.store
+        store_ids = [
+            result.draft.store.product_id
+            for result in self._buffer
+            if result.draft is not None and result.draft.store is not None
         ]
-        existing = self.repos.products.existing(self.doc.client_id, ids) if ids else set()
-        self.stats["already_imported"] = self.stats.get("already_imported", 0) + len(existing)
+        if store_ids:
+            client, platform = self.doc.client_id, self.platform.value
+            derived = {store_product_id(client, platform, shop, store_id): store_id for store_id in store_ids}
+            known = {derived[found] for found in self.repos.products.existing(client, list(derived))}
+            known |= set(self.repos.products.linked_ids(client, platform, store_ids))
+            self.stats["already_imported"] = self.stats.get("already_imported", 0) + len(known)
         write_chunk(self.object_store, self.doc.client_id, self.doc.id, self.chunks, self._buffer)
         self.chunks += 1
         self._buffer = []

@@ -457,7 +457,6 @@ def test_any_catalog_imported_twice_is_imported_once(pairs: list[tuple[int, int]
     assert len(world.repos.assets.assets.get(CLIENT, {})) == sum(k for _, k in pairs)
 
 
-@pytest.mark.xfail(strict=True, reason="an import creates a second product for a store product linked by hand")
 def test_a_store_product_linked_by_hand_is_not_imported_again() -> None:
     from shared.catalog.models import ProductCreate
     from shared.catalog.products import create_product

@@ -182,6 +182,24 @@ class FirestoreProductRepository(ProductRepository):
         query = products_ref(self.db, client_id).where(filter=FieldFilter("store.status", "==", "linked")).limit(limit)
         return [ProductDoc.model_validate(snapshot.to_dict()) for snapshot in query.stream()]
 
+    def linked_ids(self, client_id: str, platform: str, store_product_ids: Sequence[str]) -> dict[str, str]:
+        from google.cloud.firestore import FieldFilter
+
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(store_product_ids))
+        for start in range(0, len(wanted), 30):  # Firestore's "in" takes up to 30 values
+            query = (
+                products_ref(self.db, client_id)
+                .where(filter=FieldFilter("store.product_id", "in", wanted[start : start + 30]))
+                .where(filter=FieldFilter("store.platform", "==", platform))
+                .select(["store.product_id"])
+            )
+            for snapshot in query.stream():
+                store_id = (snapshot.to_dict() or {}).get("store", {}).get("product_id")
+                if store_id is not None:
+                    found.setdefault(str(store_id), snapshot.id)
+        return found
+
     def from_shop(self, client_id: str, shop: str, limit: int) -> list[ProductDoc]:
         from google.cloud.firestore import FieldFilter
 
