@@ -8,18 +8,17 @@ Cloud Scheduler: queueing the reconciliations).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import functions_framework
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from shared.catalog.imports import import_out
 from shared.catalog.models import ImportOut, ProductOut
 from shared.catalog.products import to_out
 from shared.credentials import CredentialKeyUnavailable, CredentialsUnreadable
-from shared.errors import BadRequest, NotFound
+from shared.errors import NotFound
 from shared.http.app import (
     Access,
     HttpApp,
@@ -165,19 +164,17 @@ def connect_woocommerce(ctx: RequestContext[WooCommerceConnectRequest, NoQuery])
 
 @api.post(
     "/oauth/woocommerce/callback",
+    body=WooCommerceKeys,
     access=Access.PUBLIC,
-    raw=True,
     max_body_bytes=16 * 1024,
     errors=(OAuthStateRefused, StoreAlreadyConnected, ShopConnectedElsewhere, StoreNotReachable, *STORE_ERRORS),
 )
-def woocommerce_callback(ctx: RequestContext[NoBody, NoQuery]) -> CallbackAccepted:
+def woocommerce_callback(ctx: RequestContext[WooCommerceKeys, NoQuery]) -> CallbackAccepted:
+    # Unsigned: the keys count only if they come with a nonce we issued (and work). Anything but a 200
+    # makes WooCommerce delete the keys.
     p = ctx.platform
-    try:
-        keys = WooCommerceKeys.model_validate(json.loads(ctx.raw_body))
-    except (ValueError, ValidationError):
-        raise BadRequest("The callback's body is not wc-auth's key JSON.") from None
     policy = connection_policy(p.settings)
-    connections.finish_woocommerce(p.stores, p.woocommerce, p.credential_cipher, keys, policy, p.clock())
+    connections.finish_woocommerce(p.stores, p.woocommerce, p.credential_cipher, ctx.body, policy, p.clock())
     return CallbackAccepted(accepted=True)
 
 

@@ -28,7 +28,9 @@ def shopify_query_digest(params: Mapping[str, str], secret: str) -> str:
 def shopify_query_is_authentic(params: Mapping[str, str], secret: str, now: datetime) -> bool:
     """The OAuth callback's ``hmac`` matches and its ``timestamp`` is recent."""
     sent = params.get("hmac", "")
-    if not secret or not sent or not hmac.compare_digest(shopify_query_digest(params, secret), sent.lower()):
+    expected = shopify_query_digest(params, secret).encode()
+    # Bytes, not str: compare_digest refuses non-ASCII strings, and a caller may send any.
+    if not secret or not sent or not hmac.compare_digest(expected, sent.lower().encode("utf-8", "replace")):
         return False
     try:
         stamp = int(params.get("timestamp", ""))
@@ -46,4 +48,4 @@ def body_is_authentic(raw: bytes, signature: str | None, secret: str) -> bool:
     """The webhook's signature header matches its raw body (constant-time)."""
     if not secret or not signature:
         return False
-    return hmac.compare_digest(body_digest(raw, secret).encode(), signature.strip().encode())
+    return hmac.compare_digest(body_digest(raw, secret).encode(), signature.strip().encode("utf-8", "replace"))

@@ -159,6 +159,7 @@ def receive_woocommerce(
     signature = headers.get("x-wc-webhook-signature")
     if signature is None and raw.startswith(b"webhook_id="):
         return WebhookAck(received=True, note="ping")
+    body = _json_object(raw)  # garbled bodies are refused before anything is looked up
     loaded = stores.load(client_id)
     if loaded is None or loaded.value.id != connection_id or loaded.value.status is ConnectionStatus.DISCONNECTED:
         logger.warning("woocommerce webhook for unknown connection %s: acknowledged and dropped", connection_id)
@@ -168,7 +169,6 @@ def receive_woocommerce(
         raise InvalidWebhookSignature("X-WC-Webhook-Signature does not match the body.")
     topic = headers.get("x-wc-webhook-topic", "")
     delivery = headers.get("x-wc-webhook-delivery-id", "")
-    body = _json_object(raw)
     if topic not in WOO_TOPICS:
         return WebhookAck(received=True, note="ignored")
     product_id = _product_id(body)

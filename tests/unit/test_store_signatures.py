@@ -101,7 +101,7 @@ def test_comparisons_go_through_compare_digest_even_for_a_short_signature(monkey
     assert not shopify_query_is_authentic({**_signed(NOW), "hmac": "ab"}, SECRET, NOW)
     # No early return on a length mismatch: both went to the constant-time compare.
     assert len(recorder.compared) == 2
-    assert recorder.compared[0][1] == b"short" and recorder.compared[1][1] == "ab"
+    assert recorder.compared[0][1] == b"short" and recorder.compared[1][1] == b"ab"
 
 
 @pytest.mark.parametrize(
@@ -125,3 +125,9 @@ def test_comparisons_go_through_compare_digest_even_for_a_short_signature(monkey
 )
 def test_shop_domains(shop: str, valid: bool) -> None:
     assert valid_shop_domain(shop) is valid
+
+
+def test_a_non_ascii_signature_is_refused_not_an_error() -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII str; what a caller sends may be anything.
+    assert not body_is_authentic(b"{}", "\u00d4\u00f1\u00b5", SECRET)
+    assert not shopify_query_is_authentic({**_signed(NOW), "hmac": "\u00d4\u00f1\u00b5\ud800"}, SECRET, NOW)
