@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +70,37 @@ def _apps() -> dict[str, Any]:
     return load_function_apps(ROOT / "functions")
 
 
+class _RemoteShop:
+    def __init__(self, url: str, shop: str, client_id: str) -> None:
+        self.url, self.shop, self.client_id = url, shop, client_id
+
+
+@contextmanager
+def _stub_process(size: int) -> Iterator[_RemoteShop]:
+    """The Shopify stub in a process of its own: its catalog, GraphQL execution and JSONL stay out of the
+    memory traced here and off this process's CPU."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dev.stubs.shopify", "--products", str(size), "--image-size", "32", "--bulk-polls", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        yield _RemoteShop(ready["url"], ready["shop"], ready["client_id"])
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record: Any) -> dict[str, Any]:
     import httpx
     from google.cloud import firestore
 
     from dev.dispatcher import TaskDispatcher
     from dev.jwt_issuer import DevIssuer
-    from dev.stubs.shopify import ShopifyStub, running
+    from dev.stubs.shopify import CLIENT_SECRET
     from shared.auth import JwtVerifier
     from shared.config import Settings
     from shared.credentials import LocalKeyring
@@ -88,7 +116,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
         response = apps[entry].test_client().post("/" + path, data=body, headers=headers)
         return response.status_code, None
 
-    with running(ShopifyStub(product_count=size, image_size=32, bulk_polls=2)) as stub:
+    with _stub_process(size) as stub:
         from ipaddress import ip_network
 
         settings = Settings(
@@ -100,7 +128,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
             tasks_auth_mode="shared_secret",
             ai_engine="offline",
             shopify_client_id=stub.client_id,
-            shopify_client_secret=stub.client_secret,
+            shopify_client_secret=CLIENT_SECRET,
             shopify_admin_base_url=stub.url,
             store_credential_keys=json.dumps({"v1": LocalKeyring.generate_key()}),
             store_credential_key_version="v1",

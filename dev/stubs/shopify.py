@@ -915,3 +915,25 @@ def running(stub: ShopifyStub | None = None, port: int = 0) -> AbstractContextMa
     """Serve ``stub`` (a new demo shop by default) on 127.0.0.1 for the ``with`` block."""
     stub = stub or ShopifyStub()
     return serving(stub, _handler(stub), port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a demo shop in a process of its own (benchmarks keep the stub's memory and CPU apart)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--products", type=int, default=50)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--bulk-polls", type=int, default=1)
+    args = parser.parse_args(argv)
+    shop = ShopifyStub(product_count=args.products, image_size=args.image_size, bulk_polls=args.bulk_polls)
+    with running(shop, args.port) as stub:
+        print(json.dumps({"url": stub.url, "shop": stub.shop, "client_id": stub.client_id}), flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

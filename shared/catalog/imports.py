@@ -589,6 +589,7 @@ def _complete_when_every_chunk_is_done(
             failed_rows=progress.failed_rows,
             images_imported=progress.images_imported,
             images_failed=progress.images_failed,
+            source=doc.source.value,
         ),
         occurred_at=now,
         sequence=1,

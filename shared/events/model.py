@@ -74,6 +74,7 @@ class ImportCompleted(_Payload):
     failed_rows: int
     images_imported: int
     images_failed: int
+    source: str = "csv"  # csv | store
 
 
 class AssetApproval(_Payload):

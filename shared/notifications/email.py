@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from shared import logging as log
 from shared.errors import Conflict
 from shared.events.consumer import EventConsumer
-from shared.events.model import CreditsThreshold, DomainEvent, EventType, JobCompleted, PaymentFailed
+from shared.events.model import CreditsThreshold, DomainEvent, EventType, JobCompleted, PaymentFailed, StoreChanged
 from shared.mail.port import EmailMessage, Mailer, RecipientRefused
 from shared.notifications import email_templates as templates
 from shared.notifications.email_templates import MailLinks
@@ -108,6 +108,8 @@ _KINDS: dict[EventType, NotificationType] = {
     EventType.CREDITS_LOW: NotificationType.CREDITS_LOW,
     EventType.CREDITS_DEPLETED: NotificationType.CREDITS_DEPLETED,
     EventType.PAYMENT_FAILED: NotificationType.PAYMENT_FAILED,
+    EventType.STORE_NEEDS_REAUTHORIZATION: NotificationType.STORE_NEEDS_REAUTHORIZATION,
+    EventType.STORE_DISCONNECTED: NotificationType.STORE_DISCONNECTED,
 }
 
 
@@ -124,6 +126,8 @@ def render(event: DomainEvent, to: str, links: MailLinks, now: datetime) -> Emai
         return templates.credits_low(to, client, payload, links, now)
     if isinstance(payload, PaymentFailed):
         return templates.payment_failed(to, client, payload, links, now)
+    if isinstance(payload, StoreChanged) and event.type in _KINDS:
+        return templates.store_changed(to, client, _KINDS[event.type], payload, links, now)
     raise ValueError(f"no email template for {event.type.value}")
 
 

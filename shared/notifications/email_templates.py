@@ -11,7 +11,7 @@ from datetime import datetime
 from html import escape
 from urllib.parse import quote
 
-from shared.events.model import CreditsThreshold, JobCompleted, PaymentFailed
+from shared.events.model import CreditsThreshold, JobCompleted, PaymentFailed, StoreChanged
 from shared.mail import tokens
 from shared.mail.port import EmailMessage
 from shared.notifications.preferences import NotificationType
@@ -50,7 +50,14 @@ _KIND_NAMES = {
     NotificationType.CREDITS_DEPLETED: "credits depleted",
     NotificationType.PAYMENT_FAILED: "payment failed",
     NotificationType.WEEKLY_SUMMARY: "weekly summary",
+    NotificationType.STORE_NEEDS_REAUTHORIZATION: "store needs re-authorisation",
+    NotificationType.STORE_DISCONNECTED: "store disconnected",
 }
+
+
+def platform_name(platform: str) -> str:
+    """How a store platform is spelled for people."""
+    return {"shopify": "Shopify", "woocommerce": "WooCommerce"}.get(platform, platform.capitalize())
 
 
 def _compose(
@@ -154,6 +161,24 @@ def payment_failed(to: str, client_id: str, payment: PaymentFailed, links: MailL
     url = payment.hosted_invoice_url or links.billing_url
     label = "Pay the invoice" if payment.hosted_invoice_url else "Open billing"
     return _compose(to, "Your payment failed", lines, (label, url), kind, links.unsubscribe(client_id, kind, now))
+
+
+def store_changed(
+    to: str, client_id: str, kind: NotificationType, store: StoreChanged, links: MailLinks, now: datetime
+) -> EmailMessage:
+    """The store needs to be connected again, or was disconnected (by the merchant or an uninstall)."""
+    platform = platform_name(store.platform)
+    if kind is NotificationType.STORE_NEEDS_REAUTHORIZATION:
+        subject = f"Reconnect your {platform} store"
+        lines = [f"Your {platform} store no longer accepts Epox's access, so imports and syncs are paused."]
+        action = "Reconnect the store"
+    else:
+        subject = f"Your {platform} store was disconnected"
+        lines = [f"Your {platform} store was disconnected from Epox; your products and images stay in Epox."]
+        action = "Open your store settings"
+    if store.reason:
+        lines.append(f"Reason: {store.reason.rstrip('.')}.")
+    return _compose(to, subject, lines, (action, links.app("/stores")), kind, links.unsubscribe(client_id, kind, now))
 
 
 def weekly_summary(to: str, client_id: str, summary: WeeklySummary, links: MailLinks, now: datetime) -> EmailMessage:

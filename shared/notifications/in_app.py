@@ -26,6 +26,7 @@ from shared.events.model import (
     SubscriptionChanged,
     SyncFinished,
 )
+from shared.notifications.email_templates import platform_name
 from shared.notifications.inbox import (
     LinkKind,
     NotificationDraft,
@@ -95,8 +96,10 @@ def _edit(event: DomainEvent) -> Content:
 
 def _import(event: DomainEvent) -> Content:
     p = ImportCompleted.model_validate(event.payload)
-    title = "CSV import failed" if p.status == "failed" else "CSV import finished"
-    body = f"{title}: {_plural(p.created_products, 'product')} created from {_plural(p.total_rows, 'row')}"
+    what = "Store import" if p.source == "store" else "CSV import"
+    title = f"{what} failed" if p.status == "failed" else f"{what} finished"
+    unit = "store product" if p.source == "store" else "row"
+    body = f"{title}: {_plural(p.created_products, 'product')} created from {_plural(p.total_rows, unit)}"
     if p.failed_rows:
         body += f", {p.failed_rows:,} failed"
     body += f"; {_plural(p.images_imported, 'image')} imported"
@@ -177,13 +180,38 @@ def _store_link(store_id: str) -> NotificationLink:
 
 def _reauthorize(event: DomainEvent) -> Content:
     p = StoreChanged.model_validate(event.payload)
-    body = f"Your {p.platform.capitalize()} store needs to be connected again before Epox can sync to it."
+    body = f"Your {platform_name(p.platform)} store needs to be connected again before Epox can sync to it."
     if p.reason:
-        body += f" Reason: {p.reason}."
+        body += f" Reason: {p.reason.rstrip('.')}."
     return Content(
         type=NotificationType.STORE_NEEDS_REAUTHORIZATION,
         collapse_key=f"store_reauth:{p.store_id}:{_day(event)}",
         title="Store needs re-authorisation",
+        body=body,
+        link=_store_link(p.store_id),
+    )
+
+
+def _store_connected(event: DomainEvent) -> Content:
+    p = StoreChanged.model_validate(event.payload)
+    return Content(
+        type=NotificationType.STORE_CONNECTED,
+        collapse_key=f"store_connected:{p.store_id}",
+        title="Store connected",
+        body=f"Your {platform_name(p.platform)} store is connected: import its catalog from the store page.",
+        link=_store_link(p.store_id),
+    )
+
+
+def _store_disconnected(event: DomainEvent) -> Content:
+    p = StoreChanged.model_validate(event.payload)
+    body = f"Your {platform_name(p.platform)} store was disconnected; your products and images stay in Epox."
+    if p.reason:
+        body += f" Reason: {p.reason.rstrip('.')}."
+    return Content(
+        type=NotificationType.STORE_DISCONNECTED,
+        collapse_key=f"store_disconnected:{p.store_id}",
+        title="Store disconnected",
         body=body,
         link=_store_link(p.store_id),
     )
@@ -227,6 +255,8 @@ CONTENT: dict[EventType, Callable[[DomainEvent], Content]] = {
     EventType.SUBSCRIPTION_CHANGED: _subscription,
     EventType.PAYMENT_FAILED: _payment_failed,
     EventType.STORE_NEEDS_REAUTHORIZATION: _reauthorize,
+    EventType.STORE_CONNECTED: _store_connected,
+    EventType.STORE_DISCONNECTED: _store_disconnected,
     EventType.SYNC_COMPLETED: _sync_completed,
     EventType.SYNC_FAILED: _sync_failed,
 }

@@ -26,6 +26,8 @@ class NotificationType(StrEnum):
     SUBSCRIPTION_CHANGED = "subscription_changed"
     PAYMENT_FAILED = "payment_failed"
     STORE_NEEDS_REAUTHORIZATION = "store_needs_reauthorization"
+    STORE_CONNECTED = "store_connected"
+    STORE_DISCONNECTED = "store_disconnected"
     SYNC_COMPLETED = "sync_completed"
     SYNC_FAILED = "sync_failed"
     WEEKLY_SUMMARY = "weekly_summary"  # email only
@@ -43,6 +45,7 @@ _EMAIL_BY_DEFAULT = frozenset(
         NotificationType.CREDITS_DEPLETED,
         NotificationType.PAYMENT_FAILED,
         NotificationType.STORE_NEEDS_REAUTHORIZATION,
+        NotificationType.STORE_DISCONNECTED,
         NotificationType.SYNC_FAILED,
         NotificationType.WEEKLY_SUMMARY,
     }

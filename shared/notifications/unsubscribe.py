@@ -23,6 +23,8 @@ _NAMES = {
     NotificationType.SUBSCRIPTION_CHANGED: "subscription changed",
     NotificationType.PAYMENT_FAILED: "payment failed",
     NotificationType.STORE_NEEDS_REAUTHORIZATION: "store needs re-authorisation",
+    NotificationType.STORE_CONNECTED: "store connected",
+    NotificationType.STORE_DISCONNECTED: "store disconnected",
     NotificationType.SYNC_COMPLETED: "sync completed",
     NotificationType.SYNC_FAILED: "sync failed",
     NotificationType.WEEKLY_SUMMARY: "weekly summary",

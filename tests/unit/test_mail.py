@@ -302,3 +302,20 @@ def test_every_template_has_both_parts_escaped_and_its_own_unsubscribe_link() ->
         token = message.headers["List-Unsubscribe"].split("token=")[1].rstrip(">")
         kinds.append(tokens.verify(SECRET, token, T0).kind)
     assert kinds == ["job_completed", "job_completed", "credits_low", "credits_depleted", "payment_failed"]
+
+
+def test_store_emails_say_what_happened_and_link_the_store_page() -> None:
+    from shared.events.model import StoreChanged
+
+    mailer = RecordingMailer()
+    notifier, _, _ = _notifier(mailer, InMemoryPreferences())  # both are emailed by default
+    lost = StoreChanged(store_id="store_1", platform="woocommerce", reason="the keys were <revoked>.")
+    gone = StoreChanged(store_id="store_1", platform="shopify", reason="the app was uninstalled")
+    subject = Subject(kind="store", id="store_1")
+    for kind, payload in ((EventType.STORE_NEEDS_REAUTHORIZATION, lost), (EventType.STORE_DISCONNECTED, gone)):
+        assert notifier.handle(new_event("c1", kind, subject, payload, occurred_at=T0)) == "sent"
+    reconnect, disconnected = mailer.sent
+    assert reconnect.subject == "Reconnect your WooCommerce store"
+    assert "Reason: the keys were <revoked>." in reconnect.text and "&lt;revoked&gt;" in reconnect.html
+    assert disconnected.subject == "Your Shopify store was disconnected"
+    assert "/stores" in disconnected.text and "List-Unsubscribe" in disconnected.headers

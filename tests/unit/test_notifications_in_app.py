@@ -129,6 +129,16 @@ def test_every_event_with_a_notification_type_maps(notifier: InAppNotifier, stor
             Subject(kind="store", id="s1"),
         ),
         event(
+            EventType.STORE_CONNECTED,
+            StoreChanged(store_id="s1", platform="shopify"),
+            Subject(kind="store", id="s1"),
+        ),
+        event(
+            EventType.STORE_DISCONNECTED,
+            StoreChanged(store_id="s1", platform="woocommerce", reason="the app was uninstalled"),
+            Subject(kind="store", id="s1"),
+        ),
+        event(
             EventType.SYNC_COMPLETED,
             SyncFinished(sync_id="y1", store_id="s1", pushed=5),
             Subject(kind="sync", id="y1"),
@@ -153,6 +163,9 @@ def test_every_event_with_a_notification_type_maps(notifier: InAppNotifier, stor
     assert "49.00 USD failed (attempt 2)" in by_type[NotificationType.PAYMENT_FAILED].body
     assert by_type[NotificationType.STORE_NEEDS_REAUTHORIZATION].link.path == "/stores/s1"
     assert "store unreachable" in by_type[NotificationType.SYNC_FAILED].body
+    assert "Shopify store is connected" in by_type[NotificationType.STORE_CONNECTED].body
+    disconnected = by_type[NotificationType.STORE_DISCONNECTED].body
+    assert "WooCommerce store was disconnected" in disconnected and "Reason: the app was uninstalled." in disconnected
 
 
 def test_an_event_without_a_notification_is_skipped(notifier: InAppNotifier, store: InMemoryNotificationStore) -> None:
