@@ -70,6 +70,27 @@ def _apps() -> dict[str, Any]:
     return load_function_apps(ROOT / "functions")
 
 
+def _disk_store(directory: Path) -> Any:
+    """The object store on disk (R2 is another service: its objects are not this process's memory)."""
+    from tests.fakes import InMemoryObjectStore
+
+    class DiskObjectStore(InMemoryObjectStore):
+        def _path(self, key: str) -> Path:
+            return directory / key.replace("/", "__")
+
+        def put(self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None) -> None:
+            self._path(key).write_bytes(data)
+            self.objects[key] = (b"", content_type)
+
+        def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+            if key not in self.objects:
+                return super().get(key)
+            data = self._path(key).read_bytes()
+            return data if max_bytes is None else data[: max_bytes + 1]
+
+    return DiskObjectStore()
+
+
 class _RemoteShop:
     def __init__(self, url: str, shop: str, client_id: str) -> None:
         self.url, self.shop, self.client_id = url, shop, client_id
@@ -95,6 +116,8 @@ def _stub_process(size: int) -> Iterator[_RemoteShop]:
 
 
 def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record: Any) -> dict[str, Any]:
+    import tempfile
+
     import httpx
     from google.cloud import firestore
 
@@ -106,7 +129,6 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
     from shared.credentials import LocalKeyring
     from shared.platform import Platform, set_platform
     from shared.safe_fetch import AddressPolicy, SafeFetcher
-    from tests.fakes import InMemoryObjectStore
 
     issuer = DevIssuer(issuer="https://auth.bench", audience="bench")
     deliveries = 0
@@ -116,7 +138,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
         response = apps[entry].test_client().post("/" + path, data=body, headers=headers)
         return response.status_code, None
 
-    with _stub_process(size) as stub:
+    with _stub_process(size) as stub, tempfile.TemporaryDirectory() as scratch:
         from ipaddress import ip_network
 
         settings = Settings(
@@ -143,7 +165,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
         platform = Platform(
             settings,
             db=firestore.Client(project=settings.gcp_project),
-            object_store=InMemoryObjectStore(),
+            object_store=_disk_store(Path(scratch)),
             task_queue=dispatcher,
             fetcher=fetcher,
             jwt_verifier=JwtVerifier(

@@ -228,6 +228,7 @@ class FakeShopifyAdmin(ShopifyAdmin):
     exchanges: int = 0
     during_refresh: list[Callable[[], object]] = field(default_factory=list)  # run once while refreshing
     queries: list[str | None] = field(default_factory=list)  # the search queries products_page was given
+    uninstalled: bool = False  # the app called appUninstall (every token refused afterwards)
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _valid_refresh: set[str] = field(default_factory=set)
     _bulk: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -321,6 +322,12 @@ class FakeShopifyAdmin(ShopifyAdmin):
         for product in sorted(self.products.values(), key=lambda p: int(p.id)):
             if members is None or product.id in members:
                 yield product
+
+    def uninstall(self, shop: str, token: str) -> None:
+        self._check()
+        with self._lock:
+            self.uninstalled = True
+            self._valid_refresh.clear()
 
     def product_from_webhook(self, payload: Mapping[str, Any]) -> StoreProduct:
         if "id" not in payload or "title" not in payload:

@@ -240,6 +240,7 @@ class ShopifyStub:
     _schema: GraphQLSchema = field(init=False)
     _next_bulk_failure: str | None = None
     _pngs: dict[str, bytes] = field(default_factory=dict)
+    uninstalled_by_app: bool = False  # the app called appUninstall
 
     def __post_init__(self) -> None:
         self.catalog = cat.demo_catalog(self.product_count, self.image_size)
@@ -537,7 +538,14 @@ class ShopifyStub:
             "bulkOperationRunQuery": lambda info, query, **args: self._run_bulk(
                 query, bool(args.get("groupObjects")), ",".join(sorted(info.context.get("scopes") or ()))
             ),
+            "appUninstall": lambda info: self._app_uninstall(),
         }
+
+    def _app_uninstall(self) -> dict[str, Any]:
+        """``appUninstall`` (Admin API 2025-07+): the app removes itself; every token it holds is revoked."""
+        self.revoke()
+        self.uninstalled_by_app = True
+        return {"app": {"id": cat.gid("App", 1), "title": "Epox"}, "userErrors": []}
 
     def _node(self, value: str, kind: str | None = None) -> dict[str, Any] | None:
         match = re.fullmatch(r"gid://shopify/([A-Za-z]+)/(\d+)", value)

@@ -366,8 +366,14 @@ type QueryRoot {
   bulkOperation(id: ID!): BulkOperation
 }
 
+type App { id: ID! title: String! }
+enum AppUninstallAppUninstallErrorCode { APP_NOT_INSTALLED }
+type AppUninstallAppUninstallError { field: [String!] message: String! code: AppUninstallAppUninstallErrorCode }
+type AppUninstallPayload { app: App userErrors: [AppUninstallAppUninstallError!]! }
+
 type Mutation {
   bulkOperationRunQuery(query: String!, groupObjects: Boolean! = false): BulkOperationRunQueryPayload
+  appUninstall: AppUninstallPayload
 }
 
 schema { query: QueryRoot mutation: Mutation }

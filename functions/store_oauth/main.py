@@ -210,7 +210,7 @@ def get_connection(ctx: RequestContext[NoBody, NoQuery]) -> ConnectionOut:
 @api.delete("/stores/connection", errors=(NotFound, *CREDENTIAL_ERRORS))
 def disconnect(ctx: RequestContext[NoBody, NoQuery]) -> ConnectionOut:
     p = ctx.platform
-    doc = connections.disconnect(p.stores, lambda: p.woocommerce, p.credential_cipher, ctx.client_id, p.clock())
+    doc = keeping.disconnect_store(webhook_services(p), ctx.client_id)
     p.task_queue.enqueue(_unlink_task(ctx.client_id, p.clock().strftime("%Y%m%d%H%M%S")))
     return connections.connection_out(doc, _last_import(p, ctx.client_id, doc.last_import_id))
 

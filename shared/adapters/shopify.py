@@ -125,6 +125,11 @@ query Collections($after: String) {{
 }}
 """
 _BULK_FIELDS = "id status errorCode url objectCount rootObjectCount"
+_APP_UNINSTALL = """
+mutation appUninstall {
+  appUninstall { app { id } userErrors { field message code } }
+}
+"""
 _BULK_RUN = f"""
 mutation BulkProducts($query: String!) {{
   bulkOperationRunQuery(query: $query, groupObjects: true) {{
@@ -512,6 +517,20 @@ class ShopifyAdminClient(ShopifyAdmin):
         if problems:
             raise StoreRequestFailed("Shopify refused the bulk query: " + self._redact(str(problems[0].get("message"))))
         return _bulk(result.get("bulkOperation"))
+
+    def uninstall(self, shop: str, token: str) -> None:
+        """``appUninstall`` (Admin API 2025-07+). Not retried after a 5xx or timeout (it may have run);
+        a token Shopify already refuses means the app is gone: done."""
+        try:
+            data = self._graphql(shop, token, _APP_UNINSTALL, {}, expected_cost=MUTATION_COST, retry_transient=False)
+        except StoreAuthorizationLost:
+            return
+        result = _mapping(data.get("appUninstall"), "appUninstall")
+        problems = [e for e in result.get("userErrors") or [] if isinstance(e, dict)]
+        if problems and not any(e.get("code") == "APP_NOT_INSTALLED" for e in problems):
+            raise StoreRequestFailed(
+                "Shopify refused to uninstall the app: " + self._redact(str(problems[0].get("message")))
+            )
 
     def bulk_operation(self, shop: str, token: str, operation_id: str) -> BulkOperation:
         if gid_number(operation_id, "BulkOperation") is None:

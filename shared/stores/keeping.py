@@ -9,6 +9,7 @@ from typing import Any
 
 from shared import logging as log
 from shared.catalog.ports import CatalogRepositories, StaleWrite
+from shared.errors import EpoxError
 from shared.stores.connections import (
     ConnectionPolicy,
     StoreNeedsReauthorization,
@@ -38,6 +39,28 @@ class WebhookServices:
     policy: ConnectionPolicy
     mirror: MirrorServices
     clock: Callable[[], datetime]
+
+
+def disconnect_store(services: WebhookServices, client_id: str) -> StoreConnectionDoc:
+    """The merchant disconnects: revoke our access where the platform allows (Shopify: the app uninstalls
+    itself, which revokes its tokens; WooCommerce keys cannot be revoked through the REST API, so our
+    webhooks are deleted and the keys forgotten), then the connection is disconnected."""
+    loaded = services.stores.load(client_id)
+    if (
+        loaded is not None
+        and loaded.value.platform is StorePlatform.SHOPIFY
+        and loaded.value.status is ConnectionStatus.ACTIVE
+    ):
+        try:
+            shopify = services.shopify()
+            doc, token = shopify_token(
+                services.stores, shopify, services.cipher, client_id, services.policy, services.clock
+            )
+            shopify.uninstall(doc.shop, token)
+        except EpoxError as error:
+            # Disconnecting must work when Shopify does not answer: the tokens are deleted either way.
+            logger.warning("uninstalling from %s failed (%s); disconnecting anyway", loaded.value.shop, error.code)
+    return disconnect(services.stores, services.woocommerce, services.cipher, client_id, services.clock())
 
 
 def work_webhook(services: WebhookServices, task: StoreWebhookTask) -> str:

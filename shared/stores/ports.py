@@ -197,6 +197,11 @@ class ShopifyAdmin(ABC):
         collections) are in. Memory stays flat whatever the catalog's size."""
 
     @abstractmethod
+    def uninstall(self, shop: str, token: str) -> None:
+        """The app uninstalls itself from the shop (``appUninstall``): every token it holds is revoked.
+        A shop where the app is gone already counts as done."""
+
+    @abstractmethod
     def product_from_webhook(self, payload: Mapping[str, Any]) -> StoreProduct:
         """The REST-shaped product of a products/create or products/update webhook, normalised.
         Raises :class:`StoreRequestFailed` when the payload is not a product."""

@@ -403,3 +403,35 @@ def _scheduler_headers() -> dict[str, str]:
     from tests.conftest import TASK_SECRET
 
     return {"Authorization": f"Bearer {TASK_SECRET}"}
+
+
+def test_disconnecting_a_shopify_store_uninstalls_the_app(
+    stack: Any, shop_platform: Any, shopify: ShopifyStub, headers: dict[str, str], client_id: str
+) -> None:
+    assert _finish(_connect_shopify(stack, headers, shopify)).status_code == 302
+    gone = stack.client("store_oauth").delete("/stores/connection", headers=headers)
+    assert gone.status_code == 200 and gone.get_json()["health"] == "disconnected"
+    # Revoked where the platform allows: the app uninstalled itself, so its tokens are refused now.
+    assert shopify.uninstalled_by_app
+    assert all(token.revoked for token in shopify.access_tokens.values())
+    assert stack_connection(stack, client_id)["secrets"] is None
+    again = stack.client("store_oauth").delete("/stores/connection", headers=headers)
+    assert again.status_code == 200 and again.get_json()["health"] == "disconnected"
+    # Oversized and garbled webhook bodies are refused before anything is read.
+    hook = stack.client("store_webhook")
+    big = hook.post("/webhooks/shopify", data=b"{" + b" " * (1024 * 1024 + 10) + b"}")
+    assert big.status_code == 413
+    from dev.stubs.shopify import sign_webhook
+
+    garbled = b"[not json"
+    answer = hook.post(
+        "/webhooks/shopify",
+        data=garbled,
+        headers={
+            "X-Shopify-Hmac-Sha256": sign_webhook(garbled, shopify.client_secret),
+            "X-Shopify-Topic": "products/update",
+            "X-Shopify-Shop-Domain": shopify.shop,
+            "X-Shopify-Webhook-Id": "w-garbled",
+        },
+    )
+    assert answer.status_code == 400 and answer.get_json()["code"] == "garbled_webhook"
