@@ -64,7 +64,8 @@ class StoreReader:
     def _search(self, text: str) -> list[StoreProduct]:
         if self.connection.platform is StorePlatform.SHOPIFY:
             escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-            query = f'title:*{escaped}* OR sku:"{escaped}"'
+            # A quoted phrase searches Shopify's default fields (title, SKU, vendor, type, tags) as one term.
+            query = f'"{escaped}"'
             page = self.services.shopify().products_page(
                 self.connection.shop, self._shopify_token(), query=query, first=SEARCH_LIMIT
             )

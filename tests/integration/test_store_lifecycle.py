@@ -435,3 +435,40 @@ def test_disconnecting_a_shopify_store_uninstalls_the_app(
         },
     )
     assert answer.status_code == 400 and answer.get_json()["code"] == "garbled_webhook"
+
+
+def test_a_manual_product_is_linked_to_a_store_product_found_by_search(
+    stack: Any, shop_platform: Any, shopify: ShopifyStub, headers: dict[str, str], client_id: str
+) -> None:
+    assert _finish(_connect_shopify(stack, headers, shopify)).status_code == 302
+    target = next(iter(shopify.catalog.products.values()))
+    manual = stack.client("catalog_api").post("/products", json={"name": "My own mug"}, headers=headers)
+    assert manual.status_code == 201
+    product_id = manual.get_json()["id"]
+    found = stack.client("store_oauth").get(
+        "/stores/products/search", query_string={"q": target.title}, headers=headers
+    )
+    assert found.status_code == 200, found.get_json()
+    hits = found.get_json()["products"]
+    assert any(hit["id"] == str(target.id) and hit["linked_product_id"] is None for hit in hits)
+    linked = stack.client("store_oauth").put(
+        f"/products/{product_id}/store-link", json={"store_product_id": str(target.id)}, headers=headers
+    )
+    assert linked.status_code == 200, linked.get_json()
+    body = linked.get_json()
+    assert body["store"]["product_id"] == str(target.id) and body["store"]["status"] == "linked"
+    assert body["name"] == target.title  # the store's data mirrored onto it
+    again = stack.client("store_oauth").get(
+        "/stores/products/search", query_string={"q": target.title}, headers=headers
+    )
+    assert any(hit["linked_product_id"] == product_id for hit in again.get_json()["products"])
+    # Another product cannot take the same store product; an unknown store product is a 404.
+    other = stack.client("catalog_api").post("/products", json={"name": "Another"}, headers=headers).get_json()
+    taken = stack.client("store_oauth").put(
+        f"/products/{other['id']}/store-link", json={"store_product_id": str(target.id)}, headers=headers
+    )
+    assert taken.status_code == 409 and taken.get_json()["code"] == "product_already_linked"
+    missing = stack.client("store_oauth").put(
+        f"/products/{other['id']}/store-link", json={"store_product_id": "1"}, headers=headers
+    )
+    assert missing.status_code == 404

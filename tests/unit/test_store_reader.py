@@ -67,4 +67,4 @@ def test_the_reader_needs_a_live_connection() -> None:
 def test_a_shopify_search_escapes_quotes_and_backslashes() -> None:
     found, shopify, _ = reader(StorePlatform.SHOPIFY)
     found.search('12" \\ pipe')
-    assert shopify.queries == ['title:*12\\" \\\\ pipe* OR sku:"12\\" \\\\ pipe"']
+    assert shopify.queries == ['"12\\" \\\\ pipe"']
