@@ -672,6 +672,8 @@ def test_row_to_draft_full_row() -> None:
         "tags": ("blue", "Mug", "kitchen"),
         "image_urls": ("https://a.example/1.jpg", "https://a.example/2.jpg"),
         "external_id": "42",
+        "store": None,
+        "image_media_ids": (),
     }
 
 
