@@ -7,12 +7,17 @@ Stripe is the local stub (``dev/stubs/stripe.py``): Checkout sessions point at i
 paying there (``POST`` the session's ``url``) sends Stripe's signed events to ``/stripe_webhook/``.
 Email goes to a local SMTP sink (``dev/mail_sink.py``): every message lands in ``.dev/mail/*.eml``
 and ``/_dev/mail`` lists them.
+The stores are local stubs too: a Shopify shop (``dev/stubs/shopify.py``) and a WooCommerce store
+(``dev/stubs/woocommerce.py``), each with a demo catalog of 50 products; the functions connect to them
+as to the real platforms, and ``/_dev/shopify/…`` and ``/_dev/woocommerce/…`` change their catalogs so
+their signed webhooks reach ``/store_webhook/``.
 Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -24,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dev.mail_sink import MailSink
+    from dev.stores import DevStores
+    from dev.stubs.shopify import ShopifyStub
     from dev.stubs.stripe import StripeStub, Webhook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +52,8 @@ DEV_PRICE_IDS = {
 BUCKET = "epox-dev"
 # Not a secret: signs the unsubscribe links of the local stack's emails (stable, so old links keep working).
 DEV_UNSUBSCRIBE_SECRET = "epox-local-dev-unsubscribe"  # noqa: S105 - the local stack only
+# The version of the local store credential key (.dev/store-credential-keys.json holds its key).
+DEV_CREDENTIAL_KEY_VERSION = "v1"
 
 
 def _load_or_create_key(path: Path) -> Any:
@@ -61,6 +70,49 @@ def _load_or_create_key(path: Path) -> Any:
     )
     path.chmod(0o600)
     return key
+
+
+def load_or_create_credential_keys(path: Path) -> str:
+    """``STORE_CREDENTIAL_KEYS`` of the local stack: generated once and kept in ``path``, so the store
+    credentials sealed in an earlier run still open."""
+    from shared.credentials import LocalKeyring
+
+    keys: Any = None
+    if path.exists():
+        try:
+            keys = json.loads(path.read_text())
+        except ValueError:
+            keys = None
+    if not isinstance(keys, dict):
+        keys = {}
+    if not isinstance(keys.get(DEV_CREDENTIAL_KEY_VERSION), str):
+        keys[DEV_CREDENTIAL_KEY_VERSION] = LocalKeyring.generate_key()
+        path.write_text(json.dumps(keys))
+        path.chmod(0o600)
+    return json.dumps(keys)
+
+
+def store_environment(base: str, shopify: ShopifyStub, credential_keys: str) -> dict[str, str]:
+    """The store settings of the local stack: the Shopify stub's app credentials and address (every
+    shop's ``https://{shop}`` is the stub), plain-http WooCommerce stores, local credential keys, and
+    where the stores reach ``store_oauth`` and ``store_webhook`` (this stack)."""
+    return {
+        "SHOPIFY_CLIENT_ID": shopify.client_id,
+        "SHOPIFY_CLIENT_SECRET": shopify.client_secret,
+        "SHOPIFY_ADMIN_BASE_URL": shopify.url,
+        "WOOCOMMERCE_ALLOW_HTTP": "true",
+        "STORE_CREDENTIAL_KEYS": credential_keys,
+        "STORE_CREDENTIAL_KEY_VERSION": DEV_CREDENTIAL_KEY_VERSION,
+        "STORE_CALLBACK_BASE_URL": f"{base}/store_oauth",
+        "STORE_WEBHOOK_BASE_URL": f"{base}/store_webhook",
+    }
+
+
+def shopify_stub(base: str) -> ShopifyStub:
+    """The local Shopify shop (50 demo products); it accepts only this stack's OAuth callback."""
+    from dev.stubs.shopify import ShopifyStub
+
+    return ShopifyStub(redirect_uris=[f"{base}/store_oauth/oauth/shopify/callback"])
 
 
 def stripe_environment(stripe_api_base: str) -> dict[str, str]:
@@ -100,9 +152,16 @@ def stripe_stub(webhook: Webhook | None) -> StripeStub:
 
 
 def configure_environment(
-    port: int, firestore_host: str, s3_endpoint: str, task_secret: str, stripe_api_base: str, smtp_port: int = 1025
+    port: int,
+    firestore_host: str,
+    s3_endpoint: str,
+    task_secret: str,
+    stripe_api_base: str,
+    smtp_port: int = 1025,
+    stores: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The settings every function reads, pointed at the local services."""
+    """The settings every function reads, pointed at the local services (``stores``: see
+    :func:`store_environment`)."""
     base = f"http://127.0.0.1:{port}"
     values = {
         "EPOX_ENV": "development",
@@ -126,7 +185,8 @@ def configure_environment(
         "AI_ENGINE": "offline",
         # Stripe is the local stub (no real keys on a developer machine).
         **stripe_environment(stripe_api_base),
-        # The demo serves its sample images from this process; nothing else private is reachable.
+        # The demo serves its sample images from this process and the store stubs listen on loopback
+        # (an allowed network is open on every port); nothing else private is reachable.
         "FETCH_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
         # Email goes to the local SMTP sink (plain SMTP on loopback, no login).
         "SMTP_HOST": "127.0.0.1",
@@ -135,17 +195,24 @@ def configure_environment(
         "MAIL_FROM": "Epox (local) <notifications@epox.localhost>",
         "MAIL_UNSUBSCRIBE_SECRET": DEV_UNSUBSCRIBE_SECRET,
         "PUBLIC_BASE_URL": f"{base}/notifications_api",
+        **(stores or {}),
     }
     os.environ.update(values)
     return values
 
 
-def build_dev_app(issuer: Any, dispatcher: Any, samples: Path, mail: MailSink | None = None) -> Any:
+def build_dev_app(
+    issuer: Any, dispatcher: Any, samples: Path, mail: MailSink | None = None, stores: DevStores | None = None
+) -> Any:
     """The ``/_dev`` routes: JWKS, token minting, task submission, sample images, the merged API
-    contract, the mails the SMTP sink kept, an index."""
+    contract, the mails the SMTP sink kept, the store stubs' merchant actions (``dev/stores.py``), an index."""
     from flask import Flask, abort, jsonify, request, send_from_directory
 
     app = Flask("epox-dev")
+    if stores is not None:
+        from dev.stores import add_store_routes
+
+        add_store_routes(app, stores)
 
     @app.get("/_dev/jwks.json")
     def jwks() -> Any:
@@ -258,6 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("EPOX_DEV_SMTP_PORT", "1025")),
         help="the local SMTP sink's port (mails kept in .dev/mail/)",
     )
+    parser.add_argument(
+        "--shopify-port",
+        type=int,
+        default=int(os.environ.get("EPOX_DEV_SHOPIFY_PORT", "0")),
+        help="the Shopify stub's port (default: a free one; every shop's admin is served there)",
+    )
+    parser.add_argument(
+        "--woo-port",
+        type=int,
+        default=int(os.environ.get("EPOX_DEV_WOO_PORT", "0")),
+        help="the WooCommerce stub's port (default: a free one; connect the store at its address)",
+    )
     parser.add_argument("--demo", action="store_true", help="run the scripted demo once the stack is up")
     args = parser.parse_args(argv)
 
@@ -271,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     from dev.functions import load_function_apps
     from dev.jwt_issuer import DevIssuer
     from dev.mail_sink import MailSink
+    from dev.stores import DevStores
+    from dev.stubs import shopify as shopify_stubs
+    from dev.stubs import woocommerce as woo_stubs
     from dev.stubs.stripe import http_webhook, stub_server
 
     STATE.mkdir(exist_ok=True)
@@ -282,7 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     task_secret = secrets.token_urlsafe(24)
     stripe = stub_server(stripe_stub(http_webhook(f"http://127.0.0.1:{args.port}/stripe_webhook/")), args.stripe_port)
     mail = MailSink(STATE / "mail", args.smtp_port).start()
-    configure_environment(args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url, args.smtp_port)
+    base = f"http://127.0.0.1:{args.port}"
+    # The store stubs live as long as the stack: closed (in reverse) when it stops.
+    stubs = contextlib.ExitStack()
+    shop = stubs.enter_context(shopify_stubs.running(shopify_stub(base), args.shopify_port))
+    woo = stubs.enter_context(woo_stubs.running(woo_stubs.WooStub(), args.woo_port))
+    stores = store_environment(base, shop, load_or_create_credential_keys(STATE / "store-credential-keys.json"))
+    configure_environment(
+        args.port, emulator.host, s3_endpoint, task_secret, stripe.stub.url, args.smtp_port, stores=stores
+    )
 
     from shared.config import get_settings
     from shared.storage import R2ObjectStore
@@ -310,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     dispatcher.start()
     write_samples(STATE / "samples")
     apps = load_function_apps(ROOT / "functions")
-    root_app = build_dev_app(issuer, dispatcher, STATE / "samples", mail)
+    dev_stores = DevStores(shop, woo, f"{stores['STORE_WEBHOOK_BASE_URL']}/webhooks/shopify")
+    root_app = build_dev_app(issuer, dispatcher, STATE / "samples", mail, dev_stores)
     wsgi = DispatcherMiddleware(root_app, {f"/{name}": app for name, app in apps.items()})
     server = make_server("127.0.0.1", args.port, wsgi, threaded=True)
 
-    base = f"http://127.0.0.1:{args.port}"
     print("\nEpox local platform is up.\n")
     for name in sorted(apps):
         print(f"  {name:<24} {base}/{name}/health")
@@ -324,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  API contract (OpenAPI)   {base}/_dev/openapi.json")
     print(f"  Stripe (local stub)      {stripe.stub.url}  pay a checkout: POST its url (or open it and press Pay)")
     print(f"  SMTP sink (email)        127.0.0.1:{args.smtp_port}  mails in .dev/mail/, listed at {base}/_dev/mail")
+    print(f"  Shopify (local stub)     {shop.url}  shop {shop.shop}; webhooks: POST {base}/_dev/shopify/deliver")
+    print(f"  WooCommerce (local stub) {woo.url}  connect it by this URL; edits: {base}/_dev/woocommerce/products")
     print("\nGet a dev token:")
     print(f"  curl -s -X POST {base}/_dev/token -H 'Content-Type: application/json' -d '{{\"client_id\":\"acme\"}}'")
     print(f'  curl -s {base}/catalog_api/products -H "Authorization: Bearer $TOKEN"')
@@ -356,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         dispatcher.stop()
         http.close()
         stripe.stop()
+        stubs.close()
         mail.stop()
         s3.stop()
         emulator.stop()

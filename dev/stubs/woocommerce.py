@@ -847,7 +847,7 @@ def _handler(stub: WooStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def running(stub: WooStub | None = None) -> AbstractContextManager[WooStub]:
-    """Serve ``stub`` (a new demo store by default) on 127.0.0.1 on a free port for the ``with`` block."""
+def running(stub: WooStub | None = None, port: int = 0) -> AbstractContextManager[WooStub]:
+    """Serve ``stub`` (a new demo store by default) on 127.0.0.1 (``port`` 0: a free one) for the ``with`` block."""
     stub = stub or WooStub()
-    return serving(stub, _handler(stub))
+    return serving(stub, _handler(stub), port)

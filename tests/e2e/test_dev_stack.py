@@ -48,6 +48,7 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
     from dev.functions import discover_entry_points
 
     port, firestore_port, s3_port, smtp_port = free_port(), free_port(), free_port(), free_port()
+    shopify_port, woo_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
     # A file, not a pipe: nobody reads a pipe while the demo runs, and a full one blocks the stack's logging.
@@ -65,6 +66,10 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
             str(s3_port),
             "--smtp-port",
             str(smtp_port),
+            "--shopify-port",
+            str(shopify_port),
+            "--woo-port",
+            str(woo_port),
         ],
         cwd=ROOT,
         env=env,
@@ -81,6 +86,11 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
         contract = answer.json()
         assert contract["servers"] == [{"url": base, "description": "this stack"}]
         assert "/catalog_api/products" in contract["paths"]
+        shop = httpx.get(f"{base}/_dev/shopify", timeout=30, trust_env=False).json()
+        assert shop["url"] == f"http://127.0.0.1:{shopify_port}" and shop["products"] == 50
+        assert shop["webhook_url"] == f"{base}/store_webhook/webhooks/shopify"
+        woo = httpx.get(f"{base}/_dev/woocommerce", timeout=30, trust_env=False).json()
+        assert woo["url"] == f"http://127.0.0.1:{woo_port}" and woo["products"] == 50
         mails = httpx.get(f"{base}/_dev/mail", timeout=30, trust_env=False)
         assert mails.status_code == 200 and isinstance(mails.json(), list)
         result = run(base)
@@ -96,7 +106,9 @@ def test_stack_serves_every_function_runs_the_demo_and_stops_cleanly(tmp_path: P
         log.close()
     assert process.returncode == 0, output[-3000:]
     assert "Epox local platform is up" in output and "stopped." in output
-    for busy_port in (port, firestore_port, s3_port):
+    assert f"Shopify (local stub)     http://127.0.0.1:{shopify_port}" in output
+    assert f"WooCommerce (local stub) http://127.0.0.1:{woo_port}" in output
+    for busy_port in (port, firestore_port, s3_port, shopify_port, woo_port):
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{busy_port}/", timeout=1, trust_env=False)
     assert f"SMTP sink (email)        127.0.0.1:{smtp_port}" in output

@@ -17,7 +17,17 @@ from shared.needs import ALL_NEEDS, Need, required_variables
 from tests.unit.test_config import PRODUCTION
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("catalog", "credits", "generate", "edit", "billing", "stripe_webhook", "notifications")
+FOLDERS = (
+    "catalog",
+    "credits",
+    "generate",
+    "edit",
+    "billing",
+    "stripe_webhook",
+    "notifications",
+    "store_oauth",
+    "store_webhook",
+)
 
 # One valid production value per variable a group may demand: the full production set's, plus the Gemini
 # key (that set uses Vertex instead) and an entry point of no particular function.
@@ -38,6 +48,9 @@ EXPECTED = {
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
     "notifications_api": {Need.AUTH, Need.MAIL},
     "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
+    "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
+    "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
+    "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
 }
 
 
