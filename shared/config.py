@@ -270,6 +270,8 @@ class Settings(BaseSettings):
             "MAIL_FROM": self.mail_from,
             "MAIL_UNSUBSCRIBE_SECRET": self.mail_unsubscribe_secret.get_secret_value(),
             "STORE_CREDENTIAL_KMS_KEY": self.store_credential_kms_key,
+            "SHOPIFY_CLIENT_ID": self.shopify_client_id,
+            "SHOPIFY_CLIENT_SECRET": self.shopify_client_secret.get_secret_value(),
         }
         demanded = set(required_variables(needs)) & set(values)
         missing = sorted(name for name in demanded if not values[name])
@@ -305,6 +307,14 @@ class Settings(BaseSettings):
         ):
             if url and not _is_https(url):
                 unsafe.append(f"{name} must use https")
+        if Need.STORES in needs:
+            for name, url in (
+                ("STORE_CALLBACK_BASE_URL", self.store_callback_base_url),
+                ("STORE_WEBHOOK_BASE_URL", self.store_webhook_base_url),
+                ("APP_URL", self.app_url),
+            ):
+                if not _is_https(url) or _is_local_host(url):
+                    unsafe.append(f"{name} must be an https URL reachable from the internet, not {url!r}")
         if Need.MAIL in needs:
             if self.smtp_host and not self.smtp_starttls and self.smtp_username:
                 unsafe.append("SMTP_STARTTLS must be true when SMTP_USERNAME is set (credentials go over TLS only)")

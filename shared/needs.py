@@ -24,6 +24,9 @@ class Need(str, Enum):
     # Email: SMTP_HOST, MAIL_FROM, MAIL_UNSUBSCRIBE_SECRET; PUBLIC_BASE_URL and APP_URL checked by value
     MAIL = "mail"
     STORE_CREDENTIALS = "store_credentials"  # sealing/opening store credentials: STORE_CREDENTIAL_KMS_KEY
+    # Store connections: the Shopify app's SHOPIFY_CLIENT_ID / SHOPIFY_CLIENT_SECRET; STORE_CALLBACK_BASE_URL,
+    # STORE_WEBHOOK_BASE_URL and APP_URL checked by value (https, not local)
+    STORES = "stores"
 
 
 ALL_NEEDS: frozenset[Need] = frozenset(Need)
@@ -37,9 +40,11 @@ _REQUIRED: dict[Need, tuple[str, ...]] = {
     Need.STRIPE_WEBHOOK: ("STRIPE_WEBHOOK_SECRET",),
     Need.MAIL: ("SMTP_HOST", "MAIL_FROM", "MAIL_UNSUBSCRIBE_SECRET"),
     Need.STORE_CREDENTIALS: ("STORE_CREDENTIAL_KMS_KEY",),
+    Need.STORES: ("SHOPIFY_CLIENT_ID", "SHOPIFY_CLIENT_SECRET"),
 }
 _BILLING_PAGES = ("BILLING_SUCCESS_URL", "BILLING_CANCEL_URL", "BILLING_PORTAL_RETURN_URL")
 _MAIL_LINKS = ("PUBLIC_BASE_URL", "APP_URL")  # checked by value: https, not local
+_STORE_LINKS = ("STORE_CALLBACK_BASE_URL", "STORE_WEBHOOK_BASE_URL", "APP_URL")  # checked by value
 
 
 def required_variables(needs: Collection[Need]) -> list[str]:
@@ -55,4 +60,6 @@ def required_variables(needs: Collection[Need]) -> list[str]:
         names.update(_BILLING_PAGES)
     if Need.MAIL in needs:
         names.update(_MAIL_LINKS)
+    if Need.STORES in needs:
+        names.update(_STORE_LINKS)
     return sorted(names)

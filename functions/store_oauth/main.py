@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
     from shared.platform import Platform
 
-STORE_NEEDS = (Need.STORE_CREDENTIALS, Need.TASK_QUEUE, Need.R2)
+STORE_NEEDS = (Need.STORE_CREDENTIALS, Need.STORES, Need.TASK_QUEUE, Need.R2)
 api = HttpApp("store_oauth", needs=STORE_NEEDS)
 tasks = HttpApp("store_tasks", needs=STORE_NEEDS)
 answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML

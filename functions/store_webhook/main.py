@@ -22,7 +22,7 @@ from shared.stores.models import StoreConnectionDoc, WebhookAck
 if TYPE_CHECKING:
     import flask
 
-app = HttpApp("store_webhook", needs=(Need.STORE_CREDENTIALS, Need.TASK_QUEUE))
+app = HttpApp("store_webhook", needs=(Need.STORE_CREDENTIALS, Need.STORES, Need.TASK_QUEUE))
 answer_framework_errors_as_problems(app)  # a path the framework cannot route: a problem, not HTML
 
 

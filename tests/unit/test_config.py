@@ -33,6 +33,10 @@ PRODUCTION = {
     "PUBLIC_BASE_URL": "https://europe-west1-epox-prod.cloudfunctions.net/notifications_api",
     "APP_URL": "https://app.epox.ai",
     "STORE_CREDENTIAL_KMS_KEY": "projects/epox-prod/locations/europe-west1/keyRings/stores/cryptoKeys/credentials",
+    "SHOPIFY_CLIENT_ID": "epox-shopify-app",
+    "SHOPIFY_CLIENT_SECRET": "shopify-s3cr3t",
+    "STORE_CALLBACK_BASE_URL": "https://stores.epox.ai",
+    "STORE_WEBHOOK_BASE_URL": "https://hooks.epox.ai",
 }
 
 

@@ -48,9 +48,9 @@ EXPECTED = {
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
     "notifications_api": {Need.AUTH, Need.MAIL},
     "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
-    "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
-    "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
-    "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS},
+    "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
+    "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
+    "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
 }
 
 
