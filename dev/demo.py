@@ -142,6 +142,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     _notified(http, auth, generation["id"], mailbox)
     subscription = buy_and_subscribe(http, auth, client_id)
     edit = _edit(http, auth, done["asset_id"])
+    store = connect_and_import_store(http, auth)
     return {
         "client_id": client_id,
         "product": product,
@@ -150,7 +151,82 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "generation": generation,
         "subscription": subscription,
         "edit": edit,
+        "store": store,
     }
+
+
+def connect_and_import_store(http: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
+    """Connect the stub Shopify shop as a merchant does, import its catalog, keep a product in step."""
+    oauth = "/store_oauth"
+    shop = _check(http.get("/_dev/shopify"), 200, "read the Shopify stub")
+    started = _check(
+        http.post(f"{oauth}/stores/shopify/connect", headers=auth, json={"shop": shop["shop"]}),
+        200,
+        "start connecting Shopify",
+    )
+    # The merchant's browser: Shopify's authorize page approves, then our callback connects and goes home.
+    approved = httpx.get(started["authorize_url"], follow_redirects=False, trust_env=False)
+    if approved.status_code != 302:
+        raise DemoFailed(f"Shopify's authorize page answered {approved.status_code}")
+    landed = httpx.get(approved.headers["location"], follow_redirects=False, trust_env=False, timeout=30)
+    if landed.status_code != 302 or "connected=shopify" not in landed.headers.get("location", ""):
+        raise DemoFailed(f"the OAuth callback answered {landed.status_code}: {landed.text[:300]}")
+    connection = _check(http.get(f"{oauth}/stores/connection", headers=auth), 200, "read the store connection")
+    print(
+        f"[demo] connected Shopify shop {connection['shop']}: health {connection['health']}, "
+        f"scopes {', '.join(connection['scopes'])}"
+    )
+    created = _check(http.post(f"{oauth}/stores/imports", headers=auth, json={"scope": "all"}), 202, "import the store")
+    path = f"/catalog_api/imports/{created['id']}"
+    draft = _wait(http, path, auth, ("draft", "failed"), "read the store import's preview")
+    if draft["status"] != "draft":
+        raise DemoFailed(f"reading the store's catalog failed: {draft.get('failure')}")
+    preview = draft["preview"]
+    print(
+        f"[demo] store preview: {preview['total_products']} products, {preview['total_images']} images, "
+        f"{len(preview['categories'])} categories, {preview['slots']['new_products']} new products "
+        f"for {preview['slots']['free']} free slots"
+    )
+    _check(http.post(f"{path}/start", headers=auth), 202, "start the store import")
+    done = _wait(http, path, auth, ("completed", "failed"), "wait for the store import")
+    progress = done["progress"]
+    print(
+        f"[demo] store import {done['status']}: {progress['created_products']} products, "
+        f"{progress['images_imported']} images ({progress['failed_rows']} rows failed)"
+    )
+    if done["status"] != "completed" or progress["created_products"] != preview["total_products"]:
+        raise DemoFailed(f"the store import did not bring every product: {progress}")
+    products = _check(
+        http.get("/catalog_api/products", headers=auth, params={"source": "shopify", "limit": 1}),
+        200,
+        "list the imported products",
+    )["items"]
+    target = products[0]
+    renamed = f"{target['name']} (renamed in Shopify)"
+    delivered = _check(
+        http.post(
+            "/_dev/shopify/deliver",
+            json={
+                "topic": "products/update",
+                "product_id": target["store"]["product_id"],
+                "changes": {"title": renamed},
+            },
+        ),
+        200,
+        "deliver a products/update webhook",
+    )
+    if delivered["delivery"]["status"] != 200:
+        raise DemoFailed(f"store_webhook answered {delivered['delivery']['status']}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = _check(http.get(f"/catalog_api/products/{target['id']}", headers=auth), 200, "read the product")
+        if current["name"] == renamed:
+            break
+        time.sleep(0.3)
+    else:
+        raise DemoFailed("the products/update webhook did not reach the product")
+    print(f"[demo] webhook kept the product in step: {target['name']!r} -> {renamed!r}")
+    return {"connection": connection, "import": done, "renamed": target["id"]}
 
 
 def _wait(http: httpx.Client, path: str, auth: dict[str, str], done: tuple[str, ...], step: str) -> dict[str, Any]:
