@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from shared.adapters.firestore.outbox import write_events
 from shared.catalog.ports import StaleWrite, Versioned
+from shared.errors import UpstreamUnavailable
 from shared.events.model import DomainEvent
 from shared.events.outbox import EventKicker, NoKick
 from shared.ids import new_id
@@ -179,9 +180,11 @@ class FirestoreStoreRepository(StoreRepository):
             return state
 
         try:
-            result: OAuthStateDoc | None = apply(self.db.transaction())
-        except Aborted:
-            return None  # two callbacks with one state at once: neither wins a second use
+            # Callbacks racing on one state contend on one document: more tries than the default five.
+            result: OAuthStateDoc | None = apply(self.db.transaction(max_attempts=20))
+        except Aborted as exc:
+            # Still unused: the caller may try again (never refused as a replay it is not).
+            raise UpstreamUnavailable("The connection request is busy; try again", retry_after=1) from exc
         return result
 
     def first_delivery(self, platform: StorePlatform, webhook_id: str, now: datetime, keep_until: datetime) -> bool:
