@@ -64,7 +64,7 @@ from shared.stores.ports import (
     StoreUnavailable,
 )
 from shared.stores.reader import StoreReader
-from shared.tasks import TaskOutcome, TaskRequest, task_name
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     import flask
@@ -104,12 +104,6 @@ class CallbackAccepted(BaseModel):
     """wc-auth deletes the keys unless our callback answers exactly 200."""
 
     accepted: bool
-
-
-class UnlinkProductsTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str
 
 
 def _redirect(location: str) -> flask.Response:
@@ -210,18 +204,8 @@ def get_connection(ctx: RequestContext[NoBody, NoQuery]) -> ConnectionOut:
 @api.delete("/stores/connection", errors=(NotFound, *CREDENTIAL_ERRORS))
 def disconnect(ctx: RequestContext[NoBody, NoQuery]) -> ConnectionOut:
     p = ctx.platform
-    doc = keeping.disconnect_store(webhook_services(p), ctx.client_id)
-    p.task_queue.enqueue(_unlink_task(ctx.client_id, p.clock().strftime("%Y%m%d%H%M%S")))
+    doc = keeping.disconnect_store(webhook_services(p), ctx.client_id, p.task_queue)
     return connections.connection_out(doc, _last_import(p, ctx.client_id, doc.last_import_id))
-
-
-def _unlink_task(client_id: str, when: str) -> TaskRequest:
-    return TaskRequest(
-        target="store_tasks",
-        path="/tasks/unlink-products",
-        payload=UnlinkProductsTask(client_id=client_id),
-        name=task_name("unlink", client_id, when),
-    )
 
 
 # -- importing and linking -------------------------------------------------------------------------
@@ -338,14 +322,9 @@ def reconcile_store(ctx: RequestContext[reconcile.ReconcileStoreTask, NoQuery]) 
     return TaskOutcome(outcome=reconcile.reconcile_store(webhook_services(ctx.platform), ctx.body))
 
 
-@tasks.post("/tasks/unlink-products", body=UnlinkProductsTask, access=Access.TASK)
-def unlink_products(ctx: RequestContext[UnlinkProductsTask, NoQuery]) -> TaskOutcome:
-    p = ctx.platform
-    loaded = p.stores.load(ctx.body.client_id)
-    if loaded is not None and loaded.value.status.value != "disconnected":
-        return TaskOutcome(outcome="the store is connected again: nothing to unlink")
-    count = mirror.unlink_products(p.catalog, ctx.body.client_id, p.clock())
-    return TaskOutcome(outcome=f"{count} products unlinked")
+@tasks.post(keeping.UNLINK_PATH, body=keeping.UnlinkProductsTask, access=Access.TASK)
+def unlink_products(ctx: RequestContext[keeping.UnlinkProductsTask, NoQuery]) -> TaskOutcome:
+    return TaskOutcome(outcome=keeping.unlink_after_disconnect(webhook_services(ctx.platform), ctx.body))
 
 
 @tasks.post("/jobs/reconcile-stores", access=Access.SCHEDULER)

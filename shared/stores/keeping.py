@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from shared import logging as log
 from shared.catalog.ports import CatalogRepositories, StaleWrite
 from shared.errors import EpoxError
@@ -25,7 +27,8 @@ from shared.stores.mirror import MirrorServices, mark_deleted_in_store, mirror_p
 from shared.stores.models import ConnectionStatus, ShopRedaction, StoreConnectionDoc
 from shared.stores.ports import ShopifyAdmin, StorePlatform, StoreProduct, WooCommerceApi
 from shared.stores.repository import StoreRepository
-from shared.stores.webhooks import StoreWebhookTask
+from shared.stores.webhooks import WORKER_TARGET, StoreWebhookTask
+from shared.tasks import TaskQueue, TaskRequest, task_name
 
 logger = log.get_logger("epox.stores.keeping")
 
@@ -41,7 +44,27 @@ class WebhookServices:
     clock: Callable[[], datetime]
 
 
-def disconnect_store(services: WebhookServices, client_id: str) -> StoreConnectionDoc:
+UNLINK_PATH = "/tasks/unlink-products"
+
+
+class UnlinkProductsTask(BaseModel):
+    """Cloud Tasks payload: mark a disconnected client's products unlinked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str
+
+
+def unlink_after_disconnect(services: WebhookServices, task: UnlinkProductsTask) -> str:
+    """Unlink the products of a store that is still disconnected (a reconnect since keeps them linked)."""
+    loaded = services.stores.load(task.client_id)
+    if loaded is not None and loaded.value.status is not ConnectionStatus.DISCONNECTED:
+        return "the store is connected again: nothing to unlink"
+    count = unlink_products(services.mirror.repos, task.client_id, services.clock())
+    return f"{count} products unlinked"
+
+
+def disconnect_store(services: WebhookServices, client_id: str, queue: TaskQueue) -> StoreConnectionDoc:
     """The merchant disconnects: revoke our access where the platform allows (Shopify: the app uninstalls
     itself, which revokes its tokens; WooCommerce keys cannot be revoked through the REST API, so our
     webhooks are deleted and the keys forgotten), then the connection is disconnected."""
@@ -60,7 +83,17 @@ def disconnect_store(services: WebhookServices, client_id: str) -> StoreConnecti
         except EpoxError as error:
             # Disconnecting must work when Shopify does not answer: the tokens are deleted either way.
             logger.warning("uninstalling from %s failed (%s); disconnecting anyway", loaded.value.shop, error.code)
-    return disconnect(services.stores, services.woocommerce, services.cipher, client_id, services.clock())
+    now = services.clock()
+    gone = disconnect(services.stores, services.woocommerce, services.cipher, client_id, now)
+    queue.enqueue(
+        TaskRequest(
+            target=WORKER_TARGET,
+            path=UNLINK_PATH,
+            payload=UnlinkProductsTask(client_id=client_id),
+            name=task_name("unlink", client_id, gone.id),
+        )
+    )
+    return gone
 
 
 def work_webhook(services: WebhookServices, task: StoreWebhookTask) -> str:

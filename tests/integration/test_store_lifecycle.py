@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,7 +52,9 @@ def served(function_apps: dict[str, Any]) -> Iterator[str]:
 
 @pytest.fixture
 def shopify() -> Iterator[ShopifyStub]:
-    with shopify_running(ShopifyStub(product_count=50, image_size=64)) as stub:
+    # A shop of its own per test: a shop one client holds live cannot be connected by another.
+    shop = f"demo-{uuid.uuid4().hex[:10]}.myshopify.com"
+    with shopify_running(ShopifyStub(shop=shop, product_count=50, image_size=64)) as stub:
         yield stub
 
 

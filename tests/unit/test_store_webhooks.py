@@ -582,10 +582,10 @@ def test_a_manual_product_is_linked_and_mirrored_and_a_second_link_is_refused() 
 
 def test_disconnecting_shopify_uninstalls_the_app_and_still_disconnects_when_shopify_is_down() -> None:
     world = World(StorePlatform.SHOPIFY)
-    gone = keeping.disconnect_store(world.services, CLIENT)
+    gone = keeping.disconnect_store(world.services, CLIENT, world.queue)
     assert world.shopify.uninstalled and gone.status is ConnectionStatus.DISCONNECTED and gone.secrets is None
 
     down = World(StorePlatform.SHOPIFY)
     down.shopify.unavailable = True
-    gone = keeping.disconnect_store(down.services, CLIENT)
+    gone = keeping.disconnect_store(down.services, CLIENT, down.queue)
     assert not down.shopify.uninstalled and gone.status is ConnectionStatus.DISCONNECTED and gone.secrets is None
