@@ -4,11 +4,8 @@ may reach loopback (as FETCH_ALLOWED_NETWORKS lets the dev stack) and nothing el
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -31,6 +28,7 @@ from shared.stores.ports import (
     WooKeys,
 )
 from shared.stores.signatures import body_is_authentic
+from tests.http_receiver import Receiver, receiving
 
 SECRET = "our-webhook-secret"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # the demo store's product i was modified at EPOCH + i hours
@@ -38,45 +36,10 @@ DEAD = "http://127.0.0.1:9/hook"  # nothing listens (the discard port): a creati
 NO_WAIT = RetryPolicy(attempts=3, base=0.0, cap=0.0, deadline=10.0)
 
 
-@dataclass
-class Receiver:
-    """Our side of webhooks and the key callback: records each POST, answers ``status``."""
-
-    status: int = 200
-    bodies: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    port: int = 0
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    sink = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            sink.bodies.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(sink.status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    sink.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with receiving() as sink:
         yield sink
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -199,7 +162,7 @@ def test_authorize_url_grants_read_write_keys_that_work(
     landed = httpx.get(url, follow_redirects=False, trust_env=False)  # the merchant's browser; approved at once
     assert landed.status_code == 302
     assert dict(parse_qsl(urlsplit(landed.headers["location"]).query))["success"] == "1"
-    [(_, _, body)] = receiver.bodies
+    [body] = [item.body for item in receiver.received]
     granted = json.loads(body)
     keys = WooKeys(
         key_id=granted["key_id"],
@@ -360,7 +323,7 @@ def test_webhooks_are_created_listed_reactivated_and_deleted(
     )
     assert (hook.topic, hook.status, hook.delivery_url) == ("product.updated", "active", receiver.url())
     assert store.webhooks[int(hook.id)]["secret"] == SECRET
-    assert [body for _, _, body in receiver.bodies] == [f"webhook_id={hook.id}".encode()]  # the creation ping
+    assert [item.body for item in receiver.received] == [f"webhook_id={hook.id}".encode()]  # the creation ping
     assert woo.webhooks(store.url, keys) == [hook]
 
     receiver.status = 500  # our endpoint fails six times in a row: WooCommerce disables the webhook
@@ -405,7 +368,7 @@ def test_product_from_the_delivered_webhook(
         store.url, keys, name="Epox", topic="product.updated", delivery_url=receiver.url(), secret=SECRET
     )
     store.update_product(101, name="Classic Hoodie (new)")
-    _, headers, body = receiver.bodies[-1]
+    headers, body = receiver.received[-1].headers, receiver.received[-1].body
     assert body_is_authentic(body, headers["x-wc-webhook-signature"], SECRET)
 
     product = woo.product_from_webhook(json.loads(body))

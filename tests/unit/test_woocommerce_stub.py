@@ -11,11 +11,7 @@ import hashlib
 import hmac
 import io
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -23,58 +19,13 @@ import pytest
 from PIL import Image
 
 from dev.stubs.woocommerce import API, ApiKey, WooStub, running
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """Our side: records what the store sends and answers ``status`` (the first of ``statuses`` if any)."""
-
-    status: int = 200
-    statuses: list[int] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
-    port: int = 0
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def answer(self) -> int:
-        return self.statuses.pop(0) if self.statuses else self.status
+from tests.http_receiver import Receiver, receiving
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    sink = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            sink.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(sink.answer())
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    sink.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with receiving() as sink:
         yield sink
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -1,0 +1,62 @@
+"""A small recording HTTP server standing in for our functions when a stub POSTs to us (webhooks, key
+callbacks): it keeps every POST and answers ``status`` (or the next of ``statuses``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]  # by lowercase name
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    status: int = 200
+    statuses: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def answer(self) -> int:
+        return self.statuses.pop(0) if self.statuses else self.status
+
+
+@contextmanager
+def receiving() -> Iterator[Receiver]:
+    """Serve a :class:`Receiver` on 127.0.0.1 for the ``with`` block."""
+    sink = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            sink.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(sink.answer())
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    sink.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
