@@ -52,6 +52,24 @@ class StoreRequestFailed(EpoxError):
     title = "The store refused or garbled the request"
 
 
+class StoreProductGone(EpoxError):
+    """The store has no such product (deleted in the store, or trashed): nothing a retry fixes."""
+
+    status = 410
+    code = "store_product_gone"
+    title = "The product no longer exists in the store"
+
+
+class StoreImageRejected(StoreRequestFailed):
+    """The store refused an image we pushed (a source it could not fetch, a format or size it does not
+    take, its file storage full): the image stays out of the store, and a retry of the same image
+    would be refused again."""
+
+    status = 422
+    code = "store_image_rejected"
+    title = "The store refused the image"
+
+
 class StoreNotReachable(EpoxError):
     """The store URL may not be contacted (not https, a private address, no such host)."""
 
@@ -76,6 +94,37 @@ class StoreImage(_Model):
     position: int = 0
     width: int | None = None
     height: int | None = None
+
+
+class MediaState(str, Enum):
+    """A pushed image's life in the store: Shopify's media statuses (WooCommerce sideloads while it
+    answers, so its images are READY or refused at once)."""
+
+    UPLOADED = "uploaded"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class StoreMedia(_Model):
+    """One image we pushed, as the store reports it now."""
+
+    media_id: str  # Shopify: the MediaImage's numeric id; WooCommerce: the attachment id
+    state: MediaState
+    url: str | None = None  # the store's CDN URL, once READY
+    alt: str | None = None
+    error_code: str | None = None  # Shopify's mediaErrors[0].code when FAILED (e.g. IMAGE_DOWNLOAD_FAILURE)
+    error_message: str | None = None
+
+
+class WooImageRef(_Model):
+    """One element of the gallery sent to WooCommerce: an image kept by ``id``, or a new one by ``src``
+    (sideloaded by the store; the URL's basename needs a real image extension)."""
+
+    id: str | None = None
+    src: str | None = None
+    name: str | None = None
+    alt: str | None = None
 
 
 class StoreVariant(_Model):
@@ -206,6 +255,35 @@ class ShopifyAdmin(ABC):
         """The REST-shaped product of a products/create or products/update webhook, normalised.
         Raises :class:`StoreRequestFailed` when the payload is not a product."""
 
+    # -- images (sync-back) -----------------------------------------------------------------------
+
+    @abstractmethod
+    def product_images(self, shop: str, token: str, product_id: str) -> list[StoreImage]:
+        """Every image of the product in the store's order (position 0 is the featured image), with
+        alt text. :class:`StoreProductGone` when the product does not exist."""
+
+    @abstractmethod
+    def add_product_image(self, shop: str, token: str, product_id: str, *, source_url: str, alt: str) -> StoreMedia:
+        """Append one image: ``productUpdate(product: {id}, media: [{originalSource, mediaContentType:
+        IMAGE, alt}])`` (never ``productSet``, which replaces the list). Returns the new media, usually
+        UPLOADED or PROCESSING. :class:`StoreProductGone` when the product does not exist,
+        :class:`StoreImageRejected` when the store refuses the media."""
+
+    @abstractmethod
+    def media_states(self, shop: str, token: str, media_ids: Sequence[str]) -> dict[str, StoreMedia]:
+        """The current state of these media (``nodes(ids:)``), by id; media that no longer exist are
+        left out."""
+
+    @abstractmethod
+    def reorder_product_images(self, shop: str, token: str, product_id: str, moves: Sequence[tuple[str, int]]) -> None:
+        """``productReorderMedia``: move each media id to its zero-based position (position 0 is the
+        featured image). The store applies it asynchronously. :class:`StoreProductGone`."""
+
+    @abstractmethod
+    def remove_product_images(self, shop: str, token: str, product_id: str, media_ids: Sequence[str]) -> None:
+        """Take these media off the product (``fileUpdate(files: [{id, referencesToRemove: [product]}])``);
+        the files stay in the shop's Files. Media already off the product (or gone) count as done."""
+
 
 # -- WooCommerce -----------------------------------------------------------------------------------
 
@@ -283,3 +361,20 @@ class WooCommerceApi(ABC):
     def product_from_webhook(self, payload: Mapping[str, Any]) -> StoreProduct:
         """A product.created/updated webhook's body (the REST product), normalised; variations are
         not fetched here. Raises :class:`StoreRequestFailed` when the payload is not a product."""
+
+    # -- images (sync-back) -----------------------------------------------------------------------
+
+    @abstractmethod
+    def product(self, store_url: str, keys: WooKeys, product_id: str) -> StoreProduct:
+        """One product with its gallery (``GET products/{id}``); :class:`StoreProductGone` when the
+        store has no such product (404) or it is in the trash."""
+
+    @abstractmethod
+    def set_product_images(
+        self, store_url: str, keys: WooKeys, product_id: str, images: Sequence[WooImageRef]
+    ) -> list[StoreImage]:
+        """Replace the product's gallery (``PUT products/{id}`` with ``images``): images kept by id,
+        new ones by src (sideloaded while the store answers), element 0 the featured image. Returns
+        the gallery the store answered, new attachment ids included. :class:`StoreProductGone`;
+        :class:`StoreImageRejected` when the store cannot sideload a source (its
+        ``woocommerce_product_image_upload_error``)."""
