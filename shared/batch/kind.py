@@ -11,9 +11,22 @@ and limits the kind's steps use, built from the platform by :meth:`JobKind.depen
 * fan-out (paged kinds): :meth:`JobKind.page_items` builds one page's items, :meth:`JobKind.after_page`
   does what follows a written page (e.g. remember the products' defaults);
 * item: :meth:`JobKind.work` runs one item; :meth:`JobKind.failed` and :meth:`JobKind.given_up` say what
-  a failure leaves; :meth:`JobKind.transient` which errors are worth another delivery;
+  a failure leaves; :meth:`JobKind.transient` which errors are worth another delivery; :class:`PauseJob`
+  raised from the work pauses the whole job (see below);
 * settle: :meth:`JobKind.tally` says what a finished item adds up to, :meth:`JobKind.charge` what the
   job costs (:meth:`JobKind.charge_breakdown`, :meth:`JobKind.settle_reason`, :meth:`JobKind.settlement`).
+
+Pausing: a job is paused and resumed by the caller (:func:`shared.batch.lifecycle.pause_job`,
+:func:`shared.batch.lifecycle.resume_job`), or by its kind when nothing can be done until someone acts
+(the store revoked our token): the kind's work raises ``PauseJob(reason)``. The lifecycle then pauses the
+job and puts the item back to queued, unstarted and uncounted (its attempts as before this delivery),
+in guarded commits; the delivery answers 2xx. While a job is paused its queued items wait (their
+deliveries leave them queued and consume their tasks; the reaper leaves them alone), items already
+running finish, and a resume enqueues the task of every item still queued again, named after the
+job's ``resumes`` (Cloud Tasks keeps the consumed names reserved for about an hour). An exception
+rather than a verdict: the work that finds out is often deep in an adapter call, and the lifecycle
+alone orders the two writes (the job paused before its item is queued again: an item queued again in
+a job still running would wait for a task that no longer exists).
 
 Adding a job kind (store sync-back, video):
 
@@ -180,6 +193,17 @@ class ItemTakenOver(Exception):
     """Another delivery of the same item task changed the item first: it owns the outcome."""
 
 
+class PauseJob(Exception):
+    """Raised by a kind's :meth:`JobKind.work`: nothing more of this job can run until someone acts
+    (e.g. the store needs to be authorized again). The lifecycle pauses the job with ``reason`` and
+    puts the item back to queued (not counted, its attempts as they were); a resume runs it again.
+    Not an error: no attempt is used up and nothing fails, on the last attempt too."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class ItemRun(Generic[JobT, ItemT]):
     """One delivery of an item task, as the kind's :meth:`JobKind.work` sees it."""
@@ -282,7 +306,8 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
     def work(self, services: ServicesT, run: ItemRun[JobT, ItemT]) -> Finish | Finished:
         """Run one item (one delivery of its task): the item's verdict for the lifecycle to record
         (:class:`Finish`), or :class:`Finished` when the kind recorded it with its result. Errors are
-        the lifecycle's to retry or fail (see :meth:`transient`)."""
+        the lifecycle's to retry or fail (see :meth:`transient`); :class:`PauseJob` pauses the job and
+        leaves the item queued."""
 
     # -- rules ------------------------------------------------------------------------------------
 
@@ -336,12 +361,15 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
             name = task_name(f"{self.task_prefix}fanout", client_id, job_id)
         return TaskRequest(target=self.worker, path="/tasks/fanout", payload=payload, name=name)
 
-    def item_task(self, client_id: str, job_id: str, index: int) -> TaskRequest:
+    def item_task(self, client_id: str, job_id: str, index: int, generation: int = 0) -> TaskRequest:
+        """``generation``: the job's ``resumes``. Each resume names the item tasks anew: the tasks a
+        paused job's deliveries consumed keep their names reserved for about an hour."""
+        parts = (f"{self.task_prefix}item", client_id, job_id, str(index))
         return TaskRequest(
             target=self.worker,
             path="/tasks/item",
             payload=ItemTask(client_id=client_id, job_id=job_id, index=index),
-            name=task_name(f"{self.task_prefix}item", client_id, job_id, str(index)),
+            name=task_name(*parts, f"r{generation}") if generation > 0 else task_name(*parts),
             dispatch_deadline=self.item_deadline,
         )
 

@@ -18,6 +18,10 @@
   are named after the window the triggering item finished in, so a late item is never swallowed
   by a settle task that already ran.
 * Cancel: stop starting new items; running ones finish; the rest are released at settlement.
+* Pause and resume: a paused job's queued items wait (their deliveries leave them queued and consume
+  their tasks), running ones finish; a resume enqueues the task of every item still queued again,
+  under a new name (the job's ``resumes``). A kind pauses its own job by raising
+  :class:`~shared.batch.kind.PauseJob` from its work: the item goes back to queued, uncounted.
 * Lost answers: a guarded commit that went through but answered "unavailable" is recognised by the
   writer's token when re-read (:mod:`shared.batch.commits`), never taken for a lost race.
 * Recover (Cloud Scheduler): :mod:`shared.batch.recovery` finishes what no task will finish.
@@ -43,6 +47,7 @@ from shared.batch.kind import (
     JobKind,
     JobT,
     OrderT,
+    PauseJob,
     RequestKey,
     ServicesT,
     Totals,
@@ -76,6 +81,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("epox.batch")
 
 TAKEN_OVER = "another delivery finished this item"
+ITEM_WAITS = "job paused: item waits"
 
 # -- accept -----------------------------------------------------------------------------------------
 
@@ -273,7 +279,7 @@ def run_fanout(
     if job.settled:
         return "job already settled"
     for index in range(job.item_count):
-        queue.enqueue(kind.item_task(task.client_id, task.job_id, index))
+        queue.enqueue(kind.item_task(task.client_id, task.job_id, index, job.resumes))
     jobs.mark_fanned_out(task.client_id, task.job_id, None, now)
     return f"{job.item_count} item tasks"
 
@@ -317,7 +323,7 @@ def run_fanout_page(
     written = {doc.index for doc in created}
     pending = _still_queued(jobs, task, [d for d in docs if d.index not in written]) if stopped else docs
     for doc in pending:
-        queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index))
+        queue.enqueue(kind.item_task(task.client_id, task.job_id, doc.index, job.resumes))
     if not stopped:
         # A cancelled job's settings are not what the customer last chose for these products.
         kind.after_page(services, job, docs)
@@ -362,6 +368,10 @@ def run_item(
         queue.enqueue(kind.settle_task(task.client_id, task.job_id, services.clock()))
         return f"item already {item.status.value}"
     job = jobs.get_job(task.client_id, task.job_id)
+    if job.status is JobStatus.PAUSED and item.status is ItemStatus.QUEUED:
+        # Nothing written: the item waits for the resume, which enqueues its task again (anew: this
+        # one is consumed by our 2xx). A running item (a redelivery) goes on below and finishes.
+        return ITEM_WAITS
     result: Finish | Finished
     token = new_token()
     if job.status in STOPPED_JOB and item.status is ItemStatus.QUEUED:
@@ -383,6 +393,8 @@ def run_item(
             )
         except ItemTakenOver:
             return TAKEN_OVER
+        except PauseJob as pause:
+            return _pause_from_work(kind, services, run, pause.reason)
     if isinstance(result, Finish):
         if not _record(kind, jobs, run, result, policy.counter_shards):
             return TAKEN_OVER
@@ -429,6 +441,35 @@ def _take(jobs: JobStore[Any, ItemT], stored: StoredItem[ItemT], now: datetime, 
     return None
 
 
+def _pause_from_work(
+    kind: JobKind[JobT, ItemT, ServicesT, Any], services: ServicesT, run: ItemRun[JobT, ItemT], reason: str
+) -> str:
+    """The kind's work raised :class:`PauseJob`: pause the job, then put the item back to queued as it
+    was before this delivery took it (uncounted; guarded by the take's version). The job first: an
+    item queued again in a job still running would wait for no task. A job stopped meanwhile cancels
+    the item instead (counted), like any queued item of a stopped job."""
+    jobs, queue, policy = services.jobs, services.queue, services.policy
+    job = pause_job(kind, jobs, run.job.client_id, run.job.id, run.now, reason)
+    if job.status is JobStatus.PAUSED:
+        changes = {
+            "status": ItemStatus.QUEUED.value,
+            "attempts": run.item.attempts,
+            "delivery": run.token,
+            "updated_at": run.now,
+        }
+        stored = StoredItem(run.job.client_id, run.job.id, run.item, run.version)
+        if jobs.commit_item(stored, changes) is None:
+            return TAKEN_OVER
+        logger.warning("%s %s paused by item %s: %s", kind.noun, run.job.id, run.item.index, reason)
+        return f"{ITEM_WAITS} ({reason})"
+    if job.status not in STOPPED_JOB:  # the pause lost every race: the queue delivers again
+        raise RetryTask(f"the {kind.noun} could not be paused")
+    if not _record(kind, jobs, run, Finish(ItemStatus.CANCELLED, {"failure": None}), policy.counter_shards):
+        return TAKEN_OVER
+    queue.enqueue(kind.settle_task(run.job.client_id, run.job.id, services.clock()))
+    return f"item {run.item.index} cancelled"
+
+
 def _attempt(
     kind: JobKind[JobT, ItemT, Any, Any],
     run: ItemRun[JobT, ItemT],
@@ -441,7 +482,7 @@ def _attempt(
     final = give_up or (lambda error: kind.failed(run.job, error))
     try:
         return work(run)
-    except ItemTakenOver:
+    except (ItemTakenOver, PauseJob):
         raise
     except EpoxError as error:
         if not kind.transient(error) or run.last_attempt:
@@ -647,7 +688,11 @@ def cancel_job(
     job_id: str,
     now: datetime,
 ) -> JobT:
-    """Stop starting new items; items already running finish; unstarted ones are released at settle."""
+    """Stop starting new items; items already running finish; unstarted ones are released at settle.
+
+    A paused job's queued items have no task left (their deliveries consumed them): cancelling it
+    names their tasks anew (``resumes`` + 1) and enqueues them, and each cancels its item (counted)."""
+    generation: int | None = None  # the ``resumes`` our write of a paused job set (its answer may be lost)
     for _attempt in attempts(CONTENDED_COMMIT, f"cancel a {kind.noun}"):
         stored = jobs.read_job(client_id, job_id)
         if stored is None:
@@ -655,20 +700,119 @@ def cancel_job(
         job = stored.job
         if job.settled:
             return job
+        # A paused job's, or one whose cancel from paused we wrote (or a concurrent call did) though
+        # it answered "changed": the items' new tasks are enqueued (again, harmlessly: names dedupe).
+        paused = job.status is JobStatus.PAUSED or (generation is not None and job.resumes == generation)
         if job.status not in STOPPED_JOB:
+            changes: dict[str, Any] = {"status": JobStatus.CANCELLING.value, "updated_at": now}
+            if paused:
+                generation = job.resumes + 1
+                changes.update(resumes=generation, paused_reason=None)
             try:
                 # Guarded by the read: a settle that finishes in between wins, and we answer its state.
-                jobs.update_job(
-                    client_id, job_id, {"status": JobStatus.CANCELLING.value, "updated_at": now}, stored.version
-                )
+                jobs.update_job(client_id, job_id, changes, stored.version)
             except StaleWrite:
                 continue  # the job moved (a page, a settle, our own update answered late): read it again
-            job = job.model_copy(update={"status": JobStatus.CANCELLING})
+            job = job.model_copy(update={**changes, "status": JobStatus.CANCELLING})
+        if paused:
+            # Should this call fail before every task is enqueued, the reaper finds the cancelling
+            # job's queued items and has their tasks enqueued (under the same new names).
+            _enqueue_queued(kind, jobs, queue, job)
         # Stopped, by this call or an earlier one whose answer was lost: its settlement is asked for
         # (settling is idempotent, and waits for running items).
         queue.enqueue(kind.settle_task(client_id, job_id, now))
         return job
     return jobs.get_job(client_id, job_id)
+
+
+PAUSABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+def pause_job(
+    kind: JobKind[JobT, Any, Any, Any],
+    jobs: JobStore[JobT, Any],
+    client_id: str,
+    job_id: str,
+    now: datetime,
+    reason: str,
+) -> JobT:
+    """Stop starting new items until :func:`resume_job`: queued items wait (their deliveries leave
+    them queued), running ones finish. A job already paused, stopping or settled is answered as it is.
+
+    A paused job keeps its hold: a kind that reserves credits must be resumed (or cancelled) within
+    its hold's TTL, or the sweeper releases the hold and the job settles with nothing charged."""
+    for _attempt in attempts(CONTENDED_COMMIT, f"pause a {kind.noun}"):
+        stored = jobs.read_job(client_id, job_id)
+        if stored is None:
+            raise NotFound(f"No {kind.noun} {job_id}")
+        job = stored.job
+        if job.settled or job.status not in PAUSABLE:
+            return job
+        changes = {"status": JobStatus.PAUSED.value, "paused_reason": reason, "updated_at": now}
+        try:
+            # Guarded by the read: a cancel (or a settle) landing in between wins.
+            jobs.update_job(client_id, job_id, changes, stored.version)
+        except StaleWrite:
+            continue
+        return job.model_copy(update={**changes, "status": JobStatus.PAUSED})
+    return jobs.get_job(client_id, job_id)
+
+
+def resume_job(
+    kind: JobKind[JobT, Any, Any, Any],
+    jobs: JobStore[JobT, Any],
+    queue: TaskQueue,
+    client_id: str,
+    job_id: str,
+    now: datetime,
+) -> JobT:
+    """Run a paused job again: running, ``resumes`` + 1, and the task of every item still queued
+    enqueued under its new name (a paged job's pages not written yet write and enqueue theirs as
+    usual). A job that is not paused is answered as it is.
+
+    Should this call fail before every task is enqueued, the reaper enqueues the tasks of the items
+    left queued (under the same names) once the job has been running for its stall grace."""
+    generation: int | None = None  # the ``resumes`` our write set (its answer may be lost)
+    for _attempt in attempts(CONTENDED_COMMIT, f"resume a {kind.noun}"):
+        stored = jobs.read_job(client_id, job_id)
+        if stored is None:
+            raise NotFound(f"No {kind.noun} {job_id}")
+        job = stored.job
+        if job.settled:
+            return job
+        # Our write landed though it answered "changed" (or a concurrent resume did the same): the
+        # tasks are enqueued all the same (again, harmlessly: names dedupe).
+        ours = job.status is JobStatus.RUNNING and generation is not None and job.resumes == generation
+        if job.status is JobStatus.PAUSED:
+            generation = job.resumes + 1
+            changes = {
+                "status": JobStatus.RUNNING.value,
+                "resumes": generation,
+                "paused_reason": None,
+                "updated_at": now,
+            }
+            try:
+                jobs.update_job(client_id, job_id, changes, stored.version)
+            except StaleWrite:
+                continue
+            job = job.model_copy(update={**changes, "status": JobStatus.RUNNING})
+        elif not ours:
+            return job
+        if not _enqueue_queued(kind, jobs, queue, job):
+            # Nothing queued: every item finished while the job was paused (or was running), and a
+            # settle task lost meanwhile would not be enqueued again by the reaper, which skips paused jobs.
+            queue.enqueue(kind.settle_task(client_id, job_id, now))
+        return job
+    return jobs.get_job(client_id, job_id)
+
+
+def _enqueue_queued(kind: JobKind[JobT, Any, Any, Any], jobs: JobStore[JobT, Any], queue: TaskQueue, job: JobT) -> int:
+    """Enqueue the task of every written item of ``job`` still queued, named after its ``resumes``;
+    how many items were queued."""
+    queued = jobs.items_with_status(job.client_id, job.id, ItemStatus.QUEUED)
+    for item in queued:
+        queue.enqueue(kind.item_task(job.client_id, job.id, item.index, job.resumes))
+    return len(queued)
 
 
 def list_jobs(jobs: JobStore[JobT, Any], client_id: str, query: JobListQuery) -> Page[JobT]:

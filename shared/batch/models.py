@@ -17,10 +17,14 @@ from shared.scheduled import ScheduledReport
 
 
 class JobStatus(str, Enum):
-    """queued → running → completed, or → cancelling → cancelled when the caller stops the job."""
+    """queued → running → completed, or → cancelling → cancelled when the caller stops the job.
+    A queued or running job may be paused (by the caller, or by the job itself when it cannot go on
+    until someone acts, e.g. the store must be authorized again) and resumed (→ running); a paused
+    job may be cancelled too."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     CANCELLING = "cancelling"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
@@ -63,6 +67,11 @@ class BatchJobDoc(BaseModel):
     # A token of the accept call that wrote the job: a commit whose answer was lost (the client's own
     # retry then finds the job) is recognised as ours, not taken for a concurrent request's job.
     submission: str | None = None
+    # Why the job is paused ("store_needs_reauthorization", "paused by user"; None unless it is).
+    paused_reason: str | None = None
+    # How many times the job was resumed (or cancelled while paused): item task names carry it, since
+    # a paused job's deliveries consumed their tasks and Cloud Tasks keeps those names for about an hour.
+    resumes: int = 0
 
 
 class PagedJobDoc(BatchJobDoc):

@@ -18,6 +18,9 @@ work up with a reason, so that every job settles: what succeeded is charged, the
 * A job still ``queued`` after :data:`FANOUT_GRACE` lost its fan-out task: enqueued again (a
   cancelled one too: its items are then cancelled). A job whose items have all finished but which
   is not settled lost its settle task: enqueued again.
+* A ``paused`` job waits, for days if need be: its queued items have no task on purpose (a resume
+  enqueues them), so neither they nor the job are touched. Its running items are still given up
+  when their delivery died (they were running when it was paused, and finish as usual).
 
 The job pass resumes where the previous run stopped (a cursor per kind in ``batch_reaper/{kind's
 collection}``), so old jobs that need nothing cannot use up every run's limit while newer ones wait.
@@ -171,8 +174,8 @@ def requeue_stalled_item(
     task of that name still exists, or its name is still reserved after it ended), or, once
     :data:`MAX_REQUEUES` re-created tasks were lost too, fail it ("failed"; cancelled when its job was
     stopped) and enqueue the settlement. None when there is nothing to do: the item was taken since,
-    its job is settled, not fanned out yet (the job pass sees to that) or was touched recently.
-    ``jobs`` caches the job documents read during one run, by job id."""
+    its job is settled, not fanned out yet (the job pass sees to that), paused (a resume enqueues it)
+    or was touched recently. ``jobs`` caches the job documents read during one run, by job id."""
     store, queue = services.jobs, services.queue
     client_id, job_id, item = stored.client_id, stored.job_id, stored.item
     if item.status is not ItemStatus.QUEUED:
@@ -181,7 +184,7 @@ def requeue_stalled_item(
     if f"{client_id}/{job_id}" not in cache:
         cache[f"{client_id}/{job_id}"] = store.get_job(client_id, job_id)
     job = cache[f"{client_id}/{job_id}"]
-    if job.settled or job.status is JobStatus.QUEUED or job.updated_at > now - stall_grace:
+    if job.settled or job.status in (JobStatus.QUEUED, JobStatus.PAUSED) or job.updated_at > now - stall_grace:
         return None
     if item.requeues >= MAX_REQUEUES:
         if job.status in STOPPED_JOB:
@@ -195,7 +198,8 @@ def requeue_stalled_item(
         logger.warning("item %s of %s %s never started: %s", item.index, kind.noun, job_id, result.status.value)
         queue.enqueue(kind.settle_task(client_id, job_id, services.clock()))
         return "failed"
-    created = queue.enqueue(kind.item_task(client_id, job_id, item.index))
+    # Named after the job's resumes: a resume whose enqueues failed part way is completed here.
+    created = queue.enqueue(kind.item_task(client_id, job_id, item.index, job.resumes))
     # Guarded: a delivery that took the item meanwhile is not overwritten (a take that read the item
     # before this write reads it again and takes it).
     with contextlib.suppress(StaleWrite):
@@ -207,6 +211,7 @@ def requeue_stalled_item(
 
 # -- jobs -------------------------------------------------------------------------------------------
 
+# Paused jobs are left alone: nothing of theirs is lost while they wait (see the module docstring).
 _JOB_ORDER = (JobStatus.QUEUED, JobStatus.CANCELLING, JobStatus.RUNNING)
 
 
