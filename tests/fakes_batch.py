@@ -47,7 +47,8 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
 
     def lose_answer(self, operation: str, times: int = 1) -> None:
         """The next ``times`` commits of ``operation`` ("create_job", "commit_item") land, then answer
-        "unavailable"."""
+        "unavailable". For "update_job" (guarded ones), what the adapter answers then: the client
+        library sent the update again by itself, and its precondition failed (:class:`StaleWrite`)."""
         self._lost[operation] += times
 
     @property
@@ -119,6 +120,9 @@ class InMemoryJobStore(JobStore[J, I], Generic[J, I]):
         self.jobs[key].update(changes)
         self.events.extend(events)  # the outbox: written with the change, never without it
         self._bump("job", *key)
+        if version is not None and self._lost["update_job"] > 0:
+            self._lost["update_job"] -= 1
+            raise StaleWrite(f"{self.kind.noun} {job_id} changed (by our own write, whose answer was lost)")
 
     def list_jobs(self, client_id: str, query: JobListQuery) -> Page[J]:
         rows = [data for (client, _), data in self.jobs.items() if client == client_id]

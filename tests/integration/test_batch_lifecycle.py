@@ -16,7 +16,17 @@ import pytest
 
 from shared.adapters.firestore.batch import FirestoreJobStore, jobs_collection
 from shared.batch import lifecycle, recovery
-from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, RequestKey, Totals
+from shared.batch.kind import (
+    BatchPolicy,
+    Finish,
+    ItemRun,
+    JobKind,
+    JobOrder,
+    JobServices,
+    PauseJob,
+    RequestKey,
+    Totals,
+)
 from shared.batch.models import (
     BatchItemDoc,
     BatchJobDoc,
@@ -1174,4 +1184,120 @@ def test_a_job_whose_recording_answer_was_lost_is_fanned_out(db: Any, client_id:
     h.run()
     assert h.job(job.id).settlement == {"captured": 6, "released": 0}
     assert h.credits() == (94, 0)
+    h.exact()
+
+
+# -- pause and resume: guarded writes on Firestore ---------------------------------------------------
+
+REAUTHORIZE = "store_needs_reauthorization"
+
+
+def item_names(h: Harness, job_id: str) -> list[str]:
+    """The names of the job's item tasks not delivered yet, by index."""
+    tasks = [t for t in h.pending("/tasks/item") if isinstance(t.payload, ItemTask) and t.payload.job_id == job_id]
+    return [
+        t.name or "" for t in sorted(tasks, key=lambda t: t.payload.index if isinstance(t.payload, ItemTask) else 0)
+    ]
+
+
+def test_a_job_paused_by_its_kind_and_its_caller_waits_resumes_and_is_cancelled(db: Any, client_id: str) -> None:
+    revoked = {1}  # the store revokes our token while item 1 runs
+
+    def work(run: ItemRun[Any, Any]) -> Finish:
+        if run.item.index in revoked:
+            revoked.discard(run.item.index)
+            raise PauseJob(REAUTHORIZE)
+        return Finish(ItemStatus.SUCCEEDED)
+
+    h = Harness(db, client_id, SYNCS, work)
+    job = h.accept(syncs(4), cost=12)
+    h.deliver(h.queue.tasks[0])  # fan-out: four item tasks
+    first = h.pending("/tasks/item")
+    assert h.deliver(first[0]) == "item 0 succeeded"
+    assert h.deliver(first[1]) == f"{lifecycle.ITEM_WAITS} ({REAUTHORIZE})"
+    assert (h.job(job.id).status, h.job(job.id).paused_reason) == (JobStatus.PAUSED, REAUTHORIZE)
+    assert (h.item(job.id, 1)["status"], h.item(job.id, 1)["attempts"]) == ("queued", 0)
+    assert [h.deliver(task) for task in first[2:]] == [lifecycle.ITEM_WAITS] * 2
+    assert [h.item(job.id, i)["status"] for i in range(4)] == ["succeeded", "queued", "queued", "queued"]
+    # Pausing again changes nothing; the reaper, days later, leaves the job and its items alone.
+    assert lifecycle.pause_job(SYNCS, h.jobs, client_id, job.id, NOW, "paused by user").paused_reason == REAUTHORIZE
+    report = h.reap_report(NOW + timedelta(days=3))
+    assert client_id not in report.items_requeued and client_id not in report.jobs_started
+    assert h.pending("/tasks/item") == []
+
+    resumed = lifecycle.resume_job(SYNCS, h.jobs, h.queue, client_id, job.id, NOW)
+    assert (resumed.status, resumed.resumes, h.job(job.id).paused_reason) == (JobStatus.RUNNING, 1, None)
+    assert item_names(h, job.id) == [SYNCS.item_task(client_id, job.id, i, 1).name for i in (1, 2, 3)]
+    assert h.deliver(h.pending("/tasks/item")[0]) == "item 1 succeeded"
+
+    lifecycle.pause_job(SYNCS, h.jobs, client_id, job.id, NOW, "paused by user")
+    assert [h.deliver(task) for task in h.pending("/tasks/item")] == [lifecycle.ITEM_WAITS] * 2
+    stopping = lifecycle.cancel_job(SYNCS, h.jobs, h.queue, client_id, job.id, NOW)
+    assert (stopping.status, h.job(job.id).resumes) == (JobStatus.CANCELLING, 2)
+    assert item_names(h, job.id) == [SYNCS.item_task(client_id, job.id, i, 2).name for i in (2, 3)]
+    h.run()
+
+    done = h.job(job.id)
+    assert done.settled and done.status is JobStatus.CANCELLED
+    assert [h.item(job.id, i)["status"] for i in range(4)] == ["succeeded", "succeeded", "cancelled", "cancelled"]
+    assert done.settlement == {"captured": 6, "released": 6}
+    assert h.credits() == (94, 0)
+    h.exact()
+
+
+class MovedMeanwhile(FirestoreJobStore[Any, Any]):
+    """Once armed, another writer changes the job between the next read of it and the write decided
+    on that read (through a store of its own)."""
+
+    def __init__(self, db: Any, kind: JobKind[Any, Any, Any, Any]) -> None:
+        super().__init__(db, kind)
+        self.meanwhile: Callable[[], Any] | None = None
+
+    def read_job(self, client_id: str, job_id: str) -> Any:
+        stored = super().read_job(client_id, job_id)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return stored
+
+
+def test_pause_resume_and_cancel_are_guarded_by_the_jobs_version(db: Any, client_id: str) -> None:
+    h = Harness(db, client_id, SYNCS, succeed)
+    racing = MovedMeanwhile(db, SYNCS)
+    other = store(db, SYNCS)
+    job = h.accept(syncs(2), cost=6)
+    h.deliver(h.queue.tasks[0])
+
+    # A cancel lands between the pause's read and its write: the pause answers the cancel.
+    racing.meanwhile = lambda: lifecycle.cancel_job(SYNCS, other, h.queue, client_id, job.id, NOW)
+    assert lifecycle.pause_job(SYNCS, racing, client_id, job.id, NOW, "paused by user").status is (JobStatus.CANCELLING)
+    assert h.job(job.id).paused_reason is None
+    h.run()
+    assert h.job(job.id).status is JobStatus.CANCELLED
+
+    second = h.accept(syncs(2), cost=6)
+    h.deliver(h.pending("/tasks/fanout")[0])
+    lifecycle.pause_job(SYNCS, h.jobs, client_id, second.id, NOW, "paused by user")
+    assert [h.deliver(task) for task in h.pending("/tasks/item")] == [lifecycle.ITEM_WAITS] * 2
+    # A cancel lands between the resume's read and its write: nothing is resumed, the cancel's
+    # tasks (named anew) cancel the waiting items.
+    racing.meanwhile = lambda: lifecycle.cancel_job(SYNCS, other, h.queue, client_id, second.id, NOW)
+    assert lifecycle.resume_job(SYNCS, racing, h.queue, client_id, second.id, NOW).status is JobStatus.CANCELLING
+    assert h.job(second.id).resumes == 1
+    assert item_names(h, second.id) == [SYNCS.item_task(client_id, second.id, i, 1).name for i in (0, 1)]
+    h.run()
+    assert h.job(second.id).settlement == {"captured": 0, "released": 6}
+
+    third = h.accept(syncs(1), cost=3)
+    h.deliver(h.pending("/tasks/fanout")[0])
+    lifecycle.pause_job(SYNCS, h.jobs, client_id, third.id, NOW, "paused by user")
+    assert h.deliver(h.pending("/tasks/item")[0]) == lifecycle.ITEM_WAITS
+    # The resume's write lands but its answer is lost (the client sends it again, and its guard
+    # fails on our own write): the resume is recognised as ours and the item's task enqueued.
+    fault = db.land_then_fail(writes_to(client_id, f"/sync_jobs/{third.id}"))
+    resumed = lifecycle.resume_job(SYNCS, h.jobs, h.queue, client_id, third.id, NOW)
+    assert fault.hits == 1 and (resumed.status, resumed.resumes) == (JobStatus.RUNNING, 1)
+    assert item_names(h, third.id) == [SYNCS.item_task(client_id, third.id, 0, 1).name]
+    h.run()
+    assert h.job(third.id).settlement == {"captured": 3, "released": 0}
     h.exact()

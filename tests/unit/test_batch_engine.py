@@ -2,7 +2,9 @@
 items → settle on the in-memory job store, a real ledger on its in-memory store and a recording
 queue delivered by hand. What is charged is exactly what succeeded; a redelivered item (or one whose
 commit answer was lost) runs once; an item whose delivery died is given up by the reaper and the job
-settles; a cancelled job refunds the items it never started."""
+settles; a cancelled job refunds the items it never started; a paused job's items wait (for the
+caller, or for its kind, which paused it from an item's work) until a resume runs them under new task
+names."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.batch import lifecycle, recovery
-from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, Totals
+from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, PauseJob, Totals
 from shared.batch.models import (
     BatchItemDoc,
     FanoutPageTask,
@@ -24,7 +26,7 @@ from shared.batch.models import (
     JobTask,
     PagedJobDoc,
 )
-from shared.batch.store import StaleWrite
+from shared.batch.store import StaleWrite, StoredJob
 from shared.errors import EpoxError
 from shared.events.model import EventType
 from shared.ledger.model import Actor, GrantSource
@@ -65,6 +67,8 @@ class WordOrder(JobOrder):
 class WordServices(JobServices):
     runs: list[int] = field(default_factory=list)  # the item indexes whose work ran, in order
     dies: set[int] = field(default_factory=set)  # items whose next delivery dies mid-work
+    revoked: set[int] = field(default_factory=set)  # items whose next delivery finds the store's token revoked
+    cancels: set[int] = field(default_factory=set)  # items whose next delivery sees the job cancelled meanwhile
 
 
 class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
@@ -122,6 +126,13 @@ class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
         if run.item.index in services.dies:
             services.dies.discard(run.item.index)
             raise Died()
+        if run.item.index in services.cancels:
+            services.cancels.discard(run.item.index)
+            lifecycle.cancel_job(self, services.jobs, services.queue, run.job.client_id, run.job.id, run.now)
+            raise PauseJob(REAUTHORIZE)
+        if run.item.index in services.revoked:
+            services.revoked.discard(run.item.index)
+            raise PauseJob(REAUTHORIZE)
         if run.item.word == "no":
             raise Refused("refused")
         return Finish(ItemStatus.SUCCEEDED)
@@ -134,13 +145,14 @@ class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
 
 
 WORDS = Words()
+REAUTHORIZE = "store_needs_reauthorization"
 
 
 class Engine:
     """One tenant, the in-memory store, a real ledger and a queue delivered by hand."""
 
-    def __init__(self, credits: int = 100) -> None:
-        self.jobs: InMemoryJobStore[WordJob, WordItem] = InMemoryJobStore(WORDS)
+    def __init__(self, credits: int = 100, jobs: InMemoryJobStore[WordJob, WordItem] | None = None) -> None:
+        self.jobs: InMemoryJobStore[WordJob, WordItem] = jobs or InMemoryJobStore(WORDS)
         self.queue = RecordingTaskQueue()
         self.ledger = Ledger(InMemoryLedgerStore(), clock=lambda: NOW)
         self.ledger.grant(
@@ -152,8 +164,9 @@ class Engine:
             queue=self.queue,
             ledger=self.ledger,
             policy=POLICY,
-            clock=lambda: NOW,
+            clock=lambda: self.now,
         )
+        self.now = NOW  # when the workers finish items (which names their settle tasks)
         self.delivered: set[int] = set()
 
     def accept(self, *words: str) -> WordJob:
@@ -339,3 +352,217 @@ def test_a_corrupt_item_fails_alone_in_the_reapers_run() -> None:
 
     assert set(report.failed) == {"c2"}
     assert report.items_failed == {"c1": [f"{job.id}/000000", f"{job.id}/000001"]}
+
+
+# -- pause and resume ---------------------------------------------------------------------------------
+
+
+def item_tasks(engine: Engine) -> list[TaskRequest]:
+    return [t for t in engine.queue.tasks if t.path == "/tasks/item"]
+
+
+def statuses(engine: Engine, job_id: str) -> list[ItemStatus]:
+    return [i.status for i in engine.jobs.all_items("c1", job_id)]
+
+
+def test_a_paused_jobs_items_wait_and_a_resume_runs_them_under_new_task_names() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b", "c")
+    engine.deliver(next(t for t in engine.queue.tasks if is_fanout(t)))  # items 0 and 1 written and enqueued
+    paused = lifecycle.pause_job(WORDS, engine.jobs, "c1", job.id, NOW, "paused by user")
+    assert (paused.status, paused.paused_reason) == (JobStatus.PAUSED, "paused by user")
+
+    outcomes = engine.run()  # the next page writes item 2; every item delivery leaves its item queued
+    assert outcomes.count(lifecycle.ITEM_WAITS) == 3
+    assert engine.services.runs == [] and statuses(engine, job.id) == [ItemStatus.QUEUED] * 3
+    assert [i.attempts for i in engine.jobs.all_items("c1", job.id)] == [0, 0, 0]  # nothing written
+    assert engine.job(job.id).status is JobStatus.PAUSED and not engine.job(job.id).settled
+    assert engine.credits() == (100 - 3 * PRICE, 3 * PRICE)  # the hold waits with the job
+
+    before = len(item_tasks(engine))
+    resumed = lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", job.id, NOW)
+    assert (resumed.status, resumed.resumes, resumed.paused_reason) == (JobStatus.RUNNING, 1, None)
+    again = item_tasks(engine)[before:]
+    # Exactly the queued items, under names the consumed tasks (reserved for an hour) do not hold.
+    assert [t.payload.index for t in again if isinstance(t.payload, ItemTask)] == [0, 1, 2]
+    assert all(t.name and t.name.endswith("-r1") for t in again)
+    assert not {t.name for t in again} & {t.name for t in item_tasks(engine)[:before]}
+    engine.run()
+
+    done = engine.job(job.id)
+    assert done.settled and done.status is JobStatus.COMPLETED and done.resumes == 1
+    assert sorted(engine.services.runs) == [0, 1, 2]  # each item ran once
+    assert done.settlement == {"captured": 3 * PRICE, "released": 0}
+    assert engine.credits() == (100 - 3 * PRICE, 0) and engine.ledger.verify("c1") == []
+
+
+def test_pausing_and_resuming_are_idempotent_and_leave_stopped_jobs_alone() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b")
+    engine.run(only=is_fanout)
+    assert lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", job.id, NOW).status is JobStatus.RUNNING
+    assert engine.job(job.id).resumes == 0  # a job that is not paused is not resumed
+    lifecycle.pause_job(WORDS, engine.jobs, "c1", job.id, NOW, "paused by user")
+    version = engine.jobs.versions[("job", "c1", job.id)]
+    again = lifecycle.pause_job(WORDS, engine.jobs, "c1", job.id, NOW, REAUTHORIZE)
+    assert (again.status, again.paused_reason) == (JobStatus.PAUSED, "paused by user")
+    assert engine.jobs.versions[("job", "c1", job.id)] == version  # nothing written
+
+    other = engine.accept("c")
+    lifecycle.cancel_job(WORDS, engine.jobs, engine.queue, "c1", other.id, NOW)
+    assert lifecycle.pause_job(WORDS, engine.jobs, "c1", other.id, NOW, "paused by user").status is (
+        JobStatus.CANCELLING
+    )
+    engine.run(only=lambda task: isinstance(task.payload, JobTask) and task.payload.job_id == other.id)
+    settled = engine.job(other.id)
+    assert settled.settled and lifecycle.pause_job(WORDS, engine.jobs, "c1", other.id, NOW, "x") == settled
+    assert lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", other.id, NOW) == settled
+    with pytest.raises(EpoxError) as missing:
+        lifecycle.pause_job(WORDS, engine.jobs, "c2", job.id, NOW, "paused by user")
+    assert missing.value.status == 404
+
+
+class CancelledMeanwhile(InMemoryJobStore[WordJob, WordItem]):
+    """Once armed, a cancel lands between the next read of a job and the write decided on it."""
+
+    armed = False
+
+    def read_job(self, client_id: str, job_id: str) -> StoredJob[WordJob] | None:
+        stored = super().read_job(client_id, job_id)
+        if self.armed and stored is not None:
+            self.armed = False
+            self.update_job(client_id, job_id, {"status": JobStatus.CANCELLING.value})
+        return stored
+
+
+def test_a_pause_that_lost_a_race_with_a_cancel_answers_the_cancel() -> None:
+    racing = CancelledMeanwhile(WORDS)
+    engine = Engine(jobs=racing)
+    job = engine.accept("a")
+    engine.run(only=is_fanout)
+    racing.armed = True
+    assert lifecycle.pause_job(WORDS, racing, "c1", job.id, NOW, "paused by user").status is JobStatus.CANCELLING
+    assert racing.get_job("c1", job.id).paused_reason is None
+
+
+def test_a_resume_or_cancel_whose_answer_was_lost_still_enqueues_the_waiting_items() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b")
+    other = engine.accept("c")
+    engine.run(only=is_fanout)
+    for paused in (job, other):
+        lifecycle.pause_job(WORDS, engine.jobs, "c1", paused.id, NOW, "paused by user")
+    engine.run()  # every item waits
+    engine.jobs.lose_answer("update_job")
+    resumed = lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", job.id, NOW)
+    engine.jobs.lose_answer("update_job")
+    stopping = lifecycle.cancel_job(WORDS, engine.jobs, engine.queue, "c1", other.id, NOW)
+    assert engine.jobs.losses_pending == 0
+    assert (resumed.status, resumed.resumes, stopping.status, stopping.resumes) == (
+        JobStatus.RUNNING,
+        1,
+        JobStatus.CANCELLING,
+        1,
+    )
+    assert [t.name for t in item_tasks(engine) if (t.name or "").endswith("-r1")] == [
+        WORDS.item_task("c1", job.id, 0, 1).name,
+        WORDS.item_task("c1", job.id, 1, 1).name,
+        WORDS.item_task("c1", other.id, 0, 1).name,
+    ]
+    engine.run()
+    assert engine.job(job.id).status is JobStatus.COMPLETED and engine.job(other.id).status is JobStatus.CANCELLED
+
+
+def test_cancelling_a_paused_job_cancels_its_waiting_items_and_releases_their_hold() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b", "c")
+    engine.run(only=is_fanout)
+    engine.deliver(item_tasks(engine)[0])  # item 0 succeeds before the pause
+    lifecycle.pause_job(WORDS, engine.jobs, "c1", job.id, NOW, "paused by user")
+    engine.run()  # items 1 and 2 wait; their tasks are consumed
+    engine.now = NOW + timedelta(hours=1)
+    assert statuses(engine, job.id) == [ItemStatus.SUCCEEDED, ItemStatus.QUEUED, ItemStatus.QUEUED]
+
+    stopping = lifecycle.cancel_job(WORDS, engine.jobs, engine.queue, "c1", job.id, engine.now)
+    assert (stopping.status, stopping.resumes, stopping.paused_reason) == (JobStatus.CANCELLING, 1, None)
+    engine.run()  # the waiting items' tasks, enqueued anew, cancel them; the job settles
+
+    done = engine.job(job.id)
+    assert done.settled and done.status is JobStatus.CANCELLED
+    assert statuses(engine, job.id) == [ItemStatus.SUCCEEDED, ItemStatus.CANCELLED, ItemStatus.CANCELLED]
+    assert lifecycle.totals(WORDS, engine.jobs, done).cancelled == 2  # counted
+    assert done.settlement == {"captured": PRICE, "released": 2 * PRICE}
+    assert engine.credits() == (100 - PRICE, 0) and engine.ledger.state("c1").holds == {}
+    assert engine.services.runs == [0]
+
+
+def test_the_reaper_leaves_a_paused_job_and_its_waiting_items_alone() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b", "c")
+    engine.run(only=is_fanout)
+    lifecycle.pause_job(WORDS, engine.jobs, "c1", job.id, NOW, REAUTHORIZE)
+    engine.run()
+    tasks = len(engine.queue.tasks)
+
+    days_later = NOW + timedelta(days=3)
+    report = recovery.reap(WORDS, engine.services, days_later, lease=LEASE)
+    acted = (report.items_failed, report.items_requeued, report.jobs_started, report.settles_enqueued)
+    assert acted == ({}, {}, {}, {})
+    assert len(engine.queue.tasks) == tasks
+    stored = engine.jobs.read_item("c1", job.id, 0)
+    assert stored is not None
+    assert recovery.requeue_stalled_item(WORDS, engine.services, stored, days_later) is None
+    assert statuses(engine, job.id) == [ItemStatus.QUEUED] * 3 and engine.job(job.id).status is JobStatus.PAUSED
+
+    # Resumed, the job runs again; a resume whose tasks were lost is completed by the reaper later on.
+    lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", job.id, days_later)
+    for task in item_tasks(engine)[-3:]:
+        engine.delivered.add(id(task))
+        engine.queue.names.discard(task.name or "")
+    report = recovery.reap(WORDS, engine.services, days_later + timedelta(hours=1), lease=LEASE)
+    assert report.items_requeued == {"c1": [f"{job.id}/{i:06d}" for i in range(3)]}
+    assert all((t.name or "").endswith("-r1") for t in item_tasks(engine)[-3:])
+    engine.run()
+    assert engine.job(job.id).settled and sorted(engine.services.runs) == [0, 1, 2]
+
+
+def test_a_kind_that_pauses_its_job_from_an_items_work_leaves_the_item_queued_until_resumed() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b", "c")
+    engine.services.revoked.add(1)
+    engine.run(only=is_fanout)
+    tasks = item_tasks(engine)
+    assert engine.deliver(tasks[0]) == "item 0 succeeded"
+    # Even on its last attempt, the item is put back, not failed.
+    outcome = engine.deliver(tasks[1], retry_count=POLICY.max_attempts - 1)
+    assert outcome == f"{lifecycle.ITEM_WAITS} ({REAUTHORIZE})"
+    paused = engine.job(job.id)
+    assert (paused.status, paused.paused_reason) == (JobStatus.PAUSED, REAUTHORIZE)
+    item = engine.jobs.read_item("c1", job.id, 1)
+    assert item is not None and (item.item.status, item.item.attempts) == (ItemStatus.QUEUED, 0)
+    assert lifecycle.totals(WORDS, engine.jobs, paused).done == 1  # the put-back item is not counted
+    assert engine.deliver(tasks[2]) == lifecycle.ITEM_WAITS
+    engine.run()
+    assert not engine.job(job.id).settled
+
+    engine.now = NOW + timedelta(hours=1)  # the merchant authorized the store again
+    lifecycle.resume_job(WORDS, engine.jobs, engine.queue, "c1", job.id, engine.now)
+    engine.run()
+    done = engine.job(job.id)
+    assert done.settled and done.status is JobStatus.COMPLETED
+    assert engine.services.runs == [0, 1, 1, 2]  # the paused item's work ran once more, after the resume
+    assert lifecycle.totals(WORDS, engine.jobs, done).values["succeeded_items"] == 3
+    assert done.settlement == {"captured": 3 * PRICE, "released": 0}
+
+
+def test_a_kind_pausing_a_job_cancelled_meanwhile_cancels_the_item() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b")
+    engine.services.cancels.add(0)
+    engine.run(only=is_fanout)
+    assert engine.deliver(item_tasks(engine)[0]) == "item 0 cancelled"
+    engine.run()
+    done = engine.job(job.id)
+    assert done.settled and done.status is JobStatus.CANCELLED and done.paused_reason is None
+    assert statuses(engine, job.id) == [ItemStatus.CANCELLED] * 2
+    assert done.settlement == {"captured": 0, "released": 2 * PRICE}
