@@ -222,6 +222,14 @@ class Settings(BaseSettings):
     # store_tasks' function timeout (import pages, bulk streams, webhook work).
     store_tasks_timeout_seconds: int = Field(default=540, ge=30, le=1800)
 
+    # Sync-back (pushing approved images to the store)
+    # How long the presigned URL a store fetches a pushed image from stays valid (Shopify fetches it
+    # asynchronously, sometimes minutes later; R2 allows up to 7 days).
+    sync_source_url_hours: int = Field(default=24, ge=1, le=168)
+    # How long one delivery waits for Shopify to process a pushed image before the queue polls later.
+    sync_poll_seconds: float = Field(default=20.0, ge=0.0, le=240.0)
+    sync_fanout_page: int = Field(default=200, ge=1, le=500)
+
     @property
     def is_production(self) -> bool:
         return self.epox_env is Environment.PRODUCTION

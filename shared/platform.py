@@ -43,8 +43,10 @@ if TYPE_CHECKING:
     from shared.notifications.weekly import GeneratedImages
     from shared.safe_fetch import SafeFetcher
     from shared.storage import ObjectStore
+    from shared.stores.mirror import StoreProductWatcher
     from shared.stores.ports import ShopifyAdmin, WooCommerceApi
     from shared.stores.repository import StoreRepository
+    from shared.sync.repository import SyncRepository
     from shared.tasks import TaskCall, TaskCallVerifier, TaskQueue
     from shared.tenancy import ClientDirectory, Onboarding
 
@@ -204,8 +206,12 @@ class Platform:
         if self._event_consumers is not None:
             return self._event_consumers(self)
         from shared.notifications.in_app import InAppNotifier
+        from shared.sync.jobs import auto_sync
 
-        consumers: list[EventConsumer] = [InAppNotifier(self.notifications, self.notification_preferences)]
+        consumers: list[EventConsumer] = [
+            InAppNotifier(self.notifications, self.notification_preferences),
+            auto_sync(self),
+        ]
         s = self.settings
         # Email where it is configured (production demands it of the functions that need mail); a
         # development stack without SMTP notifies in-app only.
@@ -289,6 +295,19 @@ class Platform:
         from shared.adapters.firestore.settings import FirestoreGenerationSettings
 
         return FirestoreGenerationSettings(self.db)
+
+    @property
+    def sync(self) -> SyncRepository:
+        """Sync-back's records, snapshots, per-product counts, history and settings."""
+        from shared.adapters.firestore.sync import FirestoreSyncRepository
+
+        return FirestoreSyncRepository(self.db)
+
+    def store_watchers(self) -> tuple[StoreProductWatcher, ...]:
+        """What follows store products' changes besides the catalog's mirror (sync-back's records)."""
+        from shared.sync.service import SyncWatcher
+
+        return (SyncWatcher(self.sync, self.catalog),)
 
     def job_store(self, kind: JobKind[Any, Any, Any, Any]) -> JobStore[Any, Any]:
         """One job kind's jobs, items, counters, fan-out page markers and reaper cursor."""

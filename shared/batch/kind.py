@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic
 
+from pydantic import BaseModel
 from typing_extensions import TypeVar  # PEP 696 defaults (Python 3.13's typing.TypeVar)
 
 from shared.batch.models import (
@@ -59,6 +60,7 @@ from shared.batch.models import (
     FanoutPageTask,
     ItemStatus,
     ItemTask,
+    JobStatus,
     JobTask,
     PagedJobDoc,
 )
@@ -331,6 +333,25 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
     def images(self, totals: Totals) -> int:
         """How many images the job delivered (its completed event says so)."""
         return totals.succeeded
+
+    def completion(
+        self, job: JobT, totals: Totals, final: JobStatus, captured: int, released: int
+    ) -> tuple[EventType, BaseModel]:
+        """The event written with the settled job (the outbox): by default ``completed_event`` with
+        the job's counts; a kind may tell success from failure with events of its own."""
+        from shared.events.model import JobCompleted
+
+        return self.completed_event, JobCompleted(
+            job_id=job.id,
+            status=final.value,
+            items=job.item_count,
+            succeeded=totals.succeeded,
+            failed=totals.failed,
+            cancelled=totals.cancelled,
+            charged=captured,
+            refunded=released,
+            images=self.images(totals),
+        )
 
     def settlement(self, totals: Totals, captured: int, released: int) -> dict[str, int]:
         """What the settled job document records."""

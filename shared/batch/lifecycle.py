@@ -67,7 +67,7 @@ from shared.batch.models import (
 )
 from shared.batch.store import StaleWrite, StoredItem
 from shared.errors import EpoxError, IdempotencyKeyReused, NotFound, UpstreamUnavailable
-from shared.events.model import JobCompleted, Subject, new_event
+from shared.events.model import Subject, new_event
 from shared.ids import derived_id, new_id
 from shared.ledger.model import Actor, HoldAlreadyResolved, HoldOutcome
 from shared.pagination import Page
@@ -632,21 +632,12 @@ def run_settle(
             )
         captured, released = outcome.captured, outcome.released
     final = JobStatus.CANCELLED if job.status in STOPPED_JOB else JobStatus.COMPLETED
+    event_type, payload = kind.completion(job, sums, final, captured, released)
     completed = new_event(
         task.client_id,
-        kind.completed_event,
+        event_type,
         Subject(kind=kind.collection, id=job.id),
-        JobCompleted(
-            job_id=job.id,
-            status=final.value,
-            items=job.item_count,
-            succeeded=sums.succeeded,
-            failed=sums.failed,
-            cancelled=sums.cancelled,
-            charged=captured,
-            refunded=released,
-            images=kind.images(sums),
-        ),
+        payload,
         occurred_at=now,
         sequence=1,
     )

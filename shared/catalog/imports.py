@@ -756,13 +756,16 @@ def _process_rows(
         refused = {product.id for product in done.refused}
         created = {product.id for product in products} - refused
         _count_rows(part, results, candidates, created, "product_slot_limit", SLOT_LIMIT_ERROR)
+        pushed = _pushed_media(repos, doc, list(done.existing))
     else:
         created = repos.products.existing(doc.client_id, [product.id for product in products])
+        pushed = _pushed_media(repos, doc, list(created))
     progressed = False
     for index in range(start_row, len(results)):
         first_image = start_image if index == start_row else 0
         entry = candidates.products.get(index)
         urls = entry[0].image_urls if entry is not None and entry[1].id in created else ()
+        ours = pushed.get(entry[1].id, frozenset()) if entry is not None else frozenset()
         if progressed and first_image < len(urls) and out_of_time():
             part.end, part.last = (index, first_image), False
             return part
@@ -772,10 +775,24 @@ def _process_rows(
                 return part
             assert entry is not None
             draft, product = entry
+            if image < len(draft.image_media_ids) and draft.image_media_ids[image] in ours:
+                continue  # an image sync-back pushed: it is ours already, not the store's
             _import_image(repos, store, fetcher, doc, draft, product.id, image, policy, now, part)
         part.rows += 1
         progressed = True
     return part
+
+
+def _pushed_media(repos: CatalogRepositories, doc: ImportDoc, product_ids: list[str]) -> dict[str, frozenset[str]]:
+    """The media sync-back pushed to these products' store products (a store import skips them)."""
+    if doc.source is not ImportSource.STORE or not product_ids:
+        return {}
+    found = repos.products.get_many(doc.client_id, product_ids)
+    return {
+        pid: frozenset(p.store.pushed_media_ids)
+        for pid, p in found.items()
+        if p.store is not None and p.store.pushed_media_ids
+    }
 
 
 def _relink(repos: CatalogRepositories, doc: ImportDoc, products: list[ProductDoc], now: datetime) -> None:
@@ -788,7 +805,8 @@ def _relink(repos: CatalogRepositories, doc: ImportDoc, products: list[ProductDo
         current = loaded.value.store
         if current is not None and current.import_id_seen == doc.id:
             continue
-        link = product.store.model_copy(update={"import_id_seen": doc.id})
+        pushed = current.pushed_media_ids if current is not None else []
+        link = product.store.model_copy(update={"import_id_seen": doc.id, "pushed_media_ids": pushed})
         try:
             repos.products.update(
                 doc.client_id, product.id, {"store": link.model_dump(mode="python"), "updated_at": now}, loaded.version

@@ -32,6 +32,9 @@ class StoreLink(BaseModel):
     variants: list[dict[str, Any]] = Field(default_factory=list)
     # The store's own images we imported (its media / attachment ids), never our generated assets.
     media_ids: list[str] = Field(default_factory=list)
+    # The images sync-back pushed to the store product (their media / attachment ids): the store's
+    # webhooks and re-imports bring them back as the store's images, and they are not imported.
+    pushed_media_ids: list[str] = Field(default_factory=list)
     store_updated_at: datetime | None = None
     synced_at: datetime | None = None
     import_id_seen: str | None = None  # the last store import that refreshed this link

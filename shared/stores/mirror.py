@@ -9,6 +9,8 @@ WooCommerce reconciliation and by linking a manual product.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,21 @@ if TYPE_CHECKING:
 logger = log.get_logger("epox.stores.mirror")
 
 
+class StoreProductWatcher(ABC):
+    """What else follows a store product's changes the mirror learns of (sync-back's records of the
+    images it pushed there). Called after the mirror applied the change; idempotent."""
+
+    @abstractmethod
+    def changed(
+        self, client_id: str, platform: str, store_product_id: str, media_ids: Sequence[str], now: datetime
+    ) -> str:
+        """The store product now has these images (media / attachment ids)."""
+
+    @abstractmethod
+    def deleted(self, client_id: str, platform: str, store_product_id: str, now: datetime) -> str:
+        """The store product was deleted."""
+
+
 @dataclass
 class MirrorServices:
     repos: CatalogRepositories
@@ -45,6 +62,7 @@ class MirrorServices:
     image_limits: ImageLimits
     fetch_limits: FetchLimits
     thumbnail_max_side: int
+    watchers: tuple[StoreProductWatcher, ...] = ()
 
 
 class ProductAlreadyLinked(Conflict):
@@ -112,17 +130,27 @@ def mirror_product(
         _update_fields(services, current, draft, now)
         outcome = "updated"
     images = _mirror_images(services, connection, current, draft.image_urls, draft.image_media_ids, now)
-    return f"store product {product.id} {outcome} ({images})"
+    media = [image.media_id for image in product.images]
+    seen = [
+        w.changed(connection.client_id, connection.platform.value, product.id, media, now) for w in services.watchers
+    ]
+    return f"store product {product.id} {outcome} ({images})" + "".join(f"; {note}" for note in seen)
 
 
 def _update_fields(services: MirrorServices, current: ProductDoc, draft: ProductDraft, now: datetime) -> None:
     products = services.repos.products
     assert draft.store is not None
-    link = {**draft.store.model_dump(mode="python"), "status": StoreLinkStatus.LINKED.value, "synced_at": now}
     for _ in range(5):
         loaded = products.load(current.client_id, current.id)
         if loaded is None:
             raise NotFound(f"No product {current.id}")
+        kept = loaded.value.store.pushed_media_ids if loaded.value.store is not None else []
+        link = {
+            **draft.store.model_dump(mode="python"),
+            "status": StoreLinkStatus.LINKED.value,
+            "synced_at": now,
+            "pushed_media_ids": kept,
+        }
         changes: dict[str, Any] = {
             "name": draft.name,
             "description": draft.description,
@@ -157,7 +185,10 @@ def _mirror_images(
     repos = services.repos
     added = failed = removed = 0
     wanted = set(media_ids)
+    ours = set(product.store.pushed_media_ids) if product.store is not None else set()
     for url, media_id in zip(urls, media_ids, strict=False):
+        if media_id in ours:
+            continue  # an image sync-back pushed: ours already, not the store's
         asset_id = store_asset_id(connection.client_id, connection.platform.value, connection.shop, media_id)
         if repos.assets.existing(connection.client_id, [asset_id]):
             continue
@@ -195,6 +226,8 @@ def mark_deleted_in_store(
     services: MirrorServices, connection: StoreConnectionDoc, store_id: str, now: datetime
 ) -> str:
     """The store deleted the product: ours stays, with its generated assets, marked deleted-in-store."""
+    for watcher in services.watchers:
+        watcher.deleted(connection.client_id, connection.platform.value, store_id, now)
     product = linked_product(services, connection, store_id)
     if product is None or product.store is None:
         return f"store product {store_id} is not imported: nothing to mark"

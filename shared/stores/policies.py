@@ -55,6 +55,7 @@ def mirror_services(platform: Platform) -> MirrorServices:
         image_limits=policy.image_limits,
         fetch_limits=policy.fetch_limits,
         thumbnail_max_side=policy.thumbnail_max_side,
+        watchers=platform.store_watchers(),
     )
 
 

@@ -32,6 +32,7 @@ PUBLIC_ENTRY_POINTS = (
     "store_oauth",
     "store_webhook",
     "stripe_webhook",
+    "sync_api",
 )
 INTERNAL_ENTRY_POINTS = (
     "billing_jobs",
@@ -41,6 +42,7 @@ INTERNAL_ENTRY_POINTS = (
     "generate_tasks",
     "notifications_tasks",
     "store_tasks",
+    "sync_tasks",
 )
 
 

@@ -27,6 +27,7 @@ FOLDERS = (
     "notifications",
     "store_oauth",
     "store_webhook",
+    "sync_back",
 )
 
 # One valid production value per variable a group may demand: the full production set's, plus the Gemini
@@ -47,10 +48,13 @@ EXPECTED = {
     "billing_jobs": {Need.TASK_CALLS, Need.TASK_QUEUE},
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
     "notifications_api": {Need.AUTH, Need.MAIL},
-    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
+    # Auto-sync (an event consumer) starts sync jobs: their selection goes to the object store.
+    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL, Need.R2},
     "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
+    "sync_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
+    "sync_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
 }
 
 
