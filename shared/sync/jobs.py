@@ -10,7 +10,8 @@ is notified); resuming it after a reconnect runs the items left.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from shared.events.model import EventType, SyncFinished
 from shared.stores.connections import StoreNeedsReauthorization, live_connection
 from shared.stores.models import StoreConnectionDoc
 from shared.stores.ports import StorePlatform
-from shared.sync.gallery import StoreAccess, gallery
+from shared.sync.gallery import Gallery, StoreAccess, gallery
 from shared.sync.models import (
     MAX_SYNC_ASSETS,
     Placement,
@@ -76,15 +77,22 @@ class SyncServices(JobServices):
     sync: SyncRepository
     access: StoreAccess
     push: PushPolicy
+    # The store's galleries (by default the connected platform's, through its adapter).
+    galleries: Callable[[StoreConnectionDoc], Gallery] | None = None
+    sleep: Callable[[float], None] = time.sleep
+
+    def gallery(self, connection: StoreConnectionDoc) -> Gallery:
+        return self.galleries(connection) if self.galleries is not None else gallery(self.access, connection)
 
     def pushing(self) -> PushServices:
         return PushServices(
             catalog=self.catalog,
             sync=self.sync,
             object_store=self.store,
-            galleries=lambda connection: gallery(self.access, connection),
+            galleries=self.gallery,
             policy=self.push,
             clock=self.clock,
+            sleep=self.sleep,
         )
 
 

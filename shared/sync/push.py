@@ -412,7 +412,8 @@ def _edit_pushed(
         if ids == link.pushed_media_ids:
             return
         try:
-            catalog.products.update(client_id, product_id, {"store.pushed_media_ids": ids}, loaded.version)
+            stored = link.model_copy(update={"pushed_media_ids": ids}).model_dump(mode="python")
+            catalog.products.update(client_id, product_id, {"store": stored}, loaded.version)
         except StaleWrite:
             continue
         return
