@@ -27,14 +27,17 @@ from shared.stores.ports import (
     StoreAuthorizationLost,
     StoreCategory,
     StoreImage,
+    StoreImageRejected,
     StoreNotReachable,
     StorePage,
     StorePlatform,
     StoreProduct,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
     StoreVariant,
     WooCommerceApi,
+    WooImageRef,
     WooKeys,
     WooWebhook,
 )
@@ -340,7 +343,11 @@ class FakeShopifyAdmin(ShopifyAdmin):
 
 @dataclass
 class FakeWooCommerce(WooCommerceApi):
-    """One WooCommerce store: keys, a catalog paged by ``per_page``, webhooks with their secrets."""
+    """One WooCommerce store: keys, a catalog paged by ``per_page``, webhooks with their secrets, and
+    product galleries as the REST API writes them: ``images`` replaces the gallery, kept by id (an id
+    that is in no gallery nor in ``media`` is refused), added by src with a new attachment id (a src
+    whose basename has no image extension, or one in ``unfetchable``, is refused and nothing changes);
+    images taken off a product stay in ``media``; a product in ``trashed`` or missing is gone."""
 
     products: dict[str, StoreProduct] = field(default_factory=dict)
     bad_keys: bool = False
@@ -351,7 +358,13 @@ class FakeWooCommerce(WooCommerceApi):
     deleted_hooks: list[str] = field(default_factory=list)
     page_calls: int = 0
     during_pages: list[Callable[[], object]] = field(default_factory=list)  # run once while a page is read
+    media: dict[str, StoreImage] = field(default_factory=dict)  # attachments taken off a product or sideloaded
+    trashed: set[str] = field(default_factory=set)  # product ids in the store's trash
+    unfetchable: set[str] = field(default_factory=set)  # srcs the store cannot download
+    product_reads: list[str] = field(default_factory=list)  # product ids product() was asked for
+    image_writes: list[tuple[str, list[WooImageRef]]] = field(default_factory=list)  # set_product_images calls
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _media_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(90_001))
 
     def check_store_url(self, store_url: str) -> str:
         url = store_url.strip().rstrip("/")
@@ -443,3 +456,59 @@ class FakeWooCommerce(WooCommerceApi):
         if "id" not in payload or "name" not in payload:
             raise StoreRequestFailed("not a product")
         return StoreProduct(id=str(payload["id"]), title=str(payload["name"]))
+
+    def _live(self, product_id: str) -> StoreProduct:
+        product = self.products.get(product_id)
+        if product is None or product_id in self.trashed:
+            raise StoreProductGone(f"The store has no product {product_id}.")
+        return product
+
+    def product(self, store_url: str, keys: WooKeys, product_id: str) -> StoreProduct:
+        self._check(keys)
+        self.product_reads.append(product_id)
+        return self._live(product_id)
+
+    def set_product_images(
+        self, store_url: str, keys: WooKeys, product_id: str, images: Sequence[WooImageRef]
+    ) -> list[StoreImage]:
+        self._check(keys)
+        self.image_writes.append((product_id, list(images)))
+        product = self._live(product_id)
+        known = {image.media_id: image for image in product.images} | self.media
+        gallery: list[StoreImage] = []
+        added: list[StoreImage] = []
+        for position, ref in enumerate(images):
+            if ref.id is not None:
+                image = known.get(ref.id)
+                if image is None:
+                    raise StoreImageRejected(
+                        f"#{ref.id} is an invalid image ID.", store_code="woocommerce_product_invalid_image_id"
+                    )
+            elif ref.src is not None:
+                image = self._sideload(ref.src)
+                added.append(image)
+            else:
+                raise StoreImageRejected(
+                    "#0 is an invalid image ID.", store_code="woocommerce_product_invalid_image_id"
+                )
+            changes: dict[str, Any] = {"position": position}
+            if ref.alt:
+                changes["alt"] = ref.alt
+            gallery.append(image.model_copy(update=changes))
+        for image in [*product.images, *added]:  # off the product, still in the media library
+            self.media.setdefault(image.media_id, image)
+        self.products[product_id] = product.model_copy(update={"images": gallery})
+        return gallery
+
+    def _sideload(self, src: str) -> StoreImage:
+        file_name = src.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        stem, dot, extension = file_name.rpartition(".")
+        if src in self.unfetchable:
+            message = f"Error getting remote image {src.split('?', 1)[0]}. Error: Not Found"
+            raise StoreImageRejected(message, store_code="woocommerce_product_image_upload_error")
+        allowed = {"jpg", "jpeg", "jpe", "gif", "png", "bmp", "tif", "tiff", "ico", "webp"}  # WooCommerce's list
+        if not (dot and stem and extension.lower() in allowed):
+            message = "Invalid image: Sorry, you are not allowed to upload this file type."
+            raise StoreImageRejected(message, store_code="woocommerce_product_image_upload_error")
+        media_id = str(next(self._media_ids))
+        return StoreImage(media_id=media_id, url=f"https://woo.store.test/wp-content/uploads/{media_id}/{file_name}")

@@ -1,5 +1,7 @@
 """A small recording HTTP server standing in for our functions when a stub POSTs to us (webhooks, key
-callbacks): it keeps every POST and answers ``status`` (or the next of ``statuses``)."""
+callbacks): it keeps every POST and answers ``status`` (or the next of ``statuses``). It also serves
+``files`` to GETs (a 404 for any other path), standing in for the object store a vendor fetches our
+images from."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class Receiver:
     status: int = 200
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # path -> (body, Content-Type)
+    fetched: list[str] = field(default_factory=list)  # the paths GETs asked for, query included
     port: int = 0
 
     def url(self, path: str = "/hook") -> str:
@@ -46,6 +50,16 @@ def receiving() -> Iterator[Receiver]:
             self.send_response(sink.answer())
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def do_GET(self) -> None:
+            sink.fetched.append(self.path)
+            body, content_type = sink.files.get(self.path.split("?", 1)[0], (b"Not Found", "text/plain"))
+            found = self.path.split("?", 1)[0] in sink.files
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             return

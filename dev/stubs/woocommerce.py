@@ -8,20 +8,44 @@ Served (paths as on a real store; the store's address is :attr:`WooStub.url`)::
     GET  /wc-auth/v1/access_denied?…&wc_auth_nonce=…                            the merchant pressed Deny
     GET  /wp-json/wc/v3/products            per_page (1..100, default 10), page, modified_after,
                                             include, category, sku, search; X-WP-Total, X-WP-TotalPages, Link
-    GET  /wp-json/wc/v3/products/{id}
+    GET  /wp-json/wc/v3/products/{id}       (a trashed product too, with status "trash", as WooCommerce answers)
+    PUT|POST /wp-json/wc/v3/products/{id}   {images: [{id} | {src, name, alt}, …], name, description, …}
     GET  /wp-json/wc/v3/products/{id}/variations   (paged like products; [] for a simple product)
     GET  /wp-json/wc/v3/products/categories        (paged; ``count`` = products in the category)
     GET  /wp-json/wc/v3/webhooks?status=all|active|paused|disabled
     POST /wp-json/wc/v3/webhooks            {name, topic, delivery_url, secret, status}
     GET|PUT /wp-json/wc/v3/webhooks/{id}    PUT {status: "active"} re-enables a disabled webhook
     DELETE /wp-json/wc/v3/webhooks/{id}?force=true   (without force: 501, webhooks cannot be trashed)
-    GET  /wp-content/uploads/2026/01/{name}.png      the products' images, small real PNGs
+    GET  /wp-content/uploads/{yyyy}/{mm}/{file}      the media library: the demo's small real PNGs and
+                                                    every image sideloaded since, as fetched
 
 **The demo store** (:func:`demo_products`): 50 deterministic products in 6 categories with tags, one or
 two images each, five of them variable with three size variations each (their own SKUs and images).
-The merchant edits the catalog with :meth:`WooStub.create_product`, :meth:`WooStub.update_product` and
-:meth:`WooStub.delete_product`, which fire the ``product.created`` / ``product.updated`` /
-``product.deleted`` webhooks.
+The merchant edits the catalog with :meth:`WooStub.create_product`, :meth:`WooStub.update_product`,
+:meth:`WooStub.merchant_removes_image`, :meth:`WooStub.trash_product` and :meth:`WooStub.delete_product`,
+which fire the ``product.created`` / ``product.updated`` / ``product.deleted`` webhooks.
+
+**Product images** (REST API docs, Products → images; ``WC_REST_Products_V2_Controller::set_product_images``).
+Every image is an attachment in the store's media library (:attr:`WooStub.media`); a product shows
+attachments in order, element 0 being the featured image. ``images`` in an update **replaces the whole
+gallery**: an element with ``id`` keeps that attachment (one that is not an image in the library: 400
+``woocommerce_product_invalid_image_id``, "#N is an invalid image ID."); an element with only ``src``
+is sideloaded while the request waits: the stub really GETs the URL (redirects followed, timeout
+``sideload_timeout``) and, as ``download_url`` and ``wp_handle_sideload`` do, names the file after the
+URL path's basename, which needs an image extension WooCommerce allows (jpg, jpeg, jpe, gif, png, bmp,
+tif, tiff, ico, webp) and content that really is an image (a PNG named ``.jpg`` is renamed ``.png``). A
+failed fetch, a non-200 answer, a missing or other extension or content that is not an image is 400
+``woocommerce_product_image_upload_error`` with WordPress's message ("Error getting remote image URL.
+Error: Not Found", "Invalid image: Sorry, you are not allowed to upload this file type.") and the
+product does not change — though attachments sideloaded for earlier elements stay in the library and
+``name``/``alt`` already written on earlier attachments stay written, as in WordPress. A new attachment
+gets a fresh id, a ``src`` under ``/wp-content/uploads/{yyyy}/{mm}/`` (``-1``, ``-2``… when the name is
+taken), ``name`` (the file name without extension unless one was sent) and ``alt``; ``name``/``alt`` sent
+with an ``id`` update that attachment. ``images: []`` removes every image. Removing an image from a
+product leaves its attachment in the library (REST API keys cannot call ``wp/v2/media``). A successful
+update fires ``product.updated``. With ``safe_remote_only`` the stub refuses sources on private or
+loopback addresses or ports other than 80, 443 and 8080 as ``wp_safe_remote_get`` does ("A valid URL was
+not provided."); it is off by default because every local service is on loopback.
 
 **wc-auth** (WooCommerce's "authentication endpoint", docs: REST API → Authentication). ``GET
 /wc-auth/v1/authorize`` validates the parameters (``scope`` is ``read``, ``write`` or ``read_write``;
@@ -57,7 +81,8 @@ Failures are programmable with :meth:`WooStub.fail`: ``"429"`` (with Retry-After
 limiter answers), ``"500"``, ``"502"``, ``"503"``, ``"malformed"`` (200 with a truncated JSON body, as a
 PHP notice printed into the response produces) or ``"drop"`` (the connection is closed without an
 answer), for the next ``times`` requests, optionally only for paths starting with ``path``. Every request
-is recorded (:class:`Recorded`).
+is recorded (:class:`Recorded`). ``method`` limits a failure to one method (``PUT`` on a product while
+its ``GET`` still answers), ``retry_after`` sets a 429's Retry-After.
 """
 
 from __future__ import annotations
@@ -66,7 +91,9 @@ import base64
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
+import re
 import secrets
 import socket
 import struct
@@ -85,6 +112,21 @@ from dev.stubs.serving import StubHandler, serving
 
 API = "/wp-json/wc/v3"
 UPLOADS = "/wp-content/uploads/2026/01/"
+UPLOADS_ROOT = "/wp-content/uploads/"
+# woocommerce_rest_allowed_image_mime_types: the extensions a sideloaded file may have.
+IMAGE_EXTENSIONS = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "jpe": "image/jpeg",
+    "gif": "image/gif",
+    "png": "image/png",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "ico": "image/x-icon",
+    "webp": "image/webp",
+}
+WP_USER_AGENT = "WordPress/6.9"
 SCOPES = ("read", "write", "read_write")
 PRODUCT_TOPICS = ("product.created", "product.updated", "product.deleted", "product.restored")
 MAX_DELIVERY_FAILURES = 5  # WooCommerce's woocommerce_max_webhook_delivery_failures default
@@ -147,6 +189,8 @@ class _Failure:
     kind: str
     times: int
     path: str | None
+    method: str | None = None
+    retry_after: int = 1
 
 
 def _wc_date(moment: datetime) -> str:
@@ -254,6 +298,8 @@ class WooStub:
     https_callbacks_only: bool = False
     callback_timeout: float = 60.0
     delivery_timeout: float = 60.0
+    sideload_timeout: float = 30.0  # WordPress's download_url allows 300 s; tests need no such wait
+    safe_remote_only: bool = False  # refuse private sources as wp_safe_remote_get does (see the docstring)
     port: int = 0
     requests: list[Recorded] = field(default_factory=list)
     keys: dict[int, ApiKey] = field(default_factory=dict)
@@ -263,6 +309,9 @@ class WooStub:
     deliveries: list[Delivery] = field(default_factory=list)
     pings: list[tuple[int, int]] = field(default_factory=list)  # (webhook id, status the ping got)
     callbacks: list[tuple[str, bytes, int]] = field(default_factory=list)  # (url, body, status) of key callbacks
+    # The media library: attachment id -> {id, src, name, alt, dates; private: data, content_type, parent}.
+    media: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sideloaded: list[str] = field(default_factory=list)  # every src the store fetched, in order
     lock: threading.RLock = field(default_factory=threading.RLock)
     _failures: list[_Failure] = field(default_factory=list)
     _pending: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # user_id -> (nonce, query)
@@ -272,17 +321,24 @@ class WooStub:
     def __post_init__(self) -> None:
         if not self.products:
             self.products, self.variations = demo_products()
+        for product in self.products.values():
+            self._register_images(product)
+        for rows in self.variations.values():
+            for row in rows:
+                self._register_images(row)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     # -- programming ------------------------------------------------------------------------------
-    def fail(self, kind: str, times: int = 1, path: str | None = None) -> None:
-        """The next ``times`` requests (to paths starting with ``path``) fail as ``kind``."""
+    def fail(
+        self, kind: str, times: int = 1, path: str | None = None, *, method: str | None = None, retry_after: int = 1
+    ) -> None:
+        """The next ``times`` requests (to paths starting with ``path``, with ``method``) fail as ``kind``."""
         assert kind in FAILURE_KINDS, kind
         with self.lock:
-            self._failures.append(_Failure(kind, times, path))
+            self._failures.append(_Failure(kind, times, path, method, retry_after))
 
     def add_key(self, permissions: str = "read_write", user_id: str = "1") -> ApiKey:
         """An API key as if the merchant had created one in WooCommerce → Settings → Advanced → REST API."""
@@ -340,14 +396,49 @@ class WooStub:
         }
         with self.lock:
             self.products[product_id] = product
+            self._register_images(product)
         self._fire("product.created", product_id)
         return self.product_json(product_id)
 
     def update_product(self, product_id: int, **fields: Any) -> dict[str, Any]:
         with self.lock:
             self.products[product_id].update(fields, date_modified=_wc_date(datetime.now(UTC)))
+            self._register_images(self.products[product_id])
         self._fire("product.updated", product_id)
         return self.product_json(product_id)
+
+    def merchant_removes_image(self, product_id: int, attachment_id: int) -> dict[str, Any]:
+        """The merchant removes one image from the product in wp-admin (the attachment stays in the media
+        library) and saves: ``product.updated`` is delivered. The product as the REST API now shows it."""
+        with self.lock:
+            product = self.products[product_id]
+            kept = [image for image in product["images"] if image["id"] != attachment_id]
+            if len(kept) == len(product["images"]):
+                raise ValueError(f"product {product_id} has no image {attachment_id}")
+            product.update(images=kept, date_modified=_wc_date(datetime.now(UTC)))
+        self._fire("product.updated", product_id)
+        return self.product_json(product_id)
+
+    def trash_product(self, product_id: int) -> None:
+        """The merchant moves the product to the trash: ``product.deleted`` is delivered, lists leave it
+        out, ``GET products/{id}`` still answers it with status ``trash``."""
+        with self.lock:
+            self.products[product_id].update(status="trash", date_modified=_wc_date(datetime.now(UTC)))
+        self._fire("product.deleted", product_id)
+
+    def gallery(self, product_id: int) -> list[dict[str, Any]]:
+        """The product's images in order (element 0 the featured image): ``{id, src, name, alt}``."""
+        return [
+            {k: image[k] for k in ("id", "src", "name", "alt")} for image in self.product_json(product_id)["images"]
+        ]
+
+    def library_image(self, attachment_id: int) -> dict[str, Any] | None:
+        """The attachment as the media library holds it (``{id, src, name, alt}``), None when there is none."""
+        with self.lock:
+            attachment = self.media.get(attachment_id)
+            if attachment is None:
+                return None
+            return {k: attachment[k] for k in ("id", "name", "alt")} | {"src": self._absolute_src(attachment["src"])}
 
     def delete_product(self, product_id: int) -> None:
         """Deleted for good (``force=true``); moving to the trash also fires ``product.deleted``."""
@@ -433,14 +524,15 @@ class WooStub:
         self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes
     ) -> Answer | None:
         """The answer to one request (None: drop the connection)."""
-        failure = self._take_failure(path)
+        taken = self._take_failure(method, path)
+        failure = taken.kind if taken else None
         if failure == "drop":
             return None
-        if failure in ("429", "500", "502", "503"):
+        if taken is not None and failure in ("429", "500", "502", "503"):
             extra = {"Content-Type": "text/html; charset=UTF-8"}
             if failure == "429":
-                extra["Retry-After"] = "1"
-            return int(failure), _page(f"Error {failure}"), extra
+                extra["Retry-After"] = str(taken.retry_after)
+            return int(taken.kind), _page(f"Error {taken.kind}"), extra
         try:
             answer = self._route(method, path, query, headers, raw)
         except _Refused as refused:
@@ -454,16 +546,20 @@ class WooStub:
             )
         return answer
 
-    def _take_failure(self, path: str) -> str | None:
+    def _take_failure(self, method: str, path: str) -> _Failure | None:
         with self.lock:
             for failure in self._failures:
-                if failure.times > 0 and (failure.path is None or path.startswith(failure.path)):
+                if (
+                    failure.times > 0
+                    and (failure.path is None or path.startswith(failure.path))
+                    and (failure.method is None or failure.method == method)
+                ):
                     failure.times -= 1
-                    return failure.kind
+                    return failure
         return None
 
     def _route(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes) -> Answer:
-        if path.startswith(UPLOADS) and method == "GET":
+        if path.startswith(UPLOADS_ROOT) and method == "GET":
             return self._upload(path)
         if path == "/wc-auth/v1/authorize" and method == "GET":
             return self._authorize(query)
@@ -490,6 +586,8 @@ class WooStub:
             if int(parts[1]) not in self.products:
                 return _rest_error(404, "woocommerce_rest_product_invalid_id", "Invalid ID.")
             return _json(200, self.product_json(int(parts[1])))
+        if method in ("PUT", "POST") and len(parts) == 2 and parts[0] == "products" and parts[1].isdigit():
+            return self._update_product(int(parts[1]), body if isinstance(body, dict) else {})
         if method == "GET" and len(parts) == 3 and parts[0] == "products" and parts[2] == "variations":
             return self._list_variations(parts[1], query)
         if parts == ["webhooks"] and method == "GET":
@@ -548,6 +646,7 @@ class WooStub:
     def _list_products(self, query: dict[str, str]) -> Answer:
         with self.lock:
             rows = sorted(self.products.values(), key=lambda p: (p["date_created"], p["id"]), reverse=True)
+        rows = [p for p in rows if p["status"] != "trash"]  # status "any" leaves the trash out
         if "modified_after" in query:
             after = _parse_date(query["modified_after"])
             if after is None:
@@ -622,14 +721,19 @@ class WooStub:
         )
         return self._absolute(product)
 
+    def _absolute_src(self, src: str) -> str:
+        return self.url + src if src.startswith("/") else src
+
     def _absolute(self, item: dict[str, Any]) -> dict[str, Any]:
         def fix(image: dict[str, Any]) -> dict[str, Any]:
-            src = image["src"]
+            with self.lock:  # the attachment's name and alt as the library holds them now
+                attachment = self.media.get(image.get("id", 0), image)
+            shown = {**image, **{k: attachment[k] for k in _ATTACHMENT_FIELDS if k in attachment}}
             return {
-                **image,
-                "src": self.url + src if src.startswith("/") else src,
-                "date_created_gmt": image["date_created"],
-                "date_modified_gmt": image["date_modified"],
+                **shown,
+                "src": self._absolute_src(shown["src"]),
+                "date_created_gmt": shown["date_created"],
+                "date_modified_gmt": shown["date_modified"],
             }
 
         if "images" in item:
@@ -640,15 +744,132 @@ class WooStub:
 
     def _upload(self, path: str) -> Answer:
         with self.lock:
-            known = [
-                i["id"]
-                for p in self.products.values()
-                for i in p["images"] + [v["image"] for v in self.variations.get(p["id"], []) if v.get("image")]
-                if urlsplit(i["src"]).path == path
-            ]
+            known = [a for a in self.media.values() if urlsplit(a["src"]).path == path]
         if not known:
             return 404, _page("Not Found"), {"Content-Type": "text/html; charset=UTF-8"}
-        return 200, png(known[0]), {"Content-Type": "image/png"}
+        attachment = known[0]
+        if "data" in attachment:  # sideloaded: the bytes the store fetched
+            return 200, attachment["data"], {"Content-Type": attachment["content_type"]}
+        return 200, png(attachment["id"]), {"Content-Type": "image/png"}
+
+    # -- the media library and product images -------------------------------------------------------
+    def _register_images(self, item: dict[str, Any]) -> None:
+        """Put the images a product (or variation) was given into the library; name and alt given for a
+        known attachment are the merchant's edit of it."""
+        images = list(item.get("images") or []) + ([item["image"]] if item.get("image") else [])
+        with self.lock:
+            for image in images:
+                if not isinstance(image.get("id"), int) or not image["id"]:
+                    continue  # not an attachment (a merchant's half-made row): nothing to register
+                known = self.media.get(image["id"])
+                if known is None:
+                    self.media[image["id"]] = {k: image[k] for k in _ATTACHMENT_FIELDS if k in image}
+                else:
+                    known.update({k: image[k] for k in ("name", "alt") if k in image})
+
+    def _update_product(self, product_id: int, body: dict[str, Any]) -> Answer:
+        """``PUT products/{id}``: ``images`` replaces the gallery (see the module's docstring)."""
+        with self.lock:
+            if product_id not in self.products:
+                return _rest_error(404, "woocommerce_rest_product_invalid_id", "Invalid ID.")
+        changes: dict[str, Any] = {}
+        for name in ("name", "description", "short_description", "sku", "regular_price", "sale_price"):
+            if name in body:
+                if not isinstance(body[name], str):
+                    return _invalid_param(name, f"{name} is not of type string.")
+                changes[name] = body[name]
+        if "images" in body:
+            refs = _image_refs(body["images"])  # schema first: nothing is fetched for a malformed list
+            changes["images"] = [self._gallery_image(product_id, n, ref) for n, ref in enumerate(refs)]
+        with self.lock:
+            product = self.products.get(product_id)
+            if product is None:  # deleted while its images were being fetched
+                return _rest_error(404, "woocommerce_rest_product_invalid_id", "Invalid ID.")
+            product.update(changes, date_modified=_wc_date(datetime.now(UTC)))
+        self._fire("product.updated", product_id)
+        return _json(200, self.product_json(product_id))
+
+    def _gallery_image(self, product_id: int, index: int, ref: dict[str, Any]) -> dict[str, Any]:
+        """One element of ``images``: the attachment it keeps or sideloads (or :class:`_Refused`)."""
+        attachment_id = _absint(ref.get("id"))
+        if not attachment_id and ref.get("src"):
+            attachment_id = self._sideload(product_id, str(ref["src"]))
+        with self.lock:
+            attachment = self.media.get(attachment_id)
+            if attachment is None:
+                message = f"#{attachment_id} is an invalid image ID."
+                raise _Refused(_rest_error(400, "woocommerce_product_invalid_image_id", message))
+            # Written on the attachment at once (post meta), before the product is saved.
+            if ref.get("alt"):
+                attachment["alt"] = str(ref["alt"])
+            if ref.get("name"):
+                attachment["name"] = str(ref["name"])
+            return {k: attachment[k] for k in _ATTACHMENT_FIELDS}
+
+    def _sideload(self, product_id: int, src: str) -> int:
+        """Fetch ``src`` into the media library as ``wc_rest_upload_image_from_url`` does; the new
+        attachment's id (or :class:`_Refused` with WordPress's message)."""
+
+        def refused(message: str) -> _Refused:
+            return _Refused(_rest_error(400, "woocommerce_product_image_upload_error", message))
+
+        def fetch_failed(error: str) -> _Refused:
+            return refused(f"Error getting remote image {src}. Error: {error}")
+
+        parts = urlsplit(src)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise fetch_failed("A valid URL was not provided.") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise fetch_failed("A valid URL was not provided.")
+        if self.safe_remote_only and not _external(parts.hostname, port):
+            raise fetch_failed("A valid URL was not provided.")
+        with self.lock:
+            self.sideloaded.append(src)
+        try:
+            with httpx.Client(
+                timeout=self.sideload_timeout, trust_env=False, follow_redirects=True, max_redirects=5
+            ) as client:
+                response = client.get(src, headers={"User-Agent": f"{WP_USER_AGENT}; {self.url}"})
+        except httpx.TimeoutException:
+            millis = int(self.sideload_timeout * 1000)
+            raise fetch_failed(f"cURL error 28: Operation timed out after {millis} milliseconds") from None
+        except httpx.HTTPError:
+            raise fetch_failed(f"cURL error 7: Failed to connect to {parts.hostname} port {port}") from None
+        if response.status_code != 200:
+            raise fetch_failed(response.reason_phrase or str(response.status_code))
+        # The file is named after the URL's basename (query dropped, not URL-decoded: sanitize_file_name
+        # drops the "%"); its extension decides the type.
+        file_name = re.sub(r"\s+", "-", parts.path.rsplit("/", 1)[-1].replace("%", ""))
+        stem, dot, extension = file_name.rpartition(".")
+        claimed = IMAGE_EXTENSIONS.get(extension.lower()) if dot and stem else None
+        real = _sniff_image(response.content)
+        if claimed is None or real is None:
+            raise refused("Invalid image: Sorry, you are not allowed to upload this file type.")
+        if real != claimed:  # wp_check_filetype_and_ext renames a PNG sent as .jpg to .png
+            extension = next(ext for ext, mime in IMAGE_EXTENSIONS.items() if mime == real)
+        now = datetime.now(UTC)
+        folder = f"{UPLOADS_ROOT}{now:%Y}/{now:%m}/"
+        with self.lock:
+            taken = {a["src"] for a in self.media.values()}
+            unique, n = stem, 0
+            while f"{folder}{unique}.{extension}" in taken:  # wp_unique_filename
+                n += 1
+                unique = f"{stem}-{n}"
+            attachment_id = self._new_id()
+            self.media[attachment_id] = {
+                "id": attachment_id,
+                "date_created": _wc_date(now),
+                "date_modified": _wc_date(now),
+                "src": f"{folder}{unique}.{extension}",
+                "name": unique,  # the title WooCommerce gives it: the stored file's name
+                "alt": "",
+                "data": response.content,
+                "content_type": real,
+                "parent": product_id,
+            }
+        return attachment_id
 
     # -- webhooks -----------------------------------------------------------------------------------
     def _webhook_json(self, hook: dict[str, Any]) -> dict[str, Any]:
@@ -772,6 +993,66 @@ class WooStub:
                     stored["failure_count"] += 1
                     if stored["failure_count"] > MAX_DELIVERY_FAILURES:
                         stored["status"] = "disabled"
+
+
+_ATTACHMENT_FIELDS = ("id", "date_created", "date_modified", "src", "name", "alt")
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"\x00\x00\x01\x00", "image/x-icon"),
+)
+
+
+def _sniff_image(data: bytes) -> str | None:
+    """The image type the bytes really are (what WordPress asks getimagesize), None for anything else."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+def _external(host: str, port: int) -> bool:
+    """wp_http_validate_url: a public address on port 80, 443 or 8080."""
+    if port not in (80, 443, 8080):
+        return False
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(str(a).split("%")[0]).is_global for a in addresses)
+
+
+def _absint(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return abs(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return 0
+
+
+def _image_refs(value: Any) -> list[dict[str, Any]]:
+    """``images`` checked against the REST schema (or :class:`_Refused`); empty elements dropped, as
+    ``array_filter`` does."""
+    if not isinstance(value, list):
+        raise _Refused(_invalid_param("images", "images is not of type array."))
+    refs = []
+    for n, element in enumerate(value):
+        if not isinstance(element, dict):
+            raise _Refused(_invalid_param("images", f"images[{n}] is not of type object."))
+        if "id" in element and not (isinstance(element["id"], int) or str(element["id"]).strip().isdigit()):
+            raise _Refused(_invalid_param("images", f"images[{n}][id] is not of type integer."))
+        for name in ("src", "name", "alt"):
+            if name in element and not isinstance(element[name], str):
+                raise _Refused(_invalid_param("images", f"images[{n}][{name}] is not of type string."))
+        if element:
+            refs.append(element)
+    return refs
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:

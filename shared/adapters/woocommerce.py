@@ -16,6 +16,16 @@ honoured up to :data:`MAX_RETRY_AFTER_WAIT`) and then :class:`StoreUnavailable`;
 JSON we expect, a redirect or another 4xx → :class:`StoreRequestFailed`; an address we may not contact
 → :class:`StoreNotReachable`. A POST (webhook creation) is retried only on 429 and 503, which mean the
 store did not act on it: replaying it after a timeout could create the webhook twice.
+
+Product images (sync-back): ``GET products/{id}`` reads the gallery, ``PUT products/{id}`` with
+``images`` replaces it (kept by ``id``, sideloaded from ``src``). A product that is not there (a 404
+with WooCommerce's error code) or in the trash (answered with status ``trash``) is
+:class:`StoreProductGone`; an image the store cannot sideload or keep (its 400
+``woocommerce_product_image_upload_error`` or ``woocommerce_product_invalid_image_id``) is
+:class:`StoreImageRejected` with the store's message (query strings of URLs in it cut off: our sources
+are presigned). A PUT that sideloads is not replayed after a timeout or a 5xx other than 503 (the store
+may have fetched the files: each replay would add another copy to its media library), and it waits
+longer (:data:`SIDELOAD_LIMITS`): WordPress downloads every source before it answers.
 """
 
 from __future__ import annotations
@@ -47,13 +57,16 @@ from shared.stores.ports import (
     StoreAuthorizationLost,
     StoreCategory,
     StoreImage,
+    StoreImageRejected,
     StoreNotReachable,
     StorePage,
     StoreProduct,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
     StoreVariant,
     WooCommerceApi,
+    WooImageRef,
     WooKeys,
     WooWebhook,
 )
@@ -68,6 +81,11 @@ MAX_RETRY_AFTER_WAIT: Final = 5
 REST_LIMITS: Final = FetchLimits(
     max_bytes=16 * 1024 * 1024, connect_timeout=5.0, read_timeout=20.0, total_timeout=30.0, max_redirects=0
 )
+# WordPress fetches every new image's source before it answers a gallery update (its own download
+# timeout is 300 s each): a few images from our object store take seconds, a slow host far longer.
+SIDELOAD_LIMITS: Final = FetchLimits(
+    max_bytes=16 * 1024 * 1024, connect_timeout=5.0, read_timeout=120.0, total_timeout=150.0, max_redirects=0
+)
 # A store that keeps announcing more pages must not keep us paging forever (200 pages of 100 rows).
 MAX_LIST_PAGES: Final = 200
 
@@ -76,6 +94,19 @@ _WP_ERROR_CODE: Final = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _NUMERIC_ID: Final = re.compile(r"^[1-9][0-9]{0,19}$")
 _TRANSIENT: Final = frozenset({408, 429})
 _NOT_ACTED_ON: Final = frozenset({429, 503})  # what a POST may be retried after
+# WordPress's codes for an image a product update could not use (WooCommerce's own, then its helpers'
+# and the legacy API's, which plugins still pass on).
+_IMAGE_ERRORS: Final = frozenset(
+    {
+        "woocommerce_product_image_upload_error",
+        "woocommerce_product_invalid_image_id",
+        "woocommerce_rest_invalid_image",
+        "woocommerce_rest_invalid_image_url",
+        "woocommerce_rest_invalid_remote_image_url",
+        "woocommerce_api_invalid_remote_product_image",
+    }
+)
+_MAX_STORE_MESSAGE: Final = 300
 
 
 # -- the wire: what WooCommerce answers (only the fields we read) -----------------------------------
@@ -157,12 +188,14 @@ class WooCommerceClient(WooCommerceApi):
         allow_http: bool = False,
         retry: RetryPolicy = STORE_RETRIES,
         limits: FetchLimits = REST_LIMITS,
+        sideload_limits: FetchLimits = SIDELOAD_LIMITS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._fetcher = fetcher
         self._allow_http = allow_http
         self._retry = retry
         self._limits = limits
+        self._sideload_limits = sideload_limits
         self._sleep = sleep
 
     # -- addresses ----------------------------------------------------------------------------------
@@ -298,6 +331,33 @@ class WooCommerceClient(WooCommerceApi):
         path = f"/webhooks/{_numeric_id(webhook_id, 'webhook_id')}"
         self._request("DELETE", store_url, keys, path, {"force": "true"}, missing_ok=True)
 
+    # -- images (sync-back) -------------------------------------------------------------------------
+    def product(self, store_url: str, keys: WooKeys, product_id: str) -> StoreProduct:
+        """The product with its gallery in the store's order (its variations are not fetched)."""
+        path = f"/products/{_numeric_id(product_id, 'product_id')}"
+        answer = self._call("GET", store_url, keys, path, refusal=_product_refusal)
+        return _store_product(_live(_parse_product(self._json(answer)), path), [])
+
+    def set_product_images(
+        self, store_url: str, keys: WooKeys, product_id: str, images: Sequence[WooImageRef]
+    ) -> list[StoreImage]:
+        """Replace the gallery with ``images`` (element 0 the featured image); the gallery the store
+        answered, the new images' attachment ids included."""
+        path = f"/products/{_numeric_id(product_id, 'product_id')}"
+        body = {"images": [_image_ref(image) for image in images]}
+        sideloads = any(image.src is not None and image.id is None for image in images)
+        answer = self._call(
+            "PUT",
+            store_url,
+            keys,
+            path,
+            json_body=body,
+            refusal=_product_refusal,
+            acts_once=sideloads,
+            limits=self._sideload_limits if sideloads else None,
+        )
+        return _store_product(_live(_parse_product(self._json(answer)), path), []).images
+
     # -- webhooks' bodies ---------------------------------------------------------------------------
     def product_from_webhook(self, payload: Mapping[str, Any]) -> StoreProduct:
         """The product a product.created/updated delivery carries (its variations are not fetched)."""
@@ -348,9 +408,23 @@ class WooCommerceClient(WooCommerceApi):
         params: Mapping[str, str | int] | None = None,
         *,
         json_body: Mapping[str, Any] | None = None,
+        refusal: Callable[[FetchedResource, str], Exception] | None = None,
+        acts_once: bool = False,
+        limits: FetchLimits | None = None,
     ) -> FetchedResource:
         """One REST call (see :meth:`_request`) whose 404 is a failure like any other."""
-        answer = self._request(method, store_url, keys, path, params, json_body=json_body, missing_ok=False)
+        answer = self._request(
+            method,
+            store_url,
+            keys,
+            path,
+            params,
+            json_body=json_body,
+            missing_ok=False,
+            refusal=refusal,
+            acts_once=acts_once,
+            limits=limits,
+        )
         if answer is None:  # pragma: no cover - _request answers None only with missing_ok
             raise StoreRequestFailed(f"The store has no {path}.")
         return answer
@@ -365,10 +439,15 @@ class WooCommerceClient(WooCommerceApi):
         *,
         json_body: Mapping[str, Any] | None = None,
         missing_ok: bool,
+        refusal: Callable[[FetchedResource, str], Exception] | None = None,
+        acts_once: bool = False,
+        limits: FetchLimits | None = None,
     ) -> FetchedResource | None:
         """One REST call, retried while the store is transiently unavailable; the 2xx answer (None for a
-        404 when ``missing_ok``)."""
+        404 when ``missing_ok``). A POST, or a call that ``acts_once``, is replayed only after an answer
+        that says the store did not act on it; ``refusal`` translates other failures (:func:`_refusal`)."""
         self._check_scheme(urlsplit(store_url).scheme.lower())
+        once = acts_once or method == "POST"
         url = f"{store_url.rstrip('/')}{API}{path}"
         if params:
             url += "?" + urlencode(params)
@@ -388,7 +467,7 @@ class WooCommerceClient(WooCommerceApi):
                     url,
                     json=json_body,
                     headers=headers,
-                    limits=self._limits,
+                    limits=limits or self._limits,
                     raise_for_status=False,
                     follow_redirects=False,
                 )
@@ -396,7 +475,7 @@ class WooCommerceClient(WooCommerceApi):
                 raise StoreNotReachable(f"The store's address cannot be used: {exc.detail}") from exc
             except FetchTemporarilyFailed as exc:
                 failure = StoreUnavailable(f"The store did not answer: {exc.detail}")
-                if method == "POST":
+                if once:
                     raise failure from exc  # it may have acted on it: not replayed
                 continue
             except FetchFailed as exc:
@@ -405,7 +484,7 @@ class WooCommerceClient(WooCommerceApi):
             if status in _TRANSIENT or 500 <= status < 600:
                 retry_after = _retry_after(answer.header("retry-after"))
                 failure = StoreUnavailable(f"The store answered {status}.", retry_after=retry_after or 5)
-                if (retry_after or 0) > MAX_RETRY_AFTER_WAIT or (method == "POST" and status not in _NOT_ACTED_ON):
+                if (retry_after or 0) > MAX_RETRY_AFTER_WAIT or (once and status not in _NOT_ACTED_ON):
                     raise failure
                 wait = retry_after or 0
                 continue
@@ -413,7 +492,7 @@ class WooCommerceClient(WooCommerceApi):
                 return answer
             if status == 404 and missing_ok:
                 return None
-            raise _refusal(answer, path)
+            raise (refusal or _refusal)(answer, path)
         raise failure
 
     @staticmethod
@@ -455,14 +534,79 @@ def _refusal(answer: FetchedResource, path: str) -> Exception:
     return StoreRequestFailed(f"The store refused {path} with {status}{named}.", upstream_status=status)
 
 
-def _wp_error_code(body: bytes) -> str | None:
-    """WordPress's error ``code`` (only a plain identifier: the rest of an error page is not repeated)."""
+def _product_refusal(answer: FetchedResource, path: str) -> Exception:
+    """A product route's failures: the product gone, an image refused, else :func:`_refusal`'s."""
+    code = _wp_error_code(answer.body)
+    if answer.status == 404 and code not in (None, "rest_no_route"):
+        # woocommerce_rest_product_invalid_id: no such product (deleted for good, or never there).
+        return StoreProductGone(f"The store has no product at {path} ({code}).", upstream_status=404)
+    if answer.status == 400 and code is not None and (code in _IMAGE_ERRORS or "image" in code):
+        message = _wp_error_message(answer.body)
+        return StoreImageRejected(
+            f"The store refused an image ({code}): {message}" if message else f"The store refused an image ({code}).",
+            store_code=code,
+            store_message=message,
+            upstream_status=400,
+        )
+    return _refusal(answer, path)
+
+
+def _live(wire: _Product, path: str) -> _Product:
+    """The product unless it is in the trash (WooCommerce still answers it, with status "trash")."""
+    if (wire.status or "").lower() == "trash":
+        raise StoreProductGone(f"The product at {path} is in the store's trash.")
+    return wire
+
+
+def _image_ref(image: WooImageRef) -> dict[str, Any]:
+    """One element of ``images``: only the keys given (an ``id`` as WooCommerce's integer)."""
+    if (image.id is None) == (image.src is None):
+        raise ValueError("an image is kept by id or added by src, one of the two")
+    element: dict[str, Any] = {}
+    if image.id is not None:
+        element["id"] = int(_numeric_id(image.id, "image id"))
+    if image.src is not None:
+        parts = urlsplit(image.src)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("an image's src must be an absolute http(s) URL")
+        element["src"] = image.src
+    for name in ("name", "alt"):
+        value = getattr(image, name)
+        if value is not None:
+            element[name] = value
+    return element
+
+
+def _wp_error(body: bytes) -> dict[str, Any]:
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return None
-    code = parsed.get("code") if isinstance(parsed, dict) else None
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _wp_error_code(body: bytes) -> str | None:
+    """WordPress's error ``code`` (only a plain identifier: the rest of an error page is not repeated)."""
+    code = _wp_error(body).get("code")
     return code if isinstance(code, str) and _WP_ERROR_CODE.match(code) else None
+
+
+_URL_QUERY: Final = re.compile(r"(https?://[^\s?#]+)[?#]\S*?(?=[.,;:]?(?:\s|$))")
+_TAG: Final = re.compile(r"<[^>]*>")
+
+
+def _wp_error_message(body: bytes) -> str | None:
+    """WordPress's error ``message`` as text we may keep and show: tags and control characters out,
+    URLs without their query (a presigned source's signature is not for a sync log), shortened."""
+    message = _wp_error(body).get("message")
+    if not isinstance(message, str):
+        return None
+    text = html.unescape(_TAG.sub("", message))
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = _URL_QUERY.sub(r"\1", text)
+    if len(text) > _MAX_STORE_MESSAGE:
+        text = text[: _MAX_STORE_MESSAGE - 1] + "…"
+    return text or None
 
 
 def _retry_after(value: str | None) -> int | None:
@@ -539,7 +683,8 @@ def _store_product(wire: _Product, variants: list[StoreVariant]) -> StoreProduct
         variants=variants,
         images=[
             StoreImage(media_id=str(image.id), url=image.src, alt=_text(image.alt), position=position)
-            for position, image in enumerate(i for i in wire.images if i.src)
+            # id 0: a placeholder some versions show for a product without images, not an attachment
+            for position, image in enumerate(i for i in wire.images if i.src and i.id)
         ],
         status=wire.status.lower() if wire.status else None,
         price=_text(wire.price) or _text(wire.regular_price),

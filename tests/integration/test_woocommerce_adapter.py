@@ -14,17 +14,20 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from dev.stubs.woocommerce import API, UPLOADS, WooStub, running
+from dev.stubs.woocommerce import API, UPLOADS, WooStub, png, running
 from shared.adapters.woocommerce import WooCommerceClient, woocommerce_api
 from shared.config import Settings
 from shared.retry import RetryPolicy
 from shared.safe_fetch import AddressPolicy, SafeFetcher
 from shared.stores.ports import (
     StoreAuthorizationLost,
+    StoreImageRejected,
     StoreNotReachable,
     StoreProduct,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
+    WooImageRef,
     WooKeys,
 )
 from shared.stores.signatures import body_is_authentic
@@ -395,6 +398,138 @@ def test_product_from_the_delivered_webhook(
 def test_a_webhook_body_that_is_not_a_product(woo: WooCommerceClient, payload: dict[str, Any]) -> None:
     with pytest.raises(StoreRequestFailed):
         woo.product_from_webhook(payload)
+
+
+# -- product images (sync-back) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def renders(receiver: Receiver) -> Receiver:
+    """Our object store: approved renders the store sideloads (a presigned-looking query on each URL)."""
+    receiver.files["/renders/101-front.png"] = (png(7, size=16), "image/png")
+    receiver.files["/renders/101-back.png"] = (png(8, size=16), "image/png")
+    receiver.files["/renders/101-front"] = (png(7, size=16), "image/png")  # the same bytes, no extension
+    return receiver
+
+
+def ours(renders: Receiver, path: str, alt: str) -> WooImageRef:
+    return WooImageRef(src=renders.url(path) + "?X-Amz-Signature=abc", alt=alt, name="AI " + alt)
+
+
+def test_ours_are_added_by_src_keeping_the_merchant_s_by_id(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver
+) -> None:
+    before = woo.product(store.url, keys, "101")
+    assert [(i.media_id, i.position) for i in before.images] == [("1002", 0), ("1003", 1)]
+
+    answered = woo.set_product_images(
+        store.url,
+        keys,
+        "101",
+        [ours(renders, "/renders/101-front.png", "Front"), WooImageRef(id="1002"), WooImageRef(id="1003")],
+    )
+
+    front = answered[0]
+    assert front.media_id not in ("1002", "1003") and front.position == 0  # ours is the featured image now
+    assert [(i.media_id, i.position) for i in answered[1:]] == [("1002", 1), ("1003", 2)]
+    assert front.alt == "Front" and front.url.startswith(store.url + "/wp-content/uploads/")
+    assert front.url.endswith("/101-front.png")
+    assert renders.fetched == ["/renders/101-front.png?X-Amz-Signature=abc"]  # the store fetched our render
+    assert httpx.get(front.url, trust_env=False).content == png(7, size=16)
+    featured = store.gallery(101)[0]
+    assert (featured["id"], featured["name"]) == (int(front.media_id), "AI Front")
+    assert woo.product(store.url, keys, "101").images == answered  # read back: new attachment ids, same order
+    [put] = store.seen("PUT", API + "/products/101")
+    assert json.loads(put.raw) == {
+        "images": [
+            {"src": renders.url("/renders/101-front.png") + "?X-Amz-Signature=abc", "name": "AI Front", "alt": "Front"},
+            {"id": 1002},
+            {"id": 1003},
+        ]
+    }
+
+
+def test_a_removed_image_stays_in_the_media_library(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver
+) -> None:
+    front, *_ = woo.set_product_images(
+        store.url, keys, "101", [ours(renders, "/renders/101-front.png", "Front"), WooImageRef(id="1002")]
+    )
+    assert [i.media_id for i in woo.product(store.url, keys, "101").images] == [front.media_id, "1002"]
+    assert store.library_image(1003) is not None  # off the product, not deleted
+
+    back = woo.set_product_images(
+        store.url, keys, "101", [WooImageRef(id="1002"), ours(renders, "/renders/101-back.png", "Back")]
+    )
+    assert back[0].media_id == "1002"  # the merchant's image featured again
+    assert store.library_image(int(front.media_id)) is not None
+
+    store.merchant_removes_image(101, 1002)  # the merchant takes one off in wp-admin
+    assert [i.media_id for i in woo.product(store.url, keys, "101").images] == [back[1].media_id]
+    assert store.library_image(1002) is not None
+
+
+def test_a_source_without_an_image_extension_is_rejected_and_the_product_is_unchanged(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver
+) -> None:
+    before = store.products[101]["date_modified"], store.gallery(101)
+    with pytest.raises(StoreImageRejected) as caught:
+        woo.set_product_images(
+            store.url, keys, "101", [ours(renders, "/renders/101-front", "Front"), WooImageRef(id="1002")]
+        )
+    assert caught.value.extensions["store_code"] == "woocommerce_product_image_upload_error"
+    assert "not allowed to upload this file type" in caught.value.detail
+    assert (store.products[101]["date_modified"], store.gallery(101)) == before
+    assert len(store.seen("PUT", API + "/products/101")) == 1  # refused for good: not retried
+
+    with pytest.raises(StoreImageRejected, match="Not Found") as missing:
+        woo.set_product_images(store.url, keys, "101", [ours(renders, "/renders/gone.png", "Gone")])
+    assert "X-Amz-Signature" not in missing.value.detail
+    with pytest.raises(StoreImageRejected, match="invalid image ID"):
+        woo.set_product_images(store.url, keys, "101", [WooImageRef(id="987654")])
+    assert (store.products[101]["date_modified"], store.gallery(101)) == before
+
+
+def test_a_429_is_waited_for_then_the_gallery_is_written_once(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver, sleeps: list[float]
+) -> None:
+    store.fail("429", times=1, path=API + "/products/101", method="PUT")
+    images = woo.set_product_images(store.url, keys, "101", [ours(renders, "/renders/101-front.png", "Front")])
+    assert [r.status for r in store.seen("PUT", API + "/products/101")] == [429, 200]
+    assert 1 in sleeps  # the stub's Retry-After: 1
+    assert [i["id"] for i in store.gallery(101)] == [int(images[0].media_id)]
+    assert len(renders.fetched) == 1  # sideloaded once
+
+
+def test_a_long_429_or_a_503_is_left_to_the_queue(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver
+) -> None:
+    before = store.gallery(101)
+    store.fail("429", times=1, path=API + "/products/101", method="PUT", retry_after=60)
+    with pytest.raises(StoreUnavailable) as caught:
+        woo.set_product_images(store.url, keys, "101", [ours(renders, "/renders/101-front.png", "Front")])
+    assert caught.value.headers["Retry-After"] == "60"
+
+    store.fail("503", times=3, path=API + "/products/101", method="PUT")
+    with pytest.raises(StoreUnavailable):
+        woo.set_product_images(store.url, keys, "101", [ours(renders, "/renders/101-front.png", "Front")])
+    assert [r.status for r in store.seen("PUT", API + "/products/101")] == [429, 503, 503, 503]
+    assert store.gallery(101) == before and renders.fetched == []
+
+
+def test_a_product_deleted_or_trashed_is_gone(
+    woo: WooCommerceClient, store: WooStub, keys: WooKeys, renders: Receiver
+) -> None:
+    store.delete_product(104)
+    store.trash_product(105)
+    for product_id in ("104", "105"):
+        with pytest.raises(StoreProductGone):
+            woo.product(store.url, keys, product_id)
+    with pytest.raises(StoreProductGone):
+        woo.set_product_images(store.url, keys, "104", [ours(renders, "/renders/101-front.png", "Front")])
+    assert renders.fetched == []  # the store looks the product up before it fetches anything
+    with pytest.raises(StoreProductGone):
+        woo.set_product_images(store.url, keys, "105", [WooImageRef(id="1010")])
 
 
 # -- failures --------------------------------------------------------------------------------------

@@ -17,9 +17,12 @@ from shared.retry import RetryPolicy
 from shared.safe_fetch import IPAddress, Resolver, SafeFetcher
 from shared.stores.ports import (
     StoreAuthorizationLost,
+    StoreImageRejected,
     StoreNotReachable,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
+    WooImageRef,
     WooKeys,
 )
 
@@ -188,3 +191,178 @@ def test_webhook_writes_send_json(woo: WooCommerceClient, store: Store) -> None:
     assert (delete.method, delete.url.params["force"]) == ("DELETE", "true")
     with pytest.raises(ValueError):
         woo.create_webhook(STORE, KEYS, name="n", topic="product.updated", delivery_url="https://x", secret="")
+
+
+# -- product images (sync-back) --------------------------------------------------------------------
+
+
+def wp_error(status: int, code: str, message: str) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "message": message, "data": {"status": status}})
+
+
+def gallery(*ids: int) -> list[dict[str, Any]]:
+    return [{"id": i, "src": f"https://shop.example.test/wp-content/uploads/{i}.png", "alt": f"a{i}"} for i in ids]
+
+
+def test_the_product_is_read_with_its_gallery_in_order(woo: WooCommerceClient, store: Store) -> None:
+    placeholder = {"id": 0, "src": "https://shop.example.test/placeholder.png", "alt": "Placeholder"}
+    store.answer = lambda request: httpx.Response(200, json=product(7, images=[*gallery(31, 12), placeholder]))
+    read = woo.product(STORE, KEYS, "7")
+    assert [(i.media_id, i.position, i.alt) for i in read.images] == [("31", 0, "a31"), ("12", 1, "a12")]
+    [sent] = store.requests
+    assert (sent.method, sent.url.path) == ("GET", API + "/products/7")
+    with pytest.raises(ValueError):
+        woo.product(STORE, KEYS, "7/../../webhooks")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        wp_error(404, "woocommerce_rest_product_invalid_id", "Invalid ID."),
+        httpx.Response(200, json=product(7, status="trash")),
+    ],
+)
+def test_a_deleted_or_trashed_product_is_gone(woo: WooCommerceClient, store: Store, answer: httpx.Response) -> None:
+    store.answer = lambda request: answer
+    with pytest.raises(StoreProductGone):
+        woo.product(STORE, KEYS, "7")
+    with pytest.raises(StoreProductGone):
+        woo.set_product_images(STORE, KEYS, "7", [WooImageRef(id="31")])
+
+
+def test_no_woocommerce_api_is_not_a_gone_product(woo: WooCommerceClient, store: Store) -> None:
+    store.answer = lambda request: wp_error(404, "rest_no_route", "No route was found.")
+    with pytest.raises(StoreRequestFailed) as caught:
+        woo.product(STORE, KEYS, "7")
+    assert not isinstance(caught.value, StoreProductGone)
+
+
+def test_the_gallery_is_sent_with_only_the_keys_given(woo: WooCommerceClient, store: Store) -> None:
+    store.answer = lambda request: httpx.Response(200, json=product(7, images=gallery(90, 31)))
+    images = woo.set_product_images(
+        STORE,
+        KEYS,
+        "7",
+        [
+            WooImageRef(src="https://r2.example.test/ai/7-front.png?X-Amz-Signature=s", alt="Front"),
+            WooImageRef(id="31"),
+        ],
+    )
+    [sent] = store.requests
+    assert (sent.method, sent.url.path) == ("PUT", API + "/products/7")
+    assert json.loads(sent.content) == {
+        "images": [{"src": "https://r2.example.test/ai/7-front.png?X-Amz-Signature=s", "alt": "Front"}, {"id": 31}]
+    }
+    assert [(i.media_id, i.position, i.url) for i in images] == [
+        ("90", 0, "https://shop.example.test/wp-content/uploads/90.png"),
+        ("31", 1, "https://shop.example.test/wp-content/uploads/31.png"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        WooImageRef(),
+        WooImageRef(id="31", src="https://r2.example.test/a.png"),
+        WooImageRef(id="thirty-one"),
+        WooImageRef(src="/relative/a.png"),
+        WooImageRef(src="file:///etc/passwd.png"),
+    ],
+)
+def test_an_image_must_be_kept_by_id_or_added_by_src(woo: WooCommerceClient, store: Store, image: WooImageRef) -> None:
+    with pytest.raises(ValueError):
+        woo.set_product_images(STORE, KEYS, "7", [image])
+    assert store.requests == []
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "kept"),
+    [
+        (
+            "woocommerce_product_image_upload_error",
+            "Error getting remote image https://r2.example.test/ai/a.png?X-Amz-Signature=secret. Error: Not Found",
+            "Error getting remote image https://r2.example.test/ai/a.png. Error: Not Found",
+        ),
+        (
+            "woocommerce_product_image_upload_error",
+            "Invalid image: Sorry, you are not allowed to upload this file type.",
+            "Invalid image: Sorry, you are not allowed to upload this file type.",
+        ),
+        ("woocommerce_product_invalid_image_id", "#31 is an invalid image ID.", "#31 is an invalid image ID."),
+    ],
+)
+def test_an_image_the_store_refuses_keeps_the_store_s_message(
+    woo: WooCommerceClient, store: Store, code: str, message: str, kept: str
+) -> None:
+    store.answer = lambda request: wp_error(400, code, message)
+    with pytest.raises(StoreImageRejected) as caught:
+        woo.set_product_images(
+            STORE, KEYS, "7", [WooImageRef(src="https://r2.example.test/ai/a.png?X-Amz-Signature=s")]
+        )
+    assert caught.value.extensions["store_code"] == code
+    assert caught.value.extensions["store_message"] == kept
+    assert kept in caught.value.detail and "secret" not in caught.value.detail
+    assert (caught.value.status, caught.value.code) == (422, "store_image_rejected")
+    assert len(store.requests) == 1  # refused for good: not retried
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (wp_error(400, "rest_invalid_param", "Invalid parameter(s): images"), StoreRequestFailed),
+        (wp_error(401, "woocommerce_rest_authentication_error", "Consumer key is invalid."), StoreAuthorizationLost),
+        (
+            wp_error(403, "woocommerce_rest_cannot_edit", "Sorry, you are not allowed to edit this resource."),
+            StoreAuthorizationLost,
+        ),
+        (httpx.Response(200, text="<br /><b>Notice</b>"), StoreRequestFailed),
+    ],
+)
+def test_other_gallery_failures_are_translated(
+    woo: WooCommerceClient, store: Store, answer: httpx.Response, expected: type[Exception]
+) -> None:
+    store.answer = lambda request: answer
+    with pytest.raises(expected) as caught:
+        woo.set_product_images(STORE, KEYS, "7", [WooImageRef(id="31")])
+    assert not isinstance(caught.value, StoreImageRejected | StoreProductGone)
+
+
+def test_a_throttled_gallery_update_leaves_a_long_wait_to_the_queue(
+    woo: WooCommerceClient, store: Store, sleeps: list[float]
+) -> None:
+    store.answer = lambda request: httpx.Response(429, headers={"Retry-After": "90"})
+    with pytest.raises(StoreUnavailable) as caught:
+        woo.set_product_images(STORE, KEYS, "7", [WooImageRef(src="https://r2.example.test/a.png")])
+    assert caught.value.headers["Retry-After"] == "90"
+    assert len(store.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("failure", ["500", "timeout"])
+def test_a_sideloading_update_is_not_replayed_once_the_store_may_have_acted(
+    woo: WooCommerceClient, store: Store, failure: str
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if failure == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(500, text="Internal Server Error")
+
+    store.answer = answer
+    with pytest.raises(StoreUnavailable):
+        woo.set_product_images(STORE, KEYS, "7", [WooImageRef(src="https://r2.example.test/a.png")])
+    assert len(store.requests) == 1  # a replay would sideload another copy into the media library
+
+    store.requests.clear()
+    with pytest.raises(StoreUnavailable):
+        woo.set_product_images(STORE, KEYS, "7", [WooImageRef(id="31")])  # ids only: replaying is harmless
+    assert len(store.requests) == 3
+
+
+def test_a_503_before_sideloading_is_retried(woo: WooCommerceClient, store: Store, sleeps: list[float]) -> None:
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "2"}),
+        httpx.Response(200, json=product(7, images=gallery(90))),
+    ]
+    store.answer = lambda request: answers.pop(0)
+    images = woo.set_product_images(STORE, KEYS, "7", [WooImageRef(src="https://r2.example.test/a.png")])
+    assert [i.media_id for i in images] == ["90"]
+    assert len(store.requests) == 2 and 2 in sleeps

@@ -390,6 +390,159 @@ def test_a_webhook_needs_a_valid_topic_and_url(store: WooStub, receiver: Receive
     assert store.webhooks == {}
 
 
+# -- product images ---------------------------------------------------------------------------------------
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_images_replace_the_gallery_keeping_by_id_and_sideloading_by_src(store: WooStub, receiver: Receiver) -> None:
+    create_hooks(store, receiver)
+    receiver.received.clear()
+    receiver.files["/renders/hoodie-front.jpg"] = (jpeg(), "image/jpeg")
+    before = store.gallery(101)
+    assert [i["id"] for i in before] == [1002, 1003]
+
+    with client(store, store.add_key()) as http:
+        answer = http.put(
+            "/products/101",
+            json={
+                "images": [
+                    {"src": receiver.url("/renders/hoodie-front.jpg") + "?X-Amz-Signature=abc", "alt": "Front"},
+                    {"id": 1002},
+                    {"id": "1003", "alt": "Back, new alt"},
+                ]
+            },
+        )
+        read = http.get("/products/101").json()
+
+    assert answer.status_code == 200, answer.text
+    new, kept, renamed = answer.json()["images"]
+    assert (kept["id"], renamed["id"], renamed["alt"]) == (1002, 1003, "Back, new alt")
+    assert new["id"] not in (1002, 1003) and new["alt"] == "Front" and new["name"] == "hoodie-front"
+    assert new["src"].startswith(store.url + "/wp-content/uploads/") and new["src"].endswith("/hoodie-front.jpg")
+    assert read["images"] == answer.json()["images"]  # element 0 is the featured image, in order
+    assert receiver.fetched == ["/renders/hoodie-front.jpg?X-Amz-Signature=abc"]  # really fetched
+    with httpx.Client(trust_env=False) as http:
+        served = http.get(new["src"])
+    assert (served.content, served.headers["Content-Type"]) == (jpeg(), "image/jpeg")
+    [delivery] = receiver.received
+    assert delivery.headers["x-wc-webhook-topic"] == "product.updated"
+    assert [i["id"] for i in json.loads(delivery.body)["images"]] == [new["id"], 1002, 1003]
+
+    with client(store, store.add_key()) as http:
+        trimmed = http.put("/products/101", json={"images": [{"id": 1003}]}).json()
+        emptied = http.put("/products/102", json={"images": []}).json()
+    assert [i["id"] for i in trimmed["images"]] == [1003]
+    assert emptied["images"] == []
+    # Off the product, still in the media library.
+    assert store.library_image(new["id"]) == {k: new[k] for k in ("id", "src", "name", "alt")}
+    assert store.library_image(1002) is not None and store.library_image(1004) is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "served", "message"),
+    [
+        ("/renders/shot", (b"\x89PNG\r\n\x1a\n" + b"0" * 32, "image/png"), "Invalid image: Sorry, you are not allowed"),
+        ("/renders/shot.txt", (b"hello", "text/plain"), "Invalid image: Sorry, you are not allowed"),
+        ("/renders/shot.png", (b"<html>not an image</html>", "text/html"), "Invalid image: Sorry, you are not allowed"),
+        ("/renders/missing.png", None, "Error getting remote image http://127.0.0.1:"),
+    ],
+)
+def test_a_source_that_cannot_be_sideloaded_changes_nothing(
+    store: WooStub, receiver: Receiver, path: str, served: tuple[bytes, str] | None, message: str
+) -> None:
+    ids = create_hooks(store, receiver)
+    receiver.received.clear()
+    if served is not None:
+        receiver.files[path] = served
+    before = store.products[101]["date_modified"], store.gallery(101)
+    with client(store, store.add_key()) as http:
+        answer = http.put("/products/101", json={"images": [{"id": 1002}, {"src": receiver.url(path)}]})
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "woocommerce_product_image_upload_error"
+    assert answer.json()["message"].startswith(message)
+    assert answer.json()["data"] == {"status": 400}
+    assert (store.products[101]["date_modified"], store.gallery(101)) == before
+    assert receiver.received == [] and ids  # no product.updated
+    if served is None:
+        assert answer.json()["message"].endswith("Error: Not Found")
+
+
+def test_an_unreachable_source_and_an_unknown_attachment(store: WooStub, receiver: Receiver) -> None:
+    with client(store, store.add_key()) as http:
+        unreachable = http.put("/products/101", json={"images": [{"src": "http://127.0.0.1:9/a.png"}]})
+        unknown = http.put("/products/101", json={"images": [{"id": 987654}]})
+        neither = http.put("/products/101", json={"images": [{"alt": "no id, no src"}]})
+        malformed = http.put("/products/101", json={"images": "https://x.test/a.png"})
+    assert unreachable.json()["code"] == "woocommerce_product_image_upload_error"
+    assert "cURL error 7" in unreachable.json()["message"]
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "woocommerce_product_invalid_image_id")
+    assert unknown.json()["message"] == "#987654 is an invalid image ID."
+    assert neither.json()["message"] == "#0 is an invalid image ID."
+    assert (malformed.status_code, malformed.json()["code"]) == (400, "rest_invalid_param")
+    assert [i["id"] for i in store.gallery(101)] == [1002, 1003]
+
+
+def test_private_sources_are_refused_like_wp_safe_remote_get(receiver: Receiver) -> None:
+    receiver.files["/a.png"] = (b"\x89PNG\r\n\x1a\n", "image/png")
+    with running(WooStub(safe_remote_only=True)) as store, client(store, store.add_key()) as http:
+        answer = http.put("/products/101", json={"images": [{"src": receiver.url("/a.png")}]})
+    assert answer.json()["message"].endswith("Error: A valid URL was not provided.")
+    assert receiver.fetched == []
+
+
+def test_sideloaded_files_are_named_as_wordpress_names_them(store: WooStub, receiver: Receiver) -> None:
+    png_bytes = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(png_bytes, "PNG")
+    receiver.files["/a/shot.jpg"] = (png_bytes.getvalue(), "image/jpeg")  # a PNG sent as .jpg
+    receiver.files["/b/shot.jpg"] = (jpeg(), "image/jpeg")
+    receiver.files["/c/shot.jpg"] = (jpeg(), "image/jpeg")
+    with client(store, store.add_key()) as http:
+        images = http.put(
+            "/products/105",
+            json={
+                "images": [
+                    {"src": receiver.url("/a/shot.jpg"), "name": "AI shot"},
+                    {"src": receiver.url("/b/shot.jpg")},
+                    {"src": receiver.url("/c/shot.jpg")},
+                ]
+            },
+        ).json()["images"]
+    assert [i["src"].rsplit("/", 1)[1] for i in images] == ["shot.png", "shot.jpg", "shot-1.jpg"]
+    assert [i["name"] for i in images] == ["AI shot", "shot", "shot-1"]
+
+
+def test_the_merchant_removes_an_image_in_wp_admin(store: WooStub, receiver: Receiver) -> None:
+    create_hooks(store, receiver)
+    receiver.received.clear()
+    shown = store.merchant_removes_image(101, 1002)
+    assert [i["id"] for i in shown["images"]] == [1003]
+    assert store.library_image(1002) is not None
+    [delivery] = receiver.received
+    assert delivery.headers["x-wc-webhook-topic"] == "product.updated"
+    assert [i["id"] for i in json.loads(delivery.body)["images"]] == [1003]
+    with pytest.raises(ValueError):
+        store.merchant_removes_image(101, 1002)
+
+
+def test_a_trashed_product_is_read_with_its_status_and_a_deleted_one_is_gone(store: WooStub) -> None:
+    store.trash_product(104)
+    store.delete_product(105)
+    with client(store, store.add_key()) as http:
+        trashed = http.get("/products/104")
+        listed = http.get("/products", params={"per_page": 100}).json()
+        deleted = http.get("/products/105")
+        written = http.put("/products/105", json={"images": []})
+    assert (trashed.status_code, trashed.json()["status"]) == (200, "trash")
+    assert {p["id"] for p in listed}.isdisjoint({104, 105}) and len(listed) == 48
+    assert (deleted.status_code, deleted.json()["code"]) == (404, "woocommerce_rest_product_invalid_id")
+    assert (written.status_code, written.json()["code"]) == (404, "woocommerce_rest_product_invalid_id")
+
+
 # -- programmable failures ------------------------------------------------------------------------------
 
 
@@ -414,6 +567,20 @@ def test_failures_are_programmable(store: WooStub) -> None:
         malformed.json()
     assert fine.status_code == 200 and len(fine.json()) == 10
     assert [r.status for r in store.seen("GET", API + "/products")] == [429, 503, 200, 0, 200]
+
+
+def test_a_failure_for_one_method_on_one_path(store: WooStub) -> None:
+    store.fail("429", times=1, path=API + "/products/101", method="PUT", retry_after=30)
+    store.fail("503", times=1, path=API + "/products/101", method="PUT")
+    with client(store, store.add_key()) as http:
+        read = http.get("/products/101")
+        limited = http.put("/products/101", json={"images": [{"id": 1003}]})
+        unavailable = http.put("/products/101", json={"images": [{"id": 1003}]})
+        written = http.put("/products/101", json={"images": [{"id": 1003}]})
+    assert read.status_code == 200
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "30")
+    assert unavailable.status_code == 503
+    assert written.status_code == 200 and [i["id"] for i in store.gallery(101)] == [1003]
 
 
 def test_a_failure_for_one_path_leaves_the_others_alone(store: WooStub) -> None:
