@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 # Sync holds no credits; the hold TTL only bounds a hold a free job never takes.
 SYNC_HOLD_TTL = timedelta(days=30)
 PUSH_LEASE = timedelta(minutes=10)
+SYNC_READ_BYTES = 100 * 1024 * 1024
+SYNC_READ_PIXELS = 120_000_000
 
 
 def sync_batch_policy(settings: Settings) -> BatchPolicy:
@@ -28,13 +30,15 @@ def sync_batch_policy(settings: Settings) -> BatchPolicy:
 
 
 def sync_push_policy(settings: Settings) -> PushPolicy:
-    from shared.catalog.policies import image_limits
+    from shared.imaging import ImageLimits
 
     return PushPolicy(
         source_ttl=timedelta(hours=settings.sync_source_url_hours),
         poll_budget=settings.sync_poll_seconds,
         push_lease=PUSH_LEASE,
-        image_limits=image_limits(settings),
+        # Our own assets, read to be pushed: upscales can be far larger than an upload may be (they
+        # are scaled down to the store's limit before pushing).
+        image_limits=ImageLimits(max_bytes=SYNC_READ_BYTES, max_pixels=SYNC_READ_PIXELS, max_side=20_000),
     )
 
 

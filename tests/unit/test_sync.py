@@ -4,23 +4,25 @@ queue delivered by hand), against an in-memory store gallery."""
 
 from __future__ import annotations
 
+import io
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from shared.batch import lifecycle
 from shared.batch.kind import BatchPolicy, RequestKey
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobStatus, JobTask
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision, MediaKind, ProductDoc
-from shared.catalog.store_link import StoreLink, StoreLinkStatus
+from shared.catalog.store_link import StoreLink
 from shared.errors import NotFound
-from shared.events.model import DomainEvent, EventType, new_event, Subject, AssetApproval
+from shared.events.model import AssetApproval, EventType, Subject, new_event
 from shared.imaging import ImageLimits
 from shared.ledger.service import Ledger
-from shared.stores.connections import ConnectionPolicy, StoreNotConnected, seal_secrets
+from shared.stores.connections import StoreNotConnected, seal_secrets
 from shared.stores.models import ConnectionStatus, StoreConnectionDoc, StoreSecrets
 from shared.stores.ports import StorePlatform
 from shared.sync import service
@@ -85,16 +87,7 @@ class World:
             cipher=self.cipher,
             shopify=lambda: None,  # type: ignore[arg-type,return-value]  # the fake gallery calls no adapter
             woocommerce=lambda: None,  # type: ignore[arg-type,return-value]
-            policy=ConnectionPolicy(
-                callback_base_url="https://epox.test",
-                webhook_base_url="https://epox.test",
-                app_name="Epox",
-                state_ttl=timedelta(minutes=10),
-                refresh_margin=timedelta(minutes=5),
-                refresh_lease=timedelta(seconds=30),
-            )
-            if False
-            else None,  # type: ignore[arg-type]
+            policy=None,  # type: ignore[arg-type]  # no token refresh: the fake gallery calls no adapter
             clock=lambda: self.now,
         )
         self.gallery = FakeGallery(self.access, self.connection, async_media=async_media)
@@ -124,7 +117,9 @@ class World:
 
     def product(self, store_pid: str = "101", *merchant: tuple[str, str], linked: bool = True) -> ProductDoc:
         pid = f"prod_{next(_ids)}"
-        link = StoreLink(platform=self.platform.value, shop=SHOP, product_id=store_pid, media_ids=[m for m, _ in merchant])
+        link = StoreLink(
+            platform=self.platform.value, shop=SHOP, product_id=store_pid, media_ids=[m for m, _ in merchant]
+        )
         doc = ProductDoc(
             id=pid,
             client_id=CLIENT,
@@ -146,10 +141,11 @@ class World:
         media: MediaKind = MediaKind.IMAGE,
         size: tuple[int, int] = (64, 48),
         client_id: str = CLIENT,
+        data: bytes | None = None,
     ) -> AssetDoc:
         aid = f"ast_{next(_ids)}"
         key = f"clients/{client_id}/assets/{aid}/r1.png"
-        self.objects.put(key, png(size), "image/png")
+        self.objects.put(key, data or png(size), "image/png")
         asset = AssetDoc(
             id=aid,
             client_id=client_id,
@@ -465,7 +461,8 @@ def test_a_revoked_token_mid_job_pauses_it_and_a_resume_after_reconnecting_finis
     assert len(queued) == 3  # none failed: they wait
 
     world.gallery.revoked = False
-    world.stores.update(loaded, {"status": ConnectionStatus.ACTIVE.value})
+    world.stores.update(loaded, {"status": ConnectionStatus.ACTIVE.value})  # the merchant reconnected
+    world.now += timedelta(hours=2)  # settle tasks are named after their window: a later one runs
     lifecycle.resume_job(SYNCS, world.jobs, world.queue, CLIENT, job.id, world.now)
     world.run()
 
@@ -580,14 +577,13 @@ def test_the_history_csv_defuses_formulas(world: World) -> None:
 
 def test_images_over_twenty_megapixels_are_scaled_down_and_the_record_says_so(world: World) -> None:
     product = world.product("101")
-    asset = world.asset(product, size=(5200, 4000))
+    flat = io.BytesIO()
+    Image.new("RGB", (5200, 4000), (20, 90, 200)).save(flat, "PNG")  # large in pixels, small in bytes
+    asset = world.asset(product, size=(5200, 4000), data=flat.getvalue())
     revision = world.catalog.assets.revision(CLIENT, asset.id, 1)
     assert revision is not None
     copy = push_copy(world.objects, asset, revision, product, LIMITS)
     assert copy.converted is not None and "scaled down from 5200x4000" in copy.converted
-    from PIL import Image
-    import io
-
     pushed = Image.open(io.BytesIO(world.objects.get(copy.key)))
     assert pushed.width * pushed.height <= STORE_MAX_PIXELS
     assert copy.name.startswith("blue-ceramic-mug-lifestyle-") and copy.name.endswith(".png")
