@@ -22,12 +22,14 @@ from shared.stores.models import OAuthStateDoc, ShopRedaction, StoreConnectionDo
 from shared.stores.ports import (
     BulkOperation,
     BulkStatus,
+    MediaState,
     ShopifyAdmin,
     ShopifyTokens,
     StoreAuthorizationLost,
     StoreCategory,
     StoreImage,
     StoreImageRejected,
+    StoreMedia,
     StoreNotReachable,
     StorePage,
     StorePlatform,
@@ -216,7 +218,13 @@ def catalog(count: int, *, images: int = 1, updated_at: datetime | None = None) 
 
 @dataclass
 class FakeShopifyAdmin(ShopifyAdmin):
-    """One shop's Admin API: rotating tokens, a catalog, bulk operations that need ``bulk_polls`` polls."""
+    """One shop's Admin API: rotating tokens, a catalog, bulk operations that need ``bulk_polls`` polls, and
+    product images with Shopify's semantics: a pushed image is appended UPLOADED, reads of its state answer
+    PROCESSING ``media_reads_until_ready`` times, then READY (or FAILED with ``fail_media_with``, or gone
+    with ``drop_next_media``: over 20 megapixels); reorders move ids to zero-based positions; removing takes
+    media off the product (the files stay in ``media``); a product in ``gone_products`` (or not in
+    ``products``) is :class:`StoreProductGone`. Every call is recorded (``pushed``, ``reorders``,
+    ``removals``, ``state_reads``)."""
 
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     products: dict[str, StoreProduct] = field(default_factory=dict)
@@ -232,6 +240,19 @@ class FakeShopifyAdmin(ShopifyAdmin):
     during_refresh: list[Callable[[], object]] = field(default_factory=list)  # run once while refreshing
     queries: list[str | None] = field(default_factory=list)  # the search queries products_page was given
     uninstalled: bool = False  # the app called appUninstall (every token refused afterwards)
+    media_reads_until_ready: int = 1  # media_states reads answering PROCESSING before a pushed image is done
+    fail_media_with: str | None = None  # pushed images end FAILED with this media error code
+    drop_next_media: bool = False  # the next pushed image disappears when processed (Shopify's > 20 MP)
+    reject_images: str | None = None  # add_product_image raises StoreImageRejected with this message
+    gone_products: set[str] = field(default_factory=set)
+    media: dict[str, StoreMedia] = field(default_factory=dict)  # every file by media id, on a product or not
+    galleries: dict[str, list[str]] = field(default_factory=dict)  # product id -> media ids in store order
+    pushed: list[tuple[str, str, str]] = field(default_factory=list)  # (product id, source URL, alt)
+    reorders: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)
+    removals: list[tuple[str, list[str]]] = field(default_factory=list)
+    state_reads: list[list[str]] = field(default_factory=list)
+    _processing: dict[str, tuple[int, str | None, bool]] = field(default_factory=dict)  # id -> (reads, code, drop)
+    _media_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(900_000_001))
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _valid_refresh: set[str] = field(default_factory=set)
     _bulk: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -336,6 +357,101 @@ class FakeShopifyAdmin(ShopifyAdmin):
         if "id" not in payload or "title" not in payload:
             raise StoreRequestFailed("not a product")
         return StoreProduct(id=str(payload["id"]), title=str(payload["title"]))
+
+    # -- images (sync-back) -----------------------------------------------------------------------
+    def _gallery(self, product_id: str) -> list[str]:
+        """The product's media ids (its catalog images first seen as READY files); StoreProductGone."""
+        product = self.products.get(product_id)
+        if product is None or product_id in self.gone_products:
+            raise StoreProductGone("no such product")
+        if product_id not in self.galleries:
+            for image in product.images:
+                self.media.setdefault(
+                    image.media_id,
+                    StoreMedia(media_id=image.media_id, state=MediaState.READY, url=image.url, alt=image.alt),
+                )
+            self.galleries[product_id] = [i.media_id for i in sorted(product.images, key=lambda i: i.position)]
+        return self.galleries[product_id]
+
+    def product_images(self, shop: str, token: str, product_id: str) -> list[StoreImage]:
+        self._check()
+        with self._lock:
+            images = []
+            for position, media_id in enumerate(self._gallery(product_id)):
+                medium = self.media[media_id]
+                if medium.state is MediaState.READY and medium.url:
+                    images.append(StoreImage(media_id=media_id, url=medium.url, alt=medium.alt, position=position))
+            return images
+
+    def add_product_image(self, shop: str, token: str, product_id: str, *, source_url: str, alt: str) -> StoreMedia:
+        self._check()
+        with self._lock:
+            gallery = self._gallery(product_id)
+            if self.reject_images is not None:
+                raise StoreImageRejected(self.reject_images)
+            self.pushed.append((product_id, source_url, alt))
+            media_id = str(next(self._media_ids))
+            medium = StoreMedia(media_id=media_id, state=MediaState.UPLOADED, alt=alt or None)
+            self.media[media_id] = medium
+            gallery.append(media_id)
+            self._processing[media_id] = (0, self.fail_media_with, self.drop_next_media)
+            self.drop_next_media = False
+            return medium
+
+    def media_states(self, shop: str, token: str, media_ids: Sequence[str]) -> dict[str, StoreMedia]:
+        self._check()
+        with self._lock:
+            self.state_reads.append(list(media_ids))
+            for media_id in media_ids:
+                if media_id in self._processing:
+                    self._advance(media_id)
+            return {m: self.media[m] for m in media_ids if m in self.media}
+
+    def _advance(self, media_id: str) -> None:
+        reads, code, drop = self._processing[media_id]
+        if reads < self.media_reads_until_ready:
+            self._processing[media_id] = (reads + 1, code, drop)
+            self.media[media_id] = self.media[media_id].model_copy(update={"state": MediaState.PROCESSING})
+            return
+        del self._processing[media_id]
+        if drop:
+            del self.media[media_id]
+            for gallery in self.galleries.values():
+                if media_id in gallery:
+                    gallery.remove(media_id)
+            return
+        update: dict[str, Any] = (
+            {"state": MediaState.FAILED, "error_code": code, "error_message": f"Media failed ({code})"}
+            if code
+            else {"state": MediaState.READY, "url": f"https://cdn.shopify.test/s/files/{media_id}.png"}
+        )
+        self.media[media_id] = self.media[media_id].model_copy(update=update)
+
+    def reorder_product_images(self, shop: str, token: str, product_id: str, moves: Sequence[tuple[str, int]]) -> None:
+        self._check()
+        with self._lock:
+            gallery = self._gallery(product_id)
+            if any(media_id not in gallery for media_id, _ in moves):
+                raise StoreImageRejected("Media does not exist on the given product.")
+            self.reorders.append((product_id, list(moves)))
+            for media_id, position in moves:
+                gallery.remove(media_id)
+                gallery.insert(min(position, len(gallery)), media_id)
+
+    def remove_product_images(self, shop: str, token: str, product_id: str, media_ids: Sequence[str]) -> None:
+        self._check()
+        with self._lock:
+            try:
+                gallery = self._gallery(product_id)
+            except StoreProductGone:
+                return
+            states = [self.media[m].state for m in media_ids if m in self.media]
+            if any(state in (MediaState.UPLOADED, MediaState.PROCESSING) for state in states):
+                raise StoreUnavailable("a medium is still processing", retry_after=5)
+            if MediaState.FAILED in states:
+                raise StoreImageRejected("Files in a failed state cannot be updated.")
+            self.removals.append((product_id, list(media_ids)))
+            gallery[:] = [m for m in gallery if m not in media_ids]
 
 
 # -- WooCommerce -----------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ Served:
   ``product(id)``, ``productsCount``, ``collections``, ``collection(id)``, ``node(id)``/``nodes(ids)``, products with
   ``variants{sku price selectedOptions}``, ``media{... on MediaImage{id alt status image{url width height}}}``,
   ``collections``, ``featuredMedia``; ``bulkOperationRunQuery(query, groupObjects)``, ``currentBulkOperation``,
-  ``bulkOperation(id)``. A connection without ``first``/``last``, or above 250, is an error, as on Shopify; a
+  ``bulkOperation(id)``; for sync-back ``productUpdate``, ``productReorderMedia`` and ``fileUpdate`` (below). A
+  connection without ``first``/``last``, or above 250, is an error, as on Shopify; a
   token whose scopes hold neither ``read_products`` nor ``write_products`` gets ``ACCESS_DENIED`` for the catalog.
   Search (``query:``) knows the subset described at ``shopify_catalog.matches``.
 - **Cost and throttling**: every executed or throttled answer carries ``extensions.cost {requestedQueryCost,
@@ -48,7 +49,27 @@ Served:
   after all rows of the level above otherwise); the URL answers 400 once seven days have passed.
   :meth:`ShopifyStub.fail_next_bulk` ends the next one ``FAILED`` with an ``errorCode`` (and a token without
   product scopes ends it ``ACCESS_DENIED``); :func:`bulk_finish_payload` is the ``bulk_operations/finish`` body.
-- ``GET /cdn/shop/files/{handle}-{n}.png`` — the products' images, PNGs drawn with Pillow.
+- ``GET /cdn/shop/files/{handle}-{n}.png`` — the products' images, PNGs drawn with Pillow; pushed images are
+  served from ``/cdn/shop/files/{source file name}.{ext}`` as they were downloaded.
+
+**Product media (sync-back)**: ``productUpdate(product: {id}, media: [{originalSource, mediaContentType: IMAGE,
+alt}])`` appends each image (``UPLOADED`` in the mutation's answer; ``product`` as updated, so ``media(last: 1)``
+is the new one) and fetches ``originalSource`` over HTTP in a thread, as Shopify processes media
+asynchronously. Each later read of the media (``node``/``nodes``, the product's ``media``/``featuredMedia``;
+once per request) sees ``PROCESSING`` for ``media_reads_until_ready`` reads, then the outcome: ``READY`` with
+``image {url width height}`` on the stub CDN; ``FAILED`` with ``mediaErrors [{code message details}]``
+(``IMAGE_DOWNLOAD_FAILURE`` for a non-2xx answer, a refused connection or bytes Pillow cannot read;
+:meth:`ShopifyStub.fail_next_media` picks another code); or, for an image over 20 megapixels, nothing: it is
+dropped silently from the product and the shop. A missing product is ``userErrors [{field: ["id"], message:
+"Product does not exist"}]``. ``productReorderMedia(id, moves: [{id, newPosition}])`` applies the moves one
+after another (``newPosition`` an ``UnsignedInt64``, which must be sent as a string; past the end is the end)
+and answers a ``job`` not yet ``done``; errors are ``mediaUserErrors`` (``PRODUCT_DOES_NOT_EXIST``,
+``MEDIA_DOES_NOT_EXIST_ON_PRODUCT``). ``fileUpdate(files: [{id, alt, referencesToAdd, referencesToRemove}])``
+takes a media off (or puts it on) products; the file stays in the shop's Files (``catalog.files``,
+:meth:`ShopifyStub.file`). Only READY files can be updated (``NON_READY_STATE``, ``INVALID_FAILED_MEDIA_STATE``),
+an unknown id is ``FILE_DOES_NOT_EXIST``, and a refused input changes nothing. Helpers:
+:meth:`ShopifyStub.product_media` (what is on the product now, in order) and
+:meth:`ShopifyStub.merchant_removes_media` (the admin's removal, with its ``products/update`` webhook).
 
 **Webhooks**: :meth:`ShopifyStub.deliver` POSTs a raw JSON body signed as Shopify signs it
 (``X-Shopify-Hmac-Sha256`` = base64 HMAC-SHA256 of the raw body with the client secret) with
@@ -70,6 +91,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import re
 import secrets
@@ -99,6 +121,18 @@ ACCESS_TOKEN_TTL = 3600
 REFRESH_TOKEN_TTL = 90 * 24 * 3600
 REFRESH_RECOVERY = 30 * 24 * 3600  # how long a used refresh token can be retried (changelog 2026-08-28)
 MAX_QUERY_COST = 1000
+MAX_IMAGE_PIXELS = 20_000_000  # Shopify drops a larger image from the product (4472 x 4472 is the documented limit)
+IMAGE_FORMATS = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "GIF": ("image/gif", "gif"),
+                 "WEBP": ("image/webp", "webp")}  # fmt: skip
+MEDIA_ERROR_MESSAGES = {
+    "IMAGE_DOWNLOAD_FAILURE": "Media could not be processed because the image could not be downloaded.",
+    "IMAGE_PROCESSING_FAILURE": "Media could not be processed because the image could not be processed.",
+    "FILE_STORAGE_LIMIT_EXCEEDED": "Media could not be created because the cumulative file storage limit would be "
+    "exceeded.",
+    "UNSUPPORTED_IMAGE_FILE_TYPE": "Media could not be created because it has an unsupported file type.",
+    "MEDIA_TIMEOUT_ERROR": "Media could not be processed because the processing timed out.",
+    "UNKNOWN": "Media error has occurred for an unknown reason.",
+}
 BULK_URL_TTL = 7 * 24 * 3600
 BAD_CREDENTIALS_ERROR = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 _GRAPHQL_PATH = re.compile(r"/admin/api/([^/]+)/graphql\.json")
@@ -181,6 +215,18 @@ class BulkOperation:
 
 
 @dataclass
+class _Processing:
+    """A pushed image on its way from UPLOADED to READY or FAILED: its source is fetched in a thread of its own
+    as soon as it is pushed (Shopify processes media asynchronously); reads of the media reveal the outcome."""
+
+    source: str
+    fail_with: str | None = None  # fail_next_media: ends FAILED with this code whatever the source
+    reads: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: tuple[Any, ...] | None = None  # ("image", bytes, mime, ext, width, height) | ("failed", code, details)
+
+
+@dataclass
 class _Failure:
     kind: str
     times: int
@@ -222,6 +268,7 @@ class ShopifyStub:
     bucket_size: float = 1000.0
     restore_rate: float = 100.0
     bulk_polls: int = 1
+    media_reads_until_ready: int = 1  # reads of a pushed image that still see PROCESSING before it is done
     retain_previous_refresh: bool = True
     clock: Clock = field(default_factory=Clock)
     port: int = 0
@@ -240,6 +287,10 @@ class ShopifyStub:
     _schema: GraphQLSchema = field(init=False)
     _next_bulk_failure: str | None = None
     _pngs: dict[str, bytes] = field(default_factory=dict)
+    _uploads: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # CDN path -> (bytes, content type)
+    _processing: dict[int, _Processing] = field(default_factory=dict)  # media id -> its processing
+    _next_media_failure: str | None = None
+    _dropped: set[int] = field(default_factory=set)  # pushed images over 20 megapixels, gone from the shop
     uninstalled_by_app: bool = False  # the app called appUninstall
 
     def __post_init__(self) -> None:
@@ -247,6 +298,7 @@ class ShopifyStub:
         self._available = self.bucket_size
         self._bucket_at = self.clock.now()
         self._schema = cat.build_schema()
+        self.catalog.observe = self._media_read
 
     @property
     def url(self) -> str:
@@ -269,6 +321,12 @@ class ShopifyStub:
         """The next bulk operation ends ``FAILED`` with ``error_code`` (ACCESS_DENIED, TIMEOUT, …)."""
         assert error_code in ("ACCESS_DENIED", "INTERNAL_SERVER_ERROR", "TIMEOUT"), error_code
         self._next_bulk_failure = error_code
+
+    def fail_next_media(self, code: str = "IMAGE_PROCESSING_FAILURE") -> None:
+        """The next image pushed with ``productUpdate`` ends ``FAILED`` with ``mediaErrors[0].code == code``."""
+        assert code in MEDIA_ERROR_MESSAGES, code
+        with self.lock:
+            self._next_media_failure = code
 
     def revoke(self) -> None:
         """The merchant or Shopify revoked the app's access: every token is refused from now on."""
@@ -301,15 +359,31 @@ class ShopifyStub:
             return [r for r in self.requests if r.method == method and r.path == path]
 
     def product(self, ref: int | str) -> Product:
-        """A product by numeric id, gid or position in the catalog (an int below 10 000)."""
+        """A product by numeric id (an int, or a string of digits), gid or position in the catalog (an int below
+        10 000)."""
         with self.lock:
             if isinstance(ref, str):
-                number = cat.gid_number(ref)
+                number = int(ref) if ref.isdigit() else cat.gid_number(ref)
                 assert number is not None, ref
                 return self.catalog.products[number]
             if ref < 10_000:
                 return list(self.catalog.products.values())[ref]
             return self.catalog.products[ref]
+
+    def product_media(self, ref: int | str) -> list[Image]:
+        """What is on the product now, in its order (position 0 is the featured media), each with its status.
+        Reading here does not move a pushed image's processing on."""
+        with self.lock:
+            return list(self.product(ref).media)
+
+    def file(self, media_id: int | str) -> Image | None:
+        """The shop's file (a MediaImage) by numeric id or GID, on a product or not; None once deleted or
+        dropped."""
+        number = (
+            cat.gid_number(media_id) if isinstance(media_id, str) and media_id.startswith("gid:") else int(media_id)
+        )
+        with self.lock:
+            return self.catalog.files.get(number) if number is not None else None
 
     def authorize_url(self, redirect_uri: str, state: str, scope: str = "read_products,write_products") -> str:
         query = urlencode({"client_id": self.client_id, "scope": scope, "redirect_uri": redirect_uri, "state": state})
@@ -453,6 +527,7 @@ class ShopifyStub:
                     }
                 ]
             }
+        self._await_fetches()
         with self.lock:
             self._refill()
             if requested > self._available:
@@ -515,7 +590,7 @@ class ShopifyStub:
         def node(info: Any, id: str, kind: str | None = None) -> dict[str, Any] | None:
             if not id.startswith("gid://shopify/BulkOperation/"):
                 _check_scope(info)
-            return self._node(id, kind)
+            return self._node(id, kind, info.context)
 
         def products_count(info: Any, query: str | None = None) -> dict[str, Any]:
             _check_scope(info)
@@ -539,6 +614,9 @@ class ShopifyStub:
                 query, bool(args.get("groupObjects")), ",".join(sorted(info.context.get("scopes") or ()))
             ),
             "appUninstall": lambda info: self._app_uninstall(),
+            "productUpdate": lambda info, **args: self._product_update(info, args.get("product"), args.get("media")),
+            "productReorderMedia": lambda info, id, moves: self._reorder_media(id, moves),
+            "fileUpdate": lambda info, files: self._file_update(files),
         }
 
     def _app_uninstall(self) -> dict[str, Any]:
@@ -547,7 +625,9 @@ class ShopifyStub:
         self.uninstalled_by_app = True
         return {"app": {"id": cat.gid("App", 1), "title": "Epox"}, "userErrors": []}
 
-    def _node(self, value: str, kind: str | None = None) -> dict[str, Any] | None:
+    def _node(
+        self, value: str, kind: str | None = None, context: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         match = re.fullmatch(r"gid://shopify/([A-Za-z]+)/(\d+)", value)
         if match is None:
             raise GraphQLError(f"Invalid global id '{value}'", extensions={"code": "argumentLiteralsIncompatible"})
@@ -568,8 +648,211 @@ class ShopifyStub:
             if found == "MediaImage":
                 for image in product.media:
                     if image.id == number:
-                        return cat.image_view(image, self.url)
+                        return self._media_view(image, context or {})
+        if found == "MediaImage" and number in self.catalog.files:  # a file on no product (taken off, never added)
+            return self._media_view(self.catalog.files[number], context or {})
         return None
+
+    def _media_view(self, image: Image, context: dict[str, Any]) -> dict[str, Any] | None:
+        """The media as a read sees it; None when the read found it dropped (over 20 megapixels)."""
+        self._media_read(image, context)
+        return None if image.id in self._dropped else cat.image_view(image, self.url)
+
+    # -- media (sync-back) ------------------------------------------------------------------------
+    def _await_fetches(self) -> None:
+        """Let pushed images' downloads finish before a query runs (outside the lock: a source may be the stub's
+        own CDN), so what a read reveals does not depend on thread timing."""
+        with self.lock:
+            pending = [p for p in self._processing.values() if not p.done.is_set()]
+        for processing in pending:
+            processing.done.wait(15)
+
+    def _media_read(self, image: Image, context: dict[str, Any]) -> None:
+        """One read of ``image`` in a query (counted once per request): a pushed image shows PROCESSING for
+        ``media_reads_until_ready`` reads, then READY, FAILED or, over 20 megapixels, gone."""
+        processing = self._processing.get(image.id)
+        seen: set[int] = context.setdefault("media_read", set())
+        if processing is None or image.id in seen:
+            return
+        seen.add(image.id)
+        processing.reads += 1
+        if processing.reads <= self.media_reads_until_ready:
+            image.status = "PROCESSING"
+            return
+        del self._processing[image.id]
+        outcome = processing.outcome if processing.done.is_set() else ("failed", "MEDIA_TIMEOUT_ERROR", None)
+        if processing.fail_with is not None:
+            outcome = ("failed", processing.fail_with, None)
+        assert outcome is not None
+        if outcome[0] == "failed":
+            _, code, details = outcome
+            image.status = "FAILED"
+            image.errors = [{"code": code, "message": MEDIA_ERROR_MESSAGES[code], "details": details}]
+            return
+        _, data, mime, ext, width, height = outcome
+        if width * height > MAX_IMAGE_PIXELS:  # dropped silently: the media leaves the product and the shop
+            self._dropped.add(image.id)
+            self.catalog.files.pop(image.id, None)
+            for product in self.catalog.products.values():
+                product.media[:] = [m for m in product.media if m.id != image.id]
+            return
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", processing.source.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("-")
+        path = f"/cdn/shop/files/{stem or 'image'}.{ext}"
+        if path in self._uploads or self.catalog.find_image(path) is not None:
+            path = f"/cdn/shop/files/{stem or 'image'}_{image.id}.{ext}"  # Shopify keeps names unique, likewise
+        self._uploads[path] = (data, mime)
+        image.path, image.width, image.height, image.mime, image.status = path, width, height, mime, "READY"
+
+    def _fetch(self, processing: _Processing) -> None:
+        """Download the source as Shopify does (any 2xx with an image it reads), in a thread of its own."""
+        import httpx
+        from PIL import Image as PILImage
+
+        try:
+            with httpx.Client(timeout=10, trust_env=False, follow_redirects=True) as client:
+                response = client.get(processing.source)
+            if not 200 <= response.status_code < 300:
+                processing.outcome = ("failed", "IMAGE_DOWNLOAD_FAILURE", f"HTTP {response.status_code}")
+                return
+            try:
+                with PILImage.open(io.BytesIO(response.content)) as picture:
+                    kind, (width, height) = picture.format or "", picture.size
+            except Exception:  # whatever Pillow cannot read is not an image
+                processing.outcome = ("failed", "IMAGE_DOWNLOAD_FAILURE", "not an image")
+                return
+            if kind not in IMAGE_FORMATS:
+                processing.outcome = ("failed", "UNSUPPORTED_IMAGE_FILE_TYPE", kind)
+                return
+            mime, ext = IMAGE_FORMATS[kind]
+            processing.outcome = ("image", response.content, mime, ext, width, height)
+        except httpx.HTTPError as exc:
+            processing.outcome = ("failed", "IMAGE_DOWNLOAD_FAILURE", type(exc).__name__)
+        finally:
+            processing.done.set()
+
+    def _push_media(self, product: Product, alt: str, source: str) -> Image:
+        image = Image(self.catalog.new_id(), alt, "", 0, 0, (0, 0, 0), "UPLOADED")
+        processing = _Processing(source, fail_with=self._next_media_failure)
+        self._next_media_failure = None
+        product.media.append(image)
+        self.catalog.files[image.id] = image
+        self._processing[image.id] = processing
+        if processing.fail_with is None:
+            threading.Thread(target=self._fetch, args=(processing,), daemon=True).start()
+        else:
+            processing.done.set()
+        return image
+
+    def _product_update(
+        self, info: Any, fields: dict[str, Any] | None, media: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """``productUpdate(product: {id, …}, media: [CreateMediaInput])``: the fields given change, each
+        medium is appended (UPLOADED; never a replacement of the list) and processed asynchronously."""
+        fields = fields or {}
+        value = str(fields.get("id") or "")
+        number = cat.gid_number(value) if value.startswith("gid://shopify/Product/") else None
+        product = self.catalog.products.get(number) if number is not None else None
+        if product is None:
+            return {"product": None, "userErrors": [{"field": ["id"], "message": "Product does not exist"}]}
+        errors = []
+        for n, medium in enumerate(media or []):
+            parts = urlsplit(str(medium.get("originalSource") or ""))
+            if medium.get("mediaContentType") != "IMAGE":
+                errors.append({"field": ["media", str(n), "mediaContentType"],
+                               "message": "The stub shop takes IMAGE media only"})  # fmt: skip
+            elif parts.scheme not in ("http", "https") or not parts.netloc:
+                errors.append({"field": ["media", str(n), "originalSource"], "message": "Image URL is invalid"})
+        if errors:
+            return {"product": None, "userErrors": errors}
+        names = {"title": "title", "descriptionHtml": "description_html", "productType": "product_type",
+                 "vendor": "vendor", "tags": "tags", "status": "status"}  # fmt: skip
+        for name, attribute in names.items():
+            if fields.get(name) is not None:
+                setattr(product, attribute, fields[name])
+        seen: set[int] = info.context.setdefault("media_read", set())
+        for medium in media or []:
+            image = self._push_media(product, str(medium.get("alt") or ""), str(medium["originalSource"]))
+            seen.add(image.id)  # the mutation's own answer shows it UPLOADED
+        product.updated_at = cat.iso(self.clock.now())
+        return {"product": cat.product_view(product, self.catalog, self.url), "userErrors": []}
+
+    def _reorder_media(self, product_id: str, moves: list[dict[str, Any]]) -> dict[str, Any]:
+        """``productReorderMedia``: moves applied in order, each ``newPosition`` zero-based at the time it is
+        applied (past the end: the end). Shopify runs it as a job; the stub applies it at once and answers the
+        job not done, as Shopify first does."""
+        number = cat.gid_number(product_id) if product_id.startswith("gid://shopify/Product/") else None
+        product = self.catalog.products.get(number) if number is not None else None
+        if product is None:
+            error = {"field": ["id"], "message": "Product does not exist"}
+            return {
+                "job": None,
+                "mediaUserErrors": [{**error, "code": "PRODUCT_DOES_NOT_EXIST"}],
+                "userErrors": [error],
+            }
+        errors = []
+        on_product = {cat.gid("MediaImage", m.id): m for m in product.media}
+        for n, move in enumerate(moves):
+            if move["id"] not in on_product:
+                message = "Media does not exist on the given product."
+                errors.append({"field": ["moves", str(n), "id"], "message": message,
+                               "code": "MEDIA_DOES_NOT_EXIST_ON_PRODUCT"})  # fmt: skip
+        if errors:
+            return {"job": None, "mediaUserErrors": errors,
+                    "userErrors": [{k: v for k, v in e.items() if k != "code"} for e in errors]}  # fmt: skip
+        for move in moves:
+            image = on_product[move["id"]]
+            product.media.remove(image)
+            product.media.insert(min(int(move["newPosition"]), len(product.media)), image)
+        product.updated_at = cat.iso(self.clock.now())
+        return {"job": {"id": f"gid://shopify/Job/{uuid.uuid4()}", "done": False},
+                "mediaUserErrors": [], "userErrors": []}  # fmt: skip
+
+    def _file_update(self, files: list[dict[str, Any]]) -> dict[str, Any]:
+        """``fileUpdate``: ``alt``, ``referencesToAdd`` and ``referencesToRemove`` (products). Taking a file off a
+        product leaves it in the shop's Files. Files must be READY to be updated (NON_READY_STATE while
+        processing, INVALID_FAILED_MEDIA_STATE once failed); an unknown id is FILE_DOES_NOT_EXIST; nothing is
+        changed when any input is refused."""
+        errors: list[dict[str, Any]] = []
+        found: list[tuple[Image, dict[str, Any]]] = []
+        for n, update in enumerate(files):
+            number = cat.gid_number(update["id"]) if update["id"].startswith("gid://shopify/MediaImage/") else None
+            image = self.catalog.files.get(number) if number is not None else None
+            if image is None and number is not None:
+                image = next((m for p in self.catalog.products.values() for m in p.media if m.id == number), None)
+            problem = None
+            if image is None:
+                problem = ("FILE_DOES_NOT_EXIST", ["files", str(n), "id"], f"File id {update['id']} does not exist.")
+            elif image.status in ("UPLOADED", "PROCESSING"):
+                problem = ("NON_READY_STATE", ["files", str(n), "id"], "Non-ready files cannot be updated.")
+            elif image.status == "FAILED":
+                problem = ("INVALID_FAILED_MEDIA_STATE", ["files", str(n), "id"],
+                           "Files in a failed state cannot be updated.")  # fmt: skip
+            for target in update.get("referencesToAdd") or []:
+                target_number = cat.gid_number(target) if target.startswith("gid://shopify/Product/") else None
+                if problem is None and target_number not in self.catalog.products:
+                    problem = ("REFERENCE_TARGET_DOES_NOT_EXIST", ["files", str(n), "referencesToAdd"],
+                               f"The reference target does not exist: {target}.")  # fmt: skip
+            if problem is not None:
+                errors.append({"code": problem[0], "field": problem[1], "message": problem[2]})
+            elif image is not None:
+                found.append((image, update))
+        if errors:
+            return {"files": None, "userErrors": errors}
+        now = cat.iso(self.clock.now())
+        for image, update in found:
+            if update.get("alt") is not None:
+                image.alt = update["alt"]
+            for target in update.get("referencesToRemove") or []:
+                product = self.catalog.products.get(cat.gid_number(target) or -1)
+                if product is not None and any(m.id == image.id for m in product.media):
+                    product.media[:] = [m for m in product.media if m.id != image.id]
+                    product.updated_at = now
+            for target in update.get("referencesToAdd") or []:
+                product = self.catalog.products[cat.gid_number(target) or -1]
+                if all(m.id != image.id for m in product.media):
+                    product.media.append(image)
+                    product.updated_at = now
+        return {"files": [cat.image_view(image, self.url) for image, _ in found], "userErrors": []}
 
     # -- bulk operations --------------------------------------------------------------------------
     def _run_bulk(self, query: str, grouped: bool, scope: str) -> dict[str, Any]:
@@ -699,7 +982,20 @@ class ShopifyStub:
             image = Image(number, alt, f"/cdn/shop/files/{product.handle}-{number}.png", self.image_size,
                           self.image_size, (90, 120, 150), status)  # fmt: skip
             product.media.append(image)
+            self.catalog.files[image.id] = image
             return image
+
+    def merchant_removes_media(self, ref: int | str, media_id: int | str, url: str | None = None) -> Delivery | None:
+        """The merchant takes a media off the product in the admin (the file stays in Files) and, given ``url``,
+        ``products/update`` is delivered without it in ``media``/``images``."""
+        with self.lock:
+            product = self.product(ref)
+            number = int(media_id)
+            assert any(m.id == number for m in product.media), media_id
+            product.media[:] = [m for m in product.media if m.id != number]
+            product.updated_at = cat.iso(self.clock.now())
+            payload = cat.rest_product(product, self.url)
+        return self.deliver("products/update", payload, url) if url else None
 
     def create_product(self, title: str, url: str | None = None, **fields: Any) -> tuple[Product, Delivery | None]:
         with self.lock:
@@ -721,16 +1017,10 @@ class ShopifyStub:
                 **fields,
             )
             self.catalog.products[number] = product
-            product.media.append(
-                Image(
-                    self.catalog.new_id(),
-                    title,
-                    f"/cdn/shop/files/{handle}-1.png",
-                    self.image_size,
-                    self.image_size,
-                    (200, 80, 80),
-                )
-            )
+            image = Image(self.catalog.new_id(), title, f"/cdn/shop/files/{handle}-1.png", self.image_size,
+                          self.image_size, (200, 80, 80))  # fmt: skip
+            product.media.append(image)
+            self.catalog.files[image.id] = image
             payload = cat.rest_product(product, self.url)
         return product, (self.deliver("products/create", payload, url) if url else None)
 
@@ -738,6 +1028,8 @@ class ShopifyStub:
         with self.lock:
             product = self.product(ref)
             del self.catalog.products[product.id]
+            for image in product.media:  # the stub deletes a product's media with it
+                self.catalog.files.pop(image.id, None)
             for collection in self.catalog.collections.values():
                 if product.id in collection.product_ids:
                     collection.product_ids.remove(product.id)
@@ -845,7 +1137,11 @@ class ShopifyStub:
 
     def _image(self, path: str) -> tuple[int, str, bytes, dict[str, str]]:
         with self.lock:
+            uploaded = self._uploads.get(path)
             cached = self._pngs.get(path)
+        if uploaded is not None:  # a pushed image, as downloaded from its source
+            return 200, uploaded[1], uploaded[0], {"Cache-Control": "public, max-age=31536000"}
+        with self.lock:
             image = None if cached is not None else self.catalog.find_image(path)
         if cached is None:
             if image is None:

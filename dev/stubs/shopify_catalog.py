@@ -26,6 +26,7 @@ from graphql import (
     GraphQLError,
     GraphQLInterfaceType,
     GraphQLObjectType,
+    GraphQLScalarType,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
@@ -70,6 +71,8 @@ class Image:
     height: int
     color: tuple[int, int, int]
     status: str = "READY"
+    errors: list[dict[str, str | None]] = field(default_factory=list)  # mediaErrors {code message details}
+    mime: str = "image/png"
 
 
 @dataclass
@@ -108,7 +111,9 @@ class Collection:
 class Catalog:
     products: dict[int, Product] = field(default_factory=dict)  # insertion order is id order
     collections: dict[int, Collection] = field(default_factory=dict)
+    files: dict[int, Image] = field(default_factory=dict)  # the shop's Files: every image, on a product or not
     next_id: int = 9_000_000_000
+    observe: Callable[[Image, dict[str, Any]], None] | None = None  # told of each media read (the stub's processing)
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -122,7 +127,13 @@ class Catalog:
             for image in product.media:
                 if image.path == path:
                     return image
-        return None
+        return next((image for image in self.files.values() if image.path == path), None)
+
+    def read(self, image: Image, info: Any) -> Image:
+        """``image`` as a query reads it now (the stub moves a pushed image's processing on with each read)."""
+        if self.observe is not None:
+            self.observe(image, info.context)
+        return image
 
 
 _ADJECTIVES = [
@@ -197,6 +208,7 @@ def demo_catalog(count: int = 50, image_size: int = 256) -> Catalog:
             created_at=stamp,
             updated_at=stamp,
         )
+        catalog.files.update((image.id, image) for image in media)
         for c, collection in enumerate(catalog.collections.values()):
             if i % (c + 2) == 0:
                 collection.product_ids.append(product_id)
@@ -291,10 +303,26 @@ scalar UnsignedInt64
 interface Node { id: ID! }
 interface Media {
   id: ID! alt: String mediaContentType: MediaContentType! status: MediaStatus! preview: MediaPreviewImage
+  mediaErrors: [MediaError!]!
 }
+interface File { id: ID! alt: String fileStatus: FileStatus! }
 
 enum MediaContentType { IMAGE VIDEO EXTERNAL_VIDEO MODEL_3D }
 enum MediaStatus { UPLOADED PROCESSING READY FAILED }
+enum FileStatus { UPLOADED PROCESSING READY FAILED }
+enum MediaErrorCode {
+  UNKNOWN INVALID_SIGNED_URL IMAGE_DOWNLOAD_FAILURE IMAGE_PROCESSING_FAILURE MEDIA_TIMEOUT_ERROR
+  FILE_STORAGE_LIMIT_EXCEEDED INVALID_IMAGE_FILE_SIZE INVALID_IMAGE_RESOLUTION INVALID_IMAGE_ASPECT_RATIO
+  UNSUPPORTED_IMAGE_FILE_TYPE DUPLICATE_FILENAME_ERROR
+}
+enum MediaUserErrorCode {
+  INVALID BLANK PRODUCT_DOES_NOT_EXIST MEDIA_DOES_NOT_EXIST MEDIA_DOES_NOT_EXIST_ON_PRODUCT NON_READY_MEDIA
+  PRODUCT_MEDIA_LIMIT_EXCEEDED SHOP_MEDIA_LIMIT_EXCEEDED
+}
+enum FilesErrorCode {
+  FILE_DOES_NOT_EXIST FILE_LOCKED INVALID INVALID_FAILED_MEDIA_STATE NON_READY_STATE MISSING_ARGUMENTS
+  REFERENCE_TARGET_DOES_NOT_EXIST UNSUPPORTED_FILE_REFERENCE TOO_MANY_ARGUMENTS
+}
 enum ProductStatus { ACTIVE ARCHIVED DRAFT }
 enum BulkOperationStatus { CREATED RUNNING COMPLETED CANCELING CANCELED FAILED EXPIRED }
 enum BulkOperationErrorCode { ACCESS_DENIED INTERNAL_SERVER_ERROR TIMEOUT }
@@ -306,9 +334,10 @@ type Count { count: Int! precision: String! }
 
 type Image { id: ID url: URL! altText: String width: Int height: Int }
 type MediaPreviewImage { image: Image status: MediaStatus! }
-type MediaImage implements Media & Node {
+type MediaError { code: MediaErrorCode! details: String message: String! }
+type MediaImage implements Media & Node & File {
   id: ID! alt: String mediaContentType: MediaContentType! status: MediaStatus! preview: MediaPreviewImage
-  image: Image mimeType: String
+  mediaErrors: [MediaError!]! fileStatus: FileStatus! image: Image mimeType: String
 }
 
 type SelectedOption { name: String! value: String! }
@@ -371,9 +400,32 @@ enum AppUninstallAppUninstallErrorCode { APP_NOT_INSTALLED }
 type AppUninstallAppUninstallError { field: [String!] message: String! code: AppUninstallAppUninstallErrorCode }
 type AppUninstallPayload { app: App userErrors: [AppUninstallAppUninstallError!]! }
 
+type UserError { field: [String!] message: String! }
+type MediaUserError { code: MediaUserErrorCode field: [String!] message: String! }
+type FilesUserError { code: FilesErrorCode field: [String!] message: String! }
+type Job { id: ID! done: Boolean! }
+
+input ProductUpdateInput {
+  id: ID title: String descriptionHtml: String productType: String vendor: String tags: [String!] status: ProductStatus
+}
+input CreateMediaInput { originalSource: String! mediaContentType: MediaContentType! alt: String }
+type ProductUpdatePayload { product: Product userErrors: [UserError!]! }
+
+input MoveInput { id: ID! newPosition: UnsignedInt64! }
+type ProductReorderMediaPayload { job: Job mediaUserErrors: [MediaUserError!]! userErrors: [UserError!]! }
+
+input FileUpdateInput {
+  id: ID! alt: String filename: String originalSource: String previewImageSource: String
+  referencesToAdd: [ID!] referencesToRemove: [ID!]
+}
+type FileUpdatePayload { files: [File!] userErrors: [FilesUserError!]! }
+
 type Mutation {
   bulkOperationRunQuery(query: String!, groupObjects: Boolean! = false): BulkOperationRunQueryPayload
   appUninstall: AppUninstallPayload
+  productUpdate(product: ProductUpdateInput, media: [CreateMediaInput!]): ProductUpdatePayload
+  productReorderMedia(id: ID!, moves: [MoveInput!]!): ProductReorderMediaPayload
+  fileUpdate(files: [FileUpdateInput!]!): FileUpdatePayload
 }
 
 schema { query: QueryRoot mutation: Mutation }
@@ -381,7 +433,26 @@ schema { query: QueryRoot mutation: Mutation }
 
 
 def build_schema() -> GraphQLSchema:
-    return _build_sdl(SDL)
+    """The schema; ``UnsignedInt64`` inputs must be strings of digits, as Shopify insists (an integer is
+    refused with "UnsignedInt64 '1' must be encoded as a string")."""
+    schema = _build_sdl(SDL)
+    unsigned = schema.type_map["UnsignedInt64"]
+    assert isinstance(unsigned, GraphQLScalarType)
+    # graphql-core 3.3 coerces with coerce_input_value / coerce_input_literal (parse_* kept for older ones)
+    unsigned.parse_value = unsigned.coerce_input_value = _unsigned  # type: ignore[method-assign]
+    unsigned.parse_literal = lambda node, variables=None: _unsigned(  # type: ignore[method-assign]
+        value_from_ast_untyped(node, variables)
+    )
+    unsigned.coerce_input_literal = lambda node: _unsigned(value_from_ast_untyped(node))
+    return schema
+
+
+def _unsigned(value: Any) -> str:
+    if not isinstance(value, str):
+        raise GraphQLError(f"UnsignedInt64 '{value}' must be encoded as a string")
+    if not value.isdigit():
+        raise GraphQLError(f"UnsignedInt64 '{value}' is not a valid unsigned integer")
+    return value
 
 
 def cursor(position: int) -> str:
@@ -719,7 +790,7 @@ def rest_product(product: Product, base_url: str) -> dict[str, Any]:
             "variant_ids": [],
             "admin_graphql_api_id": gid("ProductImage", image.id),
         }
-        for n, image in enumerate(product.media)
+        for n, image in enumerate(m for m in product.media if m.status == "READY")  # images: ready ones only
     ]
     return {
         "id": product.id,
@@ -796,9 +867,11 @@ def image_view(image: Image, base_url: str) -> dict[str, Any]:
         "alt": image.alt,
         "mediaContentType": "IMAGE",
         "status": image.status,
+        "fileStatus": image.status,
+        "mediaErrors": [dict(error) for error in image.errors],
         "preview": {"image": picture, "status": image.status},
         "image": picture,  # null until the media is READY, as Shopify answers
-        "mimeType": "image/png",
+        "mimeType": image.mime,
     }
 
 
@@ -848,7 +921,18 @@ def product_view(product: Product, catalog: Catalog, base_url: str) -> dict[str,
         return connection(items, args, bulk=_bulk(info), name="variants")
 
     def media(info: Any, **args: Any) -> dict[str, Any]:
-        return connection([image_view(m, base_url) for m in product.media], args, bulk=_bulk(info), name="media")
+        items = [image_view(catalog.read(m, info), base_url) for m in list(product.media)]
+        # a read may have dropped an image (over 20 megapixels): answer what is still on the product
+        items = [item for item in items if any(m.id == item["_pos"] for m in product.media)]
+        return connection(items, args, bulk=_bulk(info), name="media")
+
+    def featured(info: Any) -> dict[str, Any] | None:
+        while product.media:
+            first = product.media[0]
+            catalog.read(first, info)
+            if product.media and product.media[0] is first:  # not dropped by the read
+                return image_view(first, base_url)
+        return None
 
     def collections(info: Any, **args: Any) -> dict[str, Any]:
         items = [collection_view(c, catalog, base_url) for c in catalog.collections_of(product.id)]
@@ -871,7 +955,7 @@ def product_view(product: Product, catalog: Catalog, base_url: str) -> dict[str,
         "variants": variants,
         "media": media,
         "collections": collections,
-        "featuredMedia": image_view(product.media[0], base_url) if product.media else None,
+        "featuredMedia": featured,
         "variantsCount": {"count": len(product.variants), "precision": "EXACT"},
         "mediaCount": {"count": len(product.media), "precision": "EXACT"},
     }

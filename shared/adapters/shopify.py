@@ -22,6 +22,15 @@ per call in all; beyond that the call raises :class:`StoreUnavailable` with the 
 product's media order (0 is the featured medium), so positions may skip a video or an image still
 processing. ``status`` is lowercased (``active``, ``draft``, ``archived``), as the webhooks spell it.
 
+**Images (sync-back).** An image is appended with ``productUpdate(product: {id}, media: [...])`` (never
+``productSet``, which replaces the list), sent once: a retry after a 5xx could append it twice. Its state is
+read with ``nodes(ids:)``, :data:`MEDIA_STATES_PER_QUERY` at a time; a media Shopify no longer has (an image over
+20 megapixels is dropped silently) is left out. ``productReorderMedia`` moves media to zero-based positions
+(``newPosition`` is an ``UnsignedInt64``: a string). ``fileUpdate`` with ``referencesToRemove`` takes media off
+the product and leaves the files in the shop; a file that no longer exists counts as removed. Media ids are the
+numeric ids of ``MediaImage`` GIDs. A product that does not exist is :class:`StoreProductGone`; a user error on
+the media is :class:`StoreImageRejected`.
+
 **Bulk.** :meth:`ShopifyAdminClient.start_bulk_products` runs its query with ``groupObjects: true``, so in
 the JSONL every child row (variants, media, collections) comes right after its product; the stream emits a
 product when the next product row (or the end) arrives and holds one product at a time. A child row whose
@@ -48,19 +57,23 @@ from pydantic import SecretStr, ValidationError
 
 from shared import logging as log
 from shared.config import Settings, require_vendor_settings
-from shared.errors import UpstreamRejectedCredentials
+from shared.errors import EpoxError, UpstreamRejectedCredentials
 from shared.retry import RetryPolicy
 from shared.stores.ports import (
     BulkOperation,
     BulkStatus,
+    MediaState,
     ShopifyAdmin,
     ShopifyTokens,
     StoreAuthorizationLost,
     StoreCategory,
     StoreImage,
+    StoreImageRejected,
+    StoreMedia,
     StoreNotReachable,
     StorePage,
     StoreProduct,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
     StoreVariant,
@@ -158,6 +171,53 @@ _BULK_PRODUCTS = """
 """
 _MEDIA_KINDS = frozenset({"MediaImage", "Video", "ExternalVideo", "Model3d"})
 
+# -- images (sync-back) ----------------------------------------------------------------------------
+MEDIA_STATES_PER_QUERY = 50  # ids per nodes(ids:) read of pushed media
+FILES_PER_UPDATE = 50  # files per fileUpdate
+_MEDIA_STATE_FIELDS = "id ... on MediaImage { alt status mediaErrors { code message } image { url } }"
+MEDIA_STATE_COST = 1 + 1 + 1  # the node, mediaErrors, image
+_PRODUCT_IMAGES = f"""
+query ProductImages($id: ID!) {{
+  product(id: $id) {{
+    id
+    media(first: {MAX_PAGE}) {{
+      nodes {{ id mediaContentType status alt ... on MediaImage {{ image {{ url width height }} }} }}
+    }}
+  }}
+}}
+"""
+PRODUCT_IMAGES_COST = 1 + 2 + MAX_PAGE * (1 + 1)
+# productUpdate appends (never productSet, which replaces the list); the new medium is the product's last.
+_ADD_IMAGE = f"""
+mutation AddProductImage($id: ID!, $media: [CreateMediaInput!]!) {{
+  productUpdate(product: {{id: $id}}, media: $media) {{
+    product {{ id media(last: 1) {{ nodes {{ {_MEDIA_STATE_FIELDS} }} }} }}
+    userErrors {{ field message }}
+  }}
+}}
+"""
+_MEDIA_STATES = f"""
+query MediaStates($ids: [ID!]!) {{
+  nodes(ids: $ids) {{ {_MEDIA_STATE_FIELDS} }}
+}}
+"""
+_REORDER_MEDIA = """
+mutation ReorderProductMedia($id: ID!, $moves: [MoveInput!]!) {
+  productReorderMedia(id: $id, moves: $moves) {
+    job { id done }
+    mediaUserErrors { code field message }
+  }
+}
+"""
+_REMOVE_MEDIA = """
+mutation RemoveProductMedia($files: [FileUpdateInput!]!) {
+  fileUpdate(files: $files) {
+    files { id }
+    userErrors { code field message }
+  }
+}
+"""
+
 
 def throttle_wait(requested: float, available: float, restore_rate: float) -> float:
     """Seconds until a bucket holding ``available`` points and restoring ``restore_rate`` a second can pay
@@ -178,6 +238,72 @@ def gid_number(value: Any, kind: str | None = None) -> str | None:
     if match is None or (kind is not None and match.group(1) != kind):
         return None
     return match.group(2)
+
+
+def media_state(node: Mapping[str, Any]) -> StoreMedia:
+    """A ``MediaImage`` node (id, alt, status, mediaErrors, image) as :class:`StoreMedia`: the first media
+    error names the failure, the image's URL is there once READY."""
+    media_id = gid_number(node.get("id"), "MediaImage")
+    status = str(node.get("status") or "").lower()
+    if media_id is None or status not in {state.value for state in MediaState}:
+        raise StoreRequestFailed("Shopify answered a media without a MediaImage id or a known status")
+    errors = [e for e in node.get("mediaErrors") or [] if isinstance(e, dict)]
+    image = node.get("image")
+    url = image.get("url") if isinstance(image, dict) else None
+    return StoreMedia(
+        media_id=media_id,
+        state=MediaState(status),
+        url=str(url) if url else None,
+        alt=node.get("alt") or None,
+        error_code=str(errors[0].get("code")) if errors and errors[0].get("code") else None,
+        error_message=str(errors[0].get("message"))[:500] if errors and errors[0].get("message") else None,
+    )
+
+
+def user_errors_failure(errors: Any, action: str) -> EpoxError | None:
+    """The port's error for a mutation's ``userErrors``/``mediaUserErrors`` (None when there are none): a
+    product that does not exist is :class:`StoreProductGone`; an error on the media (its field under
+    ``media``, ``moves`` or ``files``, or a media code) is :class:`StoreImageRejected`; anything else
+    :class:`StoreRequestFailed`. Messages are trimmed to 200 characters."""
+    problems = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    if not problems:
+        return None
+    for problem in problems:
+        field = [str(f) for f in problem.get("field") or []]
+        message = str(problem.get("message") or "")
+        if problem.get("code") == "PRODUCT_DOES_NOT_EXIST" or (
+            field == ["id"] and "product does not exist" in message.lower()
+        ):
+            return StoreProductGone(f"Shopify has no such product ({action})")
+    first = problems[0]
+    field = [str(f) for f in first.get("field") or []]
+    code = str(first.get("code") or "")
+    text = f"Shopify refused to {action}: " + str(first.get("message") or code or "no message")[:160]
+    if (field and field[0] in ("media", "moves", "files")) or code.startswith("MEDIA") or "MEDIA" in code:
+        return StoreImageRejected(text[:200])
+    return StoreRequestFailed(text[:200])
+
+
+def missing_files(problems: Sequence[Mapping[str, Any]], count: int) -> set[int] | None:
+    """The indexes of the files a ``fileUpdate`` refused only because they do not exist (their ``field`` is
+    ``["files", "N", "id"]``); None when there is any other problem, or none at all."""
+    if not problems:
+        return None
+    gone: set[int] = set()
+    for problem in problems:
+        field = [str(f) for f in problem.get("field") or []]
+        if problem.get("code") != "FILE_DOES_NOT_EXIST" or len(field) < 2 or not field[1].isdigit():
+            return None
+        if int(field[1]) >= count:
+            return None
+        gone.add(int(field[1]))
+    return gone
+
+
+def _remove_failure(problems: Sequence[Mapping[str, Any]]) -> EpoxError | None:
+    if any(p.get("code") == "NON_READY_STATE" for p in problems):
+        return StoreUnavailable("A medium is still processing in Shopify; remove it once it is done", retry_after=5)
+    return user_errors_failure(list(problems), "take the images off the product")
 
 
 def _gid_kind(value: Any) -> str | None:
@@ -556,6 +682,100 @@ class ShopifyAdminClient(ShopifyAdmin):
             _log.warning("shopify bulk result stream failed: %s", type(exc).__name__)
             raise StoreUnavailable("The bulk result could not be read to the end") from None
 
+    # -- images (sync-back) -----------------------------------------------------------------------
+    def product_images(self, shop: str, token: str, product_id: str) -> list[StoreImage]:
+        """The product's READY images (its first 250 media) in the store's order with alt text; ``position``
+        is the medium's index among all the product's media (0 is the featured one)."""
+        if not str(product_id).isdigit():
+            raise StoreProductGone("not a Shopify product id")
+        variables = {"id": f"gid://shopify/Product/{product_id}"}
+        data = self._graphql(shop, token, _PRODUCT_IMAGES, variables, expected_cost=PRODUCT_IMAGES_COST)
+        product = data.get("product")
+        if product is None:
+            raise StoreProductGone("Shopify has no such product")
+        return _images(_mapping(product, "product").get("media"))
+
+    def add_product_image(self, shop: str, token: str, product_id: str, *, source_url: str, alt: str) -> StoreMedia:
+        """``productUpdate(product: {id}, media: [...])``: appends one image. Sent once (a retry after a 5xx or a
+        timeout could append it twice); THROTTLED is waited out, since Shopify did not run it."""
+        if not str(product_id).isdigit():
+            raise StoreProductGone("not a Shopify product id")
+        variables = {
+            "id": f"gid://shopify/Product/{product_id}",
+            "media": [{"originalSource": source_url, "mediaContentType": "IMAGE", "alt": alt}],
+        }
+        data = self._graphql(shop, token, _ADD_IMAGE, variables, expected_cost=MUTATION_COST, retry_transient=False)
+        result = _mapping(data.get("productUpdate"), "productUpdate")
+        failure = user_errors_failure(result.get("userErrors"), "add the image")
+        if failure is not None:
+            raise failure
+        nodes = _nodes(_mapping(result.get("product"), "product").get("media"))
+        if not nodes:
+            raise StoreRequestFailed("Shopify's answer has no new media")
+        return media_state(nodes[-1])
+
+    def media_states(self, shop: str, token: str, media_ids: Sequence[str]) -> dict[str, StoreMedia]:
+        """``nodes(ids:)`` :data:`MEDIA_STATES_PER_QUERY` at a time; ids that are not numeric cannot exist
+        and are left out, like media Shopify no longer has (a null node)."""
+        wanted = list(dict.fromkeys(str(i) for i in media_ids if str(i).isdigit()))
+        states: dict[str, StoreMedia] = {}
+        for start in range(0, len(wanted), MEDIA_STATES_PER_QUERY):
+            chunk = [f"gid://shopify/MediaImage/{n}" for n in wanted[start : start + MEDIA_STATES_PER_QUERY]]
+            data = self._graphql(
+                shop, token, _MEDIA_STATES, {"ids": chunk}, expected_cost=1 + len(chunk) * MEDIA_STATE_COST
+            )
+            nodes = data.get("nodes")
+            if not isinstance(nodes, list):
+                raise StoreRequestFailed("Shopify's nodes answer is not a list")
+            for node in nodes:
+                if isinstance(node, dict) and gid_number(node.get("id"), "MediaImage") is not None:
+                    state = media_state(node)
+                    states[state.media_id] = state
+        return states
+
+    def reorder_product_images(self, shop: str, token: str, product_id: str, moves: Sequence[tuple[str, int]]) -> None:
+        """``productReorderMedia``, the moves in the order given (each position zero-based at the time it is
+        applied; ``newPosition`` is an UnsignedInt64, sent as a string). Shopify finishes it as a job."""
+        if not moves:
+            return
+        if not str(product_id).isdigit():
+            raise StoreProductGone("not a Shopify product id")
+        if any(not str(media_id).isdigit() or position < 0 for media_id, position in moves):
+            raise StoreRequestFailed("a move needs a numeric media id and a position of 0 or more")
+        variables = {
+            "id": f"gid://shopify/Product/{product_id}",
+            "moves": [{"id": f"gid://shopify/MediaImage/{m}", "newPosition": str(p)} for m, p in moves],
+        }
+        data = self._graphql(shop, token, _REORDER_MEDIA, variables, expected_cost=MUTATION_COST)
+        result = _mapping(data.get("productReorderMedia"), "productReorderMedia")
+        failure = user_errors_failure(result.get("mediaUserErrors"), "reorder the images")
+        if failure is not None:
+            raise failure
+
+    def remove_product_images(self, shop: str, token: str, product_id: str, media_ids: Sequence[str]) -> None:
+        """``fileUpdate(files: [{id, referencesToRemove: [product]}])``, :data:`FILES_PER_UPDATE` at a time. A
+        file Shopify no longer has (FILE_DOES_NOT_EXIST) is done: the rest are sent again without it. A medium
+        still processing (NON_READY_STATE) is :class:`StoreUnavailable`; one that FAILED cannot be updated
+        (INVALID_FAILED_MEDIA_STATE), which is :class:`StoreImageRejected`."""
+        if not str(product_id).isdigit():
+            return  # no such product: nothing of it to remove
+        product = f"gid://shopify/Product/{product_id}"
+        wanted = list(dict.fromkeys(str(i) for i in media_ids if str(i).isdigit()))
+        for start in range(0, len(wanted), FILES_PER_UPDATE):
+            chunk = wanted[start : start + FILES_PER_UPDATE]
+            while chunk:
+                files = [{"id": f"gid://shopify/MediaImage/{m}", "referencesToRemove": [product]} for m in chunk]
+                data = self._graphql(shop, token, _REMOVE_MEDIA, {"files": files}, expected_cost=MUTATION_COST)
+                result = _mapping(data.get("fileUpdate"), "fileUpdate")
+                problems = [e for e in result.get("userErrors") or [] if isinstance(e, dict)]
+                gone = missing_files(problems, len(chunk))
+                if gone is None:
+                    failure = _remove_failure(problems)
+                    if failure is not None:
+                        raise failure
+                    break
+                chunk = [m for n, m in enumerate(chunk) if n not in gone]
+
     # -- webhooks ---------------------------------------------------------------------------------
     def product_from_webhook(self, payload: Mapping[str, Any]) -> StoreProduct:
         """The REST-shaped product of ``products/create`` / ``products/update``: tags a comma-separated
@@ -705,23 +925,7 @@ def _product(node: Any) -> StoreProduct:
                 options=options,
             )
         )
-    images = []
-    for position, medium in enumerate(_nodes(node.get("media"))):
-        image = medium.get("image")
-        media_id = gid_number(medium.get("id"), "MediaImage")
-        ready = str(medium.get("status") or "").upper() == "READY"
-        if media_id is None or not ready or not isinstance(image, dict) or not image.get("url"):
-            continue
-        images.append(
-            StoreImage(
-                media_id=media_id,
-                url=str(image["url"]),
-                alt=medium.get("alt") or None,
-                position=position,
-                width=image.get("width") if isinstance(image.get("width"), int) else None,
-                height=image.get("height") if isinstance(image.get("height"), int) else None,
-            )
-        )
+    images = _images(node.get("media"))
     categories = [
         StoreCategory(id=cid, name=str(c.get("title") or ""))
         for c in _nodes(node.get("collections"))
@@ -748,6 +952,28 @@ def _product(node: Any) -> StoreProduct:
         )
     except ValidationError:
         raise StoreRequestFailed("Shopify answered a product we cannot read") from None
+
+
+def _images(media: Any) -> list[StoreImage]:
+    """A product's READY ``MediaImage`` media with an image URL; ``position`` is the index among all its media."""
+    images = []
+    for position, medium in enumerate(_nodes(media)):
+        image = medium.get("image")
+        media_id = gid_number(medium.get("id"), "MediaImage")
+        ready = str(medium.get("status") or "").upper() == "READY"
+        if media_id is None or not ready or not isinstance(image, dict) or not image.get("url"):
+            continue
+        images.append(
+            StoreImage(
+                media_id=media_id,
+                url=str(image["url"]),
+                alt=medium.get("alt") or None,
+                position=position,
+                width=image.get("width") if isinstance(image.get("width"), int) else None,
+                height=image.get("height") if isinstance(image.get("height"), int) else None,
+            )
+        )
+    return images
 
 
 def _assemble(lines: Iterator[str], *, grouped: bool) -> Iterator[StoreProduct]:

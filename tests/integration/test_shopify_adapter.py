@@ -4,9 +4,12 @@ flat memory, and product webhooks. Time is the stub's clock: the adapter's ``sle
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from dev.stubs.shopify import API_VERSION, Clock, ShopifyStub, running
@@ -29,12 +33,17 @@ from shared.errors import EpoxError, UpstreamRejectedCredentials, VendorNotConfi
 from shared.stores.ports import (
     BulkOperation,
     BulkStatus,
+    MediaState,
     StoreAuthorizationLost,
+    StoreImageRejected,
+    StoreMedia,
     StoreNotReachable,
     StoreProduct,
+    StoreProductGone,
     StoreRequestFailed,
     StoreUnavailable,
 )
+from tests.http_receiver import receiving
 
 T0 = 1_800_000_000.0
 NOW = datetime.fromtimestamp(T0, UTC)
@@ -377,3 +386,221 @@ def test_the_factory_needs_the_app_credentials() -> None:
         Settings(epox_env="development", shopify_client_id="id", shopify_client_secret=SecretStr("s3cret-value"))
     )
     assert built.api_version == "2026-10" and "s3cret-value" not in repr(built)
+
+
+# -- images (sync-back): pushed by URL from our object store, polled, ordered, taken off ------------------
+
+
+def png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    picture = Image.new(mode, (width, height), 128 if mode == "L" else (30, 90, 160))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def source(object_store: Any) -> Callable[..., str]:
+    """Upload bytes to the local object store and answer their presigned GET URL (what we hand Shopify)."""
+
+    def presigned(data: bytes | None, name: str = "ai-image.png", content_type: str = "image/png") -> str:
+        key = f"tests/shopify-sync/{uuid.uuid4().hex}/{name}"
+        if data is not None:  # None: a key that was never written (the store answers 404)
+            object_store.put(key, data, content_type)
+        return str(object_store.presigned_get(key, expires_in=3600))
+
+    return presigned
+
+
+def ready(world: World, media_id: str, reads: int = 5) -> StoreMedia | None:
+    """Poll the media until it is no longer UPLOADED/PROCESSING (None: it disappeared)."""
+    for _ in range(reads):
+        states = world.admin.media_states(world.stub.shop, world.token, [media_id])
+        if media_id not in states or states[media_id].state in (MediaState.READY, MediaState.FAILED):
+            return states.get(media_id)
+    raise AssertionError("the media never finished processing")
+
+
+def test_a_pushed_image_is_appended_and_polled_to_ready(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = stub.product(1)
+    before = [m.id for m in product.media]
+    picture = png_bytes(64, 48)
+    pushed = admin.add_product_image(
+        stub.shop, world.token, str(product.id), source_url=source(picture, "linen-tote-ai.png"), alt="A linen tote"
+    )
+    assert (pushed.state, pushed.alt, pushed.url) == (MediaState.UPLOADED, "A linen tote", None)
+    assert [m.id for m in stub.product_media(product.id)] == [*before, int(pushed.media_id)]  # appended, not replaced
+
+    first = admin.media_states(stub.shop, world.token, [pushed.media_id, "not-a-number"])
+    assert list(first) == [pushed.media_id] and first[pushed.media_id].state is MediaState.PROCESSING
+    done = admin.media_states(stub.shop, world.token, [pushed.media_id])[pushed.media_id]
+    assert done.state is MediaState.READY and done.error_code is None and done.url is not None
+    assert done.url.startswith(f"{stub.url}/cdn/shop/files/linen-tote-ai")
+    assert httpx.get(done.url, trust_env=False).content == picture  # the stub CDN serves what it downloaded
+
+    images = admin.product_images(stub.shop, world.token, str(product.id))
+    assert [i.media_id for i in images] == [*map(str, before), pushed.media_id]
+    last = images[-1]
+    assert (last.alt, last.position, last.width, last.height) == ("A linen tote", len(before), 64, 48)
+    assert [m.status for m in stub.product_media(product.id)] == ["READY"] * (len(before) + 1)
+
+
+def test_failed_downloads_keep_shopify_s_error_code(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = str(stub.product(2).id)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}/gone.png"  # nothing listens there
+    sources = [source(None), source(b"<html>not an image</html>", "page.png", "text/html"), refused]
+    pushed = [admin.add_product_image(stub.shop, world.token, product, source_url=s, alt="x") for s in sources]
+    for media in pushed:
+        failed = ready(world, media.media_id)
+        assert failed is not None and failed.state is MediaState.FAILED
+        assert failed.error_code == "IMAGE_DOWNLOAD_FAILURE" and failed.error_message and failed.url is None
+    stub.fail_next_media("IMAGE_PROCESSING_FAILURE")
+    broken = admin.add_product_image(stub.shop, world.token, product, source_url=source(png_bytes(8, 8)), alt="y")
+    failed = ready(world, broken.media_id)
+    assert failed is not None and failed.error_code == "IMAGE_PROCESSING_FAILURE"
+    # failed media stay on the product (as on Shopify), but they are not images of it
+    statuses = [m.status for m in stub.product_media(product)]
+    assert statuses[-4:] == ["FAILED"] * 4
+    assert all(
+        i.media_id not in {m.media_id for m in pushed} for i in admin.product_images(stub.shop, world.token, product)
+    )
+
+
+def test_an_image_over_twenty_megapixels_is_dropped(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = str(stub.product(3).id)
+    huge = admin.add_product_image(
+        stub.shop, world.token, product, source_url=source(png_bytes(5000, 4001, "L")), alt="too big"
+    )
+    assert ready(world, huge.media_id) is None  # gone: media_states leaves it out
+    assert int(huge.media_id) not in [m.id for m in stub.product_media(product)]
+    assert stub.file(huge.media_id) is None
+
+
+def test_a_reorder_makes_our_image_the_featured_one(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = stub.product(4)
+    pushed = admin.add_product_image(
+        stub.shop, world.token, str(product.id), source_url=source(png_bytes(32, 32)), alt="ours"
+    )
+    assert ready(world, pushed.media_id) is not None
+    admin.reorder_product_images(stub.shop, world.token, str(product.id), [(pushed.media_id, 0)])
+    [sent] = [json.loads(r.body) for r in stub.seen("POST", GRAPHQL) if b"productReorderMedia" in r.body]
+    assert sent["variables"]["moves"] == [{"id": f"gid://shopify/MediaImage/{pushed.media_id}", "newPosition": "0"}]
+    images = admin.product_images(stub.shop, world.token, str(product.id))
+    assert (images[0].media_id, images[0].position) == (pushed.media_id, 0)
+    [looked_up] = admin.products_by_ids(stub.shop, world.token, [str(product.id)])
+    assert looked_up.images[0].media_id == pushed.media_id  # featuredMedia / first media follow
+    featured = stub.graphql({"query": "query($id: ID!) { product(id: $id) { featuredMedia { id } } }",
+                             "variables": {"id": product.gid}})  # fmt: skip
+    assert featured["data"]["product"]["featuredMedia"]["id"] == f"gid://shopify/MediaImage/{pushed.media_id}"
+    admin.reorder_product_images(stub.shop, world.token, str(product.id), [(pushed.media_id, 99)])  # past the end
+    assert stub.product_media(product.id)[-1].id == int(pushed.media_id)
+    admin.reorder_product_images(stub.shop, world.token, str(product.id), [])  # nothing to move: no call
+    error = world.raises(
+        StoreImageRejected,
+        lambda: admin.reorder_product_images(stub.shop, world.token, str(product.id), [("123", 0)]),
+    )
+    assert "does not exist" in str(error)
+
+
+def test_removing_ours_leaves_the_merchant_s_images_and_the_file(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = stub.product(5)
+    merchant = [m.id for m in product.media]
+    pushed = admin.add_product_image(
+        stub.shop, world.token, str(product.id), source_url=source(png_bytes(16, 16)), alt="ours"
+    )
+    error = world.raises(
+        StoreUnavailable,
+        lambda: admin.remove_product_images(stub.shop, world.token, str(product.id), [pushed.media_id]),
+    )
+    assert "processing" in str(error)  # NON_READY_STATE: Shopify updates READY files only
+    assert ready(world, pushed.media_id) is not None
+    admin.remove_product_images(stub.shop, world.token, str(product.id), ["999999", pushed.media_id])
+    assert [m.id for m in stub.product_media(product.id)] == merchant
+    kept = stub.file(pushed.media_id)
+    assert kept is not None and kept.status == "READY"  # fileUpdate takes it off the product; Files keep it
+    assert admin.media_states(stub.shop, world.token, [pushed.media_id])[pushed.media_id].state is MediaState.READY
+    admin.remove_product_images(stub.shop, world.token, str(product.id), [pushed.media_id])  # again: done
+    calls = [json.loads(r.body) for r in stub.seen("POST", GRAPHQL) if b"fileUpdate" in r.body]
+    assert calls[-1]["variables"]["files"] == [
+        {"id": f"gid://shopify/MediaImage/{pushed.media_id}", "referencesToRemove": [product.gid]}
+    ]
+
+
+def test_a_failed_media_cannot_be_taken_off_with_file_update(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = str(stub.product(6).id)
+    failed = admin.add_product_image(stub.shop, world.token, product, source_url=source(None), alt="x")
+    assert ready(world, failed.media_id) is not None
+    world.raises(
+        StoreImageRejected, lambda: admin.remove_product_images(stub.shop, world.token, product, [failed.media_id])
+    )
+
+
+def test_image_calls_wait_out_throttling_and_retry_reads(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = str(stub.product(8).id)
+    stub.drain(stub.currently_available)
+    pushed = admin.add_product_image(stub.shop, world.token, product, source_url=source(png_bytes(8, 8)), alt="z")
+    assert world.sleeps and pushed.state is MediaState.UPLOADED
+    stub.drain(stub.currently_available)
+    images = admin.product_images(stub.shop, world.token, product)  # 503 points: paced or THROTTLED, then read
+    assert len(images) == len(stub.product(8).media) - 1
+    stub.fail("503", path=GRAPHQL)
+    assert pushed.media_id in admin.media_states(stub.shop, world.token, [pushed.media_id])
+    calls = world.graphql_calls()
+    stub.fail("503", path=GRAPHQL)  # a push is not retried: a second try could append the image twice
+    world.raises(
+        StoreUnavailable,
+        lambda: admin.add_product_image(stub.shop, world.token, product, source_url=source(png_bytes(8, 8)), alt="z"),
+    )
+    assert world.graphql_calls() == calls + 1 and len(stub.product_media(product)) == len(images) + 1
+
+
+def test_many_media_states_are_read_fifty_at_a_time(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    known = [str(m.id) for p in list(stub.catalog.products.values())[:30] for m in p.media]
+    calls = world.graphql_calls()
+    states = admin.media_states(stub.shop, world.token, [*known, "42"])
+    assert sorted(states) == sorted(known) and all(s.state is MediaState.READY for s in states.values())
+    assert world.graphql_calls() == calls + -(-(len(known) + 1) // 50)
+
+
+def test_a_deleted_product_is_gone_for_every_image_call(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = stub.product(9)
+    media = str(product.media[0].id)
+    stub.delete_product(product.id)
+    pid = str(product.id)
+    world.raises(StoreProductGone, lambda: admin.product_images(stub.shop, world.token, pid))
+    world.raises(
+        StoreProductGone,
+        lambda: admin.add_product_image(stub.shop, world.token, pid, source_url=source(png_bytes(8, 8)), alt="a"),
+    )
+    world.raises(StoreProductGone, lambda: admin.reorder_product_images(stub.shop, world.token, pid, [(media, 0)]))
+    world.raises(StoreProductGone, lambda: admin.product_images(stub.shop, world.token, "not-a-product"))
+    admin.remove_product_images(stub.shop, world.token, pid, [media])  # nothing left to take off: done
+    assert admin.media_states(stub.shop, world.token, [media]) == {}
+
+
+def test_a_merchant_removal_reaches_us_as_a_products_update(world: World, source: Callable[..., str]) -> None:
+    stub, admin = world.stub, world.admin
+    product = stub.product(10)
+    pushed = admin.add_product_image(
+        stub.shop, world.token, str(product.id), source_url=source(png_bytes(8, 8)), alt="ours"
+    )
+    assert ready(world, pushed.media_id) is not None
+    with receiving() as endpoint:
+        delivery = stub.merchant_removes_media(product.id, pushed.media_id, url=endpoint.url())
+    assert delivery is not None and delivery.status == 200
+    [received] = endpoint.received
+    assert received.headers["x-shopify-topic"] == "products/update"
+    payload = json.loads(received.body)
+    assert int(pushed.media_id) not in [m["id"] for m in payload["media"]] + [i["id"] for i in payload["images"]]
+    assert pushed.media_id not in [i.media_id for i in admin.product_from_webhook(payload).images]
+    assert stub.file(pushed.media_id) is not None  # the merchant took it off the product; the file stays

@@ -1,5 +1,6 @@
-"""The Shopify adapter's pure parts: the throttle wait, GIDs, and how bulk JSONL rows become products
-(grouped output held one product at a time, ungrouped output refused or buffered on request)."""
+"""The Shopify adapter's pure parts: the throttle wait, GIDs, how bulk JSONL rows become products
+(grouped output held one product at a time, ungrouped output refused or buffered on request), and how
+media nodes and mutation user errors translate into the port's types."""
 
 from __future__ import annotations
 
@@ -10,8 +11,21 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.adapters.shopify import ShopifyAdminClient, gid_number, throttle_wait
-from shared.stores.ports import StoreRequestFailed, StoreUnavailable
+from shared.adapters.shopify import (
+    ShopifyAdminClient,
+    gid_number,
+    media_state,
+    missing_files,
+    throttle_wait,
+    user_errors_failure,
+)
+from shared.stores.ports import (
+    MediaState,
+    StoreImageRejected,
+    StoreProductGone,
+    StoreRequestFailed,
+    StoreUnavailable,
+)
 
 URL = "https://storage.example/bulk/1.jsonl"
 
@@ -96,3 +110,54 @@ def test_broken_results() -> None:
         list(client_serving([product_row(1)], status=503).stream_bulk_products(URL))
     with pytest.raises(StoreRequestFailed):
         list(client_serving([{"id": "gid://shopify/Product/1"}]).stream_bulk_products(URL))  # no title
+
+
+def test_media_nodes_become_store_media() -> None:
+    ready = media_state(
+        {"id": "gid://shopify/MediaImage/31", "alt": "Front", "status": "READY", "mediaErrors": [],
+         "image": {"url": "https://cdn.shopify.com/s/files/front.png"}}
+    )  # fmt: skip
+    assert (ready.media_id, ready.state, ready.url, ready.alt) == ("31", MediaState.READY, ready.url, "Front")
+    assert ready.url == "https://cdn.shopify.com/s/files/front.png" and ready.error_code is None
+    failed = media_state(
+        {"id": "gid://shopify/MediaImage/32", "alt": "", "status": "FAILED", "image": None,
+         "mediaErrors": [{"code": "IMAGE_DOWNLOAD_FAILURE", "message": "could not be downloaded", "details": None},
+                         {"code": "UNKNOWN", "message": "second"}]}
+    )  # fmt: skip
+    assert (failed.state, failed.url, failed.alt) == (MediaState.FAILED, None, None)
+    assert (failed.error_code, failed.error_message) == ("IMAGE_DOWNLOAD_FAILURE", "could not be downloaded")
+    processing = media_state({"id": "gid://shopify/MediaImage/33", "status": "PROCESSING"})
+    assert processing.state is MediaState.PROCESSING and processing.url is None
+    for garbled in ({"id": "gid://shopify/Video/1", "status": "READY"}, {"id": "gid://shopify/MediaImage/1"}):
+        with pytest.raises(StoreRequestFailed):
+            media_state(garbled)
+
+
+def test_user_errors_translate_to_the_port_s_errors() -> None:
+    assert user_errors_failure([], "add the image") is None
+    assert user_errors_failure(None, "add the image") is None
+    gone = user_errors_failure([{"field": ["id"], "message": "Product does not exist"}], "add the image")
+    assert isinstance(gone, StoreProductGone)
+    coded = user_errors_failure([{"code": "PRODUCT_DOES_NOT_EXIST", "field": ["id"], "message": "x"}], "reorder")
+    assert isinstance(coded, StoreProductGone)
+    media = user_errors_failure(
+        [{"field": ["media", "0", "originalSource"], "message": "Image URL is invalid"}], "add the image"
+    )
+    assert isinstance(media, StoreImageRejected) and "Image URL is invalid" in str(media)
+    moved = user_errors_failure(
+        [{"code": "MEDIA_DOES_NOT_EXIST_ON_PRODUCT", "field": ["moves", "0", "id"], "message": "no"}], "reorder"
+    )
+    assert isinstance(moved, StoreImageRejected)
+    other = user_errors_failure([{"field": ["title"], "message": "Title can't be blank" + "!" * 500}], "update")
+    assert type(other) is StoreRequestFailed and len(str(other)) <= 200
+
+
+def test_only_missing_files_are_dropped_from_a_file_update() -> None:
+    def missing(n: int) -> dict[str, Any]:
+        return {"code": "FILE_DOES_NOT_EXIST", "field": ["files", str(n), "id"], "message": "does not exist"}
+
+    assert missing_files([missing(0), missing(2)], 3) == {0, 2}
+    assert missing_files([], 3) is None
+    assert missing_files([missing(0), {"code": "NON_READY_STATE", "field": ["files", "1", "id"]}], 2) is None
+    assert missing_files([missing(5)], 2) is None  # an index we did not send: not ours to drop
+    assert missing_files([{"code": "FILE_DOES_NOT_EXIST", "field": None, "message": "?"}], 1) is None

@@ -509,3 +509,110 @@ def test_an_image_can_fail_and_an_unknown_one_is_404(stub: ShopifyStub) -> None:
     assert httpx.get(stub.url + path).status_code == 500
     assert httpx.get(stub.url + path).status_code == 200
     assert httpx.get(stub.url + "/cdn/shop/files/nothing.png").status_code == 404
+
+
+# -- media (sync-back) ----------------------------------------------------------------------------
+PUSH = """
+mutation($id: ID!, $media: [CreateMediaInput!]!) {
+  productUpdate(product: {id: $id}, media: $media) {
+    product { id media(last: 1) { nodes { id status ... on MediaImage { image { url } } } } }
+    userErrors { field message }
+  }
+}
+"""
+READ = "query($id: ID!) { node(id: $id) { ... on MediaImage { status mediaErrors { code message details } image { url width height } } } }"  # noqa: E501
+REORDER = """
+mutation($id: ID!, $moves: [MoveInput!]!) {
+  productReorderMedia(id: $id, moves: $moves) { job { id done } mediaUserErrors { code field message } }
+}
+"""
+FILES = """
+mutation($files: [FileUpdateInput!]!) {
+  fileUpdate(files: $files) { files { id fileStatus } userErrors { code field message } }
+}
+"""
+
+
+def test_a_pushed_image_is_appended_then_processed_over_reads(stub: ShopifyStub) -> None:
+    stub.media_reads_until_ready = 2
+    client = admin(stub)
+    product = stub.product(0)
+    before = len(product.media)
+    source = stub.url + stub.product(1).media[0].path  # the stub's own CDN is a source like any other
+    answer = gql(client, PUSH, id=product.gid, media=[{"originalSource": source, "mediaContentType": "IMAGE",
+                                                       "alt": "pushed"}])  # fmt: skip
+    assert answer["extensions"]["cost"]["requestedQueryCost"] == 10
+    [node] = answer["data"]["productUpdate"]["product"]["media"]["nodes"]
+    assert (node["status"], node["image"]) == ("UPLOADED", None)
+    assert product.media[-1].alt == "pushed" and len(product.media) == before + 1
+    reads = [gql(client, READ, id=node["id"])["data"]["node"] for _ in range(3)]
+    assert [r["status"] for r in reads] == ["PROCESSING", "PROCESSING", "READY"]
+    assert reads[2]["mediaErrors"] == [] and (reads[2]["image"]["width"], reads[2]["image"]["height"]) == (256, 256)
+    served = httpx.get(reads[2]["image"]["url"], trust_env=False)
+    assert served.status_code == 200 and served.content == httpx.get(source, trust_env=False).content
+
+
+def test_product_update_refusals(stub: ShopifyStub) -> None:
+    client = admin(stub)
+    before = len(stub.product(0).media)
+    medium = {"originalSource": "https://cdn.example/x.png", "mediaContentType": "IMAGE"}
+    gone = gql(client, PUSH, id="gid://shopify/Product/1", media=[medium])["data"]["productUpdate"]
+    assert gone == {"product": None, "userErrors": [{"field": ["id"], "message": "Product does not exist"}]}
+    bad = gql(client, PUSH, id=stub.product(0).gid, media=[{**medium, "originalSource": "ftp:/x"}])
+    assert bad["data"]["productUpdate"]["userErrors"][0]["field"] == ["media", "0", "originalSource"]
+    assert len(stub.product(0).media) == before  # nothing appended
+
+
+def test_a_failure_is_kept_in_media_errors(stub: ShopifyStub) -> None:
+    client = admin(stub)
+    stub.fail_next_media("FILE_STORAGE_LIMIT_EXCEEDED")
+    source = stub.url + stub.product(1).media[0].path
+    answer = gql(client, PUSH, id=stub.product(0).gid, media=[{"originalSource": source, "mediaContentType": "IMAGE"}])
+    [node] = answer["data"]["productUpdate"]["product"]["media"]["nodes"]
+    reads = [gql(client, READ, id=node["id"])["data"]["node"] for _ in range(2)]
+    assert [r["status"] for r in reads] == ["PROCESSING", "FAILED"] and reads[1]["image"] is None
+    assert reads[1]["mediaErrors"][0]["code"] == "FILE_STORAGE_LIMIT_EXCEEDED"
+
+
+def test_reorder_moves_apply_one_after_another(stub: ShopifyStub) -> None:
+    client = admin(stub)
+    product = stub.product(1)  # three media
+    a, b, c = (cat.gid("MediaImage", m.id) for m in product.media)
+    answer = gql(client, REORDER, id=product.gid, moves=[{"id": c, "newPosition": "0"}, {"id": c, "newPosition": "9"}])
+    assert answer["data"]["productReorderMedia"]["mediaUserErrors"] == []
+    assert answer["data"]["productReorderMedia"]["job"]["id"].startswith("gid://shopify/Job/")
+    assert [cat.gid("MediaImage", m.id) for m in product.media] == [a, b, c]  # to the front, then past the end
+    gql(client, REORDER, id=product.gid, moves=[{"id": c, "newPosition": "0"}, {"id": a, "newPosition": "1"}])
+    assert [cat.gid("MediaImage", m.id) for m in product.media] == [c, a, b]
+    featured = gql(client, "query($id: ID!) { product(id: $id) { featuredMedia { id } } }", id=product.gid)
+    assert featured["data"]["product"]["featuredMedia"]["id"] == c
+    integer = gql(client, REORDER, id=product.gid, moves=[{"id": a, "newPosition": 0}])
+    assert "must be encoded as a string" in integer["errors"][0]["message"]
+    stranger = cat.gid("MediaImage", stub.product(2).media[0].id)
+    refused = gql(client, REORDER, id=product.gid, moves=[{"id": stranger, "newPosition": "0"}])
+    assert refused["data"]["productReorderMedia"]["mediaUserErrors"][0]["code"] == "MEDIA_DOES_NOT_EXIST_ON_PRODUCT"
+    gone = gql(client, REORDER, id="gid://shopify/Product/1", moves=[{"id": a, "newPosition": "0"}])
+    assert gone["data"]["productReorderMedia"]["mediaUserErrors"][0]["code"] == "PRODUCT_DOES_NOT_EXIST"
+
+
+def test_file_update_takes_a_media_off_the_product_and_the_file_stays(stub: ShopifyStub) -> None:
+    client = admin(stub)
+    product = stub.product(1)
+    first = product.media[0]
+    media = cat.gid("MediaImage", first.id)
+    stranger = "gid://shopify/MediaImage/1"
+    unknown = gql(client, FILES, files=[{"id": media, "referencesToRemove": [product.gid]},
+                                        {"id": stranger, "referencesToRemove": [product.gid]}])  # fmt: skip
+    assert unknown["data"]["fileUpdate"]["userErrors"] == [
+        {"code": "FILE_DOES_NOT_EXIST", "field": ["files", "1", "id"],
+         "message": "File id gid://shopify/MediaImage/1 does not exist."}
+    ]  # fmt: skip
+    assert product.media[0] is first  # nothing changed
+    removed = gql(client, FILES, files=[{"id": media, "referencesToRemove": [product.gid]}])["data"]["fileUpdate"]
+    assert removed == {"files": [{"id": media, "fileStatus": "READY"}], "userErrors": []}
+    assert first not in product.media and stub.file(first.id) is first
+    assert gql(client, READ, id=media)["data"]["node"]["status"] == "READY"  # still a file of the shop
+    rest = cat.rest_product(product, stub.url)
+    assert first.id not in [m["id"] for m in rest["media"]] + [i["id"] for i in rest["images"]]
+    gql(client, FILES, files=[{"id": media, "referencesToAdd": [product.gid]}])
+    assert product.media[-1] is first
