@@ -124,6 +124,7 @@ class SyncRecordDoc(BaseModel):
     pushing_media_id: str | None = None
     replaces_media_id: str | None = None
     pushing_by: str | None = None  # the push (job item) under way
+    push_sent_at: datetime | None = None  # when the store was last asked to add the image being pushed
     push_lease_until: datetime | None = None  # until then, other pushes of this image wait for it
     placement: Placement = Placement.APPEND
     converted: str | None = None  # what was changed for the store (format, size), if anything

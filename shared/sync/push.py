@@ -210,7 +210,14 @@ def push_asset(
         record = record.model_copy(update={"converted": copy.converted})
     if record.pushing_media_id is None:
         media_id = _lost_push(gallery, store_pid, push_stem(asset.id, revision))
+        sent = record.push_sent_at
+        if media_id is None and sent is not None and services.clock() - sent < services.policy.push_lease:
+            # An earlier delivery asked the store to add it and lost the answer; Shopify lists an image
+            # only once it is processed: wait for it rather than add it a second time.
+            raise MediaStillProcessing("An earlier push of this image may still be processing; checked again shortly.")
         if media_id is None:
+            record = record.model_copy(update={"push_sent_at": services.clock()})
+            version = _save(repo, record, version)
             target = _target_position(record, placement)
             url = services.object_store.presigned_get(
                 copy.key, expires_in=int(services.policy.source_ttl.total_seconds())
@@ -227,8 +234,12 @@ def push_asset(
     media = _await_ready(services, gallery, store_pid, record.pushing_media_id)
     if media.state is MediaState.FAILED:
         if media.error_code != DROPPED:
-            # A failed media stays on the product as a broken image: take it off again.
-            gallery.remove(store_pid, [media.media_id])
+            # A failed media stays on the product as a broken image: take it off again where the store
+            # lets us (Shopify only updates READY files; it then stays, marked failed, in the admin).
+            try:
+                gallery.remove(store_pid, [media.media_id])
+            except EpoxError as error:
+                logger.warning("failed media %s left on store product %s: %s", media.media_id, store_pid, error.code)
         failure = MediaFailed(
             f"The store could not process the image ({media.error_code or 'no reason given'}"
             f"{': ' + media.error_message if media.error_message else ''})."
@@ -316,6 +327,7 @@ def _fail(
             "pushing_media_id": None,
             "pushing_by": None,
             "push_lease_until": None,
+            "push_sent_at": None,
             "replaces_media_id": None,
             "updated_at": now,
         }
@@ -373,6 +385,7 @@ def _finish(
             "pushing_media_id": None,
             "pushing_by": None,
             "push_lease_until": None,
+            "push_sent_at": None,
             "replaces_media_id": None,
             "reason": None,
             "error_code": None,

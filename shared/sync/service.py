@@ -315,6 +315,7 @@ def _mark(
                 "pushing_media_id": None,
                 "pushing_by": None,
                 "push_lease_until": None,
+                "push_sent_at": None,
                 "replaces_media_id": None,
                 "updated_at": now,
             }
