@@ -143,6 +143,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     subscription = buy_and_subscribe(http, auth, client_id)
     edit = _edit(http, auth, done["asset_id"])
     store = connect_and_import_store(http, auth)
+    sync = push_to_store(http, auth)
     return {
         "client_id": client_id,
         "product": product,
@@ -152,6 +153,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "subscription": subscription,
         "edit": edit,
         "store": store,
+        "sync": sync,
     }
 
 
@@ -227,6 +229,74 @@ def connect_and_import_store(http: httpx.Client, auth: dict[str, str]) -> dict[s
         raise DemoFailed("the products/update webhook did not reach the product")
     print(f"[demo] webhook kept the product in step: {target['name']!r} -> {renamed!r}")
     return {"connection": connection, "import": done, "renamed": target["id"]}
+
+
+def push_to_store(http: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
+    """Generate images for an imported Shopify product, approve them, push them back to the shop (one as
+    the featured image), read them back from the shop, then restore the product's original images."""
+    product = _check(
+        http.get("/catalog_api/products", headers=auth, params={"source": "shopify", "limit": 2}),
+        200,
+        "list the imported products",
+    )["items"][-1]
+    store_pid = product["store"]["product_id"]
+    before = _check(http.get(f"/_dev/shopify/products/{store_pid}/media"), 200, "read the shop's product")["media"]
+    generation = _generate(http, auth, [product["id"]])
+    assets = _check(
+        http.get("/catalog_api/assets", headers=auth, params={"product_id": product["id"], "kind": "generated"}),
+        200,
+        "list the generated images",
+    )["items"]
+    if len(assets) < 2:
+        raise DemoFailed(f"expected two generated images for {product['id']}, found {len(assets)}")
+    featured, other = assets[0]["id"], assets[1]["id"]
+    for asset_id in (featured, other):
+        _check(http.patch(f"/catalog_api/assets/{asset_id}", headers=auth, json={"approved": True}), 200, "approve")
+    jobs = []
+    for asset_id, placement in ((featured, "featured"), (other, "append")):
+        job = _check(
+            http.post(
+                "/sync_api/sync",
+                headers={**auth, "Idempotency-Key": uuid.uuid4().hex},
+                json={"asset_ids": [asset_id], "placement": placement},
+            ),
+            202,
+            "push an approved image to the store",
+        )
+        jobs.append(_wait(http, f"/sync_api/sync/jobs/{job['id']}", auth, ("completed", "cancelled"), "sync"))
+    pushed = sum(job["pushed"] for job in jobs)
+    after = _check(http.get(f"/_dev/shopify/products/{store_pid}/media"), 200, "read the shop's product")["media"]
+    records = _check(
+        http.get("/sync_api/sync/records", headers=auth, params={"product_id": product["id"]}), 200, "read records"
+    )["items"]
+    ours = {record["media_id"]: record for record in records if record["status"] == "synced"}
+    print(
+        f"[demo] pushed {pushed} approved images to Shopify product {store_pid}: the shop now shows "
+        f"{len(after)} images (was {len(before)}); featured: {after[0]['alt']!r} ({after[0]['status']})"
+    )
+    if pushed != 2 or len(after) != len(before) + 2 or after[0]["id"] not in ours:
+        raise DemoFailed(f"the shop does not show our images as asked: {after}")
+    if [m["id"] for m in after[1:]][: len(before)] != [m["id"] for m in before]:
+        raise DemoFailed("the merchant's own images moved or went missing")
+    status = _check(
+        http.get("/sync_api/sync/products", headers=auth, params={"q": product["name"].split()[0]}),
+        200,
+        "read the per-product sync status",
+    )["items"]
+    row = next((r for r in status if r["product_id"] == product["id"]), None)
+    print(f"[demo] store-management row: {row}")
+    restored = _check(
+        http.post(f"/sync_api/products/{product['id']}/sync/restore", headers=auth), 200, "restore the originals"
+    )
+    final = _check(http.get(f"/_dev/shopify/products/{store_pid}/media"), 200, "read the shop's product")["media"]
+    if [m["id"] for m in final] != [m["id"] for m in before]:
+        raise DemoFailed(f"restore did not put the original images back: {final}")
+    history = http.get("/sync_api/sync/history.csv", headers=auth).text.strip().splitlines()
+    print(
+        f"[demo] restored the product's original {len(final)} images ({restored['removed']} of ours taken off); "
+        f"sync history: {len(history) - 1} entries"
+    )
+    return {"generation": generation["id"], "jobs": jobs, "records": records, "restored": restored}
 
 
 def _wait(http: httpx.Client, path: str, auth: dict[str, str], done: tuple[str, ...], step: str) -> dict[str, Any]:

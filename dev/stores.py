@@ -173,6 +173,35 @@ def add_store_routes(app: flask.Flask, stores: DevStores) -> None:
             raise _Refused("the body must be a JSON object: {topic, product_id, changes} or {redeliver}")
         return jsonify(deliver_shopify(stores, body))
 
+    @app.get("/_dev/shopify/products/<product_id>/media")
+    def shopify_media(product_id: str) -> Any:
+        """What the stub shop's product shows now, in order (position 0 is featured): what sync-back put
+        there reads back from here as a merchant's admin would show it."""
+        shop = stores.shopify
+        if not product_id.isdigit():
+            raise _Refused("the product id is the store's number", status=404)
+        try:
+            media = shop.product_media(product_id)  # a string of digits: the numeric id, never a position
+        except (KeyError, LookupError) as error:
+            raise _Refused(f"no product {product_id}", status=404) from error
+        return jsonify(
+            {
+                "product_id": product_id,
+                "media": [
+                    {
+                        "id": str(m.id),
+                        "position": n,
+                        "alt": m.alt,
+                        "status": m.status,
+                        "url": f"{shop.url}{m.path}",
+                        "width": m.width,
+                        "height": m.height,
+                    }
+                    for n, m in enumerate(media)
+                ],
+            }
+        )
+
     @app.get("/_dev/woocommerce")
     def woocommerce_state() -> Any:
         """The WooCommerce stub: its address, its webhooks, key callbacks and latest deliveries."""
