@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from shared.catalog.ports import StaleWrite, Versioned
-from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.catalog.products import search_tokens
+from shared.pagination import InvalidCursor, Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 from shared.stores.models import StoreConnectionDoc
 from shared.stores.ports import (
     MediaState,
@@ -32,19 +37,55 @@ from shared.sync.models import (
 from shared.sync.repository import SyncRepository
 
 _versions = itertools.count(1)
+M = TypeVar("M", bound=BaseModel)
+_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
+
+
+def _utc(value: Any) -> Any:
+    """A stored value as Firestore gives it back: every instant in UTC (a naive one taken as UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, dict):
+        return {k: _utc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utc(v) for v in value]
+    return value
+
+
+def _stored(doc: M) -> M:
+    """A copy of ``doc`` as written and read back: the caller's object never aliases the store."""
+    return type(doc).model_validate(_utc(doc.model_dump(mode="python")))
+
+
+def _cursor_id(values: Mapping[str, Any]) -> str:
+    """The id a cursor continues after, refused (400) where the Firestore adapter refuses it: the id
+    names a document there, so a path, ``.``/``..`` or a reserved ``__…__`` id is no cursor of ours."""
+    last = cursor_str(values, "id")
+    if "/" in last or last in (".", "..") or _RESERVED_ID.fullmatch(last):
+        raise InvalidCursor()
+    return last
 
 
 class InMemorySyncRepository(SyncRepository):
+    """Behaves as :class:`~shared.adapters.firestore.sync.FirestoreSyncRepository` on the emulator
+    (tests/integration/test_sync_repository.py runs one contract on both)."""
+
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], tuple[SyncRecordDoc, int]] = {}
         self.snapshots: dict[tuple[str, str], ProductSnapshotDoc] = {}
         self.summaries: dict[tuple[str, str], tuple[ProductSyncDoc, int]] = {}
-        self.entries: dict[str, list[HistoryDoc]] = {}
+        # Per client, by entry id: an entry written again replaces the first (Firestore's set).
+        self.history_by_id: dict[str, dict[str, HistoryDoc]] = {}
         self.sync_settings: dict[str, SyncSettingsDoc] = {}
+
+    @property
+    def entries(self) -> dict[str, list[HistoryDoc]]:
+        """Each client's history entries in the order first written (what tests inspect)."""
+        return {client: list(by_id.values()) for client, by_id in self.history_by_id.items()}
 
     def load_record(self, client_id: str, record_id: str) -> Versioned[SyncRecordDoc] | None:
         found = self.records.get((client_id, record_id))
-        return Versioned(found[0], found[1]) if found else None
+        return Versioned(found[0].model_copy(deep=True), found[1]) if found else None
 
     def save_record(self, record: SyncRecordDoc, version: Any | None, history: Sequence[HistoryDoc] = ()) -> Any:
         key = (record.client_id, record.id)
@@ -54,12 +95,12 @@ class InMemorySyncRepository(SyncRepository):
         ):
             raise StaleWrite()
         new_version = next(_versions)
-        self.records[key] = (SyncRecordDoc.model_validate(record.model_dump()), new_version)
-        self.entries.setdefault(record.client_id, []).extend(history)
+        self.records[key] = (_stored(record), new_version)
+        self.add_history(record.client_id, history)
         return new_version
 
     def _of(self, client_id: str) -> list[SyncRecordDoc]:
-        return [doc for (c, _), (doc, _) in sorted(self.records.items()) if c == client_id]
+        return [doc.model_copy(deep=True) for (c, _), (doc, _) in sorted(self.records.items()) if c == client_id]
 
     def records_of_product(self, client_id: str, platform: str, store_product_id: str) -> list[SyncRecordDoc]:
         return [r for r in self._of(client_id) if r.platform == platform and r.store_product_id == store_product_id]
@@ -79,14 +120,19 @@ class InMemorySyncRepository(SyncRepository):
         return _by_id(rows, lambda r: r.id, query.cursor, query.limit)
 
     def snapshot(self, client_id: str, snapshot_id: str) -> ProductSnapshotDoc | None:
-        return self.snapshots.get((client_id, snapshot_id))
+        found = self.snapshots.get((client_id, snapshot_id))
+        return found.model_copy(deep=True) if found else None
 
     def keep_snapshot(self, client_id: str, snapshot: ProductSnapshotDoc) -> ProductSnapshotDoc:
-        return self.snapshots.setdefault((client_id, f"{snapshot.platform}_{snapshot.store_product_id}"), snapshot)
+        key = (client_id, f"{snapshot.platform}_{snapshot.store_product_id}")
+        if key in self.snapshots:
+            return self.snapshots[key].model_copy(deep=True)
+        self.snapshots[key] = _stored(snapshot)
+        return snapshot  # as the adapter: the one given, when it is the one kept
 
     def product_summary(self, client_id: str, product_id: str) -> Versioned[ProductSyncDoc] | None:
         found = self.summaries.get((client_id, product_id))
-        return Versioned(found[0], found[1]) if found else None
+        return Versioned(found[0].model_copy(deep=True), found[1]) if found else None
 
     def save_product_summary(self, client_id: str, summary: ProductSyncDoc, version: Any | None) -> None:
         key = (client_id, summary.product_id)
@@ -95,12 +141,18 @@ class InMemorySyncRepository(SyncRepository):
             version is not None and (current is None or current[1] != version)
         ):
             raise StaleWrite()
-        self.summaries[key] = (summary, next(_versions))
+        self.summaries[key] = (_stored(summary), next(_versions))
 
     def list_products(self, client_id: str, query: ProductSyncQuery) -> Page[ProductSyncDoc]:
-        token = max(query.q.lower().split(), key=len) if query.q else None
+        token: str | None = None
+        if query.q is not None:
+            # The adapter's token: the longest word of the search, as the product's search tokens cut it.
+            tokens = search_tokens(query.q, None)
+            if not tokens:
+                return Page[ProductSyncDoc](items=[])
+            token = max(tokens, key=len)
         rows = [
-            doc
+            doc.model_copy(deep=True)
             for (c, _), (doc, _) in sorted(self.summaries.items())
             if c == client_id
             and (query.state is None or doc.state == query.state)
@@ -109,7 +161,9 @@ class InMemorySyncRepository(SyncRepository):
         return _by_id(rows, lambda d: d.product_id, query.cursor, query.limit)
 
     def add_history(self, client_id: str, entries: Sequence[HistoryDoc]) -> None:
-        self.entries.setdefault(client_id, []).extend(entries)
+        mine = self.history_by_id.setdefault(client_id, {})
+        for entry in entries:
+            mine[entry.id] = _stored(entry)
 
     def history(
         self,
@@ -120,26 +174,32 @@ class InMemorySyncRepository(SyncRepository):
         cursor: str | None,
         limit: int,
     ) -> Page[HistoryDoc]:
-        rows = sorted(self.entries.get(client_id, []), key=lambda e: (e.at, e.id), reverse=True)
+        # Newest first by (at, id), continued after the last entry's (at, id) as the adapter's cursor.
+        rows = sorted(self.history_by_id.get(client_id, {}).values(), key=lambda e: (e.at, e.id), reverse=True)
         rows = [
             e
             for e in rows
             if (product_id is None or e.product_id == product_id) and (action is None or e.action is action)
         ]
-        start = int(decode_cursor(cursor)["n"]) if cursor else 0
-        page = rows[start : start + limit]
-        more = start + limit < len(rows)
-        return Page[HistoryDoc](items=page, next_cursor=encode_cursor({"n": start + limit}) if more else None)
+        if cursor is not None:
+            values = decode_cursor(cursor)
+            after = (cursor_datetime(values, "at"), _cursor_id(values))
+            rows = [e for e in rows if (e.at, e.id) < after]
+        page = [e.model_copy(deep=True) for e in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = encode_cursor({"at": page[-1].at.isoformat(), "id": page[-1].id}) if more else None
+        return Page[HistoryDoc](items=page, next_cursor=next_cursor)
 
     def settings(self, client_id: str) -> SyncSettingsDoc:
-        return self.sync_settings.get(client_id, SyncSettingsDoc())
+        found = self.sync_settings.get(client_id)
+        return found.model_copy(deep=True) if found else SyncSettingsDoc()
 
     def save_settings(self, client_id: str, settings: SyncSettingsDoc) -> None:
-        self.sync_settings[client_id] = settings
+        self.sync_settings[client_id] = _stored(settings)
 
 
 def _by_id(rows: list[Any], key: Any, cursor: str | None, limit: int) -> Page[Any]:
-    after = decode_cursor(cursor)["id"] if cursor else None
+    after = _cursor_id(decode_cursor(cursor)) if cursor is not None else None
     rows = [r for r in rows if after is None or key(r) > after]
     page = rows[:limit]
     more = len(rows) > limit

@@ -6,11 +6,12 @@ history entries in the same batch, so a record and what the history says of it n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.catalog.ports import StaleWrite, Versioned
-from shared.pagination import Page, cursor_datetime, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursor, Page, cursor_datetime, cursor_str, decode_cursor, encode_cursor
 from shared.sync.models import (
     HistoryDoc,
     ProductSnapshotDoc,
@@ -181,11 +182,7 @@ class FirestoreSyncRepository(SyncRepository):
         if cursor is not None:
             values = decode_cursor(cursor)
             at = cursor_datetime(values, "at")
-            last = values.get("id")
-            if not isinstance(last, str):
-                from shared.pagination import InvalidCursor
-
-                raise InvalidCursor()
+            last = cursor_document_id(values)
             q = q.start_after({"at": at, "__name__": self._client(client_id).collection(HISTORY).document(last)})
         docs = list(q.limit(limit + 1).stream())
         items = [HistoryDoc.model_validate(s.to_dict()) for s in docs[:limit]]
@@ -205,16 +202,23 @@ class FirestoreSyncRepository(SyncRepository):
         self._client(client_id).collection("settings").document("sync").set(settings.model_dump(mode="python"))
 
 
+# Document ids Firestore reserves: a cursor naming one fails the query itself (a 500, not a 400).
+_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
+
+
+def cursor_document_id(values: Mapping[str, Any]) -> str:
+    """The document id under ``id`` of a decoded cursor, used as a path: one Firestore can name (not a
+    path of several segments, not ``.``/``..`` or a reserved ``__…__`` id); anything else is a 400."""
+    last = cursor_str(values, "id")
+    if "/" in last or last in (".", "..") or _RESERVED_ID.fullmatch(last):
+        raise InvalidCursor()
+    return last
+
+
 def _page_by_id(collection: Any, query: Any, cursor: str | None, limit: int) -> list[Any]:
     q = query.order_by("__name__")
     if cursor is not None:
-        values = decode_cursor(cursor)
-        last = values.get("id")
-        if not isinstance(last, str) or not last or "/" in last:
-            from shared.pagination import InvalidCursor
-
-            raise InvalidCursor()
-        q = q.start_after({"__name__": collection.document(last)})
+        q = q.start_after({"__name__": collection.document(cursor_document_id(decode_cursor(cursor)))})
     return list(q.limit(limit + 1).stream())
 
 
