@@ -206,11 +206,11 @@ class Platform:
         if self._event_consumers is not None:
             return self._event_consumers(self)
         from shared.notifications.in_app import InAppNotifier
-        from shared.sync.jobs import auto_sync
+        from shared.sync.auto import AutoSync
 
         consumers: list[EventConsumer] = [
             InAppNotifier(self.notifications, self.notification_preferences),
-            auto_sync(self),
+            AutoSync(self.sync, self.task_queue),
         ]
         s = self.settings
         # Email where it is configured (production demands it of the functions that need mail); a

@@ -39,8 +39,7 @@ if TYPE_CHECKING:
     import flask
 
 api = HttpApp("notifications_api", needs=(Need.MAIL,))
-# R2: auto-sync (one of the event consumers) writes a new sync job's selection to the object store.
-tasks = HttpApp("notifications_tasks", needs=(Need.TASK_QUEUE, Need.MAIL, Need.R2))
+tasks = HttpApp("notifications_tasks", needs=(Need.TASK_QUEUE, Need.MAIL))
 answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML
 
 

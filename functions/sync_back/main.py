@@ -15,15 +15,32 @@ from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
 from shared.credentials import CredentialKeyUnavailable, CredentialsUnreadable
 from shared.errors import NotFound
-from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
+from shared.http.app import (
+    Access,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
 from shared.stores.connections import StoreNeedsReauthorization, StoreNotConnected, live_connection
 from shared.stores.ports import StoreAuthorizationLost, StoreProductGone, StoreRequestFailed, StoreUnavailable
 from shared.sync import service
+from shared.sync.auto import AUTO_SYNC_PATH, AutoSyncTask
 from shared.sync.gallery import gallery
-from shared.sync.jobs import SYNCS, NothingToSync, SelectionTooLarge, create_sync, item_out, job_out
+from shared.sync.jobs import (
+    SYNCS,
+    NothingToSync,
+    SelectionTooLarge,
+    create_sync,
+    item_out,
+    job_out,
+    start_auto_sync,
+)
 from shared.sync.models import (
     HistoryExportQuery,
     HistoryOut,
@@ -43,6 +60,7 @@ from shared.sync.models import (
 )
 from shared.sync.policies import store_access
 from shared.sync.push import AssetNotApproved, ProductNotLinked, VideoNotSyncable
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     import flask
@@ -226,6 +244,14 @@ def put_settings(ctx: RequestContext[SyncSettingsUpdate, NoQuery]) -> SyncSettin
 # -- workers ------------------------------------------------------------------------------------------
 
 add_worker_routes(tasks, SYNCS)
+
+
+@tasks.post(AUTO_SYNC_PATH, body=AutoSyncTask, access=Access.TASK)
+def auto_sync(ctx: RequestContext[AutoSyncTask, NoQuery]) -> TaskOutcome:
+    """Start the sync job of an image approved while auto-sync is on (queued by the ``auto_sync`` consumer)."""
+    p = ctx.platform
+    start = start_auto_sync(p, ctx.body.client_id)
+    return TaskOutcome(outcome=service.auto_sync(p.catalog, p.stores, ctx.body, start))
 
 
 @functions_framework.http

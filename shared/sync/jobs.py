@@ -38,6 +38,7 @@ from shared.events.model import EventType, SyncFinished
 from shared.stores.connections import StoreNeedsReauthorization, live_connection
 from shared.stores.models import StoreConnectionDoc
 from shared.stores.ports import StorePlatform
+from shared.sync.auto import AUTO_SYNC_USER
 from shared.sync.gallery import Gallery, StoreAccess, gallery
 from shared.sync.models import (
     MAX_SYNC_ASSETS,
@@ -56,7 +57,6 @@ from shared.sync.repository import SyncRepository
 if TYPE_CHECKING:
     from shared.batch.store import JobStore
     from shared.platform import Platform
-    from shared.sync.service import AutoSync
 
 PAUSED_FOR_REAUTH = "store_needs_reauthorization"
 
@@ -423,22 +423,19 @@ def item_out(item: SyncItemDoc) -> SyncItemOut:
     )
 
 
-def auto_sync(platform: Platform) -> AutoSync:
-    """The consumer that pushes approved images for clients with auto-sync on."""
+def start_auto_sync(platform: Platform, client_id: str) -> Callable[[SyncRequest, str], SyncJobDoc]:
+    """Accepting an auto-sync job for ``client_id`` (the approval's key names it)."""
     import hashlib
 
-    from shared.batch.kind import RequestKey
-    from shared.sync.service import AutoSync
-
-    def start(client_id: str, user_id: str, request: SyncRequest, key: str) -> object:
+    def start(request: SyncRequest, key: str) -> SyncJobDoc:
         fingerprint = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         return create_sync(
             SYNCS.dependencies(platform),
             client_id=client_id,
-            user_id=user_id,
+            user_id=AUTO_SYNC_USER,
             request=request,
             request_key=RequestKey(key=key, fingerprint=fingerprint),
             trigger="auto",
         )
 
-    return AutoSync(platform.sync, platform.catalog, platform.stores, start)
+    return start

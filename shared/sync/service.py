@@ -14,14 +14,13 @@ from shared.catalog.models import AssetKind
 from shared.catalog.ports import AssetFilter, CatalogRepositories, StaleWrite
 from shared.catalog.store_link import StoreLinkStatus
 from shared.errors import Conflict, EpoxError, NotFound, UpstreamUnavailable
-from shared.events.consumer import EventConsumer
-from shared.events.model import AssetApproval, DomainEvent, EventType
 from shared.ids import new_id
 from shared.pagination import Page
 from shared.stores.connections import StoreNeedsReauthorization, StoreNotConnected, live_connection
 from shared.stores.mirror import StoreProductWatcher
 from shared.stores.models import StoreConnectionDoc
 from shared.stores.repository import StoreRepository
+from shared.sync.auto import AutoSyncTask
 from shared.sync.gallery import Gallery
 from shared.sync.models import (
     HistoryDoc,
@@ -381,51 +380,31 @@ class SyncWatcher(StoreProductWatcher):
 # -- auto-sync -----------------------------------------------------------------------------------------
 
 
-AUTO_SYNC_USER = "auto-sync"  # who the history names for pushes auto-sync started
-
-
-class AutoSync(EventConsumer):
-    """Pushes an image when it is approved, for clients whose sync settings ask for it."""
-
-    name = "auto_sync"
-    types = frozenset({EventType.ASSET_APPROVED})
-    ordered = True
-
-    def __init__(
-        self,
-        repo: SyncRepository,
-        catalog: CatalogRepositories,
-        stores: StoreRepository,
-        start: Callable[[str, str, SyncRequest, str], object],
-    ) -> None:
-        self.repo = repo
-        self.catalog = catalog
-        self.stores = stores
-        self.start = start  # (client id, user id, request, idempotency key) → the accepted job
-
-    def handle(self, event: DomainEvent) -> str:
-        approval = AssetApproval.model_validate(event.payload)
-        client_id = event.client_id
-        if not self.repo.settings(client_id).auto_sync:
-            return "skipped: auto-sync is off"
-        asset = self.catalog.assets.get(client_id, approval.asset_id)
-        if asset is None or not asset.approved:
-            return "skipped: the asset is gone or no longer approved"
-        product = self.catalog.products.get(client_id, asset.product_id) if asset.product_id else None
-        if product is None or product.store is None or product.store.status is not StoreLinkStatus.LINKED:
-            return "skipped: the asset's product is not linked to the store"
-        try:
-            connection = live_connection(self.stores, client_id)
-        except (StoreNotConnected, StoreNeedsReauthorization) as error:
-            return f"skipped: {error.detail}"
-        if product.store.shop != connection.shop:
-            return "skipped: the product is linked to another store"
-        request = SyncRequest(asset_ids=[asset.id])
-        try:
-            # Keyed by the event: a redelivered approval finds the job it started.
-            self.start(client_id, AUTO_SYNC_USER, request, f"auto-sync:{event.id}")
-        except EpoxError as error:
-            if error.status >= 500:
-                raise  # the queue tries again
-            return f"skipped: {error.code}"
-        return "sync started"
+def auto_sync(
+    catalog: CatalogRepositories,
+    stores: StoreRepository,
+    task: AutoSyncTask,
+    start: Callable[[SyncRequest, str], object],
+) -> str:
+    """Start the sync job of an approval (``start(request, idempotency key)``), unless the image is no
+    longer approved, its product is not linked or the store is not connected (nothing to retry)."""
+    asset = catalog.assets.get(task.client_id, task.asset_id)
+    if asset is None or not asset.approved:
+        return "skipped: the asset is gone or no longer approved"
+    product = catalog.products.get(task.client_id, asset.product_id) if asset.product_id else None
+    if product is None or product.store is None or product.store.status is not StoreLinkStatus.LINKED:
+        return "skipped: the asset's product is not linked to the store"
+    try:
+        connection = live_connection(stores, task.client_id)
+    except (StoreNotConnected, StoreNeedsReauthorization) as error:
+        return f"skipped: {error.detail}"
+    if product.store.shop != connection.shop:
+        return "skipped: the product is linked to another store"
+    try:
+        # Keyed by the approval event: a redelivered task finds the job it started.
+        job = start(SyncRequest(asset_ids=[asset.id]), f"auto-sync:{task.event_id}")
+    except EpoxError as error:
+        if error.status >= 500:
+            raise  # the queue tries again
+        return f"skipped: {error.code}"
+    return f"sync started: {getattr(job, 'id', job)}"

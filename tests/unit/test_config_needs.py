@@ -48,8 +48,7 @@ EXPECTED = {
     "billing_jobs": {Need.TASK_CALLS, Need.TASK_QUEUE},
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
     "notifications_api": {Need.AUTH, Need.MAIL},
-    # Auto-sync (an event consumer) starts sync jobs: their selection goes to the object store.
-    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL, Need.R2},
+    "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
     "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},

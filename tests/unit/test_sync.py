@@ -25,7 +25,7 @@ from shared.ledger.service import Ledger
 from shared.stores.connections import StoreNotConnected, seal_secrets
 from shared.stores.models import ConnectionStatus, StoreConnectionDoc, StoreSecrets
 from shared.stores.ports import StorePlatform
-from shared.sync import service
+from shared.sync import auto, service
 from shared.sync.gallery import StoreAccess
 from shared.sync.jobs import SYNCS, NothingToSync, SyncServices, create_sync
 from shared.sync.models import Placement, RecordStatus, SyncAction, SyncRequest, SyncSettingsDoc, record_id
@@ -545,11 +545,11 @@ def test_webhooks_mark_our_image_removed_in_the_store_and_a_deleted_product_orph
 # -- auto-sync, history, conversion ------------------------------------------------------------------
 
 
-def test_auto_sync_starts_a_job_keyed_by_the_approval_only_when_asked(world: World) -> None:
+def test_auto_sync_queues_the_approval_and_the_worker_starts_a_job_keyed_by_it(world: World) -> None:
     product = world.product("101")
     asset = world.asset(product)
-    started: list[tuple[str, str, SyncRequest, str]] = []
-    consumer = service.AutoSync(world.sync, world.catalog, world.stores, lambda *a: started.append(a))
+    queue = RecordingTaskQueue()
+    consumer = auto.AutoSync(world.sync, queue)
     approved = new_event(
         CLIENT,
         EventType.ASSET_APPROVED,
@@ -558,11 +558,33 @@ def test_auto_sync_starts_a_job_keyed_by_the_approval_only_when_asked(world: Wor
         occurred_at=world.now,
         sequence=1,
     )
-    assert consumer.handle(approved) == "skipped: auto-sync is off"
+    assert consumer.handle(approved) == "skipped: auto-sync is off" and not queue.tasks
     world.sync.save_settings(CLIENT, SyncSettingsDoc(auto_sync=True))
-    assert consumer.handle(approved) == "sync started"
-    ((client, _user, request, key),) = started
-    assert client == CLIENT and request.asset_ids == [asset.id] and key == f"auto-sync:{approved.id}"
+    assert consumer.handle(approved) == "sync queued"
+    assert consumer.handle(approved) == "sync queued"  # a redelivered event: the same task name
+    (task,) = queue.tasks
+    assert task.target == "sync_tasks" and task.path == auto.AUTO_SYNC_PATH
+    payload = task.payload
+    assert isinstance(payload, auto.AutoSyncTask)
+
+    def start(request: SyncRequest, key: str) -> Any:
+        return create_sync(
+            world.services,
+            client_id=CLIENT,
+            user_id=auto.AUTO_SYNC_USER,
+            request=request,
+            request_key=RequestKey(key=key, fingerprint="f"),
+            trigger="auto",
+        )
+
+    first = service.auto_sync(world.catalog, world.stores, payload, start)
+    again = service.auto_sync(world.catalog, world.stores, payload, start)
+    assert first.startswith("sync started") and first == again  # the same job
+    world.run()
+    assert world.record(asset).status is RecordStatus.SYNCED
+    unapproved = world.asset(product, approved=False)
+    late = payload.model_copy(update={"asset_id": unapproved.id, "event_id": "e2"})
+    assert service.auto_sync(world.catalog, world.stores, late, start).startswith("skipped")
 
 
 def test_the_history_csv_defuses_formulas(world: World) -> None:
