@@ -228,6 +228,8 @@ def push_asset(
                 _fail(services, record, version, rejected, by)
                 raise
             media_id = media.media_id
+        # Ours from the moment the store has it: its products/update webhook must not import it back.
+        note_pushed(catalog, client_id, product.id, media_id, None)
         record = record.model_copy(update={"pushing_media_id": media_id, "updated_at": services.clock()})
         version = _save(repo, record, version)
     assert record.pushing_media_id is not None
