@@ -74,24 +74,26 @@ class FirestoreSyncRepository(SyncRepository):
 
     def records_of_product(self, client_id: str, platform: str, store_product_id: str) -> list[SyncRecordDoc]:
         query = (
-            self._records(client_id).where("platform", "==", platform).where("store_product_id", "==", store_product_id)
+            self._records(client_id)
+            .where(filter=_field("platform", "==", platform))
+            .where(filter=_field("store_product_id", "==", store_product_id))
         )
         return [SyncRecordDoc.model_validate(s.to_dict()) for s in query.stream()]
 
     def records_of_assets(self, client_id: str, asset_ids: Sequence[str]) -> list[SyncRecordDoc]:
         if not asset_ids:
             return []
-        query = self._records(client_id).where("asset_id", "in", list(asset_ids)[:30])
+        query = self._records(client_id).where(filter=_field("asset_id", "in", list(asset_ids)[:30]))
         return [SyncRecordDoc.model_validate(s.to_dict()) for s in query.stream()]
 
     def list_records(self, client_id: str, query: RecordListQuery) -> Page[SyncRecordDoc]:
         q = self._records(client_id)
         if query.product_id is not None:
-            q = q.where("product_id", "==", query.product_id)
+            q = q.where(filter=_field("product_id", "==", query.product_id))
         if query.asset_id is not None:
-            q = q.where("asset_id", "==", query.asset_id)
+            q = q.where(filter=_field("asset_id", "==", query.asset_id))
         if query.status is not None:
-            q = q.where("status", "==", query.status.value)
+            q = q.where(filter=_field("status", "==", query.status.value))
         docs = _page_by_id(self._records(client_id), q, query.cursor, query.limit)
         items = [SyncRecordDoc.model_validate(s.to_dict()) for s in docs[: query.limit]]
         return Page[SyncRecordDoc](items=items, next_cursor=_id_cursor(docs, query.limit))
@@ -141,13 +143,13 @@ class FirestoreSyncRepository(SyncRepository):
 
         q = self._client(client_id).collection(PRODUCTS)
         if query.state is not None:
-            q = q.where("state", "==", query.state)
+            q = q.where(filter=_field("state", "==", query.state))
         if query.q is not None:
             tokens = search_tokens(query.q, None)
             if not tokens:
                 return Page[ProductSyncDoc](items=[])
             # The longest word of the search (every product carries every prefix of its words).
-            q = q.where("search_tokens", "array_contains", max(tokens, key=len))
+            q = q.where(filter=_field("search_tokens", "array_contains", max(tokens, key=len)))
         docs = _page_by_id(self._client(client_id).collection(PRODUCTS), q, query.cursor, query.limit)
         items = [ProductSyncDoc.model_validate(s.to_dict()) for s in docs[: query.limit]]
         return Page[ProductSyncDoc](items=items, next_cursor=_id_cursor(docs, query.limit))
@@ -173,9 +175,9 @@ class FirestoreSyncRepository(SyncRepository):
 
         q = self._client(client_id).collection(HISTORY)
         if product_id is not None:
-            q = q.where("product_id", "==", product_id)
+            q = q.where(filter=_field("product_id", "==", product_id))
         if action is not None:
-            q = q.where("action", "==", action.value)
+            q = q.where(filter=_field("action", "==", action.value))
         q = q.order_by("at", direction=firestore.Query.DESCENDING).order_by(
             "__name__", direction=firestore.Query.DESCENDING
         )
@@ -226,3 +228,10 @@ def _id_cursor(docs: list[Any], limit: int) -> str | None:
     if len(docs) <= limit:
         return None
     return encode_cursor({"id": docs[limit - 1].id})
+
+
+def _field(path: str, op: str, value: Any) -> Any:
+    """A field filter, passed by keyword (positional ``where`` arguments are deprecated and warn)."""
+    from google.cloud.firestore import FieldFilter
+
+    return FieldFilter(path, op, value)
