@@ -176,6 +176,9 @@ def main() -> int:
     from bench import stores
 
     stores.main()
+    from bench import sync
+
+    sync.main()
     return 0
 
 

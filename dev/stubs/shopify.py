@@ -292,10 +292,17 @@ class ShopifyStub:
     _next_media_failure: str | None = None
     _dropped: set[int] = field(default_factory=set)  # pushed images over 20 megapixels, gone from the shop
     uninstalled_by_app: bool = False  # the app called appUninstall
+    # What the bucket charged and refused, for benchmarks: actualQueryCost summed over executed queries, and
+    # per operation name (count, cost); THROTTLED answers; the lowest the bucket went after a charge.
+    cost_spent: float = 0.0
+    cost_by_operation: dict[str, list[float]] = field(default_factory=dict)
+    throttled: int = 0
+    lowest_available: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.catalog = cat.demo_catalog(self.product_count, self.image_size)
         self._available = self.bucket_size
+        self.lowest_available = self.bucket_size
         self._bucket_at = self.clock.now()
         self._schema = cat.build_schema()
         self.catalog.observe = self._media_read
@@ -352,6 +359,21 @@ class ShopifyStub:
         with self.lock:
             self._refill()
             return self._available
+
+    def bucket_stats(self) -> dict[str, Any]:
+        """The bucket's settings and what it charged so far: GraphQL requests answered (THROTTLED ones
+        included), actualQueryCost summed, by operation name, THROTTLED answers, the lowest level reached."""
+        with self.lock:
+            requests = sum(1 for r in self.requests if _GRAPHQL_PATH.fullmatch(r.path))
+            return {
+                "bucket_size": self.bucket_size,
+                "restore_rate": self.restore_rate,
+                "graphql_requests": requests,
+                "cost_spent": self.cost_spent,
+                "by_operation": {name: list(tally) for name, tally in self.cost_by_operation.items()},
+                "throttled": self.throttled,
+                "lowest_available": self.lowest_available,
+            }
 
     # -- reading ----------------------------------------------------------------------------------
     def seen(self, method: str, path: str) -> list[Recorded]:
@@ -531,6 +553,7 @@ class ShopifyStub:
         with self.lock:
             self._refill()
             if requested > self._available:
+                self.throttled += 1
                 return {
                     "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
                     "extensions": {
@@ -542,6 +565,7 @@ class ShopifyStub:
                     },
                 }
             self._available -= requested
+            self.lowest_available = min(self.lowest_available, self._available)
             result = execute(
                 self._schema,
                 document,
@@ -554,6 +578,10 @@ class ShopifyStub:
             data = result.data
             actual = min(requested, cat.actual_cost(self._schema, document, operation, variables, data))
             self._available = min(self.bucket_size, self._available + (requested - actual))
+            self.cost_spent += actual
+            tally = self.cost_by_operation.setdefault(operation.name.value if operation.name else "", [0, 0.0])
+            tally[0] += 1
+            tally[1] += actual
             answer: dict[str, Any] = {"data": data}
             if result.errors:
                 answer["errors"] = [e.formatted for e in result.errors]
@@ -1222,20 +1250,34 @@ def running(stub: ShopifyStub | None = None, port: int = 0) -> AbstractContextMa
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve a demo shop in a process of its own (benchmarks keep the stub's memory and CPU apart)."""
+    """Serve a demo shop in a process of its own (benchmarks keep the stub's memory and CPU apart). A line
+    ``stats`` on stdin answers :meth:`ShopifyStub.bucket_stats` as one JSON line on stdout."""
     import argparse
-    import time
+    import sys
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--products", type=int, default=50)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--bulk-polls", type=int, default=1)
+    parser.add_argument("--bucket-size", type=float, default=1000.0)
+    parser.add_argument("--restore-rate", type=float, default=100.0)
+    parser.add_argument("--media-reads-until-ready", type=int, default=1)
     args = parser.parse_args(argv)
-    shop = ShopifyStub(product_count=args.products, image_size=args.image_size, bulk_polls=args.bulk_polls)
+    shop = ShopifyStub(
+        product_count=args.products,
+        image_size=args.image_size,
+        bulk_polls=args.bulk_polls,
+        bucket_size=args.bucket_size,
+        restore_rate=args.restore_rate,
+        media_reads_until_ready=args.media_reads_until_ready,
+    )
     with running(shop, args.port) as stub:
         print(json.dumps({"url": stub.url, "shop": stub.shop, "client_id": stub.client_id}), flush=True)
-        while True:
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                print(json.dumps(stub.bucket_stats()), flush=True)
+        while True:  # stdin closed: serve on until terminated
             time.sleep(3600)
 
 

@@ -209,8 +209,10 @@ def push_asset(
     if record.converted != copy.converted:
         record = record.model_copy(update={"converted": copy.converted})
     if record.pushing_media_id is None:
-        media_id = _lost_push(gallery, store_pid, push_stem(asset.id, revision))
         sent = record.push_sent_at
+        # Only a push that was sent can have lost its answer: a first attempt skips reading the gallery (a
+        # Shopify read of up to 250 media, on every image pushed otherwise).
+        media_id = _lost_push(gallery, store_pid, push_stem(asset.id, revision)) if sent is not None else None
         if media_id is None and sent is not None and services.clock() - sent < services.policy.push_lease:
             # An earlier delivery asked the store to add it and lost the answer; Shopify lists an image
             # only once it is processed: wait for it rather than add it a second time.

@@ -309,6 +309,19 @@ def test_a_push_whose_answer_was_lost_is_found_in_the_gallery_and_not_repeated(w
     assert world.record(asset).media_id == world.gallery.ids("101")[1]
 
 
+def test_a_first_push_reads_the_gallery_only_for_the_snapshot(world: World) -> None:
+    product = world.product("101", ("m1", "https://cdn/m1.jpg"))
+    first, second = world.asset(product), world.asset(product)
+    world.push(first)
+    calls = len(world.gallery.calls)
+
+    world.push(second)
+
+    # No push of the second image was ever sent, so no lost answer is looked for (Shopify charges that read).
+    assert [c for c, _ in world.gallery.calls[calls:]] == ["push", "states"]
+    assert len(world.gallery.ids("101")) == 3
+
+
 def test_an_image_still_processing_goes_back_to_the_queue_and_is_not_pushed_again(world: World) -> None:
     product = world.product("101")
     asset = world.asset(product)
@@ -468,7 +481,8 @@ def test_a_revoked_token_mid_job_pauses_it_and_a_resume_after_reconnecting_finis
 
     done = world.jobs.get_job(CLIENT, job.id)
     assert done.status is JobStatus.COMPLETED
-    assert [c for c, _ in world.gallery.calls].count("push") == 4
+    # Each image is in the store once (the push the revoked token refused added nothing).
+    assert len(world.gallery.ids("101")) == 4
 
 
 def test_a_store_unavailable_item_is_retried_and_pushed_once(world: World) -> None:
