@@ -205,9 +205,6 @@ def push_asset(
         )
     record = record.model_copy(update={"pushing_by": pusher, "push_lease_until": now + services.policy.push_lease})
     version = _save(repo, record, version)
-    copy = push_copy(services.object_store, asset, _revision(catalog, asset), product, services.policy.image_limits)
-    if record.converted != copy.converted:
-        record = record.model_copy(update={"converted": copy.converted})
     if record.pushing_media_id is None:
         sent = record.push_sent_at
         # Only a push that was sent can have lost its answer: a first attempt skips reading the gallery (a
@@ -218,7 +215,9 @@ def push_asset(
             # only once it is processed: wait for it rather than add it a second time.
             raise MediaStillProcessing("An earlier push of this image may still be processing; checked again shortly.")
         if media_id is None:
-            record = record.model_copy(update={"push_sent_at": services.clock()})
+            limits = services.policy.image_limits
+            copy = push_copy(services.object_store, asset, _revision(catalog, asset), product, limits)
+            record = record.model_copy(update={"push_sent_at": services.clock(), "converted": copy.converted})
             version = _save(repo, record, version)
             target = _target_position(record, placement)
             url = services.object_store.presigned_get(
@@ -237,13 +236,8 @@ def push_asset(
     assert record.pushing_media_id is not None
     media = _await_ready(services, gallery, store_pid, record.pushing_media_id)
     if media.state is MediaState.FAILED:
-        if media.error_code != DROPPED:
-            # A failed media stays on the product as a broken image: take it off again where the store
-            # lets us (Shopify only updates READY files; it then stays, marked failed, in the admin).
-            try:
-                gallery.remove(store_pid, [media.media_id])
-            except EpoxError as error:
-                logger.warning("failed media %s left on store product %s: %s", media.media_id, store_pid, error.code)
+        # A failed media stays on the product, marked failed in the merchant's admin: Shopify updates only
+        # READY files (no fileUpdate off the product), and deleting a file is beyond what we take on.
         failure = MediaFailed(
             f"The store could not process the image ({media.error_code or 'no reason given'}"
             f"{': ' + media.error_message if media.error_message else ''})."

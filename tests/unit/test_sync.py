@@ -334,7 +334,7 @@ def test_an_image_still_processing_goes_back_to_the_queue_and_is_not_pushed_agai
     assert [c for c, _ in world.gallery.calls].count("push") == 1
 
 
-def test_failed_media_keeps_the_stores_code_and_is_taken_off_the_product(world: World) -> None:
+def test_failed_media_keeps_the_stores_code_and_the_merchants_images_stay(world: World) -> None:
     product = world.product("101", ("m1", "https://cdn/m1.jpg"))
     asset = world.asset(product)
     world.gallery.fail_next = "IMAGE_DOWNLOAD_FAILURE"
@@ -343,7 +343,10 @@ def test_failed_media_keeps_the_stores_code_and_is_taken_off_the_product(world: 
     assert "IMAGE_DOWNLOAD_FAILURE" in (raised.value.detail or "")
     record = world.record(asset)
     assert (record.status, record.error_code) == (RecordStatus.FAILED, "IMAGE_DOWNLOAD_FAILURE")
-    assert world.gallery.ids("101") == ["m1"]
+    # The failed medium stays on the product, marked failed (Shopify updates only READY files).
+    merchant, failed = world.gallery.ids("101")
+    assert merchant == "m1" and world.gallery.states_of[failed].state.value == "failed"
+    assert ("remove", "101") not in world.gallery.calls
     assert [e.action for e in world.sync.entries[CLIENT]] == [SyncAction.FAILED]
     summary = world.sync.product_summary(CLIENT, product.id)
     assert summary is not None and summary.value.state == "failed"
