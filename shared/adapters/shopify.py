@@ -10,9 +10,7 @@ GraphQL error message.
 
 **Rate limit.** Shopify's GraphQL limit is a leaky bucket of cost points per app and shop. Each answer's
 ``extensions.cost.throttleStatus`` is remembered per shop; before a query whose expected cost exceeds what
-the bucket should hold by now, the call waits for the restore (proactive pacing). Concurrent calls queue in
-order and take their points from that estimate as they send (given back by the answer's own status), so
-they do not all send into an empty bucket and a large read is not starved by small ones; a ``THROTTLED`` answer
+the bucket should hold by now, the call waits for the restore (proactive pacing), and a ``THROTTLED`` answer
 waits ``(requested - available) / restoreRate`` and tries again, for at most ``max_throttle_wait`` seconds
 per call in all; beyond that the call raises :class:`StoreUnavailable` with the wait still needed as
 ``Retry-After``. A single query may not cost more than 1000 points, so a products page holds at most
@@ -317,11 +315,10 @@ def _gid_kind(value: Any) -> str | None:
 class _Bucket:
     """What the last answer said of a shop's bucket, and when (``clock`` seconds)."""
 
-    available: float  # below 0 when callers are queued for points not restored yet
+    available: float
     restore_rate: float
     maximum: float
     at: float
-    in_flight: float = 0.0  # points taken by requests sent whose answers are not in yet
 
 
 class ShopifyAdminClient(ShopifyAdmin):
@@ -356,7 +353,6 @@ class ShopifyAdminClient(ShopifyAdmin):
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
-        self._queues: dict[str, list[tuple[object, int]]] = {}  # callers waiting for points, per shop, in order
 
     def __repr__(self) -> str:
         return f"ShopifyAdminClient(client_id={self.client_id!r}, api_version={self.api_version!r})"
@@ -461,56 +457,21 @@ class ShopifyAdminClient(ShopifyAdmin):
         )
 
     # -- GraphQL ----------------------------------------------------------------------------------
-    def _take(self, shop: str, expected_cost: int, ticket: object) -> tuple[float, float]:
-        """(0, points taken) when a query of ``expected_cost`` may be sent now (its points taken from the shop's
-        last known bucket), else (seconds to wait before asking again, 0). Callers queue: the points are taken
-        only when the bucket also holds what callers queued earlier need, so a large read is not starved by
-        small ones, and concurrent callers do not all send into an empty bucket. ``_leave`` ends the ticket."""
+    def _pace(self, shop: str, expected_cost: int) -> float:
+        """Seconds to wait before sending a query of ``expected_cost``, from the shop's last known bucket."""
         with self._lock:
             bucket = self._buckets.get(shop)
-            if bucket is None or expected_cost > bucket.maximum:
-                return 0.0, 0.0
-            now = self._clock()
-            available = min(bucket.maximum, bucket.available + max(0.0, now - bucket.at) * bucket.restore_rate)
-            bucket.available, bucket.at = available, now
-            queue = self._queues.setdefault(shop, [])
-            if all(t is not ticket for t, _ in queue):
-                queue.append((ticket, expected_cost))
-            ahead = 0
-            for t, cost in queue:
-                if t is ticket:
-                    break
-                ahead += cost
-            wait = throttle_wait(ahead + expected_cost, available, bucket.restore_rate)
-            if wait > 0.001:  # not a float's rounding after waiting exactly what was asked
-                return wait, 0.0
-            queue[:] = [(t, c) for t, c in queue if t is not ticket]
-            bucket.available -= expected_cost
-            bucket.in_flight += expected_cost
-            return 0.0, float(expected_cost)
+        if bucket is None or expected_cost > bucket.maximum:
+            return 0.0
+        elapsed = max(0.0, self._clock() - bucket.at)
+        available = min(bucket.maximum, bucket.available + elapsed * bucket.restore_rate)
+        return throttle_wait(expected_cost, available, bucket.restore_rate)
 
-    def _leave(self, shop: str, ticket: object) -> None:
-        with self._lock:
-            queue = self._queues.get(shop)
-            if queue:
-                queue[:] = [(t, c) for t, c in queue if t is not ticket]
-
-    def _give_back(self, shop: str, taken: float) -> None:
-        """A request that got no cost answer (it failed on the way): its points are free again."""
-        if taken:
-            with self._lock:
-                bucket = self._buckets.get(shop)
-                if bucket is not None:
-                    bucket.available = min(bucket.maximum, bucket.available + taken)
-                    bucket.in_flight = max(0.0, bucket.in_flight - taken)
-
-    def _observe(self, shop: str, body: Mapping[str, Any], taken: float = 0.0) -> tuple[float, float, float] | None:
-        """Remember the answer's throttle status, less the points other requests in flight have taken (Shopify
-        may not have charged them yet); (requested, available, restore rate) when it has one."""
+    def _observe(self, shop: str, body: Mapping[str, Any]) -> tuple[float, float, float] | None:
+        """Remember the answer's throttle status; (requested, available, restore rate) when it has one."""
         cost = body.get("extensions", {}).get("cost") if isinstance(body.get("extensions"), dict) else None
         status = cost.get("throttleStatus") if isinstance(cost, dict) else None
         if not isinstance(status, dict):
-            self._give_back(shop, taken)
             return None
         try:
             available = float(status["currentlyAvailable"])
@@ -518,12 +479,9 @@ class ShopifyAdminClient(ShopifyAdmin):
             maximum = float(status["maximumAvailable"])
             requested = float(cost.get("requestedQueryCost") or 0) if isinstance(cost, dict) else 0.0
         except (KeyError, TypeError, ValueError):
-            self._give_back(shop, taken)
             return None
         with self._lock:
-            known = self._buckets.get(shop)
-            in_flight = max(0.0, (known.in_flight if known else 0.0) - taken)
-            self._buckets[shop] = _Bucket(available - in_flight, rate, maximum, self._clock(), in_flight)
+            self._buckets[shop] = _Bucket(available, rate, maximum, self._clock())
         return requested, available, rate
 
     def _graphql(
@@ -541,38 +499,16 @@ class ShopifyAdminClient(ShopifyAdmin):
         url = f"{self._origin(shop)}/admin/api/{self.api_version}/graphql.json"
         headers = {"X-Shopify-Access-Token": token, "Content-Type": "application/json", "Accept": "application/json"}
         payload = {"query": query, "variables": dict(variables)}
-        ticket = object()
-        try:
-            return self._send(shop, token, url, headers, payload, expected_cost, retry_transient, ticket)
-        finally:
-            self._leave(shop, ticket)
-
-    def _send(
-        self,
-        shop: str,
-        token: str,
-        url: str,
-        headers: dict[str, str],
-        payload: dict[str, Any],
-        expected_cost: int,
-        retry_transient: bool,
-        ticket: object,
-    ) -> dict[str, Any]:
         throttled_for = 0.0
         failures = 0
         while True:
-            wait, taken = self._take(shop, expected_cost, ticket)
-            budget = self.max_throttle_wait - throttled_for
-            if wait > 0 and budget > 0:
-                # Asked again after the pause: answers meanwhile may have refunded points, or others taken them.
-                pause = min(wait, budget)
+            pause = min(self._pace(shop, expected_cost), max(0.0, self.max_throttle_wait - throttled_for))
+            if pause > 0:
                 self._sleep(pause)
                 throttled_for += pause
-                continue
             try:
                 response = self._http().post(url, json=payload, headers=headers)
             except httpx.TransportError as exc:  # timeouts, refused or dropped connections
-                self._give_back(shop, taken)
                 kind = type(exc).__name__
                 if retry_transient and failures + 1 < TRANSIENT.attempts:
                     self._sleep(TRANSIENT.delay(failures))
@@ -582,8 +518,6 @@ class ShopifyAdminClient(ShopifyAdmin):
                 raise StoreUnavailable("Shopify did not answer in time" if "Timeout" in kind else
                                        "Shopify could not be reached") from None  # fmt: skip
             status = response.status_code
-            if status != 200:
-                self._give_back(shop, taken)
             if status == 401:
                 raise StoreAuthorizationLost("Shopify refused the shop's access token (401)")
             if status == 429 or status >= 500:
@@ -598,9 +532,8 @@ class ShopifyAdminClient(ShopifyAdmin):
                 raise StoreRequestFailed(f"Shopify answered {status} to a GraphQL request")
             body = _json_object(response)
             if body is None:
-                self._give_back(shop, taken)
                 raise StoreRequestFailed("Shopify's GraphQL answer is not a JSON object")
-            observed = self._observe(shop, body, taken)
+            observed = self._observe(shop, body)
             errors = body.get("errors")
             codes = _error_codes(errors)
             if "THROTTLED" in codes:
