@@ -458,14 +458,20 @@ class ShopifyAdminClient(ShopifyAdmin):
 
     # -- GraphQL ----------------------------------------------------------------------------------
     def _pace(self, shop: str, expected_cost: int) -> float:
-        """Seconds to wait before sending a query of ``expected_cost``, from the shop's last known bucket."""
+        """Seconds to wait before sending a query of ``expected_cost``, from the shop's last known bucket; 0
+        when it may be sent now, and then its points are taken from that estimate at once, so concurrent
+        callers (a worker's threads) do not all send into a bucket only one of them can pay for."""
         with self._lock:
             bucket = self._buckets.get(shop)
-        if bucket is None or expected_cost > bucket.maximum:
-            return 0.0
-        elapsed = max(0.0, self._clock() - bucket.at)
-        available = min(bucket.maximum, bucket.available + elapsed * bucket.restore_rate)
-        return throttle_wait(expected_cost, available, bucket.restore_rate)
+            if bucket is None or expected_cost > bucket.maximum:
+                return 0.0
+            now = self._clock()
+            available = min(bucket.maximum, bucket.available + max(0.0, now - bucket.at) * bucket.restore_rate)
+            wait = throttle_wait(expected_cost, available, bucket.restore_rate)
+            if wait <= 0.001:  # not a float's rounding after waiting exactly what was asked
+                bucket.available, bucket.at = available - expected_cost, now
+                return 0.0
+            return wait
 
     def _observe(self, shop: str, body: Mapping[str, Any]) -> tuple[float, float, float] | None:
         """Remember the answer's throttle status; (requested, available, restore rate) when it has one."""
@@ -506,6 +512,7 @@ class ShopifyAdminClient(ShopifyAdmin):
             if pause > 0:
                 self._sleep(pause)
                 throttled_for += pause
+                continue  # asked again: others may have taken the points restored meanwhile
             try:
                 response = self._http().post(url, json=payload, headers=headers)
             except httpx.TransportError as exc:  # timeouts, refused or dropped connections

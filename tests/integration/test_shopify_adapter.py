@@ -246,6 +246,34 @@ def test_pages_are_paced_before_the_bucket_runs_dry(world: World) -> None:
     assert len(world.sleeps) == 2 and all(0 < s < 10 for s in world.sleeps)
 
 
+def test_concurrent_callers_take_their_points_as_they_send_instead_of_hammering_the_bucket() -> None:
+    import threading
+
+    # Real time: six threads share one adapter against a small bucket (100 points, 100/s).
+    with running(ShopifyStub(bucket_size=100, restore_rate=100)) as stub:
+        admin = ShopifyAdminClient(
+            stub.client_id, stub.client_secret, API_VERSION, "read_products", base_url_override=stub.url
+        )
+        token = str(stub.issue_tokens()["access_token"])
+        admin.products_page(stub.shop, token, first=1)  # the adapter learns the bucket
+        pages: list[int] = []
+
+        def read() -> None:
+            for _ in range(2):
+                pages.append(len(admin.products_page(stub.shop, token, first=1).products))
+
+        threads = [threading.Thread(target=read) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        admin.close()
+        assert pages == [1] * 12
+        # Each call waits for points the others have not taken; an answer's status (which does not know of
+        # requests still in flight) can let one through early, never the herd of six.
+        assert stub.throttled <= 2
+
+
 def test_throttling_beyond_the_allowed_wait_is_unavailable() -> None:
     with running(ShopifyStub(clock=Clock(frozen=T0))) as stub:
         world = World(stub, max_throttle_wait=2.0)
