@@ -9,6 +9,7 @@ is notified); resuming it after a reconnect runs the items left.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -287,7 +288,17 @@ def select(
     targets = list(_unsynced(catalog, sync, connection, client_id, request))
     if not targets:
         raise NothingToSync("Every approved image of this selection is in the store already.")
-    return targets
+    return _interleaved(targets)
+
+
+def _interleaved(targets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One image of each product in turn: the items running at once work on different products (one
+    snapshot read each, no writers contending for one product's records)."""
+    by_product: dict[str, list[tuple[str, str]]] = {}
+    for target in targets:
+        by_product.setdefault(target[1], []).append(target)
+    rounds = itertools.zip_longest(*by_product.values())
+    return [target for round_ in rounds for target in round_ if target is not None]
 
 
 def _unsynced(
