@@ -163,29 +163,26 @@ class FirestoreStoreRepository(StoreRepository):
         self.db.collection(STATES).document(key).create(doc.model_dump(mode="python"))
 
     def consume_state(self, key: str, now: datetime) -> OAuthStateDoc | None:
-        from google.api_core.exceptions import Aborted
-        from google.cloud import firestore
+        from google.api_core.exceptions import Aborted, FailedPrecondition
+        from google.api_core.exceptions import NotFound as GNotFound
 
         ref = self.db.collection(STATES).document(key)
-
-        @firestore.transactional  # type: ignore[untyped-decorator]
-        def apply(transaction: Any) -> OAuthStateDoc | None:
-            snapshot = ref.get(transaction=transaction)
+        # An update guarded by the read's update_time, not a read-modify-write transaction (which collapses
+        # when callbacks race on one document): exactly one guarded write lands; the others read it used.
+        for _attempt in range(20):
+            snapshot = ref.get()
             if not snapshot.exists:
                 return None
             state = OAuthStateDoc.model_validate(snapshot.to_dict())
             if state.used_at is not None or state.expires_at <= now:
                 return None
-            transaction.update(ref, {"used_at": now})
+            try:
+                ref.update({"used_at": now}, option=self.db.write_option(last_update_time=snapshot.update_time))
+            except (FailedPrecondition, Aborted, GNotFound):
+                continue  # another callback wrote it first: read what it left
             return state
-
-        try:
-            # Callbacks racing on one state contend on one document: more tries than the default five.
-            result: OAuthStateDoc | None = apply(self.db.transaction(max_attempts=20))
-        except Aborted as exc:
-            # Still unused: the caller may try again (never refused as a replay it is not).
-            raise UpstreamUnavailable("The connection request is busy; try again", retry_after=1) from exc
-        return result
+        # Still unused: the caller may try again (never refused as a replay it is not).
+        raise UpstreamUnavailable("The connection request is busy; try again", retry_after=1)
 
     def first_delivery(self, platform: StorePlatform, webhook_id: str, now: datetime, keep_until: datetime) -> bool:
         from google.api_core.exceptions import AlreadyExists
