@@ -205,6 +205,7 @@ def push_asset(
         )
     record = record.model_copy(update={"pushing_by": pusher, "push_lease_until": now + services.policy.push_lease})
     version = _save(repo, record, version)
+    answered: StoreMedia | None = None  # what the store said of the image it just took
     if record.pushing_media_id is None:
         sent = record.push_sent_at
         # Only a push that was sent can have lost its answer: a first attempt skips reading the gallery (a
@@ -228,13 +229,17 @@ def push_asset(
             except StoreImageRejected as rejected:
                 _fail(services, record, version, rejected, by)
                 raise
-            media_id = media.media_id
+            media_id, answered = media.media_id, media
         # Ours from the moment the store has it: its products/update webhook must not import it back.
         note_pushed(catalog, client_id, product.id, media_id, None)
         record = record.model_copy(update={"pushing_media_id": media_id, "updated_at": services.clock()})
         version = _save(repo, record, version)
     assert record.pushing_media_id is not None
-    media = _await_ready(services, gallery, store_pid, record.pushing_media_id)
+    # WooCommerce sideloads while it answers: an image it answered READY needs no poll.
+    if answered is not None and answered.state is MediaState.READY:
+        media = answered
+    else:
+        media = _await_ready(services, gallery, store_pid, record.pushing_media_id)
     if media.state is MediaState.FAILED:
         # A failed media stays on the product, marked failed in the merchant's admin: Shopify updates only
         # READY files (no fileUpdate off the product), and deleting a file is beyond what we take on.

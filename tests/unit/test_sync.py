@@ -390,6 +390,7 @@ def test_woocommerce_like_galleries_place_the_image_as_they_take_it() -> None:
     record = world.record(asset, "77")
     assert world.gallery.ids("77") == [record.media_id, "a1"]
     assert not world.sleeps and ("place", "77") not in world.gallery.calls
+    assert ("states", "77") not in world.gallery.calls  # answered READY: no poll
 
 
 # -- what cannot be pushed ---------------------------------------------------------------------------
