@@ -77,7 +77,7 @@ def push_stem(asset_id: str, revision: int) -> str:
 
 
 class SnapshotImage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     media_id: str
     url: str
@@ -89,7 +89,7 @@ class SnapshotImage(BaseModel):
 class ProductSnapshotDoc(BaseModel):
     """The store product's images before our first push to it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     platform: str
     shop: str
@@ -102,7 +102,7 @@ class ProductSnapshotDoc(BaseModel):
 class SyncRecordDoc(BaseModel):
     """One (asset, store product): what we pushed there and where it stands."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     client_id: str
@@ -138,7 +138,7 @@ class SyncRecordDoc(BaseModel):
 class ProductSyncDoc(BaseModel):
     """``sync_products/{product}``: counts of the product's records by status (rewritten with them)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     product_id: str
     name: str
@@ -155,7 +155,7 @@ class ProductSyncDoc(BaseModel):
 
 
 class HistoryDoc(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     at: datetime
@@ -172,7 +172,7 @@ class HistoryDoc(BaseModel):
 
 
 class SyncSettingsDoc(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     auto_sync: bool = False
     placement: Placement = Placement.APPEND
@@ -238,7 +238,7 @@ class SyncSettingsUpdate(StrictModel):
 
 
 class RecordListQuery(PageQuery):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     product_id: Id | None = None
     asset_id: Id | None = None
@@ -246,21 +246,21 @@ class RecordListQuery(PageQuery):
 
 
 class ProductSyncQuery(PageQuery):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     state: Annotated[str, StringConstraints(pattern=r"^(failed|pending|synced|none)$")] | None = None
     q: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), SINGLE_LINE] | None = None
 
 
 class HistoryQuery(PageQuery):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     product_id: Id | None = None
     action: SyncAction | None = None
 
 
 class HistoryExportQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     product_id: Id | None = None
     action: SyncAction | None = None
@@ -269,7 +269,11 @@ class HistoryExportQuery(BaseModel):
 # -- responses --------------------------------------------------------------------------------------
 
 
-class SyncJobOut(BaseModel):
+class _Out(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on first use: cold starts import many models
+
+
+class SyncJobOut(_Out):
     id: str
     status: JobStatus
     paused_reason: str | None = None
@@ -285,7 +289,7 @@ class SyncJobOut(BaseModel):
     finished_at: datetime | None = None
 
 
-class SyncItemOut(BaseModel):
+class SyncItemOut(_Out):
     index: int
     status: ItemStatus
     asset_id: str
@@ -297,7 +301,7 @@ class SyncItemOut(BaseModel):
     failure: dict[str, Any] | None = None
 
 
-class SyncRecordOut(BaseModel):
+class SyncRecordOut(_Out):
     id: str
     asset_id: str
     product_id: str
@@ -316,7 +320,7 @@ class SyncRecordOut(BaseModel):
     updated_at: datetime
 
 
-class ProductSyncOut(BaseModel):
+class ProductSyncOut(_Out):
     product_id: str
     name: str
     store_product_id: str
@@ -330,7 +334,7 @@ class ProductSyncOut(BaseModel):
     last_synced_at: datetime | None = None
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(_Out):
     id: str
     at: datetime
     action: SyncAction
@@ -344,16 +348,16 @@ class HistoryOut(BaseModel):
     job_id: str | None = None
 
 
-class SyncSettingsOut(BaseModel):
+class SyncSettingsOut(_Out):
     auto_sync: bool
     placement: Placement
 
 
-class RemoveOut(BaseModel):
+class RemoveOut(_Out):
     removed: list[SyncRecordOut]
 
 
-class RestoreOut(BaseModel):
+class RestoreOut(_Out):
     product_id: str
     removed: int  # our images taken off
     order: list[str]  # the store's media ids in the restored order
