@@ -12,7 +12,6 @@ deliveries and a disabled webhook, disconnect.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,27 +26,13 @@ from dev.stubs.shopify import running as shopify_running
 from dev.stubs.woocommerce import WooStub
 from dev.stubs.woocommerce import running as woo_running
 from tests.platforms import install
-
-APP_URL = "https://app.epox.test"
-_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # one local key for every platform a test installs
+from tests.store_stack import APP_URL, serving, store_settings
 
 
 @pytest.fixture(scope="module")
 def served(function_apps: dict[str, Any]) -> Iterator[str]:
-    """Every entry point under ``/<entry point>`` on a real HTTP server (stores call our callbacks)."""
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-    from werkzeug.serving import make_server
-    from werkzeug.wrappers import Response
-
-    root = Response("not found", status=404)
-    wsgi = DispatcherMiddleware(root, {f"/{name}": app for name, app in function_apps.items()})
-    server = make_server("127.0.0.1", 0, wsgi, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with serving(function_apps) as base:
+        yield base
 
 
 @pytest.fixture
@@ -64,37 +49,14 @@ def woo() -> Iterator[WooStub]:
         yield stub
 
 
-def _store_settings(served: str, shopify: ShopifyStub | None = None) -> dict[str, Any]:
-    from pydantic import SecretStr
-
-    from shared.credentials import LocalKeyring
-
-    values: dict[str, Any] = {
-        "woocommerce_allow_http": True,
-        "store_credential_keys": SecretStr(json.dumps({"v1": _KEY or LocalKeyring.generate_key()})),
-        "store_credential_key_version": "v1",
-        "store_callback_base_url": f"{served}/store_oauth",
-        "store_webhook_base_url": f"{served}/store_webhook",
-        "app_url": APP_URL,
-        "import_chunk_rows": 10,
-    }
-    if shopify is not None:
-        values.update(
-            shopify_client_id=shopify.client_id,
-            shopify_client_secret=SecretStr(shopify.client_secret),
-            shopify_admin_base_url=shopify.url,
-        )
-    return values
-
-
 @pytest.fixture
 def shop_platform(stack: Any, served: str, shopify: ShopifyStub) -> Any:
-    return install(stack, **_store_settings(served, shopify))
+    return install(stack, **store_settings(served, shopify))
 
 
 @pytest.fixture
 def woo_platform(stack: Any, served: str) -> Any:
-    return install(stack, **_store_settings(served))
+    return install(stack, **store_settings(served))
 
 
 def _connect_shopify(stack: Any, headers: dict[str, str], shopify: ShopifyStub) -> str:
@@ -217,7 +179,7 @@ def test_shopify_connect_import_keep_in_step_and_let_go(
     # The token expires: the next use refreshes it, and the refresh token rotates.
     later = datetime.now(UTC) + timedelta(hours=2)
     shopify.clock.advance(2 * 3600)
-    install(stack, clock=lambda: later, **_store_settings(served, shopify))
+    install(stack, clock=lambda: later, **store_settings(served, shopify))
     version_before = stack_connection(stack, client_id)["secrets_version"]
     categories = stack.client("store_oauth").get("/stores/categories", headers=headers)
     assert categories.status_code == 200, categories.get_json()
@@ -228,7 +190,7 @@ def test_shopify_connect_import_keep_in_step_and_let_go(
     shopify.revoke()
     much_later = later + timedelta(hours=2)
     shopify.clock.advance(2 * 3600)
-    install(stack, clock=lambda: much_later, **_store_settings(served, shopify))
+    install(stack, clock=lambda: much_later, **store_settings(served, shopify))
     refused = stack.client("store_oauth").get("/stores/categories", headers=headers)
     assert refused.status_code == 409 and refused.get_json()["code"] == "store_needs_reauthorization"
     status = stack.client("store_oauth").get("/stores/connection", headers=headers).get_json()
@@ -348,7 +310,7 @@ def test_woocommerce_connect_import_webhooks_reconcile_disconnect(
     for hook in woo.webhooks.values():
         hook["delivery_url"] = hook["delivery_url"].replace("http://127.0.0.1:9", served)
     later = datetime.now(UTC) + timedelta(minutes=1)
-    install(stack, clock=lambda: later, **_store_settings(served))
+    install(stack, clock=lambda: later, **store_settings(served))
     job = stack.client("store_tasks").post("/jobs/reconcile-stores", headers=_scheduler_headers())
     assert job.status_code == 200, job.get_json()
     stack.run_tasks()
@@ -393,7 +355,7 @@ def test_woocommerce_refuses_unknown_nonces_and_private_stores(
     )
     assert forged.status_code == 400 and forged.json()["code"] == "oauth_state_refused"
     assert stack.client("store_oauth").get("/stores/connection", headers=headers).status_code == 404
-    install(stack, **{**_store_settings(served), "woocommerce_allow_http": False})
+    install(stack, **{**store_settings(served), "woocommerce_allow_http": False})
     # (127.0.0.1 is open to the test fetcher: the stub lives there; other private addresses are not.)
     for url in (woo.url, "https://10.0.0.1", "https://169.254.169.254", "https://[::1]", "ftp://shop.example"):
         answer = stack.client("store_oauth").post(

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,9 +30,8 @@ from dev.stubs.woocommerce import running as woo_running
 from tests import images
 from tests.catalog_helpers import make_product, problem, upload_image
 from tests.platforms import install
+from tests.store_stack import serving, store_settings
 
-APP_URL = "https://app.epox.test"
-_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 GRAPHQL = "/admin/api/2026-10/graphql.json"
 COLORS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 180, 30), (120, 40, 160)]
 
@@ -43,20 +41,8 @@ COLORS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 180, 30), (120, 40,
 
 @pytest.fixture(scope="module")
 def served(function_apps: dict[str, Any]) -> Iterator[str]:
-    """Every entry point under ``/<entry point>`` on a real HTTP server (stores call our webhooks)."""
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-    from werkzeug.serving import make_server
-    from werkzeug.wrappers import Response
-
-    root = Response("not found", status=404)
-    wsgi = DispatcherMiddleware(root, {f"/{name}": app for name, app in function_apps.items()})
-    server = make_server("127.0.0.1", 0, wsgi, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with serving(function_apps) as base:
+        yield base
 
 
 class RecordingShop(ShopifyStub):
@@ -95,35 +81,14 @@ def woo() -> Iterator[WooStub]:
         yield stub
 
 
-def _settings(served: str, shopify: ShopifyStub | None = None) -> dict[str, Any]:
-    from pydantic import SecretStr
-
-    values: dict[str, Any] = {
-        "woocommerce_allow_http": True,
-        "store_credential_keys": SecretStr(json.dumps({"v1": _KEY})),
-        "store_credential_key_version": "v1",
-        "store_callback_base_url": f"{served}/store_oauth",
-        "store_webhook_base_url": f"{served}/store_webhook",
-        "app_url": APP_URL,
-        "import_chunk_rows": 10,
-    }
-    if shopify is not None:
-        values.update(
-            shopify_client_id=shopify.client_id,
-            shopify_client_secret=SecretStr(shopify.client_secret),
-            shopify_admin_base_url=shopify.url,
-        )
-    return values
-
-
 @pytest.fixture
 def shop_platform(stack: Any, served: str, shopify: ShopifyStub) -> Any:
-    return install(stack, **_settings(served, shopify))
+    return install(stack, **store_settings(served, shopify))
 
 
 @pytest.fixture
 def woo_platform(stack: Any, served: str) -> Any:
-    return install(stack, **_settings(served))
+    return install(stack, **store_settings(served))
 
 
 @pytest.fixture
@@ -598,7 +563,7 @@ def test_shopify_a_redelivered_item_task_pushes_once(
     stack: Any, served: str, shopify: RecordingShop, sync: Any, headers: dict[str, str], client_id: str
 ) -> None:
     # No wait for processing within a delivery: the item goes back to the queue while Shopify processes.
-    install(stack, sync_poll_seconds=0.0, **_settings(served, shopify))
+    install(stack, sync_poll_seconds=0.0, **store_settings(served, shopify))
     products = _connected_shop(stack, headers, shopify)
     store_pid = str(shopify.product(2).id)
     asset = _approved_image(stack, headers, client_id, products[store_pid]["id"])
