@@ -294,7 +294,12 @@ def _store_reader(p: Platform, client_id: str) -> StoreReader:
 # -- workers ---------------------------------------------------------------------------------------
 
 
-@tasks.post(imports.PREPARE_PATH, body=imports.PrepareImportTask, access=Access.TASK)
+# A store that does not answer (a timeout, 5xx, throttling past the adapter's wait) is a 503: the queue
+# delivers the task again with its backoff.
+RETRIED = (StoreUnavailable,)
+
+
+@tasks.post(imports.PREPARE_PATH, body=imports.PrepareImportTask, access=Access.TASK, errors=RETRIED)
 def prepare_import(ctx: RequestContext[imports.PrepareImportTask, NoQuery]) -> TaskOutcome:
     p = ctx.platform
     assert ctx.task is not None
@@ -312,12 +317,12 @@ def prepare_import(ctx: RequestContext[imports.PrepareImportTask, NoQuery]) -> T
     return TaskOutcome(outcome=outcome)
 
 
-@tasks.post(webhooks.WEBHOOK_PATH, body=webhooks.StoreWebhookTask, access=Access.TASK)
+@tasks.post(webhooks.WEBHOOK_PATH, body=webhooks.StoreWebhookTask, access=Access.TASK, errors=RETRIED)
 def work_webhook(ctx: RequestContext[webhooks.StoreWebhookTask, NoQuery]) -> TaskOutcome:
     return TaskOutcome(outcome=keeping.work_webhook(webhook_services(ctx.platform), ctx.body))
 
 
-@tasks.post(reconcile.RECONCILE_PATH, body=reconcile.ReconcileStoreTask, access=Access.TASK)
+@tasks.post(reconcile.RECONCILE_PATH, body=reconcile.ReconcileStoreTask, access=Access.TASK, errors=RETRIED)
 def reconcile_store(ctx: RequestContext[reconcile.ReconcileStoreTask, NoQuery]) -> TaskOutcome:
     return TaskOutcome(outcome=reconcile.reconcile_store(webhook_services(ctx.platform), ctx.body))
 

@@ -14,7 +14,7 @@ import functions_framework
 from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
 from shared.credentials import CredentialKeyUnavailable, CredentialsUnreadable
-from shared.errors import NotFound
+from shared.errors import NotFound, UpstreamUnavailable
 from shared.http.app import (
     Access,
     HttpApp,
@@ -246,7 +246,7 @@ def put_settings(ctx: RequestContext[SyncSettingsUpdate, NoQuery]) -> SyncSettin
 add_worker_routes(tasks, SYNCS)
 
 
-@tasks.post(AUTO_SYNC_PATH, body=AutoSyncTask, access=Access.TASK)
+@tasks.post(AUTO_SYNC_PATH, body=AutoSyncTask, access=Access.TASK, errors=(UpstreamUnavailable,))
 def auto_sync(ctx: RequestContext[AutoSyncTask, NoQuery]) -> TaskOutcome:
     """Start the sync job of an image approved while auto-sync is on (queued by the ``auto_sync`` consumer)."""
     p = ctx.platform
