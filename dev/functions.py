@@ -1,23 +1,23 @@
-"""Discover every deployable entry point under functions/ and load it through functions-framework."""
+"""Every deployable entry point, as the function manifest lists them, loaded through functions-framework."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-_ENTRY = re.compile(r"^@functions_framework\.http\s*\ndef\s+([a-z_][a-z0-9_]*)\s*\(", re.MULTILINE)
+from dev.manifest import ROOT
+from dev.manifest import entry_points as manifest_entry_points
 
 
-def discover_entry_points(functions_dir: Path) -> dict[str, Path]:
-    """``{entry point name: main.py}`` for every ``@functions_framework.http`` function."""
-    found: dict[str, Path] = {}
-    for main in sorted(functions_dir.glob("*/main.py")):
-        for name in _ENTRY.findall(main.read_text()):
-            if name in found:
-                raise RuntimeError(f"entry point {name} is defined twice ({found[name]} and {main})")
-            found[name] = main
-    return found
+def discover_entry_points(functions_dir: Path = ROOT / "functions") -> dict[str, Path]:
+    """``{entry point name: main.py}`` for every entry point of the manifest (``infra/functions.json``)
+    whose folder is under ``functions_dir``."""
+    root = functions_dir.resolve()
+    return {
+        name: root / main.relative_to(ROOT / "functions")
+        for name, main in manifest_entry_points().items()
+        if (root / main.relative_to(ROOT / "functions")).is_file()
+    }
 
 
 def load_function_apps(functions_dir: Path) -> dict[str, Any]:

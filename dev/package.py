@@ -23,9 +23,10 @@ def build(out: Path = ROOT / "build", rembg_model: Path | None = None) -> list[P
         raise SystemExit(f"--rembg-model {rembg_model}: no such file")
     out.mkdir(exist_ok=True)
     bundles = []
-    for folder in sorted((ROOT / "functions").iterdir()):
-        if not (folder / "main.py").is_file():
-            continue
+    from dev.manifest import load
+
+    for name in load().folders():  # the function manifest's folders (infra/functions.json)
+        folder = ROOT / "functions" / name
         target = out / folder.name
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(folder, target, ignore=IGNORED)
