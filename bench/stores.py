@@ -115,6 +115,32 @@ def _stub_process(size: int) -> Iterator[_RemoteShop]:
         process.wait(timeout=10)
 
 
+def bench_settings(project: str, issuer: str, shopify_client_id: str, shopify_url: str) -> Any:
+    """The settings the store benches run the functions with: offline AI, shared-secret tasks, the
+    Shopify stub's app and address, a fresh local credential key."""
+    from dev.stubs.shopify import CLIENT_SECRET
+    from shared.config import Settings
+    from shared.credentials import LocalKeyring
+
+    return Settings(
+        epox_env="test",
+        gcp_project=project,
+        auth_issuer=issuer,
+        auth_audience="bench",
+        tasks_dev_secret="bench",
+        tasks_auth_mode="shared_secret",
+        ai_engine="offline",
+        shopify_client_id=shopify_client_id,
+        shopify_client_secret=CLIENT_SECRET,
+        shopify_admin_base_url=shopify_url,
+        store_credential_keys=json.dumps({"v1": LocalKeyring.generate_key()}),
+        store_credential_key_version="v1",
+        store_callback_base_url="http://bench/store_oauth",
+        import_chunk_rows=50,
+        import_parallel_chunks=8,
+    )
+
+
 def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record: Any) -> dict[str, Any]:
     import tempfile
 
@@ -123,10 +149,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
 
     from dev.dispatcher import TaskDispatcher
     from dev.jwt_issuer import DevIssuer
-    from dev.stubs.shopify import CLIENT_SECRET
     from shared.auth import JwtVerifier
-    from shared.config import Settings
-    from shared.credentials import LocalKeyring
     from shared.platform import Platform, set_platform
     from shared.safe_fetch import AddressPolicy, SafeFetcher
 
@@ -141,23 +164,7 @@ def _import_catalog(apps: dict[str, Any], size: int, *, run_import: bool, record
     with _stub_process(size) as stub, tempfile.TemporaryDirectory() as scratch:
         from ipaddress import ip_network
 
-        settings = Settings(
-            epox_env="test",
-            gcp_project=f"epox-bench-stores-{size}",
-            auth_issuer=issuer.issuer,
-            auth_audience="bench",
-            tasks_dev_secret="bench",
-            tasks_auth_mode="shared_secret",
-            ai_engine="offline",
-            shopify_client_id=stub.client_id,
-            shopify_client_secret=CLIENT_SECRET,
-            shopify_admin_base_url=stub.url,
-            store_credential_keys=json.dumps({"v1": LocalKeyring.generate_key()}),
-            store_credential_key_version="v1",
-            store_callback_base_url="http://bench/store_oauth",
-            import_chunk_rows=50,
-            import_parallel_chunks=8,
-        )
+        settings = bench_settings(f"epox-bench-stores-{size}", issuer.issuer, stub.client_id, stub.url)
         dispatcher = TaskDispatcher(
             transport, secret="bench", target_base_url="http://bench", min_backoff=0, max_backoff=0
         )

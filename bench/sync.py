@@ -325,13 +325,11 @@ def _sync(apps: dict[str, Any]) -> dict[str, Any]:
     import httpx
     from google.cloud import firestore
 
+    from bench.stores import bench_settings
     from dev.dispatcher import TaskDispatcher
     from dev.jwt_issuer import DevIssuer
-    from dev.stubs.shopify import CLIENT_SECRET
     from shared.adapters.shopify import ShopifyAdminClient
     from shared.auth import JwtVerifier
-    from shared.config import Settings
-    from shared.credentials import LocalKeyring
     from shared.platform import Platform, set_platform
     from shared.safe_fetch import AddressPolicy, SafeFetcher
     from shared.sync.jobs import SYNCS
@@ -352,23 +350,7 @@ def _sync(apps: dict[str, Any]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as scratch, _file_server(Path(scratch)) as files, _stub_process() as stub:
         project = f"epox-bench-sync-{int(time.time())}"
-        settings = Settings(
-            epox_env="test",
-            gcp_project=project,
-            auth_issuer=issuer.issuer,
-            auth_audience="bench",
-            tasks_dev_secret="bench",
-            tasks_auth_mode="shared_secret",
-            ai_engine="offline",
-            shopify_client_id=stub.client_id,
-            shopify_client_secret=CLIENT_SECRET,
-            shopify_admin_base_url=stub.url,
-            store_credential_keys=json.dumps({"v1": LocalKeyring.generate_key()}),
-            store_credential_key_version="v1",
-            store_callback_base_url="http://bench/store_oauth",
-            import_chunk_rows=50,
-            import_parallel_chunks=8,
-        )
+        settings = bench_settings(project, issuer.issuer, stub.client_id, stub.url)
         # Cloud Tasks' retry: Retry-After honoured, backoff from 0.1 s (the import's are fast-forwarded anyway).
         dispatcher = TaskDispatcher(
             transport, secret="bench", target_base_url="http://bench", min_backoff=0.1, max_backoff=10.0
