@@ -1,5 +1,7 @@
 """Fixtures most integration test files use: the API clients they call, one tenant's headers, a
-plain HTTP client for presigned URLs, and an environment in which the Gemini SDK sees only the stub.
+plain HTTP client for presigned URLs, an environment in which the Gemini SDK sees only the stub, and
+the store tests' served stack, WooCommerce stub and platforms (each store test module brings its own
+``shopify`` stub).
 
 A test module's own fixture of the same name takes precedence over these.
 """
@@ -78,3 +80,41 @@ def clean_gemini_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def notifications(stack: Any) -> Any:
     return stack.client("notifications_api")
+
+
+# -- store connections and sync-back -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(function_apps: dict[str, Any]) -> Iterator[str]:
+    """Every entry point on a real HTTP server (the stores call our callbacks and fetch our images)."""
+    from tests.store_stack import serving
+
+    with serving(function_apps) as base:
+        yield base
+
+
+@pytest.fixture
+def woo() -> Iterator[Any]:
+    from dev.stubs.woocommerce import WooStub
+    from dev.stubs.woocommerce import running as woo_running
+
+    with woo_running(WooStub()) as stub:
+        yield stub
+
+
+@pytest.fixture
+def shop_platform(stack: Any, served: str, shopify: Any) -> Any:
+    """The platform pointed at the module's ``shopify`` stub and the served store functions."""
+    from tests.platforms import install
+    from tests.store_stack import store_settings
+
+    return install(stack, **store_settings(served, shopify))
+
+
+@pytest.fixture
+def woo_platform(stack: Any, served: str) -> Any:
+    from tests.platforms import install
+    from tests.store_stack import store_settings
+
+    return install(stack, **store_settings(served))

@@ -24,15 +24,8 @@ import pytest
 from dev.stubs.shopify import ShopifyStub, sign_query
 from dev.stubs.shopify import running as shopify_running
 from dev.stubs.woocommerce import WooStub
-from dev.stubs.woocommerce import running as woo_running
 from tests.platforms import install
-from tests.store_stack import APP_URL, serving, store_settings
-
-
-@pytest.fixture(scope="module")
-def served(function_apps: dict[str, Any]) -> Iterator[str]:
-    with serving(function_apps) as base:
-        yield base
+from tests.store_stack import APP_URL, store_settings
 
 
 @pytest.fixture
@@ -41,22 +34,6 @@ def shopify() -> Iterator[ShopifyStub]:
     shop = f"demo-{uuid.uuid4().hex[:10]}.myshopify.com"
     with shopify_running(ShopifyStub(shop=shop, product_count=50, image_size=64)) as stub:
         yield stub
-
-
-@pytest.fixture
-def woo() -> Iterator[WooStub]:
-    with woo_running(WooStub()) as stub:
-        yield stub
-
-
-@pytest.fixture
-def shop_platform(stack: Any, served: str, shopify: ShopifyStub) -> Any:
-    return install(stack, **store_settings(served, shopify))
-
-
-@pytest.fixture
-def woo_platform(stack: Any, served: str) -> Any:
-    return install(stack, **store_settings(served))
 
 
 def _connect_shopify(stack: Any, headers: dict[str, str], shopify: ShopifyStub) -> str:

@@ -26,23 +26,16 @@ from PIL import Image
 from dev.stubs.shopify import ShopifyStub
 from dev.stubs.shopify import running as shopify_running
 from dev.stubs.woocommerce import WooStub
-from dev.stubs.woocommerce import running as woo_running
 from tests import images
 from tests.catalog_helpers import make_product, problem, upload_image
 from tests.platforms import install
-from tests.store_stack import serving, store_settings
+from tests.store_stack import store_settings
 
 GRAPHQL = "/admin/api/2026-10/graphql.json"
 COLORS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 180, 30), (120, 40, 160)]
 
 
 # -- the world ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def served(function_apps: dict[str, Any]) -> Iterator[str]:
-    with serving(function_apps) as base:
-        yield base
 
 
 class RecordingShop(ShopifyStub):
@@ -73,22 +66,6 @@ def shopify() -> Iterator[RecordingShop]:
     shop = f"sync-{uuid.uuid4().hex[:10]}.myshopify.com"
     with shopify_running(RecordingShop(shop=shop, product_count=3, image_size=64)) as stub:
         yield stub
-
-
-@pytest.fixture
-def woo() -> Iterator[WooStub]:
-    with woo_running(WooStub()) as stub:
-        yield stub
-
-
-@pytest.fixture
-def shop_platform(stack: Any, served: str, shopify: ShopifyStub) -> Any:
-    return install(stack, **store_settings(served, shopify))
-
-
-@pytest.fixture
-def woo_platform(stack: Any, served: str) -> Any:
-    return install(stack, **store_settings(served))
 
 
 @pytest.fixture
