@@ -21,6 +21,10 @@ from shared.sync.models import push_stem
 STORE_MAX_PIXELS = 20_000_000  # Shopify drops larger images without an error
 STORE_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 NAME_WORDS = 8  # words of the product name kept in the file name
+# The copies stores fetch: a key prefix of their own so one R2 lifecycle rule (infra/terraform/r2.tf) deletes
+# them; the retention outlives the longest presigned URL (SYNC_SOURCE_URL_HOURS is at most 168 h).
+SYNC_COPY_PREFIX = "sync-copies/"
+SYNC_COPY_RETENTION_DAYS = 8
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,18 @@ def push_copy(
     if style:
         base += "-" + slug(style, 3)
     name = f"{base}-{stem}.{ext}"
-    key = f"clients/{asset.client_id}/sync/{asset.id}/r{revision.number}/{name}"
-    if store.head(key) is None:
-        store.put(key, data, _content_type(ext), cache_control="private, max-age=86400")
+    key = push_copy_key(asset.client_id, asset.id, revision.number, name)
+    # Written on every push, never reused: the R2 lifecycle rule on SYNC_COPY_PREFIX counts a copy's age
+    # from its last write, so a copy is always younger than the presigned URL handed to the store.
+    store.put(key, data, _content_type(ext), cache_control="private, max-age=86400")
     return PushCopy(key=key, name=name, alt=alt_text(product, style), converted="; ".join(notes) or None)
+
+
+def push_copy_key(client_id: str, asset_id: str, revision: int, name: str) -> str:
+    """Where the copy a store fetches lives: under ``SYNC_COPY_PREFIX``, which an R2 lifecycle rule
+    empties after ``SYNC_COPY_RETENTION_DAYS`` (R2 rules match key prefixes only, so the retention class is
+    the first segment of the key)."""
+    return f"{SYNC_COPY_PREFIX}{client_id}/{asset_id}/r{revision}/{name}"
 
 
 def _content_type(ext: str) -> str:

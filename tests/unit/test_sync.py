@@ -18,6 +18,7 @@ from shared.batch.kind import BatchPolicy, RequestKey
 from shared.batch.models import FanoutPageTask, ItemStatus, ItemTask, JobStatus, JobTask
 from shared.catalog.models import AssetDoc, AssetKind, AssetRevision, MediaKind, ProductDoc
 from shared.catalog.store_link import StoreLink
+from shared.config import Settings
 from shared.errors import NotFound
 from shared.events.model import AssetApproval, EventType, Subject, new_event
 from shared.imaging import ImageLimits
@@ -29,7 +30,7 @@ from shared.sync import auto, service
 from shared.sync.gallery import StoreAccess
 from shared.sync.jobs import SYNCS, NothingToSync, SyncServices, create_sync
 from shared.sync.models import Placement, RecordStatus, SyncAction, SyncRequest, SyncSettingsDoc, record_id
-from shared.sync.prepare import STORE_MAX_PIXELS, push_copy
+from shared.sync.prepare import STORE_MAX_PIXELS, SYNC_COPY_PREFIX, SYNC_COPY_RETENTION_DAYS, push_copy
 from shared.sync.push import (
     AssetNotApproved,
     MediaFailed,
@@ -628,3 +629,21 @@ def test_images_over_twenty_megapixels_are_scaled_down_and_the_record_says_so(wo
     assert pushed.width * pushed.height <= STORE_MAX_PIXELS
     assert copy.name.startswith("blue-ceramic-mug-lifestyle-") and copy.name.endswith(".png")
     assert copy.alt == "Blue Ceramic Mug, lifestyle photo"
+
+
+def test_the_copy_a_store_fetches_lives_under_the_prefix_the_r2_lifecycle_rule_expires(world: World) -> None:
+    product = world.product("101")
+    asset = world.asset(product)
+    revision = world.catalog.assets.revision(CLIENT, asset.id, 1)
+    assert revision is not None
+    copy = push_copy(world.objects, asset, revision, product, LIMITS)
+    assert copy.key.startswith(f"{SYNC_COPY_PREFIX}{CLIENT}/{asset.id}/r1/")
+    # The rule must outlive the longest presigned URL handed to a store.
+    bounds = Settings.model_fields["sync_source_url_hours"].metadata
+    assert any(getattr(bound, "le", None) == 168 for bound in bounds)
+    assert SYNC_COPY_RETENTION_DAYS * 24 > 168
+    # Written again on every push, so its age (what the rule counts) restarts with each URL handed out.
+    pushed = world.objects.get(copy.key)
+    world.objects.put(copy.key, b"stale", "image/png")
+    again = push_copy(world.objects, asset, revision, product, LIMITS)
+    assert again.key == copy.key and world.objects.get(again.key) == pushed
