@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev demo test lint typecheck imports bench build clean soak openapi
+.PHONY: dev demo test lint typecheck imports bench build clean soak openapi smoke
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt $(wildcard functions/*/requirements.txt)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ soak: $(STAMP)  ## the billing lifecycle state machine on in-memory ports, 100,0
 
 build: $(STAMP)  ## one deployable folder per function in build/<name>/ (+ zip); REMBG_MODEL=path ships the model
 	$(PY) -m dev.package $(if $(REMBG_MODEL),--rembg-model $(REMBG_MODEL))
+
+smoke: $(STAMP)  ## after a deploy: every function answers /health, workers refuse strangers (BASE_URL=https://REGION-PROJECT.cloudfunctions.net)
+	$(PY) -m dev.smoke $(or $(BASE_URL),$(error BASE_URL=https://REGION-PROJECT.cloudfunctions.net is required))
 
 clean:
 	rm -rf build .dev .pytest_cache .mypy_cache .ruff_cache
