@@ -12,7 +12,8 @@ and limits the kind's steps use, built from the platform by :meth:`JobKind.depen
   does what follows a written page (e.g. remember the products' defaults);
 * item: :meth:`JobKind.work` runs one item; :meth:`JobKind.failed` and :meth:`JobKind.given_up` say what
   a failure leaves; :meth:`JobKind.transient` which errors are worth another delivery; :class:`PauseJob`
-  raised from the work pauses the whole job (see below);
+  raised from the work pauses the whole job (see below); :class:`ContinueLater` puts the item back to
+  wait for an outside operation (a video model's) and delivers it again later, without a worker sleeping;
 * settle: :meth:`JobKind.tally` says what a finished item adds up to, :meth:`JobKind.charge` what the
   job costs (:meth:`JobKind.charge_breakdown`, :meth:`JobKind.settle_reason`, :meth:`JobKind.settlement`).
 
@@ -206,6 +207,21 @@ class PauseJob(Exception):
         self.reason = reason
 
 
+class ContinueLater(Exception):
+    """Raised by a kind's :meth:`JobKind.work` when its item waits on something outside (a long-running
+    model operation started by this or an earlier delivery): the lifecycle writes ``fields`` into the
+    item (what the work learned, e.g. the operation's name), puts it back to queued with its attempts as
+    they were before this delivery, and enqueues its task again ``delay`` from now under a new name (the
+    item's ``waits``). No worker sleeps while a model works; no attempt is used up by waiting. The kind
+    bounds the total wait itself (e.g. fails the item once its operation is older than a deadline)."""
+
+    def __init__(self, delay: timedelta, reason: str, fields: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+        self.fields = dict(fields or {})
+
+
 @dataclass(frozen=True)
 class ItemRun(Generic[JobT, ItemT]):
     """One delivery of an item task, as the kind's :meth:`JobKind.work` sees it."""
@@ -382,15 +398,30 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
             name = task_name(f"{self.task_prefix}fanout", client_id, job_id)
         return TaskRequest(target=self.worker, path="/tasks/fanout", payload=payload, name=name)
 
-    def item_task(self, client_id: str, job_id: str, index: int, generation: int = 0) -> TaskRequest:
-        """``generation``: the job's ``resumes``. Each resume names the item tasks anew: the tasks a
-        paused job's deliveries consumed keep their names reserved for about an hour."""
-        parts = (f"{self.task_prefix}item", client_id, job_id, str(index))
+    def item_task(
+        self,
+        client_id: str,
+        job_id: str,
+        index: int,
+        generation: int = 0,
+        *,
+        waits: int = 0,
+        schedule_time: datetime | None = None,
+    ) -> TaskRequest:
+        """``generation``: the job's ``resumes``; ``waits``: the item's (see :class:`ContinueLater`). Each
+        resume and each wait names the item's task anew: consumed task names stay reserved for about an
+        hour."""
+        parts = [f"{self.task_prefix}item", client_id, job_id, str(index)]
+        if generation > 0:
+            parts.append(f"r{generation}")
+        if waits > 0:
+            parts.append(f"w{waits}")
         return TaskRequest(
             target=self.worker,
             path="/tasks/item",
             payload=ItemTask(client_id=client_id, job_id=job_id, index=index),
-            name=task_name(*parts, f"r{generation}") if generation > 0 else task_name(*parts),
+            name=task_name(*parts),
+            schedule_time=schedule_time,
             dispatch_deadline=self.item_deadline,
         )
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from shared.batch.kind import (
     BatchPolicy,
+    ContinueLater,
     Finish,
     Finished,
     ItemRun,
@@ -395,6 +396,8 @@ def run_item(
             return TAKEN_OVER
         except PauseJob as pause:
             return _pause_from_work(kind, services, run, pause.reason)
+        except ContinueLater as later:
+            return _continue_later(kind, services, run, later)
     if isinstance(result, Finish):
         if not _record(kind, jobs, run, result, policy.counter_shards):
             return TAKEN_OVER
@@ -470,6 +473,33 @@ def _pause_from_work(
     return f"item {run.item.index} cancelled"
 
 
+def _continue_later(
+    kind: JobKind[JobT, ItemT, ServicesT, Any], services: ServicesT, run: ItemRun[JobT, ItemT], later: ContinueLater
+) -> str:
+    """The kind's work raised :class:`ContinueLater`: write what it learned into the item, put it back to
+    queued as this delivery found it (its attempts unchanged), then enqueue its next task for later. The
+    write first: a task delivered before it would find the item running and be taken over. Should the
+    enqueue fail, this delivery answers 5xx and its redelivery takes the queued item again."""
+    jobs, queue = services.jobs, services.queue
+    waits = run.item.waits + 1
+    changes = {
+        **later.fields,
+        "status": ItemStatus.QUEUED.value,
+        "attempts": run.item.attempts,
+        "delivery": run.token,
+        "updated_at": run.now,
+        "waits": waits,
+    }
+    stored = StoredItem(run.job.client_id, run.job.id, run.item, run.version)
+    if jobs.commit_item(stored, changes) is None:
+        return TAKEN_OVER
+    when = services.clock() + later.delay
+    queue.enqueue(
+        kind.item_task(run.job.client_id, run.job.id, run.item.index, run.job.resumes, waits=waits, schedule_time=when)
+    )
+    return f"item {run.item.index} continues at {when.isoformat(timespec='seconds')} ({later.reason})"
+
+
 def _attempt(
     kind: JobKind[JobT, ItemT, Any, Any],
     run: ItemRun[JobT, ItemT],
@@ -482,7 +512,7 @@ def _attempt(
     final = give_up or (lambda error: kind.failed(run.job, error))
     try:
         return work(run)
-    except (ItemTakenOver, PauseJob):
+    except (ItemTakenOver, PauseJob, ContinueLater):
         raise
     except EpoxError as error:
         if not kind.transient(error) or run.last_attempt:
@@ -802,7 +832,7 @@ def _enqueue_queued(kind: JobKind[JobT, Any, Any, Any], jobs: JobStore[JobT, Any
     how many items were queued."""
     queued = jobs.items_with_status(job.client_id, job.id, ItemStatus.QUEUED)
     for item in queued:
-        queue.enqueue(kind.item_task(job.client_id, job.id, item.index, job.resumes))
+        queue.enqueue(kind.item_task(job.client_id, job.id, item.index, job.resumes, waits=item.waits))
     return len(queued)
 
 

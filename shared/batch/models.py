@@ -99,6 +99,7 @@ class BatchItemDoc(BaseModel):
     # is recognised by this token when re-read, never taken for another delivery's.
     delivery: str | None = None
     requeues: int = 0  # tasks the reaper created again for this queued item (it gives up after a few)
+    waits: int = 0  # times its work asked to continue later (ContinueLater): its task names carry it
 
 
 class ItemCounts(BaseModel):

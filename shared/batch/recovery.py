@@ -199,7 +199,7 @@ def requeue_stalled_item(
         queue.enqueue(kind.settle_task(client_id, job_id, services.clock()))
         return "failed"
     # Named after the job's resumes: a resume whose enqueues failed part way is completed here.
-    created = queue.enqueue(kind.item_task(client_id, job_id, item.index, job.resumes))
+    created = queue.enqueue(kind.item_task(client_id, job_id, item.index, job.resumes, waits=item.waits))
     # Guarded: a delivery that took the item meanwhile is not overwritten (a take that read the item
     # before this write reads it again and takes it).
     with contextlib.suppress(StaleWrite):

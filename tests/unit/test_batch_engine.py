@@ -16,7 +16,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.batch import lifecycle, recovery
-from shared.batch.kind import BatchPolicy, Finish, ItemRun, JobKind, JobOrder, JobServices, PauseJob, Totals
+from shared.batch.kind import (
+    BatchPolicy,
+    ContinueLater,
+    Finish,
+    ItemRun,
+    JobKind,
+    JobOrder,
+    JobServices,
+    PauseJob,
+    Totals,
+)
 from shared.batch.models import (
     BatchItemDoc,
     FanoutPageTask,
@@ -47,6 +57,7 @@ class WordJob(PagedJobDoc):
 
 class WordItem(BatchItemDoc):
     word: str = ""
+    operation: str | None = None  # a long-running operation its work started (ContinueLater)
 
 
 class Refused(EpoxError):
@@ -69,6 +80,7 @@ class WordServices(JobServices):
     dies: set[int] = field(default_factory=set)  # items whose next delivery dies mid-work
     revoked: set[int] = field(default_factory=set)  # items whose next delivery finds the store's token revoked
     cancels: set[int] = field(default_factory=set)  # items whose next delivery sees the job cancelled meanwhile
+    slow: dict[int, int] = field(default_factory=dict)  # items whose operation needs this many more polls
 
 
 class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
@@ -133,6 +145,14 @@ class Words(JobKind[WordJob, WordItem, WordServices, WordOrder]):
         if run.item.index in services.revoked:
             services.revoked.discard(run.item.index)
             raise PauseJob(REAUTHORIZE)
+        if run.item.index in services.slow:
+            if run.item.operation is None:
+                assert run.item.waits == 0  # started once, however often polled
+            polls_left = services.slow[run.item.index]
+            if polls_left > 0:
+                services.slow[run.item.index] = polls_left - 1
+                operation = run.item.operation or f"op-{run.item.index}"
+                raise ContinueLater(timedelta(seconds=30), "operation running", {"operation": operation})
         if run.item.word == "no":
             raise Refused("refused")
         return Finish(ItemStatus.SUCCEEDED)
@@ -566,3 +586,62 @@ def test_a_kind_pausing_a_job_cancelled_meanwhile_cancels_the_item() -> None:
     assert done.settled and done.status is JobStatus.CANCELLED and done.paused_reason is None
     assert statuses(engine, job.id) == [ItemStatus.CANCELLED] * 2
     assert done.settlement == {"captured": 0, "released": 2 * PRICE}
+
+
+def test_an_item_waiting_on_an_operation_continues_in_new_tasks_without_using_attempts() -> None:
+    engine = Engine()
+    job = engine.accept("a", "b")
+    engine.services.slow[1] = 3  # the operation item 1 starts is done at the fourth look
+    engine.run(only=is_fanout)
+    first = item_tasks(engine)[1]
+    # Even a delivery on its last attempt waits rather than failing.
+    outcome = engine.deliver(first, retry_count=POLICY.max_attempts - 1)
+    assert outcome.startswith("item 1 continues at 2026-03-01T12:00:30") and "operation running" in outcome
+    stored = engine.jobs.read_item("c1", job.id, 1)
+    assert stored is not None
+    assert (stored.item.status, stored.item.attempts, stored.item.waits) == (ItemStatus.QUEUED, 0, 1)
+    assert stored.item.operation == "op-1"
+    later = [t for t in engine.queue.tasks if t.path == "/tasks/item" and t.name and t.name.endswith("-w1")]
+    assert len(later) == 1 and later[0].schedule_time == NOW + timedelta(seconds=30)
+    # The consumed task delivered again (its answer was lost) runs the work again: the kind sees its
+    # operation and polls it; the next wait is named anew.
+    assert "continues" in engine.deliver(first, retry_count=1)
+    engine.run()
+    done = engine.job(job.id)
+    assert done.settled and done.settlement == {"captured": 2 * PRICE, "released": 0}
+    item = engine.jobs.read_item("c1", job.id, 1)
+    assert item is not None and (item.item.status, item.item.waits) == (ItemStatus.SUCCEEDED, 3)
+    names = [t.name for t in engine.queue.tasks if t.path == "/tasks/item" and t.payload.index == 1]  # type: ignore[attr-defined]
+    assert len(names) == len(set(names)) == 4  # the first task, then one per wait
+
+
+def test_a_waiting_item_of_a_cancelled_job_is_cancelled_and_refunded() -> None:
+    engine = Engine()
+    job = engine.accept("a")
+    engine.services.slow[0] = 5
+    engine.run(only=is_fanout)
+    assert "continues" in engine.deliver(item_tasks(engine)[0])
+    lifecycle.cancel_job(WORDS, engine.jobs, engine.queue, "c1", job.id, NOW)
+    engine.run()
+    done = engine.job(job.id)
+    assert done.settled and done.status is JobStatus.CANCELLED
+    assert done.settlement == {"captured": 0, "released": PRICE}
+    assert statuses(engine, job.id) == [ItemStatus.CANCELLED]
+
+
+def test_the_reaper_enqueues_a_lost_wait_under_the_items_wait_name() -> None:
+    engine = Engine()
+    job = engine.accept("a")
+    engine.services.slow[0] = 1
+    engine.run(only=is_fanout)
+    engine.deliver(item_tasks(engine)[0])
+    waiting = next(t for t in engine.queue.tasks if t.name and t.name.endswith("-w1"))
+    engine.queue.tasks.remove(waiting)  # the scheduled task was never created
+    engine.queue.names.discard(waiting.name or "")
+    later = NOW + recovery.STALL_GRACE + timedelta(minutes=1)
+    report = recovery.reap(WORDS, engine.services, later, lease=LEASE)
+    assert report.items_requeued == {"c1": [f"{job.id}/000000"]}
+    again = [t for t in engine.queue.tasks if t.name and t.name.endswith("-w1")]
+    assert len(again) == 1
+    engine.run()
+    assert engine.job(job.id).settled and statuses(engine, job.id) == [ItemStatus.SUCCEEDED]
