@@ -40,7 +40,7 @@ module "function" {
     terraform_data.settings_check,
     google_secret_manager_secret_iam_member.function,
     google_project_iam_member.build_logs,
-    google_storage_bucket_iam_member.build_sources,
+    google_project_iam_member.build_sources,
     google_artifact_registry_repository_iam_member.build_images,
   ]
 }

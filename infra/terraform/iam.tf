@@ -72,10 +72,18 @@ resource "google_project_iam_member" "build_logs" {
   member  = google_service_account.build.member
 }
 
-resource "google_storage_bucket_iam_member" "build_sources" {
-  bucket = google_storage_bucket.sources.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.build.member
+# Cloud Functions copies each source zip into its own bucket (gcf-v2-sources-<project number>-<region>, made on
+# the first deploy, so it cannot be named here) and Cloud Build reads it from there: read access to that
+# bucket and ours only, by condition.
+resource "google_project_iam_member" "build_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+  condition {
+    title       = "function-sources-only"
+    description = "The function source buckets: ours and the gcf-v2-sources-* bucket Cloud Functions copies them to."
+    expression  = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\") || resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.sources.name}\")"
+  }
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_images" {
