@@ -1,9 +1,12 @@
 """The function manifest (``infra/functions.json``): every deployable entry point, its source folder,
-trigger, invoker, resources, the settings groups production demands of it and its Cloud Scheduler jobs.
+trigger, invoker, resources, the settings groups production demands of it, the queues it enqueues to and
+its Cloud Scheduler jobs; what each settings group means in the environment (plain settings, Secret
+Manager secrets, IAM roles); the Cloud Tasks queues with their retry and rate limits.
 
 ``make dev``, ``make build``, ``make openapi`` and the tests read it (a test holds it to the code: every
 ``@functions_framework.http`` entry point is listed, with the needs its ``HttpApp`` declares and a
-schedule for each of its scheduler routes); Terraform (issue #14) is to read the same file.
+schedule for each of its scheduler routes; each group's variables are those ``shared.needs`` demands; the
+queue's attempts are ``TASKS_MAX_ATTEMPTS``); Terraform (``infra/terraform``) reads the same file.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from enum import Enum
 from functools import cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "infra" / "functions.json"
@@ -36,7 +39,7 @@ class Schedule(BaseModel):
     path: str
     cron: str
     time_zone: str = "Etc/UTC"
-    retry_count: int = Field(default=3, ge=0)
+    retry_count: int = Field(default=3, ge=0, le=5)  # Cloud Scheduler allows at most 5 retries
     min_backoff_seconds: int = Field(default=300, ge=0)
 
 
@@ -54,6 +57,7 @@ class EntryPoint(BaseModel):
     max_instances: int = Field(ge=1)
     concurrency: int = Field(ge=1)
     needs: list[str]
+    queues: list[str] = Field(default_factory=list)  # the Cloud Tasks queues it enqueues to
     schedules: list[Schedule] = Field(default_factory=list)
 
     @property
@@ -61,15 +65,107 @@ class EntryPoint(BaseModel):
         return ROOT / "functions" / self.folder / "main.py"
 
 
+class Scope(str, Enum):
+    """What an IAM role is granted on (Terraform binds it there, never wider)."""
+
+    PROJECT = "project"
+    QUEUE = "queue"  # each queue the entry point lists
+    TASKS_SERVICE_ACCOUNT = "tasks_service_account"  # the account whose OIDC tokens the tasks carry
+    STORE_CREDENTIAL_KEY = "store_credential_key"  # the Cloud KMS key that wraps store credentials
+
+
+class Role(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str = Field(pattern=r"^roles/[a-zA-Z.]+$")
+    on: Scope
+
+
+class Environment(BaseModel):
+    """What one settings group (or every function: ``common``) takes from the deployment: plain environment
+    variables (``settings`` required, ``optional_settings`` set when the deployment has a value), Secret
+    Manager secrets exposed as environment variables, variables the Cloud Functions runtime sets itself
+    (``runtime``) and the IAM roles of the function's service account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    comment: str = Field(default="", alias="$comment")
+    settings: list[str] = Field(default_factory=list)
+    optional_settings: list[str] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list)
+    runtime: list[str] = Field(default_factory=list)
+    roles: list[Role] = Field(default_factory=list)
+
+    def variables(self) -> set[str]:
+        """Every variable the group demands (settings, secrets and the runtime's)."""
+        return {*self.settings, *self.secrets, *self.runtime}
+
+
+class Queue(BaseModel):
+    """A Cloud Tasks queue: its retry policy (what the workers assume) and its rate limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    comment: str = Field(default="", alias="$comment")
+    name: str = Field(pattern=r"^[A-Za-z0-9-]{1,100}$")
+    max_attempts: int = Field(ge=1)
+    min_backoff_seconds: int = Field(ge=0)
+    max_backoff_seconds: int = Field(ge=0)
+    max_doublings: int = Field(ge=0)
+    max_dispatches_per_second: float = Field(gt=0, le=500)
+    max_concurrent_dispatches: int = Field(ge=1, le=5000)
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> Queue:
+        if self.min_backoff_seconds > self.max_backoff_seconds:
+            raise ValueError(f"queue {self.name}: min_backoff_seconds exceeds max_backoff_seconds")
+        return self
+
+
+class TimeoutSetting(BaseModel):
+    """A setting that carries an entry point's timeout to every function of its folder (they enqueue its
+    tasks with that dispatch deadline), e.g. CATALOG_TASKS_TIMEOUT_SECONDS = catalog_tasks' timeout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    setting: str
+    entry_point: str
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     comment: str = Field(default="", alias="$comment")
+    common: Environment
+    needs: dict[str, Environment]
+    queues: list[Queue]
+    timeout_settings: list[TimeoutSetting] = Field(default_factory=list)
     entry_points: list[EntryPoint]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Manifest:
+        names = {entry.name for entry in self.entry_points}
+        queues = {queue.name for queue in self.queues}
+        for entry in self.entry_points:
+            if unknown := set(entry.needs) - set(self.needs):
+                raise ValueError(f"{entry.name} needs unknown groups {sorted(unknown)}")
+            if unknown := set(entry.queues) - queues:
+                raise ValueError(f"{entry.name} enqueues to unknown queues {sorted(unknown)}")
+        for carried in self.timeout_settings:
+            if carried.entry_point not in names:
+                raise ValueError(f"{carried.setting} names the unknown entry point {carried.entry_point}")
+        return self
 
     def folders(self) -> list[str]:
         """The function folders, each once, in order."""
         return list(dict.fromkeys(entry.folder for entry in self.entry_points))
+
+    def environment(self, entry: EntryPoint) -> list[Environment]:
+        """What the entry point takes from the deployment: ``common`` and each of its groups."""
+        return [self.common, *(self.needs[need] for need in entry.needs)]
+
+    def queue(self, name: str) -> Queue:
+        return next(queue for queue in self.queues if queue.name == name)
 
 
 @cache

@@ -1,6 +1,9 @@
 """``make build``: one deployable folder (and zip) per function: its main.py and requirements.txt
 plus the ``shared`` package, because Cloud Functions uploads a single source folder.
 
+The zips are reproducible (sorted entries, fixed timestamps and modes): Terraform names each upload
+after the zip's content hash, so unchanged code on another checkout redeploys nothing.
+
 ``--rembg-model PATH`` (``make build REMBG_MODEL=PATH``) ships a background-removal model in the
 edit bundle at ``models/<file name>``; rembg must never download weights on a cold start.
 """
@@ -10,11 +13,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
 MODEL_BUNDLE = "edit"
+# Zip's earliest date: a file's mtime (the checkout's time) must not change the archive's bytes.
+_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def build(out: Path = ROOT / "build", rembg_model: Path | None = None) -> list[Path]:
@@ -35,10 +41,22 @@ def build(out: Path = ROOT / "build", rembg_model: Path | None = None) -> list[P
             (target / "models").mkdir(exist_ok=True)
             shutil.copyfile(rembg_model, target / "models" / rembg_model.name)
             print(f"shipped {rembg_model.name}: deploy {folder.name} with REMBG_MODEL_PATH=models/{rembg_model.name}")
-        archive = shutil.make_archive(str(out / folder.name), "zip", root_dir=target)
-        bundles.append(Path(archive))
+        archive = reproducible_zip(target, out / f"{folder.name}.zip")
+        bundles.append(archive)
         print(f"built {target}/ and {archive}")
     return bundles
+
+
+def reproducible_zip(folder: Path, archive: Path) -> Path:
+    """Zip ``folder``'s files into ``archive`` so equal contents give equal bytes, whatever the mtimes."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (0o755 if path.stat().st_mode & 0o111 else 0o644) << 16
+            bundle.writestr(info, path.read_bytes())
+    return archive
 
 
 def main(argv: list[str] | None = None) -> int:

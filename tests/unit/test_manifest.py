@@ -1,6 +1,8 @@
 """The function manifest (``infra/functions.json``) and the code agree: every entry point the code defines
 is listed (and only those), with its folder, the needs its ``HttpApp`` declares, an invoker that fits its
-routes, and one Cloud Scheduler job for each of its scheduler routes (and none for a route it lacks)."""
+routes, and one Cloud Scheduler job for each of its scheduler routes (and none for a route it lacks); each
+settings group hands a function exactly the variables production demands of it (``shared.needs``), secrets
+through Secret Manager; the queue retries as often as the workers assume."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import importlib
 import re
 from pathlib import Path
 
+import annotated_types
 import pytest
+from pydantic import SecretStr
 
 from dev.manifest import EntryPoint, Invoker, Trigger, load
+from shared.config import Settings
 from shared.http.app import Access, HttpApp
+from shared.needs import Need, required_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 # The one place that still reads the code for entry points: to hold the manifest to it.
@@ -35,7 +41,14 @@ def _app(entry: EntryPoint) -> HttpApp:
     return apps[0]
 
 
-ENTRIES = load().entry_points
+MANIFEST = load()
+ENTRIES = MANIFEST.entry_points
+# GEMINI_USE_VERTEX=true stands in for GEMINI_API_KEY (shared.needs): Vertex AI with the function's own
+# service account, so there is no API key to keep.
+REPLACED = {"GEMINI_API_KEY": "GEMINI_USE_VERTEX"}
+# Demanded by the manifest beyond what the code's guard demands, on purpose: every provider's SMTP relay
+# (Resend, SendGrid, SES) needs a login, so a deployment without one is a mistake to catch at plan time.
+EXTRA: dict[Need, set[str]] = {Need.MAIL: {"SMTP_USERNAME", "SMTP_PASSWORD"}}
 
 
 def test_every_entry_point_in_the_code_is_in_the_manifest_and_nothing_else() -> None:
@@ -73,3 +86,81 @@ def test_workers_time_out_no_sooner_than_their_items_dispatch_deadline() -> None
     for kind in (EDITS, GenerationJobs(), SYNCS):
         deadline = kind.item_deadline
         assert deadline is not None and timeouts[kind.worker] >= deadline.total_seconds(), kind.worker
+
+
+@pytest.mark.parametrize("need", list(Need), ids=lambda n: n.value)
+def test_each_group_hands_over_exactly_what_production_demands_of_it(need: Need) -> None:
+    demanded = set(required_variables([need])) - set(required_variables([]))  # GCP_PROJECT: in common
+    demanded = {REPLACED.get(name, name) for name in demanded} | EXTRA.get(need, set())
+    assert MANIFEST.needs[need.value].variables() == demanded
+
+
+def test_every_group_is_described_and_common_covers_what_every_function_needs() -> None:
+    assert set(MANIFEST.needs) == {need.value for need in Need}
+    assert set(required_variables([])) <= MANIFEST.common.variables()
+
+
+def _groups() -> dict[str, object]:
+    return {"common": MANIFEST.common, **MANIFEST.needs}
+
+
+@pytest.mark.parametrize("group", sorted(_groups()))
+def test_a_groups_variables_are_settings_and_every_secret_setting_comes_from_secret_manager(group: str) -> None:
+    environment = MANIFEST.common if group == "common" else MANIFEST.needs[group]
+    named = [*environment.settings, *environment.optional_settings, *environment.secrets, *environment.runtime]
+    assert len(named) == len(set(named)), "a variable is listed twice in one group"
+    for name in named:
+        assert name.lower() in Settings.model_fields, f"{group}: {name} is no setting of shared.config"
+    for name in [*environment.settings, *environment.optional_settings]:
+        # A SecretStr setting must never travel as a plain environment variable (visible in the console).
+        assert Settings.model_fields[name.lower()].annotation is not SecretStr, f"{group}: {name} is a secret"
+
+
+def test_the_queue_retries_as_often_as_the_workers_assume_and_the_default_queue_exists() -> None:
+    queues = {queue.name: queue for queue in MANIFEST.queues}
+    assert Settings.model_fields["tasks_queue"].default in queues
+    for queue in MANIFEST.queues:
+        assert queue.max_attempts == Settings.model_fields["tasks_max_attempts"].default, queue.name
+
+
+def test_every_entry_point_that_enqueues_lists_its_queues_and_no_other_does() -> None:
+    for entry in ENTRIES:
+        assert bool(entry.queues) == (Need.TASK_QUEUE.value in entry.needs), entry.name
+
+
+def test_a_killed_item_is_reaped_only_after_its_last_possible_redelivery_started() -> None:
+    """BATCH_ITEM_LEASE_MINUTES must outlast an item delivery (the worker's timeout) plus the queue's
+    longest backoff before the next one, or the reaper fails an item the queue is about to retry."""
+    from shared.editing.service import EDITS
+    from shared.generation.jobs import GenerationJobs
+    from shared.sync.jobs import SYNCS
+
+    timeouts = {entry.name: entry.timeout_seconds for entry in ENTRIES}
+    longest = max(timeouts[kind.worker] for kind in (EDITS, GenerationJobs(), SYNCS))
+    lease = Settings.model_fields["batch_item_lease_minutes"].default * 60
+    for queue in MANIFEST.queues:
+        assert longest + queue.max_backoff_seconds < lease, queue.name
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    low, high = float("-inf"), float("inf")
+    for rule in Settings.model_fields[name.lower()].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = float(rule.ge)  # type: ignore[arg-type]
+        if isinstance(rule, annotated_types.Le):
+            high = float(rule.le)  # type: ignore[arg-type]
+    return low, high
+
+
+def test_a_timeout_setting_carries_a_timeout_its_setting_accepts() -> None:
+    timeouts = {entry.name: entry.timeout_seconds for entry in ENTRIES}
+    for carried in MANIFEST.timeout_settings:
+        low, high = _bounds(carried.setting)
+        assert low <= timeouts[carried.entry_point] <= high, carried.setting
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.schedules], ids=lambda e: e.name)
+def test_scheduler_routes_take_a_bodiless_post_as_the_scheduler_jobs_send(entry: EntryPoint) -> None:
+    for route in _app(entry).routes:
+        if route.access is Access.SCHEDULER:
+            assert (route.method, route.body_model) == ("POST", None), route.template

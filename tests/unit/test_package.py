@@ -55,3 +55,19 @@ def test_the_background_removal_model_ships_in_the_edit_bundle_only(tmp_path: Pa
     with zipfile.ZipFile(tmp_path / "out" / "edit.zip") as archive:
         assert "models/u2net.onnx" in archive.namelist()
     assert not (tmp_path / "out" / "catalog" / "models").exists()
+
+
+def test_a_bundle_zip_depends_on_the_contents_only(tmp_path: Path) -> None:
+    """Terraform names each upload after the zip's hash: the same code on another checkout (other mtimes)
+    must give the same bytes, and a changed file other bytes."""
+    from dev.package import reproducible_zip
+
+    source = tmp_path / "src"
+    (source / "pkg").mkdir(parents=True)
+    (source / "main.py").write_text("print('a')\n")
+    (source / "pkg" / "mod.py").write_text("X = 1\n")
+    first = reproducible_zip(source, tmp_path / "first.zip").read_bytes()
+    os.utime(source / "main.py", (1_900_000_000, 1_900_000_000))
+    assert reproducible_zip(source, tmp_path / "second.zip").read_bytes() == first
+    (source / "pkg" / "mod.py").write_text("X = 2\n")
+    assert reproducible_zip(source, tmp_path / "third.zip").read_bytes() != first
