@@ -108,6 +108,7 @@ class Queue(BaseModel):
 
     comment: str = Field(default="", alias="$comment")
     name: str = Field(pattern=r"^[A-Za-z0-9-]{1,100}$")
+    target: str  # the worker entry point its tasks go to (TASKS_QUEUES maps it to this queue)
     max_attempts: int = Field(ge=1)
     min_backoff_seconds: int = Field(ge=0)
     max_backoff_seconds: int = Field(ge=0)
@@ -151,6 +152,14 @@ class Manifest(BaseModel):
                 raise ValueError(f"{entry.name} needs unknown groups {sorted(unknown)}")
             if unknown := set(entry.queues) - queues:
                 raise ValueError(f"{entry.name} enqueues to unknown queues {sorted(unknown)}")
+        by_name = {entry.name: entry for entry in self.entry_points}
+        for queue in self.queues:
+            worker = by_name.get(queue.target)
+            if worker is None or worker.trigger is not Trigger.CLOUD_TASKS:
+                raise ValueError(f"queue {queue.name} targets {queue.target}, which is no Cloud Tasks worker")
+        targets = [queue.target for queue in self.queues]
+        if len(targets) != len(set(targets)):
+            raise ValueError("a worker has more than one queue")
         for carried in self.timeout_settings:
             if carried.entry_point not in names:
                 raise ValueError(f"{carried.setting} names the unknown entry point {carried.entry_point}")
@@ -166,6 +175,14 @@ class Manifest(BaseModel):
 
     def queue(self, name: str) -> Queue:
         return next(queue for queue in self.queues if queue.name == name)
+
+    def queue_of(self, target: str) -> Queue | None:
+        """The queue whose tasks go to the worker ``target``."""
+        return next((queue for queue in self.queues if queue.target == target), None)
+
+    def task_queues(self, entry: EntryPoint) -> dict[str, str]:
+        """``TASKS_QUEUES`` for an entry point: each worker it enqueues to -> that worker's queue."""
+        return {self.queue(name).target: name for name in entry.queues}
 
 
 @cache

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     tasks_backend: TasksBackend = TasksBackend.CLOUD_TASKS
     tasks_location: str = ""
     tasks_queue: str = "epox-default"
+    # Each worker's own queue (target entry point -> queue name), so one worker's backlog, rate limit and
+    # concurrency never hold up another's; a target missing here goes to TASKS_QUEUE.
+    tasks_queues: dict[str, str] = Field(default_factory=dict)
     tasks_target_base_url: str = ""
     tasks_service_account: str = ""
     tasks_auth_mode: TasksAuthMode = TasksAuthMode.OIDC

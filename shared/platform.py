@@ -473,6 +473,7 @@ def _build_task_queue(settings: Settings) -> TaskQueue:
             dispatcher_url=settings.tasks_local_dispatcher_url,
             target_base_url=settings.tasks_target_base_url,
             default_queue=settings.tasks_queue,
+            queues=dict(settings.tasks_queues),
         )
     return CloudTasksQueue.from_settings(settings)
 

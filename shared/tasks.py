@@ -14,7 +14,7 @@ import hmac
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -113,6 +113,12 @@ class TaskQueue(ABC):
         """Enqueue; return False when a task of the same name already exists (a duplicate)."""
 
 
+def queue_for(task: TaskRequest, queues: Mapping[str, str], default_queue: str) -> str:
+    """The queue a task goes to: the one it names, else its target worker's (``TASKS_QUEUES``), else the
+    default (``TASKS_QUEUE``)."""
+    return task.queue or queues.get(task.target) or default_queue
+
+
 @dataclass
 class CloudTasksQueue(TaskQueue):
     """google-cloud-tasks adapter: HTTP target tasks with an OIDC token for the worker."""
@@ -122,6 +128,7 @@ class CloudTasksQueue(TaskQueue):
     default_queue: str
     target_base_url: str
     service_account: str
+    queues: Mapping[str, str] = field(default_factory=dict)
     _client: Any = field(default=None, repr=False)
     _sleep: Callable[[float], None] = field(default_factory=lambda: time.sleep, repr=False)
 
@@ -133,6 +140,7 @@ class CloudTasksQueue(TaskQueue):
             default_queue=settings.tasks_queue,
             target_base_url=settings.tasks_target_base_url.rstrip("/"),
             service_account=settings.tasks_service_account,
+            queues=dict(settings.tasks_queues),
         )
 
     def enqueue(self, task: TaskRequest) -> bool:
@@ -159,7 +167,7 @@ class CloudTasksQueue(TaskQueue):
 
         if self._client is None:
             self._client = tasks_v2.CloudTasksClient()
-        parent = self._client.queue_path(self.project, self.location, task.queue or self.default_queue)
+        parent = self._client.queue_path(self.project, self.location, queue_for(task, self.queues, self.default_queue))
         function_url = f"{self.target_base_url}/{task.target}"
         message: dict[str, Any] = {
             "http_request": {
@@ -200,12 +208,13 @@ class LocalDispatcherQueue(TaskQueue):
     dispatcher_url: str
     target_base_url: str
     default_queue: str
+    queues: Mapping[str, str] = field(default_factory=dict)
 
     def enqueue(self, task: TaskRequest) -> bool:
         import httpx
 
         document = {
-            "queue": task.queue or self.default_queue,
+            "queue": queue_for(task, self.queues, self.default_queue),
             "name": task.name,
             "url": f"{self.target_base_url.rstrip('/')}/{task.target}{task.path}",
             "body": task.body().decode(),

@@ -203,11 +203,35 @@ class Stack:
         return int(self.dispatcher.run_until_idle(fast_forward=fast_forward))
 
 
+def _manifest_checked_dispatcher(violations: list[str], **options: Any) -> Any:
+    """The dispatcher, checking every task a served function enqueues against the function manifest: the
+    target worker has a queue and the function lists it (Terraform grants it nothing else)."""
+    from dev.dispatcher import TaskDispatcher
+    from dev.manifest import load
+    from shared.logging import current_context
+    from shared.tasks import TaskRequest
+
+    manifest = load()
+    entries = {entry.name: entry for entry in manifest.entry_points}
+
+    class ManifestCheckedDispatcher(TaskDispatcher):
+        def enqueue(self, task: TaskRequest) -> bool:
+            service = current_context().get("service")
+            if service in entries:  # enqueued while serving a function (not by the test itself)
+                queue = manifest.queue_of(task.target)
+                if queue is None:
+                    violations.append(f"{service} enqueued to {task.target}, which has no queue in the manifest")
+                elif queue.name not in entries[service].queues:
+                    violations.append(f"{service} enqueued to {task.target}: add {queue.name} to its queues")
+            return bool(super().enqueue(task))
+
+    return ManifestCheckedDispatcher(**options)
+
+
 @pytest.fixture
 def stack(function_apps: dict[str, Any], settings: Any, db: Any, object_store: Any, issuer: Any) -> Iterator[Stack]:
     from ipaddress import ip_network
 
-    from dev.dispatcher import TaskDispatcher
     from shared.platform import Platform, set_platform
     from shared.safe_fetch import AddressPolicy, SafeFetcher
 
@@ -218,8 +242,15 @@ def stack(function_apps: dict[str, Any], settings: Any, db: Any, object_store: A
         retry_after = response.headers.get("Retry-After")
         return response.status_code, float(retry_after) if retry_after else None
 
-    dispatcher = TaskDispatcher(
-        transport, secret=TASK_SECRET, target_base_url=FUNCTIONS_BASE, max_attempts=4, min_backoff=0, max_backoff=0
+    violations: list[str] = []
+    dispatcher = _manifest_checked_dispatcher(
+        violations,
+        transport=transport,
+        secret=TASK_SECRET,
+        target_base_url=FUNCTIONS_BASE,
+        max_attempts=4,
+        min_backoff=0,
+        max_backoff=0,
     )
     fetcher = SafeFetcher(policy=AddressPolicy(extra_allowed_networks=[ip_network("127.0.0.1/32")]))
     platform = Platform(settings, db=db, object_store=object_store, task_queue=dispatcher, fetcher=fetcher)
@@ -229,6 +260,7 @@ def stack(function_apps: dict[str, Any], settings: Any, db: Any, object_store: A
     finally:
         set_platform(None)
         fetcher.close()
+    assert not violations, sorted(set(violations))
 
 
 @pytest.fixture

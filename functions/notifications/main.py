@@ -38,7 +38,7 @@ from shared.tasks import TaskOutcome
 if TYPE_CHECKING:
     import flask
 
-api = HttpApp("notifications_api", needs=(Need.MAIL,))
+api = HttpApp("notifications_api", needs=(Need.MAIL, Need.TASK_QUEUE))  # replays parked events
 tasks = HttpApp("notifications_tasks", needs=(Need.TASK_QUEUE, Need.MAIL))
 answer_framework_errors_as_problems(api, tasks)  # a path the framework cannot route: a problem, not HTML
 

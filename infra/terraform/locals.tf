@@ -58,6 +58,8 @@ locals {
       var.settings,
       local.computed_settings,
       length(entry.queues) == 0 ? {} : {
+        # Each worker's tasks go to that worker's queue; a target it does not list falls back to the first.
+        TASKS_QUEUES       = jsonencode({ for queue in entry.queues : local.queues[queue].target => queue })
         TASKS_QUEUE        = entry.queues[0]
         TASKS_MAX_ATTEMPTS = tostring(local.queues[entry.queues[0]].max_attempts)
       },

@@ -47,7 +47,7 @@ EXPECTED = {
     "billing_api": {Need.AUTH, Need.STRIPE, Need.BILLING_PAGES},
     "billing_jobs": {Need.TASK_CALLS, Need.TASK_QUEUE},
     "stripe_webhook": {Need.STRIPE, Need.STRIPE_WEBHOOK, Need.TASK_QUEUE},
-    "notifications_api": {Need.AUTH, Need.MAIL},
+    "notifications_api": {Need.AUTH, Need.MAIL, Need.TASK_QUEUE},
     "notifications_tasks": {Need.TASK_CALLS, Need.TASK_QUEUE, Need.MAIL},
     "store_oauth": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "store_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},

@@ -116,11 +116,32 @@ def test_a_groups_variables_are_settings_and_every_secret_setting_comes_from_sec
         assert Settings.model_fields[name.lower()].annotation is not SecretStr, f"{group}: {name} is a secret"
 
 
-def test_the_queue_retries_as_often_as_the_workers_assume_and_the_default_queue_exists() -> None:
-    queues = {queue.name: queue for queue in MANIFEST.queues}
-    assert Settings.model_fields["tasks_queue"].default in queues
+def test_every_queue_retries_as_often_as_the_workers_assume() -> None:
     for queue in MANIFEST.queues:
         assert queue.max_attempts == Settings.model_fields["tasks_max_attempts"].default, queue.name
+
+
+def test_every_worker_has_its_own_queue_which_never_sends_more_at_once_than_it_can_take() -> None:
+    """A queue dispatching more tasks at once than its worker's instances serve gets 429s, and each one
+    uses up an attempt of the task."""
+    workers = {entry.name: entry for entry in ENTRIES if entry.trigger is Trigger.CLOUD_TASKS}
+    assert {queue.target for queue in MANIFEST.queues} == set(workers)
+    for queue in MANIFEST.queues:
+        worker = workers[queue.target]
+        assert queue.max_concurrent_dispatches <= worker.max_instances * worker.concurrency, queue.name
+
+
+def test_the_task_targets_in_the_code_each_have_a_queue() -> None:
+    from shared.catalog.imports import WORKER_TARGET as CATALOG
+    from shared.editing.service import EDITS
+    from shared.events.relay import RELAY_TARGET
+    from shared.generation.jobs import GenerationJobs
+    from shared.stores.imports import WORKER_TARGET as STORES
+    from shared.sync.auto import WORKER_TARGET as AUTO_SYNC
+    from shared.sync.jobs import SYNCS
+
+    for target in (CATALOG, EDITS.worker, RELAY_TARGET, GenerationJobs().worker, STORES, AUTO_SYNC, SYNCS.worker):
+        assert MANIFEST.queue_of(target) is not None, target
 
 
 def test_every_entry_point_that_enqueues_lists_its_queues_and_no_other_does() -> None:

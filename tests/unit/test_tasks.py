@@ -435,3 +435,35 @@ def test_the_dev_stacks_http_dispatcher_carries_the_trace_too(tmp_path: object) 
     [(url, headers, _)] = worker.calls
     assert url == "http://fn.test/catalog_tasks/tasks/x"
     assert headers["traceparent"].split("-")[1] == TRACE
+
+
+def test_each_worker_has_its_own_queue_and_unmapped_targets_use_the_default() -> None:
+    client = RecordingTasksClient()
+    queue = CloudTasksQueue(
+        project="p",
+        location="europe-west1",
+        default_queue="epox-default",
+        target_base_url="https://fn.test",
+        service_account="tasks@p.iam.gserviceaccount.com",
+        queues={"generate_tasks": "epox-generate-tasks", "sync_tasks": "epox-sync-tasks"},
+        _client=client,
+    )
+    for target in ("generate_tasks", "sync_tasks", "catalog_tasks"):
+        queue.enqueue(TaskRequest(target=target, path="/tasks/x", payload=Payload(item="a")))
+    pinned = TaskRequest(target="generate_tasks", path="/tasks/x", payload=Payload(item="a"), queue="epox-special")
+    queue.enqueue(pinned)
+    assert [parent.rsplit("/", 1)[1] for parent, _ in client.created] == [
+        "epox-generate-tasks",
+        "epox-sync-tasks",
+        "epox-default",
+        "epox-special",
+    ]
+
+
+def test_the_queue_map_is_read_from_tasks_queues(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import Settings
+
+    monkeypatch.setenv("EPOX_ENV", "test")
+    monkeypatch.setenv("TASKS_QUEUES", '{"generate_tasks": "epox-generate-tasks"}')
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert CloudTasksQueue.from_settings(settings).queues == {"generate_tasks": "epox-generate-tasks"}

@@ -505,6 +505,7 @@ def test_each_function_gets_exactly_its_groups_environment(example: Path, tmp_pa
         if "TASKS_MAX_ATTEMPTS" in environment:
             assert environment["TASKS_MAX_ATTEMPTS"] == str(MANIFEST.queue(entry.queues[0]).max_attempts)
             assert environment["TASKS_QUEUE"] == entry.queues[0]
+            assert json.loads(environment["TASKS_QUEUES"]) == MANIFEST.task_queues(entry), name
         assert set(local["function_secrets"][name]) == {secret for g in groups for secret in g.secrets}, name
 
 
