@@ -37,6 +37,7 @@ class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
+    query: str = Field(default="", pattern=r"^([a-z_]+=[A-Za-z0-9_-]+(&[a-z_]+=[A-Za-z0-9_-]+)*)?$")  # e.g. full=true
     cron: str
     time_zone: str = "Etc/UTC"
     retry_count: int = Field(default=3, ge=0, le=5)  # Cloud Scheduler allows at most 5 retries

@@ -7,9 +7,9 @@ locals {
   schedules = merge([
     for name, entry in local.entry_points : {
       for schedule in entry.schedules :
-      "${name}${replace(schedule.path, "/", "-")}" => merge(schedule, {
+      "${name}${replace(schedule.path, "/", "-")}${try(schedule.query, "") == "" ? "" : "-${replace(replace(schedule.query, "=", "-"), "&", "-")}"}" => merge(schedule, {
         entry_point = name
-        uri         = "${local.functions_base_url}/${name}${schedule.path}"
+        uri         = "${local.functions_base_url}/${name}${schedule.path}${try(schedule.query, "") == "" ? "" : "?${schedule.query}"}"
         audience    = "${local.functions_base_url}/${name}"
         # The function's own timeout, within what HTTP targets allow (15 s to 30 min).
         attempt_deadline = "${min(max(entry.timeout_seconds, 15), 1800)}s"
@@ -22,7 +22,7 @@ resource "google_cloud_scheduler_job" "jobs" {
   for_each         = local.schedules
   name             = each.key
   region           = var.region
-  description      = "POST ${each.value.path} on ${each.value.entry_point}"
+  description      = "POST ${each.value.uri}"
   schedule         = each.value.cron
   time_zone        = each.value.time_zone
   attempt_deadline = each.value.attempt_deadline

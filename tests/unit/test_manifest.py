@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import annotated_types
 import pytest
@@ -65,9 +66,15 @@ def test_an_entry_points_needs_invoker_and_schedules_match_its_routes(entry: Ent
     internal = accesses <= {Access.TASK, Access.SCHEDULER}
     assert (entry.invoker is Invoker.TASKS_SERVICE_ACCOUNT) == internal, "workers are invoked by the tasks account"
     assert (entry.trigger is Trigger.HTTPS) == (not internal)
-    scheduled = {route.template for route in app.routes if route.access is Access.SCHEDULER}
-    assert {schedule.path for schedule in entry.schedules} == scheduled
-    assert len(entry.schedules) == len(scheduled), "one Cloud Scheduler job per scheduler route"
+    scheduled = {route.template: route for route in app.routes if route.access is Access.SCHEDULER}
+    assert {schedule.path for schedule in entry.schedules} == set(scheduled)
+    jobs = [(schedule.path, schedule.query) for schedule in entry.schedules]
+    assert len(jobs) == len(set(jobs)), "one Cloud Scheduler job per scheduler route and query"
+    for schedule in entry.schedules:
+        if schedule.query:  # the route must accept it (its query model, as the router parses it)
+            model = scheduled[schedule.path].query_model
+            assert model is not None, schedule.path
+            model.model_validate(dict(parse_qsl(schedule.query, strict_parsing=True)))
 
 
 def test_schedules_are_five_field_crons_in_utc() -> None:

@@ -522,14 +522,17 @@ def test_roles_grants_and_scheduler_jobs_as_terraform_computes_them(tmp_path: Pa
         assert secret_grants == set(local["function_secrets"][name]), name
     base = local["functions_base_url"]
     jobs = local["schedules"]
-    expected_jobs = {(entry.name, schedule.path) for entry in ENTRIES.values() for schedule in entry.schedules}
-    assert {(job["entry_point"], job["path"]) for job in jobs.values()} == expected_jobs
+    expected_jobs = {
+        (entry.name, schedule.path, schedule.query) for entry in ENTRIES.values() for schedule in entry.schedules
+    }
+    assert {(job["entry_point"], job["path"], job.get("query", "")) for job in jobs.values()} == expected_jobs
     assert len(jobs) == len(expected_jobs), "one Cloud Scheduler job per schedule"
     for job in jobs.values():
         entry = ENTRIES[job["entry_point"]]
         assert entry.invoker is Invoker.TASKS_SERVICE_ACCOUNT
         assert job["audience"] == f"{base}/{entry.name}", "workers accept TASKS_TARGET_BASE_URL/FUNCTION_TARGET"
-        assert job["uri"] == f"{base}/{entry.name}{job['path']}"
+        query = job.get("query", "")
+        assert job["uri"] == f"{base}/{entry.name}{job['path']}" + (f"?{query}" if query else "")
         deadline = int(job["attempt_deadline"].removesuffix("s"))
         assert 15 <= deadline <= 1800 and deadline <= max(entry.timeout_seconds, 15)
 
