@@ -362,7 +362,8 @@ def test_poster_of_a_rotated_clip_is_upright() -> None:
 
 def test_importing_the_video_modules_loads_neither_pyav_nor_numpy() -> None:
     probe = (
-        "import sys; import shared.video.media, shared.engines.video, shared.engines.offline_video; "
+        "import sys; import shared.video.media, shared.engines.video, shared.engines.offline_video, "
+        "shared.engines.veo; "
         "loaded = [m for m in ('av', 'numpy', 'PIL', 'google.genai', 'httpx') if m in sys.modules]; "
         "print(','.join(loaded))"
     )
