@@ -102,6 +102,7 @@ def decoded_frames(data: bytes) -> list[Any]:
     """Every frame of the first video track as an RGB array (test clips are small)."""
     import av
 
+    container: Any
     with av.open(io.BytesIO(data)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
@@ -110,6 +111,7 @@ def stream_facts(data: bytes) -> dict[str, Any]:
     """What the container says, read independently of shared.video.media."""
     import av
 
+    container: Any
     with av.open(io.BytesIO(data)) as container:
         facts: dict[str, Any] = {"format": container.format.name, "tags": dict(container.metadata)}
         video = container.streams.video[0] if container.streams.video else None
@@ -139,6 +141,7 @@ def decoded_audio(data: bytes) -> Any:
     import av
     import numpy as np
 
+    container: Any
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=stream.codec_context.sample_rate)
