@@ -179,6 +179,9 @@ def main() -> int:
     from bench import sync
 
     sync.main()
+    from bench import video
+
+    video.main()
     return 0
 
 
