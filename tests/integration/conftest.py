@@ -118,3 +118,17 @@ def woo_platform(stack: Any, served: str) -> Any:
     from tests.store_stack import store_settings
 
     return install(stack, **store_settings(served))
+
+
+# -- every query the real Firestore client runs is checked against infra/firestore.json ------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The index guard (:mod:`tests.firestore_index_guard`): a query needing an index the list lacks fails
+    its test; ``EPOX_RECORD_FIRESTORE_INDEXES=PATH`` records what the queries need instead."""
+    from tests.firestore_index_guard import IndexGuard
+
+    if not config.pluginmanager.has_plugin(IndexGuard.NAME):
+        guard = IndexGuard.from_env()
+        guard.install()
+        config.pluginmanager.register(guard, IndexGuard.NAME)
