@@ -319,7 +319,10 @@ def prepare_import(ctx: RequestContext[imports.PrepareImportTask, NoQuery]) -> T
 
 @tasks.post(webhooks.WEBHOOK_PATH, body=webhooks.StoreWebhookTask, access=Access.TASK, errors=RETRIED)
 def work_webhook(ctx: RequestContext[webhooks.StoreWebhookTask, NoQuery]) -> TaskOutcome:
-    return TaskOutcome(outcome=keeping.work_webhook(webhook_services(ctx.platform), ctx.body))
+    assert ctx.task is not None  # a TASK route
+    last_attempt = ctx.task.retry_count + 1 >= ctx.platform.settings.tasks_max_attempts
+    services = webhook_services(ctx.platform)
+    return TaskOutcome(outcome=keeping.work_webhook_delivery(services, ctx.body, last_attempt=last_attempt))
 
 
 @tasks.post(reconcile.RECONCILE_PATH, body=reconcile.ReconcileStoreTask, access=Access.TASK, errors=RETRIED)

@@ -49,6 +49,17 @@ locals {
         "Read the reason in the log line; the parked delivery stays in Firestore for a replay once fixed.",
       ])
     }
+    abandoned-store-webhooks = {
+      title         = "Store webhook abandoned"
+      severity      = "ERROR"
+      resource_type = "cloud_run_revision"
+      # shared/stores/keeping.py: on the queue's last attempt a webhook the store kept refusing is abandoned and logged.
+      filter = "${local.function_logs} AND severity>=ERROR AND jsonPayload.store_webhook_abandoned.shop:*"
+      documentation = join("\n", [
+        "A Shopify or WooCommerce webhook could not be worked: the store answered 429/5xx on every attempt (`store_webhook_abandoned`: shop, topic, product).",
+        "The hourly `/jobs/reconcile-stores` and the product's next webhook repair the mirror; many at once mean the store or our credentials are down.",
+      ])
+    }
     quarantined-stripe-events = {
       title         = "Stripe event quarantined"
       severity      = "ERROR"

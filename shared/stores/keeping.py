@@ -25,7 +25,7 @@ from shared.stores.connections import (
 )
 from shared.stores.mirror import MirrorServices, mark_deleted_in_store, mirror_product, unlink_products
 from shared.stores.models import ConnectionStatus, ShopRedaction, StoreConnectionDoc
-from shared.stores.ports import ShopifyAdmin, StorePlatform, StoreProduct, WooCommerceApi
+from shared.stores.ports import ShopifyAdmin, StorePlatform, StoreProduct, StoreUnavailable, WooCommerceApi
 from shared.stores.repository import StoreRepository
 from shared.stores.webhooks import WORKER_TARGET, StoreWebhookTask
 from shared.tasks import TaskQueue, TaskRequest, task_name
@@ -94,6 +94,35 @@ def disconnect_store(services: WebhookServices, client_id: str, queue: TaskQueue
         )
     )
     return gone
+
+
+def work_webhook_delivery(services: WebhookServices, task: StoreWebhookTask, *, last_attempt: bool) -> str:
+    """One delivery of a webhook task: :func:`work_webhook`, retried by the queue while the store is
+    unavailable; on the queue's last attempt the webhook is abandoned — logged at ERROR with
+    ``store_webhook_abandoned`` fields (an alert watches them) and answered 2xx — since the hourly
+    ``/jobs/reconcile-stores`` and the next webhook for the product bring the mirror up to date anyway."""
+    try:
+        return work_webhook(services, task)
+    except StoreUnavailable as error:
+        if not last_attempt:
+            raise
+        logger.error(
+            "store webhook abandoned after the queue's last attempt: %s",
+            error.detail,
+            extra={
+                "fields": {
+                    "store_webhook_abandoned": {
+                        "platform": task.platform.value,
+                        "shop": task.shop,
+                        "client_id": task.client_id,
+                        "topic": task.topic,
+                        "webhook_id": task.webhook_id,
+                        "store_product_id": task.store_product_id,
+                    }
+                }
+            },
+        )
+        return f"abandoned after the last attempt ({error.code}): the store reconciliation repairs it"
 
 
 def work_webhook(services: WebhookServices, task: StoreWebhookTask) -> str:

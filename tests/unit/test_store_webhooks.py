@@ -23,7 +23,7 @@ from shared.stores import keeping, reconcile, webhooks
 from shared.stores.connections import ConnectionPolicy, open_secrets, seal_secrets, webhook_url
 from shared.stores.mirror import MirrorServices, mirror_product
 from shared.stores.models import ConnectionStatus, StoreConnectionDoc, StoreSecrets, WebhookAck
-from shared.stores.ports import StoreCategory, StoreImage, StorePlatform, StoreProduct, WooKeys
+from shared.stores.ports import StoreCategory, StoreImage, StorePlatform, StoreProduct, StoreUnavailable, WooKeys
 from shared.stores.webhooks import StoreWebhookTask
 from shared.tasks import TaskQueue, TaskRequest
 from tests import images
@@ -589,3 +589,29 @@ def test_disconnecting_shopify_uninstalls_the_app_and_still_disconnects_when_sho
     down.shopify.unavailable = True
     gone = keeping.disconnect_store(down.services, CLIENT, down.queue)
     assert not down.shopify.uninstalled and gone.status is ConnectionStatus.DISCONNECTED and gone.secrets is None
+
+
+def test_a_webhook_the_store_keeps_refusing_is_retried_then_abandoned_with_an_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(StorePlatform.SHOPIFY)
+    world.imported(store_product(1))
+    world.shopify.unavailable = True
+    task = StoreWebhookTask(
+        platform=StorePlatform.SHOPIFY,
+        client_id=CLIENT,
+        shop=world.shop,
+        topic="products/update",
+        webhook_id="w-9",
+        store_product_id="1001",
+    )
+    with pytest.raises(StoreUnavailable):  # the queue delivers it again
+        keeping.work_webhook_delivery(world.services, task, last_attempt=False)
+    with caplog.at_level("ERROR", logger="epox.stores.keeping"):
+        outcome = keeping.work_webhook_delivery(world.services, task, last_attempt=True)
+    assert outcome.startswith("abandoned after the last attempt")
+    [line] = [r for r in caplog.records if r.levelname == "ERROR"]
+    fields = line.fields["store_webhook_abandoned"]  # type: ignore[attr-defined]
+    assert (fields["shop"], fields["topic"], fields["webhook_id"]) == (world.shop, "products/update", "w-9")
+    world.shopify.unavailable = False  # the store is back: the same webhook works
+    assert "abandoned" not in keeping.work_webhook_delivery(world.services, task, last_attempt=True)

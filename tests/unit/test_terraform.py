@@ -330,6 +330,10 @@ def test_the_alerts_match_lines_the_code_logs() -> None:
             ROOT / "shared" / "billing" / "deadletters.py",
             ['getLogger("epox.billing")', '"stripe event quarantined as '],
         ),
+        "abandoned-store-webhooks": (
+            ROOT / "shared" / "stores" / "keeping.py",
+            ["logger.error(", '"store_webhook_abandoned"'],
+        ),
     }
     assert set(code) <= set(alerts) and "scheduled-job-attempts" in alerts
     for name, (source, needles) in code.items():
@@ -337,6 +341,7 @@ def test_the_alerts_match_lines_the_code_logs() -> None:
         for needle in needles:
             assert needle in text, f"{name}: {source.name} no longer has {needle}"
     assert "jsonPayload.ledger_drift.client_id:*" in alerts["ledger-drift"]["filter"]
+    assert "jsonPayload.store_webhook_abandoned.shop:*" in alerts["abandoned-store-webhooks"]["filter"]
     assert "severity=CRITICAL" in alerts["ledger-drift"]["filter"]
     assert "jsonPayload.job_failure.job:*" in alerts["scheduled-job-client-failures"]["filter"]
     assert 'jsonPayload.message=~"^parked "' in alerts["parked-events"]["filter"]
