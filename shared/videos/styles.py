@@ -67,10 +67,14 @@ def _verb_first(point: str) -> bool:
 
 
 def render(style: VideoStyle, product: str, selling_points: list[str]) -> str:
-    """The style's prompt about ``product`` (already described, e.g. 'the product "Mug" (kitchen)')."""
+    """The style's prompt about ``product`` (already described, e.g. 'the product "Mug" (kitchen)'); the
+    selling points go where the template says, or after it."""
     listed = ", ".join(p.strip().rstrip(".") for p in selling_points if p.strip()) or "its quality and design"
+    template = style.prompt
+    if "{selling_points" not in template:
+        template += " {selling_points}"
     text = (
-        style.prompt.replace("{selling_points_list}", listed)
+        template.replace("{selling_points_list}", listed)
         .replace("{selling_points}", selling_points_sentence(selling_points))
         .replace("{product}", product)
     )
