@@ -500,7 +500,7 @@ def _generate_item(services: VideoServices, run: ItemRun[VideoJobDoc, VideoItemD
     ]
     engine, store = services.videos(), services.store
     context: _Context | None = None
-    progressed = not item.clips  # a first delivery always writes what it started
+    progressed = False  # this delivery started or fetched a clip (saved even if the model gets busy after)
     try:
         for clip in clips:
             if clip.raw_key is not None:

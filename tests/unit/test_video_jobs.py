@@ -35,7 +35,7 @@ from shared.imaging import ImageLimits
 from shared.ledger.model import Actor, GrantSource
 from shared.ledger.pricing import load_default_prices
 from shared.ledger.service import Ledger
-from shared.tasks import TaskCall, TaskRequest
+from shared.tasks import RetryTask, TaskCall, TaskRequest
 from shared.video import media
 from shared.videos import jobs, plan, scripts
 from shared.videos.jobs import VIDEOS, VideoOrder, VideoPolicy, VideoServices
@@ -64,7 +64,7 @@ POLICY = VideoPolicy(
 class ClipEngine(VideoEngine):
     """Answers each operation after ``pending`` polls with a small real clip of the requested length.
     Prompt markers: ``#filtered`` (filtered output), ``#broken`` (a failed operation a new one may fix,
-    once per prompt), ``#busy-start`` (the second start of a job's item answers 429)."""
+    once per prompt), ``#busy-start`` (every second start answers 429), ``#busy-always`` (every start does)."""
 
     name: ClassVar[str] = "clips"
 
@@ -76,6 +76,8 @@ class ClipEngine(VideoEngine):
         self._ids = itertools.count()
 
     def start(self, request: VideoRequest) -> VideoOperation:
+        if "#busy-always" in request.prompt:
+            raise EngineRetryableError("scripted: busy", retry_after=7)
         if "#busy-start" in request.prompt and len(self.requests) % 2 == 1:
             self.requests.append(request)
             raise EngineRetryableError("scripted: busy", retry_after=7)
@@ -358,6 +360,14 @@ def test_a_busy_model_mid_start_keeps_the_clips_already_started(stack: Stack) ->
     item = stack.item(job.id)
     assert [c.operation is not None for c in item.clips] == [True, False]  # the first kept, the second later
     assert (item.status, item.attempts) == (ItemStatus.QUEUED, 0)
+
+
+def test_a_model_busy_before_anything_started_uses_an_attempt_rather_than_waiting_forever(stack: Stack) -> None:
+    job = stack.accept(items=[{"prompt": "a mug #busy-always"}], duration_seconds=4)
+    with pytest.raises(RetryTask):
+        stack.step()  # the fan-out, then the item: 503 with Retry-After, the queue delivers again
+    item = stack.item(job.id)
+    assert (item.status, item.attempts, item.waits, item.clips) == (ItemStatus.RUNNING, 1, 0, [])
 
 
 # -- failures are refunded ------------------------------------------------------------------------------
