@@ -142,6 +142,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
     _notified(http, auth, generation["id"], mailbox)
     subscription = buy_and_subscribe(http, auth, client_id)
     edit = _edit(http, auth, done["asset_id"])
+    video = _video(http, auth, product["id"])
     store = connect_and_import_store(http, auth)
     sync = push_to_store(http, auth)
     return {
@@ -152,6 +153,7 @@ def run(base: str, client_id: str | None = None) -> dict[str, Any]:
         "generation": generation,
         "subscription": subscription,
         "edit": edit,
+        "video": video,
         "store": store,
         "sync": sync,
     }
@@ -456,6 +458,43 @@ def _edit(http: httpx.Client, auth: dict[str, str], asset_id: str) -> dict[str, 
         raise DemoFailed(f"expected revision 2 as a 900x900 WebP, got {revision}")
     print(f"[demo] edited the photo: revision 2 is a {revision['width']}x{revision['height']} WebP (crop 1:1)")
     return revision
+
+
+def _video(http: httpx.Client, auth: dict[str, str], product_id: str) -> dict[str, Any]:
+    """A paid 4-second video of the product from its photo (the offline engine in ``make dev``): the item
+    starts its clip and is delivered again while the clip renders, then the clip becomes a 16:9 and a 9:16
+    video asset, each downloaded and checked."""
+    before = _balance(http, auth)
+    body = {
+        "items": [{"product_id": product_id}],
+        "style": "showcase_360",
+        "duration_seconds": 4,
+        "deliverables": ["16:9", "9:16"],
+    }
+    job = _check(
+        http.post("/video_api/videos/jobs", headers={**auth, "Idempotency-Key": uuid.uuid4().hex}, json=body),
+        202,
+        "create a video job",
+    )
+    print(f"[demo] video job {job['id']}: {job['settings']['clips']} s clips, cost {job['cost']} credits")
+    done = _wait(http, f"/video_api/videos/jobs/{job['id']}", auth, ("completed", "cancelled"), "read the video job")
+    items = _check(http.get(f"/video_api/videos/jobs/{job['id']}/items", headers=auth), 200, "read the videos")
+    videos = items["items"][0]["videos"]
+    if done["counts"]["succeeded"] != 1 or len(videos) != 2:
+        raise DemoFailed(f"expected one video in two aspects, got {done['counts']} and {videos}")
+    for result in videos:
+        download = httpx.get(result["download_url"], trust_env=False, timeout=30)
+        if download.status_code != 200 or download.content[4:8] != b"ftyp":
+            raise DemoFailed(f"the {result['aspect_ratio']} video did not download as an MP4")
+        print(
+            f"[demo] video asset {result['asset_id']}: {result['aspect_ratio']} {result['width']}x{result['height']}, "
+            f"{result['duration_seconds']} s, {len(download.content):,} bytes"
+        )
+    after = _balance(http, auth)
+    if after != before - done["settlement"]["captured"]:
+        raise DemoFailed("the balance does not match the video job's settlement")
+    print(f"[demo] video job {done['status']}: settlement {done['settlement']}, balance {before} -> {after}")
+    return dict(done)
 
 
 def main(argv: list[str] | None = None) -> int:

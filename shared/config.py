@@ -151,6 +151,20 @@ class Settings(BaseSettings):
     generation_counter_shards: int = 20
     generation_hold_ttl_hours: int = 24
 
+    # Video (Veo and Gemini TTS on Vertex AI: GEMINI_USE_VERTEX=true, project GCP_PROJECT)
+    video_model: str = "veo-3.1-fast-generate-001"  # jobs with quality "fast" (the default)
+    video_quality_model: str = "veo-3.1-generate-001"  # jobs with quality "quality"
+    veo_location: str = "us-central1"
+    # gs://bucket/prefix: Veo writes each video there (read back with the function's account) instead of
+    # answering its bytes inline; empty: inline.
+    video_output_gcs_uri: str = Field(default="", pattern=r"^(gs://[a-z0-9][a-z0-9._-]{1,220}(/.*)?)?$")
+    tts_model: str = "gemini-3.8-flash-tts"
+    tts_location: str = "global"
+    tts_voice: str = "Kore"
+    video_max_seconds: int = Field(default=30, ge=4, le=30)  # longest video a job makes (several clips joined)
+    video_max_items: int = Field(default=20, ge=1, le=100)  # products or prompts per video job
+    video_hold_ttl_hours: int = Field(default=6, ge=1, le=72)
+
     # Billing (Stripe)
     stripe_api_key: SecretStr = SecretStr("")
     stripe_webhook_secret: SecretStr = SecretStr("")

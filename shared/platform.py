@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from shared.catalog.ports import CatalogRepositories
     from shared.credentials import CredentialCipher
     from shared.engines.base import ImageEngine
+    from shared.engines.video import SpeechEngine, VideoEngine
     from shared.events.consumer import EventConsumer
     from shared.events.outbox import EventKicker, Outbox
     from shared.generation.store import GenerationSettingsStore
@@ -71,6 +72,8 @@ class Platform:
         clock: Callable[[], datetime] = utc_now,
         ledger: Ledger | None = None,
         engine: ImageEngine | None = None,
+        video_engine: VideoEngine | None = None,
+        speech_engine: SpeechEngine | None = None,
         payment_gateway: PaymentGateway | None = None,
         event_consumers: Callable[[Platform], list[EventConsumer]] | None = None,
         mailer: Mailer | None = None,
@@ -88,6 +91,8 @@ class Platform:
         self._task_verifier = task_verifier
         self._ledger = ledger
         self._engine = engine
+        self._video_engine = video_engine
+        self._speech_engine = speech_engine
         self._gateway = payment_gateway
         self._event_consumers = event_consumers
         self._mailer = mailer
@@ -167,6 +172,41 @@ class Platform:
 
                         self._engine = GeminiEngine(GeminiConfig.from_settings(self.settings))
         return self._engine
+
+    @property
+    def video_engine(self) -> VideoEngine:
+        """Veo on Vertex AI (AI_ENGINE=gemini), or the offline video engine; built on first use."""
+        if self._video_engine is None:
+            self._build_video_engines()
+        assert self._video_engine is not None
+        return self._video_engine
+
+    @property
+    def speech_engine(self) -> SpeechEngine:
+        """Gemini TTS on Vertex AI (AI_ENGINE=gemini), or the offline speech engine; built on first use."""
+        if self._speech_engine is None:
+            self._build_video_engines()
+        assert self._speech_engine is not None
+        return self._speech_engine
+
+    def _build_video_engines(self) -> None:
+        with self._lock:
+            if self._video_engine is not None and self._speech_engine is not None:
+                return
+            from shared.config import EngineKind
+
+            video: VideoEngine
+            speech: SpeechEngine
+            if self.settings.ai_engine is EngineKind.OFFLINE:
+                from shared.engines.offline_video import OfflineSpeechEngine, OfflineVideoEngine
+
+                video, speech = OfflineVideoEngine(), OfflineSpeechEngine()
+            else:
+                from shared.engines.veo import veo_config, veo_engines
+
+                video, speech = veo_engines(veo_config(self.settings))
+            self._video_engine = self._video_engine or video
+            self._speech_engine = self._speech_engine or speech
 
     @property
     def payment_gateway(self) -> PaymentGateway:

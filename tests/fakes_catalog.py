@@ -276,8 +276,12 @@ class InMemoryAssetRepository(AssetRepository):
             "width": revision.width,
             "height": revision.height,
             "metadata": {**current.metadata, "has_alpha": bool(revision.metadata.get("has_alpha", False))},
+            "duration_seconds": revision.duration_seconds,
+            "poster_key": revision.poster_key,
             "updated_at": now,
         }
+        if "video" in revision.metadata:
+            changes["metadata"]["video"] = revision.metadata["video"]
         self._of(client_id)[asset_id] = current.model_copy(update=changes)
         self._replace_product_image(client_id, current, revision, now)
 

@@ -17,21 +17,27 @@ def install(
     stack: Any,
     *,
     engine: Any = None,
+    video_engine: Any = None,
+    speech_engine: Any = None,
     object_store: Any = None,
     clock: Callable[[], datetime] | None = None,
     ledger_on_clock: bool = False,
     **settings: Any,
 ) -> Any:
     """A platform like the stack's (same Firestore, dispatcher, fetcher and ledger), with other settings
-    and/or another engine, object store or clock. ``ledger_on_clock`` gives the platform its own ledger
-    (same Firestore data) on ``clock``, so holds and their sweeper see that time too. The stack fixture
-    resets the platform afterwards."""
+    and/or another engine (image, video or speech), object store or clock. ``ledger_on_clock`` gives the
+    platform its own ledger (same Firestore data) on ``clock``, so holds and their sweeper see that time
+    too. The stack fixture resets the platform afterwards."""
     from shared.platform import Platform, set_platform
 
     p = stack.platform
     extra: dict[str, Any] = {}
     if engine is not None:
         extra["engine"] = engine
+    if video_engine is not None:
+        extra["video_engine"] = video_engine
+    if speech_engine is not None:
+        extra["speech_engine"] = speech_engine
     if clock is not None:
         extra["clock"] = clock
     if clock is None or not ledger_on_clock:

@@ -11,6 +11,9 @@ locals {
     # Copies of approved images that stores fetch when images are pushed (valid for SYNC_SOURCE_URL_HOURS,
     # at most 7 days, plus a day's margin).
     { id = "sync-copies-8d", prefix = "sync-copies/", max_age = 8 * local.day },
+    # Veo's clips as they came, kept until the video worker has joined them into a video (deleted then;
+    # a job that failed or was cancelled mid-way leaves them).
+    { id = "video-clips-3d", prefix = "video-clips/", max_age = 3 * local.day },
   ]
 }
 

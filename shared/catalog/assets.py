@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.catalog.models import AssetDoc, AssetKind, AssetOrigin, AssetRevision, ProductImage
+from shared.catalog.models import AssetDoc, AssetKind, AssetOrigin, AssetRevision, MediaKind, ProductImage
 from shared.catalog.ports import (
     AssetExists,
     AssetRepository,
@@ -46,9 +46,11 @@ __all__ = [
     "discard_objects",
     "get_revision",
     "object_keys",
+    "poster_key",
     "revert",
     "store_product_image",
     "write_objects",
+    "write_poster",
 ]
 
 IMMUTABLE_CACHE = "private, max-age=31536000, immutable"
@@ -94,6 +96,18 @@ def write_objects(
     return key, thumb_key
 
 
+def poster_key(thumbnail_key: str) -> str:
+    """Where a video revision's poster frame goes: beside its thumbnail, under the same writer's keys."""
+    return thumbnail_key.removesuffix("_thumb.webp") + "_poster.webp"
+
+
+def write_poster(store: ObjectStore, thumbnail_key: str, poster: Preview) -> str:
+    """Put a video revision's poster frame next to its thumbnail; returns its key."""
+    key = poster_key(thumbnail_key)
+    store.put(key, poster.data, poster.content_type, cache_control=IMMUTABLE_CACHE)
+    return key
+
+
 def delete_objects(store: ObjectStore, *keys: str) -> None:
     """Delete objects nobody references; garbage left behind is harmless, so failures are ignored."""
     for key in keys:
@@ -123,6 +137,8 @@ class NewAsset:
     origin_media_id: str | None = None
     metadata: dict[str, Any] | None = None  # on the asset
     revision_metadata: dict[str, Any] | None = None  # on revision 1
+    media: MediaKind = MediaKind.IMAGE
+    duration_seconds: float | None = None  # videos
 
 
 def create_asset(
@@ -135,15 +151,18 @@ def create_asset(
     *,
     attach_to_product: bool = False,
     source_url: str | None = None,
+    poster: Preview | None = None,
 ) -> tuple[AssetDoc, bool]:
     """Store the media under fresh keys, then the asset with its revision 1 (and, with
-    ``attach_to_product``, its entry in the product's images) in one atomic write.
+    ``attach_to_product``, its entry in the product's images) in one atomic write. A video comes with
+    its ``poster`` frame (stored beside the thumbnail).
 
     Returns the asset and whether this call created it. When the asset is stored already (a
     redelivery, or a concurrent writer first) that one stands and our objects are deleted; when the
     product to attach to is gone, nothing is stored and ``NotFound`` is raised.
     """
     key, thumb_key = write_objects(store, new.client_id, new.asset_id, 1, media, thumbnail)
+    poster_at = write_poster(store, thumb_key, poster) if poster is not None else None
     asset = AssetDoc(
         id=new.asset_id,
         client_id=new.client_id,
@@ -163,6 +182,9 @@ def create_asset(
         updated_at=now,
         origin=new.origin,
         origin_media_id=new.origin_media_id,
+        media=new.media,
+        duration_seconds=new.duration_seconds,
+        poster_key=poster_at,
     )
     first = AssetRevision(
         number=1,
@@ -175,6 +197,8 @@ def create_asset(
         operation=new.operation,
         created_at=now,
         metadata=new.revision_metadata or {},
+        duration_seconds=new.duration_seconds,
+        poster_key=poster_at,
     )
     image = None
     if attach_to_product:
@@ -191,13 +215,13 @@ def create_asset(
         assets.create(asset, first, product_image=image)
     except AssetExists:
         # Another delivery stored it first: its asset stands, our objects are nobody's.
-        delete_objects(store, key, thumb_key)
+        delete_objects(store, key, thumb_key, *([poster_at] if poster_at else []))
         stored = assets.get(new.client_id, new.asset_id)
         if stored is None:  # stored and deleted again since: nothing of ours to return
             raise NotFound(f"No asset {new.asset_id}") from None
         return stored, False
     except ProductGone as exc:
-        delete_objects(store, key, thumb_key)
+        delete_objects(store, key, thumb_key, *([poster_at] if poster_at else []))
         raise NotFound(f"No product {new.product_id}") from exc
     return asset, True
 

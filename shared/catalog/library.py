@@ -16,6 +16,8 @@ from shared.catalog.models import (
     AssetOut,
     AssetRevisionOut,
     AssetUpdate,
+    MediaKind,
+    VideoFactsOut,
 )
 from shared.catalog.ports import AssetFilter, AssetRepository
 from shared.errors import ValidationFailed
@@ -26,10 +28,16 @@ if TYPE_CHECKING:
     from shared.storage import ObjectStore
 
 
+_COMPUTED = {"thumbnail_url", "poster_url", "video"}
+
+
 def asset_out(asset: AssetDoc, store: ObjectStore, expires_in: int) -> AssetOut:
+    facts = asset.metadata.get("video") if asset.media is MediaKind.VIDEO else None
     return AssetOut(
-        **asset.model_dump(include=set(AssetOut.model_fields) - {"thumbnail_url"}),
+        **asset.model_dump(include=set(AssetOut.model_fields) - _COMPUTED),
         thumbnail_url=store.presigned_get(asset.thumbnail_key, expires_in=expires_in),
+        poster_url=store.presigned_get(asset.poster_key, expires_in=expires_in) if asset.poster_key else None,
+        video=VideoFactsOut.model_validate(facts) if isinstance(facts, dict) else None,
     )
 
 
@@ -56,6 +64,8 @@ def asset_detail(
                 url=store.presigned_get(r.key, expires_in=expires_in),
                 thumbnail_url=store.presigned_get(r.thumbnail_key, expires_in=expires_in),
                 created_at=r.created_at,
+                duration_seconds=r.duration_seconds,
+                poster_url=store.presigned_get(r.poster_key, expires_in=expires_in) if r.poster_key else None,
             )
             for r in revisions
         ],
@@ -104,9 +114,9 @@ def delete_asset(assets: AssetRepository, store: ObjectStore, client_id: str, as
     asset = get_asset(assets, client_id, asset_id)
     revisions = assets.delete(client_id, asset_id)
     # Objects go after the references: a failure here leaves garbage, never a dangling link.
-    keys = {asset.key, asset.thumbnail_key}
+    keys = {k for k in (asset.key, asset.thumbnail_key, asset.poster_key) if k}
     for revision in revisions:
-        keys.update(k for k in (revision.key, revision.thumbnail_key) if k)
+        keys.update(k for k in (revision.key, revision.thumbnail_key, revision.poster_key) if k)
     for key in keys:
         store.delete(key)
 

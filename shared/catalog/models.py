@@ -351,6 +351,21 @@ class AssetUpdate(StrictModel):
     approved: bool | None = None
 
 
+class VideoFactsOut(BaseModel):
+    """What a video asset's current revision is (probed when it was made)."""
+
+    model_config = ConfigDict(defer_build=True, extra="ignore")
+
+    duration_seconds: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    audio_codec: str | None
+    size_bytes: int
+    offline: bool = False  # made by the offline engine (a stand-in, not a model's video)
+
+
 class AssetOut(BaseModel):
     model_config = ConfigDict(defer_build=True)
 
@@ -370,6 +385,10 @@ class AssetOut(BaseModel):
     thumbnail_url: str
     created_at: datetime
     updated_at: datetime
+    media: MediaKind = MediaKind.IMAGE
+    duration_seconds: float | None = None  # videos
+    poster_url: str | None = None  # videos: the frame shown before playback (WebP)
+    video: VideoFactsOut | None = None  # videos: codecs, frame rate, size
 
 
 class AssetRevisionOut(BaseModel):
@@ -384,6 +403,8 @@ class AssetRevisionOut(BaseModel):
     url: str
     thumbnail_url: str
     created_at: datetime
+    duration_seconds: float | None = None  # videos
+    poster_url: str | None = None  # videos
 
 
 class AssetDetailOut(AssetOut):

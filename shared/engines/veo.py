@@ -19,7 +19,7 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from shared.config import require_vendor_settings
@@ -50,6 +50,9 @@ from shared.engines.video import (
     audio_clip_from,
 )
 
+if TYPE_CHECKING:
+    from shared.config import Settings
+
 T = TypeVar("T")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # google.rpc.Code values of a failed operation after which a new attempt may succeed.
@@ -74,6 +77,25 @@ class VeoConfig:
     download_timeout_seconds: float = 120.0
     max_video_bytes: int = 300 * 1024 * 1024
     credentials: Any = None  # None: the function's service account (application default credentials)
+    use_vertex: bool = True  # google-genai offers generate_videos in Vertex AI mode only
+
+
+def veo_config(settings: Settings) -> VeoConfig:
+    """The engines' settings: Vertex AI in ``VEO_LOCATION`` (TTS in ``TTS_LOCATION``) of ``GCP_PROJECT``, with
+    the function's own service account; ``GEMINI_BASE_URL``/``GEMINI_API_VERSION`` point them at a stub."""
+    return VeoConfig(
+        project=settings.gcp_project,
+        location=settings.veo_location,
+        model=settings.video_model,
+        speech_model=settings.tts_model,
+        speech_location=settings.tts_location,
+        voice=settings.tts_voice,
+        output_gcs_uri=settings.video_output_gcs_uri or None,
+        base_url=settings.gemini_base_url or None,
+        api_version=settings.gemini_api_version or None,
+        timeout_seconds=settings.gemini_timeout_seconds,
+        use_vertex=settings.gemini_use_vertex,
+    )
 
 
 class _VertexClients:
@@ -103,6 +125,10 @@ class _VertexClients:
             from google import genai
             from google.genai import types
 
+            if not self.config.use_vertex:
+                from shared.errors import VendorNotConfigured
+
+                raise VendorNotConfigured("Veo (Vertex AI)", ["GEMINI_USE_VERTEX"])
             require_vendor_settings("Veo (Vertex AI)", {"GCP_PROJECT": self.config.project})
             http_options = types.HttpOptions(
                 base_url=self.config.base_url,

@@ -22,6 +22,7 @@ class EventType(StrEnum):
 
     GENERATION_JOB_COMPLETED = "generation.job_completed"
     EDIT_JOB_COMPLETED = "edit.job_completed"
+    VIDEO_JOB_COMPLETED = "video.job_completed"
     IMPORT_COMPLETED = "catalog.import_completed"
     ASSET_APPROVED = "catalog.asset_approved"
     ASSET_UNAPPROVED = "catalog.asset_unapproved"
@@ -125,6 +126,7 @@ class SyncFinished(_Payload):
 PAYLOADS: dict[EventType, type[BaseModel]] = {
     EventType.GENERATION_JOB_COMPLETED: JobCompleted,
     EventType.EDIT_JOB_COMPLETED: JobCompleted,
+    EventType.VIDEO_JOB_COMPLETED: JobCompleted,
     EventType.IMPORT_COMPLETED: ImportCompleted,
     EventType.ASSET_APPROVED: AssetApproval,
     EventType.ASSET_UNAPPROVED: AssetApproval,

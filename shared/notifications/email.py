@@ -105,6 +105,7 @@ def send_once(
 _KINDS: dict[EventType, NotificationType] = {
     EventType.GENERATION_JOB_COMPLETED: NotificationType.JOB_COMPLETED,
     EventType.EDIT_JOB_COMPLETED: NotificationType.JOB_COMPLETED,
+    EventType.VIDEO_JOB_COMPLETED: NotificationType.JOB_COMPLETED,
     EventType.CREDITS_LOW: NotificationType.CREDITS_LOW,
     EventType.CREDITS_DEPLETED: NotificationType.CREDITS_DEPLETED,
     EventType.PAYMENT_FAILED: NotificationType.PAYMENT_FAILED,
@@ -118,7 +119,9 @@ def render(event: DomainEvent, to: str, links: MailLinks, now: datetime) -> Emai
     payload = event.parsed()
     client = event.client_id
     if isinstance(payload, JobCompleted):
-        label = "generation" if event.type is EventType.GENERATION_JOB_COMPLETED else "edit"
+        label = {EventType.GENERATION_JOB_COMPLETED: "generation", EventType.VIDEO_JOB_COMPLETED: "video"}.get(
+            event.type, "edit"
+        )
         return templates.job_completed(to, client, label, payload, links, now)
     if isinstance(payload, CreditsThreshold):
         if event.type is EventType.CREDITS_DEPLETED:

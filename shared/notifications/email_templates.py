@@ -96,16 +96,16 @@ def _compose(
 def job_completed(
     to: str, client_id: str, kind_label: str, job: JobCompleted, links: MailLinks, now: datetime
 ) -> EmailMessage:
-    """A generation or edit job finished (``kind_label``: "generation" or "edit")."""
+    """A generation, edit or video job finished (``kind_label``: "generation", "edit" or "video")."""
     status = job.status.replace("_", " ")
     lines = [
         f"Your {kind_label} job {job.job_id} is {status}.",
         f"{job.succeeded} of {job.items} items succeeded, {job.failed} failed"
         + (f", {job.cancelled} cancelled" if job.cancelled else "")
-        + f"; {job.images} images produced.",
+        + (f"; {job.images} videos produced." if kind_label == "video" else f"; {job.images} images produced."),
         f"Credits charged: {job.charged}; refunded: {job.refunded}.",
     ]
-    path = "/jobs/" if kind_label == "generation" else "/edits/"
+    path = {"generation": "/jobs/", "video": "/videos/jobs/"}.get(kind_label, "/edits/")
     kind = NotificationType.JOB_COMPLETED
     return _compose(
         to,

@@ -94,6 +94,12 @@ def _edit(event: DomainEvent) -> Content:
     return _job(event, p, noun="Edit job", unit="asset", link=link)
 
 
+def _video(event: DomainEvent) -> Content:
+    p = JobCompleted.model_validate(event.payload)
+    link = NotificationLink(kind=LinkKind.VIDEO_JOB, id=p.job_id, path=f"/videos/jobs/{p.job_id}")
+    return _job(event, p, noun="Video job", unit="video", link=link)
+
+
 def _import(event: DomainEvent) -> Content:
     p = ImportCompleted.model_validate(event.payload)
     what = "Store import" if p.source == "store" else "CSV import"
@@ -249,6 +255,7 @@ def _sync_failed(event: DomainEvent) -> Content:
 CONTENT: dict[EventType, Callable[[DomainEvent], Content]] = {
     EventType.GENERATION_JOB_COMPLETED: _generation,
     EventType.EDIT_JOB_COMPLETED: _edit,
+    EventType.VIDEO_JOB_COMPLETED: _video,
     EventType.IMPORT_COMPLETED: _import,
     EventType.CREDITS_LOW: _credits_low,
     EventType.CREDITS_DEPLETED: _credits_depleted,

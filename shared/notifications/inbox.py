@@ -45,6 +45,7 @@ NotificationId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0
 class LinkKind(StrEnum):
     JOB = "job"
     EDIT_JOB = "edit_job"
+    VIDEO_JOB = "video_job"
     IMPORT = "import"
     ASSET = "asset"
     BILLING = "billing"

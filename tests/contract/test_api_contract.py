@@ -33,6 +33,7 @@ PUBLIC_ENTRY_POINTS = (
     "store_webhook",
     "stripe_webhook",
     "sync_api",
+    "video_api",
 )
 INTERNAL_ENTRY_POINTS = (
     "billing_jobs",
@@ -43,6 +44,7 @@ INTERNAL_ENTRY_POINTS = (
     "notifications_tasks",
     "store_tasks",
     "sync_tasks",
+    "video_tasks",
 )
 
 

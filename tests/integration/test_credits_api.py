@@ -471,7 +471,7 @@ def test_quote_with_default_prices(stack: Any, client_id: str) -> None:
     items = [
         {"operation": "generate_image", "variant": "1K"},
         {"operation": "generate_image", "variant": "4K", "quantity": 2},
-        {"operation": "video"},
+        {"operation": "video", "variant": "720p_8s"},
         {"operation": "crop"},
     ]
     body = ok(api.post("/quote", json={"items": items}, headers=headers))
@@ -506,7 +506,7 @@ def test_prices_lists_the_defaults(stack: Any, client_id: str) -> None:
     body = ok(stack.client("credits_api").get("/prices", headers=stack.headers(client_id)))
     assert body["operations"] == load_default_prices().operations
     assert body["operations"]["generate_image"] == {"1K": 1, "2K": 2, "4K": 3}
-    assert body["operations"]["video"] == {"per_clip": 15}
+    assert body["operations"]["video"]["720p_8s"] == 15  # an 8 s clip at 720p, the fast model
 
 
 # -- admin ------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ FOLDERS = (
     "store_oauth",
     "store_webhook",
     "sync_back",
+    "video",
 )
 
 # One valid production value per variable a group may demand: the full production set's, plus the Gemini
@@ -54,6 +55,8 @@ EXPECTED = {
     "store_webhook": {Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "sync_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
     "sync_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.STORE_CREDENTIALS, Need.STORES},
+    "video_api": {Need.AUTH, Need.R2, Need.TASK_QUEUE, Need.GEMINI},
+    "video_tasks": {Need.TASK_CALLS, Need.R2, Need.TASK_QUEUE, Need.GEMINI},
 }
 
 

@@ -88,9 +88,10 @@ def test_workers_time_out_no_sooner_than_their_items_dispatch_deadline() -> None
     from shared.editing.service import EDITS
     from shared.generation.jobs import GenerationJobs
     from shared.sync.jobs import SYNCS
+    from shared.videos.jobs import VIDEOS
 
     timeouts = {entry.name: entry.timeout_seconds for entry in ENTRIES}
-    for kind in (EDITS, GenerationJobs(), SYNCS):
+    for kind in (EDITS, GenerationJobs(), SYNCS, VIDEOS):
         deadline = kind.item_deadline
         assert deadline is not None and timeouts[kind.worker] >= deadline.total_seconds(), kind.worker
 
@@ -146,8 +147,10 @@ def test_the_task_targets_in_the_code_each_have_a_queue() -> None:
     from shared.stores.imports import WORKER_TARGET as STORES
     from shared.sync.auto import WORKER_TARGET as AUTO_SYNC
     from shared.sync.jobs import SYNCS
+    from shared.videos.jobs import VIDEOS
 
-    for target in (CATALOG, EDITS.worker, RELAY_TARGET, GenerationJobs().worker, STORES, AUTO_SYNC, SYNCS.worker):
+    targets = (CATALOG, EDITS.worker, RELAY_TARGET, GenerationJobs().worker, STORES, AUTO_SYNC, SYNCS.worker)
+    for target in (*targets, VIDEOS.worker):
         assert MANIFEST.queue_of(target) is not None, target
 
 
@@ -162,9 +165,10 @@ def test_a_killed_item_is_reaped_only_after_its_last_possible_redelivery_started
     from shared.editing.service import EDITS
     from shared.generation.jobs import GenerationJobs
     from shared.sync.jobs import SYNCS
+    from shared.videos.jobs import VIDEOS
 
     timeouts = {entry.name: entry.timeout_seconds for entry in ENTRIES}
-    longest = max(timeouts[kind.worker] for kind in (EDITS, GenerationJobs(), SYNCS))
+    longest = max(timeouts[kind.worker] for kind in (EDITS, GenerationJobs(), SYNCS, VIDEOS))
     lease = Settings.model_fields["batch_item_lease_minutes"].default * 60
     for queue in MANIFEST.queues:
         assert longest + queue.max_backoff_seconds < lease, queue.name

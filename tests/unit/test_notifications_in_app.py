@@ -95,6 +95,11 @@ def test_every_event_with_a_notification_type_maps(notifier: InAppNotifier, stor
             Subject(kind="edit_job", id="e1"),
         ),
         event(
+            EventType.VIDEO_JOB_COMPLETED,
+            JobCompleted(job_id="v1", status="completed", items=2, succeeded=1, failed=1, charged=15, refunded=15),
+            Subject(kind="video_jobs", id="v1"),
+        ),
+        event(
             EventType.IMPORT_COMPLETED,
             ImportCompleted(
                 import_id="i1",
@@ -153,7 +158,11 @@ def test_every_event_with_a_notification_type_maps(notifier: InAppNotifier, stor
     for e in events:
         assert notifier.handle(e).startswith("notified")
     by_type = {n.type: n for n in store.page(CLIENT, NotificationQuery(limit=100)).items}
-    assert len(by_type) == len(events) - 1  # two job kinds share JOB_COMPLETED
+    assert len(by_type) == len(events) - 2  # three job kinds share JOB_COMPLETED
+    videos = [n for n in store.page(CLIENT, NotificationQuery(limit=100)).items if n.link.kind is LinkKind.VIDEO_JOB]
+    assert [(n.body, n.link.path) for n in videos] == [
+        ("Video job finished: 1 of 2 videos, 1 failed, 15 credits refunded.", "/videos/jobs/v1")
+    ]
     assert "9 products created from 10 rows, 1 failed" in by_type[NotificationType.IMPORT_COMPLETED].body
     assert by_type[NotificationType.IMPORT_COMPLETED].link.path == "/imports/i1"
     assert "credit pack" in by_type[NotificationType.CREDITS_LOW].body

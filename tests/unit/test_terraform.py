@@ -310,13 +310,19 @@ def test_every_role_scope_of_the_manifest_is_bound_where_it_says() -> None:
 
 def test_r2_expires_uploads_where_the_code_puts_them() -> None:
     from shared.catalog.uploads import raw_upload_key
+    from shared.sync.prepare import SYNC_COPY_PREFIX
+    from shared.videos.jobs import CLIP_PREFIX
 
     lifecycle = _blocks("resource")["cloudflare_r2_bucket_lifecycle.assets"]
     assert lifecycle["bucket_name"] == "${cloudflare_r2_bucket.assets.name}"
     assert "local.r2_retention" in lifecycle["rules"]
     retention = {rule["prefix"]: rule["max_age"] for rule in _locals()["r2_retention"]}
     assert raw_upload_key("c", "u").startswith("uploads/")
-    assert retention == {"uploads/": "${1 * local.day}", "sync-copies/": "${8 * local.day}"}
+    assert retention == {
+        "uploads/": "${1 * local.day}",
+        SYNC_COPY_PREFIX: "${8 * local.day}",
+        CLIP_PREFIX: "${3 * local.day}",
+    }
     assert "abort_multipart_uploads_transition" in lifecycle["rules"]
 
 

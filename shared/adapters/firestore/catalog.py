@@ -386,16 +386,7 @@ class FirestoreAssetRepository(AssetRepository):
             batch.create(new_ref, {**revision.model_dump(mode="python"), "commit_token": token})
             batch.update(
                 asset_ref,
-                {
-                    "current_revision": revision.number,
-                    "key": revision.key,
-                    "thumbnail_key": revision.thumbnail_key,
-                    "content_type": revision.content_type,
-                    "width": revision.width,
-                    "height": revision.height,
-                    "metadata.has_alpha": bool(revision.metadata.get("has_alpha", False)),
-                    "updated_at": now,
-                },
+                current_revision_fields(revision, now),
                 option=self.db.write_option(last_update_time=snapshot.update_time),
             )
             self._replace_product_image(batch, client_id, asset, revision, now)
@@ -674,3 +665,23 @@ def firestore_catalog(db: Client, kicker: EventKicker | None = None) -> CatalogR
         uploads=FirestoreUploadRepository(db),
         imports=FirestoreImportRepository(db, kicker),
     )
+
+
+def current_revision_fields(revision: AssetRevision, now: datetime) -> dict[str, Any]:
+    """What an asset document takes from the revision that becomes its current one (dotted paths for
+    the metadata it keeps of its own)."""
+    fields: dict[str, Any] = {
+        "current_revision": revision.number,
+        "key": revision.key,
+        "thumbnail_key": revision.thumbnail_key,
+        "content_type": revision.content_type,
+        "width": revision.width,
+        "height": revision.height,
+        "metadata.has_alpha": bool(revision.metadata.get("has_alpha", False)),
+        "duration_seconds": revision.duration_seconds,
+        "poster_key": revision.poster_key,
+        "updated_at": now,
+    }
+    if "video" in revision.metadata:  # a video's facts (duration, size, codecs) as the library shows them
+        fields["metadata.video"] = revision.metadata["video"]
+    return fields
