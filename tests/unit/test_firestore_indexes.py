@@ -354,6 +354,27 @@ NOT_EXERCISED: list[tuple[str, QueryShape]] = [
 ]
 
 
+def _job_kinds() -> list[Any]:
+    from shared.editing.service import EDITS
+    from shared.generation.jobs import GenerationJobs
+    from shared.sync.jobs import SYNCS
+    from shared.videos.jobs import VIDEOS
+
+    return [GenerationJobs(), EDITS, SYNCS, VIDEOS]
+
+
+@pytest.mark.parametrize("kind", _job_kinds(), ids=lambda kind: kind.collection)
+def test_every_batch_job_kinds_collection_serves_the_engines_queries(kind: Any) -> None:
+    """The batch engine runs the same queries on every kind's collection (its list pages, by status, and
+    the reaper's collection-group scan); a new kind must bring its indexes along."""
+    for query in (
+        shape(kind.collection, order=NEWEST),
+        shape(kind.collection, eq=("status",), order=NEWEST),
+        shape(kind.collection, group=True, eq=("status",), ineq=("created_at",), order=(("created_at", ASC),)),
+    ):
+        assert missing(query, load()) == [], (kind.collection, query)
+
+
 @pytest.mark.parametrize(("where", "query"), NOT_EXERCISED, ids=[where for where, _ in NOT_EXERCISED])
 def test_queries_the_integration_tests_do_not_run_are_served(where: str, query: QueryShape) -> None:
     assert missing(query, load()) == [], where
