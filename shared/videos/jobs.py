@@ -6,7 +6,8 @@ is one video of ``duration_seconds``, made of 4/6/8 s clips (:mod:`shared.videos
 
 1. Its first delivery builds the prompt (the style's template about the product, optionally expanded
    with the brand profile) and the voiceover script, starts every clip's operation
-   (:meth:`VideoEngine.start`: image-to-video from the product's image) and raises
+   (:meth:`VideoEngine.start`: image-to-video from the product's image, or a prompt guided by up to three
+   reference images of the product: those clips are 8 s each) and raises
    :class:`~shared.batch.kind.ContinueLater`: the operations go into the item, and the item is
    delivered again after :func:`~shared.engines.video.poll_delay_seconds`. No worker waits for Veo.
 2. Each later delivery polls the clips still pending; a finished clip is copied at once to the object
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("epox.video")
 
+REFERENCE_CLIP_SECONDS = 8  # Veo makes clips guided by reference images 8 s long, never 4 or 6
 MAX_RESTARTS = 2  # new operations for a clip whose operation failed in a way a new one may not
 MAX_PROMPT_CHARS = 3600  # Veo takes 4,000; the shot's words are added per clip
 FRAME_SIDE = 1920  # first and last frames are sent at most this large (Veo renders at most 1080p)
@@ -121,7 +123,7 @@ class AssetNotAVideo(UnprocessableContent):
 
 class FrameNotAnImage(UnprocessableContent):
     code = "video_frame_not_an_image"
-    title = "A first or last frame must be an image asset"
+    title = "A first or last frame, or a reference image, must be an image asset"
 
 
 # -- policy and services ------------------------------------------------------------------------------
@@ -257,6 +259,7 @@ class VideoJobs(JobKind[VideoJobDoc, VideoItemDoc, VideoServices, VideoOrder]):
                 prompt=item.prompt,
                 image_asset_id=item.image_asset_id,
                 last_frame_asset_id=item.last_frame_asset_id,
+                reference_asset_ids=list(item.reference_asset_ids),
                 script=item.script,
                 updated_at=now,
             )
@@ -332,11 +335,21 @@ def _prepare_generate(services: VideoServices, order: VideoOrder, data: VideoJob
     if len(data.items) > policy.max_items:
         raise _invalid("items", f"at most {policy.max_items} videos per job")
     duration = data.duration_seconds or min(style.duration_seconds, policy.max_seconds)
+    # Veo takes reference images only in 8-second clips: such a job's videos are whole 8 s clips.
+    referenced = any(item.reference_asset_ids for item in data.items)
+    if referenced and data.duration_seconds is None:
+        duration = max(REFERENCE_CLIP_SECONDS, duration // REFERENCE_CLIP_SECONDS * REFERENCE_CLIP_SECONDS)
     if duration > policy.max_seconds:
         raise _invalid("duration_seconds", f"a video is at most {policy.max_seconds} s long")
+    if referenced and duration % REFERENCE_CLIP_SECONDS:
+        message = "videos guided by reference images are made of 8-second clips: duration_seconds must be 8, 16 or 24"
+        raise _invalid("duration_seconds", message)
     aspect = data.aspect_ratio or style.aspect_ratio
     audio = data.audio or style.audio
-    clips = plan_clips(duration, clip_prices(order.prices, data.quality, data.resolution))
+    if referenced:
+        clips = [REFERENCE_CLIP_SECONDS] * (duration // REFERENCE_CLIP_SECONDS)
+    else:
+        clips = plan_clips(duration, clip_prices(order.prices, data.quality, data.resolution))
     costs = item_costs(
         order.prices, quality=data.quality, resolution=data.resolution, clips=clips, voiceover=audio == "voiceover"
     )
@@ -364,15 +377,20 @@ def _prepare_generate(services: VideoServices, order: VideoOrder, data: VideoJob
 
 
 def _check_references(catalog: CatalogRepositories, client_id: str, items: list[VideoItemIn]) -> None:
-    """Every product and frame named must be the client's own (404, nothing reserved); frames are
-    images; a last frame has a first one to start from."""
+    """Every product, frame and reference image named must be the client's own (404, nothing reserved);
+    frames and references are images; a last frame has a first one to start from."""
     product_ids = sorted({item.product_id for item in items if item.product_id})
     products = catalog.products.get_many(client_id, product_ids) if product_ids else {}
     missing = [pid for pid in product_ids if pid not in products]
     if missing:
         raise NotFound(f"No product {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     frame_ids = sorted(
-        {aid for item in items for aid in (item.image_asset_id, item.last_frame_asset_id) if aid is not None}
+        {
+            aid
+            for item in items
+            for aid in (item.image_asset_id, item.last_frame_asset_id, *item.reference_asset_ids)
+            if aid is not None
+        }
     )
     frames = catalog.assets.get_many(client_id, frame_ids) if frame_ids else {}
     for asset_id in frame_ids:
@@ -485,6 +503,7 @@ class _Context:
     last: InputImage | None
     prompt: str
     script: str | None
+    references: tuple[InputImage, ...] = ()
 
 
 def _generate_item(services: VideoServices, run: ItemRun[VideoJobDoc, VideoItemDoc]) -> Finish:
@@ -582,11 +601,14 @@ def _context(services: VideoServices, job: VideoJobDoc, item: VideoItemDoc) -> _
     style = get_style(settings.style)
     product = catalog.products.get(job.client_id, item.product_id) if item.product_id else None
     first = last = None
-    if item.image_asset_id:
+    # Reference images replace the first frame (the model takes no frame with them); those deleted since
+    # the job was accepted are left out, and with none left the video starts from the product's photo.
+    found = (_frame(catalog, store, job.client_id, asset_id) for asset_id in item.reference_asset_ids)
+    references = tuple(image for image in found if image is not None)
+    if not references and item.image_asset_id:
         first = _frame(catalog, store, job.client_id, item.image_asset_id)
-    elif product is not None and product.images:
-        image = product.images[0]
-        first = _image(store.get(image.key))
+    elif not references and product is not None and product.images:
+        first = _image(store.get(product.images[0].key))
     if first is not None and item.last_frame_asset_id:
         last = _frame(catalog, store, job.client_id, item.last_frame_asset_id)
     prompt = item.prompt_used
@@ -606,7 +628,9 @@ def _context(services: VideoServices, job: VideoJobDoc, item: VideoItemDoc) -> _
             script = scripts.write_script(
                 services.texts(), style, product, points, item.prompt, settings.duration_seconds
             )
-    return _Context(style=style, product=product, first=first, last=last, prompt=prompt, script=script)
+    return _Context(
+        style=style, product=product, first=first, last=last, prompt=prompt, script=script, references=references
+    )
 
 
 def _frame(catalog: CatalogRepositories, store: ObjectStore, client_id: str, asset_id: str) -> InputImage | None:
@@ -651,6 +675,7 @@ def _start(
         seed=(settings.seed + clip.index) % 4_294_967_296 if settings.seed is not None else None,
         image=context.first,
         last_frame=context.last if clip.index == count - 1 else None,
+        reference_images=context.references,
     )
     operation = engine.start(request)
     clip.operation = operation.to_payload()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemCounts, ItemStatus, JobStatus
 from shared.catalog.models import Id, ShortText, StrictModel
+from shared.engines.video import MAX_REFERENCE_IMAGES
 from shared.text import MULTI_LINE
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
@@ -40,13 +41,20 @@ MAX_SEED = 4_294_967_295
 
 class VideoItemIn(StrictModel):
     """One video: of a product (its first image is the first frame unless ``image_asset_id`` names
-    another), or of a prompt alone."""
+    another), or of a prompt alone. ``reference_asset_ids`` (up to three images of the product) keep it
+    consistent instead of a first frame: Veo takes them only without a first or last frame, in 8 s clips."""
 
     product_id: Id | None = None
     prompt: Prompt | None = None
     image_asset_id: Id | None = None  # an image asset of the client: the video starts from it
     last_frame_asset_id: Id | None = None  # an image asset the video ends on (needs a first frame)
+    reference_asset_ids: list[Id] = Field(default_factory=list, max_length=MAX_REFERENCE_IMAGES)
     script: Script | None = None  # this item's voiceover (else the job's, else one written from the product)
+
+    @field_validator("reference_asset_ids")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _needs_subject(self) -> VideoItemIn:
@@ -54,6 +62,11 @@ class VideoItemIn(StrictModel):
             raise ValueError("each item needs a product_id or a prompt")
         if self.last_frame_asset_id and not (self.image_asset_id or self.product_id):
             raise ValueError("last_frame_asset_id needs a first frame: image_asset_id or a product with images")
+        if self.reference_asset_ids and (self.image_asset_id or self.last_frame_asset_id):
+            raise ValueError(
+                "reference_asset_ids cannot be combined with image_asset_id or last_frame_asset_id: "
+                "the model takes reference images only without a first or last frame"
+            )
         return self
 
 
@@ -262,6 +275,7 @@ class VideoItemDoc(BatchItemDoc):
     prompt: str | None = None
     image_asset_id: str | None = None
     last_frame_asset_id: str | None = None
+    reference_asset_ids: list[str] = Field(default_factory=list)
     script: str | None = None
     asset_id: str | None = None  # edit: the video asset revised
     clips: list[ClipState] = Field(default_factory=list)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
 from shared.batch import lifecycle
 from shared.batch.kind import Finish, ItemRun
@@ -425,6 +426,57 @@ def test_another_clients_product_or_image_is_a_404_and_nothing_is_reserved(stack
         stack.accept(items=[{"product_id": ours, "image_asset_id": f"img-{OTHER}-{theirs}"}])
     assert stack.credits() == (CREDITS, 0)
     assert stack.jobs.jobs == {}
+
+
+def test_reference_images_are_checked_before_anything_is_reserved(stack: Stack) -> None:
+    ours, theirs = product(stack), product(stack, OTHER)
+    mine, their_image = f"img-{CLIENT}-{ours}", f"img-{OTHER}-{theirs}"
+    clip = video_asset(stack)
+    before, made = stack.credits(), set(stack.jobs.jobs)
+    with pytest.raises(NotFound, match=their_image):
+        stack.accept(items=[{"product_id": ours, "reference_asset_ids": [mine, their_image]}], duration_seconds=8)
+    with pytest.raises(jobs.FrameNotAnImage):
+        stack.accept(items=[{"product_id": ours, "reference_asset_ids": [clip]}], duration_seconds=8)
+    # What the model refuses is refused here: a length that is not whole 8 s clips, more than three
+    # references, references with a first or last frame.
+    with pytest.raises(ValidationFailed, match="8-second clips") as refused:
+        stack.accept(items=[{"product_id": ours, "reference_asset_ids": [mine]}], duration_seconds=12)
+    assert refused.value.extensions["errors"][0]["field"] == "duration_seconds"
+    for item in (
+        {"prompt": "a mug", "reference_asset_ids": ["a1", "a2", "a3", "a4"]},
+        {"product_id": ours, "image_asset_id": mine, "reference_asset_ids": [mine]},
+        {"product_id": ours, "last_frame_asset_id": mine, "reference_asset_ids": [mine]},
+    ):
+        with pytest.raises(PydanticValidationError):
+            VideoJobCreate.model_validate({"items": [item]})
+    assert stack.credits() == before
+    assert set(stack.jobs.jobs) == made
+
+
+def test_reference_images_guide_8_second_clips_without_a_first_frame(stack: Stack) -> None:
+    pid = product(stack)
+    front, side = f"img-{CLIENT}-{pid}", f"img-{CLIENT}-{product(stack)}"
+    # The style's 15 s become 8: whole 8-second clips, each priced as such.
+    job = stack.accept(items=[{"product_id": pid, "reference_asset_ids": [front, side, front]}], style="showcase_360")
+    assert job.settings is not None and (job.settings.duration_seconds, job.settings.clips) == (8, [8])
+    assert stack.item(job.id).reference_asset_ids == [front, side]  # repeats dropped
+    long = stack.accept(items=[{"product_id": pid, "reference_asset_ids": [side]}], duration_seconds=16)
+    assert long.settings is not None and long.settings.clips == [8, 8] and long.cost == 30
+    stack.run()
+    requests = stack.engine.requests
+    assert len(requests) == 3 and all(r.duration_seconds == 8 and r.image is None for r in requests)
+    assert sorted(len(r.reference_images) for r in requests) == [1, 1, 2]
+    assert all(ref.mime_type == "image/jpeg" for r in requests for ref in r.reference_images)
+    assert stack.item(job.id).status is ItemStatus.SUCCEEDED and stack.item(long.id).status is ItemStatus.SUCCEEDED
+
+
+def video_asset(stack: Stack) -> str:
+    """A video asset of CLIENT (made by a one-item job)."""
+    job = stack.accept(items=[{"prompt": "a mug"}], duration_seconds=4)
+    stack.run()
+    (asset_id,) = stack.item(job.id).asset_ids
+    stack.engine.requests.clear()
+    return asset_id
 
 
 def test_settings_beyond_the_deployments_limits_are_refused(stack: Stack) -> None:
