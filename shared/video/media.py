@@ -136,6 +136,7 @@ class VideoInfo:
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    pixel_format: str | None = None  # FFmpeg's name, e.g. yuv420p
 
     @property
     def has_audio(self) -> bool:
@@ -200,6 +201,7 @@ def probe(data: bytes, limits: VideoLimits = DEFAULT_LIMITS) -> VideoInfo:
         vstream = container.streams.video[0]
         astream = container.streams.audio[0] if container.streams.audio else None
         video_codec = vstream.codec_context.name
+        pixel_format = vstream.codec_context.pix_fmt
         if video_codec not in limits.video_codecs:
             raise VideoCodecNotAllowed(
                 f"Video codec {video_codec!r} is not accepted ({', '.join(sorted(limits.video_codecs))})",
@@ -269,6 +271,7 @@ def probe(data: bytes, limits: VideoLimits = DEFAULT_LIMITS) -> VideoInfo:
         audio_sample_rate=sample_rate,
         audio_channels=channels,
         tags=tags,
+        pixel_format=pixel_format,
     )
 
 
@@ -452,6 +455,34 @@ def set_audio(
         copy_video=copy_video,
     )
     return _render([segment], info.width, info.height, info, encode, with_audio=audio is not None)
+
+
+def playable(data: bytes, *, limits: VideoLimits = DEFAULT_LIMITS, encode: EncodeSettings = DEFAULT_ENCODE) -> bytes:
+    """The clip as an MP4 every browser plays. One that is already (an MP4, not a QuickTime movie, of
+    H.264 in yuv420p at even dimensions, with AAC sound or none) comes back as it is; anything else the
+    limits accept (HEVC, VP8/9, AV1, a MOV or WebM, other sound) is re-encoded once to H.264/AAC at its
+    displayed size: turned upright, an odd width or height cropped by one pixel."""
+    info = probe(data, limits)
+    if is_playable(data, info):
+        return data
+    width, height = _even_down(info.width), _even_down(info.height)
+    filters = [("crop", f"{width}:{height}:0:0")] if (width, height) != (info.width, info.height) else []
+    return _render([_Segment(data, info, filters=filters)], width, height, info, encode)
+
+
+def is_playable(data: bytes, info: VideoInfo) -> bool:
+    """Whether ``data`` (probed as ``info``) is an MP4 every browser plays as it is."""
+    brand = data[8:12] if data[4:8] == b"ftyp" else None
+    return (
+        info.container == "mp4"
+        and brand is not None
+        and brand != b"qt  "
+        and info.video_codec == "h264"
+        and info.pixel_format == "yuv420p"
+        and info.audio_codec in (None, "aac")
+        and info.width % 2 == 0
+        and info.height % 2 == 0
+    )
 
 
 def concat(

@@ -104,6 +104,16 @@ def probe(video: bytes) -> VideoInfo:
     return media.probe(video, WORK_LIMITS)
 
 
+def uploaded(data: bytes, limits: VideoLimits) -> tuple[bytes, VideoInfo, VideoInfo]:
+    """An uploaded file checked against ``limits`` (a 422 :data:`~shared.video.media.VIDEO_ERRORS` problem
+    when it is no usable video) and made playable everywhere: (the MP4 to store, its facts, the upload's)."""
+    from shared.video import media
+
+    original = media.probe(data, limits)
+    out = media.playable(data, limits=limits)
+    return out, (original if out is data else media.probe(out, WORK_LIMITS)), original
+
+
 def apply_edit(data: bytes, edit: VideoEditRequest, voiceover: bytes | None) -> tuple[bytes, bool]:
     """The stored video with ``edit`` applied (trim, reframe, sound; the poster is chosen by the caller),
     and whether the video itself changed (a poster alone keeps it)."""
