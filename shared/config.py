@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     video_max_seconds: int = Field(default=30, ge=4, le=30)  # longest video a job makes (several clips joined)
     video_max_items: int = Field(default=20, ge=1, le=100)  # products or prompts per video job
     video_hold_ttl_hours: int = Field(default=6, ge=1, le=72)
+    # Largest video a merchant may upload (POST /videos/uploads); the video toolkit reads at most 300 MB.
+    video_upload_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1, le=300 * 1024 * 1024)
 
     # Billing (Stripe)
     stripe_api_key: SecretStr = SecretStr("")

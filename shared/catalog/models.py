@@ -170,6 +170,7 @@ class ProductOut(BaseModel):
 class UploadPurpose(str, Enum):
     PRODUCT_IMAGE = "product_image"
     CSV_IMPORT = "csv_import"
+    VIDEO = "video"  # POST /videos/uploads: checked and stored by the video worker (shared/videos/uploads.py)
 
 
 class UploadStatus(str, Enum):
@@ -177,10 +178,12 @@ class UploadStatus(str, Enum):
     COMPLETED = "completed"
     REJECTED = "rejected"
     EXPIRED = "expired"  # never completed: its presigned URL lapsed and the sweep removed what was PUT
+    PROCESSING = "processing"  # a video completed by the browser, being checked by the video worker
 
 
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 CSV_CONTENT_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
+VIDEO_CONTENT_TYPES = ("video/mp4", "video/quicktime", "video/webm")
 
 
 class UploadCreate(StrictModel):

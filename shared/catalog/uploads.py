@@ -12,6 +12,10 @@ Slots are bounded and collected:
 * The raw key is deleted at completion and again by ``/jobs/sweep-uploads`` once the presigned URL
   has expired (a slot never completed becomes ``expired``); an R2 lifecycle rule on the ``uploads/``
   prefix (delete after a day) catches whatever a missed sweep leaves.
+
+Videos use the same slots (purpose ``video``), opened and completed by the video API
+(``shared/videos/uploads.py``): completion hands the file to the video worker, the slot is
+``processing`` until it is ``completed`` (a video asset) or ``rejected``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ if TYPE_CHECKING:
 
 
 SWEEP_JOB = "sweep-uploads"
+# What a video upload the video worker never finished (every delivery failed) records when swept.
+PROCESSING_ABANDONED: dict[str, Any] = {
+    "code": "upload_processing_failed",
+    "title": "The upload could not be processed",
+    "detail": "The video could not be processed; upload it again",
+}
 # The sweep waits this long past a presigned URL's expiry (clock skew between us and R2).
 SWEEP_GRACE = timedelta(minutes=5)
 
@@ -116,6 +126,8 @@ def create_upload(
     now: datetime,
 ) -> UploadOut:
     """Record a pending upload and presign a PUT bound to its content type and exact size."""
+    if data.purpose is UploadPurpose.VIDEO:
+        raise _field_error("purpose", "Videos are uploaded with POST /videos/uploads")
     if data.purpose is UploadPurpose.PRODUCT_IMAGE:
         if data.content_type not in IMAGE_CONTENT_TYPES:
             raise _field_error("content_type", f"Images must be one of {', '.join(IMAGE_CONTENT_TYPES)}")
@@ -131,7 +143,20 @@ def create_upload(
             raise PayloadTooLarge(f"CSV files may be at most {policy.csv_max_bytes} bytes", limit=policy.csv_max_bytes)
         if data.product_id:
             raise _field_error("product_id", "A CSV upload is not tied to a product")
-    _check_pending(repos.uploads, client_id, policy, now, limit=policy.max_pending)
+    return open_slot(repos.uploads, store, client_id, data, policy, now)
+
+
+def open_slot(
+    uploads: UploadRepository,
+    store: ObjectStore,
+    client_id: str,
+    data: UploadCreate,
+    policy: UploadPolicy,
+    now: datetime,
+) -> UploadOut:
+    """A pending slot for ``data`` (checked by the caller: the video API opens its own) and a PUT presigned
+    for its content type and exact size; 429 once the client has ``max_pending`` slots pending, of any purpose."""
+    _check_pending(uploads, client_id, policy, now, limit=policy.max_pending)
     upload_id = new_id("upl")
     expires_at = now + timedelta(seconds=policy.presign_expiry_seconds)
     doc = UploadDoc(
@@ -147,13 +172,13 @@ def create_upload(
         expires_at=expires_at,
         sweep_at=expires_at + SWEEP_GRACE,
     )
-    repos.uploads.create(doc)
+    uploads.create(doc)
     # Counted again with this slot in: concurrent requests that together went past the cap all give
     # their slot up (none was presigned yet), so the cap holds without a lock.
     try:
-        _check_pending(repos.uploads, client_id, policy, now, limit=policy.max_pending + 1)
+        _check_pending(uploads, client_id, policy, now, limit=policy.max_pending + 1)
     except TooManyPendingUploads:
-        repos.uploads.delete(client_id, upload_id)
+        uploads.delete(client_id, upload_id)
         raise
     presigned = store.presigned_put(
         doc.key, content_type=doc.content_type, content_length=doc.size_bytes, expires_in=policy.presign_expiry_seconds
@@ -197,6 +222,8 @@ def complete_upload(
     upload records why, so the answer stays the same when asked again.
     """
     doc = get_upload(repos.uploads, client_id, upload_id)
+    if doc.purpose is UploadPurpose.VIDEO:
+        raise Conflict(f"Upload {upload_id} is a video: complete it with POST /videos/uploads/{upload_id}/complete")
     if doc.status is UploadStatus.COMPLETED:
         return upload_out(doc)
     if doc.status is UploadStatus.REJECTED:
@@ -218,7 +245,7 @@ def complete_upload(
             return _complete_image(repos, store, doc, data, policy, now)
         return _complete_csv(repos.uploads, store, doc, data, now)
     except (UnprocessableContent, UploadRejected) as error:
-        _reject(repos.uploads, store, doc, error, now)
+        reject_upload(repos.uploads, store, doc, error, now)
         raise
 
 
@@ -259,7 +286,10 @@ def _complete_csv(
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))
 
 
-def _reject(uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, error: EpoxError, now: datetime) -> None:
+def reject_upload(
+    uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, error: EpoxError, now: datetime
+) -> None:
+    """The upload is ``rejected`` with ``error``'s code, title, detail and members; its file is deleted."""
     store.delete(doc.key)
     rejection = {
         "code": error.code,
@@ -297,6 +327,7 @@ class UploadSweepReport(ScheduledReport):
 
     swept: int = 0
     expired: dict[str, list[str]] = Field(default_factory=dict)  # client -> upload ids
+    abandoned: dict[str, list[str]] = Field(default_factory=dict)  # client -> videos never processed
     more: bool = False
 
 
@@ -305,8 +336,10 @@ def sweep_uploads(
 ) -> UploadSweepReport:
     """Delete the raw objects of upload slots whose presigned URL has expired (``sweep_at`` passed):
     a slot never completed becomes ``expired``; a completed or rejected one loses what a late PUT
-    with its URL may have written. Safe to run twice; at most ``limit`` slots a run (oldest first;
-    the next run goes on). ``client_id``: one client only (tests)."""
+    with its URL may have written; a video still ``processing`` when its (later) ``sweep_at`` passed
+    was never finished by the video worker and is rejected (``upload_processing_failed``). Safe to run
+    twice; at most ``limit`` slots a run (oldest first; the next run goes on). ``client_id``: one
+    client only (tests)."""
     report = UploadSweepReport()
     for found in uploads.due_for_sweep(now, limit, client_id):
         report.swept += 1
@@ -315,6 +348,8 @@ def sweep_uploads(
             changes: dict[str, Any] = {"sweep_at": None}
             if doc.status is UploadStatus.PENDING:
                 changes["status"] = UploadStatus.EXPIRED.value
+            elif doc.status is UploadStatus.PROCESSING:
+                changes.update(status=UploadStatus.REJECTED.value, rejection=PROCESSING_ABANDONED, completed_at=now)
             try:
                 # Guarded: a completion that got in first keeps its status (the next run sweeps again).
                 uploads.update_if_unchanged(Versioned(doc, found.version), changes)
@@ -323,5 +358,7 @@ def sweep_uploads(
             store.delete(doc.key)
             if doc.status is UploadStatus.PENDING:
                 report.expired.setdefault(doc.client_id, []).append(doc.id)
+            elif doc.status is UploadStatus.PROCESSING:
+                report.abandoned.setdefault(doc.client_id, []).append(doc.id)
     report.more = report.swept >= limit
     return report
