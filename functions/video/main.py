@@ -1,5 +1,6 @@
 """Video function: product videos made with Veo (image-to-video from a product's photo), voiced over with
-Gemini TTS, delivered in 9:16, 1:1 and 16:9; scripts to review before the paid generation; video edits.
+Gemini TTS, delivered in 9:16, 1:1 and 16:9; scripts to review before the paid generation; video edits;
+merchants' own videos uploaded (checked and stored by the worker) to edit like the others.
 
 Entry points: ``video_api`` (the frontend's API) and ``video_tasks`` (Cloud Tasks: the video jobs' fan-out,
 items and settlement; Cloud Scheduler: the reaper). Both are deployed from this folder; only the
@@ -15,15 +16,27 @@ import functions_framework
 from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
 from shared.billing.service import PaymentPastDue
+from shared.catalog.models import UploadOut
+from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, upload_out
 from shared.engines.base import ENGINE_ERRORS
 from shared.errors import InsufficientCredits, NotFound, UpstreamRejectedCredentials
 from shared.generation.models import EnhanceOut
-from shared.http.app import HttpApp, JsonResponse, NoBody, NoQuery, RequestContext, answer_framework_errors_as_problems
+from shared.http.app import (
+    Access,
+    HttpApp,
+    JsonResponse,
+    NoBody,
+    NoQuery,
+    RequestContext,
+    answer_framework_errors_as_problems,
+)
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
+from shared.tasks import TaskOutcome
 from shared.video.media import VideoRangeInvalid
 from shared.videos import jobs, scripts
+from shared.videos import uploads as video_uploads
 from shared.videos.jobs import VIDEOS, AssetNotAVideo, FrameNotAnImage
 from shared.videos.models import (
     ScriptOut,
@@ -37,6 +50,7 @@ from shared.videos.models import (
     VideoStyleOut,
 )
 from shared.videos.styles import styles
+from shared.videos.uploads import VideoUploadCreate, VideoUploadTask
 
 if TYPE_CHECKING:
     import flask
@@ -162,9 +176,56 @@ def edit_video(ctx: RequestContext[VideoEditRequest, NoQuery]) -> JsonResponse[V
     return accepted(jobs.job_out(services.jobs, job), f"/videos/jobs/{job.id}")
 
 
+# -- uploads ----------------------------------------------------------------------------------------
+
+
+@api.post(
+    "/videos/uploads", body=VideoUploadCreate, status=201, idempotent=True, errors=(NotFound, TooManyPendingUploads)
+)
+def create_upload(ctx: RequestContext[VideoUploadCreate, NoQuery]) -> UploadOut:
+    """A slot for a video of the merchant's own (MP4, MOV or WebM, at most VIDEO_UPLOAD_MAX_BYTES; 413
+    above), optionally of one of their products: PUT the file to ``upload.url`` with ``upload.headers``,
+    then complete it."""
+    p = ctx.platform
+    policy = video_uploads.video_upload_policy(p.settings)
+    return video_uploads.create_video_upload(p.catalog, p.object_store, ctx.client_id, ctx.body, policy, p.clock())
+
+
+@api.get("/videos/uploads/<upload_id>", errors=(NotFound,))
+def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
+    """``pending``, ``processing``, ``completed`` (``asset_id``: the video asset) or ``rejected``
+    (``rejection``: the problem the file is, e.g. ``video_codec_not_allowed``)."""
+    doc = video_uploads.get_video_upload(ctx.platform.catalog.uploads, ctx.client_id, ctx.path_params["upload_id"])
+    return upload_out(doc)
+
+
+@api.post("/videos/uploads/<upload_id>/complete", status=202, errors=(NotFound, UploadNotReceived, UploadExpired))
+def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
+    """The file was PUT: the video worker checks it (``processing``) and stores it as a video asset, or
+    rejects it; poll ``GET /videos/uploads/{id}``. Free."""
+    p = ctx.platform
+    upload_id = ctx.path_params["upload_id"]
+    return video_uploads.complete_video_upload(
+        p.catalog, p.object_store, p.task_queue, ctx.client_id, upload_id, p.clock()
+    )
+
+
 # -- workers ----------------------------------------------------------------------------------------
 
 add_worker_routes(tasks, VIDEOS)
+
+
+@tasks.post(video_uploads.TASK_PATH, body=VideoUploadTask, access=Access.TASK)
+def process_upload(ctx: RequestContext[VideoUploadTask, NoQuery]) -> TaskOutcome:
+    """Probe an uploaded video: a video asset, or the upload rejected with the problem the file is."""
+    p = ctx.platform
+    assert ctx.task is not None
+    policy = video_uploads.video_upload_policy(p.settings)
+    last_attempt = ctx.task.retry_count + 1 >= p.settings.tasks_max_attempts
+    outcome = video_uploads.process_video_upload(
+        p.catalog, p.object_store, ctx.body, policy, p.clock(), last_attempt=last_attempt
+    )
+    return TaskOutcome(outcome=outcome)
 
 
 @functions_framework.http

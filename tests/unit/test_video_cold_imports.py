@@ -1,6 +1,7 @@
 """PyAV and numpy load in the video worker's item steps only: not when ``functions/video/main.py`` is
 imported (both entry points share it), nor on anything the API's routes run — accepting a video job or an
-edit, reading jobs and items, writing a script, enhancing a prompt, listing the styles. A clean interpreter
+edit, reading jobs and items, writing a script, enhancing a prompt, listing the styles, opening and
+completing a video upload. A clean interpreter
 runs those use cases on the in-memory fakes, then one worker delivery, which must load them (so the check
 can fail)."""
 
@@ -59,6 +60,19 @@ order = VideoOrder(client_id=CLIENT, user_id="u1", request_key=None, prices=load
                    edit=VideoEditRequest.model_validate({"trim": {"start": 1, "end": 3}}), asset_id="v1",
                    scope=("edit", "v1"))
 lifecycle.accept(VIDEOS, stack.services, order)
+
+from shared.catalog.uploads import UploadPolicy, raw_upload_key
+from shared.imaging import ImageLimits
+from shared.videos import uploads as video_uploads
+from tests.fakes import RecordingTaskQueue
+slots = UploadPolicy(image_max_bytes=1, csv_max_bytes=1, presign_expiry_seconds=60, image_limits=ImageLimits(),
+                     thumbnail_max_side=64)
+policy = video_uploads.VideoUploadPolicy(max_bytes=1000, max_seconds=30, slots=slots)
+data = video_uploads.VideoUploadCreate(filename="a.mp4", content_type="video/mp4", size_bytes=4)
+slot = video_uploads.create_video_upload(stack.catalog, stack.store, CLIENT, data, policy, stack.now)
+stack.store.put(raw_upload_key(CLIENT, slot.id), b"abcd", "video/mp4")
+video_uploads.complete_video_upload(stack.catalog, stack.store, RecordingTaskQueue(), CLIENT, slot.id, stack.now)
+video_uploads.get_video_upload(stack.catalog.uploads, CLIENT, slot.id)
 seen["routes"] = loaded()
 
 stack.step()  # the fan-out, and the first delivery of the item: it starts the clip
