@@ -62,17 +62,21 @@ def assemble(
     voiceover: bytes | None = None,
 ) -> bytes:
     """One video from the clips in order, at ``size``, cut to ``seconds``, with the model's own sound
-    (``native``), ``voiceover`` (a WAV) in its place, or no sound track (``none``)."""
+    (``native``), ``voiceover`` (a WAV) in its place, the voiceover over the model's sound played under it
+    (``native_voiceover``), or no sound track (``none``)."""
     from shared.video import media
+    from shared.videos.models import NATIVE_UNDER_VOICE
 
     joined = clips[0] if len(clips) == 1 else media.concat(clips, size=size, limits=WORK_LIMITS)
     info = media.probe(joined, WORK_LIMITS)
     if info.duration_seconds > seconds + 0.5 / info.fps:
         joined = media.trim(joined, 0.0, float(seconds), limits=WORK_LIMITS)
         info = media.probe(joined, WORK_LIMITS)
+    if audio == "native_voiceover" and voiceover is not None:
+        return media.set_audio(joined, voiceover, original_volume=NATIVE_UNDER_VOICE, limits=WORK_LIMITS)
     if audio == "voiceover" and voiceover is not None:
         return media.set_audio(joined, voiceover, limits=WORK_LIMITS)
-    if audio != "native" and info.has_audio:
+    if audio not in ("native", "native_voiceover") and info.has_audio:
         return media.set_audio(joined, None, limits=WORK_LIMITS)
     return joined
 
@@ -126,5 +130,5 @@ def apply_edit(data: bytes, edit: VideoEditRequest, voiceover: bytes | None) -> 
     if edit.reframe is not None:
         out = media.reframe(out, edit.reframe.aspect, edit.reframe.mode)
     if edit.audio is not None:
-        out = media.set_audio(out, None if edit.audio.mute else voiceover)
+        out = media.set_audio(out, None if edit.audio.mute else voiceover, original_volume=edit.audio.original_volume)
     return out, out is not data

@@ -80,6 +80,8 @@ from shared.videos.models import (
     VideoJobOut,
     VideoResultOut,
     VideoSettings,
+    model_sound,
+    voiced,
 )
 from shared.videos.plan import clip_prices, item_costs, plan_clips
 from shared.videos.styles import VideoStyle, get_style
@@ -351,7 +353,7 @@ def _prepare_generate(services: VideoServices, order: VideoOrder, data: VideoJob
     else:
         clips = plan_clips(duration, clip_prices(order.prices, data.quality, data.resolution))
     costs = item_costs(
-        order.prices, quality=data.quality, resolution=data.resolution, clips=clips, voiceover=audio == "voiceover"
+        order.prices, quality=data.quality, resolution=data.resolution, clips=clips, voiceover=voiced(audio)
     )
     _check_references(services.catalog, order.client_id, data.items)
     settings = VideoSettings(
@@ -622,7 +624,7 @@ def _context(services: VideoServices, job: VideoJobDoc, item: VideoItemDoc) -> _
             prompt = scripts.enhance_prompt(services.texts(), prompt, product, style, brand)
         prompt = prompt[:MAX_PROMPT_CHARS]
     script = item.script_used
-    if script is None and settings.audio == "voiceover":
+    if script is None and voiced(settings.audio):
         script = item.script or settings.script
         if script is None:
             script = scripts.write_script(
@@ -670,7 +672,7 @@ def _start(
         aspect_ratio=settings.aspect_ratio,
         resolution=settings.resolution,
         duration_seconds=clip.seconds,  # type: ignore[arg-type]  # 4, 6 or 8: the plan's
-        audio=settings.audio == "native",
+        audio=model_sound(settings.audio),
         negative_prompt=settings.negative_prompt or context.style.negative_prompt,
         seed=(settings.seed + clip.index) % 4_294_967_296 if settings.seed is not None else None,
         image=context.first,
@@ -701,7 +703,7 @@ def _deliver(
     prompt = context.prompt if context is not None else item.prompt_used
     script = context.script if context is not None else item.script_used
     voiceover = None
-    if settings.audio == "voiceover" and script:
+    if voiced(settings.audio) and script:
         voiceover = services.speech().speak(script, settings.voice).data
     raw = [store.get(clip.raw_key) for clip in clips if clip.raw_key is not None]
     size = assemble.deliverable_size(settings.aspect_ratio, settings.resolution)
@@ -722,7 +724,7 @@ def _deliver(
             "style": settings.style,
             "prompt": prompt,
             "negative_prompt": settings.negative_prompt,
-            "script": script if settings.audio == "voiceover" else None,
+            "script": script if voiced(settings.audio) else None,
             "audio": settings.audio,
             "deliverable": aspect,
             "source_aspect_ratio": settings.aspect_ratio,

@@ -26,7 +26,10 @@ VideoAspect = Literal["16:9", "9:16"]
 Resolution = Literal["720p", "1080p"]
 Deliverable = Literal["9:16", "1:1", "16:9"]
 EditAspect = Literal["1:1", "4:5", "9:16", "16:9"]
-AudioMode = Literal["none", "native", "voiceover"]
+# "native": the model's own sound; "voiceover": a script read by TTS in its place; "native_voiceover": the
+# script read over the model's sound, which plays under it (NATIVE_UNDER_VOICE); "none": no sound track.
+AudioMode = Literal["none", "native", "voiceover", "native_voiceover"]
+NATIVE_UNDER_VOICE = 0.25  # the model's sound under a voiceover (about -12 dB)
 Quality = Literal["fast", "quality"]
 Fit = Literal["crop", "pad"]
 JobKindName = Literal["generate", "edit"]
@@ -83,7 +86,7 @@ class VideoJobCreate(StrictModel):
     fit: Fit = "crop"  # how the deliverables in another aspect are made: crop the centre or pad with bars
     prompt: Prompt | None = None  # direction for every item
     selling_points: list[ShortText] = Field(default_factory=list, max_length=10)
-    script: Script | None = None  # the reviewed voiceover (POST /videos/scripts), for audio "voiceover"
+    script: Script | None = None  # the reviewed voiceover (POST /videos/scripts), for audio with a voiceover
     voice: Voice | None = None
     negative_prompt: Prompt | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
@@ -94,6 +97,16 @@ class VideoJobCreate(StrictModel):
     @classmethod
     def _unique(cls, value: list[str] | None) -> list[str] | None:
         return list(dict.fromkeys(value)) if value is not None else None
+
+
+def voiced(audio: str) -> bool:
+    """Whether videos with this sound get a voiceover (a script, read by TTS, priced as ``voiceover``)."""
+    return audio in ("voiceover", "native_voiceover")
+
+
+def model_sound(audio: str) -> bool:
+    """Whether the video model is asked for its own sound."""
+    return audio in ("native", "native_voiceover")
 
 
 class VideoSettings(BaseModel):
@@ -139,16 +152,19 @@ class Reframe(StrictModel):
 
 class AudioEdit(StrictModel):
     """Either ``mute`` (the sound track is removed) or a ``voiceover`` script read over the video (it
-    replaces the sound)."""
+    replaces the sound, unless ``original_volume`` keeps the video's own sound under it at that gain)."""
 
     mute: bool = False
     voiceover: Script | None = None
     voice: Voice | None = None
+    original_volume: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _one(self) -> AudioEdit:
         if self.mute == (self.voiceover is not None):
             raise ValueError("give either mute: true or a voiceover script")
+        if self.mute and self.original_volume:
+            raise ValueError("original_volume goes with a voiceover, not with mute")
         return self
 
 
@@ -177,8 +193,10 @@ class VideoEditRequest(StrictModel):
             parts.append(f"trim {self.trim.start:g}-{self.trim.end:g} s")
         if self.reframe is not None:
             parts.append(f"reframe {self.reframe.aspect} {self.reframe.mode}")
-        if self.audio is not None:
-            parts.append("mute" if self.audio.mute else "voiceover")
+        if self.audio is not None and self.audio.mute:
+            parts.append("mute")
+        elif self.audio is not None:
+            parts.append("voiceover over the sound" if self.audio.original_volume else "voiceover")
         if self.poster is not None:
             parts.append(f"poster at {self.poster.at_seconds:g} s")
         return ", ".join(parts)

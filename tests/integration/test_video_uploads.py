@@ -12,12 +12,13 @@ from fractions import Fraction
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from shared.video import media
 from tests.catalog_helpers import asset_doc, make_product, problem
 from tests.platforms import available, grant
-from tests.videos import decoded_frames, frame_index, make_clip, stream_facts
+from tests.videos import TONE_HZ, decoded_audio, decoded_frames, frame_index, make_clip, stream_facts
 
 GRANT = 20
 MAX_BYTES = 200 * 1024 * 1024  # VIDEO_UPLOAD_MAX_BYTES' default
@@ -161,6 +162,19 @@ def test_an_uploaded_mp4_becomes_a_video_asset_of_its_exact_facts_and_can_be_tri
     assert [frame_index(f) for f in decoded_frames(trimmed)] == list(range(12, 60))  # 0.5 s in, exactly
     assert detail["current_revision"] == 2 and detail["duration_seconds"] == pytest.approx(2.0, abs=0.01)
     assert available(stack, client_id) == (GRANT, 0)  # uploading and trimming are free
+
+    # A voiceover over the clip's own sound, which stays underneath at the volume asked for (1 credit).
+    body = {"audio": {"voiceover": "Light for late nights.", "original_volume": 0.3}}
+    voiced = video.post(f"/videos/assets/{asset_id}/edits", json=body, headers=headers)
+    assert voiced.status_code == 202 and voiced.json["cost"] == 1, voiced.json
+    stack.run_tasks()
+    detail = catalog.get(f"/assets/{asset_id}", headers=headers).json
+    assert detail["current_revision"] == 3 and detail["revisions"][2]["operation"] == "voiceover over the sound"
+    samples, rate = decoded_audio(download(http, detail["download_url"]))
+    spectrum = np.abs(np.fft.rfft(samples[0])) / len(samples[0])
+    tone = float(spectrum[round(TONE_HZ * len(samples[0]) / rate)])
+    assert 0.01 < tone < 0.05  # the clip's 440 Hz tone (0.1 at full volume), under the voice's 140-260 Hz
+    assert available(stack, client_id) == (GRANT - 1, 0)
 
 
 def test_a_webm_is_re_encoded_to_an_mp4_every_browser_plays(

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
@@ -47,7 +48,7 @@ from tests.fakes import InMemoryLedgerStore, InMemoryObjectStore, RecordingTaskQ
 from tests.fakes_batch import InMemoryJobStore
 from tests.fakes_catalog import in_memory_catalog
 from tests.fakes_settings import InMemoryGenerationSettings
-from tests.videos import make_clip
+from tests.videos import TONE_HZ, decoded_audio, make_clip
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 CLIENT, OTHER = "c1", "c2"
@@ -468,6 +469,28 @@ def test_reference_images_guide_8_second_clips_without_a_first_frame(stack: Stac
     assert sorted(len(r.reference_images) for r in requests) == [1, 1, 2]
     assert all(ref.mime_type == "image/jpeg" for r in requests for ref in r.reference_images)
     assert stack.item(job.id).status is ItemStatus.SUCCEEDED and stack.item(long.id).status is ItemStatus.SUCCEEDED
+
+
+def test_a_voiceover_over_the_models_sound_keeps_that_sound_underneath(stack: Stack) -> None:
+    pid = product(stack)
+    script = "Meet the mug."
+    mixed = stack.accept(items=[{"product_id": pid}], duration_seconds=4, audio="native_voiceover", script=script)
+    replaced = stack.accept(items=[{"product_id": pid}], duration_seconds=4, audio="voiceover", script=script)
+    assert mixed.cost == replaced.cost == 9  # the clip and the voiceover, either way
+    stack.run()
+    assert sorted(request.audio for request in stack.engine.requests) == [False, True]  # the model's sound asked once
+
+    def tone(job_id: str) -> float:
+        """How loud the model's 440 Hz tone is in the delivered video (the voice is 140-260 Hz)."""
+        (asset_id,) = stack.item(job_id).asset_ids
+        asset = stack.catalog.assets.get(CLIENT, asset_id)
+        assert asset is not None
+        samples, rate = decoded_audio(stack.store.get(asset.key))
+        spectrum = np.abs(np.fft.rfft(samples[0])) / len(samples[0])
+        return float(spectrum[round(TONE_HZ * len(samples[0]) / rate)])
+
+    # make_clip's tone has amplitude 0.2 (0.1 here at full volume): a quarter of it stays under the voice.
+    assert 0.01 < tone(mixed.id) < 0.04 and tone(replaced.id) < 0.001
 
 
 def video_asset(stack: Stack) -> str:
