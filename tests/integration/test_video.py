@@ -267,6 +267,12 @@ def test_bad_input_is_a_4xx_problem_and_charges_nothing(
     problem(job({"items": [{"product_id": their_product}]}), 404, "not_found")
     problem(job({"items": [{"product_id": product_id, "image_asset_id": their_image}]}), 404, "not_found")
     problem(job({"items": [{"product_id": product_id, "image_asset_id": clip["id"]}]}), 422, "video_frame_not_an_image")
+    refs = {"product_id": product_id, "reference_asset_ids": [image_id]}
+    problem(job({"items": [{**refs, "reference_asset_ids": [image_id, their_image]}]}), 404, "not_found")
+    problem(job({"items": [{**refs, "reference_asset_ids": [clip["id"]]}]}), 422, "video_frame_not_an_image")
+    problem(job({"items": [refs], "duration_seconds": 12}), 422, "validation_failed")  # Veo: 8 s clips only
+    problem(job({"items": [{**refs, "image_asset_id": image_id}]}), 422, "validation_failed")  # no frame with refs
+    problem(job({"items": [{**refs, "reference_asset_ids": ["a1", "a2", "a3", "a4"]}]}), 422, "validation_failed")
     problem(job({"items": [{"prompt": "a lamp", "last_frame_asset_id": image_id}]}), 422, "validation_failed")
     problem(job({"items": [{"prompt": "a lamp"}], "deliverables": ["4:3"]}), 422, "validation_failed")
     problem(job({"items": [{"prompt": "a lamp"}], "nonsense": True}), 422, "validation_failed")
@@ -319,9 +325,8 @@ def veo(clean_gemini_env: None) -> Iterator[VeoStub]:
         yield running
 
 
-def test_veo_through_the_real_sdk_polls_several_times_then_refunds_a_filtered_video(
-    stack: Any, video: Any, catalog: Any, headers: dict[str, str], client_id: str, veo: VeoStub
-) -> None:
+def install_veo(stack: Any, veo: VeoStub) -> None:
+    """The Veo and TTS engines of the platform, through the real SDK, pointed at the stub."""
     from shared.engines.veo import VeoConfig, veo_engines
 
     config = VeoConfig(
@@ -334,6 +339,12 @@ def test_veo_through_the_real_sdk_polls_several_times_then_refunds_a_filtered_vi
     )
     engine, speech = veo_engines(config)
     install(stack, video_engine=engine, speech_engine=speech)
+
+
+def test_veo_through_the_real_sdk_polls_several_times_then_refunds_a_filtered_video(
+    stack: Any, video: Any, catalog: Any, headers: dict[str, str], client_id: str, veo: VeoStub
+) -> None:
+    install_veo(stack, veo)
     grant(stack, client_id, GRANT)
     product_id = product_with_photo(stack, catalog, headers, client_id)
     veo.push(VideoScenario(polls=3))
@@ -360,3 +371,26 @@ def test_veo_through_the_real_sdk_polls_several_times_then_refunds_a_filtered_vi
     assert "usage guidelines" in item["failure"]["message"]
     assert done["settlement"] == {"captured": 0, "released": 8, "succeeded": 0, "failed": 1}
     assert available(stack, client_id) == (GRANT - 12, 0)
+
+
+def test_reference_images_reach_veo_as_asset_references_of_8_second_clips(
+    stack: Any, video: Any, catalog: Any, headers: dict[str, str], client_id: str, veo: VeoStub
+) -> None:
+    install_veo(stack, veo)
+    grant(stack, client_id, GRANT)
+    front = new_asset(stack, catalog, headers, client_id)
+    side = new_asset(stack, catalog, headers, client_id)
+    product_id = str(asset_doc(stack, client_id, front)["product_id"])
+    item = {"product_id": product_id, "reference_asset_ids": [front, side]}
+    job = create(video, headers, {"items": [item], "style": "showcase_360"})  # its 15 s become 8
+    assert (job["settings"]["duration_seconds"], job["settings"]["clips"], job["cost"]) == (8, [8], 15)
+    done = finished(stack, video, headers, job["id"])
+    assert done["counts"]["succeeded"] == 1 and done["settlement"]["captured"] == 15
+    (start,) = veo.calls_to("predictLongRunning")  # the stub refuses what Veo refuses: it took this one
+    instance = start.wire["instances"][0]
+    assert "image" not in instance and "lastFrame" not in instance and instance["prompt"]
+    assert [ref["referenceType"] for ref in instance["referenceImages"]] == ["ASSET", "ASSET"]
+    assert {ref["image"]["mimeType"] for ref in instance["referenceImages"]} == {"image/jpeg"}
+    assert start.wire["parameters"]["durationSeconds"] == 8
+    (result,) = items(video, headers, job["id"])[0]["videos"]
+    assert media.probe(download(result["download_url"])).duration_seconds == pytest.approx(8.0, abs=0.05)
