@@ -435,6 +435,20 @@ class StripeStub:
         }
         data_key = "subscription_data" if mode == "subscription" else "payment_intent_data"
         extra = form.get(data_key)
+        invoice_creation = form.get("invoice_creation")
+        if invoice_creation is not None:
+            if mode != "payment":
+                return _error(
+                    400,
+                    "invalid_request_error",
+                    "You can only enable invoice creation when `mode` is set to `payment`.",
+                    param="invoice_creation",
+                )
+            session["invoice_creation"] = {
+                "enabled": str(invoice_creation.get("enabled", "")).lower() == "true",
+                "invoice_data": dict(invoice_creation.get("invoice_data") or {}),
+            }
+            session["invoice"] = None
         with self.lock:
             self.sessions[session_id] = session
             self._session_lines[session_id] = [dict(line) for line in lines]
@@ -481,7 +495,8 @@ class StripeStub:
                         amount_total=amount,
                         subscription=session.get("subscription"),
                         payment_intent=session.get("payment_intent"),
-                    ),
+                    )
+                    | ({"invoice": session["invoice"]} if session.get("invoice") else {}),
                     now,
                 )
             )
@@ -544,10 +559,46 @@ class StripeStub:
         intent = payment_intent_obj(payment_intent, customer, amount)
         self.payment_intents[payment_intent] = intent
         session["payment_intent"] = payment_intent
-        return [
+        events = [
             stripe_events.event("payment_intent.succeeded", intent, now),
             stripe_events.event("charge.succeeded", charge_obj(customer, payment_intent, amount), now),
         ]
+        creation = session.get("invoice_creation") or {}
+        if creation.get("enabled"):
+            # Checkout's post-payment invoice: created, finalized and paid by the same payment.
+            invoice_data = creation.get("invoice_data") or {}
+            invoice_id = new_id("in")
+            invoice = {
+                "id": invoice_id,
+                "object": "invoice",
+                "customer": customer,
+                "subscription": None,
+                "parent": None,
+                "billing_reason": "manual",
+                "status": "paid",
+                "amount_due": amount,
+                "amount_paid": amount,
+                "currency": "usd",
+                "created": now,
+                "period_start": now,
+                "period_end": now,
+                "number": f"EPOX-{len(self.invoices) + 1:04d}",
+                "description": invoice_data.get("description"),
+                "metadata": dict(invoice_data.get("metadata") or {}),
+                "hosted_invoice_url": f"{self.url}/i/{invoice_id}",
+                "invoice_pdf": f"{self.url}/i/{invoice_id}/pdf",
+                "lines": {"object": "list", "data": [], "has_more": False},
+                "livemode": False,
+            }
+            self.invoices.append(invoice | {"payment_intent": payment_intent, "amount_refunded": 0})
+            session["invoice"] = invoice_id
+            events += [
+                stripe_events.event("invoice.created", invoice | {"status": "draft", "amount_paid": 0}, now),
+                stripe_events.event("invoice.finalized", invoice | {"status": "open", "amount_paid": 0}, now),
+                stripe_events.event("invoice.paid", invoice, now),
+                stripe_events.event("invoice.payment_succeeded", invoice, now),
+            ]
+        return events
 
     def _deliver(self, evt: dict[str, Any]) -> Delivery:
         status = -1  # no endpoint configured: nothing is sent

@@ -144,6 +144,13 @@ class StripeGateway(PaymentGateway):
             params["subscription_data"] = {"metadata": metadata}
         else:
             params["payment_intent_data"] = {"metadata": metadata}
+            # A paid invoice for the one-time purchase, so a credit pack appears in the billing history
+            # with a receipt (hosted invoice and PDF) like a subscription's months do. It is paid and has
+            # no subscription: the webhook records it without granting anything (the session grants).
+            params["invoice_creation"] = {
+                "enabled": True,
+                "invoice_data": {"metadata": metadata, "description": "Epox credit pack"},
+            }
         session = self._call(
             lambda: self.client.v1.checkout.sessions.create(params=params, options={"idempotency_key": idempotency_key})
         )

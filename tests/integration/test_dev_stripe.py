@@ -96,9 +96,19 @@ def test_pack_and_plan_checkout_paid_on_the_hosted_page_grant_credits(
     assert [d["type"] for d in deliveries] == [
         "payment_intent.succeeded",
         "charge.succeeded",
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.paid",
+        "invoice.payment_succeeded",
         "checkout.session.completed",
     ]
-    assert available() == 500
+    assert available() == 500  # the pack's own invoice grants nothing more: the session did
+    # The purchase is in the billing history with its receipt.
+    listed = ok(billing_api.get("/invoices", headers=headers))["items"]
+    [receipt] = listed
+    assert receipt["id"] == local_stripe.sessions[session["id"]]["invoice"]
+    assert (receipt["status"], receipt["amount_paid"]) == ("paid", catalog.pack("pack_500").display_price)
+    assert receipt["hosted_invoice_url"].endswith(f"/i/{receipt['id']}") and receipt["invoice_pdf"]
     [purchase] = stack.platform.db.collection("clients").document(client_id).collection("purchases").stream()
     assert purchase.to_dict()["payment_intent"] == local_stripe.sessions[session["id"]]["payment_intent"]
 
@@ -130,7 +140,9 @@ def test_pack_and_plan_checkout_paid_on_the_hosted_page_grant_credits(
         assert marker.exists, event["type"]
 
     # The invoices and the portal.
-    [invoice] = ok(billing_api.get("/invoices", headers=headers))["items"]
+    listed = {row["id"]: row for row in ok(billing_api.get("/invoices", headers=headers))["items"]}
+    assert len(listed) == 2 and receipt["id"] in listed  # the pack's receipt and the plan's first month
+    [invoice] = [row for row_id, row in listed.items() if row_id != receipt["id"]]
     assert (invoice["status"], invoice["amount_paid"]) == ("paid", catalog.plan("growth").display_price["monthly"])
     assert httpx.get(invoice["hosted_invoice_url"], trust_env=False).status_code == 200
     portal = ok(billing_api.post("/portal", json={}, headers=headers), 201)
@@ -207,6 +219,7 @@ def test_the_demos_billing_story_over_http(stack: Any, client_id: str, monkeypat
             with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
                 state = buy_and_subscribe(http, stack.headers(client_id), client_id)
             assert (state["plan"], state["status"]) == ("growth", "active")
-            assert {d.status for d in stub.deliveries} == {200} and len(stub.deliveries) == 7
+            # A pack (its payment, its receipt invoice, the session) and a plan (subscription, invoice, session).
+            assert {d.status for d in stub.deliveries} == {200} and len(stub.deliveries) == 7 + 4
     finally:
         server.shutdown()
