@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.catalog import imports, library, products, uploads
+from shared.catalog import bulk, imports, library, products, uploads
 from shared.catalog.csv_parsing import CSV_ERRORS
 from shared.catalog.imports import CsvPreviewTooLarge, ImportNotEditable
 from shared.catalog.models import (
+    AssetBulkOut,
+    AssetBulkRequest,
     AssetDetailOut,
     AssetListQuery,
     AssetOut,
@@ -219,6 +221,12 @@ def list_assets(ctx: RequestContext[NoBody, AssetListQuery]) -> Page[AssetOut]:
     page = library.list_assets(_repos(ctx).assets, ctx.client_id, ctx.query)
     items = [library.asset_out(doc, p.object_store, _expiry(ctx)) for doc in page.items]
     return Page[AssetOut](items=items, next_cursor=page.next_cursor)
+
+
+@api.post("/assets/bulk", body=AssetBulkRequest)
+def bulk_assets(ctx: RequestContext[AssetBulkRequest, NoQuery]) -> AssetBulkOut:
+    p = ctx.platform
+    return bulk.bulk_assets(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.body, p.clock())
 
 
 @api.get("/assets/<asset_id>")
