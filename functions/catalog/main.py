@@ -37,6 +37,9 @@ from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
 from shared.errors import Conflict, NotFound
+from shared.exports import service as exports
+from shared.exports.models import ExportCreate, ExportOut, ExportTask
+from shared.exports.sources import JobStillRunning
 from shared.http.app import (
     Access,
     BodyT,
@@ -250,6 +253,21 @@ def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
 
 
+# -- ZIP exports ----------------------------------------------------------------------------------
+
+
+@api.post("/exports", body=ExportCreate, status=202, errors=(NotFound, JobStillRunning))
+def create_export(ctx: RequestContext[ExportCreate, NoQuery]) -> ExportOut:
+    return exports.request_export(exports.export_services(ctx.platform), ctx.client_id, ctx.body)
+
+
+@api.get("/exports/<export_id>", errors=(exports.ExportNotFound,))
+def get_export(ctx: RequestContext[NoBody, NoQuery]) -> ExportOut:
+    p = ctx.platform
+    doc = exports.get_export(p.exports, ctx.client_id, ctx.path_params["export_id"])
+    return exports.export_out(doc, p.object_store, p.settings.export_link_seconds, p.clock())
+
+
 # -- workers --------------------------------------------------------------------------------------
 
 
@@ -261,6 +279,12 @@ def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> TaskOutcome:
         _repos(ctx), p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return TaskOutcome(outcome=outcome)
+
+
+@tasks.post(exports.BUILD_PATH, body=ExportTask, access=Access.TASK)
+def build_export(ctx: RequestContext[ExportTask, NoQuery]) -> TaskOutcome:
+    assert ctx.task is not None
+    return TaskOutcome(outcome=exports.build_export(exports.export_services(ctx.platform), ctx.body, ctx.task))
 
 
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)
