@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     export_budget_seconds: float = Field(default=180.0, gt=0)
     # How long a ready export's download URL is valid (R2 presigned URLs: at most 7 days).
     export_link_seconds: int = Field(default=3600, ge=60, le=604_800)
+    # IMG-03: listing images need at least this many pixels on the short side (0: no minimum). A
+    # generated image a little short of it (at most 10%: 1K at 1:1 is 1024 px) is resampled up to it.
+    listing_min_side: int = Field(default=1080, ge=0, le=4096)
 
     # Editing
     rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
