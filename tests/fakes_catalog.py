@@ -271,7 +271,7 @@ class InMemoryAssetRepository(AssetRepository):
         if revision.number in stored or current is None or current.current_revision != revision.number - 1:
             raise RevisionConflict(f"revision {revision.number} of {asset_id} exists")
         stored[revision.number] = revision
-        changes = {
+        changes: dict[str, Any] = {
             "current_revision": revision.number,
             "key": revision.key,
             "thumbnail_key": revision.thumbnail_key,
