@@ -519,3 +519,92 @@ def test_the_same_selection_in_any_order_is_the_same_export() -> None:
     assert world.request(asset_ids=[b, a, b]).id == first.id
     assert len(world.queue.tasks) == 1  # asking again while queued enqueues the same named task: dropped
     assert world.request(asset_ids=[a]).id != first.id
+
+
+def _job_fields(job_id: str) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "client_id": CLIENT,
+        "status": JobStatus.COMPLETED,
+        "item_count": 2,
+        "cost": 2,
+        "hold_id": "",
+        "created_by": "u",
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+
+
+def test_an_edit_job_exports_the_revisions_it_made_and_its_failures() -> None:
+    from shared.editing.models import EditItemDoc, EditJobDoc
+    from shared.editing.service import EDITS
+    from shared.exports.sources import job_wanted, resolve
+
+    world = World()
+    product_id = world.product("Lamp")
+    world.asset("ast_e1", product_id)
+    world.asset("ast_e2", product_id)
+    first = world.assets.get(CLIENT, "ast_e1")
+    assert first is not None
+    # The job made revision 2 of ast_e1; a later edit made revision 3: the export holds the job's revision 2.
+    for number, data in ((2, b"by the job"), (3, b"later")):
+        key, thumb = assets.write_objects(world.store, CLIENT, "ast_e1", number, Media(data), Thumb())
+        revision = world.assets.revision(CLIENT, "ast_e1", 1)
+        assert revision is not None
+        assets.commit_revision(
+            world.assets,
+            client_id=CLIENT,
+            asset_id="ast_e1",
+            revision=revision.model_copy(update={"number": number, "key": key, "thumbnail_key": thumb}),
+            now=NOW,
+        )
+    jobs: InMemoryJobStore[Any, Any] = InMemoryJobStore(EDITS)
+    job = EditJobDoc(**_job_fields("edj_1"), operations=[], asset_ids=["ast_e1", "ast_e2"], price_list_version=1)
+    failure = {"code": "background_removal_failed", "message": "no subject found"}
+    items = [
+        EditItemDoc(index=0, asset_id="ast_e1", cost=1, status=ItemStatus.SUCCEEDED, revision=2),
+        EditItemDoc(index=1, asset_id="ast_e2", cost=1, status=ItemStatus.FAILED, failure=failure),
+    ]
+    assert jobs.create_job(job, items)
+    rows = lay_out(resolve(world.catalog, CLIENT, job_wanted(jobs, CLIENT, job)))
+    assert [(r.asset_id, r.status, r.file, r.reason) for r in rows] == [
+        ("ast_e1", "ok", "Lamp/edited-1.png", None),
+        ("ast_e2", "failed", None, "background_removal_failed: no subject found"),
+    ]
+    assert world.store.get(rows[0].key or "") == b"by the job"
+
+
+def test_a_video_job_exports_each_deliverable_named_by_style_and_aspect() -> None:
+    from shared.exports.sources import job_wanted, resolve
+    from shared.videos.jobs import VIDEOS, deliverable_asset_id
+    from shared.videos.models import VideoItemDoc, VideoJobDoc, VideoSettings
+
+    world = World()
+    product_id = world.product("Lamp", sku="LP-9")
+    settings = VideoSettings(
+        style="showcase",
+        duration_seconds=4,
+        resolution="720p",
+        aspect_ratio="16:9",
+        deliverables=["16:9", "9:16"],
+        audio="none",
+        fit="crop",
+        quality="fast",
+        model="veo",
+        clips=[4],
+    )
+    job = VideoJobDoc(**_job_fields("vid_1"), settings=settings)
+    item = VideoItemDoc(index=0, product_id=product_id, status=ItemStatus.SUCCEEDED)
+    made = [deliverable_asset_id(job, item, aspect) for aspect in ("16:9", "9:16")]
+    item = item.model_copy(update={"asset_ids": made})
+    lost = VideoItemDoc(index=1, prompt="x", status=ItemStatus.CANCELLED)
+    jobs: InMemoryJobStore[Any, Any] = InMemoryJobStore(VIDEOS)
+    assert jobs.create_job(job, [item, lost])
+    for asset_id in made:
+        world.asset(asset_id, product_id)
+    rows = lay_out(resolve(world.catalog, CLIENT, job_wanted(jobs, CLIENT, job)))
+    assert [(r.file, r.status) for r in rows] == [
+        ("LP-9/showcase-16x9-1.png", "ok"),
+        ("LP-9/showcase-9x16-1.png", "ok"),
+        (None, "cancelled"),
+    ]
