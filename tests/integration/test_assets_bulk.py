@@ -120,3 +120,25 @@ def test_filters_by_job_origin_tag_and_creation_time(
     assert listed(catalog, headers, f"tag=x&created_from={start}") == [b]
     assert listed(catalog, headers, "tag=x&limit=1") == [b]
     problem(catalog.get("/assets?created_from=2026-01-01T00:00:00", headers=headers), 422)
+
+
+def test_the_adapter_writes_the_rest_of_a_batch_when_one_asset_moved(
+    stack: Any, catalog: Any, headers: dict[str, str], client_id: str
+) -> None:
+    """Firestore refuses the whole batch for one stale precondition; the adapter then writes one by one
+    and answers which asset moved (the use case reads it again)."""
+    from shared.adapters.firestore.catalog import FirestoreAssetRepository
+
+    _, ids = new_images(stack, catalog, headers, client_id, 3)
+    repo = FirestoreAssetRepository(stack.platform.db)
+    loaded = repo.load_many(client_id, [*ids, "ast_missing"])
+    assert sorted(loaded) == sorted(ids)
+    # Another writer changes the second asset between our read and our write.
+    assert bulk(catalog, headers, {"action": "pin", "ids": [ids[1]]}) == {ids[1]: "ok"}
+    moved = repo.update_many(client_id, [(loaded[a], {"approved": True}) for a in ids])
+    assert moved == {ids[1]}
+    assert [asset_doc(stack, client_id, a)["approved"] for a in ids] == [True, False, True]
+    assert asset_doc(stack, client_id, ids[1])["pinned"] is True  # the other writer's change stands
+    assert sorted(outbox_types(stack, client_id)) == sorted(
+        [("catalog.asset_approved", ids[0]), ("catalog.asset_approved", ids[2])]
+    )
