@@ -182,6 +182,9 @@ def main() -> int:
     from bench import video
 
     video.main()
+    from bench import exports
+
+    exports.main()
     return 0
 
 

@@ -191,6 +191,17 @@ class Settings(BaseSettings):
     # Upload slots a client may have pending (not completed, not expired) at once.
     upload_max_pending: int = Field(default=50, ge=1)
 
+    # ZIP exports (built by catalog_tasks, streamed into R2 in parts of this size: R2's minimum is 5 MiB)
+    export_part_mib: int = Field(default=8, ge=5, le=512)
+    # A delivery starts no new file after this many seconds once its parts are out, and hands the rest
+    # of the archive to a new task (at most 60% of CATALOG_TASKS_TIMEOUT_SECONDS: the file in flight ends).
+    export_budget_seconds: float = Field(default=180.0, gt=0)
+    # How long a ready export's download URL is valid (R2 presigned URLs: at most 7 days).
+    export_link_seconds: int = Field(default=3600, ge=60, le=604_800)
+    # IMG-03: listing images need at least this many pixels on the short side (0: no minimum). A
+    # generated image a little short of it (at most 10%: 1K at 1:1 is 1024 px) is resampled up to it.
+    listing_min_side: int = Field(default=1080, ge=0, le=4096)
+
     # Editing
     rembg_model_path: str = ""  # the u2net-style ONNX file baked into the edit bundle; relative = to the cwd
     rembg_alpha_matting: bool = False
@@ -264,6 +275,8 @@ class Settings(BaseSettings):
             )
         if self.import_stale_minutes * 60 <= self.catalog_tasks_timeout_seconds:
             raise ValueError("IMPORT_STALE_MINUTES must be longer than CATALOG_TASKS_TIMEOUT_SECONDS")
+        if self.export_budget_seconds > 0.6 * self.catalog_tasks_timeout_seconds:
+            raise ValueError("EXPORT_BUDGET_SECONDS must stay under 60% of CATALOG_TASKS_TIMEOUT_SECONDS")
         return self
 
     @model_validator(mode="after")

@@ -151,6 +151,12 @@ class NormalizedImage:
     source_format: str
     source_mode: str
     was_rotated: bool
+    upscaled_from: tuple[int, int] | None = None  # the size before a top-up to a minimum short side
+
+
+# A top-up to a minimum short side resamples by at most this factor: a few percent (1024 -> 1080) is
+# invisible, more would invent detail the image does not have.
+MAX_TOP_UP = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,13 +262,19 @@ def normalize_image(data: bytes, limits: ImageLimits) -> NormalizedImage:
 
 
 def normalize_with_thumbnail(
-    data: bytes, limits: ImageLimits, thumb_max_side: int = 512, *, output_format: str | None = None
+    data: bytes,
+    limits: ImageLimits,
+    thumb_max_side: int = 512,
+    *,
+    output_format: str | None = None,
+    min_short_side: int = 0,
 ) -> tuple[NormalizedImage, Thumbnail]:
     """:func:`normalize_image` plus a thumbnail of its result, decoding only once.
 
     ``output_format`` ("PNG" or "WEBP") encodes the decoded pixels straight into that format
-    instead of keeping the source's, so nothing is compressed twice."""
-    normalized, pixels = _normalize(data, limits, output_format)
+    instead of keeping the source's, so nothing is compressed twice. ``min_short_side``: an image
+    whose short side is below it by at most :data:`MAX_TOP_UP` is resampled (Lanczos) up to it."""
+    normalized, pixels = _normalize(data, limits, output_format, min_short_side)
     return normalized, thumbnail_from_image(pixels, thumb_max_side)
 
 
@@ -521,7 +533,7 @@ def _png_problem(data: bytes) -> str | None:
 
 
 def _normalize(
-    data: bytes, limits: ImageLimits, output_format: str | None = None
+    data: bytes, limits: ImageLimits, output_format: str | None = None, min_short_side: int = 0
 ) -> tuple[NormalizedImage, Image.Image]:
     """Normalise ``data``; also return the final pixels, so a thumbnail needs no decode."""
     img, source, info = _open(data, limits)
@@ -529,6 +541,15 @@ def _normalize(
     icc = _rgb_icc_profile(img)
     upright, was_rotated = _upright(img)
     pixels = _to_rgb(upright)
+    upscaled_from = None
+    short = min(pixels.size)
+    if 0 < short < min_short_side and min_short_side <= short * MAX_TOP_UP:
+        from PIL import Image
+
+        upscaled_from = pixels.size
+        scale = min_short_side / short
+        size = tuple(max(min_short_side, round(side * scale)) for side in pixels.size)
+        pixels = pixels.resize((size[0], size[1]), Image.Resampling.LANCZOS)
     # Metadata (EXIF with GPS, XMP, comments, text chunks) goes by not carrying it
     # over, but savers fall back to .info for some keys (JPEG comment, PNG ICC), so
     # replace it. The image is ours (decoded or converted here). The ICC profile
@@ -565,6 +586,7 @@ def _normalize(
         source_format=info.format,
         source_mode=info.mode,
         was_rotated=was_rotated,
+        upscaled_from=upscaled_from,
     )
     return normalized, pixels
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from shared.engines.video import SpeechEngine, VideoEngine
     from shared.events.consumer import EventConsumer
     from shared.events.outbox import EventKicker, Outbox
+    from shared.exports.ports import ExportRepository
     from shared.generation.store import GenerationSettingsStore
     from shared.idempotency import IdempotencyKeys
     from shared.ledger.pricing import PriceBook
@@ -354,6 +355,13 @@ class Platform:
         from shared.adapters.firestore.batch import FirestoreJobStore
 
         return FirestoreJobStore(self.db, kind, self.event_kicker)
+
+    @property
+    def exports(self) -> ExportRepository:
+        """ZIP exports (``clients/{client}/exports``)."""
+        from shared.adapters.firestore.exports import FirestoreExportRepository
+
+        return FirestoreExportRepository(self.db)
 
     def idempotency_keys(self) -> IdempotencyKeys:
         """The Idempotency-Key rules over the Firestore records (IDEMPOTENCY_TTL_HOURS)."""

@@ -6,6 +6,7 @@ Locally and in tests the same adapter talks to a moto server; only the endpoint 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,19 @@ class PresignedUpload:
     expires_in: int
 
 
+@dataclass(frozen=True)
+class UploadedPart:
+    """One part of a multipart upload as the store acknowledged it (1-based ``number``)."""
+
+    number: int
+    etag: str
+
+
+# What S3 and R2 require of every part of a multipart upload but the last.
+MIN_PART_BYTES = 5 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
 class ObjectStore(ABC):
     """Port for blobs: images, thumbnails, uploads, reports."""
 
@@ -64,6 +78,34 @@ class ObjectStore(ABC):
     def presigned_put(
         self, key: str, *, content_type: str, content_length: int, expires_in: int
     ) -> PresignedUpload: ...
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete objects; missing ones are not an error (adapters delete in batches)."""
+        for key in keys:
+            self.delete(key)
+
+    # -- streaming: objects larger than memory ---------------------------------------------------
+
+    @abstractmethod
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """Read an object piece by piece, never whole; :class:`ObjectNotFound` when missing."""
+
+    @abstractmethod
+    def start_multipart(self, key: str, content_type: str) -> str:
+        """Begin a multipart upload to ``key``; returns its upload id."""
+
+    @abstractmethod
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
+        """Upload part ``number`` (1..10,000; at least :data:`MIN_PART_BYTES` unless it is the last).
+        Uploading a number again replaces that part."""
+
+    @abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        """Join ``parts`` (in number order) into the object at ``key``."""
+
+    @abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload and its parts; an upload that is gone (finished, aborted) is not an error."""
 
 
 class R2ObjectStore(ObjectStore):
@@ -215,6 +257,77 @@ class R2ObjectStore(ObjectStore):
             headers={"Content-Type": content_type, "Content-Length": str(content_length)},
             expires_in=expires_in,
         )
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 1000):  # DeleteObjects takes up to 1,000 keys
+            batch = unique[start : start + 1000]
+            try:
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+                )
+            except Exception as exc:
+                raise self._translate(exc, batch[0]) from exc
+            failed = [error for error in response.get("Errors", []) if error.get("Code") != "NoSuchKey"]
+            if failed:
+                raise UpstreamUnavailable(f"The object store did not delete {len(failed)} objects")
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        try:
+            while True:
+                try:
+                    chunk: bytes = body.read(chunk_size)
+                except Exception as exc:
+                    raise self._translate(exc, key) from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        try:
+            response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        return str(response["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+        return UploadedPart(number=number, etag=str(response["ETag"]))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        ordered = sorted(parts, key=lambda part: part.number)
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in ordered]},
+            )
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchUpload", "404", "NotFound"):
+                return
+            raise self._translate(exc, key) from exc
+        except Exception as exc:
+            raise self._translate(exc, key) from exc
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (local stack and tests only; production buckets come from Terraform)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -19,13 +21,27 @@ from shared.billing.store import (
 from shared.ledger.model import Entry, HoldOutcome, LedgerState, Mutation
 from shared.ledger.store import HoldRecord, KeyAlreadyUsed, LedgerStore, Marker, Snapshot, StaleState, key_hash
 from shared.safe_fetch import Resolver
-from shared.storage import ObjectInfo, ObjectNotFound, ObjectStore, PresignedUpload
+from shared.storage import (
+    CHUNK_BYTES,
+    MIN_PART_BYTES,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    PresignedUpload,
+    UploadedPart,
+)
 from shared.tasks import TaskQueue, TaskRequest
 
 
 class InMemoryObjectStore(ObjectStore):
-    def __init__(self) -> None:
+    """Objects in a dict; multipart uploads keep their parts until completed (R2's rules: parts but
+    the last at least 5 MiB, an unknown upload id is NoSuchUpload)."""
+
+    def __init__(self, *, min_part_bytes: int = MIN_PART_BYTES) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}
+        self.uploads: dict[str, tuple[str, str, dict[int, bytes]]] = {}  # upload id -> (key, type, parts)
+        self.aborted: list[str] = []
+        self.min_part_bytes = min_part_bytes
 
     def put(self, key: str, data: bytes, content_type: str, *, cache_control: str | None = None) -> None:
         self.objects[key] = (data, content_type)
@@ -55,6 +71,46 @@ class InMemoryObjectStore(ObjectStore):
             headers={"Content-Type": content_type, "Content-Length": str(content_length)},
             expires_in=expires_in,
         )
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        if key not in self.objects:
+            raise ObjectNotFound(f"No object at {key}")
+        data = self.objects[key][0]
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        upload_id = secrets.token_hex(8)
+        self.uploads[upload_id] = (key, content_type, {})
+        return upload_id
+
+    def _upload(self, key: str, upload_id: str) -> dict[int, bytes]:
+        entry = self.uploads.get(upload_id)
+        if entry is None or entry[0] != key:
+            raise ObjectNotFound(f"No upload {upload_id} to {key}")
+        return entry[2]
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
+        if not 1 <= number <= 10_000:
+            raise ValueError(f"part number {number} out of range")
+        self._upload(key, upload_id)[number] = bytes(data)
+        return UploadedPart(number=number, etag=f"{hash(bytes(data)) & 0xFFFFFFFF:08x}-{number}")
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None:
+        stored = self._upload(key, upload_id)
+        ordered = sorted(parts, key=lambda part: part.number)
+        for index, part in enumerate(ordered):
+            data = stored.get(part.number)
+            if data is None or part.etag != f"{hash(data) & 0xFFFFFFFF:08x}-{part.number}":
+                raise ValueError(f"part {part.number} is not the one uploaded")
+            if index < len(ordered) - 1 and len(data) < self.min_part_bytes:
+                raise ValueError(f"part {part.number} is smaller than {self.min_part_bytes} bytes")
+        content_type = self.uploads.pop(upload_id)[1]
+        self.objects[key] = (b"".join(stored[part.number] for part in ordered), content_type)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        if self.uploads.pop(upload_id, None) is not None:
+            self.aborted.append(upload_id)
 
 
 class RecordingTaskQueue(TaskQueue):

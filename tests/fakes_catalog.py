@@ -22,6 +22,7 @@ from shared.catalog.models import (
     UploadStatus,
 )
 from shared.catalog.ports import (
+    ASSET_EQUALITY_FILTERS,
     AssetExists,
     AssetFilter,
     AssetRepository,
@@ -222,15 +223,17 @@ class InMemoryAssetRepository(AssetRepository):
     def scan(
         self, client_id: str, where: AssetFilter, after: tuple[datetime, str] | None, limit: int
     ) -> list[AssetDoc]:
-        fields = ("product_id", "kind", "status", "pinned", "favorite", "approved")
-
         def keep(doc: AssetDoc) -> bool:
-            for name in fields:
+            for name in ASSET_EQUALITY_FILTERS:
                 wanted = getattr(where, name)
                 value = getattr(doc, name)
                 if wanted is not None and getattr(value, "value", value) != wanted:
                     return False
-            return True
+            if where.tag is not None and where.tag not in doc.tags:
+                return False
+            if where.created_from is not None and doc.created_at < where.created_from:
+                return False
+            return where.created_to is None or doc.created_at < where.created_to
 
         return _newest_first([doc for doc in self._of(client_id).values() if keep(doc)], after, limit)
 
@@ -268,7 +271,7 @@ class InMemoryAssetRepository(AssetRepository):
         if revision.number in stored or current is None or current.current_revision != revision.number - 1:
             raise RevisionConflict(f"revision {revision.number} of {asset_id} exists")
         stored[revision.number] = revision
-        changes = {
+        changes: dict[str, Any] = {
             "current_revision": revision.number,
             "key": revision.key,
             "thumbnail_key": revision.thumbnail_key,
@@ -312,6 +315,21 @@ class InMemoryAssetRepository(AssetRepository):
             now = changes.get("updated_at") or asset.updated_at
             self.events.append(approval_event(client_id, asset, bool(changes["approved"]), sequence, now))
         self._of(client_id)[asset_id] = _changed(asset, changes)
+
+    def load_many(self, client_id: str, asset_ids: Sequence[str]) -> dict[str, Versioned[AssetDoc]]:
+        # The document as read is its own version: any write replaces it with another object.
+        return {aid: Versioned(doc, doc) for aid in asset_ids if (doc := self._of(client_id).get(aid))}
+
+    def update_many(self, client_id: str, writes: Sequence[tuple[Versioned[AssetDoc], dict[str, Any]]]) -> set[str]:
+        self._interleave()
+        moved: set[str] = set()
+        for loaded, changes in writes:
+            current = self._of(client_id).get(loaded.value.id)
+            if current is None or current is not loaded.version:
+                moved.add(loaded.value.id)
+                continue
+            self.update_flags(client_id, loaded.value.id, changes)
+        return moved
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         asset = self._of(client_id).pop(asset_id, None)

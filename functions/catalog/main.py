@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 import functions_framework
 
-from shared.catalog import imports, library, products, uploads
+from shared.catalog import bulk, imports, library, products, uploads
 from shared.catalog.csv_parsing import CSV_ERRORS
 from shared.catalog.imports import CsvPreviewTooLarge, ImportNotEditable
 from shared.catalog.models import (
+    AssetBulkOut,
+    AssetBulkRequest,
     AssetDetailOut,
     AssetListQuery,
     AssetOut,
@@ -35,6 +37,9 @@ from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
 from shared.errors import Conflict, NotFound
+from shared.exports import service as exports
+from shared.exports.models import ExportCreate, ExportOut, ExportTask
+from shared.exports.sources import JobStillRunning
 from shared.http.app import (
     Access,
     BodyT,
@@ -221,6 +226,12 @@ def list_assets(ctx: RequestContext[NoBody, AssetListQuery]) -> Page[AssetOut]:
     return Page[AssetOut](items=items, next_cursor=page.next_cursor)
 
 
+@api.post("/assets/bulk", body=AssetBulkRequest)
+def bulk_assets(ctx: RequestContext[AssetBulkRequest, NoQuery]) -> AssetBulkOut:
+    p = ctx.platform
+    return bulk.bulk_assets(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.body, p.clock())
+
+
 @api.get("/assets/<asset_id>")
 def get_asset(ctx: RequestContext[NoBody, NoQuery]) -> AssetDetailOut:
     p = ctx.platform
@@ -242,6 +253,21 @@ def delete_asset(ctx: RequestContext[NoBody, NoQuery]) -> None:
     library.delete_asset(_repos(ctx).assets, p.object_store, ctx.client_id, ctx.path_params["asset_id"])
 
 
+# -- ZIP exports ----------------------------------------------------------------------------------
+
+
+@api.post("/exports", body=ExportCreate, status=202, errors=(NotFound, JobStillRunning))
+def create_export(ctx: RequestContext[ExportCreate, NoQuery]) -> ExportOut:
+    return exports.request_export(exports.export_services(ctx.platform), ctx.client_id, ctx.body)
+
+
+@api.get("/exports/<export_id>", errors=(exports.ExportNotFound,))
+def get_export(ctx: RequestContext[NoBody, NoQuery]) -> ExportOut:
+    p = ctx.platform
+    doc = exports.get_export(p.exports, ctx.client_id, ctx.path_params["export_id"])
+    return exports.export_out(doc, p.object_store, p.settings.export_link_seconds, p.clock())
+
+
 # -- workers --------------------------------------------------------------------------------------
 
 
@@ -253,6 +279,12 @@ def import_chunk(ctx: RequestContext[ImportChunkTask, NoQuery]) -> TaskOutcome:
         _repos(ctx), p.object_store, p.task_queue, p.fetcher, ctx.body, ctx.task, import_policy(p.settings), p.clock()
     )
     return TaskOutcome(outcome=outcome)
+
+
+@tasks.post(exports.BUILD_PATH, body=ExportTask, access=Access.TASK)
+def build_export(ctx: RequestContext[ExportTask, NoQuery]) -> TaskOutcome:
+    assert ctx.task is not None
+    return TaskOutcome(outcome=exports.build_export(exports.export_services(ctx.platform), ctx.body, ctx.task))
 
 
 @tasks.post("/jobs/reap-stuck-imports", access=Access.SCHEDULER)

@@ -14,6 +14,9 @@ locals {
     # Veo's clips as they came, kept until the video worker has joined them into a video (deleted then;
     # a job that failed or was cancelled mid-way leaves them).
     { id = "video-clips-3d", prefix = "video-clips/", max_age = 3 * local.day },
+    # ZIP exports (archives, and the rows and checkpoints of builds in progress): a ready export says
+    # when its archive may go (EXPORT_RETENTION_DAYS in shared/exports/service.py); asked again, it is built again.
+    { id = "exports-7d", prefix = "exports/", max_age = 7 * local.day },
   ]
 }
 

@@ -81,6 +81,11 @@ def list_assets(assets: AssetRepository, client_id: str, query: AssetListQuery) 
         pinned=query.pinned,
         favorite=query.favorite,
         approved=query.approved,
+        job_id=query.job_id,
+        origin=query.origin.value if query.origin is not None else None,
+        tag=query.tag,
+        created_from=query.created_from,
+        created_to=query.created_to,
     )
     after = None
     if query.cursor:
@@ -96,11 +101,11 @@ def list_assets(assets: AssetRepository, client_id: str, query: AssetListQuery) 
 
 
 def update_asset(assets: AssetRepository, client_id: str, asset_id: str, data: AssetUpdate, now: datetime) -> AssetDoc:
-    """Set the flags sent (pinned, favorite, approved)."""
+    """Set the flags sent (pinned, favorite, approved) and the tags (replaced when sent)."""
     changes = {field: getattr(data, field) for field in data.model_fields_set if getattr(data, field) is not None}
     if not changes:
         raise ValidationFailed(
-            "Send at least one of pinned, favorite, approved",
+            "Send at least one of pinned, favorite, approved, tags",
             errors=[{"field": "body", "in": "body", "message": "no change requested", "type": "missing"}],
         )
     asset = get_asset(assets, client_id, asset_id)
@@ -111,14 +116,20 @@ def update_asset(assets: AssetRepository, client_id: str, asset_id: str, data: A
 
 def delete_asset(assets: AssetRepository, store: ObjectStore, client_id: str, asset_id: str) -> None:
     """Remove the asset, its revisions, its objects, and its place in the product's images."""
+    # Objects go after the references: a failure here leaves garbage, never a dangling link.
+    for key in sorted(delete_asset_documents(assets, client_id, asset_id)):
+        store.delete(key)
+
+
+def delete_asset_documents(assets: AssetRepository, client_id: str, asset_id: str) -> set[str]:
+    """Remove the asset, its revisions and its place in the product's images (404 when it is not the
+    client's); returns the keys of the objects nobody references any more, the caller's to delete."""
     asset = get_asset(assets, client_id, asset_id)
     revisions = assets.delete(client_id, asset_id)
-    # Objects go after the references: a failure here leaves garbage, never a dangling link.
     keys = {k for k in (asset.key, asset.thumbnail_key, asset.poster_key) if k}
     for revision in revisions:
         keys.update(k for k in (revision.key, revision.thumbnail_key, revision.poster_key) if k)
-    for key in keys:
-        store.delete(key)
+    return keys
 
 
 def approval_event(client_id: str, asset: AssetDoc, approved: bool, sequence: int, now: datetime) -> DomainEvent:

@@ -7,7 +7,15 @@ from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared.catalog.store_link import StoreLink, StoreLinkStatus
 from shared.pagination import PageQuery
@@ -335,6 +343,27 @@ class AssetDoc(BaseModel):
     origin_media_id: str | None = None  # the connected store's id of this media (store imports)
     duration_seconds: float | None = None
     poster_key: str | None = None
+    tags: list[str] = Field(default_factory=list)  # normalised (AssetTag), at most MAX_ASSET_TAGS
+
+
+# An asset's tags: lower case, inner whitespace collapsed, so "Summer  Sale" and "summer sale" are one tag.
+MAX_ASSET_TAGS = 20
+
+
+def _normal_tag(value: object) -> object:
+    return " ".join(value.split()).lower() if isinstance(value, str) else value
+
+
+AssetTag = Annotated[
+    str,
+    BeforeValidator(_normal_tag),
+    StringConstraints(min_length=1, max_length=40),
+    SINGLE_LINE,
+]
+
+
+def _unique(tags: list[str] | None) -> list[str] | None:
+    return None if tags is None else list(dict.fromkeys(tags))
 
 
 class AssetListQuery(PageQuery):
@@ -346,12 +375,92 @@ class AssetListQuery(PageQuery):
     pinned: bool | None = None
     favorite: bool | None = None
     approved: bool | None = None
+    job_id: Id | None = None  # made by this job (generation, video)
+    tag: AssetTag | None = None
+    origin: AssetOrigin | None = None
+    created_from: datetime | None = None  # created at or after
+    created_to: datetime | None = None  # created before
+
+    @model_validator(mode="after")
+    def _range(self) -> AssetListQuery:
+        if self.created_from and self.created_to and self.created_from >= self.created_to:
+            raise ValueError("created_from must be before created_to")
+        for name in ("created_from", "created_to"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone (e.g. 2026-01-31T00:00:00Z)")
+        return self
 
 
 class AssetUpdate(StrictModel):
     pinned: bool | None = None
     favorite: bool | None = None
     approved: bool | None = None
+    tags: list[AssetTag] | None = Field(default=None, max_length=MAX_ASSET_TAGS)  # replaces the tags
+
+    _unique_tags = field_validator("tags")(_unique)
+
+
+class BulkAction(str, Enum):
+    APPROVE = "approve"
+    UNAPPROVE = "unapprove"
+    FAVORITE = "favorite"
+    UNFAVORITE = "unfavorite"
+    PIN = "pin"
+    UNPIN = "unpin"
+    DELETE = "delete"
+    TAG = "tag"
+    UNTAG = "untag"
+
+
+MAX_BULK_IDS = 1000
+
+
+class AssetBulkRequest(StrictModel):
+    """One action on up to ``MAX_BULK_IDS`` assets; a repeated id counts once."""
+
+    action: BulkAction
+    ids: list[Id] = Field(min_length=1, max_length=MAX_BULK_IDS)
+    tags: list[AssetTag] | None = Field(default=None, min_length=1, max_length=MAX_ASSET_TAGS)
+
+    _unique_tags = field_validator("tags")(_unique)
+
+    @field_validator("ids")
+    @classmethod
+    def _unique_ids(cls, ids: list[str]) -> list[str]:
+        return list(dict.fromkeys(ids))
+
+    @model_validator(mode="after")
+    def _tags_for_tag_actions(self) -> AssetBulkRequest:
+        wants_tags = self.action in (BulkAction.TAG, BulkAction.UNTAG)
+        if wants_tags and not self.tags:
+            raise ValueError(f"{self.action.value} needs tags")
+        if not wants_tags and self.tags is not None:
+            raise ValueError(f"{self.action.value} takes no tags")
+        return self
+
+
+class BulkStatus(str, Enum):
+    OK = "ok"
+    NOT_FOUND = "not_found"  # no such asset of this client (another client's id too)
+    CONFLICT = "conflict"  # it kept changing under the write; nothing changed, try again
+    REFUSED = "refused"  # the rule refuses it for this asset (e.g. too many tags); nothing changed
+
+
+class BulkResult(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    id: str
+    status: BulkStatus
+    detail: str | None = None
+
+
+class AssetBulkOut(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+    action: BulkAction
+    results: list[BulkResult]  # one per distinct id, in the order sent
+    counts: dict[str, int]  # results by status
 
 
 class VideoFactsOut(BaseModel):
@@ -392,6 +501,8 @@ class AssetOut(BaseModel):
     duration_seconds: float | None = None  # videos
     poster_url: str | None = None  # videos: the frame shown before playback (WebP)
     video: VideoFactsOut | None = None  # videos: codecs, frame rate, size
+    origin: AssetOrigin | None = None
+    tags: list[str] = Field(default_factory=list)
 
 
 class AssetRevisionOut(BaseModel):

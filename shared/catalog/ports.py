@@ -196,6 +196,15 @@ class AssetFilter:
     pinned: bool | None = None
     favorite: bool | None = None
     approved: bool | None = None
+    job_id: str | None = None
+    origin: str | None = None
+    tag: str | None = None  # one tag the asset must carry
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+
+
+# The equality filters of :class:`AssetFilter`, by field name (the adapters filter on each one given).
+ASSET_EQUALITY_FILTERS = ("product_id", "kind", "status", "pinned", "favorite", "approved", "job_id", "origin")
 
 
 class AssetRepository(ABC):
@@ -250,6 +259,18 @@ class AssetRepository(ABC):
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         """Delete the asset, its revisions and its entry in its product's images in one atomic write;
         returns the revisions it had (their objects are the caller's to delete)."""
+
+    @abstractmethod
+    def load_many(self, client_id: str, asset_ids: Sequence[str]) -> dict[str, Versioned[AssetDoc]]:
+        """The stored ones among ``asset_ids``, each with the version a guarded write is conditioned on
+        (read in batches)."""
+
+    @abstractmethod
+    def update_many(self, client_id: str, writes: Sequence[tuple[Versioned[AssetDoc], dict[str, Any]]]) -> set[str]:
+        """Apply each write's changes (flags, tags, ``updated_at``) if its asset is still at the version
+        read, in as few commits as the store allows; a change of ``approved`` is numbered and writes its
+        event as :meth:`update_flags` does. Returns the ids whose asset moved or went (nothing of
+        theirs written)."""
 
 
 # -- uploads --------------------------------------------------------------------------------------

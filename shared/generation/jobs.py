@@ -78,6 +78,7 @@ class GenerationPolicy:
     output_format: str
     image_limits: ImageLimits
     thumbnail_max_side: int
+    listing_min_side: int = 0  # IMG-03: a short side a little below it is topped up
 
     @property
     def batch(self) -> BatchPolicy:
@@ -101,6 +102,7 @@ def generation_policy(settings: Settings) -> GenerationPolicy:
         output_format=settings.output_format,
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
+        listing_min_side=settings.listing_min_side,
     )
 
 
@@ -460,12 +462,17 @@ def _store_generated(
     policy: GenerationPolicy,
     now: datetime,
 ) -> None:
-    from shared.engines.output import encode_output
+    from shared.engines.output import delivered, encode_output
 
     encoded, thumbnail = encode_output(
-        result.data, policy.output_format, policy.image_limits, policy.thumbnail_max_side
+        result.data,
+        policy.output_format,
+        policy.image_limits,
+        policy.thumbnail_max_side,
+        min_short_side=policy.listing_min_side,
     )
     metadata = {
+        "delivered": delivered(encoded, policy.listing_min_side),
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
         "style": job.settings.style,

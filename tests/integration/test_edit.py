@@ -375,6 +375,21 @@ def test_an_object_store_outage_is_retried_not_refunded(
                 key, content_type=content_type, content_length=content_length, expires_in=expires_in
             )
 
+        def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Any:
+            return self.inner.iter_chunks(key, chunk_size)
+
+        def start_multipart(self, key: str, content_type: str) -> str:
+            return self.inner.start_multipart(key, content_type)
+
+        def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Any:
+            return self.inner.upload_part(key, upload_id, number, data)
+
+        def complete_multipart(self, key: str, upload_id: str, parts: Any) -> None:
+            self.inner.complete_multipart(key, upload_id, parts)
+
+        def abort_multipart(self, key: str, upload_id: str) -> None:
+            self.inner.abort_multipart(key, upload_id)
+
     grant(stack, client_id, GRANT)
     asset_id = new_asset(stack, catalog, headers, client_id)
     flaky = FlakyStore(stack.platform.object_store)

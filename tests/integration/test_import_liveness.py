@@ -170,6 +170,21 @@ class ChaosStore(ObjectStore):
             key, content_type=content_type, content_length=content_length, expires_in=expires_in
         )
 
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Any:
+        return self.inner.iter_chunks(key, chunk_size)
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        return self.inner.start_multipart(key, content_type)
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Any:
+        return self.inner.upload_part(key, upload_id, number, data)
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Any) -> None:
+        self.inner.complete_multipart(key, upload_id, parts)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self.inner.abort_multipart(key, upload_id)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def report_passes() -> Iterator[None]:

@@ -310,6 +310,7 @@ def test_every_role_scope_of_the_manifest_is_bound_where_it_says() -> None:
 
 def test_r2_expires_uploads_where_the_code_puts_them() -> None:
     from shared.catalog.uploads import raw_upload_key
+    from shared.exports.service import EXPORT_PREFIX, EXPORT_RETENTION_DAYS, archive_key
     from shared.sync.prepare import SYNC_COPY_PREFIX
     from shared.videos.jobs import CLIP_PREFIX
 
@@ -322,7 +323,9 @@ def test_r2_expires_uploads_where_the_code_puts_them() -> None:
         "uploads/": "${1 * local.day}",
         SYNC_COPY_PREFIX: "${8 * local.day}",
         CLIP_PREFIX: "${3 * local.day}",
+        EXPORT_PREFIX: f"${{{EXPORT_RETENTION_DAYS} * local.day}}",
     }
+    assert archive_key("c", "e", 1).startswith(EXPORT_PREFIX)
     assert "abort_multipart_uploads_transition" in lifecycle["rules"]
 
 

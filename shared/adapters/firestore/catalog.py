@@ -34,6 +34,7 @@ from shared.catalog.models import (
     UploadStatus,
 )
 from shared.catalog.ports import (
+    ASSET_EQUALITY_FILTERS,
     AssetExists,
     AssetFilter,
     AssetRepository,
@@ -306,10 +307,16 @@ class FirestoreAssetRepository(AssetRepository):
         from google.cloud.firestore import FieldFilter, Query
 
         query = assets_ref(self.db, client_id)
-        for field in ("product_id", "kind", "status", "pinned", "favorite", "approved"):
+        for field in ASSET_EQUALITY_FILTERS:
             value = getattr(where, field)
             if value is not None:
                 query = query.where(filter=FieldFilter(field, "==", value))
+        if where.tag is not None:
+            query = query.where(filter=FieldFilter("tags", "array_contains", where.tag))
+        if where.created_from is not None:
+            query = query.where(filter=FieldFilter("created_at", ">=", where.created_from))
+        if where.created_to is not None:
+            query = query.where(filter=FieldFilter("created_at", "<", where.created_to))
         query = query.order_by("created_at", direction=Query.DESCENDING).order_by("id", direction=Query.DESCENDING)
         if after is not None:
             query = query.start_after({"created_at": after[0], "id": after[1]})
@@ -454,18 +461,68 @@ class FirestoreAssetRepository(AssetRepository):
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
                 raise NotFound(f"No asset {asset_id}")
-            asset = AssetDoc.model_validate(snapshot.to_dict())
-            update = dict(changes)
-            if asset.approved != bool(changes["approved"]):
-                sequence = int((snapshot.to_dict() or {}).get("event_seq", 0)) + 1
-                update["event_seq"] = sequence
-                now = changes.get("updated_at") or asset.updated_at
-                events.append(approval_event(client_id, asset, bool(changes["approved"]), sequence, now))
+            update, event = _approval_change(client_id, snapshot, changes)
+            events.extend([event] if event else [])
             transaction.update(ref, update)
             write_events(self.db, transaction, events)
 
         apply(self.db.transaction())
         self.kicker.kick(events)
+
+    def load_many(self, client_id: str, asset_ids: Sequence[str]) -> dict[str, Versioned[AssetDoc]]:
+        found: dict[str, Versioned[AssetDoc]] = {}
+        wanted = list(dict.fromkeys(asset_ids))
+        for start in range(0, len(wanted), _READ_BATCH):
+            refs = [self._ref(client_id, aid) for aid in wanted[start : start + _READ_BATCH]]
+            for snapshot in self.db.get_all(refs):
+                if snapshot.exists:
+                    # The snapshot is the version: its update_time guards the write, its event_seq numbers
+                    # the approval event the write may carry.
+                    found[snapshot.id] = Versioned(AssetDoc.model_validate(snapshot.to_dict()), snapshot)
+        return found
+
+    def update_many(self, client_id: str, writes: Sequence[tuple[Versioned[AssetDoc], dict[str, Any]]]) -> set[str]:
+        from google.api_core.exceptions import FailedPrecondition
+        from google.api_core.exceptions import NotFound as GNotFound
+
+        moved: set[str] = set()
+        # An approval is two writes (the asset and its event); a commit takes up to 500.
+        for start in range(0, len(writes), _WRITE_BATCH):
+            chunk = writes[start : start + _WRITE_BATCH]
+            batch = self.db.batch()
+            events: list[DomainEvent] = []
+            for loaded, changes in chunk:
+                events.extend(self._guarded_update(batch, client_id, loaded, changes))
+            try:
+                batch.commit()
+            except (FailedPrecondition, GNotFound):
+                # One of them moved: the whole commit was refused. Write them one by one to find which.
+                events = []
+                for loaded, changes in chunk:
+                    single = self.db.batch()
+                    written = self._guarded_update(single, client_id, loaded, changes)
+                    try:
+                        single.commit()
+                    except (FailedPrecondition, GNotFound):
+                        moved.add(loaded.value.id)
+                        continue
+                    events.extend(written)
+            self.kicker.kick(events)
+        return moved
+
+    def _guarded_update(
+        self, batch: Any, client_id: str, loaded: Versioned[AssetDoc], changes: dict[str, Any]
+    ) -> list[DomainEvent]:
+        snapshot = loaded.version
+        update, event = _approval_change(client_id, snapshot, changes) if "approved" in changes else (changes, None)
+        batch.update(
+            self._ref(client_id, loaded.value.id),
+            update,
+            option=self.db.write_option(last_update_time=snapshot.update_time),
+        )
+        events = [event] if event else []
+        write_events(self.db, batch, events)
+        return events
 
     def delete(self, client_id: str, asset_id: str) -> list[AssetRevision]:
         from google.cloud import firestore
@@ -490,6 +547,25 @@ class FirestoreAssetRepository(AssetRepository):
         batch.delete(asset_ref)
         batch.commit()
         return [AssetRevision.model_validate(revision.to_dict()) for revision in stored]
+
+
+_READ_BATCH = 300  # documents per batched read
+_WRITE_BATCH = 200  # guarded updates per commit (each may carry an event: 400 writes, under the 500 limit)
+
+
+def _approval_change(
+    client_id: str, snapshot: Any, changes: dict[str, Any]
+) -> tuple[dict[str, Any], DomainEvent | None]:
+    """The update of an asset read as ``snapshot`` and the approval event it carries: a change of
+    ``approved`` is numbered per asset (``event_seq``), so consumers apply approvals in order."""
+    asset = AssetDoc.model_validate(snapshot.to_dict())
+    update = dict(changes)
+    if asset.approved == bool(changes["approved"]):
+        return update, None
+    sequence = int((snapshot.to_dict() or {}).get("event_seq", 0)) + 1
+    update["event_seq"] = sequence
+    now = changes.get("updated_at") or asset.updated_at
+    return update, approval_event(client_id, asset, bool(changes["approved"]), sequence, now)
 
 
 class FirestoreUploadRepository(UploadRepository):
