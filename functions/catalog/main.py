@@ -34,6 +34,7 @@ from shared.catalog.policies import import_policy, upload_policy
 from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
+from shared.catalog.xlsx import XLSX_ERRORS
 from shared.errors import Conflict, NotFound
 from shared.http.app import (
     Access,
@@ -135,7 +136,7 @@ def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 
 @api.post(
     "/uploads/<upload_id>/complete",
-    errors=(UploadNotReceived, UploadExpired, UploadRejected, Conflict, *IMAGE_ERRORS, *CSV_ERRORS),
+    errors=(UploadNotReceived, UploadExpired, UploadRejected, Conflict, *IMAGE_ERRORS, *CSV_ERRORS, *XLSX_ERRORS),
 )
 def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     p = ctx.platform
@@ -152,7 +153,7 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     body=ImportCreate,
     status=201,
     idempotent=True,
-    errors=(NotFound, Conflict, CsvPreviewTooLarge, *CSV_ERRORS),
+    errors=(NotFound, Conflict, CsvPreviewTooLarge, *CSV_ERRORS, *XLSX_ERRORS),
 )
 def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
@@ -167,7 +168,11 @@ def get_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
-@api.patch("/imports/<import_id>", body=ImportUpdate, errors=(ImportNotEditable, CsvPreviewTooLarge, *CSV_ERRORS))
+@api.patch(
+    "/imports/<import_id>",
+    body=ImportUpdate,
+    errors=(ImportNotEditable, CsvPreviewTooLarge, *CSV_ERRORS, *XLSX_ERRORS),
+)
 def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
@@ -182,7 +187,7 @@ def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     return imports.import_out(doc)
 
 
-@api.post("/imports/<import_id>/start", status=202, errors=(ImportNotEditable, Conflict, *CSV_ERRORS))
+@api.post("/imports/<import_id>/start", status=202, errors=(ImportNotEditable, Conflict, *CSV_ERRORS, *XLSX_ERRORS))
 def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(

@@ -118,6 +118,7 @@ PRODUCT_FIELDS: Final[tuple[ProductField, ...]] = get_args(ProductField)
 # Also the order auto_map fills them in: the name first, so it gets the best candidate header.
 _SCALAR_FIELDS: Final[tuple[ScalarField, ...]] = get_args(ScalarField)
 
+FileFormat = Literal["csv", "xlsx"]
 RowProblemCode = Literal["missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text"]
 Severity = Literal["error", "warning"]
 PreviewWarningCode = Literal["bad_row", "missing_images", "duplicate_sku", "ragged_row", "unmapped_column"]
@@ -209,6 +210,12 @@ class ParsedCsv:
     encoding: str
     # Rows with missing cells or non-empty cells beyond the header (the extra cells are dropped).
     ragged_rows: tuple[int, ...] = ()
+    # Excel workbooks (shared/catalog/xlsx.py): the sheet read, every sheet's name, what was noticed
+    # and left alone (macros, links to other workbooks). A CSV file has none of these.
+    format: FileFormat = "csv"
+    sheet: str | None = None
+    sheets: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class ColumnMapping(_Model):
@@ -324,14 +331,17 @@ class PreviewWarning(_Model):
 
 class CsvPreview(_Model):
     headers: tuple[str, ...]
-    delimiter: str
-    encoding: str
+    delimiter: str  # "" for a workbook
+    encoding: str  # "" for a workbook
     total_rows: int
     importable_rows: int
     mapping: ColumnMapping
     sample: tuple[PreviewRow, ...]
     warnings: tuple[PreviewWarning, ...]
     notes: tuple[str, ...] = ()
+    format: FileFormat = "csv"
+    sheet: str | None = None  # the sheet read (workbooks)
+    sheets: tuple[str, ...] = ()  # every worksheet of the workbook, to choose another
 
 
 # --------------------------------------------------------------------------------------------------
@@ -838,6 +848,32 @@ def parse_csv(
     elif delimiter is None:
         delimiter = detect_delimiter(text)
 
+    headers, rows, ragged = build_table(
+        enumerate(_records(text, delimiter), start=1),
+        max_rows=max_rows,
+        max_columns=max_columns,
+        max_field_chars=max_field_chars,
+        max_header_chars=max_header_chars,
+        max_cells=max_cells,
+    )
+    return ParsedCsv(headers=headers, rows=rows, delimiter=delimiter, encoding=encoding, ragged_rows=ragged)
+
+
+def build_table(
+    records: Iterable[tuple[int, Sequence[str]]],
+    *,
+    max_rows: int,
+    max_columns: int,
+    max_field_chars: int,
+    max_header_chars: int,
+    max_cells: int,
+    pad: bool = False,
+) -> tuple[tuple[str, ...], tuple[CsvRow, ...], tuple[int, ...]]:
+    """Headers, data rows and ragged row numbers of numbered records (a CSV's or a sheet's).
+
+    The first non-blank record is the header; blank records are skipped (their numbers still count).
+    The limits are :func:`parse_csv`'s. ``pad``: a short record is filled with empty cells (a sheet's
+    row ends at its last value; only a CSV row can lack cells)."""
     header: list[str] | None = None
     columns = _Columns()
     # Each row is stored compactly as soon as it is read; what the whole file decides afterwards
@@ -846,7 +882,7 @@ def parse_csv(
     overflowing: set[int] = set()  # rows with non-empty cells beyond the header
     named = 0  # columns up to the last named one
     used: list[bool] = []  # per unnamed trailing column: does any row have a value there
-    for number, record in enumerate(_records(text, delimiter), start=1):
+    for number, record in records:
         if _is_blank(record):
             continue
         longest = max(len(cell) for cell in record)
@@ -881,6 +917,8 @@ def parse_csv(
             )
         if len(record) > max(len(header), max_columns):
             raise CsvTooLarge(f"Row {number} has {len(record)} cells (limit {max_columns}).", limit=max_columns)
+        if pad and len(record) < len(header):
+            record = [*record, *[""] * (len(header) - len(record))]
         for position in range(named, min(len(record), len(header))):
             if not used[position - named] and record[position].strip():
                 used[position - named] = True
@@ -902,9 +940,7 @@ def parse_csv(
     ragged = [
         row.number for row in rows if row.number in overflowing or cast("RowCells", row.values).cell_count < width
     ]
-    return ParsedCsv(
-        headers=columns.headers, rows=tuple(rows), delimiter=delimiter, encoding=encoding, ragged_rows=tuple(ragged)
-    )
+    return columns.headers, tuple(rows), tuple(ragged)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1599,7 +1635,10 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
         mapping=mapping,
         sample=tuple(sample),
         warnings=tuple(warnings),
-        notes=(TRUNCATED_NOTE,) if any(row.truncated for row in sample) else (),
+        notes=(*parsed.notes, *((TRUNCATED_NOTE,) if any(row.truncated for row in sample) else ())),
+        format=parsed.format,
+        sheet=parsed.sheet,
+        sheets=parsed.sheets,
     )
 
 

@@ -95,6 +95,7 @@ class ImportPolicy:
     thumbnail_max_side: int
     max_attempts: int
     fetch_limits: FetchLimits
+    xlsx_max_uncompressed_bytes: int = 100 * 1024 * 1024
     parallel_chunks: int = 8  # chunks in flight at once (a sliding window over the chunk numbers)
     # A delivery starts no image download after this long (it hands the rest to a new task).
     chunk_budget_seconds: float = 120.0
@@ -120,12 +121,40 @@ class CsvPreviewTooLarge(UnprocessableContent):
 
 
 def _load_csv(
-    store: ObjectStore, upload: UploadDoc, policy: ImportPolicy, encoding: str | None, delimiter: str | None
+    store: ObjectStore,
+    upload: UploadDoc,
+    policy: ImportPolicy,
+    encoding: str | None,
+    delimiter: str | None,
+    sheet: str | None = None,
 ) -> ParsedCsv:
-    from shared.catalog.csv_parsing import parse_csv
+    """The uploaded table: a CSV file, or one worksheet of an .xlsx workbook (told by the bytes)."""
+    from shared.catalog.xlsx import is_zip
 
     data = store.get(upload.file_key, max_bytes=policy.csv_max_bytes)
+    if is_zip(data):
+        from shared.catalog.xlsx import parse_xlsx
+
+        _not_for(encoding=encoding, delimiter=delimiter, kind="an Excel workbook (.xlsx)")
+        return parse_xlsx(
+            data, sheet=sheet, max_uncompressed_bytes=policy.xlsx_max_uncompressed_bytes, max_rows=policy.max_rows
+        )
+    from shared.catalog.csv_parsing import parse_csv
+
+    _not_for(sheet=sheet, kind="a CSV file")
     return parse_csv(data, max_rows=policy.max_rows, encoding=encoding, delimiter=delimiter)
+
+
+def _not_for(*, kind: str, **chosen: str | None) -> None:
+    """A choice that does not apply to the file (an encoding for a workbook, a sheet for a CSV): 422."""
+    errors = [
+        {"field": name, "in": "body", "message": f"does not apply to {kind}", "type": "value_error"}
+        for name, value in chosen.items()
+        if value is not None
+    ]
+    if errors:
+        names = " and ".join(error["field"] for error in errors)
+        raise ValidationFailed(f"The file is {kind}: {names} cannot be chosen for it.", errors=errors)
 
 
 def _mapping(parsed: ParsedCsv, raw: dict[str, Any] | None) -> ColumnMapping:
@@ -189,7 +218,7 @@ def create_import(
         )
     if upload.status is not UploadStatus.COMPLETED:
         raise Conflict("Complete the upload before importing it")
-    parsed = _load_csv(store, upload, policy, data.encoding, data.delimiter)
+    parsed = _load_csv(store, upload, policy, data.encoding, data.delimiter, data.sheet)
     mapping = _mapping(parsed, data.mapping)
     preview = _preview(parsed, mapping)
     doc = ImportDoc(
@@ -200,6 +229,7 @@ def create_import(
         preview=preview,
         encoding=data.encoding,
         delimiter=data.delimiter,
+        sheet=data.sheet,
         progress=ImportProgress(total_rows=int(preview.get("total_rows", len(parsed.rows)))),
         created_at=now,
         updated_at=now,
@@ -225,7 +255,8 @@ def update_import(
     policy: ImportPolicy,
     now: datetime,
 ) -> ImportDoc:
-    """Change a draft's mapping and/or how its file is read (encoding, delimiter; null: detect).
+    """Change a draft's mapping and/or how its file is read (encoding, delimiter; a workbook's sheet; null: detect
+    or the first sheet).
 
     Without a new mapping the draft keeps its mapping if the file's columns still fit it (another
     encoding can change how they are spelled), else it gets the one detected anew."""
@@ -239,7 +270,9 @@ def update_import(
     sent = data.model_fields_set
     encoding = data.encoding if "encoding" in sent else doc.encoding
     delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
-    parsed = _load_csv(store, get_upload(repos.uploads, client_id, doc.upload_id), policy, encoding, delimiter)
+    sheet = data.sheet if "sheet" in sent else doc.sheet
+    upload = get_upload(repos.uploads, client_id, doc.upload_id)
+    parsed = _load_csv(store, upload, policy, encoding, delimiter, sheet)
     if data.mapping is not None:
         mapping = _mapping(parsed, data.mapping)
     else:
@@ -253,6 +286,7 @@ def update_import(
         "preview": _preview(parsed, mapping),
         "encoding": encoding,
         "delimiter": delimiter,
+        "sheet": sheet,
         "updated_at": now,
     }
     _write(lambda: repos.imports.update(client_id, import_id, changes))
@@ -314,7 +348,7 @@ def start_import(
         fetched, written = int(doc.fetch.get("rows", 0)), int(doc.fetch.get("chunks", 0))
         return _queue_chunks(repos, queue, doc, fetched, written, policy, now)
     upload = get_upload(repos.uploads, client_id, doc.upload_id)
-    parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
+    parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter, doc.sheet)
     mapping = ColumnMapping.model_validate(doc.mapping)
     rows = group_rows(parsed, mapping, None)
     del parsed  # the grouped rows are all that is needed (memory: a 10 MB file)
@@ -377,6 +411,7 @@ def import_out(doc: ImportDoc) -> ImportOut:
         mapping=doc.mapping,
         encoding=doc.encoding,
         delimiter=doc.delimiter,
+        sheet=doc.sheet,
         preview=doc.preview,
         progress=progress,
         percent=percent,

@@ -181,6 +181,9 @@ class UploadStatus(str, Enum):
 
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 CSV_CONTENT_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
+# An .xlsx workbook (a csv_import upload too): read with openpyxl, see shared/catalog/xlsx.py.
+XLSX_CONTENT_TYPES = ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",)
+SPREADSHEET_CONTENT_TYPES = CSV_CONTENT_TYPES + XLSX_CONTENT_TYPES
 
 
 class UploadCreate(StrictModel):
@@ -207,6 +210,9 @@ class UploadDoc(BaseModel):
     key: str
     # An accepted CSV is copied here at completion and imported from here (images become assets).
     stored_key: str | None = None
+    # An accepted spreadsheet: "csv" or "xlsx" (told by its bytes), and a workbook's worksheets.
+    file_format: str | None = None
+    sheets: list[str] = Field(default_factory=list)
     status: UploadStatus = UploadStatus.PENDING
     asset_id: str | None = None
     rejection: dict[str, Any] | None = None
@@ -244,6 +250,8 @@ class UploadOut(BaseModel):
     rejection: dict[str, Any] | None = None
     upload: UploadInstructions | None = None
     expires_at: datetime
+    file_format: str | None = None  # a completed csv_import upload: "csv" or "xlsx"
+    sheets: list[str] = Field(default_factory=list)  # an .xlsx workbook's worksheets (the import reads the first)
 
 
 # -- assets -------------------------------------------------------------------------------------
@@ -458,6 +466,8 @@ def _delimiter(value: str | None) -> str | None:
 CsvEncoding = Annotated[str, StringConstraints(min_length=1, max_length=40), SINGLE_LINE]
 # A tab is a delimiter (the rule's other characters are not: normalize_delimiter refuses them).
 CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, strip_whitespace=False), MULTI_LINE]
+# The worksheet of an .xlsx workbook to read (None: the first); Excel allows 31 characters.
+SheetName = Annotated[str, StringConstraints(min_length=1, max_length=100), SINGLE_LINE]
 
 
 class ImportCreate(StrictModel):
@@ -465,6 +475,7 @@ class ImportCreate(StrictModel):
     mapping: dict[str, Any] | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
+    sheet: SheetName | None = None
 
     _check_encoding = field_validator("encoding")(_encoding_name)
     _check_delimiter = field_validator("delimiter")(_delimiter)
@@ -476,14 +487,15 @@ class ImportUpdate(StrictModel):
     mapping: dict[str, Any] | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
+    sheet: SheetName | None = None
 
     _check_encoding = field_validator("encoding")(_encoding_name)
     _check_delimiter = field_validator("delimiter")(_delimiter)
 
     @model_validator(mode="after")
     def _something(self) -> ImportUpdate:
-        if not self.model_fields_set & {"mapping", "encoding", "delimiter"}:
-            raise ValueError("send mapping, encoding or delimiter")
+        if not self.model_fields_set & {"mapping", "encoding", "delimiter", "sheet"}:
+            raise ValueError("send mapping, encoding, delimiter or sheet")
         return self
 
 
@@ -527,6 +539,7 @@ class ImportDoc(BaseModel):
     # How the file is read when the merchant chose it (None: detected; the preview says what was used).
     encoding: str | None = None
     delimiter: str | None = None
+    sheet: str | None = None  # the worksheet of an .xlsx workbook the merchant chose (None: the first)
     # Chunk number -> how often the import reaper re-enqueued it (it gives up after a few).
     reaped: dict[str, int] = Field(default_factory=dict)
     created_at: datetime
@@ -547,6 +560,7 @@ class ImportOut(BaseModel):
     mapping: dict[str, Any]
     encoding: str | None  # chosen by the merchant (None: detected, see preview.encoding)
     delimiter: str | None
+    sheet: str | None = None  # chosen by the merchant (None: the first; see preview.sheet)
     preview: dict[str, Any]
     progress: ImportProgress
     percent: float
