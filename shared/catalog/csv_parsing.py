@@ -6,7 +6,7 @@ Pure functions (bytes in, pydantic models out, no I/O). The import flow is::
     mapping = auto_map(parsed.headers)        # shown to the merchant, who may edit it
     validate_mapping(mapping, parsed.headers)
     preview = build_preview(parsed, mapping)  # before the merchant confirms
-    rows = group_rows(parsed, mapping)        # Shopify: extra image rows share a Handle
+    rows = group_rows(parsed, mapping)        # Shopify handles, WooCommerce variations: one product
     results = [row_to_draft(row, mapping) for row in rows]
 
 Row numbers are what a spreadsheet user sees when the file is opened in Excel or Sheets: the
@@ -49,6 +49,7 @@ __all__ = [
     "CsvTooLarge",
     "CsvUnknownEncoding",
     "CsvUnreadable",
+    "FoldSummary",
     "ParsedCsv",
     "PreviewRow",
     "PreviewWarning",
@@ -59,6 +60,7 @@ __all__ = [
     "build_preview",
     "decode_csv",
     "detect_delimiter",
+    "fold_rows",
     "group_rows",
     "normalize_delimiter",
     "normalize_encoding",
@@ -119,7 +121,9 @@ PRODUCT_FIELDS: Final[tuple[ProductField, ...]] = get_args(ProductField)
 _SCALAR_FIELDS: Final[tuple[ScalarField, ...]] = get_args(ScalarField)
 
 FileFormat = Literal["csv", "xlsx"]
-RowProblemCode = Literal["missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text"]
+RowProblemCode = Literal[
+    "missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text", "orphan_variation"
+]
 Severity = Literal["error", "warning"]
 PreviewWarningCode = Literal["bad_row", "missing_images", "duplicate_sku", "ragged_row", "unmapped_column"]
 
@@ -198,6 +202,9 @@ class CsvRow:
 
     number: int
     values: Mapping[str, str]
+    # Why the row can never be a product, found while rows were folded (a variation whose parent is
+    # not in the file): the row is reported with this problem instead of being read.
+    refusal: RowProblem | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +321,40 @@ class PreviewRow(_Model):
     truncated: bool = False
 
 
+class FoldSummary(_Model):
+    """How a store export's rows became products (the preview says so before anything is imported).
+
+    ``source``: "shopify" (rows sharing a Handle), "woocommerce" (``variation`` rows and their
+    ``Parent``) or None (one row, one product). ``rows`` data rows became ``products`` products:
+    ``variations_folded`` rows were folded into the product above them (their images added to its
+    own), ``orphan_variations`` variations name a parent the file does not have (skipped, reported).
+    ``grouped`` and ``external`` (WooCommerce) are imported as products of their own."""
+
+    source: Literal["shopify", "woocommerce"] | None = None
+    rows: int
+    products: int
+    variations_folded: int = 0
+    orphan_variations: int = 0
+    grouped: int = 0
+    external: int = 0
+
+    def sentence(self) -> str | None:
+        """What the merchant reads in the preview's notes (None when every row is a product of its own)."""
+        if self.source is None or (self.rows == self.products and not (self.grouped or self.external)):
+            return None
+        label = "Shopify" if self.source == "shopify" else "WooCommerce"
+        parts = [f"{label} export: {self.rows} rows become {self.products} products"]
+        if self.variations_folded:
+            kind = "variant rows" if self.source == "shopify" else "variations"
+            parts.append(f"{self.variations_folded} {kind} were folded into their product (images added to it)")
+        if self.orphan_variations:
+            parts.append(f"{self.orphan_variations} variations name a parent that is not in the file and are skipped")
+        extra = [f"{n} {kind}" for n, kind in ((self.grouped, "grouped"), (self.external, "external")) if n]
+        if extra:
+            parts.append(f"{' and '.join(extra)} products are imported as products of their own")
+        return "; ".join(parts) + "."
+
+
 class PreviewWarning(_Model):
     """An issue aggregated over all rows; ``row_numbers`` lists at most the first 20."""
 
@@ -340,6 +381,7 @@ class CsvPreview(_Model):
     warnings: tuple[PreviewWarning, ...]
     notes: tuple[str, ...] = ()
     format: FileFormat = "csv"
+    folding: FoldSummary | None = None  # store exports: how rows became products
     sheet: str | None = None  # the sheet read (workbooks)
     sheets: tuple[str, ...] = ()  # every worksheet of the workbook, to choose another
 
@@ -1296,6 +1338,8 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
     tags (cut).
     """
     number = row.number
+    if row.refusal is not None:
+        return RowResult(draft=None, problems=(row.refusal,))
     problems: list[RowProblem] = []
 
     def cell(header: str | None) -> str:
@@ -1406,7 +1450,7 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Shopify handle groups
+# Store exports: Shopify handle groups, WooCommerce variations
 # --------------------------------------------------------------------------------------------------
 
 
@@ -1418,23 +1462,39 @@ def _merge_images(first: CsvRow, extra: Sequence[CsvRow], image_headers: Sequenc
         cells = (r.values.get(header, "").strip() for r in (first, *extra))
         # Newline-joined: split_image_urls splits on it, and it reads well in a preview.
         values[header] = "\n".join(c for c in cells if c)
-    return CsvRow(number=first.number, values=values)
+    return CsvRow(number=first.number, values=values, refusal=first.refusal)
 
 
 def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | None = None) -> tuple[CsvRow, ...]:
-    """The rows to import, with Shopify continuation rows folded into their first row.
+    """The rows to import, store exports' extra rows folded into their product's row (see :func:`fold_rows`)."""
+    return fold_rows(parsed, mapping, handle_header)[0]
+
+
+def fold_rows(
+    parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | None = None
+) -> tuple[tuple[CsvRow, ...], FoldSummary]:
+    """The rows to import and how the file's rows became them.
 
     Shopify exports one row per extra image (and per variant) with the same Handle and
     an empty Title. Such a row (handle seen before, name cell empty) is dropped and its
     image cells are appended (newline-separated) to the first row of the handle.
-    ``handle_header`` defaults to a header named "Handle" (any case); without one the
-    rows are returned as they are. Grouping grouped rows changes nothing.
-    """
+    ``handle_header`` defaults to a header named "Handle" (any case).
+
+    A WooCommerce export (columns ``ID``, ``Type``, ``Name``, ``Parent`` and ``SKU``) has a row per
+    ``variation`` of a variable product, whose ``Parent`` names its product by SKU or as ``id:N``: such
+    a row is folded into its parent's row (images appended, and its price used when the parent has
+    none: the lowest), never a product of its own; a variation whose parent is not in the file is
+    kept as a refused row (``orphan_variation``, reported in the preview and errors.csv).
+
+    Other files' rows are returned as they are. Grouping grouped rows changes nothing."""
     handle = handle_header
     if handle is None:
         handle = next((h for h in parsed.headers if _norm(h) == "handle"), None)
         if handle is None:
-            return parsed.rows
+            woo = _woo_columns(parsed.headers)
+            if woo is not None:
+                return _fold_woo(parsed, mapping, woo)
+            return parsed.rows, FoldSummary(rows=len(parsed.rows), products=len(parsed.rows))
     elif handle not in parsed.headers:
         raise ValidationFailed(
             "The column mapping does not fit the file.",
@@ -1458,9 +1518,119 @@ def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | N
         if key:
             first_of.setdefault(key, len(groups))
         groups.append((row, []))
+    summary = FoldSummary(
+        source="shopify", rows=len(parsed.rows), products=len(groups), variations_folded=len(parsed.rows) - len(groups)
+    )
     if len(groups) == len(parsed.rows):
-        return parsed.rows
-    return tuple(_merge_images(first, extra, mapping.image_urls) for first, extra in groups)
+        return parsed.rows, summary
+    return tuple(_merge_images(first, extra, mapping.image_urls) for first, extra in groups), summary
+
+
+@dataclass(frozen=True)
+class _WooColumns:
+    id: str
+    type: str
+    parent: str
+    sku: str
+
+
+def _woo_columns(headers: Sequence[str]) -> _WooColumns | None:
+    """The columns of WooCommerce's product export, if the file is one (its exporter's English names)."""
+    by_name = {_norm(h): h for h in headers}
+    found = [by_name.get(name) for name in ("id", "type", "parent", "sku", "name")]
+    if any(column is None for column in found):
+        return None
+    ident, kind, parent, sku, _ = found
+    assert ident is not None and kind is not None and parent is not None and sku is not None
+    return _WooColumns(id=ident, type=kind, parent=parent, sku=sku)
+
+
+def _woo_types(row: CsvRow, columns: _WooColumns) -> set[str]:
+    # "simple, downloadable, virtual": a product type and its flags, comma-separated.
+    return {part.strip().casefold() for part in row.values.get(columns.type, "").split(",") if part.strip()}
+
+
+def _fold_woo(
+    parsed: ParsedCsv, mapping: ColumnMapping, columns: _WooColumns
+) -> tuple[tuple[CsvRow, ...], FoldSummary]:
+    # Parents by SKU and by "id:N", from every row that is no variation (a parent may come after its
+    # variations: the exporter writes them in order, merchants sort files).
+    by_key: dict[str, int] = {}
+    kinds: list[set[str]] = []
+    for position, row in enumerate(parsed.rows):
+        kinds.append(_woo_types(row, columns))
+        if "variation" in kinds[-1]:
+            continue
+        ident = row.values.get(columns.id, "").strip()
+        sku = row.values.get(columns.sku, "").strip()
+        if ident:
+            by_key.setdefault(f"id:{ident}", position)
+        if sku:
+            by_key.setdefault(sku, position)
+    folded: dict[int, list[CsvRow]] = {}
+    kept: list[int] = []
+    orphans: dict[int, CsvRow] = {}
+    grouped = external = 0
+    for position, row in enumerate(parsed.rows):
+        if "variation" not in kinds[position]:
+            kept.append(position)
+            grouped += "grouped" in kinds[position]
+            external += "external" in kinds[position]
+            continue
+        parent = row.values.get(columns.parent, "").strip()
+        target = by_key.get(parent)
+        if target is None and parent.isdigit():
+            target = by_key.get(f"id:{parent}")
+        if target is not None:
+            folded.setdefault(target, []).append(row)
+            continue
+        named = f"{parent!r}" if parent else "no parent"
+        refusal = RowProblem(
+            row_number=row.number,
+            code="orphan_variation",
+            message=f"A variation of {named}, a product that is not in the file: not imported (import its parent too).",
+        )
+        orphans[position] = CsvRow(number=row.number, values=row.values, refusal=refusal)
+        kept.append(position)
+    kept.sort()
+    rows = tuple(
+        orphans[position]
+        if position in orphans
+        else _fold_variations(parsed.rows[position], folded.get(position, []), mapping)
+        for position in kept
+    )
+    summary = FoldSummary(
+        source="woocommerce",
+        rows=len(parsed.rows),
+        products=len(kept) - len(orphans),
+        variations_folded=sum(len(v) for v in folded.values()),
+        orphan_variations=len(orphans),
+        grouped=grouped,
+        external=external,
+    )
+    return rows, summary
+
+
+def _fold_variations(parent: CsvRow, variations: Sequence[CsvRow], mapping: ColumnMapping) -> CsvRow:
+    if not variations:
+        return parent
+    row = _merge_images(parent, variations, mapping.image_urls)
+    price = mapping.price
+    if price is None or row.values.get(price, "").strip():
+        return row
+    # A variable product has no price of its own; the storefront shows "from" its lowest variation's.
+    prices: list[tuple[Decimal, str]] = []
+    for variation in variations:
+        cell = variation.values.get(price, "").strip()
+        with contextlib.suppress(ValueError):
+            amount = parse_price(cell)
+            if amount is not None:
+                prices.append((amount, cell))
+    if not prices:
+        return row
+    values = dict(row.values)
+    values[price] = min(prices)[1]
+    return CsvRow(number=row.number, values=values, refusal=row.refusal)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1470,6 +1640,7 @@ def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | N
 _LISTED_ROWS: Final = 20
 _MAX_DUPLICATE_SKU_WARNINGS: Final = 50
 _CODE_ORDER: Final[tuple[RowProblemCode, ...]] = (
+    "orphan_variation",
     "missing_name",
     "invalid_price",
     "too_long",
@@ -1477,6 +1648,7 @@ _CODE_ORDER: Final[tuple[RowProblemCode, ...]] = (
     "invalid_image_url",
 )
 _PROBLEM_LABELS: Final[dict[RowProblemCode, str]] = {
+    "orphan_variation": "a variation whose parent product is not in the file",
     "missing_name": "no name",
     "invalid_price": "an invalid price",
     "too_long": "a value that is too long",
@@ -1541,7 +1713,7 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
     sample is kept), and long sample values are cut (see ``notes``).
     """
     # Grouped like the import itself, so the counts shown are the counts imported.
-    rows = group_rows(parsed, mapping)
+    rows, folding = fold_rows(parsed, mapping)
     sample: list[PreviewRow] = []
     by_problem: dict[tuple[Severity, RowProblemCode], dict[int, None]] = {}
     importable = 0
@@ -1635,8 +1807,13 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
         mapping=mapping,
         sample=tuple(sample),
         warnings=tuple(warnings),
-        notes=(*parsed.notes, *((TRUNCATED_NOTE,) if any(row.truncated for row in sample) else ())),
+        notes=(
+            *parsed.notes,
+            *((folding.sentence(),) if folding.sentence() else ()),
+            *((TRUNCATED_NOTE,) if any(row.truncated for row in sample) else ()),
+        ),
         format=parsed.format,
+        folding=folding if folding.source is not None else None,
         sheet=parsed.sheet,
         sheets=parsed.sheets,
     )
