@@ -348,13 +348,30 @@ def _choose(workbook: Workbook, sheet: str | None) -> Any:
     )
 
 
+def _text(cell: Any) -> str:
+    value = cell.value
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value  # most cells: no number format to look up
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _number(value, cell.number_format or "General")
+    return cell_text(value)
+
+
 def _records(worksheet: Any, max_columns: int, filler: _Filler) -> Iterator[tuple[int, Sequence[str]]]:
     # Dimensions as the file states them are not trusted (a sheet claiming A1:XFD1048576 would be read
     # as a million rows of 16,384 cells): rows are read as they are, at most max_columns + 1 wide (a
     # value in the extra column tells that the sheet is too wide).
+    from openpyxl.cell.read_only import EMPTY_CELL
+
     worksheet.reset_dimensions()
     for number, row in enumerate(worksheet.iter_rows(min_row=1, max_col=max_columns + 1), start=1):
-        cells = [cell_text(cell.value, cell.number_format) if cell.value is not None else "" for cell in row]
+        # Each row comes padded to the width asked for: the padding is one shared empty cell.
+        end = len(row)
+        while end and row[end - 1] is EMPTY_CELL:
+            end -= 1
+        cells = [_text(cell) for cell in row[:end]]
         while cells and not cells[-1]:
             cells.pop()
         if len(cells) > max_columns:
