@@ -1,4 +1,4 @@
-"""Catalog function: products, uploads, CSV imports and the asset library.
+"""Catalog function: products, uploads, CSV and .xlsx imports (that may also generate images) and the asset library.
 
 Two entry points are deployed from this folder: ``catalog_api`` (the frontend's API, user JWTs)
 and ``catalog_tasks`` (Cloud Tasks workers). Each route parses and validates, calls one service
@@ -7,12 +7,20 @@ function from ``shared.catalog`` and returns its result.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.billing.errors import PaymentPastDue
 from shared.catalog import imports, library, products, uploads
 from shared.catalog.csv_parsing import CSV_ERRORS
+from shared.catalog.generation_rows import (
+    GenerationCostChanged,
+    GenerationPricing,
+    NothingToGenerate,
+    TooManyGenerationRows,
+)
 from shared.catalog.imports import CsvPreviewTooLarge, ImportNotEditable
 from shared.catalog.models import (
     AssetDetailOut,
@@ -21,6 +29,7 @@ from shared.catalog.models import (
     AssetUpdate,
     ImportChunkTask,
     ImportCreate,
+    ImportDoc,
     ImportOut,
     ImportUpdate,
     ProductCreate,
@@ -35,7 +44,7 @@ from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
 from shared.catalog.xlsx import XLSX_ERRORS
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, InsufficientCredits, NotFound
 from shared.http.app import (
     Access,
     BodyT,
@@ -148,6 +157,17 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 # -- CSV imports ----------------------------------------------------------------------------------
 
 
+def _pricing(ctx: RequestContext[BodyT, QueryT]) -> Callable[[], GenerationPricing]:
+    """Generation's styles and prices, for an import that generates (loaded only when it does)."""
+
+    def pricing() -> GenerationPricing:
+        from shared.generation.import_jobs import generation_pricing
+
+        return generation_pricing(ctx.platform.price_book.current())
+
+    return pricing
+
+
 @api.post(
     "/imports",
     body=ImportCreate,
@@ -158,7 +178,13 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.create_import(
-        _repos(ctx), p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock()
+        _repos(ctx),
+        p.object_store,
+        ctx.client_id,
+        ctx.body,
+        import_policy(p.settings),
+        p.clock(),
+        pricing=_pricing(ctx),
     )
     return imports.import_out(doc)
 
@@ -183,6 +209,7 @@ def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
         ctx.body,
         import_policy(p.settings),
         p.clock(),
+        pricing=_pricing(ctx),
     )
     return imports.import_out(doc)
 
@@ -202,11 +229,63 @@ def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(doc)
 
 
+@api.post(
+    "/imports/<import_id>/generate",
+    status=202,
+    idempotent=True,
+    errors=(
+        ImportNotEditable,
+        Conflict,
+        GenerationCostChanged,
+        NothingToGenerate,
+        TooManyGenerationRows,
+        InsufficientCredits,
+        PaymentPastDue,
+        *CSV_ERRORS,
+        *XLSX_ERRORS,
+    ),
+)
+def generate_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
+    """Start the import and, once its rows are imported, one generation job for the rows that generate:
+    its cost (the preview's) is reserved now, or 402 and nothing starts."""
+    from shared.billing.policies import billing_store
+    from shared.generation.import_jobs import catalog_services, generation_start
+
+    p = ctx.platform
+    assert ctx.principal is not None
+    start = generation_start(
+        catalog_services(p),
+        p.price_book.current(),
+        billing_store(p),
+        client_id=ctx.client_id,
+        user_id=ctx.principal.user_id,
+    )
+    doc = imports.start_import(
+        _repos(ctx),
+        p.object_store,
+        p.task_queue,
+        ctx.client_id,
+        ctx.path_params["import_id"],
+        import_policy(p.settings),
+        p.clock(),
+        generation=start,
+    )
+    return imports.import_out(doc)
+
+
 @api.get("/imports/<import_id>/errors.csv", produces="text/csv")
 def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
+    """The import's problems, and its generation job's failed images, by row."""
     from flask import Response
 
-    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"])
+    def generation_rows(doc: ImportDoc) -> list[dict[str, Any]]:
+        if not doc.generation_job:
+            return []
+        from shared.generation.import_jobs import catalog_services, report_rows
+
+        return report_rows(catalog_services(ctx.platform), doc)
+
+    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"], generation_rows)
     filename = f"{ctx.path_params['import_id']}-errors.csv"
     return Response(
         report,

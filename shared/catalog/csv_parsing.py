@@ -22,13 +22,13 @@ import csv
 import io
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.catalog.store_link import StoreLink
 from shared.errors import UnprocessableContent, ValidationFailed
@@ -117,13 +117,16 @@ class _Model(BaseModel):
 ProductField = Literal["name", "sku", "description", "category", "price", "image_urls", "tags", "external_id"]
 ScalarField = Literal["name", "sku", "description", "category", "price", "tags", "external_id"]
 PRODUCT_FIELDS: Final[tuple[ProductField, ...]] = get_args(ProductField)
+GenerationField = Literal["style", "prompt", "negative_prompt", "aspect_ratio", "size", "variants", "base_image_url"]
+GENERATION_FIELDS: Final[tuple[GenerationField, ...]] = get_args(GenerationField)
 # Also the order auto_map fills them in: the name first, so it gets the best candidate header.
 _SCALAR_FIELDS: Final[tuple[ScalarField, ...]] = get_args(ScalarField)
 
 FileFormat = Literal["csv", "xlsx"]
 RowProblemCode = Literal[
-    "missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text", "orphan_variation"
-]
+    "missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text", "orphan_variation",
+    "invalid_generation",
+]  # fmt: skip
 Severity = Literal["error", "warning"]
 PreviewWarningCode = Literal["bad_row", "missing_images", "duplicate_sku", "ragged_row", "unmapped_column"]
 
@@ -237,8 +240,17 @@ class ColumnMapping(_Model):
     image_urls: tuple[SingleLineText, ...] = ()
     tags: SingleLineText | None = None
     external_id: SingleLineText | None = None
+    # Generation settings a row may carry (used when the import also generates images, see
+    # shared/catalog/generation_rows.py): a column each, empty cells take the import's defaults.
+    style: SingleLineText | None = None
+    prompt: SingleLineText | None = None
+    negative_prompt: SingleLineText | None = None
+    aspect_ratio: SingleLineText | None = None
+    size: SingleLineText | None = None
+    variants: SingleLineText | None = None
+    base_image_url: SingleLineText | None = None
 
-    @field_validator("name", "sku", "description", "category", "price", "tags", "external_id")
+    @field_validator("name", "sku", "description", "category", "price", "tags", "external_id", *GENERATION_FIELDS)
     @classmethod
     def _blank_is_unmapped(cls, value: str | None) -> str | None:
         # A form's "not mapped" option usually arrives as "".
@@ -271,9 +283,26 @@ class ColumnMapping(_Model):
             "external_id": self.external_id,
         }
 
+    def generation_headers(self) -> dict[GenerationField, str | None]:
+        """The headers of the generation columns (None: not mapped)."""
+        return {field: getattr(self, field) for field in GENERATION_FIELDS}
+
     def used_headers(self) -> set[str]:
         used = {h for h in self.scalar_headers().values() if h is not None}
+        used |= {h for h in self.generation_headers().values() if h is not None}
         return used | set(self.image_urls)
+
+
+class RowGeneration(_Model):
+    """What a row asks of image generation; None fields take the import's defaults."""
+
+    style: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    prompt: str | None = Field(default=None, max_length=2000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    aspect_ratio: str | None = None
+    size: str | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+    base_image_url: str | None = None  # also one of the draft's image_urls (imported as a product image)
 
 
 class ProductDraft(_Model):
@@ -291,6 +320,9 @@ class ProductDraft(_Model):
     # Store imports: the store product it mirrors, and the store's media id of each image URL.
     store: StoreLink | None = None
     image_media_ids: tuple[str, ...] = ()
+    # The row's generation settings (mapped generation columns with a value), checked as far as the
+    # row alone tells (a style's name is checked against the styles when the job is planned).
+    generation: RowGeneration | None = None
 
 
 class RowProblem(_Model):
@@ -1073,6 +1105,26 @@ _IMAGE_HEADERS: Final = frozenset(
 )  # fmt: skip
 
 
+# Generation columns match exactly (compared like headers: case, accents, spaces and punctuation
+# ignored); a product attribute such as "Size" or "Style" of a clothing export must not be taken
+# for one, so the plain words are left to the merchant to map (except "Style", "Prompt", "Variants").
+_GENERATION_SYNONYMS: Final[dict[GenerationField, tuple[str, ...]]] = {
+        "style": ("style", "image style", "generation style", "ai style", "photo style", "bildstil"),
+        "prompt": ("prompt", "image prompt", "generation prompt", "ai prompt", "custom prompt"),
+        "negative_prompt": ("negative prompt", "image negative prompt", "avoid"),
+        "aspect_ratio": ("aspect ratio", "image aspect ratio", "ratio", "seitenverhältnis"),
+        "size": ("image size", "output size", "resolution", "image resolution"),
+        "variants": ("variants", "image variants", "images per product", "number of images", "image count"),
+        "base_image_url": (
+            "base image", "base image url", "reference image", "reference image url", "source image",
+            "source image url",
+        ),
+}  # fmt: skip
+_GENERATION_HEADERS: Final = {
+    field: frozenset(_norm(name) for name in names) for field, names in _GENERATION_SYNONYMS.items()
+}
+
+
 def _ranks(synonyms: Sequence[str]) -> dict[str, int]:
     ranks: dict[str, int] = {}
     for rank, synonym in enumerate(synonyms):
@@ -1120,6 +1172,13 @@ def auto_map(headers: Sequence[str]) -> ColumnMapping:
             chosen[field] = best[2]
             used.add(best[2])
     chosen["image_urls"] = tuple(h for h in headers if h not in used and _looks_like_image_column(h))
+    used |= set(chosen["image_urls"])
+    for generation_field in GENERATION_FIELDS:
+        names = _GENERATION_HEADERS[generation_field]
+        found = next((h for h in headers if h not in used and _norm(h) in names), None)
+        if found is not None:
+            chosen[generation_field] = found
+            used.add(found)
     return ColumnMapping.model_validate(chosen)
 
 
@@ -1139,7 +1198,7 @@ def validate_mapping(mapping: ColumnMapping, headers: Sequence[str], *, field_pr
                 "type": "missing",
             }
         )
-    for field, header in mapping.scalar_headers().items():
+    for field, header in [*mapping.scalar_headers().items(), *mapping.generation_headers().items()]:
         if header is not None and header not in known:
             errors.append(
                 {
@@ -1345,7 +1404,7 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
     def cell(header: str | None) -> str:
         return row.values.get(header, "").strip() if header is not None else ""
 
-    def problem(code: RowProblemCode, field: ProductField, message: str, severity: Severity = "error") -> None:
+    def problem(code: RowProblemCode, field: ProductField | None, message: str, severity: Severity = "error") -> None:
         problems.append(RowProblem(row_number=number, code=code, message=message, field=field, severity=severity))
 
     def plain(field: ProductField, value: str | None, *, multiline: bool = False) -> None:
@@ -1433,6 +1492,11 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
         )
         image_urls = image_urls[:MAX_IMAGE_URLS]
 
+    generation = _row_generation(row, mapping, problem)
+    if generation is not None and generation.base_image_url is not None:
+        # The base image is imported as the product's first image; the job uses it as the reference.
+        image_urls = (generation.base_image_url, *(u for u in image_urls if u != generation.base_image_url))
+        image_urls = image_urls[:MAX_IMAGE_URLS]
     if any(p.severity == "error" for p in problems):
         return RowResult(draft=None, problems=tuple(problems))
     draft = ProductDraft(
@@ -1445,8 +1509,70 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
         tags=tuple(tags),
         image_urls=image_urls,
         external_id=external_id,
+        generation=generation,
     )
     return RowResult(draft=draft, problems=tuple(problems))
+
+
+_ASPECT_RATIOS: Final = frozenset(("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"))
+_SIZES: Final = frozenset(("1K", "2K", "4K"))
+
+
+def _row_generation(
+    row: CsvRow, mapping: ColumnMapping, problem: Callable[[RowProblemCode, ProductField | None, str, Severity], None]
+) -> RowGeneration | None:
+    """The row's generation settings (None: its generation cells are empty or unusable, the latter with an
+    ``invalid_generation`` warning: the product is still imported). The allowed aspect ratios and sizes
+    are the engines' (shared/engines/base.py), checked again when the job is accepted."""
+    cells = {
+        field: row.values.get(header, "").strip()
+        for field, header in mapping.generation_headers().items()
+        if header is not None
+    }
+    cells = {field: value for field, value in cells.items() if value}
+    if not cells:
+        return None
+    wrong: list[str] = []
+    values: dict[str, Any] = {}
+    if style := cells.get("style"):
+        values["style"] = "-".join(style.casefold().split())
+    for field in ("prompt", "negative_prompt"):
+        if text := cells.get(field):
+            found = forbidden_char(text, multiline=True)
+            if found is not None:
+                wrong.append(f"the {field.replace('_', ' ')} {found.sentence()}")
+            values[field] = text
+    if ratio := cells.get("aspect_ratio"):
+        ratio = ratio.replace(" ", "").replace("x", ":").replace("/", ":")
+        if ratio not in _ASPECT_RATIOS:
+            wrong.append(f"aspect ratio {cells['aspect_ratio']!r} is not one of {', '.join(sorted(_ASPECT_RATIOS))}")
+        values["aspect_ratio"] = ratio
+    if size := cells.get("size"):
+        size = size.upper()
+        if size not in _SIZES:
+            wrong.append(f"size {cells['size']!r} is not one of 1K, 2K, 4K")
+        values["size"] = size
+    if variants := cells.get("variants"):
+        try:
+            count = Decimal(variants)
+        except InvalidOperation:
+            count = Decimal(0)
+        if count != count.to_integral_value() or not 1 <= count <= 4:
+            wrong.append(f"variants {variants!r} is not a whole number from 1 to 4")
+        else:
+            values["variants"] = int(count)
+    if url := cells.get("base_image_url"):
+        clean = _clean_url(url)
+        if clean is None:
+            wrong.append(f"the base image {_shorten(url)!r} is not an http(s) URL")
+        values["base_image_url"] = clean
+    if not wrong:
+        try:
+            return RowGeneration.model_validate(values)
+        except ValidationError as exc:
+            wrong += [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    problem("invalid_generation", None, "No image is generated for this row: " + "; ".join(wrong) + ".", "warning")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1646,6 +1772,7 @@ _CODE_ORDER: Final[tuple[RowProblemCode, ...]] = (
     "too_long",
     "bad_text",
     "invalid_image_url",
+    "invalid_generation",
 )
 _PROBLEM_LABELS: Final[dict[RowProblemCode, str]] = {
     "orphan_variation": "a variation whose parent product is not in the file",
@@ -1654,13 +1781,13 @@ _PROBLEM_LABELS: Final[dict[RowProblemCode, str]] = {
     "too_long": "a value that is too long",
     "bad_text": "control or bidirectional-override characters",
     "invalid_image_url": "invalid image URLs",
+    "invalid_generation": "generation settings that cannot be used (the product is imported, no image generated)",
 }
 
 
 def _mapped_values(row: CsvRow, mapping: ColumnMapping) -> dict[str, str]:
-    values: dict[str, str] = {
-        field: row.values.get(header, "") for field, header in mapping.scalar_headers().items() if header is not None
-    }
+    headers = [*mapping.scalar_headers().items(), *mapping.generation_headers().items()]
+    values: dict[str, str] = {field: row.values.get(header, "") for field, header in headers if header is not None}
     if mapping.image_urls:
         cells = (row.values.get(h, "").strip() for h in mapping.image_urls)
         values["image_urls"] = "\n".join(c for c in cells if c)

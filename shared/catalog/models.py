@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from shared.catalog.store_link import StoreLink, StoreLinkStatus
+from shared.engines.base import AspectRatio, ImageSize
 from shared.pagination import PageQuery
 from shared.text import MULTI_LINE, SINGLE_LINE
 
@@ -470,9 +471,37 @@ CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, stri
 SheetName = Annotated[str, StringConstraints(min_length=1, max_length=100), SINGLE_LINE]
 
 
+GenerationPrompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
+
+
+class ImportGeneration(StrictModel):
+    """An import that also generates images (``POST /imports/{id}/generate``): which rows generate
+    (``with_settings``: the rows whose generation columns have a value; ``all``: every imported row), and
+    the settings a row's empty cells take. Priced in the preview before anything is charged."""
+
+    rows: Literal["with_settings", "all"] = "with_settings"
+    style: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")] | None = None
+    prompt: GenerationPrompt | None = None
+    negative_prompt: GenerationPrompt | None = None
+    aspect_ratio: AspectRatio | None = None
+    size: ImageSize | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+
+
+class ImportGenerationTask(BaseModel):
+    """Cloud Tasks payload (generate_tasks ``/tasks/import-generation``): a finished import whose rows
+    generate; the task starts their one job."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    client_id: str
+    import_id: str
+
+
 class ImportCreate(StrictModel):
     upload_id: Id
     mapping: dict[str, Any] | None = None
+    generation: ImportGeneration | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
     sheet: SheetName | None = None
@@ -482,9 +511,11 @@ class ImportCreate(StrictModel):
 
 
 class ImportUpdate(StrictModel):
-    """PATCH of a draft: the mapping and/or how the file is read (``null`` returns to detection)."""
+    """PATCH of a draft: the mapping and/or how the file is read (``null`` returns to detection), and the
+    generation settings (``null``: the import generates nothing)."""
 
     mapping: dict[str, Any] | None = None
+    generation: ImportGeneration | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
     sheet: SheetName | None = None
@@ -494,8 +525,8 @@ class ImportUpdate(StrictModel):
 
     @model_validator(mode="after")
     def _something(self) -> ImportUpdate:
-        if not self.model_fields_set & {"mapping", "encoding", "delimiter", "sheet"}:
-            raise ValueError("send mapping, encoding, delimiter or sheet")
+        if not self.model_fields_set & {"mapping", "encoding", "delimiter", "sheet", "generation"}:
+            raise ValueError("send mapping, encoding, delimiter, sheet or generation")
         return self
 
 
@@ -540,6 +571,11 @@ class ImportDoc(BaseModel):
     encoding: str | None = None
     delimiter: str | None = None
     sheet: str | None = None  # the worksheet of an .xlsx workbook the merchant chose (None: the first)
+    # The generation settings chosen for the draft (ImportGeneration), and, once it started generating,
+    # its job: status (reserved, started, skipped), job_id, hold_id, amount, unit_prices, user_id, rows
+    # (the row of each job item, by index).
+    generation: dict[str, Any] | None = None
+    generation_job: dict[str, Any] | None = None
     # Chunk number -> how often the import reaper re-enqueued it (it gives up after a few).
     reaped: dict[str, int] = Field(default_factory=dict)
     created_at: datetime
@@ -561,6 +597,8 @@ class ImportOut(BaseModel):
     encoding: str | None  # chosen by the merchant (None: detected, see preview.encoding)
     delimiter: str | None
     sheet: str | None = None  # chosen by the merchant (None: the first; see preview.sheet)
+    generation: dict[str, Any] | None = None  # the generation settings (preview.generation: its plan and cost)
+    generation_job: dict[str, Any] | None = None  # once started: status, job_id, amount reserved
     preview: dict[str, Any]
     progress: ImportProgress
     percent: float
