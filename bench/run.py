@@ -170,6 +170,9 @@ def main() -> int:
     from bench import imports
 
     imports.main()
+    from bench import xlsx
+
+    xlsx.main()
     from bench import events
 
     events.main()

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # Uploads and images
     upload_max_bytes: int = 25 * 1024 * 1024
     csv_max_bytes: int = 10 * 1024 * 1024
+    # An .xlsx upload (at most CSV_MAX_BYTES packed) may unpack to at most this much: its shared strings
+    # and sheet XML are read into memory while it is imported.
+    xlsx_max_uncompressed_bytes: int = Field(default=100 * 1024 * 1024, ge=1024 * 1024)
     image_max_pixels: int = 50_000_000
     thumbnail_max_side: int = 512
 

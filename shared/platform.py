@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
     from shared.adapters.firestore.billing import FirestoreBillingStore
     from shared.auth import JwtVerifier, Principal
-    from shared.batch.kind import JobKind
-    from shared.batch.store import JobStore
+    from shared.batch.store import JobShelf, JobStore
     from shared.billing.deadletters import DeadLetters
     from shared.billing.gateway import PaymentGateway
     from shared.catalog.ports import CatalogRepositories
@@ -350,7 +349,7 @@ class Platform:
 
         return (SyncWatcher(self.sync, self.catalog),)
 
-    def job_store(self, kind: JobKind[Any, Any, Any, Any]) -> JobStore[Any, Any]:
+    def job_store(self, kind: JobShelf[Any, Any]) -> JobStore[Any, Any]:
         """One job kind's jobs, items, counters, fan-out page markers and reaper cursor."""
         from shared.adapters.firestore.batch import FirestoreJobStore
 

@@ -43,6 +43,7 @@ __all__ = [
     "MultiLineText",
     "SingleLineText",
     "forbidden_char",
+    "plain_text",
     "visible",
 ]
 
@@ -129,6 +130,62 @@ def forbidden_char(text: str, *, multiline: bool = False) -> ForbiddenChar | Non
 def visible(text: str, *, multiline: bool = True) -> str:
     """``text`` with each refused character replaced by U+FFFD, for echoing what a caller sent."""
     return (_MULTI_LINE if multiline else _SINGLE_LINE).sub("\ufffd", text)
+
+
+# Tags that end a block of text (a paragraph, a list item, a cell, a line break) and tags whose content
+# is no text at all.
+_BLOCK_TAGS: Final = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "footer", "h1",
+    "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table",
+    "tbody", "td", "tfoot", "th", "thead", "tr", "ul",
+})  # fmt: skip
+_HIDDEN_TAGS: Final = frozenset({"script", "style", "template", "noscript", "head", "title"})
+_SENTENCE_ENDS: Final = ".!?:;…"
+
+
+def plain_text(text: str) -> str:
+    """``text`` (store descriptions keep their HTML) as plain single-spaced text for a prompt: tags
+    dropped, entities decoded (``&amp;`` -> ``&``), scripts and styles left out, and paragraphs, list
+    items and cells joined with "; " unless they end a sentence already. Text without markup is only
+    single-spaced."""
+    if "<" not in text and "&" not in text:
+        return " ".join(text.split())
+    from html.parser import HTMLParser  # here: most text has no markup, and every function imports this module
+
+    class _Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.blocks: list[list[str]] = [[]]
+            self.hidden = 0
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag in _HIDDEN_TAGS:
+                self.hidden += 1
+            elif tag in _BLOCK_TAGS:
+                self.blocks.append([])
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in _HIDDEN_TAGS:
+                self.hidden = max(0, self.hidden - 1)
+            elif tag in _BLOCK_TAGS:
+                self.blocks.append([])
+
+        def handle_data(self, data: str) -> None:
+            if not self.hidden:
+                self.blocks[-1].append(data)
+
+    parser = _Text()
+    parser.feed(text)
+    parser.close()
+    out = ""
+    for block in parser.blocks:
+        line = " ".join("".join(block).split())
+        if not line:
+            continue
+        if out:
+            out += " " if out[-1] in _SENTENCE_ENDS else "; "
+        out += line
+    return out
 
 
 class _TextRule:

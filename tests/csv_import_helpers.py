@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
 
 @dataclass
 class Api:
@@ -30,11 +32,11 @@ class Api:
     def patch(self, path: str, body: Any) -> Any:
         return self.http.patch(path, json=body, headers=self.headers)
 
-    def upload(self, data: bytes, filename: str = "products.csv") -> tuple[str, Any]:
+    def upload(self, data: bytes, filename: str = "products.csv", content_type: str = "text/csv") -> tuple[str, Any]:
         """Create the upload slot, PUT the bytes to R2 and complete; returns the id and the answer."""
         created = self.post(
             "/uploads",
-            {"filename": filename, "content_type": "text/csv", "size_bytes": len(data), "purpose": "csv_import"},
+            {"filename": filename, "content_type": content_type, "size_bytes": len(data), "purpose": "csv_import"},
         )
         assert created.status_code == 201, created.json
         instructions = created.json["upload"]
@@ -42,11 +44,16 @@ class Api:
         assert put.status_code == 200, put.text
         return created.json["id"], self.post(f"/uploads/{created.json['id']}/complete")
 
-    def draft(self, data: bytes) -> dict[str, Any]:
-        upload_id, completed = self.upload(data)
+    def draft(self, data: bytes, **options: Any) -> dict[str, Any]:
+        """Upload ``data`` (a CSV; an .xlsx workbook when it is a ZIP) and create a draft import of it;
+        ``options`` go into the draft's request (sheet, mapping, ...)."""
+        if data.startswith(b"PK"):
+            upload_id, completed = self.upload(data, "products.xlsx", XLSX)
+        else:
+            upload_id, completed = self.upload(data)
         assert completed.status_code == 200, completed.json
         assert completed.json["status"] == "completed"
-        created = self.post("/imports", {"upload_id": upload_id})
+        created = self.post("/imports", {"upload_id": upload_id, **options})
         assert created.status_code == 201, created.json
         assert created.json["status"] == "draft"
         return dict(created.json)

@@ -1,4 +1,4 @@
-"""Catalog function: products, uploads, CSV imports and the asset library.
+"""Catalog function: products, uploads, CSV and .xlsx imports (that may also generate images) and the asset library.
 
 Two entry points are deployed from this folder: ``catalog_api`` (the frontend's API, user JWTs)
 and ``catalog_tasks`` (Cloud Tasks workers). Each route parses and validates, calls one service
@@ -7,12 +7,20 @@ function from ``shared.catalog`` and returns its result.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import functions_framework
 
+from shared.billing.errors import PaymentPastDue
 from shared.catalog import bulk, imports, library, products, uploads
 from shared.catalog.csv_parsing import CSV_ERRORS
+from shared.catalog.generation_rows import (
+    GenerationCostChanged,
+    GenerationPricing,
+    NothingToGenerate,
+    TooManyGenerationRows,
+)
 from shared.catalog.imports import CsvPreviewTooLarge, ImportNotEditable
 from shared.catalog.models import (
     AssetBulkOut,
@@ -23,6 +31,7 @@ from shared.catalog.models import (
     AssetUpdate,
     ImportChunkTask,
     ImportCreate,
+    ImportDoc,
     ImportOut,
     ImportUpdate,
     ProductCreate,
@@ -36,7 +45,8 @@ from shared.catalog.policies import import_policy, upload_policy
 from shared.catalog.ports import CatalogRepositories
 from shared.catalog.slots import ProductSlotLimit
 from shared.catalog.uploads import TooManyPendingUploads, UploadExpired, UploadNotReceived, UploadRejected
-from shared.errors import Conflict, NotFound
+from shared.catalog.xlsx import XLSX_ERRORS
+from shared.errors import Conflict, InsufficientCredits, NotFound
 from shared.exports import service as exports
 from shared.exports.models import ExportCreate, ExportOut, ExportTask
 from shared.exports.sources import JobStillRunning
@@ -140,7 +150,7 @@ def get_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 
 @api.post(
     "/uploads/<upload_id>/complete",
-    errors=(UploadNotReceived, UploadExpired, UploadRejected, Conflict, *IMAGE_ERRORS, *CSV_ERRORS),
+    errors=(UploadNotReceived, UploadExpired, UploadRejected, Conflict, *IMAGE_ERRORS, *CSV_ERRORS, *XLSX_ERRORS),
 )
 def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
     p = ctx.platform
@@ -152,17 +162,34 @@ def complete_upload(ctx: RequestContext[NoBody, NoQuery]) -> UploadOut:
 # -- CSV imports ----------------------------------------------------------------------------------
 
 
+def _pricing(ctx: RequestContext[BodyT, QueryT]) -> Callable[[], GenerationPricing]:
+    """Generation's styles and prices, for an import that generates (loaded only when it does)."""
+
+    def pricing() -> GenerationPricing:
+        from shared.generation.import_jobs import generation_pricing
+
+        return generation_pricing(ctx.platform.price_book.current())
+
+    return pricing
+
+
 @api.post(
     "/imports",
     body=ImportCreate,
     status=201,
     idempotent=True,
-    errors=(NotFound, Conflict, CsvPreviewTooLarge, *CSV_ERRORS),
+    errors=(NotFound, Conflict, CsvPreviewTooLarge, *CSV_ERRORS, *XLSX_ERRORS),
 )
 def create_import(ctx: RequestContext[ImportCreate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.create_import(
-        _repos(ctx), p.object_store, ctx.client_id, ctx.body, import_policy(p.settings), p.clock()
+        _repos(ctx),
+        p.object_store,
+        ctx.client_id,
+        ctx.body,
+        import_policy(p.settings),
+        p.clock(),
+        pricing=_pricing(ctx),
     )
     return imports.import_out(doc)
 
@@ -172,7 +199,11 @@ def get_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(imports.get_import(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"]))
 
 
-@api.patch("/imports/<import_id>", body=ImportUpdate, errors=(ImportNotEditable, CsvPreviewTooLarge, *CSV_ERRORS))
+@api.patch(
+    "/imports/<import_id>",
+    body=ImportUpdate,
+    errors=(ImportNotEditable, CsvPreviewTooLarge, *CSV_ERRORS, *XLSX_ERRORS),
+)
 def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.update_import(
@@ -183,11 +214,12 @@ def update_import(ctx: RequestContext[ImportUpdate, NoQuery]) -> ImportOut:
         ctx.body,
         import_policy(p.settings),
         p.clock(),
+        pricing=_pricing(ctx),
     )
     return imports.import_out(doc)
 
 
-@api.post("/imports/<import_id>/start", status=202, errors=(ImportNotEditable, Conflict, *CSV_ERRORS))
+@api.post("/imports/<import_id>/start", status=202, errors=(ImportNotEditable, Conflict, *CSV_ERRORS, *XLSX_ERRORS))
 def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     p = ctx.platform
     doc = imports.start_import(
@@ -202,11 +234,63 @@ def start_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
     return imports.import_out(doc)
 
 
+@api.post(
+    "/imports/<import_id>/generate",
+    status=202,
+    idempotent=True,
+    errors=(
+        ImportNotEditable,
+        Conflict,
+        GenerationCostChanged,
+        NothingToGenerate,
+        TooManyGenerationRows,
+        InsufficientCredits,
+        PaymentPastDue,
+        *CSV_ERRORS,
+        *XLSX_ERRORS,
+    ),
+)
+def generate_import(ctx: RequestContext[NoBody, NoQuery]) -> ImportOut:
+    """Start the import and, once its rows are imported, one generation job for the rows that generate:
+    its cost (the preview's) is reserved now, or 402 and nothing starts."""
+    from shared.billing.policies import billing_store
+    from shared.generation.import_jobs import catalog_services, generation_start
+
+    p = ctx.platform
+    assert ctx.principal is not None
+    start = generation_start(
+        catalog_services(p),
+        p.price_book.current(),
+        billing_store(p),
+        client_id=ctx.client_id,
+        user_id=ctx.principal.user_id,
+    )
+    doc = imports.start_import(
+        _repos(ctx),
+        p.object_store,
+        p.task_queue,
+        ctx.client_id,
+        ctx.path_params["import_id"],
+        import_policy(p.settings),
+        p.clock(),
+        generation=start,
+    )
+    return imports.import_out(doc)
+
+
 @api.get("/imports/<import_id>/errors.csv", produces="text/csv")
 def import_errors(ctx: RequestContext[NoBody, NoQuery]) -> flask.Response:
+    """The import's problems, and its generation job's failed images, by row."""
     from flask import Response
 
-    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"])
+    def generation_rows(doc: ImportDoc) -> list[dict[str, Any]]:
+        if not doc.generation_job:
+            return []
+        from shared.generation.import_jobs import catalog_services, report_rows
+
+        return report_rows(catalog_services(ctx.platform), doc)
+
+    report = imports.error_report_csv(_repos(ctx).imports, ctx.client_id, ctx.path_params["import_id"], generation_rows)
     filename = f"{ctx.path_params['import_id']}-errors.csv"
     return Response(
         report,

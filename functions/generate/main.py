@@ -13,6 +13,8 @@ import functions_framework
 from shared.batch import lifecycle
 from shared.batch.models import ItemListQuery, JobListQuery
 from shared.billing.service import PaymentPastDue
+from shared.catalog.imports import GENERATION_PATH
+from shared.catalog.models import ImportGenerationTask
 from shared.engines.base import ENGINE_ERRORS
 from shared.errors import Conflict, InsufficientCredits, NotFound, UpstreamRejectedCredentials
 from shared.generation import jobs, prompts
@@ -34,6 +36,7 @@ from shared.generation.models import (
     PresetUpdate,
 )
 from shared.http.app import (
+    Access,
     BodyT,
     HttpApp,
     JsonResponse,
@@ -46,6 +49,7 @@ from shared.http.app import (
 from shared.http.batch_routes import accepted, add_worker_routes, request_key
 from shared.needs import Need
 from shared.pagination import Page
+from shared.tasks import TaskOutcome
 
 if TYPE_CHECKING:
     import flask
@@ -135,7 +139,19 @@ def retry_job(ctx: RequestContext[NoBody, NoQuery]) -> JsonResponse[JobOut]:
 
         raise Conflict("The job has no failed items to retry")
     data = JobCreate(
-        items=[JobItemIn(product_id=i.product_id, image_asset_ids=i.image_asset_ids, prompt=i.prompt) for i in failed],
+        items=[
+            JobItemIn(
+                product_id=i.product_id,
+                image_asset_ids=i.image_asset_ids,
+                prompt=i.prompt,
+                style=i.style,
+                negative_prompt=i.negative_prompt,
+                aspect_ratio=i.aspect_ratio,  # type: ignore[arg-type]  # as the item was accepted
+                size=i.size,  # type: ignore[arg-type]
+                variants=i.variants,
+            )
+            for i in failed
+        ],
         **old.settings.model_dump(),
     )
     return _create(ctx, data, retry_of=old.id)
@@ -193,6 +209,15 @@ def get_defaults(ctx: RequestContext[NoBody, DefaultsQuery]) -> DefaultsOut:
 # -- workers ----------------------------------------------------------------------------------------
 
 add_worker_routes(tasks, GENERATION)
+
+
+@tasks.post(GENERATION_PATH, body=ImportGenerationTask, access=Access.TASK)
+def import_generation(ctx: RequestContext[ImportGenerationTask, NoQuery]) -> TaskOutcome:
+    """A finished spreadsheet import's generating rows: their one job (shared.generation.import_jobs)."""
+    from shared.generation.import_jobs import run_import_generation
+
+    p = ctx.platform
+    return TaskOutcome(outcome=run_import_generation(GENERATION.dependencies(p), ctx.body, p.clock()))
 
 
 @functions_framework.http

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemListQuery, ItemStatus, JobListQuery
 from shared.errors import NotFound
@@ -27,11 +27,32 @@ from shared.events.model import DomainEvent
 from shared.pagination import Page
 
 if TYPE_CHECKING:
-    from shared.batch.kind import JobKind
     from shared.catalog.ports import ItemGuard
 
 J = TypeVar("J", bound=BatchJobDoc)
 I = TypeVar("I", bound=BatchItemDoc)  # noqa: E741
+
+
+J_co = TypeVar("J_co", bound=BatchJobDoc, covariant=True)
+I_co = TypeVar("I_co", bound=BatchItemDoc, covariant=True)
+
+
+class JobShelf(Protocol[J_co, I_co]):
+    """Where a kind's documents live and what they are: all a job store needs of its kind. Every
+    :class:`~shared.batch.kind.JobKind` is one; a reader that must not load a kind's work (a ZIP export
+    reading a video job) names the shelf alone."""
+
+    @property
+    def collection(self) -> str: ...
+
+    @property
+    def noun(self) -> str: ...
+
+    @property
+    def job_model(self) -> type[J_co]: ...
+
+    @property
+    def item_model(self) -> type[I_co]: ...
 
 
 class StaleWrite(Exception):
@@ -101,7 +122,7 @@ class JobStore(ABC, Generic[J, I]):
     """One job kind's documents (``clients/{client}/{kind's collection}/{job}`` with ``items``,
     ``counters`` and ``fanout_pages`` in the Firestore layout)."""
 
-    kind: JobKind[J, I, Any, Any]
+    kind: JobShelf[J, I]
 
     # -- jobs ---------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.billing.catalog import Catalog, PriceIds
+from shared.billing.errors import PaymentPastDue as PaymentPastDue  # re-exported: routes import it from here
 from shared.billing.gateway import CheckoutLine, PaymentGateway
 from shared.billing.models import (
     BillingState,
@@ -25,16 +26,10 @@ from shared.billing.models import (
     SubscriptionOut,
 )
 from shared.billing.store import BillingAccounts, BillingChanged, BillingReader
-from shared.errors import EpoxError, UpstreamUnavailable, ValidationFailed
+from shared.errors import UpstreamUnavailable, ValidationFailed
 
 if TYPE_CHECKING:
     from shared.ledger.service import Ledger
-
-
-class PaymentPastDue(EpoxError):
-    status = 402
-    code = "payment_past_due"
-    title = "Payment is past due"
 
 
 def billing_state(billing: BillingReader, client_id: str) -> BillingState:

@@ -6,7 +6,7 @@ Pure functions (bytes in, pydantic models out, no I/O). The import flow is::
     mapping = auto_map(parsed.headers)        # shown to the merchant, who may edit it
     validate_mapping(mapping, parsed.headers)
     preview = build_preview(parsed, mapping)  # before the merchant confirms
-    rows = group_rows(parsed, mapping)        # Shopify: extra image rows share a Handle
+    rows = group_rows(parsed, mapping)        # Shopify handles, WooCommerce variations: one product
     results = [row_to_draft(row, mapping) for row in rows]
 
 Row numbers are what a spreadsheet user sees when the file is opened in Excel or Sheets: the
@@ -22,13 +22,13 @@ import csv
 import io
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.catalog.store_link import StoreLink
 from shared.errors import UnprocessableContent, ValidationFailed
@@ -49,6 +49,7 @@ __all__ = [
     "CsvTooLarge",
     "CsvUnknownEncoding",
     "CsvUnreadable",
+    "FoldSummary",
     "ParsedCsv",
     "PreviewRow",
     "PreviewWarning",
@@ -59,6 +60,7 @@ __all__ = [
     "build_preview",
     "decode_csv",
     "detect_delimiter",
+    "fold_rows",
     "group_rows",
     "normalize_delimiter",
     "normalize_encoding",
@@ -115,10 +117,16 @@ class _Model(BaseModel):
 ProductField = Literal["name", "sku", "description", "category", "price", "image_urls", "tags", "external_id"]
 ScalarField = Literal["name", "sku", "description", "category", "price", "tags", "external_id"]
 PRODUCT_FIELDS: Final[tuple[ProductField, ...]] = get_args(ProductField)
+GenerationField = Literal["style", "prompt", "negative_prompt", "aspect_ratio", "size", "variants", "base_image_url"]
+GENERATION_FIELDS: Final[tuple[GenerationField, ...]] = get_args(GenerationField)
 # Also the order auto_map fills them in: the name first, so it gets the best candidate header.
 _SCALAR_FIELDS: Final[tuple[ScalarField, ...]] = get_args(ScalarField)
 
-RowProblemCode = Literal["missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text"]
+FileFormat = Literal["csv", "xlsx"]
+RowProblemCode = Literal[
+    "missing_name", "invalid_price", "invalid_image_url", "too_long", "bad_text", "orphan_variation",
+    "invalid_generation",
+]  # fmt: skip
 Severity = Literal["error", "warning"]
 PreviewWarningCode = Literal["bad_row", "missing_images", "duplicate_sku", "ragged_row", "unmapped_column"]
 
@@ -197,6 +205,9 @@ class CsvRow:
 
     number: int
     values: Mapping[str, str]
+    # Why the row can never be a product, found while rows were folded (a variation whose parent is
+    # not in the file): the row is reported with this problem instead of being read.
+    refusal: RowProblem | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,12 @@ class ParsedCsv:
     encoding: str
     # Rows with missing cells or non-empty cells beyond the header (the extra cells are dropped).
     ragged_rows: tuple[int, ...] = ()
+    # Excel workbooks (shared/catalog/xlsx.py): the sheet read, every sheet's name, what was noticed
+    # and left alone (macros, links to other workbooks). A CSV file has none of these.
+    format: FileFormat = "csv"
+    sheet: str | None = None
+    sheets: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class ColumnMapping(_Model):
@@ -223,8 +240,17 @@ class ColumnMapping(_Model):
     image_urls: tuple[SingleLineText, ...] = ()
     tags: SingleLineText | None = None
     external_id: SingleLineText | None = None
+    # Generation settings a row may carry (used when the import also generates images, see
+    # shared/catalog/generation_rows.py): a column each, empty cells take the import's defaults.
+    style: SingleLineText | None = None
+    prompt: SingleLineText | None = None
+    negative_prompt: SingleLineText | None = None
+    aspect_ratio: SingleLineText | None = None
+    size: SingleLineText | None = None
+    variants: SingleLineText | None = None
+    base_image_url: SingleLineText | None = None
 
-    @field_validator("name", "sku", "description", "category", "price", "tags", "external_id")
+    @field_validator("name", "sku", "description", "category", "price", "tags", "external_id", *GENERATION_FIELDS)
     @classmethod
     def _blank_is_unmapped(cls, value: str | None) -> str | None:
         # A form's "not mapped" option usually arrives as "".
@@ -257,9 +283,26 @@ class ColumnMapping(_Model):
             "external_id": self.external_id,
         }
 
+    def generation_headers(self) -> dict[GenerationField, str | None]:
+        """The headers of the generation columns (None: not mapped)."""
+        return {field: getattr(self, field) for field in GENERATION_FIELDS}
+
     def used_headers(self) -> set[str]:
         used = {h for h in self.scalar_headers().values() if h is not None}
+        used |= {h for h in self.generation_headers().values() if h is not None}
         return used | set(self.image_urls)
+
+
+class RowGeneration(_Model):
+    """What a row asks of image generation; None fields take the import's defaults."""
+
+    style: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    prompt: str | None = Field(default=None, max_length=2000)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    aspect_ratio: str | None = None
+    size: str | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+    base_image_url: str | None = None  # also one of the draft's image_urls (imported as a product image)
 
 
 class ProductDraft(_Model):
@@ -277,6 +320,9 @@ class ProductDraft(_Model):
     # Store imports: the store product it mirrors, and the store's media id of each image URL.
     store: StoreLink | None = None
     image_media_ids: tuple[str, ...] = ()
+    # The row's generation settings (mapped generation columns with a value), checked as far as the
+    # row alone tells (a style's name is checked against the styles when the job is planned).
+    generation: RowGeneration | None = None
 
 
 class RowProblem(_Model):
@@ -307,6 +353,40 @@ class PreviewRow(_Model):
     truncated: bool = False
 
 
+class FoldSummary(_Model):
+    """How a store export's rows became products (the preview says so before anything is imported).
+
+    ``source``: "shopify" (rows sharing a Handle), "woocommerce" (``variation`` rows and their
+    ``Parent``) or None (one row, one product). ``rows`` data rows became ``products`` products:
+    ``variations_folded`` rows were folded into the product above them (their images added to its
+    own), ``orphan_variations`` variations name a parent the file does not have (skipped, reported).
+    ``grouped`` and ``external`` (WooCommerce) are imported as products of their own."""
+
+    source: Literal["shopify", "woocommerce"] | None = None
+    rows: int
+    products: int
+    variations_folded: int = 0
+    orphan_variations: int = 0
+    grouped: int = 0
+    external: int = 0
+
+    def sentence(self) -> str | None:
+        """What the merchant reads in the preview's notes (None when every row is a product of its own)."""
+        if self.source is None or (self.rows == self.products and not (self.grouped or self.external)):
+            return None
+        label = "Shopify" if self.source == "shopify" else "WooCommerce"
+        parts = [f"{label} export: {self.rows} rows become {self.products} products"]
+        if self.variations_folded:
+            kind = "variant rows" if self.source == "shopify" else "variations"
+            parts.append(f"{self.variations_folded} {kind} were folded into their product (images added to it)")
+        if self.orphan_variations:
+            parts.append(f"{self.orphan_variations} variations name a parent that is not in the file and are skipped")
+        extra = [f"{n} {kind}" for n, kind in ((self.grouped, "grouped"), (self.external, "external")) if n]
+        if extra:
+            parts.append(f"{' and '.join(extra)} products are imported as products of their own")
+        return "; ".join(parts) + "."
+
+
 class PreviewWarning(_Model):
     """An issue aggregated over all rows; ``row_numbers`` lists at most the first 20."""
 
@@ -324,14 +404,18 @@ class PreviewWarning(_Model):
 
 class CsvPreview(_Model):
     headers: tuple[str, ...]
-    delimiter: str
-    encoding: str
+    delimiter: str  # "" for a workbook
+    encoding: str  # "" for a workbook
     total_rows: int
     importable_rows: int
     mapping: ColumnMapping
     sample: tuple[PreviewRow, ...]
     warnings: tuple[PreviewWarning, ...]
     notes: tuple[str, ...] = ()
+    format: FileFormat = "csv"
+    folding: FoldSummary | None = None  # store exports: how rows became products
+    sheet: str | None = None  # the sheet read (workbooks)
+    sheets: tuple[str, ...] = ()  # every worksheet of the workbook, to choose another
 
 
 # --------------------------------------------------------------------------------------------------
@@ -838,6 +922,32 @@ def parse_csv(
     elif delimiter is None:
         delimiter = detect_delimiter(text)
 
+    headers, rows, ragged = build_table(
+        enumerate(_records(text, delimiter), start=1),
+        max_rows=max_rows,
+        max_columns=max_columns,
+        max_field_chars=max_field_chars,
+        max_header_chars=max_header_chars,
+        max_cells=max_cells,
+    )
+    return ParsedCsv(headers=headers, rows=rows, delimiter=delimiter, encoding=encoding, ragged_rows=ragged)
+
+
+def build_table(
+    records: Iterable[tuple[int, Sequence[str]]],
+    *,
+    max_rows: int,
+    max_columns: int,
+    max_field_chars: int,
+    max_header_chars: int,
+    max_cells: int,
+    pad: bool = False,
+) -> tuple[tuple[str, ...], tuple[CsvRow, ...], tuple[int, ...]]:
+    """Headers, data rows and ragged row numbers of numbered records (a CSV's or a sheet's).
+
+    The first non-blank record is the header; blank records are skipped (their numbers still count).
+    The limits are :func:`parse_csv`'s. ``pad``: a short record is filled with empty cells (a sheet's
+    row ends at its last value; only a CSV row can lack cells)."""
     header: list[str] | None = None
     columns = _Columns()
     # Each row is stored compactly as soon as it is read; what the whole file decides afterwards
@@ -846,7 +956,7 @@ def parse_csv(
     overflowing: set[int] = set()  # rows with non-empty cells beyond the header
     named = 0  # columns up to the last named one
     used: list[bool] = []  # per unnamed trailing column: does any row have a value there
-    for number, record in enumerate(_records(text, delimiter), start=1):
+    for number, record in records:
         if _is_blank(record):
             continue
         longest = max(len(cell) for cell in record)
@@ -881,6 +991,8 @@ def parse_csv(
             )
         if len(record) > max(len(header), max_columns):
             raise CsvTooLarge(f"Row {number} has {len(record)} cells (limit {max_columns}).", limit=max_columns)
+        if pad and len(record) < len(header):
+            record = [*record, *[""] * (len(header) - len(record))]
         for position in range(named, min(len(record), len(header))):
             if not used[position - named] and record[position].strip():
                 used[position - named] = True
@@ -902,9 +1014,7 @@ def parse_csv(
     ragged = [
         row.number for row in rows if row.number in overflowing or cast("RowCells", row.values).cell_count < width
     ]
-    return ParsedCsv(
-        headers=columns.headers, rows=tuple(rows), delimiter=delimiter, encoding=encoding, ragged_rows=tuple(ragged)
-    )
+    return columns.headers, tuple(rows), tuple(ragged)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -995,6 +1105,26 @@ _IMAGE_HEADERS: Final = frozenset(
 )  # fmt: skip
 
 
+# Generation columns match exactly (compared like headers: case, accents, spaces and punctuation
+# ignored); a product attribute such as "Size" or "Style" of a clothing export must not be taken
+# for one, so the plain words are left to the merchant to map (except "Style", "Prompt", "Variants").
+_GENERATION_SYNONYMS: Final[dict[GenerationField, tuple[str, ...]]] = {
+        "style": ("style", "image style", "generation style", "ai style", "photo style", "bildstil"),
+        "prompt": ("prompt", "image prompt", "generation prompt", "ai prompt", "custom prompt"),
+        "negative_prompt": ("negative prompt", "image negative prompt", "avoid"),
+        "aspect_ratio": ("aspect ratio", "image aspect ratio", "ratio", "seitenverhältnis"),
+        "size": ("image size", "output size", "resolution", "image resolution"),
+        "variants": ("variants", "image variants", "images per product", "number of images", "image count"),
+        "base_image_url": (
+            "base image", "base image url", "reference image", "reference image url", "source image",
+            "source image url",
+        ),
+}  # fmt: skip
+_GENERATION_HEADERS: Final = {
+    field: frozenset(_norm(name) for name in names) for field, names in _GENERATION_SYNONYMS.items()
+}
+
+
 def _ranks(synonyms: Sequence[str]) -> dict[str, int]:
     ranks: dict[str, int] = {}
     for rank, synonym in enumerate(synonyms):
@@ -1042,6 +1172,13 @@ def auto_map(headers: Sequence[str]) -> ColumnMapping:
             chosen[field] = best[2]
             used.add(best[2])
     chosen["image_urls"] = tuple(h for h in headers if h not in used and _looks_like_image_column(h))
+    used |= set(chosen["image_urls"])
+    for generation_field in GENERATION_FIELDS:
+        names = _GENERATION_HEADERS[generation_field]
+        found = next((h for h in headers if h not in used and _norm(h) in names), None)
+        if found is not None:
+            chosen[generation_field] = found
+            used.add(found)
     return ColumnMapping.model_validate(chosen)
 
 
@@ -1061,7 +1198,7 @@ def validate_mapping(mapping: ColumnMapping, headers: Sequence[str], *, field_pr
                 "type": "missing",
             }
         )
-    for field, header in mapping.scalar_headers().items():
+    for field, header in [*mapping.scalar_headers().items(), *mapping.generation_headers().items()]:
         if header is not None and header not in known:
             errors.append(
                 {
@@ -1260,12 +1397,14 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
     tags (cut).
     """
     number = row.number
+    if row.refusal is not None:
+        return RowResult(draft=None, problems=(row.refusal,))
     problems: list[RowProblem] = []
 
     def cell(header: str | None) -> str:
         return row.values.get(header, "").strip() if header is not None else ""
 
-    def problem(code: RowProblemCode, field: ProductField, message: str, severity: Severity = "error") -> None:
+    def problem(code: RowProblemCode, field: ProductField | None, message: str, severity: Severity = "error") -> None:
         problems.append(RowProblem(row_number=number, code=code, message=message, field=field, severity=severity))
 
     def plain(field: ProductField, value: str | None, *, multiline: bool = False) -> None:
@@ -1353,6 +1492,11 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
         )
         image_urls = image_urls[:MAX_IMAGE_URLS]
 
+    generation = _row_generation(row, mapping, problem)
+    if generation is not None and generation.base_image_url is not None:
+        # The base image is imported as the product's first image; the job uses it as the reference.
+        image_urls = (generation.base_image_url, *(u for u in image_urls if u != generation.base_image_url))
+        image_urls = image_urls[:MAX_IMAGE_URLS]
     if any(p.severity == "error" for p in problems):
         return RowResult(draft=None, problems=tuple(problems))
     draft = ProductDraft(
@@ -1365,12 +1509,74 @@ def row_to_draft(row: CsvRow, mapping: ColumnMapping) -> RowResult:
         tags=tuple(tags),
         image_urls=image_urls,
         external_id=external_id,
+        generation=generation,
     )
     return RowResult(draft=draft, problems=tuple(problems))
 
 
+_ASPECT_RATIOS: Final = frozenset(("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"))
+_SIZES: Final = frozenset(("1K", "2K", "4K"))
+
+
+def _row_generation(
+    row: CsvRow, mapping: ColumnMapping, problem: Callable[[RowProblemCode, ProductField | None, str, Severity], None]
+) -> RowGeneration | None:
+    """The row's generation settings (None: its generation cells are empty or unusable, the latter with an
+    ``invalid_generation`` warning: the product is still imported). The allowed aspect ratios and sizes
+    are the engines' (shared/engines/base.py), checked again when the job is accepted."""
+    cells = {
+        field: row.values.get(header, "").strip()
+        for field, header in mapping.generation_headers().items()
+        if header is not None
+    }
+    cells = {field: value for field, value in cells.items() if value}
+    if not cells:
+        return None
+    wrong: list[str] = []
+    values: dict[str, Any] = {}
+    if style := cells.get("style"):
+        values["style"] = "-".join(style.casefold().split())
+    for field in ("prompt", "negative_prompt"):
+        if text := cells.get(field):
+            found = forbidden_char(text, multiline=True)
+            if found is not None:
+                wrong.append(f"the {field.replace('_', ' ')} {found.sentence()}")
+            values[field] = text
+    if ratio := cells.get("aspect_ratio"):
+        ratio = ratio.replace(" ", "").replace("x", ":").replace("/", ":")
+        if ratio not in _ASPECT_RATIOS:
+            wrong.append(f"aspect ratio {cells['aspect_ratio']!r} is not one of {', '.join(sorted(_ASPECT_RATIOS))}")
+        values["aspect_ratio"] = ratio
+    if size := cells.get("size"):
+        size = size.upper()
+        if size not in _SIZES:
+            wrong.append(f"size {cells['size']!r} is not one of 1K, 2K, 4K")
+        values["size"] = size
+    if variants := cells.get("variants"):
+        try:
+            count = Decimal(variants)
+        except InvalidOperation:
+            count = Decimal(0)
+        if count != count.to_integral_value() or not 1 <= count <= 4:
+            wrong.append(f"variants {variants!r} is not a whole number from 1 to 4")
+        else:
+            values["variants"] = int(count)
+    if url := cells.get("base_image_url"):
+        clean = _clean_url(url)
+        if clean is None:
+            wrong.append(f"the base image {_shorten(url)!r} is not an http(s) URL")
+        values["base_image_url"] = clean
+    if not wrong:
+        try:
+            return RowGeneration.model_validate(values)
+        except ValidationError as exc:
+            wrong += [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    problem("invalid_generation", None, "No image is generated for this row: " + "; ".join(wrong) + ".", "warning")
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
-# Shopify handle groups
+# Store exports: Shopify handle groups, WooCommerce variations
 # --------------------------------------------------------------------------------------------------
 
 
@@ -1382,23 +1588,39 @@ def _merge_images(first: CsvRow, extra: Sequence[CsvRow], image_headers: Sequenc
         cells = (r.values.get(header, "").strip() for r in (first, *extra))
         # Newline-joined: split_image_urls splits on it, and it reads well in a preview.
         values[header] = "\n".join(c for c in cells if c)
-    return CsvRow(number=first.number, values=values)
+    return CsvRow(number=first.number, values=values, refusal=first.refusal)
 
 
 def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | None = None) -> tuple[CsvRow, ...]:
-    """The rows to import, with Shopify continuation rows folded into their first row.
+    """The rows to import, store exports' extra rows folded into their product's row (see :func:`fold_rows`)."""
+    return fold_rows(parsed, mapping, handle_header)[0]
+
+
+def fold_rows(
+    parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | None = None
+) -> tuple[tuple[CsvRow, ...], FoldSummary]:
+    """The rows to import and how the file's rows became them.
 
     Shopify exports one row per extra image (and per variant) with the same Handle and
     an empty Title. Such a row (handle seen before, name cell empty) is dropped and its
     image cells are appended (newline-separated) to the first row of the handle.
-    ``handle_header`` defaults to a header named "Handle" (any case); without one the
-    rows are returned as they are. Grouping grouped rows changes nothing.
-    """
+    ``handle_header`` defaults to a header named "Handle" (any case).
+
+    A WooCommerce export (columns ``ID``, ``Type``, ``Name``, ``Parent`` and ``SKU``) has a row per
+    ``variation`` of a variable product, whose ``Parent`` names its product by SKU or as ``id:N``: such
+    a row is folded into its parent's row (images appended, and its price used when the parent has
+    none: the lowest), never a product of its own; a variation whose parent is not in the file is
+    kept as a refused row (``orphan_variation``, reported in the preview and errors.csv).
+
+    Other files' rows are returned as they are. Grouping grouped rows changes nothing."""
     handle = handle_header
     if handle is None:
         handle = next((h for h in parsed.headers if _norm(h) == "handle"), None)
         if handle is None:
-            return parsed.rows
+            woo = _woo_columns(parsed.headers)
+            if woo is not None:
+                return _fold_woo(parsed, mapping, woo)
+            return parsed.rows, FoldSummary(rows=len(parsed.rows), products=len(parsed.rows))
     elif handle not in parsed.headers:
         raise ValidationFailed(
             "The column mapping does not fit the file.",
@@ -1422,9 +1644,119 @@ def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | N
         if key:
             first_of.setdefault(key, len(groups))
         groups.append((row, []))
+    summary = FoldSummary(
+        source="shopify", rows=len(parsed.rows), products=len(groups), variations_folded=len(parsed.rows) - len(groups)
+    )
     if len(groups) == len(parsed.rows):
-        return parsed.rows
-    return tuple(_merge_images(first, extra, mapping.image_urls) for first, extra in groups)
+        return parsed.rows, summary
+    return tuple(_merge_images(first, extra, mapping.image_urls) for first, extra in groups), summary
+
+
+@dataclass(frozen=True)
+class _WooColumns:
+    id: str
+    type: str
+    parent: str
+    sku: str
+
+
+def _woo_columns(headers: Sequence[str]) -> _WooColumns | None:
+    """The columns of WooCommerce's product export, if the file is one (its exporter's English names)."""
+    by_name = {_norm(h): h for h in headers}
+    found = [by_name.get(name) for name in ("id", "type", "parent", "sku", "name")]
+    if any(column is None for column in found):
+        return None
+    ident, kind, parent, sku, _ = found
+    assert ident is not None and kind is not None and parent is not None and sku is not None
+    return _WooColumns(id=ident, type=kind, parent=parent, sku=sku)
+
+
+def _woo_types(row: CsvRow, columns: _WooColumns) -> set[str]:
+    # "simple, downloadable, virtual": a product type and its flags, comma-separated.
+    return {part.strip().casefold() for part in row.values.get(columns.type, "").split(",") if part.strip()}
+
+
+def _fold_woo(
+    parsed: ParsedCsv, mapping: ColumnMapping, columns: _WooColumns
+) -> tuple[tuple[CsvRow, ...], FoldSummary]:
+    # Parents by SKU and by "id:N", from every row that is no variation (a parent may come after its
+    # variations: the exporter writes them in order, merchants sort files).
+    by_key: dict[str, int] = {}
+    kinds: list[set[str]] = []
+    for position, row in enumerate(parsed.rows):
+        kinds.append(_woo_types(row, columns))
+        if "variation" in kinds[-1]:
+            continue
+        ident = row.values.get(columns.id, "").strip()
+        sku = row.values.get(columns.sku, "").strip()
+        if ident:
+            by_key.setdefault(f"id:{ident}", position)
+        if sku:
+            by_key.setdefault(sku, position)
+    folded: dict[int, list[CsvRow]] = {}
+    kept: list[int] = []
+    orphans: dict[int, CsvRow] = {}
+    grouped = external = 0
+    for position, row in enumerate(parsed.rows):
+        if "variation" not in kinds[position]:
+            kept.append(position)
+            grouped += "grouped" in kinds[position]
+            external += "external" in kinds[position]
+            continue
+        parent = row.values.get(columns.parent, "").strip()
+        target = by_key.get(parent)
+        if target is None and parent.isdigit():
+            target = by_key.get(f"id:{parent}")
+        if target is not None:
+            folded.setdefault(target, []).append(row)
+            continue
+        named = f"{parent!r}" if parent else "no parent"
+        refusal = RowProblem(
+            row_number=row.number,
+            code="orphan_variation",
+            message=f"A variation of {named}, a product that is not in the file: not imported (import its parent too).",
+        )
+        orphans[position] = CsvRow(number=row.number, values=row.values, refusal=refusal)
+        kept.append(position)
+    kept.sort()
+    rows = tuple(
+        orphans[position]
+        if position in orphans
+        else _fold_variations(parsed.rows[position], folded.get(position, []), mapping)
+        for position in kept
+    )
+    summary = FoldSummary(
+        source="woocommerce",
+        rows=len(parsed.rows),
+        products=len(kept) - len(orphans),
+        variations_folded=sum(len(v) for v in folded.values()),
+        orphan_variations=len(orphans),
+        grouped=grouped,
+        external=external,
+    )
+    return rows, summary
+
+
+def _fold_variations(parent: CsvRow, variations: Sequence[CsvRow], mapping: ColumnMapping) -> CsvRow:
+    if not variations:
+        return parent
+    row = _merge_images(parent, variations, mapping.image_urls)
+    price = mapping.price
+    if price is None or row.values.get(price, "").strip():
+        return row
+    # A variable product has no price of its own; the storefront shows "from" its lowest variation's.
+    prices: list[tuple[Decimal, str]] = []
+    for variation in variations:
+        cell = variation.values.get(price, "").strip()
+        with contextlib.suppress(ValueError):
+            amount = parse_price(cell)
+            if amount is not None:
+                prices.append((amount, cell))
+    if not prices:
+        return row
+    values = dict(row.values)
+    values[price] = min(prices)[1]
+    return CsvRow(number=row.number, values=values, refusal=row.refusal)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1434,25 +1766,28 @@ def group_rows(parsed: ParsedCsv, mapping: ColumnMapping, handle_header: str | N
 _LISTED_ROWS: Final = 20
 _MAX_DUPLICATE_SKU_WARNINGS: Final = 50
 _CODE_ORDER: Final[tuple[RowProblemCode, ...]] = (
+    "orphan_variation",
     "missing_name",
     "invalid_price",
     "too_long",
     "bad_text",
     "invalid_image_url",
+    "invalid_generation",
 )
 _PROBLEM_LABELS: Final[dict[RowProblemCode, str]] = {
+    "orphan_variation": "a variation whose parent product is not in the file",
     "missing_name": "no name",
     "invalid_price": "an invalid price",
     "too_long": "a value that is too long",
     "bad_text": "control or bidirectional-override characters",
     "invalid_image_url": "invalid image URLs",
+    "invalid_generation": "generation settings that cannot be used (the product is imported, no image generated)",
 }
 
 
 def _mapped_values(row: CsvRow, mapping: ColumnMapping) -> dict[str, str]:
-    values: dict[str, str] = {
-        field: row.values.get(header, "") for field, header in mapping.scalar_headers().items() if header is not None
-    }
+    headers = [*mapping.scalar_headers().items(), *mapping.generation_headers().items()]
+    values: dict[str, str] = {field: row.values.get(header, "") for field, header in headers if header is not None}
     if mapping.image_urls:
         cells = (row.values.get(h, "").strip() for h in mapping.image_urls)
         values["image_urls"] = "\n".join(c for c in cells if c)
@@ -1505,7 +1840,7 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
     sample is kept), and long sample values are cut (see ``notes``).
     """
     # Grouped like the import itself, so the counts shown are the counts imported.
-    rows = group_rows(parsed, mapping)
+    rows, folding = fold_rows(parsed, mapping)
     sample: list[PreviewRow] = []
     by_problem: dict[tuple[Severity, RowProblemCode], dict[int, None]] = {}
     importable = 0
@@ -1599,7 +1934,15 @@ def build_preview(parsed: ParsedCsv, mapping: ColumnMapping, *, sample_size: int
         mapping=mapping,
         sample=tuple(sample),
         warnings=tuple(warnings),
-        notes=(TRUNCATED_NOTE,) if any(row.truncated for row in sample) else (),
+        notes=(
+            *parsed.notes,
+            *((folding.sentence(),) if folding.sentence() else ()),
+            *((TRUNCATED_NOTE,) if any(row.truncated for row in sample) else ()),
+        ),
+        format=parsed.format,
+        folding=folding if folding.source is not None else None,
+        sheet=parsed.sheet,
+        sheets=parsed.sheets,
     )
 
 

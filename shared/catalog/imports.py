@@ -40,11 +40,20 @@ from pydantic import Field, ValidationError
 
 from shared import logging as log
 from shared.catalog.assets import NewProductImage, store_product_image
+from shared.catalog.generation_rows import (
+    GenerationCostChanged,
+    GenerationPlan,
+    GenerationPricing,
+    GenerationStart,
+    wants_generation,
+)
 from shared.catalog.models import (
     AssetOrigin,
     ImportChunkTask,
     ImportCreate,
     ImportDoc,
+    ImportGeneration,
+    ImportGenerationTask,
     ImportOut,
     ImportProgress,
     ImportSource,
@@ -95,6 +104,7 @@ class ImportPolicy:
     thumbnail_max_side: int
     max_attempts: int
     fetch_limits: FetchLimits
+    xlsx_max_uncompressed_bytes: int = 100 * 1024 * 1024
     parallel_chunks: int = 8  # chunks in flight at once (a sliding window over the chunk numbers)
     # A delivery starts no image download after this long (it hands the rest to a new task).
     chunk_budget_seconds: float = 120.0
@@ -120,12 +130,40 @@ class CsvPreviewTooLarge(UnprocessableContent):
 
 
 def _load_csv(
-    store: ObjectStore, upload: UploadDoc, policy: ImportPolicy, encoding: str | None, delimiter: str | None
+    store: ObjectStore,
+    upload: UploadDoc,
+    policy: ImportPolicy,
+    encoding: str | None,
+    delimiter: str | None,
+    sheet: str | None = None,
 ) -> ParsedCsv:
-    from shared.catalog.csv_parsing import parse_csv
+    """The uploaded table: a CSV file, or one worksheet of an .xlsx workbook (told by the bytes)."""
+    from shared.catalog.xlsx import is_zip
 
     data = store.get(upload.file_key, max_bytes=policy.csv_max_bytes)
+    if is_zip(data):
+        from shared.catalog.xlsx import parse_xlsx
+
+        _not_for(encoding=encoding, delimiter=delimiter, kind="an Excel workbook (.xlsx)")
+        return parse_xlsx(
+            data, sheet=sheet, max_uncompressed_bytes=policy.xlsx_max_uncompressed_bytes, max_rows=policy.max_rows
+        )
+    from shared.catalog.csv_parsing import parse_csv
+
+    _not_for(sheet=sheet, kind="a CSV file")
     return parse_csv(data, max_rows=policy.max_rows, encoding=encoding, delimiter=delimiter)
+
+
+def _not_for(*, kind: str, **chosen: str | None) -> None:
+    """A choice that does not apply to the file (an encoding for a workbook, a sheet for a CSV): 422."""
+    errors = [
+        {"field": name, "in": "body", "message": f"does not apply to {kind}", "type": "value_error"}
+        for name, value in chosen.items()
+        if value is not None
+    ]
+    if errors:
+        names = " and ".join(error["field"] for error in errors)
+        raise ValidationFailed(f"The file is {kind}: {names} cannot be chosen for it.", errors=errors)
 
 
 def _mapping(parsed: ParsedCsv, raw: dict[str, Any] | None) -> ColumnMapping:
@@ -145,12 +183,21 @@ def _mapping(parsed: ParsedCsv, raw: dict[str, Any] | None) -> ColumnMapping:
     return mapping
 
 
-def _preview(parsed: ParsedCsv, mapping: ColumnMapping) -> dict[str, Any]:
+def _preview(
+    parsed: ParsedCsv,
+    mapping: ColumnMapping,
+    generation: dict[str, Any] | None = None,
+    pricing: Callable[[], GenerationPricing] | None = None,
+) -> dict[str, Any]:
     """The preview as stored on the import: long sample values are cut already; should it still be
-    too large for the document (hundreds of long column names), sample rows are dropped, with a note."""
+    too large for the document (hundreds of long column names), sample rows are dropped, with a note.
+    An import that generates (settings chosen, or generation columns mapped) gets its plan and cost
+    under ``generation`` (when ``pricing`` is given)."""
     from shared.catalog.csv_parsing import build_preview
 
     preview: dict[str, Any] = build_preview(parsed, mapping).model_dump(mode="json")
+    if pricing is not None and wants_generation(generation, mapping.generation_headers().values()):
+        preview["generation"] = _plan(parsed, mapping, generation, pricing()).summary()
     shown = len(preview["sample"])
     while len(json.dumps(preview).encode()) > PREVIEW_MAX_BYTES:
         if not preview["sample"]:
@@ -162,6 +209,17 @@ def _preview(parsed: ParsedCsv, mapping: ColumnMapping) -> dict[str, Any]:
             f"Only {len(preview['sample'])} sample rows are shown: the rows are long.",
         ]
     return preview
+
+
+def _plan(
+    parsed: ParsedCsv, mapping: ColumnMapping, generation: dict[str, Any] | None, pricing: GenerationPricing
+) -> GenerationPlan:
+    from shared.catalog.csv_parsing import group_rows, row_to_draft
+    from shared.catalog.generation_rows import plan
+
+    drafts = (row_to_draft(row, mapping).draft for row in group_rows(parsed, mapping))
+    settings = ImportGeneration.model_validate(generation or {})
+    return plan((d for d in drafts if d is not None), settings, pricing)
 
 
 def _write(write: Callable[[], Any]) -> None:
@@ -179,8 +237,11 @@ def create_import(
     data: ImportCreate,
     policy: ImportPolicy,
     now: datetime,
+    *,
+    pricing: Callable[[], GenerationPricing] | None = None,
 ) -> ImportDoc:
-    """Parse an uploaded CSV and return a draft import with its preview and detected mapping."""
+    """Parse an uploaded CSV (or workbook) and return a draft import with its preview and detected
+    mapping (and, given ``pricing``, the cost of its generation, see :mod:`shared.catalog.generation_rows`)."""
     upload = get_upload(repos.uploads, client_id, data.upload_id)
     if upload.purpose is not UploadPurpose.CSV_IMPORT:
         raise ValidationFailed(
@@ -189,9 +250,10 @@ def create_import(
         )
     if upload.status is not UploadStatus.COMPLETED:
         raise Conflict("Complete the upload before importing it")
-    parsed = _load_csv(store, upload, policy, data.encoding, data.delimiter)
+    parsed = _load_csv(store, upload, policy, data.encoding, data.delimiter, data.sheet)
     mapping = _mapping(parsed, data.mapping)
-    preview = _preview(parsed, mapping)
+    generation = data.generation.model_dump(mode="json") if data.generation is not None else None
+    preview = _preview(parsed, mapping, generation, pricing)
     doc = ImportDoc(
         id=new_id("imp"),
         client_id=client_id,
@@ -200,6 +262,8 @@ def create_import(
         preview=preview,
         encoding=data.encoding,
         delimiter=data.delimiter,
+        sheet=data.sheet,
+        generation=generation,
         progress=ImportProgress(total_rows=int(preview.get("total_rows", len(parsed.rows)))),
         created_at=now,
         updated_at=now,
@@ -224,8 +288,11 @@ def update_import(
     data: ImportUpdate,
     policy: ImportPolicy,
     now: datetime,
+    *,
+    pricing: Callable[[], GenerationPricing] | None = None,
 ) -> ImportDoc:
-    """Change a draft's mapping and/or how its file is read (encoding, delimiter; null: detect).
+    """Change a draft's mapping and/or how its file is read (encoding, delimiter; a workbook's sheet; null: detect
+    or the first sheet).
 
     Without a new mapping the draft keeps its mapping if the file's columns still fit it (another
     encoding can change how they are spelled), else it gets the one detected anew."""
@@ -239,7 +306,13 @@ def update_import(
     sent = data.model_fields_set
     encoding = data.encoding if "encoding" in sent else doc.encoding
     delimiter = data.delimiter if "delimiter" in sent else doc.delimiter
-    parsed = _load_csv(store, get_upload(repos.uploads, client_id, doc.upload_id), policy, encoding, delimiter)
+    sheet = data.sheet if "sheet" in sent else doc.sheet
+    if "generation" in sent:
+        generation = data.generation.model_dump(mode="json") if data.generation is not None else None
+    else:
+        generation = doc.generation
+    upload = get_upload(repos.uploads, client_id, doc.upload_id)
+    parsed = _load_csv(store, upload, policy, encoding, delimiter, sheet)
     if data.mapping is not None:
         mapping = _mapping(parsed, data.mapping)
     else:
@@ -250,9 +323,11 @@ def update_import(
             mapping = auto_map(parsed.headers)
     changes = {
         "mapping": mapping.model_dump(mode="json"),
-        "preview": _preview(parsed, mapping),
+        "preview": _preview(parsed, mapping, generation, pricing),
         "encoding": encoding,
         "delimiter": delimiter,
+        "sheet": sheet,
+        "generation": generation,
         "updated_at": now,
     }
     _write(lambda: repos.imports.update(client_id, import_id, changes))
@@ -295,11 +370,20 @@ def start_import(
     import_id: str,
     policy: ImportPolicy,
     now: datetime,
+    *,
+    generation: GenerationStart | None = None,
 ) -> ImportDoc:
-    """Split the CSV into chunk files and enqueue the first window of chunks. Starting again is harmless."""
+    """Split the CSV into chunk files and enqueue the first window of chunks. Starting again is harmless.
+
+    With ``generation`` (``POST /imports/{id}/generate``), the rows that generate are planned and priced
+    as the preview showed them (a plan that changed since is a 409 with the new cost), their whole cost
+    is reserved as one hold (402 when the credits are not there: nothing is queued, the import stays a
+    draft) and kept on the import; its completion starts their one job (:func:`_complete_when_every_chunk_is_done`)."""
     from shared.catalog.csv_parsing import ColumnMapping, group_rows, row_to_draft
 
     doc = get_import(repos.imports, client_id, import_id)
+    if generation is not None and doc.status is not ImportStatus.DRAFT and doc.generation_job is None:
+        raise ImportNotEditable("The import started without generating images; generate from its products instead")
     if doc.status in (ImportStatus.QUEUED, ImportStatus.RUNNING):
         # A retried start re-sends the first window: the queue drops names it has seen, and a chunk
         # already recorded only passes its slot in the window on.
@@ -314,17 +398,36 @@ def start_import(
         fetched, written = int(doc.fetch.get("rows", 0)), int(doc.fetch.get("chunks", 0))
         return _queue_chunks(repos, queue, doc, fetched, written, policy, now)
     upload = get_upload(repos.uploads, client_id, doc.upload_id)
-    parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter)
+    parsed = _load_csv(store, upload, policy, doc.encoding, doc.delimiter, doc.sheet)
     mapping = ColumnMapping.model_validate(doc.mapping)
     rows = group_rows(parsed, mapping, None)
     del parsed  # the grouped rows are all that is needed (memory: a 10 MB file)
     size = max(1, policy.chunk_rows)
     chunks = max(1, -(-len(rows) // size))
+    drafts: list[ProductDraft] = []  # only the generating import keeps them (for its plan)
     for number in range(chunks):
         # One chunk's drafts at a time: the whole file's would cost far more than the file.
         results = [row_to_draft(row, mapping) for row in rows[number * size : (number + 1) * size]]
+        if generation is not None:
+            drafts += [result.draft for result in results if result.draft is not None]
         write_chunk(store, client_id, import_id, number, results)
-    return _queue_chunks(repos, queue, doc, len(rows), chunks, policy, now)
+    extra: dict[str, Any] = {}
+    if generation is not None:
+        from shared.catalog.generation_rows import check_startable, plan
+
+        settings = ImportGeneration.model_validate(doc.generation or {})
+        planned = plan(drafts, settings, generation.pricing)
+        shown = doc.preview.get("generation")
+        try:
+            check_startable(planned, shown if isinstance(shown, dict) else None)
+        except GenerationCostChanged:
+            # The merchant sees the new cost in the preview before starting again.
+            preview = {**doc.preview, "generation": planned.summary()}
+            repos.imports.update(client_id, import_id, {"preview": preview, "updated_at": now})
+            raise
+        # The hold comes last: a refused plan reserves nothing, and a 402 leaves the import a draft.
+        extra["generation_job"] = generation.reserve(doc, planned)
+    return _queue_chunks(repos, queue, doc, len(rows), chunks, policy, now, extra)
 
 
 def _queue_chunks(
@@ -335,10 +438,12 @@ def _queue_chunks(
     chunks: int,
     policy: ImportPolicy,
     now: datetime,
+    extra: dict[str, Any] | None = None,
 ) -> ImportDoc:
     progress = ImportProgress(total_rows=rows, chunks_total=chunks)
     window = max(1, policy.parallel_chunks)
     changes = {
+        **(extra or {}),
         "status": ImportStatus.QUEUED.value,
         "parallel_chunks": window,
         "progress": progress.model_dump(),
@@ -377,6 +482,9 @@ def import_out(doc: ImportDoc) -> ImportOut:
         mapping=doc.mapping,
         encoding=doc.encoding,
         delimiter=doc.delimiter,
+        sheet=doc.sheet,
+        generation=doc.generation,
+        generation_job=doc.generation_job,
         preview=doc.preview,
         progress=progress,
         percent=percent,
@@ -511,6 +619,21 @@ def _run_part(
     return part
 
 
+def chunk_results(store: ObjectStore, doc: ImportDoc, chunk: int) -> list[RowResult]:
+    """One chunk's rows as the import wrote them (what its generation reads back once it is done)."""
+    return _chunk_results(store, doc, chunk)
+
+
+def row_product_id(doc: ImportDoc, draft: ProductDraft) -> str:
+    """The product a row of the import created (or would have)."""
+    return _product_id(doc, draft)
+
+
+def row_asset_id(doc: ImportDoc, draft: ProductDraft, image: int) -> str:
+    """The asset the ``image``-th image URL of a row became (or would have)."""
+    return _asset_id(doc, draft, image)
+
+
 def _chunk_results(store: ObjectStore, doc: ImportDoc, chunk: int) -> list[RowResult]:
     from shared.catalog.csv_parsing import RowResult
 
@@ -556,16 +679,34 @@ def _pass_on(
     ahead = task.chunk + max(1, doc.parallel_chunks)
     if ahead < total:
         queue.enqueue(_chunk_task(ImportChunkTask(client_id=doc.client_id, import_id=doc.id, chunk=ahead), policy))
-    _complete_when_every_chunk_is_done(imports, doc.client_id, doc.id, now)
+    _complete_when_every_chunk_is_done(imports, queue, doc.client_id, doc.id, now)
     return f"chunk {task.chunk + 1}/{total} {'failed' if part.failed else 'done'}"
 
 
+GENERATION_WORKER = "generate_tasks"
+GENERATION_PATH = "/tasks/import-generation"
+
+
+def generation_task(client_id: str, import_id: str) -> TaskRequest:
+    """The task that starts a finished import's generation job (served by generation's worker)."""
+    return TaskRequest(
+        target=GENERATION_WORKER,
+        path=GENERATION_PATH,
+        payload=ImportGenerationTask(client_id=client_id, import_id=import_id),
+        name=make_task_name("importgen", client_id, import_id),
+    )
+
+
 def _complete_when_every_chunk_is_done(
-    imports: ImportRepository, client_id: str, import_id: str, now: datetime
+    imports: ImportRepository, queue: TaskQueue, client_id: str, import_id: str, now: datetime
 ) -> None:
     """Finish the import once all its chunks are recorded: ``completed``, or ``failed`` when every
     chunk failed and nothing was imported. Any chunk may be the last to finish, and two may see the count
-    complete at once: the version precondition lets exactly one of them write ``finished_at``."""
+    complete at once: the version precondition lets exactly one of them write ``finished_at``.
+
+    An import that generates hands its rows to generation's worker first: a task named after the import
+    (so the two finishers, or a redelivery, enqueue it once), which starts the job once the import is
+    finished (it retries while the finishing commit is not there yet)."""
     loaded = imports.load(client_id, import_id)
     if loaded is None:
         return
@@ -573,6 +714,8 @@ def _complete_when_every_chunk_is_done(
     progress = doc.progress
     if doc.status not in (ImportStatus.QUEUED, ImportStatus.RUNNING) or progress.chunks_done < progress.chunks_total:
         return
+    if doc.generation_job is not None and doc.generation_job.get("status") == "reserved":
+        queue.enqueue(generation_task(client_id, import_id))
     changes: dict[str, Any] = {"status": ImportStatus.COMPLETED.value, "finished_at": now, "updated_at": now}
     if progress.chunks_failed >= progress.chunks_total and not (progress.created_products or progress.images_imported):
         changes["status"] = ImportStatus.FAILED.value
@@ -919,18 +1062,28 @@ def _short(url: str) -> str:
     return url if len(url) <= 120 else url[:117] + "..."
 
 
-def error_report_csv(imports: ImportRepository, client_id: str, import_id: str) -> str:
-    """The import's problems as CSV: row, level, code, message (warnings from parsing included)."""
-    get_import(imports, client_id, import_id)
+def error_report_csv(
+    imports: ImportRepository,
+    client_id: str,
+    import_id: str,
+    more: Callable[[ImportDoc], list[dict[str, Any]]] | None = None,
+) -> str:
+    """The import's problems as CSV: row, level, code, message (warnings from parsing included); ``more``
+    adds what happened later to the import's rows (its generation job's failed images), in row order
+    with the rest."""
+    doc = get_import(imports, client_id, import_id)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["row", "level", "code", "message"])
     # Part ids sort like their chunk and position, so the report reads in file order.
-    for stored in imports.parts(client_id, import_id):
-        for error in stored.get("errors", []):
-            writer.writerow(
-                [error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")]
-            )
+    errors = [error for stored in imports.parts(client_id, import_id) for error in stored.get("errors", [])]
+    if more is not None:
+        errors += more(doc)
+        errors.sort(key=lambda error: int(error.get("row") or 0))  # stable: each row's import problems first
+    for error in errors:
+        writer.writerow(
+            [error.get("row") or "", error.get("level", "error"), error.get("code", ""), error.get("message", "")]
+        )
     return buffer.getvalue()
 
 
@@ -1019,4 +1172,4 @@ def _reap_import(
         report.chunks_failed.setdefault(doc.client_id, []).append(f"{doc.id}/{task.chunk}")
         logger.warning("chunk %s of import %s never finished: recorded as failed", task.chunk, doc.id)
         _pass_on(repos.imports, queue, doc, task, part, policy, now)  # the chunk one window ahead, or the end
-    _complete_when_every_chunk_is_done(repos.imports, doc.client_id, doc.id, now)
+    _complete_when_every_chunk_is_done(repos.imports, queue, doc.client_id, doc.id, now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from shared.catalog.store_link import StoreLink, StoreLinkStatus
+from shared.engines.base import AspectRatio, ImageSize
 from shared.pagination import PageQuery
 from shared.text import MULTI_LINE, SINGLE_LINE
 
@@ -192,6 +193,9 @@ class UploadStatus(str, Enum):
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 CSV_CONTENT_TYPES = ("text/csv", "application/csv", "text/plain", "application/vnd.ms-excel")
 VIDEO_CONTENT_TYPES = ("video/mp4", "video/quicktime", "video/webm")
+# An .xlsx workbook (a csv_import upload too): read with openpyxl, see shared/catalog/xlsx.py.
+XLSX_CONTENT_TYPES = ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",)
+SPREADSHEET_CONTENT_TYPES = CSV_CONTENT_TYPES + XLSX_CONTENT_TYPES
 
 
 class UploadCreate(StrictModel):
@@ -218,6 +222,9 @@ class UploadDoc(BaseModel):
     key: str
     # An accepted CSV is copied here at completion and imported from here (images become assets).
     stored_key: str | None = None
+    # An accepted spreadsheet: "csv" or "xlsx" (told by its bytes), and a workbook's worksheets.
+    file_format: str | None = None
+    sheets: list[str] = Field(default_factory=list)
     status: UploadStatus = UploadStatus.PENDING
     asset_id: str | None = None
     rejection: dict[str, Any] | None = None
@@ -255,6 +262,8 @@ class UploadOut(BaseModel):
     rejection: dict[str, Any] | None = None
     upload: UploadInstructions | None = None
     expires_at: datetime
+    file_format: str | None = None  # a completed csv_import upload: "csv" or "xlsx"
+    sheets: list[str] = Field(default_factory=list)  # an .xlsx workbook's worksheets (the import reads the first)
 
 
 # -- assets -------------------------------------------------------------------------------------
@@ -572,32 +581,66 @@ def _delimiter(value: str | None) -> str | None:
 CsvEncoding = Annotated[str, StringConstraints(min_length=1, max_length=40), SINGLE_LINE]
 # A tab is a delimiter (the rule's other characters are not: normalize_delimiter refuses them).
 CsvDelimiter = Annotated[str, StringConstraints(min_length=1, max_length=1, strip_whitespace=False), MULTI_LINE]
+# The worksheet of an .xlsx workbook to read (None: the first); Excel allows 31 characters.
+SheetName = Annotated[str, StringConstraints(min_length=1, max_length=100), SINGLE_LINE]
+
+
+GenerationPrompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
+
+
+class ImportGeneration(StrictModel):
+    """An import that also generates images (``POST /imports/{id}/generate``): which rows generate
+    (``with_settings``: the rows whose generation columns have a value; ``all``: every imported row), and
+    the settings a row's empty cells take. Priced in the preview before anything is charged."""
+
+    rows: Literal["with_settings", "all"] = "with_settings"
+    style: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")] | None = None
+    prompt: GenerationPrompt | None = None
+    negative_prompt: GenerationPrompt | None = None
+    aspect_ratio: AspectRatio | None = None
+    size: ImageSize | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+
+
+class ImportGenerationTask(BaseModel):
+    """Cloud Tasks payload (generate_tasks ``/tasks/import-generation``): a finished import whose rows
+    generate; the task starts their one job."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    client_id: str
+    import_id: str
 
 
 class ImportCreate(StrictModel):
     upload_id: Id
     mapping: dict[str, Any] | None = None
+    generation: ImportGeneration | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
+    sheet: SheetName | None = None
 
     _check_encoding = field_validator("encoding")(_encoding_name)
     _check_delimiter = field_validator("delimiter")(_delimiter)
 
 
 class ImportUpdate(StrictModel):
-    """PATCH of a draft: the mapping and/or how the file is read (``null`` returns to detection)."""
+    """PATCH of a draft: the mapping and/or how the file is read (``null`` returns to detection), and the
+    generation settings (``null``: the import generates nothing)."""
 
     mapping: dict[str, Any] | None = None
+    generation: ImportGeneration | None = None
     encoding: CsvEncoding | None = None
     delimiter: CsvDelimiter | None = None
+    sheet: SheetName | None = None
 
     _check_encoding = field_validator("encoding")(_encoding_name)
     _check_delimiter = field_validator("delimiter")(_delimiter)
 
     @model_validator(mode="after")
     def _something(self) -> ImportUpdate:
-        if not self.model_fields_set & {"mapping", "encoding", "delimiter"}:
-            raise ValueError("send mapping, encoding or delimiter")
+        if not self.model_fields_set & {"mapping", "encoding", "delimiter", "sheet", "generation"}:
+            raise ValueError("send mapping, encoding, delimiter, sheet or generation")
         return self
 
 
@@ -641,6 +684,12 @@ class ImportDoc(BaseModel):
     # How the file is read when the merchant chose it (None: detected; the preview says what was used).
     encoding: str | None = None
     delimiter: str | None = None
+    sheet: str | None = None  # the worksheet of an .xlsx workbook the merchant chose (None: the first)
+    # The generation settings chosen for the draft (ImportGeneration), and, once it started generating,
+    # its job: status (reserved, started, skipped), job_id, hold_id, amount, unit_prices, user_id, rows
+    # (the row of each job item, by index).
+    generation: dict[str, Any] | None = None
+    generation_job: dict[str, Any] | None = None
     # Chunk number -> how often the import reaper re-enqueued it (it gives up after a few).
     reaped: dict[str, int] = Field(default_factory=dict)
     created_at: datetime
@@ -661,6 +710,9 @@ class ImportOut(BaseModel):
     mapping: dict[str, Any]
     encoding: str | None  # chosen by the merchant (None: detected, see preview.encoding)
     delimiter: str | None
+    sheet: str | None = None  # chosen by the merchant (None: the first; see preview.sheet)
+    generation: dict[str, Any] | None = None  # the generation settings (preview.generation: its plan and cost)
+    generation_job: dict[str, Any] | None = None  # once started: status, job_id, amount reserved
     preview: dict[str, Any]
     progress: ImportProgress
     percent: float

@@ -23,6 +23,7 @@ def upload_policy(settings: Settings) -> UploadPolicy:
     return UploadPolicy(
         image_max_bytes=settings.upload_max_bytes,
         csv_max_bytes=settings.csv_max_bytes,
+        xlsx_max_uncompressed_bytes=settings.xlsx_max_uncompressed_bytes,
         presign_expiry_seconds=settings.presign_expiry_seconds,
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
@@ -41,6 +42,7 @@ def import_policy(settings: Settings) -> ImportPolicy:
         chunk_rows=settings.import_chunk_rows,
         max_rows=settings.import_max_rows,
         csv_max_bytes=settings.csv_max_bytes,
+        xlsx_max_uncompressed_bytes=settings.xlsx_max_uncompressed_bytes,
         image_limits=image_limits(settings),
         thumbnail_max_side=settings.thumbnail_max_side,
         max_attempts=settings.tasks_max_attempts,

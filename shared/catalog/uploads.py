@@ -28,8 +28,9 @@ from pydantic import Field
 
 from shared.catalog.assets import NewProductImage, store_product_image
 from shared.catalog.models import (
-    CSV_CONTENT_TYPES,
     IMAGE_CONTENT_TYPES,
+    SPREADSHEET_CONTENT_TYPES,
+    XLSX_CONTENT_TYPES,
     AssetOrigin,
     UploadCreate,
     UploadDoc,
@@ -75,6 +76,7 @@ class UploadPolicy:
     image_limits: ImageLimits
     thumbnail_max_side: int
     max_pending: int = 50  # pending, unexpired slots per client
+    xlsx_max_uncompressed_bytes: int = 100 * 1024 * 1024
 
 
 class UploadNotReceived(Conflict):
@@ -137,8 +139,7 @@ def create_upload(
             raise _field_error("product_id", "A product image upload needs product_id")
         get_product(repos.products, client_id, data.product_id)  # 404 for unknown or foreign products
     else:
-        if data.content_type not in CSV_CONTENT_TYPES:
-            raise _field_error("content_type", f"CSV files must be one of {', '.join(CSV_CONTENT_TYPES)}")
+        _check_spreadsheet(data)
         if data.size_bytes > policy.csv_max_bytes:
             raise PayloadTooLarge(f"CSV files may be at most {policy.csv_max_bytes} bytes", limit=policy.csv_max_bytes)
         if data.product_id:
@@ -186,6 +187,36 @@ def open_slot(
     out = upload_out(doc)
     out.upload = UploadInstructions(url=presigned.url, method=presigned.method, headers=presigned.headers)
     return out
+
+
+# Spreadsheet files the import does not read, by extension: why, and what to upload instead.
+_REFUSED_SPREADSHEETS = {
+    ".xlsm": "Macro-enabled workbooks (.xlsm) are not accepted",
+    ".xltm": "Macro-enabled templates (.xltm) are not accepted",
+    ".xlsb": "Binary workbooks (.xlsb) are not read",
+    ".xls": "Old Excel workbooks (.xls) are not read",
+    ".ods": "OpenDocument spreadsheets (.ods) are not read",
+    ".numbers": "Numbers spreadsheets are not read",
+}
+_OCTET_STREAM = "application/octet-stream"
+
+
+def _check_spreadsheet(data: UploadCreate) -> None:
+    """A csv_import upload is a CSV file or an .xlsx workbook; other spreadsheets get a 422 that says
+    what to upload instead. Browsers send .xlsx files as octet-stream now and then: that is taken for
+    a file named .xlsx (its bytes decide at completion)."""
+    name = data.filename.lower()
+    for extension, why in _REFUSED_SPREADSHEETS.items():
+        if name.endswith(extension):
+            raise _field_error("filename", f"{why}; save the sheet as .xlsx or CSV and upload that.")
+    if "macroenabled" in data.content_type:
+        raise _field_error("content_type", "Macro-enabled workbooks are not accepted; save the sheet as .xlsx.")
+    if data.content_type == _OCTET_STREAM and name.endswith(".xlsx"):
+        return
+    if data.content_type not in SPREADSHEET_CONTENT_TYPES:
+        raise _field_error(
+            "content_type", f"CSV files and .xlsx workbooks must be one of {', '.join(SPREADSHEET_CONTENT_TYPES)}"
+        )
 
 
 def _check_pending(
@@ -243,7 +274,7 @@ def complete_upload(
         data = store.get(doc.key, max_bytes=limit)
         if doc.purpose is UploadPurpose.PRODUCT_IMAGE:
             return _complete_image(repos, store, doc, data, policy, now)
-        return _complete_csv(repos.uploads, store, doc, data, now)
+        return _complete_csv(repos.uploads, store, doc, data, policy, now)
     except (UnprocessableContent, UploadRejected) as error:
         reject_upload(repos.uploads, store, doc, error, now)
         raise
@@ -272,15 +303,31 @@ def _complete_image(
 
 
 def _complete_csv(
-    uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, data: bytes, now: datetime
+    uploads: UploadRepository, store: ObjectStore, doc: UploadDoc, data: bytes, policy: UploadPolicy, now: datetime
 ) -> UploadOut:
-    from shared.catalog.csv_parsing import decode_csv
+    """Accept a CSV file or an .xlsx workbook (its bytes tell which, whatever its name or type said)."""
+    from shared.catalog.xlsx import is_zip, workbook_sheets
 
-    decode_csv(data)  # refuses binary files early, before an import is created from them
+    sheets: list[str] = []
+    if is_zip(data) or doc.content_type in XLSX_CONTENT_TYPES:
+        # The archive is checked (zip bombs, encryption) and the workbook opened, before an import exists.
+        _, names = workbook_sheets(data, max_uncompressed_bytes=policy.xlsx_max_uncompressed_bytes)
+        file_format, sheets = "xlsx", list(names)
+    else:
+        from shared.catalog.csv_parsing import decode_csv
+
+        decode_csv(data)  # refuses binary files early, before an import is created from them
+        file_format = "csv"
     # Imports read the copy: a later PUT with the still-valid URL cannot change the checked file.
     stored_key = stored_csv_key(doc.client_id, doc.id)
     store.put(stored_key, data, doc.content_type)
-    changes = {"status": UploadStatus.COMPLETED.value, "completed_at": now, "stored_key": stored_key}
+    changes = {
+        "status": UploadStatus.COMPLETED.value,
+        "completed_at": now,
+        "stored_key": stored_key,
+        "file_format": file_format,
+        "sheets": sheets,
+    }
     uploads.update(doc.client_id, doc.id, changes)
     store.delete(doc.key)
     return upload_out(doc.model_copy(update={**changes, "status": UploadStatus.COMPLETED}))

@@ -117,19 +117,36 @@ class ExportServices:
     monotonic: Callable[[], float] = field(default=time.monotonic)
 
 
+@dataclass(frozen=True)
+class JobShelfOf:
+    """A job kind's documents, named without loading the kind (its work reaches model SDKs and media
+    libraries a ZIP export has no use for); a test holds each one to its kind."""
+
+    collection: str
+    noun: str
+    job_model: type[Any]
+    item_model: type[Any]
+
+
+def exportable_jobs() -> dict[str, JobShelfOf]:
+    """The kinds whose results export, by job id prefix (their models imported on first use)."""
+    from shared.editing.models import EditItemDoc, EditJobDoc
+    from shared.generation.models import ItemDoc, JobDoc
+    from shared.videos.models import VideoItemDoc, VideoJobDoc
+
+    return {
+        "job": JobShelfOf("jobs", "job", JobDoc, ItemDoc),
+        "edj": JobShelfOf("edit_jobs", "edit job", EditJobDoc, EditItemDoc),
+        "vid": JobShelfOf("video_jobs", "video job", VideoJobDoc, VideoItemDoc),
+    }
+
+
 def export_services(platform: Platform) -> ExportServices:
     """The services from the platform (the job kinds are imported only here, when an export needs them)."""
 
     def job_stores(job_id: str) -> JobStore[Any, Any] | None:
-        from shared.editing.service import EDITS
-        from shared.generation.jobs import GENERATION
-        from shared.videos.jobs import VIDEOS
-
-        prefix = job_id.split("_", 1)[0]
-        for kind in (GENERATION, EDITS, VIDEOS):
-            if kind.id_prefix == prefix:
-                return platform.job_store(kind)
-        return None
+        shelf = exportable_jobs().get(job_id.split("_", 1)[0])
+        return None if shelf is None else platform.job_store(shelf)
 
     return ExportServices(
         exports=platform.exports,

@@ -112,7 +112,7 @@ def job_wanted(jobs: JobStore[Any, Any], client_id: str, job: Any) -> list[Wante
 
 
 def _video_wanted(job: Any, item: Any) -> list[Wanted]:
-    from shared.videos.jobs import deliverable_asset_id
+    from shared.videos.models import deliverable_asset_id
 
     if job.kind == "edit":
         failed = _not_made(item, "video-edit", None, item.asset_id)

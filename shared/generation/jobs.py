@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +124,11 @@ class GenerationOrder(JobOrder):
     prices: PriceList
     retry_of: str | None = None
     unit_price: int = 0  # priced by :meth:`GenerationJobs.prepare`
+    unit_prices: dict[str, int] = field(default_factory=dict)  # items of other sizes than the job's
+    slot_count: int = 0  # images asked for, over all items
+    # An import's job (shared.generation.import_jobs): the amount its start reserved, which the job holds
+    # (the same ledger key replays that hold); at least what its items cost.
+    reserved: int | None = None
 
 
 class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrder]):
@@ -169,11 +174,33 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     def prepare(self, services: GenerationServices, order: GenerationOrder, job_id: str) -> GenerationOrder:
         """Every product and asset named is the client's own; priced as the credits API quotes it."""
         _check_references(services.catalog, order.client_id, order.data)
-        slots = len(order.data.items) * order.settings.variants
+        settings = order.settings
+        images: dict[str, int] = {}
+        for entry in order.data.items:
+            if entry.style is not None:
+                prompts.require_style(entry.style)
+            size = entry.size or settings.size
+            images[size] = images.get(size, 0) + (entry.variants or settings.variants)
         # The same quote the credits API gives for this operation: the price shown is the price reserved.
-        item = QuoteItem(operation="generate_image", variant=order.settings.size, quantity=slots)
-        line = quote(order.prices, [item]).lines[0]
-        return replace(order, amount=line.amount, unit_price=line.unit_price)
+        lines = quote(
+            order.prices,
+            [QuoteItem(operation="generate_image", variant=size, quantity=n) for size, n in images.items()],
+        ).lines
+        by_size = {line.variant or settings.size: line.unit_price for line in lines}
+        unit_price = by_size.get(settings.size) or order.prices.price("generate_image", settings.size)
+        mixed = any(size != settings.size for size in images)
+        amount = sum(line.amount for line in lines)
+        if order.reserved is not None:
+            if amount > order.reserved:
+                raise Conflict(f"The job costs {amount} credits; {order.reserved} were reserved for it")
+            amount = order.reserved
+        return replace(
+            order,
+            amount=amount,
+            unit_price=unit_price,
+            unit_prices=by_size if mixed else {},
+            slot_count=sum(images.values()),
+        )
 
     def record(
         self, services: GenerationServices, order: GenerationOrder, job_id: str, hold_id: str
@@ -190,8 +217,9 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
             client_id=client_id,
             settings=order.settings,
             item_count=len(data.items),
-            slot_count=len(data.items) * order.settings.variants,
+            slot_count=order.slot_count or len(data.items) * order.settings.variants,
             unit_price=order.unit_price,
+            unit_prices=order.unit_prices,
             cost=order.amount,
             hold_id=hold_id,
             retry_of=order.retry_of,
@@ -216,6 +244,11 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
                 product_id=spec.get("product_id"),
                 image_asset_ids=spec.get("image_asset_ids", []),
                 prompt=spec.get("prompt"),
+                style=spec.get("style"),
+                negative_prompt=spec.get("negative_prompt"),
+                aspect_ratio=spec.get("aspect_ratio"),
+                size=spec.get("size"),
+                variants=spec.get("variants"),
                 status=status,
                 updated_at=now,
             )
@@ -235,11 +268,20 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     # -- rules ------------------------------------------------------------------------------------
 
     def tally(self, job: JobDoc, item: ItemDoc) -> dict[str, int]:
+        settings = item_settings(job, item)
         if item.status is ItemStatus.CANCELLED:
-            return {"cancelled_slots": job.settings.variants}
-        return {"succeeded_slots": len(item.asset_ids), "failed_slots": item.failed_variants}
+            return {"cancelled_slots": settings.variants}
+        failed = item.failed_variants
+        if item.status is ItemStatus.FAILED and not item.asset_ids:
+            failed = settings.variants  # failed as a whole: every image the item asked for
+        counts = {"succeeded_slots": len(item.asset_ids), "failed_slots": failed}
+        if job.unit_prices:
+            counts["succeeded_credits"] = len(item.asset_ids) * job.unit_prices.get(settings.size, job.unit_price)
+        return counts
 
     def charge(self, job: JobDoc, totals: Totals) -> int:
+        if job.unit_prices:
+            return totals["succeeded_credits"]  # images of several sizes, each at its price
         return totals["succeeded_slots"] * job.unit_price
 
     def images(self, totals: Totals) -> int:
@@ -256,21 +298,29 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     def given_up(self, services: GenerationServices, job: JobDoc, item: ItemDoc, error: EpoxError) -> Finish:
         """Each variant is an asset in the customer's library as soon as it is stored: the ones an
         earlier (or killed) delivery stored are theirs and charged, only the rest failed and refunded."""
-        variants = [variant_asset_id(job, item, v) for v in range(job.settings.variants)]
+        count = item_settings(job, item).variants
+        variants = [variant_asset_id(job, item, v) for v in range(count)]
         stored = services.catalog.assets.existing(job.client_id, variants)
         asset_ids = [asset_id for asset_id in variants if asset_id in stored]
         if not asset_ids:
             return self.failed(job, error)
-        failed = job.settings.variants - len(asset_ids)
+        failed = count - len(asset_ids)
         failure = failure_of(error, variants_failed=failed) if failed else None
         return Finish(
             ItemStatus.SUCCEEDED,
             {"asset_ids": asset_ids, "failed_variants": failed, "failure": failure},
-            outcome=f"item given up: {len(asset_ids)} of {job.settings.variants} images kept",
+            outcome=f"item given up: {len(asset_ids)} of {count} images kept",
         )
 
 
 GENERATION = GenerationJobs()
+
+
+def item_settings(job: JobDoc, item: ItemDoc) -> GenerationSettings:
+    """The settings an item runs with: the job's, with the item's own over them."""
+    fields = ("style", "negative_prompt", "aspect_ratio", "size", "variants")
+    own = {name: getattr(item, name) for name in fields if getattr(item, name) is not None}
+    return job.settings.model_copy(update=own) if own else job.settings
 
 
 def variant_asset_id(job: JobDoc, item: ItemDoc, variant: int) -> str:
@@ -366,10 +416,11 @@ def _generate(
 ) -> Finish:
     """Every variant not stored yet; the item succeeds when at least one image was made."""
     job, item = run.job, run.item
+    settings = item_settings(job, item)
     asset_ids: list[str] = []
     failures: list[EngineError] = []
-    request = _build_request(catalog, store, job.client_id, job, item)
-    for variant in range(job.settings.variants):
+    request = _build_request(catalog, store, job.client_id, settings, item)
+    for variant in range(settings.variants):
         asset_id = variant_asset_id(job, item, variant)
         if catalog.assets.existing(job.client_id, [asset_id]):
             asset_ids.append(asset_id)
@@ -377,7 +428,7 @@ def _generate(
         try:
             result = engine.generate(replace(request, seed=_seed(job.id, item.index, variant)))
             _store_generated(
-                catalog, store, job.client_id, job, item, asset_id, variant, result, request, policy, run.now
+                catalog, store, job.client_id, job, settings, item, asset_id, variant, result, request, policy, run.now
             )
             asset_ids.append(asset_id)
         except EngineRetryableError as error:
@@ -396,7 +447,7 @@ def _generate(
                 asset_ids.append(asset_id)  # the commit went through before the error: in the library, charged
                 continue
             failures.append(EnginePermanentError(f"internal error: {type(error).__name__}"))
-    failed = job.settings.variants - len(asset_ids)
+    failed = settings.variants - len(asset_ids)
     failure = failure_of(failures[0], variants_failed=failed) if failures else None
     return Finish(
         ItemStatus.SUCCEEDED if asset_ids else ItemStatus.FAILED,
@@ -417,7 +468,7 @@ def _seed(job_id: str, index: int, variant: int) -> int:
 
 
 def _build_request(
-    catalog: CatalogRepositories, store: ObjectStore, client_id: str, job: JobDoc, item: ItemDoc
+    catalog: CatalogRepositories, store: ObjectStore, client_id: str, settings: GenerationSettings, item: ItemDoc
 ) -> ImageRequest:
     images: list[InputImage] = []
     product = None
@@ -438,14 +489,14 @@ def _build_request(
         elif product is not None:
             for image in product.images[:MAX_REFERENCE_IMAGES]:
                 images.append(InputImage(data=store.get(image.key), mime_type=image.content_type))
-    text = prompts.build_prompt(job.settings, product, item.prompt)
+    text = prompts.build_prompt(settings, product, item.prompt)
     return ImageRequest(
         prompt=text,
-        aspect_ratio=job.settings.aspect_ratio,
-        size=job.settings.size,
+        aspect_ratio=settings.aspect_ratio,
+        size=settings.size,
         images=tuple(images),
-        negative_prompt=job.settings.negative_prompt,
-        style=job.settings.style,
+        negative_prompt=settings.negative_prompt,
+        style=settings.style,
     )
 
 
@@ -454,6 +505,7 @@ def _store_generated(
     store: ObjectStore,
     client_id: str,
     job: JobDoc,
+    settings: GenerationSettings,
     item: ItemDoc,
     asset_id: str,
     variant: int,
@@ -475,12 +527,12 @@ def _store_generated(
         "delivered": delivered(encoded, policy.listing_min_side),
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
-        "style": job.settings.style,
+        "style": settings.style,
         "model": result.model,
         "engine": result.engine,
         "offline": result.engine == "offline",
-        "size": job.settings.size,
-        "aspect_ratio": job.settings.aspect_ratio,
+        "size": settings.size,
+        "aspect_ratio": settings.aspect_ratio,
         "variant": variant,
         "item_index": item.index,
         "input_asset_ids": item.image_asset_ids,

@@ -37,6 +37,17 @@ class JobItemIn(StrictModel):
     product_id: Id | None = None
     image_asset_ids: list[Id] = Field(default_factory=list, max_length=MAX_REFERENCE_IMAGES)
     prompt: Prompt | None = None
+    # The item's own settings, over the job's (a spreadsheet row's columns): None takes the job's.
+    style: StyleName | None = None
+    negative_prompt: Prompt | None = None
+    aspect_ratio: AspectRatio | None = None
+    size: ImageSize | None = None
+    variants: int | None = Field(default=None, ge=1, le=4)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings this item sets for itself."""
+        fields = ("style", "negative_prompt", "aspect_ratio", "size", "variants")
+        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
     @model_validator(mode="after")
     def _needs_subject(self) -> JobItemIn:
@@ -70,6 +81,9 @@ class JobDoc(PagedJobDoc):
     slot_count: int
     unit_price: int
     retry_of: str | None = None
+    # Jobs whose items set their own size or variants: credits per image by size (the charge counts each
+    # item's images at its size's price); empty: every image costs ``unit_price``.
+    unit_prices: dict[str, int] = Field(default_factory=dict)
 
 
 class ItemDoc(BatchItemDoc):
@@ -80,6 +94,12 @@ class ItemDoc(BatchItemDoc):
     prompt: str | None = None
     asset_ids: list[str] = Field(default_factory=list)
     failed_variants: int = 0
+    # The item's own settings over the job's (JobItemIn): None takes the job's.
+    style: str | None = None
+    negative_prompt: str | None = None
+    aspect_ratio: str | None = None
+    size: str | None = None
+    variants: int | None = None
 
 
 class JobOut(BaseModel):

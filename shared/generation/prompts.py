@@ -22,6 +22,7 @@ from shared.generation.models import (
     PresetOut,
     PresetUpdate,
 )
+from shared.text import plain_text
 
 if TYPE_CHECKING:
     from shared.catalog.models import ProductDoc
@@ -71,7 +72,10 @@ def build_prompt(settings: GenerationSettings, product: ProductDoc | None, item_
     template = styles()[settings.style]["prompt"]
     parts = [template.replace("{product}", describe_product(product))]
     if product is not None and product.description:
-        parts.append("Product details: " + " ".join(product.description.split())[:400])
+        # Descriptions keep the store's HTML; the model gets the text a shopper reads.
+        details = plain_text(product.description)
+        if details:
+            parts.append("Product details: " + details[:400])
     for extra in (settings.prompt, item_prompt):
         if extra:
             parts.append(extra)
@@ -121,11 +125,11 @@ def enhance(
         context["product"] = {
             "name": product.name,
             "category": product.category,
-            "description": (product.description or "")[:500],
+            "description": plain_text(product.description or "")[:500],
         }
         lines.append(f"Product: {product.name}" + (f" ({product.category})" if product.category else ""))
         if product.description:
-            lines.append("Product description: " + " ".join(product.description.split())[:500])
+            lines.append("Product description: " + plain_text(product.description)[:500])
     brand = get_brand(store, client_id)
     if brand != BrandProfile():
         context["brand"] = brand.model_dump(exclude_none=True)

@@ -63,7 +63,6 @@ from shared.engines.video import (
 )
 from shared.errors import EpoxError, NotFound, UnprocessableContent, ValidationFailed
 from shared.events.model import EventType
-from shared.ids import derived_id
 from shared.pagination import Page
 from shared.retry import RetryPolicy, attempts
 from shared.tasks import RetryTask
@@ -80,6 +79,7 @@ from shared.videos.models import (
     VideoJobOut,
     VideoResultOut,
     VideoSettings,
+    deliverable_asset_id,
     model_sound,
     voiced,
 )
@@ -312,11 +312,6 @@ class VideoJobs(JobKind[VideoJobDoc, VideoItemDoc, VideoServices, VideoOrder]):
 
 
 VIDEOS = VideoJobs()
-
-
-def deliverable_asset_id(job: VideoJobDoc, item: VideoItemDoc, aspect: str) -> str:
-    """The asset a deliverable is stored as: every delivery of the item (and the reaper) names the same one."""
-    return derived_id("ast", job.id, item.index, "video", aspect)
 
 
 def clip_key(job: VideoJobDoc, item: VideoItemDoc, clip: ClipState) -> str:

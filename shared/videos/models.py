@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from shared.batch.models import BatchItemDoc, BatchJobDoc, ItemCounts, ItemStatus, JobStatus
 from shared.catalog.models import Id, ShortText, StrictModel
 from shared.engines.video import MAX_REFERENCE_IMAGES
+from shared.ids import derived_id
 from shared.text import MULTI_LINE
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), MULTI_LINE]
@@ -355,3 +356,9 @@ class VideoJobOut(BaseModel):
     settlement: dict[str, int] | None
     created_at: datetime
     finished_at: datetime | None
+
+
+def deliverable_asset_id(job: VideoJobDoc, item: VideoItemDoc, aspect: str) -> str:
+    """The asset a deliverable is stored as: every delivery of the item (and the reaper) names the same one.
+    Here, not in the jobs module, so exports can name a video job's assets without loading the video work."""
+    return derived_id("ast", job.id, item.index, "video", aspect)

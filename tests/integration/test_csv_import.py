@@ -217,6 +217,14 @@ def test_preview_detects_format_mapping_and_problems(stack: Any, client_id: str,
         "image_urls": ["Bild URL"],
         "tags": None,
         "external_id": None,
+        # Generation columns (none in this file): used by imports that generate images.
+        "style": None,
+        "prompt": None,
+        "negative_prompt": None,
+        "aspect_ratio": None,
+        "size": None,
+        "variants": None,
+        "base_image_url": None,
     }
     assert draft["mapping"] == preview["mapping"]
     assert preview["total_rows"] == expected["total_rows"] == draft["progress"]["total_rows"]

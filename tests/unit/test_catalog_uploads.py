@@ -3,6 +3,7 @@ and the sweep (no emulator)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,9 +11,9 @@ import pytest
 from shared.catalog import products, uploads
 from shared.catalog.models import ProductCreate, UploadCreate, UploadPurpose, UploadStatus
 from shared.catalog.ports import CatalogRepositories
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import EpoxError, NotFound, ValidationFailed
 from shared.imaging import ImageLimits
-from tests import images
+from tests import images, xlsx_files
 from tests.fakes import InMemoryObjectStore
 from tests.fakes_catalog import InMemoryProductRepository, InMemoryUploadRepository, in_memory_catalog
 
@@ -102,6 +103,78 @@ def test_a_csv_is_copied_where_imports_read_it() -> None:
     uploads.complete_upload(repos, store, CLIENT, upload_id, POLICY, NOW)
     doc = uploads.get_upload(repos.uploads, CLIENT, upload_id)
     assert doc.file_key == uploads.stored_csv_key(CLIENT, upload_id) and store.get(doc.file_key) == body
+    assert (doc.file_format, doc.sheets) == ("csv", [])
+
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def spreadsheet_slot(repos: CatalogRepositories, store: InMemoryObjectStore, filename: str, content_type: str) -> str:
+    data = UploadCreate(filename=filename, content_type=content_type, size_bytes=10, purpose=UploadPurpose.CSV_IMPORT)
+    return uploads.create_upload(repos, store, CLIENT, data, POLICY, NOW).id
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "field", "message"),
+    [
+        ("p.xlsm", XLSX, "filename", "Macro-enabled workbooks (.xlsm)"),
+        ("p.xlsx", "application/vnd.ms-excel.sheet.macroenabled.12", "content_type", "Macro-enabled"),
+        ("p.xls", "application/vnd.ms-excel", "filename", "Old Excel workbooks (.xls)"),
+        ("p.xlsb", "application/vnd.ms-excel.sheet.binary.macroenabled.12", "filename", ".xlsb"),
+        ("p.ods", "application/vnd.oasis.opendocument.spreadsheet", "filename", ".ods"),
+        ("p.csv", "application/octet-stream", "content_type", "must be one of"),
+    ],
+)
+def test_spreadsheets_the_import_cannot_read_are_refused_when_the_slot_is_asked_for(
+    filename: str, content_type: str, field: str, message: str
+) -> None:
+    repos, store, _ = setup()
+    with pytest.raises(ValidationFailed, match=re.escape(message)) as refused:
+        spreadsheet_slot(repos, store, filename, content_type)
+    assert refused.value.extensions["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [("p.xlsx", XLSX), ("p.xlsx", "application/octet-stream"), ("p.csv", "application/vnd.ms-excel")],
+)
+def test_xlsx_and_windows_csv_slots_are_accepted(filename: str, content_type: str) -> None:
+    repos, store, _ = setup()
+    assert spreadsheet_slot(repos, store, filename, content_type).startswith("upl_")
+
+
+def complete_spreadsheet(body: bytes, filename: str = "p.xlsx") -> tuple[str, CatalogRepositories, InMemoryObjectStore]:
+    repos, store, _ = setup()
+    data = UploadCreate(filename=filename, content_type=XLSX, size_bytes=len(body), purpose=UploadPurpose.CSV_IMPORT)
+    upload_id = uploads.create_upload(repos, store, CLIENT, data, POLICY, NOW).id
+    store.put(uploads.raw_upload_key(CLIENT, upload_id), body, XLSX)
+    return upload_id, repos, store
+
+
+def test_a_workbook_is_checked_and_kept_with_its_sheets() -> None:
+    body = xlsx_files.workbook([["Name"], ["Lamp"]], more_sheets={"Hoodies": [["Name"], ["Hoodie"]]})
+    upload_id, repos, store = complete_spreadsheet(body)
+    done = uploads.complete_upload(repos, store, CLIENT, upload_id, POLICY, NOW)
+    assert (done.status, done.file_format, done.sheets) == (UploadStatus.COMPLETED, "xlsx", ["Products", "Hoodies"])
+    assert store.get(uploads.stored_csv_key(CLIENT, upload_id)) == body
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (xlsx_files.bomb(xlsx_files.workbook([["Name"], ["Lamp"]]), size=5 * 1024 * 1024), "xlsx_too_large"),
+        (xlsx_files.encrypted(xlsx_files.workbook([["Name"], ["Lamp"]])), "xlsx_unreadable"),
+        (b"name\nLamp\n", "xlsx_unreadable"),  # announced as a workbook, but it is not one
+    ],
+)
+def test_a_bad_workbook_is_rejected_at_completion_and_not_kept(body: bytes, code: str) -> None:
+    upload_id, repos, store = complete_spreadsheet(body)
+    with pytest.raises(EpoxError) as refused:
+        uploads.complete_upload(repos, store, CLIENT, upload_id, POLICY, NOW)
+    assert (refused.value.status, refused.value.code) == (422, code)
+    doc = uploads.get_upload(repos.uploads, CLIENT, upload_id)
+    assert doc.status is UploadStatus.REJECTED and doc.rejection is not None and doc.rejection["code"] == code
+    assert not store.objects  # neither the raw upload nor a kept copy
 
 
 def test_the_sweep_expires_slots_never_completed_and_removes_late_puts() -> None:

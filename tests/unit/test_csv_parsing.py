@@ -674,6 +674,7 @@ def test_row_to_draft_full_row() -> None:
         "external_id": "42",
         "store": None,
         "image_media_ids": (),
+        "generation": None,
     }
 
 

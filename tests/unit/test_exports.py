@@ -576,8 +576,8 @@ def test_an_edit_job_exports_the_revisions_it_made_and_its_failures() -> None:
 
 def test_a_video_job_exports_each_deliverable_named_by_style_and_aspect() -> None:
     from shared.exports.sources import job_wanted, resolve
-    from shared.videos.jobs import VIDEOS, deliverable_asset_id
-    from shared.videos.models import VideoItemDoc, VideoJobDoc, VideoSettings
+    from shared.videos.jobs import VIDEOS
+    from shared.videos.models import VideoItemDoc, VideoJobDoc, VideoSettings, deliverable_asset_id
 
     world = World()
     product_id = world.product("Lamp", sku="LP-9")
@@ -608,3 +608,19 @@ def test_a_video_job_exports_each_deliverable_named_by_style_and_aspect() -> Non
         ("LP-9/showcase-9x16-1.png", "ok"),
         (None, "cancelled"),
     ]
+
+
+def test_the_exportable_job_shelves_are_their_kinds_documents() -> None:
+    """Exports read jobs through shelves that name a kind's documents without loading its work: each
+    must stay what its kind says (collection, id prefix, models, noun)."""
+    from shared.editing.service import EDITS
+    from shared.exports.service import exportable_jobs
+    from shared.generation.jobs import GENERATION
+    from shared.videos.jobs import VIDEOS
+
+    shelves = exportable_jobs()
+    assert set(shelves) == {kind.id_prefix for kind in (GENERATION, EDITS, VIDEOS)}
+    for kind in (GENERATION, EDITS, VIDEOS):
+        shelf = shelves[kind.id_prefix]
+        assert (shelf.collection, shelf.noun) == (kind.collection, kind.noun)
+        assert (shelf.job_model, shelf.item_model) == (kind.job_model, kind.item_model)

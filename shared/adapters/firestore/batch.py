@@ -23,7 +23,18 @@ from typing import TYPE_CHECKING, Any, Generic
 from shared.adapters.firestore.outbox import write_events
 from shared.batch.commits import commit_once
 from shared.batch.models import ItemListQuery, ItemStatus, JobListQuery, JobStatus
-from shared.batch.store import I, ItemRow, J, JobRow, JobStore, ReaperCursor, StaleWrite, StoredItem, StoredJob
+from shared.batch.store import (
+    I,
+    ItemRow,
+    J,
+    JobRow,
+    JobShelf,
+    JobStore,
+    ReaperCursor,
+    StaleWrite,
+    StoredItem,
+    StoredJob,
+)
 from shared.events.model import DomainEvent
 from shared.events.outbox import EventKicker, NoKick
 from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, decode_cursor, encode_cursor
@@ -31,7 +42,6 @@ from shared.pagination import Page, cursor_datetime, cursor_int, cursor_str, dec
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
 
-    from shared.batch.kind import JobKind
     from shared.catalog.ports import ItemGuard
 
 CURSORS = "batch_reaper"  # top level: {kind's collection} → where the job pass stopped
@@ -56,7 +66,7 @@ def _scan(query: Any, after: Any = None) -> Iterator[Any]:
 class FirestoreJobStore(JobStore[J, I], Generic[J, I]):
     """The documents of ``kind``'s jobs in Firestore."""
 
-    def __init__(self, db: Client, kind: JobKind[J, I, Any, Any], kicker: EventKicker | None = None) -> None:
+    def __init__(self, db: Client, kind: JobShelf[J, I], kicker: EventKicker | None = None) -> None:
         self.db = db
         self.kind = kind
         self.kicker = kicker or NoKick()
