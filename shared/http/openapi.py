@@ -104,18 +104,21 @@ def _implied_errors(app: HttpApp, route: Route) -> list[type[EpoxError]]:
     return errors
 
 
-_DOCUMENTED: dict[int, dict[int, frozenset[str]]] = {}
+# Keyed by id() with the route kept alive beside its entry: a freed route's id is reused by the next
+# object, which must not inherit its problems (seen in the tests, where apps come and go).
+_DOCUMENTED: dict[int, tuple[Route, dict[int, frozenset[str]]]] = {}
 
 
 def documented_problems(app: HttpApp, route: Route) -> dict[int, frozenset[str]]:
     """Status → the problem ``code`` values the contract lists for ``route``."""
-    cached = _DOCUMENTED.get(id(route))
-    if cached is None:
-        by_status: dict[int, set[str]] = {}
-        for error in [*_implied_errors(app, route), *route.errors]:
-            by_status.setdefault(error.status, set()).add(error.code)
-        cached = {status: frozenset(codes) for status, codes in by_status.items()}
-        _DOCUMENTED[id(route)] = cached
+    entry = _DOCUMENTED.get(id(route))
+    if entry is not None and entry[0] is route:
+        return entry[1]
+    by_status: dict[int, set[str]] = {}
+    for error in [*_implied_errors(app, route), *route.errors]:
+        by_status.setdefault(error.status, set()).add(error.code)
+    cached = {status: frozenset(codes) for status, codes in by_status.items()}
+    _DOCUMENTED[id(route)] = (route, cached)
     return cached
 
 

@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import numpy as np
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
@@ -485,6 +484,8 @@ def test_a_voiceover_over_the_models_sound_keeps_that_sound_underneath(stack: St
         (asset_id,) = stack.item(job_id).asset_ids
         asset = stack.catalog.assets.get(CLIENT, asset_id)
         assert asset is not None
+        import numpy as np  # here, not at the top: test_video_cold_imports imports this module's helpers
+
         samples, rate = decoded_audio(stack.store.get(asset.key))
         spectrum = np.abs(np.fft.rfft(samples[0])) / len(samples[0])
         return float(spectrum[round(TONE_HZ * len(samples[0]) / rate)])
