@@ -1135,14 +1135,19 @@ class WebhookProcessor:
         cancellation — unless another subscription's plan (other than ``instead_of``) is in force."""
         if line.end <= self.now or state.plan_from not in (None, subscription_id, instead_of):
             return {}
-        plan_id = line.plan_id
+        plan_id, replaced = line.plan_id, None
         final = state.ended_plan if state.subscription_id == subscription_id else None
         if final in self.catalog.plans and self.catalog.plan(str(final)).rank > self.catalog.plan(plan_id).rank:
-            plan_id = str(final)  # upgraded before it ended: the paid period ends at that plan
+            # Upgraded before it ended: the paid period ends at that plan, and the upgrade's late event
+            # prorates from the plan the period was paid (and its allotment granted) at.
+            plan_id, replaced = str(final), line.plan_id
+        # ``plan_before`` is always rewritten with the plan: one left from an earlier period (an upgrade
+        # there) would make that late event prorate from the wrong plan (found by the stateful test).
         return _plan_fields(self.catalog, plan_id) | {
             "interval": line.interval,
             "plan_from": subscription_id,
             "plan_since": self.now,
+            "plan_before": replaced,
             "pending_plan": "free",
             "pending_plan_at": line.end,
         }

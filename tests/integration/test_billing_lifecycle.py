@@ -20,7 +20,8 @@ import pytest
 
 from dev.stubs.stripe import StripeStub, running
 from shared.adapters.firestore.ledger import FirestoreLedgerStore
-from shared.billing.calendar import add_months
+from shared.billing.calendar import PlanMonth, add_months
+from shared.billing.money import prorated_credits
 from shared.ledger.model import Actor, EntryType
 from shared.ledger.service import Ledger
 from shared.platform import get_platform
@@ -708,4 +709,41 @@ def test_a_change_back_from_a_pending_downgrade_delivered_after_the_cancellation
     billing = billing_of(stack, sub.client_id)
     assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
     assert balance(sub.client_id) == GROWTH
+    no_drift(sub.client_id)
+
+
+def test_a_late_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_from_the_renewed_plan(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Starter, upgraded to Growth (which records that it replaced Starter); it renews at Growth,
+    is upgraded to Pro and cancelled at once. The cancellation arrives first (the renewal not known to be
+    paid: Free), then the renewal's invoice (the paid period ends at Pro, the plan it was upgraded to),
+    then the upgrade itself: the renewed month gets Growth's allotment plus the Growth → Pro difference
+    for the rest of the month, not Starter → Pro (the previous period's upgrade); found by the stateful
+    test as a month granted 3,296 credits where 2,497 were due."""
+    first = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    clock.set(first + timedelta(minutes=1))
+    start, end = period(first)
+    subscribe(hook, sub, "price_starter_m", start, end)
+    clock.set(first + timedelta(days=10))
+    up_first = sub.updated_event("price_growth_m", start, end, previous=changed_price("price_starter_m"))
+    assert send(hook, up_first).startswith("upgraded starter → growth")
+    second = add_months(first, 1)
+    clock.set(second + timedelta(hours=1))
+    start2, end2 = period(second)
+    renewal = sub.updated_event(
+        "price_growth_m", start2, end2, previous={"current_period_start": start, "current_period_end": end}
+    )
+    paid = sub.invoice_paid("price_growth_m", start2, end2, billing_reason="subscription_cycle")
+    upgrade = sub.updated_event("price_pro_m", start2, end2, previous=changed_price("price_growth_m"))
+    deleted = sub.deleted_event("price_pro_m", start2, end2)
+    month = PlanMonth(second, 0, second, datetime.fromtimestamp(end2, UTC))
+    prorated = prorated_credits(PRO - GROWTH, month, datetime.fromtimestamp(upgrade["created"], UTC))
+    assert send(hook, deleted) == "moved to Free"
+    assert send(hook, paid) == f"invoice paid: granted {GROWTH} credits"
+    assert send(hook, upgrade) == f"stale: the subscription has ended; prorated {prorated} credits"
+    assert send(hook, renewal).startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("pro", "free")
+    assert balance(sub.client_id) == GROWTH + prorated  # the first month's credits expired
     no_drift(sub.client_id)

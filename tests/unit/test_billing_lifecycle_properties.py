@@ -930,6 +930,50 @@ def test_paying_a_cancelled_subscriptions_open_invoice_does_not_pass_the_live_pe
     assert machine.store.read(machine.client_id).state.plan == "growth"
 
 
+def test_an_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_from_the_renewed_plan() -> None:
+    """Found by the stateful run (a plan-month granted 3,296 where 2,497 was due): starter, its
+    renewal fails, the dunning retry pays, starter → growth (recorded with ``plan_before`` starter),
+    the renewal at growth, growth → pro an hour later, cancelled at once. The cancellation arrives
+    first (the renewal not known to be paid: Free), then the renewal's invoice (the paid period ends
+    at pro, the plan it was upgraded to), then the upgrade itself, late: it prorated from the
+    previous period's ``plan_before`` (starter, 2,300 times the share) instead of growth, the plan the
+    renewed month was granted at (1,500 times the share)."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="starter")
+    machine.buy_pack(pack_id="pack_100")
+    machine.buy_pack(pack_id="pack_100")
+    machine.renewal(payment_fails=True)
+    machine.time_passes(days=1, hours=0)
+    machine.dunning(outcome="paid")
+    machine.time_passes(days=1, hours=6)
+    machine.buy_pack(pack_id="pack_100")
+    machine.change_price(invoice_now=False, plan="growth")
+    machine.time_passes(days=1, hours=0)
+    machine.buy_pack(pack_id="pack_100")
+    machine.buy_pack(pack_id="pack_100")
+    machine.renewal(payment_fails=False)
+    machine.change_price(invoice_now=False, plan="pro")
+    machine.cancel_now()
+    queued = [(p.event["type"], p.event["data"].get("previous_attributes")) for p in machine.pending]
+    assert [t for t, _ in queued] == [
+        "customer.subscription.updated",  # the renewal's new period
+        "invoice.paid",  # the renewal, at growth
+        "customer.subscription.updated",  # growth → pro
+        "customer.subscription.deleted",
+    ], queued
+    machine.deliver(position=3, again=False)  # the cancellation first
+    machine.deliver(position=1, again=False)  # then the renewal's invoice
+    machine.deliver(position=1, again=False)  # then the upgrade, late
+    machine.teardown()
+    sub = machine.subs[-1]
+    renewed = sub.periods[-1]
+    month = PlanMonth(renewed.start, 0, renewed.start, renewed.end)
+    upgrade_at = sub.upgrades[-1][0]
+    expected = CREDITS["growth"] + prorated_credits(CREDITS["pro"] - CREDITS["growth"], month, upgrade_at)
+    assert machine.month_totals()[(sub.id, int(renewed.start.timestamp()))] == expected == 2497
+
+
 @soak_timeout
 def test_the_billing_lifecycle_keeps_its_promises_in_memory() -> None:
     reset_counts()
