@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from shared.billing import lifecycle
-from shared.billing.calendar import PlanMonth, add_months, is_whole_period, months_started, plan_month
+from shared.billing.calendar import MICROSECOND, PlanMonth, add_months, is_whole_period, months_started, plan_month
 from shared.billing.catalog import Catalog, Interval, PriceIds
 from shared.billing.credits import allotment_key, grant_allotment, upgrade_key
 from shared.billing.models import (
@@ -904,6 +904,11 @@ class WebhookProcessor:
         if state.plan == plan_id and state.plan_since:
             # Applied by the newer event: from the plan it replaced, for the months until then.
             applied_at, before = state.plan_since, state.plan_before or before
+        ended_at = _ts(state.ended_event_created) if state.subscription_status in lifecycle.ENDED else None
+        if ended_at is not None and applied_at >= ended_at:
+            # Applied at or after the end (by the deletion, or a paid period learned after it): a month
+            # that started after the subscription ended was never paid for and gets nothing.
+            applied_at = ended_at - MICROSECOND
         return self._prorate(client_id, event, sub, before, plan_id, interval, applied_at)
 
     def _prorate(

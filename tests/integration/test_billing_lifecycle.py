@@ -747,3 +747,32 @@ def test_a_late_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_f
     assert (billing["plan"], billing["pending_plan"]) == ("pro", "free")
     assert balance(sub.client_id) == GROWTH + prorated  # the first month's credits expired
     no_drift(sub.client_id)
+
+
+def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months_after_the_end(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Annual Starter, upgraded to Growth the day before month 1 starts and cancelled at once; the
+    deletion and then the upgrade arrive after month 1 began. The paid period ends at Growth, month 0
+    gets the prorated difference, and month 1 — which started after the end — gets nothing (it used to
+    get Starter's allotment and the whole difference; found by the stateful test)."""
+    anchor = datetime(2027, 12, 29, 9, tzinfo=UTC)
+    clock.set(anchor + timedelta(minutes=1))
+    start, end = period(anchor, 12)
+    subscribe(hook, sub, "price_starter_y", start, end)
+    month1 = add_months(anchor, 1)
+    clock.set(month1 - timedelta(days=1))
+    upgrade = sub.updated_event("price_growth_y", start, end, previous=changed_price("price_starter_y"))
+    deleted = sub.deleted_event("price_growth_y", start, end)
+    clock.set(month1 + timedelta(hours=1))
+    month0 = PlanMonth(anchor, 0, anchor, month1)
+    prorated = prorated_credits(GROWTH - STARTER, month0, datetime.fromtimestamp(upgrade["created"], UTC))
+    assert send(hook, deleted) == "moves to Free at period end"
+    assert send(hook, upgrade) == f"stale: the subscription has ended; prorated {prorated} credits"
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
+    granted = [e for e in entries(sub.client_id) if e.type is EntryType.GRANT]
+    month1_key = str(ts(month1))
+    assert not [e.key for e in granted if month1_key in e.key], "credits for a month after the end"
+    assert sum(e.amount for e in granted) == STARTER + prorated
+    no_drift(sub.client_id)

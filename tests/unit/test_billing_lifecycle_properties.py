@@ -974,6 +974,41 @@ def test_an_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_from_
     assert machine.month_totals()[(sub.id, int(renewed.start.timestamp()))] == expected == 2497
 
 
+def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months_after_the_end() -> None:
+    """Found by the stateful run (credits for a plan-month that was never paid for): annual Starter
+    from Dec 29, upgraded to Growth on Jan 28 a second before it is cancelled; both events arrive after
+    month 1 began (Jan 29). The deletion applies Growth for the paid period; the upgrade, late, counted
+    every month started by then, so month 1 (after the end) got Starter's allotment and the whole
+    difference."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[1])
+    machine.subscribe(first_payment_fails=False, interval="annual", plan="starter")
+    machine.cancel_at_period_end()
+    machine.buy_pack(pack_id="pack_100")
+    machine.time_passes(days=1, hours=0)
+    machine.time_passes(days=29, hours=0)
+    machine.change_price(invoice_now=False, plan="growth")
+    machine.cancel_now()
+    machine.buy_pack(pack_id="pack_100")
+    machine.time_passes(days=1, hours=0)
+    sub = machine.subs[-1]
+    month1 = plan_month(sub.period.start, 1, sub.period.end)
+    assert sub.ended_at is not None and sub.ended_at < month1.start <= machine.now
+    assert [p.event["type"] for p in machine.pending] == [
+        "customer.subscription.updated",  # starter → growth
+        "customer.subscription.deleted",
+        "checkout.session.completed",  # the pack
+    ]
+    machine.deliver(position=1, again=False)  # the cancellation first
+    machine.deliver(position=0, again=False)  # then the upgrade, late
+    machine.teardown()
+    totals = machine.month_totals()
+    assert (sub.id, int(month1.start.timestamp())) not in totals
+    month0 = plan_month(sub.period.start, 0, sub.period.end)
+    upgraded = CREDITS["starter"] + prorated_credits(CREDITS["growth"] - CREDITS["starter"], month0, sub.upgrades[0][0])
+    assert totals[(sub.id, int(month0.start.timestamp()))] == upgraded
+
+
 @soak_timeout
 def test_the_billing_lifecycle_keeps_its_promises_in_memory() -> None:
     reset_counts()
