@@ -476,7 +476,13 @@ class WebhookProcessor:
         if sub.status in lifecycle.ENDED:
             changes |= {"ended_event_created": event.created, "ended_plan": plan_id}
         elif sub.status in lifecycle.PAID:
-            changes |= _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            # Nothing of this subscription's came before: a ``plan_before`` left by the one it follows
+            # would make this one's late downgrade event look like a plan changed knowingly since.
+            changes |= _plan_fields(self.catalog, plan_id) | {
+                "plan_from": sub.id,
+                "plan_since": self.now,
+                "plan_before": None,
+            }
             if sub.status in lifecycle.ACTIVE and event.type == "customer.subscription.created":
                 changes["paid_through"] = _ts(end)  # created active: its first invoice was paid
             outcome = f"plan {plan_id}"
@@ -486,6 +492,7 @@ class WebhookProcessor:
             if before is not None and self.catalog.plan(before).rank < self.catalog.plan(plan_id).rank:
                 # An upgrade of this subscription that overtook its first events: it still prorates.
                 granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
+                changes["plan_before"] = before
                 outcome = f"upgraded {before} → {plan_id}, prorated {granted} credits"
             elif before is not None and before != plan_id:
                 # A downgrade that overtook the first events: the period paid at the plan before it.

@@ -776,3 +776,49 @@ def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months
     assert not [e.key for e in granted if month1_key in e.key], "credits for a month after the end"
     assert sum(e.amount for e in granted) == STARTER + prorated
     no_drift(sub.client_id)
+
+
+def test_a_new_subscriptions_late_downgrade_is_not_judged_by_the_previous_ones_plan_before(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """A Starter subscription renews (its roll records that the plan replaced was Starter) and is
+    cancelled; a new Growth one is downgraded to Starter and set to cancel at the period end. The last
+    update (at Starter) arrives first and takes over at Starter, then the first invoice, then the
+    downgrade: Growth for the paid period, Starter pending — the earlier subscription's ``plan_before``
+    used to make the downgrade look like a plan changed knowingly since (found by the soak)."""
+    first = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    clock.set(first + timedelta(minutes=1))
+    start, end = period(first)
+    subscribe(hook, sub, "price_starter_m", start, end)
+    second = add_months(first, 1)
+    clock.set(second + timedelta(hours=1))
+    start2, end2 = period(second)
+    roll = sub.updated_event(
+        "price_starter_m", start2, end2, previous={"current_period_start": start, "current_period_end": end}
+    )
+    assert send(hook, roll) == "plan starter from this period"
+    assert send(hook, sub.deleted_event("price_starter_m", start2, end2)) == "moved to Free"
+    assert billing_of(stack, sub.client_id)["plan_before"] == "starter"
+    clock.advance(days=1)
+    new = sub.another_subscription()
+    start3, end3 = period(clock.now - timedelta(minutes=1))
+    checkout = new.checkout_subscription()
+    created = new.created_event("price_growth_m", start3, end3)
+    paid = new.invoice_paid("price_growth_m", start3, end3)
+    down = new.updated_event("price_starter_m", start3, end3, previous=changed_price("price_growth_m"))
+    cancel = new.updated_event(
+        "price_starter_m", start3, end3, cancel_at_period_end=True, previous={"cancel_at_period_end": False}
+    )
+    send(hook, checkout)
+    assert send(hook, cancel) == "plan starter"
+    assert send(hook, paid) == f"invoice paid: granted {GROWTH} credits"
+    assert send(hook, down).startswith("stale")
+    assert send(hook, created).startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["subscription_id"], billing["plan"], billing["pending_plan"]) == (
+        new.subscription,
+        "growth",
+        "starter",
+    )
+    assert billing["pending_plan_at"] == datetime.fromtimestamp(end3, UTC)
+    no_drift(sub.client_id)

@@ -1009,6 +1009,43 @@ def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months
     assert totals[(sub.id, int(month0.start.timestamp()))] == upgraded
 
 
+def test_a_new_subscriptions_overtaken_downgrade_is_not_judged_by_the_previous_ones_plan_before() -> None:
+    """Found by the soak (the plan Starter where the model has Growth): the client's earlier Starter
+    subscriptions leave ``plan_before`` starter behind; a new Growth one is downgraded to Starter
+    (pending) and set to cancel at the period end. That last update (at Starter) arrives first and
+    takes over at Starter; the downgrade, late, must bring Growth back for the paid period with Starter
+    pending — but the earlier subscription's ``plan_before`` made it look like a plan changed knowingly
+    since, so the client stayed on Starter."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="starter")
+    machine.cancel_now()
+    machine.settle(seed=0)
+    machine.subscribe(first_payment_fails=True, interval="monthly", plan="starter")
+    machine.finish_first_payment(paid=True)
+    machine.renewal(payment_fails=True)
+    machine.cancel_now()
+    machine.deliver(position=0, again=False)
+    machine.settle(seed=0)
+    assert machine.store.read(machine.client_id).state.plan_before == "starter"  # left by the earlier ones
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="growth")
+    machine.change_price(invoice_now=False, plan="starter")
+    machine.cancel_at_period_end()
+    assert [p.event["type"] for p in machine.pending] == [
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "invoice.paid",
+        "customer.subscription.updated",  # growth → starter
+        "customer.subscription.updated",  # cancel at the period end (at starter)
+    ]
+    machine.deliver(position=4, again=False)  # the cancel-at-period-end update first: it takes over
+    machine.deliver(position=2, again=False)  # the first invoice
+    machine.deliver(position=2, again=False)  # the downgrade, late
+    machine.teardown()
+    state = machine.store.read(machine.client_id).state
+    assert (state.plan, state.pending_plan) == ("growth", "starter")
+
+
 @soak_timeout
 def test_the_billing_lifecycle_keeps_its_promises_in_memory() -> None:
     reset_counts()
