@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from shared.billing import lifecycle
-from shared.billing.calendar import PlanMonth, add_months, is_whole_period, months_started, plan_month
+from shared.billing.calendar import MICROSECOND, PlanMonth, add_months, is_whole_period, months_started, plan_month
 from shared.billing.catalog import Catalog, Interval, PriceIds
 from shared.billing.credits import allotment_key, grant_allotment, upgrade_key
 from shared.billing.models import (
@@ -476,7 +476,13 @@ class WebhookProcessor:
         if sub.status in lifecycle.ENDED:
             changes |= {"ended_event_created": event.created, "ended_plan": plan_id}
         elif sub.status in lifecycle.PAID:
-            changes |= _plan_fields(self.catalog, plan_id) | {"plan_from": sub.id, "plan_since": self.now}
+            # Nothing of this subscription's came before: a ``plan_before`` left by the one it follows
+            # would make this one's late downgrade event look like a plan changed knowingly since.
+            changes |= _plan_fields(self.catalog, plan_id) | {
+                "plan_from": sub.id,
+                "plan_since": self.now,
+                "plan_before": None,
+            }
             if sub.status in lifecycle.ACTIVE and event.type == "customer.subscription.created":
                 changes["paid_through"] = _ts(end)  # created active: its first invoice was paid
             outcome = f"plan {plan_id}"
@@ -486,6 +492,7 @@ class WebhookProcessor:
             if before is not None and self.catalog.plan(before).rank < self.catalog.plan(plan_id).rank:
                 # An upgrade of this subscription that overtook its first events: it still prorates.
                 granted = self._prorate(client_id, event, sub, before, plan_id, interval, self.now)
+                changes["plan_before"] = before
                 outcome = f"upgraded {before} → {plan_id}, prorated {granted} credits"
             elif before is not None and before != plan_id:
                 # A downgrade that overtook the first events: the period paid at the plan before it.
@@ -904,6 +911,11 @@ class WebhookProcessor:
         if state.plan == plan_id and state.plan_since:
             # Applied by the newer event: from the plan it replaced, for the months until then.
             applied_at, before = state.plan_since, state.plan_before or before
+        ended_at = _ts(state.ended_event_created) if state.subscription_status in lifecycle.ENDED else None
+        if ended_at is not None and applied_at >= ended_at:
+            # Applied at or after the end (by the deletion, or a paid period learned after it): a month
+            # that started after the subscription ended was never paid for and gets nothing.
+            applied_at = ended_at - MICROSECOND
         return self._prorate(client_id, event, sub, before, plan_id, interval, applied_at)
 
     def _prorate(
@@ -1135,14 +1147,19 @@ class WebhookProcessor:
         cancellation — unless another subscription's plan (other than ``instead_of``) is in force."""
         if line.end <= self.now or state.plan_from not in (None, subscription_id, instead_of):
             return {}
-        plan_id = line.plan_id
+        plan_id, replaced = line.plan_id, None
         final = state.ended_plan if state.subscription_id == subscription_id else None
         if final in self.catalog.plans and self.catalog.plan(str(final)).rank > self.catalog.plan(plan_id).rank:
-            plan_id = str(final)  # upgraded before it ended: the paid period ends at that plan
+            # Upgraded before it ended: the paid period ends at that plan, and the upgrade's late event
+            # prorates from the plan the period was paid (and its allotment granted) at.
+            plan_id, replaced = str(final), line.plan_id
+        # ``plan_before`` is always rewritten with the plan: one left from an earlier period (an upgrade
+        # there) would make that late event prorate from the wrong plan (found by the stateful test).
         return _plan_fields(self.catalog, plan_id) | {
             "interval": line.interval,
             "plan_from": subscription_id,
             "plan_since": self.now,
+            "plan_before": replaced,
             "pending_plan": "free",
             "pending_plan_at": line.end,
         }

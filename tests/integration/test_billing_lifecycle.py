@@ -20,7 +20,8 @@ import pytest
 
 from dev.stubs.stripe import StripeStub, running
 from shared.adapters.firestore.ledger import FirestoreLedgerStore
-from shared.billing.calendar import add_months
+from shared.billing.calendar import PlanMonth, add_months
+from shared.billing.money import prorated_credits
 from shared.ledger.model import Actor, EntryType
 from shared.ledger.service import Ledger
 from shared.platform import get_platform
@@ -708,4 +709,116 @@ def test_a_change_back_from_a_pending_downgrade_delivered_after_the_cancellation
     billing = billing_of(stack, sub.client_id)
     assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
     assert balance(sub.client_id) == GROWTH
+    no_drift(sub.client_id)
+
+
+def test_a_late_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_from_the_renewed_plan(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Starter, upgraded to Growth (which records that it replaced Starter); it renews at Growth,
+    is upgraded to Pro and cancelled at once. The cancellation arrives first (the renewal not known to be
+    paid: Free), then the renewal's invoice (the paid period ends at Pro, the plan it was upgraded to),
+    then the upgrade itself: the renewed month gets Growth's allotment plus the Growth → Pro difference
+    for the rest of the month, not Starter → Pro (the previous period's upgrade); found by the stateful
+    test as a month granted 3,296 credits where 2,497 were due."""
+    first = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    clock.set(first + timedelta(minutes=1))
+    start, end = period(first)
+    subscribe(hook, sub, "price_starter_m", start, end)
+    clock.set(first + timedelta(days=10))
+    up_first = sub.updated_event("price_growth_m", start, end, previous=changed_price("price_starter_m"))
+    assert send(hook, up_first).startswith("upgraded starter → growth")
+    second = add_months(first, 1)
+    clock.set(second + timedelta(hours=1))
+    start2, end2 = period(second)
+    renewal = sub.updated_event(
+        "price_growth_m", start2, end2, previous={"current_period_start": start, "current_period_end": end}
+    )
+    paid = sub.invoice_paid("price_growth_m", start2, end2, billing_reason="subscription_cycle")
+    upgrade = sub.updated_event("price_pro_m", start2, end2, previous=changed_price("price_growth_m"))
+    deleted = sub.deleted_event("price_pro_m", start2, end2)
+    month = PlanMonth(second, 0, second, datetime.fromtimestamp(end2, UTC))
+    prorated = prorated_credits(PRO - GROWTH, month, datetime.fromtimestamp(upgrade["created"], UTC))
+    assert send(hook, deleted) == "moved to Free"
+    assert send(hook, paid) == f"invoice paid: granted {GROWTH} credits"
+    assert send(hook, upgrade) == f"stale: the subscription has ended; prorated {prorated} credits"
+    assert send(hook, renewal).startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("pro", "free")
+    assert balance(sub.client_id) == GROWTH + prorated  # the first month's credits expired
+    no_drift(sub.client_id)
+
+
+def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months_after_the_end(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Annual Starter, upgraded to Growth the day before month 1 starts and cancelled at once; the
+    deletion and then the upgrade arrive after month 1 began. The paid period ends at Growth, month 0
+    gets the prorated difference, and month 1 — which started after the end — gets nothing (it used to
+    get Starter's allotment and the whole difference; found by the stateful test)."""
+    anchor = datetime(2027, 12, 29, 9, tzinfo=UTC)
+    clock.set(anchor + timedelta(minutes=1))
+    start, end = period(anchor, 12)
+    subscribe(hook, sub, "price_starter_y", start, end)
+    month1 = add_months(anchor, 1)
+    clock.set(month1 - timedelta(days=1))
+    upgrade = sub.updated_event("price_growth_y", start, end, previous=changed_price("price_starter_y"))
+    deleted = sub.deleted_event("price_growth_y", start, end)
+    clock.set(month1 + timedelta(hours=1))
+    month0 = PlanMonth(anchor, 0, anchor, month1)
+    prorated = prorated_credits(GROWTH - STARTER, month0, datetime.fromtimestamp(upgrade["created"], UTC))
+    assert send(hook, deleted) == "moves to Free at period end"
+    assert send(hook, upgrade) == f"stale: the subscription has ended; prorated {prorated} credits"
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("growth", "free")
+    granted = [e for e in entries(sub.client_id) if e.type is EntryType.GRANT]
+    month1_key = str(ts(month1))
+    assert not [e.key for e in granted if month1_key in e.key], "credits for a month after the end"
+    assert sum(e.amount for e in granted) == STARTER + prorated
+    no_drift(sub.client_id)
+
+
+def test_a_new_subscriptions_late_downgrade_is_not_judged_by_the_previous_ones_plan_before(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """A Starter subscription renews (its roll records that the plan replaced was Starter) and is
+    cancelled; a new Growth one is downgraded to Starter and set to cancel at the period end. The last
+    update (at Starter) arrives first and takes over at Starter, then the first invoice, then the
+    downgrade: Growth for the paid period, Starter pending — the earlier subscription's ``plan_before``
+    used to make the downgrade look like a plan changed knowingly since (found by the soak)."""
+    first = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    clock.set(first + timedelta(minutes=1))
+    start, end = period(first)
+    subscribe(hook, sub, "price_starter_m", start, end)
+    second = add_months(first, 1)
+    clock.set(second + timedelta(hours=1))
+    start2, end2 = period(second)
+    roll = sub.updated_event(
+        "price_starter_m", start2, end2, previous={"current_period_start": start, "current_period_end": end}
+    )
+    assert send(hook, roll) == "plan starter from this period"
+    assert send(hook, sub.deleted_event("price_starter_m", start2, end2)) == "moved to Free"
+    assert billing_of(stack, sub.client_id)["plan_before"] == "starter"
+    clock.advance(days=1)
+    new = sub.another_subscription()
+    start3, end3 = period(clock.now - timedelta(minutes=1))
+    checkout = new.checkout_subscription()
+    created = new.created_event("price_growth_m", start3, end3)
+    paid = new.invoice_paid("price_growth_m", start3, end3)
+    down = new.updated_event("price_starter_m", start3, end3, previous=changed_price("price_growth_m"))
+    cancel = new.updated_event(
+        "price_starter_m", start3, end3, cancel_at_period_end=True, previous={"cancel_at_period_end": False}
+    )
+    send(hook, checkout)
+    assert send(hook, cancel) == "plan starter"
+    assert send(hook, paid) == f"invoice paid: granted {GROWTH} credits"
+    assert send(hook, down).startswith("stale")
+    assert send(hook, created).startswith("stale")
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["subscription_id"], billing["plan"], billing["pending_plan"]) == (
+        new.subscription,
+        "growth",
+        "starter",
+    )
+    assert billing["pending_plan_at"] == datetime.fromtimestamp(end3, UTC)
     no_drift(sub.client_id)

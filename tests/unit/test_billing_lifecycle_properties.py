@@ -930,6 +930,122 @@ def test_paying_a_cancelled_subscriptions_open_invoice_does_not_pass_the_live_pe
     assert machine.store.read(machine.client_id).state.plan == "growth"
 
 
+def test_an_upgrade_after_the_renewal_of_a_cancelled_subscription_prorates_from_the_renewed_plan() -> None:
+    """Found by the stateful run (a plan-month granted 3,296 where 2,497 was due): starter, its
+    renewal fails, the dunning retry pays, starter → growth (recorded with ``plan_before`` starter),
+    the renewal at growth, growth → pro an hour later, cancelled at once. The cancellation arrives
+    first (the renewal not known to be paid: Free), then the renewal's invoice (the paid period ends
+    at pro, the plan it was upgraded to), then the upgrade itself, late: it prorated from the
+    previous period's ``plan_before`` (starter, 2,300 times the share) instead of growth, the plan the
+    renewed month was granted at (1,500 times the share)."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="starter")
+    machine.buy_pack(pack_id="pack_100")
+    machine.buy_pack(pack_id="pack_100")
+    machine.renewal(payment_fails=True)
+    machine.time_passes(days=1, hours=0)
+    machine.dunning(outcome="paid")
+    machine.time_passes(days=1, hours=6)
+    machine.buy_pack(pack_id="pack_100")
+    machine.change_price(invoice_now=False, plan="growth")
+    machine.time_passes(days=1, hours=0)
+    machine.buy_pack(pack_id="pack_100")
+    machine.buy_pack(pack_id="pack_100")
+    machine.renewal(payment_fails=False)
+    machine.change_price(invoice_now=False, plan="pro")
+    machine.cancel_now()
+    queued = [(p.event["type"], p.event["data"].get("previous_attributes")) for p in machine.pending]
+    assert [t for t, _ in queued] == [
+        "customer.subscription.updated",  # the renewal's new period
+        "invoice.paid",  # the renewal, at growth
+        "customer.subscription.updated",  # growth → pro
+        "customer.subscription.deleted",
+    ], queued
+    machine.deliver(position=3, again=False)  # the cancellation first
+    machine.deliver(position=1, again=False)  # then the renewal's invoice
+    machine.deliver(position=1, again=False)  # then the upgrade, late
+    machine.teardown()
+    sub = machine.subs[-1]
+    renewed = sub.periods[-1]
+    month = PlanMonth(renewed.start, 0, renewed.start, renewed.end)
+    upgrade_at = sub.upgrades[-1][0]
+    expected = CREDITS["growth"] + prorated_credits(CREDITS["pro"] - CREDITS["growth"], month, upgrade_at)
+    assert machine.month_totals()[(sub.id, int(renewed.start.timestamp()))] == expected == 2497
+
+
+def test_a_late_upgrade_of_a_cancelled_annual_plan_grants_nothing_for_the_months_after_the_end() -> None:
+    """Found by the stateful run (credits for a plan-month that was never paid for): annual Starter
+    from Dec 29, upgraded to Growth on Jan 28 a second before it is cancelled; both events arrive after
+    month 1 began (Jan 29). The deletion applies Growth for the paid period; the upgrade, late, counted
+    every month started by then, so month 1 (after the end) got Starter's allotment and the whole
+    difference."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[1])
+    machine.subscribe(first_payment_fails=False, interval="annual", plan="starter")
+    machine.cancel_at_period_end()
+    machine.buy_pack(pack_id="pack_100")
+    machine.time_passes(days=1, hours=0)
+    machine.time_passes(days=29, hours=0)
+    machine.change_price(invoice_now=False, plan="growth")
+    machine.cancel_now()
+    machine.buy_pack(pack_id="pack_100")
+    machine.time_passes(days=1, hours=0)
+    sub = machine.subs[-1]
+    month1 = plan_month(sub.period.start, 1, sub.period.end)
+    assert sub.ended_at is not None and sub.ended_at < month1.start <= machine.now
+    assert [p.event["type"] for p in machine.pending] == [
+        "customer.subscription.updated",  # starter → growth
+        "customer.subscription.deleted",
+        "checkout.session.completed",  # the pack
+    ]
+    machine.deliver(position=1, again=False)  # the cancellation first
+    machine.deliver(position=0, again=False)  # then the upgrade, late
+    machine.teardown()
+    totals = machine.month_totals()
+    assert (sub.id, int(month1.start.timestamp())) not in totals
+    month0 = plan_month(sub.period.start, 0, sub.period.end)
+    upgraded = CREDITS["starter"] + prorated_credits(CREDITS["growth"] - CREDITS["starter"], month0, sub.upgrades[0][0])
+    assert totals[(sub.id, int(month0.start.timestamp()))] == upgraded
+
+
+def test_a_new_subscriptions_overtaken_downgrade_is_not_judged_by_the_previous_ones_plan_before() -> None:
+    """Found by the soak (the plan Starter where the model has Growth): the client's earlier Starter
+    subscriptions leave ``plan_before`` starter behind; a new Growth one is downgraded to Starter
+    (pending) and set to cancel at the period end. That last update (at Starter) arrives first and
+    takes over at Starter; the downgrade, late, must bring Growth back for the paid period with Starter
+    pending — but the earlier subscription's ``plan_before`` made it look like a plan changed knowingly
+    since, so the client stayed on Starter."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="starter")
+    machine.cancel_now()
+    machine.settle(seed=0)
+    machine.subscribe(first_payment_fails=True, interval="monthly", plan="starter")
+    machine.finish_first_payment(paid=True)
+    machine.renewal(payment_fails=True)
+    machine.cancel_now()
+    machine.deliver(position=0, again=False)
+    machine.settle(seed=0)
+    assert machine.store.read(machine.client_id).state.plan_before == "starter"  # left by the earlier ones
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="growth")
+    machine.change_price(invoice_now=False, plan="starter")
+    machine.cancel_at_period_end()
+    assert [p.event["type"] for p in machine.pending] == [
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "invoice.paid",
+        "customer.subscription.updated",  # growth → starter
+        "customer.subscription.updated",  # cancel at the period end (at starter)
+    ]
+    machine.deliver(position=4, again=False)  # the cancel-at-period-end update first: it takes over
+    machine.deliver(position=2, again=False)  # the first invoice
+    machine.deliver(position=2, again=False)  # the downgrade, late
+    machine.teardown()
+    state = machine.store.read(machine.client_id).state
+    assert (state.plan, state.pending_plan) == ("growth", "starter")
+
+
 @soak_timeout
 def test_the_billing_lifecycle_keeps_its_promises_in_memory() -> None:
     reset_counts()
