@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.engines.base import TextRequest
 from shared.errors import NotFound
+from shared.text import plain_text
 from shared.videos.styles import VideoStyle, get_style, render, shot
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def build_prompt(
     and (starting from the product's photo) the rule to keep the product as it is."""
     parts = [render(style, describe(product), points)]
     if product is not None and product.description:
-        parts.append("Product details: " + _plain(product.description)[:400])
+        parts.append("Product details: " + plain_text(product.description)[:400])
     parts.extend(text for text in (direction, item_prompt) if text)
     if first_frame:
         parts.append(FIDELITY)
@@ -86,11 +87,6 @@ def clip_prompt(prompt: str, style: VideoStyle, index: int, count: int, product:
     """The prompt of clip ``index`` of ``count``: the video's, and what this shot shows."""
     hint = shot(style, index, count, describe(product))
     return f"{prompt}\n{hint}" if hint else prompt
-
-
-def _plain(text: str) -> str:
-    """HTML-free single-spaced text (store descriptions come as HTML)."""
-    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
 
 
 # -- prompt enhancement -------------------------------------------------------------------------------
@@ -111,7 +107,7 @@ def enhance_prompt(
         context["product"] = {"name": product.name, "category": product.category}
         lines.append(f"Product: {product.name}" + (f" ({product.category})" if product.category else ""))
         if product.description:
-            lines.append("Product description: " + _plain(product.description)[:500])
+            lines.append("Product description: " + plain_text(product.description)[:500])
     if brand is not None:
         context["brand"] = brand.model_dump(exclude_none=True)
         if context["brand"]:
@@ -195,7 +191,7 @@ def write_script(
         if product is not None:
             lines.append(f"Product: {product.name}" + (f" ({product.category})" if product.category else ""))
             if product.description:
-                lines.append("Details: " + _plain(product.description)[:800])
+                lines.append("Details: " + plain_text(product.description)[:800])
         if points:
             lines.append("Selling points: " + "; ".join(points))
         if idea:
@@ -224,7 +220,7 @@ def _offline_script(style: VideoStyle, product: ProductDoc | None, points: list[
     name = product.name if product is not None else (idea or "this product").strip().rstrip(".")
     sentences = [f"Meet {name}."]
     if product is not None and product.description:
-        first = re.split(r"(?<=[.!?])\s", _plain(product.description), maxsplit=1)[0].strip()
+        first = re.split(r"(?<=[.!?])\s", plain_text(product.description), maxsplit=1)[0].strip()
         if first:
             sentences.append(first if first.endswith((".", "!", "?")) else first + ".")
     if points:
