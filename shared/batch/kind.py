@@ -50,7 +50,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, TypedDict
 
 from pydantic import BaseModel
 from typing_extensions import TypeVar  # PEP 696 defaults (Python 3.13's typing.TypeVar)
@@ -103,6 +103,17 @@ class JobServices:
 
     ``jobs`` holds the kind's own documents (the lifecycle reads and writes only through it); ``db``
     is left for the kinds' steps that still read other aggregates through it."""
+
+    jobs: JobStore[Any, Any]
+    store: ObjectStore
+    queue: TaskQueue
+    ledger: Ledger
+    policy: BatchPolicy
+    clock: Callable[[], datetime]
+
+
+class LifecycleServices(TypedDict):
+    """The :class:`JobServices` fields, as keywords (see :meth:`JobKind.lifecycle_services`)."""
 
     jobs: JobStore[Any, Any]
     store: ObjectStore
@@ -294,6 +305,18 @@ class JobKind(ABC, Generic[JobT, ItemT, ServicesT, OrderT]):
         """The kind's services built from the platform's adapters and settings (what its worker
         routes run with)."""
         raise NotImplementedError(f"{type(self).__name__} is not served by worker routes")
+
+    def lifecycle_services(self, platform: Platform, policy: BatchPolicy) -> LifecycleServices:
+        """The part of every kind's services the lifecycle itself uses (its jobs, the object store, the
+        queue, the ledger, ``policy`` and the clock), as keywords for the kind's services class."""
+        return {
+            "jobs": self.store(platform),
+            "store": platform.object_store,
+            "queue": platform.task_queue,
+            "ledger": platform.ledger,
+            "policy": policy,
+            "clock": platform.clock,
+        }
 
     def store(self, platform: Platform) -> JobStore[JobT, ItemT]:
         """Where the kind's jobs live (the adapter the kind is wired to, e.g.

@@ -747,12 +747,7 @@ class EditJobs(JobKind[EditJobDoc, EditItemDoc, EditServices, EditOrder]):
             return shared_remover(policy.rembg_model_path)
 
         return EditServices(
-            jobs=self.store(platform),
-            store=platform.object_store,
-            queue=platform.task_queue,
-            ledger=platform.ledger,
-            policy=policy.batch,
-            clock=platform.clock,
+            **self.lifecycle_services(platform, policy.batch),
             edit=policy,
             assets=platform.catalog.assets,
             engines=lambda: platform.engine,

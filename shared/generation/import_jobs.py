@@ -60,12 +60,7 @@ def catalog_services(platform: Platform) -> GenerationServices:
 
     policy = generation_policy(platform.settings)
     return GenerationServices(
-        jobs=GENERATION.store(platform),
-        store=platform.object_store,
-        queue=platform.task_queue,
-        ledger=platform.ledger,
-        policy=policy.batch,
-        clock=platform.clock,
+        **GENERATION.lifecycle_services(platform, policy.batch),
         generation=policy,
         catalog=platform.catalog,
         settings=platform.generation_settings,

@@ -157,12 +157,7 @@ class GenerationJobs(JobKind[JobDoc, ItemDoc, GenerationServices, GenerationOrde
     def dependencies(self, platform: Platform) -> GenerationServices:
         policy = generation_policy(platform.settings)
         return GenerationServices(
-            jobs=self.store(platform),
-            store=platform.object_store,
-            queue=platform.task_queue,
-            ledger=platform.ledger,
-            policy=policy.batch,
-            clock=platform.clock,
+            **self.lifecycle_services(platform, policy.batch),
             generation=policy,
             catalog=platform.catalog,
             settings=platform.generation_settings,

@@ -131,12 +131,7 @@ class SyncJobs(JobKind[SyncJobDoc, SyncItemDoc, SyncServices, SyncOrder]):
         from shared.sync.policies import store_access, sync_batch_policy, sync_push_policy
 
         return SyncServices(
-            jobs=self.store(platform),
-            store=platform.object_store,
-            queue=platform.task_queue,
-            ledger=platform.ledger,
-            policy=sync_batch_policy(platform.settings),
-            clock=platform.clock,
+            **self.lifecycle_services(platform, sync_batch_policy(platform.settings)),
             catalog=platform.catalog,
             sync=platform.sync,
             access=store_access(platform),

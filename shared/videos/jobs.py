@@ -207,12 +207,7 @@ class VideoJobs(JobKind[VideoJobDoc, VideoItemDoc, VideoServices, VideoOrder]):
     def dependencies(self, platform: Platform) -> VideoServices:
         policy = video_policy(platform.settings)
         return VideoServices(
-            jobs=self.store(platform),
-            store=platform.object_store,
-            queue=platform.task_queue,
-            ledger=platform.ledger,
-            policy=policy.batch,
-            clock=platform.clock,
+            **self.lifecycle_services(platform, policy.batch),
             video=policy,
             catalog=platform.catalog,
             settings=platform.generation_settings,
