@@ -908,8 +908,9 @@ class WebhookProcessor:
             # went down, so a change up from that price is no upgrade of it.
             return 0
         applied_at = _happened_at(event, self.now)
-        if state.plan == plan_id and state.plan_since:
-            # Applied by the newer event: from the plan it replaced, for the months until then.
+        if state.plan == plan_id and state.plan_since and state.plan_from == sub.id:
+            # Applied by the newer event: from the plan it replaced, for the months until then. (The
+            # same plan from another subscription, e.g. the one before it, says nothing of this upgrade.)
             applied_at, before = state.plan_since, state.plan_before or before
         ended_at = _ts(state.ended_event_created) if state.subscription_status in lifecycle.ENDED else None
         if ended_at is not None and applied_at >= ended_at:

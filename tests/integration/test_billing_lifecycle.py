@@ -822,3 +822,44 @@ def test_a_new_subscriptions_late_downgrade_is_not_judged_by_the_previous_ones_p
     )
     assert billing["pending_plan_at"] == datetime.fromtimestamp(end3, UTC)
     no_drift(sub.client_id)
+
+
+def test_a_late_upgrade_does_not_prorate_from_the_previous_subscriptions_plan_before(
+    stack: Any, hook: Any, sub: Subscriber, clock: Clock
+) -> None:
+    """Starter upgraded to Pro and cancelled: Pro until the period end (the plan it replaced: Starter).
+    A new Growth subscription's first payment completes, it is upgraded to Pro and cancelled at once;
+    its deletion, activation, upgrade and invoice arrive in that order. The month gets Growth's
+    allotment and Growth → Pro for the rest of it — not Starter → Pro, read from the earlier
+    subscription's plan (found by the soak)."""
+    start, end = period(clock.now - timedelta(days=2))
+    subscribe(hook, sub, "price_starter_m", start, end)
+    up_first = sub.updated_event("price_pro_m", start, end, previous=changed_price("price_starter_m"))
+    assert send(hook, up_first).startswith("upgraded starter → pro")
+    assert send(hook, sub.deleted_event("price_pro_m", start, end)) == "moves to Free at period end"
+    assert billing_of(stack, sub.client_id)["plan_before"] == "starter"
+    clock.advance(days=1)
+    new = sub.another_subscription()
+    start2, end2 = period(clock.now - timedelta(hours=1))
+    send(hook, new.checkout_subscription())
+    assert send(hook, new.created_event("price_growth_m", start2, end2, status="incomplete")) == (
+        "subscription incomplete"
+    )
+    paid = new.invoice_paid("price_growth_m", start2, end2)
+    active = new.updated_event("price_growth_m", start2, end2, previous={"status": "incomplete"})
+    upgrade = new.updated_event("price_pro_m", start2, end2, previous=changed_price("price_growth_m"))
+    deleted = new.deleted_event("price_pro_m", start2, end2)
+    month = PlanMonth(
+        datetime.fromtimestamp(start2, UTC), 0, datetime.fromtimestamp(start2, UTC), datetime.fromtimestamp(end2, UTC)
+    )
+    prorated = prorated_credits(PRO - GROWTH, month, datetime.fromtimestamp(upgrade["created"], UTC))
+    assert send(hook, deleted) == "subscription canceled: its plan never applied"
+    assert send(hook, active).startswith("stale: the subscription has ended")
+    assert send(hook, upgrade) == f"stale: the subscription has ended; prorated {prorated} credits"
+    assert send(hook, paid) == f"invoice paid: granted {GROWTH} credits"
+    month_key = f":{new.subscription}:{start2}"
+    granted = [e for e in entries(sub.client_id) if e.type is EntryType.GRANT and month_key in e.key]
+    assert sorted(e.amount for e in granted) == sorted([GROWTH, prorated])
+    billing = billing_of(stack, sub.client_id)
+    assert (billing["plan"], billing["pending_plan"]) == ("pro", "free")
+    no_drift(sub.client_id)

@@ -1046,6 +1046,42 @@ def test_a_new_subscriptions_overtaken_downgrade_is_not_judged_by_the_previous_o
     assert (state.plan, state.pending_plan) == ("growth", "starter")
 
 
+def test_a_late_upgrade_does_not_prorate_from_the_previous_subscriptions_plan_before() -> None:
+    """Found by the soak (a plan-month granted 3,135 credits where 2,392 were due): Starter upgraded to
+    Pro and cancelled (Pro until the period end, ``plan_before`` starter); a new Growth subscription's
+    first payment completes, it is upgraded to Pro and cancelled at once. Its deletion arrives first,
+    then its activation, then the upgrade: the plan in force was Pro — the earlier subscription's — and
+    the upgrade took that for itself applied, prorating Starter → Pro instead of Growth → Pro."""
+    machine = BillingLifecycle()
+    machine.begin(start=STARTS[0])
+    machine.subscribe(first_payment_fails=False, interval="monthly", plan="starter")
+    machine.settle(seed=0)
+    machine.change_price(invoice_now=False, plan="pro")
+    machine.cancel_now()
+    machine.settle(seed=0)
+    before = machine.store.read(machine.client_id).state
+    assert (before.plan, before.plan_before) == ("pro", "starter")
+    machine.subscribe(first_payment_fails=True, interval="monthly", plan="growth")
+    machine.settle(seed=0)
+    machine.finish_first_payment(paid=True)
+    machine.change_price(invoice_now=False, plan="pro")
+    machine.cancel_now()
+    assert [p.event["type"] for p in machine.pending] == [
+        "invoice.paid",
+        "customer.subscription.updated",  # active
+        "customer.subscription.updated",  # growth → pro
+        "customer.subscription.deleted",
+    ]
+    machine.deliver(position=3, again=False)  # the deletion first
+    machine.deliver(position=1, again=False)  # the activation
+    machine.deliver(position=1, again=False)  # the upgrade
+    machine.teardown()
+    sub = machine.subs[-1]
+    month = PlanMonth(sub.period.start, 0, sub.period.start, sub.period.end)
+    expected = CREDITS["growth"] + prorated_credits(CREDITS["pro"] - CREDITS["growth"], month, sub.upgrades[0][0])
+    assert machine.month_totals()[(sub.id, int(sub.period.start.timestamp()))] == expected
+
+
 @soak_timeout
 def test_the_billing_lifecycle_keeps_its_promises_in_memory() -> None:
     reset_counts()
